@@ -1,0 +1,222 @@
+// Package broker is tre's system of record: projects, users' roles, queries
+// and their lifecycle, review and output-check decisions, the privacy-budget
+// ledger, job leases for site agents, the tamper-evident audit chain and the
+// released results.
+//
+// The broker never holds a patient row: it stores researchers' SQL, decisions
+// and protected (already safe) output. It must never lose a decision, never
+// overspend a budget and never let anyone act outside their role.
+package broker
+
+import (
+	"time"
+
+	"github.com/nhs-tre/tre/dp"
+)
+
+// Role is a user's role, carried in the token's roles claim.
+type Role string
+
+// Roles. Stored values never change.
+const (
+	RoleResearcher    Role = "researcher"
+	RoleReviewer      Role = "reviewer"
+	RoleOutputChecker Role = "output_checker"
+	RoleAdmin         Role = "admin"
+	RoleAgent         Role = "agent"
+)
+
+// User is the authenticated caller. It travels in the context (NewContext,
+// UserFromContext) from the API layer to the service.
+type User struct {
+	Subject string `json:"sub"`
+	Name    string `json:"name,omitempty"`
+	Org     string `json:"org,omitempty"`
+	Roles   []Role `json:"roles"`
+}
+
+// HasRole reports whether u holds role r.
+func (u *User) HasRole(r Role) bool {
+	if u == nil {
+		return false
+	}
+	for _, x := range u.Roles {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// Status is a query's lifecycle state. Stored values never change.
+type Status string
+
+// Query statuses, as in CONTRACT.md.
+const (
+	StatusSubmitted           Status = "submitted"
+	StatusRejected            Status = "rejected"
+	StatusApproved            Status = "approved"
+	StatusCancelled           Status = "cancelled"
+	StatusRunning             Status = "running"
+	StatusAwaitingOutputCheck Status = "awaiting_output_check"
+	StatusReleased            Status = "released"
+	StatusWithheld            Status = "withheld"
+	StatusFailed              Status = "failed"
+)
+
+// ProjectStatus is whether a project may be used.
+type ProjectStatus string
+
+// Project statuses.
+const (
+	ProjectActive    ProjectStatus = "active"
+	ProjectSuspended ProjectStatus = "suspended"
+)
+
+// Project is a "safe project": an approved purpose with a lawful basis,
+// members, datasets and a privacy budget.
+type Project struct {
+	ID                   int64         `json:"id"`
+	Title                string        `json:"title"`
+	Organisation         string        `json:"organisation"`
+	Purpose              string        `json:"purpose"`
+	LawfulBasis          string        `json:"lawful_basis"`
+	DataSharingAgreement string        `json:"data_sharing_agreement,omitempty"`
+	Members              []string      `json:"members"` // subjects
+	Datasets             []string      `json:"datasets"`
+	EpsilonBudget        float64       `json:"epsilon_budget"`
+	DeltaBudget          float64       `json:"delta_budget"`
+	StartsAt             time.Time     `json:"starts_at"`
+	ExpiresAt            time.Time     `json:"expires_at"`
+	Status               ProjectStatus `json:"status"`
+	CreatedBy            string        `json:"created_by"`
+	CreatedAt            time.Time     `json:"created_at"`
+	Budget               Budget        `json:"budget"`
+}
+
+// Budget is a project's ledger position. Spent is final (runs started);
+// Reserved is held by approved queries that have not started.
+type Budget struct {
+	EpsilonSpent     float64 `json:"epsilon_spent"`
+	EpsilonReserved  float64 `json:"epsilon_reserved"`
+	EpsilonRemaining float64 `json:"epsilon_remaining"`
+	DeltaSpent       float64 `json:"delta_spent"`
+	DeltaReserved    float64 `json:"delta_reserved"`
+	DeltaRemaining   float64 `json:"delta_remaining"`
+}
+
+// Cost is what a query spends from its project's budget.
+type Cost struct {
+	Epsilon float64 `json:"epsilon"`
+	Delta   float64 `json:"delta"`
+}
+
+// Accuracy is the expected accuracy of one released aggregate.
+type Accuracy struct {
+	Column string `json:"column"`
+	// HalfWidth95 is the half-width of the 95% interval of the noise alone.
+	HalfWidth95 float64 `json:"ci95_half_width"`
+	Note        string  `json:"note,omitempty"`
+}
+
+// RiskFlag warns a reviewer about a query that may be part of an attack.
+type RiskFlag struct {
+	Kind    string `json:"kind"` // "repeat", "differencing", "narrow_population"
+	Message string `json:"message"`
+	// SimilarQueryID and SimilarSQL show the earlier query beside this one.
+	SimilarQueryID int64  `json:"similar_query_id,omitempty"`
+	SimilarSQL     string `json:"similar_sql,omitempty"`
+}
+
+// Query is a researcher's question and everything decided about it.
+type Query struct {
+	ID          int64      `json:"id"`
+	ProjectID   int64      `json:"project_id"`
+	Dataset     string     `json:"dataset"`
+	SQL         string     `json:"sql"`
+	SQLHash     string     `json:"sql_hash"` // hex SHA-256 of SQL
+	Purpose     string     `json:"purpose"`
+	Rewritten   string     `json:"rewritten_sql,omitempty"`
+	Status      Status     `json:"status"`
+	SubmittedBy string     `json:"submitted_by"`
+	SubmittedAt time.Time  `json:"submitted_at"`
+	UpdatedAt   time.Time  `json:"updated_at"`
+	Cost        Cost       `json:"cost"`
+	Accuracy    []Accuracy `json:"accuracy"`
+	RiskFlags   []RiskFlag `json:"risk_flags"`
+	// ApprovedBy is the reviewer whose approval reserved the budget.
+	ApprovedBy string `json:"approved_by,omitempty"`
+	// Attempts counts leases taken; FailureCode is set when failed.
+	Attempts    int     `json:"attempts"`
+	FailureCode string  `json:"failure_code,omitempty"`
+	History     []Event `json:"history,omitempty"`
+}
+
+// Event is one entry in a query's status history: a transition and who made
+// it and why.
+type Event struct {
+	From    Status    `json:"from,omitempty"`
+	To      Status    `json:"to"`
+	Actor   string    `json:"actor"`
+	Comment string    `json:"comment,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// Output is a query's protected result as the site agent uploaded it.
+type Output struct {
+	QueryID    int64      `json:"query_id"`
+	Result     dp.Result  `json:"result"`
+	SiteID     string     `json:"site_id"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ReleasedAt *time.Time `json:"released_at,omitempty"`
+}
+
+// Lease is a site agent's claim on an approved job.
+type Lease struct {
+	QueryID   int64     `json:"query_id"`
+	Token     string    `json:"token"`
+	SiteID    string    `json:"site_id"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Attempt   int       `json:"attempt"`
+	// The job itself: what the reviewer approved, byte for byte.
+	Dataset string  `json:"dataset"`
+	SQL     string  `json:"sql"`
+	SQLHash string  `json:"sql_hash"`
+	Epsilon float64 `json:"epsilon"`
+	Delta   float64 `json:"delta"`
+}
+
+// Site is a site agent and the dataset catalog it published.
+type Site struct {
+	ID       string    `json:"id"`
+	Datasets []string  `json:"datasets"`
+	LastSeen time.Time `json:"last_seen"`
+	Version  string    `json:"version,omitempty"`
+}
+
+// AuditEntry is one link of the tamper-evident audit chain: Hash is SHA-256
+// over PrevHash and the entry's canonical fields.
+type AuditEntry struct {
+	Seq      int64     `json:"seq"`
+	At       time.Time `json:"at"`
+	Actor    string    `json:"actor"`
+	Action   string    `json:"action"`
+	Object   string    `json:"object"` // e.g. "query/42", "project/3"
+	Detail   string    `json:"detail,omitempty"`
+	PrevHash string    `json:"prev_hash"`
+	Hash     string    `json:"hash"`
+}
+
+// RegisterEntry is one project as the public transparency register shows it.
+type RegisterEntry struct {
+	ProjectID       int64         `json:"project_id"`
+	Title           string        `json:"title"`
+	Organisation    string        `json:"organisation"`
+	Purpose         string        `json:"purpose"`
+	LawfulBasis     string        `json:"lawful_basis"`
+	StartsAt        time.Time     `json:"starts_at"`
+	ExpiresAt       time.Time     `json:"expires_at"`
+	Status          ProjectStatus `json:"status"`
+	ReleasedQueries int           `json:"released_queries"`
+	EpsilonSpent    float64       `json:"epsilon_spent"`
+}

@@ -1,0 +1,186 @@
+// Package dp turns exact, contribution-bounded aggregates into a table that is
+// safe to release: differential-privacy noise from google/differential-privacy,
+// partition selection, small-cell suppression, rounding and a disclosure
+// report. It also does the privacy-budget arithmetic the broker's ledger uses.
+//
+// dp is pure computation. It must never do I/O, never draw noise from anything
+// but the DP library, and never let a post-processing decision (suppression,
+// rounding, clamping) look at an exact value.
+package dp
+
+// AggKind is the statistic an output column releases.
+type AggKind string
+
+// Aggregate kinds. Stored values never change.
+const (
+	AggCount         AggKind = "count"          // count(*) of bounded rows
+	AggCountPatients AggKind = "count_patients" // count(DISTINCT <privacy unit>)
+	AggSum           AggKind = "sum"
+	AggMean          AggKind = "mean"
+	AggVariance      AggKind = "variance"
+	AggStddev        AggKind = "stddev"
+)
+
+// Spec says how to protect one query's result. The query compiler
+// (queries.Compile) builds it from the SQL and the dataset catalog; the
+// sandbox hands it, with the exact per-group statistics, to Protect.
+type Spec struct {
+	Groups     []GroupSpec `json:"groups"`
+	Aggregates []AggSpec   `json:"aggregates"`
+
+	// MaxGroupsPerPatient (k, the L0 sensitivity) and MaxRowsPerGroup (C)
+	// are the contribution bounds the rewritten SQL enforced.
+	MaxGroupsPerPatient int `json:"max_groups_per_patient"`
+	MaxRowsPerGroup     int `json:"max_rows_per_group"`
+
+	// Epsilon and Delta are the total budget the query spends.
+	Epsilon float64 `json:"epsilon"`
+	Delta   float64 `json:"delta"`
+
+	Threshold    int    `json:"threshold"`     // small-cell threshold
+	RoundingBase int    `json:"rounding_base"` // counts rounded to a multiple
+	Rounding     string `json:"rounding"`      // "nearest" or "midpoint6"
+}
+
+// GroupSpec is one output grouping column.
+type GroupSpec struct {
+	Name string `json:"name"`
+	// Domain, when every group column has one, lists all keys to release
+	// (empty ones too) and partition selection is skipped.
+	Domain []string `json:"domain,omitempty"`
+}
+
+// AggSpec is one output aggregate column.
+type AggSpec struct {
+	Name string  `json:"name"`
+	Kind AggKind `json:"kind"`
+	// Lower and Upper are the clamping bounds of each contributing value
+	// (unused for counts).
+	Lower float64 `json:"lower,omitempty"`
+	Upper float64 `json:"upper,omitempty"`
+}
+
+// GroupStats are the exact, contribution-bounded statistics of one group, as
+// the rewritten SQL computes them inside the sandbox. They never leave it.
+type GroupStats struct {
+	// Keys holds the group's key values in GroupSpec order; nil is SQL NULL.
+	Keys []*string
+	// Patients is the number of distinct patients contributing to the group
+	// (after bounding).
+	Patients int64
+	// Aggs holds one entry per AggSpec, in order.
+	Aggs []AggStats
+}
+
+// AggStats are the exact bounded sufficient statistics of one aggregate in
+// one group. Count is the number of contributing rows (≤ C per patient), Sum
+// and SumSq are over the clamped values, Top1 and Top2 are the largest two
+// per-patient contributions to Sum (for dominance checks).
+type AggStats struct {
+	Count float64
+	Sum   float64
+	SumSq float64
+	Top1  float64
+	Top2  float64
+}
+
+// Result is a protected table and its disclosure report: everything that
+// crosses the sandbox boundary.
+type Result struct {
+	Columns []Column `json:"columns"`
+	Rows    [][]Cell `json:"rows"`
+	Report  Report   `json:"report"`
+}
+
+// Column describes one column of a protected table.
+type Column struct {
+	Name string `json:"name"`
+	// Kind is "group" for a key column, else the AggKind.
+	Kind string `json:"kind"`
+}
+
+// Cell is one released value with the disclosure-control marks an output
+// checker needs.
+type Cell struct {
+	// Key is the value of a group column; Null marks SQL NULL.
+	Key  string `json:"key,omitempty"`
+	Null bool   `json:"null,omitempty"`
+	// Value is the released (noisy, post-processed) value of an aggregate;
+	// nil when suppressed.
+	Value *float64 `json:"value,omitempty"`
+	// CILow and CIHigh bound the 95% confidence interval of the noise.
+	CILow  *float64 `json:"ci_low,omitempty"`
+	CIHigh *float64 `json:"ci_high,omitempty"`
+
+	Suppressed bool `json:"suppressed,omitempty"`
+	// Secondary marks a cell suppressed only so that a suppressed cell
+	// cannot be recovered from totals.
+	Secondary bool `json:"secondary,omitempty"`
+	Rounded   bool `json:"rounded,omitempty"`
+	// Dominance lists the dominance rules the exact contributions broke
+	// ("nk" for n=2,k=90%; "p%" for p=10%). Only the flags leave the sandbox.
+	Dominance []string `json:"dominance,omitempty"`
+}
+
+// Report is the disclosure report attached to every protected result.
+type Report struct {
+	Epsilon   float64 `json:"epsilon"`
+	Delta     float64 `json:"delta"`
+	Mechanism string  `json:"mechanism"` // "laplace" or "gaussian"
+	// Noise lists, per released statistic, its share of the budget and the
+	// noise scale.
+	Noise []NoiseReport `json:"noise"`
+
+	MaxGroupsPerPatient int    `json:"max_groups_per_patient"`
+	MaxRowsPerGroup     int    `json:"max_rows_per_group"`
+	Threshold           int    `json:"threshold"`
+	RoundingBase        int    `json:"rounding_base"`
+	Rounding            string `json:"rounding"`
+	// PartitionSelection is "public_domain" or "dp_pre_threshold".
+	PartitionSelection string `json:"partition_selection"`
+
+	GroupsReleased       int `json:"groups_released"`
+	GroupsSuppressed     int `json:"groups_suppressed"`
+	CellsSuppressed      int `json:"cells_suppressed"`
+	CellsSecondary       int `json:"cells_secondary_suppressed"`
+	CellsRounded         int `json:"cells_rounded"`
+	CellsDominanceFlags  int `json:"cells_dominance_flagged"`
+	PartitionsNotRelease int `json:"partitions_not_released"`
+
+	// RowsDroppedByBounding is the number of rows the k/C bounds removed,
+	// rounded to the rounding base so it cannot be used as an exact count.
+	RowsDroppedByBounding int64 `json:"rows_dropped_by_bounding"`
+
+	// Filled in by the sandbox, not by Protect.
+	OptOut  OptOutReport  `json:"optout"`
+	Sandbox SandboxReport `json:"sandbox"`
+	// Synthetic marks a dry run on synthetic data.
+	Synthetic bool `json:"synthetic,omitempty"`
+}
+
+// NoiseReport is the noise applied to one statistic.
+type NoiseReport struct {
+	Statistic string  `json:"statistic"` // column name, or "partition_selection"
+	Mechanism string  `json:"mechanism"`
+	Epsilon   float64 `json:"epsilon"`
+	Delta     float64 `json:"delta"`
+	// Scale is the noise standard deviation.
+	Scale float64 `json:"scale"`
+}
+
+// OptOutReport says which opt-out filter the query was bound to.
+type OptOutReport struct {
+	Applied bool   `json:"applied"`
+	Table   string `json:"table"`
+	// SnapshotHash is a SHA-256 over the sorted opted-out ids at run time.
+	SnapshotHash string `json:"snapshot_hash"`
+}
+
+// SandboxReport says which isolation layers the run had.
+type SandboxReport struct {
+	Layers []string `json:"layers"`
+	// Degraded is true when the operator allowed a run without every layer.
+	Degraded bool     `json:"degraded"`
+	Missing  []string `json:"missing,omitempty"`
+	Version  string   `json:"version,omitempty"`
+}
