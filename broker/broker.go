@@ -105,20 +105,6 @@ type Budget struct {
 	DeltaRemaining   float64 `json:"delta_remaining"`
 }
 
-// Cost is what a query spends from its project's budget.
-type Cost struct {
-	Epsilon float64 `json:"epsilon"`
-	Delta   float64 `json:"delta"`
-}
-
-// Accuracy is the expected accuracy of one released aggregate.
-type Accuracy struct {
-	Column string `json:"column"`
-	// HalfWidth95 is the half-width of the 95% interval of the noise alone.
-	HalfWidth95 float64 `json:"ci95_half_width"`
-	Note        string  `json:"note,omitempty"`
-}
-
 // RiskFlag warns a reviewer about a query that may be part of an attack.
 type RiskFlag struct {
 	Kind    string `json:"kind"` // "repeat", "differencing", "narrow_population"
@@ -130,20 +116,20 @@ type RiskFlag struct {
 
 // Query is a researcher's question and everything decided about it.
 type Query struct {
-	ID          int64      `json:"id"`
-	ProjectID   int64      `json:"project_id"`
-	Dataset     string     `json:"dataset"`
-	SQL         string     `json:"sql"`
-	SQLHash     string     `json:"sql_hash"` // hex SHA-256 of SQL
-	Purpose     string     `json:"purpose"`
-	Rewritten   string     `json:"rewritten_sql,omitempty"`
-	Status      Status     `json:"status"`
-	SubmittedBy string     `json:"submitted_by"`
-	SubmittedAt time.Time  `json:"submitted_at"`
-	UpdatedAt   time.Time  `json:"updated_at"`
-	Cost        Cost       `json:"cost"`
-	Accuracy    []Accuracy `json:"accuracy"`
-	RiskFlags   []RiskFlag `json:"risk_flags"`
+	ID          int64         `json:"id"`
+	ProjectID   int64         `json:"project_id"`
+	Dataset     string        `json:"dataset"`
+	SQL         string        `json:"sql"`
+	SQLHash     string        `json:"sql_hash"` // hex SHA-256 of SQL
+	Purpose     string        `json:"purpose"`
+	Rewritten   string        `json:"rewritten_sql,omitempty"`
+	Status      Status        `json:"status"`
+	SubmittedBy string        `json:"submitted_by"`
+	SubmittedAt time.Time     `json:"submitted_at"`
+	UpdatedAt   time.Time     `json:"updated_at"`
+	Cost        dp.Cost       `json:"cost"`
+	Accuracy    []dp.Accuracy `json:"accuracy"`
+	RiskFlags   []RiskFlag    `json:"risk_flags"`
 	// ApprovedBy is the reviewer whose approval reserved the budget.
 	ApprovedBy string `json:"approved_by,omitempty"`
 	// Attempts counts leases taken; FailureCode is set when failed.

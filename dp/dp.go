@@ -84,6 +84,21 @@ type AggStats struct {
 	Top2  float64
 }
 
+// Cost is the privacy budget a query spends.
+type Cost struct {
+	Epsilon float64 `json:"epsilon"`
+	Delta   float64 `json:"delta"`
+}
+
+// Accuracy is the expected accuracy of one released aggregate, known before
+// the query runs.
+type Accuracy struct {
+	Column string `json:"column"`
+	// HalfWidth95 is the half-width of the 95% interval of the noise alone.
+	HalfWidth95 float64 `json:"ci95_half_width"`
+	Note        string  `json:"note,omitempty"`
+}
+
 // Result is a protected table and its disclosure report: everything that
 // crosses the sandbox boundary.
 type Result struct {
