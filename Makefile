@@ -1,0 +1,27 @@
+# tre — common tasks. `make help` lists them.
+GO ?= go
+PKGS := ./...
+
+.PHONY: help build test check fmt vet fuzz demo
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+build: ## build the tre binary into ./bin/tre
+	$(GO) build -o bin/tre ./cmd/tre
+
+test: ## run every test (the README's test command)
+	$(GO) test $(PKGS)
+
+fmt: ## format the code
+	gofmt -w $$(git ls-files '*.go')
+
+vet: ## go vet
+	$(GO) vet $(PKGS)
+
+check: ## gofmt check, go vet and the tests
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) test $(PKGS)
+
+demo: ## run the demo (synthetic data, broker, agent, sandbox)
+	$(GO) run ./cmd/tre demo

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// goPackage is the part of `go list -json` the boundary rules need.
+type goPackage struct {
+	ImportPath string
+	Imports    []string
+	Deps       []string
+}
+
+const module = "github.com/nhs-tre/tre"
+
+// listPackages runs `go list -json` over the whole module (non-test files).
+func listPackages(tb testing.TB) []goPackage {
+	tb.Helper()
+	cmd := exec.Command("go", "list", "-json", module+"/...")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		tb.Fatalf("go list: %v", err)
+	}
+	var pkgs []goPackage
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for {
+		var p goPackage
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			tb.Fatalf("decode go list output: %v", err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	if len(pkgs) == 0 {
+		tb.Fatal("go list found no packages")
+	}
+	return pkgs
+}
+
+func inFolder(path, folder string) bool {
+	p := module + "/" + folder
+	return path == p || strings.HasPrefix(path, p+"/")
+}
+
+// TestImportBoundaries enforces the trust zones of ARCHITECTURE.md in the
+// import graph: a reviewer should not have to trust discipline alone.
+func TestImportBoundaries(t *testing.T) {
+	const (
+		gin    = "github.com/gin-gonic/gin"
+		duckdb = "github.com/duckdb/duckdb-go/v2"
+		dplib  = "github.com/google/differential-privacy/go/v3/"
+	)
+	// dp is pure math: these are the only standard packages it may use.
+	dpStd := map[string]bool{
+		"errors": true, "fmt": true, "math": true, "sort": true, "slices": true,
+		"strings": true, "strconv": true, "maps": true, "cmp": true,
+		"math/big": true, "math/rand/v2": true, "encoding/binary": true,
+		"crypto/sha256": true, "encoding/hex": true,
+	}
+	for _, p := range listPackages(t) {
+		for _, imp := range p.Imports {
+			switch {
+			case imp == gin || strings.HasPrefix(imp, gin+"/"):
+				if !inFolder(p.ImportPath, "api") {
+					t.Errorf("%s imports gin: only api may", p.ImportPath)
+				}
+			case imp == duckdb || strings.HasPrefix(imp, duckdb+"/"):
+				if !inFolder(p.ImportPath, "sandbox") && !inFolder(p.ImportPath, "queries") {
+					t.Errorf("%s imports the DuckDB driver: only sandbox (data) and queries (parser) may", p.ImportPath)
+				}
+			}
+			if inFolder(p.ImportPath, "dp") && !dpStd[imp] && !strings.HasPrefix(imp, dplib) && !inFolder(imp, "dp") {
+				t.Errorf("dp imports %s: dp is pure computation (stdlib math and the DP library only)", imp)
+			}
+		}
+		if inFolder(p.ImportPath, "broker") {
+			for _, dep := range p.Deps {
+				if inFolder(dep, "sandbox") || inFolder(dep, "api") {
+					t.Errorf("%s depends on %s: the broker never reaches patient data or HTTP", p.ImportPath, dep)
+				}
+			}
+		}
+		if inFolder(p.ImportPath, "queries") || inFolder(p.ImportPath, "dp") {
+			for _, dep := range p.Deps {
+				if inFolder(dep, "broker") || inFolder(dep, "api") || inFolder(dep, "sandbox") {
+					t.Errorf("%s depends on %s: the engine sits below the broker and the sandbox", p.ImportPath, dep)
+				}
+			}
+		}
+		if inFolder(p.ImportPath, "sandbox") {
+			for _, dep := range p.Deps {
+				if inFolder(dep, "broker") || inFolder(dep, "api") {
+					t.Errorf("%s depends on %s: the site talks to the broker only over HTTP, wired in cmd", p.ImportPath, dep)
+				}
+			}
+		}
+	}
+}
