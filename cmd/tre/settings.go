@@ -1,0 +1,158 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// ServeConfig configures `tre serve`, the broker.
+type ServeConfig struct {
+	DataDir     string `yaml:"data_dir" flag:"data-dir" usage:"directory for the SQLite store and the dev signing key"`
+	Addr        string `yaml:"addr" flag:"addr" usage:"HTTP(S) listen address"`
+	AdminAddr   string `yaml:"admin_addr" flag:"admin-addr" usage:"listen address for /metrics (empty: no metrics listener)"`
+	DatabaseURL string `yaml:"database_url" flag:"database-url" usage:"PostgreSQL URL (empty: SQLite in --data-dir)" secret:"true"`
+	Dev         bool   `yaml:"dev" flag:"dev" usage:"development mode: accept HS256 tokens signed with DIR/dev-signing.key"`
+
+	Issuer          string   `yaml:"jwt_issuer" flag:"jwt-issuer" usage:"required iss claim"`
+	Audience        string   `yaml:"jwt_audience" flag:"jwt-audience" usage:"required aud claim"`
+	PublicKeyFiles  []string `yaml:"jwt_public_keys" flag:"jwt-public-key" usage:"PEM public key files (EdDSA, ES256, RS256), comma-separated"`
+	JWKSFile        string   `yaml:"jwks_file" flag:"jwks-file" usage:"JWKS document file"`
+	JWKSURL         string   `yaml:"jwks_url" flag:"jwks-url" usage:"JWKS document URL (refreshed)"`
+	RolesClaim      string   `yaml:"roles_claim" flag:"roles-claim" usage:"path of the roles claim, e.g. realm_access.roles"`
+	SubmitPerMinute int      `yaml:"submit_per_minute" flag:"submit-per-minute" usage:"query submissions allowed per user per minute"`
+
+	LeaseTTL    time.Duration `yaml:"lease_ttl" flag:"lease-ttl" usage:"how long a site agent's job lease lasts without a heartbeat"`
+	MaxAttempts int           `yaml:"max_attempts" flag:"max-attempts" usage:"failed runs before a query is marked failed"`
+
+	DryRunData    string `yaml:"dry_run_data" flag:"dry-run-data" usage:"synthetic DuckDB file answering dry runs (empty: dry runs off)"`
+	DryRunCatalog string `yaml:"dry_run_catalog" flag:"dry-run-catalog" usage:"catalog of the dry-run data (default: DATA with .catalog.yaml)"`
+
+	TLSCert      string `yaml:"tls_cert" flag:"tls-cert" usage:"TLS certificate file (PEM)"`
+	TLSKey       string `yaml:"tls_key" flag:"tls-key" usage:"TLS private key file (PEM)" secret:"true"`
+	TLSClientCA  string `yaml:"tls_client_ca" flag:"tls-client-ca" usage:"CA file: require client certificates (mutual TLS) signed by it"`
+	BehindProxy  bool   `yaml:"behind_tls_proxy" flag:"behind-tls-proxy" usage:"allow plain HTTP on a non-loopback address because a TLS-terminating proxy is in front"`
+	LogLevel     string `yaml:"log_level" flag:"log-level" usage:"debug, info, warn or error"`
+	AllowWeakSBX bool   `yaml:"allow_weak_sandbox" flag:"allow-weak-sandbox" usage:"run dry runs in a sandbox missing isolation layers (reported)"`
+}
+
+// DefaultServeConfig returns the broker defaults.
+func DefaultServeConfig() ServeConfig {
+	return ServeConfig{
+		Addr:            "127.0.0.1:8080",
+		RolesClaim:      "roles",
+		SubmitPerMinute: 60,
+		LeaseTTL:        2 * time.Minute,
+		MaxAttempts:     3,
+		LogLevel:        "info",
+	}
+}
+
+// Validate reports the first problem with c.
+func (c *ServeConfig) Validate() error {
+	switch {
+	case c.DataDir == "" && c.DatabaseURL == "":
+		return errors.New("data_dir is required (or database_url for PostgreSQL)")
+	case c.DataDir == "" && c.Dev:
+		return errors.New("--dev needs --data-dir for the signing key")
+	case c.Addr == "":
+		return errors.New("addr is required")
+	case !c.Dev && len(c.PublicKeyFiles) == 0 && c.JWKSFile == "" && c.JWKSURL == "":
+		return errors.New("no token verification keys: set jwt_public_keys, jwks_file or jwks_url (or --dev for development)")
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return errors.New("tls_cert and tls_key go together")
+	case c.TLSClientCA != "" && c.TLSCert == "":
+		return errors.New("tls_client_ca needs tls_cert and tls_key")
+	case c.LeaseTTL < time.Second:
+		return fmt.Errorf("lease_ttl %s is too short", c.LeaseTTL)
+	case c.MaxAttempts < 1:
+		return errors.New("max_attempts must be at least 1")
+	case c.SubmitPerMinute < 1:
+		return errors.New("submit_per_minute must be at least 1")
+	}
+	if c.TLSCert == "" && !c.BehindProxy && !isLoopback(c.Addr) {
+		return fmt.Errorf("refusing plain HTTP on %s: set tls_cert and tls_key, or behind_tls_proxy if a TLS-terminating proxy is in front", c.Addr)
+	}
+	return validLogLevel(c.LogLevel)
+}
+
+// AgentConfig configures `tre agent`, the site agent.
+type AgentConfig struct {
+	Broker      string        `yaml:"broker" flag:"broker" usage:"broker base URL"`
+	SiteID      string        `yaml:"site_id" flag:"site-id" usage:"this site's identifier"`
+	TokenFile   string        `yaml:"token_file" flag:"token-file" usage:"file holding the agent's bearer token"`
+	Data        string        `yaml:"data" flag:"data" usage:"the site's DuckDB data file (opened read-only)"`
+	Catalog     string        `yaml:"catalog" flag:"catalog" usage:"the dataset catalog (YAML)"`
+	ScratchDir  string        `yaml:"scratch_dir" flag:"scratch-dir" usage:"directory for per-job scratch space (default: a temporary directory)"`
+	Parallelism int           `yaml:"parallelism" flag:"parallelism" usage:"jobs run at once"`
+	MemoryLimit string        `yaml:"memory_limit" flag:"memory-limit" usage:"DuckDB memory limit per job, e.g. 2GB"`
+	Threads     int           `yaml:"threads" flag:"threads" usage:"DuckDB threads per job"`
+	Timeout     time.Duration `yaml:"job_timeout" flag:"job-timeout" usage:"per-job time limit"`
+	Poll        time.Duration `yaml:"poll_interval" flag:"poll-interval" usage:"how often to ask for work when idle"`
+	CAFile      string        `yaml:"ca_file" flag:"ca-file" usage:"CA bundle for the broker's certificate"`
+	ClientCert  string        `yaml:"client_cert" flag:"client-cert" usage:"client certificate for mutual TLS"`
+	ClientKey   string        `yaml:"client_key" flag:"client-key" usage:"client key for mutual TLS" secret:"true"`
+	AllowWeak   bool          `yaml:"allow_weak_sandbox" flag:"allow-weak-sandbox" usage:"run even when an isolation layer is unavailable (reported in every disclosure report)"`
+	LogLevel    string        `yaml:"log_level" flag:"log-level" usage:"debug, info, warn or error"`
+}
+
+// DefaultAgentConfig returns the agent defaults.
+func DefaultAgentConfig() AgentConfig {
+	return AgentConfig{
+		Parallelism: 1,
+		MemoryLimit: "2GB",
+		Threads:     2,
+		Timeout:     5 * time.Minute,
+		Poll:        2 * time.Second,
+		LogLevel:    "info",
+	}
+}
+
+// Validate reports the first problem with c.
+func (c *AgentConfig) Validate() error {
+	switch {
+	case c.Broker == "":
+		return errors.New("broker is required")
+	case c.SiteID == "":
+		return errors.New("site_id is required")
+	case c.TokenFile == "":
+		return errors.New("token_file is required")
+	case c.Data == "":
+		return errors.New("data is required")
+	case c.Catalog == "":
+		return errors.New("catalog is required")
+	case c.Parallelism < 1:
+		return errors.New("parallelism must be at least 1")
+	case c.Threads < 1:
+		return errors.New("threads must be at least 1")
+	case c.Timeout < time.Second:
+		return fmt.Errorf("job_timeout %s is too short", c.Timeout)
+	case c.Poll <= 0:
+		return errors.New("poll_interval must be positive")
+	case (c.ClientCert == "") != (c.ClientKey == ""):
+		return errors.New("client_cert and client_key go together")
+	}
+	return validLogLevel(c.LogLevel)
+}
+
+func validLogLevel(s string) error {
+	switch s {
+	case "debug", "info", "warn", "error":
+		return nil
+	}
+	return fmt.Errorf("log_level %q: want debug, info, warn or error", s)
+}
+
+// isLoopback reports whether addr (host:port) listens only on loopback.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
