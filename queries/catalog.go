@@ -57,8 +57,12 @@ type Table struct {
 	// Public marks a lookup table that holds no patient data (a code list, a
 	// region table). It has no privacy-unit column and may be joined on its
 	// key columns.
-	Public  bool     `yaml:"public,omitempty" json:"public,omitempty"`
-	Columns []Column `yaml:"columns" json:"columns"`
+	Public bool `yaml:"public,omitempty" json:"public,omitempty"`
+	// OnePerPatient declares that the table has at most one row per patient
+	// (a demographics table). Grouping only by such columns lets a query
+	// claim one group per patient (k = 1); the rewrite enforces it anyway.
+	OnePerPatient bool     `yaml:"one_row_per_patient,omitempty" json:"one_row_per_patient,omitempty"`
+	Columns       []Column `yaml:"columns" json:"columns"`
 }
 
 // Column is one column of a table and the role that decides how a query may
