@@ -40,7 +40,37 @@ type Spec struct {
 	Threshold    int    `json:"threshold"`     // small-cell threshold
 	RoundingBase int    `json:"rounding_base"` // counts rounded to a multiple
 	Rounding     string `json:"rounding"`      // "nearest" or "midpoint6"
+
+	// Mechanism is the noise distribution: MechanismLaplace (the default
+	// when empty) or MechanismGaussian. Gaussian noise needs δ > 0 and takes
+	// part of it (see Spec.Cost).
+	Mechanism string `json:"mechanism,omitempty"`
+	// Margins says the output's totals are released too (a total row, or
+	// the margins of a cross table), so a suppressed cell could be recovered
+	// by subtraction; Protect then applies secondary (complementary)
+	// suppression. The query compiler sets it when a query has a total row.
+	Margins bool `json:"margins,omitempty"`
 }
+
+// Noise mechanisms and rounding rules. Stored values never change.
+const (
+	MechanismLaplace  = "laplace"
+	MechanismGaussian = "gaussian"
+
+	RoundingNearest   = "nearest"
+	RoundingMidpoint6 = "midpoint6"
+)
+
+// Partition selection modes reported in Report.PartitionSelection.
+const (
+	// SelectionPublicDomain: every key of the cross product of the group
+	// columns' public domains is released (also for a query without GROUP
+	// BY, whose single keyless group is the empty cross product).
+	SelectionPublicDomain = "public_domain"
+	// SelectionPreThreshold: keys present in the data pass the DP library's
+	// pre-aggregation partition selection with a pre-threshold.
+	SelectionPreThreshold = "dp_pre_threshold"
+)
 
 // GroupSpec is one output grouping column.
 type GroupSpec struct {
@@ -75,7 +105,9 @@ type GroupStats struct {
 // AggStats are the exact bounded sufficient statistics of one aggregate in
 // one group. Count is the number of contributing rows (≤ C per patient), Sum
 // and SumSq are over the clamped values, Top1 and Top2 are the largest two
-// per-patient contributions to Sum (for dominance checks).
+// per-patient contributions to Sum (for dominance checks). For a
+// count_patients aggregate Count is the number of distinct patients counted;
+// for a count aggregate it is the number of bounded rows.
 type AggStats struct {
 	Count float64
 	Sum   float64

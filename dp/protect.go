@@ -1,0 +1,538 @@
+package dp
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/google/differential-privacy/go/v3/dpagg"
+	"github.com/google/differential-privacy/go/v3/noise"
+)
+
+// Options are the run-time inputs of Protect besides the Spec and the data.
+type Options struct {
+	// Noise replaces the Spec's mechanism for the statistics. Leave it nil in
+	// production: the library's Laplace or Gaussian noise is used. Tests set
+	// it to a deterministic fake, as the library's own tests do. Partition
+	// selection always uses the library's own randomness (it offers no
+	// seed), so there is no seed here either.
+	Noise noise.Noise
+	// DroppedRows is the number of rows the k/C contribution bounds removed
+	// (the rewritten query's __dropped column). It is reported rounded to
+	// the rounding base.
+	DroppedRows int64
+}
+
+// noisyGroup is one group after noise: everything post-processing may use.
+// It deliberately holds no exact statistic, so no suppression, rounding or
+// clamping decision can look at one.
+type noisyGroup struct {
+	keys []*string
+	// stats holds the noisy value of every statistic of the budget plan.
+	stats []float64
+	// dominance holds, per aggregate, the dominance rules the exact
+	// contributions broke. Only these flags are derived from exact values.
+	dominance [][]string
+}
+
+// Protect turns the exact, contribution-bounded statistics of a query's
+// groups into a releasable table and its disclosure report. It fills every
+// Report field except OptOut and Sandbox, which the sandbox fills.
+//
+// The steps, in order: choose the released keys (the public-domain cross
+// product, or DP partition selection), add noise to every statistic, and
+// then, on noisy values only: suppress small groups, secondary suppression
+// when the output has margins, clamp impossible values, round counts and
+// attach 95% confidence intervals.
+func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("protect: %w", err)
+	}
+	if err := checkGroups(s, groups); err != nil {
+		return nil, fmt.Errorf("protect: %w", err)
+	}
+	p := s.plan()
+	nz := opts.Noise
+	if nz == nil {
+		nz = p.declaredNoise()
+	}
+
+	noisy, notReleased, mode, err := noisyGroups(s, p, groups, nz)
+	if err != nil {
+		return nil, fmt.Errorf("protect: %w", err)
+	}
+	// postProcess sees only noisy values: exact statistics are not passed
+	// to it, so no decision it makes can depend on them.
+	res, err := postProcess(s, p, noisy)
+	if err != nil {
+		return nil, fmt.Errorf("protect: %w", err)
+	}
+	cost := s.Cost()
+	r := &res.Report
+	r.Epsilon, r.Delta = cost.Epsilon, cost.Delta
+	r.Mechanism = p.mechanism
+	r.MaxGroupsPerPatient = s.MaxGroupsPerPatient
+	r.MaxRowsPerGroup = s.MaxRowsPerGroup
+	r.Threshold = s.Threshold
+	r.RoundingBase = s.RoundingBase
+	r.Rounding = s.rounding()
+	r.PartitionSelection = mode
+	// Neither number is differentially private; rounding keeps them from
+	// being usable as exact counts.
+	r.PartitionsNotRelease = int(roundNearest(float64(notReleased), s.RoundingBase))
+	r.RowsDroppedByBounding = int64(roundNearest(float64(max(opts.DroppedRows, 0)), s.RoundingBase))
+	for _, st := range p.stats {
+		r.Noise = append(r.Noise, NoiseReport{
+			Statistic: st.name, Mechanism: p.mechanism,
+			Epsilon: st.eps, Delta: st.delta, Scale: p.scale(st),
+		})
+	}
+	if p.selection {
+		r.Noise = append(r.Noise, NoiseReport{
+			Statistic: "partition_selection", Mechanism: "pre_aggregation_partition_selection",
+			Epsilon: p.selEps, Delta: p.selDelta,
+		})
+	}
+	return res, nil
+}
+
+// noisyGroups chooses the released keys and adds noise to every statistic
+// of every released group. It and the functions it calls are the only place
+// exact statistics are read.
+func noisyGroups(s Spec, p budgetPlan, groups []GroupStats, nz noise.Noise) (noisy []noisyGroup, notReleased int, mode string, err error) {
+	var candidates []GroupStats
+	mode = SelectionPublicDomain
+	if p.selection {
+		mode = SelectionPreThreshold
+		candidates, notReleased, err = selectPartitions(s, p, groups)
+	} else {
+		candidates, err = domainGroups(s, groups)
+	}
+	if err != nil {
+		return nil, 0, "", err
+	}
+	noisy = make([]noisyGroup, len(candidates))
+	for i, g := range candidates {
+		if noisy[i], err = addNoise(s, p, g, nz); err != nil {
+			return nil, 0, "", err
+		}
+	}
+	return noisy, notReleased, mode, nil
+}
+
+// checkGroups refuses input that does not match the Spec. Messages never
+// contain data values.
+func checkGroups(s Spec, groups []GroupStats) error {
+	if len(s.Groups) == 0 && len(groups) > 1 {
+		return fmt.Errorf("a query without GROUP BY has one group, got %d", len(groups))
+	}
+	for i, g := range groups {
+		if len(g.Keys) != len(s.Groups) {
+			return fmt.Errorf("group %d has %d keys, the spec has %d group columns", i+1, len(g.Keys), len(s.Groups))
+		}
+		if len(g.Aggs) != len(s.Aggregates) {
+			return fmt.Errorf("group %d has %d aggregates, the spec has %d", i+1, len(g.Aggs), len(s.Aggregates))
+		}
+		if g.Patients < 0 {
+			return fmt.Errorf("group %d has a negative patient count", i+1)
+		}
+		for j, a := range g.Aggs {
+			for _, v := range []float64{a.Count, a.Sum, a.SumSq, a.Top1, a.Top2} {
+				if math.IsNaN(v) || math.IsInf(v, 0) {
+					return fmt.Errorf("group %d, aggregate %q: statistic is not finite", i+1, s.Aggregates[j].Name)
+				}
+			}
+			if a.Count < 0 || a.SumSq < 0 {
+				return fmt.Errorf("group %d, aggregate %q: negative count or sum of squares", i+1, s.Aggregates[j].Name)
+			}
+		}
+	}
+	return nil
+}
+
+// keyString encodes a key tuple unambiguously (NULL distinct from any
+// string) for use as a map key.
+func keyString(keys []*string) string {
+	var b strings.Builder
+	for _, k := range keys {
+		if k == nil {
+			b.WriteString("N;")
+			continue
+		}
+		b.WriteString(strconv.Itoa(len(*k)))
+		b.WriteByte(':')
+		b.WriteString(*k)
+		b.WriteByte(';')
+	}
+	return b.String()
+}
+
+// domainGroups returns one entry per key of the cross product of the public
+// domains, in domain order, with the exact statistics of the matching input
+// group or zeros. Input keys outside the domains (including NULL) are
+// ignored: releasing them would reveal that they occur.
+func domainGroups(s Spec, groups []GroupStats) ([]GroupStats, error) {
+	byKey := make(map[string]int, len(groups))
+	for i, g := range groups {
+		k := keyString(g.Keys)
+		if _, dup := byKey[k]; dup {
+			return nil, fmt.Errorf("group %d repeats the keys of an earlier group", i+1)
+		}
+		byKey[k] = i
+	}
+	total := 1
+	for _, g := range s.Groups {
+		total *= len(g.Domain)
+	}
+	out := make([]GroupStats, 0, total)
+	idx := make([]int, len(s.Groups))
+	for range total {
+		keys := make([]*string, len(s.Groups))
+		for j, g := range s.Groups {
+			keys[j] = &g.Domain[idx[j]]
+		}
+		if i, ok := byKey[keyString(keys)]; ok {
+			g := groups[i]
+			g.Keys = keys
+			out = append(out, g)
+		} else {
+			out = append(out, GroupStats{Keys: keys, Aggs: make([]AggStats, len(s.Aggregates))})
+		}
+		// Odometer over the domains, last column fastest.
+		for j := len(idx) - 1; j >= 0; j-- {
+			idx[j]++
+			if idx[j] < len(s.Groups[j].Domain) {
+				break
+			}
+			idx[j] = 0
+		}
+	}
+	return out, nil
+}
+
+// selectPartitions keeps the groups that pass the library's pre-aggregation
+// partition selection, fed with each group's distinct patient count, with a
+// pre-threshold equal to the small-cell threshold. The kept groups are
+// sorted by key so the output order says nothing about the input order.
+func selectPartitions(s Spec, p budgetPlan, groups []GroupStats) ([]GroupStats, int, error) {
+	seen := make(map[string]bool, len(groups))
+	var kept []GroupStats
+	dropped := 0
+	for i, g := range groups {
+		k := keyString(g.Keys)
+		if seen[k] {
+			return nil, 0, fmt.Errorf("group %d repeats the keys of an earlier group", i+1)
+		}
+		seen[k] = true
+		sel, err := dpagg.NewPreAggSelectPartition(&dpagg.PreAggSelectPartitionOptions{
+			Epsilon:                  p.selEps,
+			Delta:                    p.selDelta,
+			PreThreshold:             int64(s.Threshold),
+			MaxPartitionsContributed: int64(s.MaxGroupsPerPatient),
+		})
+		if err != nil {
+			return nil, 0, fmt.Errorf("partition selection: %w", err)
+		}
+		if err := sel.IncrementBy(g.Patients); err != nil {
+			return nil, 0, fmt.Errorf("partition selection: %w", err)
+		}
+		keep, err := sel.ShouldKeepPartition()
+		if err != nil {
+			return nil, 0, fmt.Errorf("partition selection: %w", err)
+		}
+		if keep {
+			kept = append(kept, g)
+		} else {
+			dropped++
+		}
+	}
+	slices.SortFunc(kept, func(a, b GroupStats) int { return compareKeys(a.Keys, b.Keys) })
+	return kept, dropped, nil
+}
+
+// compareKeys orders key tuples column by column, NULL first.
+func compareKeys(a, b []*string) int {
+	for i := range a {
+		switch {
+		case a[i] == nil && b[i] == nil:
+			continue
+		case a[i] == nil:
+			return -1
+		case b[i] == nil:
+			return 1
+		}
+		if c := cmp.Compare(*a[i], *b[i]); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+// addNoise computes the exact value of every planned statistic of g and
+// adds noise to it. Dominance flags, the only other use of exact values,
+// are computed here too so that nothing exact survives this function.
+func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, error) {
+	out := noisyGroup{
+		keys:      g.Keys,
+		stats:     make([]float64, len(p.stats)),
+		dominance: make([][]string, len(s.Aggregates)),
+	}
+	for i, st := range p.stats {
+		var x float64
+		if st.role == roleSuppress {
+			x = float64(g.Patients)
+		} else {
+			a, spec := g.Aggs[st.agg], s.Aggregates[st.agg]
+			m := spec.Lower + (spec.Upper-spec.Lower)/2
+			switch st.role {
+			case roleValue:
+				x = a.Count
+				if spec.Kind == AggSum {
+					x = a.Sum
+				}
+			case roleCount:
+				x = a.Count
+			case roleNormSum:
+				x = a.Sum - m*a.Count
+			case roleNormSumSq:
+				// Σ(x−m)² = Σx² − 2mΣx + m²n; rounding can push it below 0.
+				x = math.Max(0, a.SumSq-2*m*a.Sum+m*m*a.Count)
+			}
+		}
+		v, err := nz.AddNoiseFloat64(x, st.l0, st.lInf, st.eps, st.delta)
+		if err != nil {
+			return noisyGroup{}, fmt.Errorf("noise on %s: %w", st.name, err)
+		}
+		out.stats[i] = v
+	}
+	for i, a := range s.Aggregates {
+		if a.Kind == AggSum || a.Kind == AggMean {
+			out.dominance[i] = Dominance(g.Aggs[i].Sum, g.Aggs[i].Top1, g.Aggs[i].Top2)
+		}
+	}
+	return out, nil
+}
+
+// postProcess builds the released table from noisy groups. It costs no
+// budget: every decision here is a function of noisy values (and the
+// dominance flags, which only annotate).
+func postProcess(s Spec, p budgetPlan, groups []noisyGroup) (*Result, error) {
+	res := &Result{Rows: make([][]Cell, 0, len(groups))}
+	for _, g := range s.Groups {
+		res.Columns = append(res.Columns, Column{Name: g.Name, Kind: "group"})
+	}
+	for _, a := range s.Aggregates {
+		res.Columns = append(res.Columns, Column{Name: a.Name, Kind: string(a.Kind)})
+	}
+
+	primary := make([]bool, len(groups))
+	ranking := make([]float64, len(groups))
+	keys := make([][]*string, len(groups))
+	for i, g := range groups {
+		ranking[i] = g.stats[p.suppress]
+		primary[i] = ranking[i] < float64(s.Threshold)
+		keys[i] = g.keys
+	}
+	secondary := make([]bool, len(groups))
+	if s.Margins {
+		var err error
+		if secondary, err = SecondarySuppress(keys, ranking, primary); err != nil {
+			return nil, err
+		}
+	}
+
+	r := &res.Report
+	rule := s.rounding()
+	roundErr := float64(s.RoundingBase) / 2
+	if rule == RoundingMidpoint6 {
+		roundErr = 4.5 // 1 (from a noisy value just above 0.5) released as 5
+	}
+	for gi, g := range groups {
+		row := make([]Cell, 0, len(s.Groups)+len(s.Aggregates))
+		for _, k := range g.keys {
+			if k == nil {
+				row = append(row, Cell{Null: true})
+			} else {
+				row = append(row, Cell{Key: *k})
+			}
+		}
+		suppressed := primary[gi] || secondary[gi]
+		if suppressed {
+			r.GroupsSuppressed++
+		} else {
+			r.GroupsReleased++
+		}
+		for ai, a := range s.Aggregates {
+			if suppressed {
+				row = append(row, Cell{Suppressed: true, Secondary: secondary[gi] && !primary[gi]})
+				if primary[gi] {
+					r.CellsSuppressed++
+				} else {
+					r.CellsSecondary++
+				}
+				continue
+			}
+			cell, err := releaseCell(s, p, a, p.aggStats[ai], g.stats, rule, roundErr)
+			if err != nil {
+				return nil, err
+			}
+			if cell.Rounded {
+				r.CellsRounded++
+			}
+			if len(g.dominance[ai]) > 0 {
+				cell.Dominance = g.dominance[ai]
+				r.CellsDominanceFlags++
+			}
+			row = append(row, cell)
+		}
+		res.Rows = append(res.Rows, row)
+	}
+	return res, nil
+}
+
+// releaseCell post-processes the noisy statistics of one aggregate in one
+// released group: clamps impossible values, rounds counts and attaches the
+// 95% confidence interval of the noise.
+func releaseCell(s Spec, p budgetPlan, a AggSpec, idx []int, stats []float64, rule string, roundErr float64) (Cell, error) {
+	var cell Cell
+	switch a.Kind {
+	case AggCount, AggCountPatients:
+		st := p.stats[idx[0]]
+		v := RoundCount(stats[idx[0]], s.RoundingBase, rule)
+		cell.Rounded = s.RoundingBase > 1 || rule == RoundingMidpoint6
+		h, err := p.halfWidth(st, CIAlpha)
+		if err != nil {
+			return Cell{}, err
+		}
+		// Centred on the released value, widened by the most rounding can
+		// move it: centring on the noisy value would undo the rounding.
+		cell.setValue(v, math.Max(0, v-h-roundErr), v+h+roundErr)
+	case AggSum:
+		st := p.stats[idx[0]]
+		v := stats[idx[0]]
+		lo, hi := sumRange(a)
+		v = clamp(v, lo, hi)
+		ci, err := p.declaredNoise().ComputeConfidenceIntervalFloat64(v, st.l0, st.lInf, st.eps, st.delta, CIAlpha)
+		if err != nil {
+			return Cell{}, fmt.Errorf("confidence interval of %s: %w", st.name, err)
+		}
+		cell.setValue(v, clamp(ci.LowerBound, lo, hi), clamp(ci.UpperBound, lo, hi))
+	case AggMean:
+		v, lo, hi, err := meanInterval(p, a, idx, stats)
+		if err != nil {
+			return Cell{}, err
+		}
+		cell.setValue(v, lo, hi)
+	case AggVariance, AggStddev:
+		v, lo, hi, err := varianceInterval(p, a, idx, stats)
+		if err != nil {
+			return Cell{}, err
+		}
+		if a.Kind == AggStddev {
+			v, lo, hi = math.Sqrt(v), math.Sqrt(lo), math.Sqrt(hi)
+		}
+		cell.setValue(v, lo, hi)
+	default:
+		return Cell{}, errors.New("unknown aggregate kind")
+	}
+	return cell, nil
+}
+
+func (c *Cell) setValue(v, lo, hi float64) {
+	c.Value, c.CILow, c.CIHigh = &v, &lo, &hi
+}
+
+// sumRange is the range a bounded sum can take: a sum of non-negative
+// values cannot be negative, nor a sum of non-positive values positive.
+func sumRange(a AggSpec) (lo, hi float64) {
+	lo, hi = math.Inf(-1), math.Inf(1)
+	if a.Lower >= 0 {
+		lo = 0
+	}
+	if a.Upper <= 0 {
+		hi = 0
+	}
+	return lo, hi
+}
+
+func clamp(v, lo, hi float64) float64 { return math.Min(math.Max(v, lo), hi) }
+
+// meanInterval is the noisy mean (noisy midpoint-shifted sum over the noisy
+// count, at least 1, plus the midpoint, clamped into the bounds, as the
+// library's BoundedMean.Result) and its 95% interval from the intervals of
+// numerator and denominator at α/2 each (the library's BoundedMean
+// confidence interval with a fixed split).
+func meanInterval(p budgetPlan, a AggSpec, idx []int, stats []float64) (v, lo, hi float64, err error) {
+	m := a.Lower + (a.Upper-a.Lower)/2
+	count, sum := stats[idx[0]], stats[idx[1]]
+	v = clamp(sum/math.Max(1, count)+m, a.Lower, a.Upper)
+	num, err := ciAt(p, p.stats[idx[1]], sum, CIAlpha/2)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	den, err := ciAt(p, p.stats[idx[0]], count, 1-(1-CIAlpha)/(1-CIAlpha/2))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	dLo, dHi := math.Max(1, den.LowerBound), math.Max(1, den.UpperBound)
+	lo = num.LowerBound / dHi
+	if num.LowerBound < 0 {
+		lo = num.LowerBound / dLo
+	}
+	hi = num.UpperBound / dLo
+	if num.UpperBound < 0 {
+		hi = num.UpperBound / dHi
+	}
+	return v, clamp(lo+m, a.Lower, a.Upper), clamp(hi+m, a.Lower, a.Upper), nil
+}
+
+// varianceInterval is the noisy variance (as the library's
+// BoundedVariance.Result: mean of squares minus squared mean of the
+// midpoint-shifted noisy statistics, clamped to [0, (upper−lower)²/4]) and
+// a 95% interval by interval arithmetic over the three statistics' own
+// intervals at α/3 each (union bound).
+func varianceInterval(p budgetPlan, a AggSpec, idx []int, stats []float64) (v, lo, hi float64, err error) {
+	maxVar := (a.Upper - a.Lower) * (a.Upper - a.Lower) / 4
+	count, sum, sumsq := stats[idx[0]], stats[idx[1]], stats[idx[2]]
+	c := math.Max(1, count)
+	mean := sum / c
+	v = clamp(sumsq/c-mean*mean, 0, maxVar)
+
+	alpha := CIAlpha / 3
+	var cis [3]noise.ConfidenceInterval
+	for j := range cis {
+		if cis[j], err = ciAt(p, p.stats[idx[j]], stats[idx[j]], alpha); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	cLo, cHi := math.Max(1, cis[0].LowerBound), math.Max(1, cis[0].UpperBound)
+	sLo, sHi := cis[1].LowerBound, cis[1].UpperBound
+	qLo, qHi := math.Max(0, cis[2].LowerBound), math.Max(0, cis[2].UpperBound)
+	// s²/c ranges over the quotient of the squares' interval by the count's.
+	msqLo, msqHi := qLo/cHi, qHi/cLo
+	// (s/c)² ranges over the square of the mean's interval.
+	mLo, mHi := divInterval(sLo, sHi, cLo, cHi)
+	m2Lo, m2Hi := 0.0, math.Max(mLo*mLo, mHi*mHi)
+	if mLo > 0 || mHi < 0 {
+		m2Lo = math.Min(mLo*mLo, mHi*mHi)
+	}
+	return v, clamp(msqLo-m2Hi, 0, maxVar), clamp(msqHi-m2Lo, 0, maxVar), nil
+}
+
+// divInterval divides [a, b] by [c, d] with 1 ≤ c ≤ d.
+func divInterval(a, b, c, d float64) (lo, hi float64) {
+	q := []float64{a / c, a / d, b / c, b / d}
+	return slices.Min(q), slices.Max(q)
+}
+
+func ciAt(p budgetPlan, st stat, noisy, alpha float64) (noise.ConfidenceInterval, error) {
+	ci, err := p.declaredNoise().ComputeConfidenceIntervalFloat64(noisy, st.l0, st.lInf, st.eps, st.delta, alpha)
+	if err != nil {
+		return noise.ConfidenceInterval{}, fmt.Errorf("confidence interval of %s: %w", st.name, err)
+	}
+	return ci, nil
+}
