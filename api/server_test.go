@@ -1,0 +1,340 @@
+package api
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/nhs-tre/tre/broker"
+)
+
+func mustErrorBody(tb testing.TB, body []byte) errorDetail {
+	tb.Helper()
+	var e errorBody
+	if err := json.Unmarshal(body, &e); err != nil || e.Error.Code == "" {
+		tb.Fatalf("not an error body: %q", body)
+	}
+	return e.Error
+}
+
+func TestStrictDecoding(t *testing.T) {
+	srv := newTestServer(t, newFakeService())
+	tok := mustToken(t, "alice", broker.RoleResearcher)
+	big := `{"project_id":1,"sql":"` + strings.Repeat("x", maxBodyBytes) + `"}`
+	tests := []struct {
+		name        string
+		contentType string
+		body        string
+		status      int
+		msg         string
+	}{
+		{"valid", "application/json", `{"project_id":1,"sql":"SELECT 1","purpose":"p"}`, 201, ""},
+		{"valid with charset", "application/json; charset=utf-8", `{"project_id":1,"sql":"SELECT 1"}`, 201, ""},
+		{"unknown field", "application/json", `{"project_id":1,"sql":"SELECT 1","budget":9}`, 400, `unknown field "budget"`},
+		{"trailing data", "application/json", `{"project_id":1,"sql":"SELECT 1"} {}`, 400, "after the JSON object"},
+		{"trailing garbage", "application/json", `{"project_id":1,"sql":"SELECT 1"}x`, 400, "after the JSON object"},
+		{"wrong type", "application/json", `{"project_id":"one","sql":"SELECT 1"}`, 400, `"project_id" must be int64`},
+		{"wrong type nested", "application/json", `{"project_id":1,"sql":["SELECT 1"]}`, 400, `"sql" must be string`},
+		{"array body", "application/json", `[1,2]`, 400, "JSON object"},
+		{"null body", "application/json", `null`, 400, "JSON object"},
+		{"empty body", "application/json", ``, 400, "empty"},
+		{"truncated", "application/json", `{"project_id":1,`, 400, ""},
+		{"syntax", "application/json", `{"project_id":1,,}`, 400, "malformed JSON"},
+		{"invalid UTF-8", "application/json", "{\"project_id\":1,\"sql\":\"SELECT \xff\"}", 400, "UTF-8"},
+		{"oversized", "application/json", big, 413, "larger than"},
+		{"form content type", "application/x-www-form-urlencoded", `project_id=1`, 415, "application/json"},
+		{"no content type", "", `{"project_id":1,"sql":"SELECT 1"}`, 415, "application/json"},
+		{"number overflow", "application/json", `{"project_id":1e400,"sql":"x"}`, 400, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := newRequest(t, http.MethodPost, "/api/v1/queries", tok, tt.body)
+			if tt.contentType != "" {
+				req.Header.Set("Content-Type", tt.contentType)
+			} else {
+				req.Header.Del("Content-Type")
+			}
+			rec := serve(srv, req)
+			if rec.Code != tt.status {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
+			}
+			if tt.status >= 400 {
+				e := mustErrorBody(t, rec.Body.Bytes())
+				if !strings.Contains(e.Message, tt.msg) {
+					t.Errorf("message %q does not contain %q", e.Message, tt.msg)
+				}
+				if strings.Contains(e.Message, "xxxxxxxx") {
+					t.Error("error message echoes the body")
+				}
+			}
+		})
+	}
+}
+
+func TestRoutingErrors(t *testing.T) {
+	srv := newTestServer(t, newFakeService())
+	tok := mustToken(t, "alice", broker.RoleResearcher, broker.RoleReviewer)
+	tests := []struct {
+		name, method, path string
+		status             int
+	}{
+		{"unknown route", "GET", "/api/v1/nope", 404},
+		{"unknown root", "GET", "/wp-admin", 404},
+		{"trailing slash", "GET", "/api/v1/queries/", 404},
+		{"wrong method", "DELETE", "/api/v1/queries", 405},
+		{"wrong method on id", "PUT", "/api/v1/queries/7", 405},
+		{"bad id", "GET", "/api/v1/queries/abc", 400},
+		{"zero id", "GET", "/api/v1/queries/0", 400},
+		{"negative id", "GET", "/api/v1/queries/-3", 400},
+		{"huge id", "GET", "/api/v1/queries/99999999999999999999999", 400},
+		{"missing query", "GET", "/api/v1/queries/8", 404},
+		{"bad status filter", "GET", "/api/v1/queries?status=done", 400},
+		{"bad project filter", "GET", "/api/v1/queries?project_id=x", 400},
+		{"bad format", "GET", "/api/v1/queries/7/result?format=xlsx", 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := call(t, srv.Handler(), tt.method, tt.path, tok, nil)
+			if rec.Code != tt.status {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
+			}
+			mustErrorBody(t, rec.Body.Bytes())
+			if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+				t.Errorf("content type %q", ct)
+			}
+		})
+	}
+}
+
+func TestErrorMapping(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     error
+		status  int
+		code    string
+		message string
+	}{
+		{"invalid", broker.Errorf(broker.EINVALID, "bad"), 400, "invalid", "bad"},
+		{"refused", broker.Errorf(broker.EREFUSED, "window functions are not allowed"), 422, "refused", "window functions are not allowed"},
+		{"forbidden", broker.Errorf(broker.EFORBIDDEN, "not a member"), 403, "forbidden", "not a member"},
+		{"not found", broker.Errorf(broker.ENOTFOUND, "no"), 404, "not_found", "no"},
+		{"conflict", broker.Errorf(broker.ECONFLICT, "no"), 409, "conflict", "no"},
+		{"budget", broker.Errorf(broker.EBUDGET, "overspend"), 409, "budget", "overspend"},
+		{"limited", broker.Errorf(broker.ELIMIT, "slow down"), 429, "rate_limited", "slow down"},
+		{"unavailable", broker.Errorf(broker.EUNAVAILABLE, "down"), 503, "unavailable", "down"},
+		{"wrapped", errors.Join(errors.New("ctx"), broker.Errorf(broker.ECONFLICT, "stale")), 409, "conflict", "stale"},
+		{"internal domain", broker.Errorf(broker.EINTERNAL, "disk /var/x failed"), 500, "internal", "internal error"},
+		{"plain error", errors.New("duckdb: value 'Smith' is not a number"), 500, "internal", "internal error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeService()
+			f.err = tt.err
+			srv := newTestServer(t, f)
+			rec := call(t, srv.Handler(), "GET", "/api/v1/queries/7", mustToken(t, "alice", broker.RoleResearcher), nil)
+			if rec.Code != tt.status {
+				t.Fatalf("status %d, want %d", rec.Code, tt.status)
+			}
+			if diff := cmp.Diff(errorDetail{tt.code, tt.message}, mustErrorBody(t, rec.Body.Bytes())); diff != "" {
+				t.Errorf("error (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestPagination(t *testing.T) {
+	srv := newTestServer(t, newFakeService())
+	tests := []struct {
+		name   string
+		query  string
+		status int
+		want   []int64
+		limit  int
+		offset int
+	}{
+		{"defaults", "", 200, []int64{1, 2, 3}, 50, 0},
+		{"limit", "?limit=2", 200, []int64{1, 2}, 2, 0},
+		{"offset", "?limit=2&offset=2", 200, []int64{3}, 2, 2},
+		{"offset past end", "?offset=10", 200, []int64{}, 50, 10},
+		{"limit clamped", "?limit=100000", 200, []int64{1, 2, 3}, MaxPageLimit, 0},
+		{"zero limit", "?limit=0", 400, nil, 0, 0},
+		{"negative offset", "?offset=-1", 400, nil, 0, 0},
+		{"text limit", "?limit=all", 400, nil, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := call(t, srv.Handler(), "GET", "/public/register"+tt.query, "", nil)
+			if rec.Code != tt.status {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
+			}
+			if tt.status != 200 {
+				return
+			}
+			var got List[broker.RegisterEntry]
+			if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+				t.Fatal(err)
+			}
+			ids := []int64{}
+			for _, e := range got.Items {
+				ids = append(ids, e.ProjectID)
+			}
+			if diff := cmp.Diff(tt.want, ids); diff != "" {
+				t.Errorf("ids (-want +got):\n%s", diff)
+			}
+			if got.Total != 3 || got.Limit != tt.limit || got.Offset != tt.offset {
+				t.Errorf("total/limit/offset = %d/%d/%d", got.Total, got.Limit, got.Offset)
+			}
+		})
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	now := testNow
+	srv := newTestServer(t, newFakeService(), func(c *Config) {
+		c.SubmitLimit = RateLimit{PerMinute: 6, Burst: 2} // one token every 10 s
+		c.Now = func() time.Time { return now }
+		c.DryRunner = fakeDryRunner{}
+	})
+	alice := mustToken(t, "alice", broker.RoleResearcher)
+	bob := mustToken(t, "bob", broker.RoleResearcher)
+	body := `{"project_id":1,"sql":"SELECT 1"}`
+	submit := func(tok string) int {
+		return call(t, srv.Handler(), "POST", "/api/v1/queries", tok, body).Code
+	}
+	got := []int{submit(alice), submit(alice)}
+	rec := call(t, srv.Handler(), "POST", "/api/v1/queries/dry-run", alice, body)
+	got = append(got, rec.Code, submit(bob))
+	if diff := cmp.Diff([]int{201, 201, 429, 201}, got); diff != "" {
+		t.Fatalf("statuses (-want +got):\n%s", diff)
+	}
+	if ra := rec.Header().Get("Retry-After"); ra != "10" {
+		t.Errorf("Retry-After = %q, want 10", ra)
+	}
+	if e := mustErrorBody(t, rec.Body.Bytes()); e.Code != broker.ELIMIT {
+		t.Errorf("code %q", e.Code)
+	}
+	now = now.Add(10 * time.Second)
+	if c := submit(alice); c != 201 {
+		t.Errorf("after refill: %d", c)
+	}
+	if c := submit(alice); c != 429 {
+		t.Errorf("second after refill: %d", c)
+	}
+	// Reads are not limited.
+	if c := call(t, srv.Handler(), "GET", "/api/v1/queries", alice, nil).Code; c != 200 {
+		t.Errorf("list while limited: %d", c)
+	}
+}
+
+func TestResultCSV(t *testing.T) {
+	srv := newTestServer(t, newFakeService())
+	rec := call(t, srv.Handler(), "GET", "/api/v1/queries/7/result?format=csv", mustToken(t, "alice", broker.RoleResearcher), nil)
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if cd := rec.Header().Get("Content-Disposition"); cd != `attachment; filename="tre-query-7.csv"` {
+		t.Errorf("Content-Disposition = %q", cd)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "text/csv; charset=utf-8" {
+		t.Errorf("Content-Type = %q", ct)
+	}
+	recs, err := csv.NewReader(strings.NewReader(rec.Body.String())).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{
+		{"region", "n", "n_ci_low", "n_ci_high", "n_flag"},
+		{`'=HYPERLINK("http://x")`, "12.5", "10", "15", ""},
+		{"", "", "", "", "suppressed"},
+		{"'-1+2", "", "", "", "secondary_suppressed"},
+		{"'@SUM(A1)", "12.5", "", "", ""},
+	}
+	if diff := cmp.Diff(want, recs); diff != "" {
+		t.Errorf("csv (-want +got):\n%s", diff)
+	}
+}
+
+func TestNeutraliseCell(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"equals", "=1+1", "'=1+1"},
+		{"plus", "+1", "'+1"},
+		{"minus", "-1", "'-1"},
+		{"at", "@x", "'@x"},
+		{"tab", "\tx", "'\tx"},
+		{"cr", "\rx", "'\rx"},
+		{"plain", "London", "London"},
+		{"empty", "", ""},
+		{"inner equals", "a=b", "a=b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := neutraliseCell(tt.in); got != tt.want {
+				t.Errorf("neutraliseCell(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+	for _, in := range []string{`../../etc/passwd`, `a"b;c.csv`, "", "..", "x\r\ny"} {
+		got := safeFilename(in)
+		if strings.ContainsAny(got, "/\\\"\r\n;") || got == "" || strings.HasPrefix(got, ".") {
+			t.Errorf("safeFilename(%q) = %q", in, got)
+		}
+	}
+}
+
+func TestDryRun(t *testing.T) {
+	body := `{"project_id":1,"sql":"SELECT count(*) FROM patients"}`
+	tok := mustToken(t, "alice", broker.RoleResearcher)
+	rec := call(t, newTestServer(t, newFakeService()).Handler(), "POST", "/api/v1/queries/dry-run", tok, body)
+	if rec.Code != 503 || !strings.Contains(mustErrorBody(t, rec.Body.Bytes()).Message, "dry runs are not configured") {
+		t.Fatalf("without a dry runner: %d %s", rec.Code, rec.Body)
+	}
+	srv := newTestServer(t, newFakeService(), func(c *Config) { c.DryRunner = fakeDryRunner{} })
+	rec = call(t, srv.Handler(), "POST", "/api/v1/queries/dry-run", tok, body)
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	var got DryRunResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if !got.Synthetic || !got.Report.Synthetic || got.Dataset != "gp" || len(got.Rows) != 1 {
+		t.Errorf("dry run = %+v", got)
+	}
+}
+
+func TestAuthFailuresRecorded(t *testing.T) {
+	f := newFakeService()
+	srv := newTestServer(t, f)
+	call(t, srv.Handler(), "GET", "/api/v1/audit", mustToken(t, "alice", broker.RoleResearcher), nil)
+	call(t, srv.Handler(), "GET", "/api/v1/audit", "bad.token.here", nil)
+	call(t, srv.Handler(), "GET", "/api/v1/audit", "", nil) // no token: not recorded
+	want := []string{
+		"alice|GET /api/v1/audit|missing role",
+		"|GET /api/v1/audit|malformed token",
+	}
+	if diff := cmp.Diff(want, f.authFailure); diff != "" {
+		t.Errorf("recorded (-want +got):\n%s", diff)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	f := newFakeService()
+	srv := newTestServer(t, f)
+	if c := call(t, srv.Handler(), "GET", "/readyz", "", nil).Code; c != 200 {
+		t.Errorf("readyz %d", c)
+	}
+	f.err = errors.New("database is locked")
+	if c := call(t, srv.Handler(), "GET", "/healthz", "", nil).Code; c != 200 {
+		t.Errorf("healthz with store down %d", c)
+	}
+	rec := call(t, srv.Handler(), "GET", "/readyz", "", nil)
+	if rec.Code != 503 || strings.Contains(rec.Body.String(), "locked") {
+		t.Errorf("readyz with store down: %d %s", rec.Code, rec.Body)
+	}
+}
