@@ -24,6 +24,27 @@ const (
 type Error struct {
 	Code    string
 	Message string
+
+	// cause is the sentinel this error specialises, so callers can branch
+	// with errors.Is(err, ErrLeaseExpired) while the message stays specific.
+	cause error
+}
+
+// Unwrap returns the sentinel this error specialises, if any.
+func (e *Error) Unwrap() error { return e.cause }
+
+// Sentinels callers branch on with errors.Is. The service returns errors that
+// wrap them with a specific message.
+var (
+	ErrLeaseExpired      = &Error{Code: ECONFLICT, Message: "the job lease has expired or is held by another agent"}
+	ErrBudgetExhausted   = &Error{Code: EBUDGET, Message: "the project's privacy budget would be overspent"}
+	ErrIllegalTransition = &Error{Code: ECONFLICT, Message: "illegal query status transition"}
+)
+
+// wrapf returns an *Error with sentinel's code and a specific message that
+// still matches the sentinel under errors.Is.
+func wrapf(sentinel *Error, format string, args ...any) *Error {
+	return &Error{Code: sentinel.Code, Message: fmt.Sprintf(format, args...), cause: sentinel}
 }
 
 func (e *Error) Error() string {

@@ -1,0 +1,1393 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/queries"
+)
+
+// Compiler validates a researcher's SQL against a dataset catalog and plans
+// its protected execution. *queries.Parser satisfies it.
+type Compiler interface {
+	Compile(ctx context.Context, cat *queries.Catalog, sql string, opts queries.Options) (*queries.Plan, error)
+}
+
+// Options configures a Service. Zero fields take the defaults below.
+type Options struct {
+	// Now is the clock; leases and expiry dates are judged by it.
+	Now func() time.Time
+	// LeaseTTL is how long a lease lasts without a heartbeat (default 2m).
+	LeaseTTL time.Duration
+	// MaxAttempts is how many leases a job gets before it fails (default 3).
+	MaxAttempts int
+	// Logger receives internal errors; nil discards them.
+	Logger *slog.Logger
+	// Rand is the source of lease tokens (default crypto/rand).
+	Rand io.Reader
+	// WriteTimeout bounds writes that must finish even when the caller's
+	// request is cancelled, such as recording a failed authorisation.
+	WriteTimeout time.Duration
+}
+
+// Defaults.
+const (
+	DefaultLeaseTTL     = 2 * time.Minute
+	DefaultMaxAttempts  = 3
+	DefaultWriteTimeout = 10 * time.Second
+	// MaxSQLBytes is the longest SQL text accepted.
+	MaxSQLBytes = 64 << 10
+	// budgetTolerance is the relative float tolerance of budget checks.
+	budgetTolerance = 1e-9
+)
+
+// Service is the broker's domain: every rule about who may do what, the
+// query state machine, the budget ledger, leases, risk flags and the audit
+// chain. Stores only persist.
+type Service struct {
+	store        Store
+	compiler     Compiler
+	now          func() time.Time
+	leaseTTL     time.Duration
+	maxAttempts  int
+	log          *slog.Logger
+	rand         io.Reader
+	writeTimeout time.Duration
+
+	mu       sync.Mutex
+	catalogs map[string]cachedCatalog // by dataset
+}
+
+type cachedCatalog struct {
+	hash string
+	cat  *queries.Catalog
+}
+
+// NewService returns a service over store using compiler for SQL.
+func NewService(store Store, compiler Compiler, opts Options) *Service {
+	s := &Service{
+		store:        store,
+		compiler:     compiler,
+		now:          opts.Now,
+		leaseTTL:     opts.LeaseTTL,
+		maxAttempts:  opts.MaxAttempts,
+		log:          opts.Logger,
+		rand:         opts.Rand,
+		writeTimeout: opts.WriteTimeout,
+		catalogs:     map[string]cachedCatalog{},
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.leaseTTL <= 0 {
+		s.leaseTTL = DefaultLeaseTTL
+	}
+	if s.maxAttempts <= 0 {
+		s.maxAttempts = DefaultMaxAttempts
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.rand == nil {
+		s.rand = rand.Reader
+	}
+	if s.writeTimeout <= 0 {
+		s.writeTimeout = DefaultWriteTimeout
+	}
+	return s
+}
+
+// clock returns the current time at the precision every store keeps.
+func (s *Service) clock() time.Time {
+	return s.now().UTC().Truncate(time.Microsecond)
+}
+
+// Ping checks the store is reachable.
+func (s *Service) Ping(ctx context.Context) error { return s.store.Ping(ctx) }
+
+// ---- identity and authorisation ----
+
+// denial is a refused authorisation found inside a transaction; it is
+// recorded in the audit chain after the transaction rolls back.
+type denial struct {
+	err            *Error
+	action, object string
+}
+
+func (d *denial) Error() string { return d.err.Error() }
+func (d *denial) Unwrap() error { return d.err }
+
+func deny(action, object, format string, args ...any) error {
+	return &denial{err: Errorf(EFORBIDDEN, format, args...), action: action, object: object}
+}
+
+// caller returns the authenticated user or EUNAUTHORIZED.
+func caller(ctx context.Context) (*User, error) {
+	u := UserFromContext(ctx)
+	if u == nil || u.Subject == "" {
+		return nil, Errorf(EUNAUTHORIZED, "authentication required")
+	}
+	return u, nil
+}
+
+// settle records a denial in the audit chain and turns it into its *Error.
+func (s *Service) settle(ctx context.Context, u *User, err error) error {
+	var d *denial
+	if !errors.As(err, &d) {
+		return err
+	}
+	subject := "anonymous"
+	if u != nil {
+		subject = u.Subject
+	}
+	s.recordAudit(ctx, subject, "authz.denied", d.object, auditDetail("action", d.action, "reason", d.err.Message))
+	return d.err
+}
+
+// recordAudit appends one entry in its own transaction with a detached
+// context: it must be written even if the request was cancelled.
+func (s *Service) recordAudit(ctx context.Context, actor, action, object, detail string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.writeTimeout)
+	defer cancel()
+	err := s.store.Update(ctx, func(tx Tx) error {
+		return appendAudit(ctx, tx, s.clock(), actor, action, object, detail)
+	})
+	if err != nil {
+		s.log.Error("record audit entry", "action", action, "object", object, "err", err)
+	}
+}
+
+// authorize returns the caller if they hold one of roles; otherwise the
+// refusal is audited.
+func (s *Service) authorize(ctx context.Context, action, object string, roles ...Role) (*User, error) {
+	u, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range roles {
+		if u.HasRole(r) {
+			return u, nil
+		}
+	}
+	names := make([]string, len(roles))
+	for i, r := range roles {
+		names[i] = string(r)
+	}
+	return nil, s.settle(ctx, u, deny(action, object, "%s requires the role %s", action, strings.Join(names, " or ")))
+}
+
+// update runs fn in a write transaction and settles denials.
+func (s *Service) update(ctx context.Context, u *User, fn func(Tx) error) error {
+	return s.settle(ctx, u, s.store.Update(ctx, fn))
+}
+
+// view runs fn in a read transaction and settles denials.
+func (s *Service) view(ctx context.Context, u *User, fn func(Tx) error) error {
+	return s.settle(ctx, u, s.store.View(ctx, fn))
+}
+
+func isStaff(u *User) bool {
+	return u.HasRole(RoleReviewer) || u.HasRole(RoleOutputChecker) || u.HasRole(RoleAdmin)
+}
+
+func projectObject(id int64) string { return "project/" + strconv.FormatInt(id, 10) }
+func queryObject(id int64) string   { return "query/" + strconv.FormatInt(id, 10) }
+
+// ---- catalogs and sites ----
+
+// PublishCatalog stores the catalog a site agent publishes and records the
+// site as seen. A dataset belongs to one site.
+func (s *Service) PublishCatalog(ctx context.Context, siteID string, cat *queries.Catalog) error {
+	u, err := s.authorize(ctx, "catalog.publish", "site/"+siteID, RoleAgent)
+	if err != nil {
+		return err
+	}
+	if err := validName("site id", siteID); err != nil {
+		return err
+	}
+	if cat == nil {
+		return Errorf(EINVALID, "catalog is required")
+	}
+	if err := cat.Validate(); err != nil {
+		return Errorf(EINVALID, "catalog %q is not valid: %v", cat.Dataset, err)
+	}
+	if err := validName("dataset", cat.Dataset); err != nil {
+		return err
+	}
+	body, err := json.Marshal(cat)
+	if err != nil {
+		return fmt.Errorf("encode catalog: %w", err)
+	}
+	hash := hashString(string(body))
+	now := s.clock()
+	return s.update(ctx, u, func(tx Tx) error {
+		owner, _, _, err := tx.FindCatalog(ctx, cat.Dataset, false)
+		switch {
+		case ErrorCode(err) == ENOTFOUND:
+		case err != nil:
+			return err
+		case owner != siteID:
+			return Errorf(ECONFLICT, "dataset %q is already published by site %q", cat.Dataset, owner)
+		}
+		if err := tx.TouchSite(ctx, &Site{ID: siteID, LastSeen: now}); err != nil {
+			return err
+		}
+		if err := tx.PutCatalog(ctx, siteID, cat.Dataset, hash, body, now); err != nil {
+			return err
+		}
+		return appendAudit(ctx, tx, now, u.Subject, "catalog.publish", "dataset/"+cat.Dataset,
+			auditDetail("site", siteID, "catalog_sha256", hash))
+	})
+}
+
+// FindDatasets returns every published catalog.
+func (s *Service) FindDatasets(ctx context.Context) ([]*queries.Catalog, error) {
+	if _, err := caller(ctx); err != nil {
+		return nil, err
+	}
+	var bodies [][]byte
+	if err := s.store.View(ctx, func(tx Tx) error {
+		var err error
+		bodies, err = tx.FindCatalogs(ctx)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	out := make([]*queries.Catalog, 0, len(bodies))
+	for _, b := range bodies {
+		var c queries.Catalog
+		if err := json.Unmarshal(b, &c); err != nil {
+			return nil, fmt.Errorf("decode stored catalog: %w", err)
+		}
+		out = append(out, &c)
+	}
+	return out, nil
+}
+
+// FindSites returns the site agents that published catalogs.
+func (s *Service) FindSites(ctx context.Context) ([]*Site, error) {
+	u, err := s.authorize(ctx, "sites.list", "sites", RoleAdmin)
+	if err != nil {
+		return nil, err
+	}
+	var sites []*Site
+	err = s.view(ctx, u, func(tx Tx) error {
+		sites, err = tx.FindSites(ctx)
+		return err
+	})
+	return sites, err
+}
+
+// catalog returns the parsed catalog of dataset, cached by content hash so
+// submissions do not decode it each time.
+func (s *Service) catalog(ctx context.Context, tx Tx, dataset string) (*queries.Catalog, error) {
+	_, hash, _, err := tx.FindCatalog(ctx, dataset, false)
+	if ErrorCode(err) == ENOTFOUND {
+		return nil, Errorf(EINVALID, "dataset %q has not been published by any site", dataset)
+	} else if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	c, ok := s.catalogs[dataset]
+	s.mu.Unlock()
+	if ok && c.hash == hash {
+		return c.cat, nil
+	}
+	_, hash, body, err := tx.FindCatalog(ctx, dataset, true)
+	if err != nil {
+		return nil, err
+	}
+	cat := new(queries.Catalog)
+	if err := json.Unmarshal(body, cat); err != nil {
+		return nil, fmt.Errorf("decode stored catalog %q: %w", dataset, err)
+	}
+	s.mu.Lock()
+	s.catalogs[dataset] = cachedCatalog{hash: hash, cat: cat}
+	s.mu.Unlock()
+	return cat, nil
+}
+
+// ---- projects ----
+
+// CreateProject creates a safe project. Admins only.
+func (s *Service) CreateProject(ctx context.Context, p *Project) error {
+	u, err := s.authorize(ctx, "project.create", "projects", RoleAdmin)
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		return Errorf(EINVALID, "project is required")
+	}
+	now := s.clock()
+	if p.StartsAt.IsZero() {
+		p.StartsAt = now
+	}
+	p.StartsAt = p.StartsAt.UTC().Truncate(time.Microsecond)
+	p.ExpiresAt = p.ExpiresAt.UTC().Truncate(time.Microsecond)
+	if p.Status == "" {
+		p.Status = ProjectActive
+	}
+	p.Members = dedupe(p.Members)
+	p.Datasets = dedupe(p.Datasets)
+	if err := validateProject(p); err != nil {
+		return err
+	}
+	p.CreatedBy = u.Subject
+	p.CreatedAt = now
+	p.Budget = Budget{EpsilonRemaining: p.EpsilonBudget, DeltaRemaining: p.DeltaBudget}
+	return s.update(ctx, u, func(tx Tx) error {
+		if err := tx.CreateProject(ctx, p); err != nil {
+			return err
+		}
+		return appendAudit(ctx, tx, now, u.Subject, "project.create", projectObject(p.ID),
+			auditDetail("title", p.Title, "epsilon_budget", fmtFloat(p.EpsilonBudget), "delta_budget", fmtFloat(p.DeltaBudget),
+				"members", strings.Join(p.Members, ","), "datasets", strings.Join(p.Datasets, ",")))
+	})
+}
+
+func validateProject(p *Project) error {
+	for _, f := range []struct{ name, value string }{
+		{"title", p.Title}, {"organisation", p.Organisation}, {"purpose", p.Purpose}, {"lawful_basis", p.LawfulBasis},
+	} {
+		if strings.TrimSpace(f.value) == "" {
+			return Errorf(EINVALID, "project %s is required", f.name)
+		}
+	}
+	if len(p.Members) == 0 {
+		return Errorf(EINVALID, "project members are required")
+	}
+	for _, m := range p.Members {
+		if strings.TrimSpace(m) == "" {
+			return Errorf(EINVALID, "project members must be non-empty subjects")
+		}
+	}
+	if len(p.Datasets) == 0 {
+		return Errorf(EINVALID, "project datasets are required")
+	}
+	for _, d := range p.Datasets {
+		if err := validName("dataset", d); err != nil {
+			return err
+		}
+	}
+	if math.IsNaN(p.EpsilonBudget) || math.IsInf(p.EpsilonBudget, 0) || p.EpsilonBudget <= 0 {
+		return Errorf(EINVALID, "project epsilon_budget must be a positive number")
+	}
+	if math.IsNaN(p.DeltaBudget) || math.IsInf(p.DeltaBudget, 0) || p.DeltaBudget < 0 || p.DeltaBudget >= 1 {
+		return Errorf(EINVALID, "project delta_budget must be at least 0 and below 1")
+	}
+	if p.ExpiresAt.IsZero() {
+		return Errorf(EINVALID, "project expires_at is required")
+	}
+	if !p.ExpiresAt.After(p.StartsAt) {
+		return Errorf(EINVALID, "project expires_at must be after starts_at")
+	}
+	switch p.Status {
+	case ProjectActive, ProjectSuspended:
+	default:
+		return Errorf(EINVALID, "project status must be %q or %q", ProjectActive, ProjectSuspended)
+	}
+	return nil
+}
+
+// usable refuses work on a project that is suspended, not started or
+// expired.
+func usable(p *Project, now time.Time) error {
+	switch {
+	case p.Status != ProjectActive:
+		return Errorf(EFORBIDDEN, "project %d is %s: queries are refused", p.ID, p.Status)
+	case now.Before(p.StartsAt):
+		return Errorf(EFORBIDDEN, "project %d starts on %s: queries are refused until then", p.ID, p.StartsAt.Format(time.RFC3339))
+	case !now.Before(p.ExpiresAt):
+		return Errorf(EFORBIDDEN, "project %d expired on %s: queries are refused", p.ID, p.ExpiresAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// FindProjectByID returns a project with its budget position. Admins and
+// reviewers see every project, researchers only their own.
+func (s *Service) FindProjectByID(ctx context.Context, id int64) (*Project, error) {
+	u, err := s.authorize(ctx, "project.read", projectObject(id), RoleAdmin, RoleReviewer, RoleResearcher)
+	if err != nil {
+		return nil, err
+	}
+	var p *Project
+	err = s.view(ctx, u, func(tx Tx) error {
+		p, err = tx.FindProject(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !u.HasRole(RoleAdmin) && !u.HasRole(RoleReviewer) && !slices.Contains(p.Members, u.Subject) {
+			return deny("project.read", projectObject(id), "you are not a member of project %d", id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// FindProjects lists projects; researchers see only those they belong to.
+func (s *Service) FindProjects(ctx context.Context, f ProjectFilter) ([]*Project, int, error) {
+	u, err := s.authorize(ctx, "project.list", "projects", RoleAdmin, RoleReviewer, RoleResearcher)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !u.HasRole(RoleAdmin) && !u.HasRole(RoleReviewer) {
+		f.Member = &u.Subject
+	}
+	f.Limit = pageLimit(f.Limit)
+	var ps []*Project
+	var n int
+	err = s.store.View(ctx, func(tx Tx) error {
+		ps, n, err = tx.FindProjects(ctx, f)
+		return err
+	})
+	return ps, n, err
+}
+
+// UpdateProject changes a project. Admins only; budgets cannot drop below
+// what is already spent and reserved.
+func (s *Service) UpdateProject(ctx context.Context, id int64, upd ProjectUpdate) (*Project, error) {
+	u, err := s.authorize(ctx, "project.update", projectObject(id), RoleAdmin)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock()
+	var p *Project
+	err = s.update(ctx, u, func(tx Tx) error {
+		if err := tx.LockProject(ctx, id); err != nil {
+			return err
+		}
+		p, err = tx.FindProject(ctx, id)
+		if err != nil {
+			return err
+		}
+		var changed []string
+		set := func(name string, ok bool, apply func()) {
+			if ok {
+				apply()
+				changed = append(changed, name)
+			}
+		}
+		set("title", upd.Title != nil, func() { p.Title = *upd.Title })
+		set("organisation", upd.Organisation != nil, func() { p.Organisation = *upd.Organisation })
+		set("purpose", upd.Purpose != nil, func() { p.Purpose = *upd.Purpose })
+		set("lawful_basis", upd.LawfulBasis != nil, func() { p.LawfulBasis = *upd.LawfulBasis })
+		set("data_sharing_agreement", upd.DataSharingAgreement != nil, func() { p.DataSharingAgreement = *upd.DataSharingAgreement })
+		set("members", upd.Members != nil, func() { p.Members = dedupe(*upd.Members) })
+		set("datasets", upd.Datasets != nil, func() { p.Datasets = dedupe(*upd.Datasets) })
+		set("epsilon_budget", upd.EpsilonBudget != nil, func() { p.EpsilonBudget = *upd.EpsilonBudget })
+		set("delta_budget", upd.DeltaBudget != nil, func() { p.DeltaBudget = *upd.DeltaBudget })
+		set("starts_at", upd.StartsAt != nil, func() { p.StartsAt = upd.StartsAt.UTC().Truncate(time.Microsecond) })
+		set("expires_at", upd.ExpiresAt != nil, func() { p.ExpiresAt = upd.ExpiresAt.UTC().Truncate(time.Microsecond) })
+		set("status", upd.Status != nil, func() { p.Status = *upd.Status })
+		if len(changed) == 0 {
+			return Errorf(EINVALID, "project update changes nothing")
+		}
+		if err := validateProject(p); err != nil {
+			return err
+		}
+		b := p.Budget
+		if over(b.EpsilonSpent+b.EpsilonReserved, 0, p.EpsilonBudget) || over(b.DeltaSpent+b.DeltaReserved, 0, p.DeltaBudget) {
+			return Errorf(ECONFLICT, "project %d budget cannot drop below what is spent and reserved (ε %s, δ %s)",
+				id, fmtFloat(b.EpsilonSpent+b.EpsilonReserved), fmtFloat(b.DeltaSpent+b.DeltaReserved))
+		}
+		if err := tx.UpdateProject(ctx, p); err != nil {
+			return err
+		}
+		if p, err = tx.FindProject(ctx, id); err != nil {
+			return err
+		}
+		return appendAudit(ctx, tx, now, u.Subject, "project.update", projectObject(id), auditDetail("changed", strings.Join(changed, ",")))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// over reports whether used+cost exceeds budget beyond float tolerance.
+func over(used, cost, budget float64) bool {
+	return used+cost > budget*(1+budgetTolerance)+budgetTolerance*1e-9
+}
+
+// ---- submission ----
+
+// prepared is a compiled submission ready to store.
+type prepared struct {
+	project *Project
+	cat     *queries.Catalog
+	plan    *queries.Plan
+}
+
+// prepare checks the caller may submit to the project and compiles the SQL.
+func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*prepared, error) {
+	if sub.ProjectID <= 0 {
+		return nil, Errorf(EINVALID, "project_id is required")
+	}
+	if strings.TrimSpace(sub.SQL) == "" {
+		return nil, Errorf(EINVALID, "sql is required")
+	}
+	if len(sub.SQL) > MaxSQLBytes {
+		return nil, Errorf(EINVALID, "sql is longer than %d bytes", MaxSQLBytes)
+	}
+	if math.IsNaN(sub.Epsilon) || math.IsInf(sub.Epsilon, 0) || sub.Epsilon < 0 {
+		return nil, Errorf(EINVALID, "epsilon must be a positive number (or omitted for the dataset's default)")
+	}
+	now := s.clock()
+	pr := &prepared{}
+	err := s.view(ctx, u, func(tx Tx) error {
+		p, err := tx.FindProject(ctx, sub.ProjectID)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(p.Members, u.Subject) {
+			return deny("query.submit", projectObject(p.ID), "you are not a member of project %d", p.ID)
+		}
+		if err := usable(p, now); err != nil {
+			return err
+		}
+		dataset := sub.Dataset
+		switch {
+		case dataset == "" && len(p.Datasets) == 1:
+			dataset = p.Datasets[0]
+		case dataset == "":
+			return Errorf(EINVALID, "project %d has several datasets (%s): name one in dataset", p.ID, strings.Join(p.Datasets, ", "))
+		case !slices.Contains(p.Datasets, dataset):
+			return Errorf(EFORBIDDEN, "project %d is not approved for dataset %q", p.ID, dataset)
+		}
+		pr.project = p
+		pr.cat, err = s.catalog(ctx, tx, dataset)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	plan, err := s.compiler.Compile(ctx, pr.cat, sub.SQL, queries.Options{Epsilon: sub.Epsilon})
+	if err != nil {
+		var ref *queries.Refusal
+		var appErr *Error
+		switch {
+		case errors.As(err, &ref):
+			return nil, Errorf(EREFUSED, "%s", ref.Message)
+		case errors.As(err, &appErr):
+			return nil, appErr
+		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			return nil, err
+		}
+		s.log.Error("compile query", "project", sub.ProjectID, "err", err)
+		return nil, fmt.Errorf("compile query: %w", err)
+	}
+	pr.plan = plan
+	return pr, nil
+}
+
+// CheckQuery validates and plans a submission without storing anything.
+func (s *Service) CheckQuery(ctx context.Context, sub QuerySubmission) (*queries.Plan, error) {
+	u, err := s.authorize(ctx, "query.check", projectObject(sub.ProjectID), RoleResearcher)
+	if err != nil {
+		return nil, err
+	}
+	pr, err := s.prepare(ctx, u, sub)
+	if err != nil {
+		return nil, err
+	}
+	return pr.plan, nil
+}
+
+// SubmitQuery validates, plans and stores a researcher's query with its
+// cost, accuracy and risk flags.
+func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query, error) {
+	u, err := s.authorize(ctx, "query.submit", projectObject(sub.ProjectID), RoleResearcher)
+	if err != nil {
+		return nil, err
+	}
+	pr, err := s.prepare(ctx, u, sub)
+	if err != nil {
+		return nil, err
+	}
+	plan := pr.plan
+	now := s.clock()
+	q := &Query{
+		ProjectID:   pr.project.ID,
+		Dataset:     plan.Dataset,
+		SQL:         sub.SQL,
+		SQLHash:     hashString(sub.SQL),
+		Purpose:     sub.Purpose,
+		Rewritten:   plan.Rewritten,
+		Status:      StatusSubmitted,
+		SubmittedBy: u.Subject,
+		SubmittedAt: now,
+		UpdatedAt:   now,
+		Cost:        plan.Cost,
+		Accuracy:    plan.Accuracy,
+		RiskFlags:   []RiskFlag{},
+	}
+	if q.Dataset == "" {
+		q.Dataset = pr.cat.Dataset
+	}
+	if q.Accuracy == nil {
+		q.Accuracy = []dp.Accuracy{}
+	}
+	rec := &QueryRecord{
+		Query:          q,
+		Normalized:     plan.Normalized,
+		NormalizedHash: hashString(plan.Normalized),
+		ShapeHash:      shapeHash(q.Dataset, plan.Spec),
+		Predicates:     plan.Predicates,
+		Ledger:         LedgerNone,
+	}
+	var narrow []RiskFlag
+	if reason := narrowPopulation(pr.cat, plan.Predicates); reason != "" {
+		narrow = append(narrow, RiskFlag{Kind: RiskNarrowPopulation, Message: reason})
+	}
+	err = s.update(ctx, u, func(tx Tx) error {
+		flags, err := s.similarityFlags(ctx, tx, rec)
+		if err != nil {
+			return err
+		}
+		q.RiskFlags = append(append([]RiskFlag{}, flags...), narrow...)
+		if err := tx.CreateQuery(ctx, rec); err != nil {
+			return err
+		}
+		if err := tx.AddEvent(ctx, q.ID, Event{To: StatusSubmitted, Actor: u.Subject, At: now}); err != nil {
+			return err
+		}
+		kinds := make([]string, len(q.RiskFlags))
+		for i, f := range q.RiskFlags {
+			kinds[i] = f.Kind
+		}
+		return appendAudit(ctx, tx, now, u.Subject, "query.submit", queryObject(q.ID),
+			auditDetail("project", strconv.FormatInt(q.ProjectID, 10), "dataset", q.Dataset, "sql_sha256", q.SQLHash,
+				"epsilon", fmtFloat(q.Cost.Epsilon), "delta", fmtFloat(q.Cost.Delta), "risk_flags", strings.Join(kinds, ",")))
+	})
+	if err != nil {
+		return nil, err
+	}
+	q.History = []Event{{To: StatusSubmitted, Actor: u.Subject, At: now}}
+	return q, nil
+}
+
+// similarityFlags compares a new query with the project's earlier ones:
+// an identical normalised form is a repeat (averaging attack); the same
+// output shape with one predicate added, removed or changed is a
+// differencing risk.
+func (s *Service) similarityFlags(ctx context.Context, tx Tx, rec *QueryRecord) ([]RiskFlag, error) {
+	q := rec.Query
+	var flags []RiskFlag
+	rep, err := tx.FindRepeat(ctx, q.ProjectID, rec.NormalizedHash, 0)
+	if err != nil {
+		return nil, err
+	}
+	if rep != nil {
+		flags = append(flags, RiskFlag{
+			Kind:           RiskRepeat,
+			Message:        fmt.Sprintf("repeats query %d of this project: repeated answers can be averaged to remove the noise", rep.ID),
+			SimilarQueryID: rep.ID,
+			SimilarSQL:     rep.SQL,
+		})
+	}
+	same, err := tx.FindSameShape(ctx, q.ProjectID, rec.ShapeHash, 0, similarLimit)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range same {
+		if o.NormalizedHash == rec.NormalizedHash {
+			continue
+		}
+		if diff, ok := differsByOnePredicate(rec.Predicates, o.Predicates); ok {
+			flags = append(flags, RiskFlag{
+				Kind:           RiskDifferencing,
+				Message:        fmt.Sprintf("differs from query %d only in that it %s: subtracting the answers can isolate a small group", o.ID, diff),
+				SimilarQueryID: o.ID,
+				SimilarSQL:     o.SQL,
+			})
+			break
+		}
+	}
+	return flags, nil
+}
+
+// ---- reading queries ----
+
+// canSeeQuery applies visibility: staff see every query, researchers only
+// their projects'.
+func canSeeQuery(ctx context.Context, tx Tx, u *User, q *Query) (bool, error) {
+	if isStaff(u) {
+		return true, nil
+	}
+	if !u.HasRole(RoleResearcher) {
+		return false, nil
+	}
+	return tx.IsMember(ctx, q.ProjectID, u.Subject)
+}
+
+// FindQueryByID returns a query with its history.
+func (s *Service) FindQueryByID(ctx context.Context, id int64) (*Query, error) {
+	u, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var q *Query
+	err = s.view(ctx, u, func(tx Tx) error {
+		rec, err := tx.FindQuery(ctx, id)
+		if err != nil {
+			return err
+		}
+		ok, err := canSeeQuery(ctx, tx, u, rec.Query)
+		if err != nil {
+			return err
+		} else if !ok {
+			return deny("query.read", queryObject(id), "you may not see query %d", id)
+		}
+		q = rec.Query
+		q.History, err = tx.FindEvents(ctx, id)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// FindQueries lists queries, oldest first: staff see all, researchers their
+// projects' queries.
+func (s *Service) FindQueries(ctx context.Context, f QueryFilter) ([]*Query, int, error) {
+	u, err := s.authorize(ctx, "query.list", "queries", RoleResearcher, RoleReviewer, RoleOutputChecker, RoleAdmin)
+	if err != nil {
+		return nil, 0, err
+	}
+	member := ""
+	if !isStaff(u) {
+		member = u.Subject
+	}
+	if f.Status != nil && !f.Status.Valid() {
+		return nil, 0, Errorf(EINVALID, "unknown status %q", *f.Status)
+	}
+	f.Limit = pageLimit(f.Limit)
+	var qs []*Query
+	var n int
+	err = s.store.View(ctx, func(tx Tx) error {
+		qs, n, err = tx.FindQueries(ctx, f, member)
+		return err
+	})
+	return qs, n, err
+}
+
+// ReviewQueue returns submitted queries, oldest first, for reviewers.
+func (s *Service) ReviewQueue(ctx context.Context) ([]*Query, error) {
+	if _, err := s.authorize(ctx, "review.queue", "queries", RoleReviewer); err != nil {
+		return nil, err
+	}
+	return s.queue(ctx, StatusSubmitted)
+}
+
+// OutputQueue returns results awaiting an output check, oldest first.
+func (s *Service) OutputQueue(ctx context.Context) ([]*Query, error) {
+	if _, err := s.authorize(ctx, "output.queue", "queries", RoleOutputChecker); err != nil {
+		return nil, err
+	}
+	return s.queue(ctx, StatusAwaitingOutputCheck)
+}
+
+func (s *Service) queue(ctx context.Context, st Status) ([]*Query, error) {
+	var qs []*Query
+	err := s.store.View(ctx, func(tx Tx) error {
+		var err error
+		qs, _, err = tx.FindQueries(ctx, QueryFilter{Status: &st, Limit: MaxLimit}, "")
+		return err
+	})
+	return qs, err
+}
+
+// ---- decisions ----
+
+// lockQuery locks and loads a query for a state change.
+func lockQuery(ctx context.Context, tx Tx, id int64) (*QueryRecord, error) {
+	if err := tx.LockQuery(ctx, id); err != nil {
+		return nil, err
+	}
+	return tx.FindQuery(ctx, id)
+}
+
+// move changes a query's status, records the event and appends the audit
+// entry: the last write of the transaction.
+func move(ctx context.Context, tx Tx, rec *QueryRecord, to Status, actor, comment, action, detail string, at time.Time) error {
+	q := rec.Query
+	from := q.Status
+	if err := checkTransition(q.ID, from, to); err != nil {
+		return err
+	}
+	q.Status = to
+	q.UpdatedAt = at
+	if err := tx.UpdateQuery(ctx, rec); err != nil {
+		return err
+	}
+	if err := tx.AddEvent(ctx, q.ID, Event{From: from, To: to, Actor: actor, Comment: comment, At: at}); err != nil {
+		return err
+	}
+	d := auditDetail("from", string(from), "to", string(to))
+	if comment != "" {
+		d += " " + auditDetail("comment", comment)
+	}
+	if detail != "" {
+		d += " " + detail
+	}
+	return appendAudit(ctx, tx, at, actor, action, queryObject(q.ID), d)
+}
+
+// decide runs a decision on query id in one transaction and returns the
+// query with its history.
+func (s *Service) decide(ctx context.Context, u *User, id int64, fn func(tx Tx, rec *QueryRecord) error) (*Query, error) {
+	var q *Query
+	err := s.update(ctx, u, func(tx Tx) error {
+		rec, err := lockQuery(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if err := fn(tx, rec); err != nil {
+			return err
+		}
+		q = rec.Query
+		q.History, err = tx.FindEvents(ctx, id)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// CancelQuery withdraws a query before it runs. Only its submitter may; a
+// reservation is freed.
+func (s *Service) CancelQuery(ctx context.Context, id int64) (*Query, error) {
+	u, err := s.authorize(ctx, "query.cancel", queryObject(id), RoleResearcher)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock()
+	return s.decide(ctx, u, id, func(tx Tx, rec *QueryRecord) error {
+		if rec.Query.SubmittedBy != u.Subject {
+			return deny("query.cancel", queryObject(id), "only the submitter may cancel query %d", id)
+		}
+		if err := checkTransition(id, rec.Query.Status, StatusCancelled); err != nil {
+			return err
+		}
+		if rec.Ledger == LedgerReserved {
+			rec.Ledger = LedgerFreed
+		}
+		return move(ctx, tx, rec, StatusCancelled, u.Subject, "", "query.cancel", "", now)
+	})
+}
+
+// ApproveQuery approves a submitted query and reserves its cost in the
+// project's budget in the same transaction. A reviewer cannot approve their
+// own query; approval that would overspend is refused.
+func (s *Service) ApproveQuery(ctx context.Context, id int64, comment string) (*Query, error) {
+	u, err := s.authorize(ctx, "query.approve", queryObject(id), RoleReviewer)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock()
+	return s.decide(ctx, u, id, func(tx Tx, rec *QueryRecord) error {
+		q := rec.Query
+		if err := checkTransition(id, q.Status, StatusApproved); err != nil {
+			return err
+		}
+		if q.SubmittedBy == u.Subject {
+			return deny("query.approve", queryObject(id), "a reviewer cannot approve their own query")
+		}
+		if err := tx.LockProject(ctx, q.ProjectID); err != nil {
+			return err
+		}
+		p, err := tx.FindProject(ctx, q.ProjectID)
+		if err != nil {
+			return err
+		}
+		if err := usable(p, now); err != nil {
+			return err
+		}
+		b := p.Budget
+		if over(b.EpsilonSpent+b.EpsilonReserved, q.Cost.Epsilon, p.EpsilonBudget) {
+			return wrapf(ErrBudgetExhausted, "approving query %d would overspend project %d: it costs ε %s and ε %s remains",
+				id, p.ID, fmtFloat(q.Cost.Epsilon), fmtFloat(b.EpsilonRemaining))
+		}
+		if over(b.DeltaSpent+b.DeltaReserved, q.Cost.Delta, p.DeltaBudget) {
+			return wrapf(ErrBudgetExhausted, "approving query %d would overspend project %d: it costs δ %s and δ %s remains",
+				id, p.ID, fmtFloat(q.Cost.Delta), fmtFloat(b.DeltaRemaining))
+		}
+		rec.Ledger = LedgerReserved
+		q.ApprovedBy = u.Subject
+		return move(ctx, tx, rec, StatusApproved, u.Subject, comment, "query.approve",
+			auditDetail("reserved_epsilon", fmtFloat(q.Cost.Epsilon), "reserved_delta", fmtFloat(q.Cost.Delta)), now)
+	})
+}
+
+// RejectQuery rejects a submitted query with a reason.
+func (s *Service) RejectQuery(ctx context.Context, id int64, reason string) (*Query, error) {
+	u, err := s.authorize(ctx, "query.reject", queryObject(id), RoleReviewer)
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(reason) == "" {
+		return nil, Errorf(EINVALID, "a reason is required to reject a query")
+	}
+	now := s.clock()
+	return s.decide(ctx, u, id, func(tx Tx, rec *QueryRecord) error {
+		if err := checkTransition(id, rec.Query.Status, StatusRejected); err != nil {
+			return err
+		}
+		if rec.Query.SubmittedBy == u.Subject {
+			return deny("query.reject", queryObject(id), "a reviewer cannot decide on their own query")
+		}
+		return move(ctx, tx, rec, StatusRejected, u.Subject, reason, "query.reject", "", now)
+	})
+}
+
+// checkOutputDuty enforces separation of duties for output checks.
+func checkOutputDuty(u *User, q *Query, action string) error {
+	switch u.Subject {
+	case q.SubmittedBy:
+		return deny(action, queryObject(q.ID), "an output checker cannot check their own query")
+	case q.ApprovedBy:
+		return deny(action, queryObject(q.ID), "an output checker cannot check a query they approved")
+	}
+	return nil
+}
+
+// ReleaseQuery releases a checked output to the researchers.
+func (s *Service) ReleaseQuery(ctx context.Context, id int64, comment string) (*Query, error) {
+	u, err := s.authorize(ctx, "output.release", queryObject(id), RoleOutputChecker)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock()
+	return s.decide(ctx, u, id, func(tx Tx, rec *QueryRecord) error {
+		if err := checkTransition(id, rec.Query.Status, StatusReleased); err != nil {
+			return err
+		}
+		if err := checkOutputDuty(u, rec.Query, "output.release"); err != nil {
+			return err
+		}
+		if err := tx.SetOutputReleased(ctx, id, now); err != nil {
+			return err
+		}
+		return move(ctx, tx, rec, StatusReleased, u.Subject, comment, "output.release", "", now)
+	})
+}
+
+// WithholdQuery withholds a checked output with a reason.
+func (s *Service) WithholdQuery(ctx context.Context, id int64, reason string) (*Query, error) {
+	u, err := s.authorize(ctx, "output.withhold", queryObject(id), RoleOutputChecker)
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(reason) == "" {
+		return nil, Errorf(EINVALID, "a reason is required to withhold an output")
+	}
+	now := s.clock()
+	return s.decide(ctx, u, id, func(tx Tx, rec *QueryRecord) error {
+		if err := checkTransition(id, rec.Query.Status, StatusWithheld); err != nil {
+			return err
+		}
+		if err := checkOutputDuty(u, rec.Query, "output.withhold"); err != nil {
+			return err
+		}
+		return move(ctx, tx, rec, StatusWithheld, u.Subject, reason, "output.withhold", "", now)
+	})
+}
+
+// FindOutput returns a query's protected output: to output checkers once it
+// exists, to the project's researchers once released. Every view is audited.
+func (s *Service) FindOutput(ctx context.Context, id int64) (*Output, error) {
+	u, err := s.authorize(ctx, "output.view", queryObject(id), RoleOutputChecker, RoleResearcher)
+	if err != nil {
+		return nil, err
+	}
+	return s.readOutput(ctx, u, id, "output.view", u.HasRole(RoleOutputChecker))
+}
+
+// DownloadResult returns a released result to a member of the project and
+// audits the download.
+func (s *Service) DownloadResult(ctx context.Context, id int64) (*Output, error) {
+	u, err := s.authorize(ctx, "result.download", queryObject(id), RoleResearcher)
+	if err != nil {
+		return nil, err
+	}
+	return s.readOutput(ctx, u, id, "result.download", false)
+}
+
+func (s *Service) readOutput(ctx context.Context, u *User, id int64, action string, checker bool) (*Output, error) {
+	now := s.clock()
+	var o *Output
+	err := s.update(ctx, u, func(tx Tx) error {
+		rec, err := tx.FindQuery(ctx, id)
+		if err != nil {
+			return err
+		}
+		q := rec.Query
+		if !checker {
+			member, err := tx.IsMember(ctx, q.ProjectID, u.Subject)
+			if err != nil {
+				return err
+			}
+			if !member {
+				return deny(action, queryObject(id), "you are not a member of the project of query %d", id)
+			}
+			if q.Status != StatusReleased {
+				return deny(action, queryObject(id), "the output of query %d has not been released", id)
+			}
+		}
+		switch q.Status {
+		case StatusAwaitingOutputCheck, StatusReleased, StatusWithheld:
+		default:
+			return Errorf(ENOTFOUND, "query %d has no output (it is %s)", id, q.Status)
+		}
+		if o, err = tx.FindOutput(ctx, id); err != nil {
+			return err
+		}
+		return appendAudit(ctx, tx, now, u.Subject, action, queryObject(id), auditDetail("status", string(q.Status)))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// ---- leases ----
+
+// newToken returns a random lease token and its hash.
+func (s *Service) newToken() (token, hash string, err error) {
+	b := make([]byte, 32)
+	if _, err := io.ReadFull(s.rand, b); err != nil {
+		return "", "", fmt.Errorf("lease token: %w", err)
+	}
+	token = hex.EncodeToString(b)
+	return token, hashString(token), nil
+}
+
+// LeaseJob gives site the oldest approved job over one of its datasets, or a
+// running job whose lease expired. It returns nil, nil when there is none.
+// The first lease turns the budget reservation into a final charge.
+func (s *Service) LeaseJob(ctx context.Context, siteID string) (*Lease, error) {
+	u, err := s.authorize(ctx, "job.lease", "site/"+siteID, RoleAgent)
+	if err != nil {
+		return nil, err
+	}
+	if err := validName("site id", siteID); err != nil {
+		return nil, err
+	}
+	token, tokenHash, err := s.newToken()
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock()
+	var lease *Lease
+	err = s.update(ctx, u, func(tx Tx) error {
+		for {
+			id, err := tx.NextLeasable(ctx, siteID, now)
+			if err != nil || id == 0 {
+				return err
+			}
+			rec, err := tx.FindQuery(ctx, id)
+			if err != nil {
+				return err
+			}
+			q := rec.Query
+			if q.Status == StatusRunning && q.Attempts >= s.maxAttempts {
+				// The last attempt's lease ran out: the job fails rather
+				// than running again.
+				q.FailureCode = "lease_expired"
+				rec.FailureMessage = "the last attempt's lease expired without completion"
+				rec.LeaseExpiresAt = time.Time{}
+				if err := s.failMove(ctx, tx, rec, "broker", now); err != nil {
+					return err
+				}
+				continue
+			}
+			q.Attempts++
+			rec.LeaseTokenHash = tokenHash
+			rec.LeaseSite = siteID
+			rec.LeaseExpiresAt = now.Add(s.leaseTTL)
+			charged := ""
+			if rec.Ledger == LedgerReserved {
+				rec.Ledger = LedgerCharged
+				charged = fmtFloat(q.Cost.Epsilon)
+			}
+			if err := tx.TouchSite(ctx, &Site{ID: siteID, LastSeen: now}); err != nil {
+				return err
+			}
+			detail := auditDetail("site", siteID, "attempt", strconv.Itoa(q.Attempts))
+			if charged != "" {
+				detail += " " + auditDetail("charged_epsilon", charged, "charged_delta", fmtFloat(q.Cost.Delta))
+			}
+			if err := move(ctx, tx, rec, StatusRunning, u.Subject, "", "job.lease", detail, now); err != nil {
+				return err
+			}
+			lease = &Lease{
+				QueryID: q.ID, Token: token, SiteID: siteID, ExpiresAt: rec.LeaseExpiresAt, Attempt: q.Attempts,
+				Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon, Delta: q.Cost.Delta,
+			}
+			return nil
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return lease, nil
+}
+
+// failMove moves a running query to failed.
+func (s *Service) failMove(ctx context.Context, tx Tx, rec *QueryRecord, actor string, now time.Time) error {
+	return move(ctx, tx, rec, StatusFailed, actor, "", "job.fail",
+		auditDetail("code", rec.Query.FailureCode, "attempts", strconv.Itoa(rec.Query.Attempts)), now)
+}
+
+// holdsLease checks token against a running query's lease.
+func holdsLease(rec *QueryRecord, token string) error {
+	if rec.Query.Status != StatusRunning || rec.LeaseTokenHash == "" || hashString(token) != rec.LeaseTokenHash {
+		return wrapf(ErrLeaseExpired, "the lease on query %d has expired or is held by another agent", rec.Query.ID)
+	}
+	return nil
+}
+
+// HeartbeatJob extends a lease. A lease that ran out may still be extended
+// while no other agent has taken the job.
+func (s *Service) HeartbeatJob(ctx context.Context, id int64, token string) (*Lease, error) {
+	u, err := s.authorize(ctx, "job.heartbeat", queryObject(id), RoleAgent)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock()
+	var lease *Lease
+	err = s.update(ctx, u, func(tx Tx) error {
+		rec, err := lockQuery(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if err := holdsLease(rec, token); err != nil {
+			return err
+		}
+		rec.LeaseExpiresAt = now.Add(s.leaseTTL)
+		if err := tx.UpdateQuery(ctx, rec); err != nil {
+			return err
+		}
+		q := rec.Query
+		lease = &Lease{
+			QueryID: q.ID, Token: token, SiteID: rec.LeaseSite, ExpiresAt: rec.LeaseExpiresAt, Attempt: q.Attempts,
+			Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon, Delta: q.Cost.Delta,
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return lease, nil
+}
+
+// CompleteJob stores a job's protected result and moves it to the output
+// check. Completing again with the same token is a no-op success.
+func (s *Service) CompleteJob(ctx context.Context, id int64, token string, res dp.Result) error {
+	u, err := s.authorize(ctx, "job.complete", queryObject(id), RoleAgent)
+	if err != nil {
+		return err
+	}
+	if err := validateResult(&res); err != nil {
+		return err
+	}
+	now := s.clock()
+	return s.update(ctx, u, func(tx Tx) error {
+		rec, err := lockQuery(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		q := rec.Query
+		switch q.Status {
+		case StatusAwaitingOutputCheck, StatusReleased, StatusWithheld:
+			if rec.LeaseTokenHash != "" && hashString(token) == rec.LeaseTokenHash {
+				return nil
+			}
+		}
+		if q.Status != StatusRunning {
+			if err := checkTransition(id, q.Status, StatusAwaitingOutputCheck); err != nil {
+				return err
+			}
+		}
+		if err := holdsLease(rec, token); err != nil {
+			return err
+		}
+		if over(0, res.Report.Epsilon, q.Cost.Epsilon) || over(0, res.Report.Delta, q.Cost.Delta) {
+			return Errorf(EINVALID, "the result of query %d reports ε %s, δ %s: more than the approved ε %s, δ %s",
+				id, fmtFloat(res.Report.Epsilon), fmtFloat(res.Report.Delta), fmtFloat(q.Cost.Epsilon), fmtFloat(q.Cost.Delta))
+		}
+		if err := tx.PutOutput(ctx, &Output{QueryID: id, Result: res, SiteID: rec.LeaseSite, CreatedAt: now}); err != nil {
+			return err
+		}
+		rec.LeaseExpiresAt = time.Time{}
+		return move(ctx, tx, rec, StatusAwaitingOutputCheck, u.Subject, "", "job.complete",
+			auditDetail("site", rec.LeaseSite, "rows", strconv.Itoa(len(res.Rows))), now)
+	})
+}
+
+// validateResult checks a result's table is well formed.
+func validateResult(res *dp.Result) error {
+	if len(res.Columns) == 0 {
+		return Errorf(EINVALID, "result has no columns")
+	}
+	for i, row := range res.Rows {
+		if len(row) != len(res.Columns) {
+			return Errorf(EINVALID, "result row %d has %d cells for %d columns", i, len(row), len(res.Columns))
+		}
+	}
+	for _, x := range []float64{res.Report.Epsilon, res.Report.Delta} {
+		if math.IsNaN(x) || math.IsInf(x, 0) || x < 0 {
+			return Errorf(EINVALID, "result report has an invalid ε or δ")
+		}
+	}
+	return nil
+}
+
+// FailJob records a failed attempt. The job is leasable again until it has
+// had MaxAttempts leases; then it is failed with code.
+func (s *Service) FailJob(ctx context.Context, id int64, token, code, message string) error {
+	u, err := s.authorize(ctx, "job.fail", queryObject(id), RoleAgent)
+	if err != nil {
+		return err
+	}
+	if err := validCode(code); err != nil {
+		return err
+	}
+	if len(message) > 1000 {
+		message = message[:1000]
+	}
+	now := s.clock()
+	return s.update(ctx, u, func(tx Tx) error {
+		rec, err := lockQuery(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if rec.Query.Status != StatusRunning {
+			if err := checkTransition(id, rec.Query.Status, StatusFailed); err != nil {
+				return err
+			}
+		}
+		if err := holdsLease(rec, token); err != nil {
+			return err
+		}
+		q := rec.Query
+		rec.LeaseExpiresAt = time.Time{}
+		rec.LeaseTokenHash = ""
+		rec.FailureMessage = message
+		if q.Attempts >= s.maxAttempts {
+			q.FailureCode = code
+			return s.failMove(ctx, tx, rec, u.Subject, now)
+		}
+		// Back to leasable: running with no lease. The charge stays.
+		return move(ctx, tx, rec, StatusRunning, u.Subject,
+			fmt.Sprintf("attempt %d failed: %s", q.Attempts, code), "job.fail", auditDetail("code", code), now)
+	})
+}
+
+// ---- audit and register ----
+
+// FindAuditEntries lists audit entries, oldest first. Admins only.
+func (s *Service) FindAuditEntries(ctx context.Context, f AuditFilter) ([]*AuditEntry, int, error) {
+	u, err := s.authorize(ctx, "audit.read", "audit", RoleAdmin)
+	if err != nil {
+		return nil, 0, err
+	}
+	f.Limit = pageLimit(f.Limit)
+	var es []*AuditEntry
+	var n int
+	err = s.view(ctx, u, func(tx Tx) error {
+		es, n, err = tx.FindAuditEntries(ctx, f)
+		return err
+	})
+	return es, n, err
+}
+
+// VerifyAudit recomputes the audit chain. Admins only.
+func (s *Service) VerifyAudit(ctx context.Context) (*AuditVerification, error) {
+	if _, err := s.authorize(ctx, "audit.verify", "audit", RoleAdmin); err != nil {
+		return nil, err
+	}
+	return VerifyChain(ctx, s.store)
+}
+
+// Register returns the public transparency register. Anyone may read it.
+func (s *Service) Register(ctx context.Context) ([]*RegisterEntry, error) {
+	var out []*RegisterEntry
+	err := s.store.View(ctx, func(tx Tx) error {
+		var err error
+		out, err = tx.Register(ctx)
+		return err
+	})
+	return out, err
+}
+
+// RecordAuthFailure appends a failed authentication (bad or missing token)
+// to the audit chain. subject may be empty when no token identified anyone.
+func (s *Service) RecordAuthFailure(ctx context.Context, subject, action, reason string) {
+	if subject == "" {
+		subject = "anonymous"
+	}
+	s.recordAudit(ctx, subject, "auth.failure", action, auditDetail("reason", reason))
+}
+
+// ---- small helpers ----
+
+func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+func dedupe(xs []string) []string {
+	out := make([]string, 0, len(xs))
+	for _, x := range xs {
+		x = strings.TrimSpace(x)
+		if x != "" && !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// validName checks an identifier such as a site id or dataset name.
+func validName(what, s string) error {
+	if s == "" {
+		return Errorf(EINVALID, "%s is required", what)
+	}
+	if len(s) > 128 {
+		return Errorf(EINVALID, "%s is longer than 128 characters", what)
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return Errorf(EINVALID, "%s %q may contain only letters, digits, '-', '_' and '.'", what, s)
+		}
+	}
+	return nil
+}
+
+// validCode checks a failure code: short lower-case words.
+func validCode(code string) error {
+	if code == "" || len(code) > 64 {
+		return Errorf(EINVALID, "failure code must be 1 to 64 characters")
+	}
+	for _, r := range code {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '.') {
+			return Errorf(EINVALID, "failure code %q may contain only a-z, 0-9, '_' and '.'", code)
+		}
+	}
+	return nil
+}

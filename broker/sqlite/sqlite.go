@@ -1,0 +1,158 @@
+// Package sqlite is tre's embedded broker store: one SQLite file in the data
+// directory (modernc.org/sqlite, pure Go), in WAL mode with foreign keys on.
+// One writer connection takes BEGIN IMMEDIATE transactions, so writers
+// serialise and budget checks cannot race; a small pool of read-only
+// connections serves reads concurrently.
+//
+// It only opens connections and supplies the SQLite dialect; the SQL lives in
+// broker/sqlstore and every rule in broker.Service. Driver errors are
+// translated here and never reach callers as text.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"runtime"
+	"strings"
+
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/broker/sqlstore"
+	sqlite "modernc.org/sqlite"
+)
+
+// DefaultFilename is the database file's name inside the data directory.
+const DefaultFilename = "broker.db"
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Store is the SQLite broker store.
+type Store struct {
+	*sqlstore.DB
+	path string
+}
+
+type config struct {
+	readers     int
+	busyTimeout int
+}
+
+// Option configures Open.
+type Option func(*config)
+
+// WithReaders sets the size of the read-only connection pool.
+func WithReaders(n int) Option { return func(c *config) { c.readers = n } }
+
+// Open opens (creating if needed) the database at path and applies pending
+// migrations.
+func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
+	cfg := config{readers: max(2, runtime.NumCPU()), busyTimeout: 10000}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if path == "" {
+		return nil, broker.Errorf(broker.EINVALID, "sqlite: database path is required")
+	}
+	if strings.ContainsAny(path, "?#") {
+		return nil, broker.Errorf(broker.EINVALID, "sqlite: database path %q may not contain '?' or '#'", path)
+	}
+	params := url.Values{}
+	params.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout))
+	params.Add("_pragma", "journal_mode(WAL)")
+	params.Add("_pragma", "foreign_keys(1)")
+	params.Add("_pragma", "synchronous(NORMAL)")
+	writeDSN := "file:" + path + "?" + params.Encode() + "&_txlock=immediate"
+	params.Add("_pragma", "query_only(1)")
+	readDSN := "file:" + path + "?" + params.Encode()
+
+	write, err := sql.Open("sqlite", writeDSN)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	// One writer: SQLite allows one anyway, and queueing in database/sql is
+	// cheaper than busy-waiting on the file lock.
+	write.SetMaxOpenConns(1)
+	write.SetMaxIdleConns(1)
+	write.SetConnMaxLifetime(0)
+	write.SetConnMaxIdleTime(0)
+	// Readers connect lazily, so only after migrations created the schema.
+	read, err := sql.Open("sqlite", readDSN)
+	if err != nil {
+		write.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	read.SetMaxOpenConns(cfg.readers)
+	read.SetMaxIdleConns(cfg.readers)
+	read.SetConnMaxLifetime(0)
+	read.SetConnMaxIdleTime(0)
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		write.Close()
+		read.Close()
+		return nil, fmt.Errorf("sqlite: migrations: %w", err)
+	}
+	db, err := sqlstore.New(ctx, write, read, dialect(sub))
+	if err != nil {
+		write.Close()
+		read.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	return &Store{DB: db, path: path}, nil
+}
+
+// Path returns the database file's path.
+func (s *Store) Path() string { return s.path }
+
+func dialect(migrations fs.FS) sqlstore.Dialect {
+	return sqlstore.Dialect{
+		Name:       "sqlite",
+		Migrations: migrations,
+		Translate:  translate,
+		Retryable:  func(err error) bool { return code(err)&0xff == sqliteBusy },
+		Prepare:    true,
+	}
+}
+
+// SQLite result codes the store translates.
+const (
+	sqliteBusy                 = 5
+	sqliteLocked               = 6
+	sqliteFull                 = 13
+	sqliteCantOpen             = 14
+	sqliteConstraintUnique     = 2067
+	sqliteConstraintPrimaryKey = 1555
+	sqliteConstraintForeignKey = 787
+	sqliteConstraintNotNull    = 1299
+)
+
+func code(err error) int {
+	var e *sqlite.Error
+	if errors.As(err, &e) {
+		return e.Code()
+	}
+	return 0
+}
+
+// translate maps SQLite errors to broker errors without their text.
+func translate(err error) *broker.Error {
+	switch c := code(err); {
+	case c == 0:
+		return nil
+	case c == sqliteConstraintUnique || c == sqliteConstraintPrimaryKey:
+		return broker.Errorf(broker.ECONFLICT, "the record already exists")
+	case c == sqliteConstraintForeignKey:
+		return broker.Errorf(broker.ECONFLICT, "the record refers to something that does not exist")
+	case c == sqliteConstraintNotNull:
+		return broker.Errorf(broker.EINVALID, "a required field is missing")
+	case c&0xff == sqliteBusy || c&0xff == sqliteLocked:
+		return broker.Errorf(broker.EUNAVAILABLE, "the database is busy; try again")
+	case c&0xff == sqliteFull || c&0xff == sqliteCantOpen:
+		return broker.Errorf(broker.EUNAVAILABLE, "the database is unavailable")
+	}
+	return nil
+}

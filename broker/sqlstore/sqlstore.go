@@ -1,0 +1,295 @@
+// Package sqlstore is the SQL shared by tre's broker stores: one
+// implementation of broker.Store over database/sql, parameterised by a
+// Dialect (placeholders, row locking, the audit-chain lock, migrations and
+// driver error translation). broker/sqlite and broker/postgres only open
+// connections and supply their dialect.
+//
+// It holds no rules: every decision is broker.Service's. It must never
+// return driver error text to callers: errors leave as *broker.Error or as
+// internal errors the API hides.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nhs-tre/tre/broker"
+)
+
+// Dialect is what differs between SQL databases.
+type Dialect struct {
+	Name string
+	// Numbered placeholders ($1, $2…) instead of ?.
+	Numbered bool
+	// ForUpdate is appended to a SELECT that locks one row (" FOR UPDATE");
+	// empty where a transaction already excludes other writers (SQLite).
+	ForUpdate string
+	// SkipLocked is appended to the lease pick (" FOR UPDATE SKIP LOCKED").
+	SkipLocked string
+	// AuditLock is run before reading the audit head so appenders in
+	// several processes serialise; empty where writers are serial anyway.
+	AuditLock string
+	// MigrateLock is run at the start of the migration transaction.
+	MigrateLock string
+	// Migrations holds files named NNNN_description.sql, applied in order.
+	Migrations fs.FS
+	// Translate maps a driver error to a *broker.Error, or returns nil when
+	// it does not recognise it.
+	Translate func(error) *broker.Error
+	// Retryable reports driver errors after which the whole transaction may
+	// be retried (serialisation failure, deadlock).
+	Retryable func(error) bool
+	// Prepare caches prepared statements per connection; drivers that cache
+	// statements themselves (pgx) do not need it.
+	Prepare bool
+}
+
+// DB implements broker.Store.
+type DB struct {
+	write, read *sql.DB
+	d           Dialect
+
+	mu    sync.Mutex
+	stmts map[stmtKey]*sql.Stmt
+	sqls  sync.Map // query with ? → dialect SQL
+}
+
+type stmtKey struct {
+	read  bool
+	query string
+}
+
+var _ broker.Store = (*DB)(nil)
+
+// New wraps write (used for read-write transactions) and read (read-only
+// transactions; may be the same pool) and applies pending migrations.
+func New(ctx context.Context, write, read *sql.DB, d Dialect) (*DB, error) {
+	if read == nil {
+		read = write
+	}
+	db := &DB{write: write, read: read, d: d, stmts: map[stmtKey]*sql.Stmt{}}
+	if err := db.migrate(ctx); err != nil {
+		return nil, err
+	}
+	return db, nil
+}
+
+// Close closes prepared statements and both pools.
+func (db *DB) Close() error {
+	db.mu.Lock()
+	for k, s := range db.stmts {
+		s.Close()
+		delete(db.stmts, k)
+	}
+	db.mu.Unlock()
+	err := db.write.Close()
+	if db.read != db.write {
+		err = errors.Join(err, db.read.Close())
+	}
+	return err
+}
+
+// Ping checks both pools answer.
+func (db *DB) Ping(ctx context.Context) error {
+	if err := db.write.PingContext(ctx); err != nil {
+		return db.translate(err)
+	}
+	if err := db.read.PingContext(ctx); err != nil {
+		return db.translate(err)
+	}
+	return nil
+}
+
+// Exec runs one statement outside the service, with ? placeholders. Tests
+// use it to tamper with rows; tre never does.
+func (db *DB) Exec(ctx context.Context, query string, args ...any) error {
+	_, err := db.write.ExecContext(ctx, db.rebind(query), args...)
+	return err
+}
+
+// maxRetries bounds retries of transactions the database aborted to break a
+// deadlock or serialisation conflict.
+const maxRetries = 5
+
+// Update runs fn in a read-write transaction.
+func (db *DB) Update(ctx context.Context, fn func(broker.Tx) error) error {
+	var err error
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		err = db.run(ctx, false, fn)
+		var r retryable
+		if err == nil || db.d.Retryable == nil || !errors.As(err, &r) || !db.d.Retryable(r.err) {
+			break
+		}
+	}
+	return db.translate(err)
+}
+
+// View runs fn in a read-only transaction.
+func (db *DB) View(ctx context.Context, fn func(broker.Tx) error) error {
+	return db.translate(db.run(ctx, true, fn))
+}
+
+// retryable wraps a driver error for Update's retry loop.
+type retryable struct{ err error }
+
+func (r retryable) Error() string { return r.err.Error() }
+func (r retryable) Unwrap() error { return r.err }
+
+func (db *DB) run(ctx context.Context, read bool, fn func(broker.Tx) error) error {
+	pool := db.write
+	var opts *sql.TxOptions
+	if read {
+		pool, opts = db.read, &sql.TxOptions{ReadOnly: true}
+	}
+	stx, err := pool.BeginTx(ctx, opts)
+	if err != nil {
+		return retryable{err}
+	}
+	t := &tx{db: db, tx: stx, read: read}
+	if err := fn(t); err != nil {
+		stx.Rollback()
+		var be *broker.Error
+		if errors.As(err, &be) {
+			return err
+		}
+		return retryable{err}
+	}
+	if err := stx.Commit(); err != nil {
+		return retryable{err}
+	}
+	return nil
+}
+
+// translate turns driver errors into *broker.Error where they mean
+// something to callers, keeping driver text out of messages.
+func (db *DB) translate(err error) error {
+	if err == nil {
+		return nil
+	}
+	var be *broker.Error
+	if errors.As(err, &be) {
+		return err
+	}
+	var r retryable
+	if errors.As(err, &r) {
+		err = r.err
+	}
+	if db.d.Translate != nil {
+		if e := db.d.Translate(err); e != nil {
+			return e
+		}
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%s store: %w", db.d.Name, err)
+}
+
+// rebind rewrites ? placeholders for the dialect. The SQL in this package
+// never has ? inside string literals.
+func (db *DB) rebind(q string) string {
+	if !db.d.Numbered {
+		return q
+	}
+	if s, ok := db.sqls.Load(q); ok {
+		return s.(string)
+	}
+	var b strings.Builder
+	n := 0
+	for i := 0; i < len(q); i++ {
+		if q[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(q[i])
+	}
+	s := b.String()
+	db.sqls.Store(q, s)
+	return s
+}
+
+// stmt returns a prepared statement for q on the given pool.
+func (db *DB) stmt(ctx context.Context, read bool, q string) (*sql.Stmt, error) {
+	k := stmtKey{read, q}
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if s, ok := db.stmts[k]; ok {
+		return s, nil
+	}
+	pool := db.write
+	if read {
+		pool = db.read
+	}
+	s, err := pool.PrepareContext(ctx, db.rebind(q))
+	if err != nil {
+		return nil, err
+	}
+	db.stmts[k] = s
+	return s, nil
+}
+
+// migrate applies embedded migrations not yet recorded in
+// schema_migrations, each in its own transaction with its record.
+func (db *DB) migrate(ctx context.Context) error {
+	names, err := fs.Glob(db.d.Migrations, "*.sql")
+	if err != nil {
+		return fmt.Errorf("list migrations: %w", err)
+	}
+	sort.Strings(names)
+	if _, err := db.write.ExecContext(ctx,
+		`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`); err != nil {
+		return db.translate(fmt.Errorf("create schema_migrations: %w", err))
+	}
+	for _, name := range names {
+		v, err := strconv.Atoi(strings.SplitN(name, "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: name must start with a version number", name)
+		}
+		body, err := fs.ReadFile(db.d.Migrations, name)
+		if err != nil {
+			return fmt.Errorf("read migration %s: %w", name, err)
+		}
+		if err := db.applyMigration(ctx, v, name, string(body)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (db *DB) applyMigration(ctx context.Context, version int, name, body string) error {
+	stx, err := db.write.BeginTx(ctx, nil)
+	if err != nil {
+		return db.translate(err)
+	}
+	defer stx.Rollback()
+	if db.d.MigrateLock != "" {
+		if _, err := stx.ExecContext(ctx, db.d.MigrateLock); err != nil {
+			return db.translate(fmt.Errorf("lock migrations: %w", err))
+		}
+	}
+	var n int
+	if err := stx.QueryRowContext(ctx, db.rebind(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), version).Scan(&n); err != nil {
+		return db.translate(fmt.Errorf("read schema_migrations: %w", err))
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := stx.ExecContext(ctx, body); err != nil {
+		return db.translate(fmt.Errorf("apply migration %s: %w", name, err))
+	}
+	if _, err := stx.ExecContext(ctx, db.rebind(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`),
+		version, name, time.Now().UTC().UnixMicro()); err != nil {
+		return db.translate(fmt.Errorf("record migration %s: %w", name, err))
+	}
+	return db.translate(stx.Commit())
+}

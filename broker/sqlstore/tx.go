@@ -1,0 +1,756 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
+)
+
+// tx implements broker.Tx over one database/sql transaction.
+type tx struct {
+	db   *DB
+	tx   *sql.Tx
+	read bool
+}
+
+// prepared returns q as a statement bound to the transaction when the
+// dialect caches statements.
+func (t *tx) prepared(ctx context.Context, q string) (*sql.Stmt, error) {
+	if !t.db.d.Prepare {
+		return nil, nil
+	}
+	s, err := t.db.stmt(ctx, t.read, q)
+	if err != nil {
+		return nil, err
+	}
+	return t.tx.StmtContext(ctx, s), nil
+}
+
+func (t *tx) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	s, err := t.prepared(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if s != nil {
+		return s.ExecContext(ctx, args...)
+	}
+	return t.tx.ExecContext(ctx, t.db.rebind(q), args...)
+}
+
+func (t *tx) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	s, err := t.prepared(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if s != nil {
+		return s.QueryContext(ctx, args...)
+	}
+	return t.tx.QueryContext(ctx, t.db.rebind(q), args...)
+}
+
+// queryRow runs q and scans its single row into dest; it reports
+// sql.ErrNoRows when there is none.
+func (t *tx) queryRow(ctx context.Context, q string, args []any, dest ...any) error {
+	s, err := t.prepared(ctx, q)
+	if err != nil {
+		return err
+	}
+	if s != nil {
+		return s.QueryRowContext(ctx, args...).Scan(dest...)
+	}
+	return t.tx.QueryRowContext(ctx, t.db.rebind(q), args...).Scan(dest...)
+}
+
+// dynamic runs ad-hoc SQL (filters) without caching a statement.
+func (t *tx) dynamic(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return t.tx.QueryContext(ctx, t.db.rebind(q), args...)
+}
+
+// Times are stored as Unix microseconds (UTC); 0 is the zero time.
+func micros(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
+}
+
+func fromMicros(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.UnixMicro(n).UTC()
+}
+
+func toJSON(v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("encode column: %w", err)
+	}
+	return string(b), nil
+}
+
+func fromJSON(s string, v any) error {
+	if s == "" {
+		return nil
+	}
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		return fmt.Errorf("decode column: %w", err)
+	}
+	return nil
+}
+
+func notFound(err error, format string, args ...any) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return broker.Errorf(broker.ENOTFOUND, format, args...)
+	}
+	return err
+}
+
+// where builds a dynamic WHERE clause.
+type where struct {
+	conds []string
+	args  []any
+}
+
+func (w *where) add(cond string, args ...any) {
+	w.conds = append(w.conds, cond)
+	w.args = append(w.args, args...)
+}
+
+func (w *where) String() string {
+	if len(w.conds) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(w.conds, " AND ")
+}
+
+// ---- projects ----
+
+func (t *tx) CreateProject(ctx context.Context, p *broker.Project) error {
+	members, err := toJSON(p.Members)
+	if err != nil {
+		return err
+	}
+	datasets, err := toJSON(p.Datasets)
+	if err != nil {
+		return err
+	}
+	err = t.queryRow(ctx, `INSERT INTO projects (title, organisation, purpose, lawful_basis, data_sharing_agreement, members, datasets,
+		epsilon_budget, delta_budget, starts_at, expires_at, status, created_by, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		[]any{p.Title, p.Organisation, p.Purpose, p.LawfulBasis, p.DataSharingAgreement, members, datasets,
+			p.EpsilonBudget, p.DeltaBudget, micros(p.StartsAt), micros(p.ExpiresAt), string(p.Status), p.CreatedBy, micros(p.CreatedAt)},
+		&p.ID)
+	if err != nil {
+		return err
+	}
+	return t.putMembers(ctx, p.ID, p.Members)
+}
+
+func (t *tx) putMembers(ctx context.Context, id int64, members []string) error {
+	if _, err := t.exec(ctx, `DELETE FROM project_members WHERE project_id = ?`, id); err != nil {
+		return err
+	}
+	for _, m := range members {
+		if _, err := t.exec(ctx, `INSERT INTO project_members (project_id, subject) VALUES (?, ?)`, id, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tx) UpdateProject(ctx context.Context, p *broker.Project) error {
+	members, err := toJSON(p.Members)
+	if err != nil {
+		return err
+	}
+	datasets, err := toJSON(p.Datasets)
+	if err != nil {
+		return err
+	}
+	res, err := t.exec(ctx, `UPDATE projects SET title = ?, organisation = ?, purpose = ?, lawful_basis = ?, data_sharing_agreement = ?,
+		members = ?, datasets = ?, epsilon_budget = ?, delta_budget = ?, starts_at = ?, expires_at = ?, status = ? WHERE id = ?`,
+		p.Title, p.Organisation, p.Purpose, p.LawfulBasis, p.DataSharingAgreement, members, datasets,
+		p.EpsilonBudget, p.DeltaBudget, micros(p.StartsAt), micros(p.ExpiresAt), string(p.Status), p.ID)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return broker.Errorf(broker.ENOTFOUND, "project %d not found", p.ID)
+	}
+	return t.putMembers(ctx, p.ID, p.Members)
+}
+
+func (t *tx) LockProject(ctx context.Context, id int64) error {
+	var got int64
+	err := t.queryRow(ctx, `SELECT id FROM projects WHERE id = ?`+t.db.d.ForUpdate, []any{id}, &got)
+	return notFound(err, "project %d not found", id)
+}
+
+// projectColumns selects a project and its ledger totals from the
+// alias-b subquery.
+const projectColumns = `p.id, p.title, p.organisation, p.purpose, p.lawful_basis, p.data_sharing_agreement, p.members, p.datasets,
+	p.epsilon_budget, p.delta_budget, p.starts_at, p.expires_at, p.status, p.created_by, p.created_at,
+	COALESCE(b.eps_spent, 0), COALESCE(b.eps_reserved, 0), COALESCE(b.delta_spent, 0), COALESCE(b.delta_reserved, 0)`
+
+// ledgerTotals sums the budget ledger per project from query states.
+const ledgerTotals = `SELECT project_id,
+	SUM(CASE WHEN ledger = 'charged' THEN cost_epsilon ELSE 0 END) AS eps_spent,
+	SUM(CASE WHEN ledger = 'reserved' THEN cost_epsilon ELSE 0 END) AS eps_reserved,
+	SUM(CASE WHEN ledger = 'charged' THEN cost_delta ELSE 0 END) AS delta_spent,
+	SUM(CASE WHEN ledger = 'reserved' THEN cost_delta ELSE 0 END) AS delta_reserved
+	FROM queries WHERE ledger IN ('reserved', 'charged')`
+
+func scanProject(sc interface{ Scan(...any) error }) (*broker.Project, error) {
+	var p broker.Project
+	var members, datasets, status string
+	var starts, expires, created int64
+	err := sc.Scan(&p.ID, &p.Title, &p.Organisation, &p.Purpose, &p.LawfulBasis, &p.DataSharingAgreement, &members, &datasets,
+		&p.EpsilonBudget, &p.DeltaBudget, &starts, &expires, &status, &p.CreatedBy, &created,
+		&p.Budget.EpsilonSpent, &p.Budget.EpsilonReserved, &p.Budget.DeltaSpent, &p.Budget.DeltaReserved)
+	if err != nil {
+		return nil, err
+	}
+	if err := fromJSON(members, &p.Members); err != nil {
+		return nil, err
+	}
+	if err := fromJSON(datasets, &p.Datasets); err != nil {
+		return nil, err
+	}
+	p.StartsAt, p.ExpiresAt, p.CreatedAt = fromMicros(starts), fromMicros(expires), fromMicros(created)
+	p.Status = broker.ProjectStatus(status)
+	p.Budget.EpsilonRemaining = p.EpsilonBudget - p.Budget.EpsilonSpent - p.Budget.EpsilonReserved
+	p.Budget.DeltaRemaining = p.DeltaBudget - p.Budget.DeltaSpent - p.Budget.DeltaReserved
+	return &p, nil
+}
+
+func (t *tx) FindProject(ctx context.Context, id int64) (*broker.Project, error) {
+	s, err := t.prepared(ctx, findProjectSQL)
+	if err != nil {
+		return nil, err
+	}
+	var row *sql.Row
+	if s != nil {
+		row = s.QueryRowContext(ctx, id, id)
+	} else {
+		row = t.tx.QueryRowContext(ctx, t.db.rebind(findProjectSQL), id, id)
+	}
+	p, err := scanProject(row)
+	if err != nil {
+		return nil, notFound(err, "project %d not found", id)
+	}
+	return p, nil
+}
+
+const findProjectSQL = `SELECT ` + projectColumns + ` FROM projects p
+	LEFT JOIN (` + ledgerTotals + ` AND project_id = ? GROUP BY project_id) b ON b.project_id = p.id
+	WHERE p.id = ?`
+
+func (t *tx) FindProjects(ctx context.Context, f broker.ProjectFilter) ([]*broker.Project, int, error) {
+	var w where
+	if f.Member != nil {
+		w.add(`p.id IN (SELECT project_id FROM project_members WHERE subject = ?)`, *f.Member)
+	}
+	if f.Status != nil {
+		w.add(`p.status = ?`, string(*f.Status))
+	}
+	var n int
+	rows, err := t.dynamic(ctx, `SELECT COUNT(*) FROM projects p`+w.String(), w.args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := scanCount(rows, &n); err != nil {
+		return nil, 0, err
+	}
+	args := append(append([]any{}, w.args...), f.Limit, f.Offset)
+	rows, err = t.dynamic(ctx, `SELECT `+projectColumns+` FROM projects p
+		LEFT JOIN (`+ledgerTotals+` GROUP BY project_id) b ON b.project_id = p.id`+w.String()+
+		` ORDER BY p.id LIMIT ? OFFSET ?`, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	ps := []*broker.Project{}
+	for rows.Next() {
+		p, err := scanProject(rows)
+		if err != nil {
+			return nil, 0, err
+		}
+		ps = append(ps, p)
+	}
+	return ps, n, rows.Err()
+}
+
+func scanCount(rows *sql.Rows, n *int) error {
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return sql.ErrNoRows
+	}
+	if err := rows.Scan(n); err != nil {
+		return err
+	}
+	return rows.Close()
+}
+
+func (t *tx) IsMember(ctx context.Context, projectID int64, subject string) (bool, error) {
+	var n int
+	err := t.queryRow(ctx, `SELECT COUNT(*) FROM project_members WHERE project_id = ? AND subject = ?`, []any{projectID, subject}, &n)
+	return n > 0, err
+}
+
+// ---- sites and catalogs ----
+
+func (t *tx) TouchSite(ctx context.Context, s *broker.Site) error {
+	_, err := t.exec(ctx, `INSERT INTO sites (id, last_seen, version) VALUES (?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
+		version = CASE WHEN excluded.version = '' THEN sites.version ELSE excluded.version END`,
+		s.ID, micros(s.LastSeen), s.Version)
+	return err
+}
+
+func (t *tx) PutCatalog(ctx context.Context, siteID, dataset, hash string, body []byte, at time.Time) error {
+	_, err := t.exec(ctx, `INSERT INTO catalogs (dataset, site_id, hash, body, published_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (dataset) DO UPDATE SET site_id = excluded.site_id, hash = excluded.hash, body = excluded.body,
+		published_at = excluded.published_at`,
+		dataset, siteID, hash, string(body), micros(at))
+	return err
+}
+
+func (t *tx) FindCatalog(ctx context.Context, dataset string, wantBody bool) (string, string, []byte, error) {
+	var site, hash, body string
+	var err error
+	if wantBody {
+		err = t.queryRow(ctx, `SELECT site_id, hash, body FROM catalogs WHERE dataset = ?`, []any{dataset}, &site, &hash, &body)
+	} else {
+		err = t.queryRow(ctx, `SELECT site_id, hash FROM catalogs WHERE dataset = ?`, []any{dataset}, &site, &hash)
+	}
+	if err != nil {
+		return "", "", nil, notFound(err, "dataset %q not found", dataset)
+	}
+	if !wantBody {
+		return site, hash, nil, nil
+	}
+	return site, hash, []byte(body), nil
+}
+
+func (t *tx) FindCatalogs(ctx context.Context) ([][]byte, error) {
+	rows, err := t.query(ctx, `SELECT body FROM catalogs ORDER BY dataset`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out [][]byte
+	for rows.Next() {
+		var b string
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		out = append(out, []byte(b))
+	}
+	return out, rows.Err()
+}
+
+func (t *tx) FindSites(ctx context.Context) ([]*broker.Site, error) {
+	rows, err := t.query(ctx, `SELECT s.id, s.last_seen, s.version, COALESCE(c.dataset, '')
+		FROM sites s LEFT JOIN catalogs c ON c.site_id = s.id ORDER BY s.id, c.dataset`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []*broker.Site{}
+	for rows.Next() {
+		var id, version, dataset string
+		var seen int64
+		if err := rows.Scan(&id, &seen, &version, &dataset); err != nil {
+			return nil, err
+		}
+		if len(out) == 0 || out[len(out)-1].ID != id {
+			out = append(out, &broker.Site{ID: id, LastSeen: fromMicros(seen), Version: version, Datasets: []string{}})
+		}
+		if dataset != "" {
+			s := out[len(out)-1]
+			s.Datasets = append(s.Datasets, dataset)
+		}
+	}
+	return out, rows.Err()
+}
+
+// ---- queries ----
+
+const queryColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by, submitted_at, updated_at,
+	cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
+	normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message`
+
+func scanQuery(sc interface{ Scan(...any) error }) (*broker.QueryRecord, error) {
+	q := &broker.Query{}
+	rec := &broker.QueryRecord{Query: q}
+	var status, accuracy, flags, preds, ledger string
+	var submitted, updated, expires int64
+	err := sc.Scan(&q.ID, &q.ProjectID, &q.Dataset, &q.SQL, &q.SQLHash, &q.Purpose, &q.Rewritten, &status, &q.SubmittedBy,
+		&submitted, &updated, &q.Cost.Epsilon, &q.Cost.Delta, &accuracy, &flags, &q.ApprovedBy, &q.Attempts, &q.FailureCode,
+		&rec.Normalized, &rec.NormalizedHash, &rec.ShapeHash, &preds, &ledger, &rec.LeaseTokenHash, &rec.LeaseSite, &expires,
+		&rec.FailureMessage)
+	if err != nil {
+		return nil, err
+	}
+	q.Status = broker.Status(status)
+	q.SubmittedAt, q.UpdatedAt, rec.LeaseExpiresAt = fromMicros(submitted), fromMicros(updated), fromMicros(expires)
+	rec.Ledger = broker.LedgerState(ledger)
+	q.Accuracy = []dp.Accuracy{}
+	q.RiskFlags = []broker.RiskFlag{}
+	if err := fromJSON(accuracy, &q.Accuracy); err != nil {
+		return nil, err
+	}
+	if err := fromJSON(flags, &q.RiskFlags); err != nil {
+		return nil, err
+	}
+	if err := fromJSON(preds, &rec.Predicates); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord) error {
+	q := rec.Query
+	accuracy, err := toJSON(q.Accuracy)
+	if err != nil {
+		return err
+	}
+	flags, err := toJSON(q.RiskFlags)
+	if err != nil {
+		return err
+	}
+	preds, err := toJSON(rec.Predicates)
+	if err != nil {
+		return err
+	}
+	return t.queryRow(ctx, `INSERT INTO queries (project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by,
+		submitted_at, updated_at, cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
+		normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		[]any{q.ProjectID, q.Dataset, q.SQL, q.SQLHash, q.Purpose, q.Rewritten, string(q.Status), q.SubmittedBy,
+			micros(q.SubmittedAt), micros(q.UpdatedAt), q.Cost.Epsilon, q.Cost.Delta, accuracy, flags, q.ApprovedBy, q.Attempts,
+			q.FailureCode, rec.Normalized, rec.NormalizedHash, rec.ShapeHash, preds, string(rec.Ledger), rec.LeaseTokenHash,
+			rec.LeaseSite, micros(rec.LeaseExpiresAt), rec.FailureMessage},
+		&q.ID)
+}
+
+// UpdateQuery writes the fields that change after submission; the SQL and
+// its plan are immutable.
+func (t *tx) UpdateQuery(ctx context.Context, rec *broker.QueryRecord) error {
+	q := rec.Query
+	res, err := t.exec(ctx, `UPDATE queries SET status = ?, updated_at = ?, approved_by = ?, attempts = ?, failure_code = ?,
+		ledger = ?, lease_token_hash = ?, lease_site = ?, lease_expires_at = ?, failure_message = ? WHERE id = ?`,
+		string(q.Status), micros(q.UpdatedAt), q.ApprovedBy, q.Attempts, q.FailureCode, string(rec.Ledger),
+		rec.LeaseTokenHash, rec.LeaseSite, micros(rec.LeaseExpiresAt), rec.FailureMessage, q.ID)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return broker.Errorf(broker.ENOTFOUND, "query %d not found", q.ID)
+	}
+	return nil
+}
+
+func (t *tx) LockQuery(ctx context.Context, id int64) error {
+	var got int64
+	err := t.queryRow(ctx, `SELECT id FROM queries WHERE id = ?`+t.db.d.ForUpdate, []any{id}, &got)
+	return notFound(err, "query %d not found", id)
+}
+
+func (t *tx) FindQuery(ctx context.Context, id int64) (*broker.QueryRecord, error) {
+	s, err := t.prepared(ctx, findQuerySQL)
+	if err != nil {
+		return nil, err
+	}
+	var row *sql.Row
+	if s != nil {
+		row = s.QueryRowContext(ctx, id)
+	} else {
+		row = t.tx.QueryRowContext(ctx, t.db.rebind(findQuerySQL), id)
+	}
+	rec, err := scanQuery(row)
+	if err != nil {
+		return nil, notFound(err, "query %d not found", id)
+	}
+	return rec, nil
+}
+
+const findQuerySQL = `SELECT ` + queryColumns + ` FROM queries WHERE id = ?`
+
+func (t *tx) FindQueries(ctx context.Context, f broker.QueryFilter, member string) ([]*broker.Query, int, error) {
+	var w where
+	if member != "" {
+		w.add(`project_id IN (SELECT project_id FROM project_members WHERE subject = ?)`, member)
+	}
+	if f.ProjectID != nil {
+		w.add(`project_id = ?`, *f.ProjectID)
+	}
+	if f.Status != nil {
+		w.add(`status = ?`, string(*f.Status))
+	}
+	if f.SubmittedBy != nil {
+		w.add(`submitted_by = ?`, *f.SubmittedBy)
+	}
+	var n int
+	rows, err := t.dynamic(ctx, `SELECT COUNT(*) FROM queries`+w.String(), w.args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := scanCount(rows, &n); err != nil {
+		return nil, 0, err
+	}
+	args := append(append([]any{}, w.args...), f.Limit, f.Offset)
+	rows, err = t.dynamic(ctx, `SELECT `+queryColumns+` FROM queries`+w.String()+` ORDER BY id LIMIT ? OFFSET ?`, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	qs := []*broker.Query{}
+	for rows.Next() {
+		rec, err := scanQuery(rows)
+		if err != nil {
+			return nil, 0, err
+		}
+		qs = append(qs, rec.Query)
+	}
+	return qs, n, rows.Err()
+}
+
+func (t *tx) AddEvent(ctx context.Context, queryID int64, e broker.Event) error {
+	_, err := t.exec(ctx, `INSERT INTO query_events (query_id, from_status, to_status, actor, comment, at) VALUES (?, ?, ?, ?, ?, ?)`,
+		queryID, string(e.From), string(e.To), e.Actor, e.Comment, micros(e.At))
+	return err
+}
+
+func (t *tx) FindEvents(ctx context.Context, queryID int64) ([]broker.Event, error) {
+	rows, err := t.query(ctx, `SELECT from_status, to_status, actor, comment, at FROM query_events WHERE query_id = ? ORDER BY id`, queryID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []broker.Event{}
+	for rows.Next() {
+		var e broker.Event
+		var from, to string
+		var at int64
+		if err := rows.Scan(&from, &to, &e.Actor, &e.Comment, &at); err != nil {
+			return nil, err
+		}
+		e.From, e.To, e.At = broker.Status(from), broker.Status(to), fromMicros(at)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func (t *tx) FindRepeat(ctx context.Context, projectID int64, normalizedHash string, excludeID int64) (*broker.SimilarQuery, error) {
+	var s broker.SimilarQuery
+	var preds string
+	err := t.queryRow(ctx, `SELECT id, sql_text, normalized_hash, predicates FROM queries
+		WHERE project_id = ? AND normalized_hash = ? AND id <> ? ORDER BY id LIMIT 1`,
+		[]any{projectID, normalizedHash, excludeID}, &s.ID, &s.SQL, &s.NormalizedHash, &preds)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	return &s, fromJSON(preds, &s.Predicates)
+}
+
+func (t *tx) FindSameShape(ctx context.Context, projectID int64, shapeHash string, excludeID int64, limit int) ([]broker.SimilarQuery, error) {
+	rows, err := t.query(ctx, `SELECT id, sql_text, normalized_hash, predicates FROM queries
+		WHERE project_id = ? AND shape_hash = ? AND id <> ? ORDER BY id DESC LIMIT ?`, projectID, shapeHash, excludeID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []broker.SimilarQuery
+	for rows.Next() {
+		var s broker.SimilarQuery
+		var preds string
+		if err := rows.Scan(&s.ID, &s.SQL, &s.NormalizedHash, &preds); err != nil {
+			return nil, err
+		}
+		if err := fromJSON(preds, &s.Predicates); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+func (t *tx) NextLeasable(ctx context.Context, siteID string, now time.Time) (int64, error) {
+	var id int64
+	err := t.queryRow(ctx, `SELECT id FROM queries
+		WHERE dataset IN (SELECT dataset FROM catalogs WHERE site_id = ?)
+		AND (status = 'approved' OR (status = 'running' AND lease_expires_at < ?))
+		ORDER BY id LIMIT 1`+t.db.d.SkipLocked, []any{siteID, micros(now)}, &id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return id, err
+}
+
+// ---- outputs ----
+
+func (t *tx) PutOutput(ctx context.Context, o *broker.Output) error {
+	body, err := toJSON(o.Result)
+	if err != nil {
+		return err
+	}
+	_, err = t.exec(ctx, `INSERT INTO outputs (query_id, site_id, result, created_at, released_at) VALUES (?, ?, ?, ?, 0)`,
+		o.QueryID, o.SiteID, body, micros(o.CreatedAt))
+	return err
+}
+
+func (t *tx) FindOutput(ctx context.Context, queryID int64) (*broker.Output, error) {
+	o := &broker.Output{QueryID: queryID}
+	var body string
+	var created, released int64
+	err := t.queryRow(ctx, `SELECT site_id, result, created_at, released_at FROM outputs WHERE query_id = ?`, []any{queryID},
+		&o.SiteID, &body, &created, &released)
+	if err != nil {
+		return nil, notFound(err, "query %d has no output", queryID)
+	}
+	if err := fromJSON(body, &o.Result); err != nil {
+		return nil, err
+	}
+	o.CreatedAt = fromMicros(created)
+	if released != 0 {
+		r := fromMicros(released)
+		o.ReleasedAt = &r
+	}
+	return o, nil
+}
+
+func (t *tx) SetOutputReleased(ctx context.Context, queryID int64, at time.Time) error {
+	res, err := t.exec(ctx, `UPDATE outputs SET released_at = ? WHERE query_id = ?`, micros(at), queryID)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return broker.Errorf(broker.ENOTFOUND, "query %d has no output", queryID)
+	}
+	return nil
+}
+
+// ---- audit ----
+
+func (t *tx) LockAuditHead(ctx context.Context) (int64, string, error) {
+	if t.db.d.AuditLock != "" {
+		if _, err := t.exec(ctx, t.db.d.AuditLock); err != nil {
+			return 0, "", err
+		}
+	}
+	var seq int64
+	var hash string
+	err := t.queryRow(ctx, `SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1`, nil, &seq, &hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, "", nil
+	}
+	return seq, hash, err
+}
+
+func (t *tx) InsertAudit(ctx context.Context, e *broker.AuditEntry) error {
+	_, err := t.exec(ctx, `INSERT INTO audit_log (seq, at, actor, action, object, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.Seq, micros(e.At), e.Actor, e.Action, e.Object, e.Detail, e.PrevHash, e.Hash)
+	return err
+}
+
+func scanAudit(rows *sql.Rows) ([]*broker.AuditEntry, error) {
+	defer rows.Close()
+	out := []*broker.AuditEntry{}
+	for rows.Next() {
+		var e broker.AuditEntry
+		var at int64
+		if err := rows.Scan(&e.Seq, &at, &e.Actor, &e.Action, &e.Object, &e.Detail, &e.PrevHash, &e.Hash); err != nil {
+			return nil, err
+		}
+		e.At = fromMicros(at)
+		out = append(out, &e)
+	}
+	return out, rows.Err()
+}
+
+const auditColumns = `seq, at, actor, action, object, detail, prev_hash, hash`
+
+func (t *tx) FindAuditEntries(ctx context.Context, f broker.AuditFilter) ([]*broker.AuditEntry, int, error) {
+	var w where
+	if f.Actor != nil {
+		w.add(`actor = ?`, *f.Actor)
+	}
+	if f.Action != nil {
+		w.add(`action = ?`, *f.Action)
+	}
+	if f.Object != nil {
+		w.add(`object = ?`, *f.Object)
+	}
+	if f.AfterSeq != nil {
+		w.add(`seq > ?`, *f.AfterSeq)
+	}
+	var n int
+	rows, err := t.dynamic(ctx, `SELECT COUNT(*) FROM audit_log`+w.String(), w.args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := scanCount(rows, &n); err != nil {
+		return nil, 0, err
+	}
+	args := append(append([]any{}, w.args...), f.Limit, f.Offset)
+	rows, err = t.dynamic(ctx, `SELECT `+auditColumns+` FROM audit_log`+w.String()+` ORDER BY seq LIMIT ? OFFSET ?`, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	es, err := scanAudit(rows)
+	return es, n, err
+}
+
+func (t *tx) ScanAudit(ctx context.Context, after int64, limit int) ([]*broker.AuditEntry, error) {
+	rows, err := t.query(ctx, `SELECT `+auditColumns+` FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	return scanAudit(rows)
+}
+
+// ---- register ----
+
+func (t *tx) Register(ctx context.Context) ([]*broker.RegisterEntry, error) {
+	rows, err := t.query(ctx, `SELECT p.id, p.title, p.organisation, p.purpose, p.lawful_basis, p.starts_at, p.expires_at, p.status,
+		(SELECT COUNT(*) FROM queries q WHERE q.project_id = p.id AND q.status = 'released'),
+		(SELECT COALESCE(SUM(q.cost_epsilon), 0) FROM queries q WHERE q.project_id = p.id AND q.ledger = 'charged')
+		FROM projects p ORDER BY p.id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []*broker.RegisterEntry{}
+	for rows.Next() {
+		var r broker.RegisterEntry
+		var starts, expires int64
+		var status string
+		if err := rows.Scan(&r.ProjectID, &r.Title, &r.Organisation, &r.Purpose, &r.LawfulBasis, &starts, &expires, &status,
+			&r.ReleasedQueries, &r.EpsilonSpent); err != nil {
+			return nil, err
+		}
+		r.StartsAt, r.ExpiresAt, r.Status = fromMicros(starts), fromMicros(expires), broker.ProjectStatus(status)
+		out = append(out, &r)
+	}
+	return out, rows.Err()
+}

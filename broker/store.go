@@ -1,0 +1,123 @@
+package broker
+
+import (
+	"context"
+	"time"
+)
+
+// Store is the persistence the service needs. Implementations (broker/sqlite,
+// broker/postgres) are thin: they run SQL and translate driver errors into
+// *Error; every rule lives in Service.
+type Store interface {
+	// Update runs fn in a read-write transaction and commits if fn returns
+	// nil. Rows fn means to change must first be locked with LockProject or
+	// LockQuery so that concurrent transactions (also in other broker
+	// processes sharing the database) serialise on them.
+	Update(ctx context.Context, fn func(Tx) error) error
+	// View runs fn in a read-only transaction.
+	View(ctx context.Context, fn func(Tx) error) error
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// LedgerState is where a query stands in its project's budget ledger. The
+// budget figures are always derived from these states; nothing else holds
+// them.
+type LedgerState string
+
+// Ledger states. Stored values never change.
+const (
+	LedgerNone     LedgerState = "none"     // not approved: costs nothing
+	LedgerReserved LedgerState = "reserved" // approved, not started
+	LedgerCharged  LedgerState = "charged"  // run started: spent for good
+	LedgerFreed    LedgerState = "freed"    // reservation released by a cancel
+)
+
+// QueryRecord is a query with the fields only the service sees: the
+// normalised form used for risk flags, the ledger state and the lease.
+type QueryRecord struct {
+	Query *Query
+
+	Normalized     string
+	NormalizedHash string
+	// ShapeHash identifies the query's output shape (dataset, groups,
+	// aggregates): queries with the same shape whose predicates differ by
+	// one are a differencing risk.
+	ShapeHash  string
+	Predicates []string
+
+	Ledger LedgerState
+	// LeaseTokenHash is the hex SHA-256 of the current (or completing)
+	// lease token; the token itself is never stored.
+	LeaseTokenHash string
+	LeaseSite      string
+	LeaseExpiresAt time.Time
+	FailureMessage string
+}
+
+// SimilarQuery is an earlier query of a project used for risk flags.
+type SimilarQuery struct {
+	ID             int64
+	SQL            string
+	NormalizedHash string
+	Predicates     []string
+}
+
+// Tx is one transaction's operations. Methods that find a single row return
+// an *Error with code ENOTFOUND when it is missing.
+type Tx interface {
+	// Projects. FindProject fills Budget from the queries' ledger states.
+	CreateProject(ctx context.Context, p *Project) error
+	UpdateProject(ctx context.Context, p *Project) error
+	LockProject(ctx context.Context, id int64) error
+	FindProject(ctx context.Context, id int64) (*Project, error)
+	FindProjects(ctx context.Context, f ProjectFilter) ([]*Project, int, error)
+	IsMember(ctx context.Context, projectID int64, subject string) (bool, error)
+
+	// Sites and catalogs: the catalog is stored as published JSON.
+	TouchSite(ctx context.Context, site *Site) error
+	PutCatalog(ctx context.Context, siteID, dataset, hash string, body []byte, at time.Time) error
+	// FindCatalog returns the site holding dataset, the catalog's hash and
+	// its JSON (nil body when wantBody is false).
+	FindCatalog(ctx context.Context, dataset string, wantBody bool) (siteID, hash string, body []byte, err error)
+	FindCatalogs(ctx context.Context) ([][]byte, error)
+	FindSites(ctx context.Context) ([]*Site, error)
+
+	// Queries. CreateQuery sets rec.Query.ID.
+	CreateQuery(ctx context.Context, rec *QueryRecord) error
+	UpdateQuery(ctx context.Context, rec *QueryRecord) error
+	LockQuery(ctx context.Context, id int64) error
+	FindQuery(ctx context.Context, id int64) (*QueryRecord, error)
+	// FindQueries applies f; when member is not empty only queries of
+	// projects member belongs to are returned. Oldest first.
+	FindQueries(ctx context.Context, f QueryFilter, member string) ([]*Query, int, error)
+	AddEvent(ctx context.Context, queryID int64, e Event) error
+	FindEvents(ctx context.Context, queryID int64) ([]Event, error)
+	// FindRepeat returns the earliest query of the project with the given
+	// normalised hash, or nil.
+	FindRepeat(ctx context.Context, projectID int64, normalizedHash string, excludeID int64) (*SimilarQuery, error)
+	// FindSameShape returns up to limit of the project's most recent queries
+	// with the given shape, excluding excludeID.
+	FindSameShape(ctx context.Context, projectID int64, shapeHash string, excludeID int64, limit int) ([]SimilarQuery, error)
+	// NextLeasable locks and returns the id of the oldest query over one of
+	// site's datasets that is approved, or running with a lease that expired
+	// before now; 0 when there is none. Rows other transactions hold are
+	// skipped.
+	NextLeasable(ctx context.Context, siteID string, now time.Time) (int64, error)
+
+	// Outputs.
+	PutOutput(ctx context.Context, o *Output) error
+	FindOutput(ctx context.Context, queryID int64) (*Output, error)
+	SetOutputReleased(ctx context.Context, queryID int64, at time.Time) error
+
+	// Audit chain. LockAuditHead serialises appenders until the transaction
+	// ends and returns the last entry's seq and hash (0, "" when empty).
+	LockAuditHead(ctx context.Context) (seq int64, hash string, err error)
+	InsertAudit(ctx context.Context, e *AuditEntry) error
+	FindAuditEntries(ctx context.Context, f AuditFilter) ([]*AuditEntry, int, error)
+	// ScanAudit returns up to limit entries with seq > after, in seq order.
+	ScanAudit(ctx context.Context, after int64, limit int) ([]*AuditEntry, error)
+
+	// Register derives the public register from projects and queries.
+	Register(ctx context.Context) ([]*RegisterEntry, error)
+}
