@@ -186,6 +186,12 @@ type Report struct {
 	// PartitionSelection is "public_domain" or "dp_pre_threshold".
 	PartitionSelection string `json:"partition_selection"`
 
+	// GroupsReleased counts rows with values; GroupsSuppressed rows whose
+	// statistics were all withheld (by the threshold or by secondary
+	// suppression). CellsSuppressed counts aggregate cells withheld by the
+	// threshold, CellsSecondary those withheld only by secondary
+	// suppression. PartitionsNotRelease counts keys dropped by partition
+	// selection, rounded to the rounding base (it is not DP).
 	GroupsReleased       int `json:"groups_released"`
 	GroupsSuppressed     int `json:"groups_suppressed"`
 	CellsSuppressed      int `json:"cells_suppressed"`

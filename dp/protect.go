@@ -439,6 +439,13 @@ func releaseCell(s Spec, p budgetPlan, a AggSpec, idx []int, stats []float64, ru
 	default:
 		return Cell{}, errors.New("unknown aggregate kind")
 	}
+	// A non-finite value cannot be released (nor encoded as JSON); it can
+	// only come from statistics far outside what the bounds allow.
+	for _, v := range []*float64{cell.Value, cell.CILow, cell.CIHigh} {
+		if math.IsNaN(*v) || math.IsInf(*v, 0) {
+			return Cell{}, fmt.Errorf("aggregate %q: released value is not finite", a.Name)
+		}
+	}
 	return cell, nil
 }
 

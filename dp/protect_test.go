@@ -397,3 +397,12 @@ func TestPartitionSelectionKeepsLargeGroups(t *testing.T) {
 		t.Errorf("noise report %+v", r.Noise)
 	}
 }
+
+func TestProtectRefusesNonFiniteRelease(t *testing.T) {
+	s := validSpec()
+	s.Aggregates = []AggSpec{{Name: "n", Kind: AggCount}, {Name: "total", Kind: AggSum, Lower: -1, Upper: 1}}
+	_, err := Protect(s, nil, Options{Noise: newReplayNoise(50, math.Inf(1))})
+	if err == nil || err.Error() != `protect: aggregate "total": released value is not finite` {
+		t.Fatalf("Protect() error = %v, want a non-finite refusal", err)
+	}
+}
