@@ -757,8 +757,8 @@ func (s *Server) getOutput(c *gin.Context) error {
 
 // ResultResponse is a released table as JSON.
 type ResultResponse struct {
-	QueryID    int64      `json:"query_id"`
-	ReleasedAt *time.Time `json:"released_at,omitempty"`
+	QueryID    int64       `json:"query_id"`
+	ReleasedAt *time.Time  `json:"released_at,omitempty"`
 	Columns    []dp.Column `json:"columns"`
 	Rows       [][]dp.Cell `json:"rows"`
 	Report     dp.Report   `json:"report"`

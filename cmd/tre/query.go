@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
+)
+
+// QueryMain is `tre query submit|dry-run|list|show|cancel|result`.
+type QueryMain struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+
+	verb   string
+	flags  clientFlags
+	client *api.Client
+
+	// submit and dry-run
+	project int64
+	dataset string
+	epsilon float64
+	purpose string
+	sql     string
+	// list
+	status string
+	limit  int
+	offset int
+	// show, cancel, result
+	id     int64
+	format string
+	out    string
+}
+
+// NewQueryMain returns the command with the process environment.
+func NewQueryMain(stdout, stderr io.Writer) *QueryMain {
+	return &QueryMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
+}
+
+const queryUsage = `usage: tre query <verb> [flags]
+  submit  --project ID [--epsilon E] [--purpose P] [--dataset D] (--file F.sql | 'SQL')
+  dry-run --project ID [--epsilon E] [--dataset D] (--file F.sql | 'SQL')
+  list    [--status S] [--project ID] [--limit N] [--offset N]
+  show    ID
+  cancel  ID
+  result  ID [--format csv|json] [--out FILE]
+common flags: --broker URL, --token-file F, --json, --timeout D`
+
+// ParseFlags parses the verb and its flags.
+func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintln(m.Stderr, queryUsage)
+			return flag.ErrHelp
+		}
+		return errors.New(queryUsage)
+	}
+	m.verb = args[0]
+	fs := newFlagSet("query "+m.verb, m.Stderr)
+	m.flags.register(fs, m.Getenv)
+	var file string
+	switch m.verb {
+	case "submit", "dry-run":
+		fs.Int64Var(&m.project, "project", 0, "project id (required)")
+		fs.StringVar(&m.dataset, "dataset", "", "dataset (default: the project's only dataset)")
+		fs.Float64Var(&m.epsilon, "epsilon", 0, "privacy budget to spend (default: the catalog's)")
+		fs.StringVar(&m.purpose, "purpose", "", "why this query is needed")
+		fs.StringVar(&file, "file", "", "read the SQL from this file")
+	case "list":
+		fs.StringVar(&m.status, "status", "", "only queries in this status")
+		fs.Int64Var(&m.project, "project", 0, "only this project's queries")
+		fs.IntVar(&m.limit, "limit", 0, "page size")
+		fs.IntVar(&m.offset, "offset", 0, "items to skip")
+	case "show", "cancel":
+	case "result":
+		fs.StringVar(&m.format, "format", "", "csv (default) or json")
+		fs.StringVar(&m.out, "out", "", "write to this file instead of standard output")
+	default:
+		return fmt.Errorf("unknown verb %q\n%s", m.verb, queryUsage)
+	}
+	pos, err := parseInterleaved(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	switch m.verb {
+	case "submit", "dry-run":
+		if m.project <= 0 {
+			return errors.New("--project is required")
+		}
+		switch {
+		case file != "" && len(pos) > 0:
+			return errors.New("give the SQL either with --file or as an argument, not both")
+		case file != "":
+			data, err := os.ReadFile(file)
+			if err != nil {
+				return fmt.Errorf("read SQL: %w", err)
+			}
+			m.sql = string(data)
+		case len(pos) == 1:
+			m.sql = pos[0]
+		default:
+			return fmt.Errorf("usage: tre query %s --project ID (--file F.sql | 'SQL')", m.verb)
+		}
+		if strings.TrimSpace(m.sql) == "" {
+			return errors.New("the SQL is empty")
+		}
+	case "list":
+		if err := needArgs(pos, 0, "tre query list [--status S] [--project ID]"); err != nil {
+			return err
+		}
+	default:
+		if err := needArgs(pos, 1, "tre query "+m.verb+" ID"); err != nil {
+			return err
+		}
+		if m.id, err = parseID("query", pos[0]); err != nil {
+			return err
+		}
+		if m.verb == "result" {
+			if m.format == "" {
+				m.format = "csv"
+				if m.flags.json {
+					m.format = "json"
+				}
+			}
+			if m.format != "csv" && m.format != "json" {
+				return fmt.Errorf("--format must be csv or json, not %q", m.format)
+			}
+		}
+	}
+	m.client, err = m.flags.client(m.Getenv)
+	return err
+}
+
+// Run calls the broker.
+func (m *QueryMain) Run(ctx context.Context) error {
+	return apiExit(m.run(ctx))
+}
+
+func (m *QueryMain) run(ctx context.Context) error {
+	c := m.client
+	req := api.QueryRequest{ProjectID: m.project, Dataset: m.dataset, SQL: m.sql, Purpose: m.purpose, Epsilon: m.epsilon}
+	switch m.verb {
+	case "submit":
+		q, err := c.SubmitQuery(ctx, req)
+		if err != nil {
+			return err
+		}
+		return m.printQuery(q)
+	case "dry-run":
+		r, err := c.DryRun(ctx, req)
+		if err != nil {
+			return err
+		}
+		if m.flags.json {
+			return printJSON(m.Stdout, r)
+		}
+		fmt.Fprintf(m.Stdout, "SYNTHETIC DATA — not patient records. Dataset %s, would cost ε=%s δ=%s\n\n",
+			r.Dataset, fmtFloat(r.Cost.Epsilon), fmtFloat(r.Cost.Delta))
+		return printResultTable(m.Stdout, r.Columns, r.Rows)
+	case "list":
+		opts := api.QueryListOptions{ListOptions: api.ListOptions{Limit: m.limit, Offset: m.offset}, Status: broker.Status(m.status), ProjectID: m.project}
+		l, err := c.Queries(ctx, opts)
+		if err != nil {
+			return err
+		}
+		if m.flags.json {
+			return printJSON(m.Stdout, l)
+		}
+		return printQueryList(m.Stdout, l.Items, l.Total, l.Offset)
+	case "show":
+		q, err := c.Query(ctx, m.id)
+		if err != nil {
+			return err
+		}
+		return m.printQuery(q)
+	case "cancel":
+		q, err := c.CancelQuery(ctx, m.id)
+		if err != nil {
+			return err
+		}
+		return m.printQuery(q)
+	case "result":
+		data, err := c.ResultRaw(ctx, m.id, m.format)
+		if err != nil {
+			return err
+		}
+		if m.out == "" {
+			_, err = m.Stdout.Write(data)
+			return err
+		}
+		if err := os.WriteFile(m.out, data, 0o600); err != nil {
+			return fmt.Errorf("write result: %w", err)
+		}
+		fmt.Fprintf(m.Stderr, "wrote %s (%d bytes)\n", m.out, len(data))
+		return nil
+	}
+	return fmt.Errorf("unknown verb %q", m.verb)
+}
+
+func (m *QueryMain) printQuery(q *broker.Query) error {
+	if m.flags.json {
+		return printJSON(m.Stdout, q)
+	}
+	return printQueryDetail(m.Stdout, q)
+}
+
+// printQueryDetail prints one query for people.
+func printQueryDetail(w io.Writer, q *broker.Query) error {
+	tw := newTable(w)
+	fmt.Fprintf(tw, "query\t%d\n", q.ID)
+	fmt.Fprintf(tw, "status\t%s\n", q.Status)
+	fmt.Fprintf(tw, "project\t%d\n", q.ProjectID)
+	fmt.Fprintf(tw, "dataset\t%s\n", q.Dataset)
+	fmt.Fprintf(tw, "submitted\t%s by %s\n", fmtTime(q.SubmittedAt), q.SubmittedBy)
+	fmt.Fprintf(tw, "cost\tε=%s δ=%s\n", fmtFloat(q.Cost.Epsilon), fmtFloat(q.Cost.Delta))
+	for _, a := range q.Accuracy {
+		fmt.Fprintf(tw, "accuracy\t%s ±%s (95%%)\n", a.Column, fmtFloat(a.HalfWidth95))
+	}
+	for _, f := range q.RiskFlags {
+		fmt.Fprintf(tw, "risk\t%s: %s\n", f.Kind, f.Message)
+	}
+	if q.ApprovedBy != "" {
+		fmt.Fprintf(tw, "approved by\t%s\n", q.ApprovedBy)
+	}
+	if q.FailureCode != "" {
+		fmt.Fprintf(tw, "failure\t%s\n", q.FailureCode)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(q.SQL))
+	if len(q.History) > 0 {
+		fmt.Fprintln(w)
+		tw = newTable(w)
+		fmt.Fprintln(tw, "WHEN\tFROM\tTO\tBY\tCOMMENT")
+		for _, e := range q.History {
+			from := string(e.From)
+			if from == "" {
+				from = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", fmtTime(e.At), from, e.To, e.Actor, oneLine(e.Comment, 60))
+		}
+		return tw.Flush()
+	}
+	return nil
+}
+
+// printQueryList prints queries as a table.
+func printQueryList(w io.Writer, qs []broker.Query, total, offset int) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tPROJECT\tSTATUS\tSUBMITTED\tBY\tε\tFLAGS\tSQL")
+	for _, q := range qs {
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", q.ID, q.ProjectID, q.Status, fmtTime(q.SubmittedAt),
+			q.SubmittedBy, fmtFloat(q.Cost.Epsilon), len(q.RiskFlags), oneLine(q.SQL, 50))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if total > len(qs) {
+		fmt.Fprintf(w, "(%d–%d of %d; use --offset for more)\n", offset+1, offset+len(qs), total)
+	}
+	return nil
+}
+
+// Close releases nothing: the client holds no connections between calls.
+func (m *QueryMain) Close() error { return nil }

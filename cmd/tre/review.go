@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
+)
+
+// ReviewMain is `tre review queue|approve|reject` and, with output set,
+// `tre output queue|show|release|withhold`: the two human checkpoints share
+// their shape.
+type ReviewMain struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+
+	output bool // output check rather than review
+	verb   string
+	flags  clientFlags
+	client *api.Client
+
+	id      int64
+	comment string
+	reason  string
+	limit   int
+	offset  int
+}
+
+// NewReviewMain returns `tre review`.
+func NewReviewMain(stdout, stderr io.Writer) *ReviewMain {
+	return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
+}
+
+// NewOutputMain returns `tre output`.
+func NewOutputMain(stdout, stderr io.Writer) *ReviewMain {
+	return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, output: true}
+}
+
+func (m *ReviewMain) usage() string {
+	if m.output {
+		return `usage: tre output <verb> [flags]
+  queue                     results awaiting output check
+  show     ID               the protected table and its disclosure report
+  release  ID [--comment C]
+  withhold ID --reason R
+common flags: --broker URL, --token-file F, --json, --timeout D`
+	}
+	return `usage: tre review <verb> [flags]
+  queue                     submitted queries, oldest first
+  approve ID [--comment C]  reserves the budget
+  reject  ID --reason R
+common flags: --broker URL, --token-file F, --json, --timeout D`
+}
+
+func (m *ReviewMain) name() string {
+	if m.output {
+		return "output"
+	}
+	return "review"
+}
+
+// ParseFlags parses the verb and its flags.
+func (m *ReviewMain) ParseFlags(ctx context.Context, args []string) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintln(m.Stderr, m.usage())
+			return flag.ErrHelp
+		}
+		return errors.New(m.usage())
+	}
+	m.verb = args[0]
+	fs := newFlagSet(m.name()+" "+m.verb, m.Stderr)
+	m.flags.register(fs, m.Getenv)
+	needID := true
+	switch {
+	case m.verb == "queue":
+		needID = false
+		fs.IntVar(&m.limit, "limit", 0, "page size")
+		fs.IntVar(&m.offset, "offset", 0, "items to skip")
+	case m.verb == "approve" && !m.output, m.verb == "release" && m.output:
+		fs.StringVar(&m.comment, "comment", "", "note for the record")
+	case m.verb == "reject" && !m.output, m.verb == "withhold" && m.output:
+		fs.StringVar(&m.reason, "reason", "", "why (required; the researcher sees it)")
+	case m.verb == "show" && m.output:
+	default:
+		return fmt.Errorf("unknown verb %q\n%s", m.verb, m.usage())
+	}
+	pos, err := parseInterleaved(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	if needID {
+		if err := needArgs(pos, 1, "tre "+m.name()+" "+m.verb+" ID"); err != nil {
+			return err
+		}
+		if m.id, err = parseID("query", pos[0]); err != nil {
+			return err
+		}
+	} else if err := needArgs(pos, 0, "tre "+m.name()+" queue"); err != nil {
+		return err
+	}
+	if (m.verb == "reject" || m.verb == "withhold") && strings.TrimSpace(m.reason) == "" {
+		return fmt.Errorf("--reason is required to %s", m.verb)
+	}
+	m.client, err = m.flags.client(m.Getenv)
+	return err
+}
+
+// Run calls the broker.
+func (m *ReviewMain) Run(ctx context.Context) error { return apiExit(m.run(ctx)) }
+
+func (m *ReviewMain) run(ctx context.Context) error {
+	c := m.client
+	var q *broker.Query
+	var err error
+	switch m.verb {
+	case "queue":
+		return m.queue(ctx)
+	case "show":
+		out, err := c.Output(ctx, m.id)
+		if err != nil {
+			return err
+		}
+		if m.flags.json {
+			return printJSON(m.Stdout, out)
+		}
+		return printOutput(m.Stdout, out)
+	case "approve":
+		q, err = c.ApproveQuery(ctx, m.id, m.comment)
+	case "reject":
+		q, err = c.RejectQuery(ctx, m.id, m.reason)
+	case "release":
+		q, err = c.ReleaseQuery(ctx, m.id, m.comment)
+	case "withhold":
+		q, err = c.WithholdQuery(ctx, m.id, m.reason)
+	}
+	if err != nil {
+		return err
+	}
+	if m.flags.json {
+		return printJSON(m.Stdout, q)
+	}
+	fmt.Fprintf(m.Stdout, "query %d is now %s\n", q.ID, q.Status)
+	return nil
+}
+
+func (m *ReviewMain) queue(ctx context.Context) error {
+	opts := api.ListOptions{Limit: m.limit, Offset: m.offset}
+	if m.output {
+		l, err := m.client.OutputQueue(ctx, opts)
+		if err != nil {
+			return err
+		}
+		if m.flags.json {
+			return printJSON(m.Stdout, l)
+		}
+		return printQueryList(m.Stdout, l.Items, l.Total, l.Offset)
+	}
+	l, err := m.client.ReviewQueue(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if m.flags.json {
+		return printJSON(m.Stdout, l)
+	}
+	tw := newTable(m.Stdout)
+	fmt.Fprintln(tw, "ID\tPROJECT\tSUBMITTED\tBY\tε\tε LEFT\tRISK\tSQL")
+	for _, it := range l.Items {
+		left := "-"
+		if it.ProjectBudget != nil {
+			left = fmtFloat(it.ProjectBudget.EpsilonRemaining)
+		}
+		var risks []string
+		for _, f := range it.RiskFlags {
+			risks = append(risks, f.Kind)
+		}
+		risk := strings.Join(risks, ",")
+		if risk == "" {
+			risk = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", it.ID, it.ProjectID, fmtTime(it.SubmittedAt), it.SubmittedBy,
+			fmtFloat(it.Cost.Epsilon), left, risk, oneLine(it.SQL, 50))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if l.Total > len(l.Items) {
+		fmt.Fprintf(m.Stdout, "(%d of %d; use --offset for more)\n", len(l.Items), l.Total)
+	}
+	return nil
+}
+
+// printOutput prints a protected table and its disclosure report.
+func printOutput(w io.Writer, out *broker.Output) error {
+	if err := printResultTable(w, out.Result.Columns, out.Result.Rows); err != nil {
+		return err
+	}
+	r := out.Result.Report
+	fmt.Fprintln(w)
+	tw := newTable(w)
+	fmt.Fprintf(tw, "ε, δ spent\t%s, %s (%s)\n", fmtFloat(r.Epsilon), fmtFloat(r.Delta), r.Mechanism)
+	fmt.Fprintf(tw, "bounds\tk=%d groups per patient, C=%d rows per group\n", r.MaxGroupsPerPatient, r.MaxRowsPerGroup)
+	fmt.Fprintf(tw, "suppression\tthreshold %d; %d cells suppressed, %d secondary\n", r.Threshold, r.CellsSuppressed, r.CellsSecondary)
+	fmt.Fprintf(tw, "rounding\tbase %d (%s), %d cells rounded\n", r.RoundingBase, r.Rounding, r.CellsRounded)
+	fmt.Fprintf(tw, "groups\t%d released, %d suppressed, partition selection %s\n", r.GroupsReleased, r.GroupsSuppressed, r.PartitionSelection)
+	fmt.Fprintf(tw, "dominance flags\t%d cells\n", r.CellsDominanceFlags)
+	fmt.Fprintf(tw, "rows dropped by bounding\t%d\n", r.RowsDroppedByBounding)
+	fmt.Fprintf(tw, "opt-out applied\t%v (%s)\n", r.OptOut.Applied, r.OptOut.Table)
+	fmt.Fprintf(tw, "sandbox\t%s degraded=%v\n", strings.Join(r.Sandbox.Layers, ","), r.Sandbox.Degraded)
+	return tw.Flush()
+}
+
+// Close releases nothing.
+func (m *ReviewMain) Close() error { return nil }
