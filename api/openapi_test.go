@@ -13,7 +13,7 @@ import (
 
 // openAPIDocument is the subset of OpenAPI 3 the conformance checker reads.
 type openAPIDocument struct {
-	OpenAPI    string                                `json:"openapi"`
+	OpenAPI    string                                 `json:"openapi"`
 	Paths      map[string]map[string]openAPIOperation `json:"paths"`
 	Components struct {
 		Schemas map[string]*schema `json:"schemas"`

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/nhs-tre/tre/api"
+)
+
+// cannedBroker answers a few routes the way the broker does; the CLI's
+// behaviour against the real broker is covered by the end-to-end test.
+func cannedBroker(tb testing.TB) *httptest.Server {
+	tb.Helper()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.Header.Get("Authorization") != "Bearer good" {
+			w.WriteHeader(401)
+			io.WriteString(w, `{"error":{"code":"unauthorized","message":"invalid token"}}`)
+			return
+		}
+		switch r.Method + " " + r.URL.Path {
+		case "POST /api/v1/queries":
+			body, _ := io.ReadAll(r.Body)
+			if bytes.Contains(body, []byte("OVER")) {
+				w.WriteHeader(422)
+				io.WriteString(w, `{"error":{"code":"refused","message":"window functions are not allowed (OVER at byte 17)"}}`)
+				return
+			}
+			w.WriteHeader(201)
+			io.WriteString(w, `{"id":42,"project_id":1,"dataset":"gp","sql":"SELECT count(*) FROM patients","sql_hash":"x","status":"submitted","submitted_by":"alice","submitted_at":"2026-03-01T12:00:00Z","cost":{"epsilon":1,"delta":0},"accuracy":[{"column":"n","ci95_half_width":3.7}],"risk_flags":[]}`)
+		case "GET /api/v1/queries/42":
+			io.WriteString(w, `{"id":42,"project_id":1,"dataset":"gp","sql":"SELECT 1","sql_hash":"x","status":"approved","submitted_by":"alice","submitted_at":"2026-03-01T12:00:00Z","cost":{"epsilon":1,"delta":0}}`)
+		case "POST /api/v1/queries/42/approve":
+			w.WriteHeader(409)
+			io.WriteString(w, `{"error":{"code":"budget","message":"approving would overspend the project's ε budget"}}`)
+		case "GET /api/v1/queries/42/result":
+			if r.URL.Query().Get("format") == "csv" {
+				w.Header().Set("Content-Type", "text/csv")
+				io.WriteString(w, "region,n\nLondon,40\n")
+				return
+			}
+			io.WriteString(w, `{"query_id":42,"columns":[],"rows":[],"report":{}}`)
+		case "GET /api/v1/audit":
+			w.WriteHeader(403)
+			io.WriteString(w, `{"error":{"code":"forbidden","message":"needs admin"}}`)
+		default:
+			w.WriteHeader(404)
+			io.WriteString(w, `{"error":{"code":"not_found","message":"query not found"}}`)
+		}
+	}))
+	tb.Cleanup(ts.Close)
+	return ts
+}
+
+// runClient runs a client command the way run() does and returns its exit
+// code and output.
+func runClient(tb testing.TB, newCmd func(io.Writer, io.Writer) command, env map[string]string, args ...string) (int, string, string) {
+	tb.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := newCmd(&stdout, &stderr)
+	getenv := func(k string) string { return env[k] }
+	switch c := cmd.(type) {
+	case *QueryMain:
+		c.Getenv = getenv
+	case *ReviewMain:
+		c.Getenv = getenv
+	case *ProjectMain:
+		c.Getenv = getenv
+	}
+	defer cmd.Close()
+	ctx := context.Background()
+	if err := cmd.ParseFlags(ctx, args); err != nil {
+		return 2, stdout.String(), err.Error()
+	}
+	err := cmd.Run(ctx)
+	var ee exitError
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0, stdout.String(), stderr.String()
+	case errors.As(err, &ee):
+		return ee.code, stdout.String(), ee.err.Error()
+	case errors.As(err, &ue):
+		return 2, stdout.String(), err.Error()
+	}
+	return 1, stdout.String(), err.Error()
+}
+
+func TestClientExitCodes(t *testing.T) {
+	ts := cannedBroker(t)
+	env := map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN": "good"}
+	badEnv := map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN": "bad"}
+	query := func(o, e io.Writer) command { return &QueryMain{Stdout: o, Stderr: e} }
+	review := func(o, e io.Writer) command { return &ReviewMain{Stdout: o, Stderr: e} }
+	tokenFile := filepath.Join(t.TempDir(), "tok")
+	if err := os.WriteFile(tokenFile, []byte("good\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		cmd     func(io.Writer, io.Writer) command
+		env     map[string]string
+		args    []string
+		code    int
+		stdout  string // substring
+		message string // substring of the error
+	}{
+		{"submit ok", query, env, []string{"submit", "--project", "1", "SELECT count(*) FROM patients"}, 0, "submitted", ""},
+		{"submit json", query, env, []string{"submit", "--project", "1", "--json", "SELECT count(*) FROM patients"}, 0, `"status": "submitted"`, ""},
+		{"submit refused", query, env, []string{"submit", "--project", "1", "SELECT count(*) OVER () FROM patients"}, 4, "", "window functions"},
+		{"submit no project", query, env, []string{"submit", "SELECT 1"}, 2, "", "--project is required"},
+		{"submit no sql", query, env, []string{"submit", "--project", "1"}, 2, "", "usage"},
+		{"no token", query, map[string]string{"TRE_BROKER": ts.URL}, []string{"show", "42"}, 2, "", "no token"},
+		{"bad token", query, badEnv, []string{"show", "42"}, 3, "", "invalid token"},
+		{"token file", query, badEnv, []string{"show", "42", "--token-file", tokenFile}, 0, "approved", ""},
+		{"show flags after id", query, env, []string{"show", "42", "--json"}, 0, `"id": 42`, ""},
+		{"show missing", query, env, []string{"show", "43"}, 4, "", "not found"},
+		{"show bad id", query, env, []string{"show", "x"}, 2, "", "positive integer"},
+		{"unknown verb", query, env, []string{"explode"}, 2, "", "unknown verb"},
+		{"result csv", query, env, []string{"result", "42"}, 0, "London,40", ""},
+		{"result bad format", query, env, []string{"result", "42", "--format", "xlsx"}, 2, "", "csv or json"},
+		{"approve over budget", review, env, []string{"approve", "42"}, 1, "", "overspend"},
+		{"reject needs reason", review, env, []string{"reject", "42"}, 2, "", "--reason is required"},
+		{"broker down", query, map[string]string{"TRE_BROKER": "http://127.0.0.1:1", "TRE_TOKEN": "good"}, []string{"show", "42"}, 1, "", "connect"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, msg := runClient(t, tt.cmd, tt.env, tt.args...)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d (stdout %q, err %q)", code, tt.code, out, msg)
+			}
+			if !strings.Contains(out, tt.stdout) {
+				t.Errorf("stdout %q does not contain %q", out, tt.stdout)
+			}
+			if !strings.Contains(msg, tt.message) {
+				t.Errorf("error %q does not contain %q", msg, tt.message)
+			}
+		})
+	}
+}
+
+func TestTokenCommand(t *testing.T) {
+	dir := t.TempDir()
+	var out, errOut bytes.Buffer
+	m := NewTokenMain(&out, &errOut)
+	m.Now = func() time.Time { return time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC) }
+	if err := m.ParseFlags(context.Background(), []string{"--data-dir", dir, "--sub", "alice", "--role", "researcher", "--role", "reviewer", "--org", "UCL", "--ttl", "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	key, err := api.LoadOrCreateDevKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := api.NewVerifier(context.Background(), api.AuthConfig{DevKey: key}, api.WithNow(m.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := v.Verify(context.Background(), strings.TrimSpace(out.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"alice", "UCL", "researcher", "reviewer"}, []string{u.Subject, u.Org, string(u.Roles[0]), string(u.Roles[1])}); diff != "" {
+		t.Errorf("claims (-want +got):\n%s", diff)
+	}
+	bad := []struct {
+		name string
+		args []string
+	}{
+		{"no role", []string{"--data-dir", dir, "--sub", "a"}},
+		{"bad role", []string{"--data-dir", dir, "--sub", "a", "--role", "god"}},
+		{"no sub", []string{"--data-dir", dir, "--role", "admin"}},
+		{"no dir", []string{"--sub", "a", "--role", "admin"}},
+		{"ttl", []string{"--data-dir", dir, "--sub", "a", "--role", "admin", "--ttl", "-1h"}},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := NewTokenMain(io.Discard, io.Discard).ParseFlags(context.Background(), tt.args); err == nil {
+				t.Error("accepted")
+			}
+		})
+	}
+}
