@@ -1,0 +1,278 @@
+package queries
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"testing"
+
+	_ "github.com/duckdb/duckdb-go/v2"
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/nhs-tre/tre/dp"
+)
+
+// MustTestDB creates the catalog's tables in an in-memory DuckDB database,
+// runs setup statements and creates the views of ViewStatements.
+func MustTestDB(tb testing.TB, cat *Catalog, setup ...string) *sql.DB {
+	tb.Helper()
+	db, err := sql.Open("duckdb", "")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	db.SetMaxOpenConns(1) // temp views live on one connection
+	tb.Cleanup(func() { db.Close() })
+	var stmts []string
+	for _, t := range cat.Tables {
+		cols := make([]string, 0, len(t.Columns))
+		for _, c := range t.Columns {
+			cols = append(cols, quoteIdent(c.Name)+" "+c.Type)
+		}
+		stmts = append(stmts, fmt.Sprintf("CREATE TABLE %s (%s)", quoteIdent(t.Name), strings.Join(cols, ", ")))
+	}
+	stmts = append(stmts, setup...)
+	stmts = append(stmts, ViewStatements(cat)...)
+	for _, s := range stmts {
+		if _, err := db.Exec(s); err != nil {
+			tb.Fatalf("%s: %v", s, err)
+		}
+	}
+	return db
+}
+
+// runPlan executes plan.Rewritten and scans the rows as the sandbox does.
+func runPlan(tb testing.TB, db *sql.DB, plan *Plan) ([]dp.GroupStats, int64) {
+	tb.Helper()
+	rows, err := db.Query(plan.Rewritten)
+	if err != nil {
+		tb.Fatalf("run rewritten SQL: %v\n%s", err, plan.Rewritten)
+	}
+	defer rows.Close()
+	ng, na := len(plan.Spec.Groups), len(plan.Spec.Aggregates)
+	var out []dp.GroupStats
+	var dropped int64
+	for rows.Next() {
+		g := dp.GroupStats{Keys: make([]*string, ng), Aggs: make([]dp.AggStats, na)}
+		dest := make([]any, 0, ng+2+5*na)
+		keys := make([]sql.NullString, ng)
+		for i := range keys {
+			dest = append(dest, &keys[i])
+		}
+		dest = append(dest, &g.Patients)
+		for i := range g.Aggs {
+			a := &g.Aggs[i]
+			dest = append(dest, &a.Count, &a.Sum, &a.SumSq, &a.Top1, &a.Top2)
+		}
+		dest = append(dest, &dropped)
+		if err := rows.Scan(dest...); err != nil {
+			tb.Fatalf("scan: %v", err)
+		}
+		for i, k := range keys {
+			if k.Valid {
+				s := k.String
+				g.Keys[i] = &s
+			}
+		}
+		out = append(out, g)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return out, dropped
+}
+
+func mustCompile(tb testing.TB, p *Parser, cat *Catalog, sqlText string) *Plan {
+	tb.Helper()
+	plan, err := p.Compile(context.Background(), cat, sqlText, Options{Seed: 42})
+	if err != nil {
+		tb.Fatalf("compile %q: %v", sqlText, err)
+	}
+	return plan
+}
+
+const smallData = `
+INSERT INTO patients VALUES
+ (101, DATE '1950-03-01', 'female', 'White', 'London', 1, 'P1', DATE '2000-01-01', NULL, NULL),
+ (102, DATE '1980-07-01', 'male', 'Asian', 'London', 2, 'P1', DATE '2000-01-01', NULL, NULL),
+ (103, DATE '2010-01-01', 'female', 'Black', 'North East', 5, 'P2', DATE '2010-01-01', NULL, NULL),
+ (104, DATE '1940-01-01', 'male', 'White', 'North East', 3, 'P2', DATE '2000-01-01', NULL, DATE '2020-05-01'),
+ (999, DATE '1960-01-01', 'female', 'White', 'London', 1, 'P1', DATE '2000-01-01', NULL, NULL);
+INSERT INTO optouts VALUES (999, 'ndop');
+INSERT INTO clinical_events VALUES
+ (101, DATE '2015-01-01', '44054006', NULL),
+ (101, DATE '2023-01-01', '999791000000106', 62),
+ (101, DATE '2023-06-01', '999791000000106', 51),
+ (101, DATE '2023-06-01', '60621009', 31.5),
+ (102, DATE '2019-01-01', '44054006', NULL),
+ (102, DATE '2023-02-01', '999791000000106', 70),
+ (102, DATE '2023-03-01', '60621009', 500),
+ (103, DATE '2023-03-01', '60621009', 22),
+ (999, DATE '2019-01-01', '44054006', NULL),
+ (999, DATE '2023-02-01', '999791000000106', 40);
+INSERT INTO dmd_codes VALUES ('s1', 'atorvastatin', 'statin'), ('a1', 'amoxicillin', 'antibiotic');
+INSERT INTO medications VALUES
+ (101, DATE '2023-01-15', 's1'), (101, DATE '2023-02-15', 's1'), (102, DATE '2023-01-20', 'a1'), (999, DATE '2023-01-20', 's1');
+INSERT INTO hospital_admissions VALUES (104, DATE '2019-01-01', DATE '2019-01-05', 'I50.0', 'emergency'), (999, DATE '2019-01-01', DATE '2019-01-05', 'I50.0', 'emergency');
+INSERT INTO vaccinations VALUES (101, DATE '2023-10-01', 'influenza'), (999, DATE '2023-10-01', 'influenza');
+`
+
+func TestTypicalQueriesRun(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	db := MustTestDB(t, cat, smallData)
+	for _, tq := range TypicalQueries {
+		t.Run(tq.Name, func(t *testing.T) {
+			plan := mustCompile(t, p, cat, tq.SQL)
+			groups, _ := runPlan(t, db, plan)
+			if len(plan.Spec.Groups) == 0 && len(groups) != 1 {
+				t.Errorf("query without GROUP BY returned %d rows, want 1", len(groups))
+			}
+		})
+	}
+}
+
+func TestRewriteSemantics(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	db := MustTestDB(t, cat, smallData)
+	s := func(v string) *string { return &v }
+
+	t.Run("opted-out patient excluded and values clamped", func(t *testing.T) {
+		plan := mustCompile(t, p, cat, `SELECT count(*) AS n, sum(numeric_value) AS total, avg(numeric_value) AS mean
+			FROM clinical_events WHERE snomed_code = '999791000000106'`)
+		got, dropped := runPlan(t, db, plan)
+		// Patient 999 (opted out) has an HbA1c of 40 that must not count.
+		want := []dp.GroupStats{{Keys: []*string{}, Patients: 2, Aggs: []dp.AggStats{
+			{Count: 3, Top1: 2, Top2: 1},
+			{Count: 3, Sum: 183, SumSq: 62*62 + 51*51 + 70*70, Top1: 113, Top2: 70},
+			{Count: 3, Sum: 183, SumSq: 62*62 + 51*51 + 70*70, Top1: 113, Top2: 70},
+		}}}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("stats (-want +got):\n%s", diff)
+		}
+		if dropped != 0 {
+			t.Errorf("dropped = %d, want 0", dropped)
+		}
+		plan = mustCompile(t, p, cat, `SELECT sum(numeric_value) AS total FROM clinical_events WHERE snomed_code = '60621009'`)
+		got, _ = runPlan(t, db, plan)
+		// BMI 500 is clamped to the catalog's upper bound 200.
+		if g := got[0].Aggs[0]; g.Sum != 31.5+200+22 || g.Top1 != 200 {
+			t.Errorf("clamped sum = %+v, want sum %v and top1 200", g, 31.5+200+22)
+		}
+	})
+
+	t.Run("patient-level groups", func(t *testing.T) {
+		plan := mustCompile(t, p, cat, `SELECT region, count(*) AS n FROM patients GROUP BY region`)
+		if plan.Spec.MaxGroupsPerPatient != 1 {
+			t.Errorf("k = %d, want 1 for patient-level groups", plan.Spec.MaxGroupsPerPatient)
+		}
+		got, _ := runPlan(t, db, plan)
+		want := map[string]float64{"London": 2, "North East": 2}
+		for _, g := range got {
+			if want[*g.Keys[0]] != g.Aggs[0].Count {
+				t.Errorf("%s: count %v", *g.Keys[0], g.Aggs[0].Count)
+			}
+		}
+		if len(got) != 2 {
+			t.Errorf("got %d groups, want 2", len(got))
+		}
+	})
+
+	t.Run("left join count distinct right side", func(t *testing.T) {
+		plan := mustCompile(t, p, cat, `WITH flu AS (SELECT patient_id, count(*) AS doses FROM vaccinations GROUP BY patient_id)
+			SELECT count(DISTINCT f.patient_id) AS vaccinated, count(DISTINCT p.patient_id) AS everyone
+			FROM patients p LEFT JOIN flu f ON f.patient_id = p.patient_id`)
+		got, _ := runPlan(t, db, plan)
+		if a := got[0].Aggs; a[0].Count != 1 || a[1].Count != 4 {
+			t.Errorf("vaccinated %v, everyone %v; want 1 and 4", a[0].Count, a[1].Count)
+		}
+	})
+
+	t.Run("null group key", func(t *testing.T) {
+		plan := mustCompile(t, p, cat, `SELECT CASE WHEN sex = 'female' THEN 'f' END AS f, count(*) AS n FROM patients GROUP BY f`)
+		got, _ := runPlan(t, db, plan)
+		var null, f float64
+		for _, g := range got {
+			if g.Keys[0] == nil {
+				null = g.Aggs[0].Count
+			} else if *g.Keys[0] == "f" {
+				f = g.Aggs[0].Count
+			}
+		}
+		if null != 2 || f != 2 {
+			t.Errorf("null %v, f %v; want 2 and 2", null, f)
+		}
+		_ = s
+	})
+}
+
+// TestBoundingOnePatient: one patient with 10,000 rows across 1,000 groups
+// contributes to at most k groups and C rows per group.
+func TestBoundingOnePatient(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	k, c := cat.Policy.MaxGroupsPerPatient, cat.Policy.MaxRowsPerGroup
+	db := MustTestDB(t, cat,
+		`INSERT INTO patients VALUES (1, DATE '1950-01-01', 'female', 'White', 'London', 1, 'P', DATE '2000-01-01', NULL, NULL),
+		 (2, DATE '1950-01-01', 'male', 'White', 'London', 1, 'P', DATE '2000-01-01', NULL, NULL)`,
+		// Patient 1: 1,000 codes × 10 readings of 150 (well inside bounds).
+		`INSERT INTO clinical_events SELECT 1, DATE '2020-01-01' + CAST(i % 10 AS INTEGER), 'code' || (i // 10), 150 FROM range(10000) t(i)`,
+		// Patient 2: one reading of one code.
+		`INSERT INTO clinical_events VALUES (2, DATE '2020-01-01', 'code0', 10)`,
+	)
+	plan := mustCompile(t, p, cat, `SELECT snomed_code, count(*) AS n, sum(numeric_value) AS total FROM clinical_events GROUP BY snomed_code`)
+	if plan.Spec.MaxGroupsPerPatient != k || plan.Spec.MaxRowsPerGroup != c {
+		t.Fatalf("spec k=%d C=%d, want %d %d", plan.Spec.MaxGroupsPerPatient, plan.Spec.MaxRowsPerGroup, k, c)
+	}
+	groups, dropped := runPlan(t, db, plan)
+	var rows1, groups1 float64
+	var sum float64
+	for _, g := range groups {
+		n := g.Aggs[0].Count
+		if *g.Keys[0] == "code0" {
+			n-- // patient 2's row, always kept: its only group
+		} else if g.Patients != 1 {
+			t.Errorf("group %s: %d patients", *g.Keys[0], g.Patients)
+		}
+		if n > float64(c) {
+			t.Errorf("group %s: %v rows of patient 1, want ≤ %d", *g.Keys[0], n, c)
+		}
+		if n > 0 {
+			groups1++
+		}
+		rows1 += n
+		sum += g.Aggs[1].Sum
+	}
+	if groups1 != float64(k) || rows1 != float64(k*c) {
+		t.Errorf("patient 1 counted in %v groups with %v rows, want %d groups and %d rows", groups1, rows1, k, k*c)
+	}
+	if want := float64(k*c)*150 + 10; sum != want {
+		t.Errorf("sum over groups %v, want %v", sum, want)
+	}
+	if want := int64(10000 - k*c); dropped != want {
+		t.Errorf("dropped %d, want %d", dropped, want)
+	}
+
+	// The selection is keyed by the seed: the same seed keeps the same groups.
+	again, _ := runPlan(t, db, plan)
+	if diff := cmp.Diff(groups, again, cmp.Transformer("sort", sortGroups)); diff != "" {
+		t.Errorf("same seed, different selection:\n%s", diff)
+	}
+}
+
+func sortGroups(in []dp.GroupStats) map[string]dp.GroupStats {
+	out := make(map[string]dp.GroupStats, len(in))
+	for _, g := range in {
+		var parts []string
+		for _, k := range g.Keys {
+			if k == nil {
+				parts = append(parts, "<null>")
+			} else {
+				parts = append(parts, *k)
+			}
+		}
+		out[strings.Join(parts, "|")] = g
+	}
+	return out
+}

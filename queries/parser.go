@@ -1,0 +1,285 @@
+package queries
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"unicode"
+
+	"github.com/duckdb/duckdb-go/v2"
+)
+
+// Input limits. They bound the work one submission can cause before any
+// validation, and make deeply nested or padded SQL a plain refusal.
+const (
+	maxSQLBytes    = 20000
+	maxDepth       = 60
+	maxNodes       = 4000
+	maxInList      = 1000
+	maxCTEs        = 16
+	maxRelations   = 12
+	maxGroupKeys   = 8
+	maxAggregates  = 16
+	maxCrossDomain = 10000
+)
+
+// Parser compiles SQL against catalogs. It owns one in-memory DuckDB database
+// used only to run json_serialize_sql on the submitted text: nothing is ever
+// executed from a submission. A Parser is safe for concurrent use.
+type Parser struct {
+	db   *sql.DB
+	stmt *sql.Stmt
+
+	mu sync.Mutex
+	// indexes caches each catalog's lookup tables, keyed by pointer: a
+	// catalog must not be modified after it is first compiled against. The
+	// key keeps the catalog alive, so a pointer is never reused for another.
+	indexes map[*Catalog]*catalogIndex
+}
+
+// maxCachedCatalogs bounds the index cache; when full it is cleared.
+const maxCachedCatalogs = 64
+
+// NewParser opens the in-memory DuckDB database used for parsing. External
+// access and extension loading are switched off and the configuration
+// locked, although only the parser is ever reached.
+func NewParser() (*Parser, error) {
+	connector, err := duckdb.NewConnector("", func(execer driver.ExecerContext) error {
+		for _, q := range []string{
+			"SET enable_external_access = false",
+			"SET autoinstall_known_extensions = false",
+			"SET autoload_known_extensions = false",
+			"SET lock_configuration = true",
+		} {
+			if _, err := execer.ExecContext(context.Background(), q, nil); err != nil {
+				return fmt.Errorf("configure parser connection: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open parser database: %w", err)
+	}
+	db := sql.OpenDB(connector)
+	n := runtime.GOMAXPROCS(0)
+	db.SetMaxOpenConns(n)
+	db.SetMaxIdleConns(n)
+	stmt, err := db.Prepare("SELECT json_serialize_sql(?::VARCHAR)::VARCHAR")
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("prepare parser statement: %w", err)
+	}
+	return &Parser{db: db, stmt: stmt, indexes: make(map[*Catalog]*catalogIndex)}, nil
+}
+
+// Close releases the parser's database.
+func (p *Parser) Close() error {
+	err := p.stmt.Close()
+	return errors.Join(err, p.db.Close())
+}
+
+// parse returns DuckDB's JSON AST of sql.
+func (p *Parser) parse(ctx context.Context, sqlText string) (obj, error) {
+	var raw string
+	if err := p.stmt.QueryRowContext(ctx, sqlText).Scan(&raw); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("parse SQL: %w", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(raw))
+	dec.UseNumber()
+	var root obj
+	if err := dec.Decode(&root); err != nil {
+		return nil, fmt.Errorf("decode parser output: %w", err)
+	}
+	return root, nil
+}
+
+func (p *Parser) index(cat *Catalog) *catalogIndex {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if idx, ok := p.indexes[cat]; ok {
+		return idx
+	}
+	if len(p.indexes) >= maxCachedCatalogs {
+		clear(p.indexes)
+	}
+	idx := newCatalogIndex(cat)
+	p.indexes[cat] = idx
+	return idx
+}
+
+// Compile parses sql with DuckDB's parser, validates it against cat and
+// returns the plan, or a *Refusal saying which construct is not accepted.
+//
+// Plan.Rewritten returns one row per group: the group key columns in
+// Spec.Groups order, each CAST to VARCHAR; then __patients BIGINT; then per
+// aggregate five DOUBLE columns (count, sum, sumsq, top1, top2); then
+// __dropped BIGINT, the rows removed by the k/C bounds. Without GROUP BY it
+// returns exactly one row.
+func (p *Parser) Compile(ctx context.Context, cat *Catalog, sqlText string, opts Options) (*Plan, error) {
+	if cat == nil {
+		return nil, errors.New("compile: no catalog")
+	}
+	if len(sqlText) > maxSQLBytes {
+		return nil, refuse("query text", -1, fmt.Sprintf("it is %d bytes long; the limit is %d", len(sqlText), maxSQLBytes))
+	}
+	if strings.TrimSpace(sqlText) == "" {
+		return nil, refuse("an empty query", -1, "write one SELECT statement")
+	}
+	if strings.ContainsRune(sqlText, 0) {
+		return nil, refuse("a NUL character", strings.IndexByte(sqlText, 0), "")
+	}
+	root, err := p.parse(ctx, sqlText)
+	if err != nil {
+		return nil, err
+	}
+	if e, _ := root["error"].(bool); e {
+		return nil, parseRefusal(root, sqlText)
+	}
+	stmts, _ := root["statements"].([]any)
+	if len(stmts) != 1 {
+		return nil, refuse(fmt.Sprintf("%d statements", len(stmts)), -1, "submit exactly one SELECT statement")
+	}
+	stmt, ok := stmts[0].(obj)
+	if !ok {
+		return nil, refuse("statement", -1, "unrecognised parser output")
+	}
+	c := &compiler{cat: cat, idx: p.index(cat), sql: sqlText, seed: opts.Seed}
+	q, err := c.compileStatement(stmt)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := c.spec(q, opts)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(sqlText))
+	plan := &Plan{
+		Dataset:    cat.Dataset,
+		SQL:        sqlText,
+		SQLHash:    hex.EncodeToString(sum[:]),
+		Rewritten:  c.rewrite(q, spec),
+		Spec:       spec,
+		Normalized: normalize(stmt),
+		Predicates: q.predicates,
+	}
+	if err := finishPlan(plan); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// parseRefusal turns a parser error into a refusal that does not echo
+// DuckDB's message: it names the statement kind or the position only.
+func parseRefusal(root obj, sqlText string) *Refusal {
+	if t, _ := root["error_type"].(string); t == "not implemented" {
+		kw := firstKeyword(sqlText)
+		return refuse(kw+" statement", 0, "only a single SELECT statement may be submitted")
+	}
+	pos := -1
+	if s, ok := root["position"].(string); ok {
+		if n, err := strconv.Atoi(s); err == nil {
+			pos = n
+		}
+	}
+	near := ""
+	if pos >= 0 && pos < len(sqlText) {
+		end := pos
+		for end < len(sqlText) && end-pos < 20 && !unicode.IsSpace(rune(sqlText[end])) {
+			end++
+		}
+		near = fmt.Sprintf(" near %q", sqlText[pos:end])
+	}
+	msg := "refused: the SQL has a syntax error"
+	if pos >= 0 {
+		msg += fmt.Sprintf(" at position %d%s", pos, near)
+	}
+	return &Refusal{Construct: "syntax error", Pos: pos, Message: msg}
+}
+
+// firstKeyword is the first word of sqlText, upper-cased, skipping comments.
+func firstKeyword(s string) string {
+	for {
+		s = strings.TrimLeftFunc(s, unicode.IsSpace)
+		switch {
+		case strings.HasPrefix(s, "--"):
+			if i := strings.IndexByte(s, '\n'); i >= 0 {
+				s = s[i+1:]
+				continue
+			}
+			return "non-SELECT"
+		case strings.HasPrefix(s, "/*"):
+			if i := strings.Index(s, "*/"); i >= 0 {
+				s = s[i+2:]
+				continue
+			}
+			return "non-SELECT"
+		}
+		break
+	}
+	end := strings.IndexFunc(s, func(r rune) bool { return !unicode.IsLetter(r) })
+	if end < 0 {
+		end = len(s)
+	}
+	if end == 0 {
+		return "non-SELECT"
+	}
+	return strings.ToUpper(s[:end])
+}
+
+// normalize is a canonical text of the AST: keys sorted, positions removed,
+// literal values kept.
+func normalize(stmt obj) string {
+	var b bytes.Buffer
+	writeCanonical(&b, stmt)
+	return b.String()
+}
+
+func writeCanonical(b *bytes.Buffer, v any) {
+	switch x := v.(type) {
+	case obj:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			if k == "query_location" {
+				continue
+			}
+			keys = append(keys, k)
+		}
+		sortStrings(keys)
+		b.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			kb, _ := json.Marshal(k)
+			b.Write(kb)
+			b.WriteByte(':')
+			writeCanonical(b, x[k])
+		}
+		b.WriteByte('}')
+	case []any:
+		b.WriteByte('[')
+		for i, e := range x {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			writeCanonical(b, e)
+		}
+		b.WriteByte(']')
+	default:
+		vb, _ := json.Marshal(x)
+		b.Write(vb)
+	}
+}

@@ -1,0 +1,134 @@
+// Package queries owns the query language of tre: it parses a researcher's
+// SQL with DuckDB's own parser (json_serialize_sql on an in-memory
+// connection), validates it against a dataset catalog, refusing anything it
+// does not understand, and compiles it into a contribution-bounded DuckDB
+// query plus the dp.Spec that says how to protect its result, the privacy
+// cost and the expected accuracy. It also owns the dataset catalog types.
+//
+// queries must never read patient data: its DuckDB connection is in-memory,
+// has external access disabled and is used only to parse SQL text. It must
+// never accept a construct it cannot fully account for (fail closed), and
+// never echo DuckDB error text to a researcher.
+package queries
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/nhs-tre/tre/dp"
+)
+
+// Options are the per-submission knobs of Compile.
+type Options struct {
+	// Epsilon is the budget the researcher asks to spend; 0 means the
+	// catalog's default.
+	Epsilon float64
+	// Seed keys the hash that chooses which groups and rows of a patient are
+	// kept when a patient exceeds the k/C bounds. It does not need to be
+	// secret: selection depends only on the seed and that patient's own rows.
+	Seed uint64
+}
+
+// Plan is a compiled query: everything the broker shows before approval and
+// everything the sandbox needs to run it.
+type Plan struct {
+	Dataset string `json:"dataset"`
+	// SQL is the query exactly as submitted; SQLHash its hex SHA-256.
+	SQL     string `json:"sql"`
+	SQLHash string `json:"sql_hash"`
+	// Rewritten is DuckDB SQL over the views of ViewStatements returning one
+	// row per group in the layout documented on Compile.
+	Rewritten string        `json:"rewritten"`
+	Spec      dp.Spec       `json:"spec"`
+	Cost      dp.Cost       `json:"cost"`
+	Accuracy  []dp.Accuracy `json:"accuracy"`
+	// Normalized is a canonical text of the query (positions and layout
+	// removed, literal values kept) for repeat and differencing detection.
+	Normalized string `json:"normalized"`
+	// Predicates are the normalised top-level WHERE conjuncts of the outer
+	// query, sorted.
+	Predicates []string `json:"predicates"`
+}
+
+// Refusal is why a query is not accepted. Its Message is safe to show to the
+// researcher: it names the construct and where it is, never data values or
+// DuckDB's own error text.
+type Refusal struct {
+	// Construct is the offending SQL construct, e.g. "function read_csv".
+	Construct string `json:"construct"`
+	// Pos is the byte offset in the submitted SQL, -1 when unknown.
+	Pos     int    `json:"pos"`
+	Message string `json:"message"`
+}
+
+func (r *Refusal) Error() string { return r.Message }
+
+// refuse builds a Refusal whose message reads
+// "refused: <construct> at position <pos> is not allowed: <why>".
+func refuse(construct string, pos int, why string) *Refusal {
+	var b strings.Builder
+	b.WriteString("refused: ")
+	b.WriteString(construct)
+	if pos >= 0 {
+		fmt.Fprintf(&b, " at position %d", pos)
+	}
+	b.WriteString(" is not allowed")
+	if why != "" {
+		b.WriteString(": ")
+		b.WriteString(why)
+	}
+	return &Refusal{Construct: construct, Pos: pos, Message: b.String()}
+}
+
+// ViewName is the name of the view through which compiled queries read a
+// catalog table. Compiled SQL never names a base table.
+func ViewName(table string) string {
+	return "tre_view_" + strings.ToLower(table)
+}
+
+// ViewStatements returns the CREATE TEMP VIEW statements the sandbox runs
+// before a compiled query: one view per catalog table except the opt-out
+// table, exposing only non-forbidden columns. Views of patient tables drop
+// every opted-out patient; public lookup tables are exposed unfiltered.
+//
+// NOT IN is deliberate: if the opt-out table ever held a NULL id, NOT IN
+// yields no rows at all, failing safe instead of counting opted-out people.
+func ViewStatements(cat *Catalog) []string {
+	out := make([]string, 0, len(cat.Tables))
+	for _, t := range cat.Tables {
+		if strings.EqualFold(t.Name, cat.Policy.OptOutTable) {
+			continue
+		}
+		cols := make([]string, 0, len(t.Columns))
+		for _, col := range t.Columns {
+			if col.Role == RoleForbidden {
+				continue
+			}
+			cols = append(cols, quoteIdent(col.Name))
+		}
+		if len(cols) == 0 {
+			continue
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "CREATE OR REPLACE TEMP VIEW %s AS SELECT %s FROM %s",
+			quoteIdent(ViewName(t.Name)), strings.Join(cols, ", "), quoteIdent(t.Name))
+		if !t.Public {
+			pu := quoteIdent(cat.PrivacyUnit)
+			fmt.Fprintf(&b, " WHERE %s NOT IN (SELECT %s FROM %s)", pu, pu, quoteIdent(cat.Policy.OptOutTable))
+		}
+		out = append(out, b.String())
+	}
+	return out
+}
+
+// quoteIdent double-quotes an identifier. Catalog names are restricted to
+// [A-Za-z0-9_] by Validate, so this never needs escaping in practice, but it
+// escapes anyway.
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// quoteString single-quotes a string literal.
+func quoteString(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
