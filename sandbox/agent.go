@@ -1,0 +1,304 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/queries"
+)
+
+// Broker is the agent's view of the broker: every call goes out from the
+// site, none comes in. The command wiring adapts the HTTP client to it.
+type Broker interface {
+	// PublishCatalog sends the site's catalog (schema and policy, never rows).
+	PublishCatalog(ctx context.Context, siteID string, cat *queries.Catalog) error
+	// Lease returns the next approved job for the site, or nil, nil.
+	Lease(ctx context.Context, siteID string) (*LeasedJob, error)
+	// Heartbeat extends the lease and returns its new expiry.
+	Heartbeat(ctx context.Context, job *LeasedJob) (time.Time, error)
+	// Complete uploads the protected result. Completing a job twice with
+	// the same token must be harmless.
+	Complete(ctx context.Context, job *LeasedJob, result *dp.Result) error
+	// Fail reports a safe error code and message.
+	Fail(ctx context.Context, job *LeasedJob, code, message string) error
+}
+
+// LeasedJob is a job the broker leased to this site.
+type LeasedJob struct {
+	QueryID   string
+	Token     string // the lease token; never logged
+	SQL       string
+	SQLHash   string
+	Dataset   string
+	Epsilon   float64
+	Delta     float64
+	ExpiresAt time.Time
+}
+
+// ErrLeaseLost is returned by a Broker when the job's lease is no longer
+// this agent's (expired and re-leased, cancelled): the agent drops the job.
+var ErrLeaseLost = errors.New("lease lost")
+
+// JobRunner runs one job; *Runner implements it.
+type JobRunner interface {
+	Run(ctx context.Context, job Job) (*dp.Result, error)
+}
+
+// AgentConfig configures the site agent loop.
+type AgentConfig struct {
+	SiteID  string
+	Catalog *queries.Catalog
+	Broker  Broker
+	Runner  JobRunner
+	// Parallelism is how many jobs run at once (default 1).
+	Parallelism int
+	// PollInterval is the wait after an empty lease (default 2s).
+	PollInterval time.Duration
+	// HeartbeatInterval is how often a running job's lease is extended
+	// (default 10s).
+	HeartbeatInterval time.Duration
+	// MinBackoff and MaxBackoff bound the exponential backoff, with jitter,
+	// after a broker error (defaults 500ms and 1m).
+	MinBackoff, MaxBackoff time.Duration
+	// ReportTimeout bounds Complete and Fail, which run on a context
+	// detached from shutdown so a finished result is not thrown away.
+	ReportTimeout time.Duration
+	Logger        *slog.Logger
+	Now           func() time.Time
+	// Sleep waits for d or until ctx ends; tests inject a fast one.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// Agent leases jobs from the broker and runs them in sandboxes.
+type Agent struct {
+	cfg AgentConfig
+}
+
+// NewAgent checks cfg and fills defaults.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	switch {
+	case cfg.SiteID == "":
+		return nil, errors.New("agent: site id is required")
+	case cfg.Catalog == nil:
+		return nil, errors.New("agent: catalog is required")
+	case cfg.Broker == nil || cfg.Runner == nil:
+		return nil, errors.New("agent: broker and runner are required")
+	case cfg.Parallelism < 0:
+		return nil, errors.New("agent: parallelism must be ≥ 1")
+	}
+	if cfg.Parallelism == 0 {
+		cfg.Parallelism = 1
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 2 * time.Second
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = 10 * time.Second
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 500 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = time.Minute
+	}
+	if cfg.ReportTimeout == 0 {
+		cfg.ReportTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Sleep == nil {
+		cfg.Sleep = sleepCtx
+	}
+	return &Agent{cfg: cfg}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Run publishes the catalog, then leases and runs jobs until ctx ends.
+// Shutdown: no new lease is taken; a running job is abandoned (its sandbox
+// is killed) and its lease left to expire so the broker re-leases it.
+// Run returns nil on shutdown.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.retry(ctx, "publish catalog", func() error {
+		return a.cfg.Broker.PublishCatalog(ctx, a.cfg.SiteID, a.cfg.Catalog)
+	}); err != nil {
+		return nil // ctx ended before the broker came back
+	}
+	a.cfg.Logger.Info("agent: catalog published", "site", a.cfg.SiteID, "dataset", a.cfg.Catalog.Dataset)
+	var wg sync.WaitGroup
+	for i := range a.cfg.Parallelism {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.worker(ctx, i)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// retry calls f until it succeeds or ctx ends, backing off exponentially
+// with full jitter.
+func (a *Agent) retry(ctx context.Context, what string, f func() error) error {
+	backoff := a.cfg.MinBackoff
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.cfg.Logger.Warn("agent: broker call failed; backing off", "call", what, "error", err, "backoff", backoff)
+		if err := a.cfg.Sleep(ctx, jitter(backoff)); err != nil {
+			return err
+		}
+		backoff = min(backoff*2, a.cfg.MaxBackoff)
+	}
+}
+
+// jitter returns a duration in [d/2, d).
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2)
+}
+
+func (a *Agent) worker(ctx context.Context, n int) {
+	log := a.cfg.Logger.With("worker", n)
+	for ctx.Err() == nil {
+		var job *LeasedJob
+		err := a.retry(ctx, "lease", func() error {
+			var err error
+			job, err = a.cfg.Broker.Lease(ctx, a.cfg.SiteID)
+			return err
+		})
+		if err != nil {
+			return
+		}
+		if job == nil {
+			if a.cfg.Sleep(ctx, a.cfg.PollInterval) != nil {
+				return
+			}
+			continue
+		}
+		a.handle(ctx, log, job)
+	}
+}
+
+// handle runs one leased job and reports its outcome.
+func (a *Agent) handle(ctx context.Context, log *slog.Logger, job *LeasedJob) {
+	log = log.With("query", job.QueryID)
+	if job.Dataset != "" && job.Dataset != a.cfg.Catalog.Dataset {
+		a.report(ctx, log, job, nil, Errorf(CodeInvalid, "this site does not hold dataset %q", job.Dataset))
+		return
+	}
+	sum := sha256.Sum256([]byte(job.SQL))
+	if hex.EncodeToString(sum[:]) != job.SQLHash {
+		a.report(ctx, log, job, nil, Errorf(CodeInvalid, "the SQL does not match its hash"))
+		return
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var lost bool
+	var hbWG sync.WaitGroup
+	hbWG.Add(1)
+	go func() {
+		defer hbWG.Done()
+		lost = a.heartbeat(runCtx, log, job, cancel)
+	}()
+	log.Info("agent: running job")
+	res, err := a.cfg.Runner.Run(runCtx, Job{QueryID: job.QueryID, SQL: job.SQL, SQLHash: job.SQLHash, Epsilon: job.Epsilon})
+	cancel()
+	hbWG.Wait()
+	switch {
+	case lost:
+		log.Warn("agent: lease lost; dropping job")
+		return
+	case ctx.Err() != nil:
+		log.Info("agent: shutting down; job abandoned to lease expiry")
+		return
+	}
+	a.report(ctx, log, job, res, err)
+}
+
+// heartbeat extends the lease until ctx ends. It cancels the job and
+// returns true if the broker says the lease is gone.
+func (a *Agent) heartbeat(ctx context.Context, log *slog.Logger, job *LeasedJob, cancel func()) bool {
+	for {
+		if a.cfg.Sleep(ctx, a.cfg.HeartbeatInterval) != nil {
+			return false
+		}
+		exp, err := a.cfg.Broker.Heartbeat(ctx, job)
+		switch {
+		case errors.Is(err, ErrLeaseLost):
+			cancel()
+			return true
+		case err != nil:
+			// A broker outage: keep running, the lease may still be ours.
+			log.Warn("agent: heartbeat failed", "error", err)
+		default:
+			job.ExpiresAt = exp
+		}
+	}
+}
+
+// report completes or fails the job on a context detached from shutdown,
+// retrying through broker outages until ReportTimeout.
+func (a *Agent) report(ctx context.Context, log *slog.Logger, job *LeasedJob, res *dp.Result, runErr error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ReportTimeout)
+	defer cancel()
+	var err error
+	if runErr == nil {
+		err = a.retry(rctx, "complete", func() error {
+			err := a.cfg.Broker.Complete(rctx, job, res)
+			if errors.Is(err, ErrLeaseLost) {
+				return nil // already completed, or re-leased: nothing to do
+			}
+			return err
+		})
+		if err == nil {
+			log.Info("agent: job completed", "groups", len(res.Rows))
+		}
+	} else {
+		code, msg := ErrorCode(runErr), ErrorMessage(runErr)
+		if code == CodeInternal {
+			log.Error("agent: job failed", "error", runErr)
+		}
+		err = a.retry(rctx, "fail", func() error {
+			err := a.cfg.Broker.Fail(rctx, job, code, msg)
+			if errors.Is(err, ErrLeaseLost) {
+				return nil
+			}
+			return err
+		})
+		if err == nil {
+			log.Info("agent: job failed", "code", code)
+		}
+	}
+	if err != nil {
+		log.Error("agent: could not report job; the lease will expire and the broker re-lease it", "error", fmt.Sprint(err))
+	}
+}

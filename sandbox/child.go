@@ -1,0 +1,176 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+)
+
+const (
+	envConfig   = "TRE_SANDBOX_CONFIG"
+	envStage    = "TRE_SANDBOX_STAGE"
+	envLandlock = "TRE_SANDBOX_LANDLOCK"
+)
+
+// childConfig is what the host tells the child at spawn time, through the
+// environment, because Landlock and rlimits must be in place before the
+// child accepts any job.
+type childConfig struct {
+	DataPath           string `json:"data_path"`
+	JobDir             string `json:"job_dir"`
+	MemoryLimit        int64  `json:"memory_limit"`
+	Threads            int    `json:"threads"`
+	MaxExpressionDepth int    `json:"max_expression_depth"`
+	TempDirMaxSize     int64  `json:"temp_dir_max_size"`
+	CPUSeconds         int64  `json:"cpu_seconds"`
+	AddressSpace       int64  `json:"address_space,omitempty"`
+	MaxRows            int    `json:"max_rows"`
+	AllowWeak          bool   `json:"allow_weak"`
+}
+
+func (c *childConfig) tempDir() string { return filepath.Join(c.JobDir, "tmp") }
+
+// ServeOptions configures the child entry point. The zero value is
+// production; only the package's tests can enable the hooks.
+type ServeOptions struct {
+	// Test hooks, set only by export_test.go: runRaw executes SQL that
+	// skipped the compiler, probe attempts forbidden operations.
+	runRaw func(ctx context.Context, ldb *lockedDB, query string, maxRows int) (*rawOutcome, error)
+	probe  func(cc *childConfig) []probeOutcome
+}
+
+// Serve is the sandbox child process: `tre __sandbox` calls it and exits
+// with its return value. It hardens the process, then serves exactly the
+// plugin's one RPC until the host kills it.
+func Serve(opts ServeOptions) int {
+	var cc childConfig
+	if err := json.Unmarshal([]byte(os.Getenv(envConfig)), &cc); err != nil {
+		fmt.Fprintln(os.Stderr, "tre sandbox: this is an internal subcommand started by the site agent")
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if os.Getenv(envStage) != "2" {
+		err := stage1(&cc)
+		log.Error("sandbox stage 1", "error", err)
+		return 1
+	}
+	layers, err := hardenProcess(&cc)
+	if err != nil {
+		log.Error("sandbox hardening", "error", err)
+		return 1
+	}
+	srv := &server{cc: &cc, layers: layers, log: log, opts: opts}
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: handshake(),
+		Plugins:         plugin.PluginSet{pluginName: &grpcPlugin{server: srv}},
+		GRPCServer:      plugin.DefaultGRPCServer,
+		Logger:          hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
+	})
+	return 0
+}
+
+// server runs jobs in the child.
+type server struct {
+	cc     *childConfig
+	layers []string
+	log    *slog.Logger
+	opts   ServeOptions
+
+	once    sync.Once
+	onceErr error
+}
+
+func (s *server) run(ctx context.Context, in []byte, send func(frame) error) error {
+	resp, err := s.handle(ctx, in)
+	if err != nil {
+		e := s.safe(ctx, err)
+		return send(frame{Error: &wireError{Code: e.Code, Message: e.Message}})
+	}
+	return sendResponse(resp, send)
+}
+
+// safe turns any error into a coded one; the original goes to the site log
+// (the child's stderr, which the agent logs locally) and nowhere else.
+func (s *server) safe(ctx context.Context, err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	s.log.Warn("sandbox job failed", "error", err)
+	return classify(ctx, err)
+}
+
+func (s *server) handle(ctx context.Context, in []byte) (*response, error) {
+	var req request
+	if err := json.Unmarshal(in, &req); err != nil {
+		return nil, Errorf(CodeInvalid, "malformed job")
+	}
+	if (req.Raw && s.opts.runRaw == nil) || (req.Probe && s.opts.probe == nil) {
+		return nil, Errorf(CodeRefused, "test hooks are not available in this build")
+	}
+	sum := sha256.Sum256([]byte(req.SQL))
+	if hex.EncodeToString(sum[:]) != req.SQLHash {
+		return nil, Errorf(CodeInvalid, "the SQL does not match its hash")
+	}
+	if req.Catalog == nil {
+		return nil, Errorf(CodeInvalid, "the job has no catalog")
+	}
+	s.once.Do(func() { s.onceErr = loadJobPolicy() })
+	if s.onceErr != nil {
+		return nil, fmt.Errorf("job seccomp policy: %w", s.onceErr)
+	}
+	views, err := viewStatements(req.Catalog)
+	if err != nil {
+		return nil, err
+	}
+	ldb, err := openLocked(ctx, s.cc, views)
+	if err != nil {
+		return nil, err
+	}
+	defer ldb.Close()
+	layers := append(slices.Clone(s.layers), LayerDuckDBLockdown)
+	if missing := missingChildLayers(layers); len(missing) > 0 && !s.cc.AllowWeak {
+		return nil, Errorf(CodeUnavailable, "isolation layers unavailable: %v", missing)
+	}
+	resp := &response{Layers: layers}
+	switch {
+	case req.Probe:
+		resp.Probes = s.opts.probe(s.cc)
+	case req.Raw:
+		out, err := s.opts.runRaw(ctx, ldb, req.SQL, s.cc.MaxRows)
+		if err != nil {
+			return nil, err
+		}
+		resp.Raw = out
+	default:
+		res, err := execute(ctx, ldb, &req, s.cc)
+		if err != nil {
+			return nil, err
+		}
+		resp.Result = res
+	}
+	return resp, nil
+}
+
+// missingChildLayers lists the layers the child itself must have applied.
+func missingChildLayers(have []string) []string {
+	var missing []string
+	for _, l := range []string{LayerNoNewPrivs, LayerNotDumpable, LayerRlimits, LayerSeccomp, LayerLandlock, LayerDuckDBLockdown} {
+		if !slices.Contains(have, l) {
+			missing = append(missing, l)
+		}
+	}
+	return missing
+}

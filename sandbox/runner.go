@@ -1,0 +1,296 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	"github.com/nhs-tre/tre/dp"
+)
+
+// sandboxVersion is reported in every disclosure report.
+const sandboxVersion = "tre-sandbox/1"
+
+// Runner starts one sandbox child per job and returns its protected result.
+// It is safe for concurrent use; each Run has its own process.
+type Runner struct {
+	cfg Config
+
+	mu sync.Mutex
+	// noNamespaces is set once the kernel refused user+network namespaces,
+	// so later jobs do not retry them.
+	noNamespaces bool
+}
+
+// NewRunner checks cfg and returns a Runner.
+func NewRunner(cfg Config) (*Runner, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.Catalog.Validate(); err != nil {
+		return nil, fmt.Errorf("sandbox config: %w", err)
+	}
+	st, err := os.Stat(cfg.DataPath)
+	if err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("sandbox config: data file %s is not a readable regular file", cfg.DataPath)
+	}
+	if err := os.MkdirAll(cfg.ScratchDir, 0o700); err != nil {
+		return nil, fmt.Errorf("sandbox config: scratch dir: %w", err)
+	}
+	return &Runner{cfg: cfg}, nil
+}
+
+// Run compiles and runs job in a fresh sandbox child and returns the
+// protected result. Failures are *Error with a safe message; a cancelled ctx
+// returns ctx.Err().
+func (r *Runner) Run(ctx context.Context, job Job) (*dp.Result, error) {
+	resp, hostLayers, err := r.call(ctx, &request{
+		QueryID: job.QueryID, SQL: job.SQL, SQLHash: job.SQLHash, Epsilon: job.Epsilon,
+		Catalog: r.cfg.Catalog, Raw: job.raw, Probe: job.probe,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Result == nil {
+		return nil, Errorf(CodeInternal, "the sandbox returned no result")
+	}
+	if len(resp.Result.Rows) > r.cfg.MaxRows {
+		return nil, Errorf(CodeTooLarge, "the result has more than %d rows", r.cfg.MaxRows)
+	}
+	resp.Result.Report.Sandbox = r.sandboxReport(resp.Layers, hostLayers)
+	return resp.Result, nil
+}
+
+// sandboxReport merges the layers the host and the child applied.
+func (r *Runner) sandboxReport(child, host []string) dp.SandboxReport {
+	layers := slices.Concat(host, child)
+	sort.Strings(layers)
+	layers = slices.Compact(layers)
+	var missing []string
+	for _, l := range requiredLayers() {
+		if !slices.Contains(layers, l) {
+			missing = append(missing, l)
+		}
+	}
+	return dp.SandboxReport{Layers: layers, Missing: missing, Degraded: len(missing) > 0, Version: sandboxVersion}
+}
+
+// call runs one request in a new child and returns its response and the
+// layers the host applied around it.
+func (r *Runner) call(ctx context.Context, req *request) (*response, []string, error) {
+	cfg := r.cfg
+	jobDir, err := os.MkdirTemp(cfg.ScratchDir, "job-")
+	if err != nil {
+		return nil, nil, fmt.Errorf("job dir: %w", err)
+	}
+	defer os.RemoveAll(jobDir)
+	if err := os.Mkdir(jobDir+"/tmp", 0o700); err != nil {
+		return nil, nil, fmt.Errorf("job dir: %w", err)
+	}
+	cc := childConfig{
+		DataPath:           cfg.DataPath,
+		JobDir:             jobDir,
+		MemoryLimit:        cfg.MemoryLimit,
+		Threads:            cfg.Threads,
+		MaxExpressionDepth: cfg.MaxExpressionDepth,
+		TempDirMaxSize:     cfg.TempDirMaxSize,
+		CPUSeconds:         int64((cfg.Timeout+cfg.KillGrace).Seconds())*int64(cfg.Threads) + 10,
+		MaxRows:            cfg.MaxRows,
+		AllowWeak:          cfg.AllowWeak,
+	}
+	ccJSON, err := json.Marshal(cc)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	r.mu.Lock()
+	useNS := !r.noNamespaces
+	r.mu.Unlock()
+	if !useNS && !cfg.AllowWeak {
+		return nil, nil, Errorf(CodeUnavailable, "user and network namespaces are unavailable on this host")
+	}
+	pc, cmd, err := r.start(ccJSON, jobDir, useNS)
+	if err != nil && useNS && cmd.Process == nil {
+		// The kernel (or container runtime) refused the namespaces.
+		cfg.Logger.Warn("sandbox: user+network namespaces unavailable", "error", err)
+		r.mu.Lock()
+		r.noNamespaces = true
+		r.mu.Unlock()
+		if !cfg.AllowWeak {
+			return nil, nil, Errorf(CodeUnavailable, "user and network namespaces are unavailable on this host")
+		}
+		useNS = false
+		pc, cmd, err = r.start(ccJSON, jobDir, false)
+	}
+	if err != nil {
+		if pc != nil {
+			pc.Kill()
+		}
+		cfg.Logger.Error("sandbox: start failed", "error", err)
+		return nil, nil, Errorf(CodeCrashed, "the sandbox failed to start")
+	}
+	defer pc.Kill()
+	defer cmd.Process.Kill() // one process per job: never reused, never left behind
+
+	hostLayers := []string{LayerCleanEnv, LayerPdeathsig}
+	if useNS {
+		hostLayers = append(hostLayers, LayerUserNamespace, LayerNetNamespace)
+	}
+
+	rpc, err := pc.Client()
+	if err != nil {
+		return nil, nil, Errorf(CodeCrashed, "the sandbox failed to start")
+	}
+	raw, err := rpc.Dispense(pluginName)
+	if err != nil {
+		return nil, nil, Errorf(CodeCrashed, "the sandbox failed to start")
+	}
+	cl := raw.(*client)
+
+	jobCtx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	var killedFor killReasonBox
+	stopWatch := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		killedFor.set(r.watch(cmd.Process.Pid, cmd.Process, stopWatch))
+	}()
+	if _, err := rssBytes(cmd.Process.Pid); err == nil {
+		hostLayers = append(hostLayers, LayerRSSWatchdog)
+	}
+	resp, err := cl.call(jobCtx, req, cfg.MaxBytes)
+	close(stopWatch)
+	wg.Wait()
+	if err != nil {
+		switch reason := killedFor.get(); {
+		case reason == killMemory:
+			return nil, nil, Errorf(CodeMemory, "the query ran out of memory")
+		case reason == killTimeout:
+			return nil, nil, Errorf(CodeTimeout, "the query ran past its time limit")
+		case ctx.Err() != nil:
+			return nil, nil, ctx.Err()
+		case jobCtx.Err() != nil:
+			return nil, nil, Errorf(CodeTimeout, "the query ran past its time limit")
+		}
+		var se *Error
+		if errors.As(err, &se) {
+			return nil, nil, se
+		}
+		cfg.Logger.Warn("sandbox: transport failure", "error", err)
+		return nil, nil, Errorf(CodeCrashed, "the sandbox stopped unexpectedly")
+	}
+	return resp, hostLayers, nil
+}
+
+// start launches the child: /proc/self/exe (or the configured binary) with
+// an environment holding only what go-plugin and the child need, killed if
+// the agent dies, in new user and network namespaces when asked.
+func (r *Runner) start(ccJSON []byte, jobDir string, namespaces bool) (*plugin.Client, *exec.Cmd, error) {
+	cfg := r.cfg
+	cmd := exec.Command(cfg.Executable, cfg.Args...)
+	// The whole environment: the child's config, where go-plugin's server
+	// puts its socket and HOME (DuckDB looks there), all inside the job
+	// directory Landlock allows.
+	cmd.Env = []string{envConfig + "=" + string(ccJSON), plugin.EnvUnixSocketDir + "=" + jobDir, "HOME=" + jobDir}
+	cmd.Dir = jobDir
+	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if namespaces {
+		attr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET
+		// An unprivileged uid inside: execve into stage 2 drops every
+		// capability the new namespace granted.
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 1000, HostID: os.Getuid(), Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 1000, HostID: os.Getgid(), Size: 1}}
+		attr.GidMappingsEnableSetgroups = false
+	}
+	cmd.SysProcAttr = attr
+	pc := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  handshake(),
+		Plugins:          plugin.PluginSet{pluginName: &grpcPlugin{}},
+		Cmd:              cmd,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:         true,
+		SkipHostEnv:      true,
+		GRPCDialOptions: []grpc.DialOption{
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsg)),
+		},
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: jobDir},
+		StartTimeout:     15 * time.Second,
+		Logger:           hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
+		Stderr:           &logWriter{log: cfg.Logger},
+	})
+	_, err := pc.Start()
+	return pc, cmd, err
+}
+
+type killReason int
+
+const (
+	killNone killReason = iota
+	killTimeout
+	killMemory
+)
+
+type killReasonBox struct {
+	mu sync.Mutex
+	v  killReason
+}
+
+// The reason is read after the watcher has stopped; the mutex keeps the
+// race detector honest.
+func (k *killReasonBox) set(v killReason) { k.mu.Lock(); k.v = v; k.mu.Unlock() }
+func (k *killReasonBox) get() killReason  { k.mu.Lock(); defer k.mu.Unlock(); return k.v }
+
+// watch kills the child with SIGKILL when its resident size passes the RSS
+// limit or when the job outlives Timeout plus KillGrace (DuckDB ignored the
+// interrupt). It returns why it killed, or killNone once stop closes.
+func (r *Runner) watch(pid int, p *os.Process, stop <-chan struct{}) killReason {
+	deadline := time.NewTimer(r.cfg.Timeout + r.cfg.KillGrace)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return killNone
+		case <-deadline.C:
+			p.Kill()
+			return killTimeout
+		case <-tick.C:
+			if rss, err := rssBytes(pid); err == nil && rss > r.cfg.RSSLimit {
+				r.cfg.Logger.Warn("sandbox: killed for memory", "rss", rss, "limit", r.cfg.RSSLimit)
+				p.Kill()
+				return killMemory
+			}
+		}
+	}
+}
+
+// logWriter puts the child's stderr (which may quote DuckDB errors and so
+// data values) into the site's own log, never anywhere else. go-plugin
+// hands it one line per Write.
+type logWriter struct{ log *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	if line := strings.TrimSpace(string(p)); line != "" {
+		w.log.Warn("sandbox child", "line", line)
+	}
+	return len(p), nil
+}

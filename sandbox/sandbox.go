@@ -1,0 +1,240 @@
+// Package sandbox owns everything at an NHS site that touches patient data:
+// the go-plugin contract between the site agent and its sandbox child
+// process, the OS hardening of that child (namespaces, rlimits,
+// no_new_privs, seccomp, Landlock), the DuckDB lock-down, the execution of a
+// compiled query and its DP protection, and the agent loop that leases jobs
+// from the broker.
+//
+// sandbox must never let exact aggregates, per-patient rows or raw DuckDB
+// error text (which can quote data values) leave the child process: only a
+// dp.Result and a coded, safe error cross the process boundary. It never
+// trusts SQL rewritten elsewhere: the child compiles the researcher's SQL
+// itself against the site's own catalog. It never imports the broker or api
+// packages: the agent talks to the broker through the Broker interface.
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nhs-tre/tre/queries"
+)
+
+// Error codes that cross the process boundary and reach the broker. Stored
+// values never change.
+const (
+	CodeRefused     = "refused"     // the SQL is not an accepted query
+	CodeInvalid     = "invalid"     // the job is malformed (hash mismatch, bad ε)
+	CodeTimeout     = "timeout"     // the job ran past its time limit
+	CodeMemory      = "memory"      // the job ran out of memory
+	CodeTooLarge    = "too_large"   // the result exceeded the row or byte cap
+	CodeCrashed     = "crashed"     // the child died without answering
+	CodeUnavailable = "unavailable" // a required isolation layer is missing
+	CodeInternal    = "internal"    // anything else; the detail stays in the site log
+)
+
+// Error is a failure with a code and a message that is safe to send to the
+// broker and show to a researcher. It is rebuilt on the host from the code
+// and message the child sent; nothing else of the child's error survives.
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("sandbox: %s: %s", e.Code, e.Message) }
+
+// Errorf returns an *Error with the given code and formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrorCode returns the code of the first *Error in err's chain, CodeInternal
+// for any other non-nil error and "" for nil.
+func ErrorCode(err error) string {
+	var e *Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &e):
+		return e.Code
+	}
+	return CodeInternal
+}
+
+// ErrorMessage returns the safe message of the first *Error in err's chain,
+// or "internal error".
+func ErrorMessage(err error) string {
+	var e *Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &e):
+		return e.Message
+	}
+	return "internal error"
+}
+
+// Config is how one site runs sandboxes. Zero values take DefaultConfig's.
+type Config struct {
+	// DataPath is the site's DuckDB file, opened read-only.
+	DataPath string
+	// Catalog is the site's own catalog; the child compiles against it.
+	Catalog *queries.Catalog
+	// ScratchDir is a directory owned by the agent; each job gets a fresh
+	// subdirectory (DuckDB temp files, the plugin socket) removed afterwards.
+	ScratchDir string
+
+	MemoryLimit        int64 // DuckDB memory_limit, bytes
+	Threads            int   // DuckDB threads
+	MaxExpressionDepth int   // DuckDB max_expression_depth
+	TempDirMaxSize     int64 // DuckDB max_temp_directory_size, bytes
+
+	// Timeout bounds one job; KillGrace is how long after it the child is
+	// killed with SIGKILL if DuckDB has not stopped at the interrupt.
+	Timeout   time.Duration
+	KillGrace time.Duration
+	// MaxRows and MaxBytes cap the protected result that comes back.
+	MaxRows  int
+	MaxBytes int64
+	// RSSLimit is the resident size at which the host kills the child
+	// (a watchdog beside DuckDB's own memory_limit). 0: MemoryLimit + 512 MiB.
+	RSSLimit int64
+
+	// AllowWeak lets jobs run when an isolation layer is unavailable on this
+	// kernel; every report then says Degraded. Operator flag
+	// --allow-weak-sandbox.
+	AllowWeak bool
+
+	// Executable is the binary re-executed as the child; "" means
+	// /proc/self/exe. Args are the arguments that make it serve the plugin
+	// (production: ["__sandbox"]).
+	Executable string
+	Args       []string
+
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the limits a site gets unless it says otherwise.
+func DefaultConfig() Config {
+	return Config{
+		MemoryLimit:        2 << 30,
+		Threads:            2,
+		MaxExpressionDepth: 250,
+		TempDirMaxSize:     4 << 30,
+		Timeout:            5 * time.Minute,
+		KillGrace:          5 * time.Second,
+		MaxRows:            100_000,
+		MaxBytes:           64 << 20,
+		Args:               []string{"__sandbox"},
+	}
+}
+
+// withDefaults fills zero fields from DefaultConfig.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.MemoryLimit == 0 {
+		c.MemoryLimit = d.MemoryLimit
+	}
+	if c.Threads == 0 {
+		c.Threads = d.Threads
+	}
+	if c.MaxExpressionDepth == 0 {
+		c.MaxExpressionDepth = d.MaxExpressionDepth
+	}
+	if c.TempDirMaxSize == 0 {
+		c.TempDirMaxSize = d.TempDirMaxSize
+	}
+	if c.Timeout == 0 {
+		c.Timeout = d.Timeout
+	}
+	if c.KillGrace == 0 {
+		c.KillGrace = d.KillGrace
+	}
+	if c.MaxRows == 0 {
+		c.MaxRows = d.MaxRows
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = d.MaxBytes
+	}
+	if c.RSSLimit == 0 {
+		c.RSSLimit = c.MemoryLimit + 512<<20
+	}
+	if c.Executable == "" {
+		c.Executable = "/proc/self/exe"
+	}
+	if c.Args == nil {
+		c.Args = d.Args
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports the first problem with c, naming the field.
+func (c Config) Validate() error {
+	switch {
+	case c.DataPath == "":
+		return errors.New("sandbox config: data path is required")
+	case c.Catalog == nil:
+		return errors.New("sandbox config: catalog is required")
+	case c.ScratchDir == "":
+		return errors.New("sandbox config: scratch dir is required")
+	case c.MemoryLimit < 16<<20:
+		return fmt.Errorf("sandbox config: memory limit %d is below 16 MiB", c.MemoryLimit)
+	case c.Threads < 1 || c.Threads > 256:
+		return fmt.Errorf("sandbox config: threads %d out of range 1..256", c.Threads)
+	case c.MaxExpressionDepth < 10:
+		return fmt.Errorf("sandbox config: max expression depth %d is below 10", c.MaxExpressionDepth)
+	case c.TempDirMaxSize < 0:
+		return errors.New("sandbox config: temp dir max size is negative")
+	case c.Timeout <= 0 || c.KillGrace <= 0:
+		return errors.New("sandbox config: timeout and kill grace must be positive")
+	case c.MaxRows < 1 || c.MaxBytes < 1024:
+		return errors.New("sandbox config: max rows must be ≥ 1 and max bytes ≥ 1024")
+	}
+	return nil
+}
+
+// Job is one query to run in a sandbox.
+type Job struct {
+	QueryID string
+	SQL     string
+	// SQLHash is the hex SHA-256 of SQL as the researcher submitted it; the
+	// child refuses a job whose SQL does not match.
+	SQLHash string
+	Epsilon float64
+
+	// test-only: set through export_test.go, honoured only by a child whose
+	// ServeOptions enable it (the test binary). Production code cannot set
+	// them and a production child refuses them.
+	raw   bool
+	probe bool
+}
+
+// Layer names reported in dp.Report.Sandbox.Layers. Stored values never
+// change.
+const (
+	LayerCleanEnv       = "clean_env"
+	LayerPdeathsig      = "pdeathsig"
+	LayerUserNamespace  = "user_namespace"
+	LayerNetNamespace   = "network_namespace"
+	LayerNoNewPrivs     = "no_new_privs"
+	LayerNotDumpable    = "not_dumpable"
+	LayerRlimits        = "rlimits"
+	LayerSeccomp        = "seccomp"
+	LayerLandlock       = "landlock"
+	LayerDuckDBLockdown = "duckdb_lockdown"
+	LayerRSSWatchdog    = "rss_watchdog"
+)
+
+// requiredLayers are the layers a run must have unless AllowWeak is set.
+func requiredLayers() []string {
+	return []string{
+		LayerCleanEnv, LayerPdeathsig, LayerUserNamespace, LayerNetNamespace,
+		LayerNoNewPrivs, LayerNotDumpable, LayerRlimits, LayerSeccomp,
+		LayerLandlock, LayerDuckDBLockdown, LayerRSSWatchdog,
+	}
+}

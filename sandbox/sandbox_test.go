@@ -1,0 +1,175 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// expectedLayers are the layers this machine supports (root in a container
+// with user namespaces, seccomp and Landlock ABI ≥ 1). The tests assert they
+// are all applied; a machine without one of them fails here, on purpose.
+func TestLayersApplied(t *testing.T) {
+	data := MustFixture(t, 50)
+	r := MustRunner(t, testConfig(t, data))
+	resp, host, err := r.call(context.Background(), &request{QueryID: "p", SQL: "SELECT 1", SQLHash: hashSQL("SELECT 1"), Catalog: r.cfg.Catalog, Probe: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := r.sandboxReport(resp.Layers, host)
+	if rep.Degraded || len(rep.Missing) > 0 {
+		t.Errorf("sandbox degraded: missing %v", rep.Missing)
+	}
+	want := requiredLayers()
+	slices.Sort(want)
+	if diff := cmp.Diff(want, rep.Layers); diff != "" {
+		t.Errorf("layers (-want +got):\n%s", diff)
+	}
+	got := map[string]probeOutcome{}
+	for _, p := range resp.Probes {
+		got[p.Name] = p
+	}
+	tests := []struct {
+		name    string
+		blocked bool
+	}{
+		{"socket_tcp", true},
+		{"socket_udp6", true},
+		{"socket_unix_after_start", true},
+		{"exec_true", true},
+		{"open_etc_passwd_write", true},
+		{"read_etc_hostname", true},
+		{"write_beside_data", true},
+		{"write_data_file", true},
+		{"ptrace_traceme", true},
+		{"mount_tmpfs", true},
+		{"unshare_net", true},
+		{"io_uring_setup", true},
+		{"control_write_job_dir", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, ok := got[tt.name]
+			if !ok {
+				t.Fatal("probe did not run")
+			}
+			if p.Blocked != tt.blocked {
+				t.Errorf("blocked = %v (%s), want %v", p.Blocked, p.Errno, tt.blocked)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(data), "exfil.txt")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("file written beside the data: %v", err)
+	}
+}
+
+func TestProductionChildRefusesHooks(t *testing.T) {
+	// A server without hooks (what `tre __sandbox` runs) must refuse raw
+	// and probe requests before touching the data.
+	s := &server{cc: &childConfig{}}
+	for _, req := range []string{`{"raw":true}`, `{"probe":true}`} {
+		_, err := s.handle(context.Background(), []byte(req))
+		if ErrorCode(err) != CodeRefused {
+			t.Errorf("%s: code %q, want refused", req, ErrorCode(err))
+		}
+	}
+}
+
+func TestHashMismatchRefused(t *testing.T) {
+	r := MustRunner(t, testConfig(t, MustFixture(t, 20)))
+	j := rawJob(job("SELECT 1"))
+	j.SQLHash = hashSQL("SELECT 2")
+	_, err := r.Run(context.Background(), j)
+	if ErrorCode(err) != CodeInvalid {
+		t.Fatalf("err = %v, want invalid", err)
+	}
+}
+
+// runRawSQL sends SQL past the compiler to the locked-down child.
+func runRawSQL(t *testing.T, r *Runner, sql string) (*rawOutcome, error) {
+	t.Helper()
+	resp, _, err := r.call(context.Background(), &request{QueryID: "raw", SQL: sql, SQLHash: hashSQL(sql), Catalog: r.cfg.Catalog, Raw: true})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Raw, nil
+}
+
+func TestTimeoutKillsAndNextJobRuns(t *testing.T) {
+	cfg := testConfig(t, MustFixture(t, 20))
+	cfg.Timeout = 1 * time.Second
+	cfg.KillGrace = 1 * time.Second
+	r := MustRunner(t, cfg)
+	start := time.Now()
+	_, err := runRawSQL(t, r, "SELECT count(*) FROM range(1000000000000) a(i), range(1000000) b(j) WHERE i*j % 7 = 3")
+	t.Logf("timeout after %v (limit %v + grace %v)", time.Since(start), cfg.Timeout, cfg.KillGrace)
+	if ErrorCode(err) != CodeTimeout {
+		t.Fatalf("err = %v, want timeout", err)
+	}
+	out, err := runRawSQL(t, r, "SELECT count(*) FROM patients")
+	if err != nil || out.Rows != 1 {
+		t.Fatalf("next job: %+v, %v", out, err)
+	}
+}
+
+func TestMemoryLimit(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		sql  string
+	}{
+		// DuckDB's own memory_limit stops a large aggregate.
+		{"duckdb_memory_limit", func(c *Config) { c.MemoryLimit = 32 << 20 },
+			"SELECT len(l) FROM (SELECT list(i) AS l FROM range(50000000) t(i))"},
+		// The host's RSS watchdog kills what DuckDB does not account for.
+		{"rss_watchdog", func(c *Config) { c.MemoryLimit = 4 << 30; c.RSSLimit = 300 << 20 },
+			"SELECT sum(length(s)) FROM (SELECT string_agg(CAST(i AS VARCHAR), ',') AS s FROM range(200000000) t(i))"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t, MustFixture(t, 20))
+			tt.mod(&cfg)
+			r := MustRunner(t, cfg)
+			_, err := runRawSQL(t, r, tt.sql)
+			if ErrorCode(err) != CodeMemory {
+				t.Fatalf("err = %v, want memory", err)
+			}
+			out, err := runRawSQL(t, r, "SELECT count(*) FROM patients")
+			if err != nil || out.Rows != 1 {
+				t.Fatalf("next job: %+v, %v", out, err)
+			}
+		})
+	}
+}
+
+func TestTooLarge(t *testing.T) {
+	cfg := testConfig(t, MustFixture(t, 20))
+	cfg.MaxRows = 100
+	r := MustRunner(t, cfg)
+	_, err := runRawSQL(t, r, "SELECT i FROM range(1000) t(i)")
+	if ErrorCode(err) != CodeTooLarge {
+		t.Fatalf("err = %v, want too_large", err)
+	}
+}
+
+func TestErrorNeverCarriesData(t *testing.T) {
+	r := MustRunner(t, testConfig(t, MustFixture(t, 50)))
+	// The cast error message would quote the practice id.
+	_, err := runRawSQL(t, r, "SELECT CAST(practice_id AS INTEGER) FROM patients")
+	if err == nil {
+		t.Fatal("cast of text to integer succeeded")
+	}
+	if strings.Contains(err.Error(), "SECRET") {
+		t.Fatalf("data value leaked into error: %v", err)
+	}
+	if ErrorCode(err) != CodeRefused {
+		t.Fatalf("code = %q, want refused", ErrorCode(err))
+	}
+}
