@@ -1,0 +1,178 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/queries"
+)
+
+// fakeBroker is an in-memory Broker: a queue of jobs, scripted failures,
+// and a record of outcomes.
+type fakeBroker struct {
+	mu          sync.Mutex
+	queue       []*LeasedJob
+	leaseErrs   int  // fail this many Lease calls first (outage)
+	lostOnBeat  bool // heartbeats report the lease lost
+	dupComplete bool // Complete reports the job already completed
+	published   int
+	outcomes    []string
+	done        chan struct{}
+	want        int
+}
+
+func (b *fakeBroker) PublishCatalog(ctx context.Context, site string, cat *queries.Catalog) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.published++
+	return nil
+}
+
+func (b *fakeBroker) Lease(ctx context.Context, site string) (*LeasedJob, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.leaseErrs > 0 {
+		b.leaseErrs--
+		return nil, errors.New("connection refused")
+	}
+	if len(b.queue) == 0 {
+		return nil, nil
+	}
+	j := b.queue[0]
+	b.queue = b.queue[1:]
+	return j, nil
+}
+
+func (b *fakeBroker) Heartbeat(ctx context.Context, j *LeasedJob) (time.Time, error) {
+	if b.lostOnBeat {
+		return time.Time{}, ErrLeaseLost
+	}
+	return time.Now().Add(time.Minute), nil
+}
+
+func (b *fakeBroker) record(s string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.outcomes = append(b.outcomes, s)
+	if len(b.outcomes) == b.want {
+		close(b.done)
+	}
+}
+
+func (b *fakeBroker) Complete(ctx context.Context, j *LeasedJob, r *dp.Result) error {
+	b.record("complete " + j.QueryID)
+	if b.dupComplete {
+		return ErrLeaseLost
+	}
+	return nil
+}
+
+func (b *fakeBroker) Fail(ctx context.Context, j *LeasedJob, code, msg string) error {
+	b.record("fail " + j.QueryID + " " + code)
+	return nil
+}
+
+// fakeRunner answers by SQL: "crash", "slow" (blocks until cancelled) or
+// anything else (a result).
+type fakeRunner struct{}
+
+func (fakeRunner) Run(ctx context.Context, j Job) (*dp.Result, error) {
+	switch j.SQL {
+	case "crash":
+		return nil, Errorf(CodeCrashed, "the sandbox stopped unexpectedly")
+	case "slow":
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &dp.Result{}, nil
+}
+
+func leased(id, sql string) *LeasedJob {
+	return &LeasedJob{QueryID: id, Token: "tok-" + id, SQL: sql, SQLHash: hashSQL(sql), Dataset: "nhs_gp_synthetic"}
+}
+
+func fastSleep(ctx context.Context, d time.Duration) error {
+	return sleepCtx(ctx, time.Millisecond)
+}
+
+func TestAgent(t *testing.T) {
+	bad := leased("q-bad", "SELECT 1")
+	bad.SQLHash = hashSQL("SELECT 2")
+	tests := []struct {
+		name   string
+		broker *fakeBroker
+		want   []string
+	}{
+		{"runs jobs after a broker outage", &fakeBroker{leaseErrs: 3, queue: []*LeasedJob{leased("q1", "ok")}}, []string{"complete q1"}},
+		{"sandbox crash fails the job and the next runs", &fakeBroker{queue: []*LeasedJob{leased("q1", "crash"), leased("q2", "ok")}}, []string{"fail q1 crashed", "complete q2"}},
+		{"hash mismatch refused before running", &fakeBroker{queue: []*LeasedJob{bad, leased("q2", "ok")}}, []string{"fail q-bad invalid", "complete q2"}},
+		{"duplicate completion is harmless", &fakeBroker{dupComplete: true, queue: []*LeasedJob{leased("q1", "ok"), leased("q2", "ok")}}, []string{"complete q1", "complete q2"}},
+		{"lost lease drops the job without reporting", &fakeBroker{lostOnBeat: true, queue: []*LeasedJob{leased("q1", "slow"), leased("q2", "ok")}}, []string{"complete q2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := tt.broker
+			b.done, b.want = make(chan struct{}), len(tt.want)
+			a, err := NewAgent(AgentConfig{
+				SiteID: "site-1", Catalog: MustCatalog(t), Broker: b, Runner: fakeRunner{},
+				HeartbeatInterval: time.Millisecond, Sleep: fastSleep,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			errc := make(chan error, 1)
+			go func() { errc <- a.Run(ctx) }()
+			select {
+			case <-b.done:
+			case <-time.After(20 * time.Second):
+				t.Fatal("agent did not finish the jobs")
+			}
+			cancel()
+			if err := <-errc; err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if diff := cmp.Diff(tt.want, b.outcomes); diff != "" {
+				t.Errorf("outcomes (-want +got):\n%s", diff)
+			}
+			if b.published != 1 {
+				t.Errorf("catalog published %d times", b.published)
+			}
+		})
+	}
+}
+
+func TestAgentShutdownAbandonsRunningJob(t *testing.T) {
+	b := &fakeBroker{queue: []*LeasedJob{leased("q1", "slow")}, done: make(chan struct{}), want: 1}
+	a, err := NewAgent(AgentConfig{SiteID: "s", Catalog: MustCatalog(t), Broker: b, Runner: fakeRunner{}, Sleep: fastSleep, HeartbeatInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- a.Run(ctx) }()
+	for {
+		b.mu.Lock()
+		n := len(b.queue)
+		b.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if len(b.outcomes) != 0 {
+		t.Errorf("abandoned job was reported: %v", b.outcomes)
+	}
+}
