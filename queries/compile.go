@@ -229,6 +229,9 @@ func (c *compiler) compileCTEs(node obj) error {
 		if err := knownKeys(value, "CTE "+name, keysCTE); err != nil {
 			return err
 		}
+		if t := str(sub(sub(value, "query"), "node"), "type"); t == "RECURSIVE_CTE_NODE" {
+			return refuse("a recursive CTE", -1, "WITH RECURSIVE can generate unbounded rows")
+		}
 		if len(list(value, "aliases")) > 0 {
 			return refuse("a column list on CTE "+name, -1, "name the columns with AS inside the CTE")
 		}
@@ -796,6 +799,17 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		return nil, refuse("an empty SELECT", -1, "")
 	}
 	for _, it := range items {
+		if w := findClass(it, "WINDOW"); w != nil {
+			return nil, refuse("window function "+strings.ToLower(str(w, "function_name")), pos(w), "window functions compare patients with each other")
+		}
+		if s := findClass(it, "STAR"); s != nil {
+			return nil, refuse("SELECT *", pos(s), "name the groups and aggregates to release")
+		}
+	}
+	if err := c.modifiers(node, q, aliases); err != nil {
+		return nil, err
+	}
+	for _, it := range items {
 		item, _ := it.(obj)
 		if err := c.selectItem(item, sc, q, aliases); err != nil {
 			return nil, err
@@ -806,9 +820,6 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	}
 	if len(q.aggs) > maxAggregates {
 		return nil, refuse(fmt.Sprintf("%d aggregates", len(q.aggs)), -1, fmt.Sprintf("at most %d are allowed", maxAggregates))
-	}
-	if err := c.modifiers(node, q, aliases); err != nil {
-		return nil, err
 	}
 	c.uniqueNames(q)
 	return q, nil
@@ -934,7 +945,30 @@ func (c *compiler) groupKey(n obj, sc *scope) (string, val, error) {
 		name := strings.ToLower(str(n, "function_name"))
 		switch name {
 		case "date_trunc", "datetrunc", "year", "month", "quarter":
+		case "left", "substr", "substring", "lower", "upper":
+			// A prefix of a code (an ICD-10 chapter, a SNOMED stem) is a
+			// coarser code: groupable, with no public domain.
+			if kids := list(n, "children"); len(kids) > 0 {
+				first, _ := kids[0].(obj)
+				if str(first, "class") == "COLUMN_REF" {
+					if _, col, err := c.resolve(first, sc); err == nil && col.v.groupable && col.v.kind == kText {
+						s, v, err := c.expr(n, sc, m, 1)
+						if err != nil {
+							return "", val{}, err
+						}
+						v.groupable, v.patient = true, col.v.patient
+						return s, v, nil
+					}
+				}
+			}
+			if _, _, err := c.expr(n, sc, m, 1); err != nil {
+				return "", val{}, err
+			}
+			return "", val{}, refuse("GROUP BY "+name+"(…)", pos(n), "only a prefix or case change of a code or categorical column may be a group")
 		default:
+			if _, _, err := c.expr(n, sc, m, 1); err != nil {
+				return "", val{}, err
+			}
 			return "", val{}, refuse("GROUP BY "+name+"(…)", pos(n), why)
 		}
 		s, v, err := c.expr(n, sc, m, 1)
@@ -960,6 +994,9 @@ func (c *compiler) groupKey(n obj, sc *scope) (string, val, error) {
 		v.groupable = true
 		v.isConst = false
 		return s, v, nil
+	}
+	if _, _, err := c.expr(n, sc, m, 1); err != nil {
+		return "", val{}, err
 	}
 	return "", val{}, refuse("GROUP BY expression", pos(n), why)
 }
@@ -1211,6 +1248,14 @@ func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
 	case kNull:
 		return aggregate{}, refuse(name+" of NULL", pos(n), "")
 	}
+	if v.bounded() && v.lo == v.hi {
+		// sum(1) and the like: widen to include 0 so the bounds are an
+		// interval dp accepts; the value still lies inside.
+		v.lo, v.hi = math.Min(v.lo, 0), math.Max(v.hi, 0)
+		if v.lo == v.hi {
+			return aggregate{}, refuse(name+" of the constant 0", pos(arg), "")
+		}
+	}
 	if !v.bounded() {
 		return aggregate{}, refuse(name+" of an expression without bounds", pos(arg), "its values cannot be bounded from the catalog; use a numeric column or wrap it in greatest(lower, least(upper, …))")
 	}
@@ -1292,4 +1337,26 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 		s.Aggregates = append(s.Aggregates, a.spec)
 	}
 	return s, nil
+}
+
+// findClass returns the first expression node of the given class under v.
+func findClass(v any, class string) obj {
+	switch x := v.(type) {
+	case obj:
+		if str(x, "class") == class {
+			return x
+		}
+		for _, e := range x {
+			if f := findClass(e, class); f != nil {
+				return f
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if f := findClass(e, class); f != nil {
+				return f
+			}
+		}
+	}
+	return nil
 }

@@ -185,8 +185,16 @@ func (p *Parser) Compile(ctx context.Context, cat *Catalog, sqlText string, opts
 // DuckDB's message: it names the statement kind or the position only.
 func parseRefusal(root obj, sqlText string) *Refusal {
 	if t, _ := root["error_type"].(string); t == "not implemented" {
-		kw := firstKeyword(sqlText)
-		return refuse(kw+" statement", 0, "only a single SELECT statement may be submitted")
+		// Name the first statement that is not a SELECT. Splitting on ';'
+		// is only for the message: the refusal itself is DuckDB's verdict.
+		offset := 0
+		for _, part := range strings.Split(sqlText, ";") {
+			if kw := firstKeyword(part); kw != "SELECT" && kw != "WITH" && kw != "FROM" && kw != "NON-SELECT" {
+				return refuse(kw+" statement", offset+strings.Index(part, kw[:1])+0, "only a single SELECT statement may be submitted")
+			}
+			offset += len(part) + 1
+		}
+		return refuse("a statement other than SELECT", -1, "only a single SELECT statement may be submitted")
 	}
 	pos := -1
 	if s, ok := root["position"].(string); ok {
