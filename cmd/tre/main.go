@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // command is one subcommand: flags are parsed before anything runs, so a bad
@@ -33,7 +34,30 @@ type commandInfo struct {
 
 // commands is the dispatch table. A subcommand is listed only once it works.
 func commands() map[string]commandInfo {
-	return map[string]commandInfo{}
+	return map[string]commandInfo{
+		"__sandbox": {"internal: the sandbox child process of one job", newSandboxMain},
+		"synth": {"generate synthetic NHS GP records and their catalog", func(stdout, stderr io.Writer) command {
+			return NewSynthMain(stdout, stderr)
+		}},
+		"demo":  {"synthetic data, broker, site agent and sandbox in one process tree", newDemoMain},
+		"serve": {"run the broker (REST API, queues, budgets, audit)", newServeMain},
+		"agent": {"run a site agent next to the data (outbound to the broker only)", newAgentMain},
+		"token": {"mint a development token (brokers in --dev mode only)", func(stdout, stderr io.Writer) command {
+			return &TokenMain{Stdout: stdout, Stderr: stderr, Now: time.Now}
+		}},
+		"query": {"submit, dry-run, list, show, cancel queries; fetch results", func(stdout, stderr io.Writer) command {
+			return &QueryMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
+		}},
+		"review": {"reviewer queue: approve or reject queries", func(stdout, stderr io.Writer) command {
+			return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
+		}},
+		"output": {"output-check queue: release or withhold results", func(stdout, stderr io.Writer) command {
+			return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, output: true}
+		}},
+		"project": {"create and list projects", func(stdout, stderr io.Writer) command {
+			return &ProjectMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
+		}},
+	}
 }
 
 // usageError marks errors caused by the invocation (bad flags, unknown

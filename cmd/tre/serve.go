@@ -1,0 +1,345 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/broker/postgres"
+	"github.com/nhs-tre/tre/broker/sqlite"
+	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/queries"
+	"github.com/nhs-tre/tre/sandbox"
+)
+
+// ServeMain is `tre serve`: the broker.
+type ServeMain struct {
+	Config    ServeConfig
+	printOnly bool
+	stdout    io.Writer
+	stderr    io.Writer
+	getenv    func(string) string
+}
+
+func newServeMain(stdout, stderr io.Writer) command {
+	return &ServeMain{Config: DefaultServeConfig(), stdout: stdout, stderr: stderr, getenv: os.Getenv}
+}
+
+// ParseFlags reads the configuration from file, environment and flags.
+func (m *ServeMain) ParseFlags(ctx context.Context, args []string) error {
+	fs := newFlagSet("serve", m.stderr)
+	printOnly, err := parseConfigArgs(fs, args, &m.Config, m.getenv)
+	if err != nil {
+		return err
+	}
+	m.printOnly = printOnly
+	if printOnly {
+		return nil
+	}
+	return m.Config.Validate()
+}
+
+// Run serves until ctx is cancelled, then shuts down gracefully.
+func (m *ServeMain) Run(ctx context.Context) error {
+	if m.printOnly {
+		out, err := printConfig(&m.Config)
+		if err != nil {
+			return err
+		}
+		_, err = m.stdout.Write(out)
+		return err
+	}
+	logger := newLogger(m.stderr, m.Config.LogLevel)
+	b, err := startBroker(ctx, m.Config, logger, nil)
+	if err != nil {
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			if b.reloadTLS != nil {
+				if err := b.reloadTLS(); err != nil {
+					logger.Error("reload TLS certificate", "error", err)
+				} else {
+					logger.Info("TLS certificate reloaded")
+				}
+			}
+		case err := <-b.done:
+			b.Close()
+			return err
+		case <-ctx.Done():
+			return b.Close()
+		}
+	}
+}
+
+// Close releases nothing: Run owns the broker's lifetime.
+func (m *ServeMain) Close() error { return nil }
+
+// newLogger returns the JSON logger every long-running command uses.
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level)) // validated by the config
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// brokerRuntime is a running broker: store, service, HTTP listener.
+type brokerRuntime struct {
+	store     io.Closer
+	parser    *queries.Parser
+	svc       *broker.Service
+	server    *http.Server
+	listener  net.Listener
+	dryRun    *dryRunner
+	reloadTLS func() error
+	url       string
+	done      chan error
+	logger    *slog.Logger
+}
+
+// brokerExtras lets `tre demo` add to the broker without another code path.
+type brokerExtras struct {
+	// mount wraps the API handler (the web interface uses it).
+	mount func(apiHandler http.Handler, svc *broker.Service, verifier *api.Verifier) http.Handler
+}
+
+// startBroker opens the store, builds the service and the HTTP server, and
+// starts listening. Start-up order: store (migrations), parser, verifier,
+// listener — so /readyz is true only once the store is reachable.
+func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extras *brokerExtras) (*brokerRuntime, error) {
+	b := &brokerRuntime{done: make(chan error, 1), logger: logger}
+	ok := false
+	defer func() {
+		if !ok {
+			b.Close()
+		}
+	}()
+
+	var store broker.Store
+	if cfg.DatabaseURL != "" {
+		s, err := postgres.Open(ctx, cfg.DatabaseURL)
+		if err != nil {
+			return nil, fmt.Errorf("open PostgreSQL store: %w", err)
+		}
+		store, b.store = s, s
+	} else {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create data directory: %w", err)
+		}
+		s, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "broker.db"))
+		if err != nil {
+			return nil, fmt.Errorf("open SQLite store: %w", err)
+		}
+		store, b.store = s, s
+	}
+	parser, err := queries.NewParser()
+	if err != nil {
+		return nil, fmt.Errorf("start the SQL parser: %w", err)
+	}
+	b.parser = parser
+	b.svc = broker.NewService(store, parser, broker.Options{
+		LeaseTTL:    cfg.LeaseTTL,
+		MaxAttempts: cfg.MaxAttempts,
+		Logger:      logger,
+	})
+
+	auth := api.AuthConfig{
+		PublicKeyFiles: cfg.PublicKeyFiles,
+		JWKS:           firstNonEmpty(cfg.JWKSFile, cfg.JWKSURL),
+		Issuer:         cfg.Issuer,
+		Audience:       cfg.Audience,
+		RolesClaim:     cfg.RolesClaim,
+	}
+	if cfg.Dev {
+		key, err := api.LoadOrCreateDevKey(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		auth.DevKey = key
+	}
+	verifier, err := api.NewVerifier(ctx, auth)
+	if err != nil {
+		return nil, err
+	}
+
+	apiCfg := api.Config{
+		Verifier:    verifier,
+		SubmitLimit: api.RateLimit{PerMinute: float64(cfg.SubmitPerMinute), Burst: cfg.SubmitPerMinute},
+	}
+	if cfg.DryRunData != "" {
+		dr, err := newDryRunner(cfg, logger)
+		if err != nil {
+			return nil, err
+		}
+		b.dryRun = dr
+		apiCfg.DryRunner = dr
+	}
+	var handler http.Handler = api.NewServer(apiCfg, b.svc, logger).Handler()
+	if extras != nil && extras.mount != nil {
+		handler = extras.mount(handler, b.svc, verifier)
+	}
+
+	b.server = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      5 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	scheme := "http"
+	if cfg.TLSCert != "" {
+		tlsCfg, reload, err := newTLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, logger)
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		b.reloadTLS = reload
+		ln = tls.NewListener(ln, tlsCfg)
+		scheme = "https"
+	}
+	b.listener = ln
+	b.url = scheme + "://" + ln.Addr().String()
+	go func() {
+		err := b.server.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		b.done <- err
+	}()
+	logger.Info("broker listening", "url", b.url, "store", storeKind(cfg), "dev", cfg.Dev, "dry_runs", b.dryRun != nil)
+	ok = true
+	return b, nil
+}
+
+// URL is the broker's base URL.
+func (b *brokerRuntime) URL() string { return b.url }
+
+// Close stops accepting requests, lets in-flight ones finish (up to 30 s),
+// then closes the store.
+func (b *brokerRuntime) Close() error {
+	var errs []error
+	if b.server != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		errs = append(errs, b.server.Shutdown(ctx))
+		cancel()
+		b.server = nil
+	}
+	if b.dryRun != nil {
+		errs = append(errs, b.dryRun.Close())
+		b.dryRun = nil
+	}
+	if b.parser != nil {
+		errs = append(errs, b.parser.Close())
+		b.parser = nil
+	}
+	if b.store != nil {
+		errs = append(errs, b.store.Close())
+		b.store = nil
+	}
+	return errors.Join(errs...)
+}
+
+func storeKind(cfg ServeConfig) string {
+	if cfg.DatabaseURL != "" {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, x := range s {
+		if x != "" {
+			return x
+		}
+	}
+	return ""
+}
+
+// dryRunner answers dry runs from synthetic data through the same sandbox
+// process the site agent uses, so a dry run exercises the real pipeline.
+type dryRunner struct {
+	runner  *sandbox.Runner
+	dataset string
+	scratch string
+}
+
+func newDryRunner(cfg ServeConfig, logger *slog.Logger) (*dryRunner, error) {
+	catPath := cfg.DryRunCatalog
+	if catPath == "" {
+		catPath = strings.TrimSuffix(cfg.DryRunData, filepath.Ext(cfg.DryRunData)) + ".catalog.yaml"
+	}
+	cat, err := queries.LoadCatalog(catPath)
+	if err != nil {
+		return nil, fmt.Errorf("dry-run catalog: %w", err)
+	}
+	scratch, err := os.MkdirTemp("", "tre-dryrun-")
+	if err != nil {
+		return nil, fmt.Errorf("dry-run scratch directory: %w", err)
+	}
+	sc := sandbox.DefaultConfig()
+	sc.DataPath = cfg.DryRunData
+	sc.Catalog = cat
+	sc.ScratchDir = scratch
+	sc.MemoryLimit = 512 << 20
+	sc.Timeout = 30 * time.Second
+	sc.AllowWeak = cfg.AllowWeakSBX
+	sc.Logger = logger
+	r, err := sandbox.NewRunner(sc)
+	if err != nil {
+		os.RemoveAll(scratch)
+		return nil, fmt.Errorf("dry-run sandbox: %w", err)
+	}
+	return &dryRunner{runner: r, dataset: cat.Dataset, scratch: scratch}, nil
+}
+
+// DryRun runs sql over the synthetic data. Sandbox errors become broker
+// errors with the sandbox's safe message.
+func (d *dryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon float64) (*dp.Result, error) {
+	if dataset != d.dataset {
+		return nil, broker.Errorf(broker.EUNAVAILABLE, "dry runs are available for dataset %q only", d.dataset)
+	}
+	res, err := d.runner.Run(ctx, sandbox.Job{QueryID: "dry-run", SQL: sql, SQLHash: sqlHash(sql), Epsilon: epsilon})
+	if err != nil {
+		return nil, sandboxToBrokerError(err)
+	}
+	return res, nil
+}
+
+// Close removes the dry-run scratch directory.
+func (d *dryRunner) Close() error { return os.RemoveAll(d.scratch) }
+
+// sandboxToBrokerError maps a sandbox failure to the API's error codes: the
+// sandbox's messages are already safe to show.
+func sandboxToBrokerError(err error) error {
+	code := sandbox.ErrorCode(err)
+	msg := sandbox.ErrorMessage(err)
+	switch code {
+	case sandbox.CodeRefused:
+		return broker.Errorf(broker.EREFUSED, "%s", msg)
+	case sandbox.CodeTimeout, sandbox.CodeMemory, sandbox.CodeTooLarge:
+		return broker.Errorf(broker.EUNAVAILABLE, "dry run stopped: %s", msg)
+	}
+	return fmt.Errorf("dry run: %w", err)
+}
