@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
-	"database/sql/driver"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -54,19 +53,7 @@ const maxCachedCatalogs = 64
 // access and extension loading are switched off and the configuration
 // locked, although only the parser is ever reached.
 func NewParser() (*Parser, error) {
-	connector, err := duckdb.NewConnector("", func(execer driver.ExecerContext) error {
-		for _, q := range []string{
-			"SET enable_external_access = false",
-			"SET autoinstall_known_extensions = false",
-			"SET autoload_known_extensions = false",
-			"SET lock_configuration = true",
-		} {
-			if _, err := execer.ExecContext(context.Background(), q, nil); err != nil {
-				return fmt.Errorf("configure parser connection: %w", err)
-			}
-		}
-		return nil
-	})
+	connector, err := duckdb.NewConnector("", nil)
 	if err != nil {
 		return nil, fmt.Errorf("open parser database: %w", err)
 	}
@@ -74,6 +61,18 @@ func NewParser() (*Parser, error) {
 	n := runtime.GOMAXPROCS(0)
 	db.SetMaxOpenConns(n)
 	db.SetMaxIdleConns(n)
+	// These settings are database-wide: set once, then locked.
+	for _, q := range []string{
+		"SET enable_external_access = false",
+		"SET autoinstall_known_extensions = false",
+		"SET autoload_known_extensions = false",
+		"SET lock_configuration = true",
+	} {
+		if _, err := db.Exec(q); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("configure parser database: %w", err)
+		}
+	}
 	stmt, err := db.Prepare("SELECT json_serialize_sql(?::VARCHAR)::VARCHAR")
 	if err != nil {
 		db.Close()
@@ -251,11 +250,18 @@ func firstKeyword(s string) string {
 // literal values kept.
 func normalize(stmt obj) string {
 	var b bytes.Buffer
+	b.Grow(4096)
 	writeCanonical(&b, stmt)
 	return b.String()
 }
 
-func writeCanonical(b *bytes.Buffer, v any) {
+// caseFolded are AST fields holding identifiers, which DuckDB matches
+// case-insensitively.
+var caseFolded = map[string]bool{"column_names": true, "table_name": true, "alias": true, "function_name": true, "key": true, "using_columns": true}
+
+func writeCanonical(b *bytes.Buffer, v any) { writeCanonicalKey(b, v, false) }
+
+func writeCanonicalKey(b *bytes.Buffer, v any, fold bool) {
 	switch x := v.(type) {
 	case obj:
 		keys := make([]string, 0, len(x))
@@ -271,10 +277,9 @@ func writeCanonical(b *bytes.Buffer, v any) {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			kb, _ := json.Marshal(k)
-			b.Write(kb)
+			b.Write(strconv.AppendQuote(b.AvailableBuffer(), k))
 			b.WriteByte(':')
-			writeCanonical(b, x[k])
+			writeCanonicalKey(b, x[k], caseFolded[k])
 		}
 		b.WriteByte('}')
 	case []any:
@@ -283,9 +288,20 @@ func writeCanonical(b *bytes.Buffer, v any) {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			writeCanonical(b, e)
+			writeCanonicalKey(b, e, fold)
 		}
 		b.WriteByte(']')
+	case string:
+		if fold {
+			x = strings.ToLower(x)
+		}
+		b.Write(strconv.AppendQuote(b.AvailableBuffer(), x))
+	case json.Number:
+		b.WriteString(string(x))
+	case bool:
+		b.WriteString(strconv.FormatBool(x))
+	case nil:
+		b.WriteString("null")
 	default:
 		vb, _ := json.Marshal(x)
 		b.Write(vb)

@@ -1,0 +1,239 @@
+package queries
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/golden files")
+
+// TestRewriteGolden pins the rewritten SQL and the spec of every typical
+// query. Run with -update after an intended change and review the diff.
+func TestRewriteGolden(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	for _, tq := range TypicalQueries {
+		t.Run(tq.Name, func(t *testing.T) {
+			plan := mustCompile(t, p, cat, tq.SQL)
+			spec, err := json.MarshalIndent(struct {
+				Spec     any `json:"spec"`
+				Cost     any `json:"cost"`
+				Accuracy any `json:"accuracy"`
+			}{plan.Spec, plan.Cost, plan.Accuracy}, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := "-- " + tq.Name + "\n" + plan.Rewritten + "\n\n" + string(spec) + "\n"
+			path := filepath.Join("testdata", "golden", tq.Name+".golden")
+			if *update {
+				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("read golden file (run go test -run TestRewriteGolden -update): %v", err)
+			}
+			if diff := cmp.Diff(string(want), got); diff != "" {
+				t.Errorf("rewrite changed (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestPlanBudget(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	ctx := context.Background()
+	public := `SELECT region, sex, count(*) AS n FROM patients GROUP BY region, sex`
+	private := `SELECT snomed_code, count(*) AS n FROM clinical_events GROUP BY snomed_code`
+	tests := []struct {
+		name      string
+		sql       string
+		eps       float64
+		wantEps   float64
+		wantDelta float64
+		refuse    string
+	}{
+		{name: "default epsilon", sql: public, wantEps: 1},
+		{name: "chosen epsilon", sql: public, eps: 0.25, wantEps: 0.25},
+		{name: "max epsilon", sql: public, eps: 2, wantEps: 2},
+		{name: "above max", sql: public, eps: 2.5, refuse: "at most 2 per query"},
+		{name: "negative", sql: public, eps: -1, refuse: "finite number above 0"},
+		{name: "nan", sql: public, eps: math.NaN(), refuse: "finite number above 0"},
+		{name: "inf", sql: public, eps: math.Inf(1), refuse: "finite number above 0"},
+		{name: "partition selection costs delta", sql: private, wantEps: 1, wantDelta: 1e-6},
+		{name: "no group by costs no delta", sql: `SELECT count(*) FROM medications`, wantEps: 1},
+		{name: "cross product too large", sql: `SELECT p.region, p.ethnicity, p.sex, p.imd_quintile, v.vaccine, a.admission_method, count(*)
+			FROM patients p JOIN vaccinations v USING (patient_id) JOIN hospital_admissions a USING (patient_id)
+			GROUP BY p.region, p.ethnicity, p.sex, p.imd_quintile, v.vaccine, a.admission_method`, refuse: "more than 10,000 combinations"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plan, err := p.Compile(ctx, cat, tt.sql, Options{Epsilon: tt.eps})
+			if tt.refuse != "" {
+				var r *Refusal
+				if !errors.As(err, &r) || !strings.Contains(r.Message, tt.refuse) {
+					t.Fatalf("got %v, want refusal containing %q", err, tt.refuse)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if plan.Spec.Epsilon != tt.wantEps || plan.Cost.Epsilon != tt.wantEps || plan.Cost.Delta != tt.wantDelta {
+				t.Errorf("spec ε %v, cost %+v; want ε %v δ %v", plan.Spec.Epsilon, plan.Cost, tt.wantEps, tt.wantDelta)
+			}
+			if len(plan.Accuracy) != len(plan.Spec.Aggregates) {
+				t.Errorf("%d accuracy entries for %d aggregates", len(plan.Accuracy), len(plan.Spec.Aggregates))
+			}
+		})
+	}
+}
+
+func TestPlanSpec(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	plan := mustCompile(t, p, cat, TypicalQueries[5].SQL) // HbA1c share by region
+	want := `{"groups":[{"name":"region","domain":["North East","North West","Yorkshire and The Humber","East Midlands","West Midlands","East of England","London","South East","South West"]}],` +
+		`"aggregates":[{"name":"diabetics_with_hba1c","kind":"count"},{"name":"share_below_58","kind":"mean","upper":1}],` +
+		`"max_groups_per_patient":1,"max_rows_per_group":3,"epsilon":1,"delta":0,"threshold":10,"rounding_base":5,"rounding":"nearest"}`
+	got, _ := json.Marshal(plan.Spec)
+	if diff := cmp.Diff(want, string(got)); diff != "" {
+		t.Errorf("spec (-want +got):\n%s", diff)
+	}
+	if plan.Dataset != "nhs_gp_synthetic" || len(plan.SQLHash) != 64 || plan.SQL != TypicalQueries[5].SQL {
+		t.Errorf("plan header: %q %q", plan.Dataset, plan.SQLHash)
+	}
+	// Bounds of avg(bmi) come from the catalog bounds of numeric_value.
+	plan = mustCompile(t, p, cat, TypicalQueries[6].SQL)
+	if a := plan.Spec.Aggregates[1]; a.Lower != 0 || a.Upper != 200 || a.Name != "mean_bmi" {
+		t.Errorf("mean_bmi spec %+v", a)
+	}
+}
+
+func TestNormalizedAndPredicates(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	a := mustCompile(t, p, cat, `SELECT region, count(*) FROM patients p WHERE p.sex = 'female' AND p.imd_quintile IN (1, 2) GROUP BY region`)
+	b := mustCompile(t, p, cat, "select REGION,   COUNT(*)\nfrom patients p\nwhere p.sex='female' and p.imd_quintile in (1,2)\ngroup by region")
+	c := mustCompile(t, p, cat, `SELECT region, count(*) FROM patients q WHERE q.imd_quintile IN (1, 2) AND q.sex = 'male' GROUP BY region`)
+	if a.Normalized != b.Normalized {
+		t.Errorf("layout changed the normalized form:\n%s\n%s", a.Normalized, b.Normalized)
+	}
+	if a.Normalized == c.Normalized {
+		t.Error("different literal, same normalized form")
+	}
+	if strings.Contains(a.Normalized, "query_location") {
+		t.Error("normalized form keeps positions")
+	}
+	want := []string{`("patients"."imd_quintile" IN (1, 2))`, `("patients"."sex" = 'female')`}
+	if diff := cmp.Diff(want, a.Predicates); diff != "" {
+		t.Errorf("predicates (-want +got):\n%s", diff)
+	}
+	// A renamed alias and reordered conjuncts give the same predicates.
+	if diff := cmp.Diff([]string{`("patients"."imd_quintile" IN (1, 2))`, `("patients"."sex" = 'male')`}, c.Predicates); diff != "" {
+		t.Errorf("predicates (-want +got):\n%s", diff)
+	}
+}
+
+func TestViewStatements(t *testing.T) {
+	cat := MustLoadTestCatalog(t)
+	views := ViewStatements(cat)
+	all := strings.Join(views, "\n")
+	if strings.Contains(all, "practice_id") || strings.Contains(all, `"kind"`) {
+		t.Errorf("forbidden column exposed:\n%s", all)
+	}
+	if strings.Contains(all, ViewName("optouts")) {
+		t.Errorf("opt-out table exposed:\n%s", all)
+	}
+	want := `CREATE OR REPLACE TEMP VIEW "tre_view_medications" AS SELECT "patient_id", "date", "dmd_code" FROM "medications" WHERE "patient_id" NOT IN (SELECT "patient_id" FROM "optouts")`
+	found := false
+	for _, v := range views {
+		found = found || v == want
+	}
+	if !found {
+		t.Errorf("no view %s in\n%s", want, all)
+	}
+	if !strings.Contains(all+"\n", `CREATE OR REPLACE TEMP VIEW "tre_view_dmd_codes" AS SELECT "dmd_code", "name", "drug_class" FROM "dmd_codes"`+"\n") {
+		t.Errorf("public table view missing or filtered:\n%s", all)
+	}
+}
+
+func TestCompileConcurrent(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	want := mustCompile(t, p, cat, TypicalQueries[0].SQL).Rewritten
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			for range 20 {
+				plan, err := p.Compile(context.Background(), cat, TypicalQueries[0].SQL, Options{Seed: 42})
+				if err == nil && plan.Rewritten != want {
+					err = errors.New("different rewrite under concurrency")
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkCompile(b *testing.B) {
+	p := MustParser(b)
+	cat := MustLoadTestCatalog(b)
+	ctx := context.Background()
+	for _, tq := range TypicalQueries {
+		b.Run(tq.Name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := p.Compile(ctx, cat, tq.SQL, Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("parallel_mix", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				if _, err := p.Compile(ctx, cat, TypicalQueries[i%len(TypicalQueries)].SQL, Options{}); err != nil {
+					b.Error(err)
+					return
+				}
+				i++
+			}
+		})
+	})
+}
+
+func TestParserLockedDown(t *testing.T) {
+	p := MustParser(t)
+	if _, err := p.db.Exec("SET enable_external_access = true"); err == nil {
+		t.Fatal("parser database configuration is not locked")
+	}
+	var v string
+	if err := p.db.QueryRow("SELECT current_setting('enable_external_access')::VARCHAR").Scan(&v); err != nil || v != "false" {
+		t.Fatalf("enable_external_access = %q (%v), want false", v, err)
+	}
+}
