@@ -154,6 +154,11 @@ func (db *DB) run(ctx context.Context, read bool, fn func(broker.Tx) error) erro
 		return retryable{err}
 	}
 	t := &tx{db: db, tx: stx, read: read}
+	defer func() {
+		if len(t.unprepared) > 0 {
+			db.prepareLater(read, t.unprepared)
+		}
+	}()
 	if err := fn(t); err != nil {
 		stx.Rollback()
 		var be *broker.Error
@@ -218,24 +223,41 @@ func (db *DB) rebind(q string) string {
 	return s
 }
 
-// stmt returns a prepared statement for q on the given pool.
-func (db *DB) stmt(ctx context.Context, read bool, q string) (*sql.Stmt, error) {
-	k := stmtKey{read, q}
+// cachedStmt returns the prepared statement for q on the given pool, or nil
+// if it has not been prepared yet.
+func (db *DB) cachedStmt(read bool, q string) *sql.Stmt {
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	if s, ok := db.stmts[k]; ok {
-		return s, nil
-	}
+	return db.stmts[stmtKey{read, q}]
+}
+
+// prepareLater prepares statements a transaction ran unprepared. It runs
+// after the transaction has ended: preparing on a pool needs a free
+// connection, and a transaction holding the only writer connection (or every
+// reader) would otherwise wait for itself.
+func (db *DB) prepareLater(read bool, qs []string) {
 	pool := db.write
 	if read {
 		pool = db.read
 	}
-	s, err := pool.PrepareContext(ctx, db.rebind(q))
-	if err != nil {
-		return nil, err
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, q := range qs {
+		if db.cachedStmt(read, q) != nil {
+			continue
+		}
+		s, err := pool.PrepareContext(ctx, db.rebind(q))
+		if err != nil {
+			return // run unprepared next time too; the query itself reports errors
+		}
+		db.mu.Lock()
+		if _, ok := db.stmts[stmtKey{read, q}]; ok {
+			s.Close()
+		} else {
+			db.stmts[stmtKey{read, q}] = s
+		}
+		db.mu.Unlock()
 	}
-	db.stmts[k] = s
-	return s, nil
 }
 
 // migrate applies embedded migrations not yet recorded in

@@ -18,6 +18,9 @@ type tx struct {
 	db   *DB
 	tx   *sql.Tx
 	read bool
+	// unprepared lists statements run without a cached prepared statement;
+	// they are prepared once the transaction has released its connection.
+	unprepared []string
 }
 
 // prepared returns q as a statement bound to the transaction when the
@@ -26,9 +29,10 @@ func (t *tx) prepared(ctx context.Context, q string) (*sql.Stmt, error) {
 	if !t.db.d.Prepare {
 		return nil, nil
 	}
-	s, err := t.db.stmt(ctx, t.read, q)
-	if err != nil {
-		return nil, err
+	s := t.db.cachedStmt(t.read, q)
+	if s == nil {
+		t.unprepared = append(t.unprepared, q)
+		return nil, nil
 	}
 	return t.tx.StmtContext(ctx, s), nil
 }
