@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/duckdb/duckdb-go/v2"
 )
@@ -94,7 +95,9 @@ func (p *Parser) parse(ctx context.Context, sqlText string) (obj, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("parse SQL: %w", err)
+		// DuckDB rejected the text before parsing it; its message is not
+		// shown (it may quote the input back in unexpected ways).
+		return nil, &Refusal{Construct: "unparseable text", Pos: -1, Message: "refused: the SQL could not be parsed"}
 	}
 	dec := json.NewDecoder(strings.NewReader(raw))
 	dec.UseNumber()
@@ -136,6 +139,9 @@ func (p *Parser) Compile(ctx context.Context, cat *Catalog, sqlText string, opts
 	}
 	if strings.TrimSpace(sqlText) == "" {
 		return nil, refuse("an empty query", -1, "write one SELECT statement")
+	}
+	if !utf8.ValidString(sqlText) {
+		return nil, refuse("text that is not valid UTF-8", -1, "")
 	}
 	if strings.ContainsRune(sqlText, 0) {
 		return nil, refuse("a NUL character", strings.IndexByte(sqlText, 0), "")
