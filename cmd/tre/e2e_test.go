@@ -1,0 +1,368 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/queries"
+)
+
+// treProcess is a tre subcommand running as its own process (the test
+// binary playing tre), with its output kept for failure messages.
+type treProcess struct {
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+	done chan error
+}
+
+// startTre starts `tre args…` as a child process and stops it (SIGTERM, then
+// SIGKILL) when the test ends.
+func startTre(tb testing.TB, args ...string) *treProcess {
+	tb.Helper()
+	p := &treProcess{out: &bytes.Buffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(os.Args[0], args...)
+	p.cmd.Env = append(os.Environ(), envPlayTre+"=1")
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	if err := p.cmd.Start(); err != nil {
+		tb.Fatalf("start tre %s: %v", args[0], err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	tb.Cleanup(func() {
+		p.stop()
+		if tb.Failed() {
+			tb.Logf("tre %s output:\n%s", args[0], p.out.String())
+		}
+	})
+	return p
+}
+
+// stop asks the process to shut down and kills it if it does not.
+func (p *treProcess) stop() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// kill stops the process with SIGKILL, as a crash or an operator would.
+func (p *treProcess) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// freeAddr returns a loopback address with a free port.
+func freeAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// eventually polls f until it returns nil or the timeout passes.
+func eventually(tb testing.TB, timeout time.Duration, what string, f func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: still failing after %s: %v", what, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// testSite is a broker process and a site agent process over synthetic data.
+type testSite struct {
+	dir, url, data, catalog string
+	tokens                  map[string]string // by subject
+	broker, agent           *treProcess
+	agentArgs               []string
+}
+
+// subjects of the end-to-end tests and their roles.
+var e2eUsers = map[string]broker.Role{
+	"alice": broker.RoleResearcher, // member of the project
+	"eve":   broker.RoleResearcher, // not a member
+	"bob":   broker.RoleReviewer,
+	"carol": broker.RoleOutputChecker,
+	"dave":  broker.RoleAdmin,
+	"site":  broker.RoleAgent,
+}
+
+// startSite generates data and starts `tre serve --dev` and `tre agent` as
+// real processes. The agent's sandbox children are real too.
+func startSite(tb testing.TB, patients int) *testSite {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("end-to-end test starts real processes; skipped with -short")
+	}
+	s := &testSite{dir: tb.TempDir(), tokens: map[string]string{}}
+	s.data = filepath.Join(s.dir, "gp.duckdb")
+	s.catalog = filepath.Join(s.dir, "gp.catalog.yaml")
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"synth", "--out", s.data, "--patients", fmt.Sprint(patients), "--seed", "7"}, &out, &out); code != 0 {
+		tb.Fatalf("tre synth exited %d:\n%s", code, out.String())
+	}
+	brokerDir := filepath.Join(s.dir, "broker")
+	addr := freeAddr(tb)
+	s.url = "http://" + addr
+	s.broker = startTre(tb, "serve", "--data-dir", brokerDir, "--addr", addr, "--dev",
+		"--dry-run-data", s.data, "--lease-ttl", "3s", "--submit-per-minute", "600")
+	eventually(tb, 60*time.Second, "broker ready", func() error {
+		return (&api.Client{BaseURL: s.url}).Readyz(context.Background())
+	})
+	key, err := api.LoadOrCreateDevKey(brokerDir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for sub, role := range e2eUsers {
+		tok, err := api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		s.tokens[sub] = tok
+	}
+	tokenFile := filepath.Join(s.dir, "agent.token")
+	if err := os.WriteFile(tokenFile, []byte(s.tokens["site"]), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", "site-1", "--token-file", tokenFile,
+		"--data", s.data, "--catalog", s.catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
+		"--scratch-dir", filepath.Join(s.dir, "scratch")}
+	s.agent = startTre(tb, s.agentArgs...)
+	eventually(tb, 60*time.Second, "catalog published", func() error {
+		list, err := s.as("dave").Datasets(context.Background(), api.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if len(list.Items) == 0 {
+			return errors.New("no dataset yet")
+		}
+		return nil
+	})
+	return s
+}
+
+func (s *testSite) as(sub string) *api.Client {
+	return &api.Client{BaseURL: s.url, Token: s.tokens[sub], HTTPClient: &http.Client{Timeout: 30 * time.Second}}
+}
+
+// createProject creates a project with alice as its only member.
+func (s *testSite) createProject(tb testing.TB, epsilon float64) int64 {
+	tb.Helper()
+	p, err := s.as("dave").CreateProject(context.Background(), api.ProjectRequest{
+		Title: "E2E study", Organisation: "Test University", Purpose: "Testing the whole flow",
+		LawfulBasis: "Art. 6(1)(e)", Members: []string{"alice"}, Datasets: []string{"nhs_gp_synthetic"},
+		EpsilonBudget: epsilon, DeltaBudget: 1e-4, ExpiresAt: time.Now().AddDate(0, 1, 0),
+	})
+	if err != nil {
+		tb.Fatalf("create project: %v", err)
+	}
+	return p.ID
+}
+
+// apiStatus returns the HTTP status of an API error (0 for success).
+func apiStatus(err error) int {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae.Status
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+// TestEndToEnd runs the whole flow through HTTP with the real broker, agent
+// and sandbox processes and all four human roles.
+func TestEndToEnd(t *testing.T) {
+	s := startSite(t, 4000)
+	ctx := context.Background()
+	projectID := s.createProject(t, 5)
+
+	var sql string
+	for _, tq := range queries.TypicalQueries {
+		if tq.Name == "t2d_prevalence_by_age_sex_region" {
+			sql = tq.SQL
+		}
+	}
+	if sql == "" {
+		t.Fatal("no type 2 diabetes prevalence query in queries.TypicalQueries")
+	}
+
+	// A refused query says why, with a 422.
+	_, err := s.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: projectID, SQL: "SELECT patient_id FROM patients", Purpose: "x"})
+	if apiStatus(err) != http.StatusUnprocessableEntity {
+		t.Fatalf("submitting a row-level query: err = %v, want a 422", err)
+	}
+
+	// A dry run answers from synthetic data and costs nothing.
+	dry, err := s.as("alice").DryRun(ctx, api.QueryRequest{ProjectID: projectID, SQL: sql, Purpose: "prevalence"})
+	if err != nil {
+		t.Fatalf("dry run: %v", err)
+	}
+	if !dry.Synthetic || len(dry.Rows) == 0 {
+		t.Fatalf("dry run: synthetic=%v rows=%d", dry.Synthetic, len(dry.Rows))
+	}
+
+	q, err := s.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: projectID, SQL: sql, Purpose: "T2D prevalence by age, sex and region", Epsilon: 1})
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	if q.Status != broker.StatusSubmitted || q.Cost.Epsilon != 1 || len(q.Accuracy) == 0 {
+		t.Fatalf("submitted query = status %s cost %+v accuracy %d", q.Status, q.Cost, len(q.Accuracy))
+	}
+
+	// Nobody outside the project sees it; the submitter cannot review.
+	if _, err := s.as("eve").Query(ctx, q.ID); apiStatus(err) != http.StatusForbidden && apiStatus(err) != http.StatusNotFound {
+		t.Errorf("non-member reads the query: err = %v, want 403 or 404", err)
+	}
+	if _, err := s.as("alice").ApproveQuery(ctx, q.ID, "self"); apiStatus(err) != http.StatusForbidden {
+		t.Errorf("researcher approves: err = %v, want 403", err)
+	}
+
+	if _, err := s.as("bob").ApproveQuery(ctx, q.ID, "fine"); err != nil {
+		t.Fatalf("approve: %v", err)
+	}
+	q = waitStatus(t, s.as("bob"), q.ID, broker.StatusAwaitingOutputCheck)
+
+	// Not released yet: the researcher cannot see the output.
+	if _, err := s.as("alice").Result(ctx, q.ID); apiStatus(err) != http.StatusForbidden && apiStatus(err) != http.StatusConflict && apiStatus(err) != http.StatusNotFound {
+		t.Errorf("result before release: err = %v, want a refusal", err)
+	}
+
+	out, err := s.as("carol").Output(ctx, q.ID)
+	if err != nil {
+		t.Fatalf("output: %v", err)
+	}
+	rep := out.Result.Report
+	if !rep.OptOut.Applied || rep.OptOut.SnapshotHash == "" {
+		t.Errorf("disclosure report: opt-out filter not reported: %+v", rep.OptOut)
+	}
+	if rep.Epsilon != 1 || len(rep.Sandbox.Layers) == 0 {
+		t.Errorf("disclosure report: ε %g, sandbox layers %v", rep.Epsilon, rep.Sandbox.Layers)
+	}
+	if _, err := s.as("carol").ReleaseQuery(ctx, q.ID, "safe"); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+
+	res, err := s.as("alice").Result(ctx, q.ID)
+	if err != nil {
+		t.Fatalf("result: %v", err)
+	}
+	if len(res.Rows) == 0 || len(res.Columns) == 0 {
+		t.Fatalf("released table is empty: %+v", res)
+	}
+	csv, err := s.as("alice").ResultRaw(ctx, q.ID, "csv")
+	if err != nil || !bytes.Contains(csv, []byte(res.Columns[0].Name)) {
+		t.Fatalf("CSV result: %v\n%s", err, csv)
+	}
+
+	proj, err := s.as("dave").Project(ctx, projectID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if proj.Budget.EpsilonSpent != 1 || proj.Budget.EpsilonReserved != 0 {
+		t.Errorf("budget after one run = %+v, want ε spent 1, reserved 0", proj.Budget)
+	}
+	v, err := s.as("dave").VerifyAudit(ctx)
+	if err != nil || !v.OK {
+		t.Errorf("audit verify = %+v, %v", v, err)
+	}
+	reg, err := (&api.Client{BaseURL: s.url}).Register(ctx, api.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range reg.Items {
+		if e.ProjectID == projectID {
+			found = true
+			if e.ReleasedQueries != 1 || e.EpsilonSpent != 1 {
+				t.Errorf("register entry = %+v, want 1 released query and ε 1 spent", e)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("project %d missing from the public register", projectID)
+	}
+}
+
+// waitStatus polls until the query reaches want; a terminal status fails.
+func waitStatus(tb testing.TB, c *api.Client, id int64, want broker.Status) *broker.Query {
+	tb.Helper()
+	var q *broker.Query
+	eventually(tb, 90*time.Second, fmt.Sprintf("query %d reaching %s", id, want), func() error {
+		var err error
+		q, err = c.Query(context.Background(), id)
+		if err != nil {
+			return err
+		}
+		if q.Status == want {
+			return nil
+		}
+		switch q.Status {
+		case broker.StatusFailed, broker.StatusRejected, broker.StatusCancelled, broker.StatusWithheld:
+			tb.Fatalf("query %d ended %s (%s)", id, q.Status, q.FailureCode)
+		}
+		return fmt.Errorf("status %s", q.Status)
+	})
+	return q
+}
+
+// TestDemoWalkthrough runs `tre demo --walkthrough` as a user would.
+func TestDemoWalkthrough(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole demo; skipped with -short")
+	}
+	dir := t.TempDir()
+	var out bytes.Buffer
+	args := []string{"demo", "--walkthrough", "--dir", dir, "--patients", "3000", "--addr", "127.0.0.1:0"}
+	if code := run(context.Background(), args, &out, &out); code != 0 {
+		t.Fatalf("tre demo --walkthrough exited %d:\n%s\n--- log:\n%s", code, out.String(), readFile(t, filepath.Join(dir, "tre.log")))
+	}
+	for _, want := range []string{"submits", "approves", "released", "Walkthrough complete"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("walkthrough output lacks %q:\n%s", want, out.String())
+		}
+	}
+	// A second run reuses the directory: the data is not generated again.
+	out.Reset()
+	if code := run(context.Background(), args, &out, &out); code != 0 {
+		t.Fatalf("second walkthrough exited %d:\n%s", code, out.String())
+	}
+	if !strings.Contains(out.String(), "Reusing") {
+		t.Errorf("second run did not reuse the demo directory:\n%s", out.String())
+	}
+}
+
+func readFile(tb testing.TB, path string) string {
+	tb.Helper()
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
