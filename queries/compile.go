@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -913,11 +914,47 @@ func (c *compiler) uniqueNames(q *query) {
 
 // predicateText is a WHERE conjunct with aliases replaced by table names,
 // so renaming an alias does not hide a repeated predicate.
+// Identifiers lose their quotes (they are plain names, checked against
+// identRe) and date literals read DATE 'yyyy-mm-dd', the forms the broker's
+// risk heuristics look for.
 func (c *compiler) predicateText(s string, sc *scope) string {
 	for _, r := range sc.rels {
 		s = strings.ReplaceAll(s, quoteIdent(r.alias)+".", quoteIdent(r.table)+".")
 	}
-	return s
+	return dateCastRe.ReplaceAllString(unquoteIdents(s), "DATE '$1'")
+}
+
+var dateCastRe = regexp.MustCompile(`CAST\('(\d{4}-\d{2}-\d{2})' AS DATE\)`)
+
+// unquoteIdents drops the double quotes around plain identifiers outside
+// string literals.
+func unquoteIdents(s string) string {
+	var b strings.Builder
+	inStr := false
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		switch {
+		case inStr:
+			b.WriteByte(ch)
+			if ch == '\'' {
+				inStr = false
+			}
+		case ch == '\'':
+			inStr = true
+			b.WriteByte(ch)
+		case ch == '"':
+			end := strings.IndexByte(s[i+1:], '"')
+			if end >= 0 && identRe.MatchString(s[i+1:i+1+end]) {
+				b.WriteString(s[i+1 : i+1+end])
+				i += end + 1
+				continue
+			}
+			b.WriteByte(ch)
+		default:
+			b.WriteByte(ch)
+		}
+	}
+	return b.String()
 }
 
 // groupKey validates one GROUP BY expression.

@@ -139,12 +139,22 @@ func TestNormalizedAndPredicates(t *testing.T) {
 	if strings.Contains(a.Normalized, "query_location") {
 		t.Error("normalized form keeps positions")
 	}
-	want := []string{`("patients"."imd_quintile" IN (1, 2))`, `("patients"."sex" = 'female')`}
+	want := []string{`(patients.imd_quintile IN (1, 2))`, `(patients.sex = 'female')`}
 	if diff := cmp.Diff(want, a.Predicates); diff != "" {
 		t.Errorf("predicates (-want +got):\n%s", diff)
 	}
 	// A renamed alias and reordered conjuncts give the same predicates.
-	if diff := cmp.Diff([]string{`("patients"."imd_quintile" IN (1, 2))`, `("patients"."sex" = 'male')`}, c.Predicates); diff != "" {
+	if diff := cmp.Diff([]string{`(patients.imd_quintile IN (1, 2))`, `(patients.sex = 'male')`}, c.Predicates); diff != "" {
+		t.Errorf("predicates (-want +got):\n%s", diff)
+	}
+}
+
+func TestPredicatesForm(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	plan := mustCompile(t, p, cat, `SELECT count(*) FROM medications m WHERE m.date >= DATE '2023-01-01' AND m.dmd_code = 'say "hi"' AND m.date < '2023-02-01'::DATE`)
+	want := []string{`(medications.date < DATE '2023-02-01')`, `(medications.date >= DATE '2023-01-01')`, `(medications.dmd_code = 'say "hi"')`}
+	if diff := cmp.Diff(want, plan.Predicates); diff != "" {
 		t.Errorf("predicates (-want +got):\n%s", diff)
 	}
 }
