@@ -280,13 +280,14 @@ func (m *DemoMain) printWelcome(url string, tokens map[broker.Role]string, proje
 		fmt.Fprintf(w, "  %-15s %s\n  %s\n", u.Role, u.Sub+" — "+u.Name, tokens[u.Role])
 	}
 	fmt.Fprintf(w, "\nThe whole flow with curl (copy and paste in another terminal):\n\n")
-	fmt.Fprintf(w, "  set -a; . %s; set +a\n", filepath.Join(m.Dir, "tokens.env"))
+	fmt.Fprintf(w, "  set -a; . %s; set +a\n  J=\"Content-Type: application/json\"\n", filepath.Join(m.Dir, "tokens.env"))
 	body := fmt.Sprintf(`{"project_id": %d, "purpose": "Type 2 diabetes by region", "sql": %q}`, projectID, strings.ReplaceAll(demoSQL, "\n", " "))
-	fmt.Fprintf(w, "  # researcher submits\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" -d '%s' $TRE_BROKER/api/v1/queries\n", body)
-	fmt.Fprintf(w, "  # reviewer approves query 1 (the site agent runs it within seconds)\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_REVIEWER\" -d '{\"comment\":\"ok\"}' $TRE_BROKER/api/v1/queries/1/approve\n")
-	fmt.Fprintf(w, "  # output checker reviews and releases\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" $TRE_BROKER/api/v1/queries/1/output\n")
-	fmt.Fprintf(w, "  curl -s -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" -d '{\"comment\":\"safe\"}' $TRE_BROKER/api/v1/queries/1/release\n")
-	fmt.Fprintf(w, "  # researcher downloads\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" \"$TRE_BROKER/api/v1/queries/1/result?format=csv\"\n")
+	body = strings.ReplaceAll(body, "'", `'\''`) // inside a single-quoted shell word
+	fmt.Fprintf(w, "  # researcher submits\n  ID=$(curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" -d '%s' $TRE_BROKER/api/v1/queries | grep -o '\"id\":[0-9]*' | head -1 | cut -d: -f2)\n", body)
+	fmt.Fprintf(w, "  # reviewer approves (the site agent runs it within seconds)\n  curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_REVIEWER\" -d '{\"comment\":\"ok\"}' $TRE_BROKER/api/v1/queries/$ID/approve\n")
+	fmt.Fprintf(w, "  # output checker reviews and releases\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" $TRE_BROKER/api/v1/queries/$ID/output\n")
+	fmt.Fprintf(w, "  curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" -d '{\"comment\":\"safe\"}' $TRE_BROKER/api/v1/queries/$ID/release\n")
+	fmt.Fprintf(w, "  # researcher downloads\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" \"$TRE_BROKER/api/v1/queries/$ID/result?format=csv\"\n")
 	fmt.Fprintf(w, "\nOr let tre do it: go run ./cmd/tre demo --walkthrough\n\nPress Ctrl-C to stop.\n")
 }
 
