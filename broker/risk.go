@@ -93,7 +93,7 @@ func setMinus(a, b []string) []string {
 var (
 	// equalityRE matches `column = literal` (either side), the column
 	// possibly qualified and quoted.
-	equalityRE = regexp.MustCompile(`^(?:([a-z_][\w."]*)\s*=\s*('[^']*'|-?[\d.]+)|('[^']*'|-?[\d.]+)\s*=\s*([a-z_][\w."]*))$`)
+	equalityRE = regexp.MustCompile(`^(?:([a-z_][\w."]*)\s*=\s*((?:date\s*)?'[^']*'|-?[\d.]+)|((?:date\s*)?'[^']*'|-?[\d.]+)\s*=\s*([a-z_][\w."]*))$`)
 	// dateBoundRE matches `column OP date-literal`.
 	dateBoundRE = regexp.MustCompile(`^([a-z_][\w."]*)\s*(>=|>|<=|<)\s*(?:date\s*)?'(\d{4}-\d{2}-\d{2})'(?:\s*::\s*date)?$`)
 	// betweenRE matches `column BETWEEN date AND date`.

@@ -1,0 +1,222 @@
+package brokertest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
+)
+
+// Fixture is a service over a fresh store with a published catalog, one
+// active project and a context per test user.
+type Fixture struct {
+	TB      testing.TB
+	Store   Store
+	Service *broker.Service
+	Clock   *Clock
+	Project *broker.Project
+
+	// Contexts carrying each test user. Dual-role users exist to test
+	// separation of duties.
+	Admin, Reviewer, Reviewer2, Checker, Researcher, Researcher2, Outsider, Agent context.Context
+	ResearchReview, ResearchCheck, ReviewCheck                                    context.Context
+}
+
+func as(sub string, roles ...broker.Role) context.Context {
+	return broker.NewContext(context.Background(), &broker.User{Subject: sub, Roles: roles})
+}
+
+// NewFixture builds a fixture over store.
+func NewFixture(tb testing.TB, cfg Config, store Store, opts broker.Options) *Fixture {
+	tb.Helper()
+	f := &Fixture{
+		TB:             tb,
+		Store:          store,
+		Clock:          NewClock(time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)),
+		Admin:          as("admin1", broker.RoleAdmin),
+		Reviewer:       as("rev1", broker.RoleReviewer),
+		Reviewer2:      as("rev2", broker.RoleReviewer),
+		Checker:        as("chk1", broker.RoleOutputChecker),
+		Researcher:     as("res1", broker.RoleResearcher),
+		Researcher2:    as("res2", broker.RoleResearcher),
+		Outsider:       as("res3", broker.RoleResearcher),
+		Agent:          as("agent1", broker.RoleAgent),
+		ResearchReview: as("dual1", broker.RoleResearcher, broker.RoleReviewer),
+		ResearchCheck:  as("dual2", broker.RoleResearcher, broker.RoleOutputChecker),
+		ReviewCheck:    as("dual3", broker.RoleReviewer, broker.RoleOutputChecker),
+	}
+	if opts.Now == nil {
+		opts.Now = f.Clock.Now
+	}
+	compiler := cfg.Compiler
+	if compiler == nil {
+		compiler = MustParser(tb)
+	}
+	f.Service = broker.NewService(store, compiler, opts)
+	if err := f.Service.PublishCatalog(f.Agent, SiteID, Catalog(tb)); err != nil {
+		tb.Fatalf("publish catalog: %v", err)
+	}
+	f.Project = f.MustProject(ProjectEpsilon, ProjectDelta, "res1", "res2", "dual1", "dual2")
+	return f
+}
+
+// MustProject creates an active project over the test dataset.
+func (f *Fixture) MustProject(eps, delta float64, members ...string) *broker.Project {
+	f.TB.Helper()
+	now := f.Clock.Now()
+	p := &broker.Project{
+		Title: "Heart failure outcomes", Organisation: "University of Leeds", Purpose: "Service evaluation",
+		LawfulBasis: "GDPR 6(1)(e), 9(2)(j)", DataSharingAgreement: "DSA-0042",
+		Members: members, Datasets: []string{Dataset}, EpsilonBudget: eps, DeltaBudget: delta,
+		StartsAt: now.Add(-time.Hour), ExpiresAt: now.Add(365 * 24 * time.Hour),
+	}
+	if err := f.Service.CreateProject(f.Admin, p); err != nil {
+		f.TB.Fatalf("create project: %v", err)
+	}
+	return p
+}
+
+// MustSubmit submits sql to the fixture's project as ctx's user.
+func (f *Fixture) MustSubmit(ctx context.Context, sql string, eps float64) *broker.Query {
+	f.TB.Helper()
+	return f.MustSubmitTo(ctx, f.Project.ID, sql, eps)
+}
+
+// MustSubmitTo submits sql to project id.
+func (f *Fixture) MustSubmitTo(ctx context.Context, id int64, sql string, eps float64) *broker.Query {
+	f.TB.Helper()
+	q, err := f.Service.SubmitQuery(ctx, broker.QuerySubmission{ProjectID: id, SQL: sql, Purpose: "test", Epsilon: eps})
+	if err != nil {
+		f.TB.Fatalf("submit %q: %v", sql, err)
+	}
+	return q
+}
+
+// MustApprove approves query id as rev1.
+func (f *Fixture) MustApprove(id int64) {
+	f.TB.Helper()
+	if _, err := f.Service.ApproveQuery(f.Reviewer, id, "ok"); err != nil {
+		f.TB.Fatalf("approve %d: %v", id, err)
+	}
+}
+
+// MustLease leases the next job and checks it is query id.
+func (f *Fixture) MustLease(id int64) *broker.Lease {
+	f.TB.Helper()
+	l, err := f.Service.LeaseJob(f.Agent, SiteID)
+	if err != nil {
+		f.TB.Fatalf("lease: %v", err)
+	}
+	if l == nil || l.QueryID != id {
+		f.TB.Fatalf("lease = %+v, want query %d", l, id)
+	}
+	return l
+}
+
+// Result returns a small well-formed protected result costing eps.
+func Result(eps float64) dp.Result {
+	v := 120.0
+	return dp.Result{
+		Columns: []dp.Column{{Name: "sex", Kind: "group"}, {Name: "count", Kind: string(dp.AggCount)}},
+		Rows:    [][]dp.Cell{{{Key: "female"}, {Value: &v, Rounded: true}}},
+		Report:  dp.Report{Epsilon: eps, Mechanism: "laplace"},
+	}
+}
+
+// MustQuery returns query id as the admin sees it.
+func (f *Fixture) MustQuery(id int64) *broker.Query {
+	f.TB.Helper()
+	q, err := f.Service.FindQueryByID(f.Admin, id)
+	if err != nil {
+		f.TB.Fatalf("find query %d: %v", id, err)
+	}
+	return q
+}
+
+// MustBudget returns the fixture project's budget.
+func (f *Fixture) MustBudget() broker.Budget {
+	f.TB.Helper()
+	p, err := f.Service.FindProjectByID(f.Admin, f.Project.ID)
+	if err != nil {
+		f.TB.Fatalf("find project: %v", err)
+	}
+	return p.Budget
+}
+
+// QueryIn drives a fresh query into status st and returns it with the
+// lease token of its last lease ("" if never leased).
+func (f *Fixture) QueryIn(st broker.Status) (*broker.Query, string) {
+	f.TB.Helper()
+	svc := f.Service
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	must := func(err error) {
+		f.TB.Helper()
+		if err != nil {
+			f.TB.Fatalf("drive query %d to %s: %v", q.ID, st, err)
+		}
+	}
+	var token string
+	run := func() {
+		f.MustApprove(q.ID)
+		token = f.MustLease(q.ID).Token
+	}
+	switch st {
+	case broker.StatusSubmitted:
+	case broker.StatusApproved:
+		f.MustApprove(q.ID)
+	case broker.StatusRejected:
+		_, err := svc.RejectQuery(f.Reviewer, q.ID, "not in scope")
+		must(err)
+	case broker.StatusCancelled:
+		_, err := svc.CancelQuery(f.Researcher, q.ID)
+		must(err)
+	case broker.StatusRunning:
+		run()
+	case broker.StatusAwaitingOutputCheck, broker.StatusReleased, broker.StatusWithheld:
+		run()
+		must(svc.CompleteJob(f.Agent, q.ID, token, Result(0.5)))
+		if st == broker.StatusReleased {
+			_, err := svc.ReleaseQuery(f.Checker, q.ID, "safe")
+			must(err)
+		} else if st == broker.StatusWithheld {
+			_, err := svc.WithholdQuery(f.Checker, q.ID, "dominance")
+			must(err)
+		}
+	case broker.StatusFailed:
+		f.MustApprove(q.ID)
+		for range broker.DefaultMaxAttempts {
+			token = f.MustLease(q.ID).Token
+			must(svc.FailJob(f.Agent, q.ID, token, "sandbox_error", "exit status 1"))
+		}
+	default:
+		f.TB.Fatalf("unknown status %s", st)
+	}
+	got := f.MustQuery(q.ID)
+	if got.Status != st {
+		f.TB.Fatalf("query %d is %s, want %s", q.ID, got.Status, st)
+	}
+	return got, token
+}
+
+// MustCode checks err carries code.
+func MustCode(tb testing.TB, err error, code string) {
+	tb.Helper()
+	if got := broker.ErrorCode(err); got != code {
+		tb.Fatalf("error = %v (code %q), want code %q", err, got, code)
+	}
+}
+
+// MustVerify checks the audit chain is intact.
+func (f *Fixture) MustVerify() *broker.AuditVerification {
+	f.TB.Helper()
+	v, err := f.Service.VerifyAudit(f.Admin)
+	if err != nil {
+		f.TB.Fatalf("verify audit: %v", err)
+	}
+	if !v.OK {
+		f.TB.Fatalf("audit chain broken: %+v", v)
+	}
+	return v
+}

@@ -1,0 +1,769 @@
+package brokertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nhs-tre/tre/broker"
+)
+
+// Run runs the conformance suite against the stores cfg opens.
+func Run(t *testing.T, cfg Config) {
+	fresh := func(t *testing.T, opts broker.Options) *Fixture {
+		t.Helper()
+		return NewFixture(t, cfg, cfg.Open(t), opts)
+	}
+	t.Run("Transitions", func(t *testing.T) { testTransitions(t, fresh) })
+	t.Run("SeparationOfDuties", func(t *testing.T) { testSeparationOfDuties(t, fresh(t, broker.Options{})) })
+	t.Run("Visibility", func(t *testing.T) { testVisibility(t, fresh(t, broker.Options{})) })
+	t.Run("Projects", func(t *testing.T) { testProjects(t, fresh(t, broker.Options{})) })
+	t.Run("Catalogs", func(t *testing.T) { testCatalogs(t, fresh(t, broker.Options{})) })
+	t.Run("BudgetLedger", func(t *testing.T) { testBudgetLedger(t, fresh(t, broker.Options{})) })
+	t.Run("ConcurrentApprovals", func(t *testing.T) { testConcurrentApprovals(t, fresh(t, broker.Options{})) })
+	t.Run("Leases", func(t *testing.T) { testLeases(t, fresh(t, broker.Options{LeaseTTL: time.Minute})) })
+	t.Run("LeaseExpiryExhaustsAttempts", func(t *testing.T) {
+		testLeaseExpiryExhaustsAttempts(t, fresh(t, broker.Options{LeaseTTL: time.Minute}))
+	})
+	t.Run("AuditTampering", func(t *testing.T) { testAuditTampering(t, fresh) })
+	t.Run("RiskFlags", func(t *testing.T) { testRiskFlags(t, fresh(t, broker.Options{})) })
+	t.Run("Register", func(t *testing.T) { testRegister(t, fresh(t, broker.Options{})) })
+	if cfg.OpenPair != nil {
+		t.Run("TwoReplicas", func(t *testing.T) { testTwoReplicas(t, cfg) })
+	}
+}
+
+// action is one thing that can be done to a query, and the status it aims
+// for.
+type action struct {
+	name string
+	to   broker.Status
+	do   func(f *Fixture, q *broker.Query, token string) error
+}
+
+func actions() []action {
+	const wrongToken = "0000000000000000000000000000000000000000000000000000000000000000"
+	return []action{
+		{"approve", broker.StatusApproved, func(f *Fixture, q *broker.Query, _ string) error {
+			_, err := f.Service.ApproveQuery(f.Reviewer2, q.ID, "fine")
+			return err
+		}},
+		{"reject", broker.StatusRejected, func(f *Fixture, q *broker.Query, _ string) error {
+			_, err := f.Service.RejectQuery(f.Reviewer2, q.ID, "too narrow")
+			return err
+		}},
+		{"cancel", broker.StatusCancelled, func(f *Fixture, q *broker.Query, _ string) error {
+			_, err := f.Service.CancelQuery(f.Researcher, q.ID)
+			return err
+		}},
+		{"complete", broker.StatusAwaitingOutputCheck, func(f *Fixture, q *broker.Query, tok string) error {
+			if q.Status != broker.StatusRunning {
+				tok = wrongToken // the holder's token would be an idempotent repeat
+			}
+			return f.Service.CompleteJob(f.Agent, q.ID, tok, Result(0.5))
+		}},
+		{"fail", broker.StatusFailed, func(f *Fixture, q *broker.Query, tok string) error {
+			return f.Service.FailJob(f.Agent, q.ID, tok, "sandbox_error", "boom")
+		}},
+		{"release", broker.StatusReleased, func(f *Fixture, q *broker.Query, _ string) error {
+			_, err := f.Service.ReleaseQuery(f.Checker, q.ID, "safe")
+			return err
+		}},
+		{"withhold", broker.StatusWithheld, func(f *Fixture, q *broker.Query, _ string) error {
+			_, err := f.Service.WithholdQuery(f.Checker, q.ID, "dominance")
+			return err
+		}},
+	}
+}
+
+// testTransitions tries every action from every status: legal moves land
+// where the state machine says, illegal ones are conflicts naming both
+// states and change nothing.
+func testTransitions(t *testing.T, fresh func(*testing.T, broker.Options) *Fixture) {
+	for _, from := range broker.Statuses() {
+		for _, a := range actions() {
+			t.Run(fmt.Sprintf("%s/%s", from, a.name), func(t *testing.T) {
+				f := fresh(t, broker.Options{})
+				q, token := f.QueryIn(from)
+				err := a.do(f, q, token)
+				got := f.MustQuery(q.ID)
+				want := a.to
+				if a.name == "fail" && from == broker.StatusRunning {
+					want = broker.StatusRunning // attempt 1 of 3: leasable again
+				}
+				if broker.CanTransition(from, a.to) {
+					if err != nil {
+						t.Fatalf("%s from %s: %v", a.name, from, err)
+					}
+					if got.Status != want {
+						t.Fatalf("%s from %s: status %s, want %s", a.name, from, got.Status, want)
+					}
+					last := got.History[len(got.History)-1]
+					if last.From != from || last.To != want {
+						t.Fatalf("last event %+v, want %s → %s", last, from, want)
+					}
+					return
+				}
+				MustCode(t, err, broker.ECONFLICT)
+				if msg := broker.ErrorMessage(err); a.name != "fail" && a.name != "complete" || from != broker.StatusRunning {
+					if !strings.Contains(msg, string(from)) || !strings.Contains(msg, string(a.to)) {
+						t.Errorf("message %q does not name %s and %s", msg, from, a.to)
+					}
+				}
+				if got.Status != from {
+					t.Fatalf("illegal %s changed status %s to %s", a.name, from, got.Status)
+				}
+				if len(got.History) != len(q.History) {
+					t.Fatalf("illegal %s added history: %d events, had %d", a.name, len(got.History), len(q.History))
+				}
+			})
+		}
+	}
+	t.Run("lease only approved or expired", func(t *testing.T) {
+		for _, from := range broker.Statuses() {
+			f := fresh(t, broker.Options{})
+			q, _ := f.QueryIn(from)
+			l, err := f.Service.LeaseJob(f.Agent, SiteID)
+			if err != nil {
+				t.Fatalf("lease from %s: %v", from, err)
+			}
+			if (l != nil) != (from == broker.StatusApproved) {
+				t.Fatalf("lease from %s = %+v", from, l)
+			}
+			if l != nil && f.MustQuery(q.ID).Status != broker.StatusRunning {
+				t.Fatalf("leased query is not running")
+			}
+		}
+	})
+}
+
+func testSeparationOfDuties(t *testing.T, f *Fixture) {
+	svc := f.Service
+	own := f.MustSubmit(f.ResearchReview, DefaultSQL, 0.5)
+	ownCheck := f.MustSubmit(f.ResearchCheck, DefaultSQL, 0.5)
+	approvedByDual := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	before := auditCount(t, f, "authz.denied")
+
+	tests := []struct {
+		name string
+		do   func() error
+	}{
+		{"reviewer approves own query", func() error { _, err := svc.ApproveQuery(f.ResearchReview, own.ID, ""); return err }},
+		{"reviewer rejects own query", func() error { _, err := svc.RejectQuery(f.ResearchReview, own.ID, "x"); return err }},
+		{"researcher approves", func() error { _, err := svc.ApproveQuery(f.Researcher2, own.ID, ""); return err }},
+		{"checker approves", func() error { _, err := svc.ApproveQuery(f.Checker, own.ID, ""); return err }},
+		{"other researcher cancels", func() error { _, err := svc.CancelQuery(f.Researcher2, approvedByDual.ID); return err }},
+		{"reviewer leases", func() error { _, err := svc.LeaseJob(f.Reviewer, SiteID); return err }},
+		{"researcher publishes catalog", func() error { return svc.PublishCatalog(f.Researcher, SiteID, Catalog(t)) }},
+		{"researcher creates project", func() error { return svc.CreateProject(f.Researcher, &broker.Project{}) }},
+		{"researcher reads audit", func() error { _, _, err := svc.FindAuditEntries(f.Researcher, broker.AuditFilter{}); return err }},
+		{"agent submits", func() error {
+			_, err := svc.SubmitQuery(f.Agent, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL})
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { MustCode(t, tt.do(), broker.EFORBIDDEN) })
+	}
+	if got := auditCount(t, f, "authz.denied"); got != before+len(tests) {
+		t.Errorf("authz.denied entries = %d, want %d", got, before+len(tests))
+	}
+
+	// Output checks: not the submitter, not the approver.
+	f.MustApprove(ownCheck.ID)
+	tok := f.MustLease(ownCheck.ID).Token
+	if err := svc.CompleteJob(f.Agent, ownCheck.ID, tok, Result(0.5)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := svc.ReleaseQuery(f.ResearchCheck, ownCheck.ID, "")
+	MustCode(t, err, broker.EFORBIDDEN)
+	_, err = svc.WithholdQuery(f.ResearchCheck, ownCheck.ID, "x")
+	MustCode(t, err, broker.EFORBIDDEN)
+
+	if _, err := svc.ApproveQuery(f.ReviewCheck, approvedByDual.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	tok = f.MustLease(approvedByDual.ID).Token
+	if err := svc.CompleteJob(f.Agent, approvedByDual.ID, tok, Result(0.5)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = svc.ReleaseQuery(f.ReviewCheck, approvedByDual.ID, "")
+	MustCode(t, err, broker.EFORBIDDEN)
+	_, err = svc.WithholdQuery(f.ReviewCheck, approvedByDual.ID, "x")
+	MustCode(t, err, broker.EFORBIDDEN)
+	if _, err := svc.ReleaseQuery(f.Checker, approvedByDual.ID, "ok"); err != nil {
+		t.Fatalf("independent checker release: %v", err)
+	}
+	// A reviewer may approve a colleague's query.
+	if _, err := svc.ApproveQuery(f.Reviewer, own.ID, ""); err != nil {
+		t.Fatalf("independent approval: %v", err)
+	}
+	_, err = svc.FindQueryByID(context.Background(), own.ID)
+	MustCode(t, err, broker.EUNAUTHORIZED)
+}
+
+func auditCount(t *testing.T, f *Fixture, action string) int {
+	t.Helper()
+	_, n, err := f.Service.FindAuditEntries(f.Admin, broker.AuditFilter{Action: &action})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func testVisibility(t *testing.T, f *Fixture) {
+	svc := f.Service
+	other := f.MustProject(5, 1e-3, "res3")
+	mine := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	theirs := f.MustSubmitTo(f.Outsider, other.ID, DefaultSQL, 0.5)
+
+	_, err := svc.FindQueryByID(f.Outsider, mine.ID)
+	MustCode(t, err, broker.EFORBIDDEN)
+	if _, err := svc.FindQueryByID(f.Researcher2, mine.ID); err != nil {
+		t.Errorf("fellow member reads query: %v", err)
+	}
+	for _, ctx := range []context.Context{f.Reviewer, f.Checker, f.Admin} {
+		if _, err := svc.FindQueryByID(ctx, theirs.ID); err != nil {
+			t.Errorf("staff reads query: %v", err)
+		}
+	}
+	_, err = svc.FindQueryByID(f.Agent, mine.ID)
+	MustCode(t, err, broker.EFORBIDDEN)
+
+	list, n, err := svc.FindQueries(f.Outsider, broker.QueryFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 || len(list) != 1 || list[0].ID != theirs.ID {
+		t.Errorf("outsider lists %d queries (%d), want only %d", n, len(list), theirs.ID)
+	}
+	if _, n, _ := svc.FindQueries(f.Reviewer, broker.QueryFilter{}); n != 2 {
+		t.Errorf("reviewer lists %d queries, want 2", n)
+	}
+	ps, n, err := svc.FindProjects(f.Outsider, broker.ProjectFilter{})
+	if err != nil || n != 1 || ps[0].ID != other.ID {
+		t.Errorf("outsider projects = %d, %v", n, err)
+	}
+	_, err = svc.FindProjectByID(f.Outsider, f.Project.ID)
+	MustCode(t, err, broker.EFORBIDDEN)
+	_, err = svc.SubmitQuery(f.Outsider, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL})
+	MustCode(t, err, broker.EFORBIDDEN)
+
+	// Outputs: checkers once awaiting; researchers only once released.
+	f.MustApprove(mine.ID)
+	tok := f.MustLease(mine.ID).Token
+	if err := svc.CompleteJob(f.Agent, mine.ID, tok, Result(0.5)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.FindOutput(f.Checker, mine.ID); err != nil {
+		t.Errorf("checker views output: %v", err)
+	}
+	_, err = svc.FindOutput(f.Researcher, mine.ID)
+	MustCode(t, err, broker.EFORBIDDEN)
+	_, err = svc.DownloadResult(f.Researcher, mine.ID)
+	MustCode(t, err, broker.EFORBIDDEN)
+	queue, err := svc.OutputQueue(f.Checker)
+	if err != nil || len(queue) != 1 || queue[0].ID != mine.ID {
+		t.Errorf("output queue = %v, %v", queue, err)
+	}
+	if _, err := svc.ReleaseQuery(f.Checker, mine.ID, "safe"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := svc.DownloadResult(f.Researcher, mine.ID)
+	if err != nil {
+		t.Fatalf("download released: %v", err)
+	}
+	if diff := cmp.Diff(Result(0.5), out.Result); diff != "" {
+		t.Errorf("downloaded result differs (-want +got):\n%s", diff)
+	}
+	if out.ReleasedAt == nil {
+		t.Error("released output has no released_at")
+	}
+	_, err = svc.DownloadResult(f.Outsider, mine.ID)
+	MustCode(t, err, broker.EFORBIDDEN)
+	if n := auditCount(t, f, "result.download"); n != 1 {
+		t.Errorf("result.download audited %d times, want 1", n)
+	}
+	if n := auditCount(t, f, "output.view"); n != 1 {
+		t.Errorf("output.view audited %d times, want 1", n)
+	}
+}
+
+func testProjects(t *testing.T, f *Fixture) {
+	svc := f.Service
+	bad := []struct {
+		name string
+		p    broker.Project
+	}{
+		{"no title", broker.Project{Organisation: "o", Purpose: "p", LawfulBasis: "l", Members: []string{"a"}, Datasets: []string{Dataset}, EpsilonBudget: 1, ExpiresAt: f.Clock.Now().Add(time.Hour)}},
+		{"no members", broker.Project{Title: "t", Organisation: "o", Purpose: "p", LawfulBasis: "l", Datasets: []string{Dataset}, EpsilonBudget: 1, ExpiresAt: f.Clock.Now().Add(time.Hour)}},
+		{"zero budget", broker.Project{Title: "t", Organisation: "o", Purpose: "p", LawfulBasis: "l", Members: []string{"a"}, Datasets: []string{Dataset}, ExpiresAt: f.Clock.Now().Add(time.Hour)}},
+		{"expires before start", broker.Project{Title: "t", Organisation: "o", Purpose: "p", LawfulBasis: "l", Members: []string{"a"}, Datasets: []string{Dataset}, EpsilonBudget: 1, ExpiresAt: f.Clock.Now().Add(-time.Hour)}},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tt.p
+			MustCode(t, svc.CreateProject(f.Admin, &p), broker.EINVALID)
+		})
+	}
+
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	suspended := broker.ProjectSuspended
+	if _, err := svc.UpdateProject(f.Admin, f.Project.ID, broker.ProjectUpdate{Status: &suspended}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL})
+	MustCode(t, err, broker.EFORBIDDEN)
+	_, err = svc.ApproveQuery(f.Reviewer, q.ID, "")
+	MustCode(t, err, broker.EFORBIDDEN)
+	active := broker.ProjectActive
+	if _, err := svc.UpdateProject(f.Admin, f.Project.ID, broker.ProjectUpdate{Status: &active}); err != nil {
+		t.Fatal(err)
+	}
+	f.Clock.Advance(400 * 24 * time.Hour) // past expiry
+	_, err = svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL})
+	MustCode(t, err, broker.EFORBIDDEN)
+	if !strings.Contains(broker.ErrorMessage(err), "expired") {
+		t.Errorf("message %q does not say expired", broker.ErrorMessage(err))
+	}
+	_, err = svc.ApproveQuery(f.Reviewer, q.ID, "")
+	MustCode(t, err, broker.EFORBIDDEN)
+
+	_, err = svc.FindProjectByID(f.Admin, 999999)
+	MustCode(t, err, broker.ENOTFOUND)
+	_, err = svc.FindQueryByID(f.Admin, 999999)
+	MustCode(t, err, broker.ENOTFOUND)
+	_, err = svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: "   "})
+	MustCode(t, err, broker.EINVALID)
+}
+
+func testCatalogs(t *testing.T, f *Fixture) {
+	svc := f.Service
+	MustCode(t, svc.PublishCatalog(f.Agent, "site-b", Catalog(t)), broker.ECONFLICT)
+	if err := svc.PublishCatalog(f.Agent, SiteID, Catalog(t)); err != nil {
+		t.Fatalf("republish: %v", err)
+	}
+	cats, err := svc.FindDatasets(f.Researcher)
+	if err != nil || len(cats) != 1 || cats[0].Dataset != Dataset {
+		t.Fatalf("datasets = %v, %v", cats, err)
+	}
+	sites, err := svc.FindSites(f.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []*broker.Site{{ID: SiteID, Datasets: []string{Dataset}, LastSeen: f.Clock.Now()}}
+	if diff := cmp.Diff(want, sites); diff != "" {
+		t.Errorf("sites (-want +got):\n%s", diff)
+	}
+	bad := Catalog(t)
+	bad.PrivacyUnit = ""
+	MustCode(t, svc.PublishCatalog(f.Agent, SiteID, bad), broker.EINVALID)
+	_, err = svc.FindDatasets(context.Background())
+	MustCode(t, err, broker.EUNAUTHORIZED)
+}
+
+func testBudgetLedger(t *testing.T, f *Fixture) {
+	svc := f.Service
+	a := f.MustSubmit(f.Researcher, DefaultSQL, 2)
+	b := f.MustSubmit(f.Researcher, DefaultSQL, 1)
+	c := f.MustSubmit(f.Researcher, DefaultSQL, 1)
+	f.MustApprove(a.ID)
+	f.MustApprove(b.ID)
+	f.MustApprove(c.ID)
+	check := func(spent, reserved float64) {
+		t.Helper()
+		got := f.MustBudget()
+		if !near(got.EpsilonSpent, spent) || !near(got.EpsilonReserved, reserved) || !near(got.EpsilonRemaining, ProjectEpsilon-spent-reserved) {
+			t.Fatalf("budget = %+v, want spent %g reserved %g", got, spent, reserved)
+		}
+	}
+	check(0, 4)
+	if _, err := svc.CancelQuery(f.Researcher, c.ID); err != nil { // frees 1
+		t.Fatal(err)
+	}
+	check(0, 3)
+	tok := f.MustLease(a.ID).Token // charges 2
+	check(2, 1)
+	if err := svc.FailJob(f.Agent, a.ID, tok, "sandbox_error", ""); err != nil {
+		t.Fatal(err)
+	}
+	check(2, 1) // never refunded once run started
+	_, err := svc.CancelQuery(f.Researcher, a.ID)
+	MustCode(t, err, broker.ECONFLICT)
+	check(2, 1)
+	// Spend up to the budget, then one more is refused.
+	var ids []int64
+	for range 8 {
+		ids = append(ids, f.MustSubmit(f.Researcher, DefaultSQL, 1).ID)
+	}
+	for _, id := range ids[:7] {
+		f.MustApprove(id)
+	}
+	check(2, 8)
+	_, err = svc.ApproveQuery(f.Reviewer, ids[7], "")
+	MustCode(t, err, broker.EBUDGET)
+	if !errors.Is(err, broker.ErrBudgetExhausted) {
+		t.Errorf("error %v is not ErrBudgetExhausted", err)
+	}
+	if _, err := svc.RejectQuery(f.Reviewer, ids[7], "over budget"); err != nil {
+		t.Fatal(err)
+	}
+	check(2, 8)
+}
+
+func near(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
+
+// testConcurrentApprovals approves 100 queries of ε 0.25 at once against a
+// budget of 10: exactly 40 fit.
+func testConcurrentApprovals(t *testing.T, f *Fixture) {
+	const n, cost = 100, 0.25
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = f.MustSubmit(f.Researcher, DefaultSQL, cost).ID
+	}
+	approved, refused := approveAll(t, []*broker.Service{f.Service}, f, ids)
+	if approved != 40 || refused != 60 {
+		t.Fatalf("approved %d, refused %d; want 40 and 60", approved, refused)
+	}
+	b := f.MustBudget()
+	if !near(b.EpsilonReserved, ProjectEpsilon) || b.EpsilonRemaining < -1e-9 {
+		t.Fatalf("budget after race = %+v", b)
+	}
+	f.MustVerify()
+}
+
+// approveAll approves ids concurrently, spreading them over services, and
+// counts approvals and budget refusals.
+func approveAll(t *testing.T, svcs []*broker.Service, f *Fixture, ids []int64) (approved, refused int) {
+	t.Helper()
+	var ok, budget atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, len(ids))
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := f.Reviewer
+			if i%2 == 1 {
+				ctx = f.Reviewer2
+			}
+			_, err := svcs[i%len(svcs)].ApproveQuery(ctx, id, "")
+			switch broker.ErrorCode(err) {
+			case "":
+				ok.Add(1)
+			case broker.EBUDGET:
+				budget.Add(1)
+			default:
+				errs <- fmt.Errorf("approve %d: %w", id, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	return int(ok.Load()), int(budget.Load())
+}
+
+func testLeases(t *testing.T, f *Fixture) {
+	svc := f.Service
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 1)
+	f.MustApprove(q.ID)
+	if l, err := svc.LeaseJob(f.Agent, "site-without-catalog"); err != nil || l != nil {
+		t.Fatalf("lease for a site without the dataset = %+v, %v", l, err)
+	}
+	first := f.MustLease(q.ID)
+	if first.Attempt != 1 || first.SQL != q.SQL || first.SQLHash != q.SQLHash || len(first.Token) != 64 {
+		t.Fatalf("lease = %+v", first)
+	}
+	if !first.ExpiresAt.Equal(f.Clock.Now().Add(time.Minute)) {
+		t.Fatalf("lease expires %v, want now+1m", first.ExpiresAt)
+	}
+	if l, _ := svc.LeaseJob(f.Agent, SiteID); l != nil {
+		t.Fatalf("a held lease was leased again: %+v", l)
+	}
+	f.Clock.Advance(50 * time.Second)
+	hb, err := svc.HeartbeatJob(f.Agent, q.ID, first.Token)
+	if err != nil || !hb.ExpiresAt.Equal(f.Clock.Now().Add(time.Minute)) {
+		t.Fatalf("heartbeat = %+v, %v", hb, err)
+	}
+	f.Clock.Advance(50 * time.Second)
+	if l, _ := svc.LeaseJob(f.Agent, SiteID); l != nil {
+		t.Fatalf("heartbeat did not extend the lease: %+v", l)
+	}
+	f.Clock.Advance(11 * time.Second) // expired
+	second := f.MustLease(q.ID)
+	if second.Attempt != 2 || second.Token == first.Token {
+		t.Fatalf("re-lease = %+v", second)
+	}
+	if b := f.MustBudget(); !near(b.EpsilonSpent, 1) || !near(b.EpsilonReserved, 0) {
+		t.Fatalf("budget after re-lease = %+v, want charged once", b)
+	}
+	// The first agent comes back late.
+	err = svc.CompleteJob(f.Agent, q.ID, first.Token, Result(1))
+	MustCode(t, err, broker.ECONFLICT)
+	if !errors.Is(err, broker.ErrLeaseExpired) {
+		t.Errorf("late completion error %v is not ErrLeaseExpired", err)
+	}
+	_, err = svc.HeartbeatJob(f.Agent, q.ID, first.Token)
+	MustCode(t, err, broker.ECONFLICT)
+	MustCode(t, svc.FailJob(f.Agent, q.ID, first.Token, "sandbox_error", ""), broker.ECONFLICT)
+	// Over-budget results are refused.
+	MustCode(t, svc.CompleteJob(f.Agent, q.ID, second.Token, Result(1.5)), broker.EINVALID)
+	if err := svc.CompleteJob(f.Agent, q.ID, second.Token, Result(1)); err != nil {
+		t.Fatalf("complete: %v", err)
+	}
+	if err := svc.CompleteJob(f.Agent, q.ID, second.Token, Result(1)); err != nil {
+		t.Fatalf("duplicate completion: %v", err)
+	}
+	MustCode(t, svc.CompleteJob(f.Agent, q.ID, first.Token, Result(1)), broker.ECONFLICT)
+	_, err = svc.HeartbeatJob(f.Agent, q.ID, second.Token)
+	MustCode(t, err, broker.ECONFLICT)
+	got := f.MustQuery(q.ID)
+	if got.Status != broker.StatusAwaitingOutputCheck || got.Attempts != 2 {
+		t.Fatalf("query after completion = %s, %d attempts", got.Status, got.Attempts)
+	}
+	if n := auditCount(t, f, "job.complete"); n != 1 {
+		t.Errorf("job.complete audited %d times, want 1", n)
+	}
+
+	// Failures: leasable again until MaxAttempts, then failed with the code.
+	r := f.MustSubmit(f.Researcher, DefaultSQL, 1)
+	f.MustApprove(r.ID)
+	for i := 1; i <= broker.DefaultMaxAttempts; i++ {
+		l := f.MustLease(r.ID)
+		if l.Attempt != i {
+			t.Fatalf("attempt %d leased as %d", i, l.Attempt)
+		}
+		if err := svc.FailJob(f.Agent, r.ID, l.Token, "duckdb_error", "details"); err != nil {
+			t.Fatalf("fail attempt %d: %v", i, err)
+		}
+	}
+	got = f.MustQuery(r.ID)
+	if got.Status != broker.StatusFailed || got.FailureCode != "duckdb_error" {
+		t.Fatalf("after %d failures: %s %q", broker.DefaultMaxAttempts, got.Status, got.FailureCode)
+	}
+	if l, _ := svc.LeaseJob(f.Agent, SiteID); l != nil {
+		t.Fatalf("failed job leased: %+v", l)
+	}
+	if b := f.MustBudget(); !near(b.EpsilonSpent, 2) {
+		t.Fatalf("spent %g after a failed run, want 2 (charged once each)", b.EpsilonSpent)
+	}
+	MustCode(t, svc.FailJob(f.Agent, r.ID, "x", "bad code!", ""), broker.EINVALID)
+}
+
+func testLeaseExpiryExhaustsAttempts(t *testing.T, f *Fixture) {
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 1)
+	f.MustApprove(q.ID)
+	for range broker.DefaultMaxAttempts {
+		f.MustLease(q.ID)
+		f.Clock.Advance(2 * time.Minute)
+	}
+	if l, err := f.Service.LeaseJob(f.Agent, SiteID); err != nil || l != nil {
+		t.Fatalf("lease after the last attempt expired = %+v, %v", l, err)
+	}
+	got := f.MustQuery(q.ID)
+	if got.Status != broker.StatusFailed || got.FailureCode != "lease_expired" {
+		t.Fatalf("query = %s %q, want failed lease_expired", got.Status, got.FailureCode)
+	}
+}
+
+// testAuditTampering alters, removes and swaps one row and expects verify
+// to name it.
+func testAuditTampering(t *testing.T, fresh func(*testing.T, broker.Options) *Fixture) {
+	tests := []struct {
+		name   string
+		tamper func(ctx context.Context, s Store) error
+		bad    int64
+	}{
+		{"update detail", func(ctx context.Context, s Store) error {
+			return s.Exec(ctx, `UPDATE audit_log SET detail = ? WHERE seq = 4`, `from="submitted" to="approved"`)
+		}, 4},
+		{"update actor", func(ctx context.Context, s Store) error {
+			return s.Exec(ctx, `UPDATE audit_log SET actor = ? WHERE seq = 5`, "someone-else")
+		}, 5},
+		{"delete row", func(ctx context.Context, s Store) error {
+			return s.Exec(ctx, `DELETE FROM audit_log WHERE seq = 3`)
+		}, 3},
+		{"swap rows", func(ctx context.Context, s Store) error {
+			// Move row 4's contents to seq 3 and row 3's to seq 4.
+			if err := s.Exec(ctx, `UPDATE audit_log SET seq = -3 WHERE seq = 3`); err != nil {
+				return err
+			}
+			if err := s.Exec(ctx, `UPDATE audit_log SET seq = 3 WHERE seq = 4`); err != nil {
+				return err
+			}
+			return s.Exec(ctx, `UPDATE audit_log SET seq = 4 WHERE seq = -3`)
+		}, 3},
+		{"rewrite hash too", func(ctx context.Context, s Store) error {
+			// Recomputing one entry's hash after editing it still breaks
+			// the next link.
+			return s.Exec(ctx, `UPDATE audit_log SET hash = ? WHERE seq = 4`, strings.Repeat("a", 64))
+		}, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := fresh(t, broker.Options{})
+			q := f.MustSubmit(f.Researcher, DefaultSQL, 1)
+			f.MustApprove(q.ID)
+			f.MustLease(q.ID)
+			v := f.MustVerify()
+			if v.Entries < 5 {
+				t.Fatalf("only %d entries", v.Entries)
+			}
+			if err := tt.tamper(context.Background(), f.Store); err != nil {
+				t.Fatalf("tamper: %v", err)
+			}
+			got, err := f.Service.VerifyAudit(f.Admin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.OK || got.FirstBadSeq != tt.bad {
+				t.Fatalf("verify = %+v, want first bad entry %d", got, tt.bad)
+			}
+		})
+	}
+}
+
+func testRiskFlags(t *testing.T, f *Fixture) {
+	const (
+		base   = "SELECT sex, count(*) FROM patients WHERE region = 'London' GROUP BY sex"
+		repeat = "select sex,   COUNT(*) from patients where region = 'London' group by sex"
+		added  = "SELECT sex, count(*) FROM patients WHERE region = 'London' AND imd_quintile = 1 GROUP BY sex"
+		shape  = "SELECT region, count(*) FROM patients GROUP BY region"
+		narrow = "SELECT sex, count(*) FROM patients WHERE region = 'London' AND imd_quintile = 1 AND ethnicity = 'Mixed' AND date_of_birth = DATE '1950-01-01' GROUP BY sex"
+	)
+	first := f.MustSubmit(f.Researcher, base, 0.5)
+	if len(first.RiskFlags) != 0 {
+		t.Fatalf("first query flagged: %+v", first.RiskFlags)
+	}
+	kinds := func(q *broker.Query) []string {
+		var out []string
+		for _, r := range q.RiskFlags {
+			out = append(out, r.Kind)
+		}
+		return out
+	}
+	rep := f.MustSubmit(f.Researcher2, repeat, 0.5)
+	if diff := cmp.Diff([]string{broker.RiskRepeat}, kinds(rep)); diff != "" {
+		t.Fatalf("repeat flags (-want +got):\n%s", diff)
+	}
+	if rep.RiskFlags[0].SimilarQueryID != first.ID || rep.RiskFlags[0].SimilarSQL != base {
+		t.Errorf("repeat points at %d %q, want %d", rep.RiskFlags[0].SimilarQueryID, rep.RiskFlags[0].SimilarSQL, first.ID)
+	}
+	diff := f.MustSubmit(f.Researcher, added, 0.5)
+	if got := kinds(diff); len(got) == 0 || got[0] != broker.RiskDifferencing {
+		t.Fatalf("added predicate flags = %v, want differencing", got)
+	}
+	if id := diff.RiskFlags[0].SimilarQueryID; id != first.ID && id != rep.ID {
+		t.Errorf("differencing points at %d, want %d or %d", id, first.ID, rep.ID)
+	}
+	if got := f.MustSubmit(f.Researcher, shape, 0.5); len(got.RiskFlags) != 0 {
+		t.Errorf("different shape flagged: %+v", got.RiskFlags)
+	}
+	n := f.MustSubmit(f.Researcher, narrow, 0.5)
+	found := false
+	for _, k := range kinds(n) {
+		found = found || k == broker.RiskNarrowPopulation
+	}
+	if !found {
+		t.Errorf("narrow query flags = %v, want narrow_population", kinds(n))
+	}
+	// Reviewers see the flags in their queue.
+	queue, err := f.Service.ReviewQueue(f.Reviewer)
+	if err != nil || len(queue) != 5 || len(queue[1].RiskFlags) != 1 {
+		t.Fatalf("review queue = %d queries, %v", len(queue), err)
+	}
+}
+
+func testRegister(t *testing.T, f *Fixture) {
+	a, tokA := f.QueryIn(broker.StatusReleased)
+	_ = tokA
+	f.QueryIn(broker.StatusWithheld)
+	f.QueryIn(broker.StatusApproved)
+	reg, err := f.Service.Register(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []*broker.RegisterEntry{{
+		ProjectID: f.Project.ID, Title: f.Project.Title, Organisation: f.Project.Organisation, Purpose: f.Project.Purpose,
+		LawfulBasis: f.Project.LawfulBasis, StartsAt: f.Project.StartsAt, ExpiresAt: f.Project.ExpiresAt,
+		Status: broker.ProjectActive, ReleasedQueries: 1, EpsilonSpent: 1,
+	}}
+	if diff := cmp.Diff(want, reg); diff != "" {
+		t.Errorf("register (-want +got):\n%s", diff)
+	}
+	_ = a
+}
+
+// testTwoReplicas runs two services over two stores sharing one database,
+// as two broker processes would: approvals never overspend and every job is
+// leased exactly once.
+func testTwoReplicas(t *testing.T, cfg Config) {
+	s1, s2 := cfg.OpenPair(t)
+	f := NewFixture(t, cfg, s1, broker.Options{})
+	compiler := cfg.Compiler
+	if compiler == nil {
+		compiler = MustParser(t)
+	}
+	other := broker.NewService(s2, compiler, broker.Options{Now: f.Clock.Now})
+	svcs := []*broker.Service{f.Service, other}
+
+	const n, cost = 60, 0.25
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = f.MustSubmit(f.Researcher, DefaultSQL, cost).ID
+	}
+	approved, refused := approveAll(t, svcs, f, ids)
+	if approved != 40 || refused != 20 {
+		t.Fatalf("approved %d, refused %d; want 40 and 20", approved, refused)
+	}
+
+	var mu sync.Mutex
+	leased := map[int64]int{}
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			svc := svcs[w%2]
+			for {
+				l, err := svc.LeaseJob(f.Agent, SiteID)
+				if err != nil {
+					t.Errorf("lease: %v", err)
+					return
+				}
+				if l == nil {
+					return
+				}
+				mu.Lock()
+				leased[l.QueryID]++
+				mu.Unlock()
+				if err := svc.CompleteJob(f.Agent, l.QueryID, l.Token, Result(cost)); err != nil {
+					t.Errorf("complete %d: %v", l.QueryID, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(leased) != approved {
+		t.Errorf("%d jobs leased, want %d", len(leased), approved)
+	}
+	for id, k := range leased {
+		if k != 1 {
+			t.Errorf("query %d leased %d times", id, k)
+		}
+	}
+	if b := f.MustBudget(); !near(b.EpsilonSpent, ProjectEpsilon) || !near(b.EpsilonReserved, 0) {
+		t.Errorf("budget = %+v, want all spent", b)
+	}
+	f.MustVerify()
+}
