@@ -92,7 +92,7 @@ func (s *Server) routes() {
 
 	v1 := e.Group("/api/v1")
 	v1.GET("/datasets", r(anyRole...), s.handle(s.listDatasets))
-	v1.GET("/sites", r(broker.RoleAdmin, broker.RoleReviewer), s.handle(s.listSites))
+	v1.GET("/sites", r(broker.RoleAdmin), s.handle(s.listSites))
 
 	v1.POST("/projects", r(broker.RoleAdmin), s.handle(s.createProject))
 	v1.GET("/projects", r(broker.RoleAdmin, broker.RoleReviewer, broker.RoleResearcher), s.handle(s.listProjects))

@@ -1,0 +1,277 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/broker/brokertest"
+	"github.com/nhs-tre/tre/broker/sqlite"
+)
+
+// The real service must satisfy the interface the handlers use.
+var _ Service = (*broker.Service)(nil)
+
+// Callers of the authorisation matrix, by the subject their token carries.
+// The fixture's project has members res1, res2, dual1 and dual2; the other
+// project only res3; res9 belongs to no project.
+type matrixCaller struct {
+	name  string
+	sub   string
+	roles []broker.Role
+}
+
+func matrixCallers() []matrixCaller {
+	return []matrixCaller{
+		{"member", "res1", []broker.Role{broker.RoleResearcher}},
+		{"nonmember", "res9", []broker.Role{broker.RoleResearcher}},
+		{"reviewer", "rev1", []broker.Role{broker.RoleReviewer}},
+		{"checker", "chk1", []broker.Role{broker.RoleOutputChecker}},
+		{"admin", "admin1", []broker.Role{broker.RoleAdmin}},
+		{"agent", "agent1", []broker.Role{broker.RoleAgent}},
+		{"anonymous", "", nil},
+	}
+}
+
+// realEnv is the HTTP server over the real broker service on a fresh
+// SQLite store, with a second project the "member" caller is not in.
+type realEnv struct {
+	f     *brokertest.Fixture
+	srv   *Server
+	other *broker.Project
+}
+
+func newRealEnv(tb testing.TB) *realEnv {
+	tb.Helper()
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(tb.TempDir(), "broker.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { store.Close() })
+	f := brokertest.NewFixture(tb, brokertest.Config{}, store, broker.Options{})
+	e := &realEnv{f: f}
+	e.other = f.MustProject(50, 1e-3, "res3")
+	e.srv = newTestServer(tb, f.Service, func(c *Config) { c.DryRunner = fakeDryRunner{} })
+	return e
+}
+
+// project returns the target project: the member's own, or the other.
+func (e *realEnv) project(own bool) *broker.Project {
+	if own {
+		return e.f.Project
+	}
+	return e.other
+}
+
+// queryIn drives a fresh query of the target project into status st and
+// returns it with its lease token.
+func (e *realEnv) queryIn(tb testing.TB, own bool, st broker.Status) (*broker.Query, string) {
+	tb.Helper()
+	f, svc := e.f, e.f.Service
+	submitter := f.Researcher // res1
+	if !own {
+		submitter = f.Outsider // res3
+	}
+	q := f.MustSubmitTo(submitter, e.project(own).ID, brokertest.DefaultSQL, 0.5)
+	if st == broker.StatusSubmitted {
+		return q, ""
+	}
+	f.MustApprove(q.ID)
+	if st == broker.StatusApproved {
+		return q, ""
+	}
+	token := e.leaseFor(tb, q.ID)
+	if st == broker.StatusRunning {
+		return q, token
+	}
+	if err := svc.CompleteJob(f.Agent, q.ID, token, brokertest.Result(0.5)); err != nil {
+		tb.Fatalf("complete %d: %v", q.ID, err)
+	}
+	if st == broker.StatusAwaitingOutputCheck {
+		return q, token
+	}
+	if _, err := svc.ReleaseQuery(f.Checker, q.ID, "safe"); err != nil {
+		tb.Fatalf("release %d: %v", q.ID, err)
+	}
+	if st != broker.StatusReleased {
+		tb.Fatalf("queryIn: unsupported status %s", st)
+	}
+	return q, token
+}
+
+// leaseFor leases jobs until it holds query id; jobs left approved by
+// earlier cases are leased on the way and no longer matter.
+func (e *realEnv) leaseFor(tb testing.TB, id int64) string {
+	tb.Helper()
+	for range 100 {
+		l, err := e.f.Service.LeaseJob(e.f.Agent, brokertest.SiteID)
+		if err != nil || l == nil {
+			tb.Fatalf("lease for %d: %+v %v", id, l, err)
+		}
+		if l.QueryID == id {
+			return l.Token
+		}
+	}
+	tb.Fatalf("query %d never leased", id)
+	return ""
+}
+
+// matrixRoute is one route of the matrix: how to prepare its target, the
+// request, and the status each caller must get for own/other project.
+type matrixRoute struct {
+	method string
+	path   string // with %d for the target id
+	// state is the query status the target needs; "" means the target is
+	// the project (or nothing).
+	state broker.Status
+	body  func(e *realEnv, own bool, q *broker.Query, token string) any
+	want  func(caller string, own bool) int
+}
+
+// only returns a want func: ok for the listed callers, 403 for other
+// roles, 401 for anonymous.
+func only(ok int, callers ...string) func(string, bool) int {
+	return func(caller string, own bool) int {
+		if caller == "anonymous" {
+			return http.StatusUnauthorized
+		}
+		for _, c := range callers {
+			if c == caller {
+				return ok
+			}
+		}
+		return http.StatusForbidden
+	}
+}
+
+// memberOwn returns ok for the member on their own project and for the
+// listed staff roles, 403 otherwise.
+func memberOwn(ok int, staff ...string) func(string, bool) int {
+	base := only(ok, staff...)
+	return func(caller string, own bool) int {
+		if caller == "member" && own {
+			return ok
+		}
+		return base(caller, own)
+	}
+}
+
+func matrixRoutes() []matrixRoute {
+	queryBody := func(e *realEnv, own bool, _ *broker.Query, _ string) any {
+		return QueryRequest{ProjectID: e.project(own).ID, SQL: brokertest.DefaultSQL, Purpose: "matrix", Epsilon: 0.5}
+	}
+	comment := func(*realEnv, bool, *broker.Query, string) any { return CommentRequest{Comment: "ok"} }
+	reason := func(*realEnv, bool, *broker.Query, string) any { return ReasonRequest{Reason: "out of scope"} }
+	all := []string{"member", "nonmember", "reviewer", "checker", "admin", "agent"}
+	public := func(string, bool) int { return http.StatusOK }
+	return []matrixRoute{
+		{method: "GET", path: "/healthz", want: public},
+		{method: "GET", path: "/readyz", want: public},
+		{method: "GET", path: "/api/v1/openapi.json", want: public},
+		{method: "GET", path: "/public/register", want: public},
+		{method: "GET", path: "/api/v1/datasets", want: only(200, all...)},
+		{method: "GET", path: "/api/v1/sites", want: only(200, "admin")},
+		{method: "POST", path: "/api/v1/projects", want: only(201, "admin"),
+			body: func(e *realEnv, _ bool, _ *broker.Query, _ string) any {
+				now := e.f.Clock.Now()
+				return ProjectRequest{Title: "New", Organisation: "KCL", Purpose: "p", LawfulBasis: "6(1)(e)",
+					Members: []string{"res1"}, Datasets: []string{brokertest.Dataset}, EpsilonBudget: 3, DeltaBudget: 1e-4,
+					StartsAt: now, ExpiresAt: now.Add(90 * 24 * time.Hour)}
+			}},
+		{method: "GET", path: "/api/v1/projects", want: only(200, "member", "nonmember", "reviewer", "admin")},
+		{method: "GET", path: "/api/v1/projects/%d", want: memberOwn(200, "reviewer", "admin")},
+		{method: "PATCH", path: "/api/v1/projects/%d", want: only(200, "admin"),
+			body: func(*realEnv, bool, *broker.Query, string) any {
+				t := "Renamed"
+				return broker.ProjectUpdate{Title: &t}
+			}},
+		{method: "POST", path: "/api/v1/queries", body: queryBody, want: memberOwn(201)},
+		{method: "POST", path: "/api/v1/queries/dry-run", body: queryBody, want: memberOwn(200)},
+		{method: "GET", path: "/api/v1/queries", want: only(200, "member", "nonmember", "reviewer", "checker", "admin")},
+		{method: "GET", path: "/api/v1/queries/%d", state: broker.StatusSubmitted, want: memberOwn(200, "reviewer", "checker", "admin")},
+		{method: "POST", path: "/api/v1/queries/%d/cancel", state: broker.StatusSubmitted, want: memberOwn(200)},
+		{method: "GET", path: "/api/v1/review/queue", want: only(200, "reviewer")},
+		{method: "POST", path: "/api/v1/queries/%d/approve", state: broker.StatusSubmitted, body: comment, want: only(200, "reviewer")},
+		{method: "POST", path: "/api/v1/queries/%d/reject", state: broker.StatusSubmitted, body: reason, want: only(200, "reviewer")},
+		{method: "GET", path: "/api/v1/outputs/queue", want: only(200, "checker")},
+		{method: "GET", path: "/api/v1/queries/%d/output", state: broker.StatusReleased, want: memberOwn(200, "checker")},
+		{method: "POST", path: "/api/v1/queries/%d/release", state: broker.StatusAwaitingOutputCheck, body: comment, want: only(200, "checker")},
+		{method: "POST", path: "/api/v1/queries/%d/withhold", state: broker.StatusAwaitingOutputCheck, body: reason, want: only(200, "checker")},
+		{method: "GET", path: "/api/v1/queries/%d/result", state: broker.StatusReleased, want: memberOwn(200)},
+		{method: "GET", path: "/api/v1/queries/%d/result?format=csv", state: broker.StatusReleased, want: memberOwn(200)},
+		{method: "GET", path: "/api/v1/audit", want: only(200, "admin")},
+		{method: "GET", path: "/api/v1/audit/verify", want: only(200, "admin")},
+		{method: "PUT", path: "/api/v1/agent/catalog", want: only(204, "agent"),
+			body: func(e *realEnv, _ bool, _ *broker.Query, _ string) any {
+				return CatalogRequest{SiteID: brokertest.SiteID, Catalog: brokertest.Catalog(e.f.TB)}
+			}},
+		{method: "POST", path: "/api/v1/agent/lease", state: broker.StatusApproved, want: only(200, "agent"),
+			body: func(*realEnv, bool, *broker.Query, string) any { return LeaseRequest{SiteID: brokertest.SiteID} }},
+		{method: "POST", path: "/api/v1/agent/jobs/%d/heartbeat", state: broker.StatusRunning, want: only(200, "agent"),
+			body: func(_ *realEnv, _ bool, _ *broker.Query, tok string) any { return HeartbeatRequest{Token: tok} }},
+		{method: "POST", path: "/api/v1/agent/jobs/%d/complete", state: broker.StatusRunning, want: only(204, "agent"),
+			body: func(_ *realEnv, _ bool, _ *broker.Query, tok string) any {
+				r := brokertest.Result(0.5)
+				return CompleteRequest{Token: tok, Result: &r}
+			}},
+		{method: "POST", path: "/api/v1/agent/jobs/%d/fail", state: broker.StatusRunning, want: only(204, "agent"),
+			body: func(_ *realEnv, _ bool, _ *broker.Query, tok string) any {
+				return FailRequest{Token: tok, Code: "sandbox_error", Message: "exit status 1"}
+			}},
+	}
+}
+
+// TestAuthorizationMatrix calls every route as every caller against their
+// own and another project, on the real broker over SQLite, asserting the
+// exact status, and checks every response against the OpenAPI document.
+func TestAuthorizationMatrix(t *testing.T) {
+	if testing.Short() {
+		t.Skip("matrix runs the real broker")
+	}
+	cf := newConformance(t)
+	for _, rt := range matrixRoutes() {
+		t.Run(rt.method+" "+strings.ReplaceAll(rt.path, "%d", "{id}"), func(t *testing.T) {
+			e := newRealEnv(t)
+			for _, c := range matrixCallers() {
+				for _, own := range []bool{true, false} {
+					var q *broker.Query
+					var token string
+					id := e.project(own).ID
+					if rt.state != "" {
+						q, token = e.queryIn(t, own, rt.state)
+						id = q.ID
+					}
+					path := rt.path
+					if strings.Contains(path, "%d") {
+						path = fmt.Sprintf(path, id)
+					}
+					var body any
+					if rt.body != nil {
+						body = rt.body(e, own, q, token)
+					}
+					tok := ""
+					if c.sub != "" {
+						tok = mustToken(t, c.sub, c.roles...)
+					}
+					status, respBody := cf.checkedCall(t, e.srv, rt.method, path, tok, body)
+					if want := rt.want(c.name, own); status != want {
+						t.Errorf("%s (own project %v): status %d, want %d: %s", c.name, own, status, want, respBody)
+					}
+				}
+			}
+		})
+	}
+	if t.Failed() {
+		return
+	}
+	// Every documented operation must have been called at least once.
+	for _, op := range cf.uncovered() {
+		t.Errorf("documented operation never exercised: %s", op)
+	}
+}
