@@ -1,0 +1,200 @@
+package web
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/nhs-tre/tre/broker"
+)
+
+// queryView is one query as any role sees it; sections appear by role and
+// status. The Can* flags only decide which buttons are drawn: the broker
+// decides again on every action.
+type queryView struct {
+	Q       *broker.Query
+	Project *broker.Project
+	Output  *broker.Output
+	Chart   *chart
+
+	IsSubmitter bool
+	CanCancel   bool
+	// CanReview / CanCheck: the caller holds the role, the status allows the
+	// action and separation of duties does not forbid it.
+	CanReview bool
+	CanCheck  bool
+	// ReviewBlocked / CheckBlocked explain a missing button to a reviewer or
+	// output checker.
+	ReviewBlocked string
+	CheckBlocked  string
+	ShowRewritten bool
+
+	// Comment and Reason are what the caller typed, kept after a refusal.
+	Comment string
+	Reason  string
+}
+
+// doneNotices are the confirmations a redirect may ask for (?done=…); the
+// text never comes from the request.
+var doneNotices = map[string]string{
+	"submitted": "Query submitted. A reviewer will look at it next.",
+	"approved":  "Query approved. The budget is reserved and the site will run it.",
+	"rejected":  "Query rejected. The researcher will see your reason.",
+	"released":  "Result released to the researcher.",
+	"withheld":  "Result withheld. The researcher will see your reason.",
+	"cancelled": "Query cancelled.",
+}
+
+func (h *Handler) query(w http.ResponseWriter, r *http.Request, s *session) {
+	id, ok := h.pathID(w, r, s)
+	if !ok {
+		return
+	}
+	h.queryPage(w, r, s, id, http.StatusOK, doneNotices[r.URL.Query().Get("done")], "", nil)
+}
+
+// queryPage renders the query page, with errMsg and status after a refused
+// action.
+func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, id int64, status int, notice, errMsg string, typed *queryView) {
+	ctx := r.Context()
+	q, err := h.svc.FindQueryByID(ctx, id)
+	if err != nil {
+		h.fail(w, r, s, err)
+		return
+	}
+	u := s.user
+	qv := &queryView{Q: q, IsSubmitter: q.SubmittedBy == u.Subject}
+	if typed != nil {
+		qv.Comment, qv.Reason = typed.Comment, typed.Reason
+	}
+	// The project's budget is context for the reviewer; a caller who may
+	// not see the project simply does not get the panel.
+	if p, err := h.svc.FindProjectByID(ctx, q.ProjectID); err == nil {
+		qv.Project = p
+	}
+	qv.CanCancel = qv.IsSubmitter && (q.Status == broker.StatusSubmitted || q.Status == broker.StatusApproved)
+	staff := u.HasRole(broker.RoleReviewer) || u.HasRole(broker.RoleOutputChecker) || u.HasRole(broker.RoleAdmin)
+	qv.ShowRewritten = staff && q.Rewritten != ""
+	if u.HasRole(broker.RoleReviewer) && q.Status == broker.StatusSubmitted {
+		if qv.IsSubmitter {
+			qv.ReviewBlocked = "You submitted this query, so another reviewer must decide on it (separation of duties)."
+		} else {
+			qv.CanReview = true
+		}
+	}
+	checker := u.HasRole(broker.RoleOutputChecker)
+	if checker && q.Status == broker.StatusAwaitingOutputCheck {
+		switch {
+		case qv.IsSubmitter:
+			qv.CheckBlocked = "You submitted this query, so another output checker must check its result (separation of duties)."
+		case q.ApprovedBy == u.Subject:
+			qv.CheckBlocked = "You approved this query, so another output checker must check its result (separation of duties)."
+		default:
+			qv.CanCheck = true
+		}
+	}
+	wantOutput := q.Status == broker.StatusReleased ||
+		(checker && (q.Status == broker.StatusAwaitingOutputCheck || q.Status == broker.StatusWithheld))
+	if wantOutput {
+		out, err := h.svc.FindOutput(ctx, id)
+		switch code := broker.ErrorCode(err); code {
+		case "":
+			qv.Output = out
+			qv.Chart = newChart(&out.Result)
+		case broker.EFORBIDDEN, broker.ENOTFOUND:
+			// Not this caller's to see; the page says nothing more.
+		default:
+			h.fail(w, r, s, err)
+			return
+		}
+	}
+	v := newView(s, "Query "+strconv.FormatInt(q.ID, 10), "", qv)
+	v.Notice, v.Error = notice, errMsg
+	switch {
+	case u.HasRole(broker.RoleReviewer) && q.Status == broker.StatusSubmitted:
+		v.Active = "review"
+	case checker && q.Status == broker.StatusAwaitingOutputCheck:
+		v.Active = "outputs"
+	case qv.IsSubmitter:
+		v.Active = "queries"
+	}
+	h.render(w, r, status, "query.html", v)
+}
+
+// queryAction performs approve, reject, release, withhold or cancel and
+// returns to the query page, showing the broker's refusal if there is one.
+func (h *Handler) queryAction(w http.ResponseWriter, r *http.Request, s *session) {
+	id, ok := h.pathID(w, r, s)
+	if !ok {
+		return
+	}
+	ctx := r.Context()
+	typed := &queryView{
+		Comment: strings.TrimSpace(r.PostForm.Get("comment")),
+		Reason:  strings.TrimSpace(r.PostForm.Get("reason")),
+	}
+	needReason := func(what string) bool {
+		if typed.Reason != "" {
+			return true
+		}
+		h.queryPage(w, r, s, id, http.StatusUnprocessableEntity, "", "Give a reason to "+what+": the researcher will see it.", typed)
+		return false
+	}
+	var err error
+	action := r.PathValue("action")
+	switch action {
+	case "approve":
+		_, err = h.svc.ApproveQuery(ctx, id, typed.Comment)
+	case "reject":
+		if !needReason("reject the query") {
+			return
+		}
+		_, err = h.svc.RejectQuery(ctx, id, typed.Reason)
+	case "release":
+		_, err = h.svc.ReleaseQuery(ctx, id, typed.Comment)
+	case "withhold":
+		if !needReason("withhold the result") {
+			return
+		}
+		_, err = h.svc.WithholdQuery(ctx, id, typed.Reason)
+	case "cancel":
+		_, err = h.svc.CancelQuery(ctx, id)
+	default:
+		h.notFound(w, r)
+		return
+	}
+	if err != nil {
+		status, msg := h.errStatus(r, err)
+		if status == http.StatusNotFound {
+			h.renderMessage(w, r, s, status, "Not found", msg)
+			return
+		}
+		h.queryPage(w, r, s, id, status, "", msg, typed)
+		return
+	}
+	done := map[string]string{"approve": "approved", "reject": "rejected", "release": "released", "withhold": "withheld", "cancel": "cancelled"}[action]
+	h.logger.Info("web: query decision", "query", id, "action", action, "subject", s.user.Subject)
+	http.Redirect(w, r, "/ui/queries/"+strconv.FormatInt(id, 10)+"?done="+done, http.StatusSeeOther)
+}
+
+type queueView struct {
+	Queries []*broker.Query
+}
+
+func (h *Handler) reviewQueue(w http.ResponseWriter, r *http.Request, s *session) {
+	qs, err := h.svc.ReviewQueue(r.Context())
+	if err != nil {
+		h.fail(w, r, s, err)
+		return
+	}
+	h.render(w, r, http.StatusOK, "review.html", newView(s, "Review queue", "review", queueView{Queries: qs}))
+}
+
+func (h *Handler) outputQueue(w http.ResponseWriter, r *http.Request, s *session) {
+	qs, err := h.svc.OutputQueue(r.Context())
+	if err != nil {
+		h.fail(w, r, s, err)
+		return
+	}
+	h.render(w, r, http.StatusOK, "outputs.html", newView(s, "Output check queue", "outputs", queueView{Queries: qs}))
+}

@@ -1,0 +1,209 @@
+package web
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
+)
+
+// resultCSV serves a released table as a CSV attachment. The broker decides
+// whether the caller may download it (and audits the download).
+func (h *Handler) resultCSV(w http.ResponseWriter, r *http.Request, s *session) {
+	out, ok := h.download(w, r, s)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="tre-query-%d.csv"`, out.QueryID))
+	w.Header().Set("Cache-Control", "no-store")
+	if err := writeResultCSV(w, &out.Result); err != nil {
+		h.logger.Error("web: write CSV", "query", out.QueryID, "err", err)
+	}
+}
+
+// resultJSON serves a released table as a JSON attachment.
+func (h *Handler) resultJSON(w http.ResponseWriter, r *http.Request, s *session) {
+	out, ok := h.download(w, r, s)
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="tre-query-%d.json"`, out.QueryID))
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(struct {
+		QueryID int64      `json:"query_id"`
+		Result  *dp.Result `json:"result"`
+	}{out.QueryID, &out.Result}); err != nil {
+		h.logger.Error("web: write JSON", "query", out.QueryID, "err", err)
+	}
+}
+
+func (h *Handler) download(w http.ResponseWriter, r *http.Request, s *session) (*broker.Output, bool) {
+	id, ok := h.pathID(w, r, s)
+	if !ok {
+		return nil, false
+	}
+	out, err := h.svc.DownloadResult(r.Context(), id)
+	if err != nil {
+		h.fail(w, r, s, err)
+		return nil, false
+	}
+	return out, true
+}
+
+// writeResultCSV writes a released table as CSV in the JSON API's layout:
+// group columns hold their key (empty for SQL NULL); each aggregate column
+// is followed by <name>_ci_low, <name>_ci_high and <name>_flag ("suppressed"
+// or "secondary_suppressed", whose value and interval are empty). Text cells
+// a spreadsheet would read as a formula are neutralised; numbers are plain
+// strconv literals and stay numbers.
+func writeResultCSV(w io.Writer, res *dp.Result) error {
+	cw := csv.NewWriter(w)
+	var header []string
+	for _, c := range res.Columns {
+		if c.Kind == "group" {
+			header = append(header, neutraliseCell(c.Name))
+			continue
+		}
+		for _, n := range []string{c.Name, c.Name + "_ci_low", c.Name + "_ci_high", c.Name + "_flag"} {
+			header = append(header, neutraliseCell(n))
+		}
+	}
+	if err := cw.Write(header); err != nil {
+		return err
+	}
+	num := func(v *float64) string {
+		if v == nil {
+			return ""
+		}
+		return strconv.FormatFloat(*v, 'f', -1, 64)
+	}
+	for _, row := range res.Rows {
+		var rec []string
+		for i, c := range res.Columns {
+			var cell dp.Cell
+			if i < len(row) {
+				cell = row[i]
+			}
+			if c.Kind == "group" {
+				if cell.Null {
+					rec = append(rec, "")
+				} else {
+					rec = append(rec, neutraliseCell(cell.Key))
+				}
+				continue
+			}
+			switch {
+			case cell.Secondary:
+				rec = append(rec, "", "", "", "secondary_suppressed")
+			case cell.Suppressed || cell.Value == nil:
+				rec = append(rec, "", "", "", "suppressed")
+			default:
+				rec = append(rec, num(cell.Value), num(cell.CILow), num(cell.CIHigh), "")
+			}
+		}
+		if err := cw.Write(rec); err != nil {
+			return err
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// neutraliseCell stops spreadsheet formula injection (OWASP CSV injection):
+// a text cell starting with = + - @ tab or CR gets a leading apostrophe.
+func neutraliseCell(s string) string {
+	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
+		return "'" + s
+	}
+	return s
+}
+
+// chart is a horizontal bar chart of a result's first aggregate over its
+// first group column, drawn as SVG attributes (no script, no inline style).
+type chart struct {
+	Column string
+	Group  string
+	Bars   []chartBar
+	Height int
+	Max    string
+}
+
+type chartBar struct {
+	Label      string
+	Value      string
+	Y, TextY   int
+	Width      float64
+	Suppressed bool
+}
+
+// Chart geometry in SVG user units.
+const (
+	chartBarH     = 26
+	chartPlotW    = 420.0
+	chartMaxBars  = 40
+	chartTopPad   = 4
+	chartLabelPad = 17
+)
+
+// newChart returns nil when the result has no group column or no aggregate
+// to draw.
+func newChart(res *dp.Result) *chart {
+	if res == nil {
+		return nil
+	}
+	gi, ai := -1, -1
+	for i, c := range res.Columns {
+		if c.Kind == "group" && gi < 0 {
+			gi = i
+		}
+		if c.Kind != "group" && ai < 0 {
+			ai = i
+		}
+	}
+	if gi < 0 || ai < 0 || len(res.Rows) == 0 || len(res.Rows) > chartMaxBars {
+		return nil
+	}
+	maxV := 0.0
+	for _, row := range res.Rows {
+		if ai < len(row) && row[ai].Value != nil && !row[ai].Suppressed {
+			maxV = math.Max(maxV, *row[ai].Value)
+		}
+	}
+	ch := &chart{Column: res.Columns[ai].Name, Group: res.Columns[gi].Name, Max: fmtNum(maxV)}
+	for i, row := range res.Rows {
+		if gi >= len(row) || ai >= len(row) {
+			continue
+		}
+		b := chartBar{Y: chartTopPad + i*chartBarH, TextY: chartTopPad + i*chartBarH + chartLabelPad}
+		b.Label = row[gi].Key
+		if row[gi].Null {
+			b.Label = "(missing)"
+		}
+		if len(b.Label) > 24 {
+			b.Label = b.Label[:23] + "…"
+		}
+		c := row[ai]
+		if c.Suppressed || c.Secondary || c.Value == nil {
+			b.Suppressed, b.Value = true, "suppressed"
+		} else {
+			b.Value = fmtNum(*c.Value)
+			if maxV > 0 && *c.Value > 0 {
+				b.Width = math.Round(10*chartPlotW**c.Value/maxV) / 10
+			}
+		}
+		ch.Bars = append(ch.Bars, b)
+	}
+	ch.Height = chartTopPad*2 + len(ch.Bars)*chartBarH
+	return ch
+}
