@@ -131,24 +131,24 @@ func ptSQL(n int, mulA, addB uint64, specials string) string {
 	bandV := ints(19)
 	// P(sex | band): female, male, unknown.
 	var sexCase strings.Builder
-	sexCase.WriteString("CASE WHEN u(pid, " + strconv.Itoa(sSex) + ") < " + num(unknownSexShare) + " THEN 2")
+	sexCase.WriteString("CASE WHEN u_sex < " + num(unknownSexShare) + " THEN 2")
 	for b := range 19 {
-		fmt.Fprintf(&sexCase, " WHEN band = %d THEN CASE WHEN u(pid, %d) < %s THEN 0 ELSE 1 END",
-			b, sSex, num(unknownSexShare+(1-unknownSexShare)*femaleShare[b]))
+		fmt.Fprintf(&sexCase, " WHEN band = %d THEN CASE WHEN u_sex < %s THEN 0 ELSE 1 END",
+			b, num(unknownSexShare+(1-unknownSexShare)*femaleShare[b]))
 	}
 	sexCase.WriteString(" END")
 
 	var imdCase strings.Builder
 	imdCase.WriteString("CASE region_i")
 	for r := range 9 {
-		fmt.Fprintf(&imdCase, " WHEN %d THEN %s", r, pickCum(fmt.Sprintf("u(pid, %d)", sIMD), imdByRegion[r][:], []string{"1", "2", "3", "4", "5"}))
+		fmt.Fprintf(&imdCase, " WHEN %d THEN %s", r, pickCum("u_imd", imdByRegion[r][:], []string{"1", "2", "3", "4", "5"}))
 	}
 	imdCase.WriteString(" END")
 
 	london, rest := ethnicityByRegion()
 	ethCase := fmt.Sprintf("CASE WHEN region_i = %d THEN %s ELSE %s END", londonIndex,
-		pickCum(fmt.Sprintf("u(pid, %d)", sEthnicity), london[:], ints(6)),
-		pickCum(fmt.Sprintf("u(pid, %d)", sEthnicity), rest[:], ints(6)))
+		pickCum("u_eth", london[:], ints(6)),
+		pickCum("u_eth", rest[:], ints(6)))
 
 	var condMask strings.Builder
 	for c := range nConditions {
@@ -159,19 +159,24 @@ func ptSQL(n int, mulA, addB uint64, specials string) string {
 	}
 
 	return fmt.Sprintf(`CREATE TEMP TABLE pt AS
-WITH a AS (
+WITH a0 AS (
   SELECT ((i * %[1]d + %[2]d) %% 1099511627776) + 1 AS pid FROM ids
+), a AS (
+  -- Each draw once, as a column: the CASEs below test it many times.
+  SELECT pid, u(pid, %[24]d) AS u_band, u(pid, %[4]d) AS u_age, u(pid, %[25]d) AS u_sex, u(pid, %[26]d) AS u_region,
+    u(pid, %[27]d) AS u_imd, u(pid, %[28]d) AS u_eth
+  FROM a0
 ), b AS (
-  SELECT pid, %[3]s AS band FROM a
+  SELECT *, %[3]s AS band FROM a
 ), c AS (
-  SELECT pid, band,
-    CASE WHEN band = 18 THEN 90 + floor(10 * pow(u(pid, %[4]d), 2))::INTEGER ELSE band * 5 + floor(5 * u(pid, %[4]d))::INTEGER END AS age,
+  SELECT pid, band, u_imd, u_eth,
+    CASE WHEN band = 18 THEN 90 + floor(10 * pow(u_age, 2))::INTEGER ELSE band * 5 + floor(5 * u_age)::INTEGER END AS age,
     floor(12 * u(pid, %[5]d))::INTEGER AS mon,
     %[6]s AS sex_i,
     %[7]s AS region_i
   FROM b
 ), d AS (
-  SELECT *, %[8]s AS imd, %[9]s AS eth_i,
+  SELECT * EXCLUDE (u_imd, u_eth), %[8]s AS imd, %[9]s AS eth_i,
     CAST(%[10]s - to_months(12 * age + mon) AS DATE) AS dob
   FROM c
 ), e AS (
@@ -196,13 +201,14 @@ SELECT pid, age, sex_i, region_i, imd, eth_i, dob, registration_start, registrat
   (%[20]s) | CASE WHEN pid IN (%[21]s) THEN %[22]d ELSE 0 END AS conds
 FROM h JOIN risk r ON r.k = %[23]s`,
 		mulA, addB,
-		pickCum(fmt.Sprintf("u(pid, %d)", sBand), bandW, bandV),
+		pickCum("u_band", bandW, bandV),
 		sAgeInBand, sBirthMonth, sexCase.String(),
-		pickCum(fmt.Sprintf("u(pid, %d)", sRegion), regionShare[:], ints(9)),
+		pickCum("u_region", regionShare[:], ints(9)),
 		imdCase.String(), ethCase, indexMonthSQL,
 		sRegType, sRegDate, windowStartSQL, windowEndSQL,
 		sDeath, mortality5ySQL, sDeathDate, sLeft, sLeftDate,
-		condMask.String(), specials, outlierConds, riskKeySQL)
+		condMask.String(), specials, outlierConds, riskKeySQL,
+		sBand, sSex, sRegion, sIMD, sEthnicity)
 }
 
 // outlierConds: the outlier patients are multimorbid (hypertension, type 2
@@ -257,12 +263,12 @@ func slots(stream int, where, from, to, rate string, seasonal bool) string {
   SELECT *, s_from + floor(uj(pid, %[1]d, j) * s_len)::INTEGER AS d FROM (
     SELECT *, unnest(range(s_n)) AS j FROM (
       SELECT *, floor(s_rate * %[2]s * s_len / 365.25 * -ln(1 - u(pid, %[7]d)) + u(pid, %[8]d))::BIGINT AS s_n FROM (
-        SELECT *, (%[3]s)::DATE AS s_from, ((%[4]s) - (%[3]s) + 1)::BIGINT AS s_len, (%[5]s)::DOUBLE AS s_rate
+        SELECT %[10]s, (%[3]s)::DATE AS s_from, ((%[4]s) - (%[3]s) + 1)::BIGINT AS s_len, (%[5]s)::DOUBLE AS s_rate
         FROM pt WHERE %[6]s)
       WHERE s_len > 0 AND s_rate > 0)
     WHERE s_n > 0))
   %[9]s)`,
-		stream, w, from, to, rate, where, stream+1, stream+2, keep)
+		stream, w, from, to, rate, where, stream+1, stream+2, keep, ptCols)
 }
 
 // repeats returns rows of pt (plus j) for a count drawn as floor(x + u):
@@ -270,8 +276,12 @@ func slots(stream int, where, from, to, rate string, seasonal bool) string {
 // person is a per-patient value computed once, before the rows are
 // expanded, available as pv.
 func repeats(stream int, where, expected, person string) string {
-	return fmt.Sprintf(`(SELECT *, (%[4]s)::DOUBLE AS pv, unnest(range(floor((%[2]s) + u(pid, %[1]d))::BIGINT)) AS j FROM pt WHERE %[3]s)`, stream, expected, where, person)
+	return fmt.Sprintf(`(SELECT %[5]s, (%[4]s)::DOUBLE AS pv, unnest(range(floor((%[2]s) + u(pid, %[1]d))::BIGINT)) AS j FROM pt WHERE %[3]s)`, stream, expected, where, person, ptCols)
 }
+
+// ptCols are the pt columns the event queries use: expanding rows carries
+// only these, not the whole working table.
+const ptCols = "pid, age, sex_i, imd, eth_i, conds, dob, obs_start, obs_end"
 
 const years = "((obs_end - obs_start + 1) / 365.25)"
 
@@ -325,7 +335,7 @@ FROM (SELECT pid, obs_end, %[3]s AS dd, unnest(range(1 + floor(3 * u(pid, %[4]d)
 	// Outliers: 400 blood-pressure readings each, spread over their record.
 	parts = append(parts, fmt.Sprintf(`SELECT pid, obs_start + floor(j * (obs_end - obs_start + 1) / 400)::INTEGER, %s,
   least(250, greatest(80, round(140 + 15 * zj(pid, %d, j))))::DOUBLE
-FROM (SELECT *, unnest(range(400)) AS j FROM pt WHERE pid IN (%s))`, quote(codeSBP), sOutlier+1, specialsOutlier))
+FROM (SELECT `+ptCols+`, unnest(range(400)) AS j FROM pt WHERE pid IN (%s))`, quote(codeSBP), sOutlier+1, specialsOutlier))
 
 	return "CREATE TABLE clinical_events AS SELECT pid::BIGINT AS patient_id, date::DATE AS date, snomed_code::VARCHAR AS snomed_code, numeric_value::DOUBLE AS numeric_value FROM (\n" +
 		strings.Join(parts, "\nUNION ALL\n") + ")"
@@ -391,7 +401,9 @@ FROM pt WHERE (%[7]s) AND u(pid, %[8]d) < %[9]s`,
 	// COPD and asthma; winter peak.
 	abRate := fmt.Sprintf("CASE WHEN age < 5 THEN 0.9 WHEN age >= 65 THEN 0.7 ELSE 0.4 END + 1.5 * (%s)::INTEGER + 0.5 * (%s)::INTEGER",
 		hasCond(condCOPD), hasCond(condAsthma))
-	abCode := pickUniform(fmt.Sprintf("uj(pid, %d, j)", sDrug+10*drugAntibiotic+2), codesOf(drugAntibiotic))
+	// The product index is drawn once per row in an inner query: a CASE
+	// on the draw itself would compute the hash once per branch.
+	abCode := caseIndex("pick", codesOf(drugAntibiotic))
 	allChronic := append(append(codesOf(drugAntihypertensive), codesOf(drugStatin)...), codesOf(drugMetformin)...)
 	outlierCode := pickUniform(fmt.Sprintf("uj(pid, %d, j)", sOutlier+2), allChronic)
 
@@ -399,11 +411,12 @@ FROM pt WHERE (%[7]s) AND u(pid, %[8]d) < %[9]s`,
 SELECT pid AS patient_id, start + (j * every)::INTEGER AS date, code AS dmd_code
 FROM (SELECT pid, start, every, code, unnest(range(((stop - start) // every + 1)::BIGINT)) AS j FROM courses)
 UNION ALL
-SELECT pid, d, %[1]s FROM %[2]s
+SELECT pid, d, %[1]s FROM (SELECT pid, d, floor(uj(pid, %[5]d, j) * %[6]d)::INTEGER AS pick FROM %[2]s)
 UNION ALL
 SELECT pid, obs_start + floor(j * (obs_end - obs_start + 1) / 3000)::INTEGER, %[3]s
-FROM (SELECT *, unnest(range(3000)) AS j FROM pt WHERE pid IN (%[4]s)))`,
-		abCode, slots(sDrug+10*drugAntibiotic+3, "true", "obs_start", "obs_end", abRate, true), outlierCode, specialsOutlier)
+FROM (SELECT `+ptCols+`, unnest(range(3000)) AS j FROM pt WHERE pid IN (%[4]s)))`,
+		abCode, slots(sDrug+10*drugAntibiotic+3, "true", "obs_start", "obs_end", abRate, true), outlierCode, specialsOutlier,
+		sDrug+10*drugAntibiotic+2, len(drugs[drugAntibiotic]))
 	return []string{coursesSQL, meds}
 }
 
@@ -448,7 +461,7 @@ FROM %s`, s+4, k.los, diag, k.method, slots(s, k.where, k.from, "obs_end", k.rat
 	// Outliers: 30 emergency admissions each.
 	parts = append(parts, fmt.Sprintf(`SELECT pid, obs_start + floor(j * (obs_end - obs_start + 1) / 30)::INTEGER AS d,
   least(obs_end, obs_start + floor(j * (obs_end - obs_start + 1) / 30)::INTEGER + 3), 'J44.1', 'emergency'
-FROM (SELECT *, unnest(range(30)) AS j FROM pt WHERE pid IN (%s))`, specialsOutlier))
+FROM (SELECT `+ptCols+`, unnest(range(30)) AS j FROM pt WHERE pid IN (%s))`, specialsOutlier))
 	return "CREATE TABLE hospital_admissions AS SELECT pid::BIGINT AS patient_id, admission_date::DATE AS admission_date, discharge_date::DATE AS discharge_date, primary_diagnosis::VARCHAR AS primary_diagnosis, admission_method::VARCHAR AS admission_method FROM (\n" +
 		strings.Join(parts, "\nUNION ALL\n") + ")"
 }
@@ -469,12 +482,12 @@ func vaccinationsSQL() string {
 	covidDate := fmt.Sprintf("(DATE '2020-12-15' + floor((100 - least(age, 100)) * 1.8 + u(pid, %d) * 21)::INTEGER)", v+11)
 	parts := []string{
 		fmt.Sprintf(`SELECT pid, make_date(2020 + s::INTEGER, 9, 1) + floor(uj(pid, %d, s) * 100)::INTEGER AS d, 'influenza' AS vaccine, obs_start, obs_end
-FROM (SELECT *, unnest(range(5)) AS s FROM pt) WHERE uj(pid, %d, s) < (%s) * %s`, v, v+1, fluP, mult),
+FROM (SELECT `+ptCols+`, unnest(range(5)) AS s FROM pt) WHERE uj(pid, %d, s) < (%s) * %s`, v, v+1, fluP, mult),
 		fmt.Sprintf(`SELECT pid, %s, 'covid19', obs_start, obs_end FROM pt WHERE %s`, covidDate, covid1),
 		fmt.Sprintf(`SELECT pid, %s + 70 + floor(u(pid, %d) * 28)::INTEGER, 'covid19', obs_start, obs_end FROM pt WHERE %s AND u(pid, %d) < 0.95`, covidDate, v+12, covid1, v+13),
 		fmt.Sprintf(`SELECT pid, DATE '2021-09-20' + floor(u(pid, %d) * 90)::INTEGER, 'covid19', obs_start, obs_end FROM pt WHERE %s AND age >= 53 AND u(pid, %d) < 0.85`, v+14, covid1, v+15),
 		fmt.Sprintf(`SELECT pid, make_date(2022 + s::INTEGER, 9, 5) + floor(uj(pid, %d, s) * 100)::INTEGER, 'covid19', obs_start, obs_end
-FROM (SELECT *, unnest(range(3)) AS s FROM pt WHERE age >= 67) WHERE uj(pid, %d, s) < 0.7 * %s`, v+16, v+17, mult),
+FROM (SELECT `+ptCols+`, unnest(range(3)) AS s FROM pt WHERE age >= 67) WHERE uj(pid, %d, s) < 0.7 * %s`, v+16, v+17, mult),
 		fmt.Sprintf(`SELECT pid, CAST(dob + INTERVAL 65 YEAR AS DATE) + floor(u(pid, %d) * 365)::INTEGER, 'pneumococcal', obs_start, obs_end FROM pt WHERE age BETWEEN 65 AND 69 AND u(pid, %d) < 0.7 * %s`, v+20, v+21, mult),
 		fmt.Sprintf(`SELECT pid, obs_start + floor(u(pid, %d) * (obs_end - obs_start + 1))::INTEGER, 'shingles', obs_start, obs_end FROM pt WHERE age BETWEEN 70 AND 79 AND u(pid, %d) < 0.45 * %s`, v+30, v+31, mult),
 		fmt.Sprintf(`SELECT pid, CAST(dob + INTERVAL 12 MONTH AS DATE) + floor(u(pid, %d) * 60)::INTEGER, 'mmr', obs_start, obs_end FROM pt WHERE age <= 6 AND u(pid, %d) < 0.9`, v+40, v+41),

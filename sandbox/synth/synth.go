@@ -226,9 +226,13 @@ func generate(ctx context.Context, path, spill string, opts Options, now func() 
 	mulA, addB := idMap(opts.Seed)
 	outliers, fabry := specials(opts.Patients, opts.Seed, mulA, addB)
 
-	db, err := sql.Open("duckdb", path)
+	// An in-memory instance that attaches the output file, so the file can
+	// use DuckDB's current storage format (faster string compression than
+	// the default, which stays readable by DuckDB 0.10). Readers need
+	// DuckDB 1.5 or later, which every tre binary embeds.
+	db, err := sql.Open("duckdb", "")
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, fmt.Errorf("open DuckDB: %w", err)
 	}
 	defer db.Close()
 	// One connection: temporary tables and macros live in it.
@@ -243,6 +247,8 @@ func generate(ctx context.Context, path, spill string, opts Options, now func() 
 		mem = "3GB"
 	}
 	setup := []string{
+		"ATTACH " + quote(path) + " AS gp (STORAGE_VERSION 'v1.5.0')",
+		"USE gp",
 		"SET memory_limit = " + quote(mem),
 		"SET temp_directory = " + quote(spill),
 		// Row order carries no meaning here; not preserving it lets DuckDB
@@ -267,7 +273,7 @@ func generate(ctx context.Context, path, spill string, opts Options, now func() 
 		{name: "vaccinations", stmts: []string{vaccinationsSQL()}, table: "vaccinations"},
 		{name: "optouts", stmts: []string{optoutsSQL()}, table: "optouts"},
 		{name: stageLookups, stmts: lookupSQL()},
-		{name: stageFinish, stmts: []string{"DROP TABLE pt", "DROP TABLE ids", "DROP TABLE courses", "CHECKPOINT"}},
+		{name: stageFinish, stmts: []string{"DROP TABLE pt", "DROP TABLE ids", "DROP TABLE courses", "CHECKPOINT gp", "USE memory", "DETACH gp"}},
 	}
 
 	stats := &Stats{Patients: opts.Patients, Seed: opts.Seed}
