@@ -220,6 +220,9 @@ func TestBoundingOnePatient(t *testing.T) {
 		`INSERT INTO clinical_events SELECT 1, DATE '2020-01-01' + CAST(i % 10 AS INTEGER), 'code' || (i // 10), 150 FROM range(10000) t(i)`,
 		// Patient 2: one reading of one code.
 		`INSERT INTO clinical_events VALUES (2, DATE '2020-01-01', 'code0', 10)`,
+		// Patient 3: 10 readings without a code (a NULL group key).
+		`INSERT INTO patients VALUES (3, DATE '1950-01-01', 'male', 'White', 'London', 1, 'P', DATE '2000-01-01', NULL, NULL)`,
+		`INSERT INTO clinical_events SELECT 3, DATE '2020-01-01', NULL, 1 FROM range(10)`,
 	)
 	plan := mustCompile(t, p, cat, `SELECT snomed_code, count(*) AS n, sum(numeric_value) AS total FROM clinical_events GROUP BY snomed_code`)
 	if plan.Spec.MaxGroupsPerPatient != k || plan.Spec.MaxRowsPerGroup != c {
@@ -229,6 +232,12 @@ func TestBoundingOnePatient(t *testing.T) {
 	var rows1, groups1 float64
 	var sum float64
 	for _, g := range groups {
+		if g.Keys[0] == nil {
+			if g.Patients != 1 || g.Aggs[0].Count != float64(c) || g.Aggs[1].Sum != float64(c) {
+				t.Errorf("NULL group: %d patients, count %v, sum %v; want 1, %d, %d", g.Patients, g.Aggs[0].Count, g.Aggs[1].Sum, c, c)
+			}
+			continue
+		}
 		n := g.Aggs[0].Count
 		if *g.Keys[0] == "code0" {
 			n-- // patient 2's row, always kept: its only group
@@ -250,7 +259,7 @@ func TestBoundingOnePatient(t *testing.T) {
 	if want := float64(k*c)*150 + 10; sum != want {
 		t.Errorf("sum over groups %v, want %v", sum, want)
 	}
-	if want := int64(10000 - k*c); dropped != want {
+	if want := int64(10000 - k*c + 10 - c); dropped != want {
 		t.Errorf("dropped %d, want %d", dropped, want)
 	}
 

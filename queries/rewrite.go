@@ -11,17 +11,23 @@ import (
 
 // rewrite emits the contribution-bounded query. Its stages:
 //
-//	__tre_base  one row per joined input row: the patient, the group keys and
-//	            each aggregate's argument, over the opt-out-filtered views;
-//	__tre_rows  arguments clamped to their bounds; rows of each (patient,
-//	            group) ranked by a keyed hash of (seed, patient, group, values),
-//	            so which rows survive depends on that patient's rows alone;
-//	__tre_pg    the first C rows of each (patient, group) aggregated into the
-//	            patient's contribution to the group;
-//	__tre_kept  the first k groups of each patient, ranked by a keyed hash of
-//	            (seed, patient, group);
-//	result      per group: distinct patients, Σ contributions, Σ squares and
-//	            the two largest contributions, plus the rows dropped.
+//	__tre_base   one row per joined input row: the patient, the group keys and
+//	             each aggregate's argument clamped to its bounds, over the
+//	             opt-out-filtered views;
+//	__tre_all    every (patient, group) with all its rows aggregated;
+//	__tre_over   the (patient, group) pairs with more than C rows, recomputed
+//	             from the first C rows ranked by a keyed hash of (seed,
+//	             patient, group, values), so which rows survive depends on
+//	             that patient's rows alone;
+//	__tre_pg     each patient's contribution to each group from at most C rows;
+//	__tre_many   patients in more than k groups;
+//	__tre_kept   every group of the other patients, and the first k groups of
+//	             those, ranked by a keyed hash of (seed, patient, group);
+//	result       per group: distinct patients, Σ contributions, Σ squares and
+//	             the two largest contributions, plus the rows dropped.
+//
+// Ranking only the pairs and patients above the bounds keeps the window
+// functions (sorts) off the common case, where nobody exceeds them.
 func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	var b strings.Builder
 	seed := strconv.FormatUint(c.seed, 10) + "::UBIGINT"
@@ -30,22 +36,33 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		gcols[i] = fmt.Sprintf(`"__g%d"`, i)
 	}
 	acol := func(prefix string, j int) string { return fmt.Sprintf(`"__%s%d"`, prefix, j) }
+	key := strings.Join(append([]string{`"__pid"`}, gcols...), ", ")
+	// Pair equality that treats NULL group keys as equal.
+	on := func(l, r string) string {
+		parts := []string{l + `."__pid" = ` + r + `."__pid"`}
+		for _, g := range gcols {
+			parts = append(parts, l+"."+g+" IS NOT DISTINCT FROM "+r+"."+g)
+		}
+		return strings.Join(parts, " AND ")
+	}
 
 	b.WriteString("WITH ")
 	for _, w := range c.with {
 		b.WriteString(w)
 		b.WriteString(",\n")
 	}
-	// Stage 1: base rows.
-	b.WriteString(`"__tre_base" AS (SELECT ` + q.pid + ` AS "__pid"`)
+	// Stage 1: base rows, arguments clamped. NULL falls through to ELSE and
+	// stays NULL; DuckDB orders NaN above every number, so NaN clamps to the
+	// upper bound.
+	b.WriteString(`"__tre_input" AS (SELECT ` + q.pid + ` AS "__pid"`)
 	for i, g := range q.groups {
 		b.WriteString(", " + g.sql + " AS " + gcols[i])
 	}
-	var hashArgs []string
+	var args []string
 	for j, a := range q.aggs {
 		if a.arg != "" {
 			b.WriteString(", " + a.arg + " AS " + acol("a", j))
-			hashArgs = append(hashArgs, acol("a", j))
+			args = append(args, acol("a", j))
 		}
 	}
 	b.WriteString(" FROM " + q.from)
@@ -53,10 +70,7 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		b.WriteString(" WHERE " + q.where)
 	}
 	b.WriteString("),\n")
-
-	// Stage 2: clamp and rank rows within (patient, group).
-	part := strings.Join(append([]string{`"__pid"`}, gcols...), ", ")
-	b.WriteString(`"__tre_rows" AS (SELECT ` + part)
+	b.WriteString(`"__tre_base" AS MATERIALIZED (SELECT ` + key)
 	for j, a := range q.aggs {
 		if a.arg == "" {
 			continue
@@ -64,67 +78,88 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		col := acol("a", j)
 		if a.kind == aggValue {
 			lo, hi := sqlDouble(a.spec.Lower), sqlDouble(a.spec.Upper)
-			// NULL falls through to ELSE and stays NULL; DuckDB orders NaN
-			// above every number, so NaN clamps to the upper bound.
 			fmt.Fprintf(&b, ", CASE WHEN %s < %s THEN %s WHEN %s > %s THEN %s ELSE %s END AS %s", col, lo, lo, col, hi, hi, col, col)
 		} else {
 			b.WriteString(", " + col)
 		}
 	}
-	hash := strings.Join(append(append([]string{seed, `"__pid"`}, gcols...), hashArgs...), ", ")
-	fmt.Fprintf(&b, `, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base"),`+"\n", part, hash)
+	b.WriteString(` FROM "__tre_input"),` + "\n")
 
-	// Stage 3: per (patient, group) contributions from at most C rows.
-	b.WriteString(`"__tre_pg" AS (SELECT ` + part + `, count(*) AS "__n"`)
+	// Per (patient, group) statistics over a set of rows.
+	stats := func() string {
+		var s strings.Builder
+		s.WriteString(`count(*) AS "__n"`)
+		for j, a := range q.aggs {
+			col := acol("a", j)
+			switch {
+			case a.kind == aggCountRows && a.arg == "":
+				fmt.Fprintf(&s, ", CAST(count(*) AS DOUBLE) AS %s", acol("c", j))
+			case a.kind == aggCountRows:
+				fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s", col, acol("c", j))
+			case a.kind == aggCountPatients && a.arg == "":
+				fmt.Fprintf(&s, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
+			case a.kind == aggCountPatients:
+				// At most 1 per patient and group: the L∞ of count_patients.
+				fmt.Fprintf(&s, ", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", col, acol("c", j))
+			default:
+				fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS %s, CAST(coalesce(sum(%s * %s), 0) AS DOUBLE) AS %s",
+					col, acol("c", j), col, acol("s", j), col, col, acol("q", j))
+			}
+		}
+		return s.String()
+	}
+	statCols := []string{`"__n"`}
 	for j, a := range q.aggs {
-		col := acol("a", j)
-		switch {
-		case a.kind == aggCountRows && a.arg == "":
-			fmt.Fprintf(&b, ", CAST(count(*) AS DOUBLE) AS %s", acol("c", j))
-		case a.kind == aggCountRows:
-			fmt.Fprintf(&b, ", CAST(count(%s) AS DOUBLE) AS %s", col, acol("c", j))
-		case a.kind == aggCountPatients && a.arg == "":
-			fmt.Fprintf(&b, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
-		case a.kind == aggCountPatients:
-			// At most 1 per patient and group: the L∞ of count_patients.
-			fmt.Fprintf(&b, ", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", col, acol("c", j))
-		default:
-			fmt.Fprintf(&b, ", CAST(count(%s) AS DOUBLE) AS %s, coalesce(sum(%s), 0) AS %s, coalesce(sum(%s * %s), 0) AS %s",
-				col, acol("c", j), col, acol("s", j), col, col, acol("q", j))
+		statCols = append(statCols, acol("c", j))
+		if a.kind == aggValue {
+			statCols = append(statCols, acol("s", j), acol("q", j))
 		}
 	}
-	fmt.Fprintf(&b, ` FROM "__tre_rows" WHERE "__rn" <= %d GROUP BY %s),`+"\n", spec.MaxRowsPerGroup, part)
+	pgCols := key + ", " + strings.Join(statCols, ", ")
 
-	// Stage 4: at most k groups per patient.
+	// Stage 2: all rows per (patient, group); the pairs above C recomputed
+	// from their first C rows.
+	fmt.Fprintf(&b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base" GROUP BY %s),`+"\n", key, stats(), key)
+	hash := strings.Join(append(append([]string{seed, `"__pid"`}, gcols...), args...), ", ")
+	fmt.Fprintf(&b, `"__tre_over" AS (SELECT %s, %s FROM (SELECT r.*, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base" AS r SEMI JOIN (SELECT %s FROM "__tre_all" WHERE "__n" > %d) AS o ON %s) WHERE "__rn" <= %d GROUP BY %s),`+"\n",
+		key, stats(), key, hash, key, spec.MaxRowsPerGroup, on("r", "o"), spec.MaxRowsPerGroup, key)
+	fmt.Fprintf(&b, `"__tre_pg" AS MATERIALIZED (SELECT %s FROM "__tre_all" WHERE "__n" <= %d UNION ALL SELECT %s FROM "__tre_over"),`+"\n",
+		pgCols, spec.MaxRowsPerGroup, pgCols)
+
+	// Stage 3: at most k groups per patient.
 	if len(gcols) > 0 {
+		k := spec.MaxGroupsPerPatient
 		ghash := strings.Join(append([]string{seed, `"__pid"`}, gcols...), ", ")
-		fmt.Fprintf(&b, `"__tre_kept" AS (SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY "__pid" ORDER BY hash(%s)) AS "__gr" FROM "__tre_pg") WHERE "__gr" <= %d)`+"\n", ghash, spec.MaxGroupsPerPatient)
+		fmt.Fprintf(&b, `"__tre_many" AS (SELECT "__pid" FROM "__tre_pg" GROUP BY "__pid" HAVING count(*) > %d),`+"\n", k)
+		fmt.Fprintf(&b, `"__tre_kept" AS (SELECT %s FROM "__tre_pg" ANTI JOIN "__tre_many" USING ("__pid") UNION ALL SELECT %s FROM (SELECT p.*, row_number() OVER (PARTITION BY "__pid" ORDER BY hash(%s)) AS "__gr" FROM "__tre_pg" AS p SEMI JOIN "__tre_many" USING ("__pid")) WHERE "__gr" <= %d)`+"\n",
+			pgCols, pgCols, ghash, k)
 	} else {
 		b.WriteString(`"__tre_kept" AS (SELECT * FROM "__tre_pg")` + "\n")
 	}
 
-	// Stage 5: per-group statistics in the layout the sandbox scans.
+	// Stage 4: per-group statistics in the layout the sandbox scans.
 	b.WriteString("SELECT ")
 	for i, g := range q.groups {
 		fmt.Fprintf(&b, "CAST(%s AS VARCHAR) AS %s, ", gcols[i], quoteIdent(g.name))
 	}
 	b.WriteString(`CAST(count(*) AS BIGINT) AS "__patients"`)
 	for j, a := range q.aggs {
+		name := escapeName(a.spec.Name)
 		contrib := acol("c", j)
 		if a.kind == aggValue {
 			contrib = acol("s", j)
 		}
-		fmt.Fprintf(&b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count"`, acol("c", j), escapeName(a.spec.Name))
+		fmt.Fprintf(&b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count"`, acol("c", j), name)
 		if a.kind == aggValue {
 			fmt.Fprintf(&b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__sum", CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__sumsq"`,
-				acol("s", j), escapeName(a.spec.Name), acol("q", j), escapeName(a.spec.Name))
+				acol("s", j), name, acol("q", j), name)
 		} else {
-			fmt.Fprintf(&b, `, CAST(0 AS DOUBLE) AS "%s__sum", CAST(0 AS DOUBLE) AS "%s__sumsq"`, escapeName(a.spec.Name), escapeName(a.spec.Name))
+			fmt.Fprintf(&b, `, CAST(0 AS DOUBLE) AS "%s__sum", CAST(0 AS DOUBLE) AS "%s__sumsq"`, name, name)
 		}
 		fmt.Fprintf(&b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
-			contrib, escapeName(a.spec.Name), contrib, escapeName(a.spec.Name))
+			contrib, name, contrib, name)
 	}
-	b.WriteString(`, CAST((SELECT count(*) FROM "__tre_base") - (SELECT coalesce(sum("__n"), 0) FROM "__tre_kept") AS BIGINT) AS "__dropped"`)
+	b.WriteString(`, CAST((SELECT coalesce(sum("__n"), 0) FROM "__tre_all") - (SELECT coalesce(sum("__n"), 0) FROM "__tre_kept") AS BIGINT) AS "__dropped"`)
 	b.WriteString(` FROM "__tre_kept"`)
 	if len(gcols) > 0 {
 		b.WriteString(" GROUP BY " + strings.Join(gcols, ", "))
