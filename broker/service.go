@@ -701,7 +701,7 @@ func (s *Service) similarityFlags(ctx context.Context, tx Tx, rec *QueryRecord) 
 			SimilarSQL:     rep.SQL,
 		})
 	}
-	same, err := tx.FindSameShape(ctx, q.ProjectID, rec.ShapeHash, 0, similarLimit)
+	same, err := tx.FindSameShape(ctx, q.ProjectID, rec.ShapeHash, rec.NormalizedHash, 0, similarLimit)
 	if err != nil {
 		return nil, err
 	}

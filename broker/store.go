@@ -97,8 +97,8 @@ type Tx interface {
 	// normalised hash, or nil.
 	FindRepeat(ctx context.Context, projectID int64, normalizedHash string, excludeID int64) (*SimilarQuery, error)
 	// FindSameShape returns up to limit of the project's most recent queries
-	// with the given shape, excluding excludeID.
-	FindSameShape(ctx context.Context, projectID int64, shapeHash string, excludeID int64, limit int) ([]SimilarQuery, error)
+	// with the given shape but another normalised form, excluding excludeID.
+	FindSameShape(ctx context.Context, projectID int64, shapeHash, normalizedHash string, excludeID int64, limit int) ([]SimilarQuery, error)
 	// NextLeasable locks and returns the id of the oldest query over one of
 	// site's datasets that is approved, or running with a lease that expired
 	// before now; 0 when there is none. Rows other transactions hold are

@@ -575,9 +575,10 @@ func (t *tx) FindRepeat(ctx context.Context, projectID int64, normalizedHash str
 	return &s, fromJSON(preds, &s.Predicates)
 }
 
-func (t *tx) FindSameShape(ctx context.Context, projectID int64, shapeHash string, excludeID int64, limit int) ([]broker.SimilarQuery, error) {
+func (t *tx) FindSameShape(ctx context.Context, projectID int64, shapeHash, normalizedHash string, excludeID int64, limit int) ([]broker.SimilarQuery, error) {
 	rows, err := t.query(ctx, `SELECT id, sql_text, normalized_hash, predicates FROM queries
-		WHERE project_id = ? AND shape_hash = ? AND id <> ? ORDER BY id DESC LIMIT ?`, projectID, shapeHash, excludeID, limit)
+		WHERE project_id = ? AND shape_hash = ? AND normalized_hash <> ? AND id <> ? ORDER BY id DESC LIMIT ?`,
+		projectID, shapeHash, normalizedHash, excludeID, limit)
 	if err != nil {
 		return nil, err
 	}
