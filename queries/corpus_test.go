@@ -70,6 +70,8 @@ var corpus = []struct {
 	{name: "repeat in where", sql: `SELECT count(*) FROM patients WHERE length(repeat(sex, 100000000)) > 1`, refuse: "function repeat"},
 	{name: "deep nesting", sql: `SELECT count(*) FROM clinical_events WHERE ` + strings.Repeat("abs(", 100) + "numeric_value" + strings.Repeat(")", 100) + " > 1", refuse: "nest"},
 	{name: "deep arithmetic", sql: `SELECT sum(` + strings.Repeat("1+", 300) + `1) AS s FROM patients`, refuse: "nest"},
+	{name: "parser depth", sql: "SELECT sum(" + strings.Repeat("1+", 9000) + "1) FROM patients", refuse: "could not be parsed"},
+	{name: "nine thousand parentheses", sql: "SELECT count(*) FROM patients WHERE " + strings.Repeat("(", 9000) + "sex = 'male'" + strings.Repeat(")", 9000)},
 	{name: "too long", sql: `SELECT count(*) FROM patients WHERE sex IN ('` + strings.Repeat("x", 30000) + `')`, refuse: "the limit is 20000"},
 	{name: "sleep_ms", sql: `SELECT count(*) FROM patients WHERE sleep_ms(100000) IS NULL`, refuse: "function sleep_ms"},
 	{name: "error()", sql: `SELECT count(*) FROM patients WHERE CASE WHEN sex = 'male' THEN error('x') END`, refuse: "function error"},

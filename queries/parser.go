@@ -218,6 +218,8 @@ func parseRefusal(root obj, sqlText string) *Refusal {
 	msg := "refused: the SQL has a syntax error"
 	if pos >= 0 {
 		msg += fmt.Sprintf(" at position %d%s", pos, near)
+	} else {
+		msg = "refused: the SQL could not be parsed: check the syntax, and that expressions are not nested hundreds of levels deep"
 	}
 	return &Refusal{Construct: "syntax error", Pos: pos, Message: msg}
 }
