@@ -91,9 +91,11 @@ func (m *SynthMain) Run(ctx context.Context) error {
 	fmt.Fprintf(m.stdout, "wrote %s (%d patients, seed %d) and %s in %s\n",
 		stats.Out, stats.Patients, stats.Seed, stats.CatalogPath, stats.Total.Round(10*time.Millisecond))
 	for _, s := range stats.Stages {
+		rows := ""
 		if s.Rows > 0 {
-			fmt.Fprintf(m.stdout, "  %-20s %12d rows  %8s\n", s.Name, s.Rows, s.Duration.Round(time.Millisecond))
+			rows = fmt.Sprintf("%d rows", s.Rows)
 		}
+		fmt.Fprintf(m.stdout, "  %-20s %17s  %8s\n", s.Name, rows, s.Duration.Round(time.Millisecond))
 	}
 	return nil
 }
