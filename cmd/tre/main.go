@@ -56,6 +56,7 @@ func commands() map[string]commandInfo {
 		"output": {"output-check queue: release or withhold results", func(stdout, stderr io.Writer) command {
 			return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, output: true}
 		}},
+		"bench": {"measure queries (raw DuckDB, protected, PostgreSQL), sandbox start, broker API and synth", newBenchMain},
 		"project": {"create and list projects", func(stdout, stderr io.Writer) command {
 			return &ProjectMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 		}},

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/queries"
+)
+
+// apiResult is one load phase against one store.
+type apiResult struct {
+	Store    string
+	Op       string // "submit" or "read"
+	Sent     int
+	Errors   int
+	FirstErr string
+	Elapsed  time.Duration
+	Lat      sample
+	Capped   bool // the time cap ended the phase before every request was sent
+}
+
+func (r apiResult) perSecond() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Lat.n()) / r.Elapsed.Seconds()
+}
+
+// measureAPI starts a real broker (startBroker, as `tre serve --dev` does)
+// on loopback with the given store and drives it with a bounded load
+// generator: submissions of the typical queries (each parsed, validated,
+// compiled and flagged by the broker) from several researchers, then reads
+// of the submitted queries.
+func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir string, cat *queries.Catalog) ([]apiResult, error) {
+	p.stage("broker API (" + store + ")")
+	cfg := DefaultServeConfig()
+	cfg.DataDir = filepath.Join(dir, "broker-"+store)
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Dev = true
+	cfg.LogLevel = "error"
+	// The per-user submission limit would measure the limiter, not the
+	// broker; it stays on the path with a rate no benchmark reaches.
+	cfg.SubmitPerMinute = 1 << 30
+	if store == "postgres" {
+		schema := "tre_bench_broker_" + randomSuffix()
+		conn, err := pgx.Connect(ctx, m.postgres)
+		if err != nil {
+			return nil, fmt.Errorf("connect: %w", err)
+		}
+		if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+			conn.Close(ctx)
+			return nil, err
+		}
+		defer func() {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			_, _ = conn.Exec(dctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
+			conn.Close(dctx)
+		}()
+		cfg.DatabaseURL = withSearchPath(m.postgres, schema)
+	}
+	b, err := startBroker(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+
+	key, err := api.LoadOrCreateDevKey(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	mint := func(sub string, role broker.Role) (string, error) {
+		return api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Benchmark", Roles: []broker.Role{role}, TTL: 2 * time.Hour})
+	}
+	transport := &http.Transport{MaxIdleConns: 2 * m.clients, MaxIdleConnsPerHost: 2 * m.clients, IdleConnTimeout: time.Minute}
+	defer transport.CloseIdleConnections()
+	httpClient := &http.Client{Transport: transport, Timeout: time.Minute}
+	client := func(tok string) *api.Client {
+		return &api.Client{BaseURL: b.URL(), Token: tok, HTTPClient: httpClient}
+	}
+
+	siteTok, err := mint("bench-site", broker.RoleAgent)
+	if err != nil {
+		return nil, err
+	}
+	adminTok, err := mint("bench-admin", broker.RoleAdmin)
+	if err != nil {
+		return nil, err
+	}
+	if err := client(siteTok).PublishCatalog(ctx, "bench-site", cat); err != nil {
+		return nil, fmt.Errorf("publish catalog: %w", err)
+	}
+	researchers := make([]*api.Client, m.clients)
+	members := make([]string, m.clients)
+	for i := range researchers {
+		members[i] = fmt.Sprintf("bench-researcher-%d", i+1)
+		tok, err := mint(members[i], broker.RoleResearcher)
+		if err != nil {
+			return nil, err
+		}
+		researchers[i] = client(tok)
+	}
+	proj, err := client(adminTok).CreateProject(ctx, api.ProjectRequest{
+		Title: "Benchmark", Organisation: "tre bench", Purpose: "Measuring broker throughput",
+		LawfulBasis: "Art. 6(1)(e)", Members: members, Datasets: []string{cat.Dataset},
+		EpsilonBudget: 100, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create project: %w", err)
+	}
+
+	var idsMu sync.Mutex
+	var ids []int64
+	submit := m.load(ctx, store, "submit", m.submissions, researchers, func(ctx context.Context, c *api.Client, i int) error {
+		tq := queries.TypicalQueries[i%len(queries.TypicalQueries)]
+		q, err := c.SubmitQuery(ctx, api.QueryRequest{ProjectID: proj.ID, SQL: tq.SQL, Purpose: "benchmark: " + tq.Name})
+		if err != nil {
+			return err
+		}
+		idsMu.Lock()
+		ids = append(ids, q.ID)
+		idsMu.Unlock()
+		return nil
+	})
+	p.step()
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("no submission succeeded: %s", submit.FirstErr)
+	}
+	read := m.load(ctx, store, "read", m.reads, researchers, func(ctx context.Context, c *api.Client, i int) error {
+		_, err := c.Query(ctx, ids[i%len(ids)])
+		return err
+	})
+	p.step()
+	return []apiResult{submit, read}, nil
+}
+
+// load sends n requests from len(clients) goroutines, each taking the next
+// request number until n are sent or the time cap passes, and records the
+// latency of each successful one.
+func (m *BenchMain) load(ctx context.Context, store, op string, n int, clients []*api.Client, do func(context.Context, *api.Client, int) error) apiResult {
+	res := apiResult{Store: store, Op: op}
+	ctx, cancel := context.WithTimeout(ctx, m.loadCap)
+	defer cancel()
+	var next atomic.Int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var lat []time.Duration
+			var errs int
+			var first string
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					break
+				}
+				t := time.Now()
+				err := do(ctx, c, i)
+				d := time.Since(t)
+				switch {
+				case err == nil:
+					lat = append(lat, d)
+				case ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
+					// cut off by the time cap: not an error of the broker
+				default:
+					errs++
+					if first == "" {
+						first = err.Error()
+					}
+				}
+			}
+			mu.Lock()
+			res.Lat.d = append(res.Lat.d, lat...)
+			res.Errors += errs
+			if res.FirstErr == "" {
+				res.FirstErr = first
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	res.Sent = min(int(next.Load()), n)
+	res.Capped = ctx.Err() != nil && res.Lat.n()+res.Errors < n
+	return res
+}
+
+// withSearchPath adds search_path to a PostgreSQL URL so the broker's
+// tables go into the benchmark's own schema.
+func withSearchPath(url, schema string) string {
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	return url + sep + "search_path=" + schema
+}

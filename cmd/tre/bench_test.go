@@ -1,0 +1,116 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/nhs-tre/tre/queries"
+)
+
+// TestBench runs `tre bench` small and checks the report's structure: every
+// section, every typical query with its ratios, every target. It never
+// looks at a timing's value.
+func TestBench(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real sandbox processes and a broker; skipped with -short")
+	}
+	out := filepath.Join(t.TempDir(), "report.md")
+	var stdout, stderr bytes.Buffer
+	m := newBenchMain(&stdout, &stderr)
+	args := []string{"--patients", "2000", "--reps", "1", "--warmup", "0", "--starts", "2",
+		"--submissions", "16", "--reads", "32", "--clients", "2", "--out", out}
+	if err := m.ParseFlags(context.Background(), args); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Run(context.Background()); err != nil {
+		t.Fatalf("bench: %v\nstderr:\n%s", err, stderr.String())
+	}
+	report := stdout.String()
+	file, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(file) != report {
+		t.Errorf("--out file differs from the printed report")
+	}
+	for _, want := range []string{
+		"## tre bench: 2,000 patients",
+		"### 1. Typical queries: raw DuckDB vs protected",
+		"### 2. PostgreSQL", "Not run (no `--postgres`)",
+		"### 3. Sandbox start",
+		"### 4. Broker API",
+		"### 5. Synth",
+		"### Targets",
+		"| sqlite | submit | 16 | 0 |",
+		"| sqlite | read | 32 | 0 |",
+		"| protected / raw DuckDB, 10M patients |",
+		"| sandbox start |",
+		"| submissions/s (SQLite) |",
+		"| reads/s (SQLite) |",
+		"| synth 10M patients |",
+		"tre bench " + strings.Join(args, " "),
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	// Each typical query has a row with a raw time, warm and cold times and
+	// both ratios.
+	for _, tq := range queries.TypicalQueries {
+		row := regexp.MustCompile(`(?m)^\| ` + regexp.QuoteMeta(tq.Name) + ` \| [^|]*\d[^|]* \| [^|]*\d[^|]* \| [^|]*\d[^|]* \| \d+\.\d\d× \| \d+\.\d\d× \| \d+→\d+ \|$`)
+		if !row.MatchString(report) {
+			t.Errorf("report has no complete row for %s", tq.Name)
+		}
+	}
+	for _, stage := range []string{"patients", "clinical_events", "medications"} {
+		if !regexp.MustCompile(`(?m)^\| ` + stage + ` \| [\d,]+ \| [^|]*\d[^|]* \| [\d,]+ \| [\d.]+ (KiB|MiB|GiB) \|$`).MatchString(report) {
+			t.Errorf("synth section lacks the %s stage with rows, rate and peak memory", stage)
+		}
+	}
+	if strings.Contains(report, "DEGRADED") && !strings.Contains(report, "missing layers") {
+		t.Errorf("a degraded sandbox is reported without its missing layers")
+	}
+}
+
+func TestBenchFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no size", []string{}, "--patients"},
+		{"zero reps", []string{"--patients", "10", "--reps", "0"}, "--reps"},
+		{"negative warm-up", []string{"--patients", "10", "--warmup", "-1"}, "--warmup"},
+		{"no clients", []string{"--patients", "10", "--clients", "0"}, "--clients"},
+		{"stray argument", []string{"--patients", "10", "extra"}, "extra"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			err := newBenchMain(&buf, &buf).ParseFlags(context.Background(), tt.args)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("ParseFlags(%q) = %v, want an error naming %s", tt.args, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRedactPassword(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"password", "postgres://u:secret@h:5432/db", "postgres://u:***@h:5432/db"},
+		{"no password", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"},
+		{"not a URL", "host=h user=u", "host=h user=u"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := redactPassword(tt.in); got != tt.want {
+				t.Errorf("redactPassword(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}

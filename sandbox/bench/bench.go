@@ -1,0 +1,352 @@
+// Package bench owns the DuckDB side of `tre bench`: the researcher's SQL run
+// as-is on the site's file (raw DuckDB, the physical limit every protected
+// run is compared with), the protected pipeline run in-process without a
+// sandbox process (the "warm" figure), and the export of the same rows for
+// loading into PostgreSQL. It lives under sandbox/ because it opens data
+// files; only sandbox and queries may import the DuckDB driver.
+//
+// bench must never be used to answer a researcher: its raw mode runs
+// unprotected SQL. It therefore returns only row counts and timings, never a
+// value read from the data, and its warm pipeline returns only the number of
+// released rows, not the protected table.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	_ "github.com/duckdb/duckdb-go/v2" // registers the "duckdb" driver
+
+	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/queries"
+)
+
+// Options are the DuckDB settings of a benchmark connection. They should be
+// the sandbox's (sandbox.Config Threads and MemoryLimit) so raw and protected
+// runs get the same resources.
+type Options struct {
+	Threads     int
+	MemoryLimit int64 // bytes; 0: DuckDB's default
+}
+
+// DB is one read-only DuckDB connection to a data file, kept open across
+// repetitions so its buffer pool is warm, as a long-lived analyst session
+// would be.
+type DB struct {
+	db   *sql.DB
+	conn *sql.Conn
+}
+
+// Open opens path read-only with opts' threads and memory limit.
+func Open(ctx context.Context, path string, opts Options) (*DB, error) {
+	if strings.ContainsAny(path, "?#") {
+		return nil, errors.New("bench: data path must not contain ? or #")
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("bench: data file: %w", err)
+	}
+	if opts.Threads < 1 {
+		return nil, fmt.Errorf("bench: threads must be at least 1, got %d", opts.Threads)
+	}
+	dsn := fmt.Sprintf("%s?access_mode=READ_ONLY&threads=%d", path, opts.Threads)
+	if opts.MemoryLimit > 0 {
+		dsn += fmt.Sprintf("&memory_limit=%dB", opts.MemoryLimit)
+	}
+	db, err := sql.Open("duckdb", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("bench: open %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("bench: open %s: %w", path, err)
+	}
+	return &DB{db: db, conn: conn}, nil
+}
+
+// Close closes the connection and the database.
+func (d *DB) Close() error { return errors.Join(d.conn.Close(), d.db.Close()) }
+
+// Raw runs query as written and reads every row, returning how many there
+// were. The values are scanned into throwaway buffers and never returned.
+func (d *DB) Raw(ctx context.Context, query string) (int, error) {
+	rows, err := d.conn.QueryContext(ctx, query)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return 0, err
+	}
+	dest := make([]any, len(cols))
+	for i := range dest {
+		dest[i] = new(any)
+	}
+	n := 0
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return 0, err
+		}
+		n++
+	}
+	return n, rows.Err()
+}
+
+// ExplainAnalyze runs EXPLAIN ANALYZE on query and returns DuckDB's profile
+// text (operator timings and cardinalities), for finding where time goes.
+func (d *DB) ExplainAnalyze(ctx context.Context, query string) (string, error) {
+	rows, err := d.conn.QueryContext(ctx, "EXPLAIN ANALYZE "+query)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		var kind, plan sql.NullString
+		if err := rows.Scan(&kind, &plan); err != nil {
+			return "", err
+		}
+		b.WriteString(plan.String)
+		b.WriteByte('\n')
+	}
+	return b.String(), rows.Err()
+}
+
+// Pipeline is the protected pipeline without the sandbox process: the same
+// steps the sandbox child takes for a job (compile with a fresh parser, run
+// the rewritten SQL over the opt-out views, scan the statistics, dp.Protect,
+// hash the opt-out snapshot) on a connection that is already open with the
+// views created. Process start, OS hardening, the plugin handshake and
+// opening the data file are what a cold run adds.
+type Pipeline struct {
+	db  *DB
+	cat *queries.Catalog
+}
+
+// OpenPipeline opens path read-only and creates the catalog's views on the
+// connection.
+func OpenPipeline(ctx context.Context, path string, cat *queries.Catalog, opts Options) (*Pipeline, error) {
+	if cat.Policy.OptOutTable == "" {
+		return nil, errors.New("bench: the catalog names no opt-out table")
+	}
+	db, err := Open(ctx, path, opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range queries.ViewStatements(cat) {
+		if _, err := db.conn.ExecContext(ctx, s); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("bench: create views: %w", err)
+		}
+	}
+	return &Pipeline{db: db, cat: cat}, nil
+}
+
+// Close closes the pipeline's connection.
+func (p *Pipeline) Close() error { return p.db.Close() }
+
+// DB is the pipeline's connection (views created), e.g. to EXPLAIN ANALYZE a
+// rewritten query.
+func (p *Pipeline) DB() *DB { return p.db }
+
+// Timing is where one warm run spent its time.
+type Timing struct {
+	Compile time.Duration // new parser + validate + rewrite
+	Execute time.Duration // rewritten SQL, rows scanned into statistics
+	Protect time.Duration // dp.Protect
+	OptOut  time.Duration // opt-out snapshot hash for the report
+	Groups  int           // groups the rewritten SQL returned
+	Rows    int           // rows of the protected table
+}
+
+// Total is the whole warm run.
+func (t Timing) Total() time.Duration { return t.Compile + t.Execute + t.Protect + t.OptOut }
+
+// Run compiles and runs sql through the protected pipeline.
+func (p *Pipeline) Run(ctx context.Context, sqlText string, epsilon float64) (Timing, error) {
+	var t Timing
+	var seed [8]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return t, err
+	}
+	start := time.Now()
+	parser, err := queries.NewParser()
+	if err != nil {
+		return t, err
+	}
+	plan, err := parser.Compile(ctx, p.cat, sqlText, queries.Options{Epsilon: epsilon, Seed: binary.LittleEndian.Uint64(seed[:])})
+	parser.Close()
+	if err != nil {
+		return t, err
+	}
+	t.Compile = time.Since(start)
+
+	start = time.Now()
+	groups, dropped, err := p.scan(ctx, plan)
+	if err != nil {
+		return t, err
+	}
+	t.Execute = time.Since(start)
+	t.Groups = len(groups)
+
+	start = time.Now()
+	res, err := dp.Protect(plan.Spec, groups, dp.Options{DroppedRows: dropped})
+	if err != nil {
+		return t, fmt.Errorf("protect: %w", err)
+	}
+	t.Protect = time.Since(start)
+	t.Rows = len(res.Rows)
+
+	start = time.Now()
+	if err := p.optOutHash(ctx); err != nil {
+		return t, err
+	}
+	t.OptOut = time.Since(start)
+	return t, nil
+}
+
+// scan runs plan.Rewritten and reads its rows (layout on queries.Plan) into
+// group statistics, as the sandbox child does.
+func (p *Pipeline) scan(ctx context.Context, plan *queries.Plan) ([]dp.GroupStats, int64, error) {
+	rows, err := p.db.conn.QueryContext(ctx, plan.Rewritten)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	nk, na := len(plan.Spec.Groups), len(plan.Spec.Aggregates)
+	keys := make([]sql.NullString, nk)
+	aggs := make([]float64, 5*na)
+	var patients, dropped int64
+	dest := make([]any, 0, nk+5*na+2)
+	for i := range keys {
+		dest = append(dest, &keys[i])
+	}
+	dest = append(dest, &patients)
+	for i := range aggs {
+		dest = append(dest, &aggs[i])
+	}
+	dest = append(dest, &dropped)
+	var groups []dp.GroupStats
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return nil, 0, err
+		}
+		g := dp.GroupStats{Keys: make([]*string, nk), Patients: patients, Aggs: make([]dp.AggStats, na)}
+		for i, k := range keys {
+			if k.Valid {
+				v := k.String
+				g.Keys[i] = &v
+			}
+		}
+		for i := range na {
+			a := aggs[5*i : 5*i+5]
+			g.Aggs[i] = dp.AggStats{Count: a[0], Sum: a[1], SumSq: a[2], Top1: a[3], Top2: a[4]}
+		}
+		groups = append(groups, g)
+	}
+	return groups, dropped, rows.Err()
+}
+
+// optOutHash reads the sorted opted-out ids and hashes them, the work the
+// sandbox does for every report's opt-out snapshot.
+func (p *Pipeline) optOutHash(ctx context.Context) error {
+	pu := quoteIdent(p.cat.PrivacyUnit)
+	rows, err := p.db.conn.QueryContext(ctx, fmt.Sprintf(
+		"SELECT DISTINCT CAST(%s AS VARCHAR) AS id FROM %s WHERE %s IS NOT NULL ORDER BY id", pu, quoteIdent(p.cat.Policy.OptOutTable), pu))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	h := sha256.New()
+	var id string
+	for rows.Next() {
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		h.Write([]byte(id))
+		h.Write([]byte{'\n'})
+	}
+	return rows.Err()
+}
+
+// Column is one column of a data table, with DuckDB's type name.
+type Column struct {
+	Name string
+	Type string
+}
+
+// Table is one base table of a data file.
+type Table struct {
+	Name    string
+	Columns []Column
+	Rows    int64
+}
+
+// Tables lists the base tables of the open file with their columns and row
+// counts (schema only; no value leaves).
+func (d *DB) Tables(ctx context.Context) ([]Table, error) {
+	rows, err := d.conn.QueryContext(ctx, `SELECT table_name, column_name, data_type FROM information_schema.columns
+WHERE table_schema = 'main' AND table_catalog = current_database() ORDER BY table_name, ordinal_position`)
+	if err != nil {
+		return nil, err
+	}
+	var tables []Table
+	for rows.Next() {
+		var tn, cn, ty string
+		if err := rows.Scan(&tn, &cn, &ty); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if len(tables) == 0 || tables[len(tables)-1].Name != tn {
+			tables = append(tables, Table{Name: tn})
+		}
+		t := &tables[len(tables)-1]
+		t.Columns = append(t.Columns, Column{Name: cn, Type: ty})
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i := range tables {
+		if err := d.conn.QueryRowContext(ctx, "SELECT count(*) FROM "+quoteIdent(tables[i].Name)).Scan(&tables[i].Rows); err != nil {
+			return nil, err
+		}
+	}
+	return tables, nil
+}
+
+// ExportCSV writes every row of each table to dir/<table>.csv (with a
+// header, NULL as an empty field) and returns the file paths by table. It
+// opens its own connection because the benchmark's read-only one is kept
+// free of file access.
+func ExportCSV(ctx context.Context, path string, tables []string, dir string, opts Options) (map[string]string, error) {
+	d, err := Open(ctx, path, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	out := map[string]string{}
+	for _, t := range tables {
+		f := filepath.Join(dir, t+".csv")
+		q := fmt.Sprintf("COPY %s TO %s (FORMAT csv, HEADER true, DATEFORMAT '%%Y-%%m-%%d')", quoteIdent(t), quoteLiteral(f))
+		if _, err := d.conn.ExecContext(ctx, q); err != nil {
+			return nil, fmt.Errorf("bench: export %s: %w", t, err)
+		}
+		out[t] = f
+	}
+	return out, nil
+}
+
+func quoteIdent(s string) string   { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
