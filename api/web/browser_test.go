@@ -144,14 +144,19 @@ func (e *env) browserSignOut(tb testing.TB, ctx context.Context) {
 	)
 }
 
-// screenshot saves the viewport to docs/screenshots/name.png when
+// screenshot saves the viewport (the whole page for the pages whose point
+// is below the fold) to docs/screenshots/name.png when
 // TRE_UPDATE_SCREENSHOTS=1.
 func screenshot(tb testing.TB, ctx context.Context, name string) {
 	tb.Helper()
 	if os.Getenv("TRE_UPDATE_SCREENSHOTS") != "1" {
 		return
 	}
-	png := value(tb, ctx, "screenshot "+name, chromedp.CaptureScreenshot())
+	shot := chromedp.CaptureScreenshot()
+	if name == "output-check" || name == "researcher-result" {
+		shot = chromedp.FullScreenshot(100) // 100: PNG
+	}
+	png := value(tb, ctx, "screenshot "+name, shot)
 	dir := filepath.Join("..", "..", "docs", "screenshots")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		tb.Fatal(err)
