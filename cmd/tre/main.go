@@ -39,6 +39,7 @@ func commands() map[string]commandInfo {
 		"synth": {"generate synthetic NHS GP records and their catalog", func(stdout, stderr io.Writer) command {
 			return NewSynthMain(stdout, stderr)
 		}},
+		"audit": {"verify the audit hash chain (exit 0 iff intact)", newAuditMain},
 		"check": {"validate SQL against a catalog: rewrite, cost and expected accuracy", newCheckMain},
 		"run":   {"run one query through the real sandbox and print the protected table and its report", newRunMain},
 		"demo":  {"synthetic data, broker, site agent and sandbox in one process tree", newDemoMain},
