@@ -153,7 +153,7 @@ func screenshot(tb testing.TB, ctx context.Context, name string) {
 		return
 	}
 	shot := chromedp.CaptureScreenshot()
-	if name == "output-check" || name == "researcher-result" {
+	if name == "output-check" || name == "researcher-result" || name == "researcher-editor" {
 		shot = chromedp.FullScreenshot(100) // 100: PNG
 	}
 	png := value(tb, ctx, "screenshot "+name, shot)
