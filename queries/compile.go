@@ -1012,6 +1012,11 @@ func (c *compiler) groupKey(n obj, sc *scope) (string, val, error) {
 		if err != nil {
 			return "", val{}, err
 		}
+		if name == "date_trunc" || name == "datetrunc" {
+			// DuckDB truncates to a TIMESTAMP; every allowed unit is a day or
+			// longer, so the key reads better, and is the same, as a DATE.
+			s = "CAST(" + s + " AS DATE)"
+		}
 		v.groupable = true
 		return s, v, nil
 	case "CASE":

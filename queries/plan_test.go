@@ -117,10 +117,15 @@ func TestPlanSpec(t *testing.T) {
 	if plan.Dataset != "nhs_gp_synthetic" || len(plan.SQLHash) != 64 || plan.SQL != TypicalQueries[5].SQL {
 		t.Errorf("plan header: %q %q", plan.Dataset, plan.SQLHash)
 	}
-	// Bounds of avg(bmi) come from the catalog bounds of numeric_value.
-	plan = mustCompile(t, p, cat, TypicalQueries[6].SQL)
-	if a := plan.Spec.Aggregates[1]; a.Lower != 0 || a.Upper != 200 || a.Name != "mean_bmi" {
-		t.Errorf("mean_bmi spec %+v", a)
+	// Bounds of a per-patient arg_max come from the catalog bounds of
+	// numeric_value; greatest/least narrow them.
+	plan = mustCompile(t, p, cat, `WITH b AS (SELECT patient_id, arg_max(numeric_value, date) AS bmi FROM clinical_events GROUP BY patient_id)
+		SELECT avg(bmi) AS wide, avg(greatest(12, least(70, bmi))) AS narrow FROM b`)
+	if a := plan.Spec.Aggregates[0]; a.Lower != 0 || a.Upper != 200 {
+		t.Errorf("wide spec %+v, want [0, 200]", a)
+	}
+	if a := plan.Spec.Aggregates[1]; a.Lower != 12 || a.Upper != 70 {
+		t.Errorf("narrow spec %+v, want [12, 70]", a)
 	}
 }
 

@@ -112,8 +112,8 @@ bmi AS (
 )
 SELECT CASE WHEN s.exposed = 1 THEN 'statin' ELSE 'no statin' END AS exposure,
   count(*) AS patients,
-  avg(b.bmi) AS mean_bmi,
-  stddev(b.bmi) AS sd_bmi
+  avg(greatest(12, least(70, b.bmi))) AS mean_bmi,
+  stddev(greatest(12, least(70, b.bmi))) AS sd_bmi
 FROM bmi b
 LEFT JOIN statin s ON s.patient_id = b.patient_id
 GROUP BY exposure`,
