@@ -30,8 +30,7 @@ func TestCheckMain(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			m := newCheckMain(&stdout, &stderr)
-			code := runCommand(t, m, tt.args[1:])
+			code := run(context.Background(), tt.args, &stdout, &stderr)
 			if code != tt.code {
 				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.code, stdout.String(), stderr.String())
 			}
@@ -49,24 +48,4 @@ func TestCheckMain(t *testing.T) {
 			}
 		})
 	}
-}
-
-// runCommand mirrors run()'s handling of one command, without the
-// dispatch table (tre check is wired in by the lead).
-func runCommand(t *testing.T, cmd command, args []string) int {
-	t.Helper()
-	defer cmd.Close()
-	m := cmd.(*CheckMain)
-	if err := cmd.ParseFlags(context.Background(), args); err != nil {
-		m.Stderr.Write([]byte(err.Error() + "\n"))
-		return 2
-	}
-	if err := cmd.Run(context.Background()); err != nil {
-		m.Stderr.Write([]byte(err.Error() + "\n"))
-		if ee, ok := err.(exitError); ok {
-			return ee.code
-		}
-		return 1
-	}
-	return 0
 }
