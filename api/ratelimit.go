@@ -8,8 +8,9 @@ import (
 
 // RateLimit configures the per-subject token bucket on submissions.
 type RateLimit struct {
-	// PerMinute is the sustained rate; Burst the bucket size. PerMinute 0
-	// disables the limit.
+	// PerMinute is the sustained rate; Burst the bucket size (default:
+	// PerMinute, so a quiet user may send a minute's worth at once).
+	// PerMinute 0 disables the limit.
 	PerMinute float64
 	Burst     int
 }
@@ -36,9 +37,10 @@ func newLimiter(cfg RateLimit, now func() time.Time) *limiter {
 		return nil
 	}
 	burst := float64(cfg.Burst)
-	if burst < 1 {
-		burst = 1
+	if cfg.Burst <= 0 {
+		burst = math.Floor(cfg.PerMinute)
 	}
+	burst = math.Max(burst, 1)
 	return &limiter{rate: cfg.PerMinute / 60, burst: burst, now: now, buckets: map[string]*bucket{}}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/nhs-tre/tre/api/metrics"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
@@ -41,6 +42,8 @@ type Config struct {
 	DryRunner DryRunner
 	// Now is the clock (rate limiting); time.Now when nil.
 	Now func() time.Time
+	// Metrics, when set, records every request's route, status and latency.
+	Metrics *metrics.Registry
 }
 
 // Server serves the broker's HTTP API.
@@ -64,6 +67,9 @@ func NewServer(cfg Config, svc Service, logger *slog.Logger) *Server {
 	e.RedirectTrailingSlash = false
 	e.RedirectFixedPath = false
 	e.Use(s.logRequests, gin.CustomRecoveryWithWriter(nil, s.recovered))
+	if cfg.Metrics != nil {
+		e.Use(cfg.Metrics.GinMiddleware())
+	}
 	e.NoRoute(func(c *gin.Context) {
 		s.writeError(c, &httpError{http.StatusNotFound, broker.ENOTFOUND, "no such route"})
 	})
@@ -636,11 +642,17 @@ func (s *Server) cancelQuery(c *gin.Context) error {
 
 // emptyOrJSON accepts a bodiless action POST, or an empty JSON object.
 func emptyOrJSON(r *http.Request) error {
-	if r.ContentLength == 0 && r.Header.Get("Content-Type") == "" {
+	var v struct{}
+	return decodeOptional(r, &v)
+}
+
+// decodeOptional is decodeRequest for bodies whose fields are all optional:
+// a POST without a body (curl -X POST) leaves v as it is.
+func decodeOptional(r *http.Request, v any) error {
+	if r.ContentLength == 0 {
 		return nil
 	}
-	var v struct{}
-	return decodeRequest(r, &v)
+	return decodeRequest(r, v)
 }
 
 // CommentRequest is the body of approve and release.
@@ -655,7 +667,7 @@ type ReasonRequest struct {
 
 func (s *Server) approveQuery(c *gin.Context) error {
 	var req CommentRequest
-	if err := decodeRequest(c.Request, &req); err != nil {
+	if err := decodeOptional(c.Request, &req); err != nil {
 		return err
 	}
 	return s.queryAction(c, func(ctx context.Context, id int64) (*broker.Query, error) {
@@ -675,7 +687,7 @@ func (s *Server) rejectQuery(c *gin.Context) error {
 
 func (s *Server) releaseQuery(c *gin.Context) error {
 	var req CommentRequest
-	if err := decodeRequest(c.Request, &req); err != nil {
+	if err := decodeOptional(c.Request, &req); err != nil {
 		return err
 	}
 	return s.queryAction(c, func(ctx context.Context, id int64) (*broker.Query, error) {

@@ -338,3 +338,25 @@ func TestHealth(t *testing.T) {
 		t.Errorf("readyz with store down: %d %s", rec.Code, rec.Body)
 	}
 }
+
+func TestOptionalBodies(t *testing.T) {
+	srv := newTestServer(t, newFakeService())
+	rev := mustToken(t, "rev", broker.RoleReviewer)
+	tests := []struct {
+		name, path, body string
+		status           int
+	}{
+		{"approve without body", "/api/v1/queries/7/approve", "", 200},
+		{"approve with comment", "/api/v1/queries/7/approve", `{"comment":"ok"}`, 200},
+		{"approve with unknown field", "/api/v1/queries/7/approve", `{"coment":"ok"}`, 400},
+		{"reject without body", "/api/v1/queries/7/reject", "", 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := serve(srv, newRequest(t, "POST", tt.path, rev, tt.body))
+			if rec.Code != tt.status {
+				t.Errorf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
+			}
+		})
+	}
+}
