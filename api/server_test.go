@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/nhs-tre/tre/api/metrics"
 	"github.com/nhs-tre/tre/broker"
 )
 
@@ -358,5 +360,33 @@ func TestOptionalBodies(t *testing.T) {
 				t.Errorf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
 			}
 		})
+	}
+}
+
+func TestMetricsByRouteTemplate(t *testing.T) {
+	reg := metrics.New(metrics.Options{})
+	srv := newTestServer(t, newFakeService(), func(c *Config) { c.Metrics = reg })
+	call(t, srv.Handler(), "GET", "/api/v1/queries/7", mustToken(t, "alice", broker.RoleResearcher), nil)
+	call(t, srv.Handler(), "GET", "/no/such/path", "", nil)
+	families, err := reg.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var routes []string
+	for _, f := range families {
+		if f.GetName() != "tre_http_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "route" {
+					routes = append(routes, l.GetValue())
+				}
+			}
+		}
+	}
+	sort.Strings(routes)
+	if diff := cmp.Diff([]string{"/api/v1/queries/:id", "unmatched"}, routes); diff != "" {
+		t.Errorf("routes (-want +got):\n%s", diff)
 	}
 }
