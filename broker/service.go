@@ -41,6 +41,10 @@ type Options struct {
 	// WriteTimeout bounds writes that must finish even when the caller's
 	// request is cancelled, such as recording a failed authorisation.
 	WriteTimeout time.Duration
+	// OnTransition, when set, is told of every committed status change and
+	// how long the query spent in the state it left (for metrics). It must
+	// not block.
+	OnTransition func(from, to Status, inState time.Duration)
 }
 
 // Defaults.
@@ -66,6 +70,7 @@ type Service struct {
 	log          *slog.Logger
 	rand         io.Reader
 	writeTimeout time.Duration
+	onTransition func(from, to Status, inState time.Duration)
 
 	mu       sync.Mutex
 	catalogs map[string]cachedCatalog // by dataset
@@ -87,6 +92,7 @@ func NewService(store Store, compiler Compiler, opts Options) *Service {
 		log:          opts.Logger,
 		rand:         opts.Rand,
 		writeTimeout: opts.WriteTimeout,
+		onTransition: opts.OnTransition,
 		catalogs:     map[string]cachedCatalog{},
 	}
 	if s.now == nil {
@@ -191,7 +197,32 @@ func (s *Service) authorize(ctx context.Context, action, object string, roles ..
 
 // update runs fn in a write transaction and settles denials.
 func (s *Service) update(ctx context.Context, u *User, fn func(Tx) error) error {
-	return s.settle(ctx, u, s.store.Update(ctx, fn))
+	if s.onTransition == nil {
+		return s.settle(ctx, u, s.store.Update(ctx, fn))
+	}
+	var last *observedTx // the attempt that committed, if any
+	err := s.store.Update(ctx, func(tx Tx) error {
+		last = &observedTx{Tx: tx}
+		return fn(last)
+	})
+	if err == nil && last != nil {
+		for _, t := range last.transitions {
+			s.onTransition(t.from, t.to, t.inState)
+		}
+	}
+	return s.settle(ctx, u, err)
+}
+
+// observedTx remembers the status changes made in one transaction attempt so
+// they are reported only once it commits.
+type observedTx struct {
+	Tx
+	transitions []transition
+}
+
+type transition struct {
+	from, to Status
+	inState  time.Duration
 }
 
 // view runs fn in a read transaction and settles denials.
@@ -831,6 +862,9 @@ func move(ctx context.Context, tx Tx, rec *QueryRecord, to Status, actor, commen
 	from := q.Status
 	if err := checkTransition(q.ID, from, to); err != nil {
 		return err
+	}
+	if o, ok := tx.(*observedTx); ok {
+		o.transitions = append(o.transitions, transition{from, to, at.Sub(q.UpdatedAt)})
 	}
 	q.Status = to
 	q.UpdatedAt = at

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/sandbox/synth"
@@ -112,12 +113,6 @@ func (m *DemoMain) Run(ctx context.Context) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	b, err := startBroker(ctx, cfg, logger, nil)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-
 	key, err := api.LoadOrCreateDevKey(brokerDir)
 	if err != nil {
 		return err
@@ -130,6 +125,16 @@ func (m *DemoMain) Run(ctx context.Context) error {
 		}
 		tokens[u.Role] = tok
 	}
+	extras := &brokerExtras{}
+	for _, u := range demoUsers {
+		extras.devUsers = append(extras.devUsers, web.DemoUser{Name: u.Name, Role: u.Role, Token: tokens[u.Role]})
+	}
+	b, err := startBroker(ctx, cfg, logger, extras)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+
 	agentToken := filepath.Join(m.Dir, "agent.token")
 	if err := os.WriteFile(agentToken, []byte(tokens[broker.RoleAgent]+"\n"), 0o600); err != nil {
 		return err
@@ -270,9 +275,9 @@ GROUP BY p.region`
 func (m *DemoMain) printWelcome(url string, tokens map[broker.Role]string, projectID int64, logPath string) {
 	w := m.stdout
 	fmt.Fprintf(w, "\ntre demo is running.\n\n")
-	fmt.Fprintf(w, "  Web interface:  %s/\n", url)
+	fmt.Fprintf(w, "  Web interface:  %s/ui/ (sign in as any demo user)\n", url)
 	fmt.Fprintf(w, "  API:            %s/api/v1/openapi.json\n", url)
-	fmt.Fprintf(w, "  Public register %s/public/register\n", url)
+	fmt.Fprintf(w, "  Public register %s/register (JSON: %s/public/register)\n", url, url)
 	fmt.Fprintf(w, "  Logs:           %s\n", logPath)
 	fmt.Fprintf(w, "  Demo project:   #%d (member: alice)\n\n", projectID)
 	fmt.Fprintln(w, "Tokens (valid 24 h; also in tokens.env in the demo directory):")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -100,6 +101,7 @@ func eventually(tb testing.TB, timeout time.Duration, what string, f func() erro
 // testSite is a broker process and a site agent process over synthetic data.
 type testSite struct {
 	dir, url, data, catalog string
+	metricsURL              string
 	tokens                  map[string]string // by subject
 	broker, agent           *treProcess
 	agentArgs               []string
@@ -132,7 +134,9 @@ func startSite(tb testing.TB, patients int) *testSite {
 	brokerDir := filepath.Join(s.dir, "broker")
 	addr := freeAddr(tb)
 	s.url = "http://" + addr
-	s.broker = startTre(tb, "serve", "--data-dir", brokerDir, "--addr", addr, "--dev",
+	adminAddr := freeAddr(tb)
+	s.metricsURL = "http://" + adminAddr + "/metrics"
+	s.broker = startTre(tb, "serve", "--data-dir", brokerDir, "--addr", addr, "--admin-addr", adminAddr, "--dev",
 		"--dry-run-data", s.data, "--lease-ttl", "3s", "--submit-per-minute", "600")
 	eventually(tb, 60*time.Second, "broker ready", func() error {
 		return (&api.Client{BaseURL: s.url}).Readyz(context.Background())
@@ -310,6 +314,32 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("project %d missing from the public register", projectID)
+	}
+
+	// The operator's metrics reflect the flow, with no ids, tokens or SQL in
+	// their labels.
+	resp, err := http.Get(s.metricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`tre_http_requests_total{method="POST",route="/api/v1/queries",status="201"}`,
+		`tre_queries{status="released"} 1`,
+		`tre_query_state_duration_seconds_count{state="awaiting_output_check"} 1`,
+		`tre_jobs_total{code="",outcome="completed"} 1`,
+		fmt.Sprintf(`tre_project_budget_spent{parameter="epsilon",project="%d"} 1`, projectID),
+		`tre_agent_last_seen_timestamp_seconds{site="site-1"}`,
+	} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	for _, secret := range []string{s.tokens["alice"], "SELECT", "patient_id"} {
+		if bytes.Contains(body, []byte(secret)) {
+			t.Errorf("metrics contain %.20q", secret)
+		}
 	}
 }
 

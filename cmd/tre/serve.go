@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/metrics"
+	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/postgres"
 	"github.com/nhs-tre/tre/broker/sqlite"
@@ -105,6 +107,8 @@ type brokerRuntime struct {
 	parser    *queries.Parser
 	svc       *broker.Service
 	server    *http.Server
+	admin     *http.Server
+	metrics   *metrics.Registry
 	listener  net.Listener
 	dryRun    *dryRunner
 	reloadTLS func() error
@@ -115,8 +119,8 @@ type brokerRuntime struct {
 
 // brokerExtras lets `tre demo` add to the broker without another code path.
 type brokerExtras struct {
-	// mount wraps the API handler (the web interface uses it).
-	mount func(apiHandler http.Handler, svc *broker.Service, verifier *api.Verifier) http.Handler
+	// devUsers are offered on the web interface's dev sign-in page.
+	devUsers []web.DemoUser
 }
 
 // startBroker opens the store, builds the service and the HTTP server, and
@@ -153,10 +157,17 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		return nil, fmt.Errorf("start the SQL parser: %w", err)
 	}
 	b.parser = parser
+	b.metrics = metrics.New(metrics.Options{
+		QueueDepth:     b.queueDepth,
+		Budgets:        b.budgets,
+		AgentsLastSeen: b.agentsLastSeen,
+		Logger:         logger,
+	})
 	b.svc = broker.NewService(store, parser, broker.Options{
-		LeaseTTL:    cfg.LeaseTTL,
-		MaxAttempts: cfg.MaxAttempts,
-		Logger:      logger,
+		LeaseTTL:     cfg.LeaseTTL,
+		MaxAttempts:  cfg.MaxAttempts,
+		Logger:       logger,
+		OnTransition: b.observeTransition,
 	})
 
 	auth := api.AuthConfig{
@@ -181,6 +192,11 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 	apiCfg := api.Config{
 		Verifier:    verifier,
 		SubmitLimit: api.RateLimit{PerMinute: float64(cfg.SubmitPerMinute), Burst: cfg.SubmitPerMinute},
+		Metrics:     b.metrics,
+	}
+	webCfg := web.Config{Dev: cfg.Dev, CookieSecure: cfg.TLSCert != "" || cfg.BehindProxy}
+	if extras != nil {
+		webCfg.DevUsers = extras.devUsers
 	}
 	if cfg.DryRunData != "" {
 		dr, err := newDryRunner(cfg, logger)
@@ -189,11 +205,9 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		}
 		b.dryRun = dr
 		apiCfg.DryRunner = dr
+		webCfg.DryRunner = dr
 	}
-	var handler http.Handler = api.NewServer(apiCfg, b.svc, logger).Handler()
-	if extras != nil && extras.mount != nil {
-		handler = extras.mount(handler, b.svc, verifier)
-	}
+	handler := rootHandler(api.NewServer(apiCfg, b.svc, logger).Handler(), web.New(webCfg, b.svc, verifier, logger))
 
 	b.server = &http.Server{
 		Handler:           handler,
@@ -228,9 +242,93 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		}
 		b.done <- err
 	}()
+	if cfg.AdminAddr != "" {
+		if err := b.startAdmin(cfg.AdminAddr); err != nil {
+			return nil, err
+		}
+	}
 	logger.Info("broker listening", "url", b.url, "store", storeKind(cfg), "dev", cfg.Dev, "dry_runs", b.dryRun != nil)
 	ok = true
 	return b, nil
+}
+
+// rootHandler routes the web interface's paths to it and everything else to
+// the JSON API; "/" sends a browser to the interface.
+func rootHandler(apiHandler, webHandler http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(web.PathPrefix, webHandler)
+	mux.Handle(web.RegisterPath, webHandler)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, web.PathPrefix, http.StatusSeeOther)
+	})
+	mux.Handle("/", apiHandler)
+	return mux
+}
+
+// startAdmin serves /metrics on the operator's listener, apart from the API.
+func (b *brokerRuntime) startAdmin(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on admin address %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", b.metrics.Handler())
+	b.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := b.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			b.logger.Error("admin listener", "error", err)
+		}
+	}()
+	b.logger.Info("metrics listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// observeTransition feeds committed status changes to the metrics.
+func (b *brokerRuntime) observeTransition(from, to broker.Status, inState time.Duration) {
+	if from != "" {
+		b.metrics.ObserveStateDuration(string(from), inState)
+	}
+	switch {
+	case to == broker.StatusRunning && from == broker.StatusApproved:
+		b.metrics.JobLeased()
+	case to == broker.StatusAwaitingOutputCheck:
+		b.metrics.JobCompleted()
+	case to == broker.StatusFailed:
+		b.metrics.JobFailed("failed")
+	}
+}
+
+// queueDepth, budgets and agentsLastSeen feed the metrics at scrape time.
+func (b *brokerRuntime) queueDepth(ctx context.Context) (map[string]int, error) {
+	st, err := b.svc.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int, len(st.QueueDepth))
+	for k, v := range st.QueueDepth {
+		out[string(k)] = v
+	}
+	return out, nil
+}
+
+func (b *brokerRuntime) budgets(ctx context.Context) ([]metrics.Budget, error) {
+	st, err := b.svc.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]metrics.Budget, 0, len(st.Budgets))
+	for _, p := range st.Budgets {
+		out = append(out, metrics.Budget{ProjectID: p.ProjectID, EpsilonSpent: p.EpsilonSpent, EpsilonLimit: p.EpsilonBudget, DeltaSpent: p.DeltaSpent, DeltaLimit: p.DeltaBudget})
+	}
+	return out, nil
+}
+
+func (b *brokerRuntime) agentsLastSeen(ctx context.Context) (map[string]time.Time, error) {
+	st, err := b.svc.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.SitesSeen, nil
 }
 
 // URL is the broker's base URL.
@@ -245,6 +343,10 @@ func (b *brokerRuntime) Close() error {
 		errs = append(errs, b.server.Shutdown(ctx))
 		cancel()
 		b.server = nil
+	}
+	if b.admin != nil {
+		errs = append(errs, b.admin.Close())
+		b.admin = nil
 	}
 	if b.dryRun != nil {
 		errs = append(errs, b.dryRun.Close())
