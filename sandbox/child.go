@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/duckdb/duckdb-go/v2"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 )
@@ -102,14 +103,23 @@ func (s *server) run(ctx context.Context, in []byte, send func(frame) error) err
 }
 
 // safe turns any error into a coded one; the original goes to the site log
-// (the child's stderr, which the agent logs locally) and nowhere else.
+// (the child's stderr, which the agent logs locally) and nowhere else. A
+// DuckDB error is logged by class only: its message can quote data values
+// ("Could not convert string '…' to INT32"), and patient values are never
+// logged, not even on site.
 func (s *server) safe(ctx context.Context, err error) *Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return e
 	}
-	s.log.Warn("sandbox job failed", "error", err)
-	return classify(ctx, err)
+	e = classify(ctx, err)
+	var de *duckdb.Error
+	if errors.As(err, &de) {
+		s.log.Warn("sandbox job failed", "code", e.Code, "duckdb_error", safeTypeName(de.Type))
+		return e
+	}
+	s.log.Warn("sandbox job failed", "code", e.Code, "error", err)
+	return e
 }
 
 func (s *server) handle(ctx context.Context, in []byte) (*response, error) {

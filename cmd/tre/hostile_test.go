@@ -1,0 +1,806 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/queries"
+)
+
+// Hostile-client tests: a real `tre serve` process and callers who send
+// what a well-behaved client never would. The contract is 4xx with a JSON
+// error for every caller's mistake, never 5xx, and a broker that keeps
+// serving everyone else.
+
+// testCatalogPath is the queries package's hand-written test catalog: the
+// hostile tests publish it as a site agent would, without synthesising data.
+const testCatalogPath = "../../queries/testdata/catalog.yaml"
+
+// hostileSQL is a query the test catalog accepts.
+const hostileSQL = "SELECT sex, count(*) AS n FROM patients GROUP BY sex"
+
+// lonelyBroker is a `tre serve --dev` process with a published catalog and a
+// project, but no site agent: the tests play the agent themselves.
+type lonelyBroker struct {
+	dir, url string
+	proc     *treProcess
+	tokens   map[string]string
+	project  int64
+	args     []string
+}
+
+// startLonelyBroker starts the broker with extra serve flags, publishes the
+// test catalog as site-1 and creates a project whose members are alice and
+// frank.
+func startLonelyBroker(tb testing.TB, extra ...string) *lonelyBroker {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("starts a real broker process; skipped with -short")
+	}
+	b := &lonelyBroker{dir: tb.TempDir(), tokens: map[string]string{}}
+	addr := freeAddr(tb)
+	b.url = "http://" + addr
+	b.args = append([]string{"serve", "--data-dir", b.dir, "--addr", addr, "--dev", "--lease-ttl", "2s"}, extra...)
+	b.proc = startTre(tb, b.args...)
+	waitReady(tb, b.url)
+	key, err := api.LoadOrCreateDevKey(b.dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	users := map[string]broker.Role{"frank": broker.RoleResearcher}
+	for sub, role := range e2eUsers {
+		users[sub] = role
+	}
+	for sub, role := range users {
+		tok, err := api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		b.tokens[sub] = tok
+	}
+	cat, err := queries.LoadCatalog(testCatalogPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := b.as("site").PublishCatalog(ctx, "site-1", cat); err != nil {
+		tb.Fatalf("publish catalog: %v", err)
+	}
+	p, err := b.as("dave").CreateProject(ctx, api.ProjectRequest{
+		Title: "Hostile study", Organisation: "Test University", Purpose: "Testing hostile clients",
+		LawfulBasis: "Art. 6(1)(e)", Members: []string{"alice", "frank"}, Datasets: []string{cat.Dataset},
+		EpsilonBudget: 100, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
+	})
+	if err != nil {
+		tb.Fatalf("create project: %v", err)
+	}
+	b.project = p.ID
+	return b
+}
+
+func (b *lonelyBroker) as(sub string) *api.Client {
+	return &api.Client{BaseURL: b.url, Token: b.tokens[sub], HTTPClient: &http.Client{Timeout: 30 * time.Second}}
+}
+
+// waitReady polls /readyz until the broker answers.
+func waitReady(tb testing.TB, baseURL string) {
+	tb.Helper()
+	eventually(tb, 60*time.Second, "broker ready", func() error {
+		return (&api.Client{BaseURL: baseURL, HTTPClient: &http.Client{Timeout: 5 * time.Second}}).Readyz(context.Background())
+	})
+}
+
+// rawResponse is an HTTP answer read whole.
+type rawResponse struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// send makes one raw HTTP request with a bearer token.
+func send(tb testing.TB, method, u, token, contentType string, body io.Reader) rawResponse {
+	tb.Helper()
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, u, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatalf("%s %s: read body: %v", method, u, err)
+	}
+	return rawResponse{resp.StatusCode, resp.Header, data}
+}
+
+// errorCode checks r is a JSON error body and returns its code.
+func errorCode(tb testing.TB, r rawResponse) string {
+	tb.Helper()
+	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		tb.Errorf("error response Content-Type = %q, want application/json; body %q", ct, r.body)
+	}
+	var body struct {
+		Error struct{ Code, Message string } `json:"error"`
+	}
+	if err := json.Unmarshal(r.body, &body); err != nil || body.Error.Code == "" || body.Error.Message == "" {
+		tb.Errorf("error response is not {\"error\":{\"code\",\"message\"}}: %q", r.body)
+	}
+	return body.Error.Code
+}
+
+// TestHostileBodies sends malformed, oversized and mislabelled bodies to
+// every JSON-decoding route: each gets a 4xx JSON error, and the broker
+// stays up.
+func TestHostileBodies(t *testing.T) {
+	b := startLonelyBroker(t)
+	valid := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"p"}`, b.project, hostileSQL)
+	deep := `{"project_id":1,"sql":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}`
+	huge := `{"project_id":1,"purpose":"p","sql":"` + strings.Repeat("a", 2<<20) + `"}`
+	routes := []struct{ method, path, who string }{
+		{"POST", "/api/v1/queries", "alice"},
+		{"POST", "/api/v1/projects", "dave"},
+		{"PATCH", fmt.Sprintf("/api/v1/projects/%d", b.project), "dave"},
+		{"PUT", "/api/v1/agent/catalog", "site"},
+		{"POST", "/api/v1/agent/lease", "site"},
+		{"POST", "/api/v1/agent/jobs/1/complete", "site"},
+		{"POST", "/api/v1/queries/1/approve", "bob"},
+	}
+	bodies := []struct {
+		name, contentType, body string
+		want                    int // 0: any 4xx
+	}{
+		{"oversized", "application/json", huge, http.StatusRequestEntityTooLarge},
+		{"malformed", "application/json", `{"project_id": 1,`, http.StatusBadRequest},
+		{"invalid UTF-8", "application/json", "{\"sql\":\"\xff\xfe\",\"purpose\":\"p\"}", http.StatusBadRequest},
+		{"deeply nested", "application/json", deep, http.StatusBadRequest},
+		{"unknown field", "application/json", `{"project_id":1,"sql":"x","purpose":"p","is_admin":true}`, http.StatusBadRequest},
+		{"two objects", "application/json", valid + valid, http.StatusBadRequest},
+		{"not an object", "application/json", `[1,2,3]`, http.StatusBadRequest},
+		{"wrong types", "application/json", `{"project_id":"1","sql":7}`, http.StatusBadRequest},
+		{"huge number", "application/json", `{"project_id":1e999}`, http.StatusBadRequest},
+		{"NUL bytes", "application/json", "{\"sql\":\"\\u0000\x00\"}", http.StatusBadRequest},
+		{"empty", "application/json", ``, http.StatusBadRequest},
+		{"text/plain", "text/plain", valid, http.StatusUnsupportedMediaType},
+		{"form", "application/x-www-form-urlencoded", "project_id=1&sql=x", http.StatusUnsupportedMediaType},
+		{"no content type", "", valid, http.StatusUnsupportedMediaType},
+		{"bad media type", "application/json; charset", valid, http.StatusUnsupportedMediaType},
+	}
+	for _, rt := range routes {
+		for _, tt := range bodies {
+			t.Run(rt.method+" "+rt.path+"/"+tt.name, func(t *testing.T) {
+				r := send(t, rt.method, b.url+rt.path, b.tokens[rt.who], tt.contentType, strings.NewReader(tt.body))
+				if r.status < 400 || r.status > 499 {
+					t.Fatalf("status %d, want 4xx; body %.200q", r.status, r.body)
+				}
+				if tt.want != 0 && r.status != tt.want && !(r.status == http.StatusNotFound || r.status == http.StatusConflict) {
+					t.Errorf("status %d, want %d; body %.200q", r.status, tt.want, r.body)
+				}
+				errorCode(t, r)
+			})
+		}
+	}
+	// The broker is still up and nothing was stored.
+	list, err := b.as("dave").Queries(context.Background(), api.QueryListOptions{})
+	if err != nil {
+		t.Fatalf("broker after hostile bodies: %v", err)
+	}
+	if list.Total != 0 {
+		t.Errorf("%d queries stored from hostile bodies, want 0", list.Total)
+	}
+}
+
+// TestSlowClient opens a connection that sends its request headers a byte
+// at a time, slower than the server's ReadHeaderTimeout: the server cuts it
+// off, and answers other clients meanwhile.
+func TestSlowClient(t *testing.T) {
+	b := startLonelyBroker(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(b.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	closed := make(chan string, 1)
+	go func() {
+		// Read whatever the server says; it should close the connection
+		// (possibly after a 408) without ever answering the request.
+		data, _ := io.ReadAll(conn)
+		closed <- string(data)
+	}()
+	request := "GET /api/v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b.tokens["alice"] + "\r\nX-Slow: " + strings.Repeat("a", 400) + "\r\n\r\n"
+	othersServed := 0
+	var answer string
+	cutOff := false
+	for i := 0; i < len(request) && !cutOff; i++ {
+		if _, err := conn.Write([]byte{request[i]}); err != nil {
+			break
+		}
+		select {
+		case answer = <-closed:
+			cutOff = true
+			continue
+		case <-time.After(100 * time.Millisecond):
+		}
+		if i%10 == 0 {
+			// Another client is served while the slow one dribbles.
+			if _, err := b.as("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
+				t.Fatalf("other client while a slow client is connected: %v", err)
+			}
+			othersServed++
+		}
+	}
+	if !cutOff {
+		select {
+		case answer = <-closed:
+		case <-time.After(45 * time.Second):
+			t.Fatal("the slow client was never cut off")
+		}
+	}
+	if strings.Contains(answer, " 200 ") {
+		t.Fatalf("the slow client got an answer: %q", answer)
+	}
+	if othersServed == 0 {
+		t.Fatal("no other request was made while the slow client was connected")
+	}
+	if _, err := b.as("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
+		t.Fatalf("broker after the slow client: %v", err)
+	}
+}
+
+// TestSubmissionFlood: a researcher over the per-subject submission limit
+// gets 429 with Retry-After; another researcher and other routes are not
+// affected.
+func TestSubmissionFlood(t *testing.T) {
+	const limit = 3
+	b := startLonelyBroker(t, "--submit-per-minute", strconv.Itoa(limit))
+	body := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"flood"}`, b.project, hostileSQL)
+	var statuses []int
+	var limited rawResponse
+	for i := 0; i < limit+5; i++ {
+		r := send(t, "POST", b.url+"/api/v1/queries", b.tokens["alice"], "application/json", strings.NewReader(body))
+		statuses = append(statuses, r.status)
+		if r.status == http.StatusTooManyRequests {
+			limited = r
+		} else if r.status != http.StatusCreated {
+			t.Fatalf("submission %d: status %d %q", i, r.status, r.body)
+		}
+	}
+	if limited.status == 0 {
+		t.Fatalf("no 429 after %d submissions (limit %d per minute): %v", len(statuses), limit, statuses)
+	}
+	if code := errorCode(t, limited); code != "rate_limited" {
+		t.Errorf("429 code = %q, want rate_limited", code)
+	}
+	if ra, err := strconv.Atoi(limited.header.Get("Retry-After")); err != nil || ra < 1 {
+		t.Errorf("429 Retry-After = %q, want a positive number of seconds", limited.header.Get("Retry-After"))
+	}
+	// frank shares the project but not alice's allowance.
+	if r := send(t, "POST", b.url+"/api/v1/queries", b.tokens["frank"], "application/json", strings.NewReader(body)); r.status != http.StatusCreated {
+		t.Errorf("another researcher during alice's flood: status %d %q", r.status, r.body)
+	}
+	// Reads are not rate limited with submissions.
+	if _, err := b.as("alice").Queries(context.Background(), api.QueryListOptions{}); err != nil {
+		t.Errorf("alice lists her queries while limited: %v", err)
+	}
+	if _, err := b.as("bob").ReviewQueue(context.Background(), api.ListOptions{}); err != nil {
+		t.Errorf("reviewer during the flood: %v", err)
+	}
+}
+
+// TestInjectionInFilters puts SQL injection payloads into every list filter
+// and pagination parameter: each answer is 400 or a (possibly empty) list,
+// never 5xx, and nothing changes in the store.
+func TestInjectionInFilters(t *testing.T) {
+	b := startLonelyBroker(t)
+	ctx := context.Background()
+	q, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "baseline"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot := func() string {
+		t.Helper()
+		qs, err := b.as("dave").Queries(ctx, api.QueryListOptions{ListOptions: api.ListOptions{Limit: 500}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := b.as("dave").Projects(ctx, api.ListOptions{Limit: 500})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s strings.Builder
+		for _, q := range qs.Items {
+			fmt.Fprintf(&s, "q%d:%s:%s;", q.ID, q.Status, q.SQLHash)
+		}
+		for _, p := range ps.Items {
+			fmt.Fprintf(&s, "p%d:%s:%v;", p.ID, p.Title, p.Members)
+		}
+		return s.String()
+	}
+	before := snapshot()
+	auditBefore, err := b.as("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	payloads := []string{
+		"' OR '1'='1", "1 OR 1=1", "1; DROP TABLE queries; --", "submitted' --", `"; DELETE FROM audit; --`,
+		"1) UNION SELECT * FROM projects --", "%", "_", "\\", "0x7fffffff", "-1", "99999999999999999999",
+		"1e3", "NULL", "' || (SELECT sql FROM sqlite_master) || '", "$1", "?", "\u0000", "é' OR 'a'='a",
+	}
+	routes := []struct {
+		path, who string
+		params    []string
+	}{
+		{"/api/v1/queries", "dave", []string{"status", "project_id", "submitted_by", "limit", "offset"}},
+		{"/api/v1/queries", "alice", []string{"status", "project_id", "submitted_by", "limit", "offset"}},
+		{"/api/v1/projects", "dave", []string{"limit", "offset"}},
+		{"/api/v1/audit", "dave", []string{"actor", "action", "object", "limit", "offset"}},
+		{"/api/v1/review/queue", "bob", []string{"limit", "offset"}},
+		{"/api/v1/outputs/queue", "carol", []string{"limit", "offset"}},
+		{"/api/v1/datasets", "alice", []string{"limit", "offset"}},
+		{"/public/register", "", []string{"limit", "offset"}},
+	}
+	for _, rt := range routes {
+		for _, param := range rt.params {
+			for _, p := range payloads {
+				name := fmt.Sprintf("%s as %s/%s=%q", rt.path, rt.who, param, p)
+				r := send(t, "GET", b.url+rt.path+"?"+url.Values{param: {p}}.Encode(), b.tokens[rt.who], "", nil)
+				switch {
+				case r.status == http.StatusBadRequest:
+					errorCode(t, r)
+				case r.status == http.StatusOK:
+					var list struct {
+						Items []json.RawMessage `json:"items"`
+						Total int               `json:"total"`
+					}
+					if err := json.Unmarshal(r.body, &list); err != nil {
+						t.Errorf("%s: 200 with a body that is not a list: %.200q", name, r.body)
+					}
+					// A filter on a value no row holds must not match
+					// rows: an injected OR would.
+					if param != "limit" && param != "offset" && len(list.Items) > 0 && rt.path != "/api/v1/audit" {
+						t.Errorf("%s: filter matched %d rows", name, len(list.Items))
+					}
+					if rt.path == "/api/v1/audit" && param != "limit" && param != "offset" && list.Total > 0 {
+						t.Errorf("%s: audit filter matched %d entries", name, list.Total)
+					}
+				default:
+					t.Errorf("%s: status %d, want 400 or 200; body %.200q", name, r.status, r.body)
+				}
+			}
+		}
+	}
+	// Path parameters too.
+	for _, p := range []string{"1 OR 1=1", "1;DROP TABLE queries", "-1", "0x1", "1e3", "99999999999999999999", "1\r\nSet-Cookie: x=y"} {
+		for _, suffix := range []string{"", "/output", "/result?format=csv"} {
+			path := "/api/v1/queries/" + url.PathEscape(p) + suffix
+			r := send(t, "GET", b.url+path, b.tokens["dave"], "", nil)
+			if r.status >= 500 || r.status < 400 {
+				t.Errorf("GET %s: status %d, want 4xx; body %.200q", path, r.status, r.body)
+			}
+			if r.header.Get("Set-Cookie") != "" {
+				t.Errorf("GET %s: a Set-Cookie header was injected", path)
+			}
+		}
+	}
+
+	if after := snapshot(); after != before {
+		t.Errorf("store changed under injection attempts:\nbefore %s\nafter  %s", before, after)
+	}
+	got, err := b.as("alice").Query(ctx, q.ID)
+	if err != nil || got.SQLHash != q.SQLHash {
+		t.Errorf("baseline query after injection attempts: %+v, %v", got, err)
+	}
+	auditAfter, err := b.as("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
+	if err != nil || auditAfter.Total < auditBefore.Total {
+		t.Errorf("audit entries went from %d to %d (%v)", auditBefore.Total, auditAfter.Total, err)
+	}
+	if v, err := b.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
+		t.Errorf("audit chain after injection attempts: %+v, %v", v, err)
+	}
+}
+
+// TestReleasedFileInjection: a result whose group keys and column names are
+// spreadsheet formulas (completed through the agent API as a compromised
+// agent could) is released, and the CSV a researcher downloads neutralises
+// every one; the download's headers carry a fixed, safe filename.
+func TestReleasedFileInjection(t *testing.T) {
+	b := startLonelyBroker(t)
+	ctx := context.Background()
+	q, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "formula injection"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	lease, err := b.as("site").Lease(ctx, "site-1")
+	if err != nil || lease == nil || lease.QueryID != q.ID {
+		t.Fatalf("lease = %+v, %v; want query %d", lease, err, q.ID)
+	}
+	formulas := []string{
+		`=cmd|' /C calc'!A0`, `+1`, `-2+3`, `@SUM(1)`, "\t=1+1", "\r=1+1", `=HYPERLINK("http://evil.example","x")`,
+		"=1\n=2", `"=1"`, "plain",
+	}
+	v := func(x float64) *float64 { return &x }
+	res := dp.Result{
+		Columns: []dp.Column{{Name: "=HYPERLINK(\"http://evil.example\")", Kind: "group"}, {Name: "@n", Kind: "count"}},
+		Report:  dp.Report{Epsilon: lease.Epsilon, Delta: lease.Delta, Mechanism: "laplace"},
+	}
+	for i, f := range formulas {
+		res.Rows = append(res.Rows, []dp.Cell{{Key: f}, {Value: v(float64(10 * (i + 1))), CILow: v(-1.5), CIHigh: v(2)}})
+	}
+	if err := b.as("site").Complete(ctx, q.ID, lease.Token, res); err != nil {
+		t.Fatalf("complete: %v", err)
+	}
+	if _, err := b.as("carol").ReleaseQuery(ctx, q.ID, "checked"); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+
+	r := send(t, "GET", fmt.Sprintf("%s/api/v1/queries/%d/result?format=csv", b.url, q.ID), b.tokens["alice"], "", nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("CSV download: %d %q", r.status, r.body)
+	}
+	if cd, want := r.header.Get("Content-Disposition"), fmt.Sprintf(`attachment; filename="tre-query-%d.csv"`, q.ID); cd != want {
+		t.Errorf("Content-Disposition = %q, want %q", cd, want)
+	}
+	for k, vs := range r.header {
+		for _, v := range vs {
+			if strings.ContainsAny(v, "\r\n") {
+				t.Errorf("header %s holds a line break: %q", k, v)
+			}
+		}
+	}
+	recs, err := csv.NewReader(bytes.NewReader(r.body)).ReadAll()
+	if err != nil {
+		t.Fatalf("released CSV does not parse: %v\n%s", err, r.body)
+	}
+	if len(recs) != len(formulas)+1 {
+		t.Fatalf("CSV has %d records, want %d:\n%s", len(recs), len(formulas)+1, r.body)
+	}
+	for i, rec := range recs {
+		for j, cell := range rec {
+			isText := i == 0 || j == 0
+			if isText && cell != "" && strings.ContainsRune("=+-@\t\r", rune(cell[0])) {
+				t.Errorf("CSV record %d cell %d %q starts a formula", i, j, cell)
+			}
+		}
+	}
+	for i, f := range formulas {
+		got := recs[i+1][0]
+		if strings.TrimPrefix(got, "'") != f {
+			t.Errorf("group key %q came out as %q", f, got)
+		}
+	}
+	// Numbers stay numbers: a negative interval bound is not neutralised.
+	if recs[1][2] != "-1.5" {
+		t.Errorf("ci_low = %q, want -1.5 (numbers are not text cells)", recs[1][2])
+	}
+}
+
+// TestTokenForgeryEndToEnd runs the token forgery suite across the process
+// boundary against a broker configured with an RS256 public key, issuer and
+// audience: every forged token gets a 401 JSON error.
+func TestTokenForgeryEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real broker process; skipped with -short")
+	}
+	dir := t.TempDir()
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&rk.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	keyFile := filepath.Join(dir, "idp.pem") // key id "idp"
+	if err := os.WriteFile(keyFile, pubPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const iss, aud = "https://idp.test.example", "tre-test"
+	addr := freeAddr(t)
+	u := "http://" + addr
+	startTre(t, "serve", "--data-dir", filepath.Join(dir, "broker"), "--addr", addr,
+		"--jwt-public-key", keyFile, "--jwt-issuer", iss, "--jwt-audience", aud)
+	waitReady(t, u)
+
+	now := time.Now()
+	claims := func(mod func(jwt.MapClaims)) jwt.MapClaims {
+		c := jwt.MapClaims{"sub": "mallory", "name": "Mallory", "org": "Nowhere", "roles": []string{"researcher"},
+			"iss": iss, "aud": aud, "exp": now.Add(time.Hour).Unix(), "iat": now.Unix()}
+		if mod != nil {
+			mod(c)
+		}
+		return c
+	}
+	signed := func(m jwt.SigningMethod, key any, kid string, c jwt.MapClaims) string {
+		t.Helper()
+		tok := jwt.NewWithClaims(m, c)
+		if kid != "" {
+			tok.Header["kid"] = kid
+		}
+		s, err := tok.SignedString(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	valid := signed(jwt.SigningMethodRS256, rk, "", claims(nil))
+	// The control: the genuine token works, so every 401 below is the forgery's.
+	if r := send(t, "GET", u+"/api/v1/datasets", valid, "", nil); r.status != http.StatusOK {
+		t.Fatalf("genuine RS256 token: status %d %q", r.status, r.body)
+	}
+	if r := send(t, "GET", u+"/api/v1/datasets", signed(jwt.SigningMethodRS256, rk, "idp", claims(nil)), "", nil); r.status != http.StatusOK {
+		t.Fatalf("genuine RS256 token with its kid: status %d %q", r.status, r.body)
+	}
+
+	b64 := base64.RawURLEncoding.EncodeToString
+	tamper := func(tok string, mod func(map[string]any)) string {
+		parts := strings.Split(tok, ".")
+		raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c map[string]any
+		if err := json.Unmarshal(raw, &c); err != nil {
+			t.Fatal(err)
+		}
+		mod(c)
+		out, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parts[0] + "." + b64(out) + "." + parts[2]
+	}
+	none, err := jwt.NewWithClaims(jwt.SigningMethodNone, claims(nil)).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := strings.Split(valid, ".")[1]
+	tests := []struct{ name, token string }{
+		{"alg none", none},
+		{"alg none with the genuine signature", b64([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + payload + "." + strings.Split(valid, ".")[2]},
+		{"alg NONE", b64([]byte(`{"alg":"NONE","typ":"JWT"}`)) + "." + payload + "."},
+		{"HS256 keyed with the public key PEM", signed(jwt.SigningMethodHS256, pubPEM, "", claims(nil))},
+		{"HS256 keyed with the public key DER", signed(jwt.SigningMethodHS256, der, "", claims(nil))},
+		{"HS256 keyed with the PEM, naming the RSA kid", signed(jwt.SigningMethodHS256, pubPEM, "idp", claims(nil))},
+		{"expired", signed(jwt.SigningMethodRS256, rk, "", claims(func(c jwt.MapClaims) { c["exp"] = now.Add(-time.Hour).Unix() }))},
+		{"no exp", signed(jwt.SigningMethodRS256, rk, "", claims(func(c jwt.MapClaims) { delete(c, "exp") }))},
+		{"not yet valid", signed(jwt.SigningMethodRS256, rk, "", claims(func(c jwt.MapClaims) { c["nbf"] = now.Add(time.Hour).Unix() }))},
+		{"wrong issuer", signed(jwt.SigningMethodRS256, rk, "", claims(func(c jwt.MapClaims) { c["iss"] = "https://evil.example" }))},
+		{"no issuer", signed(jwt.SigningMethodRS256, rk, "", claims(func(c jwt.MapClaims) { delete(c, "iss") }))},
+		{"wrong audience", signed(jwt.SigningMethodRS256, rk, "", claims(func(c jwt.MapClaims) { c["aud"] = "other-service" }))},
+		{"tampered roles", tamper(valid, func(c map[string]any) { c["roles"] = []string{"admin"} })},
+		{"tampered subject", tamper(valid, func(c map[string]any) { c["sub"] = "dave" })},
+		{"tampered expiry", tamper(signed(jwt.SigningMethodRS256, rk, "", claims(func(c jwt.MapClaims) { c["exp"] = now.Add(-time.Hour).Unix() })),
+			func(c map[string]any) { c["exp"] = now.Add(time.Hour).Unix() })},
+		{"unknown kid", signed(jwt.SigningMethodRS256, rk, "nope", claims(nil))},
+		{"signed by another RSA key", signed(jwt.SigningMethodRS256, other, "", claims(nil))},
+		{"another key naming the real kid", signed(jwt.SigningMethodRS256, other, "idp", claims(nil))},
+		{"ES256 from an unconfigured key", signed(jwt.SigningMethodES256, ec, "", claims(nil))},
+		{"PS256 with the real key", signed(jwt.SigningMethodPS256, rk, "", claims(nil))},
+		{"RS512 with the real key", signed(jwt.SigningMethodRS512, rk, "", claims(nil))},
+		{"signature stripped", strings.Join(strings.Split(valid, ".")[:2], ".") + "."},
+		{"two parts", strings.Join(strings.Split(valid, ".")[:2], ".")},
+		{"garbage", "not-a-token"},
+		{"oversized", strings.Repeat("A", 20<<10) + "." + payload + ".x"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, path := range []string{"/api/v1/datasets", "/api/v1/audit", "/api/v1/projects"} {
+				r := send(t, "GET", u+path, tt.token, "", nil)
+				if r.status != http.StatusUnauthorized {
+					t.Fatalf("GET %s: status %d, want 401; body %.200q", path, r.status, r.body)
+				}
+				if code := errorCode(t, r); code != "unauthorized" {
+					t.Errorf("GET %s: code %q, want unauthorized", path, code)
+				}
+				if !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Bearer") {
+					t.Errorf("GET %s: WWW-Authenticate = %q", path, r.header.Get("WWW-Authenticate"))
+				}
+				if len(tt.token) > 20 && bytes.Contains(r.body, []byte(tt.token[len(tt.token)-20:])) {
+					t.Errorf("GET %s: the error echoes the token", path)
+				}
+			}
+		})
+	}
+}
+
+// TestNoLeaksInLogsAndErrors runs a whole flow with the real broker, agent
+// and sandbox, plus SQL that DuckDB rejects at parse, bind and execution
+// time. Researchers' error messages carry no DuckDB error text or data
+// values, and neither process logs a bearer token, the dev key, SQL text, a
+// released value or a group key.
+func TestNoLeaksInLogsAndErrors(t *testing.T) {
+	s := startSite(t, 3000)
+	ctx := context.Background()
+	projectID := s.createProject(t, 20)
+
+	// A whole flow: submit, approve, run, release, download.
+	const flowSQL = "SELECT region, count(*) AS n FROM patients GROUP BY region"
+	q, err := s.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: projectID, SQL: flowSQL, Purpose: "regions"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, s.as("bob"), q.ID, broker.StatusAwaitingOutputCheck)
+	if _, err := s.as("carol").ReleaseQuery(ctx, q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.as("alice").Result(ctx, q.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.as("alice").ResultRaw(ctx, q.ID, "csv"); err != nil {
+		t.Fatal(err)
+	}
+	// A bad token is logged as a failure, never as the token.
+	badToken := s.tokens["alice"][:len(s.tokens["alice"])-4] + "AAAA"
+	if r := send(t, "GET", s.url+"/api/v1/datasets", badToken, "", nil); r.status != http.StatusUnauthorized {
+		t.Fatalf("tampered token: status %d", r.status)
+	}
+
+	// SQL that fails inside DuckDB: the researcher sees tre's words only.
+	duckdbText := []string{"Parser Error", "Binder Error", "Conversion Error", "Catalog Error", "Invalid Input Error",
+		"Out of Range Error", "Constraint Error", "INTERNAL Error", "LINE 1", "syntax error at or near",
+		"Could not convert", "Referenced column", "Candidate bindings", "female", "North East"}
+	checkMessage := func(t *testing.T, what, sql, msg string) {
+		t.Helper()
+		for _, bad := range duckdbText {
+			// A refusal may quote the researcher's own SQL back.
+			if strings.Contains(msg, bad) && !strings.Contains(sql, bad) {
+				t.Errorf("%s: message shows %q: %s", what, bad, msg)
+			}
+		}
+	}
+	failing := []struct{ name, sql string }{
+		{"parse", "SELECT count(* FROM patients"},
+		{"parse, unterminated string", "SELECT count(*) FROM patients WHERE sex = 'female"},
+		{"bind, unknown column", "SELECT count(*) FROM patients WHERE no_such_column = 1"},
+		{"bind, type mismatch", "SELECT count(*) FROM patients WHERE sex + 1 = 2"},
+		{"conversion of a data value", "SELECT count(*) FROM patients WHERE sex = 5"},
+		{"conversion of a literal", "SELECT count(*) FROM patients WHERE date_of_birth > DATE 'not-a-date'"},
+		{"conversion in a cast", "SELECT count(*) FROM patients WHERE CAST(region AS INTEGER) > 1"},
+	}
+	for _, tt := range failing {
+		t.Run(tt.name, func(t *testing.T) {
+			req := api.QueryRequest{ProjectID: projectID, SQL: tt.sql, Purpose: "error text"}
+			_, err := s.as("alice").DryRun(ctx, req)
+			if err != nil {
+				if st := apiStatus(err); st >= 500 && st != http.StatusServiceUnavailable {
+					t.Errorf("dry run: status %d: %v", st, err)
+				}
+				checkMessage(t, "dry run", tt.sql, err.Error())
+			}
+			q, err := s.as("alice").SubmitQuery(ctx, req)
+			if err != nil {
+				if st := apiStatus(err); st >= 500 {
+					t.Errorf("submit: status %d: %v", st, err)
+				}
+				checkMessage(t, "submit", tt.sql, err.Error())
+				return
+			}
+			// Accepted at submission: it must fail (or run) in the sandbox
+			// without DuckDB's words reaching the researcher.
+			if _, err := s.as("bob").ApproveQuery(ctx, q.ID, "see what happens"); err != nil {
+				t.Fatal(err)
+			}
+			var final *broker.Query
+			eventually(t, 90*time.Second, "query leaves running", func() error {
+				final, err = s.as("alice").Query(ctx, q.ID)
+				if err != nil {
+					return err
+				}
+				switch final.Status {
+				case broker.StatusFailed, broker.StatusAwaitingOutputCheck:
+					return nil
+				}
+				return fmt.Errorf("status %s", final.Status)
+			})
+			js, _ := json.Marshal(final)
+			checkMessage(t, "query as the researcher sees it", tt.sql, string(js))
+		})
+	}
+
+	s.agent.stop()
+	s.broker.stop()
+	logs := map[string]string{"broker": s.broker.out.String(), "agent": s.agent.out.String()}
+	devKey, err := os.ReadFile(filepath.Join(s.dir, "broker", api.DevKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string]string{"dev key": strings.TrimSpace(string(devKey)), "tampered token": badToken,
+		"SQL text": flowSQL, "SQL keyword": "SELECT ", "rewritten SQL marker": "__patients"}
+	for sub, tok := range s.tokens {
+		secrets["token of "+sub] = tok
+		secrets["signature of "+sub+"'s token"] = tok[strings.LastIndexByte(tok, '.')+1:]
+	}
+	for _, tt := range failing {
+		secrets["SQL text "+tt.name] = tt.sql
+	}
+	for _, row := range res.Rows {
+		for i, c := range row {
+			if res.Columns[i].Kind == "group" && len(c.Key) >= 4 {
+				secrets["group key "+c.Key] = c.Key
+			}
+			for _, v := range []*float64{c.Value, c.CILow, c.CIHigh} {
+				if v == nil {
+					continue
+				}
+				if f := strconv.FormatFloat(*v, 'f', -1, 64); len(f) >= 6 {
+					secrets["released value "+f] = f
+				}
+			}
+		}
+	}
+	if len(res.Rows) == 0 {
+		t.Fatal("released table is empty: nothing to look for in the logs")
+	}
+	for proc, log := range logs {
+		if !strings.Contains(log, `"msg"`) {
+			t.Fatalf("%s log is empty or not JSON: %.300q", proc, log)
+		}
+		for what, secret := range secrets {
+			if secret != "" && strings.Contains(log, secret) {
+				t.Errorf("%s log contains the %s", proc, what)
+				sc := bufio.NewScanner(strings.NewReader(log))
+				sc.Buffer(nil, 1<<20)
+				for sc.Scan() {
+					if strings.Contains(sc.Text(), secret) {
+						t.Logf("  line: %.300s", sc.Text())
+						break
+					}
+				}
+			}
+		}
+	}
+	if t.Failed() {
+		t.Logf("log sizes: broker %d, agent %d bytes", len(logs["broker"]), len(logs["agent"]))
+	}
+}
