@@ -98,6 +98,8 @@ type compiler struct {
 	nodes int
 	ctes  map[string]*relation
 	with  []string // emitted user CTEs, in order
+	// fastPath adds the one-row-per-patient shortcut to the rewrite.
+	fastPath bool
 }
 
 // query is the validated outer query.

@@ -131,6 +131,12 @@ func (p *Parser) index(cat *Catalog) *catalogIndex {
 // __dropped BIGINT, the rows removed by the k/C bounds. Without GROUP BY it
 // returns exactly one row.
 func (p *Parser) Compile(ctx context.Context, cat *Catalog, sqlText string, opts Options) (*Plan, error) {
+	return p.compile(ctx, cat, sqlText, opts, true)
+}
+
+// compile is Compile; fastPath=false leaves out the one-row-per-patient
+// shortcut so tests can check both paths give the same rows.
+func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts Options, fastPath bool) (*Plan, error) {
 	if cat == nil {
 		return nil, errors.New("compile: no catalog")
 	}
@@ -161,7 +167,7 @@ func (p *Parser) Compile(ctx context.Context, cat *Catalog, sqlText string, opts
 	if !ok {
 		return nil, refuse("statement", -1, "unrecognised parser output")
 	}
-	c := &compiler{cat: cat, idx: p.index(cat), sql: sqlText, seed: opts.Seed}
+	c := &compiler{cat: cat, idx: p.index(cat), sql: sqlText, seed: opts.Seed, fastPath: fastPath}
 	q, err := c.compileStatement(stmt)
 	if err != nil {
 		return nil, err

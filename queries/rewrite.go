@@ -117,9 +117,21 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	}
 	pgCols := key + ", " + strings.Join(statCols, ", ")
 
+	// The shortcut: when no patient has more than one input row (a
+	// demographics table, per-patient CTEs), every patient is in one group
+	// with one row, within any k and C, so grouping the rows directly gives
+	// exactly the bounded statistics. Checking it costs one distinct count
+	// on the patient id; the per-(patient, group) pipeline below then sees
+	// no rows. Otherwise the shortcut sees none.
+	slowFilter := ""
+	if c.fastPath {
+		b.WriteString(`"__tre_dup" AS MATERIALIZED (SELECT count("__pid") <> count(DISTINCT "__pid") OR count("__pid") <> count(*) AS "__d" FROM "__tre_base"),` + "\n")
+		slowFilter = ` WHERE (SELECT "__d" FROM "__tre_dup")`
+	}
+
 	// Stage 2: all rows per (patient, group); the pairs above C recomputed
 	// from their first C rows.
-	fmt.Fprintf(&b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base" GROUP BY %s),`+"\n", key, stats(), key)
+	fmt.Fprintf(&b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base"%s GROUP BY %s),`+"\n", key, stats(), slowFilter, key)
 	hash := strings.Join(append(append([]string{seed, `"__pid"`}, gcols...), args...), ", ")
 	fmt.Fprintf(&b, `"__tre_over" AS (SELECT %s, %s FROM (SELECT r.*, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base" AS r SEMI JOIN (SELECT %s FROM "__tre_all" WHERE "__n" > %d) AS o ON %s) WHERE "__rn" <= %d GROUP BY %s),`+"\n",
 		key, stats(), key, hash, key, spec.MaxRowsPerGroup, on("r", "o"), spec.MaxRowsPerGroup, key)
@@ -137,6 +149,10 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		b.WriteString(`"__tre_kept" AS (SELECT * FROM "__tre_pg")` + "\n")
 	}
 
+	if c.fastPath {
+		c.fastSelect(&b, q, gcols)
+		b.WriteString("\nUNION ALL\n")
+	}
 	// Stage 4: per-group statistics in the layout the sandbox scans.
 	b.WriteString("SELECT ")
 	for i, g := range q.groups {
@@ -164,7 +180,44 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	if len(gcols) > 0 {
 		b.WriteString(" GROUP BY " + strings.Join(gcols, ", "))
 	}
+	if c.fastPath && len(gcols) == 0 {
+		// Without GROUP BY each branch returns one row; keep one.
+		b.WriteString(` HAVING (SELECT "__d" FROM "__tre_dup")`)
+	}
 	return b.String()
+}
+
+// fastSelect is the shortcut branch: each input row is one patient's whole
+// contribution, so per-row values are per-patient contributions.
+func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string) {
+	b.WriteString("SELECT ")
+	for i, g := range q.groups {
+		fmt.Fprintf(b, "CAST(%s AS VARCHAR) AS %s, ", gcols[i], quoteIdent(g.name))
+	}
+	b.WriteString(`CAST(count(*) AS BIGINT) AS "__patients"`)
+	for j, a := range q.aggs {
+		col := fmt.Sprintf(`"__a%d"`, j)
+		name := escapeName(a.spec.Name)
+		contrib := "1"
+		if a.arg != "" {
+			contrib = "coalesce(" + col + ", 0)"
+		}
+		if a.kind == aggValue {
+			fmt.Fprintf(b, `, CAST(count(%s) AS DOUBLE) AS "%s__count", CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__sum", CAST(coalesce(sum(%s * %s), 0) AS DOUBLE) AS "%s__sumsq"`,
+				col, name, col, name, col, col, name)
+		} else {
+			fmt.Fprintf(b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count", CAST(0 AS DOUBLE) AS "%s__sum", CAST(0 AS DOUBLE) AS "%s__sumsq"`,
+				contrib, name, name, name)
+		}
+		fmt.Fprintf(b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
+			contrib, name, contrib, name)
+	}
+	b.WriteString(`, CAST(0 AS BIGINT) AS "__dropped" FROM "__tre_base" WHERE NOT (SELECT "__d" FROM "__tre_dup")`)
+	if len(gcols) > 0 {
+		b.WriteString(" GROUP BY " + strings.Join(gcols, ", "))
+	} else {
+		b.WriteString(` HAVING NOT (SELECT "__d" FROM "__tre_dup")`)
+	}
 }
 
 func escapeName(s string) string { return strings.ReplaceAll(s, `"`, `""`) }
