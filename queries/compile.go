@@ -100,6 +100,8 @@ type compiler struct {
 	with  []string // emitted user CTEs, in order
 	// fastPath adds the one-row-per-patient shortcut to the rewrite.
 	fastPath bool
+	// innerPreds are the WHERE conjuncts of per-patient queries.
+	innerPreds []string
 }
 
 // query is the validated outer query.
@@ -360,11 +362,18 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 	}
 	fmt.Fprintf(&b, "SELECT %s FROM %s", strings.Join(outs, ", "), from)
 	if w := sub(node, "where_clause"); w != nil {
-		wsql, _, err := c.expr(w, sc, exprMode{clause: "WHERE of " + what, inner: true, noAgg: true}, 1)
-		if err != nil {
-			return nil, "", err
+		var parts []string
+		for _, conj := range conjuncts(w) {
+			wsql, _, err := c.expr(conj, sc, exprMode{clause: "WHERE of " + what, inner: true, noAgg: true}, 1)
+			if err != nil {
+				return nil, "", err
+			}
+			parts = append(parts, wsql)
+			// Filters inside a per-patient query also change what is
+			// released; the broker compares them too.
+			c.innerPreds = append(c.innerPreds, "in "+what+": "+c.predicateText(wsql, sc))
 		}
-		b.WriteString(" WHERE " + wsql)
+		b.WriteString(" WHERE " + strings.Join(parts, " AND "))
 	}
 	b.WriteString(" GROUP BY " + gsql)
 	if h := sub(node, "having"); h != nil {
@@ -749,8 +758,9 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 			q.predicates = append(q.predicates, c.predicateText(s, sc))
 		}
 		q.where = strings.Join(parts, " AND ")
-		sortStrings(q.predicates)
 	}
+	q.predicates = append(q.predicates, c.innerPreds...)
+	sortStrings(q.predicates)
 	items := list(node, "select_list")
 	// GROUP BY may name select aliases or positions.
 	aliases := make(map[string]obj, len(items))

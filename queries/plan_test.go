@@ -164,6 +164,21 @@ func TestPredicatesForm(t *testing.T) {
 	}
 }
 
+func TestPredicatesOfCTEs(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	plan := mustCompile(t, p, cat, `WITH d AS (SELECT patient_id, 1 AS x FROM clinical_events e WHERE e.snomed_code = '44054006' AND e.date >= DATE '2020-01-01' GROUP BY patient_id)
+		SELECT count(*) FROM d JOIN patients p USING (patient_id) WHERE p.sex = 'female'`)
+	want := []string{
+		`(patients.sex = 'female')`,
+		`in CTE d: (clinical_events.date >= DATE '2020-01-01')`,
+		`in CTE d: (clinical_events.snomed_code = '44054006')`,
+	}
+	if diff := cmp.Diff(want, plan.Predicates); diff != "" {
+		t.Errorf("predicates (-want +got):\n%s", diff)
+	}
+}
+
 func TestViewStatements(t *testing.T) {
 	cat := MustLoadTestCatalog(t)
 	views := ViewStatements(cat)
