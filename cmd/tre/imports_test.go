@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -11,6 +13,8 @@ import (
 // goPackage is the part of `go list -json` the boundary rules need.
 type goPackage struct {
 	ImportPath string
+	Dir        string
+	GoFiles    []string
 	Imports    []string
 	Deps       []string
 }
@@ -97,6 +101,39 @@ func TestImportBoundaries(t *testing.T) {
 			for _, dep := range p.Deps {
 				if inFolder(dep, "broker") || inFolder(dep, "api") {
 					t.Errorf("%s depends on %s: the site talks to the broker only over HTTP, wired in cmd", p.ImportPath, dep)
+				}
+			}
+		}
+	}
+}
+
+// TestQueriesUsesDuckDBOnlyToParse: the engine may link DuckDB for its SQL
+// parser, but must never open a database file. One file holds the driver,
+// and it opens only an in-memory database.
+func TestQueriesUsesDuckDBOnlyToParse(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if !inFolder(p.ImportPath, "queries") {
+			continue
+		}
+		for _, f := range p.GoFiles {
+			src, err := os.ReadFile(filepath.Join(p.Dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := string(src)
+			if !strings.Contains(text, `"github.com/duckdb/duckdb-go/v2"`) {
+				continue
+			}
+			if f != "parser.go" {
+				t.Errorf("%s/%s imports the DuckDB driver: only parser.go may", p.ImportPath, f)
+				continue
+			}
+			if !strings.Contains(text, `duckdb.NewConnector("", nil)`) {
+				t.Errorf("%s/%s: the parser must open an in-memory database (NewConnector(\"\", nil))", p.ImportPath, f)
+			}
+			for _, bad := range []string{"ATTACH", "read_csv", "read_parquet", ".duckdb", "sql.Open("} {
+				if strings.Contains(text, bad) {
+					t.Errorf("%s/%s mentions %q: the parser never reads data", p.ImportPath, f, bad)
 				}
 			}
 		}
