@@ -57,7 +57,7 @@ func isEmpty(v any) bool {
 			return true
 		}
 		// An ORDER_MODIFIER without orders and an empty cte_map are defaults.
-		if t, _ := x["type"].(string); t == "ORDER_MODIFIER" && len(list(x, "orders")) == 0 && len(x) == 2 {
+		if t, _ := x["type"].(string); t == "ORDER_MODIFIER" && len(list(x, "orders")) == 0 && len(x) <= 2 {
 			return true
 		}
 		if m, ok := x["map"].([]any); ok && len(m) == 0 && len(x) == 1 {

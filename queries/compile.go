@@ -1366,7 +1366,8 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 	for _, g := range q.groups {
 		gs := dp.GroupSpec{Name: g.name}
 		if g.v.hasDomain {
-			gs.Domain = g.v.domain
+			// A copy: the domain may be the catalog's own slice.
+			gs.Domain = append([]string(nil), g.v.domain...)
 			if keys <= maxCrossDomain {
 				keys *= len(g.v.domain)
 			}

@@ -45,7 +45,18 @@ type Parser struct {
 	// catalog must not be modified after it is first compiled against. The
 	// key keeps the catalog alive, so a pointer is never reused for another.
 	indexes map[*Catalog]*catalogIndex
+	// asts caches parsed SQL by its exact text: the same text is typically
+	// validated live, then submitted, then compiled again on approval. The
+	// trees are never modified after parsing, so readers share them.
+	asts map[string]obj
 }
+
+// AST cache limits: texts above maxCachedSQL bytes are not cached, and the
+// cache is cleared when it holds maxCachedASTs entries.
+const (
+	maxCachedASTs = 256
+	maxCachedSQL  = 8192
+)
 
 // maxCachedCatalogs bounds the index cache; when full it is cleared.
 const maxCachedCatalogs = 64
@@ -74,12 +85,14 @@ func NewParser() (*Parser, error) {
 			return nil, fmt.Errorf("configure parser database: %w", err)
 		}
 	}
+	// No skip_empty/skip_null: they drop fields that carry meaning (the
+	// empty grouping set of ROLLUP), which would let such queries through.
 	stmt, err := db.Prepare("SELECT json_serialize_sql(?::VARCHAR)::VARCHAR")
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("prepare parser statement: %w", err)
 	}
-	return &Parser{db: db, stmt: stmt, indexes: make(map[*Catalog]*catalogIndex)}, nil
+	return &Parser{db: db, stmt: stmt, indexes: make(map[*Catalog]*catalogIndex), asts: make(map[string]obj)}, nil
 }
 
 // Close releases the parser's database.
@@ -88,8 +101,30 @@ func (p *Parser) Close() error {
 	return errors.Join(err, p.db.Close())
 }
 
-// parse returns DuckDB's JSON AST of sql.
+// parse returns DuckDB's JSON AST of sql, from the cache when it can.
 func (p *Parser) parse(ctx context.Context, sqlText string) (obj, error) {
+	if len(sqlText) <= maxCachedSQL {
+		p.mu.Lock()
+		root, ok := p.asts[sqlText]
+		p.mu.Unlock()
+		if ok {
+			return root, nil
+		}
+	}
+	root, err := p.parseUncached(ctx, sqlText)
+	if err != nil || len(sqlText) > maxCachedSQL {
+		return root, err
+	}
+	p.mu.Lock()
+	if len(p.asts) >= maxCachedASTs {
+		clear(p.asts)
+	}
+	p.asts[sqlText] = root
+	p.mu.Unlock()
+	return root, nil
+}
+
+func (p *Parser) parseUncached(ctx context.Context, sqlText string) (obj, error) {
 	var raw string
 	if err := p.stmt.QueryRowContext(ctx, sqlText).Scan(&raw); err != nil {
 		if ctx.Err() != nil {
