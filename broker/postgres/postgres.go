@@ -112,7 +112,9 @@ func translate(err error) *broker.Error {
 			return broker.Errorf(broker.EINVALID, "a required field is missing")
 		case "40001", "40P01", "55P03":
 			return broker.Errorf(broker.EUNAVAILABLE, "the database is busy; try again")
-		case "57P01", "57P02", "57P03", "53300":
+		case "57P01", "57P02", "57P03", "53300", "53100", "25006":
+			// Shutting down, too many connections, disk full, or a
+			// read-only server (a standby, default_transaction_read_only).
 			return broker.Errorf(broker.EUNAVAILABLE, "the database is unavailable")
 		}
 		return nil

@@ -122,6 +122,8 @@ func dialect(migrations fs.FS) sqlstore.Dialect {
 const (
 	sqliteBusy                 = 5
 	sqliteLocked               = 6
+	sqliteReadOnly             = 8
+	sqliteIOErr                = 10
 	sqliteFull                 = 13
 	sqliteCantOpen             = 14
 	sqliteConstraintUnique     = 2067
@@ -151,7 +153,9 @@ func translate(err error) *broker.Error {
 		return broker.Errorf(broker.EINVALID, "a required field is missing")
 	case c&0xff == sqliteBusy || c&0xff == sqliteLocked:
 		return broker.Errorf(broker.EUNAVAILABLE, "the database is busy; try again")
-	case c&0xff == sqliteFull || c&0xff == sqliteCantOpen:
+	case c&0xff == sqliteFull || c&0xff == sqliteCantOpen || c&0xff == sqliteReadOnly || c&0xff == sqliteIOErr:
+		// Disk full, read-only or failing storage: the operator's problem,
+		// not the caller's, and the transaction was rolled back whole.
 		return broker.Errorf(broker.EUNAVAILABLE, "the database is unavailable")
 	}
 	return nil
