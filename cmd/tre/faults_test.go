@@ -580,52 +580,122 @@ func TestBrokerOutage(t *testing.T) {
 	waitStatus(t, s.as("bob"), q.ID, broker.StatusAwaitingOutputCheck)
 }
 
-// TestReadOnlyStore makes the SQLite database immutable under a running
-// broker (chattr +i: tests run as root, and root ignores file modes): writes
-// fail with a 503 "unavailable" JSON error, nothing is half-written, reads
-// still work, and once the file is writable again everything continues.
+// TestReadOnlyStore takes write access away from a running broker's store
+// and gives it back. SQLite: the database and its WAL become immutable
+// (chattr +i: tests run as root, and root ignores file modes). PostgreSQL:
+// the broker's own role gets default_transaction_read_only, as on a standby
+// or in a disk-full emergency, and its sessions are restarted. Either way
+// writes fail with a 503 "unavailable" JSON error, nothing is half-written,
+// reads still work, and once write access is back everything continues.
 func TestReadOnlyStore(t *testing.T) {
-	chattr, err := exec.LookPath("chattr")
-	if err != nil {
-		t.Skip("chattr not installed: cannot make the database read-only for root")
-	}
-	b := startLonelyBroker(t)
+	t.Run("sqlite", func(t *testing.T) {
+		chattr, err := exec.LookPath("chattr")
+		if err != nil {
+			t.Skip("chattr not installed: cannot make the database read-only for root")
+		}
+		b := startLonelyBroker(t)
+		// The -shm file is SQLite's lock and index memory, not data, and
+		// readers need it.
+		files := []string{filepath.Join(b.dir, "broker.db"), filepath.Join(b.dir, "broker.db-wal")}
+		for _, f := range files {
+			if _, err := os.Stat(f); err != nil {
+				t.Fatalf("SQLite file: %v", err)
+			}
+		}
+		setReadOnly := func(on bool) error {
+			flag := "-i"
+			if on {
+				flag = "+i"
+			}
+			out, err := exec.Command(chattr, append([]string{flag}, files...)...).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("chattr %s: %v: %s", flag, err, out)
+			}
+			return nil
+		}
+		if err := setReadOnly(true); err != nil {
+			t.Skipf("cannot make the database immutable here: %v", err)
+		}
+		if err := setReadOnly(false); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = setReadOnly(false) }) // or TempDir removal fails
+		testReadOnlyStore(t, b, setReadOnly)
+	})
+	t.Run("postgres", func(t *testing.T) {
+		dbURL := postgresURL(t)
+		u, err := url.Parse(dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		schema := u.Query().Get("search_path")
+		role := schema + "_role"
+		ctx := context.Background()
+		admin, err := pgx.Connect(ctx, os.Getenv("TRE_TEST_DATABASE_URL"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer admin.Close(ctx)
+		for _, stmt := range []string{
+			"CREATE ROLE " + role + " LOGIN",
+			"GRANT ALL ON SCHEMA " + schema + " TO " + role,
+		} {
+			if _, err := admin.Exec(ctx, stmt); err != nil {
+				t.Fatalf("%s: %v", stmt, err)
+			}
+		}
+		kick := func() error {
+			_, err := admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+			return err
+		}
+		t.Cleanup(func() {
+			c, err := pgx.Connect(context.Background(), os.Getenv("TRE_TEST_DATABASE_URL"))
+			if err != nil {
+				return
+			}
+			defer c.Close(context.Background())
+			_, _ = c.Exec(context.Background(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+			_, _ = c.Exec(context.Background(), "DROP OWNED BY "+role+" CASCADE")
+			_, _ = c.Exec(context.Background(), "DROP ROLE "+role)
+		})
+		u.User = url.User(role)
+		b := startLonelyBroker(t, "--database-url", u.String())
+		setReadOnly := func(on bool) error {
+			stmt := "ALTER ROLE " + role + " RESET default_transaction_read_only"
+			if on {
+				stmt = "ALTER ROLE " + role + " SET default_transaction_read_only = on"
+			}
+			if _, err := admin.Exec(ctx, stmt); err != nil {
+				return err
+			}
+			if err := kick(); err != nil {
+				return err
+			}
+			// The pool finds its sessions gone as it uses them: let reads
+			// replace every one before the writes are tried.
+			for i := 0; i < 40; i++ {
+				_, _ = b.as("dave").Projects(ctx, api.ListOptions{})
+			}
+			return nil
+		}
+		testReadOnlyStore(t, b, setReadOnly)
+	})
+}
+
+func testReadOnlyStore(t *testing.T, b *lonelyBroker, setReadOnly func(bool) error) {
 	ctx := context.Background()
 	q1, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "before"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The database and its write-ahead log become immutable; the -shm file
-	// is SQLite's lock and index memory, not data, and readers need it.
-	files := []string{filepath.Join(b.dir, "broker.db"), filepath.Join(b.dir, "broker.db-wal")}
-	for _, f := range files {
-		if _, err := os.Stat(f); err != nil {
-			t.Fatalf("SQLite file: %v", err)
-		}
+	if err := setReadOnly(true); err != nil {
+		t.Fatalf("make the store read-only: %v", err)
 	}
-	setImmutable := func(on bool) error {
-		flag := "-i"
-		if on {
-			flag = "+i"
-		}
-		out, err := exec.Command(chattr, append([]string{flag}, files...)...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("chattr %s: %v: %s", flag, err, out)
-		}
-		return nil
-	}
-	if err := setImmutable(true); err != nil {
-		t.Skipf("cannot make the database immutable here: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := setImmutable(false); err != nil {
-			t.Errorf("restore write access: %v", err)
-		}
+	var auditBefore *api.List[broker.AuditEntry]
+	eventually(t, 30*time.Second, "read the audit log from a read-only store", func() error {
+		auditBefore, err = b.as("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
+		return err
 	})
-	auditBefore, err := b.as("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
-	if err != nil {
-		t.Fatalf("read the audit log from a read-only store: %v", err)
-	}
 
 	writes := []struct {
 		name string
@@ -645,10 +715,12 @@ func TestReadOnlyStore(t *testing.T) {
 	}
 	for _, w := range writes {
 		t.Run("write/"+w.name, func(t *testing.T) {
-			err := w.do()
-			var ae *api.Error
-			if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.Code != "unavailable" {
-				t.Errorf("%s on a read-only store: %v, want 503 unavailable", w.name, err)
+			for range 3 {
+				err := w.do()
+				var ae *api.Error
+				if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.Code != "unavailable" {
+					t.Errorf("%s on a read-only store: %v, want 503 unavailable", w.name, err)
+				}
 			}
 		})
 	}
@@ -661,10 +733,10 @@ func TestReadOnlyStore(t *testing.T) {
 			t.Errorf("query %d is %s after failed writes, want submitted (nothing half-written)", q1.ID, got.Status)
 		}
 		if list, err := b.as("dave").Queries(ctx, api.QueryListOptions{}); err != nil || list.Total != 1 {
-			t.Errorf("list queries: total %v, %v; want 1", list.Total, err)
+			t.Errorf("list queries: %+v, %v; want 1 query", list, err)
 		}
-		if _, err := b.as("dave").Projects(ctx, api.ListOptions{}); err != nil {
-			t.Errorf("list projects: %v", err)
+		if ps, err := b.as("dave").Projects(ctx, api.ListOptions{}); err != nil || ps.Total != 1 {
+			t.Errorf("list projects: %+v, %v; want 1 project", ps, err)
 		}
 		if v, err := b.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
 			t.Errorf("audit chain on a read-only store: %+v, %v", v, err)
@@ -678,7 +750,7 @@ func TestReadOnlyStore(t *testing.T) {
 		t.Errorf("audit entries went from %d to %d while the store was read-only", auditBefore.Total, auditRO.Total)
 	}
 
-	if err := setImmutable(false); err != nil {
+	if err := setReadOnly(false); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "writes after restoring write access", func() error {
