@@ -19,6 +19,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/nhs-tre/tre/dp"
 )
@@ -187,7 +189,9 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 			return nil, nil, Errorf(CodeTimeout, "the query ran past its time limit")
 		case ctx.Err() != nil:
 			return nil, nil, ctx.Err()
-		case jobCtx.Err() != nil:
+		case jobCtx.Err() != nil, status.Code(err) == codes.DeadlineExceeded:
+			// The child's gRPC server enforces the same deadline and may
+			// report it a moment before the host's own timer fires.
 			return nil, nil, Errorf(CodeTimeout, "the query ran past its time limit")
 		}
 		var se *Error
