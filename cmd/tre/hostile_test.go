@@ -325,7 +325,8 @@ func TestSubmissionFlood(t *testing.T) {
 // and pagination parameter: each answer is 400 or a (possibly empty) list,
 // never 5xx, and nothing changes in the store.
 func TestInjectionInFilters(t *testing.T) {
-	b := startLonelyBroker(t)
+	adminAddr := freeAddr(t)
+	b := startLonelyBroker(t, "--admin-addr", adminAddr)
 	ctx := context.Background()
 	q, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "baseline"})
 	if err != nil {
@@ -415,6 +416,34 @@ func TestInjectionInFilters(t *testing.T) {
 			if r.header.Get("Set-Cookie") != "" {
 				t.Errorf("GET %s: a Set-Cookie header was injected", path)
 			}
+		}
+	}
+
+	// Nothing a caller sent becomes a metrics label.
+	var metrics rawResponse
+	eventually(t, 30*time.Second, "metrics listener", func() error {
+		resp, err := http.Get("http://" + adminAddr + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		metrics = rawResponse{resp.StatusCode, resp.Header, data}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return err
+	})
+	if !bytes.Contains(metrics.body, []byte("# TYPE")) {
+		t.Fatalf("metrics are not in Prometheus text format: %.300q", metrics.body)
+	}
+	leaks := []string{hostileSQL, "DROP TABLE", "UNION SELECT", "sqlite_master", "Set-Cookie", "OR 1=1", "OR '1'='1"}
+	for _, tok := range b.tokens {
+		leaks = append(leaks, tok[strings.LastIndexByte(tok, '.')+1:])
+	}
+	for _, l := range leaks {
+		if bytes.Contains(metrics.body, []byte(l)) {
+			t.Errorf("metrics contain %q", l)
 		}
 	}
 
