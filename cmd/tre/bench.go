@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -44,6 +45,8 @@ type BenchMain struct {
 	seed          int64
 	allowWeak     bool
 	keep          bool
+	explain       string
+	startCPU      time.Duration // CPU time of all measured sandbox starts
 	args          []string
 	now           func() time.Time
 }
@@ -70,6 +73,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.Int64Var(&m.seed, "seed", 1, "synth seed")
 	fs.BoolVar(&m.allowWeak, "allow-weak-sandbox", false, "run sandboxes even if an isolation layer is unavailable (reported)")
 	fs.BoolVar(&m.keep, "keep", false, "keep the generated data directory")
+	fs.StringVar(&m.explain, "explain", "", "instead of benchmarking, print DuckDB's EXPLAIN ANALYZE of the raw and the rewritten SQL of this typical query (\"all\": every one)")
 	fs.Usage = func() {
 		fmt.Fprintln(m.stderr, "Usage: tre bench --patients N [--data FILE] [--postgres URL] [--out report.md] [--reps R] [--warmup W]")
 		fmt.Fprintln(m.stderr)
@@ -99,6 +103,8 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 		return errors.New("--clients must be between 1 and 256")
 	case m.loadCap <= 0:
 		return errors.New("--load-time-cap must be positive")
+	case m.explain != "" && m.explain != "all" && typicalSQL(m.explain) == "":
+		return fmt.Errorf("--explain: no typical query is named %q", m.explain)
 	}
 	m.args = args
 	return nil
@@ -124,6 +130,7 @@ type benchReport struct {
 	API       []apiResult
 	Degraded  []string
 	Clients   int
+	StartCPU  time.Duration
 }
 
 // Run generates or opens the data and runs every measurement in turn.
@@ -199,6 +206,13 @@ func (m *BenchMain) Run(ctx context.Context) error {
 		raw.Close()
 		return err
 	}
+	if m.explain != "" {
+		p.finish()
+		err := m.explainQueries(ctx, raw, pipe)
+		pipe.Close()
+		raw.Close()
+		return err
+	}
 	rep.Queries, err = m.measureQueries(ctx, p, raw, pipe, runner, rep)
 	pipe.Close()
 	raw.Close()
@@ -225,6 +239,7 @@ func (m *BenchMain) Run(ctx context.Context) error {
 
 	p.stage("sandbox start")
 	rep.Start, rep.StartNote, err = m.measureStart(ctx, p, dir, scfg)
+	rep.StartCPU = m.startCPU
 	if err != nil {
 		return fmt.Errorf("sandbox start: %w", err)
 	}
@@ -241,6 +256,7 @@ func (m *BenchMain) Run(ctx context.Context) error {
 		rep.API = append(rep.API, res...)
 	}
 	p.finish()
+	rep.Machine.LoadEnd = loadAverage()
 
 	text := rep.markdown()
 	if _, err := io.WriteString(m.stdout, text); err != nil {
@@ -277,17 +293,21 @@ func (m *BenchMain) totalSteps() int {
 
 // queryResult is one typical query measured every way.
 type queryResult struct {
-	Name     string
-	RawRows  int
-	Rows     int // rows of the protected table
-	Raw      sample
-	Warm     sample
-	Cold     sample
-	Parts    [4]sample // warm: compile, execute, protect, opt-out
-	PG       sample
-	PGRows   int
-	PGNote   string
-	Degraded bool
+	Name    string
+	RawRows int
+	Rows    int // rows of the protected table
+	Raw     sample
+	Warm    sample
+	Cold    sample
+	Parts   [4]sample // warm: compile, execute, protect, opt-out
+	// CPU time (user+system) of each run: raw and warm in this process,
+	// cold including the sandbox child. Less sensitive than wall time to
+	// other work on the machine.
+	RawCPU, WarmCPU, ColdCPU sample
+	PG                       sample
+	PGRows                   int
+	PGNote                   string
+	Degraded                 bool
 }
 
 func (m *BenchMain) measureQueries(ctx context.Context, p *benchProgress, raw *bench.DB, pipe *bench.Pipeline, runner *sandbox.Runner, rep *benchReport) ([]queryResult, error) {
@@ -296,26 +316,30 @@ func (m *BenchMain) measureQueries(ctx context.Context, p *benchProgress, raw *b
 		r := queryResult{Name: tq.Name}
 		p.stage(tq.Name + ": raw")
 		for i := range m.warmup + m.reps {
-			start := time.Now()
+			start, cpu := time.Now(), cpuTime()
 			n, err := raw.Raw(ctx, tq.SQL)
-			d := time.Since(start)
+			d, c := time.Since(start), cpuTime()-cpu
 			if err != nil {
 				return nil, fmt.Errorf("%s: raw DuckDB: %w", tq.Name, err)
 			}
 			r.RawRows = n
 			if i >= m.warmup {
 				r.Raw.add(d)
+				r.RawCPU.add(c)
 			}
 			p.step()
 		}
 		p.stage(tq.Name + ": warm")
 		for i := range m.warmup + m.reps {
+			cpu := cpuTime()
 			t, err := pipe.Run(ctx, tq.SQL, 0)
+			c := cpuTime() - cpu
 			if err != nil {
 				return nil, fmt.Errorf("%s: warm pipeline: %w", tq.Name, err)
 			}
 			if i >= m.warmup {
 				r.Warm.add(t.Total())
+				r.WarmCPU.add(c)
 				r.Parts[0].add(t.Compile)
 				r.Parts[1].add(t.Execute)
 				r.Parts[2].add(t.Protect)
@@ -326,9 +350,9 @@ func (m *BenchMain) measureQueries(ctx context.Context, p *benchProgress, raw *b
 		p.stage(tq.Name + ": cold")
 		job := sandbox.Job{QueryID: "bench", SQL: tq.SQL, SQLHash: sqlHash(tq.SQL)}
 		for i := range m.warmup + m.reps {
-			start := time.Now()
+			start, cpu := time.Now(), cpuTime()
 			res, err := runner.Run(ctx, job)
-			d := time.Since(start)
+			d, c := time.Since(start), cpuTime()-cpu
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
@@ -341,12 +365,47 @@ func (m *BenchMain) measureQueries(ctx context.Context, p *benchProgress, raw *b
 			}
 			if i >= m.warmup {
 				r.Cold.add(d)
+				r.ColdCPU.add(c)
 			}
 			p.step()
 		}
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// explainQueries prints DuckDB's profile of the raw and the rewritten SQL,
+// to find where the protected pipeline spends its time.
+func (m *BenchMain) explainQueries(ctx context.Context, raw *bench.DB, pipe *bench.Pipeline) error {
+	for _, tq := range queries.TypicalQueries {
+		if m.explain != "all" && tq.Name != m.explain {
+			continue
+		}
+		plan, err := pipe.Plan(ctx, tq.SQL)
+		if err != nil {
+			return fmt.Errorf("%s: %w", tq.Name, err)
+		}
+		rawProfile, err := raw.ExplainAnalyze(ctx, tq.SQL)
+		if err != nil {
+			return fmt.Errorf("%s: raw: %w", tq.Name, err)
+		}
+		protProfile, err := pipe.DB().ExplainAnalyze(ctx, plan.Rewritten)
+		if err != nil {
+			return fmt.Errorf("%s: rewritten: %w", tq.Name, err)
+		}
+		fmt.Fprintf(m.stdout, "=== %s: raw SQL\n%s\n%s\n=== %s: rewritten SQL\n%s\n%s\n", tq.Name, tq.SQL, rawProfile, tq.Name, plan.Rewritten, protProfile)
+	}
+	return nil
+}
+
+// typicalSQL is the SQL of the typical query called name, or "".
+func typicalSQL(name string) string {
+	for _, tq := range queries.TypicalQueries {
+		if tq.Name == name {
+			return tq.SQL
+		}
+	}
+	return ""
 }
 
 // measureStart times sandbox starts: a fresh Runner.Run of the smallest
@@ -379,6 +438,8 @@ func (m *BenchMain) measureStart(ctx context.Context, p *benchProgress, dir stri
 	if _, err := r.Run(ctx, job); err != nil { // warm the page cache and the binary
 		return s, "", fmt.Errorf("%s: %s", sandbox.ErrorCode(err), sandbox.ErrorMessage(err))
 	}
+	cpu := cpuTime()
+	defer func() { m.startCPU = cpuTime() - cpu }()
 	for range m.starts {
 		start := time.Now()
 		_, err := r.Run(ctx, job)
@@ -390,6 +451,17 @@ func (m *BenchMain) measureStart(ctx context.Context, p *benchProgress, dir stri
 		p.step()
 	}
 	return s, fmt.Sprintf("`%s` on a 200-patient file, %d starts after one unmeasured", q, m.starts), nil
+}
+
+// cpuTime is the user+system CPU time of this process and of its waited-for
+// children (the sandbox processes) so far.
+func cpuTime() time.Duration {
+	var self, children syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &self) != nil || syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children) != nil {
+		return 0
+	}
+	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
+	return tv(self.Utime) + tv(self.Stime) + tv(children.Utime) + tv(children.Stime)
 }
 
 // sample is a set of timings.
@@ -478,6 +550,9 @@ type machineInfo struct {
 	Memory string
 	Kernel string
 	Go     string
+	// Load is /proc/loadavg's 1-, 5- and 15-minute load when the run started
+	// and ended: other work on the machine inflates every timing.
+	LoadStart, LoadEnd string
 }
 
 func readMachine() machineInfo {
@@ -502,7 +577,17 @@ func readMachine() machineInfo {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		mi.Kernel = strings.TrimSpace(string(b))
 	}
+	mi.LoadStart = loadAverage()
 	return mi
+}
+
+// loadAverage is the first three fields of /proc/loadavg, or "unknown".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
 }
 
 // redactURL keeps a database password out of the report.

@@ -30,6 +30,18 @@ type apiResult struct {
 	Elapsed  time.Duration
 	Lat      sample
 	Capped   bool // the time cap ended the phase before every request was sent
+	// CPU is the CPU time the whole process (broker and load generator)
+	// used during the phase.
+	CPU time.Duration
+}
+
+// cpuPerRequest is the process CPU time per successful request, client
+// side included, so an upper bound on the broker's own cost.
+func (r apiResult) cpuPerRequest() time.Duration {
+	if r.Lat.n() == 0 {
+		return 0
+	}
+	return r.CPU / time.Duration(r.Lat.n())
 }
 
 func (r apiResult) perSecond() float64 {
@@ -157,7 +169,7 @@ func (m *BenchMain) load(ctx context.Context, store, op string, n int, clients [
 	var next atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	start := time.Now()
+	start, cpu := time.Now(), cpuTime()
 	for _, c := range clients {
 		wg.Add(1)
 		go func() {
@@ -195,7 +207,7 @@ func (m *BenchMain) load(ctx context.Context, store, op string, n int, clients [
 		}()
 	}
 	wg.Wait()
-	res.Elapsed = time.Since(start)
+	res.Elapsed, res.CPU = time.Since(start), cpuTime()-cpu
 	res.Sent = min(int(next.Load()), n)
 	res.Capped = ctx.Err() != nil && res.Lat.n()+res.Errors < n
 	return res

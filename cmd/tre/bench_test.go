@@ -41,6 +41,7 @@ func TestBench(t *testing.T) {
 	for _, want := range []string{
 		"## tre bench: 2,000 patients",
 		"### 1. Typical queries: raw DuckDB vs protected",
+		"CPU time (user+system", "| CPU/request |",
 		"### 2. PostgreSQL", "Not run (no `--postgres`)",
 		"### 3. Sandbox start",
 		"### 4. Broker API",

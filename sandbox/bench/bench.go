@@ -160,6 +160,17 @@ func (p *Pipeline) Close() error { return p.db.Close() }
 // rewritten query.
 func (p *Pipeline) DB() *DB { return p.db }
 
+// Plan compiles sqlText against the pipeline's catalog, for inspecting the
+// rewritten SQL (e.g. with ExplainAnalyze on DB()).
+func (p *Pipeline) Plan(ctx context.Context, sqlText string) (*queries.Plan, error) {
+	parser, err := queries.NewParser()
+	if err != nil {
+		return nil, err
+	}
+	defer parser.Close()
+	return parser.Compile(ctx, p.cat, sqlText, queries.Options{})
+}
+
 // Timing is where one warm run spent its time.
 type Timing struct {
 	Compile time.Duration // new parser + validate + rewrite
