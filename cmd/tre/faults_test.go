@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -451,6 +452,14 @@ func TestAgentKill9MidJob(t *testing.T) {
 	if caught.Attempts != 1 {
 		t.Fatalf("killed mid-job: attempts %d, want 1", caught.Attempts)
 	}
+	// The killed agent's sandbox children do not outlive it for long: the
+	// only sandboxes of this site left are the new agent's (none when idle).
+	eventually(t, 60*time.Second, "sandbox children of the killed agent exit", func() error {
+		if n := sandboxChildren(t, s.dir); n > 0 {
+			return fmt.Errorf("%d sandbox processes of this site still running", n)
+		}
+		return nil
+	})
 	final := waitStatus(t, s.as("bob"), caught.ID, broker.StatusAwaitingOutputCheck)
 	if final.Attempts < 2 {
 		t.Errorf("query %d reached the output check after %d attempt(s): the job did not run again", final.ID, final.Attempts)
@@ -488,6 +497,29 @@ func TestAgentKill9MidJob(t *testing.T) {
 	if v, err := s.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
 		t.Errorf("audit chain: %+v, %v", v, err)
 	}
+}
+
+// sandboxChildren counts running sandbox processes whose environment names
+// a path under dir (their scratch directory), so that other tests' sandboxes
+// on the same machine are not counted.
+func sandboxChildren(tb testing.TB, dir string) int {
+	tb.Helper()
+	procs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n := 0
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(filepath.Join(p, "cmdline"))
+		if err != nil || !strings.Contains(string(cmdline), "__sandbox") {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join(p, "environ"))
+		if err == nil && strings.Contains(string(env), dir) {
+			n++
+		}
+	}
+	return n
 }
 
 // waitOneOf waits for a query to reach want or any later non-failure state.
