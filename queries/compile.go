@@ -578,7 +578,7 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 	switch rt := str(n, "ref_type"); rt {
 	case "REGULAR":
 	case "CROSS":
-		return "", "", refuse("a cross join", pos(n), "join tables on "+c.cat.PrivacyUnit+" (or a lookup table on its code column)")
+		return "", "", refuse("a cross join", pos(n), "write JOIN … ON a."+c.cat.PrivacyUnit+" = b."+c.cat.PrivacyUnit+" (or join a lookup table on its code column); comma joins and CROSS JOIN are not supported")
 	default:
 		return "", "", refuse(strings.ToLower(rt)+" join", pos(n), "use JOIN … ON or USING")
 	}
@@ -779,9 +779,10 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		g, _ := ge.(obj)
 		target, name := g, ""
 		if str(g, "class") == "CONSTANT" {
-			idx, err := strconv.Atoi(fmt.Sprint(sub(g, "value")["value"]))
+			raw := fmt.Sprint(sub(g, "value")["value"])
+			idx, err := strconv.Atoi(raw)
 			if err != nil || idx < 1 || idx > len(items) {
-				return nil, refuse("GROUP BY position", pos(g), "it does not name a SELECT column")
+				return nil, refuse("GROUP BY "+raw, pos(g), fmt.Sprintf("the SELECT list has no column %s", raw))
 			}
 			target, _ = items[idx-1].(obj)
 			name = strings.ToLower(str(target, "alias"))

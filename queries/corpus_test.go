@@ -132,6 +132,8 @@ var corpus = []struct {
 	{name: "group by position", sql: `SELECT year(date) AS yr, count(*) FROM vaccinations GROUP BY 1`},
 	{name: "month domain", sql: `SELECT month(date) AS m, count(*) FROM vaccinations WHERE vaccine = 'influenza' GROUP BY m`},
 	{name: "subquery per patient", sql: `SELECT count(*) AS n, avg(least(s.n, 50)) AS mean_n FROM (SELECT patient_id, count(*) AS n FROM medications GROUP BY patient_id) AS s`},
+	{name: "comma join", sql: `SELECT count(*) FROM clinical_events c, patients p WHERE c.patient_id = p.patient_id`, refuse: "comma joins and CROSS JOIN are not supported"},
+	{name: "group by bad position", sql: `SELECT count(*) FROM patients GROUP BY 3`, refuse: "GROUP BY 3 at position 39 is not allowed: the SELECT list has no column 3"},
 	{name: "using join", sql: `SELECT p.sex, count(*) FROM patients p JOIN vaccinations v USING (patient_id) GROUP BY p.sex`},
 	{name: "join with date condition", sql: `SELECT count(DISTINCT a.patient_id) AS n FROM hospital_admissions a JOIN clinical_events c ON c.patient_id = a.patient_id AND c.date < a.admission_date WHERE c.snomed_code = '84114007'`},
 	{name: "per patient having", sql: `WITH frequent AS (SELECT patient_id, count(*) AS n FROM medications GROUP BY patient_id HAVING count(*) >= 2) SELECT count(*) FROM frequent`},
