@@ -228,18 +228,29 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 
 	wctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	pause := func() bool {
+	pause := func(d time.Duration) bool {
 		select {
 		case <-wctx.Done():
 			return false
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(d):
 			return true
 		}
+	}
+	// The researcher waits while maxBacklog of her queries are unreleased,
+	// so that the agent's queue (one sandbox per job) stays short.
+	const maxBacklog = 6
+	backlog := func() int {
+		acks.mu.Lock()
+		defer acks.mu.Unlock()
+		return len(acks.submitted) - len(acks.release)
 	}
 	wg.Add(3)
 	go func() { // researcher
 		defer wg.Done()
-		for pause() {
+		for pause(50 * time.Millisecond) {
+			if backlog() >= maxBacklog {
+				continue
+			}
 			q, err := s.quick("alice").SubmitQuery(wctx, api.QueryRequest{ProjectID: projectID, SQL: faultSQL, Purpose: "kill -9", Epsilon: faultEpsilon})
 			if err == nil {
 				acks.add(acks.submitted, q.ID)
@@ -248,7 +259,7 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 	}()
 	go func() { // reviewer
 		defer wg.Done()
-		for pause() {
+		for pause(20 * time.Millisecond) {
 			queue, err := s.quick("bob").ReviewQueue(wctx, api.ListOptions{Limit: 20})
 			if err != nil {
 				continue
@@ -262,7 +273,7 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 	}()
 	go func() { // output checker
 		defer wg.Done()
-		for pause() {
+		for pause(20 * time.Millisecond) {
 			queue, err := s.quick("carol").OutputQueue(wctx, api.ListOptions{Limit: 20})
 			if err != nil {
 				continue
