@@ -196,7 +196,7 @@ func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts
 	}
 	stmts, _ := root["statements"].([]any)
 	if len(stmts) != 1 {
-		return nil, refuse(fmt.Sprintf("%d statements", len(stmts)), -1, "submit exactly one SELECT statement")
+		return nil, refuse("more than one statement", -1, fmt.Sprintf("found %d; submit exactly one SELECT statement", len(stmts)))
 	}
 	stmt, ok := stmts[0].(obj)
 	if !ok {
