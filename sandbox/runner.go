@@ -61,7 +61,20 @@ func NewRunner(cfg Config) (*Runner, error) {
 // Run compiles and runs job in a fresh sandbox child and returns the
 // protected result. Failures are *Error with a safe message; a cancelled ctx
 // returns ctx.Err().
-func (r *Runner) Run(ctx context.Context, job Job) (*dp.Result, error) {
+func (r *Runner) Run(ctx context.Context, job Job) (res *dp.Result, err error) {
+	if r.cfg.Observe != nil {
+		start := time.Now()
+		defer func() {
+			outcome := "ok"
+			switch {
+			case errors.Is(err, context.Canceled):
+				outcome = "cancelled"
+			case err != nil:
+				outcome = ErrorCode(err)
+			}
+			r.cfg.Observe(outcome, time.Since(start))
+		}()
+	}
 	resp, hostLayers, err := r.call(ctx, &request{
 		QueryID: job.QueryID, SQL: job.SQL, SQLHash: job.SQLHash, Epsilon: job.Epsilon,
 		Catalog: r.cfg.Catalog, Raw: job.raw, Probe: job.probe,

@@ -114,6 +114,10 @@ type Config struct {
 	Args       []string
 
 	Logger *slog.Logger
+
+	// Observe, when set, is told how each job ended ("ok" or the error
+	// code) and how long its sandbox lived, for the site's metrics.
+	Observe func(outcome string, d time.Duration)
 }
 
 // DefaultConfig returns the limits a site gets unless it says otherwise.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/metrics"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
@@ -61,7 +62,16 @@ func (m *AgentMain) Run(ctx context.Context) error {
 		return err
 	}
 	logger := newLogger(m.stderr, m.Config.LogLevel)
-	a, cleanup, err := newSiteAgent(m.Config, logger)
+	var reg *metrics.Registry
+	if m.Config.AdminAddr != "" {
+		reg = metrics.New(metrics.Options{Logger: logger})
+		stop, err := serveMetrics(m.Config.AdminAddr, reg, logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	a, cleanup, err := newSiteAgent(m.Config, logger, reg)
 	if err != nil {
 		return err
 	}
@@ -74,7 +84,7 @@ func (m *AgentMain) Close() error { return nil }
 
 // newSiteAgent builds the agent from its configuration: the catalog, the
 // sandbox runner and the HTTP client to the broker.
-func newSiteAgent(cfg AgentConfig, logger *slog.Logger) (*sandbox.Agent, func(), error) {
+func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (*sandbox.Agent, func(), error) {
 	token, err := readTokenFile(cfg.TokenFile)
 	if err != nil {
 		return nil, nil, err
@@ -116,6 +126,16 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger) (*sandbox.Agent, func(),
 	sc.Timeout = cfg.Timeout
 	sc.AllowWeak = cfg.AllowWeak
 	sc.Logger = logger
+	if reg != nil {
+		sc.Observe = func(outcome string, d time.Duration) {
+			reg.SandboxStarted()
+			reg.ObserveSandbox(outcome, d)
+			switch outcome {
+			case sandbox.CodeTimeout, sandbox.CodeMemory:
+				reg.SandboxKilled(outcome)
+			}
+		}
+	}
 	runner, err := sandbox.NewRunner(sc)
 	if err != nil {
 		cleanup()

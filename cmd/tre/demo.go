@@ -149,7 +149,7 @@ func (m *DemoMain) Run(ctx context.Context) error {
 	acfg.Poll = 500 * time.Millisecond
 	acfg.Timeout = 2 * time.Minute
 	acfg.AllowWeak = !m.Strict
-	agent, cleanup, err := newSiteAgent(acfg, logger)
+	agent, cleanup, err := newSiteAgent(acfg, logger, b.metrics)
 	if err != nil {
 		return err
 	}

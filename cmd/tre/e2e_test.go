@@ -102,6 +102,7 @@ func eventually(tb testing.TB, timeout time.Duration, what string, f func() erro
 type testSite struct {
 	dir, url, data, catalog string
 	metricsURL              string
+	agentMetricsURL         string
 	tokens                  map[string]string // by subject
 	broker, agent           *treProcess
 	agentArgs               []string
@@ -156,7 +157,9 @@ func startSite(tb testing.TB, patients int) *testSite {
 	if err := os.WriteFile(tokenFile, []byte(s.tokens["site"]), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", "site-1", "--token-file", tokenFile,
+	agentAdmin := freeAddr(tb)
+	s.agentMetricsURL = "http://" + agentAdmin + "/metrics"
+	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", "site-1", "--token-file", tokenFile, "--admin-addr", agentAdmin,
 		"--data", s.data, "--catalog", s.catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
 		"--scratch-dir", filepath.Join(s.dir, "scratch")}
 	s.agent = startTre(tb, s.agentArgs...)
@@ -339,6 +342,19 @@ func TestEndToEnd(t *testing.T) {
 	for _, secret := range []string{s.tokens["alice"], "SELECT", "patient_id"} {
 		if bytes.Contains(body, []byte(secret)) {
 			t.Errorf("metrics contain %.20q", secret)
+		}
+	}
+
+	// The site agent's own listener reports its sandboxes.
+	resp, err = http.Get(s.agentMetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"tre_sandbox_starts_total 1", `tre_sandbox_duration_seconds_count{outcome="ok"} 1`} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("agent metrics lack %s", want)
 		}
 	}
 }

@@ -107,7 +107,7 @@ type brokerRuntime struct {
 	parser    *queries.Parser
 	svc       *broker.Service
 	server    *http.Server
-	admin     *http.Server
+	stopAdmin func()
 	metrics   *metrics.Registry
 	listener  net.Listener
 	dryRun    *dryRunner
@@ -267,20 +267,31 @@ func rootHandler(apiHandler, webHandler http.Handler) http.Handler {
 
 // startAdmin serves /metrics on the operator's listener, apart from the API.
 func (b *brokerRuntime) startAdmin(addr string) error {
+	stop, err := serveMetrics(addr, b.metrics, b.logger)
+	if err != nil {
+		return err
+	}
+	b.stopAdmin = stop
+	return nil
+}
+
+// serveMetrics serves reg at /metrics on addr until the returned func is
+// called.
+func serveMetrics(addr string, reg *metrics.Registry, logger *slog.Logger) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen on admin address %s: %w", addr, err)
+		return nil, fmt.Errorf("listen on admin address %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", b.metrics.Handler())
-	b.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	mux.Handle("GET /metrics", reg.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
-		if err := b.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			b.logger.Error("admin listener", "error", err)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("admin listener", "error", err)
 		}
 	}()
-	b.logger.Info("metrics listening", "addr", ln.Addr().String())
-	return nil
+	logger.Info("metrics listening", "addr", ln.Addr().String())
+	return func() { srv.Close() }, nil
 }
 
 // observeTransition feeds committed status changes to the metrics.
@@ -344,9 +355,9 @@ func (b *brokerRuntime) Close() error {
 		cancel()
 		b.server = nil
 	}
-	if b.admin != nil {
-		errs = append(errs, b.admin.Close())
-		b.admin = nil
+	if b.stopAdmin != nil {
+		b.stopAdmin()
+		b.stopAdmin = nil
 	}
 	if b.dryRun != nil {
 		errs = append(errs, b.dryRun.Close())

@@ -95,6 +95,7 @@ type AgentConfig struct {
 	ClientKey   string        `yaml:"client_key" flag:"client-key" usage:"client key for mutual TLS" secret:"true"`
 	AllowWeak   bool          `yaml:"allow_weak_sandbox" flag:"allow-weak-sandbox" usage:"run even when an isolation layer is unavailable (reported in every disclosure report)"`
 	LogLevel    string        `yaml:"log_level" flag:"log-level" usage:"debug, info, warn or error"`
+	AdminAddr   string        `yaml:"admin_addr" flag:"admin-addr" usage:"loopback listen address for /metrics (sandbox starts, kills, durations); empty: none"`
 }
 
 // DefaultAgentConfig returns the agent defaults.
@@ -132,6 +133,8 @@ func (c *AgentConfig) Validate() error {
 		return errors.New("poll_interval must be positive")
 	case (c.ClientCert == "") != (c.ClientKey == ""):
 		return errors.New("client_cert and client_key go together")
+	case c.AdminAddr != "" && !isLoopback(c.AdminAddr):
+		return fmt.Errorf("admin_addr %s: the agent listens on loopback only (nothing at the site may be reachable from outside)", c.AdminAddr)
 	}
 	return validLogLevel(c.LogLevel)
 }
