@@ -8,9 +8,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -411,4 +414,55 @@ func readFile(tb testing.TB, path string) string {
 	tb.Helper()
 	b, _ := os.ReadFile(path)
 	return string(b)
+}
+
+// TestWebDryRun signs in to the web interface as a browser would and dry-runs
+// a query through the broker's real sandbox over synthetic data.
+func TestWebDryRun(t *testing.T) {
+	s := startSite(t, 3000)
+	projectID := s.createProject(t, 5)
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Jar: jar, Timeout: 60 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	page := func(resp *http.Response, err error) (int, string) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	csrf := func(body string) string {
+		t.Helper()
+		m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(body)
+		if m == nil {
+			t.Fatalf("no CSRF token in page:\n%.2000s", body)
+		}
+		return m[1]
+	}
+	_, body := page(c.Get(s.url + "/ui/signin"))
+	if code, _ := page(c.PostForm(s.url+"/ui/signin", url.Values{"csrf": {csrf(body)}, "token": {s.tokens["alice"]}})); code != http.StatusSeeOther {
+		t.Fatalf("sign in: status %d", code)
+	}
+	_, body = page(c.Get(s.url + "/ui/editor"))
+	code, body := page(c.PostForm(s.url+"/ui/editor", url.Values{
+		"csrf": {csrf(body)}, "action": {"dryrun"}, "project_id": {fmt.Sprint(projectID)},
+		"sql":     {"SELECT p.sex, count(*) AS n FROM patients p GROUP BY p.sex"},
+		"purpose": {"dry run from the browser"},
+	}))
+	if code != http.StatusOK || !strings.Contains(body, "SYNTHETIC DATA") || !strings.Contains(body, "female") {
+		t.Fatalf("dry run page: status %d\n%.3000s", code, body)
+	}
+	// A dry run spends nothing.
+	proj, err := s.as("dave").Project(context.Background(), projectID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if proj.Budget.EpsilonSpent != 0 || proj.Budget.EpsilonReserved != 0 {
+		t.Errorf("budget after a dry run = %+v, want nothing spent or reserved", proj.Budget)
+	}
 }
