@@ -688,6 +688,11 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 	s := startSite(t, 3000)
 	ctx := context.Background()
 	projectID := s.createProject(t, 20)
+	// The agent again, with its metrics listener, so its labels are checked
+	// too.
+	s.agent.stop()
+	agentAdmin := freeAddr(t)
+	s.agent = startTre(t, append(append([]string{}, s.agentArgs...), "--admin-addr", agentAdmin)...)
 
 	// A whole flow: submit, approve, run, release, download.
 	const flowSQL = "SELECT region, count(*) AS n FROM patients GROUP BY region"
@@ -777,9 +782,26 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 		})
 	}
 
+	var agentMetrics []byte
+	eventually(t, 30*time.Second, "agent metrics", func() error {
+		resp, err := http.Get("http://" + agentAdmin + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		agentMetrics, err = io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return err
+	})
+	if !bytes.Contains(agentMetrics, []byte("# TYPE")) {
+		t.Errorf("agent metrics are not in Prometheus text format: %.300q", agentMetrics)
+	}
+
 	s.agent.stop()
 	s.broker.stop()
-	logs := map[string]string{"broker": s.broker.out.String(), "agent": s.agent.out.String()}
+	logs := map[string]string{"broker": s.broker.out.String(), "agent": s.agent.out.String(), "agent metrics": string(agentMetrics)}
 	devKey, err := os.ReadFile(filepath.Join(s.dir, "broker", api.DevKeyFile))
 	if err != nil {
 		t.Fatal(err)
@@ -812,7 +834,7 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 		t.Fatal("released table is empty: nothing to look for in the logs")
 	}
 	for proc, log := range logs {
-		if !strings.Contains(log, `"msg"`) {
+		if proc != "agent metrics" && !strings.Contains(log, `"msg"`) {
 			t.Fatalf("%s log is empty or not JSON: %.300q", proc, log)
 		}
 		for what, secret := range secrets {
