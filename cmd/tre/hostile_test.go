@@ -228,7 +228,7 @@ func TestHostileBodies(t *testing.T) {
 // at a time, slower than the server's ReadHeaderTimeout: the server cuts it
 // off, and answers other clients meanwhile.
 func TestSlowClient(t *testing.T) {
-	b := startLonelyBroker(t)
+	b := startLonelyBroker(t, "--read-header-timeout", "1s")
 	conn, err := net.Dial("tcp", strings.TrimPrefix(b.url, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -278,6 +278,73 @@ func TestSlowClient(t *testing.T) {
 	}
 	if _, err := b.as("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
 		t.Fatalf("broker after the slow client: %v", err)
+	}
+}
+
+// TestSlowBody sends complete headers, then a request body far slower than
+// the server's read timeout: the server gives up on it without answering it,
+// stores nothing, and serves others meanwhile.
+func TestSlowBody(t *testing.T) {
+	b := startLonelyBroker(t, "--read-timeout", "2s")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(b.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"slow"}`, b.project, hostileSQL)
+	head := "POST /api/v1/queries HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+		"Authorization: Bearer " + b.tokens["alice"] + "\r\n" +
+		fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body))
+	if _, err := conn.Write([]byte(head)); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan string, 1)
+	go func() {
+		data, _ := io.ReadAll(conn)
+		closed <- string(data)
+	}()
+	var answer string
+	cutOff := false
+	othersServed := 0
+	// Half the body, a byte every 100 ms: ample time past the 2 s limit.
+	for i := 0; i < len(body)/2 && !cutOff; i++ {
+		if _, err := conn.Write([]byte{body[i]}); err != nil {
+			break
+		}
+		select {
+		case answer = <-closed:
+			cutOff = true
+		case <-time.After(100 * time.Millisecond):
+		}
+		if i%10 == 0 {
+			if _, err := b.as("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
+				t.Fatalf("other client while a slow body is sent: %v", err)
+			}
+			othersServed++
+		}
+	}
+	if !cutOff {
+		select {
+		case answer = <-closed:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the slow body was never cut off")
+		}
+	}
+	if strings.Contains(answer, " 201 ") {
+		t.Fatalf("the slow request was answered as a submission: %q", answer)
+	}
+	if strings.Contains(answer, " 500 ") {
+		t.Fatalf("the slow request got a 500: %q", answer)
+	}
+	if othersServed == 0 {
+		t.Fatal("no other request was made while the slow body was sent")
+	}
+	list, err := b.as("dave").Queries(context.Background(), api.QueryListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list.Total != 0 {
+		t.Errorf("%d queries stored from a request cut off mid-body, want 0", list.Total)
 	}
 }
 

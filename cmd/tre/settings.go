@@ -29,12 +29,17 @@ type ServeConfig struct {
 	DryRunData    string `yaml:"dry_run_data" flag:"dry-run-data" usage:"synthetic DuckDB file answering dry runs (empty: dry runs off)"`
 	DryRunCatalog string `yaml:"dry_run_catalog" flag:"dry-run-catalog" usage:"catalog of the dry-run data (default: DATA with .catalog.yaml)"`
 
-	TLSCert      string `yaml:"tls_cert" flag:"tls-cert" usage:"TLS certificate file (PEM)"`
-	TLSKey       string `yaml:"tls_key" flag:"tls-key" usage:"TLS private key file (PEM)" secret:"true"`
-	TLSClientCA  string `yaml:"tls_client_ca" flag:"tls-client-ca" usage:"CA file: require client certificates (mutual TLS) signed by it"`
-	BehindProxy  bool   `yaml:"behind_tls_proxy" flag:"behind-tls-proxy" usage:"allow plain HTTP on a non-loopback address because a TLS-terminating proxy is in front"`
-	LogLevel     string `yaml:"log_level" flag:"log-level" usage:"debug, info, warn or error"`
-	AllowWeakSBX bool   `yaml:"allow_weak_sandbox" flag:"allow-weak-sandbox" usage:"run dry runs in a sandbox missing isolation layers (reported)"`
+	TLSCert     string `yaml:"tls_cert" flag:"tls-cert" usage:"TLS certificate file (PEM)"`
+	TLSKey      string `yaml:"tls_key" flag:"tls-key" usage:"TLS private key file (PEM)" secret:"true"`
+	TLSClientCA string `yaml:"tls_client_ca" flag:"tls-client-ca" usage:"CA file: require client certificates (mutual TLS) signed by it"`
+	BehindProxy bool   `yaml:"behind_tls_proxy" flag:"behind-tls-proxy" usage:"allow plain HTTP on a non-loopback address because a TLS-terminating proxy is in front"`
+	LogLevel    string `yaml:"log_level" flag:"log-level" usage:"debug, info, warn or error"`
+
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout" flag:"read-header-timeout" usage:"time a client has to send its request headers"`
+	ReadTimeout       time.Duration `yaml:"read_timeout" flag:"read-timeout" usage:"time a client has to send a whole request"`
+	WriteTimeout      time.Duration `yaml:"write_timeout" flag:"write-timeout" usage:"time to write a response (result downloads included)"`
+
+	AllowWeakSBX bool `yaml:"allow_weak_sandbox" flag:"allow-weak-sandbox" usage:"run dry runs in a sandbox missing isolation layers (reported)"`
 }
 
 // DefaultServeConfig returns the broker defaults.
@@ -46,6 +51,10 @@ func DefaultServeConfig() ServeConfig {
 		LeaseTTL:        2 * time.Minute,
 		MaxAttempts:     3,
 		LogLevel:        "info",
+
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      5 * time.Minute,
 	}
 }
 
@@ -70,6 +79,8 @@ func (c *ServeConfig) Validate() error {
 		return errors.New("max_attempts must be at least 1")
 	case c.SubmitPerMinute < 1:
 		return errors.New("submit_per_minute must be at least 1")
+	case c.ReadHeaderTimeout <= 0 || c.ReadTimeout <= 0 || c.WriteTimeout <= 0:
+		return errors.New("read_header_timeout, read_timeout and write_timeout must be positive: a client must not hold a connection forever")
 	}
 	if c.TLSCert == "" && !c.BehindProxy && !isLoopback(c.Addr) {
 		return fmt.Errorf("refusing plain HTTP on %s: set tls_cert and tls_key, or behind_tls_proxy if a TLS-terminating proxy is in front", c.Addr)
