@@ -26,40 +26,23 @@ import (
 
 // AgentMain is `tre agent`: the site agent on NHS premises.
 type AgentMain struct {
-	Config    AgentConfig
-	printOnly bool
-	stdout    io.Writer
-	stderr    io.Writer
-	getenv    func(string) string
+	Config AgentConfig
+	configured
 }
 
 func newAgentMain(stdout, stderr io.Writer) command {
-	return &AgentMain{Config: DefaultAgentConfig(), stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	return &AgentMain{Config: DefaultAgentConfig(), configured: configured{name: "agent", stdout: stdout, stderr: stderr, getenv: os.Getenv}}
 }
 
 // ParseFlags reads the configuration from file, environment and flags.
 func (m *AgentMain) ParseFlags(ctx context.Context, args []string) error {
-	fs := newFlagSet("agent", m.stderr)
-	printOnly, err := parseConfigArgs(fs, args, &m.Config, m.getenv)
-	if err != nil {
-		return err
-	}
-	m.printOnly = printOnly
-	if printOnly {
-		return nil
-	}
-	return m.Config.Validate()
+	return m.parse(args, &m.Config)
 }
 
 // Run runs the agent until ctx is cancelled (SIGTERM, Ctrl-C).
 func (m *AgentMain) Run(ctx context.Context) error {
 	if m.printOnly {
-		out, err := printConfig(&m.Config)
-		if err != nil {
-			return err
-		}
-		_, err = m.stdout.Write(out)
-		return err
+		return m.print(&m.Config)
 	}
 	logger := newLogger(m.stderr, m.Config.LogLevel)
 	var reg *metrics.Registry

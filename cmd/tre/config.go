@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"strconv"
@@ -256,4 +257,38 @@ func parseConfigArgs(fs *flag.FlagSet, args []string, cfg any, getenv func(strin
 		return false, err
 	}
 	return printOnly, nil
+}
+
+// configured is what the config-driven commands (serve, agent) share:
+// reading the configuration and answering --print-config.
+type configured struct {
+	name      string
+	printOnly bool
+	stdout    io.Writer
+	stderr    io.Writer
+	getenv    func(string) string
+}
+
+// parse reads cfg from file, environment and args, then validates it
+// unless only printing was asked for.
+func (c *configured) parse(args []string, cfg interface{ Validate() error }) error {
+	printOnly, err := parseConfigArgs(newFlagSet(c.name, c.stderr), args, cfg, c.getenv)
+	if err != nil {
+		return err
+	}
+	c.printOnly = printOnly
+	if printOnly {
+		return nil
+	}
+	return cfg.Validate()
+}
+
+// print writes the effective configuration, secrets redacted.
+func (c *configured) print(cfg any) error {
+	out, err := printConfig(cfg)
+	if err != nil {
+		return err
+	}
+	_, err = c.stdout.Write(out)
+	return err
 }

@@ -29,40 +29,23 @@ import (
 
 // ServeMain is `tre serve`: the broker.
 type ServeMain struct {
-	Config    ServeConfig
-	printOnly bool
-	stdout    io.Writer
-	stderr    io.Writer
-	getenv    func(string) string
+	Config ServeConfig
+	configured
 }
 
 func newServeMain(stdout, stderr io.Writer) command {
-	return &ServeMain{Config: DefaultServeConfig(), stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	return &ServeMain{Config: DefaultServeConfig(), configured: configured{name: "serve", stdout: stdout, stderr: stderr, getenv: os.Getenv}}
 }
 
 // ParseFlags reads the configuration from file, environment and flags.
 func (m *ServeMain) ParseFlags(ctx context.Context, args []string) error {
-	fs := newFlagSet("serve", m.stderr)
-	printOnly, err := parseConfigArgs(fs, args, &m.Config, m.getenv)
-	if err != nil {
-		return err
-	}
-	m.printOnly = printOnly
-	if printOnly {
-		return nil
-	}
-	return m.Config.Validate()
+	return m.parse(args, &m.Config)
 }
 
 // Run serves until ctx is cancelled, then shuts down gracefully.
 func (m *ServeMain) Run(ctx context.Context) error {
 	if m.printOnly {
-		out, err := printConfig(&m.Config)
-		if err != nil {
-			return err
-		}
-		_, err = m.stdout.Write(out)
-		return err
+		return m.print(&m.Config)
 	}
 	logger := newLogger(m.stderr, m.Config.LogLevel)
 	b, err := startBroker(ctx, m.Config, logger, nil)
