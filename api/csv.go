@@ -9,7 +9,8 @@ import (
 	"github.com/nhs-tre/tre/dp"
 )
 
-// writeResultCSV writes a released table as CSV. Group columns hold their key
+// WriteResultCSV writes a released table as CSV (the JSON API and the web
+// interface serve the same file). Group columns hold their key
 // (empty for SQL NULL); each aggregate column is followed by
 // <name>_ci_low, <name>_ci_high and <name>_flag, where the flag is
 // "suppressed" or "secondary_suppressed" for a withheld cell (whose value
@@ -17,7 +18,7 @@ import (
 // group keys) that a spreadsheet would read as a formula is neutralised with
 // a leading apostrophe; numbers are written by strconv as plain literals
 // ("-3.5" is a number, not a formula) so they stay numbers.
-func writeResultCSV(w io.Writer, res *dp.Result) error {
+func WriteResultCSV(w io.Writer, res *dp.Result) error {
 	cw := csv.NewWriter(w)
 	var header []string
 	for _, c := range res.Columns {

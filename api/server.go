@@ -799,7 +799,7 @@ func (s *Server) getResult(c *gin.Context) error {
 		return nil
 	}
 	var buf strings.Builder
-	if err := writeResultCSV(&buf, &out.Result); err != nil {
+	if err := WriteResultCSV(&buf, &out.Result); err != nil {
 		return err
 	}
 	name := safeFilename(fmt.Sprintf("tre-query-%d.csv", id))

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 )
@@ -112,21 +113,6 @@ func (h *Handler) renderMessage(w http.ResponseWriter, r *http.Request, s *sessi
 	h.render(w, r, status, "message.html", v)
 }
 
-// statusByCode maps broker error codes to HTTP statuses (as the JSON API
-// does).
-var statusByCode = map[string]int{
-	broker.EINVALID:      http.StatusBadRequest,
-	broker.EREFUSED:      http.StatusUnprocessableEntity,
-	broker.EUNAUTHORIZED: http.StatusUnauthorized,
-	broker.EFORBIDDEN:    http.StatusForbidden,
-	broker.ENOTFOUND:     http.StatusNotFound,
-	broker.ECONFLICT:     http.StatusConflict,
-	broker.EBUDGET:       http.StatusConflict,
-	broker.ELIMIT:        http.StatusTooManyRequests,
-	broker.EUNAVAILABLE:  http.StatusServiceUnavailable,
-	broker.EINTERNAL:     http.StatusInternalServerError,
-}
-
 // errStatus returns the HTTP status and the safe message for err. Anything
 // that is not a *broker.Error is internal: logged, never shown.
 func (h *Handler) errStatus(r *http.Request, err error) (int, string) {
@@ -135,11 +121,7 @@ func (h *Handler) errStatus(r *http.Request, err error) (int, string) {
 		h.logger.Error("web: internal error", "path", r.URL.Path, "err", err)
 		return http.StatusInternalServerError, "Something went wrong on our side. The error has been logged; please try again later."
 	}
-	status, ok := statusByCode[be.Code]
-	if !ok {
-		status = http.StatusInternalServerError
-	}
-	return status, be.Message
+	return api.HTTPStatus(err), be.Message
 }
 
 // fail renders err as a message page with the right status.

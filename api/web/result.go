@@ -1,15 +1,12 @@
 package web
 
 import (
-	"encoding/csv"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
-	"strconv"
-	"strings"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 )
@@ -24,7 +21,7 @@ func (h *Handler) resultCSV(w http.ResponseWriter, r *http.Request, s *session) 
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="tre-query-%d.csv"`, out.QueryID))
 	w.Header().Set("Cache-Control", "no-store")
-	if err := writeResultCSV(w, &out.Result); err != nil {
+	if err := api.WriteResultCSV(w, &out.Result); err != nil {
 		h.logger.Error("web: write CSV", "query", out.QueryID, "err", err)
 	}
 }
@@ -59,74 +56,6 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request, s *session) (
 		return nil, false
 	}
 	return out, true
-}
-
-// writeResultCSV writes a released table as CSV in the JSON API's layout:
-// group columns hold their key (empty for SQL NULL); each aggregate column
-// is followed by <name>_ci_low, <name>_ci_high and <name>_flag ("suppressed"
-// or "secondary_suppressed", whose value and interval are empty). Text cells
-// a spreadsheet would read as a formula are neutralised; numbers are plain
-// strconv literals and stay numbers.
-func writeResultCSV(w io.Writer, res *dp.Result) error {
-	cw := csv.NewWriter(w)
-	var header []string
-	for _, c := range res.Columns {
-		if c.Kind == "group" {
-			header = append(header, neutraliseCell(c.Name))
-			continue
-		}
-		for _, n := range []string{c.Name, c.Name + "_ci_low", c.Name + "_ci_high", c.Name + "_flag"} {
-			header = append(header, neutraliseCell(n))
-		}
-	}
-	if err := cw.Write(header); err != nil {
-		return err
-	}
-	num := func(v *float64) string {
-		if v == nil {
-			return ""
-		}
-		return strconv.FormatFloat(*v, 'f', -1, 64)
-	}
-	for _, row := range res.Rows {
-		var rec []string
-		for i, c := range res.Columns {
-			var cell dp.Cell
-			if i < len(row) {
-				cell = row[i]
-			}
-			if c.Kind == "group" {
-				if cell.Null {
-					rec = append(rec, "")
-				} else {
-					rec = append(rec, neutraliseCell(cell.Key))
-				}
-				continue
-			}
-			switch {
-			case cell.Secondary:
-				rec = append(rec, "", "", "", "secondary_suppressed")
-			case cell.Suppressed || cell.Value == nil:
-				rec = append(rec, "", "", "", "suppressed")
-			default:
-				rec = append(rec, num(cell.Value), num(cell.CILow), num(cell.CIHigh), "")
-			}
-		}
-		if err := cw.Write(rec); err != nil {
-			return err
-		}
-	}
-	cw.Flush()
-	return cw.Error()
-}
-
-// neutraliseCell stops spreadsheet formula injection (OWASP CSV injection):
-// a text cell starting with = + - @ tab or CR gets a leading apostrophe.
-func neutraliseCell(s string) string {
-	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
-		return "'" + s
-	}
-	return s
 }
 
 // chart is a horizontal bar chart of a result's first aggregate over its
