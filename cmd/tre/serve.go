@@ -129,7 +129,7 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create data directory: %w", err)
 		}
-		s, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "broker.db"))
+		s, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, sqlite.DefaultFilename))
 		if err != nil {
 			return nil, fmt.Errorf("open SQLite store: %w", err)
 		}
