@@ -71,6 +71,9 @@ type relation struct {
 	public     bool // lookup table without patient data
 	patient    bool // rows belong to patients (has the privacy unit)
 	perPatient bool // at most one row per patient
+	// derived marks a CTE or FROM subquery grouped by the privacy unit: one
+	// row per patient by construction, unlike a catalog table's declaration.
+	derived bool
 }
 
 func (r *relation) col(name string) *column {
@@ -98,7 +101,9 @@ type compiler struct {
 	nodes int
 	ctes  map[string]*relation
 	with  []string // emitted user CTEs, in order
-	// fastPath adds the one-row-per-patient shortcut to the rewrite.
+	// fastPath lets the rewrite skip bounding where each patient has at most
+	// one input row: proven at compile time (derivedOnly) or checked at run
+	// time. false always emits the full bounding pipeline (tests compare).
 	fastPath bool
 	// innerPreds are the WHERE conjuncts of per-patient queries.
 	innerPreds []string
@@ -113,6 +118,10 @@ type query struct {
 	aggs       []aggregate
 	predicates []string
 	patientLvl bool // every group key is a function of the patient alone
+	// derivedOnly: every FROM relation is a per-patient CTE or subquery,
+	// all joined on the privacy unit, so the input has at most one row per
+	// patient whatever the data.
+	derivedOnly bool
 }
 
 type groupKey struct {
@@ -300,7 +309,7 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 	if !isPU {
 		return nil, "", badGroup(pos(g))
 	}
-	rel := &relation{patient: true, perPatient: true}
+	rel := &relation{patient: true, perPatient: true, derived: true}
 	items := list(node, "select_list")
 	if len(items) == 0 {
 		return nil, "", refuse("an empty SELECT in "+what, -1, "")
@@ -654,6 +663,21 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 	return lsql + " " + jt + " JOIN " + rsql + cond, pid, nil
 }
 
+// derivedOnly reports whether every relation of a FROM clause is a CTE or
+// subquery grouped by the privacy unit. Joins between patient relations are
+// refused unless they equate the privacy unit, and any lookup table (whose
+// key need not be unique) disqualifies, so the joined rows then number at
+// most one per patient. Catalog tables never qualify: one_row_per_patient is
+// a declaration the rewrite checks at run time, not a proof.
+func derivedOnly(rels []*relation) bool {
+	for _, r := range rels {
+		if !r.derived || !r.patient || r.public {
+			return false
+		}
+	}
+	return len(rels) > 0
+}
+
 func findCol(rels []*relation, name string) *column {
 	for _, r := range rels {
 		if col := r.col(name); col != nil {
@@ -743,7 +767,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	if pid == "" {
 		return nil, refuse("a query of lookup tables only", -1, "a released query must count patients; read a patient table")
 	}
-	q := &query{from: from, pid: pid}
+	q := &query{from: from, pid: pid, derivedOnly: derivedOnly(sc.rels)}
 	if h := sub(node, "having"); h != nil {
 		return nil, refuse("HAVING", pos(h), "it filters on exact aggregates before protection; filter the released table instead")
 	}

@@ -352,3 +352,92 @@ func TestFastPathTaken(t *testing.T) {
 		}
 	}
 }
+
+// TestDerivedPathSameRows: when every FROM relation is a CTE or subquery
+// grouped by the privacy unit, the rewrite groups the rows directly, with no
+// run-time check and no bounding stages, and returns exactly the rows of the
+// full per-(patient, group) pipeline, also where the underlying tables hold
+// many rows per patient and where values need clamping.
+func TestDerivedPathSameRows(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	dbs := map[string]*sql.DB{
+		"small": MustTestDB(t, cat, smallData),
+		"duplicated": MustTestDB(t, cat, smallData,
+			`INSERT INTO patients SELECT * FROM patients WHERE patient_id = 101`,
+			`INSERT INTO clinical_events SELECT * FROM clinical_events`,
+			`INSERT INTO medications SELECT * FROM medications`),
+		"empty": MustTestDB(t, cat),
+	}
+	tests := []struct {
+		name string
+		sql  string
+	}{
+		{name: "typical mean BMI by statin exposure", sql: TypicalQueries[6].SQL},
+		{name: "no GROUP BY, clamped sum and mean", sql: `WITH ev AS (SELECT patient_id, max(numeric_value) AS mx FROM clinical_events GROUP BY patient_id)
+SELECT count(*) AS pts, sum(mx) AS total, avg(mx) AS mean FROM ev`},
+		{name: "grouped by a CTE output", sql: `WITH ev AS (SELECT patient_id, max(numeric_value) AS mx FROM clinical_events GROUP BY patient_id)
+SELECT CASE WHEN mx > 60 THEN 'high' ELSE 'low' END AS band, count(*) AS n, avg(mx) AS m, stddev(mx) AS sd FROM ev GROUP BY band`},
+		{name: "subquery joined to a CTE", sql: `WITH med AS (SELECT patient_id, count(*) AS n FROM medications GROUP BY patient_id)
+SELECT count(*) AS n, count(DISTINCT e.patient_id) AS pts, avg(e.mx) AS m
+FROM (SELECT patient_id, max(numeric_value) AS mx FROM clinical_events GROUP BY patient_id) AS e
+JOIN med m ON m.patient_id = e.patient_id`},
+		{name: "LEFT JOIN of CTEs", sql: `WITH ev AS (SELECT patient_id, max(numeric_value) AS mx FROM clinical_events GROUP BY patient_id),
+med AS (SELECT patient_id, 1 AS on_med FROM medications GROUP BY patient_id)
+SELECT CASE WHEN m.on_med = 1 THEN 'yes' ELSE 'no' END AS medicated, count(*) AS n, sum(e.mx) AS s
+FROM ev e LEFT JOIN med m USING (patient_id) GROUP BY medicated`},
+		{name: "filtered to nothing", sql: `WITH ev AS (SELECT patient_id, max(numeric_value) AS mx FROM clinical_events GROUP BY patient_id)
+SELECT count(*) AS n, avg(mx) AS m FROM ev WHERE mx > 1000`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			direct := mustCompile(t, p, cat, tt.sql)
+			for _, stage := range []string{`"__tre_dup"`, `"__tre_all"`, `"__tre_kept"`, "MATERIALIZED"} {
+				if strings.Contains(direct.Rewritten, stage) {
+					t.Fatalf("direct path not taken: %s in\n%s", stage, direct.Rewritten)
+				}
+			}
+			full, err := p.compile(context.Background(), cat, tt.sql, Options{Seed: 42}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(full.Rewritten, `"__tre_kept"`) {
+				t.Fatalf("full pipeline expected:\n%s", full.Rewritten)
+			}
+			if diff := cmp.Diff(full.Spec, direct.Spec); diff != "" {
+				t.Errorf("specs differ (-full +direct):\n%s", diff)
+			}
+			for dbName, db := range dbs {
+				gotDirect, droppedDirect := runPlan(t, db, direct)
+				gotFull, droppedFull := runPlan(t, db, full)
+				if diff := cmp.Diff(gotFull, gotDirect, cmp.Transformer("sort", sortGroups)); diff != "" || droppedDirect != droppedFull {
+					t.Errorf("%s: direct and full paths differ (dropped %d vs %d) (-full +direct):\n%s", dbName, droppedFull, droppedDirect, diff)
+				}
+				if len(direct.Spec.Groups) == 0 && len(gotDirect) != 1 {
+					t.Errorf("%s: %d rows without GROUP BY", dbName, len(gotDirect))
+				}
+			}
+		})
+	}
+}
+
+// TestDerivedPathNotForCatalogTables: a catalog table, even one declared
+// one_row_per_patient, or a lookup table in FROM keeps the run-time check,
+// which is what enforces the declaration.
+func TestDerivedPathNotForCatalogTables(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	for _, tt := range []struct{ name, sql string }{
+		{name: "declared table alone", sql: `SELECT sex, count(*) AS n FROM patients GROUP BY sex`},
+		{name: "declared table joined to a CTE", sql: TypicalQueries[0].SQL},
+		{name: "CTE joined to a declared table", sql: TypicalQueries[5].SQL},
+		{name: "event table", sql: `SELECT count(*) AS n FROM clinical_events`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			plan := mustCompile(t, p, cat, tt.sql)
+			if !strings.Contains(plan.Rewritten, `"__tre_dup" AS MATERIALIZED`) || !strings.Contains(plan.Rewritten, `"__tre_kept"`) {
+				t.Errorf("run-time check or bounding stages missing:\n%s", plan.Rewritten)
+			}
+		})
+	}
+}

@@ -70,7 +70,16 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		b.WriteString(" WHERE " + q.where)
 	}
 	b.WriteString("),\n")
-	b.WriteString(`"__tre_base" AS MATERIALIZED (SELECT ` + key)
+	// Proven one row per patient (derivedOnly): each row is a patient's whole
+	// contribution, within any k and C, so the rows are grouped directly
+	// with nothing to check, rank or drop. __tre_base is then read once and
+	// stays inlined rather than materialised.
+	direct := c.fastPath && q.derivedOnly
+	if direct {
+		b.WriteString(`"__tre_base" AS (SELECT ` + key)
+	} else {
+		b.WriteString(`"__tre_base" AS MATERIALIZED (SELECT ` + key)
+	}
 	for j, a := range q.aggs {
 		if a.arg == "" {
 			continue
@@ -82,6 +91,11 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		} else {
 			b.WriteString(", " + col)
 		}
+	}
+	if direct {
+		b.WriteString(` FROM "__tre_input")` + "\n")
+		c.fastSelect(&b, q, gcols, false)
+		return b.String()
 	}
 	b.WriteString(` FROM "__tre_input"),` + "\n")
 
@@ -150,7 +164,7 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	}
 
 	if c.fastPath {
-		c.fastSelect(&b, q, gcols)
+		c.fastSelect(&b, q, gcols, true)
 		b.WriteString("\nUNION ALL\n")
 	}
 	// Stage 4: per-group statistics in the layout the sandbox scans.
@@ -188,8 +202,10 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 }
 
 // fastSelect is the shortcut branch: each input row is one patient's whole
-// contribution, so per-row values are per-patient contributions.
-func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string) {
+// contribution, so per-row values are per-patient contributions. guarded
+// makes it return no rows unless the run-time check found no patient with
+// two input rows; unguarded (proven at compile time) it is the whole query.
+func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guarded bool) {
 	b.WriteString("SELECT ")
 	for i, g := range q.groups {
 		fmt.Fprintf(b, "CAST(%s AS VARCHAR) AS %s, ", gcols[i], quoteIdent(g.name))
@@ -212,10 +228,13 @@ func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string) {
 		fmt.Fprintf(b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
 			contrib, name, contrib, name)
 	}
-	b.WriteString(`, CAST(0 AS BIGINT) AS "__dropped" FROM "__tre_base" WHERE NOT (SELECT "__d" FROM "__tre_dup")`)
+	b.WriteString(`, CAST(0 AS BIGINT) AS "__dropped" FROM "__tre_base"`)
+	if guarded {
+		b.WriteString(` WHERE NOT (SELECT "__d" FROM "__tre_dup")`)
+	}
 	if len(gcols) > 0 {
 		b.WriteString(" GROUP BY " + strings.Join(gcols, ", "))
-	} else {
+	} else if guarded {
 		b.WriteString(` HAVING NOT (SELECT "__d" FROM "__tre_dup")`)
 	}
 }
