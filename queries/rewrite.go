@@ -27,7 +27,11 @@ import (
 //	             the two largest contributions, plus the rows dropped.
 //
 // Ranking only the pairs and patients above the bounds keeps the window
-// functions (sorts) off the common case, where nobody exceeds them.
+// functions (sorts) off the common case, where nobody exceeds them. When
+// each patient has at most one input row the stages are skipped: proven at
+// compile time (q.derivedOnly) the query is just __tre_base grouped; checked
+// at run time (__tre_dup) a guarded direct branch is added and the stages
+// see no rows.
 func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	var b strings.Builder
 	seed := strconv.FormatUint(c.seed, 10) + "::UBIGINT"
