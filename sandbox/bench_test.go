@@ -37,3 +37,20 @@ func BenchmarkInProcessQuery(b *testing.B) {
 		ldb.Close()
 	}
 }
+
+// BenchmarkProtectedJob is one protected job through a fresh child: start,
+// hardening, open and lock-down, compile (parser start included), the
+// rewritten SQL, dp.Protect and the opt-out snapshot hash.
+func BenchmarkProtectedJob(b *testing.B) {
+	r := MustRunner(b, testConfig(b, MustFixture(b, 1000)))
+	j := job("SELECT sex, count(*) AS n FROM patients GROUP BY sex")
+	for b.Loop() {
+		res, err := r.Run(context.Background(), j)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !res.Report.OptOut.Applied {
+			b.Fatal("opt-out not applied")
+		}
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -121,29 +120,36 @@ func runPlan(ctx context.Context, ldb *lockedDB, plan *queries.Plan, maxRows int
 	return groups, dropped, nil
 }
 
-// optOutReport hashes the sorted opted-out ids the views excluded at run
-// time, so the output checker can see which snapshot applied without
-// seeing an id.
+// optOutReport hashes the opted-out ids the views excluded at run time, so
+// the output checker can see which snapshot applied without seeing an id.
+//
+// Canonical form (docs/security.md, "opt-out snapshot hash"): the distinct
+// non-NULL values of the privacy-unit column of the opt-out table, sorted
+// ascending in the column's own type (numeric for the integer ids tre uses,
+// so 9 < 10 < 100; byte order for text ids), each written as CAST(id AS
+// VARCHAR) followed by one newline (0x0A), concatenated; SHA-256 of that
+// text in lower-case hex, and of the empty text when there are no ids.
+// DuckDB computes it on the job's locked-down connection so the ids never
+// cross into Go and the sort is on native values, not strings. One
+// list_sort measured faster than an ordered string_agg or list(id ORDER BY
+// id); array_to_string casts each element as CAST(id AS VARCHAR) does.
 func optOutReport(ctx context.Context, ldb *lockedDB, cat *queries.Catalog) (dp.OptOutReport, error) {
+	var sum string
+	if err := ldb.conn.QueryRowContext(ctx, OptOutSnapshotSQL(cat)).Scan(&sum); err != nil {
+		return dp.OptOutReport{}, err
+	}
+	if len(sum) != 2*sha256.Size {
+		return dp.OptOutReport{}, fmt.Errorf("opt-out snapshot hash has %d characters, want %d", len(sum), 2*sha256.Size)
+	}
+	return dp.OptOutReport{Applied: true, Table: cat.Policy.OptOutTable, SnapshotHash: sum}, nil
+}
+
+// OptOutSnapshotSQL is the one-row, one-column statement that computes the
+// opt-out snapshot hash (canonical form on optOutReport) over cat's opt-out
+// table. Exported so sandbox/bench measures exactly what the child runs.
+func OptOutSnapshotSQL(cat *queries.Catalog) string {
 	pu := `"` + strings.ReplaceAll(cat.PrivacyUnit, `"`, `""`) + `"`
 	tbl := `"` + strings.ReplaceAll(cat.Policy.OptOutTable, `"`, `""`) + `"`
-	rows, err := ldb.conn.QueryContext(ctx, fmt.Sprintf(
-		"SELECT DISTINCT CAST(%s AS VARCHAR) AS id FROM %s WHERE %s IS NOT NULL ORDER BY id", pu, tbl, pu))
-	if err != nil {
-		return dp.OptOutReport{}, err
-	}
-	defer rows.Close()
-	h := sha256.New()
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return dp.OptOutReport{}, err
-		}
-		h.Write([]byte(id))
-		h.Write([]byte{'\n'})
-	}
-	if err := rows.Err(); err != nil {
-		return dp.OptOutReport{}, err
-	}
-	return dp.OptOutReport{Applied: true, Table: cat.Policy.OptOutTable, SnapshotHash: hex.EncodeToString(h.Sum(nil))}, nil
+	return fmt.Sprintf("SELECT sha256(coalesce(array_to_string(list_sort(list(id)), chr(10)) || chr(10), '')) "+
+		"FROM (SELECT DISTINCT %s AS id FROM %s WHERE %s IS NOT NULL)", pu, tbl, pu)
 }

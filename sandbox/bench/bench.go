@@ -14,7 +14,6 @@ package bench
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"database/sql"
 	"encoding/binary"
 	"errors"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
+	"github.com/nhs-tre/tre/sandbox"
 )
 
 // Options are the DuckDB settings of a benchmark connection. They should be
@@ -269,26 +269,11 @@ func (p *Pipeline) scan(ctx context.Context, plan *queries.Plan) ([]dp.GroupStat
 	return groups, dropped, rows.Err()
 }
 
-// optOutHash reads the sorted opted-out ids and hashes them, the work the
-// sandbox does for every report's opt-out snapshot.
+// optOutHash computes the opt-out snapshot hash with the statement the
+// sandbox child runs for every report.
 func (p *Pipeline) optOutHash(ctx context.Context) error {
-	pu := quoteIdent(p.cat.PrivacyUnit)
-	rows, err := p.db.conn.QueryContext(ctx, fmt.Sprintf(
-		"SELECT DISTINCT CAST(%s AS VARCHAR) AS id FROM %s WHERE %s IS NOT NULL ORDER BY id", pu, quoteIdent(p.cat.Policy.OptOutTable), pu))
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	h := sha256.New()
-	var id string
-	for rows.Next() {
-		if err := rows.Scan(&id); err != nil {
-			return err
-		}
-		h.Write([]byte(id))
-		h.Write([]byte{'\n'})
-	}
-	return rows.Err()
+	var sum string
+	return p.db.conn.QueryRowContext(ctx, sandbox.OptOutSnapshotSQL(p.cat)).Scan(&sum)
 }
 
 // Column is one column of a data table, with DuckDB's type name.
