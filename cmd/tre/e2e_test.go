@@ -121,6 +121,34 @@ var e2eUsers = map[string]broker.Role{
 	"site":  broker.RoleAgent,
 }
 
+// devTokens mints a dev token for each user with the broker's dev key.
+func devTokens(tb testing.TB, brokerDir string, users map[string]broker.Role) map[string]string {
+	tb.Helper()
+	key, err := api.LoadOrCreateDevKey(brokerDir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tokens := map[string]string{}
+	for sub, role := range users {
+		tok, err := api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tokens[sub] = tok
+	}
+	return tokens
+}
+
+// writeAgentToken saves the agent's token as tre agent expects (mode 0600).
+func writeAgentToken(tb testing.TB, dir, token string) string {
+	tb.Helper()
+	path := filepath.Join(dir, "agent.token")
+	if err := os.WriteFile(path, []byte(token), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return path
+}
+
 // startSite generates data and starts `tre serve --dev` and `tre agent` as
 // real processes. The agent's sandbox children are real too.
 func startSite(tb testing.TB, patients int) *testSite {
@@ -145,21 +173,8 @@ func startSite(tb testing.TB, patients int) *testSite {
 	eventually(tb, 60*time.Second, "broker ready", func() error {
 		return (&api.Client{BaseURL: s.url}).Readyz(context.Background())
 	})
-	key, err := api.LoadOrCreateDevKey(brokerDir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for sub, role := range e2eUsers {
-		tok, err := api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		s.tokens[sub] = tok
-	}
-	tokenFile := filepath.Join(s.dir, "agent.token")
-	if err := os.WriteFile(tokenFile, []byte(s.tokens["site"]), 0o600); err != nil {
-		tb.Fatal(err)
-	}
+	s.tokens = devTokens(tb, brokerDir, e2eUsers)
+	tokenFile := writeAgentToken(tb, s.dir, s.tokens["site"])
 	agentAdmin := freeAddr(tb)
 	s.agentMetricsURL = "http://" + agentAdmin + "/metrics"
 	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", "site-1", "--token-file", tokenFile, "--admin-addr", agentAdmin,

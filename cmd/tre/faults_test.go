@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/broker/brokertest"
 )
 
 // Fault tests: real broker and agent processes killed with SIGKILL,
@@ -65,21 +64,8 @@ func startFaultSite(tb testing.TB, databaseURL string, withAgent bool) *faultSit
 		s.brokerArgs = append(s.brokerArgs, "--database-url", databaseURL)
 	}
 	s.restartBroker(tb)
-	key, err := api.LoadOrCreateDevKey(brokerDir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for sub, role := range e2eUsers {
-		tok, err := api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		s.tokens[sub] = tok
-	}
-	tokenFile := filepath.Join(s.dir, "agent.token")
-	if err := os.WriteFile(tokenFile, []byte(s.tokens["site"]), 0o600); err != nil {
-		tb.Fatal(err)
-	}
+	s.tokens = devTokens(tb, brokerDir, e2eUsers)
+	tokenFile := writeAgentToken(tb, s.dir, s.tokens["site"])
 	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", "site-1", "--token-file", tokenFile,
 		"--data", s.data, "--catalog", s.catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
 		"--scratch-dir", filepath.Join(s.dir, "scratch")}
@@ -135,53 +121,6 @@ func (b *syncBuffer) String() string {
 	return string(b.buf)
 }
 
-// postgresURL returns TRE_TEST_DATABASE_URL pointed at a fresh schema that
-// is dropped when the test ends, or "" (skipping the test) when no server is
-// configured. TRE_REQUIRE_POSTGRES=1 turns the skip into a failure.
-func postgresURL(tb testing.TB) string {
-	tb.Helper()
-	base := os.Getenv("TRE_TEST_DATABASE_URL")
-	if base == "" {
-		if os.Getenv("TRE_REQUIRE_POSTGRES") == "1" {
-			tb.Fatal("TRE_REQUIRE_POSTGRES=1 but TRE_TEST_DATABASE_URL is not set")
-		}
-		tb.Skip("TRE_TEST_DATABASE_URL not set")
-	}
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		tb.Fatal(err)
-	}
-	schema := "tre_fault_" + hex.EncodeToString(b[:])
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		tb.Fatalf("connect to TRE_TEST_DATABASE_URL: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		tb.Fatalf("create schema: %v", err)
-	}
-	tb.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), base)
-		if err != nil {
-			tb.Logf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer c.Close(context.Background())
-		if _, err := c.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			tb.Logf("drop schema %s: %v", schema, err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		tb.Fatalf("TRE_TEST_DATABASE_URL: %v", err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
 // ackLog records the writes the broker acknowledged with a 2xx.
 type ackLog struct {
 	mu                           sync.Mutex
@@ -212,7 +151,7 @@ func TestBrokerKill9(t *testing.T) {
 		dbURL func(testing.TB) string
 	}{
 		{"sqlite", func(testing.TB) string { return "" }},
-		{"postgres", postgresURL},
+		{"postgres", brokertest.PostgresURL},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := startFaultSite(t, tt.dbURL(t), true)
@@ -433,18 +372,17 @@ func TestAgentKill9MidJob(t *testing.T) {
 		if _, err := s.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
 			t.Fatal(err)
 		}
-		// Kill the agent the moment it has leased the job. The sandbox
-		// start alone takes far longer than this poll.
-		eventually(t, 60*time.Second, "agent leases the job", func() error {
-			cur, err := s.as("bob").Query(ctx, q.ID)
-			if err != nil {
-				return err
+		// Kill the agent the moment its sandbox child for the job appears:
+		// the child's start-up (exec, hardening, handshake, DuckDB open)
+		// takes tens of milliseconds, far longer than this tight poll, so
+		// the job is caught mid-run even on an idle machine.
+		deadline := time.Now().Add(60 * time.Second)
+		for sandboxChildren(t, s.dir) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the agent started no sandbox for the job within 60 s")
 			}
-			if cur.Status == broker.StatusApproved {
-				return errors.New("not leased yet")
-			}
-			return nil
-		})
+			time.Sleep(time.Millisecond)
+		}
 		s.agent.kill()
 		cur, err := s.as("bob").Query(ctx, q.ID)
 		if err != nil {
@@ -666,7 +604,7 @@ func TestReadOnlyStore(t *testing.T) {
 		testReadOnlyStore(t, b, setReadOnly)
 	})
 	t.Run("postgres", func(t *testing.T) {
-		dbURL := postgresURL(t)
+		dbURL := brokertest.PostgresURL(t)
 		u, err := url.Parse(dbURL)
 		if err != nil {
 			t.Fatal(err)

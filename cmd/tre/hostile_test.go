@@ -69,21 +69,11 @@ func startLonelyBroker(tb testing.TB, extra ...string) *lonelyBroker {
 	b.args = append([]string{"serve", "--data-dir", b.dir, "--addr", addr, "--dev", "--lease-ttl", "2s"}, extra...)
 	b.proc = startTre(tb, b.args...)
 	waitReady(tb, b.url)
-	key, err := api.LoadOrCreateDevKey(b.dir)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	users := map[string]broker.Role{"frank": broker.RoleResearcher}
 	for sub, role := range e2eUsers {
 		users[sub] = role
 	}
-	for sub, role := range users {
-		tok, err := api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		b.tokens[sub] = tok
-	}
+	b.tokens = devTokens(tb, b.dir, users)
 	cat, err := queries.LoadCatalog(testCatalogPath)
 	if err != nil {
 		tb.Fatal(err)
