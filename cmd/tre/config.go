@@ -221,11 +221,16 @@ func decodeConfigFile(cfg any, path string) error {
 func printConfig(cfg any) ([]byte, error) {
 	var buf bytes.Buffer
 	for _, f := range configFields(cfg) {
-		val := fieldValue{f.value}.String()
-		if f.secret && val != "" {
+		// Native values, so the output is a valid config file: bools and
+		// numbers unquoted, lists as sequences, durations as "30s".
+		var val any = f.value.Interface()
+		if d, ok := val.(time.Duration); ok {
+			val = d.String()
+		}
+		if f.secret && !f.value.IsZero() {
 			val = "REDACTED"
 		}
-		line, err := yaml.Marshal(map[string]string{f.key: val})
+		line, err := yaml.Marshal(map[string]any{f.key: val})
 		if err != nil {
 			return nil, err
 		}

@@ -137,3 +137,25 @@ func TestPrintConfigRedactsSecrets(t *testing.T) {
 		t.Errorf("printConfig lost a value:\n%s", out)
 	}
 }
+
+// TestPrintConfigRoundTrip: what --print-config shows is a config file that
+// loads back to the same configuration (secrets aside).
+func TestPrintConfigRoundTrip(t *testing.T) {
+	want := defaultTestConfig()
+	want.Dev = true
+	want.Workers = 4
+	want.Epsilon = 0.25
+	want.Keys = []string{"a.pem", "b.pem"}
+	out, err := printConfig(&want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := writeFile(t, t.TempDir(), "printed.yaml", string(out))
+	got := defaultTestConfig()
+	if err := decodeConfigFile(&got, path); err != nil {
+		t.Fatalf("decode printed config: %v\n%s", err, out)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s\nprinted:\n%s", diff, out)
+	}
+}
