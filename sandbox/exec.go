@@ -72,6 +72,14 @@ func runPlan(ctx context.Context, ldb *lockedDB, plan *queries.Plan, maxRows int
 		return nil, 0, err
 	}
 	defer rows.Close()
+	return ScanGroups(rows, plan, maxRows)
+}
+
+// ScanGroups reads the rows of plan.Rewritten (layout documented on
+// queries.Plan.Rewritten: group keys, __patients, five statistics per
+// aggregate, __dropped) into group statistics, refusing more than maxRows
+// groups. It is the one reader of that layout; the benchmark uses it too.
+func ScanGroups(rows *sql.Rows, plan *queries.Plan, maxRows int) ([]dp.GroupStats, int64, error) {
 	nk, na := len(plan.Spec.Groups), len(plan.Spec.Aggregates)
 	cols, err := rows.Columns()
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -235,38 +236,7 @@ func (p *Pipeline) scan(ctx context.Context, plan *queries.Plan) ([]dp.GroupStat
 		return nil, 0, err
 	}
 	defer rows.Close()
-	nk, na := len(plan.Spec.Groups), len(plan.Spec.Aggregates)
-	keys := make([]sql.NullString, nk)
-	aggs := make([]float64, 5*na)
-	var patients, dropped int64
-	dest := make([]any, 0, nk+5*na+2)
-	for i := range keys {
-		dest = append(dest, &keys[i])
-	}
-	dest = append(dest, &patients)
-	for i := range aggs {
-		dest = append(dest, &aggs[i])
-	}
-	dest = append(dest, &dropped)
-	var groups []dp.GroupStats
-	for rows.Next() {
-		if err := rows.Scan(dest...); err != nil {
-			return nil, 0, err
-		}
-		g := dp.GroupStats{Keys: make([]*string, nk), Patients: patients, Aggs: make([]dp.AggStats, na)}
-		for i, k := range keys {
-			if k.Valid {
-				v := k.String
-				g.Keys[i] = &v
-			}
-		}
-		for i := range na {
-			a := aggs[5*i : 5*i+5]
-			g.Aggs[i] = dp.AggStats{Count: a[0], Sum: a[1], SumSq: a[2], Top1: a[3], Top2: a[4]}
-		}
-		groups = append(groups, g)
-	}
-	return groups, dropped, rows.Err()
+	return sandbox.ScanGroups(rows, plan, math.MaxInt)
 }
 
 // optOutHash computes the opt-out snapshot hash with the statement the
