@@ -267,18 +267,8 @@ func (t *tx) FindProjects(ctx context.Context, f broker.ProjectFilter) ([]*broke
 	if f.Status != nil {
 		w.add(`p.status = ?`, string(*f.Status))
 	}
-	var n int
-	rows, err := t.dynamic(ctx, `SELECT COUNT(*) FROM projects p`+w.String(), w.args...)
-	if err != nil {
-		return nil, 0, err
-	}
-	if err := scanCount(rows, &n); err != nil {
-		return nil, 0, err
-	}
-	args := append(append([]any{}, w.args...), f.Limit, f.Offset)
-	rows, err = t.dynamic(ctx, `SELECT `+projectColumns+` FROM projects p
-		LEFT JOIN (`+ledgerTotals+` GROUP BY project_id) b ON b.project_id = p.id`+w.String()+
-		` ORDER BY p.id LIMIT ? OFFSET ?`, args...)
+	n, rows, err := t.page(ctx, `projects p`, `SELECT `+projectColumns+` FROM projects p
+		LEFT JOIN (`+ledgerTotals+` GROUP BY project_id) b ON b.project_id = p.id`, w, `p.id`, f.Limit, f.Offset)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -292,6 +282,25 @@ func (t *tx) FindProjects(ctx context.Context, f broker.ProjectFilter) ([]*broke
 		ps = append(ps, p)
 	}
 	return ps, n, rows.Err()
+}
+
+// page counts the rows w selects from countFrom, then runs selectSQL (which
+// may join other tables) with the same conditions for one page in order.
+func (t *tx) page(ctx context.Context, countFrom, selectSQL string, w where, order string, limit, offset int) (int, *sql.Rows, error) {
+	var n int
+	rows, err := t.dynamic(ctx, `SELECT COUNT(*) FROM `+countFrom+w.String(), w.args...)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := scanCount(rows, &n); err != nil {
+		return 0, nil, err
+	}
+	args := append(append([]any{}, w.args...), limit, offset)
+	rows, err = t.dynamic(ctx, selectSQL+w.String()+` ORDER BY `+order+` LIMIT ? OFFSET ?`, args...)
+	if err != nil {
+		return 0, nil, err
+	}
+	return n, rows, nil
 }
 
 func scanCount(rows *sql.Rows, n *int) error {
@@ -510,16 +519,7 @@ func (t *tx) FindQueries(ctx context.Context, f broker.QueryFilter, member strin
 	if f.SubmittedBy != nil {
 		w.add(`submitted_by = ?`, *f.SubmittedBy)
 	}
-	var n int
-	rows, err := t.dynamic(ctx, `SELECT COUNT(*) FROM queries`+w.String(), w.args...)
-	if err != nil {
-		return nil, 0, err
-	}
-	if err := scanCount(rows, &n); err != nil {
-		return nil, 0, err
-	}
-	args := append(append([]any{}, w.args...), f.Limit, f.Offset)
-	rows, err = t.dynamic(ctx, `SELECT `+queryColumns+` FROM queries`+w.String()+` ORDER BY id LIMIT ? OFFSET ?`, args...)
+	n, rows, err := t.page(ctx, `queries`, `SELECT `+queryColumns+` FROM queries`, w, `id`, f.Limit, f.Offset)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -709,16 +709,7 @@ func (t *tx) FindAuditEntries(ctx context.Context, f broker.AuditFilter) ([]*bro
 	if f.AfterSeq != nil {
 		w.add(`seq > ?`, *f.AfterSeq)
 	}
-	var n int
-	rows, err := t.dynamic(ctx, `SELECT COUNT(*) FROM audit_log`+w.String(), w.args...)
-	if err != nil {
-		return nil, 0, err
-	}
-	if err := scanCount(rows, &n); err != nil {
-		return nil, 0, err
-	}
-	args := append(append([]any{}, w.args...), f.Limit, f.Offset)
-	rows, err = t.dynamic(ctx, `SELECT `+auditColumns+` FROM audit_log`+w.String()+` ORDER BY seq LIMIT ? OFFSET ?`, args...)
+	n, rows, err := t.page(ctx, `audit_log`, `SELECT `+auditColumns+` FROM audit_log`, w, `seq`, f.Limit, f.Offset)
 	if err != nil {
 		return nil, 0, err
 	}
