@@ -5,13 +5,10 @@ import (
 	"time"
 )
 
-// Stats is the operational state the metrics endpoint reports: no patient
-// data, no SQL, no names — counts, budgets by project id and agent health.
-type Stats struct {
-	QueueDepth map[Status]int
-	Budgets    []ProjectBudget
-	SitesSeen  map[string]time.Time
-}
+// The operational figures below feed the operator's metrics listener: no
+// patient data, no SQL, no names — counts, budgets by project id and agent
+// health. They are not API calls and need no identity. Each reads only what
+// its metric needs, since a scrape asks for all three.
 
 // ProjectBudget is one active project's budget position.
 type ProjectBudget struct {
@@ -27,10 +24,9 @@ var allStatuses = []Status{
 	StatusAwaitingOutputCheck, StatusReleased, StatusWithheld, StatusFailed,
 }
 
-// Stats reads the operational figures in one read transaction. It is for the
-// operator's metrics listener, not for API callers, and needs no identity.
-func (s *Service) Stats(ctx context.Context) (*Stats, error) {
-	st := &Stats{QueueDepth: map[Status]int{}, SitesSeen: map[string]time.Time{}}
+// QueueDepth returns the number of queries in each status.
+func (s *Service) QueueDepth(ctx context.Context) (map[Status]int, error) {
+	depth := make(map[Status]int, len(allStatuses))
 	err := s.store.View(ctx, func(tx Tx) error {
 		for _, status := range allStatuses {
 			status := status
@@ -38,33 +34,48 @@ func (s *Service) Stats(ctx context.Context) (*Stats, error) {
 			if err != nil {
 				return err
 			}
-			st.QueueDepth[status] = n
+			depth[status] = n
 		}
-		active := ProjectActive
+		return nil
+	})
+	return depth, err
+}
+
+// ActiveBudgets returns every active project's budget position.
+func (s *Service) ActiveBudgets(ctx context.Context) ([]ProjectBudget, error) {
+	var budgets []ProjectBudget
+	active := ProjectActive
+	err := s.store.View(ctx, func(tx Tx) error {
+		budgets = budgets[:0]
 		for offset := 0; ; {
 			projects, total, err := tx.FindProjects(ctx, ProjectFilter{Status: &active, Offset: offset, Limit: 1000})
 			if err != nil {
 				return err
 			}
 			for _, p := range projects {
-				st.Budgets = append(st.Budgets, ProjectBudget{ProjectID: p.ID, EpsilonBudget: p.EpsilonBudget, DeltaBudget: p.DeltaBudget, Budget: p.Budget})
+				budgets = append(budgets, ProjectBudget{ProjectID: p.ID, EpsilonBudget: p.EpsilonBudget, DeltaBudget: p.DeltaBudget, Budget: p.Budget})
 			}
 			offset += len(projects)
 			if len(projects) == 0 || offset >= total {
-				break
+				return nil
 			}
 		}
+	})
+	return budgets, err
+}
+
+// SitesLastSeen returns when each site's agent last called the broker.
+func (s *Service) SitesLastSeen(ctx context.Context) (map[string]time.Time, error) {
+	seen := map[string]time.Time{}
+	err := s.store.View(ctx, func(tx Tx) error {
 		sites, err := tx.FindSites(ctx)
 		if err != nil {
 			return err
 		}
 		for _, site := range sites {
-			st.SitesSeen[site.ID] = site.LastSeen
+			seen[site.ID] = site.LastSeen
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return st, nil
+	return seen, err
 }

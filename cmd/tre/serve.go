@@ -294,35 +294,31 @@ func (b *brokerRuntime) observeTransition(from, to broker.Status, inState time.D
 
 // queueDepth, budgets and agentsLastSeen feed the metrics at scrape time.
 func (b *brokerRuntime) queueDepth(ctx context.Context) (map[string]int, error) {
-	st, err := b.svc.Stats(ctx)
+	depth, err := b.svc.QueueDepth(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]int, len(st.QueueDepth))
-	for k, v := range st.QueueDepth {
+	out := make(map[string]int, len(depth))
+	for k, v := range depth {
 		out[string(k)] = v
 	}
 	return out, nil
 }
 
 func (b *brokerRuntime) budgets(ctx context.Context) ([]metrics.Budget, error) {
-	st, err := b.svc.Stats(ctx)
+	budgets, err := b.svc.ActiveBudgets(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]metrics.Budget, 0, len(st.Budgets))
-	for _, p := range st.Budgets {
+	out := make([]metrics.Budget, 0, len(budgets))
+	for _, p := range budgets {
 		out = append(out, metrics.Budget{ProjectID: p.ProjectID, EpsilonSpent: p.EpsilonSpent, EpsilonLimit: p.EpsilonBudget, DeltaSpent: p.DeltaSpent, DeltaLimit: p.DeltaBudget})
 	}
 	return out, nil
 }
 
 func (b *brokerRuntime) agentsLastSeen(ctx context.Context) (map[string]time.Time, error) {
-	st, err := b.svc.Stats(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return st.SitesSeen, nil
+	return b.svc.SitesLastSeen(ctx)
 }
 
 // URL is the broker's base URL.
