@@ -8,13 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
-	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/sandbox/synth"
 )
 
@@ -353,7 +351,9 @@ func (m *DemoMain) walkthrough(ctx context.Context, url string, tokens map[broke
 	if err != nil {
 		return fmt.Errorf("result: %w", err)
 	}
-	printTable(w, res.Columns, res.Rows)
+	if err := printResultTable(w, res.Columns, res.Rows); err != nil {
+		return err
+	}
 	csv, err := as(broker.RoleResearcher).ResultRaw(ctx, q.ID, "csv")
 	if err != nil {
 		return fmt.Errorf("result csv: %w", err)
@@ -383,45 +383,6 @@ func waitForStatus(ctx context.Context, c *api.Client, id int64, want broker.Sta
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-}
-
-// printTable prints a protected table, marking suppressed cells.
-func printTable(w io.Writer, cols []dp.Column, rows [][]dp.Cell) {
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	for i, c := range cols {
-		if i > 0 {
-			fmt.Fprint(tw, "\t")
-		}
-		fmt.Fprint(tw, c.Name)
-	}
-	fmt.Fprintln(tw)
-	for _, row := range rows {
-		for i, cell := range row {
-			if i > 0 {
-				fmt.Fprint(tw, "\t")
-			}
-			fmt.Fprint(tw, cellText(cell))
-		}
-		fmt.Fprintln(tw)
-	}
-	tw.Flush()
-}
-
-// cellText renders one cell for a terminal.
-func cellText(c dp.Cell) string {
-	switch {
-	case c.Null:
-		return "NULL"
-	case c.Suppressed:
-		return "[suppressed]"
-	case c.Value != nil:
-		v := *c.Value
-		if v == float64(int64(v)) {
-			return fmt.Sprintf("%d", int64(v))
-		}
-		return fmt.Sprintf("%.2f", v)
-	}
-	return c.Key
 }
 
 func indent(s string) string { return "    " + strings.ReplaceAll(s, "\n", "\n    ") }
