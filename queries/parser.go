@@ -3,9 +3,7 @@ package queries
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -211,11 +209,10 @@ func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256([]byte(sqlText))
 	plan := &Plan{
 		Dataset:    cat.Dataset,
 		SQL:        sqlText,
-		SQLHash:    hex.EncodeToString(sum[:]),
+		SQLHash:    SQLHash(sqlText),
 		Rewritten:  c.rewrite(q, spec),
 		Spec:       spec,
 		Normalized: normalize(stmt),

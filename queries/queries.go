@@ -12,6 +12,8 @@
 package queries
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 
@@ -131,4 +133,12 @@ func quoteIdent(s string) string {
 // quoteString single-quotes a string literal.
 func quoteString(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// SQLHash is the hex SHA-256 of a query's text exactly as submitted: what a
+// reviewer approved is what runs, and the broker, the agent and the sandbox
+// child each check it with this one function.
+func SQLHash(sqlText string) string {
+	sum := sha256.Sum256([]byte(sqlText))
+	return hex.EncodeToString(sum[:])
 }

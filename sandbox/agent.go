@@ -2,8 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -215,8 +213,7 @@ func (a *Agent) handle(ctx context.Context, log *slog.Logger, job *LeasedJob) {
 		a.report(ctx, log, job, nil, Errorf(CodeInvalid, "this site does not hold dataset %q", job.Dataset))
 		return
 	}
-	sum := sha256.Sum256([]byte(job.SQL))
-	if hex.EncodeToString(sum[:]) != job.SQLHash {
+	if queries.SQLHash(job.SQL) != job.SQLHash {
 		a.report(ctx, log, job, nil, Errorf(CodeInvalid, "the SQL does not match its hash"))
 		return
 	}

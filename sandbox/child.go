@@ -2,8 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +15,8 @@ import (
 	"github.com/duckdb/duckdb-go/v2"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+
+	"github.com/nhs-tre/tre/queries"
 )
 
 const (
@@ -130,8 +130,7 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, error) {
 	if (req.Raw && s.opts.runRaw == nil) || (req.Probe && s.opts.probe == nil) {
 		return nil, Errorf(CodeRefused, "test hooks are not available in this build")
 	}
-	sum := sha256.Sum256([]byte(req.SQL))
-	if hex.EncodeToString(sum[:]) != req.SQLHash {
+	if queries.SQLHash(req.SQL) != req.SQLHash {
 		return nil, Errorf(CodeInvalid, "the SQL does not match its hash")
 	}
 	if req.Catalog == nil {

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -209,12 +207,6 @@ func parseByteSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size like 512MB or 2GB", s)
 	}
 	return int64(n * float64(mult)), nil
-}
-
-// sqlHash is the hex SHA-256 the broker stores beside a query's SQL.
-func sqlHash(sql string) string {
-	sum := sha256.Sum256([]byte(sql))
-	return hex.EncodeToString(sum[:])
 }
 
 // agentBroker adapts the HTTP client to the interface the site agent uses.

@@ -348,7 +348,7 @@ func (m *BenchMain) measureQueries(ctx context.Context, p *benchProgress, raw *b
 			p.step()
 		}
 		p.stage(tq.Name + ": cold")
-		job := sandbox.Job{QueryID: "bench", SQL: tq.SQL, SQLHash: sqlHash(tq.SQL)}
+		job := sandbox.Job{QueryID: "bench", SQL: tq.SQL, SQLHash: queries.SQLHash(tq.SQL)}
 		for i := range m.warmup + m.reps {
 			start, cpu := time.Now(), cpuTime()
 			res, err := runner.Run(ctx, job)
@@ -434,7 +434,7 @@ func (m *BenchMain) measureStart(ctx context.Context, p *benchProgress, dir stri
 		return s, "", err
 	}
 	const q = "SELECT count(*) AS patients FROM patients"
-	job := sandbox.Job{QueryID: "bench-start", SQL: q, SQLHash: sqlHash(q)}
+	job := sandbox.Job{QueryID: "bench-start", SQL: q, SQLHash: queries.SQLHash(q)}
 	if _, err := r.Run(ctx, job); err != nil { // warm the page cache and the binary
 		return s, "", fmt.Errorf("%s: %s", sandbox.ErrorCode(err), sandbox.ErrorMessage(err))
 	}

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/csv"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -93,8 +91,7 @@ func (m *RunMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256([]byte(m.sql))
-	res, err := r.Run(ctx, sandbox.Job{QueryID: "local", SQL: m.sql, SQLHash: hex.EncodeToString(sum[:]), Epsilon: m.epsilon})
+	res, err := r.Run(ctx, sandbox.Job{QueryID: "local", SQL: m.sql, SQLHash: queries.SQLHash(m.sql), Epsilon: m.epsilon})
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -412,7 +412,7 @@ func (d *dryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon flo
 	if dataset != d.dataset {
 		return nil, broker.Errorf(broker.EUNAVAILABLE, "dry runs are available for dataset %q only", d.dataset)
 	}
-	res, err := d.runner.Run(ctx, sandbox.Job{QueryID: "dry-run", SQL: sql, SQLHash: sqlHash(sql), Epsilon: epsilon})
+	res, err := d.runner.Run(ctx, sandbox.Job{QueryID: "dry-run", SQL: sql, SQLHash: queries.SQLHash(sql), Epsilon: epsilon})
 	if err != nil {
 		return nil, sandboxToBrokerError(err)
 	}
