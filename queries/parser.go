@@ -31,11 +31,12 @@ const (
 	maxCrossDomain = 10000
 )
 
-// Parser compiles SQL against catalogs. It owns one in-memory DuckDB database
-// used only to run json_serialize_sql on the submitted text: nothing is ever
-// executed from a submission. A Parser is safe for concurrent use.
+// Parser compiles SQL against catalogs. It runs json_serialize_sql on the
+// submitted text, either in an in-memory DuckDB database of its own
+// (NewParser) or on a connection the caller owns (NewParserConn): nothing is
+// ever executed from a submission. A Parser is safe for concurrent use.
 type Parser struct {
-	db   *sql.DB
+	db   *sql.DB // nil when the connection belongs to the caller
 	stmt *sql.Stmt
 
 	mu sync.Mutex
@@ -83,19 +84,49 @@ func NewParser() (*Parser, error) {
 			return nil, fmt.Errorf("configure parser database: %w", err)
 		}
 	}
-	// No skip_empty/skip_null: they drop fields that carry meaning (the
-	// empty grouping set of ROLLUP), which would let such queries through.
-	stmt, err := db.Prepare("SELECT json_serialize_sql(?::VARCHAR)::VARCHAR")
+	stmt, err := db.Prepare(serializeSQL)
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("prepare parser statement: %w", err)
 	}
-	return &Parser{db: db, stmt: stmt, indexes: make(map[*Catalog]*catalogIndex), asts: make(map[string]obj)}, nil
+	return newParser(db, stmt), nil
 }
 
-// Close releases the parser's database.
+// NewParserConn returns a Parser that runs json_serialize_sql on conn, a
+// DuckDB connection the caller owns and keeps open until the Parser is
+// closed; Close leaves conn open. It saves the sandbox child a second
+// database per job: the child passes its locked-down data connection.
+//
+// json_serialize_sql only parses. The text is a bound parameter, never
+// spliced into the statement, and is neither bound against the
+// connection's catalog nor executed, so parsing reads no table and changes
+// nothing on conn: a text naming tables that do not exist parses just the
+// same. Statements on one connection run one at a time, so parses and the
+// caller's own statements on conn are serialised.
+func NewParserConn(ctx context.Context, conn *sql.Conn) (*Parser, error) {
+	stmt, err := conn.PrepareContext(ctx, serializeSQL)
+	if err != nil {
+		return nil, fmt.Errorf("prepare parser statement: %w", err)
+	}
+	return newParser(nil, stmt), nil
+}
+
+// serializeSQL has no skip_empty/skip_null: they drop fields that carry
+// meaning (the empty grouping set of ROLLUP), which would let such queries
+// through.
+const serializeSQL = "SELECT json_serialize_sql(?::VARCHAR)::VARCHAR"
+
+func newParser(db *sql.DB, stmt *sql.Stmt) *Parser {
+	return &Parser{db: db, stmt: stmt, indexes: make(map[*Catalog]*catalogIndex), asts: make(map[string]obj)}
+}
+
+// Close releases the parser's statement, and its database if NewParser
+// opened one.
 func (p *Parser) Close() error {
 	err := p.stmt.Close()
+	if p.db == nil {
+		return err
+	}
 	return errors.Join(err, p.db.Close())
 }
 
@@ -201,6 +232,12 @@ func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts
 		return nil, refuse("statement", -1, "unrecognised parser output")
 	}
 	c := &compiler{cat: cat, idx: p.index(cat), sql: sqlText, seed: opts.Seed, fastPath: fastPath}
+	if len(opts.UniqueTables) > 0 {
+		c.unique = make(map[string]bool, len(opts.UniqueTables))
+		for _, t := range opts.UniqueTables {
+			c.unique[strings.ToLower(t)] = true
+		}
+	}
 	q, err := c.compileStatement(stmt)
 	if err != nil {
 		return nil, err

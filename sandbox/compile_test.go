@@ -9,13 +9,16 @@ import (
 	"github.com/nhs-tre/tre/queries"
 )
 
+// TestAttacksRefusedByCompiler compiles every attack as the child does: on
+// the job's locked-down data connection.
 func TestAttacksRefusedByCompiler(t *testing.T) {
-	p, err := queries.NewParser()
+	cat := MustCatalog(t)
+	ldb := mustLocked(t, MustFixture(t, 50), cat)
+	p, err := queries.NewParserConn(context.Background(), ldb.conn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	cat := MustCatalog(t)
 	list := attacks(t.TempDir())
 	if len(list) < 35 {
 		t.Fatalf("only %d attacks", len(list))
