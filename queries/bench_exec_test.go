@@ -32,6 +32,23 @@ func BenchmarkProtectedVsRaw(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	var unique []string
+	rows, err := db.Query(UniqueTablesSQL(cat))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for rows.Next() {
+		var t string
+		if err := rows.Scan(&t); err != nil {
+			b.Fatal(err)
+		}
+		unique = append(unique, t)
+	}
+	if err := rows.Err(); err != nil {
+		b.Fatal(err)
+	}
+	rows.Close()
+	b.Logf("tables unique per patient: %v", unique)
 	p := MustParser(b)
 	drain := func(b *testing.B, q string) {
 		rows, err := db.QueryContext(context.Background(), q)
@@ -46,7 +63,7 @@ func BenchmarkProtectedVsRaw(b *testing.B) {
 		rows.Close()
 	}
 	for _, tq := range TypicalQueries {
-		plan, err := p.Compile(context.Background(), cat, tq.SQL, Options{Seed: 1})
+		plan, err := p.Compile(context.Background(), cat, tq.SQL, Options{Seed: 1, UniqueTables: unique})
 		if err != nil {
 			b.Fatal(err)
 		}

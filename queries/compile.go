@@ -74,6 +74,10 @@ type relation struct {
 	// derived marks a CTE or FROM subquery grouped by the privacy unit: one
 	// row per patient by construction, unlike a catalog table's declaration.
 	derived bool
+	// unique marks a catalog table whose privacy unit the data enforces as
+	// unique and not NULL (Options.UniqueTables): one row per patient proven
+	// for the data this query runs on.
+	unique bool
 }
 
 func (r *relation) col(name string) *column {
@@ -94,15 +98,17 @@ type scope struct {
 
 // compiler holds the state of one Compile call.
 type compiler struct {
-	cat   *Catalog
-	idx   *catalogIndex
-	sql   string
-	seed  uint64
-	nodes int
-	ctes  map[string]*relation
-	with  []string // emitted user CTEs, in order
+	cat  *Catalog
+	idx  *catalogIndex
+	sql  string
+	seed uint64
+	// unique holds Options.UniqueTables, lower case.
+	unique map[string]bool
+	nodes  int
+	ctes   map[string]*relation
+	with   []string // emitted user CTEs, in order
 	// fastPath lets the rewrite skip bounding where each patient has at most
-	// one input row: proven at compile time (derivedOnly) or checked at run
+	// one input row: proven at compile time (onePerPatient) or checked at run
 	// time. false always emits the full bounding pipeline (tests compare).
 	fastPath bool
 	// innerPreds are the WHERE conjuncts of per-patient queries.
@@ -118,10 +124,10 @@ type query struct {
 	aggs       []aggregate
 	predicates []string
 	patientLvl bool // every group key is a function of the patient alone
-	// derivedOnly: every FROM relation is a per-patient CTE or subquery,
-	// all joined on the privacy unit, so the input has at most one row per
-	// patient whatever the data.
-	derivedOnly bool
+	// onePerPatient: every FROM relation is a per-patient CTE or subquery
+	// or a table proven unique per patient, all joined on the privacy unit,
+	// so the input has at most one row per patient.
+	onePerPatient bool
 }
 
 type groupKey struct {
@@ -561,6 +567,7 @@ func (c *compiler) baseTable(n obj, sc *scope) (string, string, error) {
 		source = quoteIdent("cte_" + lname)
 	} else if tmpl, ok := c.idx.tables[lname]; ok {
 		rel = *tmpl
+		rel.unique = rel.patient && !rel.public && c.unique[lname]
 		source = quoteIdent(ViewName(tmpl.table))
 	} else if strings.ContainsAny(name, "./\\:*?") {
 		return "", "", refuse(fmt.Sprintf("file or URL %q", name), pos(n), "only catalog tables may be read")
@@ -663,15 +670,16 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 	return lsql + " " + jt + " JOIN " + rsql + cond, pid, nil
 }
 
-// derivedOnly reports whether every relation of a FROM clause is a CTE or
-// subquery grouped by the privacy unit. Joins between patient relations are
-// refused unless they equate the privacy unit, and any lookup table (whose
-// key need not be unique) disqualifies, so the joined rows then number at
-// most one per patient. Catalog tables never qualify: one_row_per_patient is
-// a declaration the rewrite checks at run time, not a proof.
-func derivedOnly(rels []*relation) bool {
+// onePerPatient reports whether every relation of a FROM clause is a CTE or
+// subquery grouped by the privacy unit, or a catalog table the data proves
+// unique per patient (Options.UniqueTables). Joins between patient relations
+// are refused unless they equate the privacy unit, and any lookup table
+// (whose key need not be unique) disqualifies, so the joined rows then number
+// at most one per patient. A table's one_row_per_patient declaration alone
+// never qualifies: the rewrite checks it at run time.
+func onePerPatient(rels []*relation) bool {
 	for _, r := range rels {
-		if !r.derived || !r.patient || r.public {
+		if !(r.derived || r.unique) || !r.patient || r.public {
 			return false
 		}
 	}
@@ -767,7 +775,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	if pid == "" {
 		return nil, refuse("a query of lookup tables only", -1, "a released query must count patients; read a patient table")
 	}
-	q := &query{from: from, pid: pid, derivedOnly: derivedOnly(sc.rels)}
+	q := &query{from: from, pid: pid, onePerPatient: onePerPatient(sc.rels)}
 	if h := sub(node, "having"); h != nil {
 		return nil, refuse("HAVING", pos(h), "it filters on exact aggregates before protection; filter the released table instead")
 	}

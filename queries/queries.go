@@ -29,6 +29,15 @@ type Options struct {
 	// kept when a patient exceeds the k/C bounds. It does not need to be
 	// secret: selection depends only on the seed and that patient's own rows.
 	Seed uint64
+	// UniqueTables names catalog tables known to hold each patient at most
+	// once in the data the query runs on: the sandbox fills it from
+	// UniqueTablesSQL, i.e. from constraints DuckDB enforces, never from the
+	// catalog's one_row_per_patient declaration alone. A query whose every
+	// FROM relation is such a table or a per-patient CTE or subquery, joined
+	// on the privacy unit, then needs no contribution bounding and compiles
+	// to a direct aggregate. Empty (the broker, tre check) keeps the run-time
+	// check. Names are matched case-insensitively.
+	UniqueTables []string
 }
 
 // Plan is a compiled query: everything the broker shows before approval and
@@ -121,6 +130,21 @@ func ViewStatements(cat *Catalog) []string {
 		out = append(out, b.String())
 	}
 	return out
+}
+
+// UniqueTablesSQL is a statement returning, one per row, the names of the
+// tables of the current schema whose privacy-unit column alone is a PRIMARY
+// KEY, or UNIQUE and NOT NULL. DuckDB enforces these constraints on every
+// write, so such a table holds each patient at most once: the rows are what
+// Options.UniqueTables expects. It reads only the catalog of constraints,
+// never a table's rows, so it costs the same at any data size.
+func UniqueTablesSQL(cat *Catalog) string {
+	return "SELECT table_name FROM duckdb_constraints() " +
+		"WHERE database_name = current_database() AND schema_name = current_schema() " +
+		"AND len(constraint_column_names) = 1 AND lower(constraint_column_names[1]) = " + quoteString(strings.ToLower(cat.PrivacyUnit)) + " " +
+		"GROUP BY table_name " +
+		"HAVING bool_or(constraint_type IN ('PRIMARY KEY', 'UNIQUE')) AND bool_or(constraint_type IN ('PRIMARY KEY', 'NOT NULL')) " +
+		"ORDER BY table_name"
 }
 
 // quoteIdent double-quotes an identifier. Catalog names are restricted to

@@ -29,7 +29,7 @@ import (
 // Ranking only the pairs and patients above the bounds keeps the window
 // functions (sorts) off the common case, where nobody exceeds them. When
 // each patient has at most one input row the stages are skipped: proven at
-// compile time (q.derivedOnly) the query is just __tre_base grouped; checked
+// compile time (q.onePerPatient) the query is just __tre_base grouped; checked
 // at run time (__tre_dup) a guarded direct branch is added and the stages
 // see no rows.
 func (c *compiler) rewrite(q *query, spec dp.Spec) string {
@@ -74,11 +74,11 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		b.WriteString(" WHERE " + q.where)
 	}
 	b.WriteString("),\n")
-	// Proven one row per patient (derivedOnly): each row is a patient's whole
+	// Proven one row per patient (onePerPatient): each row is a patient's whole
 	// contribution, within any k and C, so the rows are grouped directly
 	// with nothing to check, rank or drop. __tre_base is then read once and
 	// stays inlined rather than materialised.
-	direct := c.fastPath && q.derivedOnly
+	direct := c.fastPath && q.onePerPatient
 	if direct {
 		b.WriteString(`"__tre_base" AS (SELECT ` + key)
 	} else {
