@@ -161,20 +161,31 @@ func (p *Pipeline) Close() error { return p.db.Close() }
 // rewritten query.
 func (p *Pipeline) DB() *DB { return p.db }
 
-// Plan compiles sqlText against the pipeline's catalog, for inspecting the
-// rewritten SQL (e.g. with ExplainAnalyze on DB()).
+// Plan compiles sqlText against the pipeline's catalog as the sandbox child
+// does, for inspecting the rewritten SQL (e.g. with ExplainAnalyze on DB()).
 func (p *Pipeline) Plan(ctx context.Context, sqlText string) (*queries.Plan, error) {
-	parser, err := queries.NewParser()
+	return p.compile(ctx, sqlText, queries.Options{})
+}
+
+// compile is the child's compile step: a parser on the pipeline's own
+// connection and the tables the data enforces unique per patient.
+func (p *Pipeline) compile(ctx context.Context, sqlText string, opts queries.Options) (*queries.Plan, error) {
+	unique, err := sandbox.UniqueTables(ctx, p.db.conn, p.cat)
+	if err != nil {
+		return nil, err
+	}
+	opts.UniqueTables = unique
+	parser, err := queries.NewParserConn(ctx, p.db.conn)
 	if err != nil {
 		return nil, err
 	}
 	defer parser.Close()
-	return parser.Compile(ctx, p.cat, sqlText, queries.Options{})
+	return parser.Compile(ctx, p.cat, sqlText, opts)
 }
 
 // Timing is where one warm run spent its time.
 type Timing struct {
-	Compile time.Duration // new parser + validate + rewrite
+	Compile time.Duration // constraints, parser, validate, rewrite
 	Execute time.Duration // rewritten SQL, rows scanned into statistics
 	Protect time.Duration // dp.Protect
 	OptOut  time.Duration // opt-out snapshot hash for the report
@@ -193,12 +204,7 @@ func (p *Pipeline) Run(ctx context.Context, sqlText string, epsilon float64) (Ti
 		return t, err
 	}
 	start := time.Now()
-	parser, err := queries.NewParser()
-	if err != nil {
-		return t, err
-	}
-	plan, err := parser.Compile(ctx, p.cat, sqlText, queries.Options{Epsilon: epsilon, Seed: binary.LittleEndian.Uint64(seed[:])})
-	parser.Close()
+	plan, err := p.compile(ctx, sqlText, queries.Options{Epsilon: epsilon, Seed: binary.LittleEndian.Uint64(seed[:])})
 	if err != nil {
 		return t, err
 	}

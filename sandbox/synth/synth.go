@@ -266,7 +266,10 @@ func generate(ctx context.Context, path, spill string, opts Options, now func() 
 
 	steps := []step{
 		{name: stagePrepare, stmts: setup},
-		{name: "patients", stmts: []string{patientsSQL(opts.Patients)}, table: "patients"},
+		// The primary key makes one row per patient a fact DuckDB enforces,
+		// which lets queries over patients skip contribution bounding
+		// (queries.UniqueTablesSQL); about 0.4 s per million patients.
+		{name: "patients", stmts: []string{patientsSQL(opts.Patients), "ALTER TABLE patients ADD PRIMARY KEY (patient_id)"}, table: "patients"},
 		{name: "clinical_events", stmts: []string{clinicalEventsSQL(fabry, outliers)}, table: "clinical_events"},
 		{name: "medications", stmts: medicationsSQL(outliers), table: "medications"},
 		{name: "hospital_admissions", stmts: []string{admissionsSQL(outliers)}, table: "hospital_admissions"},

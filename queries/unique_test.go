@@ -1,0 +1,117 @@
+package queries
+
+import (
+	"context"
+	"database/sql"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// uniqueTables runs UniqueTablesSQL on db.
+func uniqueTables(tb testing.TB, db *sql.DB, cat *Catalog) []string {
+	tb.Helper()
+	rows, err := db.Query(UniqueTablesSQL(cat))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			tb.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// TestUniqueTablesSQL: only a constraint DuckDB enforces on the privacy-unit
+// column alone, and excluding NULL, makes a table unique per patient.
+func TestUniqueTablesSQL(t *testing.T) {
+	cat := MustLoadTestCatalog(t)
+	for _, tt := range []struct {
+		name  string
+		setup []string
+		want  []string
+	}{
+		{name: "none", want: nil},
+		{name: "primary key", setup: []string{"ALTER TABLE patients ADD PRIMARY KEY (patient_id)"}, want: []string{"patients"}},
+		{name: "unique and not null", setup: []string{
+			"CREATE TABLE demo (patient_id BIGINT UNIQUE NOT NULL, x INTEGER)",
+		}, want: []string{"demo"}},
+		{name: "unique but nullable", setup: []string{"CREATE TABLE demo (patient_id BIGINT UNIQUE, x INTEGER)"}, want: nil},
+		{name: "not null only", setup: []string{"CREATE TABLE demo (patient_id BIGINT NOT NULL, x INTEGER)"}, want: nil},
+		{name: "composite key", setup: []string{"CREATE TABLE demo (patient_id BIGINT, d DATE, PRIMARY KEY (patient_id, d))"}, want: nil},
+		{name: "key on another column", setup: []string{"CREATE TABLE demo (id BIGINT PRIMARY KEY, patient_id BIGINT NOT NULL)"}, want: nil},
+		{name: "other schema", setup: []string{"CREATE SCHEMA s", "CREATE TABLE s.patients (patient_id BIGINT PRIMARY KEY)"}, want: nil},
+		{name: "case of the column", setup: []string{`CREATE TABLE demo ("Patient_ID" BIGINT PRIMARY KEY)`}, want: []string{"demo"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			db := MustTestDB(t, cat, tt.setup...)
+			if diff := cmp.Diff(tt.want, uniqueTables(t, db, cat)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestUniquePathSameRows: with the patients table proven unique, queries
+// over it and per-patient CTEs compile to the direct aggregate and return
+// exactly the rows of the full bounding pipeline; queries that also read a
+// table with many rows per patient, or a lookup table, stay bounded.
+func TestUniquePathSameRows(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	dbs := map[string]*sql.DB{
+		"small": MustTestDB(t, cat, smallData, "ALTER TABLE patients ADD PRIMARY KEY (patient_id)"),
+		"empty": MustTestDB(t, cat, "ALTER TABLE patients ADD PRIMARY KEY (patient_id)"),
+	}
+	unique := uniqueTables(t, dbs["small"], cat)
+	if diff := cmp.Diff([]string{"patients"}, unique); diff != "" {
+		t.Fatalf("unique tables (-want +got):\n%s", diff)
+	}
+	for _, tt := range []struct {
+		name   string
+		sql    string
+		direct bool
+	}{
+		{name: "denominator", sql: TypicalQueries[2].SQL, direct: true},
+		{name: "t2d prevalence", sql: TypicalQueries[0].SQL, direct: true},
+		{name: "flu uptake", sql: TypicalQueries[4].SQL, direct: true},
+		{name: "hba1c", sql: TypicalQueries[5].SQL, direct: true},
+		{name: "grouped, counted twice", sql: `SELECT region, count(*) AS n, count(DISTINCT patient_id) AS pts FROM patients GROUP BY region`, direct: true},
+		{name: "event table joined", sql: TypicalQueries[3].SQL, direct: false},
+		{name: "lookup joined", sql: TypicalQueries[7].SQL, direct: false},
+		{name: "event table alone", sql: `SELECT count(*) AS n FROM clinical_events`, direct: false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			plan, err := p.Compile(context.Background(), cat, tt.sql, Options{Seed: 42, UniqueTables: []string{"PATIENTS"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if direct := !strings.Contains(plan.Rewritten, `"__tre_dup"`) && !strings.Contains(plan.Rewritten, `"__tre_kept"`); direct != tt.direct {
+				t.Fatalf("direct path %v, want %v:\n%s", direct, tt.direct, plan.Rewritten)
+			}
+			full, err := p.compile(context.Background(), cat, tt.sql, Options{Seed: 42}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(full.Spec, plan.Spec); diff != "" {
+				t.Errorf("specs differ (-full +unique):\n%s", diff)
+			}
+			for dbName, db := range dbs {
+				got, dropped := runPlan(t, db, plan)
+				want, wantDropped := runPlan(t, db, full)
+				if diff := cmp.Diff(want, got, cmp.Transformer("sort", sortGroups)); diff != "" || dropped != wantDropped {
+					t.Errorf("%s: rows differ from the full pipeline (dropped %d vs %d) (-full +unique):\n%s", dbName, wantDropped, dropped, diff)
+				}
+			}
+		})
+	}
+}
