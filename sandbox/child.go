@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
+	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -149,6 +150,13 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, error) {
 		return nil, err
 	}
 	defer ldb.Close()
+	// The file DuckDB read, for the opt-out snapshot: if it cannot be
+	// told, the hash is computed rather than reused.
+	opened, err := findOpenedData(s.cc.DataPath)
+	if err != nil {
+		s.log.Warn("sandbox: data file identity unknown; the opt-out hash is computed", "error", err)
+		opened = nil
+	}
 	layers := append(slices.Clone(s.layers), LayerDuckDBLockdown)
 	if missing := missingChildLayers(layers); len(missing) > 0 && !s.cc.AllowWeak {
 		return nil, Errorf(CodeUnavailable, "isolation layers unavailable: %v", missing)
@@ -163,12 +171,29 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, error) {
 			return nil, err
 		}
 		resp.Raw = out
+	case req.OptOutOnly:
+		// Nothing else has run in this process: the host may cache this.
+		snap, err := applyOptOut(ctx, ldb, req.Catalog, s.cc.DataPath, opened, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp.OptOut = snap
 	default:
 		res, err := execute(ctx, ldb, &req, s.cc)
 		if err != nil {
 			return nil, err
 		}
-		resp.Result = res
+		snap, err := applyOptOut(ctx, ldb, req.Catalog, s.cc.DataPath, opened, req.OptOut)
+		if err != nil {
+			return nil, err
+		}
+		res.Report.OptOut = dp.OptOutReport{Applied: true, Table: req.Catalog.Policy.OptOutTable, SnapshotHash: snap.Hash}
+		resp.Result, resp.OptOut = res, snap
+	}
+	if opened != nil && !opened.unchanged() {
+		// Written in place under a running job: what was read, and so
+		// which opt-outs applied, is not known.
+		return nil, Errorf(CodeUnavailable, "the site's data changed while the query ran; run it again")
 	}
 	return resp, nil
 }

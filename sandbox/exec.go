@@ -24,8 +24,8 @@ func viewStatements(cat *queries.Catalog) ([]string, error) {
 }
 
 // execute compiles the researcher's SQL with the site's catalog, runs the
-// rewrite, and protects the result. Exact statistics live only in this
-// function's locals.
+// rewrite, and protects the result; the caller adds the opt-out snapshot
+// (applyOptOut). Exact statistics live only in this function's locals.
 func execute(ctx context.Context, ldb *lockedDB, req *request, cc *childConfig) (*dp.Result, error) {
 	var seed [8]byte
 	if _, err := rand.Read(seed[:]); err != nil {
@@ -53,11 +53,6 @@ func execute(ctx context.Context, ldb *lockedDB, req *request, cc *childConfig) 
 	if err != nil {
 		return nil, fmt.Errorf("protect: %w", err)
 	}
-	optOut, err := optOutReport(ctx, ldb, req.Catalog)
-	if err != nil {
-		return nil, err
-	}
-	res.Report.OptOut = optOut
 	return res, nil
 }
 

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/queries"
 )
 
 // sandboxVersion is reported in every disclosure report.
@@ -37,6 +38,20 @@ type Runner struct {
 	// noNamespaces is set once the kernel refused user+network namespaces,
 	// so later jobs do not retry them.
 	noNamespaces bool
+
+	// now is the clock the racy-file rule reads (optout.go).
+	now func() time.Time
+
+	optMu sync.Mutex
+	// optOuts holds opt-out snapshot hashes by data file version, each
+	// computed by a child that ran nothing else (optout.go).
+	optOuts map[fileIdentity]string
+	// optFill is the opt-out-only child in flight, if any; others wait
+	// for it rather than start their own.
+	optFill chan struct{}
+	// optOutRuns counts opt-out-only children and childComputed the jobs
+	// whose child computed the hash itself (tests read both).
+	optOutRuns, childComputed int
 }
 
 // NewRunner checks cfg and returns a Runner.
@@ -55,7 +70,7 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if err := os.MkdirAll(cfg.ScratchDir, 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox config: scratch dir: %w", err)
 	}
-	return &Runner{cfg: cfg}, nil
+	return &Runner{cfg: cfg, now: time.Now, optOuts: make(map[fileIdentity]string)}, nil
 }
 
 // Run compiles and runs job in a fresh sandbox child and returns the
@@ -75,21 +90,108 @@ func (r *Runner) Run(ctx context.Context, job Job) (res *dp.Result, err error) {
 			r.cfg.Observe(outcome, time.Since(start))
 		}()
 	}
-	resp, hostLayers, err := r.call(ctx, &request{
+	req := &request{
 		QueryID: job.QueryID, SQL: job.SQL, SQLHash: job.SQLHash, Epsilon: job.Epsilon,
 		Catalog: r.cfg.Catalog, Raw: job.raw, Probe: job.probe,
-	})
+	}
+	if !job.raw && !job.probe {
+		req.OptOut = r.knownOptOut(ctx)
+	}
+	resp, hostLayers, err := r.call(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	if resp.Result == nil {
 		return nil, Errorf(CodeInternal, "the sandbox returned no result")
 	}
+	if !job.raw && !job.probe {
+		if resp.OptOut == nil || resp.OptOut.Hash != resp.Result.Report.OptOut.SnapshotHash || !validHash(resp.OptOut.Hash) {
+			return nil, Errorf(CodeInternal, "the sandbox reported no opt-out snapshot")
+		}
+		if resp.OptOut.Computed {
+			r.optMu.Lock()
+			r.childComputed++
+			r.optMu.Unlock()
+		}
+	}
 	if len(resp.Result.Rows) > r.cfg.MaxRows {
 		return nil, Errorf(CodeTooLarge, "the result has more than %d rows", r.cfg.MaxRows)
 	}
 	resp.Result.Report.Sandbox = r.sandboxReport(resp.Layers, hostLayers)
 	return resp.Result, nil
+}
+
+// knownOptOut returns the cached opt-out snapshot of the data file as it is
+// now, computing it in an opt-out-only child first if need be, or nil when
+// the job's child must compute it itself: the file was changed too
+// recently to be cached (racyWindow), has a WAL beside it, or the
+// opt-out-only child failed.
+func (r *Runner) knownOptOut(ctx context.Context) *optOutSnapshot {
+	id := statIdentity(r.cfg.DataPath)
+	if id == nil || id.racy(r.now()) {
+		return nil
+	}
+	r.optMu.Lock()
+	if h, ok := r.optOuts[*id]; ok {
+		r.optMu.Unlock()
+		return &optOutSnapshot{File: id, Hash: h}
+	}
+	if fill := r.optFill; fill != nil {
+		// Another job is computing it; most likely for this version.
+		r.optMu.Unlock()
+		select {
+		case <-fill:
+		case <-ctx.Done():
+			return nil
+		}
+		r.optMu.Lock()
+		defer r.optMu.Unlock()
+		if h, ok := r.optOuts[*id]; ok {
+			return &optOutSnapshot{File: id, Hash: h}
+		}
+		return nil
+	}
+	fill := make(chan struct{})
+	r.optFill = fill
+	r.optOutRuns++
+	r.optMu.Unlock()
+
+	started := r.now()
+	snap, err := r.computeOptOut(ctx)
+	r.optMu.Lock()
+	defer r.optMu.Unlock()
+	r.optFill = nil
+	close(fill)
+	if err != nil {
+		r.cfg.Logger.Warn("sandbox: opt-out snapshot not cached; the job computes it", "error", err)
+		return nil
+	}
+	if snap.File == nil || snap.File.racy(started) {
+		return nil
+	}
+	if len(r.optOuts) >= maxCachedOptOuts {
+		clear(r.optOuts)
+	}
+	r.optOuts[*snap.File] = snap.Hash
+	// snap.File may differ from id if the file was replaced meanwhile: the
+	// job's child compares it with the file it opens.
+	return &optOutSnapshot{File: snap.File, Hash: snap.Hash}
+}
+
+// computeOptOut runs an opt-out-only child: it opens the data file as a job
+// does and hashes the opt-out table before, and instead of, anything else.
+func (r *Runner) computeOptOut(ctx context.Context) (*optOutSnapshot, error) {
+	resp, _, err := r.call(ctx, &request{
+		QueryID: "opt-out-snapshot", SQLHash: queries.SQLHash(""),
+		Catalog: r.cfg.Catalog, OptOutOnly: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if resp.OptOut == nil || !validHash(resp.OptOut.Hash) {
+		return nil, errors.New("the sandbox returned no opt-out snapshot")
+	}
+	return resp.OptOut, nil
 }
 
 // sandboxReport merges the layers the host and the child applied.
