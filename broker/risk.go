@@ -2,6 +2,7 @@ package broker
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -30,9 +31,6 @@ const (
 	narrowEqualities = 4
 	// narrowDateDays: a date range shorter than this is flagged.
 	narrowDateDays = 31
-	// similarLimit bounds how many earlier same-shape queries are compared,
-	// so submission stays fast on long-lived projects.
-	similarLimit = 200
 )
 
 // hashString is the hex SHA-256 of s.
@@ -62,6 +60,51 @@ func shapeHash(dataset string, spec dp.Spec) string {
 	}
 	b, _ := json.Marshal(shape) // plain strings and floats from a validated spec
 	return hashString(string(b))
+}
+
+// PredicateKeys returns the keys the differencing lookup matches on, for a
+// query of the given shape with the given predicates. set identifies the
+// shape with the set of distinct predicates; keys holds set and one key per
+// predicate for the set without it.
+//
+// Two queries of one shape differ by exactly one added, removed or changed
+// predicate (differsByOnePredicate) exactly when their predicate sets differ
+// and their keys intersect: if B = A+x then B without x is A; if B = A-x then
+// A without x is B; if x in A was changed to y, A without x is B without y.
+// Conversely, a shared key means each set is the other with at most one
+// predicate removed and at most one added. So the store can find the most
+// recent such query with an index lookup per key, whatever the project's
+// size, instead of the service comparing predicate lists one by one.
+func PredicateKeys(shapeHash string, predicates []string) (set string, keys []string) {
+	preds := slices.Clone(predicates)
+	slices.Sort(preds)
+	preds = slices.Compact(preds)
+	set = predicateSetKey(shapeHash, preds, -1)
+	keys = make([]string, 0, len(preds)+1)
+	keys = append(keys, set)
+	for i := range preds {
+		keys = append(keys, predicateSetKey(shapeHash, preds, i))
+	}
+	return set, keys
+}
+
+// predicateSetKey hashes a shape and sorted distinct predicates, leaving out
+// the one at index skip (none when skip < 0). Every string is length-prefixed
+// so no two different sets encode alike.
+func predicateSetKey(shapeHash string, sorted []string, skip int) string {
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	write := func(s string) {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
+		h.Write([]byte(s))
+	}
+	write(shapeHash)
+	for i, p := range sorted {
+		if i != skip {
+			write(p)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // differsByOnePredicate reports whether two predicate sets differ by exactly

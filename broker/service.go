@@ -682,6 +682,7 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 		Predicates:     plan.Predicates,
 		Ledger:         LedgerNone,
 	}
+	rec.PredicateSet, rec.PredicateKeys = PredicateKeys(rec.ShapeHash, rec.Predicates)
 	var narrow []RiskFlag
 	if reason := narrowPopulation(pr.cat, plan.Predicates); reason != "" {
 		narrow = append(narrow, RiskFlag{Kind: RiskNarrowPopulation, Message: reason})
@@ -716,11 +717,11 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 // similarityFlags compares a new query with the project's earlier ones:
 // an identical normalised form is a repeat (averaging attack); the same
 // output shape with one predicate added, removed or changed is a
-// differencing risk.
+// differencing risk. Every earlier query of the project is considered.
 func (s *Service) similarityFlags(ctx context.Context, tx Tx, rec *QueryRecord) ([]RiskFlag, error) {
 	q := rec.Query
 	var flags []RiskFlag
-	rep, err := tx.FindRepeat(ctx, q.ProjectID, rec.NormalizedHash, 0)
+	rep, err := tx.FindRepeat(ctx, q.ProjectID, rec.NormalizedHash)
 	if err != nil {
 		return nil, err
 	}
@@ -732,24 +733,26 @@ func (s *Service) similarityFlags(ctx context.Context, tx Tx, rec *QueryRecord) 
 			SimilarSQL:     rep.SQL,
 		})
 	}
-	same, err := tx.FindSameShape(ctx, q.ProjectID, rec.ShapeHash, rec.NormalizedHash, 0, similarLimit)
+	o, err := tx.FindDifferencing(ctx, q.ProjectID, rec.PredicateSet, rec.PredicateKeys)
 	if err != nil {
 		return nil, err
 	}
-	for _, o := range same {
-		if o.NormalizedHash == rec.NormalizedHash {
-			continue
-		}
-		if diff, ok := differsByOnePredicate(rec.Predicates, o.Predicates); ok {
-			flags = append(flags, RiskFlag{
-				Kind:           RiskDifferencing,
-				Message:        fmt.Sprintf("differs from query %d only in that it %s: subtracting the answers can isolate a small group", o.ID, diff),
-				SimilarQueryID: o.ID,
-				SimilarSQL:     o.SQL,
-			})
-			break
-		}
+	if o == nil {
+		return flags, nil
 	}
+	diff, ok := differsByOnePredicate(rec.Predicates, o.Predicates)
+	if !ok {
+		// Only a SHA-256 collision, or predicates stored by an older compiler
+		// under the same keys, can get here.
+		s.log.Error("differencing lookup matched a query that does not differ by one predicate", "query", o.ID)
+		return flags, nil
+	}
+	flags = append(flags, RiskFlag{
+		Kind:           RiskDifferencing,
+		Message:        fmt.Sprintf("differs from query %d only in that it %s: subtracting the answers can isolate a small group", o.ID, diff),
+		SimilarQueryID: o.ID,
+		SimilarSQL:     o.SQL,
+	})
 	return flags, nil
 }
 

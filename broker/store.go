@@ -45,6 +45,10 @@ type QueryRecord struct {
 	// one are a differencing risk.
 	ShapeHash  string
 	Predicates []string
+	// PredicateSet and PredicateKeys are PredicateKeys(ShapeHash,
+	// Predicates): what the differencing lookup matches on.
+	PredicateSet  string
+	PredicateKeys []string
 
 	Ledger LedgerState
 	// LeaseTokenHash is the hex SHA-256 of the current (or completing)
@@ -57,10 +61,9 @@ type QueryRecord struct {
 
 // SimilarQuery is an earlier query of a project used for risk flags.
 type SimilarQuery struct {
-	ID             int64
-	SQL            string
-	NormalizedHash string
-	Predicates     []string
+	ID         int64
+	SQL        string
+	Predicates []string // set by FindDifferencing only
 }
 
 // Tx is one transaction's operations. Methods that find a single row return
@@ -95,10 +98,11 @@ type Tx interface {
 	FindEvents(ctx context.Context, queryID int64) ([]Event, error)
 	// FindRepeat returns the earliest query of the project with the given
 	// normalised hash, or nil.
-	FindRepeat(ctx context.Context, projectID int64, normalizedHash string, excludeID int64) (*SimilarQuery, error)
-	// FindSameShape returns up to limit of the project's most recent queries
-	// with the given shape but another normalised form, excluding excludeID.
-	FindSameShape(ctx context.Context, projectID int64, shapeHash, normalizedHash string, excludeID int64, limit int) ([]SimilarQuery, error)
+	FindRepeat(ctx context.Context, projectID int64, normalizedHash string) (*SimilarQuery, error)
+	// FindDifferencing returns the project's most recent query whose
+	// PredicateKeys share one of keys and whose PredicateSet is not set, with
+	// its predicates, or nil.
+	FindDifferencing(ctx context.Context, projectID int64, set string, keys []string) (*SimilarQuery, error)
 	// NextLeasable locks and returns the id of the oldest query over one of
 	// site's datasets that is approved, or running with a lease that expired
 	// before now; 0 when there is none. Rows other transactions hold are

@@ -28,6 +28,9 @@ type Config struct {
 	// OpenPair returns two stores over one fresh database, as two broker
 	// processes would have.
 	OpenPair func(tb testing.TB) (Store, Store)
+	// Reopen, when set, closes s and opens its database again, applying
+	// migrations as a broker start would.
+	Reopen func(tb testing.TB, s Store) Store
 	// Compiler defaults to a real *queries.Parser.
 	Compiler broker.Compiler
 }

@@ -33,6 +33,10 @@ func Run(t *testing.T, cfg Config) {
 	})
 	t.Run("AuditTampering", func(t *testing.T) { testAuditTampering(t, fresh) })
 	t.Run("RiskFlags", func(t *testing.T) { testRiskFlags(t, fresh(t, broker.Options{})) })
+	t.Run("DifferencingFlags", func(t *testing.T) { testDifferencingFlags(t, fresh(t, broker.Options{})) })
+	if cfg.Reopen != nil {
+		t.Run("PredicateSetBackfill", func(t *testing.T) { testPredicateSetBackfill(t, cfg) })
+	}
 	t.Run("Register", func(t *testing.T) { testRegister(t, fresh(t, broker.Options{})) })
 	if cfg.OpenPair != nil {
 		t.Run("TwoReplicas", func(t *testing.T) { testTwoReplicas(t, cfg) })
@@ -680,6 +684,104 @@ func testRiskFlags(t *testing.T, f *Fixture) {
 	queue, err := f.Service.ReviewQueue(f.Reviewer)
 	if err != nil || len(queue) != 5 || len(queue[1].RiskFlags) != 1 {
 		t.Fatalf("review queue = %d queries, %v", len(queue), err)
+	}
+}
+
+// differencing returns q's differencing flag, or nil.
+func differencing(q *broker.Query) *broker.RiskFlag {
+	for i := range q.RiskFlags {
+		if q.RiskFlags[i].Kind == broker.RiskDifferencing {
+			return &q.RiskFlags[i]
+		}
+	}
+	return nil
+}
+
+// mustDiffer checks q carries a differencing flag against want whose message
+// says how it differs.
+func mustDiffer(t *testing.T, q *broker.Query, want *broker.Query, how string) {
+	t.Helper()
+	d := differencing(q)
+	switch {
+	case d == nil:
+		t.Errorf("query %q has no differencing flag (flags %+v), want one against query %d", q.SQL, q.RiskFlags, want.ID)
+	case d.SimilarQueryID != want.ID || d.SimilarSQL != want.SQL:
+		t.Errorf("query %q: differencing points at %d %q, want %d %q", q.SQL, d.SimilarQueryID, d.SimilarSQL, want.ID, want.SQL)
+	case !strings.Contains(d.Message, how):
+		t.Errorf("query %q: differencing message %q does not say %q", q.SQL, d.Message, how)
+	}
+}
+
+// testDifferencingFlags covers the differencing flag's cases: an added,
+// removed and changed predicate; the most recent match wins; two changes,
+// another shape or the same predicates are not flagged; and a match far back
+// in a long-lived project is still found.
+func testDifferencingFlags(t *testing.T, f *Fixture) {
+	const sel = "SELECT sex, count(*) FROM patients WHERE "
+	two := f.MustSubmit(f.Researcher, sel+"region = 'London' AND imd_quintile = 1 GROUP BY sex", 0.1)
+	if len(two.RiskFlags) != 0 {
+		t.Fatalf("first query flagged: %+v", two.RiskFlags)
+	}
+	removed := f.MustSubmit(f.Researcher, sel+"region = 'London' GROUP BY sex", 0.1)
+	mustDiffer(t, removed, two, "removes the condition")
+	// Both earlier queries differ from this one by one predicate (a change
+	// from two, an addition to removed): the most recent is named.
+	changed := f.MustSubmit(f.Researcher, sel+"imd_quintile = 2 AND region = 'London' GROUP BY sex", 0.1)
+	mustDiffer(t, changed, removed, "adds the condition")
+	// Two changed predicates are not a one-predicate difference from any.
+	if d := differencing(f.MustSubmit(f.Researcher, sel+"region = 'North East' AND imd_quintile = 3 GROUP BY sex", 0.1)); d != nil {
+		t.Errorf("two changed predicates flagged: %+v", d)
+	}
+	// The same predicates in another order are a repeat, not a difference.
+	again := f.MustSubmit(f.Researcher2, sel+"imd_quintile = 1 AND region = 'London' GROUP BY sex", 0.1)
+	if d := differencing(again); d != nil && d.SimilarQueryID == two.ID {
+		t.Errorf("the same predicate set flagged as differencing against itself: %+v", d)
+	}
+	// Another shape (grouped by region) with one predicate more is not
+	// flagged.
+	if d := differencing(f.MustSubmit(f.Researcher, "SELECT region, count(*) FROM patients WHERE imd_quintile = 4 AND ethnicity = 'Asian' GROUP BY region", 0.1)); d != nil {
+		t.Errorf("a query of another shape flagged: %+v", d)
+	}
+
+	// A long-lived project: the match lies behind many same-shape queries
+	// with other predicates, and is still found.
+	old := f.MustSubmit(f.Researcher, sel+"ethnicity = 'Black' AND imd_quintile = 5 GROUP BY sex", 0.1)
+	for i := range 210 {
+		f.MustSubmit(f.Researcher, fmt.Sprintf("%sdate_of_birth >= DATE '1950-01-01' AND date_of_birth < DATE '%d-01-01' GROUP BY sex", sel, 1960+i), 0.1)
+	}
+	mustDiffer(t, f.MustSubmit(f.Researcher, sel+"ethnicity = 'Black' GROUP BY sex", 0.1), old, "removes the condition")
+}
+
+// testPredicateSetBackfill checks migration 2 on a database written before
+// it: the predicate sets of existing queries are backfilled, so a new query
+// is flagged against an old one.
+func testPredicateSetBackfill(t *testing.T, cfg Config) {
+	ctx := context.Background()
+	store := cfg.Open(t)
+	f := NewFixture(t, cfg, store, broker.Options{})
+	const sel = "SELECT sex, count(*) FROM patients WHERE "
+	f.MustSubmit(f.Researcher, sel+"region = 'London' AND imd_quintile = 1 GROUP BY sex", 0.1)
+	latest := f.MustSubmit(f.Researcher, sel+"imd_quintile = 1 AND region = 'London' GROUP BY sex", 0.1)
+	other := f.MustSubmit(f.Researcher, sel+"ethnicity = 'Asian' AND imd_quintile = 4 GROUP BY sex", 0.1)
+	// Back to the schema before migration 2.
+	for _, stmt := range []string{
+		`DROP TABLE predicate_set_keys`,
+		`DROP TABLE predicate_sets`,
+		`DROP INDEX queries_ledger_cost`,
+		`DELETE FROM schema_migrations WHERE version = 2`,
+	} {
+		if err := store.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	f2 := NewFixture(t, cfg, cfg.Reopen(t, store), broker.Options{})
+	// NewFixture made a new project; submit to the old one.
+	q := f2.MustSubmitTo(f2.Researcher, f.Project.ID, sel+"region = 'London' GROUP BY sex", 0.1)
+	mustDiffer(t, q, latest, "removes the condition")
+	q = f2.MustSubmitTo(f2.Researcher, f.Project.ID, sel+"ethnicity = 'Asian' AND imd_quintile = 4 AND sex = 'male' GROUP BY sex", 0.1)
+	mustDiffer(t, q, other, "adds the condition")
+	if v := f2.MustVerify(); !v.OK {
+		t.Errorf("audit chain after the migration: %+v", v)
 	}
 }
 

@@ -18,9 +18,23 @@ func mustOpen(tb testing.TB, u string) *postgres.Store {
 	return s
 }
 
+// store remembers its database URL so the suite can reopen it.
+type store struct {
+	*postgres.Store
+	url string
+}
+
 func config() brokertest.Config {
 	return brokertest.Config{
-		Open: func(tb testing.TB) brokertest.Store { return mustOpen(tb, brokertest.PostgresURL(tb)) },
+		Open: func(tb testing.TB) brokertest.Store {
+			u := brokertest.PostgresURL(tb)
+			return store{mustOpen(tb, u), u}
+		},
+		Reopen: func(tb testing.TB, s brokertest.Store) brokertest.Store {
+			st := s.(store)
+			st.Close()
+			return store{mustOpen(tb, st.url), st.url}
+		},
 		OpenPair: func(tb testing.TB) (brokertest.Store, brokertest.Store) {
 			u := brokertest.PostgresURL(tb)
 			return mustOpen(tb, u), mustOpen(tb, u)

@@ -28,6 +28,11 @@ func config() brokertest.Config {
 			path := filepath.Join(tb.TempDir(), sqlite.DefaultFilename)
 			return mustOpen(tb, path), mustOpen(tb, path)
 		},
+		Reopen: func(tb testing.TB, s brokertest.Store) brokertest.Store {
+			st := s.(*sqlite.Store)
+			st.Close()
+			return mustOpen(tb, st.Path())
+		},
 	}
 }
 

@@ -309,9 +309,72 @@ func (db *DB) applyMigration(ctx context.Context, version int, name, body string
 	if _, err := stx.ExecContext(ctx, body); err != nil {
 		return db.translate(fmt.Errorf("apply migration %s: %w", name, err))
 	}
+	if err := db.backfill(ctx, stx, name); err != nil {
+		return db.translate(fmt.Errorf("backfill migration %s: %w", name, err))
+	}
 	if _, err := stx.ExecContext(ctx, db.rebind(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`),
 		version, name, time.Now().UTC().UnixMicro()); err != nil {
 		return db.translate(fmt.Errorf("record migration %s: %w", name, err))
 	}
 	return db.translate(stx.Commit())
+}
+
+// backfill fills what a migration added from the existing rows, in the
+// migration's transaction, where SQL alone cannot compute it. Both dialects
+// name their migrations alike.
+func (db *DB) backfill(ctx context.Context, stx *sql.Tx, name string) error {
+	switch name {
+	case "0002_predicate_sets.sql":
+		return db.backfillPredicateSets(ctx, stx)
+	}
+	return nil
+}
+
+// backfillPredicateSets records the predicate set and match keys of every
+// query stored before migration 2, oldest first so each set's latest query
+// ends up the most recent one. Rows are read in batches: pgx cannot run a
+// statement while another's rows are open on the connection.
+func (db *DB) backfillPredicateSets(ctx context.Context, stx *sql.Tx) error {
+	t := &tx{db: db, tx: stx}
+	type row struct {
+		id, project int64
+		shape       string
+		preds       []string
+	}
+	var after int64
+	for {
+		rows, err := stx.QueryContext(ctx, db.rebind(`SELECT id, project_id, shape_hash, predicates FROM queries
+			WHERE id > ? ORDER BY id LIMIT 500`), after)
+		if err != nil {
+			return err
+		}
+		var batch []row
+		for rows.Next() {
+			var r row
+			var preds string
+			if err := rows.Scan(&r.id, &r.project, &r.shape, &preds); err != nil {
+				rows.Close()
+				return err
+			}
+			if err := fromJSON(preds, &r.preds); err != nil {
+				rows.Close()
+				return err
+			}
+			batch = append(batch, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(batch) == 0 {
+			return nil
+		}
+		for _, r := range batch {
+			set, keys := broker.PredicateKeys(r.shape, r.preds)
+			if err := t.putPredicateSet(ctx, r.project, r.id, set, keys); err != nil {
+				return err
+			}
+		}
+		after = batch[len(batch)-1].id
+	}
 }

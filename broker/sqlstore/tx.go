@@ -449,7 +449,7 @@ func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord) error {
 	if err != nil {
 		return err
 	}
-	return t.queryRow(ctx, `INSERT INTO queries (project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by,
+	err = t.queryRow(ctx, `INSERT INTO queries (project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by,
 		submitted_at, updated_at, cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
 		normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
@@ -458,6 +458,39 @@ func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord) error {
 			q.FailureCode, rec.Normalized, rec.NormalizedHash, rec.ShapeHash, preds, string(rec.Ledger), rec.LeaseTokenHash,
 			rec.LeaseSite, micros(rec.LeaseExpiresAt), rec.FailureMessage},
 		&q.ID)
+	if err != nil {
+		return err
+	}
+	return t.putPredicateSet(ctx, q.ProjectID, q.ID, rec.PredicateSet, rec.PredicateKeys)
+}
+
+// putPredicateSet records that query id has the predicate set setKey: the
+// set's latest query becomes id (ids only grow, but concurrent PostgreSQL
+// transactions may commit out of order, hence the comparison), and a set
+// seen for the first time gets its match keys.
+func (t *tx) putPredicateSet(ctx context.Context, projectID, id int64, setKey string, keys []string) error {
+	if setKey == "" {
+		return errors.New("query record has no predicate set")
+	}
+	res, err := t.exec(ctx, `INSERT INTO predicate_sets (project_id, set_key, latest_query_id) VALUES (?, ?, ?)
+		ON CONFLICT (project_id, set_key) DO NOTHING`, projectID, setKey, id)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		_, err := t.exec(ctx, `UPDATE predicate_sets SET latest_query_id = ?
+			WHERE project_id = ? AND set_key = ? AND latest_query_id < ?`, id, projectID, setKey, id)
+		return err
+	}
+	for _, k := range keys {
+		if _, err := t.exec(ctx, `INSERT INTO predicate_set_keys (project_id, match_key, set_key) VALUES (?, ?, ?)
+			ON CONFLICT (project_id, match_key, set_key) DO NOTHING`, projectID, k, setKey); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // UpdateQuery writes the fields that change after submission; the SQL and
@@ -561,41 +594,57 @@ func (t *tx) FindEvents(ctx context.Context, queryID int64) ([]broker.Event, err
 	return out, rows.Err()
 }
 
-func (t *tx) FindRepeat(ctx context.Context, projectID int64, normalizedHash string, excludeID int64) (*broker.SimilarQuery, error) {
+func (t *tx) FindRepeat(ctx context.Context, projectID int64, normalizedHash string) (*broker.SimilarQuery, error) {
 	var s broker.SimilarQuery
-	var preds string
-	err := t.queryRow(ctx, `SELECT id, sql_text, normalized_hash, predicates FROM queries
-		WHERE project_id = ? AND normalized_hash = ? AND id <> ? ORDER BY id LIMIT 1`,
-		[]any{projectID, normalizedHash, excludeID}, &s.ID, &s.SQL, &s.NormalizedHash, &preds)
+	err := t.queryRow(ctx, `SELECT id, sql_text FROM queries WHERE project_id = ? AND normalized_hash = ? ORDER BY id LIMIT 1`,
+		[]any{projectID, normalizedHash}, &s.ID, &s.SQL)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	} else if err != nil {
 		return nil, err
 	}
-	return &s, fromJSON(preds, &s.Predicates)
+	return &s, nil
 }
 
-func (t *tx) FindSameShape(ctx context.Context, projectID int64, shapeHash, normalizedHash string, excludeID int64, limit int) ([]broker.SimilarQuery, error) {
-	rows, err := t.query(ctx, `SELECT id, sql_text, normalized_hash, predicates FROM queries
-		WHERE project_id = ? AND shape_hash = ? AND normalized_hash <> ? AND id <> ? ORDER BY id DESC LIMIT ?`,
-		projectID, shapeHash, normalizedHash, excludeID, limit)
+// matchKeysPerStatement is the IN list's length in findDifferencingSQL: one
+// statement text, so one prepared statement, serves any number of keys
+// (short lists repeat their last key).
+const matchKeysPerStatement = 8
+
+var findDifferencingSQL = `SELECT s.latest_query_id FROM predicate_set_keys k
+	JOIN predicate_sets s ON s.project_id = k.project_id AND s.set_key = k.set_key
+	WHERE k.project_id = ? AND k.set_key <> ? AND k.match_key IN (?` + strings.Repeat(`, ?`, matchKeysPerStatement-1) + `)
+	ORDER BY s.latest_query_id DESC LIMIT 1`
+
+func (t *tx) FindDifferencing(ctx context.Context, projectID int64, setKey string, keys []string) (*broker.SimilarQuery, error) {
+	var best int64
+	args := make([]any, 2+matchKeysPerStatement)
+	args[0], args[1] = projectID, setKey
+	for len(keys) > 0 {
+		n := min(len(keys), matchKeysPerStatement)
+		for i := range matchKeysPerStatement {
+			args[2+i] = keys[min(i, n-1)]
+		}
+		keys = keys[n:]
+		var id int64
+		err := t.queryRow(ctx, findDifferencingSQL, args, &id)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		best = max(best, id)
+	}
+	if best == 0 {
+		return nil, nil
+	}
+	s := broker.SimilarQuery{ID: best}
+	var preds string
+	err := t.queryRow(ctx, `SELECT sql_text, predicates FROM queries WHERE id = ?`, []any{best}, &s.SQL, &preds)
 	if err != nil {
-		return nil, err
+		return nil, notFound(err, "query %d not found", best)
 	}
-	defer rows.Close()
-	var out []broker.SimilarQuery
-	for rows.Next() {
-		var s broker.SimilarQuery
-		var preds string
-		if err := rows.Scan(&s.ID, &s.SQL, &s.NormalizedHash, &preds); err != nil {
-			return nil, err
-		}
-		if err := fromJSON(preds, &s.Predicates); err != nil {
-			return nil, err
-		}
-		out = append(out, s)
-	}
-	return out, rows.Err()
+	return &s, fromJSON(preds, &s.Predicates)
 }
 
 func (t *tx) NextLeasable(ctx context.Context, siteID string, now time.Time) (int64, error) {
