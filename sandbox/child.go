@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,6 +41,8 @@ type childConfig struct {
 	AddressSpace       int64  `json:"address_space,omitempty"`
 	MaxRows            int    `json:"max_rows"`
 	AllowWeak          bool   `json:"allow_weak"`
+	// TLS is the child's side of the job's mutual TLS (tls.go).
+	TLS *childTLS `json:"tls"`
 }
 
 func (c *childConfig) tempDir() string { return filepath.Join(c.JobDir, "tmp") }
@@ -73,11 +76,19 @@ func Serve(opts ServeOptions) int {
 		log.Error("sandbox hardening", "error", err)
 		return 1
 	}
+	// Without its TLS material the child does not serve: the socket is
+	// never open to a caller that cannot prove it is the host.
+	tlsConfig, err := cc.TLS.serverConfig()
+	if err != nil {
+		log.Error("sandbox TLS", "error", err)
+		return 1
+	}
 	srv := &server{cc: &cc, layers: layers, log: log, opts: opts}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: handshake(),
 		Plugins:         plugin.PluginSet{pluginName: &grpcPlugin{server: srv}},
 		GRPCServer:      plugin.DefaultGRPCServer,
+		TLSProvider:     func() (*tls.Config, error) { return tlsConfig, nil },
 		Logger:          hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
 	})
 	return 0

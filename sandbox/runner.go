@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -231,6 +232,12 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 		MaxRows:            cfg.MaxRows,
 		AllowWeak:          cfg.AllowWeak,
 	}
+	// The real clock, not r.now: crypto/tls checks validity against it.
+	hostTLS, childTLS, err := newJobTLS(time.Now())
+	if err != nil {
+		return nil, nil, fmt.Errorf("job TLS: %w", err)
+	}
+	cc.TLS = childTLS
 	ccJSON, err := json.Marshal(cc)
 	if err != nil {
 		return nil, nil, err
@@ -242,7 +249,7 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 	if !useNS && !cfg.AllowWeak {
 		return nil, nil, Errorf(CodeUnavailable, "user and network namespaces are unavailable on this host")
 	}
-	pc, cmd, err := r.start(ccJSON, jobDir, useNS)
+	pc, cmd, err := r.start(ccJSON, hostTLS, jobDir, useNS)
 	if err != nil && useNS && cmd.Process == nil {
 		// The kernel (or container runtime) refused the namespaces.
 		cfg.Logger.Warn("sandbox: user+network namespaces unavailable", "error", err)
@@ -253,7 +260,7 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 			return nil, nil, Errorf(CodeUnavailable, "user and network namespaces are unavailable on this host")
 		}
 		useNS = false
-		pc, cmd, err = r.start(ccJSON, jobDir, false)
+		pc, cmd, err = r.start(ccJSON, hostTLS, jobDir, false)
 	}
 	if err != nil {
 		if pc != nil {
@@ -321,8 +328,10 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 
 // start launches the child: /proc/self/exe (or the configured binary) with
 // an environment holding only what go-plugin and the child need, killed if
-// the agent dies, in new user and network namespaces when asked.
-func (r *Runner) start(ccJSON []byte, jobDir string, namespaces bool) (*plugin.Client, *exec.Cmd, error) {
+// the agent dies, in new user and network namespaces when asked. The
+// connection is mutually authenticated with the job's TLS (tls.go), not
+// go-plugin's AutoMTLS.
+func (r *Runner) start(ccJSON []byte, hostTLS *tls.Config, jobDir string, namespaces bool) (*plugin.Client, *exec.Cmd, error) {
 	cfg := r.cfg
 	cmd := exec.Command(cfg.Executable, cfg.Args...)
 	// The whole environment: the child's config, where go-plugin's server
@@ -345,7 +354,7 @@ func (r *Runner) start(ccJSON []byte, jobDir string, namespaces bool) (*plugin.C
 		Plugins:          plugin.PluginSet{pluginName: &grpcPlugin{}},
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
+		TLSConfig:        hostTLS,
 		SkipHostEnv:      true,
 		GRPCDialOptions: []grpc.DialOption{
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsg)),
