@@ -128,6 +128,11 @@ type query struct {
 	// or a table proven unique per patient, all joined on the privacy unit,
 	// so the input has at most one row per patient.
 	onePerPatient bool
+	// maybeOnePerPatient: every patient relation is a per-patient CTE or
+	// subquery or a table declared or proven to have one row per patient,
+	// so a run-time check that no patient has two input rows is worth
+	// making; an event table in FROM makes it pointless.
+	maybeOnePerPatient bool
 }
 
 type groupKey struct {
@@ -686,6 +691,18 @@ func onePerPatient(rels []*relation) bool {
 	return len(rels) > 0
 }
 
+// maybeOnePerPatient reports whether every patient relation of a FROM
+// clause has at most one row per patient by construction, proof or the
+// catalog's declaration (which only a run-time check can confirm).
+func maybeOnePerPatient(rels []*relation) bool {
+	for _, r := range rels {
+		if r.patient && !r.perPatient && !r.unique {
+			return false
+		}
+	}
+	return len(rels) > 0
+}
+
 func findCol(rels []*relation, name string) *column {
 	for _, r := range rels {
 		if col := r.col(name); col != nil {
@@ -775,7 +792,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	if pid == "" {
 		return nil, refuse("a query of lookup tables only", -1, "a released query must count patients; read a patient table")
 	}
-	q := &query{from: from, pid: pid, onePerPatient: onePerPatient(sc.rels)}
+	q := &query{from: from, pid: pid, onePerPatient: onePerPatient(sc.rels), maybeOnePerPatient: maybeOnePerPatient(sc.rels)}
 	if h := sub(node, "having"); h != nil {
 		return nil, refuse("HAVING", pos(h), "it filters on exact aggregates before protection; filter the released table instead")
 	}

@@ -205,6 +205,30 @@ func TestRewriteSemantics(t *testing.T) {
 		}
 		_ = s
 	})
+
+	t.Run("null group key through the bounding stages", func(t *testing.T) {
+		plan := mustCompile(t, p, cat, `SELECT CASE WHEN snomed_code = '44054006' THEN 't2d' END AS c, count(*) AS n FROM clinical_events GROUP BY c`)
+		if !strings.Contains(plan.Rewritten, `"__tre_kept"`) || strings.Contains(plan.Rewritten, `"__tre_dup"`) {
+			t.Fatalf("bounding stages not used:\n%s", plan.Rewritten)
+		}
+		got, dropped := runPlan(t, db, plan)
+		// Not opted out: 101 has one T2D row and three others, 102 one and
+		// two, 103 one other; C = 3 keeps them all.
+		want := map[string][2]float64{"t2d": {2, 2}, "NULL": {3, 6}}
+		for _, g := range got {
+			k := "NULL"
+			if g.Keys[0] != nil {
+				k = *g.Keys[0]
+			}
+			if w := want[k]; float64(g.Patients) != w[0] || g.Aggs[0].Count != w[1] {
+				t.Errorf("group %s: %d patients, count %v; want %v", k, g.Patients, g.Aggs[0].Count, w)
+			}
+			delete(want, k)
+		}
+		if len(want) != 0 || dropped != 0 {
+			t.Errorf("groups missing: %v; dropped %d", want, dropped)
+		}
+	})
 }
 
 // TestBoundingOnePatient: one patient with 10,000 rows across 1,000 groups
@@ -421,22 +445,31 @@ SELECT count(*) AS n, avg(mx) AS m FROM ev WHERE mx > 1000`},
 	}
 }
 
-// TestDerivedPathNotForCatalogTables: a catalog table, even one declared
-// one_row_per_patient, or a lookup table in FROM keeps the run-time check,
-// which is what enforces the declaration.
+// TestDerivedPathNotForCatalogTables: a catalog table declared
+// one_row_per_patient in FROM keeps the run-time check, which is what
+// enforces the declaration; an event table, where the check could only
+// fail, goes straight to the bounding stages.
 func TestDerivedPathNotForCatalogTables(t *testing.T) {
 	p := MustParser(t)
 	cat := MustLoadTestCatalog(t)
-	for _, tt := range []struct{ name, sql string }{
-		{name: "declared table alone", sql: `SELECT sex, count(*) AS n FROM patients GROUP BY sex`},
-		{name: "declared table joined to a CTE", sql: TypicalQueries[0].SQL},
-		{name: "CTE joined to a declared table", sql: TypicalQueries[5].SQL},
+	for _, tt := range []struct {
+		name  string
+		sql   string
+		check bool
+	}{
+		{name: "declared table alone", sql: `SELECT sex, count(*) AS n FROM patients GROUP BY sex`, check: true},
+		{name: "declared table joined to a CTE", sql: TypicalQueries[0].SQL, check: true},
+		{name: "CTE joined to a declared table", sql: TypicalQueries[5].SQL, check: true},
 		{name: "event table", sql: `SELECT count(*) AS n FROM clinical_events`},
+		{name: "event table joined to a declared table", sql: TypicalQueries[3].SQL},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			plan := mustCompile(t, p, cat, tt.sql)
-			if !strings.Contains(plan.Rewritten, `"__tre_dup" AS MATERIALIZED`) || !strings.Contains(plan.Rewritten, `"__tre_kept"`) {
-				t.Errorf("run-time check or bounding stages missing:\n%s", plan.Rewritten)
+			if !strings.Contains(plan.Rewritten, `"__tre_kept"`) {
+				t.Errorf("bounding stages missing:\n%s", plan.Rewritten)
+			}
+			if got := strings.Contains(plan.Rewritten, `"__tre_dup" AS MATERIALIZED`); got != tt.check {
+				t.Errorf("run-time check %v, want %v:\n%s", got, tt.check, plan.Rewritten)
 			}
 		})
 	}

@@ -140,9 +140,12 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	// with one row, within any k and C, so grouping the rows directly gives
 	// exactly the bounded statistics. Checking it costs one distinct count
 	// on the patient id; the per-(patient, group) pipeline below then sees
-	// no rows. Otherwise the shortcut sees none.
+	// no rows. Otherwise the shortcut sees none. It is only worth checking
+	// when every patient relation is meant to hold one row per patient: with
+	// an event table in FROM the check would cost and always fail.
+	guarded := c.fastPath && q.maybeOnePerPatient
 	slowFilter := ""
-	if c.fastPath {
+	if guarded {
 		b.WriteString(`"__tre_dup" AS MATERIALIZED (SELECT count("__pid") <> count(DISTINCT "__pid") OR count("__pid") <> count(*) AS "__d" FROM "__tre_base"),` + "\n")
 		slowFilter = ` WHERE (SELECT "__d" FROM "__tre_dup")`
 	}
@@ -167,7 +170,7 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		b.WriteString(`"__tre_kept" AS (SELECT * FROM "__tre_pg")` + "\n")
 	}
 
-	if c.fastPath {
+	if guarded {
 		c.fastSelect(&b, q, gcols, true)
 		b.WriteString("\nUNION ALL\n")
 	}
@@ -198,7 +201,7 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	if len(gcols) > 0 {
 		b.WriteString(" GROUP BY " + strings.Join(gcols, ", "))
 	}
-	if c.fastPath && len(gcols) == 0 {
+	if guarded && len(gcols) == 0 {
 		// Without GROUP BY each branch returns one row; keep one.
 		b.WriteString(` HAVING (SELECT "__d" FROM "__tre_dup")`)
 	}
