@@ -38,6 +38,9 @@ const (
 type QueryRecord struct {
 	Query *Query
 
+	// Normalized, Predicates, PredicateSet and PredicateKeys are written by
+	// CreateQuery; FindQuery and FindQueries leave them empty (nothing after
+	// submission uses them, and reading them costs every read).
 	Normalized     string
 	NormalizedHash string
 	// ShapeHash identifies the query's output shape (dataset, groups,

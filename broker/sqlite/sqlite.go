@@ -1,6 +1,7 @@
 // Package sqlite is tre's embedded broker store: one SQLite file in the data
-// directory (modernc.org/sqlite, pure Go), in WAL mode with foreign keys on.
-// One writer connection takes BEGIN IMMEDIATE transactions, so writers
+// directory (modernc.org/sqlite, pure Go), in WAL mode with foreign keys on
+// and synchronous=FULL, so a committed decision survives a power cut. One
+// writer connection takes BEGIN IMMEDIATE transactions, so writers
 // serialise and budget checks cannot race; a small pool of read-only
 // connections serves reads concurrently.
 //
@@ -65,7 +66,11 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	params.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout))
 	params.Add("_pragma", "journal_mode(WAL)")
 	params.Add("_pragma", "foreign_keys(1)")
-	params.Add("_pragma", "synchronous(NORMAL)")
+	// FULL: every commit is on disk before it returns (the WAL is synced
+	// each time). NORMAL would sync only at checkpoints, so a power cut
+	// could undo the last decisions; the broker must never lose one, and
+	// the sync costs I/O wait inside the writer, not CPU (BENCHMARKS.md).
+	params.Add("_pragma", "synchronous(FULL)")
 	writeDSN := "file:" + path + "?" + params.Encode() + "&_txlock=immediate"
 	params.Add("_pragma", "query_only(1)")
 	readDSN := "file:" + path + "?" + params.Encode()

@@ -402,18 +402,21 @@ func (t *tx) FindSites(ctx context.Context) ([]*broker.Site, error) {
 
 // ---- queries ----
 
+// queryColumns are the columns scanQuery reads: everything but the
+// normalised text and the predicates, which only the submission that
+// computes them uses (the risk lookups have their own columns and tables).
 const queryColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by, submitted_at, updated_at,
 	cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
-	normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message`
+	normalized_hash, shape_hash, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message`
 
 func scanQuery(sc interface{ Scan(...any) error }) (*broker.QueryRecord, error) {
 	q := &broker.Query{}
 	rec := &broker.QueryRecord{Query: q}
-	var status, accuracy, flags, preds, ledger string
+	var status, accuracy, flags, ledger string
 	var submitted, updated, expires int64
 	err := sc.Scan(&q.ID, &q.ProjectID, &q.Dataset, &q.SQL, &q.SQLHash, &q.Purpose, &q.Rewritten, &status, &q.SubmittedBy,
 		&submitted, &updated, &q.Cost.Epsilon, &q.Cost.Delta, &accuracy, &flags, &q.ApprovedBy, &q.Attempts, &q.FailureCode,
-		&rec.Normalized, &rec.NormalizedHash, &rec.ShapeHash, &preds, &ledger, &rec.LeaseTokenHash, &rec.LeaseSite, &expires,
+		&rec.NormalizedHash, &rec.ShapeHash, &ledger, &rec.LeaseTokenHash, &rec.LeaseSite, &expires,
 		&rec.FailureMessage)
 	if err != nil {
 		return nil, err
@@ -427,9 +430,6 @@ func scanQuery(sc interface{ Scan(...any) error }) (*broker.QueryRecord, error) 
 		return nil, err
 	}
 	if err := fromJSON(flags, &q.RiskFlags); err != nil {
-		return nil, err
-	}
-	if err := fromJSON(preds, &rec.Predicates); err != nil {
 		return nil, err
 	}
 	return rec, nil
