@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -102,7 +104,33 @@ type Verifier struct {
 	jwks       []verificationKey
 	jwksLoaded time.Time
 	jwksForced time.Time
+	// keyGen counts JWKS loads: a token verified under an earlier key set is
+	// verified again, so a key the identity provider withdrew stops working.
+	keyGen uint64
+
+	// verified caches tokens that passed Verify (see verifiedToken).
+	cacheMu  sync.Mutex
+	verified map[[sha256.Size]byte]verifiedToken
 }
+
+// verifiedToken is a token that passed every check, remembered so the next
+// request with it skips the signature check and claim parsing. Only its
+// hash is kept. Expiry and not-before are still judged on every request.
+type verifiedToken struct {
+	user      broker.User
+	notBefore time.Time // zero: no nbf claim
+	expires   time.Time
+	keyGen    uint64
+	added     time.Time
+}
+
+// Bounds of the verified-token cache: a broker serves a few hundred users,
+// each with one token at a time; at most maxVerifiedAge passes between full
+// verifications of one token.
+const (
+	maxVerifiedTokens = 4096
+	maxVerifiedAge    = 5 * time.Minute
+)
 
 // VerifierOption adjusts a Verifier (tests inject time and an HTTP client).
 type VerifierOption func(*Verifier)
@@ -126,7 +154,8 @@ func NewVerifier(ctx context.Context, cfg AuthConfig, opts ...VerifierOption) (*
 	if cfg.JWKSRefresh == 0 {
 		cfg.JWKSRefresh = 10 * time.Minute
 	}
-	v := &Verifier{cfg: cfg, now: time.Now, client: &http.Client{Timeout: 10 * time.Second}}
+	v := &Verifier{cfg: cfg, now: time.Now, client: &http.Client{Timeout: 10 * time.Second},
+		verified: map[[sha256.Size]byte]verifiedToken{}}
 	for _, o := range opts {
 		o(v)
 	}
@@ -150,6 +179,58 @@ func NewVerifier(ctx context.Context, cfg AuthConfig, opts ...VerifierOption) (*
 	return v, nil
 }
 
+// cached returns the caller of a token that passed Verify under the current
+// keys and is still within its validity window, or nil.
+func (v *Verifier) cached(ctx context.Context, sum [sha256.Size]byte) *broker.User {
+	if v.cfg.JWKS != "" {
+		v.refreshIfStale(ctx)
+	}
+	v.mu.Lock()
+	gen := v.keyGen
+	v.mu.Unlock()
+	now := v.now()
+	v.cacheMu.Lock()
+	defer v.cacheMu.Unlock()
+	e, ok := v.verified[sum]
+	if !ok {
+		return nil
+	}
+	// The same tests as the jwt parser's, with the same leeway: valid while
+	// now < exp+leeway and now >= nbf-leeway.
+	if e.keyGen != gen || !now.Before(e.expires.Add(authLeeway)) || now.Before(e.notBefore.Add(-authLeeway)) ||
+		now.Sub(e.added) >= maxVerifiedAge || now.Before(e.added) {
+		delete(v.verified, sum)
+		return nil
+	}
+	u := e.user
+	u.Roles = slices.Clone(e.user.Roles)
+	return &u
+}
+
+// remember caches a token that has just passed every check.
+func (v *Verifier) remember(sum [sha256.Size]byte, u *broker.User, claims jwt.MapClaims, gen uint64) {
+	exp, err := claims.GetExpirationTime()
+	if err != nil || exp == nil {
+		return // cannot happen after WithExpirationRequired; never cache without
+	}
+	e := verifiedToken{user: *u, expires: exp.Time, keyGen: gen, added: v.now()}
+	e.user.Roles = slices.Clone(u.Roles)
+	if nbf, err := claims.GetNotBefore(); err != nil {
+		return
+	} else if nbf != nil {
+		e.notBefore = nbf.Time
+	}
+	v.cacheMu.Lock()
+	defer v.cacheMu.Unlock()
+	if len(v.verified) >= maxVerifiedTokens {
+		for k := range v.verified { // map order: an arbitrary victim
+			delete(v.verified, k)
+			break
+		}
+	}
+	v.verified[sum] = e
+}
+
 // authError is a token rejection; Reason is safe to log and to show.
 type authError struct{ Reason string }
 
@@ -163,6 +244,13 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*broker.User, error)
 	if len(raw) > maxTokenBytes {
 		return nil, &authError{"token too large"}
 	}
+	sum := sha256.Sum256([]byte(raw))
+	if u := v.cached(ctx, sum); u != nil {
+		return u, nil
+	}
+	v.mu.Lock()
+	gen := v.keyGen
+	v.mu.Unlock()
 	keys := v.keys(ctx)
 	algs := map[string]bool{}
 	var methods []string
@@ -191,7 +279,12 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*broker.User, error)
 	if err != nil {
 		return nil, &authError{tokenReason(err)}
 	}
-	return v.userFromClaims(claims)
+	u, err := v.userFromClaims(claims)
+	if err != nil {
+		return nil, err
+	}
+	v.remember(sum, u, claims, gen)
+	return u, nil
 }
 
 // tokenReason turns a jwt error into a short reason that never includes the
@@ -272,21 +365,33 @@ func (v *Verifier) keys(ctx context.Context) []verificationKey {
 	if v.cfg.JWKS == "" {
 		return v.static
 	}
-	v.mu.Lock()
-	stale := v.now().Sub(v.jwksLoaded) >= v.cfg.JWKSRefresh
-	v.mu.Unlock()
-	if stale {
-		if keys, err := v.fetchJWKS(ctx); err == nil {
-			v.mu.Lock()
-			v.jwks, v.jwksLoaded = keys, v.now()
-			v.mu.Unlock()
-		}
-	}
+	v.refreshIfStale(ctx)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	out := make([]verificationKey, 0, len(v.static)+len(v.jwks))
 	out = append(out, v.static...)
 	return append(out, v.jwks...)
+}
+
+// refreshIfStale re-reads the JWKS when it is older than the refresh
+// interval.
+func (v *Verifier) refreshIfStale(ctx context.Context) {
+	v.mu.Lock()
+	stale := v.now().Sub(v.jwksLoaded) >= v.cfg.JWKSRefresh
+	v.mu.Unlock()
+	if stale {
+		if keys, err := v.fetchJWKS(ctx); err == nil {
+			v.setJWKS(keys)
+		}
+	}
+}
+
+// setJWKS installs a freshly loaded key set.
+func (v *Verifier) setJWKS(keys []verificationKey) {
+	v.mu.Lock()
+	v.jwks, v.jwksLoaded = keys, v.now()
+	v.keyGen++
+	v.mu.Unlock()
 }
 
 // forceRefresh re-reads the JWKS for an unknown kid, at most once a minute so
@@ -303,9 +408,7 @@ func (v *Verifier) forceRefresh(ctx context.Context) bool {
 	if err != nil {
 		return false
 	}
-	v.mu.Lock()
-	v.jwks, v.jwksLoaded = keys, v.now()
-	v.mu.Unlock()
+	v.setJWKS(keys)
 	return true
 }
 

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	_ "embed"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -205,13 +207,28 @@ func (s *Server) writeError(c *gin.Context, err error) {
 	c.Abort()
 }
 
+// jsonBuffers recycles response buffers: a query with its rewritten SQL is
+// about 10 kB, allocated on every read otherwise. Buffers that grew past
+// maxPooledBuffer (long lists) are left to the collector.
+var jsonBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+const maxPooledBuffer = 64 << 10
+
 func writeJSON(c *gin.Context, status int, v any) {
-	data, err := json.Marshal(v)
-	if err != nil {
+	buf := jsonBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= maxPooledBuffer {
+			jsonBuffers.Put(buf)
+		}
+	}()
+	// Encode writes what json.Marshal would, HTML-escaped, plus a newline.
+	if err := json.NewEncoder(buf).Encode(v); err != nil {
 		status = http.StatusInternalServerError
-		data = []byte(`{"error":{"code":"internal","message":"internal error"}}`)
+		buf.Reset()
+		buf.WriteString(`{"error":{"code":"internal","message":"internal error"}}` + "\n")
 	}
-	c.Data(status, "application/json; charset=utf-8", append(data, '\n'))
+	c.Data(status, "application/json; charset=utf-8", buf.Bytes())
 }
 
 // require authenticates the bearer token and checks that the caller holds
