@@ -74,7 +74,26 @@ type Service struct {
 
 	mu       sync.Mutex
 	catalogs map[string]cachedCatalog // by dataset
+	plans    map[planKey]*queries.Plan
 }
+
+// planKey identifies a compilation: Compile is a function of the catalog's
+// content, the SQL text and the options, of which the broker sets only
+// epsilon (no seed, no unique tables).
+type planKey struct {
+	catalogHash string
+	sql         string
+	epsilon     float64
+}
+
+// Plan cache bounds: texts longer than maxCachedPlanSQL are compiled every
+// time; when maxCachedPlans are held an arbitrary one is dropped. A plan is
+// a few times its SQL's size (rewritten and normalised texts), so the cache
+// holds at most a few MB.
+const (
+	maxCachedPlans   = 256
+	maxCachedPlanSQL = 8 << 10
+)
 
 type cachedCatalog struct {
 	hash string
@@ -94,6 +113,7 @@ func NewService(store Store, compiler Compiler, opts Options) *Service {
 		writeTimeout: opts.WriteTimeout,
 		onTransition: opts.OnTransition,
 		catalogs:     map[string]cachedCatalog{},
+		plans:        map[planKey]*queries.Plan{},
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -322,33 +342,73 @@ func (s *Service) FindSites(ctx context.Context) ([]*Site, error) {
 	return sites, err
 }
 
-// catalog returns the parsed catalog of dataset, cached by content hash so
-// submissions do not decode it each time.
-func (s *Service) catalog(ctx context.Context, tx Tx, dataset string) (*queries.Catalog, error) {
+// catalog returns the parsed catalog of dataset and its content hash,
+// cached by that hash so submissions do not decode it each time.
+func (s *Service) catalog(ctx context.Context, tx Tx, dataset string) (*queries.Catalog, string, error) {
 	_, hash, _, err := tx.FindCatalog(ctx, dataset, false)
 	if ErrorCode(err) == ENOTFOUND {
-		return nil, Errorf(EINVALID, "dataset %q has not been published by any site", dataset)
+		return nil, "", Errorf(EINVALID, "dataset %q has not been published by any site", dataset)
 	} else if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	s.mu.Lock()
 	c, ok := s.catalogs[dataset]
 	s.mu.Unlock()
 	if ok && c.hash == hash {
-		return c.cat, nil
+		return c.cat, hash, nil
 	}
 	_, hash, body, err := tx.FindCatalog(ctx, dataset, true)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	cat := new(queries.Catalog)
 	if err := json.Unmarshal(body, cat); err != nil {
-		return nil, fmt.Errorf("decode stored catalog %q: %w", dataset, err)
+		return nil, "", fmt.Errorf("decode stored catalog %q: %w", dataset, err)
 	}
 	s.mu.Lock()
 	s.catalogs[dataset] = cachedCatalog{hash: hash, cat: cat}
 	s.mu.Unlock()
-	return cat, nil
+	return cat, hash, nil
+}
+
+// compile compiles sql against cat, reusing the plan of an identical
+// earlier compilation (same catalog content, text and epsilon). Refusals and
+// errors are not cached. Callers get their own copy of the plan's slices.
+func (s *Service) compile(ctx context.Context, cat *queries.Catalog, catalogHash, sql string, epsilon float64) (*queries.Plan, error) {
+	key := planKey{catalogHash: catalogHash, sql: sql, epsilon: epsilon}
+	s.mu.Lock()
+	plan, ok := s.plans[key]
+	s.mu.Unlock()
+	if ok {
+		return clonePlan(plan), nil
+	}
+	plan, err := s.compiler.Compile(ctx, cat, sql, queries.Options{Epsilon: epsilon})
+	if err != nil {
+		return nil, err
+	}
+	if len(sql) <= maxCachedPlanSQL {
+		s.mu.Lock()
+		if len(s.plans) >= maxCachedPlans {
+			for k := range s.plans { // map order: an arbitrary victim
+				delete(s.plans, k)
+				break
+			}
+		}
+		s.plans[key] = clonePlan(plan)
+		s.mu.Unlock()
+	}
+	return plan, nil
+}
+
+// clonePlan copies a plan deep enough that changing the copy's slices
+// leaves the original alone.
+func clonePlan(p *queries.Plan) *queries.Plan {
+	c := *p
+	c.Accuracy = slices.Clone(p.Accuracy)
+	c.Predicates = slices.Clone(p.Predicates)
+	c.Spec.Groups = slices.Clone(p.Spec.Groups)
+	c.Spec.Aggregates = slices.Clone(p.Spec.Aggregates)
+	return &c
 }
 
 // ---- projects ----
@@ -581,6 +641,7 @@ func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*p
 	}
 	now := s.clock()
 	pr := &prepared{}
+	var catalogHash string
 	err := s.view(ctx, u, func(tx Tx) error {
 		p, err := tx.FindProject(ctx, sub.ProjectID)
 		if err != nil {
@@ -602,13 +663,13 @@ func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*p
 			return Errorf(EFORBIDDEN, "project %d is not approved for dataset %q", p.ID, dataset)
 		}
 		pr.project = p
-		pr.cat, err = s.catalog(ctx, tx, dataset)
+		pr.cat, catalogHash, err = s.catalog(ctx, tx, dataset)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	plan, err := s.compiler.Compile(ctx, pr.cat, sub.SQL, queries.Options{Epsilon: sub.Epsilon})
+	plan, err := s.compile(ctx, pr.cat, catalogHash, sub.SQL, sub.Epsilon)
 	if err != nil {
 		var ref *queries.Refusal
 		var appErr *Error

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/queries"
 )
 
 // Run runs the conformance suite against the stores cfg opens.
@@ -34,6 +35,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("AuditTampering", func(t *testing.T) { testAuditTampering(t, fresh) })
 	t.Run("RiskFlags", func(t *testing.T) { testRiskFlags(t, fresh(t, broker.Options{})) })
 	t.Run("DifferencingFlags", func(t *testing.T) { testDifferencingFlags(t, fresh(t, broker.Options{})) })
+	t.Run("PlanCache", func(t *testing.T) { testPlanCache(t, cfg) })
 	if cfg.Reopen != nil {
 		t.Run("PredicateSetBackfill", func(t *testing.T) { testPredicateSetBackfill(t, cfg) })
 	}
@@ -750,6 +752,70 @@ func testDifferencingFlags(t *testing.T, f *Fixture) {
 		f.MustSubmit(f.Researcher, fmt.Sprintf("%sdate_of_birth >= DATE '1950-01-01' AND date_of_birth < DATE '%d-01-01' GROUP BY sex", sel, 1960+i), 0.1)
 	}
 	mustDiffer(t, f.MustSubmit(f.Researcher, sel+"ethnicity = 'Black' GROUP BY sex", 0.1), old, "removes the condition")
+}
+
+// countingCompiler counts compilations.
+type countingCompiler struct {
+	broker.Compiler
+	n atomic.Int64
+}
+
+func (c *countingCompiler) Compile(ctx context.Context, cat *queries.Catalog, sql string, opts queries.Options) (*queries.Plan, error) {
+	c.n.Add(1)
+	return c.Compiler.Compile(ctx, cat, sql, opts)
+}
+
+// testPlanCache checks the service compiles a text once per catalog content
+// and epsilon, never caches refusals, and hands out plans no caller can
+// change for the next.
+func testPlanCache(t *testing.T, cfg Config) {
+	cc := &countingCompiler{Compiler: MustParser(t)}
+	c := cfg
+	c.Compiler = cc
+	f := NewFixture(t, c, cfg.Open(t), broker.Options{})
+	want := int64(0)
+	check := func(what string, compiled bool) {
+		t.Helper()
+		if compiled {
+			want++
+		}
+		if got := cc.n.Load(); got != want {
+			t.Fatalf("%s: %d compilations, want %d", what, got, want)
+		}
+	}
+	first := f.MustSubmit(f.Researcher, DefaultSQL, 0.1)
+	check("first submission", true)
+	first.Accuracy[0].Column = "tampered"
+	again := f.MustSubmit(f.Researcher2, DefaultSQL, 0.1)
+	check("same text and epsilon", false)
+	if again.Accuracy[0].Column == "tampered" || again.Rewritten != first.Rewritten || again.Cost != first.Cost {
+		t.Errorf("cached plan differs or was changed through an earlier result: %+v", again.Accuracy)
+	}
+	again.Accuracy[0].Column = "tampered"
+	third := f.MustSubmit(f.Researcher2, DefaultSQL, 0.1)
+	check("same text and epsilon again", false)
+	if third.Accuracy[0].Column == "tampered" {
+		t.Errorf("a cached plan was changed through an earlier result")
+	}
+	if _, err := f.Service.CheckQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Epsilon: 0.1}); err != nil {
+		t.Fatal(err)
+	}
+	check("check of the same text", false)
+	f.MustSubmit(f.Researcher, DefaultSQL, 0.2)
+	check("another epsilon", true)
+	for range 2 {
+		_, err := f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: "SELECT patient_id FROM patients"})
+		MustCode(t, err, broker.EREFUSED)
+		check("refusal", true)
+	}
+	// A changed catalog is compiled against afresh.
+	cat := Catalog(t)
+	cat.Policy.SmallCellThreshold++
+	if err := f.Service.PublishCatalog(f.Agent, SiteID, cat); err != nil {
+		t.Fatal(err)
+	}
+	f.MustSubmit(f.Researcher, DefaultSQL, 0.1)
+	check("after the catalog changed", true)
 }
 
 // testPredicateSetBackfill checks migration 2 on a database written before
