@@ -8,7 +8,8 @@ import (
 )
 
 // FuzzCompile: the validator never panics, refuses with a *Refusal, and
-// anything it accepts compiles to SQL that reads only the catalog's views.
+// anything it accepts compiles to SQL that reads only the catalog's views,
+// and the opt-out table once, to filter.
 func FuzzCompile(f *testing.F) {
 	for _, tt := range corpus {
 		if len(tt.sql) < 2000 {
@@ -36,13 +37,14 @@ func FuzzCompile(f *testing.F) {
 			}
 			return
 		}
-		checkReadsOnlyViews(t, p, plan.Rewritten, views)
+		checkReadsOnlyViews(t, p, cat, plan.Rewritten, views)
 	})
 }
 
 // checkReadsOnlyViews parses rewritten SQL with DuckDB and fails if it
-// reads anything but the views and its own CTEs.
-func checkReadsOnlyViews(t *testing.T, p *Parser, rewritten string, views map[string]bool) {
+// reads anything but the views and its own CTEs, or the opt-out table other
+// than once, in the input stage's opt-out filter.
+func checkReadsOnlyViews(t *testing.T, p *Parser, cat *Catalog, rewritten string, views map[string]bool) {
 	t.Helper()
 	root, err := p.parse(context.Background(), rewritten)
 	if err != nil {
@@ -55,6 +57,7 @@ func checkReadsOnlyViews(t *testing.T, p *Parser, rewritten string, views map[st
 		t.Fatalf("rewritten SQL has %d statements", n)
 	}
 	ctes := map[string]bool{}
+	optOutReads := 0
 	var walk func(v any)
 	walk = func(v any) {
 		switch x := v.(type) {
@@ -71,6 +74,10 @@ func checkReadsOnlyViews(t *testing.T, p *Parser, rewritten string, views map[st
 				name := str(x, "table_name")
 				if str(x, "schema_name") != "" || str(x, "catalog_name") != "" {
 					t.Fatalf("rewritten SQL reads qualified table %q:\n%s", name, rewritten)
+				}
+				if strings.EqualFold(name, cat.Policy.OptOutTable) {
+					optOutReads++
+					break
 				}
 				if !views[name] && !strings.HasPrefix(name, "cte_") && !strings.HasPrefix(name, "__tre_") {
 					t.Fatalf("rewritten SQL reads %q, not a view:\n%s", name, rewritten)
@@ -89,4 +96,10 @@ func checkReadsOnlyViews(t *testing.T, p *Parser, rewritten string, views map[st
 	}
 	walk(root)
 	_ = ctes
+	// The opt-out table is read exactly once: by the opt-out filter of the
+	// input stage, through which every row of every path passes.
+	input, _, _ := strings.Cut(rewritten, `"__tre_base" AS`)
+	if optOutReads != 1 || !strings.Contains(input, " NOT IN (SELECT "+quoteIdent(cat.PrivacyUnit)+" FROM "+quoteIdent(cat.Policy.OptOutTable)+")") {
+		t.Fatalf("opt-out table read %d times, or not by the input stage's filter:\n%s", optOutReads, rewritten)
+	}
 }

@@ -191,7 +191,10 @@ func TestViewStatements(t *testing.T) {
 	if strings.Contains(all, ViewName("optouts")) {
 		t.Errorf("opt-out table exposed:\n%s", all)
 	}
-	want := `CREATE OR REPLACE TEMP VIEW "tre_view_medications" AS SELECT "patient_id", "date", "dmd_code" FROM "medications" WHERE "patient_id" NOT IN (SELECT "patient_id" FROM "optouts")`
+	if strings.Contains(all, `"optouts"`) {
+		t.Errorf("a view reads the opt-out table (compiled queries filter opt-outs themselves):\n%s", all)
+	}
+	want := `CREATE OR REPLACE TEMP VIEW "tre_view_medications" AS SELECT "patient_id", "date", "dmd_code" FROM "medications"`
 	found := false
 	for _, v := range views {
 		found = found || v == want

@@ -99,11 +99,11 @@ func ViewName(table string) string {
 
 // ViewStatements returns the CREATE TEMP VIEW statements the sandbox runs
 // before a compiled query: one view per catalog table except the opt-out
-// table, exposing only non-forbidden columns. Views of patient tables drop
-// every opted-out patient; public lookup tables are exposed unfiltered.
-//
-// NOT IN is deliberate: if the opt-out table ever held a NULL id, NOT IN
-// yields no rows at all, failing safe instead of counting opted-out people.
+// table, exposing only non-forbidden columns. The views do not remove
+// opted-out patients: every compiled query does, once, where each of its
+// input rows is tied to its patient (optOutFilter). A filter inside each
+// view made DuckDB guess that it kept a fifth of the rows, and with that
+// guess it built its join hash tables on the wrong side (BENCHMARKS.md).
 func ViewStatements(cat *Catalog) []string {
 	out := make([]string, 0, len(cat.Tables))
 	for _, t := range cat.Tables {
@@ -120,16 +120,29 @@ func ViewStatements(cat *Catalog) []string {
 		if len(cols) == 0 {
 			continue
 		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "CREATE OR REPLACE TEMP VIEW %s AS SELECT %s FROM %s",
-			quoteIdent(ViewName(t.Name)), strings.Join(cols, ", "), quoteIdent(t.Name))
-		if !t.Public {
-			pu := quoteIdent(cat.PrivacyUnit)
-			fmt.Fprintf(&b, " WHERE %s NOT IN (SELECT %s FROM %s)", pu, pu, quoteIdent(cat.Policy.OptOutTable))
-		}
-		out = append(out, b.String())
+		out = append(out, fmt.Sprintf("CREATE OR REPLACE TEMP VIEW %s AS SELECT %s FROM %s",
+			quoteIdent(ViewName(t.Name)), strings.Join(cols, ", "), quoteIdent(t.Name)))
 	}
 	return out
+}
+
+// optOutFilter is the predicate a compiled query applies to the privacy
+// unit pid of every input row: the patient is not in the opt-out table.
+// Filtering there rather than in each table's view is exact because a
+// compiled query cannot mix patients: patient relations join only on the
+// privacy unit, per-patient CTEs and subqueries group by it, and
+// expressions admit no subqueries or window functions. So an opted-out
+// patient's rows reach nothing but input rows carrying that patient's id,
+// and all of those are removed here, before bounding, aggregation and the
+// count of dropped rows.
+//
+// NOT IN is deliberate: if the opt-out table ever held a NULL id, NOT IN
+// yields no rows at all, failing safe instead of counting opted-out people;
+// and an input row without a patient id (a lookup row no patient matched)
+// is removed too, as nothing shows it is not an opted-out patient's.
+func optOutFilter(cat *Catalog, pid string) string {
+	pu := quoteIdent(cat.PrivacyUnit)
+	return fmt.Sprintf("%s NOT IN (SELECT %s FROM %s)", pid, pu, quoteIdent(cat.Policy.OptOutTable))
 }
 
 // UniqueTablesSQL is a statement returning, one per row, the names of the

@@ -11,9 +11,10 @@ import (
 
 // rewrite emits the contribution-bounded query. Its stages:
 //
-//	__tre_base   one row per joined input row: the patient, the group keys and
-//	             each aggregate's argument clamped to its bounds, over the
-//	             opt-out-filtered views;
+//	__tre_input  one row per joined input row of a patient who has not opted
+//	             out (optOutFilter): the patient, the group keys and each
+//	             aggregate's argument;
+//	__tre_base   the same rows, each argument clamped to its bounds;
 //	__tre_all    every (patient, group) with all its rows aggregated;
 //	__tre_over   the (patient, group) pairs with more than C rows, recomputed
 //	             from the first C rows ranked by a keyed hash of (seed,
@@ -69,11 +70,11 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 			args = append(args, acol("a", j))
 		}
 	}
-	b.WriteString(" FROM " + q.from)
+	b.WriteString(" FROM " + q.from + " WHERE ")
 	if q.where != "" {
-		b.WriteString(" WHERE " + q.where)
+		b.WriteString("(" + q.where + ") AND ")
 	}
-	b.WriteString("),\n")
+	b.WriteString(optOutFilter(c.cat, q.pid) + "),\n")
 	// Proven one row per patient (onePerPatient): each row is a patient's whole
 	// contribution, within any k and C, so the rows are grouped directly
 	// with nothing to check, rank or drop. __tre_base is then read once and
