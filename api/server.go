@@ -228,6 +228,9 @@ func writeJSON(c *gin.Context, status int, v any) {
 		buf.Reset()
 		buf.WriteString(`{"error":{"code":"internal","message":"internal error"}}` + "\n")
 	}
+	// A declared length spares the chunked encoding net/http uses for bodies
+	// larger than its buffer.
+	c.Header("Content-Length", strconv.Itoa(buf.Len()))
 	c.Data(status, "application/json; charset=utf-8", buf.Bytes())
 }
 
