@@ -32,22 +32,7 @@ func BenchmarkProtectedVsRaw(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	var unique []string
-	rows, err := db.Query(UniqueTablesSQL(cat))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for rows.Next() {
-		var t string
-		if err := rows.Scan(&t); err != nil {
-			b.Fatal(err)
-		}
-		unique = append(unique, t)
-	}
-	if err := rows.Err(); err != nil {
-		b.Fatal(err)
-	}
-	rows.Close()
+	unique := uniqueTables(b, db, cat)
 	b.Logf("tables unique per patient: %v", unique)
 	p := MustParser(b)
 	drain := func(b *testing.B, q string) {
