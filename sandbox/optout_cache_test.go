@@ -98,6 +98,41 @@ func TestOptOutSnapshotCachedPerFile(t *testing.T) {
 	step("new file, again", [2]int{3, 0})
 }
 
+// TestOptOutSnapshotConcurrentJobs: jobs starting together on an uncached
+// file share one opt-out-only child.
+func TestOptOutSnapshotConcurrentJobs(t *testing.T) {
+	data := MustFixture(t, 100)
+	r := MustRunner(t, testConfig(t, data))
+	r.now = func() time.Time { return time.Now().Add(time.Hour) }
+	want := canonicalHash(fixtureOptOuts(t, data))
+	const n = 3
+	errs := make(chan error, n)
+	hashes := make(chan string, n)
+	for range n {
+		go func() {
+			res, err := r.Run(context.Background(), job("SELECT sex, count(*) AS n FROM patients GROUP BY sex"))
+			if err != nil {
+				errs <- err
+				return
+			}
+			hashes <- res.Report.OptOut.SnapshotHash
+		}()
+	}
+	for range n {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case h := <-hashes:
+			if h != want {
+				t.Errorf("SnapshotHash = %s, want %s", h, want)
+			}
+		}
+	}
+	if c := optOutCounts(r); c != [2]int{1, 0} {
+		t.Errorf("(opt-out-only children, jobs computing) = %v, want [1 0]", c)
+	}
+}
+
 // TestOptOutRacyFileComputedByJob: a file changed within racyWindow of now
 // is not cached; the job's child computes the hash.
 func TestOptOutRacyFileComputedByJob(t *testing.T) {
