@@ -739,11 +739,24 @@ func testDifferencingFlags(t *testing.T, f *Fixture) {
 	if d := differencing(again); d != nil && d.SimilarQueryID == two.ID {
 		t.Errorf("the same predicate set flagged as differencing against itself: %+v", d)
 	}
+	// The resubmission is now that set's most recent query.
+	mustDiffer(t, f.MustSubmit(f.Researcher, sel+"imd_quintile = 1 GROUP BY sex", 0.1), again, "removes the condition")
 	// Another shape (grouped by region) with one predicate more is not
 	// flagged.
 	if d := differencing(f.MustSubmit(f.Researcher, "SELECT region, count(*) FROM patients WHERE imd_quintile = 4 AND ethnicity = 'Asian' GROUP BY region", 0.1)); d != nil {
 		t.Errorf("a query of another shape flagged: %+v", d)
 	}
+
+	// Queries with more predicates than one lookup statement takes keys.
+	var many []string
+	for i := 1; i <= 8; i++ {
+		many = append(many, fmt.Sprintf("date_of_birth <> DATE '1950-01-0%d'", i))
+	}
+	eight := f.MustSubmit(f.Researcher, sel+strings.Join(many, " AND ")+" GROUP BY sex", 0.1)
+	nine := f.MustSubmit(f.Researcher, sel+strings.Join(append(many, "sex <> 'unknown'"), " AND ")+" GROUP BY sex", 0.1)
+	mustDiffer(t, nine, eight, "adds the condition")
+	many[0] = "date_of_birth <> DATE '1950-02-01'"
+	mustDiffer(t, f.MustSubmit(f.Researcher, sel+strings.Join(append(many, "sex <> 'unknown'"), " AND ")+" GROUP BY sex", 0.1), nine, "changes the condition")
 
 	// A long-lived project: the match lies behind many same-shape queries
 	// with other predicates, and is still found.
