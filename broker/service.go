@@ -375,13 +375,10 @@ func (s *Service) catalog(ctx context.Context, tx Tx, dataset string) (*queries.
 // earlier compilation (same catalog content, text and epsilon). Refusals and
 // errors are not cached. Callers get their own copy of the plan's slices.
 func (s *Service) compile(ctx context.Context, cat *queries.Catalog, catalogHash, sql string, epsilon float64) (*queries.Plan, error) {
-	key := planKey{catalogHash: catalogHash, sql: sql, epsilon: epsilon}
-	s.mu.Lock()
-	plan, ok := s.plans[key]
-	s.mu.Unlock()
-	if ok {
-		return clonePlan(plan), nil
+	if plan := s.cachedPlan(catalogHash, sql, epsilon); plan != nil {
+		return plan, nil
 	}
+	key := planKey{catalogHash: catalogHash, sql: sql, epsilon: epsilon}
 	plan, err := s.compiler.Compile(ctx, cat, sql, queries.Options{Epsilon: epsilon})
 	if err != nil {
 		return nil, err
@@ -398,6 +395,18 @@ func (s *Service) compile(ctx context.Context, cat *queries.Catalog, catalogHash
 		s.mu.Unlock()
 	}
 	return plan, nil
+}
+
+// cachedPlan returns a copy of the cached plan of sql over the catalog with
+// the given hash at epsilon, or nil.
+func (s *Service) cachedPlan(catalogHash, sql string, epsilon float64) *queries.Plan {
+	s.mu.Lock()
+	plan, ok := s.plans[planKey{catalogHash: catalogHash, sql: sql, epsilon: epsilon}]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return clonePlan(plan)
 }
 
 // clonePlan copies a plan deep enough that changing the copy's slices
@@ -625,45 +634,78 @@ type prepared struct {
 	plan    *queries.Plan
 }
 
+// validSubmission checks a submission's fields before any lookup.
+func validSubmission(sub QuerySubmission) error {
+	switch {
+	case sub.ProjectID <= 0:
+		return Errorf(EINVALID, "project_id is required")
+	case strings.TrimSpace(sub.SQL) == "":
+		return Errorf(EINVALID, "sql is required")
+	case len(sub.SQL) > MaxSQLBytes:
+		return Errorf(EINVALID, "sql is longer than %d bytes", MaxSQLBytes)
+	case math.IsNaN(sub.Epsilon) || math.IsInf(sub.Epsilon, 0) || sub.Epsilon < 0:
+		return Errorf(EINVALID, "epsilon must be a positive number (or omitted for the dataset's default)")
+	}
+	return nil
+}
+
+// submitter checks in tx that the caller may submit to the project and
+// returns the project and the catalog of the dataset the query is over,
+// with the catalog's hash.
+func (s *Service) submitter(ctx context.Context, tx Tx, u *User, sub QuerySubmission, now time.Time) (*prepared, string, error) {
+	p, err := tx.FindProject(ctx, sub.ProjectID)
+	if err != nil {
+		return nil, "", err
+	}
+	if !slices.Contains(p.Members, u.Subject) {
+		return nil, "", deny("query.submit", projectObject(p.ID), "you are not a member of project %d", p.ID)
+	}
+	if err := usable(p, now); err != nil {
+		return nil, "", err
+	}
+	dataset := sub.Dataset
+	switch {
+	case dataset == "" && len(p.Datasets) == 1:
+		dataset = p.Datasets[0]
+	case dataset == "":
+		return nil, "", Errorf(EINVALID, "project %d has several datasets (%s): name one in dataset", p.ID, strings.Join(p.Datasets, ", "))
+	case !slices.Contains(p.Datasets, dataset):
+		return nil, "", Errorf(EFORBIDDEN, "project %d is not approved for dataset %q", p.ID, dataset)
+	}
+	cat, hash, err := s.catalog(ctx, tx, dataset)
+	if err != nil {
+		return nil, "", err
+	}
+	return &prepared{project: p, cat: cat}, hash, nil
+}
+
+// compileError turns a compilation failure into what the caller sees.
+func (s *Service) compileError(err error, projectID int64) error {
+	var ref *queries.Refusal
+	var appErr *Error
+	switch {
+	case errors.As(err, &ref):
+		return Errorf(EREFUSED, "%s", ref.Message)
+	case errors.As(err, &appErr):
+		return appErr
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	}
+	s.log.Error("compile query", "project", projectID, "err", err)
+	return fmt.Errorf("compile query: %w", err)
+}
+
 // prepare checks the caller may submit to the project and compiles the SQL.
 func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*prepared, error) {
-	if sub.ProjectID <= 0 {
-		return nil, Errorf(EINVALID, "project_id is required")
-	}
-	if strings.TrimSpace(sub.SQL) == "" {
-		return nil, Errorf(EINVALID, "sql is required")
-	}
-	if len(sub.SQL) > MaxSQLBytes {
-		return nil, Errorf(EINVALID, "sql is longer than %d bytes", MaxSQLBytes)
-	}
-	if math.IsNaN(sub.Epsilon) || math.IsInf(sub.Epsilon, 0) || sub.Epsilon < 0 {
-		return nil, Errorf(EINVALID, "epsilon must be a positive number (or omitted for the dataset's default)")
+	if err := validSubmission(sub); err != nil {
+		return nil, err
 	}
 	now := s.clock()
-	pr := &prepared{}
+	var pr *prepared
 	var catalogHash string
 	err := s.view(ctx, u, func(tx Tx) error {
-		p, err := tx.FindProject(ctx, sub.ProjectID)
-		if err != nil {
-			return err
-		}
-		if !slices.Contains(p.Members, u.Subject) {
-			return deny("query.submit", projectObject(p.ID), "you are not a member of project %d", p.ID)
-		}
-		if err := usable(p, now); err != nil {
-			return err
-		}
-		dataset := sub.Dataset
-		switch {
-		case dataset == "" && len(p.Datasets) == 1:
-			dataset = p.Datasets[0]
-		case dataset == "":
-			return Errorf(EINVALID, "project %d has several datasets (%s): name one in dataset", p.ID, strings.Join(p.Datasets, ", "))
-		case !slices.Contains(p.Datasets, dataset):
-			return Errorf(EFORBIDDEN, "project %d is not approved for dataset %q", p.ID, dataset)
-		}
-		pr.project = p
-		pr.cat, catalogHash, err = s.catalog(ctx, tx, dataset)
+		var err error
+		pr, catalogHash, err = s.submitter(ctx, tx, u, sub, now)
 		return err
 	})
 	if err != nil {
@@ -671,22 +713,21 @@ func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*p
 	}
 	plan, err := s.compile(ctx, pr.cat, catalogHash, sub.SQL, sub.Epsilon)
 	if err != nil {
-		var ref *queries.Refusal
-		var appErr *Error
-		switch {
-		case errors.As(err, &ref):
-			return nil, Errorf(EREFUSED, "%s", ref.Message)
-		case errors.As(err, &appErr):
-			return nil, appErr
-		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-			return nil, err
-		}
-		s.log.Error("compile query", "project", sub.ProjectID, "err", err)
-		return nil, fmt.Errorf("compile query: %w", err)
+		return nil, s.compileError(err, sub.ProjectID)
 	}
 	pr.plan = plan
 	return pr, nil
 }
+
+// needPlan ends a submission's transaction whose plan is not compiled yet:
+// compiling (up to milliseconds) waits outside the transaction, which on
+// SQLite holds the only writer.
+type needPlan struct {
+	cat  *queries.Catalog
+	hash string
+}
+
+func (*needPlan) Error() string { return "the query must be compiled first" }
 
 // CheckQuery validates and plans a submission without storing anything.
 func (s *Service) CheckQuery(ctx context.Context, sub QuerySubmission) (*queries.Plan, error) {
@@ -702,18 +743,58 @@ func (s *Service) CheckQuery(ctx context.Context, sub QuerySubmission) (*queries
 }
 
 // SubmitQuery validates, plans and stores a researcher's query with its
-// cost, accuracy and risk flags.
+// cost, accuracy and risk flags. The caller's membership and the project
+// are checked in the transaction that stores the query; the plan comes from
+// the plan cache, or from a compilation between two attempts.
 func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query, error) {
 	u, err := s.authorize(ctx, "query.submit", projectObject(sub.ProjectID), RoleResearcher)
 	if err != nil {
 		return nil, err
 	}
-	pr, err := s.prepare(ctx, u, sub)
+	if err := validSubmission(sub); err != nil {
+		return nil, err
+	}
+	now := s.clock()
+	var compiled *queries.Plan // compiled outside the transaction, for compiledHash
+	var compiledHash string
+	var q *Query
+	for attempt := 1; ; attempt++ {
+		err = s.update(ctx, u, func(tx Tx) error {
+			pr, hash, err := s.submitter(ctx, tx, u, sub, now)
+			if err != nil {
+				return err
+			}
+			plan := compiled
+			if compiledHash != hash {
+				if plan = s.cachedPlan(hash, sub.SQL, sub.Epsilon); plan == nil {
+					return &needPlan{cat: pr.cat, hash: hash}
+				}
+			}
+			q, err = s.storeSubmission(ctx, tx, u, sub, pr, plan, now)
+			return err
+		})
+		var np *needPlan
+		if !errors.As(err, &np) {
+			break
+		}
+		if attempt == 3 {
+			return nil, Errorf(EUNAVAILABLE, "the dataset's catalog changed while the query was compiled: try again")
+		}
+		if compiled, err = s.compile(ctx, np.cat, np.hash, sub.SQL, sub.Epsilon); err != nil {
+			return nil, s.compileError(err, sub.ProjectID)
+		}
+		compiledHash = np.hash
+	}
 	if err != nil {
 		return nil, err
 	}
-	plan := pr.plan
-	now := s.clock()
+	q.History = []Event{{To: StatusSubmitted, Actor: u.Subject, At: now}}
+	return q, nil
+}
+
+// storeSubmission flags and stores a compiled submission in tx and audits
+// it.
+func (s *Service) storeSubmission(ctx context.Context, tx Tx, u *User, sub QuerySubmission, pr *prepared, plan *queries.Plan, now time.Time) (*Query, error) {
 	q := &Query{
 		ProjectID:   pr.project.ID,
 		Dataset:     plan.Dataset,
@@ -744,35 +825,27 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 		Ledger:         LedgerNone,
 	}
 	rec.PredicateSet, rec.PredicateKeys = PredicateKeys(rec.ShapeHash, rec.Predicates)
-	var narrow []RiskFlag
-	if reason := narrowPopulation(pr.cat, plan.Predicates); reason != "" {
-		narrow = append(narrow, RiskFlag{Kind: RiskNarrowPopulation, Message: reason})
-	}
-	err = s.update(ctx, u, func(tx Tx) error {
-		flags, err := s.similarityFlags(ctx, tx, rec)
-		if err != nil {
-			return err
-		}
-		q.RiskFlags = append(append([]RiskFlag{}, flags...), narrow...)
-		if err := tx.CreateQuery(ctx, rec); err != nil {
-			return err
-		}
-		if err := tx.AddEvent(ctx, q.ID, Event{To: StatusSubmitted, Actor: u.Subject, At: now}); err != nil {
-			return err
-		}
-		kinds := make([]string, len(q.RiskFlags))
-		for i, f := range q.RiskFlags {
-			kinds[i] = f.Kind
-		}
-		return appendAudit(ctx, tx, now, u.Subject, "query.submit", queryObject(q.ID),
-			auditDetail("project", strconv.FormatInt(q.ProjectID, 10), "dataset", q.Dataset, "sql_sha256", q.SQLHash,
-				"epsilon", fmtFloat(q.Cost.Epsilon), "delta", fmtFloat(q.Cost.Delta), "risk_flags", strings.Join(kinds, ",")))
-	})
+	flags, err := s.similarityFlags(ctx, tx, rec)
 	if err != nil {
 		return nil, err
 	}
-	q.History = []Event{{To: StatusSubmitted, Actor: u.Subject, At: now}}
-	return q, nil
+	q.RiskFlags = append(q.RiskFlags, flags...)
+	if reason := narrowPopulation(pr.cat, plan.Predicates); reason != "" {
+		q.RiskFlags = append(q.RiskFlags, RiskFlag{Kind: RiskNarrowPopulation, Message: reason})
+	}
+	if err := tx.CreateQuery(ctx, rec); err != nil {
+		return nil, err
+	}
+	if err := tx.AddEvent(ctx, q.ID, Event{To: StatusSubmitted, Actor: u.Subject, At: now}); err != nil {
+		return nil, err
+	}
+	kinds := make([]string, len(q.RiskFlags))
+	for i, f := range q.RiskFlags {
+		kinds[i] = f.Kind
+	}
+	return q, appendAudit(ctx, tx, now, u.Subject, "query.submit", queryObject(q.ID),
+		auditDetail("project", strconv.FormatInt(q.ProjectID, 10), "dataset", q.Dataset, "sql_sha256", q.SQLHash,
+			"epsilon", fmtFloat(q.Cost.Epsilon), "delta", fmtFloat(q.Cost.Delta), "risk_flags", strings.Join(kinds, ",")))
 }
 
 // similarityFlags compares a new query with the project's earlier ones:

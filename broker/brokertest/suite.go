@@ -767,14 +767,19 @@ func testDifferencingFlags(t *testing.T, f *Fixture) {
 	mustDiffer(t, f.MustSubmit(f.Researcher, sel+"ethnicity = 'Black' GROUP BY sex", 0.1), old, "removes the condition")
 }
 
-// countingCompiler counts compilations.
+// countingCompiler counts compilations and runs during, when set, while
+// it compiles.
 type countingCompiler struct {
 	broker.Compiler
-	n atomic.Int64
+	n      atomic.Int64
+	during func()
 }
 
 func (c *countingCompiler) Compile(ctx context.Context, cat *queries.Catalog, sql string, opts queries.Options) (*queries.Plan, error) {
 	c.n.Add(1)
+	if c.during != nil {
+		c.during()
+	}
 	return c.Compiler.Compile(ctx, cat, sql, opts)
 }
 
@@ -829,6 +834,38 @@ func testPlanCache(t *testing.T, cfg Config) {
 	}
 	f.MustSubmit(f.Researcher, DefaultSQL, 0.1)
 	check("after the catalog changed", true)
+
+	// The catalog changes while a query compiles: the plan is compiled again
+	// against the catalog the storing transaction sees.
+	republish := func() {
+		cat.Policy.SmallCellThreshold++
+		if err := f.Service.PublishCatalog(f.Agent, SiteID, cat); err != nil {
+			t.Error(err)
+		}
+	}
+	changes := 1
+	cc.during = func() {
+		if changes > 0 {
+			changes--
+			republish()
+		}
+	}
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 0.3)
+	want++ // compiled for the catalog it started with, then for the new one
+	check("catalog changed during the first compilation", true)
+	got, err := f.Service.CheckQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Epsilon: 0.3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("check against the current catalog", false)
+	if got.Spec.Threshold != cat.Policy.SmallCellThreshold || got.Rewritten != q.Rewritten {
+		t.Errorf("the submission's plan (threshold %d) is not the current catalog's (%d)", got.Spec.Threshold, cat.Policy.SmallCellThreshold)
+	}
+	// A catalog that changes during every compilation ends in a retryable
+	// error, not a loop.
+	cc.during = republish
+	_, err = f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Epsilon: 0.4})
+	MustCode(t, err, broker.EUNAVAILABLE)
 }
 
 // testPredicateSetBackfill checks migration 2 on a database written before
