@@ -158,7 +158,15 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, error) {
 	}
 	ldb, err := openLocked(ctx, s.cc, views)
 	if err != nil {
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		// Opening and locking down the site's own file runs none of the
+		// researcher's SQL, so a failure here is the site's (a leftover WAL,
+		// a damaged or replaced file), not a refusal of the query. The
+		// detail goes to the site log, by class only.
+		s.safe(ctx, err)
+		return nil, Errorf(CodeUnavailable, "the site's data could not be opened")
 	}
 	defer ldb.Close()
 	// The file DuckDB read, for the opt-out snapshot: if it cannot be

@@ -173,3 +173,21 @@ func TestErrorNeverCarriesData(t *testing.T) {
 		t.Fatalf("code = %q, want refused", ErrorCode(err))
 	}
 }
+
+// TestUnopenableDataUnavailable: a data file DuckDB cannot open is the
+// site's problem, reported as unavailable, never as a refused query.
+func TestUnopenableDataUnavailable(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data.duckdb")
+	if err := os.WriteFile(data, []byte("not a DuckDB file, but the site's mistake"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := MustRunner(t, testConfig(t, data))
+	sql := "SELECT count(*) AS n FROM patients"
+	_, err := r.Run(context.Background(), job(sql))
+	if ErrorCode(err) != CodeUnavailable {
+		t.Fatalf("err = %v (code %q), want unavailable", err, ErrorCode(err))
+	}
+	if strings.Contains(err.Error(), "DuckDB") || strings.Contains(err.Error(), "not a DuckDB file") {
+		t.Errorf("error echoes the database's text: %v", err)
+	}
+}
