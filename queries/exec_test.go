@@ -82,6 +82,25 @@ func runPlan(tb testing.TB, db *sql.DB, plan *Plan) ([]dp.GroupStats, int64) {
 	return out, dropped
 }
 
+// sameRowsAsFull fails t unless plan, compiled with a shortcut, has full's
+// Spec and returns exactly full's rows and dropped count on every database.
+func sameRowsAsFull(t *testing.T, dbs map[string]*sql.DB, full, plan *Plan) {
+	t.Helper()
+	if diff := cmp.Diff(full.Spec, plan.Spec); diff != "" {
+		t.Errorf("specs differ (-full +shortcut):\n%s", diff)
+	}
+	for dbName, db := range dbs {
+		got, dropped := runPlan(t, db, plan)
+		want, wantDropped := runPlan(t, db, full)
+		if diff := cmp.Diff(want, got, cmp.Transformer("sort", sortGroups)); diff != "" || dropped != wantDropped {
+			t.Errorf("%s: rows differ from the full pipeline (dropped %d vs %d) (-full +shortcut):\n%s", dbName, wantDropped, dropped, diff)
+		}
+		if len(plan.Spec.Groups) == 0 && len(got) != 1 {
+			t.Errorf("%s: %d rows without GROUP BY", dbName, len(got))
+		}
+	}
+}
+
 func mustCompile(tb testing.TB, p *Parser, cat *Catalog, sqlText string) *Plan {
 	tb.Helper()
 	plan, err := p.Compile(context.Background(), cat, sqlText, Options{Seed: 42})
@@ -428,19 +447,7 @@ SELECT count(*) AS n, avg(mx) AS m FROM ev WHERE mx > 1000`},
 			if !strings.Contains(full.Rewritten, `"__tre_kept"`) {
 				t.Fatalf("full pipeline expected:\n%s", full.Rewritten)
 			}
-			if diff := cmp.Diff(full.Spec, direct.Spec); diff != "" {
-				t.Errorf("specs differ (-full +direct):\n%s", diff)
-			}
-			for dbName, db := range dbs {
-				gotDirect, droppedDirect := runPlan(t, db, direct)
-				gotFull, droppedFull := runPlan(t, db, full)
-				if diff := cmp.Diff(gotFull, gotDirect, cmp.Transformer("sort", sortGroups)); diff != "" || droppedDirect != droppedFull {
-					t.Errorf("%s: direct and full paths differ (dropped %d vs %d) (-full +direct):\n%s", dbName, droppedFull, droppedDirect, diff)
-				}
-				if len(direct.Spec.Groups) == 0 && len(gotDirect) != 1 {
-					t.Errorf("%s: %d rows without GROUP BY", dbName, len(gotDirect))
-				}
-			}
+			sameRowsAsFull(t, dbs, full, direct)
 		})
 	}
 }

@@ -102,16 +102,7 @@ func TestUniquePathSameRows(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(full.Spec, plan.Spec); diff != "" {
-				t.Errorf("specs differ (-full +unique):\n%s", diff)
-			}
-			for dbName, db := range dbs {
-				got, dropped := runPlan(t, db, plan)
-				want, wantDropped := runPlan(t, db, full)
-				if diff := cmp.Diff(want, got, cmp.Transformer("sort", sortGroups)); diff != "" || dropped != wantDropped {
-					t.Errorf("%s: rows differ from the full pipeline (dropped %d vs %d) (-full +unique):\n%s", dbName, wantDropped, dropped, diff)
-				}
-			}
+			sameRowsAsFull(t, dbs, full, plan)
 		})
 	}
 }
