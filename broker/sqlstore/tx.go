@@ -214,7 +214,7 @@ const ledgerTotals = `SELECT project_id,
 	SUM(CASE WHEN ledger = 'reserved' THEN cost_delta ELSE 0 END) AS delta_reserved
 	FROM queries WHERE ledger IN ('reserved', 'charged')`
 
-func scanProject(sc interface{ Scan(...any) error }) (*broker.Project, error) {
+func scanProject(sc scanner) (*broker.Project, error) {
 	var p broker.Project
 	var members, datasets, status string
 	var starts, expires, created int64
@@ -272,16 +272,26 @@ func (t *tx) FindProjects(ctx context.Context, f broker.ProjectFilter) ([]*broke
 	if err != nil {
 		return nil, 0, err
 	}
+	ps, err := collect(rows, scanProject)
+	return ps, n, err
+}
+
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface{ Scan(...any) error }
+
+// collect scans every row with scan and closes rows. The slice is never
+// nil, so an empty list encodes as [] rather than null.
+func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
 	defer rows.Close()
-	ps := []*broker.Project{}
+	out := []T{}
 	for rows.Next() {
-		p, err := scanProject(rows)
+		v, err := scan(rows)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
-		ps = append(ps, p)
+		out = append(out, v)
 	}
-	return ps, n, rows.Err()
+	return out, rows.Err()
 }
 
 // page counts the rows w selects from countFrom, then runs selectSQL (which
@@ -363,16 +373,11 @@ func (t *tx) FindCatalogs(ctx context.Context) ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out [][]byte
-	for rows.Next() {
+	return collect(rows, func(sc scanner) ([]byte, error) {
 		var b string
-		if err := rows.Scan(&b); err != nil {
-			return nil, err
-		}
-		out = append(out, []byte(b))
-	}
-	return out, rows.Err()
+		err := sc.Scan(&b)
+		return []byte(b), err
+	})
 }
 
 func (t *tx) FindSites(ctx context.Context) ([]*broker.Site, error) {
@@ -409,7 +414,7 @@ const queryColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, rewr
 	cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
 	normalized_hash, shape_hash, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message`
 
-func scanQuery(sc interface{ Scan(...any) error }) (*broker.QueryRecord, error) {
+func scanQuery(sc scanner) (*broker.QueryRecord, error) {
 	q := &broker.Query{}
 	rec := &broker.QueryRecord{Query: q}
 	var status, accuracy, flags, ledger string
@@ -556,16 +561,14 @@ func (t *tx) FindQueries(ctx context.Context, f broker.QueryFilter, member strin
 	if err != nil {
 		return nil, 0, err
 	}
-	defer rows.Close()
-	qs := []*broker.Query{}
-	for rows.Next() {
-		rec, err := scanQuery(rows)
+	qs, err := collect(rows, func(sc scanner) (*broker.Query, error) {
+		rec, err := scanQuery(sc)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
-		qs = append(qs, rec.Query)
-	}
-	return qs, n, rows.Err()
+		return rec.Query, nil
+	})
+	return qs, n, err
 }
 
 func (t *tx) AddEvent(ctx context.Context, queryID int64, e broker.Event) error {
@@ -579,19 +582,14 @@ func (t *tx) FindEvents(ctx context.Context, queryID int64) ([]broker.Event, err
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	out := []broker.Event{}
-	for rows.Next() {
+	return collect(rows, func(sc scanner) (broker.Event, error) {
 		var e broker.Event
 		var from, to string
 		var at int64
-		if err := rows.Scan(&from, &to, &e.Actor, &e.Comment, &at); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&from, &to, &e.Actor, &e.Comment, &at)
 		e.From, e.To, e.At = broker.Status(from), broker.Status(to), fromMicros(at)
-		out = append(out, e)
-	}
-	return out, rows.Err()
+		return e, err
+	})
 }
 
 func (t *tx) FindRepeat(ctx context.Context, projectID int64, normalizedHash string) (*broker.SimilarQuery, error) {
@@ -728,18 +726,13 @@ func (t *tx) InsertAudit(ctx context.Context, e *broker.AuditEntry) error {
 }
 
 func scanAudit(rows *sql.Rows) ([]*broker.AuditEntry, error) {
-	defer rows.Close()
-	out := []*broker.AuditEntry{}
-	for rows.Next() {
+	return collect(rows, func(sc scanner) (*broker.AuditEntry, error) {
 		var e broker.AuditEntry
 		var at int64
-		if err := rows.Scan(&e.Seq, &at, &e.Actor, &e.Action, &e.Object, &e.Detail, &e.PrevHash, &e.Hash); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&e.Seq, &at, &e.Actor, &e.Action, &e.Object, &e.Detail, &e.PrevHash, &e.Hash)
 		e.At = fromMicros(at)
-		out = append(out, &e)
-	}
-	return out, rows.Err()
+		return &e, err
+	})
 }
 
 const auditColumns = `seq, at, actor, action, object, detail, prev_hash, hash`
@@ -784,18 +777,13 @@ func (t *tx) Register(ctx context.Context) ([]*broker.RegisterEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	out := []*broker.RegisterEntry{}
-	for rows.Next() {
+	return collect(rows, func(sc scanner) (*broker.RegisterEntry, error) {
 		var r broker.RegisterEntry
 		var starts, expires int64
 		var status string
-		if err := rows.Scan(&r.ProjectID, &r.Title, &r.Organisation, &r.Purpose, &r.LawfulBasis, &starts, &expires, &status,
-			&r.ReleasedQueries, &r.EpsilonSpent); err != nil {
-			return nil, err
-		}
+		err := sc.Scan(&r.ProjectID, &r.Title, &r.Organisation, &r.Purpose, &r.LawfulBasis, &starts, &expires, &status,
+			&r.ReleasedQueries, &r.EpsilonSpent)
 		r.StartsAt, r.ExpiresAt, r.Status = fromMicros(starts), fromMicros(expires), broker.ProjectStatus(status)
-		out = append(out, &r)
-	}
-	return out, rows.Err()
+		return &r, err
+	})
 }
