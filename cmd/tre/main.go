@@ -164,6 +164,20 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// verbOf returns the verb that must lead args of a client command such as
+// "tre query": -h or --help prints usage and returns flag.ErrHelp; a missing
+// verb or a flag in its place is a usage error.
+func verbOf(args []string, usage string, stderr io.Writer) (string, error) {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintln(stderr, usage)
+			return "", flag.ErrHelp
+		}
+		return "", errors.New(usage)
+	}
+	return args[0], nil
+}
+
 // noArgs rejects stray positional arguments.
 func noArgs(fs *flag.FlagSet) error {
 	if fs.NArg() > 0 {

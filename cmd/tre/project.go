@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -68,14 +67,11 @@ func (d dateFlag) Set(s string) error {
 
 // ParseFlags parses the verb and its flags.
 func (m *ProjectMain) ParseFlags(ctx context.Context, args []string) error {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(m.Stderr, projectUsage)
-			return flag.ErrHelp
-		}
-		return errors.New(projectUsage)
+	verb, err := verbOf(args, projectUsage, m.Stderr)
+	if err != nil {
+		return err
 	}
-	m.verb = args[0]
+	m.verb = verb
 	fs := newFlagSet("project "+m.verb, m.Stderr)
 	m.flags.register(fs, m.Getenv)
 	var members, datasets listFlag

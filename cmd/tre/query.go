@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -54,14 +53,11 @@ common flags: --broker URL, --token-file F, --json, --timeout D`
 
 // ParseFlags parses the verb and its flags.
 func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(m.Stderr, queryUsage)
-			return flag.ErrHelp
-		}
-		return errors.New(queryUsage)
+	verb, err := verbOf(args, queryUsage, m.Stderr)
+	if err != nil {
+		return err
 	}
-	m.verb = args[0]
+	m.verb = verb
 	fs := newFlagSet("query "+m.verb, m.Stderr)
 	m.flags.register(fs, m.Getenv)
 	var file string

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -67,14 +65,11 @@ func (m *ReviewMain) name() string {
 
 // ParseFlags parses the verb and its flags.
 func (m *ReviewMain) ParseFlags(ctx context.Context, args []string) error {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(m.Stderr, m.usage())
-			return flag.ErrHelp
-		}
-		return errors.New(m.usage())
+	verb, err := verbOf(args, m.usage(), m.Stderr)
+	if err != nil {
+		return err
 	}
-	m.verb = args[0]
+	m.verb = verb
 	fs := newFlagSet(m.name()+" "+m.verb, m.Stderr)
 	m.flags.register(fs, m.Getenv)
 	needID := true
