@@ -46,6 +46,7 @@ type BenchMain struct {
 	allowWeak     bool
 	keep          bool
 	explain       string
+	apiOnly       bool
 	startCPU      time.Duration // CPU time of all measured sandbox starts
 	args          []string
 	now           func() time.Time
@@ -73,6 +74,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.Int64Var(&m.seed, "seed", 1, "synth seed")
 	fs.BoolVar(&m.allowWeak, "allow-weak-sandbox", false, "run sandboxes even if an isolation layer is unavailable (reported)")
 	fs.BoolVar(&m.keep, "keep", false, "keep the generated data directory")
+	fs.BoolVar(&m.apiOnly, "api-only", false, "run only the broker API phases (needs --data or --catalog for the dataset's catalog; no synth, queries or sandbox)")
 	fs.StringVar(&m.explain, "explain", "", "instead of benchmarking, print DuckDB's EXPLAIN ANALYZE of the raw and the rewritten SQL of this typical query (\"all\": every one)")
 	fs.Usage = func() {
 		fmt.Fprintln(m.stderr, "Usage: tre bench --patients N [--data FILE] [--postgres URL] [--out report.md] [--reps R] [--warmup W]")
@@ -89,7 +91,11 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 		return err
 	}
 	switch {
-	case m.data == "" && (m.patients < 1 || m.patients > synth.MaxPatients):
+	case m.apiOnly && m.data == "" && m.catalog == "":
+		return errors.New("--api-only needs --data or --catalog (the API phases need only the catalog)")
+	case m.apiOnly && m.explain != "":
+		return errors.New("--api-only and --explain exclude each other")
+	case !m.apiOnly && m.data == "" && (m.patients < 1 || m.patients > synth.MaxPatients):
 		return fmt.Errorf("--patients must be between 1 and %d (or give --data)", synth.MaxPatients)
 	case m.reps < 1:
 		return errors.New("--reps must be at least 1")
@@ -149,6 +155,9 @@ func (m *BenchMain) Run(ctx context.Context) error {
 	}
 	cmdline := "tre bench " + strings.Join(m.args, " ")
 	rep := &benchReport{When: m.now().UTC(), Command: redactURL(cmdline, m.postgres), Machine: readMachine(), Reps: m.reps, Warmup: m.warmup, Clients: m.clients}
+	if m.apiOnly {
+		return m.runAPIOnly(ctx, dir, rep)
+	}
 
 	p := newBenchProgress(m.stderr, m.totalSteps())
 	defer p.finish()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/queries"
+	"github.com/nhs-tre/tre/sandbox/synth"
 )
 
 // apiResult is one load phase against one store.
@@ -49,6 +51,73 @@ func (r apiResult) perSecond() float64 {
 		return 0
 	}
 	return float64(r.Lat.n()) / r.Elapsed.Seconds()
+}
+
+// runAPIOnly is `tre bench --api-only`: the broker API phases alone, with
+// the catalog of --catalog (or of --data), for measuring the broker without
+// the minute of DuckDB phases before them.
+func (m *BenchMain) runAPIOnly(ctx context.Context, dir string, rep *benchReport) error {
+	catPath := m.catalog
+	if catPath == "" {
+		catPath = synth.CatalogPath(m.data)
+	}
+	cat, err := queries.LoadCatalog(catPath)
+	if err != nil {
+		return err
+	}
+	stores := []string{"sqlite"}
+	if m.postgres != "" {
+		stores = append(stores, "postgres")
+	}
+	p := newBenchProgress(m.stderr, 2*len(stores))
+	defer p.finish()
+	for _, store := range stores {
+		res, err := m.measureAPI(ctx, p, store, dir, cat)
+		if err != nil {
+			return fmt.Errorf("broker API (%s): %w", store, err)
+		}
+		rep.API = append(rep.API, res...)
+	}
+	p.finish()
+	rep.Machine.LoadEnd = loadAverage()
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "## tre bench --api-only: %s\n\n", rep.When.Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&b, "- command: `%s`\n", rep.Command)
+	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %s RAM, Linux %s, %s\n", rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.Memory, rep.Machine.Kernel, rep.Machine.Go)
+	fmt.Fprintf(&b, "- load average (1/5/15 min) at start %s, at end %s: other processes on the machine inflate every timing\n\n", rep.Machine.LoadStart, rep.Machine.LoadEnd)
+	rep.apiMarkdown(&b)
+	if _, err := io.WriteString(m.stdout, b.String()); err != nil {
+		return err
+	}
+	if m.out != "" {
+		return os.WriteFile(m.out, []byte(b.String()), 0o644)
+	}
+	return nil
+}
+
+// apiMarkdown renders the report's broker API section.
+func (r *benchReport) apiMarkdown(b *strings.Builder) {
+	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	w("### 4. Broker API\n\n")
+	w("A real broker (`tre serve --dev` wiring) on loopback in this process, driven by an in-process load generator with %d concurrent clients (one researcher each), a fixed number of requests and a time cap. ", r.Clients)
+	w("Submissions cycle through the typical queries (parsed, validated, compiled, risk-flagged and stored, with the audit append); reads fetch a submitted query with its history.\n\n")
+	w("CPU/request is the whole process's CPU time (broker and load generator) per request; req/s at %d idle CPUs = %d ÷ CPU/request, the throughput the machine's cores could sustain if nothing else ran.\n\n", r.Machine.CPUs, r.Machine.CPUs)
+	w("| store | operation | requests ok | errors | req/s | p50 | p99 | max | CPU/request | req/s at %d idle CPUs |\n|---|---|---|---|---|---|---|---|---|---|\n", r.Machine.CPUs)
+	for _, a := range r.API {
+		capped := ""
+		if a.Capped {
+			capped = " (time cap)"
+		}
+		w("| %s | %s | %d%s | %d | %.0f | %s | %s | %s | %s | %s |\n", a.Store, a.Op, a.Lat.n(), capped, a.Errors, a.perSecond(), fmtDur(a.Lat.quantile(0.5)), fmtDur(a.Lat.quantile(0.99)), fmtDur(a.Lat.max()),
+			fmtDur(a.cpuPerRequest()), idleRate(a.cpuPerRequest(), r.Machine.CPUs))
+	}
+	for _, a := range r.API {
+		if a.FirstErr != "" {
+			w("\nFirst %s %s error: %s\n", a.Store, a.Op, a.FirstErr)
+		}
+	}
+	w("\n")
 }
 
 // measureAPI starts a real broker (startBroker, as `tre serve --dev` does)

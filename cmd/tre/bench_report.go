@@ -74,25 +74,7 @@ func (r *benchReport) markdown() string {
 	w("### 3. Sandbox start\n\n")
 	w("%s: median %s, p90 %s, min %s, max %s; CPU time (host and child) %s per start.\n\n", r.StartNote, fmtDur(r.Start.median()), fmtDur(r.Start.quantile(0.9)), fmtDur(r.Start.min()), fmtDur(r.Start.max()), fmtDur(cpuPer(r.StartCPU, r.Start.n())))
 
-	w("### 4. Broker API\n\n")
-	w("A real broker (`tre serve --dev` wiring) on loopback in this process, driven by an in-process load generator with %d concurrent clients (one researcher each), a fixed number of requests and a time cap. ", r.Clients)
-	w("Submissions cycle through the typical queries (parsed, validated, compiled, risk-flagged and stored, with the audit append); reads fetch a submitted query with its history.\n\n")
-	w("CPU/request is the whole process's CPU time (broker and load generator) per request; req/s at %d idle CPUs = %d ÷ CPU/request, the throughput the machine's cores could sustain if nothing else ran.\n\n", r.Machine.CPUs, r.Machine.CPUs)
-	w("| store | operation | requests ok | errors | req/s | p50 | p99 | max | CPU/request | req/s at %d idle CPUs |\n|---|---|---|---|---|---|---|---|---|---|\n", r.Machine.CPUs)
-	for _, a := range r.API {
-		capped := ""
-		if a.Capped {
-			capped = " (time cap)"
-		}
-		w("| %s | %s | %d%s | %d | %.0f | %s | %s | %s | %s | %s |\n", a.Store, a.Op, a.Lat.n(), capped, a.Errors, a.perSecond(), fmtDur(a.Lat.quantile(0.5)), fmtDur(a.Lat.quantile(0.99)), fmtDur(a.Lat.max()),
-			fmtDur(a.cpuPerRequest()), idleRate(a.cpuPerRequest(), r.Machine.CPUs))
-	}
-	for _, a := range r.API {
-		if a.FirstErr != "" {
-			w("\nFirst %s %s error: %s\n", a.Store, a.Op, a.FirstErr)
-		}
-	}
-	w("\n")
+	r.apiMarkdown(&b)
 
 	w("### 5. Synth\n\n")
 	if r.Synth == nil {

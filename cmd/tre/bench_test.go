@@ -78,6 +78,32 @@ func TestBench(t *testing.T) {
 	}
 }
 
+// TestBenchAPIOnly runs only the broker API phases from a catalog: the
+// report has the API table and nothing of the DuckDB phases.
+func TestBenchAPIOnly(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	m := newBenchMain(&stdout, &stderr)
+	args := []string{"--api-only", "--catalog", filepath.Join("..", "..", "queries", "testdata", "catalog.yaml"),
+		"--submissions", "12", "--reads", "24", "--clients", "3"}
+	if err := m.ParseFlags(context.Background(), args); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Run(context.Background()); err != nil {
+		t.Fatalf("bench: %v\nstderr:\n%s", err, stderr.String())
+	}
+	report := stdout.String()
+	for _, want := range []string{"## tre bench --api-only", "### 4. Broker API", "| sqlite | submit | 12 | 0 |", "| sqlite | read | 24 | 0 |"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
+	for _, not := range []string{"### 1. Typical queries", "### 3. Sandbox start", "### 5. Synth"} {
+		if strings.Contains(report, not) {
+			t.Errorf("--api-only report has %q", not)
+		}
+	}
+}
+
 func TestBenchFlags(t *testing.T) {
 	tests := []struct {
 		name string
@@ -89,6 +115,8 @@ func TestBenchFlags(t *testing.T) {
 		{"negative warm-up", []string{"--patients", "10", "--warmup", "-1"}, "--warmup"},
 		{"no clients", []string{"--patients", "10", "--clients", "0"}, "--clients"},
 		{"stray argument", []string{"--patients", "10", "extra"}, "extra"},
+		{"api-only without a catalog", []string{"--api-only", "--patients", "10"}, "--catalog"},
+		{"api-only with explain", []string{"--api-only", "--catalog", "c.yaml", "--explain", "all"}, "--explain"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
