@@ -106,7 +106,13 @@ type server struct {
 }
 
 func (s *server) run(ctx context.Context, in []byte, send func(frame) error) error {
-	resp, err := s.handle(ctx, in)
+	resp, ldb, err := s.handle(ctx, in)
+	if ldb != nil {
+		// Closing DuckDB frees its buffer pool and joins its threads: 4-17
+		// ms at 1M patients that the answer need not wait for. The host
+		// kills the process once it has the answer; nothing is written.
+		defer ldb.Close()
+	}
 	if err != nil {
 		e := s.safe(ctx, err)
 		return send(frame{Error: &wireError{Code: e.Code, Message: e.Message}})
@@ -134,41 +140,48 @@ func (s *server) safe(ctx context.Context, err error) *Error {
 	return e
 }
 
-func (s *server) handle(ctx context.Context, in []byte) (*response, error) {
+// handle runs one job. It also returns the DuckDB database it opened, if
+// any, for run to close once the response has been sent.
+func (s *server) handle(ctx context.Context, in []byte) (*response, *lockedDB, error) {
 	var req request
 	if err := json.Unmarshal(in, &req); err != nil {
-		return nil, Errorf(CodeInvalid, "malformed job")
+		return nil, nil, Errorf(CodeInvalid, "malformed job")
 	}
 	if (req.Raw && s.opts.runRaw == nil) || (req.Probe && s.opts.probe == nil) {
-		return nil, Errorf(CodeRefused, "test hooks are not available in this build")
+		return nil, nil, Errorf(CodeRefused, "test hooks are not available in this build")
 	}
 	if queries.SQLHash(req.SQL) != req.SQLHash {
-		return nil, Errorf(CodeInvalid, "the SQL does not match its hash")
+		return nil, nil, Errorf(CodeInvalid, "the SQL does not match its hash")
 	}
 	if req.Catalog == nil {
-		return nil, Errorf(CodeInvalid, "the job has no catalog")
+		return nil, nil, Errorf(CodeInvalid, "the job has no catalog")
 	}
 	s.once.Do(func() { s.onceErr = loadJobPolicy() })
 	if s.onceErr != nil {
-		return nil, fmt.Errorf("job seccomp policy: %w", s.onceErr)
+		return nil, nil, fmt.Errorf("job seccomp policy: %w", s.onceErr)
 	}
 	views, err := viewStatements(req.Catalog)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ldb, err := openLocked(ctx, s.cc, views)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		// Opening and locking down the site's own file runs none of the
 		// researcher's SQL, so a failure here is the site's (a leftover WAL,
 		// a damaged or replaced file), not a refusal of the query. The
 		// detail goes to the site log, by class only.
 		s.safe(ctx, err)
-		return nil, Errorf(CodeUnavailable, "the site's data could not be opened")
+		return nil, nil, Errorf(CodeUnavailable, "the site's data could not be opened")
 	}
-	defer ldb.Close()
+	resp, err := s.runJob(ctx, &req, ldb)
+	return resp, ldb, err
+}
+
+// runJob runs req on the open, locked-down data.
+func (s *server) runJob(ctx context.Context, req *request, ldb *lockedDB) (*response, error) {
 	// The file DuckDB read, for the opt-out snapshot: if it cannot be
 	// told, the hash is computed rather than reused.
 	opened, err := findOpenedData(s.cc.DataPath)
@@ -198,7 +211,7 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, error) {
 		}
 		resp.OptOut = snap
 	default:
-		res, err := execute(ctx, ldb, &req, s.cc)
+		res, err := execute(ctx, ldb, req, s.cc)
 		if err != nil {
 			return nil, err
 		}

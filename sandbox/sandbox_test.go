@@ -75,7 +75,7 @@ func TestProductionChildRefusesHooks(t *testing.T) {
 	// and probe requests before touching the data.
 	s := &server{cc: &childConfig{}}
 	for _, req := range []string{`{"raw":true}`, `{"probe":true}`} {
-		_, err := s.handle(context.Background(), []byte(req))
+		_, _, err := s.handle(context.Background(), []byte(req))
 		if ErrorCode(err) != CodeRefused {
 			t.Errorf("%s: code %q, want refused", req, ErrorCode(err))
 		}
