@@ -107,10 +107,12 @@ type compiler struct {
 	nodes  int
 	ctes   map[string]*relation
 	with   []string // emitted user CTEs, in order
-	// fastPath lets the rewrite skip bounding where each patient has at most
-	// one input row: proven at compile time (onePerPatient) or checked at run
-	// time. false always emits the full bounding pipeline (tests compare).
-	fastPath bool
+	// shortcuts lets the rewrite take the cheaper plans that give the same
+	// rows: no bounding where each patient has at most one input row (proven
+	// at compile time, onePerPatient, or checked at run time), and for
+	// count-only queries one grouping in place of the C-row ranking. false
+	// always emits the full bounding pipeline (tests compare).
+	shortcuts bool
 	// innerPreds are the WHERE conjuncts of per-patient queries.
 	innerPreds []string
 }
@@ -153,6 +155,9 @@ type aggregate struct {
 	spec dp.AggSpec
 	kind aggKind
 	arg  string // DOUBLE expression; for counts a 0/1 indicator or ""
+	// pu is the privacy-unit column a count(pu) or count(DISTINCT pu)
+	// without FILTER reads; arg is then only its NOT NULL indicator.
+	pu string
 }
 
 func (c *compiler) tick(n obj, depth int) error {
@@ -881,6 +886,15 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	if len(q.aggs) == 0 {
 		return nil, refuse("a SELECT without an aggregate", -1, "release counts, sums or means, e.g. count(*)")
 	}
+	// count(pid) and count(DISTINCT pid) of the patient every input row
+	// belongs to: the opt-out filter on q.pid drops NULL ids, so the NOT
+	// NULL indicator is always 1 and they are count(*) and the patient
+	// count. Without an argument the rewrite knows each contribution.
+	for i := range q.aggs {
+		if c.shortcuts && q.aggs[i].pu != "" && q.aggs[i].pu == q.pid {
+			q.aggs[i].arg = ""
+		}
+	}
 	if len(q.aggs) > maxAggregates {
 		return nil, refuse(fmt.Sprintf("%d aggregates", len(q.aggs)), -1, fmt.Sprintf("at most %d are allowed", maxAggregates))
 	}
@@ -1310,6 +1324,9 @@ func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
 		if psql, isPU, err := c.privacyUnitRef(arg, sc); err != nil {
 			return aggregate{}, err
 		} else if isPU {
+			if filter == "" {
+				a.pu = psql
+			}
 			if !distinct {
 				a.kind = aggCountRows
 				a.arg = withFilter("CASE WHEN " + psql + " IS NOT NULL THEN 1 END")

@@ -372,10 +372,11 @@ func TestFastPathTaken(t *testing.T) {
 	p := MustParser(t)
 	cat := MustLoadTestCatalog(t)
 	plan := mustCompile(t, p, cat, `SELECT sex, count(*) AS n FROM patients GROUP BY sex`)
-	cut := strings.Index(plan.Rewritten, `"__tre_all" AS`)
-	if cut < 0 {
-		t.Fatal("no __tre_all stage")
+	dupAt := strings.Index(plan.Rewritten, `"__tre_dup" AS`)
+	if dupAt < 0 {
+		t.Fatal("no __tre_dup stage")
 	}
+	cut := dupAt + strings.Index(plan.Rewritten[dupAt:], "\n")
 	probe := strings.TrimSuffix(strings.TrimSpace(plan.Rewritten[:cut]), ",") + ` SELECT "__d" FROM "__tre_dup"`
 	for _, tt := range []struct {
 		name  string

@@ -198,9 +198,10 @@ func (p *Parser) Compile(ctx context.Context, cat *Catalog, sqlText string, opts
 	return p.compile(ctx, cat, sqlText, opts, true)
 }
 
-// compile is Compile; fastPath=false leaves out the one-row-per-patient
-// shortcut so tests can check both paths give the same rows.
-func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts Options, fastPath bool) (*Plan, error) {
+// compile is Compile; shortcuts=false leaves out every shortcut (the
+// one-row-per-patient paths, the count-only stage) so tests can check the
+// shortcuts give the full pipeline's rows.
+func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts Options, shortcuts bool) (*Plan, error) {
 	if cat == nil {
 		return nil, errors.New("compile: no catalog")
 	}
@@ -231,7 +232,7 @@ func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts
 	if !ok {
 		return nil, refuse("statement", -1, "unrecognised parser output")
 	}
-	c := &compiler{cat: cat, idx: p.index(cat), sql: sqlText, seed: opts.Seed, fastPath: fastPath}
+	c := &compiler{cat: cat, idx: p.index(cat), sql: sqlText, seed: opts.Seed, shortcuts: shortcuts}
 	if len(opts.UniqueTables) > 0 {
 		c.unique = make(map[string]bool, len(opts.UniqueTables))
 		for _, t := range opts.UniqueTables {

@@ -27,8 +27,11 @@ import (
 //	result       per group: distinct patients, Σ contributions, Σ squares and
 //	             the two largest contributions, plus the rows dropped.
 //
-// Ranking only the pairs and patients above the bounds keeps the window
-// functions (sorts) off the common case, where nobody exceeds them. When
+// When every aggregate is count(*) or the patient count, __tre_all and
+// __tre_over collapse into __tre_pg: a pair keeps min(n, C) rows whichever
+// rows they are. Ranking only the pairs and patients above the bounds keeps
+// the window functions (sorts) off the common case, where nobody exceeds
+// them. When
 // each patient has at most one input row the stages are skipped: proven at
 // compile time (q.onePerPatient) the query is just __tre_base grouped; checked
 // at run time (__tre_dup) a guarded direct branch is added and the stages
@@ -79,8 +82,11 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	// contribution, within any k and C, so the rows are grouped directly
 	// with nothing to check, rank or drop. __tre_base is then read once and
 	// stays inlined rather than materialised.
-	direct := c.fastPath && q.onePerPatient
-	if direct {
+	direct := c.shortcuts && q.onePerPatient
+	guarded := !direct && c.shortcuts && q.maybeOnePerPatient
+	counts := c.shortcuts && countsOnly(q)
+	// __tre_base is materialised only when more than one stage reads it.
+	if direct || (counts && !guarded) {
 		b.WriteString(`"__tre_base" AS (SELECT ` + key)
 	} else {
 		b.WriteString(`"__tre_base" AS MATERIALIZED (SELECT ` + key)
@@ -144,7 +150,6 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	// no rows. Otherwise the shortcut sees none. It is only worth checking
 	// when every patient relation is meant to hold one row per patient: with
 	// an event table in FROM the check would cost and always fail.
-	guarded := c.fastPath && q.maybeOnePerPatient
 	slowFilter := ""
 	if guarded {
 		b.WriteString(`"__tre_dup" AS MATERIALIZED (SELECT count("__pid") <> count(DISTINCT "__pid") OR count("__pid") <> count(*) AS "__d" FROM "__tre_base"),` + "\n")
@@ -153,12 +158,32 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 
 	// Stage 2: all rows per (patient, group); the pairs above C recomputed
 	// from their first C rows.
-	fmt.Fprintf(&b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base"%s GROUP BY %s),`+"\n", key, stats(), slowFilter, key)
-	hash := strings.Join(append(append([]string{seed, `"__pid"`}, gcols...), args...), ", ")
-	fmt.Fprintf(&b, `"__tre_over" AS (SELECT %s, %s FROM (SELECT r.*, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base" AS r SEMI JOIN (SELECT %s FROM "__tre_all" WHERE "__n" > %d) AS o ON %s) WHERE "__rn" <= %d GROUP BY %s),`+"\n",
-		key, stats(), key, hash, key, spec.MaxRowsPerGroup, on("r", "o"), spec.MaxRowsPerGroup, key)
-	fmt.Fprintf(&b, `"__tre_pg" AS MATERIALIZED (SELECT %s FROM "__tre_all" WHERE "__n" <= %d UNION ALL SELECT %s FROM "__tre_over"),`+"\n",
-		pgCols, spec.MaxRowsPerGroup, pgCols)
+	//
+	// When every aggregate is count(*) or the patient count, which C rows a
+	// pair keeps cannot change its statistics: it keeps min(n, C) rows and
+	// counts one patient. One grouping then gives the bounded pairs, with
+	// __nall keeping the rows before the bound for the dropped-row count.
+	allRows := `(SELECT coalesce(sum("__n"), 0) FROM "__tre_all")`
+	if counts {
+		c := spec.MaxRowsPerGroup
+		fmt.Fprintf(&b, `"__tre_pg" AS MATERIALIZED (SELECT %s, count(*) AS "__nall", least(count(*), %d) AS "__n"`, key, c)
+		for j, a := range q.aggs {
+			if a.kind == aggCountRows {
+				fmt.Fprintf(&b, ", CAST(least(count(*), %d) AS DOUBLE) AS %s", c, acol("c", j))
+			} else {
+				fmt.Fprintf(&b, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
+			}
+		}
+		fmt.Fprintf(&b, ` FROM "__tre_base"%s GROUP BY %s),`+"\n", slowFilter, key)
+		allRows = `(SELECT coalesce(sum("__nall"), 0) FROM "__tre_pg")`
+	} else {
+		fmt.Fprintf(&b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base"%s GROUP BY %s),`+"\n", key, stats(), slowFilter, key)
+		hash := strings.Join(append(append([]string{seed, `"__pid"`}, gcols...), args...), ", ")
+		fmt.Fprintf(&b, `"__tre_over" AS (SELECT %s, %s FROM (SELECT r.*, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base" AS r SEMI JOIN (SELECT %s FROM "__tre_all" WHERE "__n" > %d) AS o ON %s) WHERE "__rn" <= %d GROUP BY %s),`+"\n",
+			key, stats(), key, hash, key, spec.MaxRowsPerGroup, on("r", "o"), spec.MaxRowsPerGroup, key)
+		fmt.Fprintf(&b, `"__tre_pg" AS MATERIALIZED (SELECT %s FROM "__tre_all" WHERE "__n" <= %d UNION ALL SELECT %s FROM "__tre_over"),`+"\n",
+			pgCols, spec.MaxRowsPerGroup, pgCols)
+	}
 
 	// Stage 3: at most k groups per patient.
 	if len(gcols) > 0 {
@@ -194,14 +219,18 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		} else {
 			fmt.Fprintf(&b, `, CAST(0 AS DOUBLE) AS "%s__sum", CAST(0 AS DOUBLE) AS "%s__sumsq"`, name, name)
 		}
-		fmt.Fprintf(&b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
-			contrib, name, contrib, name)
+		if c.shortcuts && a.kind == aggCountPatients && a.arg == "" {
+			writeUnitTop(&b, name)
+		} else {
+			fmt.Fprintf(&b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
+				contrib, name, contrib, name)
+		}
 	}
 	// Rows dropped: all rows less those kept, summed over the groups by a
 	// window on this stage's own rows, so __tre_kept is read once and
 	// streams into this aggregate instead of being materialised for a second
 	// reader (~8% of a bounded query at 10M patients).
-	b.WriteString(`, CAST((SELECT coalesce(sum("__n"), 0) FROM "__tre_all") - coalesce(sum(sum("__n")) OVER (), 0) AS BIGINT) AS "__dropped"`)
+	b.WriteString(`, CAST(` + allRows + ` - coalesce(sum(sum("__n")) OVER (), 0) AS BIGINT) AS "__dropped"`)
 	b.WriteString(` FROM "__tre_kept"`)
 	if len(gcols) > 0 {
 		b.WriteString(" GROUP BY " + strings.Join(gcols, ", "))
@@ -237,8 +266,12 @@ func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guar
 			fmt.Fprintf(b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count", CAST(0 AS DOUBLE) AS "%s__sum", CAST(0 AS DOUBLE) AS "%s__sumsq"`,
 				contrib, name, name, name)
 		}
-		fmt.Fprintf(b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
-			contrib, name, contrib, name)
+		if a.arg == "" && a.kind != aggValue {
+			writeUnitTop(b, name)
+		} else {
+			fmt.Fprintf(b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
+				contrib, name, contrib, name)
+		}
 	}
 	b.WriteString(`, CAST(0 AS BIGINT) AS "__dropped" FROM "__tre_base"`)
 	if guarded {
@@ -249,6 +282,25 @@ func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guar
 	} else if guarded {
 		b.WriteString(` HAVING NOT (SELECT "__d" FROM "__tre_dup")`)
 	}
+}
+
+// countsOnly reports whether every aggregate is count(*) or the patient
+// count, whose bounded statistics do not depend on which rows are kept.
+func countsOnly(q *query) bool {
+	for _, a := range q.aggs {
+		if a.arg != "" || a.kind == aggValue {
+			return false
+		}
+	}
+	return true
+}
+
+// writeUnitTop writes the two largest contributions of an aggregate to
+// which every patient of the group contributes exactly 1 (the patient count;
+// count(*) when each patient has one row): 1 and 1 once the group has two
+// patients. It saves the top-2 aggregate, which costs as much as a sum.
+func writeUnitTop(b *strings.Builder, name string) {
+	fmt.Fprintf(b, `, CAST(least(count(*), 1) AS DOUBLE) AS "%s__top1", CAST(CASE WHEN count(*) >= 2 THEN 1 ELSE 0 END AS DOUBLE) AS "%s__top2"`, name, name)
 }
 
 func escapeName(s string) string { return strings.ReplaceAll(s, `"`, `""`) }
