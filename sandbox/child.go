@@ -84,6 +84,7 @@ func Serve(opts ServeOptions) int {
 		return 1
 	}
 	srv := &server{cc: &cc, layers: layers, log: log, opts: opts}
+	srv.openEarly()
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: handshake(),
 		Plugins:         plugin.PluginSet{pluginName: &grpcPlugin{server: srv}},
@@ -103,6 +104,61 @@ type server struct {
 
 	once    sync.Once
 	onceErr error
+
+	mu sync.Mutex
+	// early delivers the data opened while the handshake completed
+	// (openEarly), to the first job only.
+	early chan openResult
+}
+
+type openResult struct {
+	ldb *lockedDB
+	err error
+}
+
+// openEarly starts opening the data file (openData: read-only, external
+// access off) in the background, so that DuckDB's start overlaps the plugin
+// handshake and the host's dial instead of following them. The process is
+// already hardened; no job is known yet, and lockDown still runs with the
+// job's views before any SQL of it.
+func (s *server) openEarly() {
+	ch := make(chan openResult, 1)
+	s.early = ch
+	go func() {
+		ldb, err := openData(context.Background(), s.cc)
+		ch <- openResult{ldb, err}
+	}()
+}
+
+// open returns the job's locked-down data: the early-opened database for
+// the first job, a fresh one otherwise.
+func (s *server) open(ctx context.Context, views []string) (*lockedDB, error) {
+	s.mu.Lock()
+	early := s.early
+	s.early = nil
+	s.mu.Unlock()
+	if early == nil {
+		return openLocked(ctx, s.cc, views)
+	}
+	var o openResult
+	select {
+	case o = <-early:
+	case <-ctx.Done():
+		go func() {
+			if o := <-early; o.ldb != nil {
+				o.ldb.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+	if o.err != nil {
+		return nil, o.err
+	}
+	if err := o.ldb.lockDown(ctx, s.cc, views); err != nil {
+		o.ldb.Close()
+		return nil, err
+	}
+	return o.ldb, nil
 }
 
 func (s *server) run(ctx context.Context, in []byte, send func(frame) error) error {
@@ -164,7 +220,7 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, *lockedDB, e
 	if err != nil {
 		return nil, nil, err
 	}
-	ldb, err := openLocked(ctx, s.cc, views)
+	ldb, err := s.open(ctx, views)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"testing"
 )
 
@@ -57,5 +58,67 @@ func TestResponseSentBeforeDataClosed(t *testing.T) {
 	}
 	if _, err := findOpenedData(cfg.DataPath); err == nil {
 		t.Error("the data file is still open after run returned")
+	}
+}
+
+// runInProcess runs one request through s.run and returns the response or
+// the error frame's code.
+func runInProcess(t *testing.T, s *server, req *request) (*response, string) {
+	t.Helper()
+	in, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf []byte
+	code := ""
+	err = s.run(context.Background(), in, func(f frame) error {
+		if f.Error != nil {
+			code = f.Error.Code
+		}
+		buf = append(buf, f.Data...)
+		return nil
+	})
+	if err != nil || code != "" {
+		return nil, code
+	}
+	var resp response
+	if err := json.Unmarshal(buf, &resp); err != nil {
+		t.Fatal(err)
+	}
+	return &resp, ""
+}
+
+// The data opened while the handshake completes serves the first job, locked
+// down like any other (the job's SQL cannot undo the settings); a second job
+// in the same process, which the host never sends, opens its own.
+func TestEarlyOpenServesFirstJobOnly(t *testing.T) {
+	s, cfg := inProcessServer(t)
+	s.openEarly()
+	set := "SET enable_external_access = true"
+	if _, code := runInProcess(t, s, &request{QueryID: "a", SQL: set, SQLHash: hashSQL(set), Catalog: cfg.Catalog, Raw: true}); code != CodeRefused {
+		t.Errorf("%s on the early-opened data: code %q, want refused", set, code)
+	}
+	if s.early != nil {
+		t.Error("the early-opened data is still offered after the first job")
+	}
+	q := "SELECT count(*) FROM patients"
+	resp, code := runInProcess(t, s, &request{QueryID: "b", SQL: q, SQLHash: hashSQL(q), Catalog: cfg.Catalog, Raw: true})
+	if code != "" || resp.Raw == nil || resp.Raw.Rows != 1 {
+		t.Errorf("second job: %+v, code %q; want one row", resp, code)
+	}
+	if !slices.Contains(resp.Layers, LayerDuckDBLockdown) {
+		t.Errorf("second job layers %v lack %s", resp.Layers, LayerDuckDBLockdown)
+	}
+}
+
+// A data file that cannot be opened fails the early open; the job reports
+// the site's data unavailable, as when it opened the file itself.
+func TestEarlyOpenFailureUnavailable(t *testing.T) {
+	s, cfg := inProcessServer(t)
+	s.cc.DataPath += ".missing"
+	s.openEarly()
+	q := "SELECT count(*) FROM patients"
+	if _, code := runInProcess(t, s, &request{QueryID: "a", SQL: q, SQLHash: hashSQL(q), Catalog: cfg.Catalog, Raw: true}); code != CodeUnavailable {
+		t.Errorf("code %q, want %s", code, CodeUnavailable)
 	}
 }

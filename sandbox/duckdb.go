@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -26,12 +27,26 @@ func (l *lockedDB) Close() error {
 	return errors.Join(l.conn.Close(), l.db.Close())
 }
 
-// openLocked opens the data file read-only with every setting DuckDB takes
-// at open time, then on its one connection sets the temp directory (only
-// possible while external access is still on), switches external access
-// off, creates the views, locks the configuration and reads every setting
-// back. Any difference refuses the job.
+// openLocked opens the data file and locks it down (openData, then
+// lockDown) for a job with these views.
 func openLocked(ctx context.Context, cc *childConfig, views []string) (*lockedDB, error) {
+	l, err := openData(ctx, cc)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.lockDown(ctx, cc, views); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// openData opens the data file read-only with every setting DuckDB takes
+// at open time, then on its one connection sets the temp directory (only
+// possible while external access is still on) and switches external access
+// off. It needs nothing of a job, so the child can run it while the plugin
+// handshake completes; lockDown must follow before any job's SQL.
+func openData(ctx context.Context, cc *childConfig) (*lockedDB, error) {
 	if strings.ContainsAny(cc.DataPath, "?#") {
 		return nil, errors.New("data path must not contain ? or #")
 	}
@@ -52,23 +67,28 @@ func openLocked(ctx context.Context, cc *childConfig, views []string) (*lockedDB
 		return nil, fmt.Errorf("open data: %w", err)
 	}
 	l := &lockedDB{db: db, conn: conn}
-	stmts := []string{
+	for _, s := range []string{
 		"SET temp_directory = " + quoteLiteral(cc.tempDir()),
 		"SET enable_external_access = false",
-	}
-	stmts = append(stmts, views...)
-	stmts = append(stmts, "SET lock_configuration = true")
-	for _, s := range stmts {
+	} {
 		if _, err := conn.ExecContext(ctx, s); err != nil {
 			l.Close()
 			return nil, fmt.Errorf("lock down: %w", err)
 		}
 	}
-	if err := verifySettings(ctx, conn, cc); err != nil {
-		l.Close()
-		return nil, err
-	}
 	return l, nil
+}
+
+// lockDown creates the views on the connection openData left, locks the
+// configuration and reads every setting back. Any difference refuses the
+// job.
+func (l *lockedDB) lockDown(ctx context.Context, cc *childConfig, views []string) error {
+	for _, s := range append(slices.Clone(views), "SET lock_configuration = true") {
+		if _, err := l.conn.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("lock down: %w", err)
+		}
+	}
+	return verifySettings(ctx, l.conn, cc)
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
