@@ -217,11 +217,21 @@ func (s *Service) authorize(ctx context.Context, action, object string, roles ..
 
 // update runs fn in a write transaction and settles denials.
 func (s *Service) update(ctx context.Context, u *User, fn func(Tx) error) error {
+	return s.write(ctx, u, s.store.Update, fn)
+}
+
+// updateGrouped is update for writes that may share a transaction and its
+// commit with concurrent ones (Store.UpdateGrouped).
+func (s *Service) updateGrouped(ctx context.Context, u *User, fn func(Tx) error) error {
+	return s.write(ctx, u, s.store.UpdateGrouped, fn)
+}
+
+func (s *Service) write(ctx context.Context, u *User, run func(context.Context, func(Tx) error) error, fn func(Tx) error) error {
 	if s.onTransition == nil {
-		return s.settle(ctx, u, s.store.Update(ctx, fn))
+		return s.settle(ctx, u, run(ctx, fn))
 	}
 	var last *observedTx // the attempt that committed, if any
-	err := s.store.Update(ctx, func(tx Tx) error {
+	err := run(ctx, func(tx Tx) error {
 		last = &observedTx{Tx: tx}
 		return fn(last)
 	})
@@ -759,7 +769,9 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 	var compiledHash string
 	var q *Query
 	for attempt := 1; ; attempt++ {
-		err = s.update(ctx, u, func(tx Tx) error {
+		// Submissions are the broker's most frequent write: concurrent
+		// ones share a commit (each is still checked and stored alone).
+		err = s.updateGrouped(ctx, u, func(tx Tx) error {
 			pr, hash, err := s.submitter(ctx, tx, u, sub, now)
 			if err != nil {
 				return err

@@ -14,6 +14,14 @@ type Store interface {
 	// LockQuery so that concurrent transactions (also in other broker
 	// processes sharing the database) serialise on them.
 	Update(ctx context.Context, fn func(Tx) error) error
+	// UpdateGrouped is Update for frequent, short writes: the store may run
+	// fn in a transaction shared with other concurrent UpdateGrouped calls,
+	// so that they share one commit (and its sync to disk). fn runs alone,
+	// after the calls ahead of it, and its writes are kept or discarded as
+	// a whole, on their own: a failing fn does not affect the others. It
+	// returns only once the shared transaction has committed; if that
+	// fails, every call sharing it fails and nothing of any is written.
+	UpdateGrouped(ctx context.Context, fn func(Tx) error) error
 	// View runs fn in a read-only transaction.
 	View(ctx context.Context, fn func(Tx) error) error
 	Ping(ctx context.Context) error

@@ -33,6 +33,12 @@ type Config struct {
 	Reopen func(tb testing.TB, s Store) Store
 	// Compiler defaults to a real *queries.Parser.
 	Compiler broker.Compiler
+	// SerialWrites says the store commits one write transaction (or group)
+	// at a time in one process, so query ids follow commit order and each
+	// write sees every one committed before it. PostgreSQL runs concurrent
+	// transactions: ids are taken before commit, and a transaction does not
+	// see others still in flight.
+	SerialWrites bool
 }
 
 // Clock is an injectable clock for leases and expiry.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("Catalogs", func(t *testing.T) { testCatalogs(t, fresh(t, broker.Options{})) })
 	t.Run("BudgetLedger", func(t *testing.T) { testBudgetLedger(t, fresh(t, broker.Options{})) })
 	t.Run("ConcurrentApprovals", func(t *testing.T) { testConcurrentApprovals(t, fresh(t, broker.Options{})) })
+	t.Run("ConcurrentSubmissions", func(t *testing.T) { testConcurrentSubmissions(t, cfg, fresh(t, broker.Options{})) })
 	t.Run("Leases", func(t *testing.T) { testLeases(t, fresh(t, broker.Options{LeaseTTL: time.Minute})) })
 	t.Run("LeaseExpiryExhaustsAttempts", func(t *testing.T) {
 		testLeaseExpiryExhaustsAttempts(t, fresh(t, broker.Options{LeaseTTL: time.Minute}))
@@ -440,6 +442,93 @@ func testConcurrentApprovals(t *testing.T, f *Fixture) {
 	b := f.MustBudget()
 	if !near(b.EpsilonReserved, ProjectEpsilon) || b.EpsilonRemaining < -1e-9 {
 		t.Fatalf("budget after race = %+v", b)
+	}
+	f.MustVerify()
+}
+
+// testConcurrentSubmissions submits at once from members and from an
+// outsider, whose submissions are refused inside the transaction (on
+// SQLite, inside a group shared with members' submissions). Every member's
+// submission lands once, every refusal is audited and the chain is intact.
+// Where writes are serial, the chain's order is also the order the queries
+// were stored in, and each submission saw those stored before it (the
+// repeat flag names the first).
+func testConcurrentSubmissions(t *testing.T, cfg Config, f *Fixture) {
+	const n = 48
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var ids []int64
+	var denied int
+	byID := map[int64]*broker.Query{}
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := []context.Context{f.Researcher, f.Researcher2, f.Researcher, f.Outsider}[i%4]
+			q, err := f.Service.SubmitQuery(ctx, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Purpose: "test", Epsilon: 0.1})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case i%4 == 3 && broker.ErrorCode(err) == broker.EFORBIDDEN:
+				denied++
+			case i%4 != 3 && err == nil:
+				ids = append(ids, q.ID)
+				byID[q.ID] = q
+			default:
+				t.Errorf("submission %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(byID) != n/4*3 || denied != n/4 {
+		t.Fatalf("%d distinct queries stored and %d refused, want %d and %d", len(byID), denied, n/4*3, n/4)
+	}
+	slices.Sort(ids)
+	first := ids[0]
+	for _, id := range ids {
+		if got := f.MustQuery(id); got.Status != broker.StatusSubmitted {
+			t.Errorf("query %d: status %s", id, got.Status)
+		}
+		if !cfg.SerialWrites {
+			continue
+		}
+		var repeatOf int64
+		for _, fl := range byID[id].RiskFlags {
+			if fl.Kind == broker.RiskRepeat {
+				repeatOf = fl.SimilarQueryID
+			}
+		}
+		want := first
+		if id == first {
+			want = 0
+		}
+		if repeatOf != want {
+			t.Errorf("query %d: flagged as a repeat of %d, want %d", id, repeatOf, want)
+		}
+	}
+	if got := auditCount(t, f, "authz.denied"); got != n/4 {
+		t.Errorf("%d refusals audited, want %d", got, n/4)
+	}
+	action := "query.submit"
+	entries, _, err := f.Service.FindAuditEntries(f.Admin, broker.AuditFilter{Action: &action, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objects []string
+	for _, e := range entries {
+		objects = append(objects, e.Object)
+	}
+	var want []string
+	for _, id := range ids {
+		want = append(want, fmt.Sprintf("query/%d", id))
+	}
+	if !cfg.SerialWrites {
+		// Chain order is commit order; ids were taken before commit.
+		slices.Sort(objects)
+		slices.Sort(want)
+	}
+	if fmt.Sprint(objects) != fmt.Sprint(want) {
+		t.Errorf("query.submit entries in chain order %v, want the queries in id order %v", objects, want)
 	}
 	f.MustVerify()
 }

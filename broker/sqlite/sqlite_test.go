@@ -33,6 +33,7 @@ func config() brokertest.Config {
 			st.Close()
 			return mustOpen(tb, st.Path())
 		},
+		SerialWrites: true,
 	}
 }
 

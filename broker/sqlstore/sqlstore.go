@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nhs-tre/tre/broker"
@@ -50,6 +51,10 @@ type Dialect struct {
 	// Prepare caches prepared statements per connection; drivers that cache
 	// statements themselves (pgx) do not need it.
 	Prepare bool
+	// GroupCommit lets concurrent UpdateGrouped calls share one
+	// transaction and one commit (group.go); without it UpdateGrouped is
+	// Update.
+	GroupCommit bool
 }
 
 // DB implements broker.Store.
@@ -60,6 +65,15 @@ type DB struct {
 	mu    sync.Mutex
 	stmts map[stmtKey]*sql.Stmt
 	sqls  sync.Map // query with ? → dialect SQL
+
+	// Group commit (GroupCommit only): units wait in queue for the writer
+	// goroutine, which Close stops by closing quit and waits for on
+	// writerDone.
+	queue           chan *unit
+	quit            chan struct{}
+	closeOnce       sync.Once
+	writerDone      chan struct{}
+	groups, grouped atomic.Int64
 }
 
 type stmtKey struct {
@@ -79,11 +93,19 @@ func New(ctx context.Context, write, read *sql.DB, d Dialect) (*DB, error) {
 	if err := db.migrate(ctx); err != nil {
 		return nil, err
 	}
+	if d.GroupCommit {
+		db.startGroupWriter()
+	}
 	return db, nil
 }
 
-// Close closes prepared statements and both pools.
+// Close stops the group writer (units still waiting get an error), then
+// closes prepared statements and both pools.
 func (db *DB) Close() error {
+	if db.queue != nil {
+		db.closeOnce.Do(func() { close(db.quit) })
+		<-db.writerDone
+	}
 	db.mu.Lock()
 	for k, s := range db.stmts {
 		s.Close()

@@ -18,9 +18,20 @@ type tx struct {
 	db   *DB
 	tx   *sql.Tx
 	read bool
+	// detach runs statements without their context's cancellation (group
+	// commit: an interrupted statement may abort the shared transaction).
+	detach bool
 	// unprepared lists statements run without a cached prepared statement;
 	// they are prepared once the transaction has released its connection.
 	unprepared []string
+}
+
+// sctx is the context statements run with.
+func (t *tx) sctx(ctx context.Context) context.Context {
+	if t.detach {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
 }
 
 // prepared returns q as a statement bound to the transaction when the
@@ -38,6 +49,7 @@ func (t *tx) prepared(ctx context.Context, q string) (*sql.Stmt, error) {
 }
 
 func (t *tx) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	ctx = t.sctx(ctx)
 	s, err := t.prepared(ctx, q)
 	if err != nil {
 		return nil, err
@@ -49,6 +61,7 @@ func (t *tx) exec(ctx context.Context, q string, args ...any) (sql.Result, error
 }
 
 func (t *tx) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	ctx = t.sctx(ctx)
 	s, err := t.prepared(ctx, q)
 	if err != nil {
 		return nil, err
@@ -62,6 +75,7 @@ func (t *tx) query(ctx context.Context, q string, args ...any) (*sql.Rows, error
 // queryRow runs q and scans its single row into dest; it reports
 // sql.ErrNoRows when there is none.
 func (t *tx) queryRow(ctx context.Context, q string, args []any, dest ...any) error {
+	ctx = t.sctx(ctx)
 	s, err := t.prepared(ctx, q)
 	if err != nil {
 		return err
@@ -74,6 +88,7 @@ func (t *tx) queryRow(ctx context.Context, q string, args []any, dest ...any) er
 
 // dynamic runs ad-hoc SQL (filters) without caching a statement.
 func (t *tx) dynamic(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	ctx = t.sctx(ctx)
 	return t.tx.QueryContext(ctx, t.db.rebind(q), args...)
 }
 
@@ -238,6 +253,7 @@ func scanProject(sc scanner) (*broker.Project, error) {
 }
 
 func (t *tx) FindProject(ctx context.Context, id int64) (*broker.Project, error) {
+	ctx = t.sctx(ctx)
 	s, err := t.prepared(ctx, findProjectSQL)
 	if err != nil {
 		return nil, err
@@ -524,6 +540,7 @@ func (t *tx) LockQuery(ctx context.Context, id int64) error {
 }
 
 func (t *tx) FindQuery(ctx context.Context, id int64) (*broker.QueryRecord, error) {
+	ctx = t.sctx(ctx)
 	s, err := t.prepared(ctx, findQuerySQL)
 	if err != nil {
 		return nil, err
