@@ -18,6 +18,7 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/broker/sqlstore"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox/synth"
 )
@@ -35,6 +36,9 @@ type apiResult struct {
 	// CPU is the CPU time the whole process (broker and load generator)
 	// used during the phase.
 	CPU time.Duration
+	// Groups and Grouped count the shared commits of the phase and the
+	// writes they held (stores with group commit only).
+	Groups, Grouped int64
 }
 
 // cpuPerRequest is the process CPU time per successful request, client
@@ -111,6 +115,11 @@ func (r *benchReport) apiMarkdown(b *strings.Builder) {
 		}
 		w("| %s | %s | %d%s | %d | %.0f | %s | %s | %s | %s | %s |\n", a.Store, a.Op, a.Lat.n(), capped, a.Errors, a.perSecond(), fmtDur(a.Lat.quantile(0.5)), fmtDur(a.Lat.quantile(0.99)), fmtDur(a.Lat.max()),
 			fmtDur(a.cpuPerRequest()), idleRate(a.cpuPerRequest(), r.Machine.CPUs))
+	}
+	for _, a := range r.API {
+		if a.Groups > 0 {
+			w("\n%s %s: %d writes in %d shared commits (%.2f per commit; group commit).\n", a.Store, a.Op, a.Grouped, a.Groups, float64(a.Grouped)/float64(a.Groups))
+		}
 	}
 	for _, a := range r.API {
 		if a.FirstErr != "" {
@@ -203,6 +212,11 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 		return nil, fmt.Errorf("create project: %w", err)
 	}
 
+	grouper, _ := b.store.(interface{ GroupStats() sqlstore.GroupStats })
+	var before sqlstore.GroupStats
+	if grouper != nil {
+		before = grouper.GroupStats()
+	}
 	var idsMu sync.Mutex
 	var ids []int64
 	submit := m.load(ctx, store, "submit", m.submissions, researchers, func(ctx context.Context, c *api.Client, i int) error {
@@ -216,6 +230,10 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 		idsMu.Unlock()
 		return nil
 	})
+	if grouper != nil {
+		after := grouper.GroupStats()
+		submit.Groups, submit.Grouped = after.Groups-before.Groups, after.Units-before.Units
+	}
 	p.step()
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("no submission succeeded: %s", submit.FirstErr)
