@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/queries"
+)
+
+// TestBrokerKill9DuringSubmissions kills the SQLite broker with SIGKILL
+// while many researchers' submissions are in flight, so that commits are
+// shared between them (group commit), twice. After the last restart every
+// acknowledged submission is there, the audit chain verifies, and every
+// stored query has exactly its one query.submit entry and nothing else of
+// a submission is stored without its query: nothing was half-written.
+func TestBrokerKill9DuringSubmissions(t *testing.T) {
+	s := startFaultSite(t, "", false)
+	ctx := context.Background()
+	// No agent: the catalog is published as one would, and nothing runs.
+	cat, err := queries.LoadCatalog(s.catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.as("site").PublishCatalog(ctx, "site-1", cat); err != nil {
+		t.Fatal(err)
+	}
+	projectID := s.createProject(t, 1000)
+
+	const submitters = 12
+	var mu sync.Mutex
+	acked := map[int64]bool{}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i := range submitters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := s.quick("alice")
+			// Texts differ per submitter so risk flags and the predicate
+			// sets get written too.
+			sql := faultSQL
+			if i%2 == 1 {
+				sql = "SELECT sex, count(*) AS n FROM patients WHERE region = 'London' GROUP BY sex"
+			}
+			for wctx.Err() == nil {
+				q, err := c.SubmitQuery(wctx, api.QueryRequest{ProjectID: projectID, SQL: sql, Purpose: "kill -9 " + strconv.Itoa(i), Epsilon: faultEpsilon})
+				if err == nil {
+					mu.Lock()
+					acked[q.ID] = true
+					mu.Unlock()
+				} else {
+					time.Sleep(20 * time.Millisecond) // broker down
+				}
+			}
+		}()
+	}
+	for kill := 0; kill < 2; kill++ {
+		n0 := count()
+		eventually(t, 60*time.Second, "acknowledged submissions before a kill", func() error {
+			if n := count(); n < n0+50 {
+				return fmt.Errorf("%d new acknowledged submissions", n-n0)
+			}
+			return nil
+		})
+		s.broker.kill()
+		s.restartBroker(t)
+	}
+	n0 := count()
+	eventually(t, 60*time.Second, "acknowledged submissions after the last restart", func() error {
+		if n := count(); n < n0+10 {
+			return fmt.Errorf("%d new acknowledged submissions", n-n0)
+		}
+		return nil
+	})
+	stop()
+	wg.Wait()
+	t.Logf("%d acknowledged submissions", len(acked))
+
+	admin := s.as("dave")
+	if v, err := admin.VerifyAudit(ctx); err != nil || !v.OK {
+		t.Fatalf("audit chain after kill -9: %+v, %v", v, err)
+	}
+	stored := map[int64]bool{}
+	for off := 0; ; {
+		page, err := admin.Queries(ctx, api.QueryListOptions{ProjectID: projectID, ListOptions: api.ListOptions{Limit: 500, Offset: off}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range page.Items {
+			stored[q.ID] = true
+			if q.Status != broker.StatusSubmitted {
+				t.Errorf("query %d is %s", q.ID, q.Status)
+			}
+		}
+		off += len(page.Items)
+		if len(page.Items) == 0 || off >= page.Total {
+			break
+		}
+	}
+	for id := range acked {
+		if !stored[id] {
+			t.Errorf("acknowledged submission %d lost", id)
+		}
+	}
+	audited := map[int64]int{}
+	for off := 0; ; {
+		page, err := admin.Audit(ctx, api.AuditOptions{Action: "query.submit", ListOptions: api.ListOptions{Limit: 1000, Offset: off}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range page.Items {
+			id, err := strconv.ParseInt(strings.TrimPrefix(e.Object, "query/"), 10, 64)
+			if err != nil {
+				t.Fatalf("query.submit entry for %q", e.Object)
+			}
+			audited[id]++
+		}
+		off += len(page.Items)
+		if len(page.Items) == 0 || off >= page.Total {
+			break
+		}
+	}
+	for id := range stored {
+		if audited[id] != 1 {
+			t.Errorf("query %d has %d query.submit entries, want 1", id, audited[id])
+		}
+	}
+	for id := range audited {
+		if !stored[id] {
+			t.Errorf("query.submit entry for query %d, which is not stored", id)
+		}
+	}
+	// Every stored query has its history (the submission event).
+	for id := range stored {
+		q, err := admin.Query(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(q.History) != 1 || q.History[0].To != broker.StatusSubmitted {
+			t.Errorf("query %d history = %+v", id, q.History)
+		}
+	}
+}
