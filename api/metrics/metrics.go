@@ -43,6 +43,9 @@ type Options struct {
 	Budgets func(ctx context.Context) ([]Budget, error)
 	// AgentsLastSeen returns when each site's agent last called the broker.
 	AgentsLastSeen func(ctx context.Context) (map[string]time.Time, error)
+	// GroupCommits returns this process's shared commits (SQLite group
+	// commit) and the writes they held, since the store opened.
+	GroupCommits func() (commits, writes int64)
 	// ScrapeTimeout bounds each func above; 0 means 5s.
 	ScrapeTimeout time.Duration
 	// Logger receives scrape errors; nil discards them.
@@ -117,6 +120,18 @@ func New(opts Options) *Registry {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newStoreCollector(opts, timeout, logger),
 	)
+	if g := opts.GroupCommits; g != nil {
+		r.reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Namespace: "tre", Subsystem: "store", Name: "group_commits_total",
+				Help: "Commits shared by concurrent writes (SQLite group commit), in this process.",
+			}, func() float64 { c, _ := g(); return float64(c) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Namespace: "tre", Subsystem: "store", Name: "grouped_writes_total",
+				Help: "Writes stored by shared commits (SQLite group commit), in this process.",
+			}, func() float64 { _, w := g(); return float64(w) }),
+		)
+	}
 	return r
 }
 

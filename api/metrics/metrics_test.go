@@ -208,6 +208,25 @@ func TestMetricsSourceDown(t *testing.T) {
 	}
 }
 
+// TestGroupCommitCounters: the store's group commit counters are exported
+// as they are read, and only when the store has them.
+func TestGroupCommitCounters(t *testing.T) {
+	commits, writes := int64(3), int64(7)
+	fams := scrape(t, New(Options{GroupCommits: func() (int64, int64) { return commits, writes }}))
+	for name, want := range map[string]float64{"tre_store_group_commits_total": 3, "tre_store_grouped_writes_total": 7} {
+		fam := fams[name]
+		if fam == nil || len(fam.GetMetric()) != 1 {
+			t.Fatalf("%s missing: %v", name, fam)
+		}
+		if got := fam.GetMetric()[0].GetCounter().GetValue(); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if fams := scrape(t, New(Options{})); fams["tre_store_group_commits_total"] != nil {
+		t.Errorf("group commit counters exported without a source")
+	}
+}
+
 func TestLabelValue(t *testing.T) {
 	tests := []struct {
 		name, in, want string

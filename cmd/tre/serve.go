@@ -22,6 +22,7 @@ import (
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/postgres"
 	"github.com/nhs-tre/tre/broker/sqlite"
+	"github.com/nhs-tre/tre/broker/sqlstore"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
@@ -140,12 +141,16 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		return nil, fmt.Errorf("start the SQL parser: %w", err)
 	}
 	b.parser = parser
-	b.metrics = metrics.New(metrics.Options{
+	mopts := metrics.Options{
 		QueueDepth:     b.queueDepth,
 		Budgets:        b.budgets,
 		AgentsLastSeen: b.agentsLastSeen,
 		Logger:         logger,
-	})
+	}
+	if g, ok := store.(interface{ GroupStats() sqlstore.GroupStats }); ok && cfg.DatabaseURL == "" {
+		mopts.GroupCommits = func() (int64, int64) { st := g.GroupStats(); return st.Groups, st.Units }
+	}
+	b.metrics = metrics.New(mopts)
 	b.svc = broker.NewService(store, parser, broker.Options{
 		LeaseTTL:     cfg.LeaseTTL,
 		MaxAttempts:  cfg.MaxAttempts,
