@@ -115,6 +115,9 @@ type compiler struct {
 	shortcuts bool
 	// innerPreds are the WHERE conjuncts of per-patient queries.
 	innerPreds []string
+	// refs, when not nil, collects every relation a column reference
+	// resolves to (to tell which relations a group key reads).
+	refs map[*relation]bool
 }
 
 // query is the validated outer query.
@@ -141,6 +144,11 @@ type groupKey struct {
 	name string
 	sql  string
 	v    val
+	// ofPatient: the key reads only relations proven to hold at most one
+	// row per patient (per-patient CTEs, Options.UniqueTables), all joined
+	// on the privacy unit, so every input row of a patient has the same
+	// value. A catalog's one_row_per_patient claim alone does not count.
+	ofPatient bool
 }
 
 type aggKind int
@@ -433,6 +441,14 @@ func qualified(rel *relation, col *column) string {
 
 // resolve finds the relation and column a COLUMN_REF names.
 func (c *compiler) resolve(n obj, sc *scope) (*relation, *column, error) {
+	rel, col, err := c.resolveRef(n, sc)
+	if err == nil && c.refs != nil {
+		c.refs[rel] = true
+	}
+	return rel, col, err
+}
+
+func (c *compiler) resolveRef(n obj, sc *scope) (*relation, *column, error) {
 	if err := knownKeys(n, "column reference", keysColumnRef); err != nil {
 		return nil, nil, err
 	}
@@ -848,9 +864,16 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 				}
 			}
 		}
+		c.refs = make(map[*relation]bool)
 		gsql, v, err := c.groupKey(target, sc)
+		refs := c.refs
+		c.refs = nil
 		if err != nil {
 			return nil, err
+		}
+		ofPatient := true
+		for r := range refs {
+			ofPatient = ofPatient && r.patient && !r.public && (r.derived || r.unique)
 		}
 		if name == "" {
 			name = defaultName(target)
@@ -860,7 +883,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 				return nil, refuse("GROUP BY "+name+" twice", pos(g), "")
 			}
 		}
-		q.groups = append(q.groups, groupKey{name: name, sql: gsql, v: v})
+		q.groups = append(q.groups, groupKey{name: name, sql: gsql, v: v, ofPatient: ofPatient})
 		q.patientLvl = q.patientLvl && v.patient
 	}
 	if len(items) == 0 {

@@ -45,10 +45,26 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	}
 	acol := func(prefix string, j int) string { return fmt.Sprintf(`"__%s%d"`, prefix, j) }
 	key := strings.Join(append([]string{`"__pid"`}, gcols...), ", ")
+	// The pair key: the patient and the group keys that may differ between
+	// a patient's rows. A key proven to be a function of the patient
+	// (groupKey.ofPatient) adds no pairs, so it is carried by any_value(),
+	// which over one patient's rows can only be that patient's one value:
+	// the same pairs with a narrower hash key.
+	pairCols := []string{`"__pid"`}
+	pairSel := []string{`"__pid"`}
+	for i, g := range q.groups {
+		if c.shortcuts && g.ofPatient {
+			pairSel = append(pairSel, "any_value("+gcols[i]+") AS "+gcols[i])
+			continue
+		}
+		pairCols = append(pairCols, gcols[i])
+		pairSel = append(pairSel, gcols[i])
+	}
+	pkey, psel := strings.Join(pairCols, ", "), strings.Join(pairSel, ", ")
 	// Pair equality that treats NULL group keys as equal.
 	on := func(l, r string) string {
 		parts := []string{l + `."__pid" = ` + r + `."__pid"`}
-		for _, g := range gcols {
+		for _, g := range pairCols[1:] {
 			parts = append(parts, l+"."+g+" IS NOT DISTINCT FROM "+r+"."+g)
 		}
 		return strings.Join(parts, " AND ")
@@ -166,7 +182,7 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	allRows := `(SELECT coalesce(sum("__n"), 0) FROM "__tre_all")`
 	if counts {
 		c := spec.MaxRowsPerGroup
-		fmt.Fprintf(&b, `"__tre_pg" AS MATERIALIZED (SELECT %s, count(*) AS "__nall", least(count(*), %d) AS "__n"`, key, c)
+		fmt.Fprintf(&b, `"__tre_pg" AS MATERIALIZED (SELECT %s, count(*) AS "__nall", least(count(*), %d) AS "__n"`, psel, c)
 		for j, a := range q.aggs {
 			if a.kind == aggCountRows {
 				fmt.Fprintf(&b, ", CAST(least(count(*), %d) AS DOUBLE) AS %s", c, acol("c", j))
@@ -174,19 +190,20 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 				fmt.Fprintf(&b, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
 			}
 		}
-		fmt.Fprintf(&b, ` FROM "__tre_base"%s GROUP BY %s),`+"\n", slowFilter, key)
+		fmt.Fprintf(&b, ` FROM "__tre_base"%s GROUP BY %s),`+"\n", slowFilter, pkey)
 		allRows = `(SELECT coalesce(sum("__nall"), 0) FROM "__tre_pg")`
 	} else {
-		fmt.Fprintf(&b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base"%s GROUP BY %s),`+"\n", key, stats(), slowFilter, key)
+		fmt.Fprintf(&b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base"%s GROUP BY %s),`+"\n", psel, stats(), slowFilter, pkey)
 		hash := strings.Join(append(append([]string{seed, `"__pid"`}, gcols...), args...), ", ")
 		fmt.Fprintf(&b, `"__tre_over" AS (SELECT %s, %s FROM (SELECT r.*, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base" AS r SEMI JOIN (SELECT %s FROM "__tre_all" WHERE "__n" > %d) AS o ON %s) WHERE "__rn" <= %d GROUP BY %s),`+"\n",
-			key, stats(), key, hash, key, spec.MaxRowsPerGroup, on("r", "o"), spec.MaxRowsPerGroup, key)
+			psel, stats(), pkey, hash, pkey, spec.MaxRowsPerGroup, on("r", "o"), spec.MaxRowsPerGroup, pkey)
 		fmt.Fprintf(&b, `"__tre_pg" AS MATERIALIZED (SELECT %s FROM "__tre_all" WHERE "__n" <= %d UNION ALL SELECT %s FROM "__tre_over"),`+"\n",
 			pgCols, spec.MaxRowsPerGroup, pgCols)
 	}
 
-	// Stage 3: at most k groups per patient.
-	if len(gcols) > 0 {
+	// Stage 3: at most k groups per patient. With every group key carried a
+	// patient has one pair, within any k.
+	if len(pairCols) > 1 {
 		k := spec.MaxGroupsPerPatient
 		ghash := strings.Join(append([]string{seed, `"__pid"`}, gcols...), ", ")
 		fmt.Fprintf(&b, `"__tre_many" AS (SELECT "__pid" FROM "__tre_pg" GROUP BY "__pid" HAVING count(*) > %d),`+"\n", k)
