@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -121,4 +124,52 @@ func TestEarlyOpenFailureUnavailable(t *testing.T) {
 	if _, code := runInProcess(t, s, &request{QueryID: "a", SQL: q, SQLHash: hashSQL(q), Catalog: cfg.Catalog, Raw: true}); code != CodeUnavailable {
 		t.Errorf("code %q, want %s", code, CodeUnavailable)
 	}
+}
+
+// A job returns once its child is killed; the child's exit and the removal
+// of its job directory follow in the background, and Close waits for them:
+// afterwards the scratch directory is empty and no child of the runner is
+// left.
+func TestCloseWaitsForFinishedJobs(t *testing.T) {
+	cfg := testConfig(t, MustFixture(t, 50))
+	r, err := NewRunner(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := r.Run(context.Background(), job("SELECT sex, count(*) AS n FROM patients GROUP BY sex")); err != nil {
+			t.Fatalf("job %d: %v", i, err)
+		}
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(cfg.ScratchDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		t.Errorf("left in the scratch directory after Close: %s", e.Name())
+	}
+	if n := runnerChildren(t, cfg.ScratchDir); n > 0 {
+		t.Errorf("%d sandbox children of this runner alive after Close", n)
+	}
+}
+
+// runnerChildren counts this process's children whose environment names
+// dir (a runner's scratch directory) and that have not been reaped.
+func runnerChildren(t *testing.T, dir string) int {
+	t.Helper()
+	procs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range procs {
+		env, err := os.ReadFile(filepath.Join(p, "environ"))
+		if err == nil && strings.Contains(string(env), dir) {
+			n++
+		}
+	}
+	return n
 }

@@ -120,6 +120,7 @@ func MustRunner(tb testing.TB, cfg Config) *Runner {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	tb.Cleanup(func() { r.Close() })
 	return r
 }
 

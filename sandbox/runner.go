@@ -53,6 +53,18 @@ type Runner struct {
 	// optOutRuns counts opt-out-only children and childComputed the jobs
 	// whose child computed the hash itself (tests read both).
 	optOutRuns, childComputed int
+
+	// exiting counts finished jobs whose killed child is still being
+	// waited for, or whose job directory is still being removed (finish).
+	exiting sync.WaitGroup
+}
+
+// Close waits until the child of every finished job has exited and its job
+// directory has been removed. Call it once no Run is in progress or will
+// start; until it returns, a job's scratch files may still exist.
+func (r *Runner) Close() error {
+	r.exiting.Wait()
+	return nil
 }
 
 // NewRunner checks cfg and returns a Runner.
@@ -217,7 +229,12 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 	if err != nil {
 		return nil, nil, fmt.Errorf("job dir: %w", err)
 	}
-	defer os.RemoveAll(jobDir)
+	started := false
+	defer func() {
+		if !started { // otherwise finish removes it
+			os.RemoveAll(jobDir)
+		}
+	}()
 	if err := os.Mkdir(jobDir+"/tmp", 0o700); err != nil {
 		return nil, nil, fmt.Errorf("job dir: %w", err)
 	}
@@ -269,8 +286,8 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 		cfg.Logger.Error("sandbox: start failed", "error", err)
 		return nil, nil, Errorf(CodeCrashed, "the sandbox failed to start")
 	}
-	defer pc.Kill()
-	defer cmd.Process.Kill() // one process per job: never reused, never left behind
+	started = true
+	defer r.finish(pc, cmd, jobDir) // one process per job: never reused, never left behind
 
 	hostLayers := []string{LayerCleanEnv, LayerPdeathsig}
 	if useNS {
@@ -366,6 +383,22 @@ func (r *Runner) start(ccJSON []byte, hostTLS *tls.Config, jobDir string, namesp
 	})
 	_, err := pc.Start()
 	return pc, cmd, err
+}
+
+// finish ends a job's child: SIGKILL at once, so that it runs nothing
+// more once the job returns. Waiting for it to exit (the kernel freeing its
+// memory: 3-12 ms at 1M patients, up to ~80 ms at 10M) and then removing
+// its job directory happen in the background, off the job's latency; the
+// directory goes only after the exit, when nothing can write into it any
+// more. Close waits for both.
+func (r *Runner) finish(pc *plugin.Client, cmd *exec.Cmd, jobDir string) {
+	cmd.Process.Kill()
+	r.exiting.Add(1)
+	go func() {
+		defer r.exiting.Done()
+		pc.Kill()
+		os.RemoveAll(jobDir)
+	}()
 }
 
 type killReason int

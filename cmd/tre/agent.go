@@ -122,6 +122,8 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (
 		cleanup()
 		return nil, nil, err
 	}
+	removeScratch := cleanup
+	cleanup = func() { runner.Close(); removeScratch() }
 	a, err := sandbox.NewAgent(sandbox.AgentConfig{
 		SiteID:       cfg.SiteID,
 		Catalog:      cat,

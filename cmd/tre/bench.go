@@ -193,6 +193,7 @@ func (m *BenchMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer runner.Close()
 	opts := bench.Options{Threads: scfg.Threads, MemoryLimit: scfg.MemoryLimit}
 
 	raw, err := bench.Open(ctx, data, opts)
@@ -445,6 +446,7 @@ func (m *BenchMain) measureStart(ctx context.Context, p *benchProgress, dir stri
 	if err != nil {
 		return s, "", err
 	}
+	defer r.Close()
 	const q = "SELECT count(*) AS patients FROM patients"
 	job := sandbox.Job{QueryID: "bench-start", SQL: q, SQLHash: queries.SQLHash(q)}
 	if _, err := r.Run(ctx, job); err != nil { // warm the page cache and the binary

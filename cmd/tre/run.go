@@ -91,6 +91,7 @@ func (m *RunMain) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer r.Close() // the child's exit and job directory removal
 	res, err := r.Run(ctx, sandbox.Job{QueryID: "local", SQL: m.sql, SQLHash: queries.SQLHash(m.sql), Epsilon: m.epsilon})
 	if err != nil {
 		if ctx.Err() != nil {

@@ -424,8 +424,12 @@ func (d *dryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon flo
 	return res, nil
 }
 
-// Close removes the dry-run scratch directory.
-func (d *dryRunner) Close() error { return os.RemoveAll(d.scratch) }
+// Close waits for the dry runs' sandbox children to exit, then removes the
+// scratch directory.
+func (d *dryRunner) Close() error {
+	d.runner.Close()
+	return os.RemoveAll(d.scratch)
+}
 
 // sandboxToBrokerError maps a sandbox failure to the API's error codes: the
 // sandbox's messages are already safe to show.
