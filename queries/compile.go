@@ -129,6 +129,10 @@ type query struct {
 	aggs       []aggregate
 	predicates []string
 	patientLvl bool // every group key is a function of the patient alone
+	// groupBound, when above 0, is a proven bound on the groups any one
+	// patient's input rows fall in: keys proven per patient count once,
+	// date buckets the WHERE bounds count their buckets (bucketCount).
+	groupBound int
 	// onePerPatient: every FROM relation is a per-patient CTE or subquery
 	// or a table proven unique per patient, all joined on the privacy unit,
 	// so the input has at most one row per patient.
@@ -817,8 +821,10 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	if h := sub(node, "having"); h != nil {
 		return nil, refuse("HAVING", pos(h), "it filters on exact aggregates before protection; filter the released table instead")
 	}
+	var ranges map[string]*dateRange
 	if w := sub(node, "where_clause"); w != nil {
 		var parts []string
+		ranges = c.whereRanges(conjuncts(w), sc)
 		for _, conj := range conjuncts(w) {
 			s, _, err := c.expr(conj, sc, exprMode{clause: "WHERE", noAgg: true}, 1)
 			if err != nil {
@@ -845,6 +851,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		return nil, refuse(fmt.Sprintf("%d GROUP BY columns", len(groupExprs)), -1, fmt.Sprintf("at most %d are allowed", maxGroupKeys))
 	}
 	q.patientLvl = len(groupExprs) > 0
+	q.groupBound = 1
 	for _, ge := range groupExprs {
 		g, _ := ge.(obj)
 		target, name := g, ""
@@ -874,6 +881,13 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		ofPatient := true
 		for r := range refs {
 			ofPatient = ofPatient && r.patient && !r.public && (r.derived || r.unique)
+		}
+		switch n := c.bucketCount(target, sc, ranges); {
+		case ofPatient:
+		case n > 0 && q.groupBound <= maxGroupBound/n:
+			q.groupBound *= n
+		default:
+			q.groupBound = 0
 		}
 		if name == "" {
 			name = defaultName(target)

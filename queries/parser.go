@@ -29,6 +29,8 @@ const (
 	maxGroupKeys   = 8
 	maxAggregates  = 16
 	maxCrossDomain = 10000
+	// maxGroupBound caps query.groupBound; larger bounds are not tracked.
+	maxGroupBound = 1 << 20
 )
 
 // Parser compiles SQL against catalogs. It runs json_serialize_sql on the

@@ -202,8 +202,11 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	}
 
 	// Stage 3: at most k groups per patient. With every group key carried a
-	// patient has one pair, within any k.
-	if len(pairCols) > 1 {
+	// patient has one pair, and where the query proves no patient's rows
+	// fall in more than k groups (query.groupBound, e.g. months of a year
+	// the WHERE bounds) nobody is over k either.
+	withinK := c.shortcuts && q.groupBound > 0 && q.groupBound <= spec.MaxGroupsPerPatient
+	if len(pairCols) > 1 && !withinK {
 		k := spec.MaxGroupsPerPatient
 		ghash := strings.Join(append([]string{seed, `"__pid"`}, gcols...), ", ")
 		fmt.Fprintf(&b, `"__tre_many" AS (SELECT "__pid" FROM "__tre_pg" GROUP BY "__pid" HAVING count(*) > %d),`+"\n", k)
