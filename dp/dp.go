@@ -102,12 +102,22 @@ type GroupStats struct {
 	Aggs []AggStats
 }
 
+// UsesSumSq reports whether protecting an aggregate of kind k reads
+// AggStats.SumSq: only variance and stddev do.
+func (k AggKind) UsesSumSq() bool { return k == AggVariance || k == AggStddev }
+
+// UsesTop reports whether an aggregate of kind k is judged by the dominance
+// rules and so reads AggStats.Top1 and Top2: sums and means, whose totals
+// one patient could dominate.
+func (k AggKind) UsesTop() bool { return k == AggSum || k == AggMean }
+
 // AggStats are the exact bounded sufficient statistics of one aggregate in
 // one group. Count is the number of contributing rows (≤ C per patient), Sum
 // and SumSq are over the clamped values, Top1 and Top2 are the largest two
 // per-patient contributions to Sum (for dominance checks). For a
 // count_patients aggregate Count is the number of distinct patients counted;
-// for a count aggregate it is the number of bounded rows.
+// for a count aggregate it is the number of bounded rows. A statistic the
+// kind does not use (UsesSumSq, UsesTop) may be left 0.
 type AggStats struct {
 	Count float64
 	Sum   float64

@@ -310,7 +310,7 @@ func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, e
 		out.stats[i] = v
 	}
 	for i, a := range s.Aggregates {
-		if a.Kind == AggSum || a.Kind == AggMean {
+		if a.Kind.UsesTop() {
 			out.dominance[i] = Dominance(g.Aggs[i].Sum, g.Aggs[i].Top1, g.Aggs[i].Top2)
 		}
 	}

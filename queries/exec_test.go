@@ -158,14 +158,17 @@ func TestRewriteSemantics(t *testing.T) {
 	s := func(v string) *string { return &v }
 
 	t.Run("opted-out patient excluded and values clamped", func(t *testing.T) {
-		plan := mustCompile(t, p, cat, `SELECT count(*) AS n, sum(numeric_value) AS total, avg(numeric_value) AS mean
+		plan := mustCompile(t, p, cat, `SELECT count(*) AS n, sum(numeric_value) AS total, avg(numeric_value) AS mean, stddev(numeric_value) AS sd
 			FROM clinical_events WHERE snomed_code = '999791000000106'`)
 		got, dropped := runPlan(t, db, plan)
 		// Patient 999 (opted out) has an HbA1c of 40 that must not count.
+		// Statistics dp does not read for a kind are 0 (dp.AggKind.UsesTop,
+		// UsesSumSq).
 		want := []dp.GroupStats{{Keys: []*string{}, Patients: 2, Aggs: []dp.AggStats{
-			{Count: 3, Top1: 2, Top2: 1},
-			{Count: 3, Sum: 183, SumSq: 62*62 + 51*51 + 70*70, Top1: 113, Top2: 70},
-			{Count: 3, Sum: 183, SumSq: 62*62 + 51*51 + 70*70, Top1: 113, Top2: 70},
+			{Count: 3},
+			{Count: 3, Sum: 183, Top1: 113, Top2: 70},
+			{Count: 3, Sum: 183, Top1: 113, Top2: 70},
+			{Count: 3, Sum: 183, SumSq: 62*62 + 51*51 + 70*70},
 		}}}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("stats (-want +got):\n%s", diff)

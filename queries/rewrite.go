@@ -143,8 +143,10 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 				// At most 1 per patient and group: the L∞ of count_patients.
 				fmt.Fprintf(&s, ", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", col, acol("c", j))
 			default:
-				fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS %s, CAST(coalesce(sum(%s * %s), 0) AS DOUBLE) AS %s",
-					col, acol("c", j), col, acol("s", j), col, col, acol("q", j))
+				fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS %s", col, acol("c", j), col, acol("s", j))
+				if a.spec.Kind.UsesSumSq() {
+					fmt.Fprintf(&s, ", CAST(coalesce(sum(%s * %s), 0) AS DOUBLE) AS %s", col, col, acol("q", j))
+				}
 			}
 		}
 		return s.String()
@@ -153,7 +155,10 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	for j, a := range q.aggs {
 		statCols = append(statCols, acol("c", j))
 		if a.kind == aggValue {
-			statCols = append(statCols, acol("s", j), acol("q", j))
+			statCols = append(statCols, acol("s", j))
+		}
+		if a.kind == aggValue && a.spec.Kind.UsesSumSq() {
+			statCols = append(statCols, acol("q", j))
 		}
 	}
 	pgCols := key + ", " + strings.Join(statCols, ", ")
@@ -233,18 +238,15 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 			contrib = acol("s", j)
 		}
 		fmt.Fprintf(&b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count"`, acol("c", j), name)
+		sum, sumsq := "0", "0"
 		if a.kind == aggValue {
-			fmt.Fprintf(&b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__sum", CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__sumsq"`,
-				acol("s", j), name, acol("q", j), name)
-		} else {
-			fmt.Fprintf(&b, `, CAST(0 AS DOUBLE) AS "%s__sum", CAST(0 AS DOUBLE) AS "%s__sumsq"`, name, name)
+			sum = fmt.Sprintf("coalesce(sum(%s), 0)", acol("s", j))
 		}
-		if c.shortcuts && a.kind == aggCountPatients && a.arg == "" {
-			writeUnitTop(&b, name)
-		} else {
-			fmt.Fprintf(&b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
-				contrib, name, contrib, name)
+		if a.kind == aggValue && a.spec.Kind.UsesSumSq() {
+			sumsq = fmt.Sprintf("coalesce(sum(%s), 0)", acol("q", j))
 		}
+		fmt.Fprintf(&b, `, CAST(%s AS DOUBLE) AS "%s__sum", CAST(%s AS DOUBLE) AS "%s__sumsq"`, sum, name, sumsq, name)
+		writeTop(&b, a, contrib, name)
 	}
 	// Rows dropped: all rows less those kept, summed over the groups by a
 	// window on this stage's own rows, so __tre_kept is read once and
@@ -280,18 +282,17 @@ func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guar
 			contrib = "coalesce(" + col + ", 0)"
 		}
 		if a.kind == aggValue {
-			fmt.Fprintf(b, `, CAST(count(%s) AS DOUBLE) AS "%s__count", CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__sum", CAST(coalesce(sum(%s * %s), 0) AS DOUBLE) AS "%s__sumsq"`,
-				col, name, col, name, col, col, name)
+			sumsq := "0"
+			if a.spec.Kind.UsesSumSq() {
+				sumsq = fmt.Sprintf("coalesce(sum(%s * %s), 0)", col, col)
+			}
+			fmt.Fprintf(b, `, CAST(count(%s) AS DOUBLE) AS "%s__count", CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__sum", CAST(%s AS DOUBLE) AS "%s__sumsq"`,
+				col, name, col, name, sumsq, name)
 		} else {
 			fmt.Fprintf(b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count", CAST(0 AS DOUBLE) AS "%s__sum", CAST(0 AS DOUBLE) AS "%s__sumsq"`,
 				contrib, name, name, name)
 		}
-		if a.arg == "" && a.kind != aggValue {
-			writeUnitTop(b, name)
-		} else {
-			fmt.Fprintf(b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
-				contrib, name, contrib, name)
-		}
+		writeTop(b, a, contrib, name)
 	}
 	b.WriteString(`, CAST(0 AS BIGINT) AS "__dropped" FROM "__tre_base"`)
 	if guarded {
@@ -315,12 +316,17 @@ func countsOnly(q *query) bool {
 	return true
 }
 
-// writeUnitTop writes the two largest contributions of an aggregate to
-// which every patient of the group contributes exactly 1 (the patient count;
-// count(*) when each patient has one row): 1 and 1 once the group has two
-// patients. It saves the top-2 aggregate, which costs as much as a sum.
-func writeUnitTop(b *strings.Builder, name string) {
-	fmt.Fprintf(b, `, CAST(least(count(*), 1) AS DOUBLE) AS "%s__top1", CAST(CASE WHEN count(*) >= 2 THEN 1 ELSE 0 END AS DOUBLE) AS "%s__top2"`, name, name)
+// writeTop writes the two largest per-patient contributions, contrib, of
+// an aggregate that dp judges by the dominance rules (UsesTop: sums and
+// means), and 0 for the others, which nothing reads: the top-2 aggregate
+// costs about as much as a sum.
+func writeTop(b *strings.Builder, a aggregate, contrib, name string) {
+	if !a.spec.Kind.UsesTop() {
+		fmt.Fprintf(b, `, CAST(0 AS DOUBLE) AS "%s__top1", CAST(0 AS DOUBLE) AS "%s__top2"`, name, name)
+		return
+	}
+	fmt.Fprintf(b, `, CAST(coalesce(max(%s, 2)[1], 0) AS DOUBLE) AS "%s__top1", CAST(coalesce(max(%s, 2)[2], 0) AS DOUBLE) AS "%s__top2"`,
+		contrib, name, contrib, name)
 }
 
 func escapeName(s string) string { return strings.ReplaceAll(s, `"`, `""`) }
