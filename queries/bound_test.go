@@ -57,11 +57,7 @@ WHERE m.date >= DATE '2023-01-01' AND m.date < DATE '2023-03-01' GROUP BY month`
 			if skipped := !strings.Contains(plan.Rewritten, `"__tre_many"`); skipped != tt.skip {
 				t.Fatalf("k stage skipped %v, want %v:\n%s", skipped, tt.skip, plan.Rewritten)
 			}
-			full, err := p.compile(context.Background(), cat, tt.sql, opts, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sameRowsAsFull(t, dbs, full, plan)
+			sameRowsAsFull(t, dbs, compileFull(t, p, cat, tt.sql, opts), plan)
 		})
 	}
 }

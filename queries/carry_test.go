@@ -64,11 +64,7 @@ FROM clinical_events c JOIN patients p ON p.patient_id = c.patient_id GROUP BY b
 			if many := strings.Contains(plan.Rewritten, `"__tre_many"`); many != (len(tt.carried) < len(plan.Spec.Groups)) {
 				t.Errorf("k stage present %v with %d of %d keys carried", many, len(tt.carried), len(plan.Spec.Groups))
 			}
-			full, err := p.compile(context.Background(), cat, tt.sql, opts, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sameRowsAsFull(t, dbs, full, plan)
+			sameRowsAsFull(t, dbs, compileFull(t, p, cat, tt.sql, opts), plan)
 		})
 	}
 

@@ -101,6 +101,20 @@ func sameRowsAsFull(t *testing.T, dbs map[string]*sql.DB, full, plan *Plan) {
 	}
 }
 
+// compileFull compiles sqlText with no shortcut: the full bounding pipeline
+// every shortcut's rows are compared with (sameRowsAsFull).
+func compileFull(tb testing.TB, p *Parser, cat *Catalog, sqlText string, opts Options) *Plan {
+	tb.Helper()
+	full, err := p.compile(context.Background(), cat, sqlText, opts, false)
+	if err != nil {
+		tb.Fatalf("compile %q: %v", sqlText, err)
+	}
+	if !strings.Contains(full.Rewritten, `"__tre_over"`) || !strings.Contains(full.Rewritten, `"__tre_kept"`) {
+		tb.Fatalf("full pipeline expected:\n%s", full.Rewritten)
+	}
+	return full
+}
+
 func mustCompile(tb testing.TB, p *Parser, cat *Catalog, sqlText string) *Plan {
 	tb.Helper()
 	plan, err := p.Compile(context.Background(), cat, sqlText, Options{Seed: 42})
@@ -444,14 +458,7 @@ SELECT count(*) AS n, avg(mx) AS m FROM ev WHERE mx > 1000`},
 					t.Fatalf("direct path not taken: %s in\n%s", stage, direct.Rewritten)
 				}
 			}
-			full, err := p.compile(context.Background(), cat, tt.sql, Options{Seed: 42}, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(full.Rewritten, `"__tre_kept"`) {
-				t.Fatalf("full pipeline expected:\n%s", full.Rewritten)
-			}
-			sameRowsAsFull(t, dbs, full, direct)
+			sameRowsAsFull(t, dbs, compileFull(t, p, cat, tt.sql, Options{Seed: 42}), direct)
 		})
 	}
 }
