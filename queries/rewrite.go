@@ -29,13 +29,15 @@ import (
 //
 // When every aggregate is count(*) or the patient count, __tre_all and
 // __tre_over collapse into __tre_pg: a pair keeps min(n, C) rows whichever
-// rows they are. Ranking only the pairs and patients above the bounds keeps
-// the window functions (sorts) off the common case, where nobody exceeds
-// them. When
-// each patient has at most one input row the stages are skipped: proven at
-// compile time (q.onePerPatient) the query is just __tre_base grouped; checked
-// at run time (__tre_dup) a guarded direct branch is added and the stages
-// see no rows.
+// rows they are. Group keys proven to be functions of the patient stay out
+// of the pair key, and __tre_many is left out where no patient can be in
+// more than k groups (query.groupBound). Ranking only the pairs and
+// patients above the bounds keeps the window functions (sorts) off the
+// common case, where nobody exceeds them. When each patient has at most one
+// input row the stages are skipped: proven at compile time
+// (q.onePerPatient) the query is just __tre_base grouped; checked at run
+// time (__tre_dup) a guarded direct branch is added and the stages see no
+// rows.
 func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	var b strings.Builder
 	seed := strconv.FormatUint(c.seed, 10) + "::UBIGINT"
