@@ -365,7 +365,9 @@ func (m *BenchMain) measureQueries(ctx context.Context, p *benchProgress, raw *b
 		for i := range m.warmup + m.reps {
 			start, cpu := time.Now(), cpuTime()
 			res, err := runner.Run(ctx, job)
-			d, c := time.Since(start), cpuTime()-cpu
+			d := time.Since(start)
+			runner.Close() // the child is reaped in the background: count its CPU time here
+			c := cpuTime() - cpu
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
@@ -458,6 +460,7 @@ func (m *BenchMain) measureStart(ctx context.Context, p *benchProgress, dir stri
 		start := time.Now()
 		_, err := r.Run(ctx, job)
 		d := time.Since(start)
+		r.Close() // reaps the child, so that startCPU counts it
 		if err != nil {
 			return s, "", fmt.Errorf("%s: %s", sandbox.ErrorCode(err), sandbox.ErrorMessage(err))
 		}
