@@ -131,9 +131,21 @@ func (r *benchReport) targets() [][4]string {
 			}
 		}
 	}
-	out = append(out, [4]string{"protected / raw DuckDB, 10M patients", "≤ 1.5×",
-		fmt.Sprintf("wall: warm %s, cold %s (all queries, %s); worst warm %.2f× (%s); CPU: warm %s, cold %s", ratioDur(warm, raw), ratioDur(cold, raw), at, worstRatio, worst,
-			ratioDur(sumMedian(r.Queries, warmCPUOf), sumMedian(r.Queries, rawCPUOf)), ratioDur(sumMedian(r.Queries, coldCPUOf), sumMedian(r.Queries, rawCPUOf))), verdict})
+	measured := fmt.Sprintf("wall: warm %s, cold %s (all queries, %s); worst warm %.2f× (%s); CPU: warm %s, cold %s", ratioDur(warm, raw), ratioDur(cold, raw), at, worstRatio, worst,
+		ratioDur(sumMedian(r.Queries, warmCPUOf), sumMedian(r.Queries, rawCPUOf)), ratioDur(sumMedian(r.Queries, coldCPUOf), sumMedian(r.Queries, rawCPUOf)))
+	// The engine issue sets the same ratio at 1M patients.
+	verdict1M := "n/a (1M only)"
+	if r.Patients >= 1_000_000 && r.Patients < 10_000_000 {
+		verdict1M = judge(float64(warm) <= 1.5*float64(raw))
+	}
+	shown := func(v string) string {
+		if strings.HasPrefix(v, "n/a") {
+			return "this run is " + at
+		}
+		return measured
+	}
+	out = append(out, [4]string{"protected / raw DuckDB, 1M patients (engine issue)", "≤ 1.5×", shown(verdict1M), verdict1M})
+	out = append(out, [4]string{"protected / raw DuckDB, 10M patients", "≤ 1.5×", shown(verdict), verdict})
 	if r.Postgres != nil {
 		pg := sumMedian(r.Queries, pgOf)
 		best := ""
