@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -247,11 +246,11 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 }
 
 // readQuery is the load generator's read: GET /api/v1/queries/{id} as
-// api.Client.Query sends it, checked for status 200 and the query's id and
-// status, without decoding the rest of the ~10 kB document into a
-// broker.Query. The generator shares the machine's cores with the broker,
-// and that full decode was a quarter of the CPU a read cost (pprof), so it
-// weighed on the broker's own figure.
+// api.Client.Query sends it, checked for status 200 and for a JSON object
+// that starts with the asked-for id, without decoding the ~10 kB document
+// into a broker.Query. The generator shares the machine's cores with the
+// broker: decoding was a quarter of the CPU a read cost (pprof), and even
+// a two-field json.Unmarshal scans the whole document.
 func readQuery(ctx context.Context, c *api.Client, id int64) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/api/v1/queries/%d", strings.TrimRight(c.BaseURL, "/"), id), nil)
 	if err != nil {
@@ -271,15 +270,8 @@ func readQuery(ctx context.Context, c *api.Client, id int64) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("GET query %d: HTTP %d", id, resp.StatusCode)
 	}
-	var got struct {
-		ID     int64  `json:"id"`
-		Status string `json:"status"`
-	}
-	if err := json.Unmarshal(body, &got); err != nil {
-		return fmt.Errorf("GET query %d: %w", id, err)
-	}
-	if got.ID != id || got.Status == "" {
-		return fmt.Errorf("GET query %d: answered query %d with status %q", id, got.ID, got.Status)
+	if want := fmt.Sprintf(`{"id":%d,`, id); !strings.HasPrefix(string(body), want) {
+		return fmt.Errorf("GET query %d: the answer does not start with %s", id, want)
 	}
 	return nil
 }
