@@ -258,16 +258,8 @@ func (m *BenchMain) Run(ctx context.Context) error {
 		return fmt.Errorf("sandbox start: %w", err)
 	}
 
-	stores := []string{"sqlite"}
-	if m.postgres != "" {
-		stores = append(stores, "postgres")
-	}
-	for _, store := range stores {
-		res, err := m.measureAPI(ctx, p, store, dir, cat)
-		if err != nil {
-			return fmt.Errorf("broker API (%s): %w", store, err)
-		}
-		rep.API = append(rep.API, res...)
+	if err := m.measureAPIs(ctx, p, dir, cat, rep); err != nil {
+		return err
 	}
 	p.finish()
 	rep.Machine.LoadEnd = loadAverage()
@@ -294,15 +286,13 @@ func (m *BenchMain) totalSteps() int {
 		per += m.warmup + m.reps
 	}
 	n := len(queries.TypicalQueries)*per + m.starts + 1
-	stores := 1
 	if m.postgres != "" {
-		stores = 2
 		n++ // the PostgreSQL load
 	}
 	if m.data == "" {
 		n++
 	}
-	return n + stores*2
+	return n + 2*len(m.apiStores())
 }
 
 // queryResult is one typical query measured every way.

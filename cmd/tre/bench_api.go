@@ -69,18 +69,10 @@ func (m *BenchMain) runAPIOnly(ctx context.Context, dir string, rep *benchReport
 	if err != nil {
 		return err
 	}
-	stores := []string{"sqlite"}
-	if m.postgres != "" {
-		stores = append(stores, "postgres")
-	}
-	p := newBenchProgress(m.stderr, 2*len(stores))
+	p := newBenchProgress(m.stderr, 2*len(m.apiStores()))
 	defer p.finish()
-	for _, store := range stores {
-		res, err := m.measureAPI(ctx, p, store, dir, cat)
-		if err != nil {
-			return fmt.Errorf("broker API (%s): %w", store, err)
-		}
-		rep.API = append(rep.API, res...)
+	if err := m.measureAPIs(ctx, p, dir, cat, rep); err != nil {
+		return err
 	}
 	p.finish()
 	rep.Machine.LoadEnd = loadAverage()
@@ -243,6 +235,27 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 	})
 	p.step()
 	return []apiResult{submit, read}, nil
+}
+
+// apiStores are the broker stores the API phases measure: SQLite, and
+// PostgreSQL with --postgres.
+func (m *BenchMain) apiStores() []string {
+	if m.postgres != "" {
+		return []string{"sqlite", "postgres"}
+	}
+	return []string{"sqlite"}
+}
+
+// measureAPIs runs the API phases on every store into rep.API.
+func (m *BenchMain) measureAPIs(ctx context.Context, p *benchProgress, dir string, cat *queries.Catalog, rep *benchReport) error {
+	for _, store := range m.apiStores() {
+		res, err := m.measureAPI(ctx, p, store, dir, cat)
+		if err != nil {
+			return fmt.Errorf("broker API (%s): %w", store, err)
+		}
+		rep.API = append(rep.API, res...)
+	}
+	return nil
 }
 
 // readQuery is the load generator's read: GET /api/v1/queries/{id} as
