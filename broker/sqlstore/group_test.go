@@ -141,25 +141,46 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
+// auditUnits returns n units, unit i appending the audit entry of actor
+// "unit-i" and then returning then(i, its transaction).
+func auditUnits(ctx context.Context, n int, then func(i int, t *tx) error) []func(broker.Tx) error {
+	fns := make([]func(broker.Tx) error, n)
+	for i := range fns {
+		fns[i] = func(btx broker.Tx) error {
+			if err := appendAudit(ctx, btx, fmt.Sprintf("unit-%d", i)); err != nil {
+				return err
+			}
+			return then(i, btx.(*tx))
+		}
+	}
+	return fns
+}
+
+// writesAgain fails t unless the store, whose audit log is empty after a
+// failed group, takes a grouped write again.
+func writesAgain(t *testing.T, db *DB) {
+	t.Helper()
+	ctx := context.Background()
+	if err := db.UpdateGrouped(ctx, func(tx broker.Tx) error { return appendAudit(ctx, tx, "after") }); err != nil {
+		t.Fatalf("write after the failed group: %v", err)
+	}
+	if got := auditActors(t, db); fmt.Sprint(got) != "[after]" {
+		t.Errorf("audit actors = %v, want [after]", got)
+	}
+}
+
 // TestGroupUnitFailsAlone: units of one group that fail after writing leave
 // nothing behind, and the others commit in order with an intact chain.
 func TestGroupUnitFailsAlone(t *testing.T) {
 	db := openSQLite(t)
 	ctx := context.Background()
 	refused := broker.Errorf(broker.ECONFLICT, "refused by the test")
-	var fns []func(broker.Tx) error
-	for i := range 6 {
-		actor := fmt.Sprintf("unit-%d", i)
-		fns = append(fns, func(tx broker.Tx) error {
-			if err := appendAudit(ctx, tx, actor); err != nil {
-				return err
-			}
-			if i == 1 || i == 4 {
-				return refused // after writing: the write must be undone
-			}
-			return nil
-		})
-	}
+	fns := auditUnits(ctx, 6, func(i int, _ *tx) error {
+		if i == 1 || i == 4 {
+			return refused // after writing: the write must be undone
+		}
+		return nil
+	})
 	before := db.GroupStats()
 	errs := inOneGroup(t, db, fns)
 	for i, err := range errs {
@@ -187,26 +208,18 @@ func TestGroupUnitFailsAlone(t *testing.T) {
 func TestGroupCommitFailureFailsAll(t *testing.T) {
 	db := openSQLite(t)
 	ctx := context.Background()
-	var fns []func(broker.Tx) error
-	for i := range 5 {
-		actor := fmt.Sprintf("unit-%d", i)
-		fns = append(fns, func(btx broker.Tx) error {
-			if err := appendAudit(ctx, btx, actor); err != nil {
-				return err
-			}
-			if i != 2 {
-				return nil
-			}
-			// A foreign key checked only at COMMIT: a real commit failure.
-			t := btx.(*tx)
-			if _, err := t.tx.ExecContext(ctx, `PRAGMA defer_foreign_keys = ON`); err != nil {
-				return err
-			}
-			_, err := t.tx.ExecContext(ctx, `INSERT INTO query_events (query_id, from_status, to_status, actor, comment, at)
-				VALUES (999999, '', 'submitted', 'x', '', 0)`)
+	fns := auditUnits(ctx, 5, func(i int, t *tx) error {
+		if i != 2 {
+			return nil
+		}
+		// A foreign key checked only at COMMIT: a real commit failure.
+		if _, err := t.tx.ExecContext(ctx, `PRAGMA defer_foreign_keys = ON`); err != nil {
 			return err
-		})
-	}
+		}
+		_, err := t.tx.ExecContext(ctx, `INSERT INTO query_events (query_id, from_status, to_status, actor, comment, at)
+			VALUES (999999, '', 'submitted', 'x', '', 0)`)
+		return err
+	})
 	before := db.GroupStats()
 	for i, err := range inOneGroup(t, db, fns) {
 		if err == nil {
@@ -219,12 +232,7 @@ func TestGroupCommitFailureFailsAll(t *testing.T) {
 	if got := auditActors(t, db); len(got) != 0 {
 		t.Errorf("audit log after a failed group commit = %v, want empty", got)
 	}
-	if err := db.UpdateGrouped(ctx, func(tx broker.Tx) error { return appendAudit(ctx, tx, "after") }); err != nil {
-		t.Fatalf("write after the failed group: %v", err)
-	}
-	if got := auditActors(t, db); fmt.Sprint(got) != "[after]" {
-		t.Errorf("audit actors = %v, want [after]", got)
-	}
+	writesAgain(t, db)
 }
 
 // TestGroupWithdrawn: a caller whose context ends while its unit waits gets
@@ -290,22 +298,15 @@ func TestGroupAbortedByDatabase(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			db := openSQLite(t)
 			ctx := context.Background()
-			var fns []func(broker.Tx) error
-			for i := range 4 {
-				actor := fmt.Sprintf("unit-%d", i)
-				fns = append(fns, func(btx broker.Tx) error {
-					if err := appendAudit(ctx, btx, actor); err != nil {
-						return err
-					}
-					if i != 2 {
-						return nil
-					}
-					if _, err := btx.(*tx).tx.ExecContext(ctx, `ROLLBACK`); err != nil {
-						return err
-					}
-					return tt.unitErr
-				})
-			}
+			fns := auditUnits(ctx, 4, func(i int, t *tx) error {
+				if i != 2 {
+					return nil
+				}
+				if _, err := t.tx.ExecContext(ctx, `ROLLBACK`); err != nil {
+					return err
+				}
+				return tt.unitErr
+			})
 			for i, err := range inOneGroup(t, db, fns) {
 				if broker.ErrorCode(err) != broker.EUNAVAILABLE {
 					t.Errorf("unit %d: err = %v, want EUNAVAILABLE", i, err)
@@ -314,12 +315,7 @@ func TestGroupAbortedByDatabase(t *testing.T) {
 			if got := auditActors(t, db); len(got) != 0 {
 				t.Errorf("audit log after an aborted group = %v, want empty", got)
 			}
-			if err := db.UpdateGrouped(ctx, func(tx broker.Tx) error { return appendAudit(ctx, tx, "after") }); err != nil {
-				t.Fatalf("write after the aborted group: %v", err)
-			}
-			if got := auditActors(t, db); fmt.Sprint(got) != "[after]" {
-				t.Errorf("audit actors = %v, want [after]", got)
-			}
+			writesAgain(t, db)
 		})
 	}
 }
