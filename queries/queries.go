@@ -12,9 +12,12 @@
 package queries
 
 import (
+	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/nhs-tre/tre/dp"
@@ -31,7 +34,8 @@ type Options struct {
 	Seed uint64
 	// UniqueTables names catalog tables known to hold each patient at most
 	// once in the data the query runs on: the sandbox fills it from
-	// UniqueTablesSQL, i.e. from constraints DuckDB enforces, never from the
+	// UniqueColumnsSQL (UniqueTablesFrom), i.e. from constraints DuckDB
+	// enforces, never from the
 	// catalog's one_row_per_patient declaration alone. A query whose every
 	// FROM relation is such a table or a per-patient CTE or subquery, joined
 	// on the privacy unit, then needs no contribution bounding and compiles
@@ -145,19 +149,65 @@ func optOutFilter(cat *Catalog, pid string) string {
 	return fmt.Sprintf("%s NOT IN (SELECT %s FROM %s)", pid, pu, quoteIdent(cat.Policy.OptOutTable))
 }
 
-// UniqueTablesSQL is a statement returning, one per row, the names of the
-// tables of the current schema whose privacy-unit column alone is a PRIMARY
+// UniqueColumnsSQL is a statement returning, one per row, a table of the
+// current schema and a column of it (lower case) that alone is a PRIMARY
 // KEY, or UNIQUE and NOT NULL. DuckDB enforces these constraints on every
-// write, so such a table holds each patient at most once: the rows are what
-// Options.UniqueTables expects. It reads only the catalog of constraints,
-// never a table's rows, so it costs the same at any data size.
-func UniqueTablesSQL(cat *Catalog) string {
-	return "SELECT table_name FROM duckdb_constraints() " +
-		"WHERE database_name = current_database() AND schema_name = current_schema() " +
-		"AND len(constraint_column_names) = 1 AND lower(constraint_column_names[1]) = " + quoteString(strings.ToLower(cat.PrivacyUnit)) + " " +
-		"GROUP BY table_name " +
-		"HAVING bool_or(constraint_type IN ('PRIMARY KEY', 'UNIQUE')) AND bool_or(constraint_type IN ('PRIMARY KEY', 'NOT NULL')) " +
-		"ORDER BY table_name"
+// write, so a table whose privacy-unit column is among them holds each
+// patient at most once (UniqueTablesFrom). It reads only the catalog of
+// constraints, never a table's rows, so it costs the same at any data size,
+// and it needs nothing of a query or catalog: the sandbox child runs it
+// while it opens the data, before a job arrives.
+const UniqueColumnsSQL = "SELECT table_name, lower(constraint_column_names[1]) FROM duckdb_constraints() " +
+	"WHERE database_name = current_database() AND schema_name = current_schema() " +
+	"AND len(constraint_column_names) = 1 " +
+	"GROUP BY ALL " +
+	"HAVING bool_or(constraint_type IN ('PRIMARY KEY', 'UNIQUE')) AND bool_or(constraint_type IN ('PRIMARY KEY', 'NOT NULL'))"
+
+// UniqueColumn is one row of UniqueColumnsSQL.
+type UniqueColumn struct {
+	Table  string
+	Column string // lower case
+}
+
+// Querier runs a query: *sql.DB and *sql.Conn.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// ReadUniqueColumns runs UniqueColumnsSQL on q.
+func ReadUniqueColumns(ctx context.Context, q Querier) ([]UniqueColumn, error) {
+	rows, err := q.QueryContext(ctx, UniqueColumnsSQL)
+	if err != nil {
+		return nil, fmt.Errorf("read table constraints: %w", err)
+	}
+	defer rows.Close()
+	var out []UniqueColumn
+	for rows.Next() {
+		var c UniqueColumn
+		if err := rows.Scan(&c.Table, &c.Column); err != nil {
+			return nil, fmt.Errorf("read table constraints: %w", err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read table constraints: %w", err)
+	}
+	return out, nil
+}
+
+// UniqueTablesFrom returns, sorted, the tables whose privacy-unit column
+// cols (the rows of UniqueColumnsSQL) holds: what Options.UniqueTables
+// expects.
+func UniqueTablesFrom(cols []UniqueColumn, cat *Catalog) []string {
+	pu := strings.ToLower(cat.PrivacyUnit)
+	var out []string
+	for _, c := range cols {
+		if c.Column == pu {
+			out = append(out, c.Table)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // quoteIdent double-quotes an identifier. Catalog names are restricted to

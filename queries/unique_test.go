@@ -9,31 +9,20 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// uniqueTables runs UniqueTablesSQL on db.
+// uniqueTables reads db's unique columns (UniqueColumnsSQL) and returns
+// the tables whose privacy-unit column is among them.
 func uniqueTables(tb testing.TB, db *sql.DB, cat *Catalog) []string {
 	tb.Helper()
-	rows, err := db.Query(UniqueTablesSQL(cat))
+	cols, err := ReadUniqueColumns(context.Background(), db)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			tb.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	if err := rows.Err(); err != nil {
-		tb.Fatal(err)
-	}
-	return out
+	return UniqueTablesFrom(cols, cat)
 }
 
-// TestUniqueTablesSQL: only a constraint DuckDB enforces on the privacy-unit
+// TestUniqueColumnsSQL: only a constraint DuckDB enforces on the privacy-unit
 // column alone, and excluding NULL, makes a table unique per patient.
-func TestUniqueTablesSQL(t *testing.T) {
+func TestUniqueColumnsSQL(t *testing.T) {
 	cat := MustLoadTestCatalog(t)
 	for _, tt := range []struct {
 		name  string
@@ -51,6 +40,10 @@ func TestUniqueTablesSQL(t *testing.T) {
 		{name: "key on another column", setup: []string{"CREATE TABLE demo (id BIGINT PRIMARY KEY, patient_id BIGINT NOT NULL)"}, want: nil},
 		{name: "other schema", setup: []string{"CREATE SCHEMA s", "CREATE TABLE s.patients (patient_id BIGINT PRIMARY KEY)"}, want: nil},
 		{name: "case of the column", setup: []string{`CREATE TABLE demo ("Patient_ID" BIGINT PRIMARY KEY)`}, want: []string{"demo"}},
+		{name: "two keyed tables, sorted", setup: []string{
+			"ALTER TABLE patients ADD PRIMARY KEY (patient_id)",
+			"CREATE TABLE demo (patient_id BIGINT UNIQUE NOT NULL, id BIGINT PRIMARY KEY)",
+		}, want: []string{"demo", "patients"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			db := MustTestDB(t, cat, tt.setup...)

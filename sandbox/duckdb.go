@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/duckdb/duckdb-go/v2"
+
+	"github.com/nhs-tre/tre/queries"
 )
 
 // lockedDB is a DuckDB database opened read-only and locked down, with the
@@ -21,6 +23,10 @@ import (
 type lockedDB struct {
 	db   *sql.DB
 	conn *sql.Conn
+	// keys are the data's single-column keys (queries.UniqueColumnsSQL),
+	// read by openData: nothing of a job is needed for them, so with the
+	// early open they are read before the job arrives.
+	keys []queries.UniqueColumn
 }
 
 func (l *lockedDB) Close() error {
@@ -75,6 +81,10 @@ func openData(ctx context.Context, cc *childConfig) (*lockedDB, error) {
 			l.Close()
 			return nil, fmt.Errorf("lock down: %w", err)
 		}
+	}
+	if l.keys, err = queries.ReadUniqueColumns(ctx, conn); err != nil {
+		l.Close()
+		return nil, err
 	}
 	return l, nil
 }

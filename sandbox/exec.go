@@ -31,7 +31,7 @@ func execute(ctx context.Context, ldb *lockedDB, req *request, cc *childConfig) 
 	if _, err := rand.Read(seed[:]); err != nil {
 		return nil, fmt.Errorf("seed: %w", err)
 	}
-	plan, err := compile(ctx, ldb.conn, req.Catalog, req.SQL, queries.Options{
+	plan, err := compile(ctx, ldb, req.Catalog, req.SQL, queries.Options{
 		Epsilon: req.Epsilon,
 		Seed:    binary.LittleEndian.Uint64(seed[:]),
 	})

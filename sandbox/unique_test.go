@@ -50,7 +50,11 @@ func TestUniqueTablesLockedDown(t *testing.T) {
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("unique tables (-want +got):\n%s", diff)
 			}
-			plan, err := compile(ctx, ldb.conn, cat, patientsQuery, queries.Options{Seed: 1})
+			// The keys the child read while opening the data say the same.
+			if diff := cmp.Diff(tt.want, queries.UniqueTablesFrom(ldb.keys, cat)); diff != "" {
+				t.Errorf("unique tables from the keys read at open (-want +got):\n%s", diff)
+			}
+			plan, err := compile(ctx, ldb, cat, patientsQuery, queries.Options{Seed: 1})
 			if err != nil {
 				t.Fatal(err)
 			}

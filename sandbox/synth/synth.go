@@ -268,7 +268,7 @@ func generate(ctx context.Context, path, spill string, opts Options, now func() 
 		{name: stagePrepare, stmts: setup},
 		// The primary key makes one row per patient a fact DuckDB enforces,
 		// which lets queries over patients skip contribution bounding
-		// (queries.UniqueTablesSQL). It costs ~0.4 s at 1M patients and ~7 s at
+		// (queries.UniqueColumnsSQL). It costs ~0.4 s at 1M patients and ~7 s at
 		// 10M on two cores (BENCHMARKS.md).
 		{name: "patients", stmts: []string{patientsSQL(opts.Patients), "ALTER TABLE patients ADD PRIMARY KEY (patient_id)"}, table: "patients"},
 		{name: "clinical_events", stmts: []string{clinicalEventsSQL(fabry, outliers)}, table: "clinical_events"},
