@@ -308,6 +308,13 @@ func (c *Client) Result(ctx context.Context, id int64) (*ResultResponse, error) 
 	return &out, nil
 }
 
+// QueryRaw returns the JSON document Query decodes, undecoded: for callers
+// that only check it, such as tre bench's load generator.
+func (c *Client) QueryRaw(ctx context.Context, id int64) ([]byte, error) {
+	data, _, _, err := c.raw(ctx, http.MethodGet, idPath("/api/v1/queries/%d", id), nil, nil)
+	return data, err
+}
+
 // ResultRaw returns a released table's bytes in format "csv" or "json".
 func (c *Client) ResultRaw(ctx context.Context, id int64, format string) ([]byte, error) {
 	data, _, _, err := c.raw(ctx, http.MethodGet, idPath("/api/v1/queries/%d/result", id), url.Values{"format": {format}}, nil)
