@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nhs-tre/tre/queries"
 )
 
 // optOutCounts are the runner's opt-out-only children and the jobs whose
@@ -204,9 +206,10 @@ func TestChildUsesKnownHashOnlyForItsFile(t *testing.T) {
 	}
 }
 
-// TestFindOpenedData checks the child's identity is of the file DuckDB has
-// open, not of whatever the path names now, and that a write to it is seen.
-func TestFindOpenedData(t *testing.T) {
+// mustOpenedFixture opens a 50-patient fixture locked down and finds the
+// file DuckDB has open.
+func mustOpenedFixture(t *testing.T) (*queries.Catalog, string, *lockedDB, *openedData) {
+	t.Helper()
 	cat := MustCatalog(t)
 	data := MustFixture(t, 50)
 	ldb := mustLocked(t, data, cat)
@@ -214,6 +217,13 @@ func TestFindOpenedData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cat, data, ldb, opened
+}
+
+// TestFindOpenedData checks the child's identity is of the file DuckDB has
+// open, not of whatever the path names now, and that a write to it is seen.
+func TestFindOpenedData(t *testing.T) {
+	cat, data, ldb, opened := mustOpenedFixture(t)
 	if id := statIdentity(data); id == nil || *id != opened.id {
 		t.Fatalf("opened %+v, stat %+v", opened.id, id)
 	}
@@ -257,13 +267,7 @@ func TestFindOpenedData(t *testing.T) {
 // TestWALMeansUnknown: with a WAL file beside the data its contents are not
 // the file's alone, so neither side treats the identity as reusable.
 func TestWALMeansUnknown(t *testing.T) {
-	cat := MustCatalog(t)
-	data := MustFixture(t, 50)
-	ldb := mustLocked(t, data, cat)
-	opened, err := findOpenedData(data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cat, data, ldb, opened := mustOpenedFixture(t)
 	if err := os.WriteFile(data+".wal", nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
