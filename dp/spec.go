@@ -235,13 +235,12 @@ func (s Spec) plan() budgetPlan {
 			}
 		case AggSum:
 			add(i, a.Name, roleValue, c*math.Max(math.Abs(a.Lower), math.Abs(a.Upper)))
-		case AggMean:
+		case AggMean, AggVariance, AggStddev:
 			add(i, a.Name+"/count", roleCount, c)
 			add(i, a.Name+"/sum", roleNormSum, c*half)
-		case AggVariance, AggStddev:
-			add(i, a.Name+"/count", roleCount, c)
-			add(i, a.Name+"/sum", roleNormSum, c*half)
-			add(i, a.Name+"/sumsq", roleNormSumSq, c*half*half)
+			if a.Kind.UsesSumSq() {
+				add(i, a.Name+"/sumsq", roleNormSumSq, c*half*half)
+			}
 		}
 	}
 	if p.suppress < 0 {
