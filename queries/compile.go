@@ -882,12 +882,14 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		for r := range refs {
 			ofPatient = ofPatient && r.patient && !r.public && (r.derived || r.unique)
 		}
-		switch n := c.bucketCount(target, sc, ranges); {
-		case ofPatient:
-		case n > 0 && q.groupBound <= maxGroupBound/n:
-			q.groupBound *= n
-		default:
-			q.groupBound = 0
+		if !ofPatient {
+			// A key proven per patient counts once; any other needs a
+			// bucket count, or nothing is known.
+			if n := c.bucketCount(target, sc, ranges); n > 0 && q.groupBound <= maxGroupBound/n {
+				q.groupBound *= n
+			} else {
+				q.groupBound = 0
+			}
 		}
 		if name == "" {
 			name = defaultName(target)
