@@ -73,12 +73,15 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg, err := cfg.absolute()
+	if err != nil {
+		return nil, err
+	}
 	if err := cfg.Catalog.Validate(); err != nil {
 		return nil, fmt.Errorf("sandbox config: %w", err)
 	}
-	st, err := os.Stat(cfg.DataPath)
-	if err != nil || !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("sandbox config: data file %s is not a readable regular file", cfg.DataPath)
+	if err := checkDataFile(cfg.DataPath); err != nil {
+		return nil, fmt.Errorf("sandbox config: %w", err)
 	}
 	if err := os.MkdirAll(cfg.ScratchDir, 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox config: scratch dir: %w", err)

@@ -176,12 +176,14 @@ func TestErrorNeverCarriesData(t *testing.T) {
 
 // TestUnopenableDataUnavailable: a data file DuckDB cannot open is the
 // site's problem, reported as unavailable, never as a refused query.
+// NewRunner refuses such a file at start-up (datafile_test.go); here it is
+// replaced after the runner started.
 func TestUnopenableDataUnavailable(t *testing.T) {
-	data := filepath.Join(t.TempDir(), "data.duckdb")
+	data := MustFixture(t, 20)
+	r := MustRunner(t, testConfig(t, data))
 	if err := os.WriteFile(data, []byte("not a DuckDB file, but the site's mistake"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r := MustRunner(t, testConfig(t, data))
 	sql := "SELECT count(*) AS n FROM patients"
 	_, err := r.Run(context.Background(), job(sql))
 	if ErrorCode(err) != CodeUnavailable {

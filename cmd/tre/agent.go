@@ -74,9 +74,6 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := os.Stat(cfg.Data); err != nil {
-		return nil, nil, fmt.Errorf("data file: %w", err)
-	}
 	mem, err := parseByteSize(cfg.MemoryLimit)
 	if err != nil {
 		return nil, nil, fmt.Errorf("memory_limit: %w", err)

@@ -36,8 +36,15 @@ type treProcess struct {
 // SIGKILL) when the test ends.
 func startTre(tb testing.TB, args ...string) *treProcess {
 	tb.Helper()
+	return startTreIn(tb, "", args...)
+}
+
+// startTreIn is startTre in the working directory dir ("": the test's).
+func startTreIn(tb testing.TB, dir string, args ...string) *treProcess {
+	tb.Helper()
 	p := &treProcess{out: &bytes.Buffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(os.Args[0], args...)
+	p.cmd.Dir = dir
 	p.cmd.Env = append(os.Environ(), envPlayTre+"=1")
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
