@@ -478,7 +478,7 @@ func (c *compiler) resolveRef(n obj, sc *scope) (*relation, *column, error) {
 			}
 		}
 		if col == nil {
-			return nil, nil, refuse("unknown column "+display, pos(n), "it is not a column of the tables in FROM (see the dataset catalog)")
+			return nil, nil, refuse("unknown column "+display, pos(n), "it is not a column of the tables in FROM (see the dataset catalog)"+didYouMean(display, sc.columnNames()))
 		}
 		return rel, col, nil
 	case 2:
@@ -487,10 +487,14 @@ func (c *compiler) resolveRef(n obj, sc *scope) (*relation, *column, error) {
 				if cl := r.col(parts[1]); cl != nil {
 					return r, cl, nil
 				}
-				return nil, nil, refuse("unknown column "+display, pos(n), "table "+parts[0]+" has no such column")
+				return nil, nil, refuse("unknown column "+display, pos(n), "table "+parts[0]+" has no such column"+didYouMean(display, r.columnNames()))
 			}
 		}
-		return nil, nil, refuse("unknown table alias in "+display, pos(n), "")
+		var aliases []string
+		for _, r := range sc.rels {
+			aliases = append(aliases, r.alias)
+		}
+		return nil, nil, refuse("unknown table alias in "+display, pos(n), "no table in FROM is called "+parts[0]+didYouMean(parts[0], aliases))
 	}
 	return nil, nil, refuse("qualified name "+display, pos(n), "use table.column or column")
 }
@@ -602,7 +606,7 @@ func (c *compiler) baseTable(n obj, sc *scope) (string, string, error) {
 	} else if strings.ContainsAny(name, "./\\:*?") {
 		return "", "", refuse(fmt.Sprintf("file or URL %q", name), pos(n), "only catalog tables may be read")
 	} else {
-		return "", "", refuse("unknown table "+name, pos(n), "only catalog tables may be read (see the dataset catalog)")
+		return "", "", refuse("unknown table "+name, pos(n), "only catalog tables may be read (see the dataset catalog)"+didYouMean(name, c.tableNames()))
 	}
 	rel.alias = alias
 	if err := c.addRel(sc, &rel, pos(n)); err != nil {
