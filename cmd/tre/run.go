@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nhs-tre/tre/dp"
@@ -97,7 +98,7 @@ func (m *RunMain) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return exitError{code: 1, err: fmt.Errorf("%s: %s", sandbox.ErrorCode(err), sandbox.ErrorMessage(err))}
+		return exitError{code: 1, err: errors.New(codedMessage(sandbox.ErrorCode(err), sandbox.ErrorMessage(err)))}
 	}
 	return m.print(res)
 }
@@ -124,6 +125,15 @@ func (m *RunMain) print(res *dp.Result) error {
 	enc := json.NewEncoder(m.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(res.Report)
+}
+
+// codedMessage prefixes msg with its code unless it already starts with it
+// (a refusal reads "refused: …").
+func codedMessage(code, msg string) string {
+	if strings.HasPrefix(msg, code+": ") {
+		return msg
+	}
+	return code + ": " + msg
 }
 
 // writeResultCSV writes the protected table; suppressed cells are empty.

@@ -58,22 +58,10 @@ func (m *SynthMain) ParseFlags(ctx context.Context, args []string) error {
 // Run generates the dataset, showing a progress bar when stderr is a
 // terminal and plain stage lines otherwise (logs, CI).
 func (m *SynthMain) Run(ctx context.Context) error {
-	var bar *progressbar.ProgressBar
 	opts := m.opts
+	var finish func()
 	if isTerminal(m.stderr) {
-		opts.Progress = func(stage string, done, total int) {
-			if bar == nil {
-				bar = progressbar.NewOptions(total,
-					progressbar.OptionSetWriter(m.stderr),
-					progressbar.OptionSetWidth(30),
-					progressbar.OptionShowCount(),
-					progressbar.OptionSetElapsedTime(true),
-					progressbar.OptionClearOnFinish(),
-				)
-			}
-			bar.Describe(fmt.Sprintf("%-20s", stage))
-			_ = bar.Set(done) // writes to a terminal; a failed redraw is not an error of the run
-		}
+		opts.Progress, finish = progressBar(m.stderr)
 	} else {
 		opts.Progress = func(stage string, done, total int) {
 			if done < total {
@@ -82,8 +70,8 @@ func (m *SynthMain) Run(ctx context.Context) error {
 		}
 	}
 	stats, err := synth.Generate(ctx, opts)
-	if bar != nil {
-		_ = bar.Finish()
+	if finish != nil {
+		finish()
 	}
 	if err != nil {
 		return err
@@ -102,6 +90,40 @@ func (m *SynthMain) Run(ctx context.Context) error {
 
 // Close releases nothing: Generate closes its database before returning.
 func (m *SynthMain) Close() error { return nil }
+
+// progressBar returns a synth.Options.Progress that draws a bar on w, which
+// ends at 100% with the last stage, and a finish that ends the bar's line
+// (needed only when generation stopped early).
+func progressBar(w io.Writer) (progress func(stage string, done, total int), finish func()) {
+	var bar *progressbar.ProgressBar
+	progress = func(stage string, done, total int) {
+		if bar == nil {
+			bar = progressbar.NewOptions(total,
+				progressbar.OptionSetWriter(w),
+				progressbar.OptionSetWidth(30),
+				progressbar.OptionShowCount(),
+				progressbar.OptionSetElapsedTime(true),
+				progressbar.OptionSetPredictTime(false),
+				progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
+			)
+		}
+		// Redraws go to a terminal; a failed one is not an error of the run.
+		if done >= total {
+			bar.Describe(fmt.Sprintf("%-20s", stage))
+			_ = bar.Finish()
+			return
+		}
+		_ = bar.Set(done)
+		bar.Describe(fmt.Sprintf("%-20s", stage))
+	}
+	finish = func() {
+		if bar != nil && !bar.IsFinished() {
+			_ = bar.Exit()
+			fmt.Fprintln(w)
+		}
+	}
+	return progress, finish
+}
 
 // isTerminal reports whether w is a character device (a terminal).
 func isTerminal(w io.Writer) bool {

@@ -73,3 +73,28 @@ func TestSynthRun(t *testing.T) {
 		t.Errorf("run with --force: %v", err)
 	}
 }
+
+// TestSynthProgressBarEndsFull: the bar's last frame is 100% once the last
+// stage is done, on its own line.
+func TestSynthProgressBarEndsFull(t *testing.T) {
+	var buf bytes.Buffer
+	progress, finish := progressBar(&buf)
+	for i, stage := range []string{"prepare", "patients", "finish"} {
+		progress(stage, i, 3)
+	}
+	progress("done", 3, 3)
+	finish()
+	out := buf.String()
+	if !strings.HasSuffix(out, "\n") {
+		t.Errorf("the bar's line is not ended: %q", out)
+	}
+	var last string
+	for _, frame := range strings.Split(strings.TrimSuffix(out, "\n"), "\r") {
+		if strings.TrimSpace(frame) != "" {
+			last = frame
+		}
+	}
+	if !strings.Contains(last, "100%") || !strings.Contains(last, "(3/3)") || !strings.Contains(last, "done") {
+		t.Errorf("last frame %q, want done at 100%% (3/3)", last)
+	}
+}
