@@ -71,15 +71,11 @@ func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("protect: %w", err)
 	}
-	cost := s.Cost()
+	c := s.Claims()
 	r := &res.Report
-	r.Epsilon, r.Delta = cost.Epsilon, cost.Delta
-	r.Mechanism = p.mechanism
-	r.MaxGroupsPerPatient = s.MaxGroupsPerPatient
-	r.MaxRowsPerGroup = s.MaxRowsPerGroup
-	r.Threshold = s.Threshold
-	r.RoundingBase = s.RoundingBase
-	r.Rounding = s.rounding()
+	r.Epsilon, r.Delta, r.Mechanism = c.Epsilon, c.Delta, c.Mechanism
+	r.MaxGroupsPerPatient, r.MaxRowsPerGroup = c.MaxGroupsPerPatient, c.MaxRowsPerGroup
+	r.Threshold, r.RoundingBase, r.Rounding = c.Threshold, c.RoundingBase, c.Rounding
 	r.PartitionSelection = mode
 	// Neither number is differentially private; rounding keeps them from
 	// being usable as exact counts.
@@ -321,13 +317,7 @@ func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, e
 // budget: every decision here is a function of noisy values (and the
 // dominance flags, which only annotate).
 func postProcess(s Spec, p budgetPlan, groups []noisyGroup) (*Result, error) {
-	res := &Result{Rows: make([][]Cell, 0, len(groups))}
-	for _, g := range s.Groups {
-		res.Columns = append(res.Columns, Column{Name: g.Name, Kind: "group"})
-	}
-	for _, a := range s.Aggregates {
-		res.Columns = append(res.Columns, Column{Name: a.Name, Kind: string(a.Kind)})
-	}
+	res := &Result{Columns: s.Columns(), Rows: make([][]Cell, 0, len(groups))}
 
 	primary := make([]bool, len(groups))
 	ranking := make([]float64, len(groups))
