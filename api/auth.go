@@ -64,6 +64,10 @@ type AuthConfig struct {
 	// RolesClaim is the dotted path of the roles array in the claims:
 	// "roles" (default) or e.g. "realm_access.roles" for Keycloak.
 	RolesClaim string
+	// SiteClaim is the dotted path of the string naming the site an agent
+	// token acts for: "site" (default). An agent token without it is
+	// refused on every agent call.
+	SiteClaim string
 	// DevKey, when non-nil, enables HS256 tokens signed with it (tre serve
 	// --dev). Never set in production.
 	DevKey []byte
@@ -150,6 +154,9 @@ func NewVerifier(ctx context.Context, cfg AuthConfig, opts ...VerifierOption) (*
 	}
 	if cfg.RolesClaim == "" {
 		cfg.RolesClaim = "roles"
+	}
+	if cfg.SiteClaim == "" {
+		cfg.SiteClaim = "site"
 	}
 	if cfg.JWKSRefresh == 0 {
 		cfg.JWKSRefresh = 10 * time.Minute
@@ -569,7 +576,22 @@ func loadPublicKeyFile(path string) (verificationKey, error) {
 	return verificationKey{}, fmt.Errorf("auth: %s: unsupported public key type %T", path, pub)
 }
 
-// userFromClaims reads sub, name, org and the roles at the configured path.
+// claimAt returns the claim at a dotted path such as realm_access.roles,
+// or nil.
+func claimAt(c jwt.MapClaims, path string) any {
+	var node any = map[string]any(c)
+	for _, part := range strings.Split(path, ".") {
+		m, ok := node.(map[string]any)
+		if !ok {
+			return nil
+		}
+		node = m[part]
+	}
+	return node
+}
+
+// userFromClaims reads sub, name, org, the roles and the site at the
+// configured paths.
 func (v *Verifier) userFromClaims(c jwt.MapClaims) (*broker.User, error) {
 	sub, _ := c["sub"].(string)
 	if strings.TrimSpace(sub) == "" {
@@ -578,16 +600,8 @@ func (v *Verifier) userFromClaims(c jwt.MapClaims) (*broker.User, error) {
 	u := &broker.User{Subject: sub}
 	u.Name, _ = c["name"].(string)
 	u.Org, _ = c["org"].(string)
-	var node any = map[string]any(c)
-	for _, part := range strings.Split(v.cfg.RolesClaim, ".") {
-		m, ok := node.(map[string]any)
-		if !ok {
-			node = nil
-			break
-		}
-		node = m[part]
-	}
-	list, _ := node.([]any)
+	u.Site, _ = claimAt(c, v.cfg.SiteClaim).(string)
+	list, _ := claimAt(c, v.cfg.RolesClaim).([]any)
 	for _, r := range list {
 		s, ok := r.(string)
 		if !ok {
@@ -644,10 +658,12 @@ func LoadOrCreateDevKey(dir string) ([]byte, error) {
 
 // DevClaims are the claims of a dev-mode token.
 type DevClaims struct {
-	Subject  string
-	Name     string
-	Org      string
-	Roles    []broker.Role
+	Subject string
+	Name    string
+	Org     string
+	Roles   []broker.Role
+	// Site binds an agent token to the site it acts for (the site claim).
+	Site     string
 	Issuer   string
 	Audience string
 	IssuedAt time.Time
@@ -684,6 +700,9 @@ func MintDevToken(key []byte, c DevClaims) (string, error) {
 	}
 	if c.Org != "" {
 		claims["org"] = c.Org
+	}
+	if c.Site != "" {
+		claims["site"] = c.Site
 	}
 	if c.Issuer != "" {
 		claims["iss"] = c.Issuer

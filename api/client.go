@@ -25,6 +25,9 @@ const maxResponseBytes = 64 << 20
 type Client struct {
 	BaseURL string // e.g. https://broker.example.nhs.uk
 	Token   string // bearer token
+	// AgentVersion is what a site agent reports about itself when it
+	// publishes its catalog and polls for work (shown on the sites page).
+	AgentVersion string
 	// HTTPClient defaults to a client with a 60 s overall timeout, so a
 	// stuck broker can never hang a caller forever.
 	HTTPClient *http.Client
@@ -347,16 +350,24 @@ func (c *Client) VerifyAudit(ctx context.Context) (*broker.AuditVerification, er
 	return &out, err
 }
 
+// CreateSite registers a site so that its agent may act (admin).
+func (c *Client) CreateSite(ctx context.Context, req SiteRequest) (*broker.Site, error) {
+	var out broker.Site
+	_, err := c.do(ctx, http.MethodPost, "/api/v1/sites", nil, req, &out)
+	return &out, err
+}
+
 // PublishCatalog publishes a site's dataset catalog (agent).
 func (c *Client) PublishCatalog(ctx context.Context, siteID string, cat *queries.Catalog) error {
-	_, err := c.do(ctx, http.MethodPut, "/api/v1/agent/catalog", nil, CatalogRequest{SiteID: siteID, Catalog: cat}, nil)
+	_, err := c.do(ctx, http.MethodPut, "/api/v1/agent/catalog", nil,
+		CatalogRequest{SiteID: siteID, AgentVersion: c.AgentVersion, Catalog: cat}, nil)
 	return err
 }
 
 // Lease asks for an approved job; it returns nil, nil when there is none.
 func (c *Client) Lease(ctx context.Context, siteID string) (*broker.Lease, error) {
 	var out broker.Lease
-	status, err := c.do(ctx, http.MethodPost, "/api/v1/agent/lease", nil, LeaseRequest{SiteID: siteID}, &out)
+	status, err := c.do(ctx, http.MethodPost, "/api/v1/agent/lease", nil, LeaseRequest{SiteID: siteID, AgentVersion: c.AgentVersion}, &out)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,7 +33,7 @@ func TestClientFlow(t *testing.T) {
 	researcher := as("res1", broker.RoleResearcher)
 	reviewer := as("rev1", broker.RoleReviewer)
 	checker := as("chk1", broker.RoleOutputChecker)
-	agent := as("agent1", broker.RoleAgent)
+	agent := &Client{BaseURL: ts.URL, Token: mustAgentToken(t, "agent1", brokertest.SiteID), HTTPClient: ts.Client(), AgentVersion: "tre test"}
 	admin := as("admin1", broker.RoleAdmin)
 	pid := e.f.Project.ID
 
@@ -80,14 +81,14 @@ func TestClientFlow(t *testing.T) {
 	if _, err := agent.Heartbeat(ctx, q.ID, "stolen"); !isStatus(err, 409) && !isStatus(err, 403) {
 		t.Errorf("heartbeat with a wrong token: %v", err)
 	}
-	if err := agent.Complete(ctx, q.ID, lease.Token, brokertest.Result(0.5)); err != nil {
+	if err := agent.Complete(ctx, q.ID, lease.Token, e.f.Result(0.5)); err != nil {
 		t.Fatalf("complete: %v", err)
 	}
 	if _, err := researcher.Result(ctx, q.ID); !isStatus(err, 403) {
 		t.Errorf("result before release: %v", err)
 	}
 	out, err := checker.Output(ctx, q.ID)
-	if err != nil || len(out.Result.Rows) != 1 {
+	if err != nil || len(out.Result.Rows) != len(e.f.Result(0.5).Rows) {
 		t.Fatalf("output = %+v, %v", out, err)
 	}
 	if q, err = checker.ReleaseQuery(ctx, q.ID, "safe"); err != nil || q.Status != broker.StatusReleased {
@@ -97,7 +98,7 @@ func TestClientFlow(t *testing.T) {
 	if err != nil {
 		t.Fatalf("result: %v", err)
 	}
-	if diff := cmp.Diff(brokertest.Result(0.5).Rows, res.Rows); diff != "" {
+	if diff := cmp.Diff(e.f.Result(0.5).Rows, res.Rows); diff != "" {
 		t.Errorf("released rows (-want +got):\n%s", diff)
 	}
 	data, err := researcher.ResultRaw(ctx, q.ID, "csv")
@@ -108,7 +109,18 @@ func TestClientFlow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := [][]string{{"sex", "count", "count_ci_low", "count_ci_high", "count_flag"}, {"female", "120", "", "", ""}}
+	var wantCSV strings.Builder
+	released := e.f.Result(0.5)
+	if err := WriteResultCSV(&wantCSV, &released); err != nil {
+		t.Fatal(err)
+	}
+	want, err := csv.NewReader(strings.NewReader(wantCSV.String())).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want) != 4 || !slices.Equal(want[0], []string{"sex", "count", "count_ci_low", "count_ci_high", "count_flag"}) {
+		t.Fatalf("the released table's CSV = %q, want a header and three rows", want)
+	}
 	if diff := cmp.Diff(want, recs); diff != "" {
 		t.Errorf("csv (-want +got):\n%s", diff)
 	}

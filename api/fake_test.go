@@ -24,7 +24,19 @@ var testDevKey = []byte("0123456789abcdef0123456789abcdef")
 // mustToken mints a dev token for sub with roles, valid at testNow.
 func mustToken(tb testing.TB, sub string, roles ...broker.Role) string {
 	tb.Helper()
-	tok, err := MintDevToken(testDevKey, DevClaims{Subject: sub, Roles: roles, IssuedAt: testNow, TTL: time.Hour})
+	return mustClaims(tb, DevClaims{Subject: sub, Roles: roles})
+}
+
+// mustAgentToken mints an agent token bound to site ("" for none).
+func mustAgentToken(tb testing.TB, sub, site string) string {
+	tb.Helper()
+	return mustClaims(tb, DevClaims{Subject: sub, Roles: []broker.Role{broker.RoleAgent}, Site: site})
+}
+
+func mustClaims(tb testing.TB, c DevClaims) string {
+	tb.Helper()
+	c.IssuedAt, c.TTL = testNow, time.Hour
+	tok, err := MintDevToken(testDevKey, c)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -127,7 +139,10 @@ func (f *fakeService) fail() error {
 	return f.err
 }
 
-func (f *fakeService) PublishCatalog(ctx context.Context, siteID string, cat *queries.Catalog) error {
+func (f *fakeService) PublishCatalog(ctx context.Context, siteID, version string, cat *queries.Catalog) error {
+	return f.fail()
+}
+func (f *fakeService) CreateSite(ctx context.Context, s *broker.Site) error {
 	return f.fail()
 }
 func (f *fakeService) FindDatasets(ctx context.Context) ([]*queries.Catalog, error) {
@@ -216,7 +231,7 @@ func (f *fakeService) WithholdQuery(ctx context.Context, id int64, reason string
 func (f *fakeService) DownloadResult(ctx context.Context, id int64) (*broker.Output, error) {
 	return f.output, f.fail()
 }
-func (f *fakeService) LeaseJob(ctx context.Context, siteID string) (*broker.Lease, error) {
+func (f *fakeService) LeaseJob(ctx context.Context, siteID, version string) (*broker.Lease, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.lease, f.err

@@ -24,18 +24,34 @@ type matrixCaller struct {
 	name  string
 	sub   string
 	roles []broker.Role
+	site  string // the site claim of an agent token
 }
 
+// Agent callers: the fixture's site-a agent, an agent of another registered
+// site (site-b, holding no dataset) and an agent token naming no site.
 func matrixCallers() []matrixCaller {
+	agent := []broker.Role{broker.RoleAgent}
 	return []matrixCaller{
-		{"member", "res1", []broker.Role{broker.RoleResearcher}},
-		{"nonmember", "res9", []broker.Role{broker.RoleResearcher}},
-		{"reviewer", "rev1", []broker.Role{broker.RoleReviewer}},
-		{"checker", "chk1", []broker.Role{broker.RoleOutputChecker}},
-		{"admin", "admin1", []broker.Role{broker.RoleAdmin}},
-		{"agent", "agent1", []broker.Role{broker.RoleAgent}},
-		{"anonymous", "", nil},
+		{name: "member", sub: "res1", roles: []broker.Role{broker.RoleResearcher}},
+		{name: "nonmember", sub: "res9", roles: []broker.Role{broker.RoleResearcher}},
+		{name: "reviewer", sub: "rev1", roles: []broker.Role{broker.RoleReviewer}},
+		{name: "checker", sub: "chk1", roles: []broker.Role{broker.RoleOutputChecker}},
+		{name: "admin", sub: "admin1", roles: []broker.Role{broker.RoleAdmin}},
+		{name: "agent", sub: "agent1", roles: agent, site: brokertest.SiteID},
+		{name: "other-site agent", sub: "agent2", roles: agent, site: matrixOtherSite},
+		{name: "siteless agent", sub: "agent3", roles: agent},
+		{name: "anonymous"},
 	}
+}
+
+// matrixOtherSite is a registered site that holds no dataset.
+const matrixOtherSite = "site-b"
+
+func (c matrixCaller) token(tb testing.TB) string {
+	if c.sub == "" {
+		return ""
+	}
+	return mustClaims(tb, DevClaims{Subject: c.sub, Roles: c.roles, Site: c.site})
 }
 
 // realEnv is the HTTP server over the real broker service on a fresh
@@ -44,6 +60,7 @@ type realEnv struct {
 	f     *brokertest.Fixture
 	srv   *Server
 	other *broker.Project
+	sites int // sites registered through the matrix
 }
 
 func newRealEnv(tb testing.TB) *realEnv {
@@ -57,6 +74,7 @@ func newRealEnv(tb testing.TB) *realEnv {
 	f := brokertest.NewFixture(tb, brokertest.Config{}, store, broker.Options{})
 	e := &realEnv{f: f}
 	e.other = f.MustProject(50, 1e-3, "res3")
+	f.MustSite(matrixOtherSite)
 	e.srv = newTestServer(tb, f.Service, func(c *Config) { c.DryRunner = fakeDryRunner{} })
 	return e
 }
@@ -90,7 +108,7 @@ func (e *realEnv) queryIn(tb testing.TB, own bool, st broker.Status) (*broker.Qu
 	if st == broker.StatusRunning {
 		return q, token
 	}
-	if err := svc.CompleteJob(f.Agent, q.ID, token, brokertest.Result(0.5)); err != nil {
+	if err := svc.CompleteJob(f.Agent, q.ID, token, e.f.Result(0.5)); err != nil {
 		tb.Fatalf("complete %d: %v", q.ID, err)
 	}
 	if st == broker.StatusAwaitingOutputCheck {
@@ -110,7 +128,7 @@ func (e *realEnv) queryIn(tb testing.TB, own bool, st broker.Status) (*broker.Qu
 func (e *realEnv) leaseFor(tb testing.TB, id int64) string {
 	tb.Helper()
 	for range 100 {
-		l, err := e.f.Service.LeaseJob(e.f.Agent, brokertest.SiteID)
+		l, err := e.f.Service.LeaseJob(e.f.Agent, brokertest.SiteID, "")
 		if err != nil || l == nil {
 			tb.Fatalf("lease for %d: %+v %v", id, l, err)
 		}
@@ -168,7 +186,7 @@ func matrixRoutes() []matrixRoute {
 	}
 	comment := func(*realEnv, bool, *broker.Query, string) any { return CommentRequest{Comment: "ok"} }
 	reason := func(*realEnv, bool, *broker.Query, string) any { return ReasonRequest{Reason: "out of scope"} }
-	all := []string{"member", "nonmember", "reviewer", "checker", "admin", "agent"}
+	all := []string{"member", "nonmember", "reviewer", "checker", "admin", "agent", "other-site agent", "siteless agent"}
 	public := func(string, bool) int { return http.StatusOK }
 	return []matrixRoute{
 		{method: "GET", path: "/healthz", want: public},
@@ -177,6 +195,11 @@ func matrixRoutes() []matrixRoute {
 		{method: "GET", path: "/public/register", want: public},
 		{method: "GET", path: "/api/v1/datasets", want: only(200, all...)},
 		{method: "GET", path: "/api/v1/sites", want: only(200, "admin")},
+		{method: "POST", path: "/api/v1/sites", want: only(201, "admin"),
+			body: func(e *realEnv, _ bool, _ *broker.Query, _ string) any {
+				e.sites++
+				return SiteRequest{ID: fmt.Sprintf("matrix-site-%d", e.sites), Name: "Matrix site", Organisation: "Test NHS Trust"}
+			}},
 		{method: "POST", path: "/api/v1/projects", want: only(201, "admin"),
 			body: func(e *realEnv, _ bool, _ *broker.Query, _ string) any {
 				now := e.f.Clock.Now()
@@ -216,8 +239,8 @@ func matrixRoutes() []matrixRoute {
 		{method: "POST", path: "/api/v1/agent/jobs/%d/heartbeat", state: broker.StatusRunning, want: only(200, "agent"),
 			body: func(_ *realEnv, _ bool, _ *broker.Query, tok string) any { return HeartbeatRequest{Token: tok} }},
 		{method: "POST", path: "/api/v1/agent/jobs/%d/complete", state: broker.StatusRunning, want: only(204, "agent"),
-			body: func(_ *realEnv, _ bool, _ *broker.Query, tok string) any {
-				r := brokertest.Result(0.5)
+			body: func(e *realEnv, _ bool, _ *broker.Query, tok string) any {
+				r := e.f.Result(0.5)
 				return CompleteRequest{Token: tok, Result: &r}
 			}},
 		{method: "POST", path: "/api/v1/agent/jobs/%d/fail", state: broker.StatusRunning, want: only(204, "agent"),
@@ -255,10 +278,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 					if rt.body != nil {
 						body = rt.body(e, own, q, token)
 					}
-					tok := ""
-					if c.sub != "" {
-						tok = mustToken(t, c.sub, c.roles...)
-					}
+					tok := c.token(t)
 					status, respBody := cf.checkedCall(t, e.srv, rt.method, path, tok, body)
 					if want := rt.want(c.name, own); status != want {
 						t.Errorf("%s (own project %v): status %d, want %d: %s", c.name, own, status, want, respBody)

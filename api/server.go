@@ -101,6 +101,7 @@ func (s *Server) routes() {
 	v1 := e.Group("/api/v1")
 	v1.GET("/datasets", r(anyRole...), s.handle(s.listDatasets))
 	v1.GET("/sites", r(broker.RoleAdmin), s.handle(s.listSites))
+	v1.POST("/sites", r(broker.RoleAdmin), s.handle(s.createSite))
 
 	v1.POST("/projects", r(broker.RoleAdmin), s.handle(s.createProject))
 	v1.GET("/projects", r(broker.RoleAdmin, broker.RoleReviewer, broker.RoleResearcher), s.handle(s.listProjects))
@@ -425,6 +426,26 @@ func (s *Server) listSites(c *gin.Context) error {
 		return err
 	}
 	writeJSON(c, http.StatusOK, paginate(sites, p))
+	return nil
+}
+
+// SiteRequest is the body of POST /api/v1/sites.
+type SiteRequest struct {
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	Organisation string `json:"organisation"`
+}
+
+func (s *Server) createSite(c *gin.Context) error {
+	var req SiteRequest
+	if err := decodeRequest(c.Request, &req); err != nil {
+		return err
+	}
+	site := &broker.Site{ID: req.ID, Name: req.Name, Organisation: req.Organisation}
+	if err := s.svc.CreateSite(c.Request.Context(), site); err != nil {
+		return err
+	}
+	writeJSON(c, http.StatusCreated, site)
 	return nil
 }
 
@@ -859,15 +880,18 @@ func (s *Server) verifyAudit(c *gin.Context) error {
 
 // ---- site agent ----
 
-// CatalogRequest is the body of PUT /api/v1/agent/catalog.
+// CatalogRequest is the body of PUT /api/v1/agent/catalog. SiteID must be
+// the site the agent's token names; AgentVersion is shown on the sites page.
 type CatalogRequest struct {
-	SiteID  string           `json:"site_id"`
-	Catalog *queries.Catalog `json:"catalog"`
+	SiteID       string           `json:"site_id"`
+	AgentVersion string           `json:"agent_version,omitempty"`
+	Catalog      *queries.Catalog `json:"catalog"`
 }
 
-// LeaseRequest is the body of POST /api/v1/agent/lease.
+// LeaseRequest is the body of POST /api/v1/agent/lease: the agent's poll.
 type LeaseRequest struct {
-	SiteID string `json:"site_id"`
+	SiteID       string `json:"site_id"`
+	AgentVersion string `json:"agent_version,omitempty"`
 }
 
 // HeartbeatRequest is the body of a job heartbeat.
@@ -896,7 +920,7 @@ func (s *Server) publishCatalog(c *gin.Context) error {
 	if req.Catalog == nil {
 		return broker.Errorf(broker.EINVALID, "catalog is required")
 	}
-	if err := s.svc.PublishCatalog(c.Request.Context(), req.SiteID, req.Catalog); err != nil {
+	if err := s.svc.PublishCatalog(c.Request.Context(), req.SiteID, req.AgentVersion, req.Catalog); err != nil {
 		return err
 	}
 	c.Status(http.StatusNoContent)
@@ -908,7 +932,7 @@ func (s *Server) leaseJob(c *gin.Context) error {
 	if err := decodeRequest(c.Request, &req); err != nil {
 		return err
 	}
-	l, err := s.svc.LeaseJob(c.Request.Context(), req.SiteID)
+	l, err := s.svc.LeaseJob(c.Request.Context(), req.SiteID, req.AgentVersion)
 	if err != nil {
 		return err
 	}

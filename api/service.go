@@ -21,8 +21,9 @@ import (
 // Service is the part of the broker domain the HTTP layer calls.
 // *broker.Service satisfies it; tests of handlers alone may use a fake.
 type Service interface {
-	PublishCatalog(ctx context.Context, siteID string, cat *queries.Catalog) error
+	PublishCatalog(ctx context.Context, siteID, agentVersion string, cat *queries.Catalog) error
 	FindDatasets(ctx context.Context) ([]*queries.Catalog, error)
+	CreateSite(ctx context.Context, site *broker.Site) error
 	FindSites(ctx context.Context) ([]*broker.Site, error)
 
 	CreateProject(ctx context.Context, p *broker.Project) error
@@ -45,7 +46,7 @@ type Service interface {
 	WithholdQuery(ctx context.Context, id int64, reason string) (*broker.Query, error)
 	DownloadResult(ctx context.Context, id int64) (*broker.Output, error)
 
-	LeaseJob(ctx context.Context, siteID string) (*broker.Lease, error)
+	LeaseJob(ctx context.Context, siteID, agentVersion string) (*broker.Lease, error)
 	HeartbeatJob(ctx context.Context, id int64, token string) (*broker.Lease, error)
 	CompleteJob(ctx context.Context, id int64, token string, res dp.Result) error
 	FailJob(ctx context.Context, id int64, token, code, message string) error

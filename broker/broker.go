@@ -33,6 +33,10 @@ type User struct {
 	Name    string `json:"name,omitempty"`
 	Org     string `json:"org,omitempty"`
 	Roles   []Role `json:"roles"`
+	// Site is the site an agent token acts for (its site claim). The broker
+	// refuses every agent call from a token without one, or for another
+	// site. It means nothing on a person's token.
+	Site string `json:"site,omitempty"`
 }
 
 // HasRole reports whether u holds role r.
@@ -172,12 +176,19 @@ type Lease struct {
 	Delta   float64 `json:"delta"`
 }
 
-// Site is a site agent and the dataset catalog it published.
+// Site is an NHS site an admin registered, with its agent's health: when
+// the agent last called, the version it reported and the datasets it
+// published. Only a registered site's agent may act.
 type Site struct {
-	ID       string    `json:"id"`
-	Datasets []string  `json:"datasets"`
-	LastSeen time.Time `json:"last_seen"`
-	Version  string    `json:"version,omitempty"`
+	ID           string    `json:"id"`
+	Name         string    `json:"name"`
+	Organisation string    `json:"organisation"`
+	Registered   bool      `json:"registered"`
+	RegisteredBy string    `json:"registered_by,omitempty"`
+	RegisteredAt time.Time `json:"registered_at,omitzero"`
+	Datasets     []string  `json:"datasets"`
+	LastSeen     time.Time `json:"last_seen,omitzero"`
+	Version      string    `json:"version,omitempty"`
 }
 
 // AuditEntry is one link of the tamper-evident audit chain: Hash is SHA-256

@@ -269,14 +269,108 @@ func queryObject(id int64) string   { return "query/" + strconv.FormatInt(id, 10
 
 // ---- catalogs and sites ----
 
-// PublishCatalog stores the catalog a site agent publishes and records the
-// site as seen. A dataset belongs to one site.
-func (s *Service) PublishCatalog(ctx context.Context, siteID string, cat *queries.Catalog) error {
-	u, err := s.authorize(ctx, "catalog.publish", "site/"+siteID, RoleAgent)
+// siteObject is a site's audit object.
+func siteObject(id string) string { return "site/" + id }
+
+// agentCaller authorises an agent call made for siteID ("" when the call
+// names no site, such as a heartbeat): the caller must hold the agent role
+// and carry a site claim naming siteID. Whether that site is registered is
+// checked inside the call's transaction (registeredSite).
+func (s *Service) agentCaller(ctx context.Context, action, object, siteID string) (*User, error) {
+	u, err := s.authorize(ctx, action, object, RoleAgent)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case u.Site == "":
+		return nil, s.settle(ctx, u, deny(action, object, "this agent token names no site: an agent token must carry the site it acts for"))
+	case siteID != "" && siteID != u.Site:
+		return nil, s.settle(ctx, u, deny(action, object, "this agent token acts for site %q, not %q", u.Site, siteID))
+	}
+	return u, nil
+}
+
+// registeredSite refuses an agent whose site an admin has not registered
+// and records that the agent called (its health), with the version it
+// reported if any.
+func registeredSite(ctx context.Context, tx Tx, u *User, action, object, version string, now time.Time) error {
+	site, err := tx.FindSite(ctx, u.Site)
+	if ErrorCode(err) == ENOTFOUND || err == nil && !site.Registered {
+		return deny(action, object, "site %q is not registered: an admin must register it (tre site add) before its agent may act", u.Site)
+	} else if err != nil {
+		return err
+	}
+	return tx.TouchSite(ctx, u.Site, now, version)
+}
+
+// validVersion checks an agent's reported version: short printable text.
+func validVersion(v string) error {
+	if len(v) > 100 {
+		return Errorf(EINVALID, "agent version is longer than 100 characters")
+	}
+	for _, r := range v {
+		if r < 0x20 || r > 0x7e {
+			return Errorf(EINVALID, "agent version may contain only printable ASCII")
+		}
+	}
+	return nil
+}
+
+// CreateSite registers an NHS site so that its agent may act. Admins only.
+// A site an agent announced before registration existed is registered in
+// place; a registered site cannot be registered again.
+func (s *Service) CreateSite(ctx context.Context, site *Site) error {
+	u, err := s.authorize(ctx, "site.create", "sites", RoleAdmin)
+	if err != nil {
+		return err
+	}
+	if site == nil {
+		return Errorf(EINVALID, "site is required")
+	}
+	site.Name, site.Organisation = strings.TrimSpace(site.Name), strings.TrimSpace(site.Organisation)
+	if err := validName("site id", site.ID); err != nil {
+		return err
+	}
+	for _, f := range []struct{ name, value string }{{"name", site.Name}, {"organisation", site.Organisation}} {
+		switch {
+		case f.value == "":
+			return Errorf(EINVALID, "site %s is required", f.name)
+		case len(f.value) > 200:
+			return Errorf(EINVALID, "site %s is longer than 200 characters", f.name)
+		}
+	}
+	now := s.clock()
+	return s.update(ctx, u, func(tx Tx) error {
+		old, err := tx.FindSite(ctx, site.ID)
+		switch {
+		case ErrorCode(err) == ENOTFOUND:
+			old = &Site{}
+		case err != nil:
+			return err
+		case old.Registered:
+			return Errorf(ECONFLICT, "site %q is already registered", site.ID)
+		}
+		site.Registered, site.RegisteredBy, site.RegisteredAt = true, u.Subject, now
+		site.LastSeen, site.Version, site.Datasets = old.LastSeen, old.Version, []string{}
+		if err := tx.CreateSite(ctx, site); err != nil {
+			return err
+		}
+		return appendAudit(ctx, tx, now, u.Subject, "site.create", siteObject(site.ID),
+			auditDetail("name", site.Name, "organisation", site.Organisation))
+	})
+}
+
+// PublishCatalog stores the catalog a site agent publishes for its own
+// registered site. A dataset belongs to the site that first published it.
+func (s *Service) PublishCatalog(ctx context.Context, siteID, version string, cat *queries.Catalog) error {
+	u, err := s.agentCaller(ctx, "catalog.publish", siteObject(siteID), siteID)
 	if err != nil {
 		return err
 	}
 	if err := validName("site id", siteID); err != nil {
+		return err
+	}
+	if err := validVersion(version); err != nil {
 		return err
 	}
 	if cat == nil {
@@ -295,6 +389,9 @@ func (s *Service) PublishCatalog(ctx context.Context, siteID string, cat *querie
 	hash := hashString(string(body))
 	now := s.clock()
 	return s.update(ctx, u, func(tx Tx) error {
+		if err := registeredSite(ctx, tx, u, "catalog.publish", siteObject(siteID), version, now); err != nil {
+			return err
+		}
 		owner, _, _, err := tx.FindCatalog(ctx, cat.Dataset, false)
 		switch {
 		case ErrorCode(err) == ENOTFOUND:
@@ -302,9 +399,6 @@ func (s *Service) PublishCatalog(ctx context.Context, siteID string, cat *querie
 			return err
 		case owner != siteID:
 			return Errorf(ECONFLICT, "dataset %q is already published by site %q", cat.Dataset, owner)
-		}
-		if err := tx.TouchSite(ctx, &Site{ID: siteID, LastSeen: now}); err != nil {
-			return err
 		}
 		if err := tx.PutCatalog(ctx, siteID, cat.Dataset, hash, body, now); err != nil {
 			return err
@@ -338,7 +432,7 @@ func (s *Service) FindDatasets(ctx context.Context) ([]*queries.Catalog, error) 
 	return out, nil
 }
 
-// FindSites returns the site agents that published catalogs.
+// FindSites returns every site with its agent's health. Admins only.
 func (s *Service) FindSites(ctx context.Context) ([]*Site, error) {
 	u, err := s.authorize(ctx, "sites.list", "sites", RoleAdmin)
 	if err != nil {
@@ -1266,12 +1360,18 @@ func (s *Service) newToken() (token, hash string, err error) {
 // LeaseJob gives site the oldest approved job over one of its datasets, or a
 // running job whose lease expired. It returns nil, nil when there is none.
 // The first lease turns the budget reservation into a final charge.
-func (s *Service) LeaseJob(ctx context.Context, siteID string) (*Lease, error) {
-	u, err := s.authorize(ctx, "job.lease", "site/"+siteID, RoleAgent)
+//
+// Every poll records the site as seen, with the agent's version when it
+// reports one, whether or not there is a job.
+func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease, error) {
+	u, err := s.agentCaller(ctx, "job.lease", siteObject(siteID), siteID)
 	if err != nil {
 		return nil, err
 	}
 	if err := validName("site id", siteID); err != nil {
+		return nil, err
+	}
+	if err := validVersion(version); err != nil {
 		return nil, err
 	}
 	token, tokenHash, err := s.newToken()
@@ -1281,6 +1381,9 @@ func (s *Service) LeaseJob(ctx context.Context, siteID string) (*Lease, error) {
 	now := s.clock()
 	var lease *Lease
 	err = s.update(ctx, u, func(tx Tx) error {
+		if err := registeredSite(ctx, tx, u, "job.lease", siteObject(siteID), version, now); err != nil {
+			return err
+		}
 		for {
 			id, err := tx.NextLeasable(ctx, siteID, now)
 			if err != nil || id == 0 {
@@ -1311,9 +1414,6 @@ func (s *Service) LeaseJob(ctx context.Context, siteID string) (*Lease, error) {
 				rec.Ledger = LedgerCharged
 				charged = fmtFloat(q.Cost.Epsilon)
 			}
-			if err := tx.TouchSite(ctx, &Site{ID: siteID, LastSeen: now}); err != nil {
-				return err
-			}
 			detail := auditDetail("site", siteID, "attempt", strconv.Itoa(q.Attempts))
 			if charged != "" {
 				detail += " " + auditDetail("charged_epsilon", charged, "charged_delta", fmtFloat(q.Cost.Delta))
@@ -1340,6 +1440,23 @@ func (s *Service) failMove(ctx context.Context, tx Tx, rec *QueryRecord, actor s
 		auditDetail("code", rec.Query.FailureCode, "attempts", strconv.Itoa(rec.Query.Attempts)), now)
 }
 
+// siteJob locks and loads query id for a call by u's site: the site must
+// be registered and the query leased to it. A lease token alone is not
+// enough: a job leased by one site cannot be reported by another.
+func siteJob(ctx context.Context, tx Tx, u *User, action string, id int64, now time.Time) (*QueryRecord, error) {
+	if err := registeredSite(ctx, tx, u, action, queryObject(id), "", now); err != nil {
+		return nil, err
+	}
+	rec, err := lockQuery(ctx, tx, id)
+	if err != nil {
+		return nil, err
+	}
+	if rec.LeaseSite != "" && rec.LeaseSite != u.Site {
+		return nil, deny(action, queryObject(id), "query %d is not leased to site %q", id, u.Site)
+	}
+	return rec, nil
+}
+
 // holdsLease checks token against a running query's lease.
 func holdsLease(rec *QueryRecord, token string) error {
 	if rec.Query.Status != StatusRunning || rec.LeaseTokenHash == "" || hashString(token) != rec.LeaseTokenHash {
@@ -1351,14 +1468,14 @@ func holdsLease(rec *QueryRecord, token string) error {
 // HeartbeatJob extends a lease. A lease that ran out may still be extended
 // while no other agent has taken the job.
 func (s *Service) HeartbeatJob(ctx context.Context, id int64, token string) (*Lease, error) {
-	u, err := s.authorize(ctx, "job.heartbeat", queryObject(id), RoleAgent)
+	u, err := s.agentCaller(ctx, "job.heartbeat", queryObject(id), "")
 	if err != nil {
 		return nil, err
 	}
 	now := s.clock()
 	var lease *Lease
 	err = s.update(ctx, u, func(tx Tx) error {
-		rec, err := lockQuery(ctx, tx, id)
+		rec, err := siteJob(ctx, tx, u, "job.heartbeat", id, now)
 		if err != nil {
 			return err
 		}
@@ -1385,16 +1502,20 @@ func (s *Service) HeartbeatJob(ctx context.Context, id int64, token string) (*Le
 // CompleteJob stores a job's protected result and moves it to the output
 // check. Completing again with the same token is a no-op success.
 func (s *Service) CompleteJob(ctx context.Context, id int64, token string, res dp.Result) error {
-	u, err := s.authorize(ctx, "job.complete", queryObject(id), RoleAgent)
+	u, err := s.agentCaller(ctx, "job.complete", queryObject(id), "")
 	if err != nil {
 		return err
 	}
 	if err := validateResult(&res); err != nil {
 		return err
 	}
+	spec, err := s.approvedSpec(ctx, u, id)
+	if err != nil {
+		return err
+	}
 	now := s.clock()
 	return s.update(ctx, u, func(tx Tx) error {
-		rec, err := lockQuery(ctx, tx, id)
+		rec, err := siteJob(ctx, tx, u, "job.complete", id, now)
 		if err != nil {
 			return err
 		}
@@ -1413,9 +1534,8 @@ func (s *Service) CompleteJob(ctx context.Context, id int64, token string, res d
 		if err := holdsLease(rec, token); err != nil {
 			return err
 		}
-		if over(0, res.Report.Epsilon, q.Cost.Epsilon) || over(0, res.Report.Delta, q.Cost.Delta) {
-			return Errorf(EINVALID, "the result of query %d reports ε %s, δ %s: more than the approved ε %s, δ %s",
-				id, fmtFloat(res.Report.Epsilon), fmtFloat(res.Report.Delta), fmtFloat(q.Cost.Epsilon), fmtFloat(q.Cost.Delta))
+		if err := spec.CheckResult(&res); err != nil {
+			return Errorf(EINVALID, "the result of query %d does not match the approved query: %v", id, err)
 		}
 		if err := tx.PutOutput(ctx, &Output{QueryID: id, Result: res, SiteID: rec.LeaseSite, CreatedAt: now}); err != nil {
 			return err
@@ -1424,6 +1544,48 @@ func (s *Service) CompleteJob(ctx context.Context, id int64, token string, res d
 		return move(ctx, tx, rec, StatusAwaitingOutputCheck, u.Subject, "", "job.complete",
 			auditDetail("site", rec.LeaseSite, "rows", strconv.Itoa(len(res.Rows))), now)
 	})
+}
+
+// approvedSpec compiles query id again, as the site does, to learn what
+// its result must look like: the approved SQL at the approved ε over the
+// dataset's catalog (the site compiles against the catalog it published).
+// The compilation runs outside any transaction and comes from the plan
+// cache after the first completion of a query.
+func (s *Service) approvedSpec(ctx context.Context, u *User, id int64) (dp.Spec, error) {
+	var q *Query
+	var cat *queries.Catalog
+	var hash string
+	err := s.view(ctx, u, func(tx Tx) error {
+		rec, err := tx.FindQuery(ctx, id)
+		if err != nil {
+			return err
+		}
+		q = rec.Query
+		cat, hash, err = s.catalog(ctx, tx, q.Dataset)
+		return err
+	})
+	if err != nil {
+		return dp.Spec{}, err
+	}
+	plan, err := s.compile(ctx, cat, hash, q.SQL, q.Cost.Epsilon)
+	var ref *queries.Refusal
+	switch {
+	case errors.As(err, &ref):
+		return dp.Spec{}, Errorf(EINVALID, "query %d no longer compiles against dataset %q's catalog: its result cannot be checked", id, q.Dataset)
+	case err != nil:
+		return dp.Spec{}, s.compileError(err, q.ProjectID)
+	}
+	if c := plan.Spec.Cost(); !sameCost(c, q.Cost) {
+		return dp.Spec{}, Errorf(EINVALID, "query %d costs ε %s, δ %s over dataset %q's current catalog, not the approved ε %s, δ %s: its result cannot be checked",
+			id, fmtFloat(c.Epsilon), fmtFloat(c.Delta), q.Dataset, fmtFloat(q.Cost.Epsilon), fmtFloat(q.Cost.Delta))
+	}
+	return plan.Spec, nil
+}
+
+// sameCost compares two costs within the budget tolerance.
+func sameCost(a, b dp.Cost) bool {
+	near := func(x, y float64) bool { return math.Abs(x-y) <= budgetTolerance*math.Max(math.Abs(y), 1e-12) }
+	return near(a.Epsilon, b.Epsilon) && near(a.Delta, b.Delta)
 }
 
 // validateResult checks a result's table is well formed.
@@ -1447,7 +1609,7 @@ func validateResult(res *dp.Result) error {
 // FailJob records a failed attempt. The job is leasable again until it has
 // had MaxAttempts leases; then it is failed with code.
 func (s *Service) FailJob(ctx context.Context, id int64, token, code, message string) error {
-	u, err := s.authorize(ctx, "job.fail", queryObject(id), RoleAgent)
+	u, err := s.agentCaller(ctx, "job.fail", queryObject(id), "")
 	if err != nil {
 		return err
 	}
@@ -1459,7 +1621,7 @@ func (s *Service) FailJob(ctx context.Context, id int64, token, code, message st
 	}
 	now := s.clock()
 	return s.update(ctx, u, func(tx Tx) error {
-		rec, err := lockQuery(ctx, tx, id)
+		rec, err := siteJob(ctx, tx, u, "job.fail", id, now)
 		if err != nil {
 			return err
 		}

@@ -89,7 +89,14 @@ type Tx interface {
 	IsMember(ctx context.Context, projectID int64, subject string) (bool, error)
 
 	// Sites and catalogs: the catalog is stored as published JSON.
-	TouchSite(ctx context.Context, site *Site) error
+	// CreateSite registers a site: it inserts it, or registers a row an
+	// agent announced before registration existed (keeping its health).
+	CreateSite(ctx context.Context, site *Site) error
+	// FindSite returns a site (registered or not) without its datasets.
+	FindSite(ctx context.Context, id string) (*Site, error)
+	// TouchSite records that the site's agent called at the given time and,
+	// when version is not empty, the version it reported.
+	TouchSite(ctx context.Context, id string, at time.Time, version string) error
 	PutCatalog(ctx context.Context, siteID, dataset, hash string, body []byte, at time.Time) error
 	// FindCatalog returns the site holding dataset, the catalog's hash and
 	// its JSON (nil body when wantBody is false).

@@ -45,6 +45,17 @@ type LeasedJob struct {
 // this agent's (expired and re-leased, cancelled): the agent drops the job.
 var ErrLeaseLost = errors.New("lease lost")
 
+// ErrRefused is returned by a Broker when the broker refuses the agent
+// itself rather than failing for a while: a token for another site or
+// without one, a site no admin registered, a dataset another site
+// publishes, an expired token. Retrying cannot help, so the agent stops and
+// says why instead of retrying forever.
+var ErrRefused = errors.New("refused by the broker")
+
+// codeResultRefused is the failure an agent reports for a job whose result
+// the broker refused.
+const codeResultRefused = "result_refused"
+
 // JobRunner runs one job; *Runner implements it.
 type JobRunner interface {
 	Run(ctx context.Context, job Job) (*dp.Result, error)
@@ -136,28 +147,37 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // Run publishes the catalog, then leases and runs jobs until ctx ends.
 // Shutdown: no new lease is taken; a running job is abandoned (its sandbox
 // is killed) and its lease left to expire so the broker re-leases it.
-// Run returns nil on shutdown.
+// Run returns nil on shutdown, and an error wrapping ErrRefused when the
+// broker refuses the agent (its catalog or its polls).
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.retry(ctx, "publish catalog", func() error {
 		return a.cfg.Broker.PublishCatalog(ctx, a.cfg.SiteID, a.cfg.Catalog)
-	}); err != nil {
+	}); errors.Is(err, ErrRefused) {
+		return fmt.Errorf("site %s: publish catalog %q: %w", a.cfg.SiteID, a.cfg.Catalog.Dataset, err)
+	} else if err != nil {
 		return nil // ctx ended before the broker came back
 	}
 	a.cfg.Logger.Info("agent: catalog published", "site", a.cfg.SiteID, "dataset", a.cfg.Catalog.Dataset)
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	var wg sync.WaitGroup
+	var once sync.Once
+	var refused error
 	for i := range a.cfg.Parallelism {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.worker(ctx, i)
+			if err := a.worker(ctx, i); err != nil {
+				once.Do(func() { refused = err; stop() })
+			}
 		}()
 	}
 	wg.Wait()
-	return nil
+	return refused
 }
 
-// retry calls f until it succeeds or ctx ends, backing off exponentially
-// with full jitter.
+// retry calls f until it succeeds, ctx ends or the broker refuses the agent
+// (ErrRefused), backing off exponentially with full jitter.
 func (a *Agent) retry(ctx context.Context, what string, f func() error) error {
 	backoff := a.cfg.MinBackoff
 	for {
@@ -167,6 +187,10 @@ func (a *Agent) retry(ctx context.Context, what string, f func() error) error {
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.Is(err, ErrRefused) {
+			a.cfg.Logger.Error("agent: the broker refused this agent; not retrying", "call", what, "error", err)
+			return err
 		}
 		a.cfg.Logger.Warn("agent: broker call failed; backing off", "call", what, "error", err, "backoff", backoff)
 		if err := a.cfg.Sleep(ctx, jitter(backoff)); err != nil {
@@ -184,7 +208,9 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2)
 }
 
-func (a *Agent) worker(ctx context.Context, n int) {
+// worker leases and runs jobs until ctx ends (nil) or the broker refuses
+// the agent's polls (an error wrapping ErrRefused).
+func (a *Agent) worker(ctx context.Context, n int) error {
 	log := a.cfg.Logger.With("worker", n)
 	for ctx.Err() == nil {
 		var job *LeasedJob
@@ -193,17 +219,20 @@ func (a *Agent) worker(ctx context.Context, n int) {
 			job, err = a.cfg.Broker.Lease(ctx, a.cfg.SiteID)
 			return err
 		})
-		if err != nil {
-			return
+		if errors.Is(err, ErrRefused) {
+			return fmt.Errorf("site %s: lease: %w", a.cfg.SiteID, err)
+		} else if err != nil {
+			return nil
 		}
 		if job == nil {
 			if a.cfg.Sleep(ctx, a.cfg.PollInterval) != nil {
-				return
+				return nil
 			}
 			continue
 		}
 		a.handle(ctx, log, job)
 	}
+	return nil
 }
 
 // handle runs one leased job and reports its outcome.
@@ -250,7 +279,7 @@ func (a *Agent) heartbeat(ctx context.Context, log *slog.Logger, job *LeasedJob,
 		}
 		exp, err := a.cfg.Broker.Heartbeat(ctx, job)
 		switch {
-		case errors.Is(err, ErrLeaseLost):
+		case errors.Is(err, ErrLeaseLost), errors.Is(err, ErrRefused):
 			cancel()
 			return true
 		case err != nil:
@@ -279,7 +308,15 @@ func (a *Agent) report(ctx context.Context, log *slog.Logger, job *LeasedJob, re
 		if err == nil {
 			log.Info("agent: job completed", "groups", len(res.Rows))
 		}
-	} else {
+		if errors.Is(err, ErrRefused) {
+			// The broker will not take this result (it does not match what
+			// was approved): report the run as failed rather than leave the
+			// lease to expire and the job to run again.
+			log.Error("agent: the broker refused the job's result; reporting the job as failed", "error", err)
+			runErr = Errorf(codeResultRefused, "the broker refused the protected result")
+		}
+	}
+	if runErr != nil {
 		code, msg := ErrorCode(runErr), ErrorMessage(runErr)
 		if code == CodeInternal {
 			log.Error("agent: job failed", "error", runErr)

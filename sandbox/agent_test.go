@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -21,22 +22,33 @@ type fakeBroker struct {
 	leaseErrs   int  // fail this many Lease calls first (outage)
 	lostOnBeat  bool // heartbeats report the lease lost
 	dupComplete bool // Complete reports the job already completed
-	published   int
-	outcomes    []string
-	done        chan struct{}
-	want        int
+	// refuse makes the named call ("publish", "lease", "complete") answer
+	// ErrRefused, as the broker does for a token of another site.
+	refuse    string
+	published int
+	leases    int // Lease calls answered
+	outcomes  []string
+	done      chan struct{}
+	want      int
 }
 
 func (b *fakeBroker) PublishCatalog(ctx context.Context, site string, cat *queries.Catalog) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.published++
+	if b.refuse == "publish" {
+		return fmt.Errorf("%w: dataset %q is already published by site %q", ErrRefused, cat.Dataset, "other")
+	}
 	return nil
 }
 
 func (b *fakeBroker) Lease(ctx context.Context, site string) (*LeasedJob, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.leases++
+	if b.refuse == "lease" {
+		return nil, fmt.Errorf("%w: site %q is not registered", ErrRefused, site)
+	}
 	if b.leaseErrs > 0 {
 		b.leaseErrs--
 		return nil, errors.New("connection refused")
@@ -67,6 +79,9 @@ func (b *fakeBroker) record(s string) {
 
 func (b *fakeBroker) Complete(ctx context.Context, j *LeasedJob, r *dp.Result) error {
 	b.record("complete " + j.QueryID)
+	if b.refuse == "complete" {
+		return fmt.Errorf("%w: the result does not match the approved query", ErrRefused)
+	}
 	if b.dupComplete {
 		return ErrLeaseLost
 	}
@@ -147,6 +162,64 @@ func TestAgent(t *testing.T) {
 				t.Errorf("catalog published %d times", b.published)
 			}
 		})
+	}
+}
+
+// TestAgentStopsWhenRefused checks that a broker refusing the agent itself
+// (a catalog another site owns, a token for another site, an unregistered
+// site) stops it with an error naming the refusal, after one call: it must
+// not retry a 403 or 409 forever.
+func TestAgentStopsWhenRefused(t *testing.T) {
+	for _, call := range []string{"publish", "lease"} {
+		t.Run(call, func(t *testing.T) {
+			b := &fakeBroker{refuse: call}
+			a, err := NewAgent(AgentConfig{SiteID: "site-1", Catalog: MustCatalog(t), Broker: b, Runner: fakeRunner{}, Sleep: fastSleep, Parallelism: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			errc := make(chan error, 1)
+			go func() { errc <- a.Run(context.Background()) }()
+			select {
+			case err = <-errc:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the agent kept retrying a refusal")
+			}
+			if !errors.Is(err, ErrRefused) {
+				t.Fatalf("Run = %v, want ErrRefused", err)
+			}
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if b.published != 1 || b.leases > 3 {
+				t.Errorf("after a refusal: %d publishes, %d leases; want 1 and at most one per worker", b.published, b.leases)
+			}
+		})
+	}
+}
+
+// TestAgentReportsRefusedResult checks a result the broker refuses is
+// reported as a failed run, not retried until the lease expires.
+func TestAgentReportsRefusedResult(t *testing.T) {
+	b := &fakeBroker{refuse: "complete", queue: []*LeasedJob{leased("q1", "ok")}, done: make(chan struct{}), want: 2}
+	a, err := NewAgent(AgentConfig{SiteID: "site-1", Catalog: MustCatalog(t), Broker: b, Runner: fakeRunner{}, Sleep: fastSleep, HeartbeatInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- a.Run(ctx) }()
+	select {
+	case <-b.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the refused result was not reported")
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if diff := cmp.Diff([]string{"complete q1", "fail q1 " + codeResultRefused}, b.outcomes); diff != "" {
+		t.Errorf("outcomes (-want +got):\n%s", diff)
 	}
 }
 

@@ -158,38 +158,78 @@ const (
 
 type siteView struct {
 	Site   *broker.Site
-	Health string // "online", "late", "offline", "never seen"
+	Health string // "online", "late", "offline", "never seen", "not registered"
 	Kind   string // good, wait, bad: styling only; Health carries the meaning
 	Ago    string
 }
 
-func (h *Handler) sites(w http.ResponseWriter, r *http.Request, s *session) {
+// sitesView is the sites page: every site's health and the registration
+// form as typed.
+type sitesView struct {
+	Sites []siteView
+	Form  siteForm
+}
+
+type siteForm struct{ ID, Name, Organisation string }
+
+func (h *Handler) sitesData(r *http.Request, f siteForm) (*sitesView, error) {
 	ss, err := h.svc.FindSites(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	now := h.now()
+	sv := &sitesView{Form: f}
+	for _, site := range ss {
+		v := siteView{Site: site}
+		age := now.Sub(site.LastSeen)
+		switch {
+		case !site.Registered:
+			v.Health, v.Kind = "not registered", "bad"
+		case site.LastSeen.IsZero():
+			v.Health, v.Kind = "never seen", "bad"
+		case age < agentLate:
+			v.Health, v.Kind = "online", "good"
+		case age < agentOffline:
+			v.Health, v.Kind = "late", "wait"
+		default:
+			v.Health, v.Kind = "offline", "bad"
+		}
+		if !site.LastSeen.IsZero() {
+			v.Ago = age.Round(time.Second).String() + " ago"
+		}
+		sv.Sites = append(sv.Sites, v)
+	}
+	return sv, nil
+}
+
+func (h *Handler) sites(w http.ResponseWriter, r *http.Request, s *session) {
+	sv, err := h.sitesData(r, siteForm{})
 	if err != nil {
 		h.fail(w, r, s, err)
 		return
 	}
-	now := h.now()
-	var out []siteView
-	for _, site := range ss {
-		sv := siteView{Site: site}
-		age := now.Sub(site.LastSeen)
-		switch {
-		case site.LastSeen.IsZero():
-			sv.Health, sv.Kind = "never seen", "bad"
-		case age < agentLate:
-			sv.Health, sv.Kind = "online", "good"
-		case age < agentOffline:
-			sv.Health, sv.Kind = "late", "wait"
-		default:
-			sv.Health, sv.Kind = "offline", "bad"
-		}
-		if !site.LastSeen.IsZero() {
-			sv.Ago = age.Round(time.Second).String() + " ago"
-		}
-		out = append(out, sv)
+	v := newView(s, "Sites and agents", "sites", sv)
+	if r.URL.Query().Get("done") == "registered" {
+		v.Notice = "Site registered. Its agent may now publish its catalog and run jobs, with a token whose site claim names it."
 	}
-	h.render(w, r, http.StatusOK, "sites.html", newView(s, "Sites and agents", "sites", out))
+	h.render(w, r, http.StatusOK, "sites.html", v)
+}
+
+func (h *Handler) createSite(w http.ResponseWriter, r *http.Request, s *session) {
+	pf := r.PostForm
+	f := siteForm{ID: strings.TrimSpace(pf.Get("id")), Name: strings.TrimSpace(pf.Get("name")), Organisation: strings.TrimSpace(pf.Get("organisation"))}
+	err := h.svc.CreateSite(r.Context(), &broker.Site{ID: f.ID, Name: f.Name, Organisation: f.Organisation})
+	if err != nil {
+		sv, serr := h.sitesData(r, f)
+		if serr != nil {
+			h.fail(w, r, s, serr)
+			return
+		}
+		h.failOn(w, r, "sites.html", newView(s, "Sites and agents", "sites", sv), err)
+		return
+	}
+	h.logger.Info("web: site registered", "site", f.ID, "subject", s.user.Subject)
+	http.Redirect(w, r, "/ui/admin/sites?done=registered", http.StatusSeeOther)
 }
 
 // auditLimit is how many entries the audit page shows (the newest).

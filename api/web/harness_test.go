@@ -18,6 +18,7 @@ import (
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/broker/brokertest"
 	"github.com/nhs-tre/tre/broker/sqlite"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
@@ -43,6 +44,7 @@ tables:
       - {name: patient_id, type: BIGINT, role: privacy_unit}
       - {name: sex, type: VARCHAR, role: categorical, domain: [female, male, unknown]}
       - {name: region, type: VARCHAR, role: categorical, domain: [North, South]}
+      - {name: practice, type: VARCHAR, role: categorical}
       - {name: age, type: INTEGER, role: numeric, bounds: [0, 110]}
   - name: optouts
     columns:
@@ -57,7 +59,7 @@ var testUsers = map[string]broker.User{
 	"carol": {Subject: "carol", Name: "Carol Checker", Org: "NHS", Roles: []broker.Role{broker.RoleOutputChecker}},
 	"dave":  {Subject: "dave", Name: "Dave Admin", Org: "NHS", Roles: []broker.Role{broker.RoleAdmin}},
 	"erin":  {Subject: "erin", Name: "Erin Both", Org: "NHS", Roles: []broker.Role{broker.RoleResearcher, broker.RoleReviewer}},
-	"agent": {Subject: "agent-a", Roles: []broker.Role{broker.RoleAgent}},
+	"agent": {Subject: "agent-a", Roles: []broker.Role{broker.RoleAgent}, Site: siteID},
 }
 
 // clock is a settable test clock.
@@ -77,6 +79,8 @@ func (c *clock) Add(d time.Duration) {
 // web handler, with a real JWT verifier in dev (HS256) mode.
 type env struct {
 	svc     *broker.Service
+	parser  *queries.Parser
+	catalog *queries.Catalog
 	h       *web.Handler
 	srv     *httptest.Server
 	clock   *clock
@@ -109,7 +113,7 @@ func newEnv(tb testing.TB) *env {
 	if err != nil {
 		tb.Fatalf("verifier: %v", err)
 	}
-	e := &env{svc: svc, clock: ck, tokens: map[string]string{}}
+	e := &env{svc: svc, parser: parser, clock: ck, tokens: map[string]string{}}
 	for name, u := range testUsers {
 		tok, err := api.MintDevToken(key, api.DevClaims{Subject: u.Subject, Name: u.Name, Org: u.Org, Roles: u.Roles, IssuedAt: ck.Now(), TTL: time.Hour})
 		if err != nil {
@@ -134,7 +138,11 @@ func newEnv(tb testing.TB) *env {
 	if err != nil {
 		tb.Fatalf("catalog: %v", err)
 	}
-	if err := svc.PublishCatalog(e.as("agent"), siteID, cat); err != nil {
+	e.catalog = cat
+	if err := svc.CreateSite(e.as("dave"), &broker.Site{ID: siteID, Name: "Site A", Organisation: "Test NHS Trust"}); err != nil {
+		tb.Fatalf("register site: %v", err)
+	}
+	if err := svc.PublishCatalog(e.as("agent"), siteID, "", cat); err != nil {
 		tb.Fatalf("publish catalog: %v", err)
 	}
 	e.project = e.mustProject(tb, "Diabetes outcomes", []string{"alice", "erin"})
@@ -172,41 +180,34 @@ func (e *env) mustSubmit(tb testing.TB, who, sql, purpose string) *broker.Query 
 func f64(v float64) *float64 { return &v }
 
 // mustComplete leases the approved job as the site agent and completes it
-// with a protected result whose keys come from keys (the first is released,
-// the second suppressed, the rest rounded).
+// with a protected result of the approved query's shape (as the broker
+// checks): its columns, report and, for a public-domain grouping, every key
+// of the domains in order; for a grouping released by partition selection
+// the keys are keys. The first row is released, the second suppressed, the
+// rest rounded.
 func (e *env) mustComplete(tb testing.TB, id int64, keys ...string) {
 	tb.Helper()
 	ctx := e.as("agent")
-	lease, err := e.svc.LeaseJob(ctx, siteID)
+	lease, err := e.svc.LeaseJob(ctx, siteID, "")
 	if err != nil || lease == nil {
 		tb.Fatalf("lease: %v, %v", lease, err)
 	}
 	if lease.QueryID != id {
 		tb.Fatalf("leased query %d, want %d", lease.QueryID, id)
 	}
-	res := dp.Result{
-		Columns: []dp.Column{{Name: "sex", Kind: "group"}, {Name: "n", Kind: string(dp.AggCount)}},
-		Report: dp.Report{
-			Epsilon: lease.Epsilon, Delta: lease.Delta, Mechanism: dp.MechanismLaplace,
-			Noise:               []dp.NoiseReport{{Statistic: "n", Mechanism: dp.MechanismLaplace, Epsilon: lease.Epsilon, Scale: 2.83}},
-			MaxGroupsPerPatient: 1, MaxRowsPerGroup: 1, Threshold: 10, RoundingBase: 5, Rounding: dp.RoundingNearest,
-			PartitionSelection: dp.SelectionPublicDomain, GroupsReleased: len(keys) - 1, GroupsSuppressed: 1,
-			CellsSuppressed: 1, CellsRounded: len(keys) - 1,
-			OptOut:  dp.OptOutReport{Applied: true, Table: "optouts", SnapshotHash: strings.Repeat("ab", 32)},
-			Sandbox: dp.SandboxReport{Layers: []string{"landlock", "seccomp", "rlimits"}},
-		},
+	plan, err := e.parser.Compile(context.Background(), e.catalog, lease.SQL, queries.Options{Epsilon: lease.Epsilon})
+	if err != nil {
+		tb.Fatalf("compile the leased query: %v", err)
 	}
-	for i, k := range keys {
-		row := []dp.Cell{{Key: k}}
-		switch i {
-		case 1:
-			row = append(row, dp.Cell{Suppressed: true})
-		default:
-			v := float64(100 + 35*i)
-			row = append(row, dp.Cell{Value: f64(v), CILow: f64(v - 6), CIHigh: f64(v + 6), Rounded: true})
+	res := brokertest.ShapedResult(plan.Spec, keys, func(row int) dp.Cell {
+		if row == 1 {
+			return dp.Cell{Suppressed: true}
 		}
-		res.Rows = append(res.Rows, row)
-	}
+		v := float64(100 + 35*row)
+		return dp.Cell{Value: f64(v), CILow: f64(v - 6), CIHigh: f64(v + 6), Rounded: true}
+	})
+	res.Report.OptOut = dp.OptOutReport{Applied: true, Table: "optouts", SnapshotHash: strings.Repeat("ab", 32)}
+	res.Report.Sandbox = dp.SandboxReport{Layers: []string{"landlock", "seccomp", "rlimits"}}
 	if err := e.svc.CompleteJob(ctx, id, lease.Token, res); err != nil {
 		tb.Fatalf("complete: %v", err)
 	}

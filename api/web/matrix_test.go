@@ -287,6 +287,13 @@ func webRoutes() []webRoute {
 		}
 		return strconv.Itoa(n)
 	}
+	countSites := func(tb testing.TB, m *matrixEnv, _ *client, _ webTarget) string {
+		ss, err := m.svc.FindSites(m.ctx("dave"))
+		if err != nil {
+			tb.Fatalf("count sites: %v", err)
+		}
+		return strconv.Itoa(len(ss))
+	}
 	// sessionState is what the caller's own client gets for a signed-in
 	// page: a redirect to sign-in when the client has no session.
 	sessionState := func(tb testing.TB, _ *matrixEnv, c *client, _ webTarget) string {
@@ -352,6 +359,10 @@ func webRoutes() []webRoute {
 		{method: "POST", path: "/ui/admin/projects/%d/suspend", projectStatus: broker.ProjectActive, want: allow(303, "admin"), observe: observeProject},
 		{method: "POST", path: "/ui/admin/projects/%d/resume", projectStatus: broker.ProjectSuspended, want: allow(303, "admin"), observe: observeProject},
 		{method: "GET", path: "/ui/admin/sites", want: allow(200, "admin")},
+		{method: "POST", path: "/ui/admin/sites", want: allow(303, "admin"), observe: countSites,
+			form: func(*matrixEnv, bool) url.Values {
+				return url.Values{"id": {"matrix-site"}, "name": {"Matrix site"}, "organisation": {"Test NHS Trust"}}
+			}},
 		{method: "GET", path: "/ui/admin/audit", want: allow(200, "admin")},
 		{method: "POST", path: "/ui/admin/audit/verify", want: allow(200, "admin")},
 	}

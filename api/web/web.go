@@ -35,6 +35,7 @@ var staticFS embed.FS
 // satisfies it. The caller travels in ctx (broker.NewContext).
 type Service interface {
 	FindDatasets(ctx context.Context) ([]*queries.Catalog, error)
+	CreateSite(ctx context.Context, site *broker.Site) error
 	FindSites(ctx context.Context) ([]*broker.Site, error)
 
 	CreateProject(ctx context.Context, p *broker.Project) error
@@ -178,6 +179,7 @@ func (h *Handler) routes() {
 	m.HandleFunc("POST /ui/admin/projects", admin(h.createProject))
 	m.HandleFunc("POST /ui/admin/projects/{id}/{action}", admin(h.projectAction))
 	m.HandleFunc("GET /ui/admin/sites", admin(h.sites))
+	m.HandleFunc("POST /ui/admin/sites", admin(h.createSite))
 	m.HandleFunc("GET /ui/admin/audit", admin(h.audit))
 	m.HandleFunc("POST /ui/admin/audit/verify", admin(h.verifyAudit))
 

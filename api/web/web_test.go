@@ -83,7 +83,7 @@ func TestUserTextIsEscapedEverywhere(t *testing.T) {
 	_ = p
 	// The SQL carries a payload in a string literal and a comment; the
 	// purpose and every reason carry both.
-	sql := "SELECT sex, count(*) AS n FROM patients WHERE region <> '" + strings.ReplaceAll(payloads[1], "'", "''") + "' GROUP BY sex -- " + payloads[0]
+	sql := "SELECT practice, count(*) AS n FROM patients WHERE region <> '" + strings.ReplaceAll(payloads[1], "'", "''") + "' GROUP BY practice -- " + payloads[0]
 	purpose := "Purpose " + payloads[0] + payloads[1]
 	qRel := e.mustSubmit(t, "alice", sql, purpose)
 	qRej := e.mustSubmit(t, "alice", "SELECT region, count(*) AS n FROM patients GROUP BY region", purpose)
@@ -329,7 +329,7 @@ func TestSessions(t *testing.T) {
 func TestResultDownloads(t *testing.T) {
 	e := newEnv(t)
 	alice := e.signIn(t, "alice")
-	q := e.mustSubmit(t, "alice", "SELECT sex, count(*) AS n FROM patients GROUP BY sex", "download")
+	q := e.mustSubmit(t, "alice", "SELECT practice, count(*) AS n FROM patients GROUP BY practice", "download")
 	if _, err := e.svc.ApproveQuery(e.as("bob"), q.ID, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +349,7 @@ func TestResultDownloads(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := [][]string{
-		{"sex", "n", "n_ci_low", "n_ci_high", "n_flag"},
+		{"practice", "n", "n_ci_low", "n_ci_high", "n_flag"},
 		{`'=HYPERLINK("http://x")`, "100", "94", "106", ""},
 		{"male", "", "", "", "suppressed"},
 		{"'+female", "170", "164", "176", ""},

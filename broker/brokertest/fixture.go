@@ -2,11 +2,13 @@ package brokertest
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/queries"
 )
 
 // Fixture is a service over a fresh store with a published catalog, one
@@ -22,10 +24,18 @@ type Fixture struct {
 	// separation of duties.
 	Admin, Reviewer, Reviewer2, Checker, Researcher, Researcher2, Outsider, Agent context.Context
 	ResearchReview, ResearchCheck, ReviewCheck                                    context.Context
+
+	compiler broker.Compiler
+	results  map[float64]dp.Result // by ε, see Result
 }
 
 func as(sub string, roles ...broker.Role) context.Context {
 	return broker.NewContext(context.Background(), &broker.User{Subject: sub, Roles: roles})
+}
+
+// AgentOf returns the context of an agent token bound to site.
+func AgentOf(sub, site string) context.Context {
+	return broker.NewContext(context.Background(), &broker.User{Subject: sub, Roles: []broker.Role{broker.RoleAgent}, Site: site})
 }
 
 // NewFixture builds a fixture over store.
@@ -42,7 +52,7 @@ func NewFixture(tb testing.TB, cfg Config, store Store, opts broker.Options) *Fi
 		Researcher:     as("res1", broker.RoleResearcher),
 		Researcher2:    as("res2", broker.RoleResearcher),
 		Outsider:       as("res3", broker.RoleResearcher),
-		Agent:          as("agent1", broker.RoleAgent),
+		Agent:          AgentOf("agent1", SiteID),
 		ResearchReview: as("dual1", broker.RoleResearcher, broker.RoleReviewer),
 		ResearchCheck:  as("dual2", broker.RoleResearcher, broker.RoleOutputChecker),
 		ReviewCheck:    as("dual3", broker.RoleReviewer, broker.RoleOutputChecker),
@@ -54,12 +64,27 @@ func NewFixture(tb testing.TB, cfg Config, store Store, opts broker.Options) *Fi
 	if compiler == nil {
 		compiler = MustParser(tb)
 	}
+	f.compiler, f.results = compiler, map[float64]dp.Result{}
 	f.Service = broker.NewService(store, compiler, opts)
-	if err := f.Service.PublishCatalog(f.Agent, SiteID, Catalog(tb)); err != nil {
+	if err := f.Service.CreateSite(f.Admin, &broker.Site{ID: SiteID, Name: "Test site " + SiteID, Organisation: "Test NHS Trust"}); err != nil &&
+		broker.ErrorCode(err) != broker.ECONFLICT { // a reopened store keeps its site
+		tb.Fatalf("register site: %v", err)
+	}
+	if err := f.Service.PublishCatalog(f.Agent, SiteID, "", Catalog(tb)); err != nil {
 		tb.Fatalf("publish catalog: %v", err)
 	}
 	f.Project = f.MustProject(ProjectEpsilon, ProjectDelta, "res1", "res2", "dual1", "dual2")
 	return f
+}
+
+// MustSite registers site id as the admin.
+func (f *Fixture) MustSite(id string) *broker.Site {
+	f.TB.Helper()
+	s := &broker.Site{ID: id, Name: "Test site " + id, Organisation: "Test NHS Trust"}
+	if err := f.Service.CreateSite(f.Admin, s); err != nil {
+		f.TB.Fatalf("register site %s: %v", id, err)
+	}
+	return s
 }
 
 // MustProject creates an active project over the test dataset.
@@ -105,7 +130,7 @@ func (f *Fixture) MustApprove(id int64) {
 // MustLease leases the next job and checks it is query id.
 func (f *Fixture) MustLease(id int64) *broker.Lease {
 	f.TB.Helper()
-	l, err := f.Service.LeaseJob(f.Agent, SiteID)
+	l, err := f.Service.LeaseJob(f.Agent, SiteID, "")
 	if err != nil {
 		f.TB.Fatalf("lease: %v", err)
 	}
@@ -115,14 +140,25 @@ func (f *Fixture) MustLease(id int64) *broker.Lease {
 	return l
 }
 
-// Result returns a small well-formed protected result costing eps.
-func Result(eps float64) dp.Result {
-	v := 120.0
-	return dp.Result{
-		Columns: []dp.Column{{Name: "sex", Kind: "group"}, {Name: "count", Kind: string(dp.AggCount)}},
-		Rows:    [][]dp.Cell{{{Key: "female"}, {Value: &v, Rounded: true}}},
-		Report:  dp.Report{Epsilon: eps, Mechanism: "laplace"},
+// Result returns the protected result a site uploads for DefaultSQL at
+// eps: compiled against the fixture's catalog as the site compiles it and
+// protected by dp.Protect, so that it passes the broker's result checks.
+// The same eps gives the same result within a fixture.
+func (f *Fixture) Result(eps float64) dp.Result {
+	f.TB.Helper()
+	if r, ok := f.results[eps]; ok {
+		return r
 	}
+	plan, err := f.compiler.Compile(context.Background(), Catalog(f.TB), DefaultSQL, queries.Options{Epsilon: eps})
+	if err != nil {
+		f.TB.Fatalf("compile %q at ε %g: %v", DefaultSQL, eps, err)
+	}
+	res, err := dp.Protect(plan.Spec, nil, dp.Options{})
+	if err != nil {
+		f.TB.Fatalf("protect: %v", err)
+	}
+	f.results[eps] = *res
+	return *res
 }
 
 // MustQuery returns query id as the admin sees it.
@@ -176,7 +212,7 @@ func (f *Fixture) QueryIn(st broker.Status) (*broker.Query, string) {
 		run()
 	case broker.StatusAwaitingOutputCheck, broker.StatusReleased, broker.StatusWithheld:
 		run()
-		must(svc.CompleteJob(f.Agent, q.ID, token, Result(0.5)))
+		must(svc.CompleteJob(f.Agent, q.ID, token, f.Result(0.5)))
 		if st == broker.StatusReleased {
 			_, err := svc.ReleaseQuery(f.Checker, q.ID, "safe")
 			must(err)
@@ -219,4 +255,47 @@ func (f *Fixture) MustVerify() *broker.AuditVerification {
 		f.TB.Fatalf("audit chain broken: %+v", v)
 	}
 	return v
+}
+
+// ShapedResult returns a result of spec's shape that passes the broker's
+// checks, for tests that need chosen cells: the spec's columns and report
+// claims; for a public-domain grouping every key of the domains' cross
+// product in order (keys is ignored), otherwise one row per key of keys
+// (a single group column). cell gives each row's aggregate cells.
+func ShapedResult(spec dp.Spec, keys []string, cell func(row int) dp.Cell) dp.Result {
+	res := dp.Result{Columns: spec.Columns(), Report: spec.Claims()}
+	var tuples [][]string
+	if res.Report.PartitionSelection == dp.SelectionPublicDomain {
+		tuples = [][]string{{}}
+		for _, g := range spec.Groups {
+			var next [][]string
+			for _, t := range tuples {
+				for _, k := range g.Domain {
+					next = append(next, append(slices.Clone(t), k))
+				}
+			}
+			tuples = next
+		}
+	} else {
+		for _, k := range keys {
+			tuples = append(tuples, []string{k})
+		}
+	}
+	for i, t := range tuples {
+		var row []dp.Cell
+		for _, k := range t {
+			row = append(row, dp.Cell{Key: k})
+		}
+		for range spec.Aggregates {
+			c := cell(i)
+			if c.Suppressed {
+				res.Report.CellsSuppressed++
+			} else if c.Rounded {
+				res.Report.CellsRounded++
+			}
+			row = append(row, c)
+		}
+		res.Rows = append(res.Rows, row)
+	}
+	return res
 }

@@ -27,6 +27,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("Visibility", func(t *testing.T) { testVisibility(t, fresh(t, broker.Options{})) })
 	t.Run("Projects", func(t *testing.T) { testProjects(t, fresh(t, broker.Options{})) })
 	t.Run("Catalogs", func(t *testing.T) { testCatalogs(t, fresh(t, broker.Options{})) })
+	t.Run("Sites", func(t *testing.T) { testSites(t, fresh(t, broker.Options{})) })
 	t.Run("BudgetLedger", func(t *testing.T) { testBudgetLedger(t, fresh(t, broker.Options{})) })
 	t.Run("ConcurrentApprovals", func(t *testing.T) { testConcurrentApprovals(t, fresh(t, broker.Options{})) })
 	t.Run("ConcurrentSubmissions", func(t *testing.T) { testConcurrentSubmissions(t, cfg, fresh(t, broker.Options{})) })
@@ -74,7 +75,7 @@ func actions() []action {
 			if q.Status != broker.StatusRunning {
 				tok = wrongToken // the holder's token would be an idempotent repeat
 			}
-			return f.Service.CompleteJob(f.Agent, q.ID, tok, Result(0.5))
+			return f.Service.CompleteJob(f.Agent, q.ID, tok, f.Result(0.5))
 		}},
 		{"fail", broker.StatusFailed, func(f *Fixture, q *broker.Query, tok string) error {
 			return f.Service.FailJob(f.Agent, q.ID, tok, "sandbox_error", "boom")
@@ -137,7 +138,7 @@ func testTransitions(t *testing.T, fresh func(*testing.T, broker.Options) *Fixtu
 		for _, from := range broker.Statuses() {
 			f := fresh(t, broker.Options{})
 			q, _ := f.QueryIn(from)
-			l, err := f.Service.LeaseJob(f.Agent, SiteID)
+			l, err := f.Service.LeaseJob(f.Agent, SiteID, "")
 			if err != nil {
 				t.Fatalf("lease from %s: %v", from, err)
 			}
@@ -167,8 +168,8 @@ func testSeparationOfDuties(t *testing.T, f *Fixture) {
 		{"researcher approves", func() error { _, err := svc.ApproveQuery(f.Researcher2, own.ID, ""); return err }},
 		{"checker approves", func() error { _, err := svc.ApproveQuery(f.Checker, own.ID, ""); return err }},
 		{"other researcher cancels", func() error { _, err := svc.CancelQuery(f.Researcher2, approvedByDual.ID); return err }},
-		{"reviewer leases", func() error { _, err := svc.LeaseJob(f.Reviewer, SiteID); return err }},
-		{"researcher publishes catalog", func() error { return svc.PublishCatalog(f.Researcher, SiteID, Catalog(t)) }},
+		{"reviewer leases", func() error { _, err := svc.LeaseJob(f.Reviewer, SiteID, ""); return err }},
+		{"researcher publishes catalog", func() error { return svc.PublishCatalog(f.Researcher, SiteID, "", Catalog(t)) }},
 		{"researcher creates project", func() error { return svc.CreateProject(f.Researcher, &broker.Project{}) }},
 		{"researcher reads audit", func() error { _, _, err := svc.FindAuditEntries(f.Researcher, broker.AuditFilter{}); return err }},
 		{"agent submits", func() error {
@@ -186,7 +187,7 @@ func testSeparationOfDuties(t *testing.T, f *Fixture) {
 	// Output checks: not the submitter, not the approver.
 	f.MustApprove(ownCheck.ID)
 	tok := f.MustLease(ownCheck.ID).Token
-	if err := svc.CompleteJob(f.Agent, ownCheck.ID, tok, Result(0.5)); err != nil {
+	if err := svc.CompleteJob(f.Agent, ownCheck.ID, tok, f.Result(0.5)); err != nil {
 		t.Fatal(err)
 	}
 	_, err := svc.ReleaseQuery(f.ResearchCheck, ownCheck.ID, "")
@@ -198,7 +199,7 @@ func testSeparationOfDuties(t *testing.T, f *Fixture) {
 		t.Fatal(err)
 	}
 	tok = f.MustLease(approvedByDual.ID).Token
-	if err := svc.CompleteJob(f.Agent, approvedByDual.ID, tok, Result(0.5)); err != nil {
+	if err := svc.CompleteJob(f.Agent, approvedByDual.ID, tok, f.Result(0.5)); err != nil {
 		t.Fatal(err)
 	}
 	_, err = svc.ReleaseQuery(f.ReviewCheck, approvedByDual.ID, "")
@@ -266,7 +267,7 @@ func testVisibility(t *testing.T, f *Fixture) {
 	// Outputs: checkers once awaiting; researchers only once released.
 	f.MustApprove(mine.ID)
 	tok := f.MustLease(mine.ID).Token
-	if err := svc.CompleteJob(f.Agent, mine.ID, tok, Result(0.5)); err != nil {
+	if err := svc.CompleteJob(f.Agent, mine.ID, tok, f.Result(0.5)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := svc.FindOutput(f.Checker, mine.ID); err != nil {
@@ -287,7 +288,7 @@ func testVisibility(t *testing.T, f *Fixture) {
 	if err != nil {
 		t.Fatalf("download released: %v", err)
 	}
-	if diff := cmp.Diff(Result(0.5), out.Result); diff != "" {
+	if diff := cmp.Diff(f.Result(0.5), out.Result); diff != "" {
 		t.Errorf("downloaded result differs (-want +got):\n%s", diff)
 	}
 	if out.ReleasedAt == nil {
@@ -353,8 +354,9 @@ func testProjects(t *testing.T, f *Fixture) {
 
 func testCatalogs(t *testing.T, f *Fixture) {
 	svc := f.Service
-	MustCode(t, svc.PublishCatalog(f.Agent, "site-b", Catalog(t)), broker.ECONFLICT)
-	if err := svc.PublishCatalog(f.Agent, SiteID, Catalog(t)); err != nil {
+	siteB := f.MustSite("site-b")
+	MustCode(t, svc.PublishCatalog(AgentOf("agent2", "site-b"), "site-b", "", Catalog(t)), broker.ECONFLICT)
+	if err := svc.PublishCatalog(f.Agent, SiteID, "tre 1.2.3", Catalog(t)); err != nil {
 		t.Fatalf("republish: %v", err)
 	}
 	cats, err := svc.FindDatasets(f.Researcher)
@@ -365,15 +367,118 @@ func testCatalogs(t *testing.T, f *Fixture) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []*broker.Site{{ID: SiteID, Datasets: []string{Dataset}, LastSeen: f.Clock.Now()}}
+	now := f.Clock.Now()
+	want := []*broker.Site{
+		{ID: SiteID, Name: "Test site " + SiteID, Organisation: "Test NHS Trust", Registered: true, RegisteredBy: "admin1",
+			RegisteredAt: now, Datasets: []string{Dataset}, LastSeen: now, Version: "tre 1.2.3"},
+		{ID: "site-b", Name: siteB.Name, Organisation: siteB.Organisation, Registered: true, RegisteredBy: "admin1",
+			RegisteredAt: now, Datasets: []string{}},
+	}
 	if diff := cmp.Diff(want, sites); diff != "" {
 		t.Errorf("sites (-want +got):\n%s", diff)
 	}
 	bad := Catalog(t)
 	bad.PrivacyUnit = ""
-	MustCode(t, svc.PublishCatalog(f.Agent, SiteID, bad), broker.EINVALID)
+	MustCode(t, svc.PublishCatalog(f.Agent, SiteID, "", bad), broker.EINVALID)
+	MustCode(t, svc.PublishCatalog(f.Agent, SiteID, "bad\nversion", Catalog(t)), broker.EINVALID)
 	_, err = svc.FindDatasets(context.Background())
 	MustCode(t, err, broker.EUNAUTHORIZED)
+}
+
+// testSites checks that agents act only for their own registered site: a
+// token without a site, for another site or for an unregistered site is
+// refused on every agent call, a site leases only jobs over datasets it
+// published, and a job leased by one site cannot be reported by another,
+// even with the lease token.
+func testSites(t *testing.T, f *Fixture) {
+	svc := f.Service
+	other := Catalog(t)
+	other.Dataset = "gp_other"
+	f.MustSite("site-b")
+	siteB := AgentOf("agent-b", "site-b")
+	if err := svc.PublishCatalog(siteB, "site-b", "", other); err != nil {
+		t.Fatalf("site-b publishes its own dataset: %v", err)
+	}
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	f.MustApprove(q.ID)
+	if l, err := svc.LeaseJob(siteB, "site-b", ""); err != nil || l != nil {
+		t.Fatalf("site-b leased a job over a dataset it does not hold: %+v, %v", l, err)
+	}
+	lease := f.MustLease(q.ID)
+
+	noSite := as("agent0", broker.RoleAgent)
+	unregistered := AgentOf("agent-x", "site-x")
+	before := auditCount(t, f, "authz.denied")
+	refused := []struct {
+		name string
+		do   func() error
+	}{
+		{"token without a site publishes", func() error { return svc.PublishCatalog(noSite, SiteID, "", Catalog(t)) }},
+		{"token without a site leases", func() error { _, err := svc.LeaseJob(noSite, SiteID, ""); return err }},
+		{"token without a site heartbeats", func() error { _, err := svc.HeartbeatJob(noSite, q.ID, lease.Token); return err }},
+		{"token without a site completes", func() error { return svc.CompleteJob(noSite, q.ID, lease.Token, f.Result(0.5)) }},
+		{"token without a site fails", func() error { return svc.FailJob(noSite, q.ID, lease.Token, "sandbox_error", "") }},
+		{"site-b publishes as site-a", func() error { return svc.PublishCatalog(siteB, SiteID, "", Catalog(t)) }},
+		{"site-b leases as site-a", func() error { _, err := svc.LeaseJob(siteB, SiteID, ""); return err }},
+		{"site-b heartbeats site-a's job", func() error { _, err := svc.HeartbeatJob(siteB, q.ID, lease.Token); return err }},
+		{"site-b completes site-a's job", func() error { return svc.CompleteJob(siteB, q.ID, lease.Token, f.Result(0.5)) }},
+		{"site-b fails site-a's job", func() error { return svc.FailJob(siteB, q.ID, lease.Token, "sandbox_error", "") }},
+		{"unregistered site publishes", func() error { return svc.PublishCatalog(unregistered, "site-x", "", other) }},
+		{"unregistered site leases", func() error { _, err := svc.LeaseJob(unregistered, "site-x", ""); return err }},
+		{"reviewer registers a site", func() error {
+			return svc.CreateSite(f.Reviewer, &broker.Site{ID: "site-y", Name: "Y", Organisation: "Y"})
+		}},
+	}
+	for _, tt := range refused {
+		t.Run(tt.name, func(t *testing.T) { MustCode(t, tt.do(), broker.EFORBIDDEN) })
+	}
+	if got := auditCount(t, f, "authz.denied"); got != before+len(refused) {
+		t.Errorf("authz.denied entries = %d, want %d", got, before+len(refused))
+	}
+	if got := f.MustQuery(q.ID); got.Status != broker.StatusRunning {
+		t.Fatalf("after the refused calls query %d is %s, want running", q.ID, got.Status)
+	}
+
+	// Registration: admins only, once, with a valid id, name and organisation.
+	MustCode(t, svc.CreateSite(f.Admin, &broker.Site{ID: "site-b", Name: "B", Organisation: "B"}), broker.ECONFLICT)
+	MustCode(t, svc.CreateSite(f.Admin, &broker.Site{ID: "bad id", Name: "B", Organisation: "B"}), broker.EINVALID)
+	MustCode(t, svc.CreateSite(f.Admin, &broker.Site{ID: "site-z", Organisation: "Z"}), broker.EINVALID)
+
+	// A lease poll with no job records the site as seen, with its version.
+	f.Clock.Advance(time.Minute)
+	if l, err := svc.LeaseJob(siteB, "site-b", "tre 9.9"); err != nil || l != nil {
+		t.Fatalf("empty poll = %+v, %v", l, err)
+	}
+	sites, err := svc.FindSites(f.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sites {
+		if s.ID == "site-b" && (!s.LastSeen.Equal(f.Clock.Now()) || s.Version != "tre 9.9" || !slices.Equal(s.Datasets, []string{"gp_other"})) {
+			t.Errorf("site-b after a poll = %+v, want last seen now, version tre 9.9, dataset gp_other", s)
+		}
+	}
+
+	// The right site completes its own job.
+	if err := svc.CompleteJob(f.Agent, q.ID, lease.Token, f.Result(0.5)); err != nil {
+		t.Fatalf("site-a completes its job: %v", err)
+	}
+
+	// A site an agent announced before registration existed is refused until
+	// an admin registers it; registering keeps its health.
+	ctx := context.Background()
+	if err := f.Store.Exec(ctx, `INSERT INTO sites (id, last_seen, version) VALUES (?, ?, ?)`,
+		"site-old", f.Clock.Now().Add(-time.Hour).UnixMicro(), "tre 0.1"); err != nil {
+		t.Fatal(err)
+	}
+	old := AgentOf("agent-old", "site-old")
+	_, err = svc.LeaseJob(old, "site-old", "")
+	MustCode(t, err, broker.EFORBIDDEN)
+	f.MustSite("site-old")
+	if _, err := svc.LeaseJob(old, "site-old", ""); err != nil {
+		t.Fatalf("registered site-old polls: %v", err)
+	}
+	f.MustVerify()
 }
 
 func testBudgetLedger(t *testing.T, f *Fixture) {
@@ -571,7 +676,8 @@ func testLeases(t *testing.T, f *Fixture) {
 	svc := f.Service
 	q := f.MustSubmit(f.Researcher, DefaultSQL, 1)
 	f.MustApprove(q.ID)
-	if l, err := svc.LeaseJob(f.Agent, "site-without-catalog"); err != nil || l != nil {
+	f.MustSite("site-b")
+	if l, err := svc.LeaseJob(AgentOf("agent2", "site-b"), "site-b", ""); err != nil || l != nil {
 		t.Fatalf("lease for a site without the dataset = %+v, %v", l, err)
 	}
 	first := f.MustLease(q.ID)
@@ -581,7 +687,7 @@ func testLeases(t *testing.T, f *Fixture) {
 	if !first.ExpiresAt.Equal(f.Clock.Now().Add(time.Minute)) {
 		t.Fatalf("lease expires %v, want now+1m", first.ExpiresAt)
 	}
-	if l, _ := svc.LeaseJob(f.Agent, SiteID); l != nil {
+	if l, _ := svc.LeaseJob(f.Agent, SiteID, ""); l != nil {
 		t.Fatalf("a held lease was leased again: %+v", l)
 	}
 	f.Clock.Advance(50 * time.Second)
@@ -590,7 +696,7 @@ func testLeases(t *testing.T, f *Fixture) {
 		t.Fatalf("heartbeat = %+v, %v", hb, err)
 	}
 	f.Clock.Advance(50 * time.Second)
-	if l, _ := svc.LeaseJob(f.Agent, SiteID); l != nil {
+	if l, _ := svc.LeaseJob(f.Agent, SiteID, ""); l != nil {
 		t.Fatalf("heartbeat did not extend the lease: %+v", l)
 	}
 	f.Clock.Advance(11 * time.Second) // expired
@@ -602,7 +708,7 @@ func testLeases(t *testing.T, f *Fixture) {
 		t.Fatalf("budget after re-lease = %+v, want charged once", b)
 	}
 	// The first agent comes back late.
-	err = svc.CompleteJob(f.Agent, q.ID, first.Token, Result(1))
+	err = svc.CompleteJob(f.Agent, q.ID, first.Token, f.Result(1))
 	MustCode(t, err, broker.ECONFLICT)
 	if !errors.Is(err, broker.ErrLeaseExpired) {
 		t.Errorf("late completion error %v is not ErrLeaseExpired", err)
@@ -611,14 +717,14 @@ func testLeases(t *testing.T, f *Fixture) {
 	MustCode(t, err, broker.ECONFLICT)
 	MustCode(t, svc.FailJob(f.Agent, q.ID, first.Token, "sandbox_error", ""), broker.ECONFLICT)
 	// Over-budget results are refused.
-	MustCode(t, svc.CompleteJob(f.Agent, q.ID, second.Token, Result(1.5)), broker.EINVALID)
-	if err := svc.CompleteJob(f.Agent, q.ID, second.Token, Result(1)); err != nil {
+	MustCode(t, svc.CompleteJob(f.Agent, q.ID, second.Token, f.Result(1.5)), broker.EINVALID)
+	if err := svc.CompleteJob(f.Agent, q.ID, second.Token, f.Result(1)); err != nil {
 		t.Fatalf("complete: %v", err)
 	}
-	if err := svc.CompleteJob(f.Agent, q.ID, second.Token, Result(1)); err != nil {
+	if err := svc.CompleteJob(f.Agent, q.ID, second.Token, f.Result(1)); err != nil {
 		t.Fatalf("duplicate completion: %v", err)
 	}
-	MustCode(t, svc.CompleteJob(f.Agent, q.ID, first.Token, Result(1)), broker.ECONFLICT)
+	MustCode(t, svc.CompleteJob(f.Agent, q.ID, first.Token, f.Result(1)), broker.ECONFLICT)
 	_, err = svc.HeartbeatJob(f.Agent, q.ID, second.Token)
 	MustCode(t, err, broker.ECONFLICT)
 	got := f.MustQuery(q.ID)
@@ -645,7 +751,7 @@ func testLeases(t *testing.T, f *Fixture) {
 	if got.Status != broker.StatusFailed || got.FailureCode != "duckdb_error" {
 		t.Fatalf("after %d failures: %s %q", broker.DefaultMaxAttempts, got.Status, got.FailureCode)
 	}
-	if l, _ := svc.LeaseJob(f.Agent, SiteID); l != nil {
+	if l, _ := svc.LeaseJob(f.Agent, SiteID, ""); l != nil {
 		t.Fatalf("failed job leased: %+v", l)
 	}
 	if b := f.MustBudget(); !near(b.EpsilonSpent, 2) {
@@ -661,7 +767,7 @@ func testLeaseExpiryExhaustsAttempts(t *testing.T, f *Fixture) {
 		f.MustLease(q.ID)
 		f.Clock.Advance(2 * time.Minute)
 	}
-	if l, err := f.Service.LeaseJob(f.Agent, SiteID); err != nil || l != nil {
+	if l, err := f.Service.LeaseJob(f.Agent, SiteID, ""); err != nil || l != nil {
 		t.Fatalf("lease after the last attempt expired = %+v, %v", l, err)
 	}
 	got := f.MustQuery(q.ID)
@@ -918,7 +1024,7 @@ func testPlanCache(t *testing.T, cfg Config) {
 	// A changed catalog is compiled against afresh.
 	cat := Catalog(t)
 	cat.Policy.SmallCellThreshold++
-	if err := f.Service.PublishCatalog(f.Agent, SiteID, cat); err != nil {
+	if err := f.Service.PublishCatalog(f.Agent, SiteID, "", cat); err != nil {
 		t.Fatal(err)
 	}
 	f.MustSubmit(f.Researcher, DefaultSQL, 0.1)
@@ -928,7 +1034,7 @@ func testPlanCache(t *testing.T, cfg Config) {
 	// against the catalog the storing transaction sees.
 	republish := func() {
 		cat.Policy.SmallCellThreshold++
-		if err := f.Service.PublishCatalog(f.Agent, SiteID, cat); err != nil {
+		if err := f.Service.PublishCatalog(f.Agent, SiteID, "", cat); err != nil {
 			t.Error(err)
 		}
 	}
@@ -1042,7 +1148,7 @@ func testTwoReplicas(t *testing.T, cfg Config) {
 			defer wg.Done()
 			svc := svcs[w%2]
 			for {
-				l, err := svc.LeaseJob(f.Agent, SiteID)
+				l, err := svc.LeaseJob(f.Agent, SiteID, "")
 				if err != nil {
 					t.Errorf("lease: %v", err)
 					return
@@ -1053,7 +1159,7 @@ func testTwoReplicas(t *testing.T, cfg Config) {
 				mu.Lock()
 				leased[l.QueryID]++
 				mu.Unlock()
-				if err := svc.CompleteJob(f.Agent, l.QueryID, l.Token, Result(cost)); err != nil {
+				if err := svc.CompleteJob(f.Agent, l.QueryID, l.Token, f.Result(cost)); err != nil {
 					t.Errorf("complete %d: %v", l.QueryID, err)
 					return
 				}

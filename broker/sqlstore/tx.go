@@ -295,6 +295,12 @@ func (t *tx) FindProjects(ctx context.Context, f broker.ProjectFilter) ([]*broke
 // scanner is a *sql.Row or *sql.Rows.
 type scanner interface{ Scan(...any) error }
 
+// scannerFunc adapts a function to scanner, e.g. to scan extra columns
+// after a shared prefix.
+type scannerFunc func(...any) error
+
+func (f scannerFunc) Scan(dest ...any) error { return f(dest...) }
+
 // collect scans every row with scan and closes rows. The slice is never
 // nil, so an empty list encodes as [] rather than null.
 func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
@@ -351,11 +357,48 @@ func (t *tx) IsMember(ctx context.Context, projectID int64, subject string) (boo
 
 // ---- sites and catalogs ----
 
-func (t *tx) TouchSite(ctx context.Context, s *broker.Site) error {
-	_, err := t.exec(ctx, `INSERT INTO sites (id, last_seen, version) VALUES (?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
-		version = CASE WHEN excluded.version = '' THEN sites.version ELSE excluded.version END`,
-		s.ID, micros(s.LastSeen), s.Version)
+func (t *tx) CreateSite(ctx context.Context, s *broker.Site) error {
+	_, err := t.exec(ctx, `INSERT INTO sites (id, last_seen, version, name, organisation, registered_by, registered_at)
+		VALUES (?, 0, '', ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET name = excluded.name, organisation = excluded.organisation,
+		registered_by = excluded.registered_by, registered_at = excluded.registered_at`,
+		s.ID, s.Name, s.Organisation, s.RegisteredBy, micros(s.RegisteredAt))
+	return err
+}
+
+// siteColumns are the columns scanSite reads.
+const siteColumns = `s.id, s.name, s.organisation, s.registered_by, s.registered_at, s.last_seen, s.version`
+
+func scanSite(sc scanner) (*broker.Site, error) {
+	var s broker.Site
+	var registered, seen int64
+	if err := sc.Scan(&s.ID, &s.Name, &s.Organisation, &s.RegisteredBy, &registered, &seen, &s.Version); err != nil {
+		return nil, err
+	}
+	s.RegisteredAt, s.LastSeen = fromMicros(registered), fromMicros(seen)
+	s.Registered = registered != 0
+	s.Datasets = []string{}
+	return &s, nil
+}
+
+func (t *tx) FindSite(ctx context.Context, id string) (*broker.Site, error) {
+	rows, err := t.query(ctx, `SELECT `+siteColumns+` FROM sites s WHERE s.id = ?`, id)
+	if err != nil {
+		return nil, err
+	}
+	sites, err := collect(rows, scanSite)
+	if err != nil {
+		return nil, err
+	}
+	if len(sites) == 0 {
+		return nil, broker.Errorf(broker.ENOTFOUND, "site %q not found", id)
+	}
+	return sites[0], nil
+}
+
+func (t *tx) TouchSite(ctx context.Context, id string, at time.Time, version string) error {
+	_, err := t.exec(ctx, `UPDATE sites SET last_seen = ?, version = CASE WHEN ? = '' THEN version ELSE ? END WHERE id = ?`,
+		micros(at), version, version, id)
 	return err
 }
 
@@ -397,7 +440,7 @@ func (t *tx) FindCatalogs(ctx context.Context) ([][]byte, error) {
 }
 
 func (t *tx) FindSites(ctx context.Context) ([]*broker.Site, error) {
-	rows, err := t.query(ctx, `SELECT s.id, s.last_seen, s.version, COALESCE(c.dataset, '')
+	rows, err := t.query(ctx, `SELECT `+siteColumns+`, COALESCE(c.dataset, '')
 		FROM sites s LEFT JOIN catalogs c ON c.site_id = s.id ORDER BY s.id, c.dataset`)
 	if err != nil {
 		return nil, err
@@ -405,17 +448,17 @@ func (t *tx) FindSites(ctx context.Context) ([]*broker.Site, error) {
 	defer rows.Close()
 	out := []*broker.Site{}
 	for rows.Next() {
-		var id, version, dataset string
-		var seen int64
-		if err := rows.Scan(&id, &seen, &version, &dataset); err != nil {
+		var dataset string
+		s, err := scanSite(scannerFunc(func(dest ...any) error { return rows.Scan(append(dest, &dataset)...) }))
+		if err != nil {
 			return nil, err
 		}
-		if len(out) == 0 || out[len(out)-1].ID != id {
-			out = append(out, &broker.Site{ID: id, LastSeen: fromMicros(seen), Version: version, Datasets: []string{}})
+		if len(out) == 0 || out[len(out)-1].ID != s.ID {
+			out = append(out, s)
 		}
 		if dataset != "" {
-			s := out[len(out)-1]
-			s.Datasets = append(s.Datasets, dataset)
+			last := out[len(out)-1]
+			last.Datasets = append(last.Datasets, dataset)
 		}
 	}
 	return out, rows.Err()

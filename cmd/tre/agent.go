@@ -124,7 +124,7 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (
 	a, err := sandbox.NewAgent(sandbox.AgentConfig{
 		SiteID:       cfg.SiteID,
 		Catalog:      cat,
-		Broker:       &agentBroker{client: &api.Client{BaseURL: cfg.Broker, Token: token, HTTPClient: hc}},
+		Broker:       &agentBroker{client: &api.Client{BaseURL: cfg.Broker, Token: token, HTTPClient: hc, AgentVersion: buildVersion()}},
 		Runner:       runner,
 		Parallelism:  cfg.Parallelism,
 		PollInterval: cfg.Poll,
@@ -214,13 +214,13 @@ func parseByteSize(s string) (int64, error) {
 type agentBroker struct{ client *api.Client }
 
 func (b *agentBroker) PublishCatalog(ctx context.Context, siteID string, cat *queries.Catalog) error {
-	return b.client.PublishCatalog(ctx, siteID, cat)
+	return refusal(b.client.PublishCatalog(ctx, siteID, cat))
 }
 
 func (b *agentBroker) Lease(ctx context.Context, siteID string) (*sandbox.LeasedJob, error) {
 	l, err := b.client.Lease(ctx, siteID)
 	if err != nil || l == nil {
-		return nil, err
+		return nil, refusal(err)
 	}
 	return &sandbox.LeasedJob{
 		QueryID:   strconv.FormatInt(l.QueryID, 10),
@@ -263,12 +263,27 @@ func (b *agentBroker) Fail(ctx context.Context, job *sandbox.LeasedJob, code, me
 }
 
 // leaseError turns the broker's "this lease is not yours any more" (409)
-// into the sentinel the agent branches on; other errors (outages) are
-// retried by the agent.
+// into the sentinel the agent branches on, and its other refusals into
+// sandbox.ErrRefused.
 func leaseError(err error) error {
 	var ae *api.Error
 	if errors.As(err, &ae) && ae.Code == broker.ECONFLICT {
 		return fmt.Errorf("%w: %s", sandbox.ErrLeaseLost, ae.Message)
 	}
-	return err
+	return refusal(err)
+}
+
+// refusal marks the broker's answers that retrying cannot change — a 4xx
+// other than a timeout or a rate limit: a token for another site or none,
+// an unregistered site, a dataset another site publishes, an expired token
+// — as sandbox.ErrRefused, so the agent stops with the broker's reason
+// instead of retrying forever. Outages (5xx, network errors) are returned
+// as they are and retried.
+func refusal(err error) error {
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status < 400 || ae.Status > 499 ||
+		ae.Status == http.StatusRequestTimeout || ae.Status == http.StatusTooManyRequests {
+		return err
+	}
+	return fmt.Errorf("%w (HTTP %d): %s", sandbox.ErrRefused, ae.Status, ae.Message)
 }

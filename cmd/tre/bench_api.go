@@ -164,8 +164,13 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 	if err != nil {
 		return nil, err
 	}
+	const site = "bench-site"
 	mint := func(sub string, role broker.Role) (string, error) {
-		return api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Benchmark", Roles: []broker.Role{role}, TTL: 2 * time.Hour})
+		c := api.DevClaims{Subject: sub, Name: sub, Org: "Benchmark", Roles: []broker.Role{role}, TTL: 2 * time.Hour}
+		if role == broker.RoleAgent {
+			c.Site = site
+		}
+		return api.MintDevToken(key, c)
 	}
 	transport := &http.Transport{MaxIdleConns: 2 * m.clients, MaxIdleConnsPerHost: 2 * m.clients, IdleConnTimeout: time.Minute}
 	defer transport.CloseIdleConnections()
@@ -182,7 +187,10 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 	if err != nil {
 		return nil, err
 	}
-	if err := client(siteTok).PublishCatalog(ctx, "bench-site", cat); err != nil {
+	if _, err := client(adminTok).CreateSite(ctx, api.SiteRequest{ID: site, Name: "Benchmark site", Organisation: "tre bench"}); err != nil {
+		return nil, fmt.Errorf("register site: %w", err)
+	}
+	if err := client(siteTok).PublishCatalog(ctx, site, cat); err != nil {
 		return nil, fmt.Errorf("publish catalog: %w", err)
 	}
 	researchers := make([]*api.Client, m.clients)

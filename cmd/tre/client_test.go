@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -76,6 +77,8 @@ func runClient(tb testing.TB, newCmd func(io.Writer, io.Writer) command, env map
 	case *ReviewMain:
 		c.Getenv = getenv
 	case *ProjectMain:
+		c.Getenv = getenv
+	case *SiteMain:
 		c.Getenv = getenv
 	}
 	defer cmd.Close()
@@ -185,6 +188,8 @@ func TestTokenCommand(t *testing.T) {
 		{"no sub", []string{"--data-dir", dir, "--role", "admin"}},
 		{"no dir", []string{"--sub", "a", "--role", "admin"}},
 		{"ttl", []string{"--data-dir", dir, "--sub", "a", "--role", "admin", "--ttl", "-1h"}},
+		{"agent without a site", []string{"--data-dir", dir, "--sub", "a", "--role", "agent"}},
+		{"site on a person's token", []string{"--data-dir", dir, "--sub", "a", "--role", "admin", "--site", "s"}},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
@@ -192,5 +197,87 @@ func TestTokenCommand(t *testing.T) {
 				t.Error("accepted")
 			}
 		})
+	}
+}
+
+// TestAgentTokenNamesItsSite checks `tre token --role agent --site S` mints
+// a token whose site claim the broker's verifier reads.
+func TestAgentTokenNamesItsSite(t *testing.T) {
+	dir := t.TempDir()
+	var out bytes.Buffer
+	m := NewTokenMain(&out, io.Discard)
+	if err := m.ParseFlags(context.Background(), []string{"--data-dir", dir, "--sub", "leeds-agent", "--role", "agent", "--site", "leeds-th"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	key, err := api.LoadOrCreateDevKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := api.NewVerifier(context.Background(), api.AuthConfig{DevKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := v.Verify(context.Background(), strings.TrimSpace(out.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Site != "leeds-th" || len(u.Roles) != 1 || u.Roles[0] != "agent" {
+		t.Errorf("agent token = %+v, want site leeds-th and the agent role only", u)
+	}
+}
+
+func TestSiteCommand(t *testing.T) {
+	var got api.SiteRequest
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.Method + " " + r.URL.Path {
+		case "POST /api/v1/sites":
+			if err := json.NewDecoder(r.Body).Decode(&got); err != nil {
+				w.WriteHeader(400)
+				return
+			}
+			if got.ID == "taken" {
+				w.WriteHeader(409)
+				io.WriteString(w, `{"error":{"code":"conflict","message":"site \"taken\" is already registered"}}`)
+				return
+			}
+			w.WriteHeader(201)
+			io.WriteString(w, `{"id":"leeds-th","name":"Leeds","organisation":"Leeds Teaching Hospitals","registered":true,"datasets":[]}`)
+		case "GET /api/v1/sites":
+			io.WriteString(w, `{"items":[{"id":"leeds-th","name":"Leeds","organisation":"LTH","registered":true,"registered_at":"2026-03-01T12:00:00Z","datasets":["gp"],"last_seen":"2026-03-01T12:05:00Z","version":"tre v1.0.0"}],"total":1,"limit":50,"offset":0}`)
+		default:
+			w.WriteHeader(404)
+			io.WriteString(w, `{"error":{"code":"not_found","message":"no such route"}}`)
+		}
+	}))
+	defer ts.Close()
+	env := map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN": "admin"}
+	site := func(o, e io.Writer) command { return &SiteMain{Stdout: o, Stderr: e} }
+	tests := []struct {
+		name    string
+		args    []string
+		code    int
+		stdout  string
+		message string
+	}{
+		{"add", []string{"add", "--id", "leeds-th", "--name", "Leeds", "--organisation", "Leeds Teaching Hospitals"}, 0, "site leeds-th registered", ""},
+		{"add twice", []string{"add", "--id", "taken", "--name", "T", "--organisation", "T"}, 1, "", "already registered"},
+		{"add without name", []string{"add", "--id", "x", "--organisation", "T"}, 2, "", "--name is required"},
+		{"list", []string{"list"}, 0, "tre v1.0.0", ""},
+		{"unknown verb", []string{"remove"}, 2, "", "unknown verb"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, msg := runClient(t, site, env, tt.args...)
+			if code != tt.code || !strings.Contains(out, tt.stdout) || !strings.Contains(msg, tt.message) {
+				t.Fatalf("exit %d, stdout %q, error %q; want %d, %q, %q", code, out, msg, tt.code, tt.stdout, tt.message)
+			}
+		})
+	}
+	if got.Organisation != "T" || got.Name != "T" {
+		t.Errorf("last request = %+v", got)
 	}
 }

@@ -117,7 +117,11 @@ func (m *DemoMain) Run(ctx context.Context) error {
 	}
 	tokens := map[broker.Role]string{}
 	for _, u := range append(demoUsers, demoUser{demoSite, "Demo site agent", "Demo NHS Trust", broker.RoleAgent}) {
-		tok, err := api.MintDevToken(key, api.DevClaims{Subject: u.Sub, Name: u.Name, Org: u.Org, Roles: []broker.Role{u.Role}, IssuedAt: m.now(), TTL: 24 * time.Hour})
+		c := api.DevClaims{Subject: u.Sub, Name: u.Name, Org: u.Org, Roles: []broker.Role{u.Role}, IssuedAt: m.now(), TTL: 24 * time.Hour}
+		if u.Role == broker.RoleAgent {
+			c.Site = demoSite // the agent acts for the demo site only
+		}
+		tok, err := api.MintDevToken(key, c)
 		if err != nil {
 			return err
 		}
@@ -133,6 +137,10 @@ func (m *DemoMain) Run(ctx context.Context) error {
 	}
 	defer b.Close()
 
+	admin := &api.Client{BaseURL: b.URL(), Token: tokens[broker.RoleAdmin]}
+	if err := ensureDemoSite(ctx, admin); err != nil {
+		return err
+	}
 	agentToken := filepath.Join(m.Dir, "agent.token")
 	if err := os.WriteFile(agentToken, []byte(tokens[broker.RoleAgent]+"\n"), 0o600); err != nil {
 		return err
@@ -160,7 +168,6 @@ func (m *DemoMain) Run(ctx context.Context) error {
 		<-agentDone
 	}()
 
-	admin := &api.Client{BaseURL: b.URL(), Token: tokens[broker.RoleAdmin]}
 	dataset, err := waitForDataset(ctx, admin)
 	if err != nil {
 		return err
@@ -206,6 +213,20 @@ func (m *DemoMain) ensureData(ctx context.Context, path string, patients int, se
 		return fmt.Errorf("synthetic data: %w", err)
 	}
 	fmt.Fprintf(m.stdout, "  done in %s\n", time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
+// ensureDemoSite registers the demo site once, as an admin must before its
+// agent may act; later runs find it registered.
+func ensureDemoSite(ctx context.Context, admin *api.Client) error {
+	_, err := admin.CreateSite(ctx, api.SiteRequest{ID: demoSite, Name: "Demo site", Organisation: "Demo NHS Trust"})
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == broker.ECONFLICT {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("register the demo site: %w", err)
+	}
 	return nil
 }
 

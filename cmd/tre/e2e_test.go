@@ -128,7 +128,11 @@ var e2eUsers = map[string]broker.Role{
 	"site":  broker.RoleAgent,
 }
 
-// devTokens mints a dev token for each user with the broker's dev key.
+// e2eSite is the site the tests' agents act for; agent tokens name it.
+const e2eSite = "site-1"
+
+// devTokens mints a dev token for each user with the broker's dev key;
+// agent tokens are bound to e2eSite.
 func devTokens(tb testing.TB, brokerDir string, users map[string]broker.Role) map[string]string {
 	tb.Helper()
 	key, err := api.LoadOrCreateDevKey(brokerDir)
@@ -137,13 +141,25 @@ func devTokens(tb testing.TB, brokerDir string, users map[string]broker.Role) ma
 	}
 	tokens := map[string]string{}
 	for sub, role := range users {
-		tok, err := api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour})
+		c := api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour}
+		if role == broker.RoleAgent {
+			c.Site = e2eSite
+		}
+		tok, err := api.MintDevToken(key, c)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		tokens[sub] = tok
 	}
 	return tokens
+}
+
+// registerSite registers e2eSite as the admin does before its agent starts.
+func registerSite(tb testing.TB, admin *api.Client) {
+	tb.Helper()
+	if _, err := admin.CreateSite(context.Background(), api.SiteRequest{ID: e2eSite, Name: "Test site", Organisation: "Test NHS Trust"}); err != nil {
+		tb.Fatalf("register site %s: %v", e2eSite, err)
+	}
 }
 
 // writeAgentToken saves the agent's token as tre agent expects (mode 0600).
@@ -181,10 +197,11 @@ func startSite(tb testing.TB, patients int) *testSite {
 		return (&api.Client{BaseURL: s.url}).Readyz(context.Background())
 	})
 	s.tokens = devTokens(tb, brokerDir, e2eUsers)
+	registerSite(tb, s.as("dave"))
 	tokenFile := writeAgentToken(tb, s.dir, s.tokens["site"])
 	agentAdmin := freeAddr(tb)
 	s.agentMetricsURL = "http://" + agentAdmin + "/metrics"
-	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", "site-1", "--token-file", tokenFile, "--admin-addr", agentAdmin,
+	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", e2eSite, "--token-file", tokenFile, "--admin-addr", agentAdmin,
 		"--data", s.data, "--catalog", s.catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
 		"--scratch-dir", filepath.Join(s.dir, "scratch")}
 	s.agent = startTre(tb, s.agentArgs...)

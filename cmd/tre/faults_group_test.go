@@ -28,7 +28,7 @@ func TestBrokerKill9DuringSubmissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.as("site").PublishCatalog(ctx, "site-1", cat); err != nil {
+	if err := s.as("site").PublishCatalog(ctx, e2eSite, cat); err != nil {
 		t.Fatal(err)
 	}
 	projectID := s.createProject(t, 1000)

@@ -65,8 +65,9 @@ func startFaultSite(tb testing.TB, databaseURL string, withAgent bool) *faultSit
 	}
 	s.restartBroker(tb)
 	s.tokens = devTokens(tb, brokerDir, e2eUsers)
+	registerSite(tb, s.as("dave"))
 	tokenFile := writeAgentToken(tb, s.dir, s.tokens["site"])
-	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", "site-1", "--token-file", tokenFile,
+	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", e2eSite, "--token-file", tokenFile,
 		"--data", s.data, "--catalog", s.catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
 		"--scratch-dir", filepath.Join(s.dir, "scratch")}
 	if withAgent {

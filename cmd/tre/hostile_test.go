@@ -13,22 +13,27 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/broker/brokertest"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
 )
@@ -79,7 +84,8 @@ func startLonelyBroker(tb testing.TB, extra ...string) *lonelyBroker {
 		tb.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := b.as("site").PublishCatalog(ctx, "site-1", cat); err != nil {
+	registerSite(tb, b.as("dave"))
+	if err := b.as("site").PublishCatalog(ctx, e2eSite, cat); err != nil {
 		tb.Fatalf("publish catalog: %v", err)
 	}
 	p, err := b.as("dave").CreateProject(ctx, api.ProjectRequest{
@@ -521,20 +527,24 @@ func TestInjectionInFilters(t *testing.T) {
 }
 
 // TestReleasedFileInjection: a result whose group keys and column names are
-// spreadsheet formulas (completed through the agent API as a compromised
-// agent could) is released, and the CSV a researcher downloads neutralises
-// every one; the download's headers carry a fixed, safe filename.
+// spreadsheet formulas is released, and the CSV a researcher downloads
+// neutralises every one; the download's headers carry a fixed, safe
+// filename. The column names come from the researcher's aliases and the
+// keys from a column released by partition selection (codes found in the
+// data), which is where such text can legitimately arrive; a fabricated
+// key in a public-domain column is refused (TestStolenAgentToken).
 func TestReleasedFileInjection(t *testing.T) {
 	b := startLonelyBroker(t)
 	ctx := context.Background()
-	q, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "formula injection"})
+	sql := `SELECT snomed_code AS "=HYPERLINK(""http://evil.example"")", count(*) AS "@n" FROM clinical_events GROUP BY snomed_code`
+	q, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: sql, Purpose: "formula injection"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
 		t.Fatal(err)
 	}
-	lease, err := b.as("site").Lease(ctx, "site-1")
+	lease, err := b.as("site").Lease(ctx, e2eSite)
 	if err != nil || lease == nil || lease.QueryID != q.ID {
 		t.Fatalf("lease = %+v, %v; want query %d", lease, err, q.ID)
 	}
@@ -543,13 +553,9 @@ func TestReleasedFileInjection(t *testing.T) {
 		"=1\n=2", `"=1"`, "plain",
 	}
 	v := func(x float64) *float64 { return &x }
-	res := dp.Result{
-		Columns: []dp.Column{{Name: "=HYPERLINK(\"http://evil.example\")", Kind: "group"}, {Name: "@n", Kind: "count"}},
-		Report:  dp.Report{Epsilon: lease.Epsilon, Delta: lease.Delta, Mechanism: "laplace"},
-	}
-	for i, f := range formulas {
-		res.Rows = append(res.Rows, []dp.Cell{{Key: f}, {Value: v(float64(10 * (i + 1))), CILow: v(-1.5), CIHigh: v(2)}})
-	}
+	res := brokertest.ShapedResult(mustSpec(t, lease), formulas, func(i int) dp.Cell {
+		return dp.Cell{Value: v(float64(10 * (i + 1))), CILow: v(-1.5), CIHigh: v(2)}
+	})
 	if err := b.as("site").Complete(ctx, q.ID, lease.Token, res); err != nil {
 		t.Fatalf("complete: %v", err)
 	}
@@ -596,6 +602,26 @@ func TestReleasedFileInjection(t *testing.T) {
 	if recs[1][2] != "-1.5" {
 		t.Errorf("ci_low = %q, want -1.5 (numbers are not text cells)", recs[1][2])
 	}
+}
+
+// mustSpec compiles a leased job against the test catalog as the site
+// would, for the shape of its result.
+func mustSpec(tb testing.TB, lease *broker.Lease) dp.Spec {
+	tb.Helper()
+	cat, err := queries.LoadCatalog(testCatalogPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p, err := queries.NewParser()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer p.Close()
+	plan, err := p.Compile(context.Background(), cat, lease.SQL, queries.Options{Epsilon: lease.Epsilon})
+	if err != nil {
+		tb.Fatalf("compile the leased job: %v", err)
+	}
+	return plan.Spec
 }
 
 // TestTokenForgeryEndToEnd runs the token forgery suite across the process
@@ -910,5 +936,224 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("log sizes: broker %d, agent %d bytes", len(logs["broker"]), len(logs["agent"]))
+	}
+}
+
+// mint signs a dev token with the broker's key.
+func (b *lonelyBroker) mint(tb testing.TB, c api.DevClaims) string {
+	tb.Helper()
+	key, err := api.LoadOrCreateDevKey(b.dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c.TTL = time.Hour
+	tok, err := api.MintDevToken(key, c)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+// TestStolenAgentToken plays what an attacker holding an agent token (or a
+// compromised second site) tries against a real broker process: publish
+// over another site's catalog, lease its jobs, and heartbeat, complete or
+// fail them with a leaked lease token. Every attempt is a 403 JSON error;
+// the catalog and the job are untouched and the legitimate site completes
+// its job afterwards.
+func TestStolenAgentToken(t *testing.T) {
+	b := startLonelyBroker(t)
+	ctx := context.Background()
+	if _, err := b.as("dave").CreateSite(ctx, api.SiteRequest{ID: "site-2", Name: "Second site", Organisation: "Other NHS Trust"}); err != nil {
+		t.Fatal(err)
+	}
+	agent := []broker.Role{broker.RoleAgent}
+	site2 := b.mint(t, api.DevClaims{Subject: "agent-2", Roles: agent, Site: "site-2"})
+	siteless := b.mint(t, api.DevClaims{Subject: "agent-0", Roles: agent})
+	unregistered := b.mint(t, api.DevClaims{Subject: "agent-9", Roles: agent, Site: "site-9"})
+	cat, err := queries.LoadCatalog(testCatalogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := b.as("dave").Datasets(ctx, api.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "stolen agent token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	// site-2 holds none of the project's datasets: its polls find nothing.
+	if r := send(t, "POST", b.url+"/api/v1/agent/lease", site2, "application/json", strings.NewReader(`{"site_id":"site-2"}`)); r.status != http.StatusNoContent {
+		t.Fatalf("site-2 polls for its own jobs: %d %s", r.status, r.body)
+	}
+	lease, err := b.as("site").Lease(ctx, e2eSite)
+	if err != nil || lease == nil || lease.QueryID != q.ID {
+		t.Fatalf("site-1 lease = %+v, %v", lease, err)
+	}
+
+	// A forbidden column made categorical: what a rogue catalog would do.
+	rogue, err := queries.LoadCatalog(testCatalogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unforbidden := false
+	for i := range rogue.Tables {
+		for j := range rogue.Tables[i].Columns {
+			if c := &rogue.Tables[i].Columns[j]; c.Role == queries.RoleForbidden {
+				c.Role, unforbidden = queries.RoleCategorical, true
+			}
+		}
+	}
+	if !unforbidden {
+		t.Fatal("the test catalog has no forbidden column")
+	}
+	catJSON := func(site string, c *queries.Catalog) string {
+		body, err := json.Marshal(api.CatalogRequest{SiteID: site, Catalog: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(body)
+	}
+	v := func(x float64) *float64 { return &x }
+	fabricated, err := json.Marshal(api.CompleteRequest{Token: lease.Token, Result: &dp.Result{
+		Columns: []dp.Column{{Name: "sex", Kind: "group"}, {Name: "n", Kind: "count"}},
+		Rows:    [][]dp.Cell{{{Key: `=HYPERLINK("http://evil.example","x")`}, {Value: v(5)}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := fmt.Sprintf("%s/api/v1/agent/jobs/%d", b.url, q.ID)
+	tests := []struct {
+		name, token, method, url, body string
+		want                           int
+	}{
+		{"site-2 publishes as site-1", site2, "PUT", b.url + "/api/v1/agent/catalog", catJSON(e2eSite, rogue), 403},
+		{"site-2 publishes site-1's dataset as its own", site2, "PUT", b.url + "/api/v1/agent/catalog", catJSON("site-2", rogue), 409},
+		{"site-2 leases as site-1", site2, "POST", b.url + "/api/v1/agent/lease", `{"site_id":"site-1"}`, 403},
+		{"site-2 heartbeats site-1's job with its lease token", site2, "POST", job + "/heartbeat", `{"token":"` + lease.Token + `"}`, 403},
+		{"site-2 completes site-1's job with a fabricated table", site2, "POST", job + "/complete", string(fabricated), 403},
+		{"site-2 fails site-1's job", site2, "POST", job + "/fail", `{"token":"` + lease.Token + `","code":"sandbox_error","message":"x"}`, 403},
+		{"siteless token publishes", siteless, "PUT", b.url + "/api/v1/agent/catalog", catJSON(e2eSite, cat), 403},
+		{"siteless token leases", siteless, "POST", b.url + "/api/v1/agent/lease", `{"site_id":"site-1"}`, 403},
+		{"siteless token fails site-1's job", siteless, "POST", job + "/fail", `{"token":"` + lease.Token + `","code":"sandbox_error","message":"x"}`, 403},
+		{"unregistered site leases", unregistered, "POST", b.url + "/api/v1/agent/lease", `{"site_id":"site-9"}`, 403},
+		{"unregistered site publishes", unregistered, "PUT", b.url + "/api/v1/agent/catalog", catJSON("site-9", cat), 403},
+		{"researcher leases", b.tokens["alice"], "POST", b.url + "/api/v1/agent/lease", `{"site_id":"site-1"}`, 403},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := send(t, tt.method, tt.url, tt.token, "application/json", strings.NewReader(tt.body))
+			if r.status != tt.want {
+				t.Fatalf("status %d, want %d: %s", r.status, tt.want, r.body)
+			}
+			if code := errorCode(t, r); code == "" {
+				t.Errorf("no JSON error code in %s", r.body)
+			}
+		})
+	}
+	after, err := b.as("dave").Datasets(ctx, api.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(before, after); diff != "" {
+		t.Errorf("the catalog changed (-before +after):\n%s", diff)
+	}
+	if got, err := b.as("dave").Query(ctx, q.ID); err != nil || got.Status != broker.StatusRunning {
+		t.Fatalf("query after the attempts = %+v, %v; want still running", got, err)
+	}
+	denied, err := b.as("dave").Audit(ctx, api.AuditOptions{Action: "authz.denied"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if denied.Total < 10 {
+		t.Errorf("%d authz.denied entries, want one per refused agent call", denied.Total)
+	}
+	sites, err := b.as("dave").Sites(ctx, api.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sites.Items {
+		if s.ID == "site-9" {
+			t.Errorf("the unregistered site's agent created a site: %+v", s)
+		}
+	}
+
+	// Even the leasing site cannot complete with a table the approved query
+	// does not produce: a fabricated key in a public-domain column, a
+	// budget it did not spend, a column it does not release.
+	genuine := brokertest.ShapedResult(mustSpec(t, lease), nil, func(int) dp.Cell { return dp.Cell{Value: v(20), Rounded: true} })
+	forged := func(mod func(r *dp.Result)) string {
+		r := genuine
+		r.Columns = slices.Clone(genuine.Columns)
+		r.Rows = nil
+		for _, row := range genuine.Rows {
+			r.Rows = append(r.Rows, slices.Clone(row))
+		}
+		mod(&r)
+		body, err := json.Marshal(api.CompleteRequest{Token: lease.Token, Result: &r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(body)
+	}
+	site1 := b.tokens["site"]
+	for name, body := range map[string]string{
+		"a =HYPERLINK key in a public-domain column": forged(func(r *dp.Result) { r.Rows[0][0].Key = `=HYPERLINK("http://evil.example","x")` }),
+		"ε 0":                      forged(func(r *dp.Result) { r.Report.Epsilon = 0 }),
+		"a column not released":    forged(func(r *dp.Result) { r.Columns[1].Name = "patient_id" }),
+		"a row beyond the domain":  forged(func(r *dp.Result) { r.Rows = append(r.Rows, r.Rows[0]) }),
+		"weaker suppression claim": forged(func(r *dp.Result) { r.Report.Threshold = 1 }),
+	} {
+		if r := send(t, "POST", job+"/complete", site1, "application/json", strings.NewReader(body)); r.status != http.StatusBadRequest || errorCode(t, r) != "invalid" {
+			t.Errorf("site-1 completes with %s: %d %s, want 400 invalid", name, r.status, r.body)
+		}
+	}
+	if err := b.as("site").Complete(ctx, q.ID, lease.Token, genuine); err != nil {
+		t.Fatalf("site-1 completes its job with a table of the approved shape: %v", err)
+	}
+}
+
+// TestAgentRefusedExits starts real agent processes the broker refuses: one
+// whose token names another site, one whose dataset another site already
+// publishes. Each exits with the broker's reason instead of retrying the
+// 403 or 409 forever.
+func TestAgentRefusedExits(t *testing.T) {
+	b := startLonelyBroker(t)
+	ctx := context.Background()
+	if _, err := b.as("dave").CreateSite(ctx, api.SiteRequest{ID: "site-2", Name: "Second site", Organisation: "Other NHS Trust"}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	token := writeAgentToken(t, dir, b.mint(t, api.DevClaims{Subject: "agent-2", Roles: []broker.Role{broker.RoleAgent}, Site: "site-2"}))
+	data := filepath.Join(dir, "data.duckdb")
+	var out bytes.Buffer
+	if code := run(ctx, []string{"synth", "--out", data, "--patients", "1000", "--seed", "3"}, &out, &out); code != 0 {
+		t.Fatalf("tre synth exited %d:\n%s", code, out.String())
+	}
+	tests := []struct{ name, site, want string }{
+		{"token for another site", e2eSite, `acts for site "site-2", not "site-1"`},
+		{"dataset published by another site", "site-2", `is already published by site "site-1"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startTre(t, "agent", "--broker", b.url, "--site-id", tt.site, "--token-file", token,
+				"--data", data, "--catalog", testCatalogPath, "--scratch-dir", filepath.Join(dir, "scratch"))
+			select {
+			case err := <-p.done:
+				p.done <- err // for stop
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+					t.Fatalf("agent exited with %v, want exit status 1\n%s", err, p.out.String())
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the agent kept running after the broker refused it:\n%s", p.out.String())
+			}
+			if out := p.out.String(); !strings.Contains(out, tt.want) || !strings.Contains(out, "refused by the broker") {
+				t.Errorf("agent output does not give the broker's reason %q:\n%s", tt.want, out)
+			}
+		})
 	}
 }

@@ -61,6 +61,9 @@ func commands() map[string]commandInfo {
 		"project": {"create and list projects", func(stdout, stderr io.Writer) command {
 			return &ProjectMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 		}},
+		"site": {"register sites and list their agents' health (admin)", func(stdout, stderr io.Writer) command {
+			return NewSiteMain(stdout, stderr)
+		}},
 	}
 }
 

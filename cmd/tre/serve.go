@@ -164,6 +164,7 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		Issuer:         cfg.Issuer,
 		Audience:       cfg.Audience,
 		RolesClaim:     cfg.RolesClaim,
+		SiteClaim:      cfg.SiteClaim,
 	}
 	if cfg.Dev {
 		key, err := api.LoadOrCreateDevKey(cfg.DataDir)

@@ -21,6 +21,7 @@ type ServeConfig struct {
 	JWKSFile        string   `yaml:"jwks_file" flag:"jwks-file" usage:"JWKS document file"`
 	JWKSURL         string   `yaml:"jwks_url" flag:"jwks-url" usage:"JWKS document URL (refreshed)"`
 	RolesClaim      string   `yaml:"roles_claim" flag:"roles-claim" usage:"path of the roles claim, e.g. realm_access.roles"`
+	SiteClaim       string   `yaml:"site_claim" flag:"site-claim" usage:"path of the claim naming the site an agent token acts for"`
 	SubmitPerMinute int      `yaml:"submit_per_minute" flag:"submit-per-minute" usage:"query submissions allowed per user per minute"`
 
 	LeaseTTL    time.Duration `yaml:"lease_ttl" flag:"lease-ttl" usage:"how long a site agent's job lease lasts without a heartbeat"`
@@ -47,6 +48,7 @@ func DefaultServeConfig() ServeConfig {
 	return ServeConfig{
 		Addr:            "127.0.0.1:8080",
 		RolesClaim:      "roles",
+		SiteClaim:       "site",
 		SubmitPerMinute: 60,
 		LeaseTTL:        2 * time.Minute,
 		MaxAttempts:     3,

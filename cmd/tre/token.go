@@ -35,6 +35,7 @@ func (m *TokenMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.Var(&roles, "role", "role: researcher, reviewer, output_checker, admin or agent (repeatable)")
 	fs.StringVar(&m.claims.Org, "org", "", "organisation")
 	fs.StringVar(&m.claims.Name, "name", "", "display name")
+	fs.StringVar(&m.claims.Site, "site", "", "the site an agent token acts for (required with --role agent)")
 	fs.DurationVar(&m.claims.TTL, "ttl", 8*time.Hour, "how long the token is valid")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -52,6 +53,7 @@ func (m *TokenMain) ParseFlags(ctx context.Context, args []string) error {
 	case m.claims.TTL <= 0 || m.claims.TTL > 30*24*time.Hour:
 		return errors.New("--ttl must be positive and at most 720h")
 	}
+	agent := false
 	for _, r := range roles {
 		role := broker.Role(r)
 		switch role {
@@ -60,6 +62,13 @@ func (m *TokenMain) ParseFlags(ctx context.Context, args []string) error {
 		default:
 			return fmt.Errorf("unknown role %q (researcher, reviewer, output_checker, admin, agent)", r)
 		}
+		agent = agent || role == broker.RoleAgent
+	}
+	switch {
+	case agent && m.claims.Site == "":
+		return errors.New("--role agent needs --site: an agent token acts for one registered site")
+	case !agent && m.claims.Site != "":
+		return errors.New("--site applies to agent tokens only (--role agent)")
 	}
 	return nil
 }
