@@ -206,3 +206,30 @@ func TestRequestLogNeverHoldsSecrets(t *testing.T) {
 		t.Errorf("internal error not logged for operators:\n%s", log)
 	}
 }
+
+// TestAgentPollsLoggedAtDebug checks a site agent's empty lease polls and
+// heartbeats, sent every few seconds by every agent, do not fill the info
+// log, while a refused poll still appears there.
+func TestAgentPollsLoggedAtDebug(t *testing.T) {
+	var buf bytes.Buffer
+	f := newFakeService()
+	f.lease = nil // no job: every poll is empty
+	srv := newTestServer(t, f)
+	srv.logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	tok := mustAgentToken(t, "agent1", "site-1")
+	for range 5 {
+		if rec := call(t, srv.Handler(), "POST", "/api/v1/agent/lease", tok, `{"site_id":"site-1"}`); rec.Code != 204 {
+			t.Fatalf("poll: %d %s", rec.Code, rec.Body)
+		}
+	}
+	if n := strings.Count(buf.String(), `"msg":"request"`); n != 0 {
+		t.Errorf("%d info lines for 5 empty polls:\n%s", n, buf.String())
+	}
+	f.err = broker.Errorf(broker.EFORBIDDEN, "site %q is not registered", "site-1")
+	if rec := call(t, srv.Handler(), "POST", "/api/v1/agent/lease", tok, `{"site_id":"site-1"}`); rec.Code != 403 {
+		t.Fatalf("refused poll: %d", rec.Code)
+	}
+	if !strings.Contains(buf.String(), `"status":403`) {
+		t.Errorf("a refused poll is not logged at info:\n%s", buf.String())
+	}
+}

@@ -157,7 +157,7 @@ func (s *Server) logRequests(c *gin.Context) {
 	if route == "" {
 		route = "(unmatched)"
 	}
-	s.logger.LogAttrs(c.Request.Context(), slog.LevelInfo, "request",
+	s.logger.LogAttrs(c.Request.Context(), requestLevel(route, c.Writer.Status()), "request",
 		slog.String("request_id", id),
 		slog.String("method", c.Request.Method),
 		slog.String("route", route),
@@ -166,6 +166,18 @@ func (s *Server) logRequests(c *gin.Context) {
 		slog.String("sub", c.GetString(keySubject)),
 		slog.Duration("duration", s.cfg.Now().Sub(start)),
 	)
+}
+
+// requestLevel is the level a request is logged at: a site agent's empty
+// lease polls and accepted heartbeats, which every agent sends every few
+// seconds, at debug; everything else (a job leased included) at info.
+func requestLevel(route string, status int) slog.Level {
+	switch {
+	case route == "/api/v1/agent/lease" && status == http.StatusNoContent,
+		route == "/api/v1/agent/jobs/:id/heartbeat" && status == http.StatusOK:
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }
 
 func (s *Server) recovered(c *gin.Context, v any) {
