@@ -295,3 +295,91 @@ func TestAuthorizationMatrix(t *testing.T) {
 		t.Errorf("documented operation never exercised: %s", op)
 	}
 }
+
+// TestDutyMatrix is separation of duties over role combinations at the
+// HTTP level, on the real broker: the same people as the conformance
+// suite's DutiesByPerson (researcher+checker, reviewer+researcher, a member
+// reviewer, a member checker, the approver as checker, admin+researcher),
+// each refusal a 403 JSON error, each control a success.
+func TestDutyMatrix(t *testing.T) {
+	if testing.Short() {
+		t.Skip("matrix runs the real broker")
+	}
+	e := newRealEnv(t)
+	f := e.f
+	type who struct {
+		sub   string
+		roles []broker.Role
+		ctx   context.Context
+	}
+	r := func(roles ...broker.Role) []broker.Role { return roles }
+	res1 := who{"res1", r(broker.RoleResearcher), f.Researcher}
+	dual1 := who{"dual1", r(broker.RoleResearcher, broker.RoleReviewer), f.ResearchReview}
+	dual2 := who{"dual2", r(broker.RoleResearcher, broker.RoleOutputChecker), f.ResearchCheck}
+	dual3 := who{"dual3", r(broker.RoleReviewer, broker.RoleOutputChecker), f.ReviewCheck}
+	rev1 := who{"rev1", r(broker.RoleReviewer), f.Reviewer}
+	rev9 := who{"rev9", r(broker.RoleReviewer), f.MemberReviewer}
+	chk1 := who{"chk1", r(broker.RoleOutputChecker), f.Checker}
+	chk9 := who{"chk9", r(broker.RoleOutputChecker), f.MemberChecker}
+	boss := who{"boss", r(broker.RoleAdmin, broker.RoleResearcher), f.AdminResearcher}
+	admin := who{"admin1", r(broker.RoleAdmin), f.Admin}
+	awaiting, released, withheld, submitted := broker.StatusAwaitingOutputCheck, broker.StatusReleased, broker.StatusWithheld, broker.StatusSubmitted
+	tests := []struct {
+		name                string
+		caller              who
+		submitter, approver *who
+		state               broker.Status
+		method, path        string // %d: the query, or the project for /projects
+		body                any
+		want                int
+	}{
+		{name: "researcher+checker reads own output awaiting check", caller: dual2, submitter: &dual2, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
+		{name: "researcher+checker reads own withheld output", caller: dual2, submitter: &dual2, state: withheld, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
+		{name: "researcher+checker releases own query", caller: dual2, submitter: &dual2, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: CommentRequest{}, want: 403},
+		{name: "researcher+checker withholds own query", caller: dual2, submitter: &dual2, state: awaiting, method: "POST", path: "/api/v1/queries/%d/withhold", body: ReasonRequest{Reason: "x"}, want: 403},
+		{name: "researcher+checker reads a fellow member's output", caller: dual2, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
+		{name: "researcher+checker downloads own released result", caller: dual2, submitter: &dual2, state: released, method: "GET", path: "/api/v1/queries/%d/result", want: 200},
+		{name: "reviewer+researcher approves own query", caller: dual1, submitter: &dual1, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: CommentRequest{}, want: 403},
+		{name: "reviewer+researcher approves a fellow member's query", caller: dual1, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: CommentRequest{}, want: 403},
+		{name: "reviewer+researcher rejects a fellow member's query", caller: dual1, state: submitted, method: "POST", path: "/api/v1/queries/%d/reject", body: ReasonRequest{Reason: "x"}, want: 403},
+		{name: "member reviewer approves", caller: rev9, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: CommentRequest{}, want: 403},
+		{name: "independent reviewer approves", caller: rev1, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: CommentRequest{}, want: 200},
+		{name: "member checker reads output awaiting check", caller: chk9, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
+		{name: "member checker releases", caller: chk9, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: CommentRequest{}, want: 403},
+		{name: "approver as checker releases", caller: dual3, approver: &dual3, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: CommentRequest{}, want: 403},
+		{name: "approver as checker withholds", caller: dual3, approver: &dual3, state: awaiting, method: "POST", path: "/api/v1/queries/%d/withhold", body: ReasonRequest{Reason: "x"}, want: 403},
+		{name: "independent checker reads output awaiting check", caller: chk1, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 200},
+		{name: "independent checker releases", caller: chk1, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: CommentRequest{}, want: 200},
+		{name: "researcher reads output awaiting check", caller: res1, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
+		{name: "admin+researcher raises their project's budget", caller: boss, method: "PATCH", path: "/api/v1/projects/%d", body: map[string]any{"epsilon_budget": 1000}, want: 403},
+		{name: "independent admin changes the project", caller: admin, method: "PATCH", path: "/api/v1/projects/%d", body: map[string]any{"title": "Renamed"}, want: 200},
+	}
+	cf := newConformance(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := f.Project.ID
+			if tt.state != "" {
+				submitter, approver := res1, rev1
+				if tt.submitter != nil {
+					submitter = *tt.submitter
+				}
+				if tt.approver != nil {
+					approver = *tt.approver
+				}
+				id = f.DutyQuery(t, submitter.ctx, approver.ctx, tt.state).ID
+			}
+			tok := mustClaims(t, DevClaims{Subject: tt.caller.sub, Roles: tt.caller.roles})
+			status, body := cf.checkedCall(t, e.srv, tt.method, fmt.Sprintf(tt.path, id), tok, tt.body)
+			if status != tt.want {
+				t.Fatalf("status %d, want %d: %s", status, tt.want, body)
+			}
+		})
+	}
+	now := f.Clock.Now()
+	status, body := cf.checkedCall(t, e.srv, "POST", "/api/v1/projects", mustClaims(t, DevClaims{Subject: boss.sub, Roles: boss.roles}), ProjectRequest{
+		Title: "Mine", Organisation: "o", Purpose: "p", LawfulBasis: "l", Members: []string{"boss"}, Datasets: []string{brokertest.Dataset},
+		EpsilonBudget: 50, ExpiresAt: now.Add(time.Hour)})
+	if status != http.StatusForbidden {
+		t.Errorf("admin+researcher creates a project listing themselves: %d %s", status, body)
+	}
+}

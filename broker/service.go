@@ -549,6 +549,9 @@ func (s *Service) CreateProject(ctx context.Context, p *Project) error {
 	if err := validateProject(p); err != nil {
 		return err
 	}
+	if err := projectDuty(u, "project.create", "projects", p.Members); err != nil {
+		return s.settle(ctx, u, err)
+	}
 	p.CreatedBy = u.Subject
 	p.CreatedAt = now
 	p.Budget = Budget{EpsilonRemaining: p.EpsilonBudget, DeltaRemaining: p.DeltaBudget}
@@ -680,6 +683,9 @@ func (s *Service) UpdateProject(ctx context.Context, id int64, upd ProjectUpdate
 		if err != nil {
 			return err
 		}
+		if err := projectDuty(u, "project.update", projectObject(id), p.Members); err != nil {
+			return err
+		}
 		var changed []string
 		set := func(name string, ok bool, apply func()) {
 			if ok {
@@ -703,6 +709,9 @@ func (s *Service) UpdateProject(ctx context.Context, id int64, upd ProjectUpdate
 			return Errorf(EINVALID, "project update changes nothing")
 		}
 		if err := validateProject(p); err != nil {
+			return err
+		}
+		if err := projectDuty(u, "project.update", projectObject(id), p.Members); err != nil {
 			return err
 		}
 		b := p.Budget
@@ -1185,8 +1194,12 @@ func (s *Service) ApproveQuery(ctx context.Context, id int64, comment string) (*
 		if err := checkTransition(id, q.Status, StatusApproved); err != nil {
 			return err
 		}
-		if q.SubmittedBy == u.Subject {
-			return deny("query.approve", queryObject(id), "a reviewer cannot approve their own query")
+		member, err := tx.IsMember(ctx, q.ProjectID, u.Subject)
+		if err != nil {
+			return err
+		}
+		if err := reviewDuty(u, q, member, "query.approve"); err != nil {
+			return err
 		}
 		if err := tx.LockProject(ctx, q.ProjectID); err != nil {
 			return err
@@ -1228,22 +1241,24 @@ func (s *Service) RejectQuery(ctx context.Context, id int64, reason string) (*Qu
 		if err := checkTransition(id, rec.Query.Status, StatusRejected); err != nil {
 			return err
 		}
-		if rec.Query.SubmittedBy == u.Subject {
-			return deny("query.reject", queryObject(id), "a reviewer cannot decide on their own query")
+		member, err := tx.IsMember(ctx, rec.Query.ProjectID, u.Subject)
+		if err != nil {
+			return err
+		}
+		if err := reviewDuty(u, rec.Query, member, "query.reject"); err != nil {
+			return err
 		}
 		return move(ctx, tx, rec, StatusRejected, u.Subject, reason, "query.reject", "", now)
 	})
 }
 
-// checkOutputDuty enforces separation of duties for output checks.
-func checkOutputDuty(u *User, q *Query, action string) error {
-	switch u.Subject {
-	case q.SubmittedBy:
-		return deny(action, queryObject(q.ID), "an output checker cannot check their own query")
-	case q.ApprovedBy:
-		return deny(action, queryObject(q.ID), "an output checker cannot check a query they approved")
+// outputDuty applies checkDuty to u and q in tx.
+func outputDuty(ctx context.Context, tx Tx, u *User, q *Query, action string) error {
+	member, err := tx.IsMember(ctx, q.ProjectID, u.Subject)
+	if err != nil {
+		return err
 	}
-	return nil
+	return checkDuty(u, q, member, action)
 }
 
 // ReleaseQuery releases a checked output to the researchers.
@@ -1257,7 +1272,7 @@ func (s *Service) ReleaseQuery(ctx context.Context, id int64, comment string) (*
 		if err := checkTransition(id, rec.Query.Status, StatusReleased); err != nil {
 			return err
 		}
-		if err := checkOutputDuty(u, rec.Query, "output.release"); err != nil {
+		if err := outputDuty(ctx, tx, u, rec.Query, "output.release"); err != nil {
 			return err
 		}
 		if err := tx.SetOutputReleased(ctx, id, now); err != nil {
@@ -1281,7 +1296,7 @@ func (s *Service) WithholdQuery(ctx context.Context, id int64, reason string) (*
 		if err := checkTransition(id, rec.Query.Status, StatusWithheld); err != nil {
 			return err
 		}
-		if err := checkOutputDuty(u, rec.Query, "output.withhold"); err != nil {
+		if err := outputDuty(ctx, tx, u, rec.Query, "output.withhold"); err != nil {
 			return err
 		}
 		return move(ctx, tx, rec, StatusWithheld, u.Subject, reason, "output.withhold", "", now)
@@ -1289,13 +1304,15 @@ func (s *Service) WithholdQuery(ctx context.Context, id int64, reason string) (*
 }
 
 // FindOutput returns a query's protected output: to output checkers once it
-// exists, to the project's researchers once released. Every view is audited.
+// exists, unless they submitted the query or are members of its project
+// (checkerView); to the project's members once released. Every view is
+// audited.
 func (s *Service) FindOutput(ctx context.Context, id int64) (*Output, error) {
 	u, err := s.authorize(ctx, "output.view", queryObject(id), RoleOutputChecker, RoleResearcher)
 	if err != nil {
 		return nil, err
 	}
-	return s.readOutput(ctx, u, id, "output.view", u.HasRole(RoleOutputChecker))
+	return s.readOutput(ctx, u, id, "output.view", true)
 }
 
 // DownloadResult returns a released result to a member of the project and
@@ -1308,7 +1325,9 @@ func (s *Service) DownloadResult(ctx context.Context, id int64) (*Output, error)
 	return s.readOutput(ctx, u, id, "result.download", false)
 }
 
-func (s *Service) readOutput(ctx context.Context, u *User, id int64, action string, checker bool) (*Output, error) {
+// readOutput returns query id's output to u: as an output checker when
+// asChecker and checkerView allow it, else as a member once released.
+func (s *Service) readOutput(ctx context.Context, u *User, id int64, action string, asChecker bool) (*Output, error) {
 	now := s.clock()
 	var o *Output
 	err := s.update(ctx, u, func(tx Tx) error {
@@ -1317,16 +1336,20 @@ func (s *Service) readOutput(ctx context.Context, u *User, id int64, action stri
 			return err
 		}
 		q := rec.Query
-		if !checker {
-			member, err := tx.IsMember(ctx, q.ProjectID, u.Subject)
-			if err != nil {
-				return err
-			}
-			if !member {
+		member, err := tx.IsMember(ctx, q.ProjectID, u.Subject)
+		if err != nil {
+			return err
+		}
+		if !asChecker || !checkerView(u, q, member) {
+			switch {
+			case !member:
 				return deny(action, queryObject(id), "you are not a member of the project of query %d", id)
-			}
-			if q.Status != StatusReleased {
+			case q.Status != StatusReleased && u.HasRole(RoleOutputChecker):
+				return deny(action, queryObject(id), "the output of query %d has not been released, and you submitted it or are a member of its project: another output checker checks it", id)
+			case q.Status != StatusReleased:
 				return deny(action, queryObject(id), "the output of query %d has not been released", id)
+			case !u.HasRole(RoleResearcher):
+				return deny(action, queryObject(id), "released results are for the project's researchers")
 			}
 		}
 		switch q.Status {

@@ -47,6 +47,11 @@ const matrixDevKey = "0123456789abcdef0123456789abcdef-web-test"
 var matrixExtraUsers = map[string]broker.User{
 	"frank": {Subject: "frank", Name: "Frank Outsider", Org: "Uni", Roles: []broker.Role{broker.RoleResearcher}},
 	"gina":  {Subject: "gina", Name: "Gina Both", Org: "NHS", Roles: []broker.Role{broker.RoleReviewer, broker.RoleOutputChecker}},
+	// Members of the own project who hold a staff role: hugo researcher and
+	// output checker, ivy output checker only, jack reviewer only.
+	"hugo": {Subject: "hugo", Name: "Hugo Both", Org: "Uni", Roles: []broker.Role{broker.RoleResearcher, broker.RoleOutputChecker}},
+	"ivy":  {Subject: "ivy", Name: "Ivy Member-Checker", Org: "NHS", Roles: []broker.Role{broker.RoleOutputChecker}},
+	"jack": {Subject: "jack", Name: "Jack Member-Reviewer", Org: "NHS", Roles: []broker.Role{broker.RoleReviewer}},
 }
 
 // webCallers are the matrix's callers by row name, with the test user each
@@ -74,6 +79,8 @@ func matrixUser(name string) broker.User {
 type matrixEnv struct {
 	*env
 	own, other *broker.Project
+	// third has alice only: a project erin, hugo, ivy and jack are not in.
+	third *broker.Project
 }
 
 func newMatrixEnv(tb testing.TB, dryRun bool) *matrixEnv {
@@ -90,8 +97,9 @@ func newMatrixEnv(tb testing.TB, dryRun bool) *matrixEnv {
 		e = withDryRunner(tb, e)
 	}
 	m := &matrixEnv{env: e}
-	m.own = m.newProject(tb, "Matrix own", []string{"alice", "erin"})
+	m.own = m.newProject(tb, "Matrix own", []string{"alice", "erin", "hugo", "ivy", "jack"})
 	m.other = m.newProject(tb, "Matrix other", []string{"erin"})
+	m.third = m.newProject(tb, "Matrix third", []string{"alice"})
 	return m
 }
 
@@ -394,6 +402,7 @@ type webRow struct {
 	csrf      csrfMode
 	submitter string
 	approver  string
+	third     bool // the target is in m.third rather than own/other
 	want      int
 }
 
@@ -451,7 +460,17 @@ func dutyRows() []webRow {
 	return []webRow{
 		{name: "approve: reviewer who submitted the query", route: approve, caller: "erin", user: "erin", own: true, submitter: "erin", want: 403},
 		{name: "reject: reviewer who submitted the query", route: reject, caller: "erin", user: "erin", own: true, submitter: "erin", want: 403},
-		{name: "approve: reviewer-researcher on another member's query (control)", route: approve, caller: "erin", user: "erin", own: true, want: 303},
+		{name: "approve: reviewer-researcher on a fellow member's query", route: approve, caller: "erin", user: "erin", own: true, want: 403},
+		{name: "approve: reviewer-researcher on a query of a project she is not in (control)", route: approve, caller: "erin", user: "erin", own: true, third: true, want: 303},
+		{name: "approve: reviewer who is a member of the project", route: approve, caller: "jack", user: "jack", own: true, want: 403},
+		{name: "reject: reviewer who is a member of the project", route: reject, caller: "jack", user: "jack", own: true, want: 403},
+		{name: "approve: reviewer of no project (control)", route: approve, caller: "jack", user: "jack", own: true, third: true, want: 303},
+		{name: "release: researcher-checker who submitted the query", route: release, caller: "hugo", user: "hugo", own: true, submitter: "hugo", want: 403},
+		{name: "withhold: researcher-checker who submitted the query", route: withhold, caller: "hugo", user: "hugo", own: true, submitter: "hugo", want: 403},
+		{name: "release: researcher-checker on a fellow member's query", route: release, caller: "hugo", user: "hugo", own: true, want: 403},
+		{name: "release: researcher-checker on a query of a project he is not in (control)", route: release, caller: "hugo", user: "hugo", own: true, third: true, want: 303},
+		{name: "release: output checker who is a member of the project", route: release, caller: "ivy", user: "ivy", own: true, want: 403},
+		{name: "withhold: output checker who is a member of the project", route: withhold, caller: "ivy", user: "ivy", own: true, want: 403},
 		{name: "release: output checker who approved the query", route: release, caller: "gina", user: "gina", own: true, approver: "gina", want: 403},
 		{name: "withhold: output checker who approved the query", route: withhold, caller: "gina", user: "gina", own: true, approver: "gina", want: 403},
 		{name: "release: output checker who approved another query (control)", route: release, caller: "gina", user: "gina", own: true, want: 303},
@@ -496,6 +515,9 @@ func TestWebAuthorizationMatrix(t *testing.T) {
 func runWebRow(t *testing.T, m *matrixEnv, row webRow) {
 	rt := row.route
 	p := m.project(row.own)
+	if row.third {
+		p = m.third
+	}
 	var tg webTarget
 	tg.project = p.ID
 	switch {
@@ -575,6 +597,7 @@ func runWebRow(t *testing.T, m *matrixEnv, row webRow) {
 	if rt.observe != nil {
 		before = rt.observe(t, m, c, tg)
 	}
+	denied := m.denials(t)
 	var resp *http.Response
 	var body string
 	if rt.method == http.MethodPost {
@@ -604,6 +627,24 @@ func runWebRow(t *testing.T, m *matrixEnv, row webRow) {
 			t.Errorf("state %q → %q: changed %v, want %v", before, after, changed, wantChange)
 		}
 	}
+	// A page a caller may open records no refusal: the audit chain holds
+	// security events, not the page's lookups of what it may not show.
+	if rt.method == http.MethodGet && resp.StatusCode == http.StatusOK {
+		if n := m.denials(t); n != denied {
+			t.Errorf("opening the page recorded %d authz.denied entries", n-denied)
+		}
+	}
+}
+
+// denials counts the audit chain's authz.denied entries.
+func (m *matrixEnv) denials(tb testing.TB) int {
+	tb.Helper()
+	action := "authz.denied"
+	_, n, err := m.svc.FindAuditEntries(m.ctx("dave"), broker.AuditFilter{Action: &action, Limit: 1})
+	if err != nil {
+		tb.Fatalf("count denials: %v", err)
+	}
+	return n
 }
 
 func firstLines(s string, n int) string {
@@ -661,6 +702,45 @@ func TestWebForwardedTokenMatrix(t *testing.T) {
 			}
 			if got := m.queryStatus(t, id); got != string(broker.StatusSubmitted) {
 				t.Errorf("query %d is %s after the request, want submitted", id, got)
+			}
+		})
+	}
+}
+
+// TestWebDutiesHideOutput opens a query page awaiting output check as
+// people separation of duties keeps from the output: the researcher and
+// output checker who submitted it, and an output checker who is a member of
+// its project. Their pages show no table and no disclosure report; the
+// independent output checker's does.
+func TestWebDutiesHideOutput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real broker")
+	}
+	m := newMatrixEnv(t, false)
+	own := m.queryIn(t, m.own, "hugo", "bob", broker.StatusAwaitingOutputCheck)
+	colleague := m.queryIn(t, m.own, "alice", "bob", broker.StatusAwaitingOutputCheck)
+	tests := []struct {
+		name, user string
+		query      int64
+		shown      bool
+	}{
+		{"researcher-checker on their own query", "hugo", own, false},
+		{"researcher-checker on a fellow member's query", "hugo", colleague, false},
+		{"member output checker", "ivy", colleague, false},
+		{"independent output checker", "carol", colleague, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			denied := m.denials(t)
+			resp, body := m.signIn(t, tt.user).get(fmt.Sprintf("/ui/queries/%d", tt.query))
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			if shown := strings.Contains(body, "Disclosure report"); shown != tt.shown {
+				t.Errorf("output shown %v, want %v", shown, tt.shown)
+			}
+			if n := m.denials(t); n != denied {
+				t.Errorf("opening the page recorded %d authz.denied entries", n-denied)
 			}
 		})
 	}

@@ -63,38 +63,44 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 		return
 	}
 	u := s.user
+	access, err := h.svc.QueryAccess(ctx, id)
+	if err != nil {
+		h.fail(w, r, s, err)
+		return
+	}
 	qv := &queryView{Q: q, IsSubmitter: q.SubmittedBy == u.Subject}
 	if typed != nil {
 		qv.Comment, qv.Reason = typed.Comment, typed.Reason
 	}
-	// The project's budget is context for the reviewer; a caller who may
-	// not see the project simply does not get the panel.
-	if p, err := h.svc.FindProjectByID(ctx, q.ProjectID); err == nil {
-		qv.Project = p
+	// The project's budget is context for the reviewer. Only callers who may
+	// read the project ask for it: asking for others would record a refusal
+	// in the audit chain for a page they may open.
+	if u.HasRole(broker.RoleAdmin) || u.HasRole(broker.RoleReviewer) || (access.Member && u.HasRole(broker.RoleResearcher)) {
+		if p, err := h.svc.FindProjectByID(ctx, q.ProjectID); err == nil {
+			qv.Project = p
+		}
 	}
 	qv.CanCancel = qv.IsSubmitter && (q.Status == broker.StatusSubmitted || q.Status == broker.StatusApproved)
 	staff := u.HasRole(broker.RoleReviewer) || u.HasRole(broker.RoleOutputChecker) || u.HasRole(broker.RoleAdmin)
 	qv.ShowRewritten = staff && q.Rewritten != ""
+	// Separation of duties decides the buttons, in the broker's words.
 	if u.HasRole(broker.RoleReviewer) && q.Status == broker.StatusSubmitted {
-		if qv.IsSubmitter {
-			qv.ReviewBlocked = "You submitted this query, so another reviewer must decide on it (separation of duties)."
-		} else {
-			qv.CanReview = true
+		qv.CanReview = access.Review.Allowed
+		if !qv.CanReview {
+			qv.ReviewBlocked = dutyNotice(access.Review.Reason, "reviewer must decide on it")
 		}
 	}
 	checker := u.HasRole(broker.RoleOutputChecker)
 	if checker && q.Status == broker.StatusAwaitingOutputCheck {
-		switch {
-		case qv.IsSubmitter:
-			qv.CheckBlocked = "You submitted this query, so another output checker must check its result (separation of duties)."
-		case q.ApprovedBy == u.Subject:
-			qv.CheckBlocked = "You approved this query, so another output checker must check its result (separation of duties)."
-		default:
-			qv.CanCheck = true
+		qv.CanCheck = access.Check.Allowed
+		if !qv.CanCheck {
+			qv.CheckBlocked = dutyNotice(access.Check.Reason, "output checker must check its result")
 		}
 	}
-	wantOutput := q.Status == broker.StatusReleased ||
-		(checker && (q.Status == broker.StatusAwaitingOutputCheck || q.Status == broker.StatusWithheld))
+	// Before release only an output checker separation of duties allows
+	// sees the output; once released, the project's researchers do too.
+	wantOutput := (q.Status == broker.StatusReleased && (access.CheckerView || access.Member && u.HasRole(broker.RoleResearcher))) ||
+		(access.CheckerView && (q.Status == broker.StatusAwaitingOutputCheck || q.Status == broker.StatusWithheld))
 	if wantOutput {
 		out, err := h.svc.FindOutput(ctx, id)
 		switch code := broker.ErrorCode(err); code {
@@ -119,6 +125,15 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 		v.Active = "queries"
 	}
 	h.render(w, r, status, "query.html", v)
+}
+
+// dutyNotice explains a button separation of duties hides: the broker's
+// reason and who acts instead.
+func dutyNotice(reason, instead string) string {
+	if reason == "" {
+		return ""
+	}
+	return strings.ToUpper(reason[:1]) + reason[1:] + ": another " + instead + " (separation of duties)."
 }
 
 // queryAction performs approve, reject, release, withhold or cancel and

@@ -46,6 +46,7 @@ type Service interface {
 	SubmitQuery(ctx context.Context, sub broker.QuerySubmission) (*broker.Query, error)
 	CheckQuery(ctx context.Context, sub broker.QuerySubmission) (*queries.Plan, error)
 	FindQueryByID(ctx context.Context, id int64) (*broker.Query, error)
+	QueryAccess(ctx context.Context, id int64) (*broker.Access, error)
 	FindQueries(ctx context.Context, f broker.QueryFilter) ([]*broker.Query, int, error)
 	ReviewQueue(ctx context.Context) ([]*broker.Query, error)
 	CancelQuery(ctx context.Context, id int64) (*broker.Query, error)

@@ -24,6 +24,9 @@ type Fixture struct {
 	// separation of duties.
 	Admin, Reviewer, Reviewer2, Checker, Researcher, Researcher2, Outsider, Agent context.Context
 	ResearchReview, ResearchCheck, ReviewCheck                                    context.Context
+	// Members of the fixture's project who hold a staff role: separation
+	// of duties keeps each from acting on the project's queries.
+	MemberReviewer, MemberChecker, AdminResearcher context.Context
 
 	compiler broker.Compiler
 	results  map[float64]dp.Result // by ε, see Result
@@ -56,6 +59,10 @@ func NewFixture(tb testing.TB, cfg Config, store Store, opts broker.Options) *Fi
 		ResearchReview: as("dual1", broker.RoleResearcher, broker.RoleReviewer),
 		ResearchCheck:  as("dual2", broker.RoleResearcher, broker.RoleOutputChecker),
 		ReviewCheck:    as("dual3", broker.RoleReviewer, broker.RoleOutputChecker),
+
+		MemberReviewer:  as("rev9", broker.RoleReviewer),
+		MemberChecker:   as("chk9", broker.RoleOutputChecker),
+		AdminResearcher: as("boss", broker.RoleAdmin, broker.RoleResearcher),
 	}
 	if opts.Now == nil {
 		opts.Now = f.Clock.Now
@@ -73,7 +80,7 @@ func NewFixture(tb testing.TB, cfg Config, store Store, opts broker.Options) *Fi
 	if err := f.Service.PublishCatalog(f.Agent, SiteID, "", Catalog(tb)); err != nil {
 		tb.Fatalf("publish catalog: %v", err)
 	}
-	f.Project = f.MustProject(ProjectEpsilon, ProjectDelta, "res1", "res2", "dual1", "dual2")
+	f.Project = f.MustProject(ProjectEpsilon, ProjectDelta, "res1", "res2", "dual1", "dual2", "rev9", "chk9", "boss")
 	return f
 }
 

@@ -24,6 +24,7 @@ func Run(t *testing.T, cfg Config) {
 	}
 	t.Run("Transitions", func(t *testing.T) { testTransitions(t, fresh) })
 	t.Run("SeparationOfDuties", func(t *testing.T) { testSeparationOfDuties(t, fresh(t, broker.Options{})) })
+	t.Run("DutiesByPerson", func(t *testing.T) { testDutiesByPerson(t, fresh(t, broker.Options{})) })
 	t.Run("Visibility", func(t *testing.T) { testVisibility(t, fresh(t, broker.Options{})) })
 	t.Run("Projects", func(t *testing.T) { testProjects(t, fresh(t, broker.Options{})) })
 	t.Run("Catalogs", func(t *testing.T) { testCatalogs(t, fresh(t, broker.Options{})) })
@@ -215,6 +216,207 @@ func testSeparationOfDuties(t *testing.T, f *Fixture) {
 	}
 	_, err = svc.FindQueryByID(context.Background(), own.ID)
 	MustCode(t, err, broker.EUNAUTHORIZED)
+}
+
+// dutyCase is one person trying one action on a query of the fixture's
+// project in a given state, submitted and approved by given people.
+type dutyCase struct {
+	name      string
+	who       func(f *Fixture) context.Context
+	submitter func(f *Fixture) context.Context // default res1
+	approver  func(f *Fixture) context.Context // default rev1
+	state     broker.Status
+	action    string // approve, reject, view, release, withhold, download
+	allowed   bool
+}
+
+// testDutiesByPerson is the matrix of separation of duties over role
+// combinations (docs/threat-model.md): whoever submitted a query never
+// decides on it nor sees its output before release; reviewers and output
+// checkers never act on queries of projects they are members of, nor read
+// their outputs before release; the approver never releases. Each refusal
+// is audited and changes nothing; each allowed case is the control that the
+// refusal is the person's, not the action's. QueryAccess, which the web
+// interface draws its buttons from, must agree with every outcome.
+func testDutiesByPerson(t *testing.T, f *Fixture) {
+	svc := f.Service
+	res1 := func(f *Fixture) context.Context { return f.Researcher }
+	dual2 := func(f *Fixture) context.Context { return f.ResearchCheck }
+	dual1 := func(f *Fixture) context.Context { return f.ResearchReview }
+	dual3 := func(f *Fixture) context.Context { return f.ReviewCheck }
+	rev1 := func(f *Fixture) context.Context { return f.Reviewer }
+	rev9 := func(f *Fixture) context.Context { return f.MemberReviewer }
+	chk1 := func(f *Fixture) context.Context { return f.Checker }
+	chk9 := func(f *Fixture) context.Context { return f.MemberChecker }
+	awaiting, released, withheld := broker.StatusAwaitingOutputCheck, broker.StatusReleased, broker.StatusWithheld
+	submitted := broker.StatusSubmitted
+	cases := []dutyCase{
+		// researcher + output checker
+		{name: "researcher+checker views own output awaiting check", who: dual2, submitter: dual2, state: awaiting, action: "view"},
+		{name: "researcher+checker views own withheld output", who: dual2, submitter: dual2, state: withheld, action: "view"},
+		{name: "researcher+checker releases own query", who: dual2, submitter: dual2, state: awaiting, action: "release"},
+		{name: "researcher+checker withholds own query", who: dual2, submitter: dual2, state: awaiting, action: "withhold"},
+		{name: "researcher+checker views a colleague's output awaiting check", who: dual2, state: awaiting, action: "view"},
+		{name: "researcher+checker releases a colleague's query", who: dual2, state: awaiting, action: "release"},
+		{name: "researcher+checker downloads own released result", who: dual2, submitter: dual2, state: released, action: "download", allowed: true},
+		{name: "researcher+checker views own released output", who: dual2, submitter: dual2, state: released, action: "view", allowed: true},
+		// reviewer + researcher
+		{name: "reviewer+researcher approves own query", who: dual1, submitter: dual1, state: submitted, action: "approve"},
+		{name: "reviewer+researcher rejects own query", who: dual1, submitter: dual1, state: submitted, action: "reject"},
+		{name: "reviewer+researcher approves a colleague's query", who: dual1, state: submitted, action: "approve"},
+		{name: "reviewer+researcher rejects a colleague's query", who: dual1, state: submitted, action: "reject"},
+		// a reviewer who is a member
+		{name: "member reviewer approves", who: rev9, state: submitted, action: "approve"},
+		{name: "member reviewer rejects", who: rev9, state: submitted, action: "reject"},
+		{name: "independent reviewer approves", who: rev1, state: submitted, action: "approve", allowed: true},
+		// an output checker who is a member
+		{name: "member checker views output awaiting check", who: chk9, state: awaiting, action: "view"},
+		{name: "member checker releases", who: chk9, state: awaiting, action: "release"},
+		{name: "member checker withholds", who: chk9, state: awaiting, action: "withhold"},
+		{name: "member checker views a released output", who: chk9, state: released, action: "view"},
+		// the approver as output checker
+		{name: "approver releases", who: dual3, approver: dual3, state: awaiting, action: "release"},
+		{name: "approver withholds", who: dual3, approver: dual3, state: awaiting, action: "withhold"},
+		{name: "reviewer+checker releases a query another reviewer approved", who: dual3, state: awaiting, action: "release", allowed: true},
+		// the independent output checker
+		{name: "independent checker views output awaiting check", who: chk1, state: awaiting, action: "view", allowed: true},
+		{name: "independent checker releases", who: chk1, state: awaiting, action: "release", allowed: true},
+		{name: "independent checker withholds", who: chk1, state: awaiting, action: "withhold", allowed: true},
+		{name: "independent checker views a withheld output", who: chk1, state: withheld, action: "view", allowed: true},
+		{name: "researcher views output awaiting check", who: res1, state: awaiting, action: "view"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			submitter, approver := f.Researcher, f.Reviewer
+			if c.submitter != nil {
+				submitter = c.submitter(f)
+			}
+			if c.approver != nil {
+				approver = c.approver(f)
+			}
+			q := f.DutyQuery(t, submitter, approver, c.state)
+			ctx := c.who(f)
+			access, err := svc.QueryAccess(ctx, q.ID)
+			if err != nil {
+				t.Fatalf("QueryAccess: %v", err)
+			}
+			before := auditCount(t, f, "authz.denied")
+			var got error
+			switch c.action {
+			case "approve":
+				_, got = svc.ApproveQuery(ctx, q.ID, "")
+				if access.Review.Allowed != c.allowed {
+					t.Errorf("QueryAccess.Review = %+v, want allowed %v", access.Review, c.allowed)
+				}
+			case "reject":
+				_, got = svc.RejectQuery(ctx, q.ID, "no")
+				if access.Review.Allowed != c.allowed {
+					t.Errorf("QueryAccess.Review = %+v, want allowed %v", access.Review, c.allowed)
+				}
+			case "release", "withhold":
+				if c.action == "release" {
+					_, got = svc.ReleaseQuery(ctx, q.ID, "")
+				} else {
+					_, got = svc.WithholdQuery(ctx, q.ID, "no")
+				}
+				if access.Check.Allowed != c.allowed {
+					t.Errorf("QueryAccess.Check = %+v, want allowed %v", access.Check, c.allowed)
+				}
+			case "view":
+				_, got = svc.FindOutput(ctx, q.ID)
+				if c.state != broker.StatusReleased && access.CheckerView != c.allowed {
+					t.Errorf("QueryAccess.CheckerView = %v, want %v", access.CheckerView, c.allowed)
+				}
+			case "download":
+				_, got = svc.DownloadResult(ctx, q.ID)
+			default:
+				t.Fatalf("unknown action %q", c.action)
+			}
+			if c.allowed {
+				if got != nil {
+					t.Fatalf("%s: %v", c.action, got)
+				}
+				return
+			}
+			MustCode(t, got, broker.EFORBIDDEN)
+			if n := auditCount(t, f, "authz.denied"); n != before+1 {
+				t.Errorf("authz.denied entries %d → %d, want one more", before, n)
+			}
+			if st := f.MustQuery(q.ID).Status; st != c.state {
+				t.Errorf("a refused %s moved the query from %s to %s", c.action, c.state, st)
+			}
+		})
+	}
+
+	// An admin who is a member of a project changes neither it nor a new
+	// one listing them.
+	t.Run("admin+researcher changes their own project", func(t *testing.T) {
+		eps := 100.0
+		_, err := svc.UpdateProject(f.AdminResearcher, f.Project.ID, broker.ProjectUpdate{EpsilonBudget: &eps})
+		MustCode(t, err, broker.EFORBIDDEN)
+		if p, err := svc.FindProjectByID(f.Admin, f.Project.ID); err != nil || p.EpsilonBudget != ProjectEpsilon {
+			t.Fatalf("project after a refused budget raise = %+v, %v", p, err)
+		}
+	})
+	t.Run("admin+researcher adds themselves to a project", func(t *testing.T) {
+		other := f.MustProject(5, 1e-3, "res3")
+		members := []string{"res3", "boss"}
+		_, err := svc.UpdateProject(f.AdminResearcher, other.ID, broker.ProjectUpdate{Members: &members})
+		MustCode(t, err, broker.EFORBIDDEN)
+	})
+	t.Run("admin+researcher creates a project listing themselves", func(t *testing.T) {
+		now := f.Clock.Now()
+		p := &broker.Project{Title: "Mine", Organisation: "o", Purpose: "p", LawfulBasis: "l", Members: []string{"boss"},
+			Datasets: []string{Dataset}, EpsilonBudget: 50, ExpiresAt: now.Add(time.Hour)}
+		MustCode(t, svc.CreateProject(f.AdminResearcher, p), broker.EFORBIDDEN)
+	})
+	t.Run("independent admin changes the project", func(t *testing.T) {
+		eps := ProjectEpsilon + 1
+		if _, err := svc.UpdateProject(f.Admin, f.Project.ID, broker.ProjectUpdate{EpsilonBudget: &eps}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	f.MustVerify()
+}
+
+// DutyQuery drives a fresh query of the fixture's project, submitted and
+// approved by the given people, into st (submitted, awaiting output check,
+// released or withheld; the independent chk1 releases or withholds).
+func (f *Fixture) DutyQuery(tb testing.TB, submitter, approver context.Context, st broker.Status) *broker.Query {
+	tb.Helper()
+	svc := f.Service
+	q, err := svc.SubmitQuery(submitter, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Purpose: "duties", Epsilon: 0.1})
+	if err != nil || st == broker.StatusSubmitted {
+		if err != nil {
+			tb.Fatalf("submit: %v", err)
+		}
+		return q
+	}
+	must := func(err error) {
+		tb.Helper()
+		if err != nil {
+			tb.Fatalf("drive query %d to %s: %v", q.ID, st, err)
+		}
+	}
+	_, err = svc.ApproveQuery(approver, q.ID, "ok")
+	must(err)
+	var l *broker.Lease
+	for l == nil || l.QueryID != q.ID { // earlier cases may have left approved jobs
+		l, err = svc.LeaseJob(f.Agent, SiteID, "")
+		must(err)
+		if l == nil {
+			tb.Fatalf("query %d was never leased", q.ID)
+		}
+	}
+	must(svc.CompleteJob(f.Agent, q.ID, l.Token, f.Result(0.1)))
+	switch st {
+	case broker.StatusReleased:
+		_, err = svc.ReleaseQuery(f.Checker, q.ID, "safe")
+	case broker.StatusWithheld:
+		_, err = svc.WithholdQuery(f.Checker, q.ID, "dominance")
+	}
+	must(err)
+	return q
 }
 
 func auditCount(t *testing.T, f *Fixture, action string) int {
