@@ -291,9 +291,18 @@ func (c *Client) OutputQueue(ctx context.Context, o ListOptions) (*List[broker.Q
 	return &out, err
 }
 
-// Output returns a query's protected table and disclosure report.
+// Output returns a query's output as an output checker checks it: the
+// protected table with its full disclosure report, or the failure notice.
 func (c *Client) Output(ctx context.Context, id int64) (*broker.Output, error) {
 	var out broker.Output
+	_, err := c.do(ctx, http.MethodGet, idPath("/api/v1/queries/%d/output", id), nil, nil, &out)
+	return &out, err
+}
+
+// ReleasedOutput returns what a researcher may see of a released output
+// (the same route as Output, called with a researcher's token).
+func (c *Client) ReleasedOutput(ctx context.Context, id int64) (*broker.ReleasedResult, error) {
+	var out broker.ReleasedResult
 	_, err := c.do(ctx, http.MethodGet, idPath("/api/v1/queries/%d/output", id), nil, nil, &out)
 	return &out, err
 }

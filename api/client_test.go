@@ -111,7 +111,7 @@ func TestClientFlow(t *testing.T) {
 	}
 	var wantCSV strings.Builder
 	released := e.f.Result(0.5)
-	if err := WriteResultCSV(&wantCSV, &released); err != nil {
+	if err := WriteResultCSV(&wantCSV, released.ForResearcher()); err != nil {
 		t.Fatal(err)
 	}
 	want, err := csv.NewReader(strings.NewReader(wantCSV.String())).ReadAll()

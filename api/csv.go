@@ -18,7 +18,7 @@ import (
 // group keys) that a spreadsheet would read as a formula is neutralised with
 // a leading apostrophe; numbers are written by strconv as plain literals
 // ("-3.5" is a number, not a formula) so they stay numbers.
-func WriteResultCSV(w io.Writer, res *dp.Result) error {
+func WriteResultCSV(w io.Writer, res *dp.ResearcherResult) error {
 	cw := csv.NewWriter(w)
 	var header []string
 	for _, c := range res.Columns {

@@ -114,7 +114,7 @@ func newFakeService() *fakeService {
 	return &fakeService{
 		projects: []*broker.Project{p},
 		queries:  []*broker.Query{q},
-		output: &broker.Output{QueryID: 7, CreatedAt: testNow, Result: dp.Result{
+		output: &broker.Output{QueryID: 7, CreatedAt: testNow, Result: &dp.Result{
 			Columns: []dp.Column{{Name: "region", Kind: "group"}, {Name: "n", Kind: "count"}},
 			Rows: [][]dp.Cell{
 				{{Key: "=HYPERLINK(\"http://x\")"}, {Value: &v, CILow: &lo, CIHigh: &hi, Rounded: true}},
@@ -228,8 +228,17 @@ func (f *fakeService) ReleaseQuery(ctx context.Context, id int64, comment string
 func (f *fakeService) WithholdQuery(ctx context.Context, id int64, reason string) (*broker.Query, error) {
 	return f.FindQueryByID(ctx, id)
 }
-func (f *fakeService) DownloadResult(ctx context.Context, id int64) (*broker.Output, error) {
-	return f.output, f.fail()
+func (f *fakeService) DownloadResult(ctx context.Context, id int64) (*broker.ReleasedResult, error) {
+	return f.ReleasedOutput(ctx, id)
+}
+func (f *fakeService) ReleasedOutput(ctx context.Context, id int64) (*broker.ReleasedResult, error) {
+	if err := f.fail(); err != nil {
+		return nil, err
+	}
+	return &broker.ReleasedResult{QueryID: f.output.QueryID, ReleasedAt: testNow, Result: f.output.Result.ForResearcher()}, nil
+}
+func (f *fakeService) ViewOutput(ctx context.Context, id int64) (*broker.OutputView, error) {
+	return &broker.OutputView{Checker: f.output}, f.fail()
 }
 func (f *fakeService) LeaseJob(ctx context.Context, siteID, version string) (*broker.Lease, error) {
 	f.mu.Lock()

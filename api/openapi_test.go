@@ -29,16 +29,21 @@ type openAPIOperation struct {
 }
 
 // schema is the subset of JSON Schema the checker enforces: $ref, allOf,
-// type, nullable, required, properties, items and enum.
+// oneOf, type, nullable, required, properties, additionalProperties: false,
+// items and enum.
 type schema struct {
 	Ref        string             `json:"$ref"`
 	AllOf      []*schema          `json:"allOf"`
+	OneOf      []*schema          `json:"oneOf"`
 	Type       string             `json:"type"`
 	Nullable   bool               `json:"nullable"`
 	Required   []string           `json:"required"`
 	Properties map[string]*schema `json:"properties"`
-	Items      *schema            `json:"items"`
-	Enum       []any              `json:"enum"`
+	// AdditionalProperties false forbids properties not listed: researchers'
+	// shapes use it so that no checker-only field can slip into them.
+	AdditionalProperties *bool   `json:"additionalProperties"`
+	Items                *schema `json:"items"`
+	Enum                 []any   `json:"enum"`
 }
 
 func mustOpenAPI(tb testing.TB) *openAPIDocument {
@@ -70,6 +75,20 @@ func (d *openAPIDocument) check(s *schema, v any, path string) []string {
 	for _, sub := range s.AllOf {
 		errs = append(errs, d.check(sub, v, path)...)
 	}
+	if len(s.OneOf) > 0 {
+		matched := 0
+		var all []string
+		for i, sub := range s.OneOf {
+			e := d.check(sub, v, path)
+			if len(e) == 0 {
+				matched++
+			}
+			all = append(all, fmt.Sprintf("alternative %d: %s", i, strings.Join(e, "; ")))
+		}
+		if matched != 1 {
+			errs = append(errs, fmt.Sprintf("%s: matches %d of oneOf's alternatives, want 1 (%s)", path, matched, strings.Join(all, " | ")))
+		}
+	}
 	if v == nil {
 		if s.Type != "" && !s.Nullable {
 			errs = append(errs, path+": null where "+s.Type+" is required")
@@ -99,6 +118,13 @@ func (d *openAPIDocument) check(s *schema, v any, path string) []string {
 		for k, ps := range s.Properties {
 			if pv, ok := m[k]; ok {
 				errs = append(errs, d.check(ps, pv, path+"."+k)...)
+			}
+		}
+		if s.AdditionalProperties != nil && !*s.AdditionalProperties {
+			for k := range m {
+				if _, ok := s.Properties[k]; !ok {
+					errs = append(errs, path+": property "+k+" is not allowed here")
+				}
 			}
 		}
 	case "array":

@@ -590,15 +590,16 @@ func (s *Server) submitQuery(c *gin.Context) error {
 }
 
 // DryRunResponse is the answer to a dry run: a protected table computed from
-// synthetic data, never from patient records.
+// synthetic data, never from patient records, shown as a researcher would
+// receive it from a real run (the researcher's part of the report).
 type DryRunResponse struct {
-	Synthetic bool          `json:"synthetic"`
-	Dataset   string        `json:"dataset"`
-	Cost      dp.Cost       `json:"cost"`
-	Accuracy  []dp.Accuracy `json:"accuracy"`
-	Columns   []dp.Column   `json:"columns"`
-	Rows      [][]dp.Cell   `json:"rows"`
-	Report    dp.Report     `json:"report"`
+	Synthetic bool                `json:"synthetic"`
+	Dataset   string              `json:"dataset"`
+	Cost      dp.Cost             `json:"cost"`
+	Accuracy  []dp.Accuracy       `json:"accuracy"`
+	Columns   []dp.Column         `json:"columns"`
+	Rows      [][]dp.Cell         `json:"rows"`
+	Report    dp.ResearcherReport `json:"report"`
 }
 
 func (s *Server) dryRun(c *gin.Context) error {
@@ -622,13 +623,14 @@ func (s *Server) dryRun(c *gin.Context) error {
 		return err
 	}
 	res.Report.Synthetic = true
-	rows := res.Rows
+	view := res.ForResearcher()
+	rows := view.Rows
 	if rows == nil {
 		rows = [][]dp.Cell{}
 	}
 	writeJSON(c, http.StatusOK, DryRunResponse{
 		Synthetic: true, Dataset: plan.Dataset, Cost: plan.Cost, Accuracy: plan.Accuracy,
-		Columns: res.Columns, Rows: rows, Report: res.Report,
+		Columns: view.Columns, Rows: rows, Report: view.Report,
 	})
 	return nil
 }
@@ -807,26 +809,36 @@ func (s *Server) outputQueue(c *gin.Context) error {
 	return nil
 }
 
+// getOutput answers an output checker separation of duties lets check the
+// query with the output as they check it (broker.Output: the full
+// disclosure report or the failure notice), and a researcher of the project
+// with what they may see of a released one (broker.ReleasedResult): the
+// broker decides which.
 func (s *Server) getOutput(c *gin.Context) error {
 	id, err := pathID(c)
 	if err != nil {
 		return err
 	}
-	out, err := s.svc.FindOutput(c.Request.Context(), id)
+	v, err := s.svc.ViewOutput(c.Request.Context(), id)
 	if err != nil {
 		return err
 	}
-	writeJSON(c, http.StatusOK, out)
+	if v.Checker != nil {
+		writeJSON(c, http.StatusOK, v.Checker)
+	} else {
+		writeJSON(c, http.StatusOK, v.Released)
+	}
 	return nil
 }
 
-// ResultResponse is a released table as JSON.
+// ResultResponse is a released table as JSON: what a researcher may see of
+// it (dp.ResearcherResult), never the checker's full report.
 type ResultResponse struct {
-	QueryID    int64       `json:"query_id"`
-	ReleasedAt *time.Time  `json:"released_at,omitempty"`
-	Columns    []dp.Column `json:"columns"`
-	Rows       [][]dp.Cell `json:"rows"`
-	Report     dp.Report   `json:"report"`
+	QueryID    int64               `json:"query_id"`
+	ReleasedAt time.Time           `json:"released_at"`
+	Columns    []dp.Column         `json:"columns"`
+	Rows       [][]dp.Cell         `json:"rows"`
+	Report     dp.ResearcherReport `json:"report"`
 }
 
 func (s *Server) getResult(c *gin.Context) error {
@@ -852,7 +864,7 @@ func (s *Server) getResult(c *gin.Context) error {
 		return nil
 	}
 	var buf strings.Builder
-	if err := WriteResultCSV(&buf, &out.Result); err != nil {
+	if err := WriteResultCSV(&buf, out.Result); err != nil {
 		return err
 	}
 	name := safeFilename(fmt.Sprintf("tre-query-%d.csv", id))

@@ -42,9 +42,10 @@ type Service interface {
 
 	OutputQueue(ctx context.Context) ([]*broker.Query, error)
 	FindOutput(ctx context.Context, id int64) (*broker.Output, error)
+	ViewOutput(ctx context.Context, id int64) (*broker.OutputView, error)
 	ReleaseQuery(ctx context.Context, id int64, comment string) (*broker.Query, error)
 	WithholdQuery(ctx context.Context, id int64, reason string) (*broker.Query, error)
-	DownloadResult(ctx context.Context, id int64) (*broker.Output, error)
+	DownloadResult(ctx context.Context, id int64) (*broker.ReleasedResult, error)
 
 	LeaseJob(ctx context.Context, siteID, agentVersion string) (*broker.Lease, error)
 	HeartbeatJob(ctx context.Context, id int64, token string) (*broker.Lease, error)

@@ -136,10 +136,15 @@ type Query struct {
 	RiskFlags   []RiskFlag    `json:"risk_flags"`
 	// ApprovedBy is the reviewer whose approval reserved the budget.
 	ApprovedBy string `json:"approved_by,omitempty"`
-	// Attempts counts leases taken; FailureCode is set when failed.
-	Attempts    int     `json:"attempts"`
-	FailureCode string  `json:"failure_code,omitempty"`
-	History     []Event `json:"history,omitempty"`
+	// Attempts counts leases taken. Staff only: how often a run was tried
+	// can depend on the data, so a researcher's view has none (0, omitted).
+	Attempts int `json:"attempts,omitempty"`
+	// FailureCode and FailureDetail are the failure notice of a run that
+	// failed at the site (Failure). Staff only: a researcher's view has
+	// neither, whatever happened.
+	FailureCode   string  `json:"failure_code,omitempty"`
+	FailureDetail string  `json:"failure_detail,omitempty"`
+	History       []Event `json:"history,omitempty"`
 }
 
 // Event is one entry in a query's status history: a transition and who made
@@ -152,14 +157,56 @@ type Event struct {
 	At      time.Time `json:"at"`
 }
 
-// Output is a query's protected result as the site agent uploaded it.
+// Output is what a run produced, as the output checker sees it: either the
+// protected result the site agent uploaded, with its full disclosure report,
+// or the notice that the run failed (Failure). Both wait for an output
+// check; researchers never see an Output, only a ReleasedResult made from a
+// released one.
 type Output struct {
-	QueryID    int64      `json:"query_id"`
-	Result     dp.Result  `json:"result"`
+	QueryID int64 `json:"query_id"`
+	// Result is the protected table and its full disclosure report; nil for
+	// a failure notice.
+	Result *dp.Result `json:"result,omitempty"`
+	// Failure is set instead of Result when the run failed.
+	Failure    *Failure   `json:"failure,omitempty"`
 	SiteID     string     `json:"site_id"`
 	CreatedAt  time.Time  `json:"created_at"`
 	ReleasedAt *time.Time `json:"released_at,omitempty"`
 }
+
+// ReleasedResult is what a researcher receives of a released output: the
+// table and the researcher's part of the disclosure report
+// (dp.ResearcherResult: nothing computed from exact data), dated at the
+// release as researchers see it (a multiple of the granularity).
+type ReleasedResult struct {
+	QueryID    int64                `json:"query_id"`
+	ReleasedAt time.Time            `json:"released_at"`
+	Result     *dp.ResearcherResult `json:"result"`
+}
+
+// Failure is a failure notice: why a run produced no result, as the site
+// reported it (or the broker, when the last attempt's lease ran out). Whether
+// a run fails, and how, can depend on the data, so a failure is an output
+// like a result: output checkers see the code and detail and release the
+// notice (the query becomes failed) or withhold it. A researcher sees
+// neither, only FailedMessage once the notice is released.
+type Failure struct {
+	// Code is the site's error class (e.g. "timeout", "memory",
+	// "too_large", "crashed", "refused") or FailureLeaseExpired.
+	Code string `json:"code"`
+	// Detail is the site's safe message: it names no data value, but it is
+	// for the output checker's eyes only.
+	Detail string `json:"detail,omitempty"`
+}
+
+// FailureLeaseExpired is the failure code the broker gives a run whose last
+// attempt's lease ran out without a report.
+const FailureLeaseExpired = "lease_expired"
+
+// FailedMessage is all a researcher learns of a failed run: the same words
+// for every failure, whatever its cause, and the budget is not refunded.
+const FailedMessage = "The query ran at the site but produced no result that could be released. " +
+	"Its privacy budget was spent when the run started and is not refunded."
 
 // Lease is a site agent's claim on an approved job.
 type Lease struct {

@@ -22,6 +22,15 @@ type QueryFilter struct {
 	SubmittedBy *string `json:"submitted_by,omitempty"`
 	Offset      int     `json:"offset,omitempty"`
 	Limit       int     `json:"limit,omitempty"`
+
+	// UpdatedAfter selects queries last changed after a time, UpdatedBefore
+	// those last changed at or before it. OrIDs adds the queries with these
+	// ids to those Status and UpdatedBefore select (ProjectID, SubmittedBy,
+	// UpdatedAfter and visibility still apply). The service sets them to
+	// build a researcher's view; the API never does.
+	UpdatedAfter  *time.Time `json:"-"`
+	UpdatedBefore *time.Time `json:"-"`
+	OrIDs         []int64    `json:"-"`
 }
 
 // ProjectFilter selects projects. Nil pointer fields are unset.

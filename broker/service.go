@@ -41,10 +41,26 @@ type Options struct {
 	// WriteTimeout bounds writes that must finish even when the caller's
 	// request is cancelled, such as recording a failed authorisation.
 	WriteTimeout time.Duration
-	// OnTransition, when set, is told of every committed status change and
-	// how long the query spent in the state it left (for metrics). It must
-	// not block.
-	OnTransition func(from, to Status, inState time.Duration)
+	// OnTransition, when set, is told of every committed status change (for
+	// metrics). It must not block.
+	OnTransition func(Transition)
+	// Granularity is how coarse researchers' view of time is (default
+	// DefaultGranularity): a status change a researcher did not make
+	// becomes visible to them only from the next multiple of it, and is
+	// dated at that multiple (see researcher.go). Tests and demos may set
+	// a shorter one.
+	Granularity time.Duration
+}
+
+// Transition is one committed status change, as Options.OnTransition is
+// told of it.
+type Transition struct {
+	From, To Status
+	// InState is how long the query spent in From.
+	InState time.Duration
+	// FailureCode is the failure notice's code when a failed run moves to
+	// the output check; empty otherwise.
+	FailureCode string
 }
 
 // Defaults.
@@ -70,7 +86,8 @@ type Service struct {
 	log          *slog.Logger
 	rand         io.Reader
 	writeTimeout time.Duration
-	onTransition func(from, to Status, inState time.Duration)
+	onTransition func(Transition)
+	granularity  time.Duration
 
 	mu       sync.Mutex
 	catalogs map[string]cachedCatalog // by dataset
@@ -112,6 +129,7 @@ func NewService(store Store, compiler Compiler, opts Options) *Service {
 		rand:         opts.Rand,
 		writeTimeout: opts.WriteTimeout,
 		onTransition: opts.OnTransition,
+		granularity:  opts.Granularity,
 		catalogs:     map[string]cachedCatalog{},
 		plans:        map[planKey]*queries.Plan{},
 	}
@@ -132,6 +150,9 @@ func NewService(store Store, compiler Compiler, opts Options) *Service {
 	}
 	if s.writeTimeout <= 0 {
 		s.writeTimeout = DefaultWriteTimeout
+	}
+	if s.granularity <= 0 {
+		s.granularity = DefaultGranularity
 	}
 	return s
 }
@@ -237,7 +258,7 @@ func (s *Service) write(ctx context.Context, u *User, run func(context.Context, 
 	})
 	if err == nil && last != nil {
 		for _, t := range last.transitions {
-			s.onTransition(t.from, t.to, t.inState)
+			s.onTransition(t)
 		}
 	}
 	return s.settle(ctx, u, err)
@@ -247,12 +268,7 @@ func (s *Service) write(ctx context.Context, u *User, run func(context.Context, 
 // they are reported only once it commits.
 type observedTx struct {
 	Tx
-	transitions []transition
-}
-
-type transition struct {
-	from, to Status
-	inState  time.Duration
+	transitions []Transition
 }
 
 // view runs fn in a read transaction and settles denials.
@@ -639,6 +655,9 @@ func (s *Service) FindProjectByID(ctx context.Context, id int64) (*Project, erro
 		if !u.HasRole(RoleAdmin) && !u.HasRole(RoleReviewer) && !slices.Contains(p.Members, u.Subject) {
 			return deny("project.read", projectObject(id), "you are not a member of project %d", id)
 		}
+		if researcherSees(u) {
+			return s.researcherBudget(ctx, tx, p, s.cutoff())
+		}
 		return nil
 	})
 	if err != nil {
@@ -661,7 +680,16 @@ func (s *Service) FindProjects(ctx context.Context, f ProjectFilter) ([]*Project
 	var n int
 	err = s.store.View(ctx, func(tx Tx) error {
 		ps, n, err = tx.FindProjects(ctx, f)
-		return err
+		if err != nil || !researcherSees(u) {
+			return err
+		}
+		cutoff := s.cutoff()
+		for _, p := range ps {
+			if err := s.researcherBudget(ctx, tx, p, cutoff); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	return ps, n, err
 }
@@ -757,7 +785,9 @@ func validSubmission(sub QuerySubmission) error {
 	case len(sub.SQL) > MaxSQLBytes:
 		return Errorf(EINVALID, "sql is longer than %d bytes", MaxSQLBytes)
 	case math.IsNaN(sub.Epsilon) || math.IsInf(sub.Epsilon, 0) || sub.Epsilon < 0:
-		return Errorf(EINVALID, "epsilon must be a positive number (or omitted for the dataset's default)")
+		// Well-formed, but no dataset accepts it: refused like an ε below
+		// the dataset's min_epsilon or above its max_epsilon.
+		return Errorf(EREFUSED, "epsilon (ε) must be a positive, finite number (or omitted for the dataset's default)")
 	}
 	return nil
 }
@@ -904,6 +934,9 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 		return nil, err
 	}
 	q.History = []Event{{To: StatusSubmitted, Actor: u.Subject, At: now}}
+	if researcherSees(u) {
+		q = s.researcherQuery(q, q.History, s.cutoff(), true)
+	}
 	return q, nil
 }
 
@@ -1039,6 +1072,9 @@ func (s *Service) FindQueryByID(ctx context.Context, id int64) (*Query, error) {
 		}
 		q = rec.Query
 		q.History, err = tx.FindEvents(ctx, id)
+		if err == nil && researcherSees(u) {
+			q = s.researcherQuery(q, q.History, s.cutoff(), true)
+		}
 		return err
 	})
 	if err != nil {
@@ -1065,6 +1101,10 @@ func (s *Service) FindQueries(ctx context.Context, f QueryFilter) ([]*Query, int
 	var qs []*Query
 	var n int
 	err = s.store.View(ctx, func(tx Tx) error {
+		if researcherSees(u) {
+			qs, n, err = s.findResearcherQueries(ctx, tx, f, member, s.cutoff())
+			return err
+		}
 		qs, n, err = tx.FindQueries(ctx, f, member)
 		return err
 	})
@@ -1116,7 +1156,11 @@ func move(ctx context.Context, tx Tx, rec *QueryRecord, to Status, actor, commen
 		return err
 	}
 	if o, ok := tx.(*observedTx); ok {
-		o.transitions = append(o.transitions, transition{from, to, at.Sub(q.UpdatedAt)})
+		t := Transition{From: from, To: to, InState: at.Sub(q.UpdatedAt)}
+		if from == StatusRunning && to == StatusAwaitingOutputCheck {
+			t.FailureCode = q.FailureCode
+		}
+		o.transitions = append(o.transitions, t)
 	}
 	q.Status = to
 	q.UpdatedAt = at
@@ -1166,7 +1210,7 @@ func (s *Service) CancelQuery(ctx context.Context, id int64) (*Query, error) {
 		return nil, err
 	}
 	now := s.clock()
-	return s.decide(ctx, u, id, func(tx Tx, rec *QueryRecord) error {
+	q, err := s.decide(ctx, u, id, func(tx Tx, rec *QueryRecord) error {
 		if rec.Query.SubmittedBy != u.Subject {
 			return deny("query.cancel", queryObject(id), "only the submitter may cancel query %d", id)
 		}
@@ -1178,6 +1222,10 @@ func (s *Service) CancelQuery(ctx context.Context, id int64) (*Query, error) {
 		}
 		return move(ctx, tx, rec, StatusCancelled, u.Subject, "", "query.cancel", "", now)
 	})
+	if err != nil || !researcherSees(u) {
+		return q, err
+	}
+	return s.researcherQuery(q, q.History, s.cutoff(), true), nil
 }
 
 // ApproveQuery approves a submitted query and reserves its cost in the
@@ -1261,7 +1309,9 @@ func outputDuty(ctx context.Context, tx Tx, u *User, q *Query, action string) er
 	return checkDuty(u, q, member, action)
 }
 
-// ReleaseQuery releases a checked output to the researchers.
+// ReleaseQuery releases a checked output to the researchers: a result
+// becomes released; a failure notice makes the query failed, and the
+// researchers learn only FailedMessage.
 func (s *Service) ReleaseQuery(ctx context.Context, id int64, comment string) (*Query, error) {
 	u, err := s.authorize(ctx, "output.release", queryObject(id), RoleOutputChecker)
 	if err != nil {
@@ -1272,13 +1322,17 @@ func (s *Service) ReleaseQuery(ctx context.Context, id int64, comment string) (*
 		if err := checkTransition(id, rec.Query.Status, StatusReleased); err != nil {
 			return err
 		}
+		to := StatusReleased
+		if rec.Query.FailureCode != "" {
+			to = StatusFailed
+		}
 		if err := outputDuty(ctx, tx, u, rec.Query, "output.release"); err != nil {
 			return err
 		}
 		if err := tx.SetOutputReleased(ctx, id, now); err != nil {
 			return err
 		}
-		return move(ctx, tx, rec, StatusReleased, u.Subject, comment, "output.release", "", now)
+		return move(ctx, tx, rec, to, u.Subject, comment, "output.release", "", now)
 	})
 }
 
@@ -1303,33 +1357,103 @@ func (s *Service) WithholdQuery(ctx context.Context, id int64, reason string) (*
 	})
 }
 
-// FindOutput returns a query's protected output: to output checkers once it
-// exists, unless they submitted the query or are members of its project
-// (checkerView); to the project's members once released. Every view is
-// audited.
+// FindOutput returns a query's output as the output checker sees it (the
+// full disclosure report, or the failure notice): to output checkers who
+// neither submitted the query nor are members of its project
+// (checkerView), once it exists. Everyone else reads a released output
+// through ReleasedOutput. Every view is audited.
 func (s *Service) FindOutput(ctx context.Context, id int64) (*Output, error) {
-	u, err := s.authorize(ctx, "output.view", queryObject(id), RoleOutputChecker, RoleResearcher)
+	u, err := s.authorize(ctx, "output.view", queryObject(id), RoleOutputChecker)
 	if err != nil {
 		return nil, err
 	}
-	return s.readOutput(ctx, u, id, "output.view", true)
+	o, _, err := s.readOutput(ctx, u, id, "output.view", asChecker)
+	return o, err
 }
 
-// DownloadResult returns a released result to a member of the project and
-// audits the download.
-func (s *Service) DownloadResult(ctx context.Context, id int64) (*Output, error) {
+// ReleasedOutput returns a released output as the project's researchers see
+// it (ReleasedResult), and audits the view.
+func (s *Service) ReleasedOutput(ctx context.Context, id int64) (*ReleasedResult, error) {
+	u, err := s.authorize(ctx, "output.view", queryObject(id), RoleResearcher)
+	if err != nil {
+		return nil, err
+	}
+	o, _, err := s.readOutput(ctx, u, id, "output.view", asMember)
+	if err != nil {
+		return nil, err
+	}
+	return s.releasedResult(o)
+}
+
+// DownloadResult returns a released output as the project's researchers see
+// it (ReleasedResult), and audits the download.
+func (s *Service) DownloadResult(ctx context.Context, id int64) (*ReleasedResult, error) {
 	u, err := s.authorize(ctx, "result.download", queryObject(id), RoleResearcher)
 	if err != nil {
 		return nil, err
 	}
-	return s.readOutput(ctx, u, id, "result.download", false)
+	o, _, err := s.readOutput(ctx, u, id, "result.download", asMember)
+	if err != nil {
+		return nil, err
+	}
+	return s.releasedResult(o)
 }
 
-// readOutput returns query id's output to u: as an output checker when
-// asChecker and checkerView allow it, else as a member once released.
-func (s *Service) readOutput(ctx context.Context, u *User, id int64, action string, asChecker bool) (*Output, error) {
+// OutputView is a query's output as its reader may see it: exactly one of
+// Checker (an output checker's view: FindOutput) and Released (a
+// researcher's: ReleasedOutput) is set.
+type OutputView struct {
+	Checker  *Output
+	Released *ReleasedResult
+}
+
+// ViewOutput returns query id's output as the caller may see it: as an
+// output checker when separation of duties lets them check it, else as a
+// researcher of the project once released. Every view is audited.
+func (s *Service) ViewOutput(ctx context.Context, id int64) (*OutputView, error) {
+	u, err := s.authorize(ctx, "output.view", queryObject(id), RoleOutputChecker, RoleResearcher)
+	if err != nil {
+		return nil, err
+	}
+	o, checker, err := s.readOutput(ctx, u, id, "output.view", asCheckerOrMember)
+	if err != nil {
+		return nil, err
+	}
+	if checker {
+		return &OutputView{Checker: o}, nil
+	}
+	r, err := s.releasedResult(o)
+	if err != nil {
+		return nil, err
+	}
+	return &OutputView{Released: r}, nil
+}
+
+// releasedResult is what a researcher receives of a released output.
+func (s *Service) releasedResult(o *Output) (*ReleasedResult, error) {
+	if o.Result == nil || o.ReleasedAt == nil { // a released output is a result; fail closed
+		return nil, fmt.Errorf("released output of query %d has no result or release time", o.QueryID)
+	}
+	return &ReleasedResult{QueryID: o.QueryID, ReleasedAt: ceilTo(*o.ReleasedAt, s.granularity), Result: o.Result.ForResearcher()}, nil
+}
+
+// outputReader says as whom readOutput reads an output.
+type outputReader int
+
+const (
+	asChecker         outputReader = iota // only as an output checker (checkerView)
+	asMember                              // only as a researcher of the project, once released
+	asCheckerOrMember                     // as a checker if checkerView allows, else as a member
+)
+
+// readOutput returns query id's output to u, and whether u read it as an
+// output checker: as a checker when how and checkerView allow it, else as
+// a researcher member once it is released and the release is visible to
+// researchers (researcher.go).
+func (s *Service) readOutput(ctx context.Context, u *User, id int64, action string, how outputReader) (*Output, bool, error) {
 	now := s.clock()
 	var o *Output
+	var checker bool
 	err := s.update(ctx, u, func(tx Tx) error {
 		rec, err := tx.FindQuery(ctx, id)
 		if err != nil {
@@ -1340,20 +1464,27 @@ func (s *Service) readOutput(ctx context.Context, u *User, id int64, action stri
 		if err != nil {
 			return err
 		}
-		if !asChecker || !checkerView(u, q, member) {
+		checker = how != asMember && checkerView(u, q, member)
+		if !checker {
+			released, err := s.releasedToResearchers(ctx, tx, q)
+			if err != nil {
+				return err
+			}
 			switch {
+			case how == asChecker:
+				return deny(action, queryObject(id), "only an output checker who neither submitted query %d nor is a member of its project reads its output as a checker; its researchers read it once released", id)
 			case !member:
 				return deny(action, queryObject(id), "you are not a member of the project of query %d", id)
-			case q.Status != StatusReleased && u.HasRole(RoleOutputChecker):
+			case !released && u.HasRole(RoleOutputChecker):
 				return deny(action, queryObject(id), "the output of query %d has not been released, and you submitted it or are a member of its project: another output checker checks it", id)
-			case q.Status != StatusReleased:
+			case !released:
 				return deny(action, queryObject(id), "the output of query %d has not been released", id)
 			case !u.HasRole(RoleResearcher):
 				return deny(action, queryObject(id), "released results are for the project's researchers")
 			}
 		}
 		switch q.Status {
-		case StatusAwaitingOutputCheck, StatusReleased, StatusWithheld:
+		case StatusAwaitingOutputCheck, StatusReleased, StatusWithheld, StatusFailed:
 		default:
 			return Errorf(ENOTFOUND, "query %d has no output (it is %s)", id, q.Status)
 		}
@@ -1363,9 +1494,22 @@ func (s *Service) readOutput(ctx context.Context, u *User, id int64, action stri
 		return appendAudit(ctx, tx, now, u.Subject, action, queryObject(id), auditDetail("status", string(q.Status)))
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return o, nil
+	return o, checker, nil
+}
+
+// releasedToResearchers reports whether q is released and its researchers
+// see it released already.
+func (s *Service) releasedToResearchers(ctx context.Context, tx Tx, q *Query) (bool, error) {
+	if q.Status != StatusReleased {
+		return false, nil
+	}
+	events, err := tx.FindEvents(ctx, q.ID)
+	if err != nil {
+		return false, err
+	}
+	return s.researcherQuery(q, events, s.cutoff(), false).Status == StatusReleased, nil
 }
 
 // ---- leases ----
@@ -1418,12 +1562,12 @@ func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease,
 			}
 			q := rec.Query
 			if q.Status == StatusRunning && q.Attempts >= s.maxAttempts {
-				// The last attempt's lease ran out: the job fails rather
-				// than running again.
-				q.FailureCode = "lease_expired"
-				rec.FailureMessage = "the last attempt's lease expired without completion"
+				// The last attempt's lease ran out: the run failed, and its
+				// failure notice goes to the output check.
 				rec.LeaseExpiresAt = time.Time{}
-				if err := s.failMove(ctx, tx, rec, "broker", now); err != nil {
+				rec.LeaseTokenHash = ""
+				failure := Failure{Code: FailureLeaseExpired, Detail: "the last attempt's lease expired without a report from the site"}
+				if err := s.failureNotice(ctx, tx, rec, failure, "broker", now); err != nil {
 					return err
 				}
 				continue
@@ -1457,10 +1601,18 @@ func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease,
 	return lease, nil
 }
 
-// failMove moves a running query to failed.
-func (s *Service) failMove(ctx context.Context, tx Tx, rec *QueryRecord, actor string, now time.Time) error {
-	return move(ctx, tx, rec, StatusFailed, actor, "", "job.fail",
-		auditDetail("code", rec.Query.FailureCode, "attempts", strconv.Itoa(rec.Query.Attempts)), now)
+// failureNotice ends a running query's run with a failure: the notice is
+// stored as its output and the query moves to the output check, exactly as
+// a result would. Researchers see the query awaiting output checking and,
+// once a checker releases the notice, failed with FailedMessage.
+func (s *Service) failureNotice(ctx context.Context, tx Tx, rec *QueryRecord, f Failure, actor string, now time.Time) error {
+	q := rec.Query
+	q.FailureCode, q.FailureDetail = f.Code, f.Detail
+	if err := tx.PutOutput(ctx, &Output{QueryID: q.ID, Failure: &f, SiteID: rec.LeaseSite, CreatedAt: now}); err != nil {
+		return err
+	}
+	return move(ctx, tx, rec, StatusAwaitingOutputCheck, actor, "run failed: "+f.Code, "job.fail",
+		auditDetail("site", rec.LeaseSite, "code", f.Code, "attempts", strconv.Itoa(q.Attempts)), now)
 }
 
 // siteJob locks and loads query id for a call by u's site: the site must
@@ -1560,7 +1712,7 @@ func (s *Service) CompleteJob(ctx context.Context, id int64, token string, res d
 		if err := spec.CheckResult(&res); err != nil {
 			return Errorf(EINVALID, "the result of query %d does not match the approved query: %v", id, err)
 		}
-		if err := tx.PutOutput(ctx, &Output{QueryID: id, Result: res, SiteID: rec.LeaseSite, CreatedAt: now}); err != nil {
+		if err := tx.PutOutput(ctx, &Output{QueryID: id, Result: &res, SiteID: rec.LeaseSite, CreatedAt: now}); err != nil {
 			return err
 		}
 		rec.LeaseExpiresAt = time.Time{}
@@ -1629,8 +1781,18 @@ func validateResult(res *dp.Result) error {
 	return nil
 }
 
-// FailJob records a failed attempt. The job is leasable again until it has
-// had MaxAttempts leases; then it is failed with code.
+// retryableFailures are the failure codes that may say more about the
+// site's host than about the query (a child killed from outside, a scratch
+// disk that filled up): such a run is leased again, up to MaxAttempts. Any
+// other code (refused, invalid, timeout, memory, too_large, unavailable, or
+// one this broker does not know) would only fail again: it ends the run at
+// once. Either way the researcher sees neither the attempts nor the code.
+var retryableFailures = []string{"crashed", "internal"}
+
+// FailJob records a failed run reported by the site agent. A retryable
+// failure makes the job leasable again while it has had fewer than
+// MaxAttempts leases; otherwise the failure notice goes to the output check
+// (failureNotice).
 func (s *Service) FailJob(ctx context.Context, id int64, token, code, message string) error {
 	u, err := s.agentCaller(ctx, "job.fail", queryObject(id), "")
 	if err != nil {
@@ -1649,7 +1811,7 @@ func (s *Service) FailJob(ctx context.Context, id int64, token, code, message st
 			return err
 		}
 		if rec.Query.Status != StatusRunning {
-			if err := checkTransition(id, rec.Query.Status, StatusFailed); err != nil {
+			if err := checkTransition(id, rec.Query.Status, StatusAwaitingOutputCheck); err != nil {
 				return err
 			}
 		}
@@ -1659,14 +1821,13 @@ func (s *Service) FailJob(ctx context.Context, id int64, token, code, message st
 		q := rec.Query
 		rec.LeaseExpiresAt = time.Time{}
 		rec.LeaseTokenHash = ""
-		rec.FailureMessage = message
-		if q.Attempts >= s.maxAttempts {
-			q.FailureCode = code
-			return s.failMove(ctx, tx, rec, u.Subject, now)
+		if slices.Contains(retryableFailures, code) && q.Attempts < s.maxAttempts {
+			// Back to leasable: running with no lease. The charge stays.
+			return move(ctx, tx, rec, StatusRunning, u.Subject,
+				fmt.Sprintf("attempt %d failed: %s", q.Attempts, code), "job.fail",
+				auditDetail("site", rec.LeaseSite, "code", code, "attempt", strconv.Itoa(q.Attempts)), now)
 		}
-		// Back to leasable: running with no lease. The charge stays.
-		return move(ctx, tx, rec, StatusRunning, u.Subject,
-			fmt.Sprintf("attempt %d failed: %s", q.Attempts, code), "job.fail", auditDetail("code", code), now)
+		return s.failureNotice(ctx, tx, rec, Failure{Code: code, Detail: message}, u.Subject, now)
 	})
 }
 
@@ -1697,12 +1858,36 @@ func (s *Service) VerifyAudit(ctx context.Context) (*AuditVerification, error) {
 }
 
 // Register returns the public transparency register. Anyone may read it.
+// Like a researcher, the public sees a run's charge only once the run's
+// start is visible (researcher.go): the ε spent moves when a job is leased,
+// which depends on how long the jobs before it ran.
 func (s *Service) Register(ctx context.Context) ([]*RegisterEntry, error) {
 	var out []*RegisterEntry
 	err := s.store.View(ctx, func(tx Tx) error {
 		var err error
-		out, err = tx.Register(ctx)
-		return err
+		if out, err = tx.Register(ctx); err != nil {
+			return err
+		}
+		cutoff := s.cutoff()
+		recent, _, err := tx.FindQueries(ctx, QueryFilter{UpdatedAfter: &cutoff, Limit: MaxLimit}, "")
+		if err != nil {
+			return err
+		}
+		for _, q := range recent {
+			started, err := s.startedAfter(ctx, tx, q, cutoff)
+			if err != nil {
+				return err
+			}
+			if !started {
+				continue
+			}
+			for _, e := range out {
+				if e.ProjectID == q.ProjectID {
+					e.EpsilonSpent, _ = shift(e.EpsilonSpent, 0, q.Cost.Epsilon)
+				}
+			}
+		}
+		return nil
 	})
 	return out, err
 }

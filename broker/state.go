@@ -2,7 +2,11 @@ package broker
 
 // nextStatuses is the query state machine of CONTRACT.md: the statuses
 // from may move to. running→running is a re-lease after an expired lease or
-// a failed attempt. The other statuses are final.
+// a retryable failed attempt. Every run ends in awaiting_output_check, with
+// a result or with a failure notice: a failed run is an output like any
+// other. Releasing a result makes the query released, releasing a failure
+// notice makes it failed; either may be withheld. The other statuses are
+// final.
 func nextStatuses(from Status) []Status {
 	switch from {
 	case StatusSubmitted:
@@ -10,9 +14,9 @@ func nextStatuses(from Status) []Status {
 	case StatusApproved:
 		return []Status{StatusRunning, StatusCancelled}
 	case StatusRunning:
-		return []Status{StatusRunning, StatusAwaitingOutputCheck, StatusFailed}
+		return []Status{StatusRunning, StatusAwaitingOutputCheck}
 	case StatusAwaitingOutputCheck:
-		return []Status{StatusReleased, StatusWithheld}
+		return []Status{StatusReleased, StatusWithheld, StatusFailed}
 	}
 	return nil
 }

@@ -67,7 +67,6 @@ type QueryRecord struct {
 	LeaseTokenHash string
 	LeaseSite      string
 	LeaseExpiresAt time.Time
-	FailureMessage string
 }
 
 // SimilarQuery is an earlier query of a project used for risk flags.

@@ -91,11 +91,13 @@ type env struct {
 const siteID = "site-a"
 
 // newEnv builds the environment. The clock starts at the real time so that
-// a real browser accepts the session cookie's expiry.
+// a real browser accepts the session cookie's expiry, on a minute boundary:
+// while it stands still there, researchers see every status change at once
+// (the broker shows them changes from the next minute boundary on).
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
 	ctx := context.Background()
-	ck := &clock{t: time.Now().UTC().Truncate(time.Second)}
+	ck := &clock{t: time.Now().UTC().Truncate(time.Minute)}
 	store, err := sqlite.Open(ctx, filepath.Join(tb.TempDir(), "broker.db"))
 	if err != nil {
 		tb.Fatalf("open sqlite: %v", err)

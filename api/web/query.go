@@ -14,8 +14,15 @@ import (
 type queryView struct {
 	Q       *broker.Query
 	Project *broker.Project
-	Output  *broker.Output
-	Chart   *chart
+	// Output is the output as an output checker checks it (the full
+	// disclosure report or the failure notice); Released is what a
+	// researcher may see of a released one. At most one is set.
+	Output   *broker.Output
+	Released *broker.ReleasedResult
+	Chart    *chart
+	// FailedMessage explains a failed query without saying anything that
+	// depends on the data (broker.FailedMessage).
+	FailedMessage string
 
 	IsSubmitter bool
 	CanCancel   bool
@@ -97,22 +104,34 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 			qv.CheckBlocked = dutyNotice(access.Check.Reason, "output checker must check its result")
 		}
 	}
+	if q.Status == broker.StatusFailed {
+		qv.FailedMessage = broker.FailedMessage
+	}
 	// Before release only an output checker separation of duties allows
-	// sees the output; once released, the project's researchers do too.
-	wantOutput := (q.Status == broker.StatusReleased && (access.CheckerView || access.Member && u.HasRole(broker.RoleResearcher))) ||
-		(access.CheckerView && (q.Status == broker.StatusAwaitingOutputCheck || q.Status == broker.StatusWithheld))
-	if wantOutput {
-		out, err := h.svc.FindOutput(ctx, id)
-		switch code := broker.ErrorCode(err); code {
-		case "":
-			qv.Output = out
-			qv.Chart = newChart(&out.Result)
-		case broker.EFORBIDDEN, broker.ENOTFOUND:
-			// Not this caller's to see; the page says nothing more.
-		default:
-			h.fail(w, r, s, err)
-			return
+	// sees the output, as the checker checks it; once released, the
+	// project's researchers see what a researcher receives of it.
+	var outErr error
+	switch q.Status {
+	case broker.StatusAwaitingOutputCheck, broker.StatusReleased, broker.StatusWithheld, broker.StatusFailed:
+		switch {
+		case access.CheckerView:
+			qv.Output, outErr = h.svc.FindOutput(ctx, id)
+			if qv.Output != nil && qv.Output.Result != nil {
+				qv.Chart = newChart(qv.Output.Result.Columns, qv.Output.Result.Rows)
+			}
+		case q.Status == broker.StatusReleased && access.Member && u.HasRole(broker.RoleResearcher):
+			qv.Released, outErr = h.svc.ReleasedOutput(ctx, id)
+			if qv.Released != nil {
+				qv.Chart = newChart(qv.Released.Result.Columns, qv.Released.Result.Rows)
+			}
 		}
+	}
+	switch broker.ErrorCode(outErr) {
+	case "", broker.EFORBIDDEN, broker.ENOTFOUND:
+		// Not this caller's to see; the page says nothing more.
+	default:
+		h.fail(w, r, s, outErr)
+		return
 	}
 	v := newView(s, "Query "+strconv.FormatInt(q.ID, 10), "", qv)
 	v.Notice, v.Error = notice, errMsg

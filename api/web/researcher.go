@@ -58,8 +58,9 @@ type editorView struct {
 	Datasets []string
 	Form     editorForm
 	Check    *checkView
-	DryRun   *dp.Result
-	CanDry   bool
+	// DryRun is the dry run's table as a researcher would receive it.
+	DryRun *dp.ResearcherResult
+	CanDry bool
 }
 
 func (h *Handler) editorData(r *http.Request, s *session, f editorForm) (*editorView, error) {
@@ -176,7 +177,7 @@ func (h *Handler) editorPost(w http.ResponseWriter, r *http.Request, s *session)
 			return
 		}
 		res.Report.Synthetic = true
-		ev.DryRun = res
+		ev.DryRun = res.ForResearcher()
 		h.render(w, r, http.StatusOK, "editor.html", v)
 	case "submit":
 		q, err := h.svc.SubmitQuery(r.Context(), sub)

@@ -21,7 +21,7 @@ func (h *Handler) resultCSV(w http.ResponseWriter, r *http.Request, s *session) 
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="tre-query-%d.csv"`, out.QueryID))
 	w.Header().Set("Cache-Control", "no-store")
-	if err := api.WriteResultCSV(w, &out.Result); err != nil {
+	if err := api.WriteResultCSV(w, out.Result); err != nil {
 		h.logger.Error("web: write CSV", "query", out.QueryID, "err", err)
 	}
 }
@@ -37,15 +37,14 @@ func (h *Handler) resultJSON(w http.ResponseWriter, r *http.Request, s *session)
 	w.Header().Set("Cache-Control", "no-store")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(struct {
-		QueryID int64      `json:"query_id"`
-		Result  *dp.Result `json:"result"`
-	}{out.QueryID, &out.Result}); err != nil {
+	if err := enc.Encode(out); err != nil {
 		h.logger.Error("web: write JSON", "query", out.QueryID, "err", err)
 	}
 }
 
-func (h *Handler) download(w http.ResponseWriter, r *http.Request, s *session) (*broker.Output, bool) {
+// download returns what the researcher may see of a released output; the
+// broker decides whether they may and audits the download.
+func (h *Handler) download(w http.ResponseWriter, r *http.Request, s *session) (*broker.ReleasedResult, bool) {
 	id, ok := h.pathID(w, r, s)
 	if !ok {
 		return nil, false
@@ -85,14 +84,11 @@ const (
 	chartLabelPad = 17
 )
 
-// newChart returns nil when the result has no group column or no aggregate
+// newChart returns nil when the table has no group column or no aggregate
 // to draw.
-func newChart(res *dp.Result) *chart {
-	if res == nil {
-		return nil
-	}
+func newChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 	gi, ai := -1, -1
-	for i, c := range res.Columns {
+	for i, c := range cols {
 		if c.Kind == "group" && gi < 0 {
 			gi = i
 		}
@@ -100,17 +96,17 @@ func newChart(res *dp.Result) *chart {
 			ai = i
 		}
 	}
-	if gi < 0 || ai < 0 || len(res.Rows) == 0 || len(res.Rows) > chartMaxBars {
+	if gi < 0 || ai < 0 || len(rows) == 0 || len(rows) > chartMaxBars {
 		return nil
 	}
 	maxV := 0.0
-	for _, row := range res.Rows {
+	for _, row := range rows {
 		if ai < len(row) && row[ai].Value != nil && !row[ai].Suppressed {
 			maxV = math.Max(maxV, *row[ai].Value)
 		}
 	}
-	ch := &chart{Column: res.Columns[ai].Name, Group: res.Columns[gi].Name, Max: fmtNum(maxV)}
-	for i, row := range res.Rows {
+	ch := &chart{Column: cols[ai].Name, Group: cols[gi].Name, Max: fmtNum(maxV)}
+	for i, row := range rows {
 		if gi >= len(row) || ai >= len(row) {
 			continue
 		}

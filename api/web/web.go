@@ -55,9 +55,10 @@ type Service interface {
 
 	OutputQueue(ctx context.Context) ([]*broker.Query, error)
 	FindOutput(ctx context.Context, id int64) (*broker.Output, error)
+	ReleasedOutput(ctx context.Context, id int64) (*broker.ReleasedResult, error)
 	ReleaseQuery(ctx context.Context, id int64, comment string) (*broker.Query, error)
 	WithholdQuery(ctx context.Context, id int64, reason string) (*broker.Query, error)
-	DownloadResult(ctx context.Context, id int64) (*broker.Output, error)
+	DownloadResult(ctx context.Context, id int64) (*broker.ReleasedResult, error)
 
 	FindAuditEntries(ctx context.Context, f broker.AuditFilter) ([]*broker.AuditEntry, int, error)
 	VerifyAudit(ctx context.Context) (*broker.AuditVerification, error)

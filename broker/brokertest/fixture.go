@@ -168,6 +168,28 @@ func (f *Fixture) Result(eps float64) dp.Result {
 	return *res
 }
 
+// DiagnosedResult is Result(eps) with every figure only an output checker
+// may see set: dominance flags on the first aggregate cell, partitions not
+// released and rows dropped by bounding. It shares nothing with Result's.
+func (f *Fixture) DiagnosedResult(eps float64) dp.Result {
+	f.TB.Helper()
+	res := f.Result(eps)
+	rows := make([][]dp.Cell, len(res.Rows))
+	for i, row := range res.Rows {
+		rows[i] = slices.Clone(row)
+	}
+	res.Rows = rows
+	for j, c := range res.Columns {
+		if c.Kind != "group" && len(rows) > 0 {
+			rows[0][j].Dominance = []string{"nk", "p%"}
+			res.Report.CellsDominanceFlags = 1
+			break
+		}
+	}
+	res.Report.PartitionsNotRelease, res.Report.RowsDroppedByBounding = 7, 4321
+	return res
+}
+
 // MustQuery returns query id as the admin sees it.
 func (f *Fixture) MustQuery(id int64) *broker.Query {
 	f.TB.Helper()
@@ -228,11 +250,11 @@ func (f *Fixture) QueryIn(st broker.Status) (*broker.Query, string) {
 			must(err)
 		}
 	case broker.StatusFailed:
-		f.MustApprove(q.ID)
-		for range broker.DefaultMaxAttempts {
-			token = f.MustLease(q.ID).Token
-			must(svc.FailJob(f.Agent, q.ID, token, "sandbox_error", "exit status 1"))
-		}
+		// A failed run is a failure notice an output checker released.
+		run()
+		must(svc.FailJob(f.Agent, q.ID, token, "timeout", "the query ran past its time limit"))
+		_, err := svc.ReleaseQuery(f.Checker, q.ID, "tell the researcher")
+		must(err)
 	default:
 		f.TB.Fatalf("unknown status %s", st)
 	}

@@ -33,6 +33,8 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("ConcurrentApprovals", func(t *testing.T) { testConcurrentApprovals(t, fresh(t, broker.Options{})) })
 	t.Run("ConcurrentSubmissions", func(t *testing.T) { testConcurrentSubmissions(t, cfg, fresh(t, broker.Options{})) })
 	t.Run("Leases", func(t *testing.T) { testLeases(t, fresh(t, broker.Options{LeaseTTL: time.Minute})) })
+	t.Run("FailureNotices", func(t *testing.T) { testFailureNotices(t, fresh(t, broker.Options{})) })
+	t.Run("ResearcherView", func(t *testing.T) { testResearcherView(t, fresh(t, broker.Options{})) })
 	t.Run("LeaseExpiryExhaustsAttempts", func(t *testing.T) {
 		testLeaseExpiryExhaustsAttempts(t, fresh(t, broker.Options{LeaseTTL: time.Minute}))
 	})
@@ -50,42 +52,47 @@ func Run(t *testing.T, cfg Config) {
 }
 
 // action is one thing that can be done to a query, and the status it aims
-// for.
+// for. When onlyFrom is set the action is legal only from that status
+// (a retryable failure needs a lease, though approved→running is legal).
 type action struct {
-	name string
-	to   broker.Status
-	do   func(f *Fixture, q *broker.Query, token string) error
+	name     string
+	to       broker.Status
+	onlyFrom broker.Status
+	do       func(f *Fixture, q *broker.Query, token string) error
 }
 
 func actions() []action {
 	const wrongToken = "0000000000000000000000000000000000000000000000000000000000000000"
 	return []action{
-		{"approve", broker.StatusApproved, func(f *Fixture, q *broker.Query, _ string) error {
+		{"approve", broker.StatusApproved, "", func(f *Fixture, q *broker.Query, _ string) error {
 			_, err := f.Service.ApproveQuery(f.Reviewer2, q.ID, "fine")
 			return err
 		}},
-		{"reject", broker.StatusRejected, func(f *Fixture, q *broker.Query, _ string) error {
+		{"reject", broker.StatusRejected, "", func(f *Fixture, q *broker.Query, _ string) error {
 			_, err := f.Service.RejectQuery(f.Reviewer2, q.ID, "too narrow")
 			return err
 		}},
-		{"cancel", broker.StatusCancelled, func(f *Fixture, q *broker.Query, _ string) error {
+		{"cancel", broker.StatusCancelled, "", func(f *Fixture, q *broker.Query, _ string) error {
 			_, err := f.Service.CancelQuery(f.Researcher, q.ID)
 			return err
 		}},
-		{"complete", broker.StatusAwaitingOutputCheck, func(f *Fixture, q *broker.Query, tok string) error {
+		{"complete", broker.StatusAwaitingOutputCheck, "", func(f *Fixture, q *broker.Query, tok string) error {
 			if q.Status != broker.StatusRunning {
 				tok = wrongToken // the holder's token would be an idempotent repeat
 			}
 			return f.Service.CompleteJob(f.Agent, q.ID, tok, f.Result(0.5))
 		}},
-		{"fail", broker.StatusFailed, func(f *Fixture, q *broker.Query, tok string) error {
-			return f.Service.FailJob(f.Agent, q.ID, tok, "sandbox_error", "boom")
+		{"fail", broker.StatusAwaitingOutputCheck, "", func(f *Fixture, q *broker.Query, tok string) error {
+			return f.Service.FailJob(f.Agent, q.ID, tok, "timeout", "the query ran past its time limit")
 		}},
-		{"release", broker.StatusReleased, func(f *Fixture, q *broker.Query, _ string) error {
+		{"fail retryable", broker.StatusRunning, broker.StatusRunning, func(f *Fixture, q *broker.Query, tok string) error {
+			return f.Service.FailJob(f.Agent, q.ID, tok, "crashed", "the sandbox exited")
+		}},
+		{"release", broker.StatusReleased, "", func(f *Fixture, q *broker.Query, _ string) error {
 			_, err := f.Service.ReleaseQuery(f.Checker, q.ID, "safe")
 			return err
 		}},
-		{"withhold", broker.StatusWithheld, func(f *Fixture, q *broker.Query, _ string) error {
+		{"withhold", broker.StatusWithheld, "", func(f *Fixture, q *broker.Query, _ string) error {
 			_, err := f.Service.WithholdQuery(f.Checker, q.ID, "dominance")
 			return err
 		}},
@@ -104,10 +111,7 @@ func testTransitions(t *testing.T, fresh func(*testing.T, broker.Options) *Fixtu
 				err := a.do(f, q, token)
 				got := f.MustQuery(q.ID)
 				want := a.to
-				if a.name == "fail" && from == broker.StatusRunning {
-					want = broker.StatusRunning // attempt 1 of 3: leasable again
-				}
-				if broker.CanTransition(from, a.to) {
+				if broker.CanTransition(from, a.to) && (a.onlyFrom == "" || a.onlyFrom == from) {
 					if err != nil {
 						t.Fatalf("%s from %s: %v", a.name, from, err)
 					}
@@ -121,7 +125,7 @@ func testTransitions(t *testing.T, fresh func(*testing.T, broker.Options) *Fixtu
 					return
 				}
 				MustCode(t, err, broker.ECONFLICT)
-				if msg := broker.ErrorMessage(err); a.name != "fail" && a.name != "complete" || from != broker.StatusRunning {
+				if msg := broker.ErrorMessage(err); a.onlyFrom == "" && (a.name != "fail" && a.name != "complete" || from != broker.StatusRunning) {
 					if !strings.Contains(msg, string(from)) || !strings.Contains(msg, string(a.to)) {
 						t.Errorf("message %q does not name %s and %s", msg, from, a.to)
 					}
@@ -323,7 +327,7 @@ func testDutiesByPerson(t *testing.T, f *Fixture) {
 					t.Errorf("QueryAccess.Check = %+v, want allowed %v", access.Check, c.allowed)
 				}
 			case "view":
-				_, got = svc.FindOutput(ctx, q.ID)
+				_, got = svc.ViewOutput(ctx, q.ID)
 				if c.state != broker.StatusReleased && access.CheckerView != c.allowed {
 					t.Errorf("QueryAccess.CheckerView = %v, want %v", access.CheckerView, c.allowed)
 				}
@@ -466,14 +470,16 @@ func testVisibility(t *testing.T, f *Fixture) {
 	_, err = svc.SubmitQuery(f.Outsider, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL})
 	MustCode(t, err, broker.EFORBIDDEN)
 
-	// Outputs: checkers once awaiting; researchers only once released.
+	// Outputs: checkers once awaiting, with the whole report; researchers
+	// only once released, without what was computed from exact data.
 	f.MustApprove(mine.ID)
 	tok := f.MustLease(mine.ID).Token
-	if err := svc.CompleteJob(f.Agent, mine.ID, tok, f.Result(0.5)); err != nil {
+	full := f.DiagnosedResult(0.5)
+	if err := svc.CompleteJob(f.Agent, mine.ID, tok, full); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := svc.FindOutput(f.Checker, mine.ID); err != nil {
-		t.Errorf("checker views output: %v", err)
+	if out, err := svc.FindOutput(f.Checker, mine.ID); err != nil || !cmp.Equal(&full, out.Result) {
+		t.Errorf("checker views output: %+v, %v", out, err)
 	}
 	_, err = svc.FindOutput(f.Researcher, mine.ID)
 	MustCode(t, err, broker.EFORBIDDEN)
@@ -490,11 +496,11 @@ func testVisibility(t *testing.T, f *Fixture) {
 	if err != nil {
 		t.Fatalf("download released: %v", err)
 	}
-	if diff := cmp.Diff(f.Result(0.5), out.Result); diff != "" {
+	if diff := cmp.Diff(full.ForResearcher(), out.Result); diff != "" {
 		t.Errorf("downloaded result differs (-want +got):\n%s", diff)
 	}
-	if out.ReleasedAt == nil {
-		t.Error("released output has no released_at")
+	if !out.ReleasedAt.Equal(f.Clock.Now()) {
+		t.Errorf("released output dated %s, want %s", out.ReleasedAt, f.Clock.Now())
 	}
 	_, err = svc.DownloadResult(f.Outsider, mine.ID)
 	MustCode(t, err, broker.EFORBIDDEN)
@@ -937,7 +943,8 @@ func testLeases(t *testing.T, f *Fixture) {
 		t.Errorf("job.complete audited %d times, want 1", n)
 	}
 
-	// Failures: leasable again until MaxAttempts, then failed with the code.
+	// A retryable failure (the child crashed) is leasable again until
+	// MaxAttempts; the last one's failure notice goes to the output check.
 	r := f.MustSubmit(f.Researcher, DefaultSQL, 1)
 	f.MustApprove(r.ID)
 	for i := 1; i <= broker.DefaultMaxAttempts; i++ {
@@ -945,13 +952,13 @@ func testLeases(t *testing.T, f *Fixture) {
 		if l.Attempt != i {
 			t.Fatalf("attempt %d leased as %d", i, l.Attempt)
 		}
-		if err := svc.FailJob(f.Agent, r.ID, l.Token, "duckdb_error", "details"); err != nil {
+		if err := svc.FailJob(f.Agent, r.ID, l.Token, "crashed", "the sandbox exited"); err != nil {
 			t.Fatalf("fail attempt %d: %v", i, err)
 		}
 	}
 	got = f.MustQuery(r.ID)
-	if got.Status != broker.StatusFailed || got.FailureCode != "duckdb_error" {
-		t.Fatalf("after %d failures: %s %q", broker.DefaultMaxAttempts, got.Status, got.FailureCode)
+	if got.Status != broker.StatusAwaitingOutputCheck || got.FailureCode != "crashed" || got.FailureDetail != "the sandbox exited" {
+		t.Fatalf("after %d failures: %s %q %q", broker.DefaultMaxAttempts, got.Status, got.FailureCode, got.FailureDetail)
 	}
 	if l, _ := svc.LeaseJob(f.Agent, SiteID, ""); l != nil {
 		t.Fatalf("failed job leased: %+v", l)
@@ -960,6 +967,81 @@ func testLeases(t *testing.T, f *Fixture) {
 		t.Fatalf("spent %g after a failed run, want 2 (charged once each)", b.EpsilonSpent)
 	}
 	MustCode(t, svc.FailJob(f.Agent, r.ID, "x", "bad code!", ""), broker.EINVALID)
+}
+
+// testFailureNotices: a run that fails at the site is an output. Codes that
+// would only fail again end the run at once; the output checker sees the
+// notice in the queue and the output; releasing it makes the query failed,
+// withholding it withheld. The budget stays spent.
+func testFailureNotices(t *testing.T, f *Fixture) {
+	svc := f.Service
+	codes := []string{"refused", "invalid", "timeout", "memory", "too_large", "unavailable", "something_new"}
+	var ids []int64
+	for _, code := range codes {
+		q := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+		f.MustApprove(q.ID)
+		l := f.MustLease(q.ID)
+		if err := svc.FailJob(f.Agent, q.ID, l.Token, code, "safe detail of "+code); err != nil {
+			t.Fatalf("fail %s: %v", code, err)
+		}
+		got := f.MustQuery(q.ID)
+		if got.Status != broker.StatusAwaitingOutputCheck || got.Attempts != 1 || got.FailureCode != code {
+			t.Fatalf("%s: query is %s after %d attempts with code %q, want awaiting_output_check after 1 with %q",
+				code, got.Status, got.Attempts, got.FailureCode, code)
+		}
+		last := got.History[len(got.History)-1]
+		if last.From != broker.StatusRunning || last.To != broker.StatusAwaitingOutputCheck || last.Actor != "agent1" {
+			t.Errorf("%s: last event %+v", code, last)
+		}
+		out, err := svc.FindOutput(f.Checker, q.ID)
+		if err != nil {
+			t.Fatalf("%s: checker output: %v", code, err)
+		}
+		want := &broker.Output{QueryID: q.ID, Failure: &broker.Failure{Code: code, Detail: "safe detail of " + code},
+			SiteID: SiteID, CreatedAt: f.Clock.Now()}
+		if diff := cmp.Diff(want, out); diff != "" {
+			t.Errorf("%s: failure notice (-want +got):\n%s", code, diff)
+		}
+		ids = append(ids, q.ID)
+	}
+	queue, err := svc.OutputQueue(f.Checker)
+	if err != nil || len(queue) != len(codes) {
+		t.Fatalf("output queue = %d items, %v", len(queue), err)
+	}
+	for i, q := range queue {
+		if q.FailureCode != codes[i] || q.FailureDetail != "safe detail of "+codes[i] {
+			t.Errorf("queue item %d: failure %q %q", i, q.FailureCode, q.FailureDetail)
+		}
+	}
+	// Separation of duties holds for failure notices too.
+	_, err = svc.ReleaseQuery(f.Reviewer, ids[0], "")
+	MustCode(t, err, broker.EFORBIDDEN)
+
+	f.Clock.Advance(time.Minute)
+	rel, err := svc.ReleaseQuery(f.Checker, ids[0], "nothing to release")
+	if err != nil {
+		t.Fatalf("release failure notice: %v", err)
+	}
+	if rel.Status != broker.StatusFailed {
+		t.Fatalf("released failure notice: status %s, want failed", rel.Status)
+	}
+	out, err := svc.FindOutput(f.Checker, ids[0])
+	if err != nil || out.Failure == nil || out.ReleasedAt == nil || !out.ReleasedAt.Equal(f.Clock.Now()) {
+		t.Fatalf("released failure notice output = %+v, %v", out, err)
+	}
+	_, err = svc.DownloadResult(f.Researcher, ids[0])
+	MustCode(t, err, broker.EFORBIDDEN)
+	if _, err := svc.ReleaseQuery(f.Checker, ids[0], ""); broker.ErrorCode(err) != broker.ECONFLICT {
+		t.Errorf("second release of a failure notice: %v", err)
+	}
+	wh, err := svc.WithholdQuery(f.Checker, ids[1], "the failure itself is disclosive")
+	if err != nil || wh.Status != broker.StatusWithheld {
+		t.Fatalf("withhold failure notice = %+v, %v", wh, err)
+	}
+	if b := f.MustBudget(); !near(b.EpsilonSpent, 0.5*float64(len(codes))) {
+		t.Errorf("spent %g after %d failed runs, want each charged", b.EpsilonSpent, len(codes))
+	}
+	f.MustVerify()
 }
 
 func testLeaseExpiryExhaustsAttempts(t *testing.T, f *Fixture) {
@@ -973,8 +1055,15 @@ func testLeaseExpiryExhaustsAttempts(t *testing.T, f *Fixture) {
 		t.Fatalf("lease after the last attempt expired = %+v, %v", l, err)
 	}
 	got := f.MustQuery(q.ID)
-	if got.Status != broker.StatusFailed || got.FailureCode != "lease_expired" {
-		t.Fatalf("query = %s %q, want failed lease_expired", got.Status, got.FailureCode)
+	if got.Status != broker.StatusAwaitingOutputCheck || got.FailureCode != broker.FailureLeaseExpired {
+		t.Fatalf("query = %s %q, want awaiting_output_check with a lease_expired notice", got.Status, got.FailureCode)
+	}
+	out, err := f.Service.FindOutput(f.Checker, q.ID)
+	if err != nil || out.Failure == nil || out.Failure.Code != broker.FailureLeaseExpired || out.Result != nil {
+		t.Fatalf("output = %+v, %v", out, err)
+	}
+	if got, err := f.Service.ReleaseQuery(f.Checker, q.ID, ""); err != nil || got.Status != broker.StatusFailed {
+		t.Fatalf("release = %+v, %v", got, err)
 	}
 }
 

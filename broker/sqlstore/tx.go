@@ -481,7 +481,7 @@ func scanQuery(sc scanner) (*broker.QueryRecord, error) {
 	err := sc.Scan(&q.ID, &q.ProjectID, &q.Dataset, &q.SQL, &q.SQLHash, &q.Purpose, &q.Rewritten, &status, &q.SubmittedBy,
 		&submitted, &updated, &q.Cost.Epsilon, &q.Cost.Delta, &accuracy, &flags, &q.ApprovedBy, &q.Attempts, &q.FailureCode,
 		&rec.NormalizedHash, &rec.ShapeHash, &ledger, &rec.LeaseTokenHash, &rec.LeaseSite, &expires,
-		&rec.FailureMessage)
+		&q.FailureDetail)
 	if err != nil {
 		return nil, err
 	}
@@ -520,7 +520,7 @@ func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord) error {
 		[]any{q.ProjectID, q.Dataset, q.SQL, q.SQLHash, q.Purpose, q.Rewritten, string(q.Status), q.SubmittedBy,
 			micros(q.SubmittedAt), micros(q.UpdatedAt), q.Cost.Epsilon, q.Cost.Delta, accuracy, flags, q.ApprovedBy, q.Attempts,
 			q.FailureCode, rec.Normalized, rec.NormalizedHash, rec.ShapeHash, preds, string(rec.Ledger), rec.LeaseTokenHash,
-			rec.LeaseSite, micros(rec.LeaseExpiresAt), rec.FailureMessage},
+			rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail},
 		&q.ID)
 	if err != nil {
 		return err
@@ -564,7 +564,7 @@ func (t *tx) UpdateQuery(ctx context.Context, rec *broker.QueryRecord) error {
 	res, err := t.exec(ctx, `UPDATE queries SET status = ?, updated_at = ?, approved_by = ?, attempts = ?, failure_code = ?,
 		ledger = ?, lease_token_hash = ?, lease_site = ?, lease_expires_at = ?, failure_message = ? WHERE id = ?`,
 		string(q.Status), micros(q.UpdatedAt), q.ApprovedBy, q.Attempts, q.FailureCode, string(rec.Ledger),
-		rec.LeaseTokenHash, rec.LeaseSite, micros(rec.LeaseExpiresAt), rec.FailureMessage, q.ID)
+		rec.LeaseTokenHash, rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail, q.ID)
 	if err != nil {
 		return err
 	}
@@ -611,11 +611,29 @@ func (t *tx) FindQueries(ctx context.Context, f broker.QueryFilter, member strin
 	if f.ProjectID != nil {
 		w.add(`project_id = ?`, *f.ProjectID)
 	}
-	if f.Status != nil {
-		w.add(`status = ?`, string(*f.Status))
-	}
 	if f.SubmittedBy != nil {
 		w.add(`submitted_by = ?`, *f.SubmittedBy)
+	}
+	if f.UpdatedAfter != nil {
+		w.add(`updated_at > ?`, micros(*f.UpdatedAfter))
+	}
+	var sel where // what Status and UpdatedBefore select, widened by OrIDs
+	if f.Status != nil {
+		sel.add(`status = ?`, string(*f.Status))
+	}
+	if f.UpdatedBefore != nil {
+		sel.add(`updated_at <= ?`, micros(*f.UpdatedBefore))
+	}
+	switch {
+	case len(f.OrIDs) > 0 && len(sel.conds) > 0:
+		ids := strings.TrimSuffix(strings.Repeat("?, ", len(f.OrIDs)), ", ")
+		args := sel.args
+		for _, id := range f.OrIDs {
+			args = append(args, id)
+		}
+		w.add(`((`+strings.Join(sel.conds, " AND ")+`) OR id IN (`+ids+`))`, args...)
+	case len(sel.conds) > 0:
+		w.conds, w.args = append(w.conds, sel.conds...), append(w.args, sel.args...)
 	}
 	n, rows, err := t.page(ctx, `queries`, `SELECT `+queryColumns+` FROM queries`, w, `id`, f.Limit, f.Offset)
 	if err != nil {
@@ -719,7 +737,13 @@ func (t *tx) NextLeasable(ctx context.Context, siteID string, now time.Time) (in
 
 // ---- outputs ----
 
+// PutOutput stores an output. A failure notice (Result nil) is stored with
+// the result "null": its code and detail are the query's failure_code and
+// failure_message, which FindOutput reads back into Failure.
 func (t *tx) PutOutput(ctx context.Context, o *broker.Output) error {
+	if (o.Result == nil) == (o.Failure == nil) {
+		return errors.New("an output is either a result or a failure notice")
+	}
 	body, err := toJSON(o.Result)
 	if err != nil {
 		return err
@@ -731,14 +755,17 @@ func (t *tx) PutOutput(ctx context.Context, o *broker.Output) error {
 
 func (t *tx) FindOutput(ctx context.Context, queryID int64) (*broker.Output, error) {
 	o := &broker.Output{QueryID: queryID}
-	var body string
+	var body, code, detail string
 	var created, released int64
-	err := t.queryRow(ctx, `SELECT site_id, result, created_at, released_at FROM outputs WHERE query_id = ?`, []any{queryID},
-		&o.SiteID, &body, &created, &released)
+	err := t.queryRow(ctx, `SELECT o.site_id, o.result, o.created_at, o.released_at, q.failure_code, q.failure_message
+		FROM outputs o JOIN queries q ON q.id = o.query_id WHERE o.query_id = ?`, []any{queryID},
+		&o.SiteID, &body, &created, &released, &code, &detail)
 	if err != nil {
 		return nil, notFound(err, "query %d has no output", queryID)
 	}
-	if err := fromJSON(body, &o.Result); err != nil {
+	if body == "null" {
+		o.Failure = &broker.Failure{Code: code, Detail: detail}
+	} else if err := fromJSON(body, &o.Result); err != nil {
 		return nil, err
 	}
 	o.CreatedAt = fromMicros(created)

@@ -191,5 +191,8 @@ func fmtCell(c dp.Column, cell dp.Cell) string {
 	if cell.CILow != nil && cell.CIHigh != nil {
 		s += fmt.Sprintf(" [%s, %s]", fmtFloat(*cell.CILow), fmtFloat(*cell.CIHigh))
 	}
+	if len(cell.Dominance) > 0 { // only in an output checker's table
+		s += " dominance:" + strings.Join(cell.Dominance, ",")
+	}
 	return s
 }

@@ -105,6 +105,9 @@ func (m *DemoMain) Run(ctx context.Context) error {
 	cfg.Addr = m.Addr
 	cfg.Dev = true
 	cfg.LeaseTTL = 30 * time.Second
+	// Researchers see status changes at multiples of this: shorter than a
+	// real broker's minute so that the demo does not keep people waiting.
+	cfg.TimeGranularity = 5 * time.Second
 	cfg.DryRunData = dryData
 	cfg.AllowWeakSBX = !m.Strict
 	cfg.SubmitPerMinute = 600
@@ -353,6 +356,9 @@ func (m *DemoMain) walkthrough(ctx context.Context, url string, tokens map[broke
 	if err != nil {
 		return fmt.Errorf("output: %w", err)
 	}
+	if out.Result == nil {
+		return fmt.Errorf("the run failed at the site: %+v", out.Failure)
+	}
 	rep := out.Result.Report
 	fmt.Fprintf(w, "  ε=%g δ=%g mechanism=%s k=%d C=%d threshold=%d rounding=%d partition selection=%s\n",
 		rep.Epsilon, rep.Delta, rep.Mechanism, rep.MaxGroupsPerPatient, rep.MaxRowsPerGroup, rep.Threshold, rep.RoundingBase, rep.PartitionSelection)
@@ -368,6 +374,11 @@ func (m *DemoMain) walkthrough(ctx context.Context, url string, tokens map[broke
 	fmt.Fprintf(w, "  query #%d %s\n", q.ID, q.Status)
 
 	step("Researcher downloads the released table")
+	// Researchers see the release from the next multiple of the broker's
+	// time granularity on.
+	if _, err = waitForStatus(ctx, as(broker.RoleResearcher), q.ID, broker.StatusReleased); err != nil {
+		return err
+	}
 	res, err := as(broker.RoleResearcher).Result(ctx, q.ID)
 	if err != nil {
 		return fmt.Errorf("result: %w", err)

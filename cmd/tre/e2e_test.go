@@ -192,7 +192,8 @@ func startSite(tb testing.TB, patients int) *testSite {
 	adminAddr := freeAddr(tb)
 	s.metricsURL = "http://" + adminAddr + "/metrics"
 	s.broker = startTre(tb, "serve", "--data-dir", brokerDir, "--addr", addr, "--admin-addr", adminAddr, "--dev",
-		"--dry-run-data", s.data, "--lease-ttl", "3s", "--submit-per-minute", "600")
+		"--dry-run-data", s.data, "--lease-ttl", "3s", "--submit-per-minute", "600",
+		"--researcher-time-granularity", e2eGranularity.String())
 	eventually(tb, 60*time.Second, "broker ready", func() error {
 		return (&api.Client{BaseURL: s.url}).Readyz(context.Background())
 	})
@@ -247,6 +248,11 @@ func apiStatus(err error) int {
 	}
 	return 0
 }
+
+// e2eGranularity is the end-to-end brokers' researcher time granularity:
+// researchers see status changes only at its multiples (a real broker's is
+// a minute).
+const e2eGranularity = 200 * time.Millisecond
 
 // TestEndToEnd runs the whole flow through HTTP with the real broker, agent
 // and sandbox processes and all four human roles.
@@ -321,6 +327,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("release: %v", err)
 	}
 
+	waitStatus(t, s.as("alice"), q.ID, broker.StatusReleased) // at the next multiple of the granularity
 	res, err := s.as("alice").Result(ctx, q.ID)
 	if err != nil {
 		t.Fatalf("result: %v", err)

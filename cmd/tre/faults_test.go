@@ -59,7 +59,8 @@ func startFaultSite(tb testing.TB, databaseURL string, withAgent bool) *faultSit
 	addr := freeAddr(tb)
 	s.url = "http://" + addr
 	s.brokerArgs = []string{"serve", "--data-dir", brokerDir, "--addr", addr, "--dev",
-		"--lease-ttl", "2s", "--max-attempts", "10", "--submit-per-minute", "6000"}
+		"--lease-ttl", "2s", "--max-attempts", "10", "--submit-per-minute", "6000",
+		"--researcher-time-granularity", e2eGranularity.String()}
 	if databaseURL != "" {
 		s.brokerArgs = append(s.brokerArgs, "--database-url", databaseURL)
 	}
@@ -328,6 +329,7 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 		switch q.Status {
 		case broker.StatusReleased:
 			charged += q.Cost.Epsilon
+			waitStatus(t, s.as("alice"), q.ID, broker.StatusReleased)
 			if _, err := s.as("alice").Result(ctx, q.ID); err != nil {
 				t.Errorf("released query %d has no downloadable result: %v", q.ID, err)
 			}

@@ -71,7 +71,8 @@ func startLonelyBroker(tb testing.TB, extra ...string) *lonelyBroker {
 	b := &lonelyBroker{dir: tb.TempDir(), tokens: map[string]string{}}
 	addr := freeAddr(tb)
 	b.url = "http://" + addr
-	b.args = append([]string{"serve", "--data-dir", b.dir, "--addr", addr, "--dev", "--lease-ttl", "2s"}, extra...)
+	b.args = append([]string{"serve", "--data-dir", b.dir, "--addr", addr, "--dev", "--lease-ttl", "2s",
+		"--researcher-time-granularity", e2eGranularity.String()}, extra...)
 	b.proc = startTre(tb, b.args...)
 	waitReady(tb, b.url)
 	users := map[string]broker.Role{"frank": broker.RoleResearcher}
@@ -562,6 +563,7 @@ func TestReleasedFileInjection(t *testing.T) {
 	if _, err := b.as("carol").ReleaseQuery(ctx, q.ID, "checked"); err != nil {
 		t.Fatalf("release: %v", err)
 	}
+	waitStatus(t, b.as("alice"), q.ID, broker.StatusReleased)
 
 	r := send(t, "GET", fmt.Sprintf("%s/api/v1/queries/%d/result?format=csv", b.url, q.ID), b.tokens["alice"], "", nil)
 	if r.status != http.StatusOK {
@@ -790,6 +792,7 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 	if _, err := s.as("carol").ReleaseQuery(ctx, q.ID, "ok"); err != nil {
 		t.Fatal(err)
 	}
+	waitStatus(t, s.as("alice"), q.ID, broker.StatusReleased)
 	res, err := s.as("alice").Result(ctx, q.ID)
 	if err != nil {
 		t.Fatal(err)

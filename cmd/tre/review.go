@@ -191,8 +191,21 @@ func (m *ReviewMain) queue(ctx context.Context) error {
 	return nil
 }
 
-// printOutput prints a protected table and its disclosure report.
+// printOutput prints an output as the output checker sees it: the protected
+// table and its full disclosure report, or the failure notice.
 func printOutput(w io.Writer, out *broker.Output) error {
+	if out.Failure != nil || out.Result == nil {
+		code, detail := "unknown", ""
+		if out.Failure != nil {
+			code, detail = out.Failure.Code, out.Failure.Detail
+		}
+		fmt.Fprintf(w, "failure notice: the run failed at the site (%s)", code)
+		if detail != "" {
+			fmt.Fprintf(w, ": %s", detail)
+		}
+		fmt.Fprintf(w, "\nreleasing it tells the researcher only: %s\n", broker.FailedMessage)
+		return nil
+	}
 	if err := printResultTable(w, out.Result.Columns, out.Result.Rows); err != nil {
 		return err
 	}

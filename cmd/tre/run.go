@@ -2,17 +2,16 @@ package main
 
 import (
 	"context"
-	"encoding/csv"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
@@ -20,14 +19,19 @@ import (
 
 // RunMain is `tre run`: one query through exactly the pipeline the site
 // agent uses — a real sandbox child, the site's catalog, DP protection —
-// printing the protected table and its disclosure report. It never prints an
-// exact aggregate: none reaches this process.
+// printing exactly what a researcher would receive: the protected table and
+// the researcher's part of the disclosure report (dp.ResearcherResult), or,
+// when the run fails, the generic message a researcher sees once an output
+// checker releases the failure notice. --checker adds what the output
+// checker sees: the full report (dominance flags, rows dropped by bounding,
+// partitions not released, opt-out and sandbox), or the failure's class and
+// detail. It never prints an exact aggregate: none reaches this process.
 type RunMain struct {
 	stdout, stderr io.Writer
 
 	data, catalog, format, scratch string
 	epsilon                        float64
-	allowWeak                      bool
+	allowWeak, checker             bool
 	timeout                        time.Duration
 	sql                            string
 }
@@ -43,6 +47,7 @@ func (m *RunMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.StringVar(&m.scratch, "scratch-dir", "", "scratch directory for the sandbox (default: a temporary one)")
 	fs.DurationVar(&m.timeout, "timeout", 5*time.Minute, "time limit of the query")
 	fs.BoolVar(&m.allowWeak, "allow-weak-sandbox", false, "run even if an isolation layer is unavailable (the report says degraded)")
+	fs.BoolVar(&m.checker, "checker", false, "also print what the output checker sees (the full disclosure report, the failure class)")
 	fs.Usage = func() {
 		fmt.Fprintln(m.stderr, "Usage: tre run --data FILE.duckdb --catalog FILE.yaml [flags] 'SQL'")
 		fs.PrintDefaults()
@@ -98,33 +103,25 @@ func (m *RunMain) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return exitError{code: 1, err: errors.New(codedMessage(sandbox.ErrorCode(err), sandbox.ErrorMessage(err)))}
+		return m.failed(err)
 	}
 	return m.print(res)
 }
 
-func (m *RunMain) print(res *dp.Result) error {
-	switch m.format {
-	case "json":
-		enc := json.NewEncoder(m.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
-	case "csv":
-		if err := writeResultCSV(m.stdout, res); err != nil {
-			return err
-		}
-		// The report goes beside the data, not into it.
-		enc := json.NewEncoder(m.stderr)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res.Report)
+// failed reports a failed run as a researcher would learn of it, and with
+// --checker as the output checker sees the failure notice; exit status 1.
+// A refusal is what the broker tells a researcher at submission already
+// (the same compiler, the same words), so it is printed as it is.
+func (m *RunMain) failed(err error) error {
+	code, detail := sandbox.ErrorCode(err), sandbox.ErrorMessage(err)
+	if code == sandbox.CodeRefused {
+		return exitError{code: 1, err: errors.New(codedMessage(code, detail))}
 	}
-	if err := printResultTable(m.stdout, res.Columns, res.Rows); err != nil {
-		return err
+	msg := "failed: " + broker.FailedMessage
+	if m.checker {
+		msg += "\noutput checker's failure notice: " + codedMessage(code, detail)
 	}
-	fmt.Fprintln(m.stdout, "\nDisclosure report:")
-	enc := json.NewEncoder(m.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(res.Report)
+	return exitError{code: 1, err: errors.New(msg)}
 }
 
 // codedMessage prefixes msg with its code unless it already starts with it
@@ -136,35 +133,44 @@ func codedMessage(code, msg string) string {
 	return code + ": " + msg
 }
 
-// writeResultCSV writes the protected table; suppressed cells are empty.
-func writeResultCSV(w io.Writer, res *dp.Result) error {
-	cw := csv.NewWriter(w)
-	head := make([]string, len(res.Columns))
-	for i, c := range res.Columns {
-		head[i] = c.Name
-	}
-	if err := cw.Write(head); err != nil {
-		return err
-	}
-	for _, row := range res.Rows {
-		rec := make([]string, len(res.Columns))
-		for i, c := range res.Columns {
-			if i >= len(row) {
-				continue
-			}
-			switch cell := row[i]; {
-			case c.Kind == "group" && !cell.Null:
-				rec[i] = cell.Key
-			case cell.Value != nil && !cell.Suppressed:
-				rec[i] = strconv.FormatFloat(*cell.Value, 'f', -1, 64)
-			}
+// runJSON is `tre run --checker --format json`: both views.
+type runJSON struct {
+	Researcher *dp.ResearcherResult `json:"researcher"`
+	Checker    *dp.Result           `json:"checker"`
+}
+
+func (m *RunMain) print(res *dp.Result) error {
+	view := res.ForResearcher()
+	switch m.format {
+	case "json":
+		var v any = view
+		if m.checker {
+			v = runJSON{Researcher: view, Checker: res}
 		}
-		if err := cw.Write(rec); err != nil {
+		return printJSON(m.stdout, v)
+	case "csv":
+		// The researcher's CSV download, byte for byte.
+		if err := api.WriteResultCSV(m.stdout, view); err != nil {
 			return err
 		}
+		// The report goes beside the data, not into it.
+		if m.checker {
+			return printJSON(m.stderr, runJSON{Researcher: view, Checker: res})
+		}
+		return printJSON(m.stderr, view.Report)
 	}
-	cw.Flush()
-	return cw.Error()
+	if err := printResultTable(m.stdout, view.Columns, view.Rows); err != nil {
+		return err
+	}
+	fmt.Fprintln(m.stdout, "\nDisclosure report (as the researcher receives it):")
+	if err := printJSON(m.stdout, view.Report); err != nil {
+		return err
+	}
+	if !m.checker {
+		return nil
+	}
+	fmt.Fprintln(m.stdout, "\nOutput checker's view (exact diagnostics: never shown to a researcher):")
+	return printOutput(m.stdout, &broker.Output{Result: res})
 }
 
 // Close releases nothing: Run owns the runner and its scratch directory.

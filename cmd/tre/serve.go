@@ -154,6 +154,7 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 	b.svc = broker.NewService(store, parser, broker.Options{
 		LeaseTTL:     cfg.LeaseTTL,
 		MaxAttempts:  cfg.MaxAttempts,
+		Granularity:  cfg.TimeGranularity,
 		Logger:       logger,
 		OnTransition: b.observeTransition,
 	})
@@ -284,17 +285,17 @@ func serveMetrics(addr string, reg *metrics.Registry, logger *slog.Logger) (func
 }
 
 // observeTransition feeds committed status changes to the metrics.
-func (b *brokerRuntime) observeTransition(from, to broker.Status, inState time.Duration) {
-	if from != "" {
-		b.metrics.ObserveStateDuration(string(from), inState)
+func (b *brokerRuntime) observeTransition(t broker.Transition) {
+	if t.From != "" {
+		b.metrics.ObserveStateDuration(string(t.From), t.InState)
 	}
 	switch {
-	case to == broker.StatusRunning && from == broker.StatusApproved:
+	case t.To == broker.StatusRunning && t.From == broker.StatusApproved:
 		b.metrics.JobLeased()
-	case to == broker.StatusAwaitingOutputCheck:
+	case t.To == broker.StatusAwaitingOutputCheck && t.FailureCode != "":
+		b.metrics.JobFailed(t.FailureCode)
+	case t.To == broker.StatusAwaitingOutputCheck:
 		b.metrics.JobCompleted()
-	case to == broker.StatusFailed:
-		b.metrics.JobFailed("failed")
 	}
 }
 

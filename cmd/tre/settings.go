@@ -25,7 +25,11 @@ type ServeConfig struct {
 	SubmitPerMinute int      `yaml:"submit_per_minute" flag:"submit-per-minute" usage:"query submissions allowed per user per minute"`
 
 	LeaseTTL    time.Duration `yaml:"lease_ttl" flag:"lease-ttl" usage:"how long a site agent's job lease lasts without a heartbeat"`
-	MaxAttempts int           `yaml:"max_attempts" flag:"max-attempts" usage:"failed runs before a query is marked failed"`
+	MaxAttempts int           `yaml:"max_attempts" flag:"max-attempts" usage:"leases a run gets (after lost leases or crashes) before its failure goes to the output check"`
+	// TimeGranularity is how coarse researchers' view of time is: the
+	// statuses of their queries change, and are dated, only at multiples
+	// of it, so that they cannot time a run.
+	TimeGranularity time.Duration `yaml:"researcher_time_granularity" flag:"researcher-time-granularity" usage:"researchers see status changes, and their times, only at multiples of this (hides how long runs take)"`
 
 	DryRunData    string `yaml:"dry_run_data" flag:"dry-run-data" usage:"synthetic DuckDB file answering dry runs (empty: dry runs off)"`
 	DryRunCatalog string `yaml:"dry_run_catalog" flag:"dry-run-catalog" usage:"catalog of the dry-run data (default: DATA with .catalog.yaml)"`
@@ -52,6 +56,7 @@ func DefaultServeConfig() ServeConfig {
 		SubmitPerMinute: 60,
 		LeaseTTL:        2 * time.Minute,
 		MaxAttempts:     3,
+		TimeGranularity: time.Minute,
 		LogLevel:        "info",
 
 		ReadHeaderTimeout: 10 * time.Second,
@@ -79,6 +84,8 @@ func (c *ServeConfig) Validate() error {
 		return fmt.Errorf("lease_ttl %s is too short", c.LeaseTTL)
 	case c.MaxAttempts < 1:
 		return errors.New("max_attempts must be at least 1")
+	case c.TimeGranularity < time.Millisecond || c.TimeGranularity > 24*time.Hour:
+		return fmt.Errorf("researcher_time_granularity %s must be between 1ms and 24h", c.TimeGranularity)
 	case c.SubmitPerMinute < 1:
 		return errors.New("submit_per_minute must be at least 1")
 	case c.ReadHeaderTimeout <= 0 || c.ReadTimeout <= 0 || c.WriteTimeout <= 0:

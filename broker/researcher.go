@@ -1,0 +1,239 @@
+package broker
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// What a researcher sees of the lifecycle.
+//
+// Everything that happens to a query after its submission is a decision by
+// staff or a step of the run at the site, and the run's steps depend on the
+// data: how long it takes, whether it fails and how, how often it is tried.
+// A researcher (a caller without a staff role) therefore sees the broker as
+// it stood at the last boundary of the granularity (Options.Granularity,
+// default one minute) before now:
+//
+//   - a status change becomes visible only from the next boundary after it
+//     happened, and its time is shown as that boundary (updated_at too);
+//   - the researcher's own acts (submitting, cancelling) are shown at once,
+//     at their exact time;
+//   - re-leases and retried attempts are not shown, nor how many attempts a
+//     run took; the run's steps are shown as made by SiteActor, without
+//     comments; a released failure notice is shown as failed with
+//     FailedMessage;
+//   - no failure code or detail is ever shown;
+//   - a project's budget shows a run's charge as spent only once the run's
+//     start is visible (as reserved until then).
+//
+// Staff see exact times and everything else.
+
+// DefaultGranularity is how coarse a researcher's view of time is.
+const DefaultGranularity = time.Minute
+
+// SiteActor is who a researcher sees making the run's status changes
+// (leasing the job, storing its output or failure notice), whichever agent
+// or broker process made them.
+const SiteActor = "site"
+
+// researcherSees reports whether u gets the researcher's view: the view of
+// anyone without a staff role.
+func researcherSees(u *User) bool { return !isStaff(u) }
+
+// cutoff is the instant a researcher's view stands at: the last boundary of
+// the granularity at or before now.
+func (s *Service) cutoff() time.Time { return s.clock().Truncate(s.granularity) }
+
+// ceilTo returns the first multiple of g at or after t.
+func ceilTo(t time.Time, g time.Duration) time.Time {
+	c := t.Truncate(g)
+	if c.Before(t) {
+		c = c.Add(g)
+	}
+	return c
+}
+
+// ownStatus reports whether a researcher reaches st by their own act, which
+// they see at once and at its exact time.
+func ownStatus(st Status) bool { return st == StatusSubmitted || st == StatusCancelled }
+
+// researcherHistory returns the events a researcher sees at cutoff: those
+// that happened at or before it, and any earlier event followed by one of
+// the researcher's own acts.
+func researcherHistory(events []Event, cutoff time.Time, g time.Duration) []Event {
+	last := -1
+	for i, e := range events {
+		if ownStatus(e.To) || !e.At.After(cutoff) {
+			last = i
+		}
+	}
+	out := make([]Event, 0, last+1)
+	for _, e := range events[:last+1] {
+		if e.From == StatusRunning && e.To == StatusRunning {
+			continue // a re-lease or a retried attempt
+		}
+		v := e
+		if !ownStatus(e.To) {
+			v.At = ceilTo(e.At, g)
+		}
+		switch e.To {
+		case StatusRunning, StatusAwaitingOutputCheck:
+			v.Actor, v.Comment = SiteActor, ""
+		case StatusFailed:
+			v.Comment = FailedMessage
+		}
+		out = append(out, v)
+	}
+	// A decision shown only because an own act followed it within the same
+	// interval is dated no later than that act.
+	for i := len(out) - 2; i >= 0; i-- {
+		if out[i].At.After(out[i+1].At) {
+			out[i].At = out[i+1].At
+		}
+	}
+	return out
+}
+
+// researcherQuery returns a copy of q as a researcher sees it at cutoff,
+// given q's whole history. The copy has the visible history only when
+// withHistory is set.
+func (s *Service) researcherQuery(q *Query, events []Event, cutoff time.Time, withHistory bool) *Query {
+	v := *q
+	v.Attempts, v.FailureCode, v.FailureDetail = 0, "", ""
+	h := researcherHistory(events, cutoff, s.granularity)
+	if len(h) == 0 { // every query has its submission event; be safe anyway
+		h = []Event{{To: StatusSubmitted, Actor: q.SubmittedBy, At: q.SubmittedAt}}
+	}
+	last := h[len(h)-1]
+	v.Status, v.UpdatedAt = last.To, last.At
+	if !slices.ContainsFunc(h, func(e Event) bool { return e.To == StatusApproved }) {
+		v.ApprovedBy = ""
+	}
+	v.History = nil
+	if withHistory {
+		v.History = h
+	}
+	return &v
+}
+
+// needsHistory reports whether a query's researcher view cannot be read off
+// its row: it changed after the cutoff (the change may not be visible yet),
+// or it is running (its updated_at may be a hidden re-lease's).
+func needsHistory(q *Query, cutoff time.Time) bool {
+	if q.Status == StatusRunning {
+		return true
+	}
+	return q.UpdatedAt.After(cutoff) && !ownStatus(q.Status)
+}
+
+// researcherQueries turns listed queries (without history) into the
+// researcher's view, reading the history of those that need it.
+func (s *Service) researcherQueries(ctx context.Context, tx Tx, qs []*Query, cutoff time.Time) ([]*Query, error) {
+	out := make([]*Query, len(qs))
+	for i, q := range qs {
+		if needsHistory(q, cutoff) {
+			events, err := tx.FindEvents(ctx, q.ID)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = s.researcherQuery(q, events, cutoff, false)
+			continue
+		}
+		v := *q
+		v.Attempts, v.FailureCode, v.FailureDetail, v.History = 0, "", "", nil
+		if !ownStatus(q.Status) {
+			v.UpdatedAt = ceilTo(q.UpdatedAt, s.granularity)
+		}
+		out[i] = &v
+	}
+	return out, nil
+}
+
+// findResearcherQueries lists queries for a researcher (member) as they see
+// them at cutoff. A status filter selects by the status the researcher
+// sees: the queries whose stored status is that status and whose change to
+// it is visible, and the recently changed ones that still look like it.
+func (s *Service) findResearcherQueries(ctx context.Context, tx Tx, f QueryFilter, member string, cutoff time.Time) ([]*Query, int, error) {
+	if f.Status != nil {
+		recent := f
+		recent.Status, recent.Offset, recent.Limit = nil, 0, MaxLimit
+		recent.UpdatedAfter = &cutoff
+		changed, _, err := tx.FindQueries(ctx, recent, member)
+		if err != nil {
+			return nil, 0, err
+		}
+		views, err := s.researcherQueries(ctx, tx, changed, cutoff)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, v := range views {
+			if v.Status == *f.Status {
+				f.OrIDs = append(f.OrIDs, v.ID)
+			}
+		}
+		if !ownStatus(*f.Status) {
+			f.UpdatedBefore = &cutoff
+		}
+	}
+	qs, n, err := tx.FindQueries(ctx, f, member)
+	if err != nil {
+		return nil, 0, err
+	}
+	qs, err = s.researcherQueries(ctx, tx, qs, cutoff)
+	return qs, n, err
+}
+
+// researcherBudget moves to reserved the charges of runs whose start a
+// researcher cannot see yet at cutoff: when a job is leased depends on how
+// long the jobs before it ran.
+func (s *Service) researcherBudget(ctx context.Context, tx Tx, p *Project, cutoff time.Time) error {
+	pid := p.ID
+	recent, _, err := tx.FindQueries(ctx, QueryFilter{ProjectID: &pid, UpdatedAfter: &cutoff, Limit: MaxLimit}, "")
+	if err != nil {
+		return err
+	}
+	for _, q := range recent {
+		started, err := s.startedAfter(ctx, tx, q, cutoff)
+		if err != nil {
+			return err
+		}
+		if started {
+			b := &p.Budget
+			b.EpsilonSpent, b.EpsilonReserved = shift(b.EpsilonSpent, b.EpsilonReserved, q.Cost.Epsilon)
+			b.DeltaSpent, b.DeltaReserved = shift(b.DeltaSpent, b.DeltaReserved, q.Cost.Delta)
+		}
+	}
+	return nil
+}
+
+// shift moves x from a to b, rounding away the float error of undoing a sum
+// so that the figures read as if the store had summed without x.
+func shift(a, b, x float64) (float64, float64) {
+	round := func(v float64) float64 {
+		r, _ := strconv.ParseFloat(strconv.FormatFloat(v, 'g', 12, 64), 64)
+		return max(r, 0)
+	}
+	return round(a - x), round(b + x)
+}
+
+// startedAfter reports whether q's run started (its budget was charged)
+// after cutoff.
+func (s *Service) startedAfter(ctx context.Context, tx Tx, q *Query, cutoff time.Time) (bool, error) {
+	switch q.Status {
+	case StatusRunning, StatusAwaitingOutputCheck, StatusReleased, StatusWithheld, StatusFailed:
+	default:
+		return false, nil
+	}
+	events, err := tx.FindEvents(ctx, q.ID)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range events {
+		if e.To == StatusRunning {
+			return e.At.After(cutoff), nil
+		}
+	}
+	return false, nil
+}
