@@ -28,6 +28,20 @@ const (
 	// release, so a Spec cannot ask Protect for an unbounded table.
 	MaxDomainGroups = 1_000_000
 
+	// MaxEpsilon is the largest total ε a Spec may carry: ten times the most
+	// a catalog may allow per query. Beyond it noise scales are too small
+	// to mean anything and the library's samplers are not exercised there.
+	MaxEpsilon = 100
+	// MaxAbsBound caps the magnitude of an aggregate's clamping bounds, so
+	// that sums of bounded values over any realistic number of rows, and
+	// their noise, stay finite: a statistic that overflowed would fail the
+	// run on some data and not on other data.
+	MaxAbsBound = 1e15
+	// minShareEpsilon is the least ε the library accepts for one
+	// mechanism (checks.CheckEpsilonVeryStrict): every statistic's share,
+	// and partition selection's, must reach it.
+	minShareEpsilon = 0x1p-50
+
 	// CIAlpha is the confidence level (1 − CIAlpha) of reported intervals.
 	CIAlpha = 0.05
 	// accuracyReferenceRows is the group size at which the accuracy of a
@@ -77,6 +91,9 @@ type budgetPlan struct {
 func (s Spec) Validate() error {
 	if math.IsNaN(s.Epsilon) || math.IsInf(s.Epsilon, 0) || s.Epsilon <= 0 {
 		return fmt.Errorf("epsilon must be a finite number above 0, got %v", s.Epsilon)
+	}
+	if s.Epsilon > MaxEpsilon {
+		return fmt.Errorf("epsilon must be at most %v, got %v", MaxEpsilon, s.Epsilon)
 	}
 	if math.IsNaN(s.Delta) || math.IsInf(s.Delta, 0) || s.Delta < 0 || s.Delta >= MaxDelta {
 		return fmt.Errorf("delta must be at least 0 and below %g, got %v", MaxDelta, s.Delta)
@@ -137,7 +154,6 @@ func (s Spec) Validate() error {
 	if len(s.Aggregates) == 0 {
 		return errors.New("a query must release at least one aggregate")
 	}
-	c := float64(s.MaxRowsPerGroup)
 	for i, a := range s.Aggregates {
 		if a.Name == "" {
 			return fmt.Errorf("aggregate %d has no name", i+1)
@@ -155,10 +171,31 @@ func (s Spec) Validate() error {
 		if a.Lower >= a.Upper {
 			return fmt.Errorf("aggregate %q: lower bound %v must be below upper bound %v", a.Name, a.Lower, a.Upper)
 		}
-		// The largest sensitivity must stay finite or the noise is meaningless.
-		half := (a.Upper - a.Lower) / 2
-		if math.IsInf(c*math.Max(math.Abs(a.Lower), math.Abs(a.Upper)), 0) || math.IsInf(c*half*half, 0) {
-			return fmt.Errorf("aggregate %q: bounds are too large", a.Name)
+		if math.Max(math.Abs(a.Lower), math.Abs(a.Upper)) > MaxAbsBound {
+			return fmt.Errorf("aggregate %q: bounds must lie within ±%g", a.Name, MaxAbsBound)
+		}
+	}
+	return s.checkNoise()
+}
+
+// checkNoise refuses a Spec whose budget split gives some statistic, or
+// partition selection, less ε than the library accepts, or a noise scale
+// that is not a finite positive number: Protect and Accuracy then never
+// fail on a Spec that passed Validate.
+func (s Spec) checkNoise() error {
+	p := s.plan()
+	if p.selection && p.selEps < minShareEpsilon {
+		return fmt.Errorf("epsilon %v is too small: partition selection's share %v is below 2^-50", s.Epsilon, p.selEps)
+	}
+	for _, st := range p.stats {
+		if st.eps < minShareEpsilon {
+			return fmt.Errorf("epsilon %v is too small: each of the %d noisy statistics gets %v, below 2^-50", s.Epsilon, len(p.stats), st.eps)
+		}
+		if p.mechanism == MechanismGaussian && !(st.delta > 0 && st.delta < 1) {
+			return fmt.Errorf("delta %v is too small for gaussian noise on %d statistics", s.Delta, len(p.stats))
+		}
+		if sc := p.scale(st); !(sc > 0) || math.IsInf(sc, 0) {
+			return fmt.Errorf("the noise on %s would not have a finite scale (epsilon %v, delta %v)", st.name, s.Epsilon, s.Delta)
 		}
 	}
 	return nil

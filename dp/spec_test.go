@@ -77,7 +77,13 @@ func TestSpecValidate(t *testing.T) {
 		}, want: "bounds must be finite"},
 		{name: "huge bounds", modify: func(s *Spec) {
 			s.Aggregates = []AggSpec{{Name: "x", Kind: AggVariance, Lower: -1e300, Upper: 1e300}}
-		}, want: "bounds are too large"},
+		}, want: "bounds must lie within ±1e+15"},
+		{name: "bounds at the limit", modify: func(s *Spec) {
+			s.Aggregates = []AggSpec{{Name: "x", Kind: AggVariance, Lower: -1e15, Upper: 1e15}}
+		}},
+		{name: "epsilon above max", modify: func(s *Spec) { s.Epsilon = 100.5 }, want: "epsilon must be at most 100"},
+		{name: "epsilon share below 2^-50", modify: func(s *Spec) { s.Epsilon = 0x1p-51 }, want: "below 2^-50"},
+		{name: "selection share below 2^-50", modify: func(s *Spec) { s.Groups[1].Domain = nil; s.Epsilon = 0x1p-50 }, want: "partition selection's share"},
 		{name: "count ignores bounds", modify: func(s *Spec) {
 			s.Aggregates = []AggSpec{{Name: "n", Kind: AggCount, Lower: 3, Upper: 1}}
 		}},

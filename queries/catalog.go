@@ -42,9 +42,13 @@ type Policy struct {
 	// from every view a query can see.
 	OptOutTable string `yaml:"optout_table" json:"optout_table"`
 	// DefaultEpsilon is charged when a query does not ask for a budget;
-	// MaxEpsilon is the most one query may spend.
+	// MaxEpsilon is the most one query may spend; MinEpsilon the least
+	// (default DefaultMinEpsilon). Below it the noise is so large that the
+	// answer is worthless, while each run still exercises the data: a
+	// floor keeps such queries from being cheap probes.
 	DefaultEpsilon float64 `yaml:"default_epsilon" json:"default_epsilon"`
 	MaxEpsilon     float64 `yaml:"max_epsilon" json:"max_epsilon"`
+	MinEpsilon     float64 `yaml:"min_epsilon,omitempty" json:"min_epsilon,omitempty"`
 	// Delta is the δ a query spends on partition selection when a grouping
 	// column has no public domain. Must be below 1e-5.
 	Delta float64 `yaml:"delta" json:"delta"`

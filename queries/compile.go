@@ -78,6 +78,9 @@ type relation struct {
 	// unique and not NULL (Options.UniqueTables): one row per patient proven
 	// for the data this query runs on.
 	unique bool
+	// nullable marks a relation on the right of a LEFT JOIN: its columns,
+	// the privacy unit too, are NULL on rows it has no match for.
+	nullable bool
 }
 
 func (r *relation) col(name string) *column {
@@ -330,13 +333,19 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 		return nil, "", badGroup(pos(node))
 	}
 	g, _ := groups[0].(obj)
-	gsql, isPU, err := c.privacyUnitRef(g, sc)
+	grel, gcol, isPU, err := c.privacyUnitCol(g, sc)
 	if err != nil {
 		return nil, "", err
 	}
 	if !isPU {
 		return nil, "", badGroup(pos(g))
 	}
+	if grel.nullable {
+		// NULL for every patient without a row on that side: one group
+		// would hold many patients under a NULL "patient".
+		return nil, "", refuse(what+" grouped by the "+c.cat.PrivacyUnit+" of "+grel.alias, pos(g), grel.alias+" is on the right of a LEFT JOIN, where "+c.cat.PrivacyUnit+" can be NULL; group by the "+c.cat.PrivacyUnit+" of the left side")
+	}
+	gsql := qualified(grel, gcol)
 	rel := &relation{patient: true, perPatient: true, derived: true}
 	items := list(node, "select_list")
 	if len(items) == 0 {
@@ -344,25 +353,39 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 	}
 	outs := make([]string, 0, len(items))
 	sawPU := false
+	// Every output name must be unique: the outer query finds a relation's
+	// privacy unit, and every other column, by name.
+	repeated := func(name string, p int) error {
+		if rel.col(name) != nil {
+			return refuse("column name "+name+" repeated in "+what, p, "give every column of a CTE or subquery its own name")
+		}
+		return nil
+	}
 	for _, it := range items {
 		item, _ := it.(obj)
 		alias := strings.ToLower(str(item, "alias"))
 		if alias != "" && !identRe.MatchString(alias) {
 			return nil, "", refuse(fmt.Sprintf("column name %q", alias), pos(item), "use letters, digits and _ only")
 		}
-		if psql, ok, err := c.privacyUnitRef(item, sc); err != nil {
+		if prel, pcol, ok, err := c.privacyUnitCol(item, sc); err != nil {
 			return nil, "", err
 		} else if ok {
 			if sawPU {
 				return nil, "", refuse(c.cat.PrivacyUnit+" selected twice in "+what, pos(item), "")
 			}
 			sawPU = true
+			if prel != grel || pcol != gcol {
+				return nil, "", refuse(c.cat.PrivacyUnit+" of "+prel.alias+" in the SELECT of "+what, pos(item), "select the "+c.cat.PrivacyUnit+" the query is grouped by ("+grel.alias+"."+gcol.name+")")
+			}
 			name := c.cat.PrivacyUnit
 			if alias != "" && alias != strings.ToLower(name) {
 				return nil, "", refuse("renaming "+c.cat.PrivacyUnit, pos(item), "keep its name so joins stay on the privacy unit")
 			}
+			if err := repeated(name, pos(item)); err != nil {
+				return nil, "", err
+			}
 			rel.cols = append(rel.cols, column{name: name, role: RolePrivacyUnit})
-			outs = append(outs, psql+" AS "+quoteIdent(name))
+			outs = append(outs, gsql+" AS "+quoteIdent(name))
 			continue
 		}
 		esql, v, err := c.expr(item, sc, exprMode{clause: "SELECT of " + what, inner: true}, 1)
@@ -379,8 +402,11 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 		if name == "" {
 			return nil, "", refuse("an unnamed expression in "+what, pos(item), "give it a name with AS")
 		}
-		if rel.col(name) != nil {
-			return nil, "", refuse("column name "+name+" repeated in "+what, pos(item), "")
+		if strings.EqualFold(name, c.cat.PrivacyUnit) {
+			return nil, "", refuse("the name "+name+" for an expression in "+what, pos(item), "it names the privacy unit; give the expression another name")
+		}
+		if err := repeated(name, pos(item)); err != nil {
+			return nil, "", err
 		}
 		v.patient = true
 		v.isConst = false
@@ -426,17 +452,27 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 // privacyUnitRef reports whether n is a bare reference to a privacy-unit
 // column, and its SQL.
 func (c *compiler) privacyUnitRef(n obj, sc *scope) (string, bool, error) {
+	rel, col, ok, err := c.privacyUnitCol(n, sc)
+	if !ok || err != nil {
+		return "", false, err
+	}
+	return qualified(rel, col), true, nil
+}
+
+// privacyUnitCol reports whether n is a bare reference to a privacy-unit
+// column, and which relation's.
+func (c *compiler) privacyUnitCol(n obj, sc *scope) (*relation, *column, bool, error) {
 	if str(n, "class") != "COLUMN_REF" {
-		return "", false, nil
+		return nil, nil, false, nil
 	}
 	rel, col, err := c.resolve(n, sc)
 	if err != nil {
-		return "", false, err
+		return nil, nil, false, err
 	}
 	if col.role != RolePrivacyUnit {
-		return "", false, nil
+		return nil, nil, false, nil
 	}
-	return qualified(rel, col), true, nil
+	return rel, col, true, nil
 }
 
 func qualified(rel *relation, col *column) string {
@@ -650,6 +686,11 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 	if jt == "LEFT" && lpid == "" && rpid != "" {
 		return "", "", refuse("LEFT JOIN from a lookup table to patient data", pos(n), "put the patient table on the left")
 	}
+	if jt == "LEFT" {
+		for _, r := range right {
+			r.nullable = true
+		}
+	}
 	var cond string
 	var puEq, keyEq bool
 	if using := list(n, "using_columns"); len(using) > 0 {
@@ -847,6 +888,9 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	for _, it := range items {
 		item, _ := it.(obj)
 		if a := strings.ToLower(str(item, "alias")); a != "" {
+			if _, dup := aliases[a]; dup {
+				return nil, refuse("output name "+a+" repeated", pos(item), "give every released column its own name")
+			}
 			aliases[a] = item
 		}
 	}
@@ -1423,6 +1467,9 @@ func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
 	if !v.bounded() {
 		return aggregate{}, refuse(name+" of an expression without bounds", pos(arg), "its values cannot be bounded from the catalog; use a numeric column or wrap it in greatest(lower, least(upper, …))")
 	}
+	if math.Max(math.Abs(v.lo), math.Abs(v.hi)) > dp.MaxAbsBound {
+		return aggregate{}, refuse(fmt.Sprintf("%s of values bounded by [%s, %s]", name, fmtNum(v.lo), fmtNum(v.hi)), pos(arg), fmt.Sprintf("bounds must lie within ±%g; narrow them with greatest(lower, least(upper, …))", dp.MaxAbsBound))
+	}
 	a.kind = aggValue
 	a.spec.Lower, a.spec.Upper = v.lo, v.hi
 	a.arg = withFilter("CAST(" + s + " AS DOUBLE)")
@@ -1455,6 +1502,8 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 		return dp.Spec{}, refuse(fmt.Sprintf("epsilon %v", eps), -1, "ε must be a finite number above 0")
 	case eps > p.MaxEpsilon:
 		return dp.Spec{}, refuse(fmt.Sprintf("epsilon %v", eps), -1, fmt.Sprintf("this dataset allows at most %v per query", p.MaxEpsilon))
+	case eps < p.minEpsilon():
+		return dp.Spec{}, refuse(fmt.Sprintf("epsilon %v", eps), -1, fmt.Sprintf("this dataset needs at least %v per query", p.minEpsilon()))
 	}
 	s := dp.Spec{
 		MaxGroupsPerPatient: p.MaxGroupsPerPatient,

@@ -111,6 +111,7 @@ var corpus = []struct {
 	{name: "group by all", sql: `SELECT region, count(*) FROM patients GROUP BY ALL`, refuse: "GROUP BY ALL"},
 	{name: "count distinct other", sql: `SELECT count(DISTINCT snomed_code) FROM clinical_events`, refuse: "count(DISTINCT …) of a column other than patient_id"},
 	{name: "unbounded sum", sql: `SELECT sum(date_diff('day', date, DATE '2024-01-01')) AS s FROM clinical_events`, refuse: "without bounds"},
+	{name: "sum of huge bounds", sql: `SELECT sum(greatest(0, least(1e300, numeric_value * 1e300))) AS s FROM clinical_events`, refuse: "bounds must lie within ±1e+15"},
 	{name: "arithmetic on aggregates", sql: `SELECT sum(numeric_value) / count(*) AS m FROM clinical_events`, refuse: "arithmetic on aggregates"},
 	{name: "subquery expression", sql: `SELECT count(*) FROM patients WHERE region IN (SELECT region FROM patients)`, refuse: "a subquery in an expression"},
 	{name: "exists", sql: `SELECT count(*) FROM patients p WHERE EXISTS (SELECT 1 FROM optouts)`, refuse: "a subquery in an expression"},
@@ -124,6 +125,18 @@ var corpus = []struct {
 	{name: "ambiguous column", sql: `SELECT count(*) FROM clinical_events c JOIN medications m ON c.patient_id = m.patient_id WHERE date > DATE '2020-01-01'`, refuse: "ambiguous column date"},
 	{name: "epsilon too high via cte name collision", sql: `WITH patients AS (SELECT patient_id, 1 AS x FROM clinical_events GROUP BY patient_id) SELECT count(*) FROM patients`, refuse: "CTE name patients"},
 	{name: "unknown column", sql: `SELECT count(*) FROM patients WHERE nhs_number = '123'`, refuse: "unknown column nhs_number"},
+
+	// The privacy unit of every relation is unambiguous (issue 15,
+	// reproducer 4: a count aliased as the patient id counted opted-out
+	// patients).
+	{name: "expression named as the privacy unit", sql: `WITH c AS (SELECT count(*) AS patient_id, patient_id FROM patients GROUP BY patient_id) SELECT count(*) AS n FROM c`, refuse: "the name patient_id for an expression in CTE c"},
+	{name: "privacy unit after a column of its name", sql: `SELECT count(*) AS n FROM (SELECT max(date) AS patient_id, patient_id FROM clinical_events GROUP BY patient_id) AS s`, refuse: "it names the privacy unit"},
+	{name: "repeated cte column", sql: `WITH c AS (SELECT patient_id, count(*) AS n, max(date) AS n FROM clinical_events GROUP BY patient_id) SELECT count(*) FROM c`, refuse: "column name n repeated in CTE c"},
+	{name: "repeated subquery column", sql: `SELECT count(*) FROM (SELECT patient_id, count(*) AS x, count(*) AS X FROM medications GROUP BY patient_id) AS s`, refuse: "column name x repeated in subquery s"},
+	{name: "cte grouped by a left-joined id", sql: `WITH c AS (SELECT m.patient_id, count(*) AS n FROM patients p LEFT JOIN medications m ON m.patient_id = p.patient_id GROUP BY m.patient_id) SELECT count(*) FROM c`, refuse: "m is on the right of a LEFT JOIN"},
+	{name: "cte selects another id than it groups by", sql: `WITH c AS (SELECT m.patient_id, count(*) AS n FROM patients p JOIN medications m ON m.patient_id = p.patient_id GROUP BY p.patient_id) SELECT count(*) FROM c`, refuse: "select the patient_id the query is grouped by (p.patient_id)"},
+	{name: "repeated output name", sql: `SELECT sex AS g, region AS g, count(*) FROM patients GROUP BY 1, 2`, refuse: "output name g repeated"},
+	{name: "cte grouped by the left id of a left join", sql: `WITH c AS (SELECT p.patient_id, count(m.date) AS n FROM patients p LEFT JOIN medications m ON m.patient_id = p.patient_id GROUP BY p.patient_id) SELECT count(*) AS n, avg(least(n, 10)) AS mean_n FROM c`},
 
 	// Accepted research queries.
 	{name: "count patients by sex", sql: `SELECT sex, count(DISTINCT patient_id) AS n FROM patients GROUP BY sex`},

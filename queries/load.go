@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/nhs-tre/tre/dp"
 )
 
 // Catalog policy defaults, applied by ParseCatalog when a key is absent.
@@ -19,6 +21,7 @@ const (
 	DefaultRoundingBase       = 5
 	DefaultRounding           = "nearest"
 	DefaultDelta              = 1e-6
+	DefaultMinEpsilon         = 0.01
 )
 
 // Policy limits. They keep a typo in a site's catalog (k: 10000, ε: 50) from
@@ -29,6 +32,7 @@ const (
 	maxThresholdLimit  = 1000
 	maxRoundingLimit   = 1000
 	maxEpsilonLimit    = 10
+	minEpsilonLimit    = 1e-6
 	maxDeltaExclusive  = 1e-5
 	maxDomainValues    = 10000
 	maxCatalogFileSize = 4 << 20
@@ -127,6 +131,18 @@ func (c *Catalog) SetDefaults() {
 	if p.Delta == 0 {
 		p.Delta = DefaultDelta
 	}
+	if p.MinEpsilon == 0 {
+		p.MinEpsilon = min(DefaultMinEpsilon, p.DefaultEpsilon)
+	}
+}
+
+// minEpsilon is the least ε a query may spend: the policy's MinEpsilon, or
+// DefaultMinEpsilon for a catalog stored before the key existed.
+func (p Policy) minEpsilon() float64 {
+	if p.MinEpsilon > 0 {
+		return p.MinEpsilon
+	}
+	return DefaultMinEpsilon
 }
 
 // Validate checks a catalog whose defaults are set: it is used on catalogs
@@ -158,6 +174,8 @@ func (c *Catalog) Validate() error {
 		return bad("policy.max_epsilon", "must be a number above 0 and at most %d, got %v", maxEpsilonLimit, p.MaxEpsilon)
 	case !(p.DefaultEpsilon > 0) || math.IsInf(p.DefaultEpsilon, 0) || p.DefaultEpsilon > p.MaxEpsilon:
 		return bad("policy.default_epsilon", "must be above 0 and at most max_epsilon (%v), got %v", p.MaxEpsilon, p.DefaultEpsilon)
+	case p.MinEpsilon != 0 && (!(p.MinEpsilon >= minEpsilonLimit) || p.MinEpsilon > p.DefaultEpsilon):
+		return bad("policy.min_epsilon", "must be at least %g and at most default_epsilon (%v), got %v", minEpsilonLimit, p.DefaultEpsilon, p.MinEpsilon)
 	case !(p.Delta > 0) || !(p.Delta < maxDeltaExclusive):
 		return bad("policy.delta", "must be above 0 and below 1e-5, got %v", p.Delta)
 	case p.OptOutTable == "":
@@ -216,6 +234,9 @@ func (c *Catalog) Validate() error {
 				lo, hi := col.Bounds[0], col.Bounds[1]
 				if math.IsNaN(lo) || math.IsNaN(hi) || math.IsInf(lo, 0) || math.IsInf(hi, 0) || !(lo < hi) {
 					return bad(ck+".bounds", "bounds of %s.%s must be finite with lower < upper, got [%v, %v]", t.Name, col.Name, lo, hi)
+				}
+				if math.Max(math.Abs(lo), math.Abs(hi)) > dp.MaxAbsBound {
+					return bad(ck+".bounds", "bounds of %s.%s must lie within ±%g, got [%v, %v]", t.Name, col.Name, dp.MaxAbsBound, lo, hi)
 				}
 			} else if col.Bounds != nil {
 				return bad(ck+".bounds", "only numeric columns have bounds (%s.%s is %s)", t.Name, col.Name, col.Role)
@@ -299,7 +320,7 @@ func checkKeys(file string, n *yaml.Node, path string) error {
 
 var catalogKeys = map[string]map[string]bool{
 	"":       {"dataset": true, "description": true, "privacy_unit": true, "policy": true, "tables": true},
-	"policy": {"max_groups_per_patient": true, "max_rows_per_group": true, "small_cell_threshold": true, "rounding_base": true, "rounding": true, "optout_table": true, "default_epsilon": true, "max_epsilon": true, "delta": true},
+	"policy": {"max_groups_per_patient": true, "max_rows_per_group": true, "small_cell_threshold": true, "rounding_base": true, "rounding": true, "optout_table": true, "default_epsilon": true, "max_epsilon": true, "min_epsilon": true, "delta": true},
 	"table":  {"name": true, "description": true, "public": true, "one_row_per_patient": true, "columns": true},
 	"column": {"name": true, "type": true, "description": true, "role": true, "domain": true, "bounds": true, "code_system": true},
 }

@@ -60,7 +60,7 @@ func TestParseCatalogDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Policy{MaxGroupsPerPatient: 2, MaxRowsPerGroup: 5, SmallCellThreshold: 10, RoundingBase: 5, Rounding: "nearest", OptOutTable: "opted_out", DefaultEpsilon: 0.5, MaxEpsilon: 1, Delta: 1e-6}
+	want := Policy{MaxGroupsPerPatient: 2, MaxRowsPerGroup: 5, SmallCellThreshold: 10, RoundingBase: 5, Rounding: "nearest", OptOutTable: "opted_out", DefaultEpsilon: 0.5, MaxEpsilon: 1, MinEpsilon: 0.01, Delta: 1e-6}
 	if diff := cmp.Diff(want, c.Policy); diff != "" {
 		t.Errorf("policy (-want +got):\n%s", diff)
 	}
@@ -109,6 +109,11 @@ func TestParseCatalogErrors(t *testing.T) {
 		{name: "max epsilon inf", old: "max_epsilon: 1", new: "max_epsilon: .inf", want: "policy.max_epsilon"},
 		{name: "default above max", old: "default_epsilon: 0.5", new: "default_epsilon: 2", want: "policy.default_epsilon"},
 		{name: "default nan", old: "default_epsilon: 0.5", new: "default_epsilon: .nan", want: "policy.default_epsilon"},
+		{name: "bounds too large", old: "        bounds: [0, 300]", new: "        bounds: [0, 1e16]", want: "must lie within ±1e+15"},
+		{name: "min above default", old: "  optout_table", new: "  min_epsilon: 0.6\n  optout_table", want: "policy.min_epsilon: must be at least 1e-06 and at most default_epsilon (0.5)"},
+		{name: "min tiny", old: "  optout_table", new: "  min_epsilon: 1e-9\n  optout_table", want: "policy.min_epsilon"},
+		{name: "min negative", old: "  optout_table", new: "  min_epsilon: -1\n  optout_table", want: "policy.min_epsilon"},
+		{name: "min nan", old: "  optout_table", new: "  min_epsilon: .nan\n  optout_table", want: "policy.min_epsilon"},
 		{name: "delta too big", old: "  optout_table", new: "  delta: 0.001\n  optout_table", want: "policy.delta: must be above 0 and below 1e-5"},
 		{name: "delta negative", old: "  optout_table", new: "  delta: -1e-7\n  optout_table", want: "policy.delta"},
 		{name: "domain on numeric", old: "        bounds: [0, 300]", new: "        bounds: [0, 300]\n        domain: [a]", want: "only categorical and code columns have a domain"},

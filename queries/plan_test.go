@@ -76,6 +76,12 @@ func TestPlanBudget(t *testing.T) {
 		{name: "negative", sql: public, eps: -1, refuse: "finite number above 0"},
 		{name: "nan", sql: public, eps: math.NaN(), refuse: "finite number above 0"},
 		{name: "inf", sql: public, eps: math.Inf(1), refuse: "finite number above 0"},
+		{name: "min epsilon", sql: public, eps: 0.01, wantEps: 0.01},
+		{name: "below min", sql: public, eps: 0.0099, refuse: "needs at least 0.01 per query"},
+		{name: "tiny", sql: public, eps: 1e-9, refuse: "needs at least 0.01 per query"},
+		{name: "below 2^-50", sql: public, eps: math.Exp2(-60), refuse: "needs at least 0.01 per query"},
+		{name: "smallest float", sql: public, eps: math.SmallestNonzeroFloat64, refuse: "needs at least 0.01 per query"},
+		{name: "huge", sql: public, eps: math.MaxFloat64, refuse: "at most 2 per query"},
 		{name: "partition selection costs delta", sql: private, wantEps: 1, wantDelta: 1e-6},
 		{name: "no group by costs no delta", sql: `SELECT count(*) FROM medications`, wantEps: 1},
 		{name: "cross product too large", sql: `SELECT p.region, p.ethnicity, p.sex, p.imd_quintile, v.vaccine, a.admission_method, count(*)
