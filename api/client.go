@@ -152,10 +152,17 @@ func (c *Client) OpenAPI(ctx context.Context) (json.RawMessage, error) {
 }
 
 // Register returns the public transparency register.
-func (c *Client) Register(ctx context.Context, o ListOptions) (*List[broker.RegisterEntry], error) {
-	var out List[broker.RegisterEntry]
+func (c *Client) Register(ctx context.Context, o ListOptions) (*RegisterList, error) {
+	var out RegisterList
 	_, err := c.do(ctx, http.MethodGet, "/public/register", o.values(), nil, &out)
 	return &out, err
+}
+
+// RegisterList is a page of the public register with the audit chain's
+// head.
+type RegisterList struct {
+	List[broker.RegisterEntry]
+	AuditChain *broker.AuditHead `json:"audit_chain"`
 }
 
 // Datasets lists the published dataset catalogs.

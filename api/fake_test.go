@@ -260,6 +260,9 @@ func (f *fakeService) FindAuditEntries(ctx context.Context, af broker.AuditFilte
 func (f *fakeService) VerifyAudit(ctx context.Context) (*broker.AuditVerification, error) {
 	return &broker.AuditVerification{OK: true, Entries: 1}, f.fail()
 }
+func (f *fakeService) AuditHead(ctx context.Context) (*broker.AuditHead, error) {
+	return &broker.AuditHead{Entries: 3, Hash: strings.Repeat("ab", 32)}, f.fail()
+}
 func (f *fakeService) Register(ctx context.Context) ([]*broker.RegisterEntry, error) {
 	return f.register, f.fail()
 }

@@ -400,16 +400,29 @@ func (s *Server) openapi(c *gin.Context) error {
 	return nil
 }
 
+// RegisterResponse is the public register: a page of projects, and the
+// audit chain's current head, which anyone may keep: `tre audit verify
+// --expect-head HASH --expect-count N` detects entries removed after it.
+type RegisterResponse struct {
+	listResponse[*broker.RegisterEntry]
+	AuditChain *broker.AuditHead `json:"audit_chain"`
+}
+
 func (s *Server) register(c *gin.Context) error {
 	p, err := parsePage(c)
 	if err != nil {
 		return err
 	}
-	entries, err := s.svc.Register(c.Request.Context())
+	ctx := c.Request.Context()
+	entries, err := s.svc.Register(ctx)
 	if err != nil {
 		return err
 	}
-	writeJSON(c, http.StatusOK, paginate(entries, p))
+	head, err := s.svc.AuditHead(ctx)
+	if err != nil {
+		return err
+	}
+	writeJSON(c, http.StatusOK, RegisterResponse{listResponse: paginate(entries, p), AuditChain: head})
 	return nil
 }
 

@@ -55,6 +55,7 @@ type Service interface {
 	FindAuditEntries(ctx context.Context, f broker.AuditFilter) ([]*broker.AuditEntry, int, error)
 	VerifyAudit(ctx context.Context) (*broker.AuditVerification, error)
 	Register(ctx context.Context) ([]*broker.RegisterEntry, error)
+	AuditHead(ctx context.Context) (*broker.AuditHead, error)
 	RecordAuthFailure(ctx context.Context, subject, action, reason string)
 	Ping(ctx context.Context) error
 }

@@ -56,10 +56,16 @@ const auditBatch = 2000
 // VerifyChain recomputes the whole audit chain of store and reports the
 // first entry that is missing, altered or out of place. It needs no caller
 // identity: `tre audit verify` runs it directly against the database.
-func VerifyChain(ctx context.Context, store Store) (*AuditVerification, error) {
+//
+// A chain whose last entries were deleted is still a valid chain: only a
+// head published earlier shows the cut. expect, when not nil, is such a
+// head: the chain must hold at least expect.Entries entries (when set) and
+// an entry with hash expect.Hash (when set), at seq expect.Entries when
+// both are set.
+func VerifyChain(ctx context.Context, store Store, expect *AuditHead) (*AuditVerification, error) {
 	v := &AuditVerification{OK: true}
 	prev := GenesisHash
-	var last int64
+	var last, found int64
 	for {
 		var batch []*AuditEntry
 		err := store.View(ctx, func(tx Tx) error {
@@ -80,6 +86,9 @@ func VerifyChain(ctx context.Context, store Store) (*AuditVerification, error) {
 			case HashAuditEntry(e) != e.Hash:
 				return fail(v, e.Seq, fmt.Sprintf("entry %d was altered (hash does not match its contents)", e.Seq)), nil
 			}
+			if expect != nil && expect.Hash != "" && e.Hash == expect.Hash {
+				found = e.Seq
+			}
 			prev, last = e.Hash, e.Seq
 			v.Entries++
 		}
@@ -89,6 +98,20 @@ func VerifyChain(ctx context.Context, store Store) (*AuditVerification, error) {
 	}
 	if last > 0 {
 		v.Head = prev
+	}
+	if expect == nil {
+		return v, nil
+	}
+	switch {
+	case expect.Entries > last:
+		return fail(v, last+1, fmt.Sprintf("the chain ends at entry %d but %d entries were published: entries were removed from its end", last, expect.Entries)), nil
+	case expect.Hash == "":
+	case found == 0 && expect.Entries > 0:
+		return fail(v, expect.Entries, fmt.Sprintf("entry %d is not the published head %s: the chain was rewritten from there or before", expect.Entries, expect.Hash)), nil
+	case found == 0:
+		return fail(v, last+1, fmt.Sprintf("no entry has the published head hash %s: entries were removed from the chain's end or it was rewritten", expect.Hash)), nil
+	case expect.Entries > 0 && found != expect.Entries:
+		return fail(v, expect.Entries, fmt.Sprintf("the published head %s is entry %d, not entry %d", expect.Hash, found, expect.Entries)), nil
 	}
 	return v, nil
 }

@@ -81,6 +81,15 @@ type AuditVerification struct {
 	Head string `json:"head,omitempty"`
 }
 
+// AuditHead is the audit chain's last entry as the public register shows
+// it. Anyone may keep a copy: `tre audit verify --expect-head HASH
+// --expect-count N` then detects entries removed from the chain's end
+// after it, which the chain alone cannot show.
+type AuditHead struct {
+	Entries int64  `json:"entries"`
+	Hash    string `json:"hash"`
+}
+
 // Default and maximum page sizes for Find* calls.
 const (
 	DefaultLimit = 100

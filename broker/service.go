@@ -1854,7 +1854,22 @@ func (s *Service) VerifyAudit(ctx context.Context) (*AuditVerification, error) {
 	if _, err := s.authorize(ctx, "audit.verify", "audit", RoleAdmin); err != nil {
 		return nil, err
 	}
-	return VerifyChain(ctx, s.store)
+	return VerifyChain(ctx, s.store, nil)
+}
+
+// AuditHead returns the audit chain's current head for the public
+// register. Anyone may read it.
+func (s *Service) AuditHead(ctx context.Context) (*AuditHead, error) {
+	h := &AuditHead{}
+	err := s.store.View(ctx, func(tx Tx) error {
+		var err error
+		h.Entries, h.Hash, err = tx.AuditHead(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 // Register returns the public transparency register. Anyone may read it.

@@ -135,6 +135,9 @@ type Tx interface {
 	// ends and returns the last entry's seq and hash (0, "" when empty).
 	LockAuditHead(ctx context.Context) (seq int64, hash string, err error)
 	InsertAudit(ctx context.Context, e *AuditEntry) error
+	// AuditHead returns the last entry's seq and hash without locking
+	// (0, "" when empty).
+	AuditHead(ctx context.Context) (seq int64, hash string, err error)
 	FindAuditEntries(ctx context.Context, f AuditFilter) ([]*AuditEntry, int, error)
 	// ScanAudit returns up to limit entries with seq > after, in seq order.
 	ScanAudit(ctx context.Context, after int64, limit int) ([]*AuditEntry, error)

@@ -295,13 +295,22 @@ func (h *Handler) verifyAudit(w http.ResponseWriter, r *http.Request, s *session
 	h.render(w, r, http.StatusOK, "audit.html", newView(s, "Audit log", "audit", av))
 }
 
+type registerView struct {
+	Projects   []*broker.RegisterEntry
+	AuditChain *broker.AuditHead
+}
+
 // register is the public transparency register: no sign-in, no session.
 func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 	es, err := h.svc.Register(r.Context())
+	var head *broker.AuditHead
+	if err == nil {
+		head, err = h.svc.AuditHead(r.Context())
+	}
 	if err != nil {
 		status, msg := h.errStatus(r, err)
 		h.renderMessage(w, r, nil, status, http.StatusText(status), msg)
 		return
 	}
-	h.render(w, r, http.StatusOK, "register.html", &view{Title: "Public register of projects", Active: "register", Data: es})
+	h.render(w, r, http.StatusOK, "register.html", &view{Title: "Public register of projects", Active: "register", Data: registerView{Projects: es, AuditChain: head}})
 }

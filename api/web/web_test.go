@@ -1,10 +1,12 @@
 package web_test
 
 import (
+	"context"
 	"encoding/csv"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -368,5 +370,32 @@ func TestResultDownloads(t *testing.T) {
 	bob := e.signIn(t, "bob")
 	if resp, _ := bob.get(fmt.Sprintf("/ui/queries/%d/result.csv", q.ID)); resp.StatusCode != http.StatusForbidden {
 		t.Errorf("reviewer download: status %d, want 403", resp.StatusCode)
+	}
+}
+
+// TestRegisterShowsAuditHead checks the public register shows the audit
+// chain's entry count and head hash, the values `tre audit verify
+// --expect-head --expect-count` takes, and that they follow the chain.
+func TestRegisterShowsAuditHead(t *testing.T) {
+	e := newEnv(t)
+	anon := &client{tb: t, e: e, http: &http.Client{}}
+	for round := range 2 {
+		head, err := e.svc.AuditHead(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, body := anon.get("/register")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("register: status %d", resp.StatusCode)
+		}
+		for _, want := range []string{
+			`<strong id="audit-entries">` + strconv.FormatInt(head.Entries, 10) + `</strong>`,
+			`<code id="audit-head" class="hash">` + head.Hash + `</code>`,
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("round %d: the register lacks %s", round, want)
+			}
+		}
+		e.mustSubmit(t, "alice", "SELECT sex, count(*) AS n FROM patients GROUP BY sex", "grow the chain")
 	}
 }

@@ -39,6 +39,7 @@ func Run(t *testing.T, cfg Config) {
 		testLeaseExpiryExhaustsAttempts(t, fresh(t, broker.Options{LeaseTTL: time.Minute}))
 	})
 	t.Run("AuditTampering", func(t *testing.T) { testAuditTampering(t, fresh) })
+	t.Run("AuditTruncation", func(t *testing.T) { testAuditTruncation(t, fresh(t, broker.Options{})) })
 	t.Run("RiskFlags", func(t *testing.T) { testRiskFlags(t, fresh(t, broker.Options{})) })
 	t.Run("DifferencingFlags", func(t *testing.T) { testDifferencingFlags(t, fresh(t, broker.Options{})) })
 	t.Run("PlanCache", func(t *testing.T) { testPlanCache(t, cfg) })
@@ -1121,6 +1122,56 @@ func testAuditTampering(t *testing.T, fresh func(*testing.T, broker.Options) *Fi
 				t.Fatalf("verify = %+v, want first bad entry %d", got, tt.bad)
 			}
 		})
+	}
+}
+
+// testAuditTruncation cuts entries from the end of the chain, which leaves
+// a valid chain, and expects verification against a head published before
+// the cut (the register's) to fail; a chain that only grew verifies.
+func testAuditTruncation(t *testing.T, f *Fixture) {
+	ctx := context.Background()
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 1)
+	f.MustApprove(q.ID)
+	published, err := f.Service.AuditHead(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := f.MustVerify()
+	if published.Entries != v.Entries || published.Hash != v.Head || published.Entries < 4 {
+		t.Fatalf("published head %+v, verification %+v", published, v)
+	}
+	f.MustLease(q.ID) // the chain grows past the published head
+	for _, expect := range []*broker.AuditHead{published, {Hash: published.Hash}, {Entries: published.Entries}} {
+		if got, err := broker.VerifyChain(ctx, f.Store, expect); err != nil || !got.OK {
+			t.Fatalf("verify a grown chain against %+v = %+v, %v", expect, got, err)
+		}
+	}
+	cut := published.Entries - 1
+	if err := f.Store.Exec(ctx, `DELETE FROM audit_log WHERE seq >= ?`, cut); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := broker.VerifyChain(ctx, f.Store, nil); err != nil || !got.OK {
+		t.Fatalf("a truncated chain alone = %+v, %v; want intact (only a published head shows the cut)", got, err)
+	}
+	for _, expect := range []*broker.AuditHead{published, {Hash: published.Hash}, {Entries: published.Entries}} {
+		got, err := broker.VerifyChain(ctx, f.Store, expect)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.OK || !strings.Contains(got.Reason, "removed") {
+			t.Errorf("verify a truncated chain against %+v = %+v, want the cut reported", expect, got)
+		}
+	}
+	// New entries appended after the cut make the chain as long again, but
+	// the published head is gone.
+	f.MustSubmit(f.Researcher, DefaultSQL, 1)
+	f.MustSubmit(f.Researcher, DefaultSQL, 1)
+	got, err := broker.VerifyChain(ctx, f.Store, published)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.OK || got.FirstBadSeq != published.Entries {
+		t.Errorf("verify a chain rewritten after the cut = %+v, want entry %d reported", got, published.Entries)
 	}
 }
 

@@ -69,7 +69,7 @@ func appendAudit(ctx context.Context, tx broker.Tx, actor string) error {
 func auditActors(t *testing.T, db *DB) []string {
 	t.Helper()
 	ctx := context.Background()
-	v, err := broker.VerifyChain(ctx, db)
+	v, err := broker.VerifyChain(ctx, db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -797,6 +797,10 @@ func (t *tx) LockAuditHead(ctx context.Context) (int64, string, error) {
 			return 0, "", err
 		}
 	}
+	return t.AuditHead(ctx)
+}
+
+func (t *tx) AuditHead(ctx context.Context) (int64, string, error) {
 	var seq int64
 	var hash string
 	err := t.queryRow(ctx, `SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1`, nil, &seq, &hash)

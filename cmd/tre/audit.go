@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/postgres"
@@ -21,6 +22,7 @@ type AuditMain struct {
 
 	dataDir     string
 	databaseURL string
+	expect      broker.AuditHead
 	store       broker.Store
 }
 
@@ -31,14 +33,16 @@ func newAuditMain(stdout, stderr io.Writer) command {
 func (m *AuditMain) ParseFlags(ctx context.Context, args []string) error {
 	if len(args) == 0 || args[0] != "verify" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(m.Stderr, "Usage: tre audit verify --data-dir DIR | --database-url URL")
+			fmt.Fprintln(m.Stderr, "Usage: tre audit verify --data-dir DIR | --database-url URL [--expect-head HASH] [--expect-count N]")
 			return nil
 		}
-		return errors.New("usage: tre audit verify --data-dir DIR | --database-url URL")
+		return errors.New("usage: tre audit verify --data-dir DIR | --database-url URL [--expect-head HASH] [--expect-count N]")
 	}
 	fs := newFlagSet("audit verify", m.Stderr)
 	fs.StringVar(&m.dataDir, "data-dir", os.Getenv("TRE_DATA_DIR"), "the broker's data directory (SQLite store)")
 	fs.StringVar(&m.databaseURL, "database-url", os.Getenv("TRE_DATABASE_URL"), "PostgreSQL URL of the broker's store")
+	fs.StringVar(&m.expect.Hash, "expect-head", "", "a head hash published earlier (the public register shows it): the chain must still hold that entry")
+	fs.Int64Var(&m.expect.Entries, "expect-count", 0, "the entry count published with the head: the chain must hold at least that many, the last of them the head")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -47,6 +51,12 @@ func (m *AuditMain) ParseFlags(ctx context.Context, args []string) error {
 	}
 	if (m.dataDir == "") == (m.databaseURL == "") {
 		return errors.New("give exactly one of --data-dir and --database-url")
+	}
+	if m.expect.Entries < 0 {
+		return errors.New("--expect-count must not be negative")
+	}
+	if h := m.expect.Hash; h != "" && (len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "") {
+		return fmt.Errorf("--expect-head %q is not a hash: 64 lower-case hex digits, as the register shows", h)
 	}
 	return nil
 }
@@ -72,7 +82,11 @@ func (m *AuditMain) Run(ctx context.Context) error {
 		}
 		m.store = s
 	}
-	v, err := broker.VerifyChain(ctx, m.store)
+	var expect *broker.AuditHead
+	if m.expect != (broker.AuditHead{}) {
+		expect = &m.expect
+	}
+	v, err := broker.VerifyChain(ctx, m.store, expect)
 	if err != nil {
 		return err
 	}
@@ -80,6 +94,9 @@ func (m *AuditMain) Run(ctx context.Context) error {
 		return exitError{code: 1, err: fmt.Errorf("audit chain broken at entry %d: %s (%d entries verified before it)", v.FirstBadSeq, v.Reason, v.Entries)}
 	}
 	fmt.Fprintf(m.Stdout, "audit chain intact: %d entries, head %s\n", v.Entries, v.Head)
+	if expect != nil {
+		fmt.Fprintln(m.Stdout, "the published head is in the chain: nothing was cut after it")
+	}
 	return nil
 }
 

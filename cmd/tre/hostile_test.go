@@ -34,6 +34,7 @@ import (
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/brokertest"
+	"github.com/nhs-tre/tre/broker/sqlite"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
 )
@@ -1158,5 +1159,54 @@ func TestAgentRefusedExits(t *testing.T) {
 				t.Errorf("agent output does not give the broker's reason %q:\n%s", tt.want, out)
 			}
 		})
+	}
+}
+
+// TestAuditTruncationDetected deletes the newest audit entries of a
+// running broker's SQLite store, as an attacker with the database would to
+// hide what they did. The chain that is left is valid, so `tre audit
+// verify` alone passes; against the head the public register showed
+// before, it fails.
+func TestAuditTruncationDetected(t *testing.T) {
+	b := startLonelyBroker(t)
+	ctx := context.Background()
+	reg, err := (&api.Client{BaseURL: b.url}).Register(ctx, api.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := reg.AuditChain
+	if head == nil || head.Entries < 3 || len(head.Hash) != 64 {
+		t.Fatalf("the register shows the audit chain as %+v", head)
+	}
+	verify := func(args ...string) (int, string) {
+		var out bytes.Buffer
+		code := run(ctx, append([]string{"audit", "verify", "--data-dir", b.dir}, args...), &out, &out)
+		return code, out.String()
+	}
+	published := []string{"--expect-head", head.Hash, "--expect-count", strconv.FormatInt(head.Entries, 10)}
+	// The chain grows; the published head is still in it.
+	if _, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "after the head"}); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := verify(published...); code != 0 {
+		t.Fatalf("verify against the published head of a grown chain: exit %d\n%s", code, out)
+	}
+	store, err := sqlite.Open(ctx, filepath.Join(b.dir, sqlite.DefaultFilename))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := store.Exec(ctx, `DELETE FROM audit_log WHERE seq >= ?`, head.Entries-1); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := verify(); code != 0 {
+		t.Fatalf("a truncated chain alone: exit %d, want 0 (nothing in it shows the cut)\n%s", code, out)
+	}
+	code, out := verify(published...)
+	if code != 1 || !strings.Contains(out, "removed from its end") {
+		t.Fatalf("verify against the published head after the cut: exit %d, want 1 naming the cut\n%s", code, out)
+	}
+	if code, out := verify("--expect-head", "not-a-hash"); code != 2 {
+		t.Errorf("a malformed head: exit %d, want 2\n%s", code, out)
 	}
 }
