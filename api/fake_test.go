@@ -266,10 +266,10 @@ func (f *fakeService) AuditHead(ctx context.Context) (*broker.AuditHead, error) 
 func (f *fakeService) Register(ctx context.Context) ([]*broker.RegisterEntry, error) {
 	return f.register, f.fail()
 }
-func (f *fakeService) RecordAuthFailure(ctx context.Context, subject, action, reason string) {
+func (f *fakeService) RecordAuthFailure(ctx context.Context, af broker.AuthFailure) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.authFailure = append(f.authFailure, subject+"|"+action+"|"+reason)
+	f.authFailure = append(f.authFailure, af.Subject+"|"+af.Action+"|"+af.Reason)
 }
 func (f *fakeService) Ping(ctx context.Context) error { return f.fail() }
 

@@ -287,12 +287,15 @@ func (s *Server) require(roles ...broker.Role) gin.HandlerFunc {
 	}
 }
 
-// recordAuthFailure audits a refused request. It uses a detached context:
-// the record must be written even if the caller hangs up.
+// recordAuthFailure counts a refused request against its source address
+// (the connection's, never a forwarded header a client could forge); the
+// broker aggregates them per source into the audit chain. It uses a
+// detached context: a record due must be written even if the caller hangs
+// up.
 func (s *Server) recordAuthFailure(c *gin.Context, subject, action, reason string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 5*time.Second)
 	defer cancel()
-	s.svc.RecordAuthFailure(ctx, subject, action, reason)
+	s.svc.RecordAuthFailure(ctx, broker.AuthFailure{Source: c.RemoteIP(), Subject: subject, Action: action, Reason: reason})
 }
 
 // bearerToken extracts the token from "Authorization: Bearer <token>".

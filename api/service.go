@@ -56,7 +56,7 @@ type Service interface {
 	VerifyAudit(ctx context.Context) (*broker.AuditVerification, error)
 	Register(ctx context.Context) ([]*broker.RegisterEntry, error)
 	AuditHead(ctx context.Context) (*broker.AuditHead, error)
-	RecordAuthFailure(ctx context.Context, subject, action, reason string)
+	RecordAuthFailure(ctx context.Context, f broker.AuthFailure)
 	Ping(ctx context.Context) error
 }
 

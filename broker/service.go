@@ -50,6 +50,9 @@ type Options struct {
 	// dated at that multiple (see researcher.go). Tests and demos may set
 	// a shorter one.
 	Granularity time.Duration
+	// AuthFailureWindow is how long failed authentications from one source
+	// are aggregated into one audit entry (default 1m).
+	AuthFailureWindow time.Duration
 }
 
 // Transition is one committed status change, as Options.OnTransition is
@@ -88,6 +91,7 @@ type Service struct {
 	writeTimeout time.Duration
 	onTransition func(Transition)
 	granularity  time.Duration
+	failures     *authFailures
 
 	mu       sync.Mutex
 	catalogs map[string]cachedCatalog // by dataset
@@ -132,6 +136,10 @@ func NewService(store Store, compiler Compiler, opts Options) *Service {
 		granularity:  opts.Granularity,
 		catalogs:     map[string]cachedCatalog{},
 		plans:        map[planKey]*queries.Plan{},
+		failures:     &authFailures{window: opts.AuthFailureWindow, bySource: map[string]*failureWindow{}},
+	}
+	if s.failures.window <= 0 {
+		s.failures.window = DefaultAuthFailureWindow
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -1905,15 +1913,6 @@ func (s *Service) Register(ctx context.Context) ([]*RegisterEntry, error) {
 		return nil
 	})
 	return out, err
-}
-
-// RecordAuthFailure appends a failed authentication (bad or missing token)
-// to the audit chain. subject may be empty when no token identified anyone.
-func (s *Service) RecordAuthFailure(ctx context.Context, subject, action, reason string) {
-	if subject == "" {
-		subject = "anonymous"
-	}
-	s.recordAudit(ctx, subject, "auth.failure", action, auditDetail("reason", reason))
 }
 
 // ---- small helpers ----

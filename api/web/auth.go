@@ -1,6 +1,7 @@
 package web
 
 import (
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -52,7 +53,7 @@ func (h *Handler) withUser(f handlerFunc) http.HandlerFunc {
 			u, err := h.auth.Verify(r.Context(), tok)
 			if err != nil {
 				h.logger.Info("web: forwarded token refused", "reason", err.Error())
-				h.svc.RecordAuthFailure(r.Context(), "", "web.forwarded_token", err.Error())
+				h.svc.RecordAuthFailure(r.Context(), broker.AuthFailure{Source: remoteIP(r), Action: "web.forwarded_token", Reason: err.Error()})
 				h.renderMessage(w, r, nil, http.StatusUnauthorized, "Not signed in", "Your sign-in was not accepted. Sign in again through your organisation.")
 				return
 			}
@@ -154,7 +155,7 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 	u, err := h.auth.Verify(r.Context(), tok)
 	if err != nil {
 		h.logger.Info("web: sign-in refused", "reason", err.Error())
-		h.svc.RecordAuthFailure(r.Context(), "", "web.signin", err.Error())
+		h.svc.RecordAuthFailure(r.Context(), broker.AuthFailure{Source: remoteIP(r), Action: "web.signin", Reason: err.Error()})
 		h.signinFailed(w, r)
 		return
 	}
@@ -204,4 +205,14 @@ func (h *Handler) home(w http.ResponseWriter, r *http.Request, s *session) {
 	default:
 		h.renderMessage(w, r, s, http.StatusForbidden, "No access", "Your account has no role that uses this interface.")
 	}
+}
+
+// remoteIP is the address of the connection a request came in on, never a
+// forwarded header a client could forge.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }

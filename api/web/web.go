@@ -64,7 +64,7 @@ type Service interface {
 	VerifyAudit(ctx context.Context) (*broker.AuditVerification, error)
 	Register(ctx context.Context) ([]*broker.RegisterEntry, error)
 	AuditHead(ctx context.Context) (*broker.AuditHead, error)
-	RecordAuthFailure(ctx context.Context, subject, action, reason string)
+	RecordAuthFailure(ctx context.Context, f broker.AuthFailure)
 }
 
 // Authenticator verifies a bearer token and returns the caller it names.

@@ -40,6 +40,9 @@ func Run(t *testing.T, cfg Config) {
 	})
 	t.Run("AuditTampering", func(t *testing.T) { testAuditTampering(t, fresh) })
 	t.Run("AuditTruncation", func(t *testing.T) { testAuditTruncation(t, fresh(t, broker.Options{})) })
+	t.Run("AuthFailureAggregation", func(t *testing.T) {
+		testAuthFailureAggregation(t, fresh(t, broker.Options{AuthFailureWindow: time.Minute}))
+	})
 	t.Run("RiskFlags", func(t *testing.T) { testRiskFlags(t, fresh(t, broker.Options{})) })
 	t.Run("DifferencingFlags", func(t *testing.T) { testDifferencingFlags(t, fresh(t, broker.Options{})) })
 	t.Run("PlanCache", func(t *testing.T) { testPlanCache(t, cfg) })
@@ -1173,6 +1176,58 @@ func testAuditTruncation(t *testing.T, f *Fixture) {
 	if got.OK || got.FirstBadSeq != published.Entries {
 		t.Errorf("verify a chain rewritten after the cut = %+v, want entry %d reported", got, published.Entries)
 	}
+}
+
+// testAuthFailureAggregation floods the service with failed
+// authentications from one source and a few from another: each source gets
+// one auth.failure entry per window, with the count, not one per request.
+func testAuthFailureAggregation(t *testing.T, f *Fixture) {
+	ctx := context.Background()
+	svc := f.Service
+	entries := func() []*broker.AuditEntry {
+		t.Helper()
+		action := "auth.failure"
+		es, _, err := svc.FindAuditEntries(f.Admin, broker.AuditFilter{Action: &action, Limit: broker.MaxLimit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return es
+	}
+	start := len(entries())
+	for i := range 1000 {
+		svc.RecordAuthFailure(ctx, broker.AuthFailure{Source: "203.0.113.7", Action: "GET /api/v1/projects", Reason: []string{"malformed token", "invalid token signature or algorithm"}[i%2]})
+	}
+	for range 3 {
+		svc.RecordAuthFailure(ctx, broker.AuthFailure{Source: "198.51.100.2", Subject: "res1", Action: "GET /api/v1/audit", Reason: "missing role"})
+	}
+	if n := len(entries()) - start; n != 0 {
+		t.Fatalf("%d entries while the windows are open, want 0", n)
+	}
+	f.Clock.Advance(time.Minute)
+	// The flood's source fails again: its first window is written.
+	svc.RecordAuthFailure(ctx, broker.AuthFailure{Source: "203.0.113.7", Action: "GET /api/v1/projects", Reason: "malformed token"})
+	svc.FlushAuthFailures(ctx, false) // the quiet source's window ended too
+	es := entries()[start:]
+	if len(es) != 2 {
+		t.Fatalf("%d entries after the windows ended, want 2: %+v", len(es), es)
+	}
+	byObject := map[string]*broker.AuditEntry{}
+	for _, e := range es {
+		byObject[e.Object] = e
+	}
+	flood, quiet := byObject["source/203.0.113.7"], byObject["source/198.51.100.2"]
+	if flood == nil || !strings.Contains(flood.Detail, `count="1000"`) || flood.Actor != "anonymous" ||
+		!strings.Contains(flood.Detail, "malformed token") || !strings.Contains(flood.Detail, "invalid token signature") {
+		t.Errorf("the flood's entry = %+v", flood)
+	}
+	if quiet == nil || !strings.Contains(quiet.Detail, `count="3"`) || quiet.Actor != "res1" {
+		t.Errorf("the quiet source's entry = %+v", quiet)
+	}
+	svc.FlushAuthFailures(ctx, true) // shutdown: the open window too
+	if es := entries()[start:]; len(es) != 3 || !strings.Contains(es[2].Detail, `count="1"`) {
+		t.Errorf("after the final flush: %d entries, last %+v", len(es), es[len(es)-1])
+	}
+	f.MustVerify()
 }
 
 func testRiskFlags(t *testing.T, f *Fixture) {

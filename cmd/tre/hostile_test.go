@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -1208,5 +1209,54 @@ func TestAuditTruncationDetected(t *testing.T) {
 	}
 	if code, out := verify("--expect-head", "not-a-hash"); code != 2 {
 		t.Errorf("a malformed head: exit %d, want 2\n%s", code, out)
+	}
+}
+
+// TestJunkTokenFlood sends 1,000 requests with junk bearer tokens to a real
+// broker: each is a 401 JSON error, and the audit chain gains a handful of
+// auth.failure entries, one per source per window with the count, not one
+// per request.
+func TestJunkTokenFlood(t *testing.T) {
+	b := startLonelyBroker(t, "--auth-failure-window", "2s")
+	ctx := context.Background()
+	before, err := b.as("dave").Audit(ctx, api.AuditOptions{Action: "auth.failure"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const junk = 1000
+	for i := range junk {
+		tok := fmt.Sprintf("junk.%d.token", i)
+		if i%2 == 1 {
+			tok = b.tokens["alice"][:len(b.tokens["alice"])-4] + "AAAA" // a forged signature
+		}
+		r := send(t, "GET", b.url+"/api/v1/projects", tok, "", nil)
+		if r.status != http.StatusUnauthorized || errorCode(t, r) != "unauthorized" {
+			t.Fatalf("junk request %d: %d %s", i, r.status, r.body)
+		}
+	}
+	var got *api.List[broker.AuditEntry]
+	eventually(t, 30*time.Second, "the flood's aggregate written", func() error {
+		got, err = b.as("dave").Audit(ctx, api.AuditOptions{Action: "auth.failure"})
+		if err != nil {
+			return err
+		}
+		total := 0
+		for _, e := range got.Items {
+			if m := regexp.MustCompile(`count="(\d+)"`).FindStringSubmatch(e.Detail); m != nil {
+				n, _ := strconv.Atoi(m[1])
+				total += n
+			}
+		}
+		if total < junk {
+			return fmt.Errorf("%d failures recorded in %d entries so far", total, got.Total)
+		}
+		return nil
+	})
+	if added := got.Total - before.Total; added > 5 {
+		t.Errorf("%d junk requests added %d audit entries, want a handful", junk, added)
+	}
+	t.Logf("%d junk requests → %d auth.failure entries", junk, got.Total-before.Total)
+	if v, err := b.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
+		t.Errorf("audit chain after the flood: %+v, %v", v, err)
 	}
 }

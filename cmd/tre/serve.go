@@ -96,6 +96,7 @@ type brokerRuntime struct {
 	listener  net.Listener
 	dryRun    *dryRunner
 	reloadTLS func() error
+	stopFlush func()
 	url       string
 	done      chan error
 	logger    *slog.Logger
@@ -152,12 +153,14 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 	}
 	b.metrics = metrics.New(mopts)
 	b.svc = broker.NewService(store, parser, broker.Options{
-		LeaseTTL:     cfg.LeaseTTL,
-		MaxAttempts:  cfg.MaxAttempts,
-		Granularity:  cfg.TimeGranularity,
-		Logger:       logger,
-		OnTransition: b.observeTransition,
+		LeaseTTL:          cfg.LeaseTTL,
+		MaxAttempts:       cfg.MaxAttempts,
+		Granularity:       cfg.TimeGranularity,
+		Logger:            logger,
+		OnTransition:      b.observeTransition,
+		AuthFailureWindow: cfg.AuthFailureWindow,
 	})
+	b.startFailureFlush(cfg.AuthFailureWindow / 4)
 
 	auth := api.AuthConfig{
 		PublicKeyFiles: cfg.PublicKeyFiles,
@@ -328,6 +331,31 @@ func (b *brokerRuntime) agentsLastSeen(ctx context.Context) (map[string]time.Tim
 	return b.svc.SitesLastSeen(ctx)
 }
 
+// startFailureFlush writes the aggregated authentication failures whose
+// window ended, every interval, until stopFlush, which also writes the rest.
+func (b *brokerRuntime) startFailureFlush(every time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				b.svc.FlushAuthFailures(ctx, false)
+			}
+		}
+	}()
+	b.stopFlush = func() {
+		cancel()
+		<-done
+		b.svc.FlushAuthFailures(context.Background(), true)
+	}
+}
+
 // URL is the broker's base URL.
 func (b *brokerRuntime) URL() string { return b.url }
 
@@ -344,6 +372,10 @@ func (b *brokerRuntime) Close() error {
 	if b.stopAdmin != nil {
 		b.stopAdmin()
 		b.stopAdmin = nil
+	}
+	if b.stopFlush != nil {
+		b.stopFlush() // no request is left to count: record what was
+		b.stopFlush = nil
 	}
 	if b.dryRun != nil {
 		errs = append(errs, b.dryRun.Close())

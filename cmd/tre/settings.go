@@ -24,6 +24,8 @@ type ServeConfig struct {
 	SiteClaim       string   `yaml:"site_claim" flag:"site-claim" usage:"path of the claim naming the site an agent token acts for"`
 	SubmitPerMinute int      `yaml:"submit_per_minute" flag:"submit-per-minute" usage:"query submissions allowed per user per minute"`
 
+	AuthFailureWindow time.Duration `yaml:"auth_failure_window" flag:"auth-failure-window" usage:"failed authentications from one address are recorded as one audit entry per window"`
+
 	LeaseTTL    time.Duration `yaml:"lease_ttl" flag:"lease-ttl" usage:"how long a site agent's job lease lasts without a heartbeat"`
 	MaxAttempts int           `yaml:"max_attempts" flag:"max-attempts" usage:"leases a run gets (after lost leases or crashes) before its failure goes to the output check"`
 	// TimeGranularity is how coarse researchers' view of time is: the
@@ -59,6 +61,8 @@ func DefaultServeConfig() ServeConfig {
 		TimeGranularity: time.Minute,
 		LogLevel:        "info",
 
+		AuthFailureWindow: time.Minute,
+
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      5 * time.Minute,
@@ -88,6 +92,8 @@ func (c *ServeConfig) Validate() error {
 		return fmt.Errorf("researcher_time_granularity %s must be between 1ms and 24h", c.TimeGranularity)
 	case c.SubmitPerMinute < 1:
 		return errors.New("submit_per_minute must be at least 1")
+	case c.AuthFailureWindow < time.Second:
+		return fmt.Errorf("auth_failure_window %s is too short", c.AuthFailureWindow)
 	case c.ReadHeaderTimeout <= 0 || c.ReadTimeout <= 0 || c.WriteTimeout <= 0:
 		return errors.New("read_header_timeout, read_timeout and write_timeout must be positive: a client must not hold a connection forever")
 	}
