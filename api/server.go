@@ -216,6 +216,10 @@ func (s *Server) writeError(c *gin.Context, err error) {
 	if status == http.StatusUnauthorized {
 		c.Header("WWW-Authenticate", `Bearer realm="tre"`)
 	}
+	var le *limitError
+	if errors.As(err, &le) {
+		c.Header("Retry-After", strconv.Itoa(max(int(math.Ceil(le.after.Seconds())), 1)))
+	}
 	writeJSON(c, status, errorBody{body})
 	c.Abort()
 }
@@ -584,9 +588,8 @@ func (s *Server) rateLimit(c *gin.Context) error {
 	if ok {
 		return nil
 	}
-	secs := int(math.Ceil(wait.Seconds()))
-	c.Header("Retry-After", strconv.Itoa(max(secs, 1)))
-	return broker.Errorf(broker.ELIMIT, "too many submissions: try again in %d s", max(secs, 1))
+	secs := max(int(math.Ceil(wait.Seconds())), 1)
+	return &limitError{broker.Errorf(broker.ELIMIT, "too many submissions: try again in %d s", secs), time.Duration(secs) * time.Second}
 }
 
 func (s *Server) submitQuery(c *gin.Context) error {

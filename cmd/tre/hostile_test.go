@@ -23,9 +23,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1259,4 +1262,121 @@ func TestJunkTokenFlood(t *testing.T) {
 	if v, err := b.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
 		t.Errorf("audit chain after the flood: %+v, %v", v, err)
 	}
+}
+
+// descendants counts the processes below pid (Linux /proc).
+func descendants(pid int) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	parent := map[int]int{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// The command name may hold spaces and parentheses: fields start
+		// after the last ')'.
+		i := bytes.LastIndexByte(st, ')')
+		f := strings.Fields(string(st[i+1:]))
+		if len(f) > 1 {
+			parent[p], _ = strconv.Atoi(f[1])
+		}
+	}
+	n := 0
+	for p := range parent {
+		for q := parent[p]; q > 1; q = parent[q] {
+			if q == pid {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+// TestDryRunBurst fires a burst of dry runs from several researchers at a
+// real broker whose dry runs start real sandbox processes, capped at two at
+// once and one per user. Every answer is a 200 or a 429 with Retry-After
+// and a JSON error, and the broker never has more than two sandboxes.
+func TestDryRunBurst(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("counts sandbox processes in /proc")
+	}
+	dir := t.TempDir()
+	data := filepath.Join(dir, "dry.duckdb")
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"synth", "--out", data, "--patients", "2000", "--seed", "9"}, &out, &out); code != 0 {
+		t.Fatalf("tre synth exited %d:\n%s", code, out.String())
+	}
+	b := startLonelyBroker(t, "--dry-run-data", data, "--dry-run-max", "2", "--dry-run-per-user", "1", "--submit-per-minute", "600")
+	users := []string{"alice", "frank"}
+	extra := []string{"gail", "hal"} // two more members of the project
+	for _, u := range extra {
+		b.tokens[u] = b.mint(t, api.DevClaims{Subject: u, Roles: []broker.Role{broker.RoleResearcher}})
+	}
+	members := append(append([]string{}, users...), extra...)
+	if _, err := b.as("dave").UpdateProject(context.Background(), b.project, broker.ProjectUpdate{Members: &members}); err != nil {
+		t.Fatal(err)
+	}
+	sql := `SELECT date_trunc('month', e.date) AS month, p.region, count(*) AS n FROM clinical_events e JOIN patients p ON p.patient_id = e.patient_id GROUP BY 1, 2`
+	body, err := json.Marshal(api.QueryRequest{ProjectID: b.project, SQL: sql, Purpose: "burst"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if n := int64(descendants(b.proc.cmd.Process.Pid)); n > peak.Load() {
+				peak.Store(n)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	const burst = 24
+	statuses := make([]rawResponse, burst)
+	var wg sync.WaitGroup
+	for i := range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i] = send(t, "POST", b.url+"/api/v1/queries/dry-run", b.tokens[members[i%len(members)]], "application/json", bytes.NewReader(body))
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	ok := 0
+	for i, r := range statuses {
+		switch r.status {
+		case http.StatusOK:
+			ok++
+		case http.StatusTooManyRequests:
+			if r.header.Get("Retry-After") == "" || errorCode(t, r) != "rate_limited" {
+				t.Errorf("refused dry run %d: Retry-After %q, body %s", i, r.header.Get("Retry-After"), r.body)
+			}
+		default:
+			t.Errorf("dry run %d: status %d %s", i, r.status, r.body)
+		}
+	}
+	if ok == 0 {
+		t.Error("no dry run of the burst ran")
+	}
+	if p := peak.Load(); p > 2 {
+		t.Errorf("%d processes ran under the broker at once, want at most 2 sandboxes", p)
+	}
+	t.Logf("burst of %d: %d ran, %d refused with 429; at most %d sandboxes at once", burst, ok, burst-ok, peak.Load())
 }

@@ -197,8 +197,10 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 			return nil, err
 		}
 		b.dryRun = dr
-		apiCfg.DryRunner = dr
-		webCfg.DryRunner = dr
+		// One set of caps for the API and the web editor.
+		limited := api.LimitDryRuns(dr, api.DryRunLimits{Global: cfg.DryRunMax, PerUser: cfg.DryRunPerUser})
+		apiCfg.DryRunner = limited
+		webCfg.DryRunner = limited
 	}
 	handler := rootHandler(api.NewServer(apiCfg, b.svc, logger).Handler(), web.New(webCfg, b.svc, verifier, logger))
 
@@ -425,6 +427,14 @@ func newDryRunner(cfg ServeConfig, logger *slog.Logger) (*dryRunner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dry-run catalog: %w", err)
 	}
+	mem, err := parseByteSize(cfg.DryRunMemory)
+	if err != nil {
+		return nil, fmt.Errorf("dry_run_memory_limit: %w", err)
+	}
+	temp, err := parseByteSize(cfg.DryRunTemp)
+	if err != nil {
+		return nil, fmt.Errorf("dry_run_temp_limit: %w", err)
+	}
 	scratch, err := os.MkdirTemp("", "tre-dryrun-")
 	if err != nil {
 		return nil, fmt.Errorf("dry-run scratch directory: %w", err)
@@ -433,7 +443,12 @@ func newDryRunner(cfg ServeConfig, logger *slog.Logger) (*dryRunner, error) {
 	sc.DataPath = cfg.DryRunData
 	sc.Catalog = cat
 	sc.ScratchDir = scratch
-	sc.MemoryLimit = 512 << 20
+	// Small: dry runs read synthetic data of a few thousand patients, and
+	// dry_run_max of them may run at once beside the broker.
+	sc.MemoryLimit = mem
+	sc.TempDirMaxSize = temp
+	sc.RSSLimit = mem + 256<<20
+	sc.Threads = 1
 	sc.Timeout = 30 * time.Second
 	sc.AllowWeak = cfg.AllowWeakSBX
 	sc.Logger = logger

@@ -35,6 +35,10 @@ type ServeConfig struct {
 
 	DryRunData    string `yaml:"dry_run_data" flag:"dry-run-data" usage:"synthetic DuckDB file answering dry runs (empty: dry runs off)"`
 	DryRunCatalog string `yaml:"dry_run_catalog" flag:"dry-run-catalog" usage:"catalog of the dry-run data (default: DATA with .catalog.yaml)"`
+	DryRunMax     int    `yaml:"dry_run_max" flag:"dry-run-max" usage:"dry runs (sandbox processes) at once on this broker; more are refused with 429"`
+	DryRunPerUser int    `yaml:"dry_run_per_user" flag:"dry-run-per-user" usage:"dry runs one user may have running at once; more are refused with 429"`
+	DryRunMemory  string `yaml:"dry_run_memory_limit" flag:"dry-run-memory-limit" usage:"DuckDB memory limit of a dry run's sandbox, e.g. 256MB"`
+	DryRunTemp    string `yaml:"dry_run_temp_limit" flag:"dry-run-temp-limit" usage:"temporary disk a dry run's sandbox may spill to, e.g. 256MB"`
 
 	TLSCert     string `yaml:"tls_cert" flag:"tls-cert" usage:"TLS certificate file (PEM)"`
 	TLSKey      string `yaml:"tls_key" flag:"tls-key" usage:"TLS private key file (PEM)" secret:"true"`
@@ -62,6 +66,11 @@ func DefaultServeConfig() ServeConfig {
 		LogLevel:        "info",
 
 		AuthFailureWindow: time.Minute,
+
+		DryRunMax:     2,
+		DryRunPerUser: 1,
+		DryRunMemory:  "256MB",
+		DryRunTemp:    "256MB",
 
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
@@ -92,10 +101,19 @@ func (c *ServeConfig) Validate() error {
 		return fmt.Errorf("researcher_time_granularity %s must be between 1ms and 24h", c.TimeGranularity)
 	case c.SubmitPerMinute < 1:
 		return errors.New("submit_per_minute must be at least 1")
+	case c.DryRunMax < 1 || c.DryRunPerUser < 1:
+		return errors.New("dry_run_max and dry_run_per_user must be at least 1")
+	case c.DryRunPerUser > c.DryRunMax:
+		return fmt.Errorf("dry_run_per_user %d is above dry_run_max %d", c.DryRunPerUser, c.DryRunMax)
 	case c.AuthFailureWindow < time.Second:
 		return fmt.Errorf("auth_failure_window %s is too short", c.AuthFailureWindow)
 	case c.ReadHeaderTimeout <= 0 || c.ReadTimeout <= 0 || c.WriteTimeout <= 0:
 		return errors.New("read_header_timeout, read_timeout and write_timeout must be positive: a client must not hold a connection forever")
+	}
+	for _, f := range []struct{ key, value string }{{"dry_run_memory_limit", c.DryRunMemory}, {"dry_run_temp_limit", c.DryRunTemp}} {
+		if _, err := parseByteSize(f.value); err != nil {
+			return fmt.Errorf("%s: %w", f.key, err)
+		}
 	}
 	if c.TLSCert == "" && !c.BehindProxy && !isLoopback(c.Addr) {
 		return fmt.Errorf("refusing plain HTTP on %s: set tls_cert and tls_key, or behind_tls_proxy if a TLS-terminating proxy is in front", c.Addr)
