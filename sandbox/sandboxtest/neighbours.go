@@ -1,0 +1,257 @@
+// Package sandboxtest builds what a neighbouring-datasets test needs:
+// synthetic datasets that differ from one another in one patient alone (the
+// target), and the corpus of queries, ordinary and hostile, to run on them.
+// The sandbox's own neighbouring test and the end-to-end one in cmd/tre run
+// the same corpus over the same datasets; a test then requires that
+// everything a researcher sees but the noisy values is the same on every
+// dataset.
+//
+// It writes synthetic data only (sandbox/synth), never reads real data, and
+// is for tests.
+package sandboxtest
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	_ "github.com/duckdb/duckdb-go/v2" // the data files' driver
+	"gopkg.in/yaml.v3"
+
+	"github.com/nhs-tre/tre/queries"
+	"github.com/nhs-tre/tre/sandbox/synth"
+)
+
+// Target is the patient the datasets differ in, with the attributes that
+// single them out (the quasi-identifiers of issue 15's reproducers).
+type Target struct {
+	PatientID   int64
+	DateOfBirth string // YYYY-MM-DD, the first of a month as synth writes it
+	Sex         string
+	Ethnicity   string
+	Region      string
+	IMDQuintile int
+}
+
+// QI returns an SQL predicate, over the patients table under alias, that
+// holds for the target and for no other patient of any of the datasets.
+func (t Target) QI(alias string) string {
+	return fmt.Sprintf("(%[1]s.date_of_birth = DATE '%[2]s' AND %[1]s.sex = '%[3]s' AND %[1]s.ethnicity = '%[4]s' AND %[1]s.region = '%[5]s' AND %[1]s.imd_quintile = %[6]d)",
+		alias, t.DateOfBirth, t.Sex, t.Ethnicity, t.Region, t.IMDQuintile)
+}
+
+// Depression is the SNOMED CT code the "changed" dataset gives the target
+// (issue 15's reproducers ask whether one person has it).
+const Depression = "35489007"
+
+// Dataset is one data file with its catalog.
+type Dataset struct {
+	// Name says how the dataset differs from the base: "base", "removed",
+	// "changed" or "opted_out".
+	Name string
+	// Data and Catalog are the files an agent or sandbox opens; Dataset is
+	// the catalog's dataset name ("neighbour_" + Name), distinct for each.
+	Data, Catalog, Dataset string
+}
+
+// Neighbourhood is a base dataset D and its neighbours D′.
+type Neighbourhood struct {
+	Target Target
+	// Base is D: synthetic patients and the target, who has a few BMI
+	// readings, no depression code, and has not opted out.
+	Base Dataset
+	// Neighbours differ from Base in the target alone:
+	//   - removed: the target is not in the data at all;
+	//   - changed: the target also has a depression code and thirty more
+	//     BMI readings (more than any per-patient bound keeps);
+	//   - opted_out: as changed, and the target opted out (national data
+	//     opt-out), so no query may count them.
+	Neighbours []Dataset
+}
+
+// All returns the base and its neighbours, base first.
+func (n *Neighbourhood) All() []Dataset { return append([]Dataset{n.Base}, n.Neighbours...) }
+
+// Build generates patients synthetic patients (seed) once under dir and
+// writes the base dataset and its neighbours beside them.
+func Build(ctx context.Context, dir string, patients int, seed int64) (*Neighbourhood, error) {
+	synthPath := filepath.Join(dir, "synth.duckdb")
+	if _, err := synth.Generate(ctx, synth.Options{Out: synthPath, Patients: patients, Seed: seed, Threads: 2}); err != nil {
+		return nil, fmt.Errorf("generate synthetic data: %w", err)
+	}
+	target, err := pickTarget(ctx, synthPath)
+	if err != nil {
+		return nil, err
+	}
+	withTarget := []string{
+		fmt.Sprintf(`INSERT INTO patients (patient_id, date_of_birth, sex, ethnicity, region, imd_quintile, practice_id,
+			registration_start, registration_end, date_of_death)
+			VALUES (%d, DATE '%s', '%s', '%s', '%s', %d, 'S10001', DATE '2005-04-01', NULL, NULL)`,
+			target.PatientID, target.DateOfBirth, target.Sex, target.Ethnicity, target.Region, target.IMDQuintile),
+		readings(target.PatientID, "2021-01-11", 3, 27.5),
+	}
+	changed := append(append([]string{}, withTarget...),
+		fmt.Sprintf("INSERT INTO clinical_events VALUES (%d, DATE '2021-03-04', '%s', NULL)", target.PatientID, Depression),
+		readings(target.PatientID, "2021-04-01", 30, 31.0),
+	)
+	optedOut := append(append([]string{}, changed...),
+		fmt.Sprintf("INSERT INTO optouts VALUES (%d, 'ndop')", target.PatientID))
+
+	n := &Neighbourhood{Target: target}
+	for _, d := range []struct {
+		name  string
+		stmts []string
+	}{{"base", withTarget}, {"removed", nil}, {"changed", changed}, {"opted_out", optedOut}} {
+		ds, err := writeDataset(ctx, dir, synthPath, d.name, d.stmts)
+		if err != nil {
+			return nil, err
+		}
+		if d.name == "base" {
+			n.Base = ds
+		} else {
+			n.Neighbours = append(n.Neighbours, ds)
+		}
+	}
+	return n, nil
+}
+
+// readings inserts count BMI readings of value for patient id, one a week
+// from date.
+func readings(id int64, date string, count int, value float64) string {
+	return fmt.Sprintf(`INSERT INTO clinical_events
+		SELECT %d, DATE '%s' + CAST(7 * i AS INTEGER), '60621009', %g FROM range(%d) AS r(i)`, id, date, value, count)
+}
+
+// pickTarget returns a new patient whose quasi-identifiers no patient of
+// the synthetic data shares.
+func pickTarget(ctx context.Context, path string) (Target, error) {
+	db, err := sql.Open("duckdb", path+"?access_mode=read_only")
+	if err != nil {
+		return Target{}, err
+	}
+	defer db.Close()
+	var maxID int64
+	if err := db.QueryRowContext(ctx, "SELECT max(patient_id) FROM patients").Scan(&maxID); err != nil {
+		return Target{}, fmt.Errorf("read patient ids: %w", err)
+	}
+	t := Target{PatientID: maxID + 1001, Sex: "female", Ethnicity: "Mixed", Region: "North East", IMDQuintile: 2}
+	for year := 1931; year < 1960; year++ {
+		t.DateOfBirth = fmt.Sprintf("%d-05-01", year)
+		var n int
+		err := db.QueryRowContext(ctx, `SELECT count(*) FROM patients WHERE date_of_birth = CAST(? AS DATE) AND sex = ?
+			AND ethnicity = ? AND region = ? AND imd_quintile = ?`, t.DateOfBirth, t.Sex, t.Ethnicity, t.Region, t.IMDQuintile).Scan(&n)
+		if err != nil {
+			return Target{}, fmt.Errorf("look for a unique target: %w", err)
+		}
+		if n == 0 {
+			return t, nil
+		}
+	}
+	return Target{}, fmt.Errorf("no unused quasi-identifier combination for the target")
+}
+
+// writeDataset copies the synthetic data to dir/name.duckdb, runs stmts on
+// the copy and writes its catalog under the dataset name neighbour_<name>.
+func writeDataset(ctx context.Context, dir, synthPath, name string, stmts []string) (Dataset, error) {
+	d := Dataset{Name: name, Data: filepath.Join(dir, name+".duckdb"), Catalog: filepath.Join(dir, name+".catalog.yaml"), Dataset: "neighbour_" + name}
+	if err := copyFile(synthPath, d.Data); err != nil {
+		return d, err
+	}
+	db, err := sql.Open("duckdb", d.Data)
+	if err != nil {
+		return d, err
+	}
+	for _, s := range stmts {
+		if _, err := db.ExecContext(ctx, s); err != nil {
+			db.Close()
+			return d, fmt.Errorf("%s: %w\n%s", name, err, s)
+		}
+	}
+	// A checkpoint leaves no WAL beside the file: the sandbox refuses one.
+	if _, err := db.ExecContext(ctx, "CHECKPOINT"); err != nil {
+		db.Close()
+		return d, fmt.Errorf("%s: checkpoint: %w", name, err)
+	}
+	if err := db.Close(); err != nil {
+		return d, err
+	}
+	cat := synth.Catalog()
+	cat.Dataset = d.Dataset
+	return d, writeCatalog(d.Catalog, cat)
+}
+
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func writeCatalog(path string, cat *queries.Catalog) error {
+	data, err := yaml.Marshal(cat)
+	if err != nil {
+		return fmt.Errorf("encode catalog: %w", err)
+	}
+	return os.WriteFile(path, data, 0o644)
+}
+
+// Query is one query of the corpus.
+type Query struct {
+	// Name says what the query tries ("reproducer 1: cast error", …).
+	Name string
+	SQL  string
+}
+
+// Corpus returns the queries a neighbouring-datasets test runs: issue 15's
+// four reproducers and variants of them written against t, and ordinary
+// queries a researcher would send. Whether each is accepted, fails or
+// succeeds is for the engine to decide; a test requires only that the
+// answer looks the same, noisy values aside, on every dataset.
+func Corpus(t Target) []Query {
+	qi := t.QI("p")
+	join := "FROM clinical_events e JOIN patients p ON p.patient_id = e.patient_id"
+	has := qi + " AND e.snomed_code = '" + Depression + "'"
+	return []Query{
+		// 1. Runtime errors as an oracle.
+		{"reproducer 1: cast error", "SELECT count(*) AS n " + join + " WHERE CAST(CASE WHEN " + has + " THEN 'x' ELSE '1' END AS INTEGER) = 1"},
+		{"reproducer 1: ln(0)", "SELECT count(*) AS n " + join + " WHERE ln(CASE WHEN " + has + " THEN 0 ELSE 1 END) = 0"},
+		{"reproducer 1: make_date", "SELECT count(*) AS n " + join + " WHERE make_date(2020, CASE WHEN " + has + " THEN 13 ELSE 1 END, 1) > DATE '2019-01-01'"},
+		{"reproducer 1: integer overflow", "SELECT count(*) AS n " + join + " WHERE abs(CASE WHEN " + has + " THEN 9223372036854775807 ELSE 0 END + 1) > 0"},
+		{"reproducer 1: error in a per-patient CTE", "WITH pp AS (SELECT e.patient_id, count(*) AS k " + join +
+			" WHERE CAST(CASE WHEN " + has + " THEN 'x' ELSE '1' END AS INTEGER) = 1 GROUP BY e.patient_id) SELECT count(*) AS n FROM pp"},
+		// 2. Exact dominance flags.
+		{"reproducer 2: dominance", "SELECT count(*) AS n, sum(CASE WHEN " + has + " THEN 1 ELSE 0 END) AS s " + join},
+		// 3. Exact report counters: rows dropped by bounding, partitions not
+		// released, group counts before selection.
+		{"reproducer 3: rows dropped by bounding", "SELECT p.sex, count(*) AS n " + join + " WHERE " + qi + " GROUP BY p.sex"},
+		{"reproducer 3: day-bucketed self-join", "SELECT date_trunc('month', e.date) AS m, count(*) AS n FROM clinical_events e " +
+			"JOIN clinical_events f ON f.patient_id = e.patient_id JOIN patients p ON p.patient_id = e.patient_id WHERE " + qi + " GROUP BY date_trunc('month', e.date)"},
+		// 4. Opt-out bypass through an ambiguous patient id.
+		{"reproducer 4: opt-out bypass", "WITH c AS (SELECT count(*) AS patient_id, patient_id FROM patients GROUP BY patient_id) SELECT count(*) AS n FROM c"},
+		// Ordinary questions, some of which the target is in.
+		{"typical: diabetes by region", "SELECT p.region, count(DISTINCT p.patient_id) AS n " + join + " WHERE e.snomed_code = '44054006' GROUP BY p.region"},
+		{"typical: mean BMI by sex", "SELECT p.sex, avg(e.numeric_value) AS mean_bmi " + join + " WHERE e.snomed_code = '60621009' GROUP BY p.sex"},
+		{"typical: depression by IMD quintile", "SELECT p.imd_quintile, count(DISTINCT p.patient_id) AS n " + join +
+			" WHERE e.snomed_code = '" + Depression + "' GROUP BY p.imd_quintile"},
+		{"hostile: count of the target", "SELECT count(*) AS n FROM patients p WHERE " + qi},
+	}
+}
+
+// String names the target for test logs.
+func (t Target) String() string {
+	return strings.Join([]string{fmt.Sprint(t.PatientID), t.DateOfBirth, t.Sex, t.Ethnicity, t.Region, fmt.Sprint(t.IMDQuintile)}, " ")
+}
