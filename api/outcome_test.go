@@ -125,3 +125,55 @@ func TestResearcherSeesNoCheckerData(t *testing.T) {
 		get(member, fmt.Sprintf("/api/v1/queries/%d%s", bad.ID, p), http.StatusForbidden)
 	}
 }
+
+// TestEpsilonExtremes submits and dry-runs every kind of extreme ε through
+// the HTTP API on the real broker: none is a 500; a number the dataset
+// does not accept is refused with 422 naming ε, a malformed one with 400.
+func TestEpsilonExtremes(t *testing.T) {
+	e := newRealEnv(t)
+	member := mustToken(t, "res1", broker.RoleResearcher)
+	pid := e.f.Project.ID
+	body := func(eps string) string {
+		return fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"extremes","epsilon":%s}`, pid, brokertest.DefaultSQL, eps)
+	}
+	tests := []struct {
+		eps  string
+		want int // 0: any 4xx except 500s; the point is that it is never a 500
+	}{
+		{"1e-300", http.StatusUnprocessableEntity},
+		{"8.881784197001252e-16", http.StatusUnprocessableEntity}, // 2^-50
+		{"4.9e-324", http.StatusUnprocessableEntity},              // the smallest double
+		{"1e-9", http.StatusUnprocessableEntity},
+		{"-1", http.StatusUnprocessableEntity},
+		{"-0", 0},
+		{"1e300", http.StatusUnprocessableEntity},
+		{"1.7976931348623157e308", http.StatusUnprocessableEntity},
+		{"1e400", http.StatusBadRequest},
+		{"NaN", http.StatusBadRequest},
+		{"Infinity", http.StatusBadRequest},
+		{`"0.5"`, http.StatusBadRequest},
+		{"null", 0},
+		{"true", http.StatusBadRequest},
+		{"[0.5]", http.StatusBadRequest},
+	}
+	for _, route := range []string{"/api/v1/queries", "/api/v1/queries/dry-run"} {
+		for _, tt := range tests {
+			t.Run(route+" "+tt.eps, func(t *testing.T) {
+				req := newRequest(t, http.MethodPost, route, member, body(tt.eps))
+				rec := serve(e.srv, req)
+				if rec.Code >= 500 {
+					t.Fatalf("ε %s: status %d: %s", tt.eps, rec.Code, rec.Body)
+				}
+				if rec.Code >= 400 {
+					errBody := mustErrorBody(t, rec.Body.Bytes())
+					if rec.Code == http.StatusUnprocessableEntity && !strings.Contains(errBody.Message, "ε") && !strings.Contains(errBody.Message, "epsilon") {
+						t.Errorf("ε %s: 422 that does not name ε: %q", tt.eps, errBody.Message)
+					}
+				}
+				if tt.want != 0 && rec.Code != tt.want {
+					t.Errorf("ε %s: status %d, want %d: %s", tt.eps, rec.Code, tt.want, rec.Body)
+				}
+			})
+		}
+	}
+}
