@@ -12,9 +12,8 @@ import (
 // Everything that happens to a query after its submission is a decision by
 // staff or a step of the run at the site, and the run's steps depend on the
 // data: how long it takes, whether it fails and how, how often it is tried.
-// A researcher (a caller without a staff role) therefore sees the broker as
-// it stood at the last boundary of the granularity (Options.Granularity,
-// default one minute) before now:
+// A researcher therefore sees the broker as it stood at the last boundary
+// of the granularity (Options.Granularity, default one minute) before now:
 //
 //   - a status change becomes visible only from the next boundary after it
 //     happened, and its time is shown as that boundary (updated_at too);
@@ -28,7 +27,9 @@ import (
 //   - a project's budget shows a run's charge as spent only once the run's
 //     start is visible (as reserved until then).
 //
-// Staff see exact times and everything else.
+// Staff see exact times and everything else, except of the queries and
+// projects of projects they are members of: there they are researchers
+// (separation of duties is by person), and see what researchers see.
 
 // DefaultGranularity is how coarse a researcher's view of time is.
 const DefaultGranularity = time.Minute
@@ -38,9 +39,54 @@ const DefaultGranularity = time.Minute
 // or broker process made them.
 const SiteActor = "site"
 
-// researcherSees reports whether u gets the researcher's view: the view of
-// anyone without a staff role.
+// researcherSees reports whether u gets the researcher's view of every
+// query and project: anyone without a staff role.
 func researcherSees(u *User) bool { return !isStaff(u) }
+
+// researcherOf reports whether u gets the researcher's view of project p's
+// queries and budget: without a staff role, or as one of its members.
+func researcherOf(u *User, p *Project) bool {
+	return researcherSees(u) || slices.Contains(p.Members, u.Subject)
+}
+
+// researcherFor is researcherOf for the project with id projectID.
+func researcherFor(ctx context.Context, tx Tx, u *User, projectID int64) (bool, error) {
+	if researcherSees(u) {
+		return true, nil
+	}
+	return tx.IsMember(ctx, projectID, u.Subject)
+}
+
+// memberViews gives a staff caller the researcher's view of the listed
+// queries of projects they are members of. A query whose status as they see
+// it is not the one filtered for is left out of the page (and the total):
+// unlike a researcher's list, it is not looked for among the others.
+func (s *Service) memberViews(ctx context.Context, tx Tx, u *User, qs []*Query, total int, status *Status, cutoff time.Time) ([]*Query, int, error) {
+	member := map[int64]bool{}
+	out := qs[:0]
+	for _, q := range qs {
+		m, ok := member[q.ProjectID]
+		if !ok {
+			var err error
+			if m, err = tx.IsMember(ctx, q.ProjectID, u.Subject); err != nil {
+				return nil, 0, err
+			}
+			member[q.ProjectID] = m
+		}
+		if m {
+			views, err := s.researcherQueries(ctx, tx, []*Query{q}, cutoff)
+			if err != nil {
+				return nil, 0, err
+			}
+			if q = views[0]; status != nil && q.Status != *status {
+				total--
+				continue
+			}
+		}
+		out = append(out, q)
+	}
+	return out, total, nil
+}
 
 // cutoff is the instant a researcher's view stands at: the last boundary of
 // the granularity at or before now.

@@ -663,7 +663,7 @@ func (s *Service) FindProjectByID(ctx context.Context, id int64) (*Project, erro
 		if !u.HasRole(RoleAdmin) && !u.HasRole(RoleReviewer) && !slices.Contains(p.Members, u.Subject) {
 			return deny("project.read", projectObject(id), "you are not a member of project %d", id)
 		}
-		if researcherSees(u) {
+		if researcherOf(u, p) {
 			return s.researcherBudget(ctx, tx, p, s.cutoff())
 		}
 		return nil
@@ -688,11 +688,14 @@ func (s *Service) FindProjects(ctx context.Context, f ProjectFilter) ([]*Project
 	var n int
 	err = s.store.View(ctx, func(tx Tx) error {
 		ps, n, err = tx.FindProjects(ctx, f)
-		if err != nil || !researcherSees(u) {
+		if err != nil {
 			return err
 		}
 		cutoff := s.cutoff()
 		for _, p := range ps {
+			if !researcherOf(u, p) {
+				continue
+			}
 			if err := s.researcherBudget(ctx, tx, p, cutoff); err != nil {
 				return err
 			}
@@ -942,10 +945,8 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 		return nil, err
 	}
 	q.History = []Event{{To: StatusSubmitted, Actor: u.Subject, At: now}}
-	if researcherSees(u) {
-		q = s.researcherQuery(q, q.History, s.cutoff(), true)
-	}
-	return q, nil
+	// The submitter is a member of the project: a researcher of it.
+	return s.researcherQuery(q, q.History, s.cutoff(), true), nil
 }
 
 // storeSubmission flags and stores a compiled submission in tx and audits
@@ -1079,8 +1080,11 @@ func (s *Service) FindQueryByID(ctx context.Context, id int64) (*Query, error) {
 			return deny("query.read", queryObject(id), "you may not see query %d", id)
 		}
 		q = rec.Query
-		q.History, err = tx.FindEvents(ctx, id)
-		if err == nil && researcherSees(u) {
+		if q.History, err = tx.FindEvents(ctx, id); err != nil {
+			return err
+		}
+		researcher, err := researcherFor(ctx, tx, u, q.ProjectID)
+		if researcher {
 			q = s.researcherQuery(q, q.History, s.cutoff(), true)
 		}
 		return err
@@ -1113,7 +1117,10 @@ func (s *Service) FindQueries(ctx context.Context, f QueryFilter) ([]*Query, int
 			qs, n, err = s.findResearcherQueries(ctx, tx, f, member, s.cutoff())
 			return err
 		}
-		qs, n, err = tx.FindQueries(ctx, f, member)
+		if qs, n, err = tx.FindQueries(ctx, f, member); err != nil {
+			return err
+		}
+		qs, n, err = s.memberViews(ctx, tx, u, qs, n, f.Status, s.cutoff())
 		return err
 	})
 	return qs, n, err
@@ -1121,25 +1128,34 @@ func (s *Service) FindQueries(ctx context.Context, f QueryFilter) ([]*Query, int
 
 // ReviewQueue returns submitted queries, oldest first, for reviewers.
 func (s *Service) ReviewQueue(ctx context.Context) ([]*Query, error) {
-	if _, err := s.authorize(ctx, "review.queue", "queries", RoleReviewer); err != nil {
+	u, err := s.authorize(ctx, "review.queue", "queries", RoleReviewer)
+	if err != nil {
 		return nil, err
 	}
-	return s.queue(ctx, StatusSubmitted)
+	return s.queue(ctx, u, StatusSubmitted)
 }
 
-// OutputQueue returns results awaiting an output check, oldest first.
+// OutputQueue returns outputs (results and failure notices) awaiting an
+// output check, oldest first.
 func (s *Service) OutputQueue(ctx context.Context) ([]*Query, error) {
-	if _, err := s.authorize(ctx, "output.queue", "queries", RoleOutputChecker); err != nil {
+	u, err := s.authorize(ctx, "output.queue", "queries", RoleOutputChecker)
+	if err != nil {
 		return nil, err
 	}
-	return s.queue(ctx, StatusAwaitingOutputCheck)
+	return s.queue(ctx, u, StatusAwaitingOutputCheck)
 }
 
-func (s *Service) queue(ctx context.Context, st Status) ([]*Query, error) {
+// queue lists the queries in st; the caller's own projects' queries as
+// their researchers see them (memberViews).
+func (s *Service) queue(ctx context.Context, u *User, st Status) ([]*Query, error) {
 	var qs []*Query
 	err := s.store.View(ctx, func(tx Tx) error {
 		var err error
-		qs, _, err = tx.FindQueries(ctx, QueryFilter{Status: &st, Limit: MaxLimit}, "")
+		var n int
+		if qs, n, err = tx.FindQueries(ctx, QueryFilter{Status: &st, Limit: MaxLimit}, ""); err != nil {
+			return err
+		}
+		qs, _, err = s.memberViews(ctx, tx, u, qs, n, &st, s.cutoff())
 		return err
 	})
 	return qs, err
@@ -1230,9 +1246,10 @@ func (s *Service) CancelQuery(ctx context.Context, id int64) (*Query, error) {
 		}
 		return move(ctx, tx, rec, StatusCancelled, u.Subject, "", "query.cancel", "", now)
 	})
-	if err != nil || !researcherSees(u) {
-		return q, err
+	if err != nil {
+		return nil, err
 	}
+	// Only the submitter cancels: a researcher of the project.
 	return s.researcherQuery(q, q.History, s.cutoff(), true), nil
 }
 

@@ -1,6 +1,7 @@
 package brokertest
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -232,4 +233,48 @@ func researcherBudget(t *testing.T, f *Fixture) broker.Budget {
 		t.Fatal(err)
 	}
 	return p.Budget
+}
+
+// testMemberStaffView: staff who are members of a project see its queries
+// and budget as its researchers do — no failure codes or attempts, coarse
+// times — in single reads, lists and queues alike.
+func testMemberStaffView(t *testing.T, f *Fixture) {
+	svc := f.Service
+	f.at(0, 10)
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	f.MustApprove(q.ID)
+	if err := svc.FailJob(f.Agent, q.ID, f.MustLease(q.ID).Token, "timeout", "the query ran past its time limit"); err != nil {
+		t.Fatal(err)
+	}
+	// dual2 (researcher and output checker) and dual1 (researcher and
+	// reviewer) are members of the fixture's project: until the boundary
+	// they see the query submitted, as its researchers do.
+	for name, ctx := range map[string]context.Context{"researcher+checker": f.ResearchCheck, "researcher+reviewer": f.ResearchReview} {
+		got, err := svc.FindQueryByID(ctx, q.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.FailureCode != "" || got.FailureDetail != "" || got.Attempts != 0 || got.Status != broker.StatusSubmitted {
+			t.Errorf("%s reads their project's failed run: %s, %q %q, %d attempts", name, got.Status, got.FailureCode, got.FailureDetail, got.Attempts)
+		}
+		list, n, err := svc.FindQueries(ctx, broker.QueryFilter{})
+		if err != nil || n != 1 || list[0].FailureCode != "" || list[0].Status != broker.StatusSubmitted {
+			t.Errorf("%s lists their project's queries: %+v (%d), %v", name, list, n, err)
+		}
+		if p, err := svc.FindProjectByID(ctx, f.Project.ID); err != nil || p.Budget.EpsilonSpent != 0 || p.Budget.EpsilonReserved != 0.5 {
+			t.Errorf("%s reads their project's budget: %+v, %v", name, p, err)
+		}
+	}
+	if queue, err := svc.OutputQueue(f.ResearchCheck); err != nil || len(queue) != 0 {
+		t.Errorf("researcher+checker's output queue before the boundary = %+v, %v", queue, err)
+	}
+	f.at(1, 0)
+	queue, err := svc.OutputQueue(f.ResearchCheck)
+	if err != nil || len(queue) != 1 || queue[0].FailureCode != "" || queue[0].Status != broker.StatusAwaitingOutputCheck {
+		t.Errorf("researcher+checker's output queue = %+v, %v", queue, err)
+	}
+	// An independent checker sees the notice.
+	if queue, err := svc.OutputQueue(f.Checker); err != nil || len(queue) != 1 || queue[0].FailureCode != "timeout" {
+		t.Errorf("checker's output queue = %+v, %v", queue, err)
+	}
 }

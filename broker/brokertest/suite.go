@@ -35,6 +35,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("Leases", func(t *testing.T) { testLeases(t, fresh(t, broker.Options{LeaseTTL: time.Minute})) })
 	t.Run("FailureNotices", func(t *testing.T) { testFailureNotices(t, fresh(t, broker.Options{})) })
 	t.Run("ResearcherView", func(t *testing.T) { testResearcherView(t, fresh(t, broker.Options{})) })
+	t.Run("MemberStaffView", func(t *testing.T) { testMemberStaffView(t, fresh(t, broker.Options{})) })
 	t.Run("LeaseExpiryExhaustsAttempts", func(t *testing.T) {
 		testLeaseExpiryExhaustsAttempts(t, fresh(t, broker.Options{LeaseTTL: time.Minute}))
 	})
