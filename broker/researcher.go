@@ -235,21 +235,14 @@ func (s *Service) findResearcherQueries(ctx context.Context, tx Tx, f QueryFilte
 // researcher cannot see yet at cutoff: when a job is leased depends on how
 // long the jobs before it ran.
 func (s *Service) researcherBudget(ctx context.Context, tx Tx, p *Project, cutoff time.Time) error {
-	pid := p.ID
-	recent, _, err := tx.FindQueries(ctx, QueryFilter{ProjectID: &pid, UpdatedAfter: &cutoff, Limit: MaxLimit}, "")
+	started, err := s.startedAfter(ctx, tx, &p.ID, cutoff)
 	if err != nil {
 		return err
 	}
-	for _, q := range recent {
-		started, err := s.startedAfter(ctx, tx, q, cutoff)
-		if err != nil {
-			return err
-		}
-		if started {
-			b := &p.Budget
-			b.EpsilonSpent, b.EpsilonReserved = shift(b.EpsilonSpent, b.EpsilonReserved, q.Cost.Epsilon)
-			b.DeltaSpent, b.DeltaReserved = shift(b.DeltaSpent, b.DeltaReserved, q.Cost.Delta)
-		}
+	for _, q := range started {
+		b := &p.Budget
+		b.EpsilonSpent, b.EpsilonReserved = shift(b.EpsilonSpent, b.EpsilonReserved, q.Cost.Epsilon)
+		b.DeltaSpent, b.DeltaReserved = shift(b.DeltaSpent, b.DeltaReserved, q.Cost.Delta)
 	}
 	return nil
 }
@@ -264,22 +257,27 @@ func shift(a, b, x float64) (float64, float64) {
 	return round(a - x), round(b + x)
 }
 
-// startedAfter reports whether q's run started (its budget was charged)
-// after cutoff.
-func (s *Service) startedAfter(ctx context.Context, tx Tx, q *Query, cutoff time.Time) (bool, error) {
-	switch q.Status {
-	case StatusRunning, StatusAwaitingOutputCheck, StatusReleased, StatusWithheld, StatusFailed:
-	default:
-		return false, nil
-	}
-	events, err := tx.FindEvents(ctx, q.ID)
+// startedAfter returns the queries (of project, when not nil) whose run
+// started, and so whose budget was charged, after cutoff.
+func (s *Service) startedAfter(ctx context.Context, tx Tx, project *int64, cutoff time.Time) ([]*Query, error) {
+	recent, _, err := tx.FindQueries(ctx, QueryFilter{ProjectID: project, UpdatedAfter: &cutoff, Limit: MaxLimit}, "")
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	for _, e := range events {
-		if e.To == StatusRunning {
-			return e.At.After(cutoff), nil
+	var out []*Query
+	for _, q := range recent {
+		switch q.Status {
+		case StatusRunning, StatusAwaitingOutputCheck, StatusReleased, StatusWithheld, StatusFailed:
+		default:
+			continue
+		}
+		events, err := tx.FindEvents(ctx, q.ID)
+		if err != nil {
+			return nil, err
+		}
+		if i := slices.IndexFunc(events, func(e Event) bool { return e.To == StatusRunning }); i >= 0 && events[i].At.After(cutoff) {
+			out = append(out, q)
 		}
 	}
-	return false, nil
+	return out, nil
 }

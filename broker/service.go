@@ -1908,19 +1908,11 @@ func (s *Service) Register(ctx context.Context) ([]*RegisterEntry, error) {
 		if out, err = tx.Register(ctx); err != nil {
 			return err
 		}
-		cutoff := s.cutoff()
-		recent, _, err := tx.FindQueries(ctx, QueryFilter{UpdatedAfter: &cutoff, Limit: MaxLimit}, "")
+		started, err := s.startedAfter(ctx, tx, nil, s.cutoff())
 		if err != nil {
 			return err
 		}
-		for _, q := range recent {
-			started, err := s.startedAfter(ctx, tx, q, cutoff)
-			if err != nil {
-				return err
-			}
-			if !started {
-				continue
-			}
+		for _, q := range started {
 			for _, e := range out {
 				if e.ProjectID == q.ProjectID {
 					e.EpsilonSpent, _ = shift(e.EpsilonSpent, 0, q.Cost.Epsilon)
