@@ -108,6 +108,15 @@ func (e *realEnv) queryIn(tb testing.TB, own bool, st broker.Status) (*broker.Qu
 	if st == broker.StatusRunning {
 		return q, token
 	}
+	if st == broker.StatusFailed { // a failure notice, released
+		if err := svc.FailJob(f.Agent, q.ID, token, "timeout", "the query ran past its time limit"); err != nil {
+			tb.Fatalf("fail %d: %v", q.ID, err)
+		}
+		if _, err := svc.ReleaseQuery(f.Checker, q.ID, "nothing to release"); err != nil {
+			tb.Fatalf("release the failure notice of %d: %v", q.ID, err)
+		}
+		return q, token
+	}
 	if err := svc.CompleteJob(f.Agent, q.ID, token, e.f.Result(0.5)); err != nil {
 		tb.Fatalf("complete %d: %v", q.ID, err)
 	}
@@ -228,6 +237,10 @@ func matrixRoutes() []matrixRoute {
 		{method: "POST", path: "/api/v1/queries/%d/withhold", state: broker.StatusAwaitingOutputCheck, body: reason, want: only(200, "checker")},
 		{method: "GET", path: "/api/v1/queries/%d/result", state: broker.StatusReleased, want: memberOwn(200)},
 		{method: "GET", path: "/api/v1/queries/%d/result?format=csv", state: broker.StatusReleased, want: memberOwn(200)},
+		// A failed run's notice is the output checker's; its researchers
+		// have no output to read.
+		{method: "GET", path: "/api/v1/queries/%d/output", state: broker.StatusFailed, want: only(200, "checker")},
+		{method: "GET", path: "/api/v1/queries/%d/result", state: broker.StatusFailed, want: only(200)},
 		{method: "GET", path: "/api/v1/audit", want: only(200, "admin")},
 		{method: "GET", path: "/api/v1/audit/verify", want: only(200, "admin")},
 		{method: "PUT", path: "/api/v1/agent/catalog", want: only(204, "agent"),
@@ -259,7 +272,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}
 	cf := newConformance(t)
 	for _, rt := range matrixRoutes() {
-		t.Run(rt.method+" "+strings.ReplaceAll(rt.path, "%d", "{id}"), func(t *testing.T) {
+		t.Run(strings.TrimSpace(rt.method+" "+strings.ReplaceAll(rt.path, "%d", "{id}")+" "+string(rt.state)), func(t *testing.T) {
 			e := newRealEnv(t)
 			for _, c := range matrixCallers() {
 				for _, own := range []bool{true, false} {

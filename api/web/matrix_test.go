@@ -175,6 +175,19 @@ func (m *matrixEnv) queryIn(tb testing.TB, p *broker.Project, submitter, approve
 	if _, err := m.svc.ApproveQuery(m.ctx(approver), q.ID, "ok"); err != nil {
 		tb.Fatalf("approve %d: %v", q.ID, err)
 	}
+	if st == broker.StatusFailed { // a failure notice, released
+		lease, err := m.svc.LeaseJob(m.ctx("agent"), siteID, "")
+		if err != nil || lease == nil || lease.QueryID != q.ID {
+			tb.Fatalf("lease %d: %+v, %v", q.ID, lease, err)
+		}
+		if err := m.svc.FailJob(m.ctx("agent"), q.ID, lease.Token, "memory", "the query ran out of memory"); err != nil {
+			tb.Fatalf("fail %d: %v", q.ID, err)
+		}
+		if _, err := m.svc.ReleaseQuery(m.ctx("carol"), q.ID, "nothing to release"); err != nil {
+			tb.Fatalf("release the failure notice of %d: %v", q.ID, err)
+		}
+		return q.ID
+	}
 	m.mustComplete(tb, q.ID, "female", "male", "unknown")
 	if st == broker.StatusAwaitingOutputCheck {
 		return q.ID
@@ -347,6 +360,10 @@ func webRoutes() []webRoute {
 		{method: "GET", path: "/ui/queries/%d", state: broker.StatusReleased, perProject: true, want: memberOwn(200, "reviewer", "checker", "admin")},
 		{method: "GET", path: "/ui/queries/%d/result.csv", state: broker.StatusReleased, perProject: true, want: memberOwn(200)},
 		{method: "GET", path: "/ui/queries/%d/result.json", state: broker.StatusReleased, perProject: true, want: memberOwn(200)},
+		// A failed run: its researchers and staff see the query; nobody
+		// downloads anything.
+		{method: "GET", path: "/ui/queries/%d", state: broker.StatusFailed, perProject: true, want: memberOwn(200, "reviewer", "checker", "admin")},
+		{method: "GET", path: "/ui/queries/%d/result.csv", state: broker.StatusFailed, perProject: true, want: everyone(403)},
 		// Not released yet: nobody downloads, not even the member or checker.
 		{method: "GET", path: "/ui/queries/%d/result.csv", state: broker.StatusAwaitingOutputCheck, perProject: true, want: everyone(403)},
 		{method: "GET", path: "/ui/queries/%d/result.json", state: broker.StatusAwaitingOutputCheck, perProject: true, want: everyone(403)},
