@@ -259,7 +259,7 @@ func (c *Client) action(ctx context.Context, id int64, verb string, body any) (*
 	return &out, err
 }
 
-// CancelQuery cancels the caller's query before it runs.
+// CancelQuery cancels the caller's query before a reviewer decides on it.
 func (c *Client) CancelQuery(ctx context.Context, id int64) (*broker.Query, error) {
 	return c.action(ctx, id, "cancel", nil)
 }

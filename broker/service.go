@@ -1226,8 +1226,14 @@ func (s *Service) decide(ctx context.Context, u *User, id int64, fn func(tx Tx, 
 	return q, nil
 }
 
-// CancelQuery withdraws a query before it runs. Only its submitter may; a
-// reservation is freed.
+// CancelQuery withdraws a query before a reviewer decides on it. Only its
+// submitter may.
+//
+// An approved query cannot be cancelled: whether a cancel came before or
+// after the site leased the job would tell the researcher when the job
+// started, to the instant, and that depends on how long the jobs before it
+// ran (researcher.go hides it otherwise). The refusal says the same whatever
+// has happened since the submission.
 func (s *Service) CancelQuery(ctx context.Context, id int64) (*Query, error) {
 	u, err := s.authorize(ctx, "query.cancel", queryObject(id), RoleResearcher)
 	if err != nil {
@@ -1238,11 +1244,8 @@ func (s *Service) CancelQuery(ctx context.Context, id int64) (*Query, error) {
 		if rec.Query.SubmittedBy != u.Subject {
 			return deny("query.cancel", queryObject(id), "only the submitter may cancel query %d", id)
 		}
-		if err := checkTransition(id, rec.Query.Status, StatusCancelled); err != nil {
-			return err
-		}
-		if rec.Ledger == LedgerReserved {
-			rec.Ledger = LedgerFreed
+		if rec.Query.Status != StatusSubmitted {
+			return wrapf(ErrIllegalTransition, "query %d cannot be cancelled: a query can be cancelled only until a reviewer decides on it", id)
 		}
 		return move(ctx, tx, rec, StatusCancelled, u.Subject, "", "query.cancel", "", now)
 	})

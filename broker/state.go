@@ -12,7 +12,8 @@ func nextStatuses(from Status) []Status {
 	case StatusSubmitted:
 		return []Status{StatusApproved, StatusRejected, StatusCancelled}
 	case StatusApproved:
-		return []Status{StatusRunning, StatusCancelled}
+		// Not cancelled: see CancelQuery.
+		return []Status{StatusRunning}
 	case StatusRunning:
 		return []Status{StatusRunning, StatusAwaitingOutputCheck}
 	case StatusAwaitingOutputCheck:

@@ -38,7 +38,7 @@ const (
 	LedgerNone     LedgerState = "none"     // not approved: costs nothing
 	LedgerReserved LedgerState = "reserved" // approved, not started
 	LedgerCharged  LedgerState = "charged"  // run started: spent for good
-	LedgerFreed    LedgerState = "freed"    // reservation released by a cancel
+	LedgerFreed    LedgerState = "freed"    // reservation released by a cancel (approved queries can no longer be cancelled; older rows keep it)
 )
 
 // QueryRecord is a query with the fields only the service sees: the

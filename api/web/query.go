@@ -87,7 +87,7 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 			qv.Project = p
 		}
 	}
-	qv.CanCancel = qv.IsSubmitter && (q.Status == broker.StatusSubmitted || q.Status == broker.StatusApproved)
+	qv.CanCancel = qv.IsSubmitter && q.Status == broker.StatusSubmitted
 	staff := u.HasRole(broker.RoleReviewer) || u.HasRole(broker.RoleOutputChecker) || u.HasRole(broker.RoleAdmin)
 	qv.ShowRewritten = staff && q.Rewritten != ""
 	// Separation of duties decides the buttons, in the broker's words.

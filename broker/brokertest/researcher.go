@@ -197,12 +197,20 @@ func testResearcherView(t *testing.T, f *Fixture) {
 		t.Errorf("failed list = %v", ids)
 	}
 
-	// Cancelling is the researcher's own act: seen at once, at its time;
-	// an approval just before it is dated no later.
+	// Cancelling is the researcher's own act: seen at once, at its time.
+	// Once a reviewer has decided — even if the researcher cannot see it
+	// yet — a cancel is refused in words that say nothing of what happened.
 	c := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	approved := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
 	f.at(3, 20)
-	f.MustApprove(c.ID)
+	f.MustApprove(approved.ID)
+	f.MustLease(approved.ID)
 	f.at(3, 40)
+	_, err = svc.CancelQuery(f.Researcher, approved.ID)
+	MustCode(t, err, broker.ECONFLICT)
+	if msg := broker.ErrorMessage(err); strings.Contains(msg, "approved") || strings.Contains(msg, "running") {
+		t.Errorf("a refused cancel names the status: %q", msg)
+	}
 	cancelled, err := svc.CancelQuery(f.Researcher, c.ID)
 	if err != nil {
 		t.Fatal(err)
