@@ -45,7 +45,7 @@ func TestClientFlow(t *testing.T) {
 	}
 
 	// Refused SQL is a typed 422 naming the construct.
-	_, err := researcher.SubmitQuery(ctx, QueryRequest{ProjectID: pid, SQL: "SELECT sex, count(*) OVER () FROM patients GROUP BY sex"})
+	_, err := researcher.SubmitQuery(ctx, QueryRequest{ProjectID: pid, Purpose: "test", SQL: "SELECT sex, count(*) OVER () FROM patients GROUP BY sex"})
 	var ae *Error
 	if !errors.As(err, &ae) || ae.Status != 422 || ae.Code != broker.EREFUSED {
 		t.Fatalf("window function: %v", err)

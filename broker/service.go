@@ -908,6 +908,11 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 	if err := validSubmission(sub); err != nil {
 		return nil, err
 	}
+	if strings.TrimSpace(sub.Purpose) == "" {
+		// Checks and dry runs need none; a submission goes to a reviewer,
+		// who judges the query by it.
+		return nil, Errorf(EINVALID, "purpose is required: say why the project needs this query (the reviewer judges it by this)")
+	}
 	now := s.clock()
 	var compiled *queries.Plan // compiled outside the transaction, for compiledHash
 	var compiledHash string

@@ -22,7 +22,7 @@ func BenchSubmitQuery(b *testing.B, cfg Config) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			sql := sqls[int(i.Add(1))%len(sqls)]
-			if _, err := f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: sql, Epsilon: 0.1}); err != nil {
+			if _, err := f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: sql, Purpose: "benchmark", Epsilon: 0.1}); err != nil {
 				b.Error(err)
 				return
 			}

@@ -473,7 +473,7 @@ func testVisibility(t *testing.T, f *Fixture) {
 	}
 	_, err = svc.FindProjectByID(f.Outsider, f.Project.ID)
 	MustCode(t, err, broker.EFORBIDDEN)
-	_, err = svc.SubmitQuery(f.Outsider, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL})
+	_, err = svc.SubmitQuery(f.Outsider, broker.QuerySubmission{ProjectID: f.Project.ID, Purpose: "test", SQL: DefaultSQL})
 	MustCode(t, err, broker.EFORBIDDEN)
 
 	// Outputs: checkers once awaiting, with the whole report; researchers
@@ -541,7 +541,7 @@ func testProjects(t *testing.T, f *Fixture) {
 	if _, err := svc.UpdateProject(f.Admin, f.Project.ID, broker.ProjectUpdate{Status: &suspended}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL})
+	_, err := svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, Purpose: "test", SQL: DefaultSQL})
 	MustCode(t, err, broker.EFORBIDDEN)
 	_, err = svc.ApproveQuery(f.Reviewer, q.ID, "")
 	MustCode(t, err, broker.EFORBIDDEN)
@@ -550,7 +550,7 @@ func testProjects(t *testing.T, f *Fixture) {
 		t.Fatal(err)
 	}
 	f.Clock.Advance(400 * 24 * time.Hour) // past expiry
-	_, err = svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL})
+	_, err = svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, Purpose: "test", SQL: DefaultSQL})
 	MustCode(t, err, broker.EFORBIDDEN)
 	if !strings.Contains(broker.ErrorMessage(err), "expired") {
 		t.Errorf("message %q does not say expired", broker.ErrorMessage(err))
@@ -564,6 +564,12 @@ func testProjects(t *testing.T, f *Fixture) {
 	MustCode(t, err, broker.ENOTFOUND)
 	_, err = svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: "   "})
 	MustCode(t, err, broker.EINVALID)
+	// Reviewers judge a query by its purpose: a submission needs one.
+	_, err = svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Purpose: " \n"})
+	MustCode(t, err, broker.EINVALID)
+	if !strings.Contains(broker.ErrorMessage(err), "purpose is required") {
+		t.Errorf("message %q does not say the purpose is required", broker.ErrorMessage(err))
+	}
 }
 
 func testCatalogs(t *testing.T, f *Fixture) {
@@ -1422,7 +1428,7 @@ func testPlanCache(t *testing.T, cfg Config) {
 	f.MustSubmit(f.Researcher, DefaultSQL, 0.2)
 	check("another epsilon", true)
 	for range 2 {
-		_, err := f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: "SELECT patient_id FROM patients"})
+		_, err := f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, Purpose: "test", SQL: "SELECT patient_id FROM patients"})
 		MustCode(t, err, broker.EREFUSED)
 		check("refusal", true)
 	}
@@ -1464,7 +1470,7 @@ func testPlanCache(t *testing.T, cfg Config) {
 	// A catalog that changes during every compilation ends in a retryable
 	// error, not a loop.
 	cc.during = republish
-	_, err = f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Epsilon: 0.4})
+	_, err = f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, Purpose: "test", SQL: DefaultSQL, Epsilon: 0.4})
 	MustCode(t, err, broker.EUNAVAILABLE)
 }
 
