@@ -84,6 +84,17 @@ type Column struct {
 	Bounds *[2]float64 `yaml:"bounds,omitempty" json:"bounds,omitempty"`
 	// CodeSystem names the terminology of a code column: snomed, icd10, dmd.
 	CodeSystem string `yaml:"code_system,omitempty" json:"code_system,omitempty"`
+	// Examples list codes of a code column with their terms, so a
+	// researcher can write a first WHERE clause without the terminology
+	// browser. They describe the terminology, not the data: a site lists
+	// codes whether or not any patient has them.
+	Examples []CodeExample `yaml:"examples,omitempty" json:"examples,omitempty"`
+}
+
+// CodeExample is one code of a code column and its term.
+type CodeExample struct {
+	Code string `yaml:"code" json:"code"`
+	Term string `yaml:"term,omitempty" json:"term,omitempty"`
 }
 
 // Role is what a column may be used for.

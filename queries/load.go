@@ -259,6 +259,9 @@ func (c *Catalog) Validate() error {
 			if col.CodeSystem != "" && col.Role != RoleCode {
 				return bad(ck+".code_system", "only code columns have a code_system (%s.%s is %s)", t.Name, col.Name, col.Role)
 			}
+			if err := validExamples(ck, t.Name, col); err != nil {
+				return err
+			}
 		}
 		switch {
 		case t.Public && hasPU:
@@ -294,7 +297,7 @@ func checkKeys(file string, n *yaml.Node, path string) error {
 		}
 		child := joinKey(path, k.Value)
 		switch k.Value {
-		case "tables", "columns":
+		case "tables", "columns", "examples":
 			if v.Kind != yaml.SequenceNode {
 				return &CatalogError{File: file, Line: v.Line, Key: child, Message: "must be a list"}
 			}
@@ -319,16 +322,53 @@ func checkKeys(file string, n *yaml.Node, path string) error {
 }
 
 var catalogKeys = map[string]map[string]bool{
-	"":       {"dataset": true, "description": true, "privacy_unit": true, "policy": true, "tables": true},
-	"policy": {"max_groups_per_patient": true, "max_rows_per_group": true, "small_cell_threshold": true, "rounding_base": true, "rounding": true, "optout_table": true, "default_epsilon": true, "max_epsilon": true, "min_epsilon": true, "delta": true},
-	"table":  {"name": true, "description": true, "public": true, "one_row_per_patient": true, "columns": true},
-	"column": {"name": true, "type": true, "description": true, "role": true, "domain": true, "bounds": true, "code_system": true},
+	"":        {"dataset": true, "description": true, "privacy_unit": true, "policy": true, "tables": true},
+	"policy":  {"max_groups_per_patient": true, "max_rows_per_group": true, "small_cell_threshold": true, "rounding_base": true, "rounding": true, "optout_table": true, "default_epsilon": true, "max_epsilon": true, "min_epsilon": true, "delta": true},
+	"table":   {"name": true, "description": true, "public": true, "one_row_per_patient": true, "columns": true},
+	"column":  {"name": true, "type": true, "description": true, "role": true, "domain": true, "bounds": true, "code_system": true, "examples": true},
+	"example": {"code": true, "term": true},
+}
+
+// badKey is a *CatalogError at key.
+func badKey(key, format string, args ...any) error {
+	return &CatalogError{Key: key, Message: fmt.Sprintf(format, args...)}
+}
+
+// maxExamples bounds a column's example codes: they are a starting point,
+// not the terminology.
+const maxExamples = 200
+
+// validExamples checks the example codes of column col of table table,
+// whose key is ck.
+func validExamples(ck, table string, col Column) error {
+	if len(col.Examples) == 0 {
+		return nil
+	}
+	if col.Role != RoleCode {
+		return badKey(ck+".examples", "only code columns have examples (%s.%s is %s)", table, col.Name, col.Role)
+	}
+	if len(col.Examples) > maxExamples {
+		return badKey(ck+".examples", "%s.%s has more than %d examples", table, col.Name, maxExamples)
+	}
+	seen := make(map[string]bool, len(col.Examples))
+	for i, e := range col.Examples {
+		switch {
+		case strings.TrimSpace(e.Code) == "":
+			return badKey(fmt.Sprintf("%s.examples[%d].code", ck, i), "example %d of %s.%s has no code", i+1, table, col.Name)
+		case seen[e.Code]:
+			return badKey(fmt.Sprintf("%s.examples[%d].code", ck, i), "%s.%s lists example code %q twice", table, col.Name, e.Code)
+		}
+		seen[e.Code] = true
+	}
+	return nil
 }
 
 func keyKind(path string) string {
 	switch {
 	case path == "" || path == "policy":
 		return path
+	case strings.HasSuffix(path, "]") && strings.Contains(path, ".examples["):
+		return "example"
 	case strings.HasSuffix(path, "]") && strings.Contains(path, ".columns["):
 		return "column"
 	case strings.HasPrefix(path, "tables["):

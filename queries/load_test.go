@@ -119,6 +119,10 @@ func TestParseCatalogErrors(t *testing.T) {
 		{name: "domain on numeric", old: "        bounds: [0, 300]", new: "        bounds: [0, 300]\n        domain: [a]", want: "only categorical and code columns have a domain"},
 		{name: "duplicate domain value", old: "        role: numeric\n        bounds: [0, 300]", new: "        role: categorical\n        domain: [a, b, a]", want: `lists "a" twice`},
 		{name: "code system on non-code", old: "        bounds: [0, 300]", new: "        bounds: [0, 300]\n        code_system: snomed", want: "only code columns have a code_system"},
+		{name: "examples on non-code", old: "        bounds: [0, 300]", new: "        bounds: [0, 300]\n        examples: [{code: '1'}]", want: "only code columns have examples"},
+		{name: "example without code", old: "        role: numeric\n        bounds: [0, 300]", new: "        role: code\n        examples: [{code: '1', term: a}, {term: b}]", want: "tables[0].columns[1].examples[1].code: example 2 of people.weight has no code"},
+		{name: "example twice", old: "        role: numeric\n        bounds: [0, 300]", new: "        role: code\n        examples: [{code: '1'}, {code: '1'}]", want: `lists example code "1" twice`},
+		{name: "unknown example key", old: "        role: numeric\n        bounds: [0, 300]", new: "        role: code\n        examples:\n          - code: '1'\n            meaning: x", want: `tables[0].columns[1].examples[0].meaning: unknown key`, line: 20},
 		{name: "no tables", old: minimalCatalog[strings.Index(minimalCatalog, "tables:"):], new: "tables: []\n", want: "tables: no tables declared"},
 		{name: "no columns", old: "  - name: opted_out\n    columns:\n      - name: nhs_pseudo_id\n        type: BIGINT\n        role: privacy_unit\n", new: "  - name: opted_out\n    columns: []\n", want: `table "opted_out" has no columns`},
 	}
@@ -154,5 +158,20 @@ func TestLoadCatalogTooBig(t *testing.T) {
 	}
 	if _, err := LoadCatalog(path); err == nil || !strings.Contains(err.Error(), "larger than 4 MiB") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestCatalogExamples: example codes of a code column load with their
+// terms.
+func TestCatalogExamples(t *testing.T) {
+	src := strings.Replace(minimalCatalog, "        role: numeric\n        bounds: [0, 300]",
+		"        role: code\n        code_system: snomed\n        examples:\n          - {code: '44054006', term: Diabetes mellitus type 2}\n          - {code: '38341003'}", 1)
+	c, err := ParseCatalog("site.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []CodeExample{{Code: "44054006", Term: "Diabetes mellitus type 2"}, {Code: "38341003"}}
+	if diff := cmp.Diff(want, c.Tables[0].Columns[1].Examples); diff != "" {
+		t.Errorf("examples (-want +got):\n%s", diff)
 	}
 }

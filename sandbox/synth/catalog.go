@@ -3,6 +3,7 @@ package synth
 import (
 	"fmt"
 	"os"
+	"sort"
 
 	"gopkg.in/yaml.v3"
 
@@ -54,8 +55,8 @@ func Catalog() *queries.Catalog {
 	cat := func(name, desc string, domain []string) queries.Column {
 		return queries.Column{Name: name, Type: "VARCHAR", Role: queries.RoleCategorical, Description: desc, Domain: domain}
 	}
-	code := func(name, desc, system string) queries.Column {
-		return queries.Column{Name: name, Type: "VARCHAR", Role: queries.RoleCode, Description: desc, CodeSystem: system}
+	code := func(name, desc, system string, examples []queries.CodeExample) queries.Column {
+		return queries.Column{Name: name, Type: "VARCHAR", Role: queries.RoleCode, Description: desc, CodeSystem: system, Examples: examples}
 	}
 	imd := make([]string, 5)
 	for i := range imd {
@@ -83,19 +84,19 @@ func Catalog() *queries.Catalog {
 			{Name: "clinical_events", Description: "Coded primary-care events: diagnoses and measurements.", Columns: []queries.Column{
 				pu("Pseudonymous patient identifier."),
 				date("date", "Date the event was recorded."),
-				code("snomed_code", "SNOMED CT concept (see snomed_codes).", "snomed"),
+				code("snomed_code", "SNOMED CT concept (see snomed_codes).", "snomed", snomedExamples()),
 				{Name: "numeric_value", Type: "DOUBLE", Role: queries.RoleNumeric, Description: "Value of a measurement (HbA1c mmol/mol, BMI kg/m2, systolic BP mmHg, eGFR mL/min/1.73m2); NULL for diagnoses.", Bounds: &bounds},
 			}},
 			{Name: "medications", Description: "Prescriptions issued in primary care.", Columns: []queries.Column{
 				pu("Pseudonymous patient identifier."),
 				date("date", "Date of issue."),
-				code("dmd_code", "dm+d-shaped product code (see dmd_codes).", "dmd"),
+				code("dmd_code", "dm+d-shaped product code (see dmd_codes).", "dmd", dmdExamples()),
 			}},
 			{Name: "hospital_admissions", Description: "Hospital spells (HES-like).", Columns: []queries.Column{
 				pu("Pseudonymous patient identifier."),
 				date("admission_date", "Date of admission."),
 				date("discharge_date", "Date of discharge."),
-				code("primary_diagnosis", "Primary diagnosis, ICD-10.", "icd10"),
+				code("primary_diagnosis", "Primary diagnosis, ICD-10.", "icd10", icd10Examples()),
 				cat("admission_method", "How the patient was admitted.", admissionMethods),
 			}},
 			{Name: "vaccinations", Description: "Vaccinations given.", Columns: []queries.Column{
@@ -110,18 +111,54 @@ func Catalog() *queries.Catalog {
 				{Name: "kind", Type: "VARCHAR", Role: queries.RoleForbidden, Description: "type1 or ndop."},
 			}},
 			{Name: "snomed_codes", Public: true, Description: "SNOMED CT concepts used in clinical_events (public lookup).", Columns: []queries.Column{
-				code("snomed_code", "SNOMED CT concept id.", "snomed"),
+				code("snomed_code", "SNOMED CT concept id.", "snomed", nil),
 				{Name: "term", Type: "VARCHAR", Role: queries.RoleCategorical, Description: "Preferred term."},
 				{Name: "condition", Type: "VARCHAR", Role: queries.RoleCategorical, Description: "Condition or measurement the code records.", Domain: snomedConditions()},
 			}},
 			{Name: "dmd_codes", Public: true, Description: "Products used in medications (public lookup).", Columns: []queries.Column{
-				code("dmd_code", "Product code.", "dmd"),
+				code("dmd_code", "Product code.", "dmd", nil),
 				{Name: "name", Type: "VARCHAR", Role: queries.RoleCategorical, Description: "Product name."},
 				cat("drug_class", "Drug class.", drugClassNames[:]),
 			}},
 		},
 	}
 	return c
+}
+
+// snomedExamples lists every SNOMED CT code the generator records, with its
+// term: the catalog's examples of clinical_events.snomed_code.
+func snomedExamples() []queries.CodeExample {
+	var out []queries.CodeExample
+	for _, r := range snomedRows() {
+		out = append(out, queries.CodeExample{Code: r.code, Term: r.term})
+	}
+	return out
+}
+
+// dmdExamples lists every product code the generator prescribes.
+func dmdExamples() []queries.CodeExample {
+	var out []queries.CodeExample
+	for c, names := range drugs {
+		for i, name := range names {
+			out = append(out, queries.CodeExample{Code: dmdCode(c, i), Term: name})
+		}
+	}
+	return out
+}
+
+// icd10Examples lists the ICD-10 codes the generator admits patients with,
+// in code order.
+func icd10Examples() []queries.CodeExample {
+	codes := make([]string, 0, len(icd10Terms))
+	for c := range icd10Terms {
+		codes = append(codes, c)
+	}
+	sort.Strings(codes)
+	out := make([]queries.CodeExample, len(codes))
+	for i, c := range codes {
+		out[i] = queries.CodeExample{Code: c, Term: icd10Terms[c]}
+	}
+	return out
 }
 
 func snomedConditions() []string {
