@@ -252,10 +252,10 @@ func TestResultCSV(t *testing.T) {
 	}
 	want := [][]string{
 		{"region", "n", "n_ci_low", "n_ci_high", "n_flag"},
-		{`'=HYPERLINK("http://x")`, "12.5", "10", "15", ""},
+		{`'=HYPERLINK("http://x")`, "13", "10", "15", ""}, // a count: whole numbers
 		{"", "", "", "", "suppressed"},
 		{"'-1+2", "", "", "", "secondary_suppressed"},
-		{"'@SUM(A1)", "12.5", "", "", ""},
+		{"'@SUM(A1)", "13", "", "", ""},
 	}
 	if diff := cmp.Diff(want, recs); diff != "" {
 		t.Errorf("csv (-want +got):\n%s", diff)

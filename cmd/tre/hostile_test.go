@@ -606,8 +606,8 @@ func TestReleasedFileInjection(t *testing.T) {
 		}
 	}
 	// Numbers stay numbers: a negative interval bound is not neutralised.
-	if recs[1][2] != "-1.5" {
-		t.Errorf("ci_low = %q, want -1.5 (numbers are not text cells)", recs[1][2])
+	if recs[1][2] != "-2" {
+		t.Errorf("ci_low = %q, want -2 (numbers are not text cells)", recs[1][2])
 	}
 }
 
