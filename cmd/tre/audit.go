@@ -91,9 +91,9 @@ func (m *AuditMain) Run(ctx context.Context) error {
 		return err
 	}
 	if !v.OK {
-		return exitError{code: 1, err: fmt.Errorf("audit chain broken at entry %d: %s (%d entries verified before it)", v.FirstBadSeq, v.Reason, v.Entries)}
+		return exitError{code: 1, err: fmt.Errorf("audit chain broken at entry %d: %s (%s verified before it)", v.FirstBadSeq, v.Reason, plural(int(v.Entries), "entry", "entries"))}
 	}
-	fmt.Fprintf(m.Stdout, "audit chain intact: %d entries, head %s\n", v.Entries, v.Head)
+	fmt.Fprintf(m.Stdout, "audit chain intact: %s, head %s\n", plural(int(v.Entries), "entry", "entries"), v.Head)
 	if expect != nil {
 		fmt.Fprintln(m.Stdout, "the published head is in the chain: nothing was cut after it")
 	}

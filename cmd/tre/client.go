@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 )
 
@@ -34,22 +36,32 @@ type clientFlags struct {
 	tokenFile string
 	json      bool
 	timeout   time.Duration
+	// role is whose token the command reads from the environment when no
+	// --token-file is given: TRE_TOKEN_<ROLE> (as tre demo's tokens.env
+	// sets them), else TRE_TOKEN.
+	role broker.Role
 }
+
+// tokenVar is the environment variable of the command's role.
+func (f *clientFlags) tokenVar() string { return "TRE_TOKEN_" + strings.ToUpper(string(f.role)) }
 
 func (f *clientFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	def := getenv("TRE_BROKER")
 	if def == "" {
 		def = defaultBroker
 	}
-	fs.StringVar(&f.broker, "broker", def, "broker URL (default from TRE_BROKER)")
-	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token (default: the TRE_TOKEN variable)")
+	fs.StringVar(&f.broker, "broker", def, "broker URL, from TRE_BROKER if set")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token (default: the "+f.tokenVar()+" variable, else TRE_TOKEN)")
 	fs.BoolVar(&f.json, "json", false, "print JSON for scripts instead of tables")
-	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up on the broker after this long")
+	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "give up on one request to the broker after this long")
 }
 
 // client builds an API client from the flags and the environment.
 func (f *clientFlags) client(getenv func(string) string) (*api.Client, error) {
-	token := strings.TrimSpace(getenv("TRE_TOKEN"))
+	token := strings.TrimSpace(getenv(f.tokenVar()))
+	if token == "" {
+		token = strings.TrimSpace(getenv("TRE_TOKEN"))
+	}
 	if f.tokenFile != "" {
 		data, err := os.ReadFile(f.tokenFile)
 		if err != nil {
@@ -58,12 +70,99 @@ func (f *clientFlags) client(getenv func(string) string) (*api.Client, error) {
 		token = strings.TrimSpace(string(data))
 	}
 	if token == "" {
-		return nil, usageError{errors.New("no token: set TRE_TOKEN or pass --token-file")}
+		return nil, usageError{fmt.Errorf("no token: set %s or TRE_TOKEN (tre demo writes them to tokens.env), or pass --token-file", f.tokenVar())}
 	}
 	if !strings.HasPrefix(f.broker, "http://") && !strings.HasPrefix(f.broker, "https://") {
 		return nil, usageError{fmt.Errorf("--broker %q must be an http:// or https:// URL", f.broker)}
 	}
 	return &api.Client{BaseURL: f.broker, Token: token, HTTPClient: &http.Client{Timeout: f.timeout}}, nil
+}
+
+// waitFlags are --wait and --wait-timeout of the commands that hand a query
+// on to someone else.
+type waitFlags struct {
+	on      bool
+	timeout time.Duration
+	// poll is how often the query is read while waiting.
+	poll time.Duration
+}
+
+func (w *waitFlags) register(fs *flag.FlagSet, what string) {
+	fs.BoolVar(&w.on, "wait", false, what+" (progress on standard error)")
+	fs.DurationVar(&w.timeout, "wait-timeout", 15*time.Minute, "give up waiting after this long")
+	if w.poll == 0 {
+		w.poll = time.Second
+	}
+}
+
+// ended reports whether a query in status s will not change again.
+func ended(s broker.Status) bool {
+	switch s {
+	case broker.StatusReleased, broker.StatusRejected, broker.StatusWithheld, broker.StatusFailed, broker.StatusCancelled:
+		return true
+	}
+	return false
+}
+
+// atSite reports whether a query in status s waits for, or is in, its run
+// at the site.
+func atSite(s broker.Status) bool { return s == broker.StatusApproved || s == broker.StatusRunning }
+
+// until polls query id until done holds for its status, telling progress
+// about every change of status and, every half minute, that it is still
+// waiting. It gives up after w.timeout.
+func (w *waitFlags) until(ctx context.Context, c *api.Client, id int64, progress io.Writer, done func(broker.Status) bool) (*broker.Query, error) {
+	ctx, cancel := context.WithTimeout(ctx, w.timeout)
+	defer cancel()
+	start := time.Now()
+	var last broker.Status
+	lastNote := start
+	for {
+		q, err := c.Query(ctx, id)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return nil, waitTimeout(ctx, id, last, w.timeout)
+		case err != nil:
+			return nil, err
+		}
+		if q.Status != last {
+			fmt.Fprintf(progress, "query %d: %s (%s)\n", id, describeStatus(q.Status), time.Since(start).Round(time.Second))
+			last, lastNote = q.Status, time.Now()
+		} else if time.Since(lastNote) >= 30*time.Second {
+			fmt.Fprintf(progress, "query %d: still %s (%s)\n", id, describeStatus(q.Status), time.Since(start).Round(time.Second))
+			lastNote = time.Now()
+		}
+		if done(q.Status) {
+			return q, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, waitTimeout(ctx, id, last, w.timeout)
+		case <-time.After(w.poll):
+		}
+	}
+}
+
+func waitTimeout(ctx context.Context, id int64, last broker.Status, timeout time.Duration) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("query %d is still %s after %s (--wait-timeout)", id, last, timeout)
+	}
+	return ctx.Err()
+}
+
+// describeStatus says what a status means to someone waiting on it.
+func describeStatus(s broker.Status) string {
+	switch s {
+	case broker.StatusSubmitted:
+		return "submitted, waiting for a reviewer"
+	case broker.StatusApproved:
+		return "approved, waiting for the site agent to start it"
+	case broker.StatusRunning:
+		return "running at the site"
+	case broker.StatusAwaitingOutputCheck:
+		return "awaiting_output_check, waiting for an output checker"
+	}
+	return string(s)
 }
 
 // apiExit maps an API error to the exit code scripts rely on.
@@ -81,7 +180,8 @@ func apiExit(err error) error {
 		}
 	}
 	var ue usageError
-	if errors.As(err, &ue) {
+	var ee exitError
+	if errors.As(err, &ue) || errors.As(err, &ee) {
 		return err
 	}
 	return exitError{exitAPIError, err}
@@ -138,6 +238,14 @@ func fmtTime(t time.Time) string {
 	return t.UTC().Format("2006-01-02 15:04")
 }
 
+// plural counts n of a thing: "1 group", "12 groups".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return strconv.Itoa(n) + " " + many
+}
+
 func fmtFloat(v float64) string { return strconv.FormatFloat(v, 'g', 6, 64) }
 
 // oneLine shortens SQL for a table cell.
@@ -187,9 +295,9 @@ func fmtCell(c dp.Column, cell dp.Cell) string {
 	case cell.Value == nil:
 		return "-"
 	}
-	s := fmtFloat(*cell.Value)
-	if cell.CILow != nil && cell.CIHigh != nil {
-		s += fmt.Sprintf(" [%s, %s]", fmtFloat(*cell.CILow), fmtFloat(*cell.CIHigh))
+	s, lo, hi := api.FormatCell(c, cell)
+	if lo != "" && hi != "" {
+		s = fmt.Sprintf("%s [%s, %s]", s, lo, hi)
 	}
 	if len(cell.Dominance) > 0 { // only in an output checker's table
 		s += " dominance:" + strings.Join(cell.Dominance, ",")

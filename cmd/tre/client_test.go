@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,6 +82,8 @@ func runClient(tb testing.TB, newCmd func(io.Writer, io.Writer) command, env map
 		c.Getenv = getenv
 	case *SiteMain:
 		c.Getenv = getenv
+	case *DatasetsMain:
+		c.Getenv = getenv
 	}
 	defer cmd.Close()
 	ctx := context.Background()
@@ -119,9 +123,14 @@ func TestClientExitCodes(t *testing.T) {
 		stdout  string // substring
 		message string // substring of the error
 	}{
-		{"submit ok", query, env, []string{"submit", "--project", "1", "SELECT count(*) FROM patients"}, 0, "submitted", ""},
-		{"submit json", query, env, []string{"submit", "--project", "1", "--json", "SELECT count(*) FROM patients"}, 0, `"status": "submitted"`, ""},
-		{"submit refused", query, env, []string{"submit", "--project", "1", "SELECT count(*) OVER () FROM patients"}, 4, "", "window functions"},
+		{"submit ok", query, env, []string{"submit", "--project", "1", "--purpose", "p", "SELECT count(*) FROM patients"}, 0, "submitted", ""},
+		{"submit json", query, env, []string{"submit", "--project", "1", "--purpose", "p", "--json", "SELECT count(*) FROM patients"}, 0, `"status": "submitted"`, ""},
+		{"submit quiet", query, env, []string{"submit", "--project", "1", "--purpose", "p", "--quiet", "SELECT count(*) FROM patients"}, 0, "42\n", ""},
+		{"submit refused", query, env, []string{"submit", "--project", "1", "--purpose", "p", "SELECT count(*) OVER () FROM patients"}, 4, "", "window functions"},
+		{"submit no purpose", query, env, []string{"submit", "--project", "1", "SELECT count(*) FROM patients"}, 2, "", "--purpose is required"},
+		{"role token", query, map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN_RESEARCHER": "good", "TRE_TOKEN": "bad"}, []string{"show", "42"}, 0, "approved", ""},
+		{"role token of another role", query, map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN_REVIEWER": "good"}, []string{"show", "42"}, 2, "", "set TRE_TOKEN_RESEARCHER or TRE_TOKEN"},
+		{"reviewer token", review, map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN_REVIEWER": "good", "TRE_TOKEN_RESEARCHER": "bad"}, []string{"approve", "42"}, 1, "", "overspend"},
 		{"submit no project", query, env, []string{"submit", "SELECT 1"}, 2, "", "--project is required"},
 		{"submit no sql", query, env, []string{"submit", "--project", "1"}, 2, "", "usage"},
 		{"no token", query, map[string]string{"TRE_BROKER": ts.URL}, []string{"show", "42"}, 2, "", "no token"},
@@ -279,5 +288,110 @@ func TestSiteCommand(t *testing.T) {
 	}
 	if got.Organisation != "T" || got.Name != "T" {
 		t.Errorf("last request = %+v", got)
+	}
+}
+
+// statusBroker answers a query's GET with the next of its scripted
+// statuses (the last repeats) and its approve and release as the broker
+// does, so the CLI's waiting can be followed step by step.
+type statusBroker struct {
+	mu       sync.Mutex
+	statuses map[string][]string
+	posted   []string
+}
+
+func (b *statusBroker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/api/v1/queries"), "/")
+	id := "9"
+	if len(parts) > 1 && parts[1] != "" {
+		id = parts[1]
+	}
+	query := func(status string) {
+		fmt.Fprintf(w, `{"id":%s,"project_id":1,"dataset":"gp","sql":"SELECT 1","sql_hash":"x","status":%q,"submitted_by":"alice","submitted_at":"2026-03-01T12:00:00Z","cost":{"epsilon":1,"delta":0}}`, id, status)
+	}
+	next := func() string {
+		st := b.statuses[id]
+		if len(st) == 0 {
+			return "submitted"
+		}
+		if len(st) > 1 {
+			b.statuses[id] = st[1:]
+		}
+		return st[0]
+	}
+	switch {
+	case r.Method == "GET":
+		query(next())
+	case r.Method == "POST" && len(parts) == 1:
+		b.posted = append(b.posted, "submit")
+		w.WriteHeader(201)
+		query("submitted")
+	case r.Method == "POST" && parts[2] == "approve":
+		b.posted = append(b.posted, "approve "+id)
+		query("approved")
+	case r.Method == "POST" && parts[2] == "release":
+		if st := b.statuses[id]; len(st) > 0 && st[0] != "awaiting_output_check" {
+			w.WriteHeader(409)
+			fmt.Fprintf(w, `{"error":{"code":"conflict","message":"query %s has no output (it is %s)"}}`, id, st[0])
+			return
+		}
+		b.posted = append(b.posted, "release "+id)
+		query("released")
+	}
+}
+
+// TestClientWait: --wait on submit, approve and release follows the query
+// to the next person's step, reports each change on standard error, and
+// gives up after --wait-timeout.
+func TestClientWait(t *testing.T) {
+	fast := waitFlags{poll: time.Millisecond}
+	query := func(o, e io.Writer) command { return &QueryMain{Stdout: o, Stderr: e, wait: fast} }
+	review := func(o, e io.Writer) command { return &ReviewMain{Stdout: o, Stderr: e, wait: fast} }
+	output := func(o, e io.Writer) command { return &ReviewMain{Stdout: o, Stderr: e, output: true, wait: fast} }
+	tests := []struct {
+		name     string
+		cmd      func(io.Writer, io.Writer) command
+		statuses map[string][]string
+		args     []string
+		code     int
+		stdout   string // substring
+		message  string // substring of standard error, or of the error
+		posted   []string
+	}{
+		{name: "approve waits for the run", cmd: review, statuses: map[string][]string{"7": {"approved", "running", "running", "awaiting_output_check"}},
+			args: []string{"approve", "7", "--wait"}, stdout: "query 7 is now awaiting_output_check", message: "query 7: running at the site", posted: []string{"approve 7"}},
+		{name: "release before the run ends", cmd: output, statuses: map[string][]string{"7": {"running"}},
+			args: []string{"release", "7"}, code: 1, message: "add --wait to release it once it has"},
+		{name: "release waits for the run", cmd: output, statuses: map[string][]string{"7": {"running", "awaiting_output_check"}},
+			args: []string{"release", "7", "--wait"}, stdout: "query 7 is now released", posted: []string{"release 7"}},
+		{name: "wait times out", cmd: review, statuses: map[string][]string{"7": {"running"}},
+			args: []string{"approve", "7", "--wait", "--wait-timeout", "30ms"}, code: 1, message: "query 7 is still running after 30ms", posted: []string{"approve 7"}},
+		{name: "submit waits for the release", cmd: query, statuses: map[string][]string{"9": {"submitted", "approved", "running", "awaiting_output_check", "released"}},
+			args: []string{"submit", "--project", "1", "--purpose", "p", "--quiet", "--wait", "SELECT 1"}, stdout: "9\n", message: "query 9 is released: tre query result 9", posted: []string{"submit"}},
+		{name: "submit ends rejected", cmd: query, statuses: map[string][]string{"9": {"submitted", "rejected"}},
+			args: []string{"submit", "--project", "1", "--purpose", "p", "--wait", "SELECT 1"}, code: 1, stdout: "rejected", message: "query 9 ended rejected", posted: []string{"submit"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &statusBroker{statuses: tt.statuses}
+			ts := httptest.NewServer(b)
+			defer ts.Close()
+			code, out, msg := runClient(t, tt.cmd, map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN": "good"}, tt.args...)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d (stdout %q, err %q)", code, tt.code, out, msg)
+			}
+			if !strings.Contains(out, tt.stdout) {
+				t.Errorf("stdout %q does not contain %q", out, tt.stdout)
+			}
+			if !strings.Contains(msg, tt.message) {
+				t.Errorf("stderr or error %q does not contain %q", msg, tt.message)
+			}
+			if diff := cmp.Diff(tt.posted, b.posted); diff != "" {
+				t.Errorf("calls (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -64,6 +64,8 @@ func commands() map[string]commandInfo {
 		"site": {"register sites and list their agents' health (admin)", func(stdout, stderr io.Writer) command {
 			return NewSiteMain(stdout, stderr)
 		}},
+		"datasets": {"what a researcher may query: tables, columns, roles, bounds, domains, example codes", newDatasetsMain},
+		"version":  {"print the version, the commit and the DuckDB version", newVersionMain},
 	}
 }
 

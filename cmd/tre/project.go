@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
 )
 
 // ProjectMain is `tre project create|list`.
@@ -34,7 +35,7 @@ const projectUsage = `usage: tre project <verb> [flags]
   create --title T --org O --purpose P --lawful-basis L --member SUB [--member SUB2]
          --dataset D --epsilon E [--delta D] --expires 2027-03-31 [--starts DATE] [--dsa REF]
   list   [--limit N] [--offset N]
-common flags: --broker URL, --token-file F, --json, --timeout D`
+common flags: --broker URL, --token-file F (default: $TRE_TOKEN_ADMIN, else $TRE_TOKEN), --json, --timeout D`
 
 // listFlag collects a repeatable string flag.
 type listFlag []string
@@ -73,6 +74,7 @@ func (m *ProjectMain) ParseFlags(ctx context.Context, args []string) error {
 	}
 	m.verb = verb
 	fs := newFlagSet("project "+m.verb, m.Stderr)
+	m.flags.role = broker.RoleAdmin
 	m.flags.register(fs, m.Getenv)
 	var members, datasets listFlag
 	switch m.verb {

@@ -19,6 +19,8 @@ type QueryMain struct {
 
 	verb   string
 	flags  clientFlags
+	wait   waitFlags
+	quiet  bool
 	client *api.Client
 
 	// submit and dry-run
@@ -43,13 +45,13 @@ func NewQueryMain(stdout, stderr io.Writer) *QueryMain {
 }
 
 const queryUsage = `usage: tre query <verb> [flags]
-  submit  --project ID [--epsilon E] [--purpose P] [--dataset D] (--file F.sql | 'SQL')
+  submit  --project ID --purpose P [--epsilon E] [--dataset D] [--wait] [--quiet] (--file F.sql | 'SQL')
   dry-run --project ID [--epsilon E] [--dataset D] (--file F.sql | 'SQL')
   list    [--status S] [--project ID] [--limit N] [--offset N]
   show    ID
   cancel  ID
   result  ID [--format csv|json] [--out FILE]
-common flags: --broker URL, --token-file F, --json, --timeout D`
+common flags: --broker URL, --token-file F (default: $TRE_TOKEN_RESEARCHER, else $TRE_TOKEN), --json, --timeout D`
 
 // ParseFlags parses the verb and its flags.
 func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
@@ -59,6 +61,7 @@ func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
 	}
 	m.verb = verb
 	fs := newFlagSet("query "+m.verb, m.Stderr)
+	m.flags.role = broker.RoleResearcher
 	m.flags.register(fs, m.Getenv)
 	var file string
 	switch m.verb {
@@ -66,8 +69,12 @@ func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
 		fs.Int64Var(&m.project, "project", 0, "project id (required)")
 		fs.StringVar(&m.dataset, "dataset", "", "dataset (default: the project's only dataset)")
 		fs.Float64Var(&m.epsilon, "epsilon", 0, "privacy budget to spend (default: the catalog's)")
-		fs.StringVar(&m.purpose, "purpose", "", "why this query is needed")
+		fs.StringVar(&m.purpose, "purpose", "", "why this query is needed (required to submit; reviewers judge the query by it)")
 		fs.StringVar(&file, "file", "", "read the SQL from this file")
+		if m.verb == "submit" {
+			m.wait.register(fs, "wait until the query is released or has ended")
+			fs.BoolVar(&m.quiet, "quiet", false, "print only the new query's id (for scripts)")
+		}
 	case "list":
 		fs.StringVar(&m.status, "status", "", "only queries in this status")
 		fs.Int64Var(&m.project, "project", 0, "only this project's queries")
@@ -105,6 +112,9 @@ func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
 		}
 		if strings.TrimSpace(m.sql) == "" {
 			return errors.New("the SQL is empty")
+		}
+		if m.verb == "submit" && strings.TrimSpace(m.purpose) == "" {
+			return errors.New("--purpose is required: say why the query is needed (reviewers judge it by this)")
 		}
 	case "list":
 		if err := needArgs(pos, 0, "tre query list [--status S] [--project ID]"); err != nil {
@@ -147,7 +157,28 @@ func (m *QueryMain) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		return m.printQuery(q)
+		if m.quiet {
+			fmt.Fprintln(m.Stdout, q.ID)
+		}
+		if !m.wait.on {
+			if m.quiet {
+				return nil
+			}
+			return m.printQuery(q)
+		}
+		if q, err = m.wait.until(ctx, c, q.ID, m.Stderr, ended); err != nil {
+			return err
+		}
+		if !m.quiet {
+			if err := m.printQuery(q); err != nil {
+				return err
+			}
+		}
+		if q.Status != broker.StatusReleased {
+			return fmt.Errorf("query %d ended %s", q.ID, q.Status)
+		}
+		fmt.Fprintf(m.Stderr, "query %d is released: tre query result %d\n", q.ID, q.ID)
+		return nil
 	case "dry-run":
 		r, err := c.DryRun(ctx, req)
 		if err != nil {

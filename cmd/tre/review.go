@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 
@@ -21,6 +23,7 @@ type ReviewMain struct {
 	output bool // output check rather than review
 	verb   string
 	flags  clientFlags
+	wait   waitFlags
 	client *api.Client
 
 	id      int64
@@ -45,15 +48,15 @@ func (m *ReviewMain) usage() string {
 		return `usage: tre output <verb> [flags]
   queue                     results awaiting output check
   show     ID               the protected table and its disclosure report
-  release  ID [--comment C]
+  release  ID [--comment C] [--wait]   --wait: until the site has run it, then release
   withhold ID --reason R
-common flags: --broker URL, --token-file F, --json, --timeout D`
+common flags: --broker URL, --token-file F (default: $TRE_TOKEN_OUTPUT_CHECKER, else $TRE_TOKEN), --json, --timeout D`
 	}
 	return `usage: tre review <verb> [flags]
   queue                     submitted queries, oldest first
-  approve ID [--comment C]  reserves the budget
+  approve ID [--comment C] [--wait]   reserves the budget; --wait: until the site has run it
   reject  ID --reason R
-common flags: --broker URL, --token-file F, --json, --timeout D`
+common flags: --broker URL, --token-file F (default: $TRE_TOKEN_REVIEWER, else $TRE_TOKEN), --json, --timeout D`
 }
 
 func (m *ReviewMain) name() string {
@@ -71,6 +74,10 @@ func (m *ReviewMain) ParseFlags(ctx context.Context, args []string) error {
 	}
 	m.verb = verb
 	fs := newFlagSet(m.name()+" "+m.verb, m.Stderr)
+	m.flags.role = broker.RoleReviewer
+	if m.output {
+		m.flags.role = broker.RoleOutputChecker
+	}
 	m.flags.register(fs, m.Getenv)
 	needID := true
 	switch {
@@ -78,8 +85,12 @@ func (m *ReviewMain) ParseFlags(ctx context.Context, args []string) error {
 		needID = false
 		fs.IntVar(&m.limit, "limit", 0, "page size")
 		fs.IntVar(&m.offset, "offset", 0, "items to skip")
-	case m.verb == "approve" && !m.output, m.verb == "release" && m.output:
+	case m.verb == "approve" && !m.output:
 		fs.StringVar(&m.comment, "comment", "", "note for the record")
+		m.wait.register(fs, "after approving, wait until the site has run the query")
+	case m.verb == "release" && m.output:
+		fs.StringVar(&m.comment, "comment", "", "note for the record")
+		m.wait.register(fs, "first wait until the site has run the query")
 	case m.verb == "reject" && !m.output, m.verb == "withhold" && m.output:
 		fs.StringVar(&m.reason, "reason", "", "why (required; the researcher sees it)")
 	case m.verb == "show" && m.output:
@@ -128,10 +139,23 @@ func (m *ReviewMain) run(ctx context.Context) error {
 		return printOutput(m.Stdout, out)
 	case "approve":
 		q, err = c.ApproveQuery(ctx, m.id, m.comment)
+		if err == nil && m.wait.on {
+			q, err = m.wait.until(ctx, c, m.id, m.Stderr, func(s broker.Status) bool { return !atSite(s) })
+		}
 	case "reject":
 		q, err = c.RejectQuery(ctx, m.id, m.reason)
 	case "release":
+		if m.wait.on {
+			if q, err = m.wait.until(ctx, c, m.id, m.Stderr, func(s broker.Status) bool { return !atSite(s) }); err != nil {
+				return err
+			}
+		}
 		q, err = c.ReleaseQuery(ctx, m.id, m.comment)
+		if isConflict(err) && !m.wait.on {
+			if cur, qerr := c.Query(ctx, m.id); qerr == nil && atSite(cur.Status) {
+				err = fmt.Errorf("%w (the site has not finished running it: add --wait to release it once it has)", err)
+			}
+		}
 	case "withhold":
 		q, err = c.WithholdQuery(ctx, m.id, m.reason)
 	}
@@ -213,15 +237,21 @@ func printOutput(w io.Writer, out *broker.Output) error {
 	fmt.Fprintln(w)
 	tw := newTable(w)
 	fmt.Fprintf(tw, "ε, δ spent\t%s, %s (%s)\n", fmtFloat(r.Epsilon), fmtFloat(r.Delta), r.Mechanism)
-	fmt.Fprintf(tw, "bounds\tk=%d groups per patient, C=%d rows per group\n", r.MaxGroupsPerPatient, r.MaxRowsPerGroup)
-	fmt.Fprintf(tw, "suppression\tthreshold %d; %d cells suppressed, %d secondary\n", r.Threshold, r.CellsSuppressed, r.CellsSecondary)
-	fmt.Fprintf(tw, "rounding\tbase %d (%s), %d cells rounded\n", r.RoundingBase, r.Rounding, r.CellsRounded)
+	fmt.Fprintf(tw, "bounds\tk=%s per patient, C=%s per group\n", plural(r.MaxGroupsPerPatient, "group", "groups"), plural(r.MaxRowsPerGroup, "row", "rows"))
+	fmt.Fprintf(tw, "suppression\tthreshold %d; %s suppressed, %d secondary\n", r.Threshold, plural(r.CellsSuppressed, "cell", "cells"), r.CellsSecondary)
+	fmt.Fprintf(tw, "rounding\tbase %d (%s), %s rounded\n", r.RoundingBase, r.Rounding, plural(r.CellsRounded, "cell", "cells"))
 	fmt.Fprintf(tw, "groups\t%d released, %d suppressed, partition selection %s\n", r.GroupsReleased, r.GroupsSuppressed, r.PartitionSelection)
-	fmt.Fprintf(tw, "dominance flags\t%d cells\n", r.CellsDominanceFlags)
+	fmt.Fprintf(tw, "dominance flags\t%s\n", plural(r.CellsDominanceFlags, "cell", "cells"))
 	fmt.Fprintf(tw, "rows dropped by bounding\t%d\n", r.RowsDroppedByBounding)
 	fmt.Fprintf(tw, "opt-out applied\t%v (%s)\n", r.OptOut.Applied, r.OptOut.Table)
 	fmt.Fprintf(tw, "sandbox\t%s degraded=%v\n", strings.Join(r.Sandbox.Layers, ","), r.Sandbox.Degraded)
 	return tw.Flush()
+}
+
+// isConflict reports whether err is the broker's 409.
+func isConflict(err error) bool {
+	var ae *api.Error
+	return errors.As(err, &ae) && ae.Status == http.StatusConflict
 }
 
 // Close releases nothing.
