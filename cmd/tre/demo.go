@@ -27,18 +27,23 @@ type DemoMain struct {
 	Strict      bool
 
 	stdout, stderr io.Writer
+	getenv         func(string) string
 	now            func() time.Time
 }
 
 func newDemoMain(stdout, stderr io.Writer) command {
-	return &DemoMain{stdout: stdout, stderr: stderr, now: time.Now}
+	return &DemoMain{stdout: stdout, stderr: stderr, getenv: os.Getenv, now: time.Now}
 }
 
 // ParseFlags parses the demo's flags.
 func (m *DemoMain) ParseFlags(ctx context.Context, args []string) error {
 	fs := newFlagSet("demo", m.stderr)
 	fs.StringVar(&m.Dir, "dir", "tre-demo", "directory for the demo's data, store and keys (reused by later runs)")
-	fs.StringVar(&m.Addr, "addr", "127.0.0.1:8080", "broker listen address (loopback)")
+	addr := m.getenv("TRE_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:8080"
+	}
+	fs.StringVar(&m.Addr, "addr", addr, "broker listen address, loopback only; from TRE_ADDR if set (port 0: any free port)")
 	fs.IntVar(&m.Patients, "patients", 100_000, "synthetic patients to generate on the first run")
 	fs.Int64Var(&m.Seed, "seed", 1, "seed of the synthetic data")
 	fs.BoolVar(&m.Walkthrough, "walkthrough", false, "drive the whole flow through the HTTP API, print each step, and exit")
@@ -134,6 +139,7 @@ func (m *DemoMain) Run(ctx context.Context) error {
 	for _, u := range demoUsers {
 		extras.devUsers = append(extras.devUsers, web.DemoUser{Name: u.Name, Role: u.Role, Token: tokens[u.Role]})
 	}
+	m.progress("Starting the broker on %s …", m.Addr)
 	b, err := startBroker(ctx, cfg, logger, extras)
 	if err != nil {
 		return err
@@ -158,6 +164,7 @@ func (m *DemoMain) Run(ctx context.Context) error {
 	acfg.Poll = 500 * time.Millisecond
 	acfg.Timeout = 2 * time.Minute
 	acfg.AllowWeak = !m.Strict
+	m.progress("Starting the site agent and its sandbox over %s …", data)
 	agent, cleanup, err := newSiteAgent(acfg, logger, b.metrics)
 	if err != nil {
 		return err
@@ -171,6 +178,7 @@ func (m *DemoMain) Run(ctx context.Context) error {
 		<-agentDone
 	}()
 
+	m.progress("Waiting for the site agent to publish its catalog …")
 	dataset, err := waitForDataset(ctx, admin)
 	if err != nil {
 		return err
@@ -205,11 +213,11 @@ func (m *DemoMain) Close() error { return nil }
 func (m *DemoMain) ensureData(ctx context.Context, path string, patients int, seed int64) error {
 	if _, err := os.Stat(path); err == nil {
 		if _, err := os.Stat(synth.CatalogPath(path)); err == nil {
-			fmt.Fprintf(m.stdout, "Reusing %s\n", path)
+			m.progress("Reusing %s", path)
 			return nil
 		}
 	}
-	fmt.Fprintf(m.stdout, "Generating %d synthetic patients into %s …\n", patients, path)
+	m.progress("Generating %d synthetic patients into %s …", patients, path)
 	start := time.Now()
 	_, err := synth.Generate(ctx, synth.Options{Out: path, Patients: patients, Seed: seed, Force: true})
 	if err != nil {
@@ -294,28 +302,40 @@ FROM patients p JOIN clinical_events e ON e.patient_id = p.patient_id
 WHERE e.snomed_code = '44054006'
 GROUP BY p.region`
 
+// progress says what the demo is doing, so the minutes of a first run are
+// never silent.
+func (m *DemoMain) progress(format string, args ...any) {
+	fmt.Fprintf(m.stdout, format+"\n", args...)
+}
+
 func (m *DemoMain) printWelcome(url string, tokens map[broker.Role]string, projectID int64, logPath string) {
 	w := m.stdout
+	env := filepath.Join(m.Dir, "tokens.env")
 	fmt.Fprintf(w, "\ntre demo is running.\n\n")
-	fmt.Fprintf(w, "  Web interface:  %s/ui/ (sign in as any demo user)\n", url)
-	fmt.Fprintf(w, "  API:            %s/api/v1/openapi.json\n", url)
-	fmt.Fprintf(w, "  Public register %s/register (JSON: %s/public/register)\n", url, url)
-	fmt.Fprintf(w, "  Logs:           %s\n", logPath)
-	fmt.Fprintf(w, "  Demo project:   #%d (member: alice)\n\n", projectID)
-	fmt.Fprintln(w, "Tokens (valid 24 h; also in tokens.env in the demo directory):")
+	fmt.Fprintf(w, "  Web interface:   %s/ui/ (sign in as any demo user)\n", url)
+	fmt.Fprintf(w, "  API:             %s/api/v1/openapi.json\n", url)
+	fmt.Fprintf(w, "  Public register: %s/register (JSON: %s/public/register)\n", url, url)
+	fmt.Fprintf(w, "  Logs:            %s\n", logPath)
+	fmt.Fprintf(w, "  Demo project:    #%d (member: alice)\n", projectID)
+	fmt.Fprintf(w, "  Tokens:          %s (valid 24 h; TRE_BROKER and TRE_TOKEN_<ROLE> for each role)\n\n", env)
 	for _, u := range demoUsers {
-		fmt.Fprintf(w, "  %-15s %s\n  %s\n", u.Role, u.Sub+" — "+u.Name, tokens[u.Role])
+		fmt.Fprintf(w, "  %-15s %s — %s\n", u.Role, u.Sub, u.Name)
 	}
-	fmt.Fprintf(w, "\nThe whole flow with curl (copy and paste in another terminal):\n\n")
-	fmt.Fprintf(w, "  set -a; . %s; set +a\n  J=\"Content-Type: application/json\"\n", filepath.Join(m.Dir, "tokens.env"))
+	fmt.Fprintf(w, "\nWhat next:\n")
+	fmt.Fprintf(w, "  1. Open %s/ui/ and sign in as Alice Researcher: browse the tables beside the editor, dry-run a query, submit it.\n", url)
+	fmt.Fprintf(w, "     Then sign in as Bob Reviewer to approve it, and as Carol Output-Checker to release it.\n")
+	fmt.Fprintf(w, "  2. Or, in another terminal in this directory, the whole flow with curl:\n\n")
+	fmt.Fprintf(w, "  set -a; . %s; set +a\n  J=\"Content-Type: application/json\"\n", env)
 	body := fmt.Sprintf(`{"project_id": %d, "purpose": "Type 2 diabetes by region", "sql": %q}`, projectID, strings.ReplaceAll(demoSQL, "\n", " "))
 	body = strings.ReplaceAll(body, "'", `'\''`) // inside a single-quoted shell word
 	fmt.Fprintf(w, "  # researcher submits\n  ID=$(curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" -d '%s' $TRE_BROKER/api/v1/queries | grep -o '\"id\":[0-9]*' | head -1 | cut -d: -f2)\n", body)
-	fmt.Fprintf(w, "  # reviewer approves (the site agent runs it within seconds)\n  curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_REVIEWER\" -d '{\"comment\":\"ok\"}' $TRE_BROKER/api/v1/queries/$ID/approve\n")
+	fmt.Fprintf(w, "  # reviewer approves; the site agent runs it within seconds\n  curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_REVIEWER\" -d '{\"comment\":\"ok\"}' $TRE_BROKER/api/v1/queries/$ID/approve\n")
+	fmt.Fprintf(w, "  while curl -s -H \"Authorization: Bearer $TRE_TOKEN_REVIEWER\" $TRE_BROKER/api/v1/queries/$ID | grep -Eq '\"status\":\"(approved|running)\"'; do sleep 1; done\n")
 	fmt.Fprintf(w, "  # output checker reviews and releases\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" $TRE_BROKER/api/v1/queries/$ID/output\n")
 	fmt.Fprintf(w, "  curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" -d '{\"comment\":\"safe\"}' $TRE_BROKER/api/v1/queries/$ID/release\n")
-	fmt.Fprintf(w, "  # researcher downloads\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" \"$TRE_BROKER/api/v1/queries/$ID/result?format=csv\"\n")
-	fmt.Fprintf(w, "\nOr let tre do it: go run ./cmd/tre demo --walkthrough\n\nPress Ctrl-C to stop.\n")
+	fmt.Fprintf(w, "  # researcher downloads\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" \"$TRE_BROKER/api/v1/queries/$ID/result?format=csv\"\n\n")
+	fmt.Fprintf(w, "  3. Or the command-line client with the same tokens: go build ./cmd/tre && ./tre datasets (see README.md).\n")
+	fmt.Fprintf(w, "\nPress Ctrl-C to stop. The data and the store stay in %s for the next run.\n", m.Dir)
 }
 
 // walkthrough drives submit → review → run → output check → release →
@@ -391,6 +411,8 @@ func (m *DemoMain) walkthrough(ctx context.Context, url string, tokens map[broke
 		return fmt.Errorf("result csv: %w", err)
 	}
 	fmt.Fprintf(w, "\n  (CSV: %d bytes)\n\nWalkthrough complete.\n", len(csv))
+	fmt.Fprintf(w, "\nWhat next: keep the demo running (go run ./cmd/tre demo) and open the web interface it prints,\n")
+	fmt.Fprintf(w, "or follow README.md with curl, Python or the tre command.\n")
 	return nil
 }
 
