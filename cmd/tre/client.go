@@ -42,8 +42,14 @@ type clientFlags struct {
 	role broker.Role
 }
 
-// tokenVar is the environment variable of the command's role.
-func (f *clientFlags) tokenVar() string { return "TRE_TOKEN_" + strings.ToUpper(string(f.role)) }
+// tokenVar is the environment variable of the command's role, or
+// TRE_TOKEN for a command without one.
+func (f *clientFlags) tokenVar() string {
+	if f.role == "" {
+		return "TRE_TOKEN"
+	}
+	return "TRE_TOKEN_" + strings.ToUpper(string(f.role))
+}
 
 func (f *clientFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	def := getenv("TRE_BROKER")

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
 )
 
 // SiteMain is `tre site add|list`: an admin registers NHS sites, whose
@@ -33,7 +34,7 @@ func NewSiteMain(stdout, stderr io.Writer) *SiteMain {
 const siteUsage = `usage: tre site <verb> [flags]
   add  --id SITE --name NAME --organisation ORG   register a site (admin)
   list [--limit N] [--offset N]                   sites and their agents' health (admin)
-common flags: --broker URL, --token-file F, --json, --timeout D`
+common flags: --broker URL, --token-file F (default: $TRE_TOKEN_ADMIN, else $TRE_TOKEN), --json, --timeout D`
 
 // ParseFlags parses the verb and its flags.
 func (m *SiteMain) ParseFlags(ctx context.Context, args []string) error {
@@ -43,6 +44,7 @@ func (m *SiteMain) ParseFlags(ctx context.Context, args []string) error {
 	}
 	m.verb = verb
 	fs := newFlagSet("site "+m.verb, m.Stderr)
+	m.flags.role = broker.RoleAdmin
 	m.flags.register(fs, m.Getenv)
 	switch m.verb {
 	case "add":
