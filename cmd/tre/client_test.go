@@ -323,6 +323,9 @@ func (b *statusBroker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return st[0]
 	}
 	switch {
+	case r.Method == "GET" && len(parts) > 2 && parts[2] == "result":
+		b.posted = append(b.posted, "download "+id)
+		io.WriteString(w, "sex,n\nfemale,100\n")
 	case r.Method == "GET":
 		query(next())
 	case r.Method == "POST" && len(parts) == 1:
@@ -371,6 +374,10 @@ func TestClientWait(t *testing.T) {
 			args: []string{"approve", "7", "--wait", "--wait-timeout", "30ms"}, code: 1, message: "query 7 is still running after 30ms", posted: []string{"approve 7"}},
 		{name: "submit waits for the release", cmd: query, statuses: map[string][]string{"9": {"submitted", "approved", "running", "awaiting_output_check", "released"}},
 			args: []string{"submit", "--project", "1", "--purpose", "p", "--quiet", "--wait", "SELECT 1"}, stdout: "9\n", message: "query 9 is released: tre query result 9", posted: []string{"submit"}},
+		{name: "result waits for the release", cmd: query, statuses: map[string][]string{"9": {"awaiting_output_check", "released"}},
+			args: []string{"result", "9", "--wait"}, stdout: "female,100", posted: []string{"download 9"}},
+		{name: "result of a withheld query", cmd: query, statuses: map[string][]string{"9": {"withheld"}},
+			args: []string{"result", "9", "--wait"}, code: 1, message: "query 9 ended withheld: there is no result to download"},
 		{name: "submit ends rejected", cmd: query, statuses: map[string][]string{"9": {"submitted", "rejected"}},
 			args: []string{"submit", "--project", "1", "--purpose", "p", "--wait", "SELECT 1"}, code: 1, stdout: "rejected", message: "query 9 ended rejected", posted: []string{"submit"}},
 	}

@@ -333,7 +333,9 @@ func (m *DemoMain) printWelcome(url string, tokens map[broker.Role]string, proje
 	fmt.Fprintf(w, "  while curl -s -H \"Authorization: Bearer $TRE_TOKEN_REVIEWER\" $TRE_BROKER/api/v1/queries/$ID | grep -Eq '\"status\":\"(approved|running)\"'; do sleep 1; done\n")
 	fmt.Fprintf(w, "  # output checker reviews and releases\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" $TRE_BROKER/api/v1/queries/$ID/output\n")
 	fmt.Fprintf(w, "  curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" -d '{\"comment\":\"safe\"}' $TRE_BROKER/api/v1/queries/$ID/release\n")
-	fmt.Fprintf(w, "  # researcher downloads\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" \"$TRE_BROKER/api/v1/queries/$ID/result?format=csv\"\n\n")
+	fmt.Fprintf(w, "  # researcher downloads, once the release shows for them\n")
+	fmt.Fprintf(w, "  until curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" $TRE_BROKER/api/v1/queries/$ID | grep -q '\"status\":\"released\"'; do sleep 1; done\n")
+	fmt.Fprintf(w, "  curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" \"$TRE_BROKER/api/v1/queries/$ID/result?format=csv\"\n\n")
 	fmt.Fprintf(w, "  3. Or the command-line client with the same tokens: go build ./cmd/tre && ./tre datasets (see README.md).\n")
 	fmt.Fprintf(w, "\nPress Ctrl-C to stop. The data and the store stay in %s for the next run.\n", m.Dir)
 }

@@ -50,7 +50,7 @@ const queryUsage = `usage: tre query <verb> [flags]
   list    [--status S] [--project ID] [--limit N] [--offset N]
   show    ID
   cancel  ID
-  result  ID [--format csv|json] [--out FILE]
+  result  ID [--format csv|json] [--out FILE] [--wait]
 common flags: --broker URL, --token-file F (default: $TRE_TOKEN_RESEARCHER, else $TRE_TOKEN), --json, --timeout D`
 
 // ParseFlags parses the verb and its flags.
@@ -84,6 +84,7 @@ func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
 	case "result":
 		fs.StringVar(&m.format, "format", "", "csv (default) or json")
 		fs.StringVar(&m.out, "out", "", "write to this file instead of standard output")
+		m.wait.register(fs, "first wait until the query is released to you")
 	default:
 		return fmt.Errorf("unknown verb %q\n%s", m.verb, queryUsage)
 	}
@@ -213,6 +214,15 @@ func (m *QueryMain) run(ctx context.Context) error {
 		}
 		return m.printQuery(q)
 	case "result":
+		if m.wait.on {
+			q, err := m.wait.until(ctx, c, m.id, m.Stderr, ended)
+			if err != nil {
+				return err
+			}
+			if q.Status != broker.StatusReleased {
+				return fmt.Errorf("query %d ended %s: there is no result to download", q.ID, q.Status)
+			}
+		}
 		data, err := c.ResultRaw(ctx, m.id, m.format)
 		if err != nil {
 			return err
