@@ -2,6 +2,7 @@ package web
 
 import (
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -232,19 +233,25 @@ func (h *Handler) createSite(w http.ResponseWriter, r *http.Request, s *session)
 	http.Redirect(w, r, "/ui/admin/sites?done=registered", http.StatusSeeOther)
 }
 
-// auditLimit is how many entries the audit page shows (the newest).
-const auditLimit = 200
+// auditPage is how many entries one page of the audit log shows.
+const auditPage = 50
 
+// auditView is one page of the audit log, newest first, with the filters
+// as typed and links to the neighbouring pages.
 type auditView struct {
 	Actor, Action, Object string
 	Entries               []*broker.AuditEntry
 	Total                 int
-	Verification          *broker.AuditVerification
+	Page, Pages           int
+	// First and Last number the entries shown, counted from the newest.
+	First, Last  int
+	Newer, Older string
+	Verification *broker.AuditVerification
 }
 
-func (h *Handler) auditData(r *http.Request, actor, action, object string) (*auditView, error) {
+func (h *Handler) auditData(r *http.Request, actor, action, object string, page int) (*auditView, error) {
 	av := &auditView{Actor: actor, Action: action, Object: object}
-	f := broker.AuditFilter{Limit: auditLimit}
+	f := broker.AuditFilter{Limit: 1}
 	if actor != "" {
 		f.Actor = &av.Actor
 	}
@@ -254,25 +261,56 @@ func (h *Handler) auditData(r *http.Request, actor, action, object string) (*aud
 	if object != "" {
 		f.Object = &av.Object
 	}
-	es, total, err := h.svc.FindAuditEntries(r.Context(), f)
+	// The store lists entries oldest first: count them, then read the
+	// page counted from the newest.
+	_, total, err := h.svc.FindAuditEntries(r.Context(), f)
 	if err != nil {
 		return nil, err
 	}
-	if total > len(es) && total > auditLimit {
-		// Entries come oldest first; the page shows the newest.
-		f.Offset = total - auditLimit
-		if es, total, err = h.svc.FindAuditEntries(r.Context(), f); err != nil {
+	av.Total, av.Pages = total, max(1, (total+auditPage-1)/auditPage)
+	av.Page = min(max(page, 1), av.Pages)
+	f.Offset, f.Limit = total-av.Page*auditPage, auditPage
+	if f.Offset < 0 {
+		f.Limit += f.Offset
+		f.Offset = 0
+	}
+	if total > 0 {
+		es, _, err := h.svc.FindAuditEntries(r.Context(), f)
+		if err != nil {
 			return nil, err
 		}
+		slices.Reverse(es)
+		av.Entries = es
+		av.First, av.Last = (av.Page-1)*auditPage+1, (av.Page-1)*auditPage+len(es)
 	}
-	slices.Reverse(es)
-	av.Entries, av.Total = es, total
+	link := func(p int) string {
+		q := url.Values{}
+		for k, v := range map[string]string{"actor": actor, "action": action, "object": object} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		if p > 1 {
+			q.Set("page", strconv.Itoa(p))
+		}
+		if len(q) == 0 {
+			return "/ui/admin/audit"
+		}
+		return "/ui/admin/audit?" + q.Encode()
+	}
+	if av.Page > 1 {
+		av.Newer = link(av.Page - 1)
+	}
+	if av.Page < av.Pages {
+		av.Older = link(av.Page + 1)
+	}
 	return av, nil
 }
 
 func (h *Handler) audit(w http.ResponseWriter, r *http.Request, s *session) {
 	q := r.URL.Query()
-	av, err := h.auditData(r, strings.TrimSpace(q.Get("actor")), strings.TrimSpace(q.Get("action")), strings.TrimSpace(q.Get("object")))
+	page, _ := strconv.Atoi(q.Get("page"))
+	av, err := h.auditData(r, strings.TrimSpace(q.Get("actor")), strings.TrimSpace(q.Get("action")), strings.TrimSpace(q.Get("object")), page)
 	if err != nil {
 		h.fail(w, r, s, err)
 		return
@@ -286,7 +324,7 @@ func (h *Handler) verifyAudit(w http.ResponseWriter, r *http.Request, s *session
 		h.fail(w, r, s, err)
 		return
 	}
-	av, err := h.auditData(r, "", "", "")
+	av, err := h.auditData(r, "", "", "", 1)
 	if err != nil {
 		h.fail(w, r, s, err)
 		return

@@ -190,23 +190,6 @@ func (h *Handler) signout(w http.ResponseWriter, r *http.Request, s *session) {
 	http.Redirect(w, r, "/ui/signin", http.StatusSeeOther)
 }
 
-// home sends the caller to the main page of their first role.
-func (h *Handler) home(w http.ResponseWriter, r *http.Request, s *session) {
-	u := s.user
-	switch {
-	case u.HasRole(broker.RoleResearcher):
-		http.Redirect(w, r, "/ui/projects", http.StatusSeeOther)
-	case u.HasRole(broker.RoleReviewer):
-		http.Redirect(w, r, "/ui/review", http.StatusSeeOther)
-	case u.HasRole(broker.RoleOutputChecker):
-		http.Redirect(w, r, "/ui/outputs", http.StatusSeeOther)
-	case u.HasRole(broker.RoleAdmin):
-		http.Redirect(w, r, "/ui/admin", http.StatusSeeOther)
-	default:
-		h.renderMessage(w, r, s, http.StatusForbidden, "No access", "Your account has no role that uses this interface.")
-	}
-}
-
 // remoteIP is the address of the connection a request came in on, never a
 // forwarded header a client could forge.
 func remoteIP(r *http.Request) string {

@@ -153,7 +153,7 @@ func screenshot(tb testing.TB, ctx context.Context, name string) {
 		return
 	}
 	shot := chromedp.CaptureScreenshot()
-	if name == "output-check" || name == "researcher-result" || name == "researcher-editor" {
+	if name == "output-check" || name == "researcher-result" || name == "researcher-editor" || name == "output-check-failure" {
 		shot = chromedp.FullScreenshot(100) // 100: PNG
 	}
 	png := value(tb, ctx, "screenshot "+name, shot)
@@ -190,7 +190,6 @@ func TestBrowserWholeFlow(t *testing.T) {
 		// app.js posts the form and shows the check without a click.
 		chromedp.WaitVisible(chromedp.CSS(`#check-result p.ok`)),
 	)
-	screenshot(t, ctx, "researcher-editor")
 	run(t, ctx, "submit",
 		chromedp.Click(chromedp.CSS(`button[value="submit"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`p.notice`)),
@@ -253,7 +252,6 @@ func TestBrowserWholeFlow(t *testing.T) {
 	if svgBars != 2 {
 		t.Errorf("chart has %d bars, want 2 (one group suppressed)", svgBars)
 	}
-	screenshot(t, ctx, "researcher-result")
 	run(t, ctx, "download CSV", chromedp.Click(chromedp.CSS(`a[href$="result.csv"]`)))
 	csvPath := filepath.Join(downloads, fmt.Sprintf("tre-query-%d.csv", id))
 	var data []byte
@@ -318,7 +316,6 @@ func TestBrowserWholeFlow(t *testing.T) {
 	if !strings.Contains(verified, "Chain intact") {
 		t.Errorf("verify: %q", verified)
 	}
-	screenshot(t, ctx, "admin-audit")
 	run(t, ctx, "sites", chromedp.Navigate(e.srv.URL+"/ui/admin/sites"), chromedp.WaitVisible(chromedp.CSS(`table`)))
 	e.browserSignOut(t, ctx)
 

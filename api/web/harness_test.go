@@ -43,9 +43,17 @@ tables:
     columns:
       - {name: patient_id, type: BIGINT, role: privacy_unit}
       - {name: sex, type: VARCHAR, role: categorical, domain: [female, male, unknown]}
-      - {name: region, type: VARCHAR, role: categorical, domain: [North, South]}
+      - {name: region, type: VARCHAR, role: categorical, domain: [North, South, Yorkshire and The Humber]}
       - {name: practice, type: VARCHAR, role: categorical}
       - {name: age, type: INTEGER, role: numeric, bounds: [0, 110]}
+  - name: events
+    columns:
+      - {name: patient_id, type: BIGINT, role: privacy_unit}
+      - name: code
+        type: VARCHAR
+        role: code
+        code_system: snomed
+        examples: [{code: "44054006", term: Diabetes mellitus type 2}, {code: "38341003", term: Hypertension}]
   - name: optouts
     columns:
       - {name: patient_id, type: BIGINT, role: privacy_unit}

@@ -23,6 +23,10 @@ type queryView struct {
 	// FailedMessage explains a failed query without saying anything that
 	// depends on the data (broker.FailedMessage).
 	FailedMessage string
+	Timeline      []timelineRow
+	// Staff marks a reviewer, output checker or admin: they see times to
+	// the second.
+	Staff bool
 
 	IsSubmitter bool
 	CanCancel   bool
@@ -90,6 +94,7 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 	qv.CanCancel = qv.IsSubmitter && q.Status == broker.StatusSubmitted
 	staff := u.HasRole(broker.RoleReviewer) || u.HasRole(broker.RoleOutputChecker) || u.HasRole(broker.RoleAdmin)
 	qv.ShowRewritten = staff && q.Rewritten != ""
+	qv.Staff, qv.Timeline = staff, timeline(q, staff)
 	// Separation of duties decides the buttons, in the broker's words.
 	if u.HasRole(broker.RoleReviewer) && q.Status == broker.StatusSubmitted {
 		qv.CanReview = access.Review.Allowed

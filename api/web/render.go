@@ -15,6 +15,7 @@ import (
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/queries"
 )
 
 // view is what every page template receives.
@@ -37,6 +38,7 @@ type pages struct {
 var funcs = template.FuncMap{
 	"hasRole":    func(u *broker.User, r string) bool { return u.HasRole(broker.Role(r)) },
 	"time":       fmtTime,
+	"stamp":      fmtStamp,
 	"date":       func(t time.Time) string { return fmtDate(t) },
 	"eps":        fmtEps,
 	"num":        fmtNum,
@@ -54,8 +56,20 @@ var funcs = template.FuncMap{
 		}
 		return strings.Join(s, ", ")
 	},
-	"roleLabel": func(r broker.Role) string { return roleLabel(r) },
-	"add":       func(a, b int) int { return a + b },
+	"roleLabel":   func(r broker.Role) string { return roleLabel(r) },
+	"add":         func(a, b int) int { return a + b },
+	"plural":      plural,
+	"sqlString":   sqlString,
+	"failureHelp": failureHelp,
+	"isOptOut":    func(c *queries.Catalog, table string) bool { return strings.EqualFold(c.Policy.OptOutTable, table) },
+}
+
+// plural counts n of a thing: "1 group", "12 groups".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return strconv.Itoa(n) + " " + many
 }
 
 func mustParsePages() *pages {
@@ -253,9 +267,10 @@ func cellText(col dp.Column, c dp.Cell) cellView {
 		v.Text, v.Suppressed = "suppressed", true
 		v.Class += " suppressed"
 	default:
-		v.Text = fmtNum(*c.Value)
-		if c.CILow != nil && c.CIHigh != nil {
-			v.CI = fmtNum(*c.CILow) + " to " + fmtNum(*c.CIHigh)
+		var lo, hi string
+		v.Text, lo, hi = api.FormatCell(col, c)
+		if lo != "" && hi != "" {
+			v.CI = lo + " to " + hi
 		}
 	}
 	if c.Rounded {

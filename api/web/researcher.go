@@ -56,6 +56,9 @@ type checkView struct {
 type editorView struct {
 	Projects []*broker.Project
 	Datasets []string
+	// Catalogs describe the datasets of the caller's projects, for the
+	// catalog beside the editor.
+	Catalogs []*queries.Catalog
 	Form     editorForm
 	Check    *checkView
 	// DryRun is the dry run's table as a researcher would receive it.
@@ -79,8 +82,25 @@ func (h *Handler) editorData(r *http.Request, s *session, f editorForm) (*editor
 		}
 	}
 	slices.Sort(ev.Datasets)
+	if len(ev.Datasets) == 0 {
+		return ev, nil
+	}
+	cats, err := h.svc.FindDatasets(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range cats {
+		if slices.Contains(ev.Datasets, c.Dataset) {
+			ev.Catalogs = append(ev.Catalogs, c)
+		}
+	}
+	slices.SortFunc(ev.Catalogs, func(a, b *queries.Catalog) int { return strings.Compare(a.Dataset, b.Dataset) })
 	return ev, nil
 }
+
+// sqlString is s as a SQL string literal, for the catalog's insert
+// buttons.
+func sqlString(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 func (h *Handler) editor(w http.ResponseWriter, r *http.Request, s *session) {
 	f := editorForm{}

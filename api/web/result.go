@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strconv"
+	"unicode/utf8"
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
@@ -58,30 +60,59 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request, s *session) (
 }
 
 // chart is a horizontal bar chart of a result's first aggregate over its
-// first group column, drawn as SVG attributes (no script, no inline style).
+// first group column, with a value axis and the 95% interval of each bar,
+// drawn as SVG attributes (no script, no inline style). Every position is
+// computed here: templates only place what they are given.
 type chart struct {
-	Column string
-	Group  string
-	Bars   []chartBar
-	Height int
-	Max    string
+	Column, Group string
+	Bars          []chartBar
+	Ticks         []chartTick
+	// Width and Height are the viewBox; the label column ends at LabelX,
+	// the plot spans PlotX to PlotEnd, zero is at ZeroX and the axis runs
+	// along AxisY with its tick labels at TickY.
+	Width, Height     float64
+	LabelX, PlotX     float64
+	PlotEnd, ZeroX    float64
+	Top, AxisY, TickY float64
+	HasIntervals      bool
+	Description       string
 }
 
 type chartBar struct {
-	Label      string
-	Value      string
-	Y, TextY   int
-	Width      float64
+	Label, Value, CI string
+	// Y is the top of the bar, MidY its middle (labels, whiskers).
+	Y, MidY    float64
+	X, Width   float64
 	Suppressed bool
+	// LowX and HighX are the interval's ends; the value's text starts at
+	// ValueX, right of the bar and the interval.
+	HasCI       bool
+	LowX, HighX float64
+	CapTop      float64
+	CapBottom   float64
+	ValueX      float64
+	SuppressedX float64
 }
 
-// Chart geometry in SVG user units.
+type chartTick struct {
+	X     float64
+	Label string
+}
+
+// Chart geometry in SVG user units. Text is 13 units high (style.css);
+// chartCharW is a generous average glyph width (wide fallback fonts such as
+// DejaVu Sans measure 8.2 a glyph there), so a label's column always holds
+// the whole label: the browser test measures it.
 const (
-	chartBarH     = 26
-	chartPlotW    = 420.0
-	chartMaxBars  = 40
-	chartTopPad   = 4
-	chartLabelPad = 17
+	chartBarH    = 28.0
+	chartBarFill = 18.0
+	chartPlotW   = 420.0
+	chartValueW  = 110.0
+	chartMaxBars = 40
+	chartTop     = 6.0
+	chartAxisH   = 30.0
+	chartCharW   = 8.8
+	chartGap     = 10.0
 )
 
 // newChart returns nil when the table has no group column or no aggregate
@@ -99,36 +130,109 @@ func newChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 	if gi < 0 || ai < 0 || len(rows) == 0 || len(rows) > chartMaxBars {
 		return nil
 	}
-	maxV := 0.0
+	col := cols[ai]
+	ch := &chart{Column: col.Name, Group: cols[gi].Name, Top: chartTop}
+	// The value axis covers every value and interval, and zero.
+	lo, hi := 0.0, 0.0
+	longest := 0
 	for _, row := range rows {
-		if ai < len(row) && row[ai].Value != nil && !row[ai].Suppressed {
-			maxV = math.Max(maxV, *row[ai].Value)
+		if gi >= len(row) || ai >= len(row) {
+			continue
+		}
+		longest = max(longest, utf8.RuneCountInString(groupLabel(row[gi])))
+		c := row[ai]
+		if c.Suppressed || c.Secondary || c.Value == nil {
+			continue
+		}
+		lo, hi = math.Min(lo, *c.Value), math.Max(hi, *c.Value)
+		if c.CILow != nil && c.CIHigh != nil {
+			lo, hi = math.Min(lo, *c.CILow), math.Max(hi, *c.CIHigh)
 		}
 	}
-	ch := &chart{Column: cols[ai].Name, Group: cols[gi].Name, Max: fmtNum(maxV)}
+	ticks, lo, hi, decimals := niceTicks(lo, hi)
+	ch.LabelX = math.Ceil(float64(longest)*chartCharW) + chartGap
+	ch.PlotX = ch.LabelX + chartGap
+	ch.PlotEnd = ch.PlotX + chartPlotW
+	ch.Width = ch.PlotEnd + chartValueW
+	scale := func(v float64) float64 { return round1(ch.PlotX + chartPlotW*(v-lo)/(hi-lo)) }
+	ch.ZeroX = scale(0)
 	for i, row := range rows {
 		if gi >= len(row) || ai >= len(row) {
 			continue
 		}
-		b := chartBar{Y: chartTopPad + i*chartBarH, TextY: chartTopPad + i*chartBarH + chartLabelPad}
-		b.Label = row[gi].Key
-		if row[gi].Null {
-			b.Label = "(missing)"
-		}
-		if len(b.Label) > 24 {
-			b.Label = b.Label[:23] + "…"
-		}
+		y := chartTop + float64(i)*chartBarH
+		b := chartBar{Label: groupLabel(row[gi]), Y: y + (chartBarH-chartBarFill)/2, MidY: y + chartBarH/2, SuppressedX: ch.ZeroX + 6}
 		c := row[ai]
 		if c.Suppressed || c.Secondary || c.Value == nil {
 			b.Suppressed, b.Value = true, "suppressed"
-		} else {
-			b.Value = fmtNum(*c.Value)
-			if maxV > 0 && *c.Value > 0 {
-				b.Width = math.Round(10*chartPlotW**c.Value/maxV) / 10
-			}
+			ch.Bars = append(ch.Bars, b)
+			continue
+		}
+		v, l, h := api.FormatCell(col, c)
+		b.Value = v
+		end := scale(*c.Value)
+		b.X, b.Width = math.Min(ch.ZeroX, end), math.Abs(end-ch.ZeroX)
+		b.ValueX = math.Max(ch.ZeroX, end) + 6
+		if c.CILow != nil && c.CIHigh != nil {
+			b.HasCI, ch.HasIntervals = true, true
+			b.CI = l + " to " + h
+			b.LowX, b.HighX = scale(*c.CILow), scale(*c.CIHigh)
+			b.CapTop, b.CapBottom = b.MidY-6, b.MidY+6
+			b.ValueX = math.Max(b.ValueX, b.HighX+6)
 		}
 		ch.Bars = append(ch.Bars, b)
 	}
-	ch.Height = chartTopPad*2 + len(ch.Bars)*chartBarH
+	ch.AxisY = chartTop + float64(len(ch.Bars))*chartBarH + 2
+	ch.TickY = ch.AxisY + 16
+	ch.Height = ch.AxisY + chartAxisH
+	for _, t := range ticks {
+		ch.Ticks = append(ch.Ticks, chartTick{X: scale(t), Label: strconv.FormatFloat(t, 'f', decimals, 64)})
+	}
+	ch.Description = fmt.Sprintf("Bar chart of %s by %s", ch.Column, ch.Group)
+	if ch.HasIntervals {
+		ch.Description += " with the 95% interval of each value"
+	}
 	return ch
 }
+
+// groupLabel is a group key as the chart and the table show it.
+func groupLabel(c dp.Cell) string {
+	if c.Null {
+		return "(missing)"
+	}
+	return c.Key
+}
+
+// niceTicks returns about five round tick values covering [lo, hi], the
+// axis range they span and the decimals their labels need.
+func niceTicks(lo, hi float64) (ticks []float64, start, end float64, decimals int) {
+	if hi <= lo {
+		hi = lo + 1
+	}
+	raw := (hi - lo) / 5
+	exp := int(math.Floor(math.Log10(raw)))
+	mag := math.Pow10(exp)
+	step, mult := mag, 1.0
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*mag >= raw {
+			step, mult = m*mag, m
+			break
+		}
+	}
+	// The step is mult·10^exp: its decimals are the labels'.
+	switch mult {
+	case 10:
+		decimals = max(0, -exp-1)
+	case 2.5:
+		decimals = max(0, 1-exp)
+	default:
+		decimals = max(0, -exp)
+	}
+	first, last := math.Floor(lo/step), math.Ceil(hi/step)
+	for k := first; k <= last; k++ {
+		ticks = append(ticks, k*step)
+	}
+	return ticks, first * step, last * step, decimals
+}
+
+func round1(x float64) float64 { return math.Round(x*10) / 10 }
