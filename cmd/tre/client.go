@@ -241,7 +241,7 @@ func fmtTime(t time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
-	return t.UTC().Format("2006-01-02 15:04")
+	return t.UTC().Format("2006-01-02 15:04:05 UTC")
 }
 
 // plural counts n of a thing: "1 group", "12 groups".

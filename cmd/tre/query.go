@@ -265,8 +265,11 @@ func printQueryDetail(w io.Writer, q *broker.Query) error {
 	if q.ApprovedBy != "" {
 		fmt.Fprintf(tw, "approved by\t%s\n", q.ApprovedBy)
 	}
-	if q.FailureCode != "" {
+	switch {
+	case q.FailureCode != "": // staff: the failure notice's class
 		fmt.Fprintf(tw, "failure\t%s\n", q.FailureCode)
+	case q.Status == broker.StatusFailed: // a researcher: the same words for every failure
+		fmt.Fprintf(tw, "failure\t%s (ε %s spent)\n", broker.FailedMessage, fmtFloat(q.Cost.Epsilon))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
