@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 )
 
@@ -172,11 +173,11 @@ func (h *Handler) adminHome(r *http.Request) (*adminHome, error) {
 func fmtDuration(d time.Duration) string {
 	switch {
 	case d < time.Minute:
-		return plural(int(d/time.Second), "second", "seconds")
+		return api.Plural(int(d/time.Second), "second", "seconds")
 	case d < time.Hour:
-		return plural(int(d/time.Minute), "minute", "minutes")
+		return api.Plural(int(d/time.Minute), "minute", "minutes")
 	case d < 48*time.Hour:
-		return plural(int(d/time.Hour), "hour", "hours")
+		return api.Plural(int(d/time.Hour), "hour", "hours")
 	}
-	return plural(int(d/(24*time.Hour)), "day", "days")
+	return api.Plural(int(d/(24*time.Hour)), "day", "days")
 }

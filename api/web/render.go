@@ -58,18 +58,10 @@ var funcs = template.FuncMap{
 	},
 	"roleLabel":   func(r broker.Role) string { return roleLabel(r) },
 	"add":         func(a, b int) int { return a + b },
-	"plural":      plural,
+	"plural":      api.Plural,
 	"sqlString":   sqlString,
 	"failureHelp": failureHelp,
 	"isOptOut":    func(c *queries.Catalog, table string) bool { return strings.EqualFold(c.Policy.OptOutTable, table) },
-}
-
-// plural counts n of a thing: "1 group", "12 groups".
-func plural(n int, one, many string) string {
-	if n == 1 {
-		return "1 " + one
-	}
-	return strconv.Itoa(n) + " " + many
 }
 
 func mustParsePages() *pages {

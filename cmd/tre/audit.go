@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/postgres"
 	"github.com/nhs-tre/tre/broker/sqlite"
@@ -91,9 +92,9 @@ func (m *AuditMain) Run(ctx context.Context) error {
 		return err
 	}
 	if !v.OK {
-		return exitError{code: 1, err: fmt.Errorf("audit chain broken at entry %d: %s (%s verified before it)", v.FirstBadSeq, v.Reason, plural(int(v.Entries), "entry", "entries"))}
+		return exitError{code: 1, err: fmt.Errorf("audit chain broken at entry %d: %s (%s verified before it)", v.FirstBadSeq, v.Reason, api.Plural(int(v.Entries), "entry", "entries"))}
 	}
-	fmt.Fprintf(m.Stdout, "audit chain intact: %s, head %s\n", plural(int(v.Entries), "entry", "entries"), v.Head)
+	fmt.Fprintf(m.Stdout, "audit chain intact: %s, head %s\n", api.Plural(int(v.Entries), "entry", "entries"), v.Head)
 	if expect != nil {
 		fmt.Fprintln(m.Stdout, "the published head is in the chain: nothing was cut after it")
 	}

@@ -93,7 +93,7 @@ func printCatalog(w io.Writer, c *queries.Catalog) error {
 		fmt.Fprintf(w, "  %s\n", c.Description)
 	}
 	fmt.Fprintf(w, "  Each query spends ε %s unless it asks for another (at most %s). A patient counts in at most %s and with at most %s per group;\n",
-		fmtFloat(p.DefaultEpsilon), fmtFloat(p.MaxEpsilon), plural(p.MaxGroupsPerPatient, "group", "groups"), plural(p.MaxRowsPerGroup, "row", "rows"))
+		fmtFloat(p.DefaultEpsilon), fmtFloat(p.MaxEpsilon), api.Plural(p.MaxGroupsPerPatient, "group", "groups"), api.Plural(p.MaxRowsPerGroup, "row", "rows"))
 	fmt.Fprintf(w, "  counts below %d are suppressed and counts are rounded to the nearest %d. %s is the patient id: join on it, never select it.\n",
 		p.SmallCellThreshold, p.RoundingBase, c.PrivacyUnit)
 	for _, t := range c.Tables {
@@ -130,7 +130,7 @@ func printCatalog(w io.Writer, c *queries.Catalog) error {
 			if len(col.Examples) == 0 {
 				continue
 			}
-			fmt.Fprintf(w, "  Codes of %s (%s", col.Name, plural(len(col.Examples), "example", "examples"))
+			fmt.Fprintf(w, "  Codes of %s (%s", col.Name, api.Plural(len(col.Examples), "example", "examples"))
 			if col.CodeSystem != "" {
 				fmt.Fprintf(w, ", %s", col.CodeSystem)
 			}
