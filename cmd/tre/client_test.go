@@ -368,7 +368,7 @@ func TestClientWait(t *testing.T) {
 			args: []string{"approve", "7", "--wait"}, stdout: "query 7 is now awaiting_output_check", message: "query 7: running at the site", posted: []string{"approve 7"}},
 		{name: "release before the run ends", cmd: output, statuses: map[string][]string{"7": {"running"}},
 			args: []string{"release", "7"}, code: 1, message: "add --wait to release it once it has"},
-		{name: "release waits for the run", cmd: output, statuses: map[string][]string{"7": {"running", "awaiting_output_check"}},
+		{name: "release waits for the review and the run", cmd: output, statuses: map[string][]string{"7": {"submitted", "approved", "running", "awaiting_output_check"}},
 			args: []string{"release", "7", "--wait"}, stdout: "query 7 is now released", posted: []string{"release 7"}},
 		{name: "wait times out", cmd: review, statuses: map[string][]string{"7": {"running"}},
 			args: []string{"approve", "7", "--wait", "--wait-timeout", "30ms"}, code: 1, message: "query 7 is still running after 30ms", posted: []string{"approve 7"}},

@@ -319,24 +319,13 @@ func (m *DemoMain) printWelcome(url string, tokens map[broker.Role]string, proje
 	fmt.Fprintf(w, "  Demo project:    #%d (member: alice)\n", projectID)
 	fmt.Fprintf(w, "  Tokens:          %s (valid 24 h; TRE_BROKER and TRE_TOKEN_<ROLE> for each role)\n\n", env)
 	for _, u := range demoUsers {
-		fmt.Fprintf(w, "  %-15s %s — %s\n", u.Role, u.Sub, u.Name)
+		fmt.Fprintf(w, "  %-15s %s — %s\n  %s\n", u.Role, u.Sub, u.Name, tokens[u.Role])
 	}
 	fmt.Fprintf(w, "\nWhat next:\n")
-	fmt.Fprintf(w, "  1. Open %s/ui/ and sign in as Alice Researcher: browse the tables beside the editor, dry-run a query, submit it.\n", url)
-	fmt.Fprintf(w, "     Then sign in as Bob Reviewer to approve it, and as Carol Output-Checker to release it.\n")
-	fmt.Fprintf(w, "  2. Or, in another terminal in this directory, the whole flow with curl:\n\n")
-	fmt.Fprintf(w, "  set -a; . %s; set +a\n  J=\"Content-Type: application/json\"\n", env)
-	body := fmt.Sprintf(`{"project_id": %d, "purpose": "Type 2 diabetes by region", "sql": %q}`, projectID, strings.ReplaceAll(demoSQL, "\n", " "))
-	body = strings.ReplaceAll(body, "'", `'\''`) // inside a single-quoted shell word
-	fmt.Fprintf(w, "  # researcher submits\n  ID=$(curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" -d '%s' $TRE_BROKER/api/v1/queries | grep -o '\"id\":[0-9]*' | head -1 | cut -d: -f2)\n", body)
-	fmt.Fprintf(w, "  # reviewer approves; the site agent runs it within seconds\n  curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_REVIEWER\" -d '{\"comment\":\"ok\"}' $TRE_BROKER/api/v1/queries/$ID/approve\n")
-	fmt.Fprintf(w, "  while curl -s -H \"Authorization: Bearer $TRE_TOKEN_REVIEWER\" $TRE_BROKER/api/v1/queries/$ID | grep -Eq '\"status\":\"(approved|running)\"'; do sleep 1; done\n")
-	fmt.Fprintf(w, "  # output checker reviews and releases\n  curl -s -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" $TRE_BROKER/api/v1/queries/$ID/output\n")
-	fmt.Fprintf(w, "  curl -s -H \"$J\" -H \"Authorization: Bearer $TRE_TOKEN_OUTPUT_CHECKER\" -d '{\"comment\":\"safe\"}' $TRE_BROKER/api/v1/queries/$ID/release\n")
-	fmt.Fprintf(w, "  # researcher downloads, once the release shows for them\n")
-	fmt.Fprintf(w, "  until curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" $TRE_BROKER/api/v1/queries/$ID | grep -q '\"status\":\"released\"'; do sleep 1; done\n")
-	fmt.Fprintf(w, "  curl -s -H \"Authorization: Bearer $TRE_TOKEN_RESEARCHER\" \"$TRE_BROKER/api/v1/queries/$ID/result?format=csv\"\n\n")
-	fmt.Fprintf(w, "  3. Or the command-line client with the same tokens: go build ./cmd/tre && ./tre datasets (see README.md).\n")
+	fmt.Fprintf(w, "  1. Open %s/ui/ and sign in as Alice Researcher: browse the tables beside the editor, dry-run a query,\n", url)
+	fmt.Fprintf(w, "     submit it; then sign in as Bob Reviewer to approve it, and as Carol Output-Checker to release it.\n")
+	fmt.Fprintf(w, "  2. Or, in another terminal in this directory, load the tokens (set -a; . %s; set +a) and follow\n", env)
+	fmt.Fprintf(w, "     README.md, \"Submitting a query and fetching the result\": the same flow with curl, Python or the tre command.\n")
 	fmt.Fprintf(w, "\nPress Ctrl-C to stop. The data and the store stay in %s for the next run.\n", m.Dir)
 }
 

@@ -146,7 +146,9 @@ func (m *ReviewMain) run(ctx context.Context) error {
 		q, err = c.RejectQuery(ctx, m.id, m.reason)
 	case "release":
 		if m.wait.on {
-			if q, err = m.wait.until(ctx, c, m.id, m.Stderr, func(s broker.Status) bool { return !atSite(s) }); err != nil {
+			// Through the review too: a checker may start waiting early.
+			run := func(s broker.Status) bool { return s != broker.StatusSubmitted && !atSite(s) }
+			if q, err = m.wait.until(ctx, c, m.id, m.Stderr, run); err != nil {
 				return err
 			}
 		}
