@@ -17,6 +17,9 @@ import (
 //
 //   - a status change becomes visible only from the next boundary after it
 //     happened, and its time is shown as that boundary (updated_at too);
+//   - with a run hold (Options.RunHold), a run's end becomes visible no
+//     earlier than the boundary after its start plus the hold, so that
+//     runs shorter than the hold all look alike;
 //   - the researcher's own acts (submitting, cancelling) are shown at once,
 //     at their exact time;
 //   - re-leases and retried attempts are not shown, nor how many attempts a
@@ -105,25 +108,42 @@ func ceilTo(t time.Time, g time.Duration) time.Time {
 // they see at once and at its exact time.
 func ownStatus(st Status) bool { return st == StatusSubmitted || st == StatusCancelled }
 
-// researcherHistory returns the events a researcher sees at cutoff: those
-// that happened at or before it, and any earlier event followed by one of
-// the researcher's own acts.
-func researcherHistory(events []Event, cutoff time.Time, g time.Duration) []Event {
+// researcherHistory returns the events a researcher sees at cutoff, dated
+// as they see them: an event becomes visible at the first multiple of g at
+// or after it — and a run's end (leaving running) no earlier than hold
+// after the run's start — and never before the event before it; those
+// visible at cutoff are shown, and any event followed by one of the
+// researcher's own acts, which are shown at once at their exact times.
+func researcherHistory(events []Event, cutoff time.Time, g, hold time.Duration) []Event {
+	visible := make([]time.Time, len(events))
+	var start, prev time.Time
+	for i, e := range events {
+		at := e.At
+		if !ownStatus(e.To) {
+			at = ceilTo(e.At, g)
+			if hold > 0 && e.From == StatusRunning && e.To != StatusRunning && !start.IsZero() {
+				at = later(at, ceilTo(start.Add(hold), g))
+			}
+			at = later(at, prev)
+		}
+		if e.To == StatusRunning && start.IsZero() {
+			start = e.At
+		}
+		visible[i], prev = at, at
+	}
 	last := -1
 	for i, e := range events {
-		if ownStatus(e.To) || !e.At.After(cutoff) {
+		if ownStatus(e.To) || !visible[i].After(cutoff) {
 			last = i
 		}
 	}
 	out := make([]Event, 0, last+1)
-	for _, e := range events[:last+1] {
+	for i, e := range events[:last+1] {
 		if e.From == StatusRunning && e.To == StatusRunning {
 			continue // a re-lease or a retried attempt
 		}
 		v := e
-		if !ownStatus(e.To) {
-			v.At = ceilTo(e.At, g)
-		}
+		v.At = visible[i]
 		switch e.To {
 		case StatusRunning, StatusAwaitingOutputCheck:
 			v.Actor, v.Comment = SiteActor, ""
@@ -142,13 +162,20 @@ func researcherHistory(events []Event, cutoff time.Time, g time.Duration) []Even
 	return out
 }
 
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
 // researcherQuery returns a copy of q as a researcher sees it at cutoff,
 // given q's whole history. The copy has the visible history only when
 // withHistory is set.
 func (s *Service) researcherQuery(q *Query, events []Event, cutoff time.Time, withHistory bool) *Query {
 	v := *q
 	v.Attempts, v.FailureCode, v.FailureDetail = 0, "", ""
-	h := researcherHistory(events, cutoff, s.granularity)
+	h := researcherHistory(events, cutoff, s.granularity, s.runHold)
 	if len(h) == 0 { // every query has its submission event; be safe anyway
 		h = []Event{{To: StatusSubmitted, Actor: q.SubmittedBy, At: q.SubmittedAt}}
 	}
@@ -166,10 +193,16 @@ func (s *Service) researcherQuery(q *Query, events []Event, cutoff time.Time, wi
 
 // needsHistory reports whether a query's researcher view cannot be read off
 // its row: it changed after the cutoff (the change may not be visible yet),
-// or it is running (its updated_at may be a hidden re-lease's).
-func needsHistory(q *Query, cutoff time.Time) bool {
-	if q.Status == StatusRunning {
+// it is running (its updated_at may be a hidden re-lease's), or, with a run
+// hold, its run has ended (it is dated from the run's start).
+func (s *Service) needsHistory(q *Query, cutoff time.Time) bool {
+	switch q.Status {
+	case StatusRunning:
 		return true
+	case StatusAwaitingOutputCheck, StatusReleased, StatusWithheld, StatusFailed:
+		if s.runHold > 0 {
+			return true
+		}
 	}
 	return q.UpdatedAt.After(cutoff) && !ownStatus(q.Status)
 }
@@ -179,7 +212,7 @@ func needsHistory(q *Query, cutoff time.Time) bool {
 func (s *Service) researcherQueries(ctx context.Context, tx Tx, qs []*Query, cutoff time.Time) ([]*Query, error) {
 	out := make([]*Query, len(qs))
 	for i, q := range qs {
-		if needsHistory(q, cutoff) {
+		if s.needsHistory(q, cutoff) {
 			events, err := tx.FindEvents(ctx, q.ID)
 			if err != nil {
 				return nil, err
@@ -203,9 +236,12 @@ func (s *Service) researcherQueries(ctx context.Context, tx Tx, qs []*Query, cut
 // it is visible, and the recently changed ones that still look like it.
 func (s *Service) findResearcherQueries(ctx context.Context, tx Tx, f QueryFilter, member string, cutoff time.Time) ([]*Query, int, error) {
 	if f.Status != nil {
+		// Changes at or before settled are visible at cutoff, whatever
+		// the run hold.
+		settled := cutoff.Add(-s.runHold)
 		recent := f
 		recent.Status, recent.Offset, recent.Limit = nil, 0, MaxLimit
-		recent.UpdatedAfter = &cutoff
+		recent.UpdatedAfter = &settled
 		changed, _, err := tx.FindQueries(ctx, recent, member)
 		if err != nil {
 			return nil, 0, err
@@ -220,7 +256,7 @@ func (s *Service) findResearcherQueries(ctx context.Context, tx Tx, f QueryFilte
 			}
 		}
 		if !ownStatus(*f.Status) {
-			f.UpdatedBefore = &cutoff
+			f.UpdatedBefore = &settled
 		}
 	}
 	qs, n, err := tx.FindQueries(ctx, f, member)

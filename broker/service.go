@@ -50,6 +50,13 @@ type Options struct {
 	// dated at that multiple (see researcher.go). Tests and demos may set
 	// a shorter one.
 	Granularity time.Duration
+	// RunHold, when positive, delays what researchers see of a run's end
+	// to no earlier than the run's start plus RunHold (rounded up to the
+	// granularity): every run that ends within the hold — a fast result, a
+	// time-out, a crash — shows the same duration. Set it to the sites'
+	// job time limit to hide how long runs take entirely, at the cost of
+	// that much latency for every result.
+	RunHold time.Duration
 	// AuthFailureWindow is how long failed authentications from one source
 	// are aggregated into one audit entry (default 1m).
 	AuthFailureWindow time.Duration
@@ -91,6 +98,7 @@ type Service struct {
 	writeTimeout time.Duration
 	onTransition func(Transition)
 	granularity  time.Duration
+	runHold      time.Duration
 	failures     *authFailures
 
 	mu       sync.Mutex
@@ -134,6 +142,7 @@ func NewService(store Store, compiler Compiler, opts Options) *Service {
 		writeTimeout: opts.WriteTimeout,
 		onTransition: opts.OnTransition,
 		granularity:  opts.Granularity,
+		runHold:      max(opts.RunHold, 0),
 		catalogs:     map[string]cachedCatalog{},
 		plans:        map[planKey]*queries.Plan{},
 		failures:     &authFailures{window: opts.AuthFailureWindow, bySource: map[string]*failureWindow{}},
@@ -1467,7 +1476,7 @@ func (s *Service) releasedResult(o *Output) (*ReleasedResult, error) {
 	if o.Result == nil || o.ReleasedAt == nil { // a released output is a result; fail closed
 		return nil, fmt.Errorf("released output of query %d has no result or release time", o.QueryID)
 	}
-	return &ReleasedResult{QueryID: o.QueryID, ReleasedAt: ceilTo(*o.ReleasedAt, s.granularity), Result: o.Result.ForResearcher()}, nil
+	return &ReleasedResult{QueryID: o.QueryID, ReleasedAt: *o.ReleasedAt, Result: o.Result.ForResearcher()}, nil
 }
 
 // outputReader says as whom readOutput reads an output.
@@ -1498,11 +1507,13 @@ func (s *Service) readOutput(ctx context.Context, u *User, id int64, action stri
 			return err
 		}
 		checker = how != asMember && checkerView(u, q, member)
+		var releasedAt time.Time // as researchers see it
 		if !checker {
-			released, err := s.releasedToResearchers(ctx, tx, q)
+			released, at, err := s.releasedToResearchers(ctx, tx, q)
 			if err != nil {
 				return err
 			}
+			releasedAt = at
 			switch {
 			case how == asChecker:
 				return deny(action, queryObject(id), "only an output checker who neither submitted query %d nor is a member of its project reads its output as a checker; its researchers read it once released", id)
@@ -1524,6 +1535,9 @@ func (s *Service) readOutput(ctx context.Context, u *User, id int64, action stri
 		if o, err = tx.FindOutput(ctx, id); err != nil {
 			return err
 		}
+		if !checker {
+			o.ReleasedAt = &releasedAt
+		}
 		return appendAudit(ctx, tx, now, u.Subject, action, queryObject(id), auditDetail("status", string(q.Status)))
 	})
 	if err != nil {
@@ -1533,16 +1547,17 @@ func (s *Service) readOutput(ctx context.Context, u *User, id int64, action stri
 }
 
 // releasedToResearchers reports whether q is released and its researchers
-// see it released already.
-func (s *Service) releasedToResearchers(ctx context.Context, tx Tx, q *Query) (bool, error) {
+// see it released already, and when they see the release.
+func (s *Service) releasedToResearchers(ctx context.Context, tx Tx, q *Query) (bool, time.Time, error) {
 	if q.Status != StatusReleased {
-		return false, nil
+		return false, time.Time{}, nil
 	}
 	events, err := tx.FindEvents(ctx, q.ID)
 	if err != nil {
-		return false, err
+		return false, time.Time{}, err
 	}
-	return s.researcherQuery(q, events, s.cutoff(), false).Status == StatusReleased, nil
+	v := s.researcherQuery(q, events, s.cutoff(), false)
+	return v.Status == StatusReleased, v.UpdatedAt, nil
 }
 
 // ---- leases ----

@@ -286,3 +286,67 @@ func testMemberStaffView(t *testing.T, f *Fixture) {
 		t.Errorf("checker's output queue = %+v, %v", queue, err)
 	}
 }
+
+// testRunHold: with a run hold of five minutes, a run that completes in a
+// second and one that crashes, is retried and times out after nearly five
+// minutes show the same history, statuses and times to the researcher.
+func testRunHold(t *testing.T, f *Fixture) {
+	svc := f.Service
+	f.at(0, 10)
+	ok := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	bad := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	f.at(0, 20)
+	f.MustApprove(ok.ID)
+	f.MustApprove(bad.ID)
+	f.at(1, 5)
+	tok, badTok := f.MustLease(ok.ID).Token, f.MustLease(bad.ID).Token
+	f.at(1, 6)
+	if err := svc.CompleteJob(f.Agent, ok.ID, tok, f.Result(0.5)); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.FailJob(f.Agent, bad.ID, badTok, "crashed", "the sandbox exited"); err != nil {
+		t.Fatal(err)
+	}
+	f.at(1, 30)
+	badTok = f.MustLease(bad.ID).Token
+	f.at(5, 50)
+	if err := svc.FailJob(f.Agent, bad.ID, badTok, "timeout", "the query ran past its time limit"); err != nil {
+		t.Fatal(err)
+	}
+	same := func(when string, want broker.Status) {
+		t.Helper()
+		a, b := researcherView(t, f, ok.ID), researcherView(t, f, bad.ID)
+		if a.Status != want {
+			t.Errorf("%s: the researcher sees %s, want %s", when, a.Status, want)
+		}
+		b.ID, b.RiskFlags = a.ID, a.RiskFlags
+		if diff := cmp.Diff(a, b); diff != "" {
+			t.Errorf("%s: the runs look different (-fast +slow):\n%s", when, diff)
+		}
+		if ids := visibleStatus(t, f, want); !cmp.Equal(ids, []int64{ok.ID, bad.ID}) {
+			t.Errorf("%s: list of %s = %v", when, want, ids)
+		}
+	}
+	same("at 5:50", broker.StatusRunning)
+	f.at(6, 59)
+	same("at 6:59", broker.StatusRunning) // 1:05 + 5m, rounded up to 7:00
+	f.at(7, 0)
+	same("at 7:00", broker.StatusAwaitingOutputCheck)
+	if got := researcherView(t, f, ok.ID); !got.UpdatedAt.Equal(hm(7, 0)) {
+		t.Errorf("the run's end dated %s, want 7:00", got.UpdatedAt)
+	}
+	// A release right away shows after the run's end, never before it.
+	f.at(7, 10)
+	if _, err := svc.ReleaseQuery(f.Checker, ok.ID, "safe"); err != nil {
+		t.Fatal(err)
+	}
+	f.at(8, 0)
+	out, err := svc.DownloadResult(f.Researcher, ok.ID)
+	if err != nil || !out.ReleasedAt.Equal(hm(8, 0)) {
+		t.Errorf("download = %+v, %v; want released at 8:00", out, err)
+	}
+	// Staff see the real times.
+	if got := f.MustQuery(ok.ID); !got.History[len(got.History)-2].At.Equal(hm(1, 6)) {
+		t.Errorf("staff see the completion at %s", got.History[len(got.History)-2].At)
+	}
+}

@@ -36,6 +36,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("FailureNotices", func(t *testing.T) { testFailureNotices(t, fresh(t, broker.Options{})) })
 	t.Run("ResearcherView", func(t *testing.T) { testResearcherView(t, fresh(t, broker.Options{})) })
 	t.Run("MemberStaffView", func(t *testing.T) { testMemberStaffView(t, fresh(t, broker.Options{})) })
+	t.Run("RunHold", func(t *testing.T) { testRunHold(t, fresh(t, broker.Options{RunHold: 5 * time.Minute})) })
 	t.Run("LeaseExpiryExhaustsAttempts", func(t *testing.T) {
 		testLeaseExpiryExhaustsAttempts(t, fresh(t, broker.Options{LeaseTTL: time.Minute}))
 	})

@@ -156,6 +156,7 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		LeaseTTL:          cfg.LeaseTTL,
 		MaxAttempts:       cfg.MaxAttempts,
 		Granularity:       cfg.TimeGranularity,
+		RunHold:           cfg.RunHold,
 		Logger:            logger,
 		OnTransition:      b.observeTransition,
 		AuthFailureWindow: cfg.AuthFailureWindow,

@@ -32,6 +32,9 @@ type ServeConfig struct {
 	// statuses of their queries change, and are dated, only at multiples
 	// of it, so that they cannot time a run.
 	TimeGranularity time.Duration `yaml:"researcher_time_granularity" flag:"researcher-time-granularity" usage:"researchers see status changes, and their times, only at multiples of this (hides how long runs take)"`
+	// RunHold delays what researchers see of a run's end to at least this
+	// long after its start: runs shorter than it all look alike.
+	RunHold time.Duration `yaml:"researcher_run_hold" flag:"researcher-run-hold" usage:"researchers see a run end no sooner than this after it started (0: off; the sites' job_timeout hides run durations entirely)"`
 
 	DryRunData    string `yaml:"dry_run_data" flag:"dry-run-data" usage:"synthetic DuckDB file answering dry runs (empty: dry runs off)"`
 	DryRunCatalog string `yaml:"dry_run_catalog" flag:"dry-run-catalog" usage:"catalog of the dry-run data (default: DATA with .catalog.yaml)"`
@@ -99,6 +102,8 @@ func (c *ServeConfig) Validate() error {
 		return errors.New("max_attempts must be at least 1")
 	case c.TimeGranularity < time.Millisecond || c.TimeGranularity > 24*time.Hour:
 		return fmt.Errorf("researcher_time_granularity %s must be between 1ms and 24h", c.TimeGranularity)
+	case c.RunHold < 0 || c.RunHold > 24*time.Hour:
+		return fmt.Errorf("researcher_run_hold %s must be between 0 and 24h", c.RunHold)
 	case c.SubmitPerMinute < 1:
 		return errors.New("submit_per_minute must be at least 1")
 	case c.DryRunMax < 1 || c.DryRunPerUser < 1:
