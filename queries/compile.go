@@ -65,8 +65,11 @@ type column struct {
 // relation is a FROM item in scope: a catalog table, or a per-patient CTE or
 // subquery.
 type relation struct {
-	alias      string // lower case, as referenced in the query
-	table      string // catalog table or CTE name (for predicates)
+	alias string // lower case, as referenced in the query
+	table string // catalog table or CTE name (for predicates)
+	// canon names a per-patient CTE or subquery by its order in canonical
+	// text (canonical.go), whatever the researcher called it.
+	canon      string
 	cols       []column
 	public     bool // lookup table without patient data
 	patient    bool // rows belong to patients (has the privacy unit)
@@ -118,6 +121,9 @@ type compiler struct {
 	shortcuts bool
 	// innerPreds are the WHERE conjuncts of per-patient queries.
 	innerPreds []string
+	// derived are the per-patient CTEs and subqueries, in order, for
+	// canonical text (canonical.go).
+	derived []derivedQuery
 	// refs, when not nil, collects every relation a column reference
 	// resolves to (to tell which relations a group key reads).
 	refs map[*relation]bool
@@ -127,6 +133,7 @@ type compiler struct {
 type query struct {
 	from       string
 	where      string
+	sc         *scope // the outer query's relations (canonical text)
 	pid        string // the privacy unit of the root patient relation
 	groups     []groupKey
 	aggs       []aggregate
@@ -346,7 +353,7 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 		return nil, "", refuse(what+" grouped by the "+c.cat.PrivacyUnit+" of "+grel.alias, pos(g), grel.alias+" is on the right of a LEFT JOIN, where "+c.cat.PrivacyUnit+" can be NULL; group by the "+c.cat.PrivacyUnit+" of the left side")
 	}
 	gsql := qualified(grel, gcol)
-	rel := &relation{patient: true, perPatient: true, derived: true}
+	rel := &relation{patient: true, perPatient: true, derived: true, canon: "derived" + strconv.Itoa(len(c.derived)+1)}
 	items := list(node, "select_list")
 	if len(items) == 0 {
 		return nil, "", refuse("an empty SELECT in "+what, -1, "")
@@ -434,18 +441,23 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 			parts = append(parts, wsql)
 			// Filters inside a per-patient query also change what is
 			// released; the broker compares them too.
-			c.innerPreds = append(c.innerPreds, "in "+what+": "+c.predicateText(wsql, sc))
+			c.innerPreds = append(c.innerPreds, "in "+rel.canon+": "+canonicalText(wsql, sc.rels))
 		}
 		b.WriteString(" WHERE " + strings.Join(parts, " AND "))
 	}
 	b.WriteString(" GROUP BY " + gsql)
+	shape := "SELECT " + strings.Join(outs, ", ") + " FROM " + from + " GROUP BY " + gsql
 	if h := sub(node, "having"); h != nil {
 		hsql, _, err := c.expr(h, sc, exprMode{clause: "HAVING of " + what, inner: true}, 1)
 		if err != nil {
 			return nil, "", err
 		}
 		b.WriteString(" HAVING " + hsql)
+		shape += " HAVING " + hsql
 	}
+	// Its WHERE conjuncts are compared as predicates (innerPreds), the
+	// rest as part of the query's shape.
+	c.derived = append(c.derived, derivedQuery{canon: rel.canon, body: b.String(), shape: canonicalText(shape, sc.rels)})
 	return rel, b.String(), nil
 }
 
@@ -862,7 +874,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	if pid == "" {
 		return nil, refuse("a query of lookup tables only", -1, "a released query must count patients; read a patient table")
 	}
-	q := &query{from: from, pid: pid, onePerPatient: onePerPatient(sc.rels), maybeOnePerPatient: maybeOnePerPatient(sc.rels)}
+	q := &query{from: from, sc: sc, pid: pid, onePerPatient: onePerPatient(sc.rels), maybeOnePerPatient: maybeOnePerPatient(sc.rels)}
 	if h := sub(node, "having"); h != nil {
 		return nil, refuse("HAVING", pos(h), "it filters on exact aggregates before protection; filter the released table instead")
 	}
@@ -876,7 +888,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 				return nil, err
 			}
 			parts = append(parts, s)
-			q.predicates = append(q.predicates, c.predicateText(s, sc))
+			q.predicates = append(q.predicates, canonicalText(s, sc.rels))
 		}
 		q.where = strings.Join(parts, " AND ")
 	}
@@ -1075,50 +1087,7 @@ func (c *compiler) uniqueNames(q *query) {
 	}
 }
 
-// predicateText is a WHERE conjunct with aliases replaced by table names,
-// so renaming an alias does not hide a repeated predicate.
-// Identifiers lose their quotes (they are plain names, checked against
-// identRe) and date literals read DATE 'yyyy-mm-dd', the forms the broker's
-// risk heuristics look for.
-func (c *compiler) predicateText(s string, sc *scope) string {
-	for _, r := range sc.rels {
-		s = strings.ReplaceAll(s, quoteIdent(r.alias)+".", quoteIdent(r.table)+".")
-	}
-	return dateCastRe.ReplaceAllString(unquoteIdents(s), "DATE '$1'")
-}
-
 var dateCastRe = regexp.MustCompile(`CAST\('(\d{4}-\d{2}-\d{2})' AS DATE\)`)
-
-// unquoteIdents drops the double quotes around plain identifiers outside
-// string literals.
-func unquoteIdents(s string) string {
-	var b strings.Builder
-	inStr := false
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case inStr:
-			b.WriteByte(ch)
-			if ch == '\'' {
-				inStr = false
-			}
-		case ch == '\'':
-			inStr = true
-			b.WriteByte(ch)
-		case ch == '"':
-			end := strings.IndexByte(s[i+1:], '"')
-			if end >= 0 && identRe.MatchString(s[i+1:i+1+end]) {
-				b.WriteString(s[i+1 : i+1+end])
-				i += end + 1
-				continue
-			}
-			b.WriteByte(ch)
-		default:
-			b.WriteByte(ch)
-		}
-	}
-	return b.String()
-}
 
 // groupKey validates one GROUP BY expression.
 func (c *compiler) groupKey(n obj, sc *scope) (string, val, error) {

@@ -1,7 +1,6 @@
 package queries
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -255,9 +254,10 @@ func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts
 		SQLHash:    SQLHash(sqlText),
 		Rewritten:  c.rewrite(q, spec),
 		Spec:       spec,
-		Normalized: normalize(stmt),
 		Predicates: q.predicates,
 	}
+	plan.Shape = c.shape(q, q.sc)
+	plan.Normalized = plan.Shape + "where " + strings.Join(q.predicates, "\nwhere ") + "\n"
 	if err := finishPlan(plan); err != nil {
 		return nil, err
 	}
@@ -330,66 +330,4 @@ func firstKeyword(s string) string {
 		return "non-SELECT"
 	}
 	return strings.ToUpper(s[:end])
-}
-
-// normalize is a canonical text of the AST: keys sorted, positions removed,
-// literal values kept.
-func normalize(stmt obj) string {
-	var b bytes.Buffer
-	b.Grow(4096)
-	writeCanonical(&b, stmt)
-	return b.String()
-}
-
-// caseFolded are AST fields holding identifiers, which DuckDB matches
-// case-insensitively.
-var caseFolded = map[string]bool{"column_names": true, "table_name": true, "alias": true, "function_name": true, "key": true, "using_columns": true}
-
-func writeCanonical(b *bytes.Buffer, v any) { writeCanonicalKey(b, v, false) }
-
-func writeCanonicalKey(b *bytes.Buffer, v any, fold bool) {
-	switch x := v.(type) {
-	case obj:
-		keys := make([]string, 0, len(x))
-		for k := range x {
-			if k == "query_location" {
-				continue
-			}
-			keys = append(keys, k)
-		}
-		sortStrings(keys)
-		b.WriteByte('{')
-		for i, k := range keys {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.Write(strconv.AppendQuote(b.AvailableBuffer(), k))
-			b.WriteByte(':')
-			writeCanonicalKey(b, x[k], caseFolded[k])
-		}
-		b.WriteByte('}')
-	case []any:
-		b.WriteByte('[')
-		for i, e := range x {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			writeCanonicalKey(b, e, fold)
-		}
-		b.WriteByte(']')
-	case string:
-		if fold {
-			x = strings.ToLower(x)
-		}
-		b.Write(strconv.AppendQuote(b.AvailableBuffer(), x))
-	case json.Number:
-		b.WriteString(string(x))
-	case bool:
-		b.WriteString(strconv.FormatBool(x))
-	case nil:
-		b.WriteString("null")
-	default:
-		vb, _ := json.Marshal(x)
-		b.Write(vb)
-	}
 }

@@ -179,8 +179,8 @@ func TestPredicatesOfCTEs(t *testing.T) {
 		SELECT count(*) FROM d JOIN patients p USING (patient_id) WHERE p.sex = 'female'`)
 	want := []string{
 		`(patients.sex = 'female')`,
-		`in CTE d: (clinical_events.date >= DATE '2020-01-01')`,
-		`in CTE d: (clinical_events.snomed_code = '44054006')`,
+		`in derived1: (clinical_events.date >= DATE '2020-01-01')`,
+		`in derived1: (clinical_events.snomed_code = 44054006)`,
 	}
 	if diff := cmp.Diff(want, plan.Predicates); diff != "" {
 		t.Errorf("predicates (-want +got):\n%s", diff)
@@ -294,4 +294,64 @@ func TestParserLockedDown(t *testing.T) {
 	if err := p.db.QueryRow("SELECT current_setting('enable_external_access')::VARCHAR").Scan(&v); err != nil || v != "false" {
 		t.Fatalf("enable_external_access = %q (%v), want false", v, err)
 	}
+}
+
+// TestCanonicalForm checks what the risk flags compare: queries that ask
+// the same question however they are written and named have one Normalized
+// form; queries that ask another question do not; one condition more or
+// less keeps the Shape.
+func TestCanonicalForm(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	const base = `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= 2 AND region IN ('London', 'North East') GROUP BY sex`
+	same := []struct{ name, sql string }{
+		{"renamed output", `SELECT sex AS s, count(*) AS n_again FROM patients WHERE imd_quintile >= 2 AND region IN ('London', 'North East') GROUP BY 1`},
+		{"layout, case and a comment", "select  SEX,\n COUNT(*) as N -- total\n from PATIENTS where IMD_QUINTILE >= 2 and REGION in ('London', 'North East') group by SEX"},
+		{"conjuncts swapped", `SELECT sex, count(*) AS n FROM patients WHERE region IN ('London', 'North East') AND imd_quintile >= 2 GROUP BY sex`},
+		{"IN list reordered", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= 2 AND region IN ('North East', 'London') GROUP BY sex`},
+		{"literal as a decimal", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= 2.0 AND region IN ('London', 'North East') GROUP BY sex`},
+		{"literal in exponent form", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= 0.2e1 AND region IN ('London', 'North East') GROUP BY sex`},
+		{"literal as a string", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= '2' AND region IN ('London', 'North East') GROUP BY sex`},
+		{"table alias", `SELECT p.sex, count(*) AS n FROM patients AS p WHERE p.imd_quintile >= 2 AND p.region IN ('London', 'North East') GROUP BY p.sex`},
+	}
+	want := mustCompile(t, p, cat, base)
+	for _, tt := range same {
+		t.Run(tt.name, func(t *testing.T) {
+			got := mustCompile(t, p, cat, tt.sql)
+			if got.Normalized != want.Normalized {
+				t.Errorf("normalized forms differ:\n%s\n%s", want.Normalized, got.Normalized)
+			}
+			if diff := cmp.Diff(want.Predicates, got.Predicates); diff != "" {
+				t.Errorf("predicates (-want +got):\n%s", diff)
+			}
+		})
+	}
+	other := []struct{ name, sql string }{
+		{"another value", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= 3 AND region IN ('London', 'North East') GROUP BY sex`},
+		{"another group", `SELECT region, count(*) AS n FROM patients WHERE imd_quintile >= 2 AND region IN ('London', 'North East') GROUP BY region`},
+		{"another aggregate", `SELECT sex, count(DISTINCT patient_id) AS n FROM patients WHERE imd_quintile >= 2 AND region IN ('London', 'North East') GROUP BY sex`},
+		{"a code with a leading zero", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= '02' AND region IN ('London', 'North East') GROUP BY sex`},
+	}
+	for _, tt := range other {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mustCompile(t, p, cat, tt.sql); got.Normalized == want.Normalized {
+				t.Errorf("another question has the same normalized form:\n%s", got.Normalized)
+			}
+		})
+	}
+	t.Run("one condition fewer keeps the shape", func(t *testing.T) {
+		got := mustCompile(t, p, cat, `SELECT sex, count(*) AS n_2 FROM patients WHERE region IN ('North East', 'London') GROUP BY sex`)
+		if got.Shape != want.Shape || got.Normalized == want.Normalized {
+			t.Errorf("shape %q vs %q; normalized equal %v", got.Shape, want.Shape, got.Normalized == want.Normalized)
+		}
+	})
+	t.Run("renamed CTE, columns and alias", func(t *testing.T) {
+		a := mustCompile(t, p, cat, `WITH latest AS (SELECT patient_id, max(numeric_value) AS v FROM clinical_events WHERE snomed_code = '123' GROUP BY patient_id)
+			SELECT p.sex, count(*) AS n FROM patients p JOIN latest l ON l.patient_id = p.patient_id WHERE l.v > 100 GROUP BY p.sex`)
+		b := mustCompile(t, p, cat, `WITH peak AS (SELECT patient_id, max(numeric_value) AS highest FROM clinical_events WHERE snomed_code = '123' GROUP BY patient_id)
+			SELECT patients.sex, count(*) AS total FROM patients JOIN peak USING (patient_id) WHERE peak.highest > 100.0 GROUP BY 1`)
+		if a.Normalized != b.Normalized {
+			t.Errorf("normalized forms differ:\n%s\n%s", a.Normalized, b.Normalized)
+		}
+	})
 }

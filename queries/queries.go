@@ -57,11 +57,16 @@ type Plan struct {
 	Spec      dp.Spec       `json:"spec"`
 	Cost      dp.Cost       `json:"cost"`
 	Accuracy  []dp.Accuracy `json:"accuracy"`
-	// Normalized is a canonical text of the query (positions and layout
-	// removed, literal values kept) for repeat and differencing detection.
+	// Shape is the canonical text (canonical.go) of what the query
+	// releases and from what, without its WHERE conditions: queries of one
+	// shape whose Predicates differ by one can be subtracted (risk flags).
+	Shape string `json:"shape"`
+	// Normalized is the canonical text of the whole query, Shape and
+	// Predicates: equal for queries that ask the same question however they
+	// are written and named (repeat detection).
 	Normalized string `json:"normalized"`
-	// Predicates are the normalised top-level WHERE conjuncts of the outer
-	// query, sorted.
+	// Predicates are the canonical WHERE conjuncts of the outer query and
+	// of its per-patient CTEs and subqueries, sorted.
 	Predicates []string `json:"predicates"`
 }
 
