@@ -116,6 +116,30 @@ type RiskFlag struct {
 	// SimilarQueryID and SimilarSQL show the earlier query beside this one.
 	SimilarQueryID int64  `json:"similar_query_id,omitempty"`
 	SimilarSQL     string `json:"similar_sql,omitempty"`
+	// SimilarStatus is the earlier query's status (when the flag was
+	// raised; reviewers and other staff see it as it is now), and
+	// SimilarReleased whether its answer has been released: a repeat or a
+	// difference of a released answer is the greater risk.
+	SimilarStatus   Status `json:"similar_status,omitempty"`
+	SimilarReleased bool   `json:"similar_released,omitempty"`
+}
+
+// setSimilar records the earlier query's status on the flag.
+func (f *RiskFlag) setSimilar(st Status) {
+	f.SimilarStatus, f.SimilarReleased = st, st == StatusReleased
+}
+
+// researcherFlags is the risk flags as a researcher sees them: without the
+// earlier queries' statuses, which were read at the exact time of a
+// submission, finer than the granularity at which researchers see status
+// changes (researcher.go).
+func researcherFlags(flags []RiskFlag) []RiskFlag {
+	out := make([]RiskFlag, len(flags))
+	for i, f := range flags {
+		f.SimilarStatus, f.SimilarReleased = "", false
+		out[i] = f
+	}
+	return out
 }
 
 // Query is a researcher's question and everything decided about it.

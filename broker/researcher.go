@@ -175,6 +175,7 @@ func later(a, b time.Time) time.Time {
 func (s *Service) researcherQuery(q *Query, events []Event, cutoff time.Time, withHistory bool) *Query {
 	v := *q
 	v.Attempts, v.FailureCode, v.FailureDetail = 0, "", ""
+	v.RiskFlags = researcherFlags(q.RiskFlags)
 	h := researcherHistory(events, cutoff, s.granularity, s.runHold)
 	if len(h) == 0 { // every query has its submission event; be safe anyway
 		h = []Event{{To: StatusSubmitted, Actor: q.SubmittedBy, At: q.SubmittedAt}}

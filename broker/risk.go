@@ -4,14 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -39,27 +37,13 @@ func hashString(s string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// shapeHash identifies a plan's output shape: dataset, group columns and
-// aggregates with their bounds. Two queries with the same shape whose
+// shapeHash identifies a plan's shape: its dataset and the compiler's
+// canonical text of what it releases and from what, without its WHERE
+// conditions (queries.Plan.Shape: output names, aliases, layout and
+// literal formatting left out). Two queries with the same shape whose
 // predicates differ by one can be subtracted from each other.
-func shapeHash(dataset string, spec dp.Spec) string {
-	type agg struct {
-		Name, Kind   string
-		Lower, Upper float64
-	}
-	shape := struct {
-		Dataset string
-		Groups  []string
-		Aggs    []agg
-	}{Dataset: dataset}
-	for _, g := range spec.Groups {
-		shape.Groups = append(shape.Groups, strings.ToLower(g.Name))
-	}
-	for _, a := range spec.Aggregates {
-		shape.Aggs = append(shape.Aggs, agg{strings.ToLower(a.Name), string(a.Kind), a.Lower, a.Upper})
-	}
-	b, _ := json.Marshal(shape) // plain strings and floats from a validated spec
-	return hashString(string(b))
+func shapeHash(dataset, shape string) string {
+	return hashString(dataset + "\x00" + shape)
 }
 
 // PredicateKeys returns the keys the differencing lookup matches on, for a

@@ -930,6 +930,14 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 		// Submissions are the broker's most frequent write: concurrent
 		// ones share a commit (each is still checked and stored alone).
 		err = s.updateGrouped(ctx, u, func(tx Tx) error {
+			// The project's lock serialises its submissions where
+			// transactions run concurrently (PostgreSQL), so that each sees
+			// every earlier one: two identical twins committed together
+			// must still flag each other as repeats. SQLite's writers are
+			// serial already, and the lock costs it one read.
+			if err := tx.LockProject(ctx, sub.ProjectID); err != nil {
+				return err
+			}
 			pr, hash, err := s.submitter(ctx, tx, u, sub, now)
 			if err != nil {
 				return err
@@ -990,8 +998,8 @@ func (s *Service) storeSubmission(ctx context.Context, tx Tx, u *User, sub Query
 	rec := &QueryRecord{
 		Query:          q,
 		Normalized:     plan.Normalized,
-		NormalizedHash: hashString(plan.Normalized),
-		ShapeHash:      shapeHash(q.Dataset, plan.Spec),
+		NormalizedHash: hashString(q.Dataset + "\x00" + plan.Normalized),
+		ShapeHash:      shapeHash(q.Dataset, plan.Shape),
 		Predicates:     plan.Predicates,
 		Ledger:         LedgerNone,
 	}
@@ -1031,12 +1039,14 @@ func (s *Service) similarityFlags(ctx context.Context, tx Tx, rec *QueryRecord) 
 		return nil, err
 	}
 	if rep != nil {
-		flags = append(flags, RiskFlag{
+		f := RiskFlag{
 			Kind:           RiskRepeat,
 			Message:        fmt.Sprintf("repeats query %d of this project: repeated answers can be averaged to remove the noise", rep.ID),
 			SimilarQueryID: rep.ID,
 			SimilarSQL:     rep.SQL,
-		})
+		}
+		f.setSimilar(rep.Status)
+		flags = append(flags, f)
 	}
 	o, err := tx.FindDifferencing(ctx, q.ProjectID, rec.PredicateSet, rec.PredicateKeys)
 	if err != nil {
@@ -1052,13 +1062,34 @@ func (s *Service) similarityFlags(ctx context.Context, tx Tx, rec *QueryRecord) 
 		s.log.Error("differencing lookup matched a query that does not differ by one predicate", "query", o.ID)
 		return flags, nil
 	}
-	flags = append(flags, RiskFlag{
+	f := RiskFlag{
 		Kind:           RiskDifferencing,
 		Message:        fmt.Sprintf("differs from query %d only in that it %s: subtracting the answers can isolate a small group", o.ID, diff),
 		SimilarQueryID: o.ID,
 		SimilarSQL:     o.SQL,
-	})
-	return flags, nil
+	}
+	f.setSimilar(o.Status)
+	return append(flags, f), nil
+}
+
+// refreshFlags sets each risk flag's view of the earlier query to its
+// status now: a reviewer deciding days later must know whether the earlier
+// answer has been released since.
+func refreshFlags(ctx context.Context, tx Tx, q *Query) error {
+	for i := range q.RiskFlags {
+		f := &q.RiskFlags[i]
+		if f.SimilarQueryID == 0 {
+			continue
+		}
+		rec, err := tx.FindQuery(ctx, f.SimilarQueryID)
+		if ErrorCode(err) == ENOTFOUND {
+			continue
+		} else if err != nil {
+			return err
+		}
+		f.setSimilar(rec.Query.Status)
+	}
+	return nil
 }
 
 // ---- reading queries ----
@@ -1098,10 +1129,14 @@ func (s *Service) FindQueryByID(ctx context.Context, id int64) (*Query, error) {
 			return err
 		}
 		researcher, err := researcherFor(ctx, tx, u, q.ProjectID)
+		if err != nil {
+			return err
+		}
 		if researcher {
 			q = s.researcherQuery(q, q.History, s.cutoff(), true)
+			return nil
 		}
-		return err
+		return refreshFlags(ctx, tx, q)
 	})
 	if err != nil {
 		return nil, err
@@ -1159,7 +1194,8 @@ func (s *Service) OutputQueue(ctx context.Context) ([]*Query, error) {
 	return s.queue(ctx, u, StatusAwaitingOutputCheck)
 }
 
-// queue lists the queries in st; the caller's own projects' queries as
+// queue lists the queries in st, their risk flags showing the earlier
+// queries' statuses as they are now; the caller's own projects' queries as
 // their researchers see them (memberViews).
 func (s *Service) queue(ctx context.Context, u *User, st Status) ([]*Query, error) {
 	var qs []*Query
@@ -1168,6 +1204,11 @@ func (s *Service) queue(ctx context.Context, u *User, st Status) ([]*Query, erro
 		var n int
 		if qs, n, err = tx.FindQueries(ctx, QueryFilter{Status: &st, Limit: MaxLimit}, ""); err != nil {
 			return err
+		}
+		for _, q := range qs {
+			if err := refreshFlags(ctx, tx, q); err != nil {
+				return err
+			}
 		}
 		qs, _, err = s.memberViews(ctx, tx, u, qs, n, &st, s.cutoff())
 		return err

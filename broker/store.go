@@ -73,6 +73,7 @@ type QueryRecord struct {
 type SimilarQuery struct {
 	ID         int64
 	SQL        string
+	Status     Status
 	Predicates []string // set by FindDifferencing only
 }
 
@@ -113,8 +114,8 @@ type Tx interface {
 	FindQueries(ctx context.Context, f QueryFilter, member string) ([]*Query, int, error)
 	AddEvent(ctx context.Context, queryID int64, e Event) error
 	FindEvents(ctx context.Context, queryID int64) ([]Event, error)
-	// FindRepeat returns the earliest query of the project with the given
-	// normalised hash, or nil.
+	// FindRepeat returns the earliest released query of the project with
+	// the given normalised hash, else the earliest one, or nil.
 	FindRepeat(ctx context.Context, projectID int64, normalizedHash string) (*SimilarQuery, error)
 	// FindDifferencing returns the project's most recent query whose
 	// PredicateKeys share one of keys and whose PredicateSet is not set, with

@@ -147,6 +147,21 @@ func (f *Fixture) MustLease(id int64) *broker.Lease {
 	return l
 }
 
+// ResultOf returns the protected result a site uploads for sql at eps,
+// compiled against the fixture's catalog and protected by dp.Protect.
+func (f *Fixture) ResultOf(tb testing.TB, sql string, eps float64) dp.Result {
+	tb.Helper()
+	plan, err := f.compiler.Compile(context.Background(), Catalog(tb), sql, queries.Options{Epsilon: eps})
+	if err != nil {
+		tb.Fatalf("compile %q at ε %g: %v", sql, eps, err)
+	}
+	res, err := dp.Protect(plan.Spec, nil, dp.Options{})
+	if err != nil {
+		tb.Fatalf("protect: %v", err)
+	}
+	return *res
+}
+
 // Result returns the protected result a site uploads for DefaultSQL at
 // eps: compiled against the fixture's catalog as the site compiles it and
 // protected by dp.Protect, so that it passes the broker's result checks.
@@ -156,16 +171,9 @@ func (f *Fixture) Result(eps float64) dp.Result {
 	if r, ok := f.results[eps]; ok {
 		return r
 	}
-	plan, err := f.compiler.Compile(context.Background(), Catalog(f.TB), DefaultSQL, queries.Options{Epsilon: eps})
-	if err != nil {
-		f.TB.Fatalf("compile %q at ε %g: %v", DefaultSQL, eps, err)
-	}
-	res, err := dp.Protect(plan.Spec, nil, dp.Options{})
-	if err != nil {
-		f.TB.Fatalf("protect: %v", err)
-	}
-	f.results[eps] = *res
-	return *res
+	res := f.ResultOf(f.TB, DefaultSQL, eps)
+	f.results[eps] = res
+	return res
 }
 
 // DiagnosedResult is Result(eps) with every figure only an output checker

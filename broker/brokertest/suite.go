@@ -47,6 +47,7 @@ func Run(t *testing.T, cfg Config) {
 	})
 	t.Run("RiskFlags", func(t *testing.T) { testRiskFlags(t, fresh(t, broker.Options{})) })
 	t.Run("DifferencingFlags", func(t *testing.T) { testDifferencingFlags(t, fresh(t, broker.Options{})) })
+	t.Run("RiskFlagsNotDodged", func(t *testing.T) { testRiskFlagsNotDodged(t, fresh(t, broker.Options{})) })
 	t.Run("PlanCache", func(t *testing.T) { testPlanCache(t, cfg) })
 	if cfg.Reopen != nil {
 		t.Run("PredicateSetBackfill", func(t *testing.T) { testPredicateSetBackfill(t, cfg) })
@@ -428,6 +429,52 @@ func (f *Fixture) DutyQuery(tb testing.TB, submitter, approver context.Context, 
 	}
 	must(err)
 	return q
+}
+
+// SubmitAs submits sql to the fixture's project as ctx's user and drives
+// it into st (Drive).
+func (f *Fixture) SubmitAs(tb testing.TB, ctx context.Context, sql string, st broker.Status) *broker.Query {
+	tb.Helper()
+	q, err := f.Service.SubmitQuery(ctx, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: sql, Purpose: "test", Epsilon: 0.5})
+	if err != nil {
+		tb.Fatalf("submit %q: %v", sql, err)
+	}
+	f.Drive(tb, q.ID, st)
+	return q
+}
+
+// Drive takes submitted query id to st (submitted, awaiting output check
+// or released): rev1 approves, the site runs it with a result of the
+// approved shape, chk1 releases.
+func (f *Fixture) Drive(tb testing.TB, id int64, st broker.Status) {
+	tb.Helper()
+	if st == broker.StatusSubmitted {
+		return
+	}
+	svc := f.Service
+	must := func(err error) {
+		tb.Helper()
+		if err != nil {
+			tb.Fatalf("drive query %d to %s: %v", id, st, err)
+		}
+	}
+	_, err := svc.ApproveQuery(f.Reviewer, id, "ok")
+	must(err)
+	var l *broker.Lease
+	for l == nil || l.QueryID != id { // earlier cases may have left approved jobs
+		l, err = svc.LeaseJob(f.Agent, SiteID, "")
+		must(err)
+		if l == nil {
+			tb.Fatalf("query %d was never leased", id)
+		}
+	}
+	q, err := svc.FindQueryByID(f.Admin, id)
+	must(err)
+	must(svc.CompleteJob(f.Agent, id, l.Token, f.ResultOf(tb, q.SQL, l.Epsilon)))
+	if st == broker.StatusReleased {
+		_, err = svc.ReleaseQuery(f.Checker, id, "safe")
+		must(err)
+	}
 }
 
 func auditCount(t *testing.T, f *Fixture, action string) int {
@@ -821,9 +868,8 @@ func testConcurrentSubmissions(t *testing.T, cfg Config, f *Fixture) {
 		if got := f.MustQuery(id); got.Status != broker.StatusSubmitted {
 			t.Errorf("query %d: status %s", id, got.Status)
 		}
-		if !cfg.SerialWrites {
-			continue
-		}
+		// Every store: the project's lock makes each submission see the
+		// ones committed before it, so only the first is no repeat.
 		var repeatOf int64
 		for _, fl := range byID[id].RiskFlags {
 			if fl.Kind == broker.RiskRepeat {
@@ -1297,6 +1343,95 @@ func testRiskFlags(t *testing.T, f *Fixture) {
 }
 
 // differencing returns q's differencing flag, or nil.
+// testRiskFlagsNotDodged submits a query, releases its answer, and then
+// rewrites of it that ask the same question: renamed outputs, another
+// layout, conjuncts swapped, literals written otherwise, a table alias.
+// Each is flagged as a repeat of the released query, and one condition
+// more, however written, as differencing; the flags say the earlier answer
+// was released (to staff, as it is now; not to researchers, whose view of
+// statuses is coarse).
+func testRiskFlagsNotDodged(t *testing.T, f *Fixture) {
+	const base = "SELECT sex, count(*) AS n FROM patients WHERE region = 'London' AND imd_quintile = 2 GROUP BY sex"
+	released := f.SubmitAs(t, f.Researcher, base, broker.StatusReleased)
+	flag := func(q *broker.Query, kind string) *broker.RiskFlag {
+		for i := range q.RiskFlags {
+			if q.RiskFlags[i].Kind == kind {
+				return &q.RiskFlags[i]
+			}
+		}
+		return nil
+	}
+	repeats := []struct{ name, sql string }{
+		{"renamed output", "SELECT sex, count(*) AS n_again FROM patients WHERE region = 'London' AND imd_quintile = 2 GROUP BY sex"},
+		{"layout and case", "select SEX ,count( * ) as N\nfrom PATIENTS\nwhere REGION='London'   and IMD_QUINTILE=2\ngroup by 1"},
+		{"conjuncts swapped", "SELECT sex, count(*) AS n FROM patients WHERE imd_quintile = 2 AND region = 'London' GROUP BY sex"},
+		{"literal written otherwise", "SELECT sex, count(*) AS n FROM patients WHERE region = 'London' AND imd_quintile = 2.0 GROUP BY sex"},
+		{"literal as a string", "SELECT sex, count(*) AS n FROM patients WHERE region = 'London' AND imd_quintile = '2' GROUP BY sex"},
+		{"table alias", "SELECT p.sex, count(*) AS total FROM patients p WHERE p.region = 'London' AND p.imd_quintile = 2 GROUP BY p.sex"},
+	}
+	for _, tt := range repeats {
+		t.Run(tt.name, func(t *testing.T) {
+			q := f.MustSubmit(f.Researcher2, tt.sql, 0.5)
+			q, err := f.Service.FindQueryByID(f.Reviewer, q.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := flag(q, broker.RiskRepeat)
+			if r == nil || r.SimilarQueryID != released.ID || !r.SimilarReleased || r.SimilarStatus != broker.StatusReleased {
+				t.Fatalf("flags %+v, want a repeat of released query %d", q.RiskFlags, released.ID)
+			}
+			if flag(q, broker.RiskDifferencing) != nil {
+				t.Errorf("a repeat flagged as differencing: %+v", q.RiskFlags)
+			}
+		})
+	}
+	t.Run("one condition more, renamed", func(t *testing.T) {
+		q := f.MustSubmit(f.Researcher2, "SELECT p.sex, count(*) AS n_fewer FROM patients p WHERE p.imd_quintile = 2.0 AND p.region = 'London' AND p.ethnicity = 'Mixed' GROUP BY 1", 0.5)
+		if d := flag(q, broker.RiskDifferencing); d == nil || !strings.Contains(d.Message, "ethnicity") {
+			t.Fatalf("flags %+v, want differencing naming the added condition", q.RiskFlags)
+		}
+	})
+
+	// Researchers see the flags without the earlier query's status; staff
+	// see its status now, not when the flag was raised.
+	pending := f.MustSubmit(f.Researcher, "SELECT region, count(*) AS n FROM patients GROUP BY region", 0.5)
+	twin := f.MustSubmit(f.Researcher2, "SELECT region, count(*) AS m FROM patients GROUP BY region", 0.5)
+	if r := flag(twin, broker.RiskRepeat); r == nil || r.SimilarQueryID != pending.ID || r.SimilarReleased || r.SimilarStatus != "" {
+		t.Fatalf("the submitter sees the twin's flags as %+v, want a repeat of query %d without its status", twin.RiskFlags, pending.ID)
+	}
+	if q, err := f.Service.FindQueryByID(f.Reviewer, twin.ID); err != nil {
+		t.Fatal(err)
+	} else if r := flag(q, broker.RiskRepeat); r == nil || r.SimilarReleased || r.SimilarStatus != broker.StatusSubmitted {
+		t.Fatalf("a reviewer sees the twin's flags as %+v, want the earlier query submitted", q.RiskFlags)
+	}
+	f.Drive(t, pending.ID, broker.StatusReleased)
+	asResearcher, err := f.Service.FindQueryByID(f.Researcher2, twin.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := flag(asResearcher, broker.RiskRepeat); r == nil || r.SimilarStatus != "" || r.SimilarReleased {
+		t.Errorf("a researcher sees the flag as %+v, want no status", r)
+	}
+	asReviewer, err := f.Service.FindQueryByID(f.Reviewer, twin.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := flag(asReviewer, broker.RiskRepeat); r == nil || !r.SimilarReleased {
+		t.Errorf("a reviewer sees the flag as %+v, want the earlier query released now", r)
+	}
+	queue, err := f.Service.ReviewQueue(f.Reviewer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range queue {
+		if q.ID == twin.ID {
+			if r := flag(q, broker.RiskRepeat); r == nil || !r.SimilarReleased {
+				t.Errorf("the review queue shows the flag as %+v, want the earlier query released now", r)
+			}
+		}
+	}
+}
+
 func differencing(q *broker.Query) *broker.RiskFlag {
 	for i := range q.RiskFlags {
 		if q.RiskFlags[i].Kind == broker.RiskDifferencing {

@@ -672,8 +672,11 @@ func (t *tx) FindEvents(ctx context.Context, queryID int64) ([]broker.Event, err
 
 func (t *tx) FindRepeat(ctx context.Context, projectID int64, normalizedHash string) (*broker.SimilarQuery, error) {
 	var s broker.SimilarQuery
-	err := t.queryRow(ctx, `SELECT id, sql_text FROM queries WHERE project_id = ? AND normalized_hash = ? ORDER BY id LIMIT 1`,
-		[]any{projectID, normalizedHash}, &s.ID, &s.SQL)
+	var status string
+	err := t.queryRow(ctx, `SELECT id, sql_text, status FROM queries WHERE project_id = ? AND normalized_hash = ?
+		ORDER BY CASE WHEN status = 'released' THEN 0 ELSE 1 END, id LIMIT 1`,
+		[]any{projectID, normalizedHash}, &s.ID, &s.SQL, &status)
+	s.Status = broker.Status(status)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	} else if err != nil {
@@ -715,11 +718,12 @@ func (t *tx) FindDifferencing(ctx context.Context, projectID int64, setKey strin
 		return nil, nil
 	}
 	s := broker.SimilarQuery{ID: best}
-	var preds string
-	err := t.queryRow(ctx, `SELECT sql_text, predicates FROM queries WHERE id = ?`, []any{best}, &s.SQL, &preds)
+	var preds, status string
+	err := t.queryRow(ctx, `SELECT sql_text, predicates, status FROM queries WHERE id = ?`, []any{best}, &s.SQL, &preds, &status)
 	if err != nil {
 		return nil, notFound(err, "query %d not found", best)
 	}
+	s.Status = broker.Status(status)
 	return &s, fromJSON(preds, &s.Predicates)
 }
 

@@ -47,6 +47,7 @@ type BenchMain struct {
 	keep          bool
 	explain       string
 	apiOnly       bool
+	perClient     bool          // one project per API client (--api-projects per-client)
 	startCPU      time.Duration // CPU time of all measured sandbox starts
 	args          []string
 	now           func() time.Time
@@ -75,6 +76,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.BoolVar(&m.allowWeak, "allow-weak-sandbox", false, "run sandboxes even if an isolation layer is unavailable (reported)")
 	fs.BoolVar(&m.keep, "keep", false, "keep the generated data directory")
 	fs.BoolVar(&m.apiOnly, "api-only", false, "run only the broker API phases (needs --data or --catalog for the dataset's catalog; no synth, queries or sandbox)")
+	projects := fs.String("api-projects", "shared", "the API clients submit to one shared project (shared) or each to its own (per-client)")
 	fs.StringVar(&m.explain, "explain", "", "instead of benchmarking, print DuckDB's EXPLAIN ANALYZE of the raw and the rewritten SQL of this typical query (\"all\": every one)")
 	fs.Usage = func() {
 		fmt.Fprintln(m.stderr, "Usage: tre bench --patients N [--data FILE] [--postgres URL] [--out report.md] [--reps R] [--warmup W]")
@@ -111,7 +113,10 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 		return errors.New("--load-time-cap must be positive")
 	case m.explain != "" && m.explain != "all" && typicalSQL(m.explain) == "":
 		return fmt.Errorf("--explain: no typical query is named %q", m.explain)
+	case *projects != "shared" && *projects != "per-client":
+		return fmt.Errorf("--api-projects %q: want shared or per-client", *projects)
 	}
+	m.perClient = *projects == "per-client"
 	m.args = args
 	return nil
 }
@@ -136,6 +141,8 @@ type benchReport struct {
 	API       []apiResult
 	Degraded  []string
 	Clients   int
+	// PerClient: each API client submitted to its own project.
+	PerClient bool
 	StartCPU  time.Duration
 	// OptOutHash is the opt-out snapshot hash's one computation per data
 	// file version (the Runner caches it; warm runs reuse it).
@@ -154,7 +161,7 @@ func (m *BenchMain) Run(ctx context.Context) error {
 		defer os.RemoveAll(dir)
 	}
 	cmdline := "tre bench " + strings.Join(m.args, " ")
-	rep := &benchReport{When: m.now().UTC(), Command: redactURL(cmdline, m.postgres), Machine: readMachine(), Reps: m.reps, Warmup: m.warmup, Clients: m.clients}
+	rep := &benchReport{When: m.now().UTC(), Command: redactURL(cmdline, m.postgres), Machine: readMachine(), Reps: m.reps, Warmup: m.warmup, Clients: m.clients, PerClient: m.perClient}
 	if m.apiOnly {
 		return m.runAPIOnly(ctx, dir, rep)
 	}

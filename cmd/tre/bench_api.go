@@ -96,7 +96,11 @@ func (m *BenchMain) runAPIOnly(ctx context.Context, dir string, rep *benchReport
 func (r *benchReport) apiMarkdown(b *strings.Builder) {
 	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	w("### 4. Broker API\n\n")
-	w("A real broker (`tre serve --dev` wiring) on loopback in this process, driven by an in-process load generator with %d concurrent clients (one researcher each), a fixed number of requests and a time cap. ", r.Clients)
+	projects := "all in one shared project"
+	if r.PerClient {
+		projects = "each in its own project"
+	}
+	w("A real broker (`tre serve --dev` wiring) on loopback in this process, driven by an in-process load generator with %d concurrent clients (one researcher each, %s), a fixed number of requests and a time cap. ", r.Clients, projects)
 	w("Submissions cycle through the typical queries (parsed, validated, compiled, risk-flagged and stored, with the audit append); reads fetch a submitted query with its history.\n\n")
 	w("CPU/request is the whole process's CPU time (broker and load generator) per request; req/s at %d idle CPUs = %d ÷ CPU/request, the throughput the machine's cores could sustain if nothing else ran.\n\n", r.Machine.CPUs, r.Machine.CPUs)
 	w("| store | operation | requests ok | errors | req/s | p50 | p99 | max | CPU/request | req/s at %d idle CPUs |\n|---|---|---|---|---|---|---|---|---|---|\n", r.Machine.CPUs)
@@ -203,13 +207,33 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 		}
 		researchers[i] = client(tok)
 	}
-	proj, err := client(adminTok).CreateProject(ctx, api.ProjectRequest{
-		Title: "Benchmark", Organisation: "tre bench", Purpose: "Measuring broker throughput",
-		LawfulBasis: "Art. 6(1)(e)", Members: members, Datasets: []string{cat.Dataset},
-		EpsilonBudget: 100, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create project: %w", err)
+	// One project all clients share, or one per client (separate teams).
+	newProject := func(members []string) (int64, error) {
+		p, err := client(adminTok).CreateProject(ctx, api.ProjectRequest{
+			Title: "Benchmark", Organisation: "tre bench", Purpose: "Measuring broker throughput",
+			LawfulBasis: "Art. 6(1)(e)", Members: members, Datasets: []string{cat.Dataset},
+			EpsilonBudget: 100, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
+		})
+		if err != nil {
+			return 0, fmt.Errorf("create project: %w", err)
+		}
+		return p.ID, nil
+	}
+	project := map[*api.Client]int64{}
+	if m.perClient {
+		for i, c := range researchers {
+			if project[c], err = newProject(members[i : i+1]); err != nil {
+				return nil, err
+			}
+		}
+	} else {
+		shared, err := newProject(members)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range researchers {
+			project[c] = shared
+		}
 	}
 
 	grouper, _ := b.store.(interface{ GroupStats() sqlstore.GroupStats })
@@ -221,7 +245,7 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 	var ids []int64
 	submit := m.load(ctx, store, "submit", m.submissions, researchers, func(ctx context.Context, c *api.Client, i int) error {
 		tq := queries.TypicalQueries[i%len(queries.TypicalQueries)]
-		q, err := c.SubmitQuery(ctx, api.QueryRequest{ProjectID: proj.ID, SQL: tq.SQL, Purpose: "benchmark: " + tq.Name})
+		q, err := c.SubmitQuery(ctx, api.QueryRequest{ProjectID: project[c], SQL: tq.SQL, Purpose: "benchmark: " + tq.Name})
 		if err != nil {
 			return err
 		}

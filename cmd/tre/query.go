@@ -260,7 +260,7 @@ func printQueryDetail(w io.Writer, q *broker.Query) error {
 		fmt.Fprintf(tw, "accuracy\t%s ±%s (95%%)\n", a.Column, fmtFloat(a.HalfWidth95))
 	}
 	for _, f := range q.RiskFlags {
-		fmt.Fprintf(tw, "risk\t%s: %s\n", f.Kind, f.Message)
+		fmt.Fprintf(tw, "risk\t%s: %s%s\n", f.Kind, f.Message, similarNote(f))
 	}
 	if q.ApprovedBy != "" {
 		fmt.Fprintf(tw, "approved by\t%s\n", q.ApprovedBy)
@@ -310,3 +310,15 @@ func printQueryList(w io.Writer, qs []broker.Query, total, offset int) error {
 
 // Close releases nothing: the client holds no connections between calls.
 func (m *QueryMain) Close() error { return nil }
+
+// similarNote says where the earlier query of a risk flag stands, when the
+// broker told (staff see it; researchers do not).
+func similarNote(f broker.RiskFlag) string {
+	switch {
+	case f.SimilarReleased:
+		return " (its answer has been released)"
+	case f.SimilarStatus != "":
+		return " (it is " + string(f.SimilarStatus) + ")"
+	}
+	return ""
+}
