@@ -1232,7 +1232,9 @@ func TestJunkTokenFlood(t *testing.T) {
 		if i%2 == 1 {
 			tok = b.tokens["alice"][:len(b.tokens["alice"])-4] + "AAAA" // a forged signature
 		}
-		r := send(t, "GET", b.url+"/api/v1/projects", tok, "", nil)
+		// A forged X-Forwarded-For on every request must not split the
+		// flood into one entry per claimed address.
+		r := sendWith(t, "GET", b.url+"/api/v1/projects", tok, map[string]string{"X-Forwarded-For": fmt.Sprintf("198.51.100.%d", i%250)})
 		if r.status != http.StatusUnauthorized || errorCode(t, r) != "unauthorized" {
 			t.Fatalf("junk request %d: %d %s", i, r.status, r.body)
 		}
@@ -1261,6 +1263,135 @@ func TestJunkTokenFlood(t *testing.T) {
 	t.Logf("%d junk requests → %d auth.failure entries", junk, got.Total-before.Total)
 	if v, err := b.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
 		t.Errorf("audit chain after the flood: %+v, %v", v, err)
+	}
+}
+
+// sendWith makes one GET-like request with a bearer token and extra
+// headers.
+func sendWith(tb testing.TB, method, u, token string, headers map[string]string) rawResponse {
+	tb.Helper()
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, u, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return rawResponse{resp.StatusCode, resp.Header, data}
+}
+
+// TestDutiesEndToEnd plays people holding several roles against a real
+// broker process, as an insider would try: the submitter who is also an
+// output checker reads and releases their own output, a reviewer who is a
+// member approves a colleague's query, the approver releases, an admin who
+// is a researcher raises their project's budget. Each is a 403 JSON error
+// and changes nothing; an output checker opening a query page in the web
+// interface records no refusal.
+func TestDutiesEndToEnd(t *testing.T) {
+	b := startLonelyBroker(t)
+	ctx := context.Background()
+	people := map[string][]broker.Role{
+		"rita":  {broker.RoleResearcher, broker.RoleOutputChecker},
+		"ravi":  {broker.RoleResearcher, broker.RoleReviewer},
+		"vera":  {broker.RoleReviewer, broker.RoleOutputChecker},
+		"adele": {broker.RoleAdmin, broker.RoleResearcher},
+	}
+	for sub, roles := range people {
+		b.tokens[sub] = b.mint(t, api.DevClaims{Subject: sub, Roles: roles})
+	}
+	members := []string{"alice", "frank", "rita", "ravi", "adele"}
+	if _, err := b.as("dave").UpdateProject(ctx, b.project, broker.ProjectUpdate{Members: &members}); err != nil {
+		t.Fatal(err)
+	}
+	// complete runs a leased job as the site with a table of its shape.
+	complete := func(id int64) {
+		t.Helper()
+		lease, err := b.as("site").Lease(ctx, e2eSite)
+		if err != nil || lease == nil || lease.QueryID != id {
+			t.Fatalf("lease = %+v, %v; want query %d", lease, err, id)
+		}
+		v := 40.0
+		res := brokertest.ShapedResult(mustSpec(t, lease), nil, func(int) dp.Cell { return dp.Cell{Value: &v, Rounded: true} })
+		if err := b.as("site").Complete(ctx, id, lease.Token, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	submit := func(who string) int64 {
+		t.Helper()
+		q, err := b.as(who).SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "duties"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q.ID
+	}
+	own := submit("rita")
+	if _, err := b.as("bob").ApproveQuery(ctx, own, ""); err != nil {
+		t.Fatal(err)
+	}
+	complete(own)
+	colleague := submit("alice")
+	approvedByVera := submit("frank")
+	if _, err := b.as("vera").ApproveQuery(ctx, approvedByVera, ""); err != nil {
+		t.Fatal(err)
+	}
+	complete(approvedByVera)
+	tests := []struct {
+		name, who, method, path, body string
+	}{
+		{"researcher+checker reads own output awaiting check", "rita", "GET", fmt.Sprintf("/api/v1/queries/%d/output", own), ""},
+		{"researcher+checker releases own query", "rita", "POST", fmt.Sprintf("/api/v1/queries/%d/release", own), "{}"},
+		{"reviewer+researcher approves a colleague's query", "ravi", "POST", fmt.Sprintf("/api/v1/queries/%d/approve", colleague), "{}"},
+		{"approver releases", "vera", "POST", fmt.Sprintf("/api/v1/queries/%d/release", approvedByVera), "{}"},
+		{"admin+researcher raises their project's budget", "adele", "PATCH", fmt.Sprintf("/api/v1/projects/%d", b.project), `{"epsilon_budget":1000}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var body io.Reader
+			ct := ""
+			if tt.body != "" {
+				body, ct = strings.NewReader(tt.body), "application/json"
+			}
+			r := send(t, tt.method, b.url+tt.path, b.tokens[tt.who], ct, body)
+			if r.status != http.StatusForbidden || errorCode(t, r) != "forbidden" {
+				t.Fatalf("status %d %s, want 403 forbidden", r.status, r.body)
+			}
+		})
+	}
+	for id, want := range map[int64]broker.Status{own: broker.StatusAwaitingOutputCheck, colleague: broker.StatusSubmitted, approvedByVera: broker.StatusAwaitingOutputCheck} {
+		if q, err := b.as("dave").Query(ctx, id); err != nil || q.Status != want {
+			t.Errorf("query %d after the refusals: %+v, %v; want %s", id, q, err, want)
+		}
+	}
+	// The independent checker releases; opening the query page first, as
+	// an output checker, records no refusal in the audit chain.
+	denied := func() int {
+		l, err := b.as("dave").Audit(ctx, api.AuditOptions{Action: "authz.denied"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Total
+	}
+	before := denied()
+	if r := sendWith(t, "GET", fmt.Sprintf("%s/ui/queries/%d", b.url, own), b.tokens["carol"], nil); r.status != http.StatusOK {
+		t.Fatalf("the output checker's query page: %d", r.status)
+	}
+	if n := denied(); n != before {
+		t.Errorf("opening a query page as an output checker recorded %d refusals", n-before)
+	}
+	if _, err := b.as("carol").ReleaseQuery(ctx, own, "checked"); err != nil {
+		t.Fatalf("the independent checker releases: %v", err)
 	}
 }
 
