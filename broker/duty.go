@@ -101,15 +101,9 @@ func (s *Service) QueryAccess(ctx context.Context, id int64) (*Access, error) {
 	}
 	var a *Access
 	err = s.view(ctx, u, func(tx Tx) error {
-		rec, err := tx.FindQuery(ctx, id)
+		q, err := visibleQuery(ctx, tx, u, id)
 		if err != nil {
 			return err
-		}
-		q := rec.Query
-		if ok, err := canSeeQuery(ctx, tx, u, q); err != nil {
-			return err
-		} else if !ok {
-			return deny("query.read", queryObject(id), "you may not see query %d", id)
 		}
 		member, err := tx.IsMember(ctx, q.ProjectID, u.Subject)
 		if err != nil {

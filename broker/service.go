@@ -1106,6 +1106,21 @@ func canSeeQuery(ctx context.Context, tx Tx, u *User, q *Query) (bool, error) {
 	return tx.IsMember(ctx, q.ProjectID, u.Subject)
 }
 
+// visibleQuery loads query id for u, refusing (audited) a caller who may
+// not see it.
+func visibleQuery(ctx context.Context, tx Tx, u *User, id int64) (*Query, error) {
+	rec, err := tx.FindQuery(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := canSeeQuery(ctx, tx, u, rec.Query); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, deny("query.read", queryObject(id), "you may not see query %d", id)
+	}
+	return rec.Query, nil
+}
+
 // FindQueryByID returns a query with its history.
 func (s *Service) FindQueryByID(ctx context.Context, id int64) (*Query, error) {
 	u, err := caller(ctx)
@@ -1114,17 +1129,9 @@ func (s *Service) FindQueryByID(ctx context.Context, id int64) (*Query, error) {
 	}
 	var q *Query
 	err = s.view(ctx, u, func(tx Tx) error {
-		rec, err := tx.FindQuery(ctx, id)
-		if err != nil {
+		if q, err = visibleQuery(ctx, tx, u, id); err != nil {
 			return err
 		}
-		ok, err := canSeeQuery(ctx, tx, u, rec.Query)
-		if err != nil {
-			return err
-		} else if !ok {
-			return deny("query.read", queryObject(id), "you may not see query %d", id)
-		}
-		q = rec.Query
 		if q.History, err = tx.FindEvents(ctx, id); err != nil {
 			return err
 		}

@@ -129,6 +129,8 @@ func TestAgent(t *testing.T) {
 		{"hash mismatch refused before running", &fakeBroker{queue: []*LeasedJob{bad, leased("q2", "ok")}}, []string{"fail q-bad invalid", "complete q2"}},
 		{"duplicate completion is harmless", &fakeBroker{dupComplete: true, queue: []*LeasedJob{leased("q1", "ok"), leased("q2", "ok")}}, []string{"complete q1", "complete q2"}},
 		{"lost lease drops the job without reporting", &fakeBroker{lostOnBeat: true, queue: []*LeasedJob{leased("q1", "slow"), leased("q2", "ok")}}, []string{"complete q2"}},
+		// Not retried until the lease expires: reported as a failed run.
+		{"a result the broker refuses is reported as failed", &fakeBroker{refuse: "complete", queue: []*LeasedJob{leased("q1", "ok")}}, []string{"complete q1", "fail q1 " + codeResultRefused}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -193,33 +195,6 @@ func TestAgentStopsWhenRefused(t *testing.T) {
 				t.Errorf("after a refusal: %d publishes, %d leases; want 1 and at most one per worker", b.published, b.leases)
 			}
 		})
-	}
-}
-
-// TestAgentReportsRefusedResult checks a result the broker refuses is
-// reported as a failed run, not retried until the lease expires.
-func TestAgentReportsRefusedResult(t *testing.T) {
-	b := &fakeBroker{refuse: "complete", queue: []*LeasedJob{leased("q1", "ok")}, done: make(chan struct{}), want: 2}
-	a, err := NewAgent(AgentConfig{SiteID: "site-1", Catalog: MustCatalog(t), Broker: b, Runner: fakeRunner{}, Sleep: fastSleep, HeartbeatInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- a.Run(ctx) }()
-	select {
-	case <-b.done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the refused result was not reported")
-	}
-	cancel()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if diff := cmp.Diff([]string{"complete q1", "fail q1 " + codeResultRefused}, b.outcomes); diff != "" {
-		t.Errorf("outcomes (-want +got):\n%s", diff)
 	}
 }
 

@@ -391,62 +391,34 @@ func testDutiesByPerson(t *testing.T, f *Fixture) {
 	f.MustVerify()
 }
 
-// DutyQuery drives a fresh query of the fixture's project, submitted and
-// approved by the given people, into st (submitted, awaiting output check,
-// released or withheld; the independent chk1 releases or withholds).
+// DutyQuery submits DefaultSQL to the fixture's project as submitter and
+// drives it into st, approved by approver (Drive).
 func (f *Fixture) DutyQuery(tb testing.TB, submitter, approver context.Context, st broker.Status) *broker.Query {
 	tb.Helper()
-	svc := f.Service
-	q, err := svc.SubmitQuery(submitter, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Purpose: "duties", Epsilon: 0.1})
-	if err != nil || st == broker.StatusSubmitted {
-		if err != nil {
-			tb.Fatalf("submit: %v", err)
-		}
-		return q
+	q, err := f.Service.SubmitQuery(submitter, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Purpose: "duties", Epsilon: 0.1})
+	if err != nil {
+		tb.Fatalf("submit: %v", err)
 	}
-	must := func(err error) {
-		tb.Helper()
-		if err != nil {
-			tb.Fatalf("drive query %d to %s: %v", q.ID, st, err)
-		}
-	}
-	_, err = svc.ApproveQuery(approver, q.ID, "ok")
-	must(err)
-	var l *broker.Lease
-	for l == nil || l.QueryID != q.ID { // earlier cases may have left approved jobs
-		l, err = svc.LeaseJob(f.Agent, SiteID, "")
-		must(err)
-		if l == nil {
-			tb.Fatalf("query %d was never leased", q.ID)
-		}
-	}
-	must(svc.CompleteJob(f.Agent, q.ID, l.Token, f.Result(0.1)))
-	switch st {
-	case broker.StatusReleased:
-		_, err = svc.ReleaseQuery(f.Checker, q.ID, "safe")
-	case broker.StatusWithheld:
-		_, err = svc.WithholdQuery(f.Checker, q.ID, "dominance")
-	}
-	must(err)
+	f.Drive(tb, q.ID, approver, st)
 	return q
 }
 
 // SubmitAs submits sql to the fixture's project as ctx's user and drives
-// it into st (Drive).
+// it into st (Drive), approved by rev1.
 func (f *Fixture) SubmitAs(tb testing.TB, ctx context.Context, sql string, st broker.Status) *broker.Query {
 	tb.Helper()
 	q, err := f.Service.SubmitQuery(ctx, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: sql, Purpose: "test", Epsilon: 0.5})
 	if err != nil {
 		tb.Fatalf("submit %q: %v", sql, err)
 	}
-	f.Drive(tb, q.ID, st)
+	f.Drive(tb, q.ID, f.Reviewer, st)
 	return q
 }
 
-// Drive takes submitted query id to st (submitted, awaiting output check
-// or released): rev1 approves, the site runs it with a result of the
-// approved shape, chk1 releases.
-func (f *Fixture) Drive(tb testing.TB, id int64, st broker.Status) {
+// Drive takes submitted query id into st (submitted, awaiting output
+// check, released or withheld): approver approves, the site runs it with a
+// result of the approved shape, chk1 releases or withholds.
+func (f *Fixture) Drive(tb testing.TB, id int64, approver context.Context, st broker.Status) {
 	tb.Helper()
 	if st == broker.StatusSubmitted {
 		return
@@ -458,7 +430,7 @@ func (f *Fixture) Drive(tb testing.TB, id int64, st broker.Status) {
 			tb.Fatalf("drive query %d to %s: %v", id, st, err)
 		}
 	}
-	_, err := svc.ApproveQuery(f.Reviewer, id, "ok")
+	_, err := svc.ApproveQuery(approver, id, "ok")
 	must(err)
 	var l *broker.Lease
 	for l == nil || l.QueryID != id { // earlier cases may have left approved jobs
@@ -471,10 +443,13 @@ func (f *Fixture) Drive(tb testing.TB, id int64, st broker.Status) {
 	q, err := svc.FindQueryByID(f.Admin, id)
 	must(err)
 	must(svc.CompleteJob(f.Agent, id, l.Token, f.ResultOf(tb, q.SQL, l.Epsilon)))
-	if st == broker.StatusReleased {
+	switch st {
+	case broker.StatusReleased:
 		_, err = svc.ReleaseQuery(f.Checker, id, "safe")
-		must(err)
+	case broker.StatusWithheld:
+		_, err = svc.WithholdQuery(f.Checker, id, "dominance")
 	}
+	must(err)
 }
 
 func auditCount(t *testing.T, f *Fixture, action string) int {
@@ -1404,7 +1379,7 @@ func testRiskFlagsNotDodged(t *testing.T, f *Fixture) {
 	} else if r := flag(q, broker.RiskRepeat); r == nil || r.SimilarReleased || r.SimilarStatus != broker.StatusSubmitted {
 		t.Fatalf("a reviewer sees the twin's flags as %+v, want the earlier query submitted", q.RiskFlags)
 	}
-	f.Drive(t, pending.ID, broker.StatusReleased)
+	f.Drive(t, pending.ID, f.Reviewer, broker.StatusReleased)
 	asResearcher, err := f.Service.FindQueryByID(f.Researcher2, twin.ID)
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/broker"
 )
 
 // cannedBroker answers a few routes the way the broker does; the CLI's
@@ -162,12 +163,14 @@ func TestClientExitCodes(t *testing.T) {
 	}
 }
 
-func TestTokenCommand(t *testing.T) {
-	dir := t.TempDir()
-	var out, errOut bytes.Buffer
-	m := NewTokenMain(&out, &errOut)
+// mintWithCommand runs `tre token` with args in dir and returns the caller
+// the broker's verifier reads from the token it printed.
+func mintWithCommand(t *testing.T, dir string, args ...string) *broker.User {
+	t.Helper()
+	var out bytes.Buffer
+	m := NewTokenMain(&out, io.Discard)
 	m.Now = func() time.Time { return time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC) }
-	if err := m.ParseFlags(context.Background(), []string{"--data-dir", dir, "--sub", "alice", "--role", "researcher", "--role", "reviewer", "--org", "UCL", "--ttl", "1h"}); err != nil {
+	if err := m.ParseFlags(context.Background(), append([]string{"--data-dir", dir}, args...)); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Run(context.Background()); err != nil {
@@ -185,6 +188,12 @@ func TestTokenCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return u
+}
+
+func TestTokenCommand(t *testing.T) {
+	dir := t.TempDir()
+	u := mintWithCommand(t, dir, "--sub", "alice", "--role", "researcher", "--role", "reviewer", "--org", "UCL", "--ttl", "1h")
 	if diff := cmp.Diff([]string{"alice", "UCL", "researcher", "reviewer"}, []string{u.Subject, u.Org, string(u.Roles[0]), string(u.Roles[1])}); diff != "" {
 		t.Errorf("claims (-want +got):\n%s", diff)
 	}
@@ -212,27 +221,7 @@ func TestTokenCommand(t *testing.T) {
 // TestAgentTokenNamesItsSite checks `tre token --role agent --site S` mints
 // a token whose site claim the broker's verifier reads.
 func TestAgentTokenNamesItsSite(t *testing.T) {
-	dir := t.TempDir()
-	var out bytes.Buffer
-	m := NewTokenMain(&out, io.Discard)
-	if err := m.ParseFlags(context.Background(), []string{"--data-dir", dir, "--sub", "leeds-agent", "--role", "agent", "--site", "leeds-th"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Run(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	key, err := api.LoadOrCreateDevKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := api.NewVerifier(context.Background(), api.AuthConfig{DevKey: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := v.Verify(context.Background(), strings.TrimSpace(out.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	u := mintWithCommand(t, t.TempDir(), "--sub", "leeds-agent", "--role", "agent", "--site", "leeds-th")
 	if u.Site != "leeds-th" || len(u.Roles) != 1 || u.Roles[0] != "agent" {
 		t.Errorf("agent token = %+v, want site leeds-th and the agent role only", u)
 	}

@@ -128,26 +128,11 @@ type rawResponse struct {
 // send makes one raw HTTP request with a bearer token.
 func send(tb testing.TB, method, u, token, contentType string, body io.Reader) rawResponse {
 	tb.Helper()
-	req, err := http.NewRequest(method, u, body)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
+	var headers map[string]string
 	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+		headers = map[string]string{"Content-Type": contentType}
 	}
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
-	if err != nil {
-		tb.Fatalf("%s %s: %v", method, u, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		tb.Fatalf("%s %s: read body: %v", method, u, err)
-	}
-	return rawResponse{resp.StatusCode, resp.Header, data}
+	return sendWith(tb, method, u, token, headers, body)
 }
 
 // errorCode checks r is a JSON error body and returns its code.
@@ -1234,7 +1219,7 @@ func TestJunkTokenFlood(t *testing.T) {
 		}
 		// A forged X-Forwarded-For on every request must not split the
 		// flood into one entry per claimed address.
-		r := sendWith(t, "GET", b.url+"/api/v1/projects", tok, map[string]string{"X-Forwarded-For": fmt.Sprintf("198.51.100.%d", i%250)})
+		r := sendWith(t, "GET", b.url+"/api/v1/projects", tok, map[string]string{"X-Forwarded-For": fmt.Sprintf("198.51.100.%d", i%250)}, nil)
 		if r.status != http.StatusUnauthorized || errorCode(t, r) != "unauthorized" {
 			t.Fatalf("junk request %d: %d %s", i, r.status, r.body)
 		}
@@ -1266,11 +1251,10 @@ func TestJunkTokenFlood(t *testing.T) {
 	}
 }
 
-// sendWith makes one GET-like request with a bearer token and extra
-// headers.
-func sendWith(tb testing.TB, method, u, token string, headers map[string]string) rawResponse {
+// sendWith makes one raw HTTP request with a bearer token and headers.
+func sendWith(tb testing.TB, method, u, token string, headers map[string]string, body io.Reader) rawResponse {
 	tb.Helper()
-	req, err := http.NewRequest(method, u, nil)
+	req, err := http.NewRequest(method, u, body)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -1287,7 +1271,7 @@ func sendWith(tb testing.TB, method, u, token string, headers map[string]string)
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
-		tb.Fatal(err)
+		tb.Fatalf("%s %s: read body: %v", method, u, err)
 	}
 	return rawResponse{resp.StatusCode, resp.Header, data}
 }
@@ -1384,7 +1368,7 @@ func TestDutiesEndToEnd(t *testing.T) {
 		return l.Total
 	}
 	before := denied()
-	if r := sendWith(t, "GET", fmt.Sprintf("%s/ui/queries/%d", b.url, own), b.tokens["carol"], nil); r.status != http.StatusOK {
+	if r := sendWith(t, "GET", fmt.Sprintf("%s/ui/queries/%d", b.url, own), b.tokens["carol"], nil, nil); r.status != http.StatusOK {
 		t.Fatalf("the output checker's query page: %d", r.status)
 	}
 	if n := denied(); n != before {
