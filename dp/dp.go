@@ -48,7 +48,9 @@ type Spec struct {
 	// Margins says the output's totals are released too (a total row, or
 	// the margins of a cross table), so a suppressed cell could be recovered
 	// by subtraction; Protect then applies secondary (complementary)
-	// suppression. The query compiler sets it when a query has a total row.
+	// suppression. No query releases totals yet (GROUPING SETS and ROLLUP
+	// are refused), so the compiler never sets it; it will where totals
+	// are released.
 	Margins bool `json:"margins,omitempty"`
 }
 
@@ -88,7 +90,23 @@ type AggSpec struct {
 	// (unused for counts).
 	Lower float64 `json:"lower,omitempty"`
 	Upper float64 `json:"upper,omitempty"`
+	// PatientCount says the aggregate, a count or count_patients, is
+	// exactly the number of distinct patients in its group (the query
+	// compiler proves it: count(DISTINCT patient_id) without FILTER, or
+	// count(*) where each patient adds one row). Suppression then decides
+	// on its noisy value; otherwise on a hidden noisy patient count.
+	PatientCount bool `json:"patient_count,omitempty"`
 }
+
+// Midpoint is m = L + (U−L)/2, the value the statistics of a mean,
+// variance or standard deviation are centred on (AggStats). The query
+// rewrite centres on exactly this value.
+func (a AggSpec) Midpoint() float64 { return a.Lower + (a.Upper-a.Lower)/2 }
+
+// Centred reports whether an aggregate of kind k is computed from
+// statistics centred on the midpoint of its bounds: means, variances and
+// standard deviations.
+func (k AggKind) Centred() bool { return k == AggMean || k == AggVariance || k == AggStddev }
 
 // GroupStats are the exact, contribution-bounded statistics of one group, as
 // the rewritten SQL computes them inside the sandbox. They never leave it.
@@ -114,10 +132,14 @@ func (k AggKind) UsesTop() bool { return k == AggSum || k == AggMean }
 // AggStats are the exact bounded sufficient statistics of one aggregate in
 // one group. Count is the number of contributing rows (≤ C per patient), Sum
 // and SumSq are over the clamped values, Top1 and Top2 are the largest two
-// per-patient contributions to Sum (for dominance checks). For a
-// count_patients aggregate Count is the number of distinct patients counted;
-// for a count aggregate it is the number of bounded rows. A statistic the
-// kind does not use (UsesSumSq, UsesTop) may be left 0.
+// per-patient contributions to the (uncentred) sum, for dominance checks.
+// For a mean, variance or standard deviation (Centred) Sum and SumSq are of
+// the values less the midpoint m of the bounds, Σ(x−m) and Σ(x−m)²: each
+// term is then at most (U−L)/2 in size, so the sums keep the precision the
+// noise is calibrated to (Σx² − 2mΣx + m²n over raw values loses it). For a
+// count_patients aggregate Count is the number of distinct patients
+// counted; for a count aggregate it is the number of bounded rows. A
+// statistic the kind does not use (UsesSumSq, UsesTop) may be left 0.
 type AggStats struct {
 	Count float64
 	Sum   float64

@@ -25,6 +25,10 @@ type Options struct {
 	// (the rewritten query's __dropped column). It is reported rounded to
 	// the rounding base.
 	DroppedRows int64
+	// Selected, when set, is the Selector every group passed through
+	// (Keep) as the caller read them: the groups are those it kept, and
+	// Protect does not select again.
+	Selected *Selector
 }
 
 // noisyGroup is one group after noise: everything post-processing may use.
@@ -61,7 +65,7 @@ func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
 		nz = p.declaredNoise()
 	}
 
-	noisy, notReleased, mode, err := noisyGroups(s, p, groups, nz)
+	noisy, notReleased, mode, err := noisyGroups(s, p, groups, nz, opts.Selected)
 	if err != nil {
 		return nil, fmt.Errorf("protect: %w", err)
 	}
@@ -99,12 +103,12 @@ func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
 // noisyGroups chooses the released keys and adds noise to every statistic
 // of every released group. It and the functions it calls are the only place
 // exact statistics are read.
-func noisyGroups(s Spec, p budgetPlan, groups []GroupStats, nz noise.Noise) (noisy []noisyGroup, notReleased int, mode string, err error) {
+func noisyGroups(s Spec, p budgetPlan, groups []GroupStats, nz noise.Noise, selected *Selector) (noisy []noisyGroup, notReleased int, mode string, err error) {
 	var candidates []GroupStats
 	mode = SelectionPublicDomain
 	if p.selection {
 		mode = SelectionPreThreshold
-		candidates, notReleased, err = selectPartitions(s, p, groups)
+		candidates, notReleased, err = selectPartitions(s, groups, selected)
 	} else {
 		candidates, err = domainGroups(s, groups)
 	}
@@ -210,44 +214,111 @@ func domainGroups(s Spec, groups []GroupStats) ([]GroupStats, error) {
 	return out, nil
 }
 
-// selectPartitions keeps the groups that pass the library's pre-aggregation
-// partition selection, fed with each group's distinct patient count, with a
-// pre-threshold equal to the small-cell threshold. The kept groups are
-// sorted by key so the output order says nothing about the input order.
-func selectPartitions(s Spec, p budgetPlan, groups []GroupStats) ([]GroupStats, int, error) {
-	seen := make(map[string]bool, len(groups))
-	var kept []GroupStats
-	dropped := 0
-	for i, g := range groups {
-		k := keyString(g.Keys)
-		if seen[k] {
-			return nil, 0, fmt.Errorf("group %d repeats the keys of an earlier group", i+1)
+// selectPartitions keeps the groups that pass partition selection
+// (Selector), or takes them as selected already (the caller ran sel over
+// every group), and sorts them by key so the output order says nothing
+// about the input order.
+func selectPartitions(s Spec, groups []GroupStats, sel *Selector) ([]GroupStats, int, error) {
+	kept := groups
+	if sel == nil {
+		var err error
+		if sel, err = s.NewSelector(); err != nil {
+			return nil, 0, err
 		}
-		seen[k] = true
-		sel, err := dpagg.NewPreAggSelectPartition(&dpagg.PreAggSelectPartitionOptions{
-			Epsilon:                  p.selEps,
-			Delta:                    p.selDelta,
-			PreThreshold:             int64(s.Threshold),
-			MaxPartitionsContributed: int64(s.MaxGroupsPerPatient),
-		})
-		if err != nil {
-			return nil, 0, fmt.Errorf("partition selection: %w", err)
-		}
-		if err := sel.IncrementBy(g.Patients); err != nil {
-			return nil, 0, fmt.Errorf("partition selection: %w", err)
-		}
-		keep, err := sel.ShouldKeepPartition()
-		if err != nil {
-			return nil, 0, fmt.Errorf("partition selection: %w", err)
-		}
-		if keep {
-			kept = append(kept, g)
-		} else {
-			dropped++
+		kept = nil
+		for _, g := range groups {
+			keep, err := sel.Keep(g)
+			if err != nil {
+				return nil, 0, err
+			}
+			if keep {
+				kept = append(kept, g)
+			}
 		}
 	}
+	kept = slices.Clone(kept)
 	slices.SortFunc(kept, func(a, b GroupStats) int { return compareKeys(a.Keys, b.Keys) })
-	return kept, dropped, nil
+	return kept, sel.notReleased, nil
+}
+
+// Selector decides, one group at a time, whether a group's key may be
+// released: with public domains, whether every key lies in its domain
+// (others are never released: that they occur would be news); otherwise
+// the library's pre-aggregation partition selection, fed with the group's
+// distinct patient count, with a pre-threshold equal to the small-cell
+// threshold. The sandbox runs it as it reads the groups, so it holds only
+// the kept ones, and how many there are is the outcome of DP selection,
+// not an exact count (a cap on groups then decides on it, not on data).
+type Selector struct {
+	s       Spec
+	p       budgetPlan
+	domains []map[string]bool
+	seen    map[string]bool
+	// notReleased counts the keys partition selection dropped.
+	notReleased int
+}
+
+// NewSelector returns the Selector of a valid Spec.
+func (s Spec) NewSelector() (*Selector, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	sel := &Selector{s: s, p: s.plan(), seen: make(map[string]bool)}
+	if !sel.p.selection {
+		for _, g := range s.Groups {
+			d := make(map[string]bool, len(g.Domain))
+			for _, v := range g.Domain {
+				d[v] = true
+			}
+			sel.domains = append(sel.domains, d)
+		}
+	}
+	return sel, nil
+}
+
+// PublicDomain reports whether keys come from public domains: then at
+// most the cross product of the domains is kept, whatever the data.
+func (sel *Selector) PublicDomain() bool { return !sel.p.selection }
+
+// Keep reports whether g's key may be released. A key seen before is an
+// error (a query's groups are distinct).
+func (sel *Selector) Keep(g GroupStats) (bool, error) {
+	if len(g.Keys) != len(sel.s.Groups) {
+		return false, fmt.Errorf("a group has %d keys, the spec has %d group columns", len(g.Keys), len(sel.s.Groups))
+	}
+	k := keyString(g.Keys)
+	if sel.seen[k] {
+		return false, errors.New("a group repeats the keys of an earlier group")
+	}
+	sel.seen[k] = true
+	if !sel.p.selection {
+		for i, key := range g.Keys {
+			if key == nil || !sel.domains[i][*key] {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	ps, err := dpagg.NewPreAggSelectPartition(&dpagg.PreAggSelectPartitionOptions{
+		Epsilon:                  sel.p.selEps,
+		Delta:                    sel.p.selDelta,
+		PreThreshold:             int64(sel.s.Threshold),
+		MaxPartitionsContributed: int64(sel.s.MaxGroupsPerPatient),
+	})
+	if err != nil {
+		return false, fmt.Errorf("partition selection: %w", err)
+	}
+	if err := ps.IncrementBy(g.Patients); err != nil {
+		return false, fmt.Errorf("partition selection: %w", err)
+	}
+	keep, err := ps.ShouldKeepPartition()
+	if err != nil {
+		return false, fmt.Errorf("partition selection: %w", err)
+	}
+	if !keep {
+		sel.notReleased++
+	}
+	return keep, nil
 }
 
 // compareKeys orders key tuples column by column, NULL first.
@@ -283,7 +354,6 @@ func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, e
 			x = float64(g.Patients)
 		} else {
 			a, spec := g.Aggs[st.agg], s.Aggregates[st.agg]
-			m := spec.Lower + (spec.Upper-spec.Lower)/2
 			switch st.role {
 			case roleValue:
 				x = a.Count
@@ -293,10 +363,9 @@ func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, e
 			case roleCount:
 				x = a.Count
 			case roleNormSum:
-				x = a.Sum - m*a.Count
+				x = a.Sum // Σ(x−m): centred by the rewrite (AggStats)
 			case roleNormSumSq:
-				// Σ(x−m)² = Σx² − 2mΣx + m²n; rounding can push it below 0.
-				x = math.Max(0, a.SumSq-2*m*a.Sum+m*m*a.Count)
+				x = a.SumSq // Σ(x−m)²
 			}
 		}
 		v, err := nz.AddNoiseFloat64(x, st.l0, st.lInf, st.eps, st.delta)
@@ -307,7 +376,11 @@ func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, e
 	}
 	for i, a := range s.Aggregates {
 		if a.Kind.UsesTop() {
-			out.dominance[i] = Dominance(g.Aggs[i].Sum, g.Aggs[i].Top1, g.Aggs[i].Top2)
+			sum := g.Aggs[i].Sum
+			if a.Kind.Centred() {
+				sum += a.Midpoint() * g.Aggs[i].Count
+			}
+			out.dominance[i] = Dominance(sum, g.Aggs[i].Top1, g.Aggs[i].Top2)
 		}
 	}
 	return out, nil
@@ -464,7 +537,7 @@ func clamp(v, lo, hi float64) float64 { return math.Min(math.Max(v, lo), hi) }
 // numerator and denominator at α/2 each (the library's BoundedMean
 // confidence interval with a fixed split).
 func meanInterval(p budgetPlan, a AggSpec, idx []int, stats []float64) (v, lo, hi float64, err error) {
-	m := a.Lower + (a.Upper-a.Lower)/2
+	m := a.Midpoint()
 	count, sum := stats[idx[0]], stats[idx[1]]
 	v = clamp(sum/math.Max(1, count)+m, a.Lower, a.Upper)
 	num, err := ciAt(p, p.stats[idx[1]], sum, CIAlpha/2)

@@ -112,7 +112,7 @@ func TestDecisionsUseNoisyValuesOnly(t *testing.T) {
 	s := validSpec()
 	s.Margins = true
 	s.Aggregates = []AggSpec{
-		{Name: "n", Kind: AggCount},
+		{Name: "n", Kind: AggCount, PatientCount: true},
 		{Name: "cost", Kind: AggSum, Lower: 0, Upper: 100},
 		{Name: "bmi", Kind: AggMean, Lower: 10, Upper: 60},
 	}
@@ -180,7 +180,7 @@ func TestSuppressionAndRounding(t *testing.T) {
 		Groups: []GroupSpec{{Name: "band", Domain: []string{"a", "b", "c"}}},
 		Aggregates: []AggSpec{
 			{Name: "sum", Kind: AggSum, Lower: 0, Upper: 10},
-			{Name: "n", Kind: AggCountPatients},
+			{Name: "n", Kind: AggCountPatients, PatientCount: true},
 			{Name: "mean", Kind: AggMean, Lower: 10, Upper: 60},
 			{Name: "sd", Kind: AggStddev, Lower: 10, Upper: 60},
 		},

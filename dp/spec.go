@@ -165,6 +165,9 @@ func (s Spec) Validate() error {
 		default:
 			return fmt.Errorf("aggregate %q: unknown kind %q", a.Name, a.Kind)
 		}
+		if a.PatientCount {
+			return fmt.Errorf("aggregate %q: only a count can be the patient count", a.Name)
+		}
 		if math.IsNaN(a.Lower) || math.IsInf(a.Lower, 0) || math.IsNaN(a.Upper) || math.IsInf(a.Upper, 0) {
 			return fmt.Errorf("aggregate %q: bounds must be finite", a.Name)
 		}
@@ -234,7 +237,9 @@ func (s Spec) rounding() string {
 //     equally across the noisy statistics: one for a count, count_patients
 //     or sum; two (row count, sum) for a mean; three (row count, sum, sum of
 //     squares) for a variance or standard deviation; plus one hidden noisy
-//     patient count when the query has no count to suppress on.
+//     count of the group's distinct patients, which small-cell suppression
+//     decides on, unless an aggregate is exactly that count
+//     (AggSpec.PatientCount).
 //
 // Sensitivities, with k = MaxGroupsPerPatient (L0) and C = MaxRowsPerGroup:
 // count L∞ = C; count_patients L∞ = 1; sum L∞ = C·max(|lower|, |upper|);
@@ -260,14 +265,13 @@ func (s Spec) plan() budgetPlan {
 	for i, a := range s.Aggregates {
 		half := (a.Upper - a.Lower) / 2
 		switch a.Kind {
-		case AggCount:
-			j := add(i, a.Name, roleValue, c)
-			if p.suppress < 0 {
-				p.suppress = j
+		case AggCount, AggCountPatients:
+			lInf := c
+			if a.Kind == AggCountPatients {
+				lInf = 1
 			}
-		case AggCountPatients:
-			j := add(i, a.Name, roleValue, 1)
-			if p.suppress < 0 {
+			j := add(i, a.Name, roleValue, lInf)
+			if a.PatientCount && p.suppress < 0 {
 				p.suppress = j
 			}
 		case AggSum:

@@ -16,7 +16,7 @@ func validSpec() Spec {
 			{Name: "sex", Domain: []string{"F", "M"}},
 			{Name: "region", Domain: []string{"London", "North", "South"}},
 		},
-		Aggregates:          []AggSpec{{Name: "n", Kind: AggCountPatients}},
+		Aggregates:          []AggSpec{{Name: "n", Kind: AggCountPatients, PatientCount: true}},
 		MaxGroupsPerPatient: 1,
 		MaxRowsPerGroup:     1,
 		Epsilon:             1,
@@ -110,7 +110,7 @@ func TestSpecValidate(t *testing.T) {
 // budget, that Cost reports it, and which statistics each aggregate costs.
 func TestCostSplit(t *testing.T) {
 	aggs := []AggSpec{
-		{Name: "n", Kind: AggCount},
+		{Name: "n", Kind: AggCount, PatientCount: true},
 		{Name: "total", Kind: AggSum, Lower: -2, Upper: 10},
 		{Name: "bmi", Kind: AggMean, Lower: 10, Upper: 60},
 		{Name: "sd", Kind: AggStddev, Lower: 10, Upper: 60},
@@ -192,6 +192,8 @@ func TestSensitivities(t *testing.T) {
 		"var/count": {3, 4},
 		"var/sum":   {3, 40},
 		"var/sumsq": {3, 400},
+		// No aggregate is the patient count: suppression's hidden one.
+		"suppression_count": {3, 1},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(L0, L∞) (-want +got):\n%s", diff)

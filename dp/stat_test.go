@@ -22,7 +22,7 @@ func domainSpec(n int) Spec {
 	return Spec{
 		Groups: []GroupSpec{{Name: "g", Domain: dom}},
 		Aggregates: []AggSpec{
-			{Name: "n", Kind: AggCount},
+			{Name: "n", Kind: AggCount, PatientCount: true},
 			{Name: "total", Kind: AggSum, Lower: 0, Upper: 10},
 		},
 		MaxGroupsPerPatient: 2, MaxRowsPerGroup: 3,

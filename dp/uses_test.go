@@ -27,7 +27,9 @@ func TestUnusedStatisticsIgnored(t *testing.T) {
 			if diff := cmp.Diff(base, run(90000, 0, 0)); (diff != "") != kind.UsesSumSq() {
 				t.Errorf("SumSq changed the result: %v, UsesSumSq %v\n%s", diff != "", kind.UsesSumSq(), diff)
 			}
-			if diff := cmp.Diff(base, run(0, 990, 5)); (diff != "") != kind.UsesTop() {
+			// Dominant for a sum (of 1,000) and a mean (whose uncentred sum
+			// is 1,000 + 50 × the midpoint 50).
+			if diff := cmp.Diff(base, run(0, 3400, 50)); (diff != "") != kind.UsesTop() {
 				t.Errorf("Top1/Top2 changed the result: %v, UsesTop %v\n%s", diff != "", kind.UsesTop(), diff)
 			}
 		})
