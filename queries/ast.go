@@ -128,6 +128,8 @@ const (
 // val is what the compiler knows about an expression's values.
 type val struct {
 	kind kind
+	// ts marks a date kind that is a TIMESTAMP rather than a DATE.
+	ts bool
 	// lo and hi bound a numeric value (±Inf when unknown).
 	lo, hi float64
 	// domain is the public, finite set of non-NULL values when hasDomain.
@@ -159,7 +161,7 @@ func union(a, b val) val {
 		a.isConst = false
 		return a
 	}
-	out := val{kind: a.kind, patient: a.patient && b.patient}
+	out := val{kind: a.kind, ts: a.ts || b.ts, patient: a.patient && b.patient}
 	if a.kind != b.kind {
 		out.kind = kAny
 	}

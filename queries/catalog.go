@@ -52,6 +52,11 @@ type Policy struct {
 	// Delta is the δ a query spends on partition selection when a grouping
 	// column has no public domain. Must be below 1e-5.
 	Delta float64 `yaml:"delta" json:"delta"`
+	// MaxJoinRowsPerPatient (W) bounds the rows one patient adds to a join
+	// of several event tables (tables not one row per patient): each of m
+	// such tables keeps at most ⌊W^(1/m)⌋ rows of each patient before the
+	// join, so one patient cannot make a query slow. Default 1,000,000.
+	MaxJoinRowsPerPatient int `yaml:"max_join_rows_per_patient,omitempty" json:"max_join_rows_per_patient,omitempty"`
 }
 
 // Table is one table of the dataset.

@@ -27,25 +27,22 @@ func newCatalogIndex(cat *Catalog) *catalogIndex {
 	for _, t := range cat.Tables {
 		r := &relation{table: t.Name, public: t.Public, patient: !t.Public, perPatient: t.OnePerPatient}
 		for _, col := range t.Columns {
-			v := unbounded(kAny)
+			// The kind is the declared type's: the release snapshot casts
+			// every column to it (ReleaseStatements).
+			k, ts := kindOfType(col.Type)
+			v := unbounded(k)
+			v.ts = ts
 			switch col.Role {
 			case RoleNumeric:
-				v = unbounded(kNum)
 				if col.Bounds != nil {
 					v.lo, v.hi = col.Bounds[0], col.Bounds[1]
 				}
 			case RoleCategorical, RoleCode:
-				v.kind = kText
-				if strings.Contains(strings.ToUpper(col.Type), "INT") {
-					v.kind = kNum
-				}
 				v.groupable = true
 				if len(col.Domain) > 0 {
 					v.hasDomain = true
 					v.domain = col.Domain
 				}
-			case RoleDate:
-				v.kind = kDate
 			}
 			v.patient = t.OnePerPatient
 			r.cols = append(r.cols, column{name: col.Name, role: col.Role, v: v})
@@ -100,6 +97,9 @@ type scope struct {
 	rels  []*relation
 	using map[string]bool // USING column names (lower case)
 	inner bool            // a per-patient query: aggregates are per patient
+	// capRows, when above 0, is how many rows of each patient every event
+	// table of this FROM contributes (joinCap).
+	capRows int
 }
 
 // compiler holds the state of one Compile call.
@@ -127,6 +127,11 @@ type compiler struct {
 	// refs, when not nil, collects every relation a column reference
 	// resolves to (to tell which relations a group key reads).
 	refs map[*relation]bool
+	// hoist collects the aggregates of the per-patient query being
+	// compiled; nil outside one.
+	hoist *hoister
+	// capNames are the capped event tables already in with (joinCap).
+	capNames map[string]bool
 }
 
 // query is the validated outer query.
@@ -138,7 +143,18 @@ type query struct {
 	groups     []groupKey
 	aggs       []aggregate
 	predicates []string
-	patientLvl bool // every group key is a function of the patient alone
+	// specBound, when above 0, bounds the groups one patient can fall in
+	// from the query and the catalog alone (keys that are functions of the
+	// patient count once, by declaration too; date buckets the WHERE bounds
+	// count their buckets; no GROUP BY is one group): the Spec's k when it
+	// is below the catalog's, enforced by the rewrite. Being data-free, the
+	// broker and the sandbox compute the same.
+	specBound int
+	// declaredOne: every patient relation in FROM is a per-patient CTE or
+	// subquery or a table the catalog declares one row per patient, so an
+	// honest input has one row per patient: the Spec's C is 1, enforced by
+	// the rewrite, and count(*) is the group's patient count.
+	declaredOne bool
 	// groupBound, when above 0, is a proven bound on the groups any one
 	// patient's input rows fall in: keys proven per patient count once,
 	// date buckets the WHERE bounds count their buckets (bucketCount).
@@ -176,7 +192,9 @@ const (
 type aggregate struct {
 	spec dp.AggSpec
 	kind aggKind
-	arg  string // DOUBLE expression; for counts a 0/1 indicator or ""
+	// whole: count(*) without FILTER, which counts every input row.
+	whole bool
+	arg   string // DOUBLE expression; for counts a 0/1 indicator or ""
 	// pu is the privacy-unit column a count(pu) or count(DISTINCT pu)
 	// without FILTER reads; arg is then only its NOT NULL indicator.
 	pu string
@@ -323,11 +341,14 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 	if len(list(node, "modifiers")) > 0 {
 		return nil, "", refuse("DISTINCT, ORDER BY or LIMIT in "+what, -1, "per-patient queries are grouped by the patient instead")
 	}
-	sc := &scope{inner: true}
+	sc := &scope{inner: true, capRows: c.joinCap(sub(node, "from_table"))}
 	from, pid, err := c.fromItem(sub(node, "from_table"), sc, 1)
 	if err != nil {
 		return nil, "", err
 	}
+	// Aggregates of this query only (a FROM subquery above has its own).
+	defer func(h *hoister) { c.hoist = h }(c.hoist)
+	c.hoist = &hoister{index: make(map[string]string)}
 	if pid == "" {
 		return nil, "", refuse(what+" without patient data", -1, "a per-patient query must read a patient table")
 	}
@@ -392,7 +413,7 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 				return nil, "", err
 			}
 			rel.cols = append(rel.cols, column{name: name, role: RolePrivacyUnit})
-			outs = append(outs, gsql+" AS "+quoteIdent(name))
+			outs = append(outs, `"__tre_agg"."__pid" AS `+quoteIdent(name))
 			continue
 		}
 		esql, v, err := c.expr(item, sc, exprMode{clause: "SELECT of " + what, inner: true}, 1)
@@ -412,6 +433,9 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 		if strings.EqualFold(name, c.cat.PrivacyUnit) {
 			return nil, "", refuse("the name "+name+" for an expression in "+what, pos(item), "it names the privacy unit; give the expression another name")
 		}
+		if v.kind == kInterval {
+			return nil, "", refuse("an interval column "+name+" in "+what, pos(item), "an interval can only be added to or subtracted from a date")
+		}
 		if err := repeated(name, pos(item)); err != nil {
 			return nil, "", err
 		}
@@ -430,11 +454,25 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 	if !sawPU {
 		return nil, "", refuse(what+" without "+c.cat.PrivacyUnit+" in its SELECT", pos(node), "select "+c.cat.PrivacyUnit+" so the result can be joined")
 	}
-	fmt.Fprintf(&b, "SELECT %s FROM %s", strings.Join(outs, ", "), from)
+	var having string
+	if h := sub(node, "having"); h != nil {
+		hsql, _, err := c.condition(h, sc, exprMode{clause: "HAVING of " + what, inner: true}, 1, "HAVING of "+what)
+		if err != nil {
+			return nil, "", err
+		}
+		having = hsql
+	}
+	// The aggregates, hoisted into an inner query grouped by the patient;
+	// the outputs and HAVING are expressions over its columns.
+	fmt.Fprintf(&b, `SELECT %s FROM (SELECT %s AS "__pid"`, strings.Join(outs, ", "), gsql)
+	for i, agg := range c.hoist.sqls {
+		fmt.Fprintf(&b, `, %s AS "__ia%d"`, agg, i)
+	}
+	b.WriteString(" FROM " + from)
 	if w := sub(node, "where_clause"); w != nil {
 		var parts []string
 		for _, conj := range conjuncts(w) {
-			wsql, _, err := c.expr(conj, sc, exprMode{clause: "WHERE of " + what, inner: true, noAgg: true}, 1)
+			wsql, _, err := c.condition(conj, sc, exprMode{clause: "WHERE of " + what, inner: true, noAgg: true}, 1, "WHERE of "+what)
 			if err != nil {
 				return nil, "", err
 			}
@@ -445,15 +483,13 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 		}
 		b.WriteString(" WHERE " + strings.Join(parts, " AND "))
 	}
-	b.WriteString(" GROUP BY " + gsql)
-	shape := "SELECT " + strings.Join(outs, ", ") + " FROM " + from + " GROUP BY " + gsql
-	if h := sub(node, "having"); h != nil {
-		hsql, _, err := c.expr(h, sc, exprMode{clause: "HAVING of " + what, inner: true}, 1)
-		if err != nil {
-			return nil, "", err
-		}
-		b.WriteString(" HAVING " + hsql)
-		shape += " HAVING " + hsql
+	b.WriteString(` GROUP BY ` + gsql + `) AS "__tre_agg"`)
+	// The shape the broker compares is the query as written: the hoisted
+	// aggregates inlined back.
+	shape := "SELECT " + c.hoist.inline(strings.Join(outs, ", "), gsql) + " FROM " + from + " GROUP BY " + gsql
+	if having != "" {
+		b.WriteString(" WHERE " + having)
+		shape += " HAVING " + c.hoist.inline(having, gsql)
 	}
 	// Its WHERE conjuncts are compared as predicates (innerPreds), the
 	// rest as part of the query's shape.
@@ -474,7 +510,7 @@ func (c *compiler) privacyUnitRef(n obj, sc *scope) (string, bool, error) {
 // privacyUnitCol reports whether n is a bare reference to a privacy-unit
 // column, and which relation's.
 func (c *compiler) privacyUnitCol(n obj, sc *scope) (*relation, *column, bool, error) {
-	if str(n, "class") != "COLUMN_REF" {
+	if str(n, "class") != "COLUMN_REF" || isCurrentDate(n) {
 		return nil, nil, false, nil
 	}
 	rel, col, err := c.resolve(n, sc)
@@ -651,6 +687,9 @@ func (c *compiler) baseTable(n obj, sc *scope) (string, string, error) {
 		rel = *tmpl
 		rel.unique = rel.patient && !rel.public && c.unique[lname]
 		source = quoteIdent(ViewName(tmpl.table))
+		if sc.capRows > 0 && eventTable(tmpl) {
+			source = c.capped(tmpl, sc.capRows)
+		}
 	} else if strings.ContainsAny(name, "./\\:*?") {
 		return "", "", refuse(fmt.Sprintf("file or URL %q", name), pos(n), "only catalog tables may be read")
 	} else {
@@ -665,6 +704,82 @@ func (c *compiler) baseTable(n obj, sc *scope) (string, string, error) {
 		pid = qualified(&rel, rel.col(c.cat.PrivacyUnit))
 	}
 	return source + " AS " + quoteIdent(alias), pid, nil
+}
+
+// joinCap is how many rows of each patient each event table of a FROM may
+// contribute, or 0 for no cap. A join of two event tables on the patient
+// (a self-join, or events with prescriptions) gives one patient as many
+// rows as the product of theirs, so one patient with many rows could make
+// a query slow or run out of memory, and whether it does would tell about
+// that patient. With m ≥ 2 event tables each keeps at most
+// ⌊W^(1/m)⌋ rows of each patient, W the catalog's
+// max_join_rows_per_patient: no patient then adds more than W joined rows.
+// Which rows are kept depends only on the seed and the patient's own rows
+// (capped). Per-patient CTEs and tables declared one row per patient are
+// not event tables; neither are lookup tables. Counting from the syntax and
+// the catalog alone, the broker and the sandbox cap alike.
+func (c *compiler) joinCap(from obj) int {
+	m := 0
+	var walk func(n obj)
+	walk = func(n obj) {
+		switch str(n, "type") {
+		case "JOIN":
+			walk(sub(n, "left"))
+			walk(sub(n, "right"))
+		case "BASE_TABLE":
+			name := strings.ToLower(str(n, "table_name"))
+			if _, isCTE := c.ctes[name]; isCTE {
+				return
+			}
+			if t := c.idx.tables[name]; t != nil && eventTable(t) {
+				m++
+			}
+		}
+	}
+	walk(from)
+	if m < 2 {
+		return 0
+	}
+	w := float64(c.cat.Policy.maxJoinRows())
+	r := int(math.Floor(math.Pow(w, 1/float64(m)) + 1e-9))
+	for r > 1 && math.Pow(float64(r), float64(m)) > w {
+		r--
+	}
+	return max(r, 1)
+}
+
+// eventTable reports whether a catalog table may hold many rows per
+// patient: a patient table the catalog does not declare one row per
+// patient.
+func eventTable(t *relation) bool { return t.patient && !t.public && !t.perPatient }
+
+// capped returns the source of table t with each patient's rows capped at
+// r, a CTE of the rewrite shared by every use of t with that cap: the
+// patients with more than r rows keep r of them, ranked by a keyed hash of
+// (seed, the row's values), every other patient keeps all.
+func (c *compiler) capped(t *relation, r int) string {
+	name := fmt.Sprintf("__tre_cap_%s_%d", strings.ToLower(t.table), r)
+	q := quoteIdent(name)
+	if c.capNames[name] {
+		return q
+	}
+	if c.capNames == nil {
+		c.capNames = make(map[string]bool)
+	}
+	c.capNames[name] = true
+	view := quoteIdent(ViewName(t.table))
+	pu := quoteIdent(c.cat.PrivacyUnit)
+	var cols []string
+	for _, col := range t.cols {
+		if col.role != RoleForbidden {
+			cols = append(cols, quoteIdent(col.name))
+		}
+	}
+	list := strings.Join(cols, ", ")
+	heavy := fmt.Sprintf("(SELECT %s FROM %s GROUP BY %s HAVING count(*) > %d)", pu, view, pu, r)
+	c.with = append(c.with, fmt.Sprintf(`%s AS (SELECT %s FROM %s ANTI JOIN %s AS h USING (%s) UNION ALL SELECT %s FROM (SELECT %s, row_number() OVER (PARTITION BY %s ORDER BY hash(%d::UBIGINT, %s)) AS "__r" FROM %s SEMI JOIN %s AS h USING (%s)) WHERE "__r" <= %d)`,
+		q, list, view, heavy, pu, list, list, pu, c.seed, list, view, heavy, pu, r))
+	return q
 }
 
 // join validates a join: patient relations join only on the privacy unit;
@@ -736,7 +851,7 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 				parts = append(parts, s)
 				continue
 			}
-			s, _, err := c.expr(conj, sc, exprMode{clause: "JOIN condition", inner: sc.inner, noAgg: true}, depth+1)
+			s, _, err := c.condition(conj, sc, exprMode{clause: "JOIN condition", inner: sc.inner, noAgg: true}, depth+1, "a JOIN condition")
 			if err != nil {
 				return "", "", err
 			}
@@ -767,6 +882,30 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 func onePerPatient(rels []*relation) bool {
 	for _, r := range rels {
 		if !(r.derived || r.unique) || !r.patient || r.public {
+			return false
+		}
+	}
+	return len(rels) > 0
+}
+
+// boundTimes multiplies a bound on a patient's groups by a key's count of
+// values n (0: unknown), giving 0 when either is unknown or the product is
+// too large to track.
+func boundTimes(bound, n int) int {
+	if bound <= 0 || n <= 0 || bound > maxGroupBound/n {
+		return 0
+	}
+	return bound * n
+}
+
+// declaredOnePerPatient reports whether every patient relation of a FROM
+// clause is a per-patient CTE or subquery or a table the catalog declares
+// one row per patient: a fact of the query and the catalog alone (proofs
+// from the data, Options.UniqueTables, do not count), so the broker and
+// the sandbox agree on it.
+func declaredOnePerPatient(rels []*relation) bool {
+	for _, r := range rels {
+		if r.patient && !r.perPatient {
 			return false
 		}
 	}
@@ -866,7 +1005,7 @@ func conjuncts(n obj) []obj {
 
 // compileOuter validates the released query: its groups and aggregates.
 func (c *compiler) compileOuter(node obj) (*query, error) {
-	sc := &scope{}
+	sc := &scope{capRows: c.joinCap(sub(node, "from_table"))}
 	from, pid, err := c.fromItem(sub(node, "from_table"), sc, 1)
 	if err != nil {
 		return nil, err
@@ -874,7 +1013,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	if pid == "" {
 		return nil, refuse("a query of lookup tables only", -1, "a released query must count patients; read a patient table")
 	}
-	q := &query{from: from, sc: sc, pid: pid, onePerPatient: onePerPatient(sc.rels), maybeOnePerPatient: maybeOnePerPatient(sc.rels)}
+	q := &query{from: from, sc: sc, pid: pid, onePerPatient: onePerPatient(sc.rels), maybeOnePerPatient: maybeOnePerPatient(sc.rels), declaredOne: declaredOnePerPatient(sc.rels)}
 	if h := sub(node, "having"); h != nil {
 		return nil, refuse("HAVING", pos(h), "it filters on exact aggregates before protection; filter the released table instead")
 	}
@@ -883,7 +1022,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		var parts []string
 		ranges = c.whereRanges(conjuncts(w), sc)
 		for _, conj := range conjuncts(w) {
-			s, _, err := c.expr(conj, sc, exprMode{clause: "WHERE", noAgg: true}, 1)
+			s, _, err := c.condition(conj, sc, exprMode{clause: "WHERE", noAgg: true}, 1, "WHERE")
 			if err != nil {
 				return nil, err
 			}
@@ -910,8 +1049,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	if len(groupExprs) > maxGroupKeys {
 		return nil, refuse(fmt.Sprintf("%d GROUP BY columns", len(groupExprs)), -1, fmt.Sprintf("at most %d are allowed", maxGroupKeys))
 	}
-	q.patientLvl = len(groupExprs) > 0
-	q.groupBound = 1
+	q.groupBound, q.specBound = 1, 1
 	for _, ge := range groupExprs {
 		g, _ := ge.(obj)
 		target, name := g, ""
@@ -942,14 +1080,17 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		for r := range refs {
 			ofPatient = ofPatient && r.patient && !r.public && (r.derived || r.unique)
 		}
+		// A key proven (groupBound) or declared (specBound) per patient
+		// counts once; any other needs a bucket count, or nothing is known.
+		n := 0
+		if !ofPatient || !v.patient {
+			n = c.bucketCount(target, sc, ranges)
+		}
 		if !ofPatient {
-			// A key proven per patient counts once; any other needs a
-			// bucket count, or nothing is known.
-			if n := c.bucketCount(target, sc, ranges); n > 0 && q.groupBound <= maxGroupBound/n {
-				q.groupBound *= n
-			} else {
-				q.groupBound = 0
-			}
+			q.groupBound = boundTimes(q.groupBound, n)
+		}
+		if !v.patient {
+			q.specBound = boundTimes(q.specBound, n)
 		}
 		if name == "" {
 			name = defaultName(target)
@@ -960,7 +1101,6 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 			}
 		}
 		q.groups = append(q.groups, groupKey{name: name, sql: gsql, v: v, ofPatient: ofPatient})
-		q.patientLvl = q.patientLvl && v.patient
 	}
 	if len(items) == 0 {
 		return nil, refuse("an empty SELECT", -1, "")
@@ -986,9 +1126,9 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		return nil, refuse("a SELECT without an aggregate", -1, "release counts, sums or means, e.g. count(*)")
 	}
 	// count(pid) and count(DISTINCT pid) of the patient every input row
-	// belongs to: the opt-out filter on q.pid drops NULL ids, so the NOT
-	// NULL indicator is always 1 and they are count(*) and the patient
-	// count. Without an argument the rewrite knows each contribution.
+	// belongs to: __tre_input keeps no NULL q.pid, so the NOT NULL
+	// indicator is always 1 and they are count(*) and the patient count.
+	// Without an argument the rewrite knows each contribution.
 	for i := range q.aggs {
 		if c.shortcuts && q.aggs[i].pu != "" && q.aggs[i].pu == q.pid {
 			q.aggs[i].arg = ""
@@ -996,6 +1136,20 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	}
 	if len(q.aggs) > maxAggregates {
 		return nil, refuse(fmt.Sprintf("%d aggregates", len(q.aggs)), -1, fmt.Sprintf("at most %d are allowed", maxAggregates))
+	}
+	// The aggregates that are exactly the group's distinct patient count:
+	// suppression decides on them (dp.AggSpec.PatientCount), or else on a
+	// hidden noisy patient count. Only facts of the query and the catalog
+	// count, so the broker's Spec is the sandbox's.
+	for i := range q.aggs {
+		a := &q.aggs[i]
+		ofRoot := a.pu != "" && a.pu == q.pid
+		switch {
+		case a.kind == aggCountPatients && ofRoot:
+			a.spec.PatientCount = true
+		case a.kind == aggCountRows && q.declaredOne && (a.whole || ofRoot):
+			a.spec.PatientCount = true
+		}
 	}
 	c.uniqueNames(q)
 	return q, nil
@@ -1129,9 +1283,6 @@ func (c *compiler) groupKey(n obj, sc *scope) (string, val, error) {
 						return s, v, nil
 					}
 				}
-			}
-			if _, _, err := c.expr(n, sc, m, 1); err != nil {
-				return "", val{}, err
 			}
 			return "", val{}, refuse("GROUP BY "+name+"(…)", pos(n), "only a prefix or case change of a code or categorical column may be a group")
 		default:
@@ -1352,7 +1503,7 @@ func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
 	distinct, _ := n["distinct"].(bool)
 	var filter string
 	if f := sub(n, "filter"); f != nil {
-		s, _, err := c.expr(f, sc, exprMode{clause: "FILTER", noAgg: true}, 1)
+		s, _, err := c.condition(f, sc, exprMode{clause: "FILTER", noAgg: true}, 1, "FILTER")
 		if err != nil {
 			return aggregate{}, err
 		}
@@ -1368,6 +1519,7 @@ func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
 	switch name {
 	case "count_star":
 		a.kind = aggCountRows
+		a.whole = filter == ""
 		if filter != "" {
 			a.arg = withFilter("1")
 		}
@@ -1445,12 +1597,17 @@ func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
 	return a, nil
 }
 
+// parserQualified are the functions DuckDB's parser itself qualifies with
+// the schema main (the SQL-standard forms TRIM(…) and SUBSTRING(…)). The
+// compiler emits every function unqualified, so main.trim is the builtin.
+var parserQualified = map[string]bool{"trim": true, "substring": true}
+
 // checkFunctionNode refuses schema-qualified names and unknown fields.
 func (c *compiler) checkFunctionNode(n obj, name string) error {
 	if err := knownKeys(n, "function "+name, keysFunction); err != nil {
 		return err
 	}
-	if s, cat := str(n, "schema"), str(n, "catalog"); s != "" || cat != "" {
+	if s, cat := str(n, "schema"), str(n, "catalog"); (s != "" || cat != "") && !(s == "main" && cat == "" && parserQualified[name]) {
 		return refuse("function "+strings.Trim(cat+"."+s+"."+name, "."), pos(n), "functions may not be schema-qualified")
 	}
 	if e, _ := n["export_state"].(bool); e {
@@ -1482,12 +1639,17 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 		RoundingBase:        p.RoundingBase,
 		Rounding:            p.Rounding,
 	}
-	// Every group key a function of the patient alone (a one-row-per-patient
-	// table or per-patient CTE output): each patient falls in one group. The
-	// rewrite enforces k = 1 too, so a wrong catalog claim cannot break the
-	// bound.
-	if q.patientLvl {
-		s.MaxGroupsPerPatient = 1
+	// Fewer groups per patient than the catalog's k proven by the query
+	// itself (no GROUP BY: one; keys of the patient: one; a month bucket
+	// of a one-year range: twelve): noise for that k. The rewrite enforces
+	// the Spec's k, so a wrong catalog claim cannot break the bound.
+	if q.specBound > 0 && q.specBound < s.MaxGroupsPerPatient {
+		s.MaxGroupsPerPatient = q.specBound
+	}
+	// One row per patient by the catalog and the query: C = 1, enforced
+	// by the rewrite.
+	if q.declaredOne {
+		s.MaxRowsPerGroup = 1
 	}
 	public := true
 	keys := 1

@@ -14,15 +14,59 @@ import (
 )
 
 // MustTestDB creates the catalog's tables in an in-memory DuckDB database,
-// runs setup statements and creates the views of ViewStatements.
+// runs setup statements, builds the release snapshot (ReleaseStatements)
+// into an attached in-memory database it makes the default, as the sandbox
+// does into a file, and creates the views of ViewStatements over it.
 func MustTestDB(tb testing.TB, cat *Catalog, setup ...string) *sql.DB {
 	tb.Helper()
-	db, err := sql.Open("duckdb", "")
+	db, err := openTestDB(cat, setup...)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	db.SetMaxOpenConns(1) // temp views live on one connection
 	tb.Cleanup(func() { db.Close() })
+	return db
+}
+
+// openTestDB is MustTestDB returning its error (a NULL opt-out id fails
+// the snapshot).
+func openTestDB(cat *Catalog, setup ...string) (*sql.DB, error) {
+	db, err := openSourceDB(cat, setup...)
+	if err != nil {
+		return nil, err
+	}
+	cols, err := ReadUniqueColumns(context.Background(), db)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	var nulls int
+	if err := db.QueryRow(OptOutNullsSQL(cat)).Scan(&nulls); err != nil || nulls > 0 {
+		db.Close()
+		return nil, fmt.Errorf("the opt-out table holds %d NULL ids: %v", nulls, err)
+	}
+	stmts := []string{"ATTACH ':memory:' AS tre_release"}
+	for _, st := range ReleaseStatements(cat, "tre_release", UniqueTablesFrom(cols, cat)) {
+		stmts = append(stmts, st.SQL)
+	}
+	stmts = append(stmts, "USE tre_release")
+	stmts = append(stmts, ViewStatements(cat)...)
+	for _, s := range stmts {
+		if _, err := db.Exec(s); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("%s: %w", s, err)
+		}
+	}
+	return db, nil
+}
+
+// openSourceDB is a site's data as MustTestDB builds it before the release
+// snapshot: the catalog's tables, filled by setup.
+func openSourceDB(cat *Catalog, setup ...string) (*sql.DB, error) {
+	db, err := sql.Open("duckdb", "")
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(1) // temp views live on one connection
 	var stmts []string
 	for _, t := range cat.Tables {
 		cols := make([]string, 0, len(t.Columns))
@@ -32,13 +76,13 @@ func MustTestDB(tb testing.TB, cat *Catalog, setup ...string) *sql.DB {
 		stmts = append(stmts, fmt.Sprintf("CREATE TABLE %s (%s)", quoteIdent(t.Name), strings.Join(cols, ", ")))
 	}
 	stmts = append(stmts, setup...)
-	stmts = append(stmts, ViewStatements(cat)...)
 	for _, s := range stmts {
 		if _, err := db.Exec(s); err != nil {
-			tb.Fatalf("%s: %v", s, err)
+			db.Close()
+			return nil, fmt.Errorf("%s: %w", s, err)
 		}
 	}
-	return db
+	return db, nil
 }
 
 // runPlan executes plan.Rewritten and scans the rows as the sandbox does.
@@ -177,12 +221,14 @@ func TestRewriteSemantics(t *testing.T) {
 		got, dropped := runPlan(t, db, plan)
 		// Patient 999 (opted out) has an HbA1c of 40 that must not count.
 		// Statistics dp does not read for a kind are 0 (dp.AggKind.UsesTop,
-		// UsesSumSq).
+		// UsesSumSq). A mean's and a standard deviation's sums are of the
+		// values less the bounds' midpoint, 100; the dominance rules see
+		// uncentred contributions.
 		want := []dp.GroupStats{{Keys: []*string{}, Patients: 2, Aggs: []dp.AggStats{
 			{Count: 3},
 			{Count: 3, Sum: 183, Top1: 113, Top2: 70},
-			{Count: 3, Sum: 183, Top1: 113, Top2: 70},
-			{Count: 3, Sum: 183, SumSq: 62*62 + 51*51 + 70*70},
+			{Count: 3, Sum: 183 - 300, Top1: 113, Top2: 70},
+			{Count: 3, Sum: 183 - 300, SumSq: 38*38 + 49*49 + 30*30},
 		}}}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("stats (-want +got):\n%s", diff)

@@ -22,6 +22,7 @@ const (
 	DefaultRounding           = "nearest"
 	DefaultDelta              = 1e-6
 	DefaultMinEpsilon         = 0.01
+	DefaultMaxJoinRows        = 1_000_000
 )
 
 // Policy limits. They keep a typo in a site's catalog (k: 10000, ε: 50) from
@@ -33,6 +34,7 @@ const (
 	maxRoundingLimit   = 1000
 	maxEpsilonLimit    = 10
 	minEpsilonLimit    = 1e-6
+	maxJoinRowsLimit   = 1_000_000_000
 	maxDeltaExclusive  = 1e-5
 	maxDomainValues    = 10000
 	maxCatalogFileSize = 4 << 20
@@ -134,6 +136,18 @@ func (c *Catalog) SetDefaults() {
 	if p.MinEpsilon == 0 {
 		p.MinEpsilon = min(DefaultMinEpsilon, p.DefaultEpsilon)
 	}
+	if p.MaxJoinRowsPerPatient == 0 {
+		p.MaxJoinRowsPerPatient = DefaultMaxJoinRows
+	}
+}
+
+// maxJoinRows is W of joinCap: the policy's, or the default for a catalog
+// stored before the key existed.
+func (p Policy) maxJoinRows() int {
+	if p.MaxJoinRowsPerPatient > 0 {
+		return p.MaxJoinRowsPerPatient
+	}
+	return DefaultMaxJoinRows
 }
 
 // minEpsilon is the least ε a query may spend: the policy's MinEpsilon, or
@@ -178,6 +192,8 @@ func (c *Catalog) Validate() error {
 		return bad("policy.min_epsilon", "must be at least %g and at most default_epsilon (%v), got %v", minEpsilonLimit, p.DefaultEpsilon, p.MinEpsilon)
 	case !(p.Delta > 0) || !(p.Delta < maxDeltaExclusive):
 		return bad("policy.delta", "must be above 0 and below 1e-5, got %v", p.Delta)
+	case p.MaxJoinRowsPerPatient < 0 || p.MaxJoinRowsPerPatient > maxJoinRowsLimit:
+		return bad("policy.max_join_rows_per_patient", "must be between 1 and %d, got %d", maxJoinRowsLimit, p.MaxJoinRowsPerPatient)
 	case p.OptOutTable == "":
 		return bad("policy.optout_table", "missing: every dataset must name its opt-out table")
 	}
@@ -211,6 +227,9 @@ func (c *Catalog) Validate() error {
 			if strings.TrimSpace(col.Type) == "" {
 				return bad(ck+".type", "column %s.%s has no type", t.Name, col.Name)
 			}
+			if !typeRe.MatchString(col.Type) {
+				return bad(ck+".type", "column %s.%s has type %q, which is not a DuckDB type name such as VARCHAR, BIGINT, DOUBLE, DECIMAL(10, 2) or DATE", t.Name, col.Name, col.Type)
+			}
 			if col.Role == "" {
 				return bad(ck+".role", "column %s.%s has no role", t.Name, col.Name)
 			}
@@ -226,6 +245,12 @@ func (c *Catalog) Validate() error {
 			}
 			if col.Role == RolePrivacyUnit {
 				hasPU = true
+			}
+			switch k, _ := kindOfType(col.Type); {
+			case col.Role == RoleNumeric && k != kNum:
+				return bad(ck+".type", "numeric column %s.%s has type %s, which is not a number type", t.Name, col.Name, col.Type)
+			case col.Role == RoleDate && k != kDate:
+				return bad(ck+".type", "date column %s.%s has type %s; use DATE or TIMESTAMP", t.Name, col.Name, col.Type)
 			}
 			if col.Role == RoleNumeric {
 				if col.Bounds == nil {
@@ -323,7 +348,7 @@ func checkKeys(file string, n *yaml.Node, path string) error {
 
 var catalogKeys = map[string]map[string]bool{
 	"":        {"dataset": true, "description": true, "privacy_unit": true, "policy": true, "tables": true},
-	"policy":  {"max_groups_per_patient": true, "max_rows_per_group": true, "small_cell_threshold": true, "rounding_base": true, "rounding": true, "optout_table": true, "default_epsilon": true, "max_epsilon": true, "min_epsilon": true, "delta": true},
+	"policy":  {"max_groups_per_patient": true, "max_rows_per_group": true, "small_cell_threshold": true, "rounding_base": true, "rounding": true, "optout_table": true, "default_epsilon": true, "max_epsilon": true, "min_epsilon": true, "delta": true, "max_join_rows_per_patient": true},
 	"table":   {"name": true, "description": true, "public": true, "one_row_per_patient": true, "columns": true},
 	"column":  {"name": true, "type": true, "description": true, "role": true, "domain": true, "bounds": true, "code_system": true, "examples": true},
 	"example": {"code": true, "term": true},

@@ -60,7 +60,7 @@ func TestParseCatalogDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Policy{MaxGroupsPerPatient: 2, MaxRowsPerGroup: 5, SmallCellThreshold: 10, RoundingBase: 5, Rounding: "nearest", OptOutTable: "opted_out", DefaultEpsilon: 0.5, MaxEpsilon: 1, MinEpsilon: 0.01, Delta: 1e-6}
+	want := Policy{MaxGroupsPerPatient: 2, MaxRowsPerGroup: 5, SmallCellThreshold: 10, RoundingBase: 5, Rounding: "nearest", OptOutTable: "opted_out", DefaultEpsilon: 0.5, MaxEpsilon: 1, MinEpsilon: 0.01, Delta: 1e-6, MaxJoinRowsPerPatient: 1_000_000}
 	if diff := cmp.Diff(want, c.Policy); diff != "" {
 		t.Errorf("policy (-want +got):\n%s", diff)
 	}

@@ -116,8 +116,8 @@ func TestPlanSpec(t *testing.T) {
 	cat := MustLoadTestCatalog(t)
 	plan := mustCompile(t, p, cat, TypicalQueries[5].SQL) // HbA1c share by region
 	want := `{"groups":[{"name":"region","domain":["North East","North West","Yorkshire and The Humber","East Midlands","West Midlands","East of England","London","South East","South West"]}],` +
-		`"aggregates":[{"name":"diabetics_with_hba1c","kind":"count"},{"name":"share_below_58","kind":"mean","upper":1}],` +
-		`"max_groups_per_patient":1,"max_rows_per_group":3,"epsilon":1,"delta":0,"threshold":10,"rounding_base":5,"rounding":"nearest"}`
+		`"aggregates":[{"name":"diabetics_with_hba1c","kind":"count","patient_count":true},{"name":"share_below_58","kind":"mean","upper":1}],` +
+		`"max_groups_per_patient":1,"max_rows_per_group":1,"epsilon":1,"delta":0,"threshold":10,"rounding_base":5,"rounding":"nearest"}`
 	got, _ := json.Marshal(plan.Spec)
 	if diff := cmp.Diff(want, string(got)); diff != "" {
 		t.Errorf("spec (-want +got):\n%s", diff)
@@ -313,6 +313,9 @@ func TestCanonicalForm(t *testing.T) {
 		{"literal in exponent form", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= 0.2e1 AND region IN ('London', 'North East') GROUP BY sex`},
 		{"literal as a string", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= '2' AND region IN ('London', 'North East') GROUP BY sex`},
 		{"table alias", `SELECT p.sex, count(*) AS n FROM patients AS p WHERE p.imd_quintile >= 2 AND p.region IN ('London', 'North East') GROUP BY p.sex`},
+		// imd_quintile is a number: a string compared with it is converted
+		// when the query is compiled (total.go), '02' to 2.
+		{"a string with a leading zero compared with a number", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= '02' AND region IN ('London', 'North East') GROUP BY sex`},
 	}
 	want := mustCompile(t, p, cat, base)
 	for _, tt := range same {
@@ -330,7 +333,7 @@ func TestCanonicalForm(t *testing.T) {
 		{"another value", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= 3 AND region IN ('London', 'North East') GROUP BY sex`},
 		{"another group", `SELECT region, count(*) AS n FROM patients WHERE imd_quintile >= 2 AND region IN ('London', 'North East') GROUP BY region`},
 		{"another aggregate", `SELECT sex, count(DISTINCT patient_id) AS n FROM patients WHERE imd_quintile >= 2 AND region IN ('London', 'North East') GROUP BY sex`},
-		{"a code with a leading zero", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= '02' AND region IN ('London', 'North East') GROUP BY sex`},
+		{"a code with a leading zero", `SELECT sex, count(*) AS n FROM patients WHERE imd_quintile >= 2 AND region IN ('London', 'North East', '02') GROUP BY sex`},
 	}
 	for _, tt := range other {
 		t.Run(tt.name, func(t *testing.T) {
@@ -354,4 +357,57 @@ func TestCanonicalForm(t *testing.T) {
 			t.Errorf("normalized forms differ:\n%s\n%s", a.Normalized, b.Normalized)
 		}
 	})
+}
+
+// TestSpecBoundsFromQuery: k and C below the catalog's (k = 4, C = 3) when
+// the query and the catalog prove them, and the aggregate suppression
+// decides on; all facts of the query and catalog, never of the data, so
+// the broker's Spec is the sandbox's (compiled here with and without the
+// data's proofs).
+func TestSpecBoundsFromQuery(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	for _, tt := range []struct {
+		name         string
+		sql          string
+		k, c         int
+		patientCount []bool
+	}{
+		{name: "no GROUP BY, one row per patient", sql: `SELECT count(*) AS n FROM patients`, k: 1, c: 1, patientCount: []bool{true}},
+		{name: "no GROUP BY, events", sql: `SELECT count(*) AS n FROM clinical_events`, k: 1, c: 3, patientCount: []bool{false}},
+		{name: "patient keys", sql: `SELECT region, sex, count(*) AS n FROM patients GROUP BY region, sex`, k: 1, c: 1, patientCount: []bool{true}},
+		{name: "patient count of events", sql: `SELECT snomed_code, count(DISTINCT patient_id) AS n, count(*) AS rows FROM clinical_events GROUP BY snomed_code`, k: 4, c: 3, patientCount: []bool{true, false}},
+		{name: "filtered patient count", sql: `SELECT count(DISTINCT patient_id) FILTER (WHERE snomed_code = 'x') AS n FROM clinical_events`, k: 1, c: 3, patientCount: []bool{false}},
+		{name: "a quarter's months", sql: `SELECT date_trunc('month', date) AS m, count(*) AS n FROM medications WHERE date >= DATE '2023-01-01' AND date < DATE '2023-04-01' GROUP BY m`, k: 3, c: 3, patientCount: []bool{false}},
+		{name: "per-patient CTE joined", sql: `WITH c AS (SELECT patient_id, max(numeric_value) AS v FROM clinical_events GROUP BY patient_id)
+			SELECT p.sex, count(*) AS n, avg(c.v) AS mean_v FROM c JOIN patients p ON p.patient_id = c.patient_id GROUP BY p.sex`, k: 1, c: 1, patientCount: []bool{true, false}},
+		{name: "count of a left-joined id", sql: `SELECT count(DISTINCT m.patient_id) AS n FROM patients p LEFT JOIN medications m ON m.patient_id = p.patient_id`, k: 1, c: 3, patientCount: []bool{false}},
+		{name: "unbounded keys", sql: `SELECT snomed_code, count(*) AS n FROM clinical_events GROUP BY snomed_code`, k: 4, c: 3, patientCount: []bool{false}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var specs []string
+			for _, opts := range []Options{{}, {UniqueTables: []string{"patients"}}} {
+				plan, err := p.Compile(context.Background(), cat, tt.sql, opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s := plan.Spec
+				if s.MaxGroupsPerPatient != tt.k || s.MaxRowsPerGroup != tt.c {
+					t.Errorf("k = %d, C = %d, want %d, %d", s.MaxGroupsPerPatient, s.MaxRowsPerGroup, tt.k, tt.c)
+				}
+				var pc []bool
+				for _, a := range s.Aggregates {
+					pc = append(pc, a.PatientCount)
+				}
+				if diff := cmp.Diff(tt.patientCount, pc); diff != "" {
+					t.Errorf("patient counts (-want +got):\n%s", diff)
+				}
+				b, _ := json.Marshal(s)
+				specs = append(specs, string(b))
+			}
+			if specs[0] != specs[1] {
+				t.Errorf("the data's proofs changed the Spec:\n%s\n%s", specs[0], specs[1])
+			}
+		})
+	}
 }

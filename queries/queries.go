@@ -108,11 +108,9 @@ func ViewName(table string) string {
 
 // ViewStatements returns the CREATE TEMP VIEW statements the sandbox runs
 // before a compiled query: one view per catalog table except the opt-out
-// table, exposing only non-forbidden columns. The views do not remove
-// opted-out patients: every compiled query does, once, where each of its
-// input rows is tied to its patient (optOutFilter). A filter inside each
-// view made DuckDB guess that it kept a fifth of the rows, and with that
-// guess it built its join hash tables on the wrong side (BENCHMARKS.md).
+// table, exposing only non-forbidden columns. They read the release
+// snapshot (ReleaseStatements), which holds no opted-out patient: a
+// compiled query never sees one, whatever its filters.
 func ViewStatements(cat *Catalog) []string {
 	out := make([]string, 0, len(cat.Tables))
 	for _, t := range cat.Tables {
@@ -133,25 +131,6 @@ func ViewStatements(cat *Catalog) []string {
 			quoteIdent(ViewName(t.Name)), strings.Join(cols, ", "), quoteIdent(t.Name)))
 	}
 	return out
-}
-
-// optOutFilter is the predicate a compiled query applies to the privacy
-// unit pid of every input row: the patient is not in the opt-out table.
-// Filtering there rather than in each table's view is exact because a
-// compiled query cannot mix patients: patient relations join only on the
-// privacy unit, per-patient CTEs and subqueries group by it, and
-// expressions admit no subqueries or window functions. So an opted-out
-// patient's rows reach nothing but input rows carrying that patient's id,
-// and all of those are removed here, before bounding, aggregation and the
-// count of dropped rows.
-//
-// NOT IN is deliberate: if the opt-out table ever held a NULL id, NOT IN
-// yields no rows at all, failing safe instead of counting opted-out people;
-// and an input row without a patient id (a lookup row no patient matched)
-// is removed too, as nothing shows it is not an opted-out patient's.
-func optOutFilter(cat *Catalog, pid string) string {
-	pu := quoteIdent(cat.PrivacyUnit)
-	return fmt.Sprintf("%s NOT IN (SELECT %s FROM %s)", pid, pu, quoteIdent(cat.Policy.OptOutTable))
 }
 
 // UniqueColumnsSQL is a statement returning, one per row, a table of the

@@ -11,9 +11,9 @@ import (
 
 // rewrite emits the contribution-bounded query. Its stages:
 //
-//	__tre_input  one row per joined input row of a patient who has not opted
-//	             out (optOutFilter): the patient, the group keys and each
-//	             aggregate's argument;
+//	__tre_input  one row per joined input row of a patient: the patient,
+//	             the group keys and each aggregate's argument (opted-out
+//	             patients are not in the release snapshot at all);
 //	__tre_base   the same rows, each argument clamped to its bounds;
 //	__tre_all    every (patient, group) with all its rows aggregated;
 //	__tre_over   the (patient, group) pairs with more than C rows, recomputed
@@ -95,7 +95,10 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	if q.where != "" {
 		b.WriteString("(" + q.where + ") AND ")
 	}
-	b.WriteString(optOutFilter(c.cat, q.pid) + "),\n")
+	// The release snapshot holds no row without a patient id and the root
+	// relation is never on the right of a LEFT JOIN, so this removes
+	// nothing; it keeps that so if either ever changed.
+	b.WriteString(q.pid + " IS NOT NULL),\n")
 	// Proven one row per patient (onePerPatient): each row is a patient's whole
 	// contribution, within any k and C, so the rows are grouped directly
 	// with nothing to check, rank or drop. __tre_base is then read once and
@@ -116,7 +119,13 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		col := acol("a", j)
 		if a.kind == aggValue {
 			lo, hi := sqlDouble(a.spec.Lower), sqlDouble(a.spec.Upper)
-			fmt.Fprintf(&b, ", CASE WHEN %s < %s THEN %s WHEN %s > %s THEN %s ELSE %s END AS %s", col, lo, lo, col, hi, hi, col, col)
+			// A mean, variance or standard deviation is computed from
+			// values centred on the bounds' midpoint (dp.AggStats).
+			centre := ""
+			if a.spec.Kind.Centred() {
+				centre = " - " + sqlDouble(a.spec.Midpoint())
+			}
+			fmt.Fprintf(&b, ", CASE WHEN %s < %s THEN %s WHEN %s > %s THEN %s ELSE %s END%s AS %s", col, lo, lo, col, hi, hi, col, centre, col)
 		} else {
 			b.WriteString(", " + col)
 		}
@@ -237,7 +246,7 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		name := escapeName(a.spec.Name)
 		contrib := acol("c", j)
 		if a.kind == aggValue {
-			contrib = acol("s", j)
+			contrib = uncentred(a, acol("s", j), acol("c", j))
 		}
 		fmt.Fprintf(&b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count"`, acol("c", j), name)
 		sum, sumsq := "0", "0"
@@ -281,7 +290,7 @@ func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guar
 		name := escapeName(a.spec.Name)
 		contrib := "1"
 		if a.arg != "" {
-			contrib = "coalesce(" + col + ", 0)"
+			contrib = "coalesce(" + uncentred(a, col, "1") + ", 0)"
 		}
 		if a.kind == aggValue {
 			sumsq := "0"
@@ -316,6 +325,17 @@ func countsOnly(q *query) bool {
 		}
 	}
 	return true
+}
+
+// uncentred is a patient's contribution to an aggregate's sum, sum, over
+// count values: as it is, or for a centred aggregate (dp.AggKind.Centred)
+// its sum of centred values plus count times the midpoint. The dominance
+// rules judge uncentred contributions.
+func uncentred(a aggregate, sum, count string) string {
+	if !a.spec.Kind.Centred() {
+		return sum
+	}
+	return "(" + sum + " + " + sqlDouble(a.spec.Midpoint()) + " * " + count + ")"
 }
 
 // writeTop writes the two largest per-patient contributions, contrib, of

@@ -46,7 +46,12 @@ func TestUniqueColumnsSQL(t *testing.T) {
 		}, want: []string{"demo", "patients"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			db := MustTestDB(t, cat, tt.setup...)
+			// The site's data, before the release snapshot.
+			db, err := openSourceDB(cat, tt.setup...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
 			if diff := cmp.Diff(tt.want, uniqueTables(t, db, cat)); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
