@@ -61,6 +61,12 @@ type JobRunner interface {
 	Run(ctx context.Context, job Job) (*dp.Result, error)
 }
 
+// preparer is a JobRunner that can get ready for jobs before the first
+// (*Runner builds the release snapshot).
+type preparer interface {
+	Prepare(ctx context.Context) error
+}
+
 // AgentConfig configures the site agent loop.
 type AgentConfig struct {
 	SiteID  string
@@ -158,6 +164,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return nil // ctx ended before the broker came back
 	}
 	a.cfg.Logger.Info("agent: catalog published", "site", a.cfg.SiteID, "dataset", a.cfg.Catalog.Dataset)
+	if p, ok := a.cfg.Runner.(preparer); ok {
+		// The release snapshot before the first lease, not inside it. A
+		// failure is the site's to fix; every job then reports it.
+		if err := p.Prepare(ctx); err != nil && ctx.Err() == nil {
+			a.cfg.Logger.Error("agent: release snapshot", "code", ErrorCode(err), "error", ErrorMessage(err))
+		}
+	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup

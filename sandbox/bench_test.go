@@ -15,7 +15,7 @@ func BenchmarkSandboxStart(b *testing.B) {
 	req := &request{QueryID: "b", SQL: "SELECT 1", SQLHash: hashSQL("SELECT 1"), Catalog: r.cfg.Catalog, Raw: true}
 	cpu := cpuTime()
 	for b.Loop() {
-		if _, _, err := r.call(context.Background(), req); err != nil {
+		if _, _, err := r.callJob(context.Background(), req); err != nil {
 			b.Fatal(err)
 		}
 	}

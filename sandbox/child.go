@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/duckdb/duckdb-go/v2"
+	"github.com/google/differential-privacy/go/v3/noise"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
@@ -31,16 +32,23 @@ const (
 // environment, because Landlock and rlimits must be in place before the
 // child accepts any job.
 type childConfig struct {
-	DataPath           string `json:"data_path"`
-	JobDir             string `json:"job_dir"`
-	MemoryLimit        int64  `json:"memory_limit"`
-	Threads            int    `json:"threads"`
-	MaxExpressionDepth int    `json:"max_expression_depth"`
-	TempDirMaxSize     int64  `json:"temp_dir_max_size"`
-	CPUSeconds         int64  `json:"cpu_seconds"`
-	AddressSpace       int64  `json:"address_space,omitempty"`
-	MaxRows            int    `json:"max_rows"`
-	AllowWeak          bool   `json:"allow_weak"`
+	// DataPath is the file the child opens read-only: a release snapshot
+	// for a job; for a builder child (Build), the site's data file, of
+	// which it writes a release snapshot into JobDir (snapshot.go).
+	DataPath string `json:"data_path"`
+	Build    bool   `json:"build,omitempty"`
+	JobDir   string `json:"job_dir"`
+	// FileSizeLimit, when above the temp dir cap, is RLIMIT_FSIZE (a
+	// builder child writes a copy of the data).
+	FileSizeLimit      int64 `json:"file_size_limit,omitempty"`
+	MemoryLimit        int64 `json:"memory_limit"`
+	Threads            int   `json:"threads"`
+	MaxExpressionDepth int   `json:"max_expression_depth"`
+	TempDirMaxSize     int64 `json:"temp_dir_max_size"`
+	CPUSeconds         int64 `json:"cpu_seconds"`
+	AddressSpace       int64 `json:"address_space,omitempty"`
+	MaxRows            int   `json:"max_rows"`
+	AllowWeak          bool  `json:"allow_weak"`
 	// TLS is the child's side of the job's mutual TLS (tls.go).
 	TLS *childTLS `json:"tls"`
 }
@@ -51,9 +59,11 @@ func (c *childConfig) tempDir() string { return filepath.Join(c.JobDir, "tmp") }
 // production; only the package's tests can enable the hooks.
 type ServeOptions struct {
 	// Test hooks, set only by export_test.go: runRaw executes SQL that
-	// skipped the compiler, probe attempts forbidden operations.
-	runRaw func(ctx context.Context, ldb *lockedDB, query string, maxRows int) (*rawOutcome, error)
-	probe  func(cc *childConfig) []probeOutcome
+	// skipped the compiler, probe attempts forbidden operations, testNoise
+	// makes the noise of the statistics a fixed offset.
+	runRaw    func(ctx context.Context, ldb *lockedDB, query string, maxRows int) (*rawOutcome, error)
+	probe     func(cc *childConfig) []probeOutcome
+	testNoise func(offset float64) noise.Noise
 }
 
 // Serve is the sandbox child process: `tre __sandbox` calls it and exits
@@ -84,7 +94,9 @@ func Serve(opts ServeOptions) int {
 		return 1
 	}
 	srv := &server{cc: &cc, layers: layers, log: log, opts: opts}
-	srv.openEarly()
+	if !cc.Build {
+		srv.openEarly()
+	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: handshake(),
 		Plugins:         plugin.PluginSet{pluginName: &grpcPlugin{server: srv}},
@@ -203,7 +215,7 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, *lockedDB, e
 	if err := json.Unmarshal(in, &req); err != nil {
 		return nil, nil, Errorf(CodeInvalid, "malformed job")
 	}
-	if (req.Raw && s.opts.runRaw == nil) || (req.Probe && s.opts.probe == nil) {
+	if (req.Raw && s.opts.runRaw == nil) || (req.Probe && s.opts.probe == nil) || (req.TestNoise != 0 && s.opts.testNoise == nil) {
 		return nil, nil, Errorf(CodeRefused, "test hooks are not available in this build")
 	}
 	if queries.SQLHash(req.SQL) != req.SQLHash {
@@ -215,6 +227,9 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, *lockedDB, e
 	s.once.Do(func() { s.onceErr = loadJobPolicy() })
 	if s.onceErr != nil {
 		return nil, nil, fmt.Errorf("job seccomp policy: %w", s.onceErr)
+	}
+	if s.cc.Build {
+		return s.handleBuild(ctx, &req)
 	}
 	views, err := viewStatements(req.Catalog)
 	if err != nil {
@@ -236,15 +251,27 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, *lockedDB, e
 	return resp, ldb, err
 }
 
-// runJob runs req on the open, locked-down data.
-func (s *server) runJob(ctx context.Context, req *request, ldb *lockedDB) (*response, error) {
-	// The file DuckDB read, for the opt-out snapshot: if it cannot be
-	// told, the hash is computed rather than reused.
-	opened, err := findOpenedData(s.cc.DataPath)
-	if err != nil {
-		s.log.Warn("sandbox: data file identity unknown; the opt-out hash is computed", "error", err)
-		opened = nil
+// handleBuild runs a builder child's one job: the release snapshot of the
+// data file (snapshot.go).
+func (s *server) handleBuild(ctx context.Context, req *request) (*response, *lockedDB, error) {
+	if req.Raw || req.Probe || req.SQL != "" {
+		return nil, nil, Errorf(CodeInvalid, "a snapshot builder runs no query")
 	}
+	// It runs no researcher SQL, so DuckDB's lock-down is not among the
+	// layers it needs; the OS layers are.
+	layers := slices.Clone(s.layers)
+	if missing := missingChildLayers(append(slices.Clone(layers), LayerDuckDBLockdown)); len(missing) > 0 && !s.cc.AllowWeak {
+		return nil, nil, Errorf(CodeUnavailable, "isolation layers unavailable: %v", missing)
+	}
+	built, err := s.build(ctx, req.Catalog)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &response{Layers: layers, Snapshot: built}, nil, nil
+}
+
+// runJob runs req on the open, locked-down release snapshot.
+func (s *server) runJob(ctx context.Context, req *request, ldb *lockedDB) (*response, error) {
 	layers := append(slices.Clone(s.layers), LayerDuckDBLockdown)
 	if missing := missingChildLayers(layers); len(missing) > 0 && !s.cc.AllowWeak {
 		return nil, Errorf(CodeUnavailable, "isolation layers unavailable: %v", missing)
@@ -259,29 +286,24 @@ func (s *server) runJob(ctx context.Context, req *request, ldb *lockedDB) (*resp
 			return nil, err
 		}
 		resp.Raw = out
-	case req.OptOutOnly:
-		// Nothing else has run in this process: the host may cache this.
-		snap, err := applyOptOut(ctx, ldb, req.Catalog, s.cc.DataPath, opened, nil)
-		if err != nil {
-			return nil, err
-		}
-		resp.OptOut = snap
 	default:
-		res, err := execute(ctx, ldb, req, s.cc)
+		// The snapshot's opt-out hash, read before any of the query runs:
+		// the report names the opt-out list of the file this job read.
+		hash, err := readSnapshotHash(ctx, ldb)
+		if err != nil {
+			s.safe(ctx, err)
+			return nil, Errorf(CodeUnavailable, "the site's release snapshot could not be read")
+		}
+		var nz noise.Noise
+		if req.TestNoise != 0 {
+			nz = s.opts.testNoise(req.TestNoise)
+		}
+		res, err := execute(ctx, ldb, req, s.cc, nz)
 		if err != nil {
 			return nil, err
 		}
-		snap, err := applyOptOut(ctx, ldb, req.Catalog, s.cc.DataPath, opened, req.OptOut)
-		if err != nil {
-			return nil, err
-		}
-		res.Report.OptOut = dp.OptOutReport{Applied: true, Table: req.Catalog.Policy.OptOutTable, SnapshotHash: snap.Hash}
-		resp.Result, resp.OptOut = res, snap
-	}
-	if opened != nil && !opened.unchanged() {
-		// Written in place under a running job: what was read, and so
-		// which opt-outs applied, is not known.
-		return nil, Errorf(CodeUnavailable, "the site's data changed while the query ran; run it again")
+		res.Report.OptOut = dp.OptOutReport{Applied: true, Table: req.Catalog.Policy.OptOutTable, SnapshotHash: hash}
+		resp.Result = res
 	}
 	return resp, nil
 }

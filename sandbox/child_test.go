@@ -11,12 +11,13 @@ import (
 	"testing"
 )
 
-// inProcessServer is the child's job server in the test process, over a
-// fresh fixture. Its seccomp policy is marked loaded without being loaded:
+// inProcessServer is the child's job server in the test process, over the
+// release snapshot of a fresh fixture. Its seccomp policy is marked loaded without being loaded:
 // it would forbid this test process its own sockets.
 func inProcessServer(t *testing.T) (*server, Config) {
 	t.Helper()
 	cfg := testConfig(t, MustFixture(t, 50))
+	cfg.DataPath = mustSnapshotFile(t, cfg.DataPath, cfg.Catalog)
 	cc := &childConfig{
 		DataPath: cfg.DataPath, JobDir: t.TempDir(), MemoryLimit: cfg.MemoryLimit, Threads: cfg.Threads,
 		MaxExpressionDepth: 250, TempDirMaxSize: 1 << 30, MaxRows: cfg.MaxRows, AllowWeak: true,
@@ -128,8 +129,8 @@ func TestEarlyOpenFailureUnavailable(t *testing.T) {
 
 // A job returns once its child is killed; the child's exit and the removal
 // of its job directory follow in the background, and Close waits for them:
-// afterwards the scratch directory is empty and no child of the runner is
-// left.
+// afterwards the scratch directory holds only the kept release snapshot
+// (for the next Runner) and no child of the runner is left.
 func TestCloseWaitsForFinishedJobs(t *testing.T) {
 	cfg := testConfig(t, MustFixture(t, 50))
 	r, err := NewRunner(cfg)
@@ -149,7 +150,12 @@ func TestCloseWaitsForFinishedJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		t.Errorf("left in the scratch directory after Close: %s", e.Name())
+		if e.Name() != "snapshots" {
+			t.Errorf("left in the scratch directory after Close: %s", e.Name())
+		}
+	}
+	if kept := keptSnapshots(t, r); len(kept) != 1 {
+		t.Errorf("release snapshots kept: %v, want one", kept)
 	}
 	if n := runnerChildren(t, cfg.ScratchDir); n > 0 {
 		t.Errorf("%d sandbox children of this runner alive after Close", n)

@@ -56,13 +56,7 @@ func openData(ctx context.Context, cc *childConfig) (*lockedDB, error) {
 	if strings.ContainsAny(cc.DataPath, "?#") {
 		return nil, errors.New("data path must not contain ? or #")
 	}
-	dsn := fmt.Sprintf("%s?access_mode=READ_ONLY"+
-		"&autoload_known_extensions=false&autoinstall_known_extensions=false"+
-		"&allow_community_extensions=false&allow_unsigned_extensions=false"+
-		"&allow_persistent_secrets=false"+
-		"&memory_limit=%dB&max_temp_directory_size=%dB&threads=%d&max_expression_depth=%d",
-		cc.DataPath, cc.MemoryLimit, cc.TempDirMaxSize, cc.Threads, cc.MaxExpressionDepth)
-	db, err := sql.Open("duckdb", dsn)
+	db, err := sql.Open("duckdb", dataDSN(cc))
 	if err != nil {
 		return nil, fmt.Errorf("open data: %w", err)
 	}
@@ -87,6 +81,17 @@ func openData(ctx context.Context, cc *childConfig) (*lockedDB, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// dataDSN opens cc.DataPath read-only with every setting DuckDB takes at
+// open time. The path holds no ? or # (Config.Validate).
+func dataDSN(cc *childConfig) string {
+	return fmt.Sprintf("%s?access_mode=READ_ONLY"+
+		"&autoload_known_extensions=false&autoinstall_known_extensions=false"+
+		"&allow_community_extensions=false&allow_unsigned_extensions=false"+
+		"&allow_persistent_secrets=false"+
+		"&memory_limit=%dB&max_temp_directory_size=%dB&threads=%d&max_expression_depth=%d",
+		cc.DataPath, cc.MemoryLimit, cc.TempDirMaxSize, cc.Threads, cc.MaxExpressionDepth)
 }
 
 // lockDown creates the views on the connection openData left, locks the

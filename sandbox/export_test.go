@@ -1,10 +1,33 @@
 package sandbox
 
+import "github.com/google/differential-privacy/go/v3/noise"
+
 // Test-only access to the child's hooks. This file is compiled only into the
 // package's test binary, so production code can neither build a raw or
 // probe job nor start a child that honours one.
 
-func testServeOptions() ServeOptions { return ServeOptions{runRaw: runRaw, probe: probeForbidden} }
+func testServeOptions() ServeOptions {
+	return ServeOptions{runRaw: runRaw, probe: probeForbidden, testNoise: offsetNoise}
+}
 
 func rawJob(j Job) Job   { j.raw = true; return j }
 func probeJob(j Job) Job { j.probe = true; return j }
+
+// noiseJob runs j with the noise of every statistic replaced by a fixed
+// offset (partition selection keeps the library's randomness).
+func noiseJob(j Job, offset float64) Job { j.testNoise = offset; return j }
+
+// offsetNoise adds a fixed offset to every exact value, as the DP library's
+// own tests replace noise; its other methods are the library's Laplace.
+type offsetNoiseT struct {
+	noise.Noise
+	offset float64
+}
+
+func offsetNoise(offset float64) noise.Noise {
+	return offsetNoiseT{Noise: noise.Laplace(), offset: offset}
+}
+
+func (n offsetNoiseT) AddNoiseFloat64(x float64, _ int64, _, _, _ float64) (float64, error) {
+	return x + n.offset, nil
+}

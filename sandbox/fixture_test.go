@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
@@ -114,12 +115,16 @@ type testWriter struct{ tb testing.TB }
 func (w testWriter) Write(p []byte) (int, error) { w.tb.Log(string(p)); return len(p), nil }
 
 // MustRunner returns a runner over cfg.
+// MustRunner returns a Runner for cfg whose clock is an hour ahead: every
+// fixture was written moments ago, and would otherwise be too recent for
+// its release snapshot to be kept (TestSnapshotRacyFile tests that rule).
 func MustRunner(tb testing.TB, cfg Config) *Runner {
 	tb.Helper()
 	r, err := NewRunner(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	r.now = func() time.Time { return time.Now().Add(time.Hour) }
 	tb.Cleanup(func() { r.Close() })
 	return r
 }
@@ -130,3 +135,14 @@ func hashSQL(s string) string {
 }
 
 func job(sql string) Job { return Job{QueryID: "q1", SQL: sql, SQLHash: hashSQL(sql), Epsilon: 1} }
+
+// callJob runs req in a job child on the runner's current release
+// snapshot, as Run does, and returns the child's whole response.
+func (r *Runner) callJob(ctx context.Context, req *request) (*response, []string, error) {
+	snap, release, err := r.acquireSnapshot(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer release()
+	return r.call(ctx, req, callOptions{dataPath: snap.path, timeout: r.cfg.Timeout}, nil)
+}

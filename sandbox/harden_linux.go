@@ -193,13 +193,14 @@ func hardenProcess(cc *childConfig) ([]string, error) {
 	// rather than kill the process with SIGXFSZ.
 	signal.Ignore(unix.SIGXFSZ)
 	cpu := uint64(cc.CPUSeconds)
+	fsize := max(cc.TempDirMaxSize+1<<20, cc.FileSizeLimit)
 	limits := []struct {
 		res int
 		lim unix.Rlimit
 	}{
 		{unix.RLIMIT_CORE, unix.Rlimit{Cur: 0, Max: 0}},
 		{unix.RLIMIT_NOFILE, unix.Rlimit{Cur: 512, Max: 512}},
-		{unix.RLIMIT_FSIZE, unix.Rlimit{Cur: uint64(cc.TempDirMaxSize) + 1<<20, Max: uint64(cc.TempDirMaxSize) + 1<<20}},
+		{unix.RLIMIT_FSIZE, unix.Rlimit{Cur: uint64(fsize), Max: uint64(fsize)}},
 		{unix.RLIMIT_CPU, unix.Rlimit{Cur: cpu, Max: cpu + 1}},
 	}
 	if cc.AddressSpace > 0 {

@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nhs-tre/tre/dp"
-	"github.com/nhs-tre/tre/queries"
 )
 
 // sandboxVersion is reported in every disclosure report.
@@ -40,19 +39,20 @@ type Runner struct {
 	// so later jobs do not retry them.
 	noNamespaces bool
 
-	// now is the clock the racy-file rule reads (optout.go).
-	now func() time.Time
+	// now is the clock the racy-file rule reads and sleep how a job waits
+	// for a data file to age out of it (snapshot.go).
+	now   func() time.Time
+	sleep func(ctx context.Context, d time.Duration) error
 
-	optMu sync.Mutex
-	// optOuts holds opt-out snapshot hashes by data file version, each
-	// computed by a child that ran nothing else (optout.go).
-	optOuts map[fileIdentity]string
-	// optFill is the opt-out-only child in flight, if any; others wait
-	// for it rather than start their own.
-	optFill chan struct{}
-	// optOutRuns counts opt-out-only children and childComputed the jobs
-	// whose child computed the hash itself (tests read both).
-	optOutRuns, childComputed int
+	snapMu sync.Mutex
+	// snaps holds the release snapshot kept for the current version of the
+	// data file (at most one), by version (snapshot.go).
+	snaps map[fileIdentity]*snapshot
+	// snapFill is the builder child in flight, if any; jobs wait for it
+	// rather than start their own.
+	snapFill chan struct{}
+	// snapBuilds counts builder children (tests read it).
+	snapBuilds int
 
 	// exiting counts finished jobs whose killed child is still being
 	// waited for, or whose job directory is still being removed (finish).
@@ -64,6 +64,8 @@ type Runner struct {
 // start; until it returns, a job's scratch files may still exist.
 func (r *Runner) Close() error {
 	r.exiting.Wait()
+	// Kept snapshots stay for the next Runner; an empty directory goes.
+	os.Remove(r.snapshotDir())
 	return nil
 }
 
@@ -86,7 +88,19 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if err := os.MkdirAll(cfg.ScratchDir, 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox config: scratch dir: %w", err)
 	}
-	return &Runner{cfg: cfg, now: time.Now, optOuts: make(map[fileIdentity]string)}, nil
+	return &Runner{cfg: cfg, now: time.Now, sleep: sleepCtx, snaps: make(map[fileIdentity]*snapshot)}, nil
+}
+
+// Prepare builds the release snapshot of the data file as it is now (or
+// finds the one kept for it), so that the next job need not wait for it.
+// The agent calls it before its first lease; a job on a newer version of
+// the data builds that version's itself.
+func (r *Runner) Prepare(ctx context.Context) error {
+	_, release, err := r.acquireSnapshot(ctx)
+	if err == nil {
+		release()
+	}
+	return err
 }
 
 // Run compiles and runs job in a fresh sandbox child and returns the
@@ -108,12 +122,16 @@ func (r *Runner) Run(ctx context.Context, job Job) (res *dp.Result, err error) {
 	}
 	req := &request{
 		QueryID: job.QueryID, SQL: job.SQL, SQLHash: job.SQLHash, Epsilon: job.Epsilon,
-		Catalog: r.cfg.Catalog, Raw: job.raw, Probe: job.probe,
+		Catalog: r.cfg.Catalog, Raw: job.raw, Probe: job.probe, TestNoise: job.testNoise,
 	}
-	if !job.raw && !job.probe {
-		req.OptOut = r.knownOptOut(ctx)
+	// The job's child reads the release snapshot, never the data file: no
+	// opted-out patient is in it (snapshot.go).
+	snap, release, err := r.acquireSnapshot(ctx)
+	if err != nil {
+		return nil, err
 	}
-	resp, hostLayers, err := r.call(ctx, req)
+	defer release()
+	resp, hostLayers, err := r.call(ctx, req, callOptions{dataPath: snap.path, timeout: r.cfg.Timeout}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -121,13 +139,8 @@ func (r *Runner) Run(ctx context.Context, job Job) (res *dp.Result, err error) {
 		return nil, Errorf(CodeInternal, "the sandbox returned no result")
 	}
 	if !job.raw && !job.probe {
-		if resp.OptOut == nil || resp.OptOut.Hash != resp.Result.Report.OptOut.SnapshotHash || !validHash(resp.OptOut.Hash) {
-			return nil, Errorf(CodeInternal, "the sandbox reported no opt-out snapshot")
-		}
-		if resp.OptOut.Computed {
-			r.optMu.Lock()
-			r.childComputed++
-			r.optMu.Unlock()
+		if got := resp.Result.Report.OptOut; !got.Applied || got.SnapshotHash != snap.hash {
+			return nil, Errorf(CodeInternal, "the sandbox reported another release snapshot than the one it was given")
 		}
 	}
 	if len(resp.Result.Rows) > r.cfg.MaxRows {
@@ -135,79 +148,6 @@ func (r *Runner) Run(ctx context.Context, job Job) (res *dp.Result, err error) {
 	}
 	resp.Result.Report.Sandbox = r.sandboxReport(resp.Layers, hostLayers)
 	return resp.Result, nil
-}
-
-// knownOptOut returns the cached opt-out snapshot of the data file as it is
-// now, computing it in an opt-out-only child first if need be, or nil when
-// the job's child must compute it itself: the file was changed too
-// recently to be cached (racyWindow), has a WAL beside it, or the
-// opt-out-only child failed.
-func (r *Runner) knownOptOut(ctx context.Context) *optOutSnapshot {
-	id := statIdentity(r.cfg.DataPath)
-	if id == nil || id.racy(r.now()) {
-		return nil
-	}
-	r.optMu.Lock()
-	if h, ok := r.optOuts[*id]; ok {
-		r.optMu.Unlock()
-		return &optOutSnapshot{File: id, Hash: h}
-	}
-	if fill := r.optFill; fill != nil {
-		// Another job is computing it; most likely for this version.
-		r.optMu.Unlock()
-		select {
-		case <-fill:
-		case <-ctx.Done():
-			return nil
-		}
-		r.optMu.Lock()
-		defer r.optMu.Unlock()
-		if h, ok := r.optOuts[*id]; ok {
-			return &optOutSnapshot{File: id, Hash: h}
-		}
-		return nil
-	}
-	fill := make(chan struct{})
-	r.optFill = fill
-	r.optOutRuns++
-	r.optMu.Unlock()
-
-	started := r.now()
-	snap, err := r.computeOptOut(ctx)
-	r.optMu.Lock()
-	defer r.optMu.Unlock()
-	r.optFill = nil
-	close(fill)
-	if err != nil {
-		r.cfg.Logger.Warn("sandbox: opt-out snapshot not cached; the job computes it", "error", err)
-		return nil
-	}
-	if snap.File == nil || snap.File.racy(started) {
-		return nil
-	}
-	if len(r.optOuts) >= maxCachedOptOuts {
-		clear(r.optOuts)
-	}
-	r.optOuts[*snap.File] = snap.Hash
-	// snap.File may differ from id if the file was replaced meanwhile: the
-	// job's child compares it with the file it opens.
-	return &optOutSnapshot{File: snap.File, Hash: snap.Hash}
-}
-
-// computeOptOut runs an opt-out-only child: it opens the data file as a job
-// does and hashes the opt-out table before, and instead of, anything else.
-func (r *Runner) computeOptOut(ctx context.Context) (*optOutSnapshot, error) {
-	resp, _, err := r.call(ctx, &request{
-		QueryID: "opt-out-snapshot", SQLHash: queries.SQLHash(""),
-		Catalog: r.cfg.Catalog, OptOutOnly: true,
-	})
-	if err != nil {
-		return nil, err
-	}
-	if resp.OptOut == nil || !validHash(resp.OptOut.Hash) {
-		return nil, errors.New("the sandbox returned no opt-out snapshot")
-	}
-	return resp.OptOut, nil
 }
 
 // sandboxReport merges the layers the host and the child applied.
@@ -224,9 +164,20 @@ func (r *Runner) sandboxReport(child, host []string) dp.SandboxReport {
 	return dp.SandboxReport{Layers: layers, Missing: missing, Degraded: len(missing) > 0, Version: sandboxVersion}
 }
 
+// callOptions say which file a child opens and how long it may run.
+type callOptions struct {
+	// dataPath is the file the child opens read-only: a release snapshot
+	// for a job, the site's data file for a builder child (build).
+	dataPath string
+	build    bool
+	timeout  time.Duration
+}
+
 // call runs one request in a new child and returns its response and the
-// layers the host applied around it.
-func (r *Runner) call(ctx context.Context, req *request) (*response, []string, error) {
+// layers the host applied around it. collect, when set, runs on a
+// successful response while the job's directory still exists (the builder
+// child leaves its snapshot there).
+func (r *Runner) call(ctx context.Context, req *request, opts callOptions, collect func(resp *response, jobDir string) error) (*response, []string, error) {
 	cfg := r.cfg
 	jobDir, err := os.MkdirTemp(cfg.ScratchDir, "job-")
 	if err != nil {
@@ -242,15 +193,24 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 		return nil, nil, fmt.Errorf("job dir: %w", err)
 	}
 	cc := childConfig{
-		DataPath:           cfg.DataPath,
+		DataPath:           opts.dataPath,
+		Build:              opts.build,
 		JobDir:             jobDir,
 		MemoryLimit:        cfg.MemoryLimit,
 		Threads:            cfg.Threads,
 		MaxExpressionDepth: cfg.MaxExpressionDepth,
 		TempDirMaxSize:     cfg.TempDirMaxSize,
-		CPUSeconds:         int64((cfg.Timeout+cfg.KillGrace).Seconds())*int64(cfg.Threads) + 10,
+		CPUSeconds:         int64((opts.timeout+cfg.KillGrace).Seconds())*int64(cfg.Threads) + 10,
 		MaxRows:            cfg.MaxRows,
 		AllowWeak:          cfg.AllowWeak,
+	}
+	if opts.build {
+		// The snapshot is written into the job dir: allow a file twice
+		// the data's size (it holds less: no forbidden column, no
+		// opted-out patient).
+		if st, err := os.Stat(opts.dataPath); err == nil {
+			cc.FileSizeLimit = max(cfg.TempDirMaxSize, 2*st.Size()+64<<20)
+		}
 	}
 	// The real clock, not r.now: crypto/tls checks validity against it.
 	hostTLS, childTLS, err := newJobTLS(time.Now())
@@ -307,7 +267,7 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 	}
 	cl := raw.(*client)
 
-	jobCtx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	jobCtx, cancel := context.WithTimeout(ctx, opts.timeout)
 	defer cancel()
 	var killedFor killReasonBox
 	stopWatch := make(chan struct{})
@@ -315,7 +275,7 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		killedFor.set(r.watch(cmd.Process.Pid, cmd.Process, stopWatch))
+		killedFor.set(r.watch(cmd.Process.Pid, cmd.Process, opts.timeout, stopWatch))
 	}()
 	if _, err := rssBytes(cmd.Process.Pid); err == nil {
 		hostLayers = append(hostLayers, LayerRSSWatchdog)
@@ -342,6 +302,11 @@ func (r *Runner) call(ctx context.Context, req *request) (*response, []string, e
 		}
 		cfg.Logger.Warn("sandbox: transport failure", "error", err)
 		return nil, nil, Errorf(CodeCrashed, "the sandbox stopped unexpectedly")
+	}
+	if collect != nil {
+		if err := collect(resp, jobDir); err != nil {
+			return nil, nil, err
+		}
 	}
 	return resp, hostLayers, nil
 }
@@ -425,8 +390,8 @@ func (k *killReasonBox) get() killReason  { k.mu.Lock(); defer k.mu.Unlock(); re
 // watch kills the child with SIGKILL when its resident size passes the RSS
 // limit or when the job outlives Timeout plus KillGrace (DuckDB ignored the
 // interrupt). It returns why it killed, or killNone once stop closes.
-func (r *Runner) watch(pid int, p *os.Process, stop <-chan struct{}) killReason {
-	deadline := time.NewTimer(r.cfg.Timeout + r.cfg.KillGrace)
+func (r *Runner) watch(pid int, p *os.Process, timeout time.Duration, stop <-chan struct{}) killReason {
+	deadline := time.NewTimer(timeout + r.cfg.KillGrace)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()

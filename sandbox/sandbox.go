@@ -93,8 +93,11 @@ type Config struct {
 
 	// Timeout bounds one job; KillGrace is how long after it the child is
 	// killed with SIGKILL if DuckDB has not stopped at the interrupt.
-	Timeout   time.Duration
-	KillGrace time.Duration
+	// SnapshotTimeout bounds building a release snapshot of the data file
+	// (once per version of it, snapshot.go).
+	Timeout         time.Duration
+	KillGrace       time.Duration
+	SnapshotTimeout time.Duration
 	// MaxRows and MaxBytes cap the protected result that comes back.
 	MaxRows  int
 	MaxBytes int64
@@ -129,6 +132,7 @@ func DefaultConfig() Config {
 		TempDirMaxSize:     4 << 30,
 		Timeout:            5 * time.Minute,
 		KillGrace:          5 * time.Second,
+		SnapshotTimeout:    30 * time.Minute,
 		MaxRows:            100_000,
 		MaxBytes:           64 << 20,
 		Args:               []string{"__sandbox"},
@@ -155,6 +159,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KillGrace == 0 {
 		c.KillGrace = d.KillGrace
+	}
+	if c.SnapshotTimeout == 0 {
+		c.SnapshotTimeout = d.SnapshotTimeout
 	}
 	if c.MaxRows == 0 {
 		c.MaxRows = d.MaxRows
@@ -194,8 +201,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("sandbox config: max expression depth %d is below 10", c.MaxExpressionDepth)
 	case c.TempDirMaxSize < 0:
 		return errors.New("sandbox config: temp dir max size is negative")
-	case c.Timeout <= 0 || c.KillGrace <= 0:
-		return errors.New("sandbox config: timeout and kill grace must be positive")
+	case c.Timeout <= 0 || c.KillGrace <= 0 || c.SnapshotTimeout <= 0:
+		return errors.New("sandbox config: timeout, snapshot timeout and kill grace must be positive")
 	case c.MaxRows < 1 || c.MaxBytes < 1024:
 		return errors.New("sandbox config: max rows must be ≥ 1 and max bytes ≥ 1024")
 	}
@@ -216,6 +223,9 @@ type Job struct {
 	// them and a production child refuses them.
 	raw   bool
 	probe bool
+	// testNoise, when not 0, replaces the noise of the statistics with
+	// that fixed offset (partition selection keeps the library's).
+	testNoise float64
 }
 
 // Layer names reported in dp.Report.Sandbox.Layers. Stored values never

@@ -19,7 +19,7 @@ import (
 func TestLayersApplied(t *testing.T) {
 	data := MustFixture(t, 50)
 	r := MustRunner(t, testConfig(t, data))
-	resp, host, err := r.call(context.Background(), &request{QueryID: "p", SQL: "SELECT 1", SQLHash: hashSQL("SELECT 1"), Catalog: r.cfg.Catalog, Probe: true})
+	resp, host, err := r.callJob(context.Background(), &request{QueryID: "p", SQL: "SELECT 1", SQLHash: hashSQL("SELECT 1"), Catalog: r.cfg.Catalog, Probe: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestHashMismatchRefused(t *testing.T) {
 // runRawSQL sends SQL past the compiler to the locked-down child.
 func runRawSQL(t *testing.T, r *Runner, sql string) (*rawOutcome, error) {
 	t.Helper()
-	resp, _, err := r.call(context.Background(), &request{QueryID: "raw", SQL: sql, SQLHash: hashSQL(sql), Catalog: r.cfg.Catalog, Raw: true})
+	resp, _, err := r.callJob(context.Background(), &request{QueryID: "raw", SQL: sql, SQLHash: hashSQL(sql), Catalog: r.cfg.Catalog, Raw: true})
 	if err != nil {
 		return nil, err
 	}

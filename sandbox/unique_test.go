@@ -61,7 +61,7 @@ func TestUniqueTablesLockedDown(t *testing.T) {
 			if direct := !strings.Contains(plan.Rewritten, `"__tre_dup"`); direct != tt.direct {
 				t.Errorf("direct path %v, want %v:\n%s", direct, tt.direct, plan.Rewritten)
 			}
-			if _, _, err := runPlan(ctx, ldb, plan, 100); err != nil {
+			if _, _, _, err := runPlan(ctx, ldb, plan, 100); err != nil {
 				t.Fatalf("run: %v", err)
 			}
 		})

@@ -49,12 +49,9 @@ type request struct {
 	Catalog *queries.Catalog `json:"catalog"`
 	Raw     bool             `json:"raw,omitempty"`
 	Probe   bool             `json:"probe,omitempty"`
-	// OptOut is the host's cached opt-out snapshot hash and the data file
-	// version it was computed on; the child uses it only for that version.
-	OptOut *optOutSnapshot `json:"opt_out,omitempty"`
-	// OptOutOnly asks for the opt-out snapshot of the data file and
-	// nothing else (no SQL is compiled or run).
-	OptOutOnly bool `json:"opt_out_only,omitempty"`
+	// TestNoise is Job.testNoise (a test hook: a production child refuses
+	// it).
+	TestNoise float64 `json:"test_noise,omitempty"`
 }
 
 // frame is one streamed message from the child. Data frames carry a slice
@@ -77,9 +74,8 @@ type response struct {
 	Layers []string       `json:"layers"`
 	Raw    *rawOutcome    `json:"raw,omitempty"`
 	Probes []probeOutcome `json:"probes,omitempty"`
-	// OptOut is the opt-out snapshot the child applied (equal to the
-	// result report's hash) and the file version it read.
-	OptOut *optOutSnapshot `json:"opt_out,omitempty"`
+	// Snapshot is what a builder child built (snapshot.go).
+	Snapshot *snapshotBuilt `json:"snapshot,omitempty"`
 }
 
 // rawOutcome describes what raw SQL did, without its values: the test hook

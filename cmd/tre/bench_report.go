@@ -30,7 +30,7 @@ func (r *benchReport) markdown() string {
 
 	w("### 1. Typical queries: raw DuckDB vs protected\n\n")
 	w("raw = the researcher's SQL as-is on the same file (one open read-only connection); ")
-	w("warm = the protected pipeline in-process on an open connection with the views, as the child runs it (table constraints, parser on the connection, compile, rewritten SQL, dp.Protect; the opt-out snapshot hash once per data file, in a warm-up run, as the agent's Runner caches it); ")
+	w("warm = the protected pipeline in-process on an open connection with the views, as the child runs it, on the release snapshot (table constraints, parser on the connection, compile, rewritten SQL, dp.Protect; the snapshot is built once per data file version, as the agent's Runner keeps it); ")
 	w("cold = a fresh sandbox process per run (`Runner.Run`: start, hardening, handshake, DuckDB open and lock-down, then the warm steps).\n\n")
 	w("| query | raw | warm | cold | warm/raw | cold/raw | rows raw→protected |\n|---|---|---|---|---|---|---|\n")
 	for _, q := range r.Queries {
@@ -49,7 +49,7 @@ func (r *benchReport) markdown() string {
 	for _, q := range r.Queries {
 		w("| %s | %s | %s | %s |\n", q.Name, fmtDur(q.Parts[0].median()), fmtDur(q.Parts[1].median()), fmtDur(q.Parts[2].median()))
 	}
-	w("\nThe opt-out snapshot hash, computed once per data file version and reused by every job: %s.\n\n", fmtDur(r.OptOutHash))
+	w("\nThe release snapshot (the data without opted-out patients, forbidden columns or dates outside 0001–9999, which every job reads), built by the sandbox's builder child once per data file version: %s.\n\n", fmtDur(r.Snapshot))
 
 	w("### 2. PostgreSQL\n\n")
 	if r.Postgres == nil {

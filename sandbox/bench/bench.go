@@ -126,50 +126,53 @@ func (d *DB) ExplainAnalyze(ctx context.Context, query string) (string, error) {
 
 // Pipeline is the protected pipeline without the sandbox process: the same
 // steps the sandbox child takes for a job (compile with a fresh parser, run
-// the rewritten SQL over the opt-out views, scan the statistics, dp.Protect,
-// hash the opt-out snapshot) on a connection that is already open with the
-// views created. Process start, OS hardening, the plugin handshake and
-// opening the data file are what a cold run adds.
+// the rewritten SQL over the views of the release snapshot, scan the
+// statistics, dp.Protect) on a connection to the release snapshot that is
+// already open with the views created. Process start, OS hardening, the
+// plugin handshake and opening the file are what a cold run adds.
 type Pipeline struct {
 	db  *DB
 	cat *queries.Catalog
-	// optOutTime is how long the opt-out snapshot hash took, computed once
-	// when the pipeline opened: the agent's Runner likewise computes it once
-	// per data file version and passes it to every job (sandbox/optout.go).
-	optOutTime time.Duration
+	// snapshot is the release snapshot's file, removed on Close.
+	snapshot string
 }
 
-// OpenPipeline opens path read-only and creates the catalog's views on the
-// connection.
-func OpenPipeline(ctx context.Context, path string, cat *queries.Catalog, opts Options) (*Pipeline, error) {
-	if cat.Policy.OptOutTable == "" {
-		return nil, errors.New("bench: the catalog names no opt-out table")
-	}
-	db, err := Open(ctx, path, opts)
+// OpenPipeline writes the release snapshot of the data file at path into
+// dir, as the sandbox's builder child does (sandbox.WriteSnapshot), opens
+// it read-only and creates the catalog's views on the connection.
+func OpenPipeline(ctx context.Context, path string, cat *queries.Catalog, opts Options, dir string) (*Pipeline, error) {
+	src, err := Open(ctx, path, opts)
 	if err != nil {
+		return nil, err
+	}
+	snap := filepath.Join(dir, "release-bench.duckdb")
+	_, err = sandbox.WriteSnapshot(ctx, src.conn, cat, snap)
+	src.Close()
+	if err != nil {
+		os.Remove(snap)
+		return nil, fmt.Errorf("bench: release snapshot: %w", err)
+	}
+	db, err := Open(ctx, snap, opts)
+	if err != nil {
+		os.Remove(snap)
 		return nil, err
 	}
 	for _, s := range queries.ViewStatements(cat) {
 		if _, err := db.conn.ExecContext(ctx, s); err != nil {
 			db.Close()
+			os.Remove(snap)
 			return nil, fmt.Errorf("bench: create views: %w", err)
 		}
 	}
-	start := time.Now()
-	var sum string
-	if err := db.conn.QueryRowContext(ctx, sandbox.OptOutSnapshotSQL(cat)).Scan(&sum); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("bench: opt-out snapshot hash: %w", err)
-	}
-	return &Pipeline{db: db, cat: cat, optOutTime: time.Since(start)}, nil
+	return &Pipeline{db: db, cat: cat, snapshot: snap}, nil
 }
 
-// OptOutTime is how long the opt-out snapshot hash took to compute, once,
-// when the pipeline opened.
-func (p *Pipeline) OptOutTime() time.Duration { return p.optOutTime }
-
-// Close closes the pipeline's connection.
-func (p *Pipeline) Close() error { return p.db.Close() }
+// Close closes the pipeline's connection and removes its snapshot.
+func (p *Pipeline) Close() error {
+	err := p.db.Close()
+	os.Remove(p.snapshot)
+	return err
+}
 
 // DB is the pipeline's connection (views created), e.g. to EXPLAIN ANALYZE a
 // rewritten query.
@@ -202,7 +205,7 @@ type Timing struct {
 	Compile time.Duration // constraints, parser, validate, rewrite
 	Execute time.Duration // rewritten SQL, rows scanned into statistics
 	Protect time.Duration // dp.Protect
-	Groups  int           // groups the rewritten SQL returned
+	Groups  int           // groups the rewritten SQL returned that may be released (dp.Selector)
 	Rows    int           // rows of the protected table
 }
 
@@ -224,7 +227,7 @@ func (p *Pipeline) Run(ctx context.Context, sqlText string, epsilon float64) (Ti
 	t.Compile = time.Since(start)
 
 	start = time.Now()
-	groups, dropped, err := p.scan(ctx, plan)
+	groups, dropped, sel, err := p.scan(ctx, plan)
 	if err != nil {
 		return t, err
 	}
@@ -232,7 +235,7 @@ func (p *Pipeline) Run(ctx context.Context, sqlText string, epsilon float64) (Ti
 	t.Groups = len(groups)
 
 	start = time.Now()
-	res, err := dp.Protect(plan.Spec, groups, dp.Options{DroppedRows: dropped})
+	res, err := dp.Protect(plan.Spec, groups, dp.Options{DroppedRows: dropped, Selected: sel})
 	if err != nil {
 		return t, fmt.Errorf("protect: %w", err)
 	}
@@ -244,10 +247,10 @@ func (p *Pipeline) Run(ctx context.Context, sqlText string, epsilon float64) (Ti
 
 // scan runs plan.Rewritten and reads its rows (layout on queries.Plan) into
 // group statistics, as the sandbox child does.
-func (p *Pipeline) scan(ctx context.Context, plan *queries.Plan) ([]dp.GroupStats, int64, error) {
+func (p *Pipeline) scan(ctx context.Context, plan *queries.Plan) ([]dp.GroupStats, int64, *dp.Selector, error) {
 	rows, err := p.db.conn.QueryContext(ctx, plan.Rewritten)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	defer rows.Close()
 	return sandbox.ScanGroups(rows, plan, math.MaxInt)

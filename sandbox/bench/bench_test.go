@@ -56,7 +56,7 @@ func TestRawPipelineExport(t *testing.T) {
 		t.Errorf("Tables: %v, want every synth table and 500 patients", rows)
 	}
 
-	pipe, err := OpenPipeline(ctx, data, cat, opts)
+	pipe, err := OpenPipeline(ctx, data, cat, opts, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +67,10 @@ func TestRawPipelineExport(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tm.Groups < 1 || tm.Total() <= 0 {
-				t.Errorf("Run = %+v, want groups and a positive time", tm)
+			// Groups under DP partition selection on 500 patients may all
+			// be too small to keep: a released row is not required.
+			if tm.Total() <= 0 || tm.Rows < tm.Groups {
+				t.Errorf("Run = %+v, want a positive time and every kept group released", tm)
 			}
 		})
 	}

@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -12,42 +11,14 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/nhs-tre/tre/queries"
 )
 
-// The opt-out snapshot hash (canonical form on optOutReport) depends only on
-// the data file's contents, yet computing it sorts every opted-out id: ~13 ms
-// per job at 1M patients, ~135 ms at 10M. It is therefore computed once per
-// version of the data file and reused, under these rules:
-//
-//   - A version is a fileIdentity: device, inode, size, and modification and
-//     change times in nanoseconds. An in-place write changes the times (and
-//     ctime cannot be set back by a user); a new file renamed over the path
-//     has a new inode.
-//   - A hash is cached only if a dedicated child computed it before running
-//     anything else (no researcher SQL had run in that process), and only if
-//     the file's times were at least racyWindow older than the start of that
-//     computation: file times come from a coarse clock (a few ms on Linux, 2 s
-//     on FAT), so a write in the same tick as the last one could otherwise
-//     leave the identity unchanged ("racy git").
-//   - The host sends the cached hash with the identity it was computed for.
-//     The job's child fstat's the file DuckDB actually opened and uses the
-//     hash only if that identity is equal and no WAL file lies beside the
-//     data; otherwise it computes the hash itself. At the end of the job it
-//     fstat's the same descriptor again and fails the job if the file was
-//     written while the job ran (a new file renamed over the path is not a
-//     change: DuckDB goes on reading the one it opened).
-//
-// Whatever happens, the report carries the hash of the file the job's
-// DuckDB read: in doubt, the child computes.
+// A version of the site's data file is told by its fileIdentity; a release
+// snapshot is kept per version (snapshot.go).
 
-// racyWindow is how much older than a hash computation a file's times must
-// be for the hash to be cached.
+// racyWindow is how much older than the start of a snapshot's build a data
+// file's times must be for the snapshot to be kept for that version.
 const racyWindow = 3 * time.Second
-
-// maxCachedOptOuts bounds the cache; it is cleared when full.
-const maxCachedOptOuts = 8
 
 // fileIdentity is one version of the data file, as stat reports it.
 type fileIdentity struct {
@@ -71,16 +42,7 @@ func (id fileIdentity) racy(t time.Time) bool {
 	return t.Sub(time.Unix(0, max(id.MtimeNs, id.CtimeNs))) < racyWindow
 }
 
-// optOutSnapshot is an opt-out snapshot hash and the version of the data
-// file it was computed on (nil: not known, so not reusable).
-type optOutSnapshot struct {
-	File *fileIdentity `json:"file,omitempty"`
-	Hash string        `json:"hash"`
-	// Computed says the child computed Hash in this process rather than
-	// taking the host's.
-	Computed bool `json:"computed,omitempty"`
-}
-
+// validHash reports whether h is a SHA-256 in lower-case hex.
 func validHash(h string) bool {
 	b, err := hex.DecodeString(h)
 	return err == nil && len(b) == sha256.Size && h == hex.EncodeToString(b)
@@ -169,22 +131,4 @@ func (o *openedData) unchanged() bool {
 	now := identityOf(&st)
 	now.CtimeNs = o.id.CtimeNs
 	return now == o.id
-}
-
-// applyOptOut returns the opt-out snapshot of the file the job's DuckDB
-// opened: known's hash when known was computed for exactly that file and no
-// WAL lies beside it, otherwise a hash computed now on ldb's connection.
-func applyOptOut(ctx context.Context, ldb *lockedDB, cat *queries.Catalog, dataPath string, opened *openedData, known *optOutSnapshot) (*optOutSnapshot, error) {
-	var id *fileIdentity
-	if opened != nil && !walPresent(dataPath) {
-		id = &opened.id
-	}
-	if id != nil && known != nil && known.File != nil && *known.File == *id && validHash(known.Hash) {
-		return &optOutSnapshot{File: id, Hash: known.Hash}, nil
-	}
-	rep, err := optOutReport(ctx, ldb, cat)
-	if err != nil {
-		return nil, err
-	}
-	return &optOutSnapshot{File: id, Hash: rep.SnapshotHash, Computed: true}, nil
 }
