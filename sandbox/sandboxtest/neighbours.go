@@ -251,6 +251,57 @@ func Corpus(t Target) []Query {
 	}
 }
 
+// FullCorpus is Corpus and the engine's own hostile queries — every partial
+// function used as an oracle on the target, self-join chains restricted to
+// them, opt-out bypasses, groups that exist only for them — and the typical
+// research queries (queries.TypicalQueries): what the sandbox's
+// neighbouring test runs.
+func FullCorpus(t Target) []Query {
+	qi := t.QI("p")
+	join := "FROM clinical_events e JOIN patients p ON p.patient_id = e.patient_id"
+	has := qi + " AND e.snomed_code = '" + Depression + "'"
+	when := func(cond, then, els string) string {
+		return "CASE WHEN " + cond + " THEN " + then + " ELSE " + els + " END"
+	}
+	out := Corpus(t)
+	for _, q := range []Query{
+		{"oracle: sqrt(-1)", "SELECT count(*) AS n " + join + " WHERE sqrt(" + when(has, "-1", "1") + ") > 0"},
+		{"oracle: log base 1", "SELECT count(*) AS n " + join + " WHERE log(" + when(has, "1", "2") + ", 5) > 0"},
+		{"oracle: smallest integer // -1", "SELECT count(*) AS n " + join + " WHERE (" + when(has, "-2147483648", "1") + ") // -1 > 0"},
+		{"oracle: % 0", "SELECT count(*) AS n " + join + " WHERE 7 % " + when(has, "0", "2") + " = 1"},
+		{"oracle: 1 / 0", "SELECT count(*) AS n, avg(greatest(0, least(1, 1 / " + when(has, "0", "1") + "))) AS m " + join},
+		{"oracle: exp overflow", "SELECT count(*) AS n " + join + " WHERE exp(" + when(has, "1000", "0") + ") > 0"},
+		{"oracle: round to huge n", "SELECT count(*) AS n " + join + " WHERE round(e.numeric_value, " + when(has, "2147483647", "1") + ") > 0"},
+		{"oracle: substr offset", "SELECT count(*) AS n " + join + " WHERE substr(e.snomed_code, " + when(has, "9223372036854775807", "1") + ") = 'x'"},
+		{"oracle: left length", "SELECT count(*) AS n " + join + " WHERE left(e.snomed_code, " + when(has, "-9223372036854775807", "1") + ") = 'x'"},
+		{"oracle: date + days", "SELECT count(*) AS n " + join + " WHERE e.date + " + when(has, "2000000000", "0") + " > DATE '2020-01-01'"},
+		{"oracle: date + interval", "SELECT count(*) AS n " + join + " WHERE e.date + to_years(" + when(has, "100000000", "0") + ") > DATE '2020-01-01'"},
+		{"oracle: cast to date", "SELECT count(*) AS n " + join + " WHERE CAST(" + when(has, "'garbage'", "'2020-01-01'") + " AS DATE) IS NOT NULL"},
+		{"oracle: date out of range", "SELECT count(*) AS n " + join + " WHERE date_trunc('month', " + when(has, "CAST('5881580-07-10' AS DATE)", "e.date") + ") IS NOT NULL"},
+		{"oracle: double to integer", "SELECT count(*) AS n " + join + " WHERE CAST(" + when(has, "1e300", "1") + " AS INTEGER) = 1"},
+		{"oracle: text compared with a number", "SELECT count(*) AS n " + join + " WHERE e.snomed_code = 5"},
+		{"oracle: NOT of text", "SELECT count(*) AS n " + join + " WHERE NOT e.snomed_code"},
+		{"oracle: per-patient sum overflow and median", "WITH c AS (SELECT e.patient_id, sum(CASE WHEN e.snomed_code = '" + Depression +
+			"' THEN 9223372036854775807 ELSE 1 END) AS s, median(e.numeric_value) AS md FROM clinical_events e GROUP BY e.patient_id) " +
+			"SELECT count(*) AS n FROM c JOIN patients p ON p.patient_id = c.patient_id WHERE " + qi + " AND ln(c.s) > 0 AND c.md > 0"},
+		{"groups: codes of the target", "SELECT e.snomed_code AS c, count(*) AS n " + join + " WHERE " + qi + " GROUP BY c"},
+		{"work: self-join chain of the target", "SELECT count(*) AS n FROM clinical_events a JOIN clinical_events b ON a.patient_id = b.patient_id " +
+			"JOIN clinical_events c ON c.patient_id = a.patient_id JOIN clinical_events d ON d.patient_id = a.patient_id JOIN patients p ON p.patient_id = a.patient_id WHERE " + qi},
+		{"opt-out bypass: CTE grouped by a left-joined id", "WITH c AS (SELECT m.patient_id, count(*) AS k FROM patients p LEFT JOIN medications m ON m.patient_id = p.patient_id GROUP BY m.patient_id) SELECT count(*) AS n FROM c"},
+		{"opt-out bypass: left-joined patients of the target", "SELECT count(DISTINCT m.patient_id) AS n FROM patients p LEFT JOIN medications m ON m.patient_id = p.patient_id WHERE " + qi},
+		{"target: mean and sd", "SELECT p.sex, count(*) AS n, avg(e.numeric_value) AS m, stddev(e.numeric_value) AS sd " + join + " WHERE " + qi + " GROUP BY p.sex"},
+		{"target: region", "SELECT p.region, count(DISTINCT p.patient_id) AS n FROM patients p WHERE " + qi + " GROUP BY p.region"},
+		{"target: events per patient", "WITH c AS (SELECT p.patient_id, count(e.date) AS k FROM patients p LEFT JOIN clinical_events e ON e.patient_id = p.patient_id GROUP BY p.patient_id) " +
+			"SELECT count(*) AS n, avg(least(c.k, 100)) AS mean_k FROM c JOIN patients p ON p.patient_id = c.patient_id WHERE " + qi},
+	} {
+		out = append(out, q)
+	}
+	for _, tq := range queries.TypicalQueries {
+		out = append(out, Query{"typical: " + tq.Name, tq.SQL})
+	}
+	return out
+}
+
 // String names the target for test logs.
 func (t Target) String() string {
 	return strings.Join([]string{fmt.Sprint(t.PatientID), t.DateOfBirth, t.Sex, t.Ethnicity, t.Region, fmt.Sprint(t.IMDQuintile)}, " ")
