@@ -250,7 +250,10 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 		return nil, nil, Errorf(CodeCrashed, "the sandbox failed to start")
 	}
 	started = true
-	defer r.finish(pc, cmd, jobDir) // one process per job: never reused, never left behind
+	// One process per job: never reused, never left behind. A builder
+	// child has exited before the build returns, so the jobs waiting for
+	// its snapshot never run beside it (a site's cap on children holds).
+	defer r.finish(pc, cmd, jobDir, opts.build)
 
 	hostLayers := []string{LayerCleanEnv, LayerPdeathsig}
 	if useNS {
@@ -356,17 +359,22 @@ func (r *Runner) start(ccJSON []byte, hostTLS *tls.Config, jobDir string, namesp
 // finish ends a job's child: SIGKILL at once, so that it runs nothing
 // more once the job returns. Waiting for it to exit (the kernel freeing its
 // memory: 3-12 ms at 1M patients, up to ~80 ms at 10M) and then removing
-// its job directory happen in the background, off the job's latency; the
-// directory goes only after the exit, when nothing can write into it any
-// more. Close waits for both.
-func (r *Runner) finish(pc *plugin.Client, cmd *exec.Cmd, jobDir string) {
+// its job directory happen in the background, off the job's latency, or
+// now when wait is set; the directory goes only after the exit, when
+// nothing can write into it any more. Close waits for both.
+func (r *Runner) finish(pc *plugin.Client, cmd *exec.Cmd, jobDir string, wait bool) {
 	cmd.Process.Kill()
 	r.exiting.Add(1)
-	go func() {
+	reap := func() {
 		defer r.exiting.Done()
 		pc.Kill()
 		os.RemoveAll(jobDir)
-	}()
+	}
+	if wait {
+		reap()
+		return
+	}
+	go reap()
 }
 
 type killReason int
