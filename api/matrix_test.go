@@ -224,6 +224,7 @@ func matrixRoutes() []matrixRoute {
 				return broker.ProjectUpdate{Title: &t}
 			}},
 		{method: "POST", path: "/api/v1/queries", body: queryBody, want: memberOwn(201)},
+		{method: "POST", path: "/api/v1/queries/check", body: queryBody, want: memberOwn(200)},
 		{method: "POST", path: "/api/v1/queries/dry-run", body: queryBody, want: memberOwn(200)},
 		{method: "GET", path: "/api/v1/queries", want: only(200, "member", "nonmember", "reviewer", "checker", "admin")},
 		{method: "GET", path: "/api/v1/queries/%d", state: broker.StatusSubmitted, want: memberOwn(200, "reviewer", "checker", "admin")},

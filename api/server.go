@@ -109,6 +109,7 @@ func (s *Server) routes() {
 	v1.PATCH("/projects/:id", r(broker.RoleAdmin), s.handle(s.updateProject))
 
 	v1.POST("/queries", r(broker.RoleResearcher), s.handle(s.submitQuery))
+	v1.POST("/queries/check", r(broker.RoleResearcher), s.handle(s.checkQuery))
 	v1.POST("/queries/dry-run", r(broker.RoleResearcher), s.handle(s.dryRun))
 	v1.GET("/queries", r(staffOrUser...), s.handle(s.listQueries))
 	v1.GET("/queries/:id", r(staffOrUser...), s.handle(s.getQuery))
@@ -605,6 +606,34 @@ func (s *Server) submitQuery(c *gin.Context) error {
 		return err
 	}
 	writeJSON(c, http.StatusCreated, q)
+	return nil
+}
+
+// CheckResponse is the answer to a check: how the query would be run, what
+// it would cost and how accurate it would be, from the same validation and
+// plan as a submission, with nothing stored or run.
+type CheckResponse struct {
+	Dataset   string        `json:"dataset"`
+	Cost      dp.Cost       `json:"cost"`
+	Accuracy  []dp.Accuracy `json:"accuracy"`
+	Rewritten string        `json:"rewritten_sql"`
+}
+
+// checkQuery validates and plans a query as a submission would. It takes a
+// submission token like a dry run: each check parses the SQL with DuckDB.
+func (s *Server) checkQuery(c *gin.Context) error {
+	if err := s.rateLimit(c); err != nil {
+		return err
+	}
+	var req QueryRequest
+	if err := decodeRequest(c.Request, &req); err != nil {
+		return err
+	}
+	plan, err := s.svc.CheckQuery(c.Request.Context(), req.submission())
+	if err != nil {
+		return err
+	}
+	writeJSON(c, http.StatusOK, CheckResponse{Dataset: plan.Dataset, Cost: plan.Cost, Accuracy: plan.Accuracy, Rewritten: plan.Rewritten})
 	return nil
 }
 

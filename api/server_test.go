@@ -14,6 +14,7 @@ import (
 
 	"github.com/nhs-tre/tre/api/metrics"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
 )
 
 func mustErrorBody(tb testing.TB, body []byte) errorDetail {
@@ -307,6 +308,33 @@ func TestDryRun(t *testing.T) {
 	}
 	if !got.Synthetic || !got.Report.Synthetic || got.Dataset != "gp" || len(got.Rows) != 1 {
 		t.Errorf("dry run = %+v", got)
+	}
+}
+
+func TestCheckQuery(t *testing.T) {
+	f := newFakeService()
+	f.plan.Rewritten = "SELECT 1"
+	srv := newTestServer(t, f)
+	tok := mustToken(t, "alice", broker.RoleResearcher)
+	rec := call(t, srv.Handler(), "POST", "/api/v1/queries/check", tok, `{"project_id":1,"sql":"SELECT count(*) FROM patients"}`)
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	var got CheckResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := CheckResponse{Dataset: "gp", Cost: dp.Cost{Epsilon: 1}, Rewritten: "SELECT 1"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("check (-want +got):\n%s", diff)
+	}
+	if len(f.submissions) != 0 {
+		t.Errorf("a check stored %d submissions", len(f.submissions))
+	}
+	f.err = broker.Errorf(broker.EREFUSED, "refused: function read_csv at position 14 is not allowed")
+	rec = call(t, srv.Handler(), "POST", "/api/v1/queries/check", tok, `{"project_id":1,"sql":"SELECT * FROM read_csv('x')"}`)
+	if e := mustErrorBody(t, rec.Body.Bytes()); rec.Code != 422 || e.Code != broker.EREFUSED || !strings.Contains(e.Message, "read_csv at position 14") {
+		t.Errorf("refused check: %d %+v", rec.Code, e)
 	}
 }
 
