@@ -593,12 +593,19 @@ func (s *Server) rateLimit(c *gin.Context) error {
 	return &limitError{broker.Errorf(broker.ELIMIT, "too many submissions: try again in %d s", secs), time.Duration(secs) * time.Second}
 }
 
-func (s *Server) submitQuery(c *gin.Context) error {
-	if err := s.rateLimit(c); err != nil {
-		return err
-	}
+// queryRequest takes a submission token for the caller and decodes the body
+// of a submission, a check or a dry run.
+func (s *Server) queryRequest(c *gin.Context) (QueryRequest, error) {
 	var req QueryRequest
-	if err := decodeRequest(c.Request, &req); err != nil {
+	if err := s.rateLimit(c); err != nil {
+		return req, err
+	}
+	return req, decodeRequest(c.Request, &req)
+}
+
+func (s *Server) submitQuery(c *gin.Context) error {
+	req, err := s.queryRequest(c)
+	if err != nil {
 		return err
 	}
 	q, err := s.svc.SubmitQuery(c.Request.Context(), req.submission())
@@ -622,11 +629,8 @@ type CheckResponse struct {
 // checkQuery validates and plans a query as a submission would. It takes a
 // submission token like a dry run: each check parses the SQL with DuckDB.
 func (s *Server) checkQuery(c *gin.Context) error {
-	if err := s.rateLimit(c); err != nil {
-		return err
-	}
-	var req QueryRequest
-	if err := decodeRequest(c.Request, &req); err != nil {
+	req, err := s.queryRequest(c)
+	if err != nil {
 		return err
 	}
 	plan, err := s.svc.CheckQuery(c.Request.Context(), req.submission())
@@ -654,11 +658,8 @@ func (s *Server) dryRun(c *gin.Context) error {
 	if s.cfg.DryRunner == nil {
 		return broker.Errorf(broker.EUNAVAILABLE, "dry runs are not configured on this broker")
 	}
-	if err := s.rateLimit(c); err != nil {
-		return err
-	}
-	var req QueryRequest
-	if err := decodeRequest(c.Request, &req); err != nil {
+	req, err := s.queryRequest(c)
+	if err != nil {
 		return err
 	}
 	ctx := c.Request.Context()

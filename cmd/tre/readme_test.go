@@ -240,8 +240,9 @@ func releasedCSV(tb testing.TB, out, header string, want int) {
 // TestREADME follows README.md to the letter on a fresh copy of the
 // repository: the quickstart's commands with the default relative demo
 // directory, then, against the running demo, the curl, Python and tre
-// blocks as they stand in the README (extracted here, never copied), each
-// ending with a released table. Only the broker's port differs (TRE_ADDR,
+// blocks and the Python and R clients' sections (installed as they say) as
+// they stand in the README (extracted here, never copied), each ending
+// with a released table. Only the broker's port differs (TRE_ADDR,
 // so parallel runs do not collide); everything else is what a new user
 // types.
 func TestREADME(t *testing.T) {
@@ -376,4 +377,64 @@ func TestREADME(t *testing.T) {
 		t.Logf("tre block:\n%s", out)
 		releasedCSV(t, out, "sex,n,n_ci_low,n_ci_high,n_flag", 3)
 	})
+
+	// The clients' sections: install as they say (sh, in the fresh copy),
+	// then run their example in the environment tokens.env sets. Each
+	// example plays all three people itself.
+	tokenVars := []string{"TRE_BROKER=" + vars["TRE_BROKER"]}
+	for _, role := range []broker.Role{broker.RoleResearcher, broker.RoleReviewer, broker.RoleOutputChecker} {
+		k := "TRE_TOKEN_" + strings.ToUpper(string(role))
+		tokenVars = append(tokenVars, k+"="+vars[k])
+	}
+	clientBlocks := func(t *testing.T, heading, lang string) (install, code string) {
+		t.Helper()
+		sh, src := blocksUnder(blocks, heading, "sh"), blocksUnder(blocks, heading, lang)
+		if len(sh) != 1 || len(src) != 1 {
+			t.Fatalf("README has %d sh and %d %s blocks under %q, want 1 and 1", len(sh), len(src), lang, heading)
+		}
+		return sh[0].text, src[0].text
+	}
+
+	t.Run("python client", func(t *testing.T) {
+		install, code := clientBlocks(t, "From Python", "python")
+		if err := exec.Command("python3", "-m", "venv", "-h").Run(); err != nil {
+			needTool(t, envRequirePython, fmt.Sprintf("the README's Python client section needs python3 with venv: %v", err))
+		}
+		out := shell(t, dir, env, 5*time.Minute, install)
+		t.Logf("install:\n%s", out)
+		out = runTool(t, dir, readmeEnv(tokenVars...), 5*time.Minute, filepath.Join(dir, ".venv", "bin", "python"), "-c", code)
+		t.Logf("Python client block:\n%s", out)
+		releasedRegions(t, out)
+	})
+
+	t.Run("r client", func(t *testing.T) {
+		install, code := clientBlocks(t, "From R", "r")
+		if err := exec.Command("Rscript", "-e", "library(httr); library(jsonlite)").Run(); err != nil {
+			needTool(t, envRequireR, fmt.Sprintf("the README's R client section needs R with httr and jsonlite: %v", err))
+		}
+		// The user's own R library, here a new one.
+		lib := "R_LIBS_USER=" + filepath.Join(t.TempDir(), "R")
+		out := shell(t, dir, append(readmeEnv("TRE_ADDR=127.0.0.1:0"), lib), 5*time.Minute, install)
+		t.Logf("install:\n%s", out)
+		script := filepath.Join(t.TempDir(), "example.R")
+		if err := os.WriteFile(script, []byte(code), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out = runTool(t, dir, append(readmeEnv(tokenVars...), lib), 5*time.Minute, "Rscript", script)
+		t.Logf("R client block:\n%s", out)
+		releasedRegions(t, out)
+	})
+}
+
+// releasedRegions checks that out shows a released table by region, as the
+// clients print it: the aggregate's interval and flag columns and a row
+// for each of the demo's nine regions.
+func releasedRegions(tb testing.TB, out string) {
+	tb.Helper()
+	for _, want := range []string{"n_ci_low", "n_ci_high", "n_flag", "North East", "North West", "Yorkshire and The Humber",
+		"East Midlands", "West Midlands", "East of England", "London", "South East", "South West"} {
+		if !strings.Contains(out, want) {
+			tb.Errorf("the released table lacks %q:\n%s", want, out)
+		}
+	}
 }

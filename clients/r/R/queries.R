@@ -172,7 +172,7 @@ tre_cancel <- function(client, id) {
 #'   every 30 s that it is still waiting); \code{FALSE}: none; a function:
 #'   called with the query at each change.
 #' @param poll Seconds between two looks at the query.
-#' @return The query, a list.
+#' @return The query, a list, invisibly.
 #' @examples
 #' \dontrun{
 #' q <- tre_wait(alice, q, final = TRUE)
@@ -201,7 +201,7 @@ tre_wait <- function(client, id, timeout = 900, final = FALSE, progress = TRUE, 
       message(sprintf("query %s: still %s (%.0f s)", id, tre_describe_status(status), elapsed()))
       noted <- elapsed()
     }
-    if (done(status)) return(q)
+    if (done(status)) return(invisible(q))
     left <- timeout - elapsed()
     if (left <= 0) {
       .abort("tre_timeout", sprintf("query %s is still %s after %g s", id, status, timeout), query = q, timeout = timeout)
