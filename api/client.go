@@ -214,13 +214,6 @@ func (c *Client) SubmitQuery(ctx context.Context, req QueryRequest) (*broker.Que
 	return &out, err
 }
 
-// CheckQuery validates a query and says what it would cost, storing nothing.
-func (c *Client) CheckQuery(ctx context.Context, req QueryRequest) (*CheckResponse, error) {
-	var out CheckResponse
-	_, err := c.do(ctx, http.MethodPost, "/api/v1/queries/check", nil, req, &out)
-	return &out, err
-}
-
 // DryRun answers a query from synthetic data.
 func (c *Client) DryRun(ctx context.Context, req QueryRequest) (*DryRunResponse, error) {
 	var out DryRunResponse

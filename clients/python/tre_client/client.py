@@ -66,13 +66,14 @@ class Client:
 
     # ---- HTTP ----
 
-    def _call(self, name, query_id=None, params=None, body=None):
-        """Sends the request of OPERATIONS[name] and returns its decoded
-        JSON answer (or text, for CSV)."""
+    def _call(self, name, ident=None, params=None, body=None):
+        """Sends the request of OPERATIONS[name] (its {id} is ident: a
+        query's or a project's) and returns its decoded JSON answer (or
+        text, for CSV)."""
         op = wire.OPERATIONS[name]
         path = op.path
         if "{id}" in path:
-            path = path.replace("{id}", str(_id(query_id)))
+            path = path.replace("{id}", str(_id(ident)))
         params = {k: v for k, v in (params or {}).items() if v is not None}
         unknown = set(params) - set(op.params)
         if unknown:
