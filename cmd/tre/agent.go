@@ -79,19 +79,16 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (
 		return nil, nil, fmt.Errorf("memory_limit: %w", err)
 	}
 	scratch := cfg.ScratchDir
-	cleanup := func() {}
 	if scratch == "" {
-		scratch, err = os.MkdirTemp("", "tre-agent-")
-		if err != nil {
+		if scratch, err = defaultScratchDir(os.Getenv, "agent", cfg.Data); err != nil {
 			return nil, nil, err
 		}
-		cleanup = func() { os.RemoveAll(scratch) }
-	} else if err := os.MkdirAll(scratch, 0o700); err != nil {
+	}
+	if err := os.MkdirAll(scratch, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("scratch directory: %w", err)
 	}
 	hc, err := brokerHTTPClient(cfg)
 	if err != nil {
-		cleanup()
 		return nil, nil, err
 	}
 
@@ -116,11 +113,9 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (
 	}
 	runner, err := sandbox.NewRunner(sc)
 	if err != nil {
-		cleanup()
 		return nil, nil, err
 	}
-	removeScratch := cleanup
-	cleanup = func() { runner.Close(); removeScratch() }
+	cleanup := func() { runner.Close() }
 	a, err := sandbox.NewAgent(sandbox.AgentConfig{
 		SiteID:       cfg.SiteID,
 		Catalog:      cat,

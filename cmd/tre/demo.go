@@ -161,6 +161,8 @@ func (m *DemoMain) Run(ctx context.Context) error {
 	acfg.TokenFile = agentToken
 	acfg.Data = data
 	acfg.Catalog = synth.CatalogPath(data)
+	// The release snapshot stays beside the demo's data, reused by later runs.
+	acfg.ScratchDir = filepath.Join(m.Dir, "scratch")
 	acfg.Poll = 500 * time.Millisecond
 	acfg.Timeout = 2 * time.Minute
 	acfg.AllowWeak = !m.Strict

@@ -18,7 +18,16 @@ func TestMain(m *testing.M) {
 		os.Unsetenv(envPlayTre)
 		os.Exit(main2(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	// tre run and tre agent keep release snapshots under the user's cache
+	// directory by default: the tests' go to a directory of their own.
+	cache, err := os.MkdirTemp("", "tre-test-cache-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_CACHE_HOME", cache)
+	code := m.Run()
+	os.RemoveAll(cache)
+	os.Exit(code)
 }
 
 // envPlayTre makes the test binary behave as the tre binary.

@@ -44,7 +44,7 @@ func (m *RunMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.StringVar(&m.catalog, "catalog", "", "the dataset catalog YAML")
 	fs.Float64Var(&m.epsilon, "epsilon", 0, "privacy budget to spend (0: the catalog default)")
 	fs.StringVar(&m.format, "format", "table", "table, json or csv")
-	fs.StringVar(&m.scratch, "scratch-dir", "", "scratch directory for the sandbox (default: a temporary one)")
+	fs.StringVar(&m.scratch, "scratch-dir", "", "scratch directory for the sandbox and its release snapshot of the data (default: one per data file under $XDG_CACHE_HOME/tre/run)")
 	fs.DurationVar(&m.timeout, "timeout", 5*time.Minute, "time limit of the query")
 	fs.BoolVar(&m.allowWeak, "allow-weak-sandbox", false, "run even if an isolation layer is unavailable (the report says degraded)")
 	fs.BoolVar(&m.checker, "checker", false, "also print what the output checker sees (the full disclosure report, the failure class)")
@@ -80,11 +80,12 @@ func (m *RunMain) Run(ctx context.Context) error {
 	}
 	scratch := m.scratch
 	if scratch == "" {
-		scratch, err = os.MkdirTemp("", "tre-run-")
-		if err != nil {
+		if scratch, err = defaultScratchDir(os.Getenv, "run", m.data); err != nil {
 			return err
 		}
-		defer os.RemoveAll(scratch)
+	}
+	if err := os.MkdirAll(scratch, 0o700); err != nil {
+		return fmt.Errorf("scratch directory: %w", err)
 	}
 	cfg := sandbox.DefaultConfig()
 	cfg.DataPath = m.data

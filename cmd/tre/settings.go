@@ -133,7 +133,7 @@ type AgentConfig struct {
 	TokenFile   string        `yaml:"token_file" flag:"token-file" usage:"file holding the agent's bearer token"`
 	Data        string        `yaml:"data" flag:"data" usage:"the site's DuckDB data file (opened read-only)"`
 	Catalog     string        `yaml:"catalog" flag:"catalog" usage:"the dataset catalog (YAML)"`
-	ScratchDir  string        `yaml:"scratch_dir" flag:"scratch-dir" usage:"directory for per-job scratch space (default: a temporary directory)"`
+	ScratchDir  string        `yaml:"scratch_dir" flag:"scratch-dir" usage:"directory for per-job scratch space and the release snapshot of the data (default: one per data file under $XDG_CACHE_HOME/tre/agent)"`
 	Parallelism int           `yaml:"parallelism" flag:"parallelism" usage:"jobs run at once"`
 	MemoryLimit string        `yaml:"memory_limit" flag:"memory-limit" usage:"DuckDB memory limit per job, e.g. 2GB"`
 	Threads     int           `yaml:"threads" flag:"threads" usage:"DuckDB threads per job"`
