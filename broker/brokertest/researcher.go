@@ -24,6 +24,33 @@ func (f *Fixture) at(minute, second int) {
 
 func hm(minute, second int) time.Time { return time.Date(2026, 3, 2, 9, minute, second, 0, time.UTC) }
 
+// fastAndSlowRuns runs two approved queries from 9:01:05: ok completes a
+// second later; bad crashes, is leased again at 9:01:30 and times out at
+// 9:<lastMinute>:50 (or :59 in minute 1).
+func (f *Fixture) fastAndSlowRuns(ok, bad int64, lastMinute int) {
+	f.TB.Helper()
+	svc := f.Service
+	f.at(1, 5)
+	tok, badTok := f.MustLease(ok).Token, f.MustLease(bad).Token
+	f.at(1, 6)
+	if err := svc.CompleteJob(f.Agent, ok, tok, f.Result(0.5)); err != nil {
+		f.TB.Fatal(err)
+	}
+	if err := svc.FailJob(f.Agent, bad, badTok, "crashed", "the sandbox exited"); err != nil {
+		f.TB.Fatal(err)
+	}
+	f.at(1, 30)
+	badTok = f.MustLease(bad).Token
+	if lastMinute == 1 {
+		f.at(1, 59)
+	} else {
+		f.at(lastMinute, 50)
+	}
+	if err := svc.FailJob(f.Agent, bad, badTok, "timeout", "the query ran past its time limit"); err != nil {
+		f.TB.Fatal(err)
+	}
+}
+
 // researcherView returns query id as researcher res1 sees it, checking
 // that nothing checker-only is in it.
 func researcherView(t *testing.T, f *Fixture, id int64) *broker.Query {
@@ -93,24 +120,7 @@ func testResearcherView(t *testing.T, f *Fixture) {
 		t.Fatalf("at the boundary: %s by %q at %s", got.Status, got.ApprovedBy, got.UpdatedAt)
 	}
 
-	// The runs: ok completes at once; bad crashes, is leased again and
-	// times out.
-	f.at(1, 5)
-	tok := f.MustLease(ok.ID).Token
-	badTok := f.MustLease(bad.ID).Token
-	f.at(1, 6)
-	if err := svc.CompleteJob(f.Agent, ok.ID, tok, f.Result(0.5)); err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.FailJob(f.Agent, bad.ID, badTok, "crashed", "the sandbox exited"); err != nil {
-		t.Fatal(err)
-	}
-	f.at(1, 30)
-	badTok = f.MustLease(bad.ID).Token
-	f.at(1, 59)
-	if err := svc.FailJob(f.Agent, bad.ID, badTok, "timeout", "the query ran past its time limit"); err != nil {
-		t.Fatal(err)
-	}
+	f.fastAndSlowRuns(ok.ID, bad.ID, 1)
 	if got := f.MustQuery(bad.ID); got.Status != broker.StatusAwaitingOutputCheck || got.Attempts != 2 {
 		t.Fatalf("staff see %s after %d attempts", got.Status, got.Attempts)
 	}
@@ -298,21 +308,7 @@ func testRunHold(t *testing.T, f *Fixture) {
 	f.at(0, 20)
 	f.MustApprove(ok.ID)
 	f.MustApprove(bad.ID)
-	f.at(1, 5)
-	tok, badTok := f.MustLease(ok.ID).Token, f.MustLease(bad.ID).Token
-	f.at(1, 6)
-	if err := svc.CompleteJob(f.Agent, ok.ID, tok, f.Result(0.5)); err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.FailJob(f.Agent, bad.ID, badTok, "crashed", "the sandbox exited"); err != nil {
-		t.Fatal(err)
-	}
-	f.at(1, 30)
-	badTok = f.MustLease(bad.ID).Token
-	f.at(5, 50)
-	if err := svc.FailJob(f.Agent, bad.ID, badTok, "timeout", "the query ran past its time limit"); err != nil {
-		t.Fatal(err)
-	}
+	f.fastAndSlowRuns(ok.ID, bad.ID, 5)
 	same := func(when string, want broker.Status) {
 		t.Helper()
 		a, b := researcherView(t, f, ok.ID), researcherView(t, f, bad.ID)
