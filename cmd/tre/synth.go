@@ -25,16 +25,17 @@ func NewSynthMain(stdout, stderr io.Writer) *SynthMain {
 	return &SynthMain{stdout: stdout, stderr: stderr}
 }
 
-// ParseFlags reads --out, --patients, --seed and --force.
+// ParseFlags reads --out, --patients, --seed, --dataset and --force.
 func (m *SynthMain) ParseFlags(ctx context.Context, args []string) error {
 	fs := newFlagSet("synth", m.stderr)
 	fs.StringVar(&m.opts.Out, "out", "", "DuckDB file to write (required); the catalog goes beside it as FILE.catalog.yaml")
 	fs.IntVar(&m.opts.Patients, "patients", 0, "number of patients to generate (required)")
 	fs.Int64Var(&m.opts.Seed, "seed", 1, "seed: the same seed always gives the same data")
+	fs.StringVar(&m.opts.Dataset, "dataset", synth.DatasetName, "the dataset's name in the catalog (each site publishing to one broker needs its own)")
 	fs.BoolVar(&m.opts.Force, "force", false, "replace an existing output file and catalog")
 	fs.StringVar(&m.opts.MemoryLimit, "memory-limit", "3GB", "DuckDB memory limit while generating")
 	fs.Usage = func() {
-		fmt.Fprintln(m.stderr, "Usage: tre synth --out FILE.duckdb --patients N [--seed S] [--force]")
+		fmt.Fprintln(m.stderr, "Usage: tre synth --out FILE.duckdb --patients N [--seed S] [--dataset NAME] [--force]")
 		fmt.Fprintln(m.stderr)
 		fmt.Fprintln(m.stderr, "Writes synthetic primary-care records shaped like an NHS GP extract (no real patient data).")
 		fmt.Fprintln(m.stderr)

@@ -40,6 +40,10 @@ type Options struct {
 	Out      string
 	Patients int
 	Seed     int64
+	// Dataset names the dataset in the catalog; empty means DatasetName.
+	// Sites that each publish synthetic data to one broker need distinct
+	// names: a dataset belongs to the one site that published it first.
+	Dataset string
 	// Force allows replacing an existing Out (and its catalog).
 	Force bool
 	// Progress, if set, is called when each stage starts (done = stages
@@ -111,6 +115,14 @@ func (o Options) validate() error {
 	if o.Threads < 0 {
 		return fmt.Errorf("threads must not be negative, got %d", o.Threads)
 	}
+	for _, r := range o.Dataset {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("dataset %q may contain only letters, digits, '-', '_' and '.'", o.Dataset)
+		}
+	}
+	if len(o.Dataset) > 128 {
+		return fmt.Errorf("dataset name is longer than 128 characters")
+	}
 	if o.MemoryLimit != "" && strings.ContainsAny(o.MemoryLimit, "'\\;") {
 		return fmt.Errorf("memory limit %q is not a size like 3GB", o.MemoryLimit)
 	}
@@ -152,6 +164,9 @@ func Generate(ctx context.Context, opts Options) (*Stats, error) {
 		return nil, err
 	}
 	cat := Catalog()
+	if opts.Dataset != "" {
+		cat.Dataset = opts.Dataset
+	}
 	tmpCat := filepath.Join(tmp, "catalog.yaml")
 	if err := writeCatalog(tmpCat, cat); err != nil {
 		return nil, err

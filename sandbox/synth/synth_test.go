@@ -498,6 +498,7 @@ func TestGenerateFiles(t *testing.T) {
 		{"too many patients", Options{Out: filepath.Join(dir, "y.duckdb"), Patients: MaxPatients + 1}, true},
 		{"bad memory limit", Options{Out: filepath.Join(dir, "y.duckdb"), Patients: 10, MemoryLimit: "1GB'; DROP"}, true},
 		{"missing directory", Options{Out: filepath.Join(dir, "nope", "y.duckdb"), Patients: 10}, true},
+		{"bad dataset name", Options{Out: filepath.Join(dir, "y.duckdb"), Patients: 10, Dataset: "gp site"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -512,6 +513,24 @@ func TestGenerateFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "y.duckdb")); err == nil {
 		t.Error("a refused run left y.duckdb behind")
+	}
+
+	// Sites publishing to one broker name their datasets apart.
+	named := filepath.Join(dir, "z.duckdb")
+	if _, err := Generate(ctx, Options{Out: named, Patients: 10, Dataset: "gp_site_b"}); err != nil {
+		t.Fatal(err)
+	}
+	cat, err := queries.LoadCatalog(CatalogPath(named))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cat.Dataset != "gp_site_b" {
+		t.Errorf("catalog dataset = %q, want gp_site_b", cat.Dataset)
+	}
+	if def, err := queries.LoadCatalog(CatalogPath(out)); err != nil {
+		t.Error(err)
+	} else if def.Dataset != DatasetName {
+		t.Errorf("default catalog dataset = %q, want %s", def.Dataset, DatasetName)
 	}
 }
 
