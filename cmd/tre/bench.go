@@ -21,7 +21,7 @@ import (
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
 	"github.com/nhs-tre/tre/sandbox/bench"
-	"github.com/nhs-tre/tre/sandbox/synth"
+	"github.com/nhs-tre/tre/synth"
 )
 
 // BenchMain is `tre bench`: it measures tre against the physical limit (raw

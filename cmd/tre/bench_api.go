@@ -20,7 +20,7 @@ import (
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/sqlstore"
 	"github.com/nhs-tre/tre/queries"
-	"github.com/nhs-tre/tre/sandbox/synth"
+	"github.com/nhs-tre/tre/synth"
 )
 
 // apiResult is one load phase against one store.

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/nhs-tre/tre/sandbox/synth"
+	"github.com/nhs-tre/tre/synth"
 )
 
 // synthResult is a generation with the peak resident memory of each stage.

@@ -13,7 +13,7 @@ import (
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
-	"github.com/nhs-tre/tre/sandbox/synth"
+	"github.com/nhs-tre/tre/synth"
 )
 
 // DemoMain is `tre demo`: synthetic data, a broker, a site agent and its

@@ -10,7 +10,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
-	"github.com/nhs-tre/tre/sandbox/synth"
+	"github.com/nhs-tre/tre/synth"
 )
 
 // SynthMain is `tre synth`: it writes a synthetic NHS GP extract and its

@@ -10,7 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/nhs-tre/tre/queries"
-	"github.com/nhs-tre/tre/sandbox/synth"
+	"github.com/nhs-tre/tre/synth"
 )
 
 // mustData writes a small synthetic dataset and returns its path and catalog.
@@ -52,7 +52,7 @@ func TestRawPipelineExport(t *testing.T) {
 	for _, tb := range tables {
 		rows[tb.Name] = tb.Rows
 	}
-	if rows["patients"] != 500 || len(tables) != len(synth.Tables)+len(synth.LookupTables) {
+	if rows["patients"] != 500 || len(tables) != len(cat.Tables) {
 		t.Errorf("Tables: %v, want every synth table and 500 patients", rows)
 	}
 

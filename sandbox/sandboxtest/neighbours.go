@@ -6,7 +6,7 @@
 // everything a researcher sees but the noisy values is the same on every
 // dataset.
 //
-// It writes synthetic data only (sandbox/synth), never reads real data, and
+// It writes synthetic data only (package synth), never reads real data, and
 // is for tests.
 package sandboxtest
 
@@ -23,7 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/nhs-tre/tre/queries"
-	"github.com/nhs-tre/tre/sandbox/synth"
+	"github.com/nhs-tre/tre/synth"
 )
 
 // Target is the patient the datasets differ in, with the attributes that

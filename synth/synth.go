@@ -76,22 +76,6 @@ type Stats struct {
 	Total       time.Duration `json:"total"`
 }
 
-// Rows returns the number of rows written to table, or 0.
-func (s *Stats) Rows(table string) int64 {
-	for _, st := range s.Stages {
-		if st.Name == table {
-			return st.Rows
-		}
-	}
-	return 0
-}
-
-// Tables are the patient-level tables in the order they are generated.
-var Tables = []string{"patients", "clinical_events", "medications", "hospital_admissions", "vaccinations", "optouts"}
-
-// LookupTables are the public lookup tables.
-var LookupTables = []string{"snomed_codes", "dmd_codes"}
-
 // Stage names besides the tables.
 const (
 	stagePrepare = "prepare"
