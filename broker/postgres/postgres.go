@@ -77,14 +77,18 @@ func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
 
 func dialect(migrations fs.FS) sqlstore.Dialect {
 	return sqlstore.Dialect{
-		Name:        "postgres",
-		Numbered:    true,
-		ForUpdate:   " FOR UPDATE",
-		SkipLocked:  " FOR UPDATE SKIP LOCKED",
-		AuditLock:   `SELECT pg_advisory_xact_lock(hashtextextended('tre.audit.' || current_schema(), 0))`,
-		MigrateLock: `SELECT pg_advisory_xact_lock(hashtextextended('tre.migrate.' || current_schema(), 0))`,
-		Migrations:  migrations,
-		Translate:   translate,
+		Name:       "postgres",
+		Numbered:   true,
+		ForUpdate:  " FOR UPDATE",
+		SkipLocked: " FOR UPDATE SKIP LOCKED",
+		AuditLock:  `SELECT pg_advisory_xact_lock(hashtextextended('tre.audit.' || current_schema(), 0))`,
+		// A session lock, not a transaction's: it covers creating
+		// schema_migrations and every migration's own transaction, so
+		// replicas started together on a fresh database migrate once.
+		MigrateLock:   `SELECT pg_advisory_lock(hashtextextended('tre.migrate.' || current_schema(), 0))`,
+		MigrateUnlock: `SELECT pg_advisory_unlock(hashtextextended('tre.migrate.' || current_schema(), 0))`,
+		Migrations:    migrations,
+		Translate:     translate,
 		Retryable: func(err error) bool {
 			var pe *pgconn.PgError
 			return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")

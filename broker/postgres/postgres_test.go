@@ -56,3 +56,29 @@ func BenchmarkFindQueryByID(b *testing.B) {
 	brokertest.PostgresBaseURL(b)
 	brokertest.BenchFindQueryByID(b, config())
 }
+
+// opener opens stores over the database at u, closed when tb ends.
+func opener(u string) brokertest.Opener {
+	return func(ctx context.Context, tb testing.TB) (brokertest.Store, error) {
+		s, err := postgres.Open(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		tb.Cleanup(func() { s.Close() })
+		return s, nil
+	}
+}
+
+// TestOpenTogether is three brokers started at once on a fresh database
+// (issue 25): the migrations must run once, the others wait and go on.
+func TestOpenTogether(t *testing.T) {
+	brokertest.PostgresBaseURL(t)
+	for range 3 {
+		brokertest.TestOpenTogether(t, 3, opener(brokertest.PostgresURL(t)))
+	}
+}
+
+func TestRefuseNewerSchema(t *testing.T) {
+	brokertest.PostgresBaseURL(t)
+	brokertest.TestRefuseNewerSchema(t, opener(brokertest.PostgresURL(t)))
+}

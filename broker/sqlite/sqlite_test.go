@@ -52,3 +52,23 @@ func TestReopenKeepsMigrations(t *testing.T) {
 func BenchmarkSubmitQuery(b *testing.B) { brokertest.BenchSubmitQuery(b, config()) }
 
 func BenchmarkFindQueryByID(b *testing.B) { brokertest.BenchFindQueryByID(b, config()) }
+
+// opener opens stores over the database file at path, closed when tb ends.
+func opener(path string) brokertest.Opener {
+	return func(ctx context.Context, tb testing.TB) (brokertest.Store, error) {
+		s, err := sqlite.Open(ctx, path)
+		if err != nil {
+			return nil, err
+		}
+		tb.Cleanup(func() { s.Close() })
+		return s, nil
+	}
+}
+
+func TestOpenTogether(t *testing.T) {
+	brokertest.TestOpenTogether(t, 3, opener(filepath.Join(t.TempDir(), sqlite.DefaultFilename)))
+}
+
+func TestRefuseNewerSchema(t *testing.T) {
+	brokertest.TestRefuseNewerSchema(t, opener(filepath.Join(t.TempDir(), sqlite.DefaultFilename)))
+}

@@ -12,9 +12,11 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,8 +40,12 @@ type Dialect struct {
 	// AuditLock is run before reading the audit head so appenders in
 	// several processes serialise; empty where writers are serial anyway.
 	AuditLock string
-	// MigrateLock is run at the start of the migration transaction.
-	MigrateLock string
+	// MigrateLock takes a session-level lock that serialises migrations
+	// across processes (held on one connection from before the
+	// schema_migrations table is created until every migration committed),
+	// and MigrateUnlock releases it; empty where one file lock serialises
+	// writers anyway (SQLite).
+	MigrateLock, MigrateUnlock string
 	// Migrations holds files named NNNN_description.sql, applied in order.
 	Migrations fs.FS
 	// Translate maps a driver error to a *broker.Error, or returns nil when
@@ -283,44 +289,75 @@ func (db *DB) prepareLater(read bool, qs []string) {
 }
 
 // migrate applies embedded migrations not yet recorded in
-// schema_migrations, each in its own transaction with its record.
-func (db *DB) migrate(ctx context.Context) error {
+// schema_migrations, each in its own transaction with its record. It runs
+// on one connection that holds the dialect's MigrateLock from before the
+// schema_migrations table is created until the last migration committed, so
+// brokers started together on a fresh or an older database migrate once:
+// the first to take the lock migrates, the others wait for it and then find
+// nothing left to do. A database migrated past this binary's newest
+// migration is refused (SchemaTooNewError).
+func (db *DB) migrate(ctx context.Context) (err error) {
 	names, err := fs.Glob(db.d.Migrations, "*.sql")
 	if err != nil {
 		return fmt.Errorf("list migrations: %w", err)
 	}
 	sort.Strings(names)
-	if _, err := db.write.ExecContext(ctx,
+	versions := make([]int, len(names))
+	for i, name := range names {
+		if versions[i], err = strconv.Atoi(strings.SplitN(name, "_", 2)[0]); err != nil {
+			return fmt.Errorf("migration %s: name must start with a version number", name)
+		}
+	}
+	conn, err := db.write.Conn(ctx)
+	if err != nil {
+		return db.translate(fmt.Errorf("connect for migrations: %w", err))
+	}
+	defer conn.Close()
+	if db.d.MigrateLock != "" {
+		if _, err := conn.ExecContext(ctx, db.d.MigrateLock); err != nil {
+			return db.translate(fmt.Errorf("lock migrations: %w", err))
+		}
+		defer db.migrateUnlock(ctx, conn)
+	}
+	if _, err := conn.ExecContext(ctx,
 		`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`); err != nil {
 		return db.translate(fmt.Errorf("create schema_migrations: %w", err))
 	}
-	for _, name := range names {
-		v, err := strconv.Atoi(strings.SplitN(name, "_", 2)[0])
-		if err != nil {
-			return fmt.Errorf("migration %s: name must start with a version number", name)
-		}
+	var newest int
+	if err := conn.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&newest); err != nil {
+		return db.translate(fmt.Errorf("read schema_migrations: %w", err))
+	}
+	if binary := slices.Max(append([]int{0}, versions...)); newest > binary {
+		return &SchemaTooNewError{Database: newest, Binary: binary}
+	}
+	for i, name := range names {
 		body, err := fs.ReadFile(db.d.Migrations, name)
 		if err != nil {
 			return fmt.Errorf("read migration %s: %w", name, err)
 		}
-		if err := db.applyMigration(ctx, v, name, string(body)); err != nil {
+		if err := db.applyMigration(ctx, conn, versions[i], name, string(body)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (db *DB) applyMigration(ctx context.Context, version int, name, body string) error {
-	stx, err := db.write.BeginTx(ctx, nil)
+// migrateUnlock releases the migration lock. A connection that may still
+// hold it must not go back to the pool: it is discarded instead.
+func (db *DB) migrateUnlock(ctx context.Context, conn *sql.Conn) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := conn.ExecContext(ctx, db.d.MigrateUnlock); err != nil {
+		conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
+}
+
+func (db *DB) applyMigration(ctx context.Context, conn *sql.Conn, version int, name, body string) error {
+	stx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return db.translate(err)
 	}
 	defer stx.Rollback()
-	if db.d.MigrateLock != "" {
-		if _, err := stx.ExecContext(ctx, db.d.MigrateLock); err != nil {
-			return db.translate(fmt.Errorf("lock migrations: %w", err))
-		}
-	}
 	var n int
 	if err := stx.QueryRowContext(ctx, db.rebind(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), version).Scan(&n); err != nil {
 		return db.translate(fmt.Errorf("read schema_migrations: %w", err))
@@ -399,4 +436,15 @@ func (db *DB) backfillPredicateSets(ctx context.Context, stx *sql.Tx) error {
 		}
 		after = batch[len(batch)-1].id
 	}
+}
+
+// SchemaTooNewError refuses a database that a newer tre has migrated past
+// this binary's newest migration: running against a schema it does not know
+// could lose or misread decisions.
+type SchemaTooNewError struct {
+	Database, Binary int // schema versions
+}
+
+func (e *SchemaTooNewError) Error() string {
+	return fmt.Sprintf("database schema version %d is newer than this binary's %d: upgrade tre", e.Database, e.Binary)
 }
