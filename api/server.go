@@ -70,7 +70,7 @@ func NewServer(cfg Config, svc Service, logger *slog.Logger) *Server {
 	e.RedirectFixedPath = false
 	e.Use(s.logRequests, gin.CustomRecoveryWithWriter(nil, s.recovered))
 	if cfg.Metrics != nil {
-		e.Use(cfg.Metrics.GinMiddleware())
+		e.Use(s.observe)
 	}
 	e.NoRoute(func(c *gin.Context) {
 		s.writeError(c, &httpError{http.StatusNotFound, broker.ENOTFOUND, "no such route"})
@@ -179,6 +179,14 @@ func requestLevel(route string, status int) slog.Level {
 		return slog.LevelDebug
 	}
 	return slog.LevelInfo
+}
+
+// observe records every request's latency and status in the metrics under
+// the route template gin matched (c.FullPath()), never the raw path.
+func (s *Server) observe(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	s.cfg.Metrics.ObserveHTTP(c.FullPath(), c.Request.Method, c.Writer.Status(), time.Since(start))
 }
 
 func (s *Server) recovered(c *gin.Context, v any) {

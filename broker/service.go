@@ -71,6 +71,9 @@ type Transition struct {
 	// FailureCode is the failure notice's code when a failed run moves to
 	// the output check; empty otherwise.
 	FailureCode string
+	// LeaseExpired says the run's last lease lapsed without a report from
+	// the site: the job is leased again, or its last attempt ends.
+	LeaseExpired bool
 }
 
 // Defaults.
@@ -286,6 +289,14 @@ func (s *Service) write(ctx context.Context, u *User, run func(context.Context, 
 type observedTx struct {
 	Tx
 	transitions []Transition
+}
+
+// leaseLapsed marks the transition just recorded in tx as the end of a
+// lease that lapsed, when lapsed is true.
+func leaseLapsed(tx Tx, lapsed bool) {
+	if o, ok := tx.(*observedTx); ok && lapsed && len(o.transitions) > 0 {
+		o.transitions[len(o.transitions)-1].LeaseExpired = true
+	}
 }
 
 // view runs fn in a read transaction and settles denials.
@@ -1657,6 +1668,9 @@ func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease,
 				return err
 			}
 			q := rec.Query
+			// A running job that still holds a lease token is leasable only
+			// because that lease lapsed (a retryable failure clears it).
+			lapsed := q.Status == StatusRunning && rec.LeaseTokenHash != ""
 			if q.Status == StatusRunning && q.Attempts >= s.maxAttempts {
 				// The last attempt's lease ran out: the run failed, and its
 				// failure notice goes to the output check.
@@ -1666,6 +1680,7 @@ func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease,
 				if err := s.failureNotice(ctx, tx, rec, failure, "broker", now); err != nil {
 					return err
 				}
+				leaseLapsed(tx, lapsed)
 				continue
 			}
 			q.Attempts++
@@ -1684,6 +1699,7 @@ func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease,
 			if err := move(ctx, tx, rec, StatusRunning, u.Subject, "", "job.lease", detail, now); err != nil {
 				return err
 			}
+			leaseLapsed(tx, lapsed)
 			lease = &Lease{
 				QueryID: q.ID, Token: token, SiteID: siteID, ExpiresAt: rec.LeaseExpiresAt, Attempt: q.Attempts,
 				Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon, Delta: q.Cost.Delta,

@@ -20,7 +20,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -147,24 +146,15 @@ func (r *Registry) Handler() http.Handler {
 // Gatherer exposes the registry for tests and for pushing elsewhere.
 func (r *Registry) Gatherer() prometheus.Gatherer { return r.reg }
 
-// GinMiddleware records every request's latency and status under the route
-// template gin matched (c.FullPath(), e.g. /api/v1/queries/:id), never the
-// raw path, which can hold ids or anything a caller typed. Requests that
-// matched no route are recorded as "unmatched".
-func (r *Registry) GinMiddleware() gin.HandlerFunc {
-	return func(c *gin.Context) {
-		start := time.Now()
-		c.Next()
-		route := c.FullPath()
-		if route == "" {
-			route = "unmatched"
-		}
-		r.ObserveHTTP(route, c.Request.Method, c.Writer.Status(), time.Since(start))
-	}
-}
-
-// ObserveHTTP records one request; route must be a template, not a path.
+// ObserveHTTP records one request under the route template the router
+// matched (e.g. /api/v1/queries/:id), never the raw path, which can hold
+// ids or anything a caller typed; "" (no route matched) is recorded as
+// "unmatched". The HTTP server calls it from its router's middleware, so
+// this package needs no router of its own.
 func (r *Registry) ObserveHTTP(route, method string, status int, d time.Duration) {
+	if route == "" {
+		route = "unmatched"
+	}
 	labels := prometheus.Labels{
 		"route":  routeLabel(route),
 		"method": methodLabel(method),

@@ -40,6 +40,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("LeaseExpiryExhaustsAttempts", func(t *testing.T) {
 		testLeaseExpiryExhaustsAttempts(t, fresh(t, broker.Options{LeaseTTL: time.Minute}))
 	})
+	t.Run("LeaseExpiryObserved", func(t *testing.T) { testLeaseExpiryObserved(t, fresh) })
 	t.Run("AuditTampering", func(t *testing.T) { testAuditTampering(t, fresh) })
 	t.Run("AuditTruncation", func(t *testing.T) { testAuditTruncation(t, fresh(t, broker.Options{})) })
 	t.Run("AuthFailureAggregation", func(t *testing.T) {
@@ -1104,6 +1105,55 @@ func testLeaseExpiryExhaustsAttempts(t *testing.T, f *Fixture) {
 	}
 	if got, err := f.Service.ReleaseQuery(f.Checker, q.ID, ""); err != nil || got.Status != broker.StatusFailed {
 		t.Fatalf("release = %+v, %v", got, err)
+	}
+}
+
+// testLeaseExpiryObserved: the transitions a lapsed lease causes — the job
+// leased again, and the end of its last attempt — say so (the metrics count
+// expired leases from them); a re-lease after a failure the site reported
+// does not.
+func testLeaseExpiryObserved(t *testing.T, fresh func(*testing.T, broker.Options) *Fixture) {
+	var mu sync.Mutex
+	var seen []broker.Transition
+	f := fresh(t, broker.Options{LeaseTTL: time.Minute, OnTransition: func(tr broker.Transition) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, tr)
+	}})
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 1)
+	f.MustApprove(q.ID)
+	l := f.MustLease(q.ID)
+	if err := f.Service.FailJob(f.Agent, q.ID, l.Token, "crashed", "the sandbox crashed"); err != nil {
+		t.Fatalf("retryable failure: %v", err)
+	}
+	f.MustLease(q.ID) // attempt 2, after a reported failure
+	f.Clock.Advance(2 * time.Minute)
+	f.MustLease(q.ID) // attempt 3, after a lapsed lease
+	f.Clock.Advance(2 * time.Minute)
+	if l, err := f.Service.LeaseJob(f.Agent, SiteID, ""); err != nil || l != nil {
+		t.Fatalf("lease after the last attempt expired = %+v, %v", l, err)
+	}
+	type step struct {
+		From, To     broker.Status
+		LeaseExpired bool
+	}
+	var got []step
+	mu.Lock()
+	for _, tr := range seen {
+		if tr.From == broker.StatusRunning || tr.To == broker.StatusRunning {
+			got = append(got, step{tr.From, tr.To, tr.LeaseExpired})
+		}
+	}
+	mu.Unlock()
+	want := []step{
+		{broker.StatusApproved, broker.StatusRunning, false},
+		{broker.StatusRunning, broker.StatusRunning, false}, // the reported failure
+		{broker.StatusRunning, broker.StatusRunning, false}, // leased again after it
+		{broker.StatusRunning, broker.StatusRunning, true},  // leased again after a lapse
+		{broker.StatusRunning, broker.StatusAwaitingOutputCheck, true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("transitions of running jobs (-want +got):\n%s", diff)
 	}
 }
 

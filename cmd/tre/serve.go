@@ -296,6 +296,10 @@ func (b *brokerRuntime) observeTransition(t broker.Transition) {
 		b.metrics.ObserveStateDuration(string(t.From), t.InState)
 	}
 	switch {
+	case t.LeaseExpired:
+		// The job is leased again, or its last attempt ends: counted once,
+		// as the lapse it is, not as a lease or a failure.
+		b.metrics.JobExpired()
 	case t.To == broker.StatusRunning && t.From == broker.StatusApproved:
 		b.metrics.JobLeased()
 	case t.To == broker.StatusAwaitingOutputCheck && t.FailureCode != "":
