@@ -28,7 +28,7 @@ func compile(ctx context.Context, ldb *lockedDB, cat *queries.Catalog, sqlText s
 // UniqueTables lists the tables of the open data whose privacy-unit column
 // DuckDB enforces as unique and not NULL (queries.UniqueColumnsSQL): what
 // queries.Options.UniqueTables expects. It reads constraints, not rows.
-// Exported so sandbox/bench compiles exactly as the child does.
+// Exported so package bench compiles exactly as the child does.
 func UniqueTables(ctx context.Context, conn *sql.Conn, cat *queries.Catalog) ([]string, error) {
 	cols, err := queries.ReadUniqueColumns(ctx, conn)
 	if err != nil {

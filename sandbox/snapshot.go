@@ -406,7 +406,7 @@ func (s *server) unavailable(ctx context.Context, msg string, err error) error {
 // WriteSnapshot writes the release snapshot of the data open on conn (its
 // default database, with external access still on) to a new DuckDB file at
 // path, and returns its opt-out hash. The sandbox's builder child calls it
-// and so does sandbox/bench, so the benchmark runs on what jobs run on.
+// and so does package bench, so the benchmark runs on what jobs run on.
 // Errors a site's operator must act on are *Error naming the problem;
 // others name the table whose copy failed and are logged by class only.
 func WriteSnapshot(ctx context.Context, conn *sql.Conn, cat *queries.Catalog, path string) (string, error) {

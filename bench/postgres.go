@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/nhs-tre/tre/sandbox/bench"
 )
 
 // postgresQueries are the typical queries (queries.TypicalQueries, same
@@ -136,7 +134,7 @@ type pgLoad struct {
 // COPY into a fresh schema, adds the patients primary key (what a
 // PostgreSQL-based TRE would have) and ANALYZEs, so the planner has
 // statistics.
-func loadPostgres(ctx context.Context, url, data string, tables []bench.Table, dir string, opts bench.Options) (*pgLoad, error) {
+func loadPostgres(ctx context.Context, url, data string, tables []Table, dir string, opts Options) (*pgLoad, error) {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
@@ -166,7 +164,7 @@ func loadPostgres(ctx context.Context, url, data string, tables []bench.Table, d
 		names[i] = t.Name
 	}
 	start := time.Now()
-	files, err := bench.ExportCSV(ctx, data, names, csvDir, opts)
+	files, err := ExportCSV(ctx, data, names, csvDir, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +252,7 @@ func postgresType(duck string) (string, error) {
 
 // measurePostgres runs each query's PostgreSQL form with the same warm-up
 // and repetitions as the DuckDB runs.
-func (m *BenchMain) measurePostgres(ctx context.Context, p *benchProgress, pg *pgLoad, results []queryResult) error {
+func (m *harness) measurePostgres(ctx context.Context, p *benchProgress, pg *pgLoad, results []queryResult) error {
 	for i := range results {
 		r := &results[i]
 		q, ok := postgresQueries[r.Name]
@@ -263,7 +261,7 @@ func (m *BenchMain) measurePostgres(ctx context.Context, p *benchProgress, pg *p
 			continue
 		}
 		p.stage(r.Name + ": postgres")
-		for j := range m.warmup + m.reps {
+		for j := range m.Warmup + m.Reps {
 			start := time.Now()
 			rows, err := pg.conn.Query(ctx, q)
 			if err != nil {
@@ -279,7 +277,7 @@ func (m *BenchMain) measurePostgres(ctx context.Context, p *benchProgress, pg *p
 				return fmt.Errorf("%s: %w", r.Name, err)
 			}
 			r.PGRows = n
-			if j >= m.warmup {
+			if j >= m.Warmup {
 				r.PG.add(d)
 			}
 			p.step()

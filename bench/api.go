@@ -1,11 +1,10 @@
-package main
+package bench
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
-	"github.com/nhs-tre/tre/broker/sqlstore"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/synth"
 )
@@ -60,16 +58,16 @@ func (r apiResult) perSecond() float64 {
 // runAPIOnly is `tre bench --api-only`: the broker API phases alone, with
 // the catalog of --catalog (or of --data), for measuring the broker without
 // the minute of DuckDB phases before them.
-func (m *BenchMain) runAPIOnly(ctx context.Context, dir string, rep *benchReport) error {
-	catPath := m.catalog
+func (m *harness) runAPIOnly(ctx context.Context, dir string, rep *benchReport) error {
+	catPath := m.Catalog
 	if catPath == "" {
-		catPath = synth.CatalogPath(m.data)
+		catPath = synth.CatalogPath(m.Data)
 	}
 	cat, err := queries.LoadCatalog(catPath)
 	if err != nil {
 		return err
 	}
-	p := newBenchProgress(m.stderr, 2*len(m.apiStores()))
+	p := newBenchProgress(m.Stderr, m.Terminal, 2*len(m.apiStores()))
 	defer p.finish()
 	if err := m.measureAPIs(ctx, p, dir, cat, rep); err != nil {
 		return err
@@ -83,11 +81,11 @@ func (m *BenchMain) runAPIOnly(ctx context.Context, dir string, rep *benchReport
 	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %s RAM, Linux %s, %s\n", rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.Memory, rep.Machine.Kernel, rep.Machine.Go)
 	fmt.Fprintf(&b, "- load average (1/5/15 min) at start %s, at end %s: other processes on the machine inflate every timing\n\n", rep.Machine.LoadStart, rep.Machine.LoadEnd)
 	rep.apiMarkdown(&b)
-	if _, err := io.WriteString(m.stdout, b.String()); err != nil {
+	if _, err := io.WriteString(m.Stdout, b.String()); err != nil {
 		return err
 	}
-	if m.out != "" {
-		return os.WriteFile(m.out, []byte(b.String()), 0o644)
+	if m.Out != "" {
+		return os.WriteFile(m.Out, []byte(b.String()), 0o644)
 	}
 	return nil
 }
@@ -125,24 +123,32 @@ func (r *benchReport) apiMarkdown(b *strings.Builder) {
 	w("\n")
 }
 
-// measureAPI starts a real broker (startBroker, as `tre serve --dev` does)
+// Broker is a running broker for the API phases, started by
+// Config.StartBroker.
+type Broker interface {
+	// URL is the broker's base URL.
+	URL() string
+	// Token mints a development token for subject with role (an agent's
+	// names its site).
+	Token(subject string, role broker.Role, site string) (string, error)
+	// GroupCommits counts the store's shared commits and the writes they
+	// held so far; ok is false for a store without group commit.
+	GroupCommits() (groups, writes int64, ok bool)
+	Close() error
+}
+
+// measureAPI starts a real broker (Config.StartBroker, as `tre serve --dev` does)
 // on loopback with the given store and drives it with a bounded load
 // generator: submissions of the typical queries (each parsed, validated,
 // compiled and flagged by the broker) from several researchers, then reads
 // of the submitted queries.
-func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir string, cat *queries.Catalog) ([]apiResult, error) {
+func (m *harness) measureAPI(ctx context.Context, p *benchProgress, store, dir string, cat *queries.Catalog) ([]apiResult, error) {
 	p.stage("broker API (" + store + ")")
-	cfg := DefaultServeConfig()
-	cfg.DataDir = filepath.Join(dir, "broker-"+store)
-	cfg.Addr = "127.0.0.1:0"
-	cfg.Dev = true
-	cfg.LogLevel = "error"
-	// The per-user submission limit would measure the limiter, not the
-	// broker; it stays on the path with a rate no benchmark reaches.
-	cfg.SubmitPerMinute = 1 << 30
+	brokerDir := filepath.Join(dir, "broker-"+store)
+	var databaseURL string
 	if store == "postgres" {
 		schema := "tre_bench_broker_" + randomSuffix()
-		conn, err := pgx.Connect(ctx, m.postgres)
+		conn, err := pgx.Connect(ctx, m.Postgres)
 		if err != nil {
 			return nil, fmt.Errorf("connect: %w", err)
 		}
@@ -156,27 +162,22 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 			_, _ = conn.Exec(dctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
 			conn.Close(dctx)
 		}()
-		cfg.DatabaseURL = withSearchPath(m.postgres, schema)
+		databaseURL = withSearchPath(m.Postgres, schema)
 	}
-	b, err := startBroker(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	b, err := m.StartBroker(ctx, brokerDir, databaseURL)
 	if err != nil {
 		return nil, err
 	}
 	defer b.Close()
 
-	key, err := api.LoadOrCreateDevKey(cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
 	const site = "bench-site"
 	mint := func(sub string, role broker.Role) (string, error) {
-		c := api.DevClaims{Subject: sub, Name: sub, Org: "Benchmark", Roles: []broker.Role{role}, TTL: 2 * time.Hour}
 		if role == broker.RoleAgent {
-			c.Site = site
+			return b.Token(sub, role, site)
 		}
-		return api.MintDevToken(key, c)
+		return b.Token(sub, role, "")
 	}
-	transport := &http.Transport{MaxIdleConns: 2 * m.clients, MaxIdleConnsPerHost: 2 * m.clients, IdleConnTimeout: time.Minute}
+	transport := &http.Transport{MaxIdleConns: 2 * m.Clients, MaxIdleConnsPerHost: 2 * m.Clients, IdleConnTimeout: time.Minute}
 	defer transport.CloseIdleConnections()
 	httpClient := &http.Client{Transport: transport, Timeout: time.Minute}
 	client := func(tok string) *api.Client {
@@ -197,8 +198,8 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 	if err := client(siteTok).PublishCatalog(ctx, site, cat); err != nil {
 		return nil, fmt.Errorf("publish catalog: %w", err)
 	}
-	researchers := make([]*api.Client, m.clients)
-	members := make([]string, m.clients)
+	researchers := make([]*api.Client, m.Clients)
+	members := make([]string, m.Clients)
 	for i := range researchers {
 		members[i] = fmt.Sprintf("bench-researcher-%d", i+1)
 		tok, err := mint(members[i], broker.RoleResearcher)
@@ -220,7 +221,7 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 		return p.ID, nil
 	}
 	project := map[*api.Client]int64{}
-	if m.perClient {
+	if m.PerClient {
 		for i, c := range researchers {
 			if project[c], err = newProject(members[i : i+1]); err != nil {
 				return nil, err
@@ -236,14 +237,10 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 		}
 	}
 
-	grouper, _ := b.store.(interface{ GroupStats() sqlstore.GroupStats })
-	var before sqlstore.GroupStats
-	if grouper != nil {
-		before = grouper.GroupStats()
-	}
+	groups0, writes0, grouped := b.GroupCommits()
 	var idsMu sync.Mutex
 	var ids []int64
-	submit := m.load(ctx, store, "submit", m.submissions, researchers, func(ctx context.Context, c *api.Client, i int) error {
+	submit := m.load(ctx, store, "submit", m.Submissions, researchers, func(ctx context.Context, c *api.Client, i int) error {
 		tq := queries.TypicalQueries[i%len(queries.TypicalQueries)]
 		q, err := c.SubmitQuery(ctx, api.QueryRequest{ProjectID: project[c], SQL: tq.SQL, Purpose: "benchmark: " + tq.Name})
 		if err != nil {
@@ -254,15 +251,15 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 		idsMu.Unlock()
 		return nil
 	})
-	if grouper != nil {
-		after := grouper.GroupStats()
-		submit.Groups, submit.Grouped = after.Groups-before.Groups, after.Units-before.Units
+	if grouped {
+		groups1, writes1, _ := b.GroupCommits()
+		submit.Groups, submit.Grouped = groups1-groups0, writes1-writes0
 	}
 	p.step()
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("no submission succeeded: %s", submit.FirstErr)
 	}
-	read := m.load(ctx, store, "read", m.reads, researchers, func(ctx context.Context, c *api.Client, i int) error {
+	read := m.load(ctx, store, "read", m.Reads, researchers, func(ctx context.Context, c *api.Client, i int) error {
 		return readQuery(ctx, c, ids[i%len(ids)])
 	})
 	p.step()
@@ -271,15 +268,15 @@ func (m *BenchMain) measureAPI(ctx context.Context, p *benchProgress, store, dir
 
 // apiStores are the broker stores the API phases measure: SQLite, and
 // PostgreSQL with --postgres.
-func (m *BenchMain) apiStores() []string {
-	if m.postgres != "" {
+func (m *harness) apiStores() []string {
+	if m.Postgres != "" {
 		return []string{"sqlite", "postgres"}
 	}
 	return []string{"sqlite"}
 }
 
 // measureAPIs runs the API phases on every store into rep.API.
-func (m *BenchMain) measureAPIs(ctx context.Context, p *benchProgress, dir string, cat *queries.Catalog, rep *benchReport) error {
+func (m *harness) measureAPIs(ctx context.Context, p *benchProgress, dir string, cat *queries.Catalog, rep *benchReport) error {
 	for _, store := range m.apiStores() {
 		res, err := m.measureAPI(ctx, p, store, dir, cat)
 		if err != nil {
@@ -310,9 +307,9 @@ func readQuery(ctx context.Context, c *api.Client, id int64) error {
 // load sends n requests from len(clients) goroutines, each taking the next
 // request number until n are sent or the time cap passes, and records the
 // latency of each successful one.
-func (m *BenchMain) load(ctx context.Context, store, op string, n int, clients []*api.Client, do func(context.Context, *api.Client, int) error) apiResult {
+func (m *harness) load(ctx context.Context, store, op string, n int, clients []*api.Client, do func(context.Context, *api.Client, int) error) apiResult {
 	res := apiResult{Store: store, Op: op}
-	ctx, cancel := context.WithTimeout(ctx, m.loadCap)
+	ctx, cancel := context.WithTimeout(ctx, m.LoadCap)
 	defer cancel()
 	var next atomic.Int64
 	var mu sync.Mutex

@@ -1,14 +1,18 @@
-// Package bench owns the DuckDB side of `tre bench`: the researcher's SQL run
-// as-is on the site's file (raw DuckDB, the physical limit every protected
-// run is compared with), the protected pipeline run in-process without a
-// sandbox process (the "warm" figure), and the export of the same rows for
-// loading into PostgreSQL. It lives under sandbox/ because it opens data
-// files; only sandbox and queries may import the DuckDB driver.
+// Package bench is the harness of `tre bench`: it measures the typical
+// research queries raw (the researcher's SQL as-is on the site's file with
+// DuckDB, the physical limit every protected run is compared with), through
+// the protected pipeline in-process (warm) and in a fresh sandbox process
+// (cold), and in PostgreSQL; sandbox start; broker API throughput under an
+// in-process load generator; and synth. Run writes one Markdown report.
+// cmd/tre parses the flags into a Config and starts the broker the API
+// phases drive.
 //
-// bench must never be used to answer a researcher: its raw mode runs
-// unprotected SQL. It therefore returns only row counts and timings, never a
-// value read from the data, and its warm pipeline returns only the number of
-// released rows, not the protected table.
+// bench opens data files with DuckDB itself (only sandbox, synth, bench and
+// the queries parser may link the driver), and it must never be used to
+// answer a researcher: its raw mode runs unprotected SQL. It therefore
+// returns only row counts and timings, never a value read from the data,
+// and its warm pipeline returns only the number of released rows, not the
+// protected table.
 package bench
 
 import (

@@ -1,0 +1,466 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nhs-tre/tre/queries"
+	"github.com/nhs-tre/tre/sandbox"
+	"github.com/nhs-tre/tre/synth"
+)
+
+// Config is one `tre bench` run: what to measure and how often. cmd/tre
+// fills it from flags and starts the broker the API phases drive.
+type Config struct {
+	// Patients to generate; 0 with Data set reuses that file.
+	Patients int
+	// Data is a DuckDB file written by tre synth to reuse instead of
+	// generating one; Catalog its catalog (default: beside Data).
+	Data, Catalog string
+	// Postgres is a PostgreSQL URL: also load the rows into a fresh schema
+	// and run the aggregates there, and benchmark the broker on PostgreSQL.
+	Postgres string
+	// Out, if set, is a file the Markdown report is also written to.
+	Out string
+	// Reps measured and Warmup unmeasured runs of each query; Starts
+	// sandbox starts to time.
+	Reps, Warmup, Starts int
+	// Submissions and Reads are the API requests sent to each broker store
+	// by Clients concurrent clients, each phase capped at LoadCap.
+	Submissions, Reads, Clients int
+	LoadCap                     time.Duration
+	Seed                        int64
+	AllowWeak                   bool
+	// Keep keeps the generated data directory.
+	Keep bool
+	// Explain names a typical query ("all": every one) whose EXPLAIN
+	// ANALYZE to print instead of benchmarking.
+	Explain string
+	// APIOnly runs only the broker API phases (needs Data or Catalog).
+	APIOnly bool
+	// PerClient gives each API client its own project.
+	PerClient bool
+
+	// Command is the command line the report names (passwords redacted).
+	Command string
+	// Stdout gets the report; Stderr progress, as a bar when Terminal.
+	Stdout, Stderr io.Writer
+	Terminal       bool
+	// StartBroker starts a broker as `tre serve --dev` does, keeping its
+	// files under dir and its tables in databaseURL (SQLite when "").
+	StartBroker func(ctx context.Context, dir, databaseURL string) (Broker, error)
+	Now         func() time.Time
+}
+
+// DefaultConfig returns the sizes `tre bench` uses unless told otherwise.
+func DefaultConfig() Config {
+	return Config{Reps: 5, Warmup: 1, Starts: 20, Submissions: 2000, Reads: 20000, Clients: 4, LoadCap: 30 * time.Second, Seed: 1}
+}
+
+// Validate reports the first problem with c, naming its flag.
+func (c Config) Validate() error {
+	switch {
+	case c.APIOnly && c.Data == "" && c.Catalog == "":
+		return errors.New("--api-only needs --data or --catalog (the API phases need only the catalog)")
+	case c.APIOnly && c.Explain != "":
+		return errors.New("--api-only and --explain exclude each other")
+	case !c.APIOnly && c.Data == "" && (c.Patients < 1 || c.Patients > synth.MaxPatients):
+		return fmt.Errorf("--patients must be between 1 and %d (or give --data)", synth.MaxPatients)
+	case c.Reps < 1:
+		return errors.New("--reps must be at least 1")
+	case c.Warmup < 0:
+		return errors.New("--warmup must not be negative")
+	case c.Starts < 1:
+		return errors.New("--starts must be at least 1")
+	case c.Submissions < 1 || c.Reads < 1:
+		return errors.New("--submissions and --reads must be at least 1")
+	case c.Clients < 1 || c.Clients > 256:
+		return errors.New("--clients must be between 1 and 256")
+	case c.LoadCap <= 0:
+		return errors.New("--load-time-cap must be positive")
+	case c.Explain != "" && c.Explain != "all" && typicalSQL(c.Explain) == "":
+		return fmt.Errorf("--explain: no typical query is named %q", c.Explain)
+	}
+	return nil
+}
+
+// harness is one run in progress.
+type harness struct {
+	Config
+	startCPU time.Duration // CPU time of all measured sandbox starts
+}
+
+// Run generates or opens the data, runs every measurement in turn and
+// prints one Markdown report: tre against the physical limit (raw DuckDB
+// running the unprotected aggregate on the same file) and against
+// PostgreSQL, plus sandbox start, broker API throughput and synth. Data
+// files live in a temporary directory (removed afterwards) unless Data
+// names an existing one.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.StartBroker == nil {
+		return errors.New("bench: StartBroker is required")
+	}
+	m := &harness{Config: cfg}
+	return m.run(ctx)
+}
+
+// benchReport is everything one run measured.
+type benchReport struct {
+	When      time.Time
+	Command   string
+	Machine   machineInfo
+	Patients  int
+	Data      string
+	DataRows  []Table
+	Threads   int
+	MemLimit  int64
+	Reps      int
+	Warmup    int
+	Synth     *synthResult
+	Queries   []queryResult
+	Postgres  *pgLoad
+	Start     sample
+	StartNote string
+	API       []apiResult
+	Degraded  []string
+	Clients   int
+	// PerClient: each API client submitted to its own project.
+	PerClient bool
+	StartCPU  time.Duration
+	// Snapshot is how long the sandbox's builder child took to build the
+	// release snapshot, once per data file version (every job then reads
+	// it; sandbox/snapshot.go).
+	Snapshot time.Duration
+}
+
+func (m *harness) run(ctx context.Context) error {
+	dir, err := os.MkdirTemp("", "tre-bench-")
+	if err != nil {
+		return err
+	}
+	if m.Keep {
+		fmt.Fprintf(m.Stderr, "bench: keeping %s\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	rep := &benchReport{When: m.Now().UTC(), Command: redactURL(m.Command, m.Postgres), Machine: readMachine(), Reps: m.Reps, Warmup: m.Warmup, Clients: m.Clients, PerClient: m.PerClient}
+	if m.APIOnly {
+		return m.runAPIOnly(ctx, dir, rep)
+	}
+
+	p := newBenchProgress(m.Stderr, m.Terminal, m.totalSteps())
+	defer p.finish()
+
+	data, catPath := m.Data, m.Catalog
+	if data == "" {
+		data = filepath.Join(dir, "gp.duckdb")
+		catPath = synth.CatalogPath(data)
+		p.stage("synth")
+		sr, err := runSynth(ctx, synth.Options{Out: data, Patients: m.Patients, Seed: m.Seed})
+		if err != nil {
+			return fmt.Errorf("synth: %w", err)
+		}
+		rep.Synth = sr
+		p.step()
+	} else if catPath == "" {
+		catPath = synth.CatalogPath(data)
+	}
+	rep.Data = data
+	cat, err := queries.LoadCatalog(catPath)
+	if err != nil {
+		return err
+	}
+
+	scfg := sandbox.DefaultConfig()
+	scfg.DataPath = data
+	scfg.Catalog = cat
+	scfg.ScratchDir = filepath.Join(dir, "scratch")
+	scfg.AllowWeak = m.AllowWeak
+	scfg.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	rep.Threads, rep.MemLimit = scfg.Threads, scfg.MemoryLimit
+	runner, err := sandbox.NewRunner(scfg)
+	if err != nil {
+		return err
+	}
+	defer runner.Close()
+	opts := Options{Threads: scfg.Threads, MemoryLimit: scfg.MemoryLimit}
+
+	raw, err := Open(ctx, data, opts)
+	if err != nil {
+		return err
+	}
+	rep.DataRows, err = raw.Tables(ctx)
+	if err != nil {
+		raw.Close()
+		return fmt.Errorf("list tables: %w", err)
+	}
+	if rep.Synth != nil {
+		rep.Patients = rep.Synth.Stats.Patients
+	} else {
+		for _, t := range rep.DataRows {
+			if t.Name == "patients" {
+				rep.Patients = int(t.Rows)
+			}
+		}
+	}
+	p.stage("release snapshot")
+	start := time.Now()
+	if err := runner.Prepare(ctx); err != nil {
+		raw.Close()
+		return fmt.Errorf("release snapshot: %w", err)
+	}
+	rep.Snapshot = time.Since(start)
+	pipe, err := OpenPipeline(ctx, data, cat, opts, dir)
+	if err != nil {
+		raw.Close()
+		return err
+	}
+	if m.Explain != "" {
+		p.finish()
+		err := m.explainQueries(ctx, raw, pipe)
+		pipe.Close()
+		raw.Close()
+		return err
+	}
+	rep.Queries, err = m.measureQueries(ctx, p, raw, pipe, runner, rep)
+	pipe.Close()
+	raw.Close()
+	if err != nil {
+		return err
+	}
+
+	if m.Postgres != "" {
+		p.stage("postgres: load")
+		pg, err := loadPostgres(ctx, m.Postgres, data, rep.DataRows, dir, opts)
+		if err != nil {
+			return fmt.Errorf("postgres: %w", err)
+		}
+		p.step()
+		err = m.measurePostgres(ctx, p, pg, rep.Queries)
+		rep.Postgres = pg
+		if derr := pg.drop(context.WithoutCancel(ctx)); derr != nil && err == nil {
+			err = derr
+		}
+		if err != nil {
+			return fmt.Errorf("postgres: %w", err)
+		}
+	}
+
+	p.stage("sandbox start")
+	rep.Start, rep.StartNote, err = m.measureStart(ctx, p, dir, scfg)
+	rep.StartCPU = m.startCPU
+	if err != nil {
+		return fmt.Errorf("sandbox start: %w", err)
+	}
+
+	if err := m.measureAPIs(ctx, p, dir, cat, rep); err != nil {
+		return err
+	}
+	p.finish()
+	rep.Machine.LoadEnd = loadAverage()
+
+	text := rep.markdown()
+	if _, err := io.WriteString(m.Stdout, text); err != nil {
+		return err
+	}
+	if m.Out != "" {
+		if err := os.WriteFile(m.Out, []byte(text), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// totalSteps is the progress bar's length: one step per timed run.
+func (m *harness) totalSteps() int {
+	per := (m.Warmup + m.Reps) * 3
+	if m.Postgres != "" {
+		per += m.Warmup + m.Reps
+	}
+	n := len(queries.TypicalQueries)*per + m.Starts + 1
+	if m.Postgres != "" {
+		n++ // the PostgreSQL load
+	}
+	if m.Data == "" {
+		n++
+	}
+	return n + 2*len(m.apiStores())
+}
+
+// queryResult is one typical query measured every way.
+type queryResult struct {
+	Name    string
+	RawRows int
+	Rows    int // rows of the protected table
+	Raw     sample
+	Warm    sample
+	Cold    sample
+	Parts   [3]sample // warm: compile, execute, protect
+	// CPU time (user+system) of each run: raw and warm in this process,
+	// cold including the sandbox child. Less sensitive than wall time to
+	// other work on the machine.
+	RawCPU, WarmCPU, ColdCPU sample
+	PG                       sample
+	PGRows                   int
+	PGNote                   string
+	Degraded                 bool
+}
+
+func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB, pipe *Pipeline, runner *sandbox.Runner, rep *benchReport) ([]queryResult, error) {
+	var out []queryResult
+	for _, tq := range queries.TypicalQueries {
+		r := queryResult{Name: tq.Name}
+		p.stage(tq.Name + ": raw")
+		for i := range m.Warmup + m.Reps {
+			start, cpu := time.Now(), cpuTime()
+			n, err := raw.Raw(ctx, tq.SQL)
+			d, c := time.Since(start), cpuTime()-cpu
+			if err != nil {
+				return nil, fmt.Errorf("%s: raw DuckDB: %w", tq.Name, err)
+			}
+			r.RawRows = n
+			if i >= m.Warmup {
+				r.Raw.add(d)
+				r.RawCPU.add(c)
+			}
+			p.step()
+		}
+		p.stage(tq.Name + ": warm")
+		for i := range m.Warmup + m.Reps {
+			cpu := cpuTime()
+			t, err := pipe.Run(ctx, tq.SQL, 0)
+			c := cpuTime() - cpu
+			if err != nil {
+				return nil, fmt.Errorf("%s: warm pipeline: %w", tq.Name, err)
+			}
+			if i >= m.Warmup {
+				r.Warm.add(t.Total())
+				r.WarmCPU.add(c)
+				r.Parts[0].add(t.Compile)
+				r.Parts[1].add(t.Execute)
+				r.Parts[2].add(t.Protect)
+			}
+			p.step()
+		}
+		p.stage(tq.Name + ": cold")
+		job := sandbox.Job{QueryID: "bench", SQL: tq.SQL, SQLHash: queries.SQLHash(tq.SQL)}
+		for i := range m.Warmup + m.Reps {
+			start, cpu := time.Now(), cpuTime()
+			res, err := runner.Run(ctx, job)
+			d := time.Since(start)
+			runner.Close() // the child is reaped in the background: count its CPU time here
+			c := cpuTime() - cpu
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return nil, fmt.Errorf("%s: sandbox: %s: %s", tq.Name, sandbox.ErrorCode(err), sandbox.ErrorMessage(err))
+			}
+			r.Rows = len(res.Rows)
+			if res.Report.Sandbox.Degraded && !contains(rep.Degraded, strings.Join(res.Report.Sandbox.Missing, ", ")) {
+				rep.Degraded = append(rep.Degraded, strings.Join(res.Report.Sandbox.Missing, ", "))
+			}
+			if i >= m.Warmup {
+				r.Cold.add(d)
+				r.ColdCPU.add(c)
+			}
+			p.step()
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// explainQueries prints DuckDB's profile of the raw and the rewritten SQL,
+// to find where the protected pipeline spends its time.
+func (m *harness) explainQueries(ctx context.Context, raw *DB, pipe *Pipeline) error {
+	for _, tq := range queries.TypicalQueries {
+		if m.Explain != "all" && tq.Name != m.Explain {
+			continue
+		}
+		plan, err := pipe.Plan(ctx, tq.SQL)
+		if err != nil {
+			return fmt.Errorf("%s: %w", tq.Name, err)
+		}
+		rawProfile, err := raw.ExplainAnalyze(ctx, tq.SQL)
+		if err != nil {
+			return fmt.Errorf("%s: raw: %w", tq.Name, err)
+		}
+		protProfile, err := pipe.DB().ExplainAnalyze(ctx, plan.Rewritten)
+		if err != nil {
+			return fmt.Errorf("%s: rewritten: %w", tq.Name, err)
+		}
+		fmt.Fprintf(m.Stdout, "=== %s: raw SQL\n%s\n%s\n=== %s: rewritten SQL\n%s\n%s\n", tq.Name, tq.SQL, rawProfile, tq.Name, plan.Rewritten, protProfile)
+	}
+	return nil
+}
+
+// typicalSQL is the SQL of the typical query called name, or "".
+func typicalSQL(name string) string {
+	for _, tq := range queries.TypicalQueries {
+		if tq.Name == name {
+			return tq.SQL
+		}
+	}
+	return ""
+}
+
+// measureStart times sandbox starts: a fresh Runner.Run of the smallest
+// accepted query on a tiny dataset, so the figure is process start,
+// hardening, handshake, DuckDB open and lock-down, compile, and almost no
+// query work.
+func (m *harness) measureStart(ctx context.Context, p *benchProgress, dir string, base sandbox.Config) (sample, string, error) {
+	var s sample
+	data := filepath.Join(dir, "start", "tiny.duckdb")
+	if err := os.MkdirAll(filepath.Dir(data), 0o700); err != nil {
+		return s, "", err
+	}
+	if _, err := synth.Generate(ctx, synth.Options{Out: data, Patients: 200, Seed: 1, MemoryLimit: "256MB", Threads: 1}); err != nil {
+		return s, "", err
+	}
+	cat, err := queries.LoadCatalog(synth.CatalogPath(data))
+	if err != nil {
+		return s, "", err
+	}
+	cfg := base
+	cfg.DataPath = data
+	cfg.Catalog = cat
+	cfg.ScratchDir = filepath.Join(dir, "start", "scratch")
+	r, err := sandbox.NewRunner(cfg)
+	if err != nil {
+		return s, "", err
+	}
+	defer r.Close()
+	const q = "SELECT count(*) AS patients FROM patients"
+	job := sandbox.Job{QueryID: "bench-start", SQL: q, SQLHash: queries.SQLHash(q)}
+	if _, err := r.Run(ctx, job); err != nil { // warm the page cache and the binary
+		return s, "", fmt.Errorf("%s: %s", sandbox.ErrorCode(err), sandbox.ErrorMessage(err))
+	}
+	cpu := cpuTime()
+	defer func() { m.startCPU = cpuTime() - cpu }()
+	for range m.Starts {
+		start := time.Now()
+		_, err := r.Run(ctx, job)
+		d := time.Since(start)
+		r.Close() // reaps the child, so that startCPU counts it
+		if err != nil {
+			return s, "", fmt.Errorf("%s: %s", sandbox.ErrorCode(err), sandbox.ErrorMessage(err))
+		}
+		s.add(d)
+		p.step()
+	}
+	return s, fmt.Sprintf("`%s` on a 200-patient file, %d starts after one unmeasured", q, m.Starts), nil
+}

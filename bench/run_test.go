@@ -1,0 +1,68 @@
+package bench
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRedactPassword(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"password", "postgres://u:secret@h:5432/db", "postgres://u:***@h:5432/db"},
+		{"no password", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"},
+		{"not a URL", "host=h user=u", "host=h user=u"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := redactPassword(tt.in); got != tt.want {
+				t.Errorf("redactPassword(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestBenchTargetsBySize: the protected/raw ratio is judged against the
+// engine issue's 1M target only on a run of 1M–10M patients and against
+// the 10M target only at 10M or more; the other row says the run's size.
+func TestBenchTargetsBySize(t *testing.T) {
+	ms := func(d ...int) sample {
+		var s sample
+		for _, x := range d {
+			s.add(time.Duration(x) * time.Millisecond)
+		}
+		return s
+	}
+	q := queryResult{Name: "q", Raw: ms(100), Warm: ms(140), Cold: ms(400), RawCPU: ms(180), WarmCPU: ms(250), ColdCPU: ms(500)}
+	for _, tt := range []struct {
+		patients      int
+		at1M, at10M   string
+		notApplicable string
+	}{
+		{patients: 1_000_000, at1M: "yes", at10M: "n/a (10M only)"},
+		{patients: 10_000_000, at1M: "n/a (1M only)", at10M: "yes"},
+		{patients: 2_000, at1M: "n/a (1M only)", at10M: "n/a (10M only)"},
+	} {
+		r := &benchReport{Patients: tt.patients, Queries: []queryResult{q}}
+		got := map[string][4]string{}
+		for _, row := range r.targets() {
+			got[row[0]] = row
+		}
+		for name, want := range map[string]string{"protected / raw DuckDB, 1M patients (engine issue)": tt.at1M, "protected / raw DuckDB, 10M patients": tt.at10M} {
+			row, ok := got[name]
+			if !ok {
+				t.Fatalf("no %q row", name)
+			}
+			if row[3] != want {
+				t.Errorf("%d patients, %s: verdict %q, want %q", tt.patients, name, row[3], want)
+			}
+			if judged := !strings.HasPrefix(want, "n/a"); judged != strings.Contains(row[2], "warm 1.40×") {
+				t.Errorf("%d patients, %s: measured cell %q", tt.patients, name, row[2])
+			}
+		}
+	}
+	q.Warm = ms(151)
+	r := &benchReport{Patients: 1_000_000, Queries: []queryResult{q}}
+	if row := r.targets()[0]; row[3] != "**no**" {
+		t.Errorf("1.51× judged %q", row[3])
+	}
+}
