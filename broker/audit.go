@@ -138,3 +138,42 @@ func auditDetail(kv ...string) string {
 	}
 	return b.String()
 }
+
+// FindAuditEntries lists audit entries, oldest first. Admins only.
+func (s *Service) FindAuditEntries(ctx context.Context, f AuditFilter) ([]*AuditEntry, int, error) {
+	u, err := s.authorize(ctx, "audit.read", "audit", RoleAdmin)
+	if err != nil {
+		return nil, 0, err
+	}
+	f.Limit = pageLimit(f.Limit)
+	var es []*AuditEntry
+	var n int
+	err = s.view(ctx, u, func(tx Tx) error {
+		es, n, err = tx.FindAuditEntries(ctx, f)
+		return err
+	})
+	return es, n, err
+}
+
+// VerifyAudit recomputes the audit chain. Admins only.
+func (s *Service) VerifyAudit(ctx context.Context) (*AuditVerification, error) {
+	if _, err := s.authorize(ctx, "audit.verify", "audit", RoleAdmin); err != nil {
+		return nil, err
+	}
+	return VerifyChain(ctx, s.store, nil)
+}
+
+// AuditHead returns the audit chain's current head for the public
+// register. Anyone may read it.
+func (s *Service) AuditHead(ctx context.Context) (*AuditHead, error) {
+	h := &AuditHead{}
+	err := s.store.View(ctx, func(tx Tx) error {
+		var err error
+		h.Entries, h.Hash, err = tx.AuditHead(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
