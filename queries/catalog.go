@@ -143,3 +143,5 @@ func (t *Table) Column(name string) *Column {
 	}
 	return nil
 }
+
+func (r Role) String() string { return string(r) }

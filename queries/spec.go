@@ -1,0 +1,76 @@
+package queries
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/nhs-tre/tre/dp"
+)
+
+// spec builds the dp.Spec from the catalog policy and the options.
+func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
+	p := c.cat.Policy
+	eps := opts.Epsilon
+	if eps == 0 {
+		eps = p.DefaultEpsilon
+	}
+	switch {
+	case math.IsNaN(eps) || math.IsInf(eps, 0) || eps <= 0:
+		return dp.Spec{}, refuse(fmt.Sprintf("epsilon %v", eps), -1, "ε must be a finite number above 0")
+	case eps > p.MaxEpsilon:
+		return dp.Spec{}, refuse(fmt.Sprintf("epsilon %v", eps), -1, fmt.Sprintf("this dataset allows at most %v per query", p.MaxEpsilon))
+	case eps < p.minEpsilon():
+		return dp.Spec{}, refuse(fmt.Sprintf("epsilon %v", eps), -1, fmt.Sprintf("this dataset needs at least %v per query", p.minEpsilon()))
+	}
+	s := dp.Spec{
+		MaxGroupsPerPatient: p.MaxGroupsPerPatient,
+		MaxRowsPerGroup:     p.MaxRowsPerGroup,
+		Epsilon:             eps,
+		Threshold:           p.SmallCellThreshold,
+		RoundingBase:        p.RoundingBase,
+		Rounding:            p.Rounding,
+	}
+	// Fewer groups per patient than the catalog's k proven by the query
+	// itself (no GROUP BY: one; keys of the patient: one; a month bucket
+	// of a one-year range: twelve): noise for that k. The rewrite enforces
+	// the Spec's k, so a wrong catalog claim cannot break the bound.
+	if q.specBound > 0 && q.specBound < s.MaxGroupsPerPatient {
+		s.MaxGroupsPerPatient = q.specBound
+	}
+	// One row per patient by the catalog and the query: C = 1, enforced
+	// by the rewrite.
+	if q.declaredOne {
+		s.MaxRowsPerGroup = 1
+	}
+	public := true
+	keys := 1
+	for _, g := range q.groups {
+		gs := dp.GroupSpec{Name: g.name}
+		if g.v.hasDomain {
+			// A copy: the domain may be the catalog's own slice.
+			gs.Domain = append([]string(nil), g.v.domain...)
+			if keys <= maxCrossDomain {
+				keys *= len(g.v.domain)
+			}
+		} else {
+			public = false
+		}
+		s.Groups = append(s.Groups, gs)
+	}
+	if public && len(q.groups) > 0 && keys > maxCrossDomain {
+		return dp.Spec{}, refuse("a grouping with more than 10,000 combinations", -1, "group by fewer columns")
+	}
+	if !public {
+		// Keys are not public: the release depends on DP partition
+		// selection, which costs δ. Group specs drop their domains so dp
+		// does not treat a partly public grouping as public.
+		s.Delta = p.Delta
+		for i := range s.Groups {
+			s.Groups[i].Domain = nil
+		}
+	}
+	for _, a := range q.aggs {
+		s.Aggregates = append(s.Aggregates, a.spec)
+	}
+	return s, nil
+}
