@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: help build test check fmt vet fuzz demo
+.PHONY: help build test check fmt vet fuzz demo images
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
@@ -28,3 +28,6 @@ demo: ## build tre, showing each package as it compiles, then run the demo
 	$(GO) build -v -o bin/tre ./cmd/tre
 	@echo "Starting the demo: synthetic data, broker, site agent and sandbox."
 	bin/tre demo
+
+images: ## build the tre-broker and tre-agent images, no registry needed (deploy/image/build.sh)
+	GO=$(GO) deploy/image/build.sh

@@ -8,6 +8,8 @@ require (
 	github.com/google/differential-privacy/go/v3 v3.0.0
 	github.com/hashicorp/go-plugin v1.8.0
 	github.com/jackc/pgx/v5 v5.12.0
+	github.com/moby/profiles/seccomp v0.1.0
+	github.com/opencontainers/runtime-spec v1.2.1
 	modernc.org/sqlite v1.62.0
 )
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"flag"
 	"io"
 	"os"
@@ -28,7 +29,7 @@ type composeService struct {
 	Entrypoint  []string          `yaml:"entrypoint"`
 	Environment map[string]string `yaml:"environment"`
 	Volumes     []string          `yaml:"volumes"`
-	Secrets     []string          `yaml:"secrets"`
+	Secrets     []composeSecret   `yaml:"secrets"`
 	Networks    yaml.Node         `yaml:"networks"`
 	NetworkMode string            `yaml:"network_mode"`
 }
@@ -41,6 +42,49 @@ type composeFile struct {
 	Secrets map[string]struct {
 		File string `yaml:"file"`
 	} `yaml:"secrets"`
+}
+
+// composeSecret is a service's secret, in short (NAME) or long syntax
+// ({source: NAME, target: FILE}): it appears as /run/secrets/<target>.
+type composeSecret struct{ Source, Target string }
+
+func (s *composeSecret) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		s.Source, s.Target = n.Value, n.Value
+		return nil
+	}
+	var long struct{ Source, Target string }
+	if err := n.Decode(&long); err != nil {
+		return err
+	}
+	s.Source, s.Target = long.Source, cmp.Or(long.Target, long.Source)
+	return nil
+}
+
+// isTre reports whether a service runs one of tre's images.
+func (s composeService) isTre() bool {
+	return strings.HasPrefix(s.Image, "tre-broker:") || strings.HasPrefix(s.Image, "tre-agent:")
+}
+
+// role is the tre subcommand a service runs ("" for none).
+func (s composeService) role() string {
+	if !s.isTre() || len(s.Entrypoint) > 0 || len(s.Command) == 0 {
+		return ""
+	}
+	return s.Command[0]
+}
+
+// withDefaults replaces compose's ${VAR:-default} with its default, as an
+// `up` without those variables set would.
+func withDefaults(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = interpolation.ReplaceAllStringFunc(a, func(m string) string {
+			_, def, _ := strings.Cut(strings.TrimSuffix(strings.TrimPrefix(m, "${"), "}"), ":-")
+			return def
+		})
+	}
+	return out
 }
 
 // networks lists a service's networks, given as a list or a mapping.
@@ -129,9 +173,10 @@ func checkSynthArgs(tb testing.TB, args []string) {
 	tb.Helper()
 	fs := flag.NewFlagSet("tre synth", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	for _, name := range []string{"out", "patients", "seed"} {
+	for _, name := range []string{"out", "patients", "seed", "dataset"} {
 		fs.String(name, "", "")
 	}
+	fs.Bool("force", false, "")
 	if err := fs.Parse(args); err != nil {
 		tb.Errorf("tre synth %s: %v", strings.Join(args, " "), err)
 	}
@@ -157,29 +202,39 @@ func TestComposeFile(t *testing.T) {
 	c := loadCompose(t)
 	subcommands := map[string]bool{}
 	for name, svc := range c.Services {
-		if svc.Image != "tre:dev" {
+		if !svc.isTre() {
+			t.Errorf("service %s: image %q is not one of make images' tre-broker or tre-agent", name, svc.Image)
+			continue
+		}
+		if len(svc.Entrypoint) > 0 {
+			// The registration step (deploy/register): not tre's flags.
 			continue
 		}
 		t.Run(name, func(t *testing.T) {
-			if len(svc.Entrypoint) > 0 {
-				t.Fatalf("entrypoint %q overrides the image's tre entrypoint", svc.Entrypoint)
-			}
 			if len(svc.Command) == 0 {
 				t.Fatal("no command")
 			}
-			sub, args := svc.Command[0], svc.Command[1:]
+			sub, args := svc.Command[0], withDefaults(svc.Command[1:])
 			subcommands[sub] = true
+			var mounted []string
 			for _, s := range svc.Secrets {
-				if _, ok := c.Secrets[s]; !ok {
-					t.Errorf("secret %q is not defined at the top level", s)
+				if _, ok := c.Secrets[s.Source]; !ok {
+					t.Errorf("secret %q is not defined at the top level", s.Source)
 				}
+				mounted = append(mounted, s.Target)
 			}
-			if sub == "synth" {
+			switch sub {
+			case "synth":
 				checkSynthArgs(t, args)
+				if svc.NetworkMode != "none" {
+					t.Errorf("synth network_mode = %q, want none", svc.NetworkMode)
+				}
 				return
-			}
-			if sub != "serve" && sub != "agent" {
-				t.Fatalf("subcommand %q: want serve, agent or synth", sub)
+			case "version":
+				return
+			case "serve", "agent":
+			default:
+				t.Fatalf("subcommand %q: want serve, agent, synth or version", sub)
 			}
 			mounts := map[string]string{}
 			for _, v := range svc.Volumes {
@@ -201,8 +256,11 @@ func TestComposeFile(t *testing.T) {
 			if err := cfg.Validate(); err != nil {
 				t.Errorf("effective configuration does not validate: %v", err)
 			}
+			if slices.Contains(args, "--allow-weak-sandbox") {
+				t.Error("--allow-weak-sandbox: the containers keep every sandbox layer (deploy/seccomp)")
+			}
 			for _, s := range secretPaths(cfg) {
-				if !slices.Contains(svc.Secrets, s) {
+				if !slices.Contains(mounted, s) {
 					t.Errorf("configuration reads /run/secrets/%s but the service does not mount that secret", s)
 				}
 			}
@@ -214,42 +272,38 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 
-	// The agent's only peer is the reverse proxy in front of the brokers,
-	// on networks with no route out.
+	// Each agent's only peer is the broker, on networks with no route out.
 	members := map[string][]string{}
 	for name, svc := range c.Services {
 		for _, n := range svc.networks() {
 			members[n] = append(members[n], name)
 		}
 	}
-	agentNets := c.Services["agent"].networks()
-	if len(agentNets) == 0 {
-		t.Fatal("agent has no network")
-	}
-	for _, n := range agentNets {
-		if !c.Networks[n].Internal {
-			t.Errorf("agent network %q is not internal", n)
-		}
-		for _, peer := range members[n] {
-			if peer != "agent" && peer != "proxy" {
-				t.Errorf("agent network %q also holds %q: the agent must reach only the broker's front door", n, peer)
-			}
-		}
-	}
-	if mode := c.Services["synth"].NetworkMode; mode != "none" {
-		t.Errorf("synth network_mode = %q, want none", mode)
-	}
-	brokers := 0
-	for _, svc := range c.Services {
-		if svc.Image == "tre:dev" && svc.Command[0] == "serve" {
+	agents, brokers := 0, 0
+	for name, svc := range c.Services {
+		switch svc.role() {
+		case "serve":
 			brokers++
-			if svc.Environment["TRE_DATABASE_URL"] == "" {
-				t.Error("a broker replica has no TRE_DATABASE_URL: replicas must share PostgreSQL")
+		case "agent":
+			agents++
+			nets := svc.networks()
+			if len(nets) == 0 {
+				t.Errorf("agent %s has no network", name)
+			}
+			for _, n := range nets {
+				if !c.Networks[n].Internal {
+					t.Errorf("agent %s: network %q is not internal", name, n)
+				}
+				for _, peer := range members[n] {
+					if peer != name && c.Services[peer].role() != "serve" {
+						t.Errorf("agent %s: network %q also holds %q: an agent must reach only the broker", name, n, peer)
+					}
+				}
 			}
 		}
 	}
-	if brokers < 2 {
-		t.Errorf("%d broker services, want at least 2 replicas", brokers)
+	if agents < 2 || brokers != 1 {
+		t.Errorf("%d agents and %d brokers, want several sites and one broker", agents, brokers)
 	}
 }
 
