@@ -256,17 +256,11 @@ func (s *Service) approvedSpec(ctx context.Context, u *User, id int64) (dp.Spec,
 	case err != nil:
 		return dp.Spec{}, s.compileError(err, q.ProjectID)
 	}
-	if c := plan.Spec.Cost(); !sameCost(c, q.Cost) {
+	if c := plan.Spec.Cost(); !c.Same(q.Cost) {
 		return dp.Spec{}, Errorf(EINVALID, "query %d costs ε %s, δ %s over dataset %q's current catalog, not the approved ε %s, δ %s: its result cannot be checked",
 			id, fmtFloat(c.Epsilon), fmtFloat(c.Delta), q.Dataset, fmtFloat(q.Cost.Epsilon), fmtFloat(q.Cost.Delta))
 	}
 	return plan.Spec, nil
-}
-
-// sameCost compares two costs within the budget tolerance.
-func sameCost(a, b dp.Cost) bool {
-	near := func(x, y float64) bool { return math.Abs(x-y) <= budgetTolerance*math.Max(math.Abs(y), 1e-12) }
-	return near(a.Epsilon, b.Epsilon) && near(a.Delta, b.Delta)
 }
 
 // validateResult checks a result's table is well formed.

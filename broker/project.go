@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/nhs-tre/tre/dp"
 )
 
 // CreateProject creates a safe project. Admins only.
@@ -211,10 +213,9 @@ func (s *Service) UpdateProject(ctx context.Context, id int64, upd ProjectUpdate
 		if err := projectDuty(u, "project.update", projectObject(id), p.Members); err != nil {
 			return err
 		}
-		b := p.Budget
-		if over(b.EpsilonSpent+b.EpsilonReserved, 0, p.EpsilonBudget) || over(b.DeltaSpent+b.DeltaReserved, 0, p.DeltaBudget) {
+		if used := p.used(); !(dp.Cost{}).Fits(used, p.limit()) {
 			return Errorf(ECONFLICT, "project %d budget cannot drop below what is spent and reserved (ε %s, δ %s)",
-				id, fmtFloat(b.EpsilonSpent+b.EpsilonReserved), fmtFloat(b.DeltaSpent+b.DeltaReserved))
+				id, fmtFloat(used.Epsilon), fmtFloat(used.Delta))
 		}
 		if err := tx.UpdateProject(ctx, p); err != nil {
 			return err
@@ -230,7 +231,10 @@ func (s *Service) UpdateProject(ctx context.Context, id int64, upd ProjectUpdate
 	return p, nil
 }
 
-// over reports whether used+cost exceeds budget beyond float tolerance.
-func over(used, cost, budget float64) bool {
-	return used+cost > budget*(1+budgetTolerance)+budgetTolerance*1e-9
+// used is what of p's budget is spent or reserved, and limit the budget:
+// the ledger's position in dp's terms (dp.Cost.Fits judges it).
+func (p *Project) used() dp.Cost {
+	return dp.Cost{Epsilon: p.Budget.EpsilonSpent + p.Budget.EpsilonReserved, Delta: p.Budget.DeltaSpent + p.Budget.DeltaReserved}
 }
+
+func (p *Project) limit() dp.Cost { return dp.Cost{Epsilon: p.EpsilonBudget, Delta: p.DeltaBudget} }

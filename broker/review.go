@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"strings"
+
+	"github.com/nhs-tre/tre/dp"
 )
 
 // CancelQuery withdraws a query before a reviewer decides on it. Only its
@@ -66,14 +68,13 @@ func (s *Service) ApproveQuery(ctx context.Context, id int64, comment string) (*
 		if err := usable(p, now); err != nil {
 			return err
 		}
-		b := p.Budget
-		if over(b.EpsilonSpent+b.EpsilonReserved, q.Cost.Epsilon, p.EpsilonBudget) {
-			return wrapf(ErrBudgetExhausted, "approving query %d would overspend project %d: it costs ε %s and ε %s remains",
-				id, p.ID, fmtFloat(q.Cost.Epsilon), fmtFloat(b.EpsilonRemaining))
-		}
-		if over(b.DeltaSpent+b.DeltaReserved, q.Cost.Delta, p.DeltaBudget) {
+		if used, limit := p.used(), p.limit(); !q.Cost.Fits(used, limit) {
+			if !dp.Within(used.Epsilon, q.Cost.Epsilon, limit.Epsilon) {
+				return wrapf(ErrBudgetExhausted, "approving query %d would overspend project %d: it costs ε %s and ε %s remains",
+					id, p.ID, fmtFloat(q.Cost.Epsilon), fmtFloat(p.Budget.EpsilonRemaining))
+			}
 			return wrapf(ErrBudgetExhausted, "approving query %d would overspend project %d: it costs δ %s and δ %s remains",
-				id, p.ID, fmtFloat(q.Cost.Delta), fmtFloat(b.DeltaRemaining))
+				id, p.ID, fmtFloat(q.Cost.Delta), fmtFloat(p.Budget.DeltaRemaining))
 		}
 		rec.Ledger = LedgerReserved
 		q.ApprovedBy = u.Subject

@@ -77,8 +77,6 @@ const (
 	DefaultWriteTimeout = 10 * time.Second
 	// MaxSQLBytes is the longest SQL text accepted.
 	MaxSQLBytes = 64 << 10
-	// budgetTolerance is the relative float tolerance of budget checks.
-	budgetTolerance = 1e-9
 )
 
 // Service is the broker's domain: every rule about who may do what, the

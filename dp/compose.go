@@ -2,8 +2,8 @@ package dp
 
 import "math"
 
-// budgetTolerance is the relative slack Fits allows, so a budget spent in
-// several float64 additions is not refused for rounding error.
+// budgetTolerance is the relative slack of budget comparisons, so a budget
+// spent in many float64 additions is not refused for rounding error.
 const budgetTolerance = 1e-9
 
 // ComposeBasic is the (ε, δ) of running all the given queries on the same
@@ -18,52 +18,35 @@ func ComposeBasic(costs ...Cost) Cost {
 	return c
 }
 
-// ComposeAdvanced is a tighter bound on the same composition, reported
-// alongside the basic one: the advanced composition theorem (Dwork,
-// Rothblum and Vadhan 2010; Dwork and Roth, The Algorithmic Foundations of
-// Differential Privacy, Thm 3.20) in its form for different ε_i. For every
-// deltaPrime in (0, 1), the adaptive composition of (ε_i, δ_i)-DP
-// mechanisms is (ε', δ' + Σδ_i)-DP with
-//
-//	ε' = √(2·ln(1/δ')·Σε_i²) + Σ ε_i·(e^ε_i − 1).
-//
-// It pays off for many small-ε queries; when it is not smaller than the
-// basic ε, the basic cost is returned (with no δ' added), so the result is
-// never worse than ComposeBasic. A deltaPrime outside (0, 1) also gives
-// the basic cost, which needs no δ'.
-func ComposeAdvanced(costs []Cost, deltaPrime float64) Cost {
-	basic := ComposeBasic(costs...)
-	if math.IsNaN(deltaPrime) || deltaPrime <= 0 || deltaPrime >= 1 {
-		return basic
-	}
-	var sumSq, sumExp float64
-	for _, c := range costs {
-		sumSq += c.Epsilon * c.Epsilon
-		sumExp += c.Epsilon * math.Expm1(c.Epsilon)
-	}
-	eps := math.Sqrt(2*math.Log(1/deltaPrime)*sumSq) + sumExp
-	if !(eps < basic.Epsilon) {
-		return basic
-	}
-	return Cost{Epsilon: eps, Delta: basic.Delta + deltaPrime}
-}
-
 // Add is c + o under basic composition.
 func (c Cost) Add(o Cost) Cost { return ComposeBasic(c, o) }
 
 // Sub is what remains of budget c after spending o; it may be negative.
 func (c Cost) Sub(o Cost) Cost { return Cost{Epsilon: c.Epsilon - o.Epsilon, Delta: c.Delta - o.Delta} }
 
-// Fits reports whether c can be spent from remaining, allowing a relative
-// tolerance of 1e-9 (and 1e-300 absolute) for float64 rounding in budgets
-// built up by many additions.
-func (c Cost) Fits(remaining Cost) bool {
-	return le(c.Epsilon, remaining.Epsilon) && le(c.Delta, remaining.Delta)
+// Fits reports whether c can be spent on top of used (spent and reserved)
+// without overspending budget: Within for ε and for δ. It is the ledger's
+// one budget formula: the broker approves a query, and lets a budget be
+// lowered, only when it holds.
+func (c Cost) Fits(used, budget Cost) bool {
+	return Within(used.Epsilon, c.Epsilon, budget.Epsilon) && Within(used.Delta, c.Delta, budget.Delta)
 }
 
-func le(x, limit float64) bool {
-	if math.IsNaN(x) || math.IsNaN(limit) {
+// Within reports whether used+cost stays within budget, allowing a relative
+// tolerance of 1e-9 of the budget (and 1e-18 absolute, for a budget of 0)
+// for float64 rounding in budgets built up by many additions. NaN never
+// fits.
+func Within(used, cost, budget float64) bool {
+	if math.IsNaN(used) || math.IsNaN(cost) || math.IsNaN(budget) {
 		return false
 	}
-	return x <= limit+budgetTolerance*math.Max(math.Abs(limit), math.Abs(x))+1e-300
+	return !(used+cost > budget*(1+budgetTolerance)+budgetTolerance*1e-9)
+}
+
+// Same reports whether c and o are the same cost within the budget
+// tolerance: a query recompiled against its catalog must cost what was
+// approved.
+func (c Cost) Same(o Cost) bool {
+	near := func(x, y float64) bool { return math.Abs(x-y) <= budgetTolerance*math.Max(math.Abs(y), 1e-12) }
+	return near(c.Epsilon, o.Epsilon) && near(c.Delta, o.Delta)
 }

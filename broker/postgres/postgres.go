@@ -33,31 +33,20 @@ type Store struct {
 	*sqlstore.DB
 }
 
-type config struct {
-	maxConns int
-}
-
-// Option configures Open.
-type Option func(*config)
-
-// WithMaxConns sets the connection pool size (default 16).
-func WithMaxConns(n int) Option { return func(c *config) { c.maxConns = n } }
+// maxConns is the connection pool's size.
+const maxConns = 16
 
 // Open connects to the database at url (a postgres:// URL or key=value
 // string; search_path may be set in it) and applies pending migrations.
-func Open(ctx context.Context, url string, opts ...Option) (*Store, error) {
-	cfg := config{maxConns: 16}
-	for _, o := range opts {
-		o(&cfg)
-	}
+func Open(ctx context.Context, url string) (*Store, error) {
 	cc, err := pgx.ParseConfig(url)
 	if err != nil {
 		// pgx's message can echo the password; keep it out.
 		return nil, broker.Errorf(broker.EINVALID, "postgres: the database URL is not valid")
 	}
 	db := stdlib.OpenDB(*cc)
-	db.SetMaxOpenConns(cfg.maxConns)
-	db.SetMaxIdleConns(cfg.maxConns)
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("postgres: connect to %s:%d/%s: %w", cc.Host, cc.Port, cc.Database, translateOrPlain(err))

@@ -41,24 +41,14 @@ type Store struct {
 	path string
 }
 
-type config struct {
-	readers     int
-	busyTimeout int
-}
-
-// Option configures Open.
-type Option func(*config)
-
-// WithReaders sets the size of the read-only connection pool.
-func WithReaders(n int) Option { return func(c *config) { c.readers = n } }
+// busyTimeout is how long (ms) a connection waits for another process's
+// lock on the file before it reports the database busy.
+const busyTimeout = 10000
 
 // Open opens (creating if needed) the database at path and applies pending
 // migrations.
-func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
-	cfg := config{readers: max(2, runtime.NumCPU()), busyTimeout: 10000}
-	for _, o := range opts {
-		o(&cfg)
-	}
+func Open(ctx context.Context, path string) (*Store, error) {
+	readers := max(2, runtime.NumCPU()) // the read-only pool's size
 	if path == "" {
 		return nil, broker.Errorf(broker.EINVALID, "sqlite: database path is required")
 	}
@@ -66,7 +56,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		return nil, broker.Errorf(broker.EINVALID, "sqlite: database path %q may not contain '?' or '#'", path)
 	}
 	params := url.Values{}
-	params.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout))
+	params.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout))
 	params.Add("_pragma", "journal_mode(WAL)")
 	params.Add("_pragma", "foreign_keys(1)")
 	// FULL: every commit is on disk before it returns (the WAL is synced
@@ -94,8 +84,8 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		write.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
-	read.SetMaxOpenConns(cfg.readers)
-	read.SetMaxIdleConns(cfg.readers)
+	read.SetMaxOpenConns(readers)
+	read.SetMaxIdleConns(readers)
 	read.SetConnMaxLifetime(0)
 	read.SetConnMaxIdleTime(0)
 	sub, err := fs.Sub(migrations, "migrations")

@@ -247,8 +247,11 @@ func scanProject(sc scanner) (*broker.Project, error) {
 	}
 	p.StartsAt, p.ExpiresAt, p.CreatedAt = fromMicros(starts), fromMicros(expires), fromMicros(created)
 	p.Status = broker.ProjectStatus(status)
-	p.Budget.EpsilonRemaining = p.EpsilonBudget - p.Budget.EpsilonSpent - p.Budget.EpsilonReserved
-	p.Budget.DeltaRemaining = p.DeltaBudget - p.Budget.DeltaSpent - p.Budget.DeltaReserved
+	b := &p.Budget
+	left := dp.Cost{Epsilon: p.EpsilonBudget, Delta: p.DeltaBudget}.
+		Sub(dp.Cost{Epsilon: b.EpsilonSpent, Delta: b.DeltaSpent}).
+		Sub(dp.Cost{Epsilon: b.EpsilonReserved, Delta: b.DeltaReserved})
+	b.EpsilonRemaining, b.DeltaRemaining = left.Epsilon, left.Delta
 	return &p, nil
 }
 

@@ -133,8 +133,8 @@ type Template struct {
 	Result byte
 }
 
-// Templates cover every entry of queries.AllowedExpressions (the tests
-// check) with adversarial argument types.
+// Templates cover every entry of the compiler's allowlist (queries'
+// TestTemplatesCoverAllowlist checks) with adversarial argument types.
 var Templates = func() []Template {
 	var t []Template
 	add := func(name string, result byte, exprs ...string) {
