@@ -15,6 +15,7 @@ import (
 
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -123,7 +124,7 @@ func newFakeService() *fakeService {
 				{{Key: "@SUM(A1)"}, {Value: &v}},
 			},
 		}},
-		lease: &broker.Lease{QueryID: 7, Token: "lease-token", ExpiresAt: testNow.Add(time.Minute), Dataset: "gp", SQL: q.SQL, SQLHash: "ab"},
+		lease: &broker.Lease{Job: job.Job{QueryID: 7, Dataset: "gp", SQL: q.SQL, SQLHash: "ab"}, Token: "lease-token", ExpiresAt: testNow.Add(time.Minute)},
 		plan:  &queries.Plan{Dataset: "gp", Cost: dp.Cost{Epsilon: 1}},
 		register: []*broker.RegisterEntry{
 			{ProjectID: 1, Title: "Asthma", Organisation: "UCL", Purpose: "p", LawfulBasis: "x"},

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
 	"github.com/nhs-tre/tre/synth"
@@ -356,10 +357,10 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 			p.step()
 		}
 		p.stage(tq.Name + ": cold")
-		job := sandbox.Job{QueryID: "bench", SQL: tq.SQL, SQLHash: queries.SQLHash(tq.SQL)}
+		j := job.Job{SQL: tq.SQL, SQLHash: queries.SQLHash(tq.SQL)}
 		for i := range m.Warmup + m.Reps {
 			start, cpu := time.Now(), cpuTime()
-			res, err := runner.Run(ctx, job)
+			res, err := runner.Run(ctx, j)
 			d := time.Since(start)
 			runner.Close() // the child is reaped in the background: count its CPU time here
 			c := cpuTime() - cpu
@@ -367,7 +368,7 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
-				return nil, fmt.Errorf("%s: sandbox: %s: %s", tq.Name, sandbox.ErrorCode(err), sandbox.ErrorMessage(err))
+				return nil, fmt.Errorf("%s: sandbox: %s: %s", tq.Name, job.Code(err), job.Message(err))
 			}
 			r.Rows = len(res.Rows)
 			if res.Report.Sandbox.Degraded && !contains(rep.Degraded, strings.Join(res.Report.Sandbox.Missing, ", ")) {
@@ -445,19 +446,19 @@ func (m *harness) measureStart(ctx context.Context, p *benchProgress, dir string
 	}
 	defer r.Close()
 	const q = "SELECT count(*) AS patients FROM patients"
-	job := sandbox.Job{QueryID: "bench-start", SQL: q, SQLHash: queries.SQLHash(q)}
-	if _, err := r.Run(ctx, job); err != nil { // warm the page cache and the binary
-		return s, "", fmt.Errorf("%s: %s", sandbox.ErrorCode(err), sandbox.ErrorMessage(err))
+	j := job.Job{SQL: q, SQLHash: queries.SQLHash(q)}
+	if _, err := r.Run(ctx, j); err != nil { // warm the page cache and the binary
+		return s, "", fmt.Errorf("%s: %s", job.Code(err), job.Message(err))
 	}
 	cpu := cpuTime()
 	defer func() { m.startCPU = cpuTime() - cpu }()
 	for range m.Starts {
 		start := time.Now()
-		_, err := r.Run(ctx, job)
+		_, err := r.Run(ctx, j)
 		d := time.Since(start)
 		r.Close() // reaps the child, so that startCPU counts it
 		if err != nil {
-			return s, "", fmt.Errorf("%s: %s", sandbox.ErrorCode(err), sandbox.ErrorMessage(err))
+			return s, "", fmt.Errorf("%s: %s", job.Code(err), job.Message(err))
 		}
 		s.add(d)
 		p.step()

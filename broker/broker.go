@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 )
 
 // Role is a user's role, carried in the token's roles claim.
@@ -234,17 +235,15 @@ const FailedMessage = "The query ran at the site but produced no result that cou
 
 // Lease is a site agent's claim on an approved job.
 type Lease struct {
-	QueryID   int64     `json:"query_id"`
+	// The job itself: what the reviewer approved, byte for byte; the agent
+	// hands this value to its sandbox. Its fields are the lease's on the
+	// wire (query_id, dataset, sql, sql_hash, epsilon).
+	job.Job
 	Token     string    `json:"token"`
 	SiteID    string    `json:"site_id"`
 	ExpiresAt time.Time `json:"expires_at"`
 	Attempt   int       `json:"attempt"`
-	// The job itself: what the reviewer approved, byte for byte.
-	Dataset string  `json:"dataset"`
-	SQL     string  `json:"sql"`
-	SQLHash string  `json:"sql_hash"`
-	Epsilon float64 `json:"epsilon"`
-	Delta   float64 `json:"delta"`
+	Delta     float64   `json:"delta"`
 }
 
 // Site is an NHS site an admin registered, with its agent's health: when

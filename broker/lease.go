@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -95,8 +96,8 @@ func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease,
 			}
 			leaseLapsed(tx, lapsed)
 			lease = &Lease{
-				QueryID: q.ID, Token: token, SiteID: siteID, ExpiresAt: rec.LeaseExpiresAt, Attempt: q.Attempts,
-				Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon, Delta: q.Cost.Delta,
+				Job:   job.Job{QueryID: q.ID, Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon},
+				Token: token, SiteID: siteID, ExpiresAt: rec.LeaseExpiresAt, Attempt: q.Attempts, Delta: q.Cost.Delta,
 			}
 			return nil
 		}
@@ -169,8 +170,8 @@ func (s *Service) HeartbeatJob(ctx context.Context, id int64, token string) (*Le
 		}
 		q := rec.Query
 		lease = &Lease{
-			QueryID: q.ID, Token: token, SiteID: rec.LeaseSite, ExpiresAt: rec.LeaseExpiresAt, Attempt: q.Attempts,
-			Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon, Delta: q.Cost.Delta,
+			Job:   job.Job{QueryID: q.ID, Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon},
+			Token: token, SiteID: rec.LeaseSite, ExpiresAt: rec.LeaseExpiresAt, Attempt: q.Attempts, Delta: q.Cost.Delta,
 		}
 		return nil
 	})

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nhs-tre/tre/job"
 )
 
 // attacks are hostile queries. Each must be refused by the compiler, and,
@@ -79,7 +81,7 @@ func TestAttacksContainedRaw(t *testing.T) {
 			out, err := runRawSQL(t, r, tt.sql)
 			switch {
 			case err != nil:
-				var se *Error
+				var se *job.Error
 				if !errors.As(err, &se) {
 					t.Fatalf("error is not a coded sandbox error: %v", err)
 				}

@@ -6,13 +6,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nhs-tre/tre/job"
 )
 
 // BenchmarkSandboxStart measures spawn + re-exec + hardening + handshake +
 // DuckDB open + lock-down + a trivial query, per job.
 func BenchmarkSandboxStart(b *testing.B) {
 	r := MustRunner(b, testConfig(b, MustFixture(b, 100)))
-	req := &request{QueryID: "b", SQL: "SELECT 1", SQLHash: hashSQL("SELECT 1"), Catalog: r.cfg.Catalog, Raw: true}
+	req := &request{Job: job.Job{SQL: "SELECT 1", SQLHash: hashSQL("SELECT 1")}, Catalog: r.cfg.Catalog, Raw: true}
 	cpu := cpuTime()
 	for b.Loop() {
 		if _, _, err := r.callJob(context.Background(), req); err != nil {
@@ -89,7 +91,7 @@ func BenchmarkProtectedJob(b *testing.B) {
 		// racy-file rule); real data files are.
 		time.Sleep(3100 * time.Millisecond)
 		r := MustRunner(b, testConfig(b, data))
-		j := job("SELECT sex, count(*) AS n FROM patients GROUP BY sex")
+		j := newJob("SELECT sex, count(*) AS n FROM patients GROUP BY sex")
 		if _, err := r.Run(context.Background(), j); err != nil {
 			b.Fatal(err)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -193,8 +194,8 @@ func (s *server) run(ctx context.Context, in []byte, send func(frame) error) err
 // DuckDB error is logged by class only: its message can quote data values
 // ("Could not convert string '…' to INT32"), and patient values are never
 // logged, not even on site.
-func (s *server) safe(ctx context.Context, err error) *Error {
-	var e *Error
+func (s *server) safe(ctx context.Context, err error) *job.Error {
+	var e *job.Error
 	if errors.As(err, &e) {
 		return e
 	}
@@ -213,16 +214,16 @@ func (s *server) safe(ctx context.Context, err error) *Error {
 func (s *server) handle(ctx context.Context, in []byte) (*response, *lockedDB, error) {
 	var req request
 	if err := json.Unmarshal(in, &req); err != nil {
-		return nil, nil, Errorf(CodeInvalid, "malformed job")
+		return nil, nil, job.Errorf(job.CodeInvalid, "malformed job")
 	}
 	if (req.Raw && s.opts.runRaw == nil) || (req.Probe && s.opts.probe == nil) || (req.TestNoise != 0 && s.opts.testNoise == nil) {
-		return nil, nil, Errorf(CodeRefused, "test hooks are not available in this build")
+		return nil, nil, job.Errorf(job.CodeRefused, "test hooks are not available in this build")
 	}
 	if queries.SQLHash(req.SQL) != req.SQLHash {
-		return nil, nil, Errorf(CodeInvalid, "the SQL does not match its hash")
+		return nil, nil, job.Errorf(job.CodeInvalid, "the SQL does not match its hash")
 	}
 	if req.Catalog == nil {
-		return nil, nil, Errorf(CodeInvalid, "the job has no catalog")
+		return nil, nil, job.Errorf(job.CodeInvalid, "the job has no catalog")
 	}
 	s.once.Do(func() { s.onceErr = loadJobPolicy() })
 	if s.onceErr != nil {
@@ -245,7 +246,7 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, *lockedDB, e
 		// a damaged or replaced file), not a refusal of the query. The
 		// detail goes to the site log, by class only.
 		s.safe(ctx, err)
-		return nil, nil, Errorf(CodeUnavailable, "the site's data could not be opened")
+		return nil, nil, job.Errorf(job.CodeUnavailable, "the site's data could not be opened")
 	}
 	resp, err := s.runJob(ctx, &req, ldb)
 	return resp, ldb, err
@@ -255,13 +256,13 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, *lockedDB, e
 // data file (snapshot.go).
 func (s *server) handleBuild(ctx context.Context, req *request) (*response, *lockedDB, error) {
 	if req.Raw || req.Probe || req.SQL != "" {
-		return nil, nil, Errorf(CodeInvalid, "a snapshot builder runs no query")
+		return nil, nil, job.Errorf(job.CodeInvalid, "a snapshot builder runs no query")
 	}
 	// It runs no researcher SQL, so DuckDB's lock-down is not among the
 	// layers it needs; the OS layers are.
 	layers := slices.Clone(s.layers)
 	if missing := missingChildLayers(append(slices.Clone(layers), LayerDuckDBLockdown)); len(missing) > 0 && !s.cc.AllowWeak {
-		return nil, nil, Errorf(CodeUnavailable, "isolation layers unavailable: %v", missing)
+		return nil, nil, job.Errorf(job.CodeUnavailable, "isolation layers unavailable: %v", missing)
 	}
 	built, err := s.build(ctx, req.Catalog)
 	if err != nil {
@@ -274,7 +275,7 @@ func (s *server) handleBuild(ctx context.Context, req *request) (*response, *loc
 func (s *server) runJob(ctx context.Context, req *request, ldb *lockedDB) (*response, error) {
 	layers := append(slices.Clone(s.layers), LayerDuckDBLockdown)
 	if missing := missingChildLayers(layers); len(missing) > 0 && !s.cc.AllowWeak {
-		return nil, Errorf(CodeUnavailable, "isolation layers unavailable: %v", missing)
+		return nil, job.Errorf(job.CodeUnavailable, "isolation layers unavailable: %v", missing)
 	}
 	resp := &response{Layers: layers}
 	switch {
@@ -292,7 +293,7 @@ func (s *server) runJob(ctx context.Context, req *request, ldb *lockedDB) (*resp
 		hash, err := readSnapshotHash(ctx, ldb)
 		if err != nil {
 			s.safe(ctx, err)
-			return nil, Errorf(CodeUnavailable, "the site's release snapshot could not be read")
+			return nil, job.Errorf(job.CodeUnavailable, "the site's release snapshot could not be read")
 		}
 		var nz noise.Noise
 		if req.TestNoise != 0 {

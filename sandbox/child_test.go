@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nhs-tre/tre/job"
 )
 
 // inProcessServer is the child's job server in the test process, over the
@@ -32,8 +34,8 @@ func inProcessServer(t *testing.T) (*server, Config) {
 // returns.
 func TestResponseSentBeforeDataClosed(t *testing.T) {
 	s, cfg := inProcessServer(t)
-	j := job("SELECT sex, count(*) AS n FROM patients GROUP BY sex")
-	in, err := json.Marshal(&request{QueryID: j.QueryID, SQL: j.SQL, SQLHash: j.SQLHash, Epsilon: j.Epsilon, Catalog: cfg.Catalog})
+	j := newJob("SELECT sex, count(*) AS n FROM patients GROUP BY sex")
+	in, err := json.Marshal(&request{Job: job.Job{SQL: j.SQL, SQLHash: j.SQLHash, Epsilon: j.Epsilon}, Catalog: cfg.Catalog})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,14 +101,14 @@ func TestEarlyOpenServesFirstJobOnly(t *testing.T) {
 	s, cfg := inProcessServer(t)
 	s.openEarly()
 	set := "SET enable_external_access = true"
-	if _, code := runInProcess(t, s, &request{QueryID: "a", SQL: set, SQLHash: hashSQL(set), Catalog: cfg.Catalog, Raw: true}); code != CodeRefused {
+	if _, code := runInProcess(t, s, &request{Job: job.Job{SQL: set, SQLHash: hashSQL(set)}, Catalog: cfg.Catalog, Raw: true}); code != job.CodeRefused {
 		t.Errorf("%s on the early-opened data: code %q, want refused", set, code)
 	}
 	if s.early != nil {
 		t.Error("the early-opened data is still offered after the first job")
 	}
 	q := "SELECT count(*) FROM patients"
-	resp, code := runInProcess(t, s, &request{QueryID: "b", SQL: q, SQLHash: hashSQL(q), Catalog: cfg.Catalog, Raw: true})
+	resp, code := runInProcess(t, s, &request{Job: job.Job{SQL: q, SQLHash: hashSQL(q)}, Catalog: cfg.Catalog, Raw: true})
 	if code != "" || resp.Raw == nil || resp.Raw.Rows != 1 {
 		t.Errorf("second job: %+v, code %q; want one row", resp, code)
 	}
@@ -122,8 +124,8 @@ func TestEarlyOpenFailureUnavailable(t *testing.T) {
 	s.cc.DataPath += ".missing"
 	s.openEarly()
 	q := "SELECT count(*) FROM patients"
-	if _, code := runInProcess(t, s, &request{QueryID: "a", SQL: q, SQLHash: hashSQL(q), Catalog: cfg.Catalog, Raw: true}); code != CodeUnavailable {
-		t.Errorf("code %q, want %s", code, CodeUnavailable)
+	if _, code := runInProcess(t, s, &request{Job: job.Job{SQL: q, SQLHash: hashSQL(q)}, Catalog: cfg.Catalog, Raw: true}); code != job.CodeUnavailable {
+		t.Errorf("code %q, want %s", code, job.CodeUnavailable)
 	}
 }
 
@@ -138,7 +140,7 @@ func TestCloseWaitsForFinishedJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		if _, err := r.Run(context.Background(), job("SELECT sex, count(*) AS n FROM patients GROUP BY sex")); err != nil {
+		if _, err := r.Run(context.Background(), newJob("SELECT sex, count(*) AS n FROM patients GROUP BY sex")); err != nil {
 			t.Fatalf("job %d: %v", i, err)
 		}
 	}

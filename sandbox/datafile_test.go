@@ -22,7 +22,7 @@ func TestRelativePathsResolved(t *testing.T) {
 	if !filepath.IsAbs(r.cfg.DataPath) || !filepath.IsAbs(r.cfg.ScratchDir) {
 		t.Fatalf("runner paths %q, %q are not absolute", r.cfg.DataPath, r.cfg.ScratchDir)
 	}
-	res, err := r.Run(context.Background(), job("SELECT sex, count(*) AS n FROM patients GROUP BY sex"))
+	res, err := r.Run(context.Background(), newJob("SELECT sex, count(*) AS n FROM patients GROUP BY sex"))
 	if err != nil {
 		t.Fatalf("run over %s from %s: %v", cfg.DataPath, filepath.Dir(data), err)
 	}

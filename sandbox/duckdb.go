@@ -15,6 +15,7 @@ import (
 
 	"github.com/duckdb/duckdb-go/v2"
 
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -227,19 +228,19 @@ func prepareOne(conn *sql.Conn, query string) error {
 
 // classify turns a DuckDB or context error into a safe code. The DuckDB
 // message itself is never used: it can quote data values.
-func classify(ctx context.Context, err error) *Error {
+func classify(ctx context.Context, err error) *job.Error {
 	var de *duckdb.Error
 	switch {
 	case ctx.Err() != nil:
-		return Errorf(CodeTimeout, "the query ran past its time limit")
+		return job.Errorf(job.CodeTimeout, "the query ran past its time limit")
 	case errors.As(err, &de) && de.Type == duckdb.ErrorTypeInterrupt:
-		return Errorf(CodeTimeout, "the query ran past its time limit")
+		return job.Errorf(job.CodeTimeout, "the query ran past its time limit")
 	case errors.As(err, &de) && de.Type == duckdb.ErrorTypeOutOfMemory:
-		return Errorf(CodeMemory, "the query ran out of memory")
+		return job.Errorf(job.CodeMemory, "the query ran out of memory")
 	case errors.As(err, &de):
-		return Errorf(CodeRefused, "the database refused the query (%s error)", safeTypeName(de.Type))
+		return job.Errorf(job.CodeRefused, "the database refused the query (%s error)", safeTypeName(de.Type))
 	}
-	return Errorf(CodeInternal, "the query failed")
+	return job.Errorf(job.CodeInternal, "the query failed")
 }
 
 // safeTypeName names a DuckDB error class from a fixed list, never from the

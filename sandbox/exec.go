@@ -11,6 +11,7 @@ import (
 	"github.com/google/differential-privacy/go/v3/noise"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -18,7 +19,7 @@ import (
 // release snapshot.
 func viewStatements(cat *queries.Catalog) ([]string, error) {
 	if cat.Policy.OptOutTable == "" {
-		return nil, Errorf(CodeInvalid, "the catalog names no opt-out table")
+		return nil, job.Errorf(job.CodeInvalid, "the catalog names no opt-out table")
 	}
 	return queries.ViewStatements(cat), nil
 }
@@ -42,12 +43,12 @@ func execute(ctx context.Context, ldb *lockedDB, req *request, cc *childConfig, 
 	if err != nil {
 		var ref *queries.Refusal
 		if errors.As(err, &ref) {
-			return nil, Errorf(CodeRefused, "%s", ref.Message)
+			return nil, job.Errorf(job.CodeRefused, "%s", ref.Message)
 		}
 		return nil, err
 	}
 	if plan.SQLHash != req.SQLHash {
-		return nil, Errorf(CodeInvalid, "the SQL does not match its hash")
+		return nil, job.Errorf(job.CodeInvalid, "the SQL does not match its hash")
 	}
 	groups, dropped, sel, err := runPlan(ctx, ldb, plan, cc.MaxRows)
 	if err != nil {
@@ -104,7 +105,7 @@ func ScanGroups(rows *sql.Rows, plan *queries.Plan, maxRows int) ([]dp.GroupStat
 			total *= len(g.Domain)
 		}
 		if total > maxRows {
-			return nil, 0, nil, Errorf(CodeTooLarge, "the query releases more than %d groups", maxRows)
+			return nil, 0, nil, job.Errorf(job.CodeTooLarge, "the query releases more than %d groups", maxRows)
 		}
 	}
 	var groups []dp.GroupStats
@@ -144,7 +145,7 @@ func ScanGroups(rows *sql.Rows, plan *queries.Plan, maxRows int) ([]dp.GroupStat
 			continue
 		}
 		if len(groups) >= maxRows {
-			return nil, 0, nil, Errorf(CodeTooLarge, "the query has more than %d groups", maxRows)
+			return nil, 0, nil, job.Errorf(job.CodeTooLarge, "the query has more than %d groups", maxRows)
 		}
 		groups = append(groups, g)
 	}

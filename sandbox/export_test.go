@@ -1,6 +1,10 @@
 package sandbox
 
-import "github.com/google/differential-privacy/go/v3/noise"
+import (
+	"github.com/google/differential-privacy/go/v3/noise"
+
+	"github.com/nhs-tre/tre/job"
+)
 
 // Test-only access to the child's hooks. This file is compiled only into the
 // package's test binary, so production code can neither build a raw or
@@ -10,12 +14,11 @@ func testServeOptions() ServeOptions {
 	return ServeOptions{runRaw: runRaw, probe: probeForbidden, testNoise: offsetNoise}
 }
 
-func rawJob(j Job) Job   { j.raw = true; return j }
-func probeJob(j Job) Job { j.probe = true; return j }
+func rawJob(j job.Job) *request { return &request{Job: j, Raw: true} }
 
 // noiseJob runs j with the noise of every statistic replaced by a fixed
 // offset (partition selection keeps the library's randomness).
-func noiseJob(j Job, offset float64) Job { j.testNoise = offset; return j }
+func noiseJob(j job.Job, offset float64) *request { return &request{Job: j, TestNoise: offset} }
 
 // offsetNoise adds a fixed offset to every exact value, as the DP library's
 // own tests replace noise; its other methods are the library's Laplace.

@@ -13,6 +13,7 @@ import (
 
 	_ "github.com/duckdb/duckdb-go/v2"
 
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -134,7 +135,9 @@ func hashSQL(s string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func job(sql string) Job { return Job{QueryID: "q1", SQL: sql, SQLHash: hashSQL(sql), Epsilon: 1} }
+func newJob(sql string) job.Job {
+	return job.Job{QueryID: 1, SQL: sql, SQLHash: hashSQL(sql), Epsilon: 1}
+}
 
 // callJob runs req in a job child on the runner's current release
 // snapshot, as Run does, and returns the child's whole response.

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nhs-tre/tre/job"
 )
 
 // runRaw executes SQL that skipped the compiler (test hook only) and
@@ -40,7 +42,7 @@ func runRaw(ctx context.Context, ldb *lockedDB, query string, maxRows int) (*raw
 			out.Bytes += len(fmt.Sprint(v))
 		}
 		if out.Rows > maxRows {
-			return nil, Errorf(CodeTooLarge, "the query returned more than %d rows", maxRows)
+			return nil, job.Errorf(job.CodeTooLarge, "the query returned more than %d rows", maxRows)
 		}
 	}
 	if err := rows.Err(); err != nil {

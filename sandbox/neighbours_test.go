@@ -3,12 +3,12 @@ package sandbox
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox/sandboxtest"
 )
@@ -36,7 +36,7 @@ import (
 func researcherView(t *testing.T, res *dp.Result, err error) string {
 	t.Helper()
 	if err != nil {
-		return "error " + ErrorCode(err)
+		return "error " + job.Code(err)
 	}
 	v := res.ForResearcher()
 	type cell struct {
@@ -98,13 +98,13 @@ func TestNeighbouringDatasets(t *testing.T) {
 	refused := 0
 	for _, offset := range []float64{1e6, -1e6} {
 		for i, q := range corpus {
-			j := noiseJob(Job{QueryID: fmt.Sprintf("n%d", i), SQL: q.SQL, SQLHash: queries.SQLHash(q.SQL), Epsilon: 1}, offset)
+			j := noiseJob(job.Job{QueryID: int64(i), SQL: q.SQL, SQLHash: queries.SQLHash(q.SQL), Epsilon: 1}, offset)
 			views := map[string]string{}
 			var mu sync.Mutex
 			var wg sync.WaitGroup
 			run := func(name string, r *Runner) {
 				defer wg.Done()
-				res, err := r.Run(ctx, j)
+				res, err := r.run(ctx, j)
 				v := researcherView(t, res, err)
 				mu.Lock()
 				views[name] = v
@@ -122,7 +122,7 @@ func TestNeighbouringDatasets(t *testing.T) {
 			want := views[n.Base.Name]
 			if strings.HasPrefix(want, "error ") {
 				refused++
-				if want != "error "+CodeRefused {
+				if want != "error "+job.CodeRefused {
 					t.Errorf("%s failed with %s on D, want a result or a refusal:\n%s", q.Name, want, q.SQL)
 				}
 			}

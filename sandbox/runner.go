@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 )
 
 // sandboxVersion is reported in every disclosure report.
@@ -69,6 +70,18 @@ func (r *Runner) Close() error {
 	return nil
 }
 
+// sleepCtx waits for d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // NewRunner checks cfg and returns a Runner.
 func NewRunner(cfg Config) (*Runner, error) {
 	cfg = cfg.withDefaults()
@@ -103,10 +116,16 @@ func (r *Runner) Prepare(ctx context.Context) error {
 	return err
 }
 
-// Run compiles and runs job in a fresh sandbox child and returns the
-// protected result. Failures are *Error with a safe message; a cancelled ctx
-// returns ctx.Err().
-func (r *Runner) Run(ctx context.Context, job Job) (res *dp.Result, err error) {
+// Run compiles and runs j in a fresh sandbox child and returns the
+// protected result. Failures are *job.Error with a safe message; a
+// cancelled ctx returns ctx.Err().
+func (r *Runner) Run(ctx context.Context, j job.Job) (res *dp.Result, err error) {
+	return r.run(ctx, &request{Job: j})
+}
+
+// run runs in, a job with the test hooks export_test.go may set, against
+// the runner's catalog.
+func (r *Runner) run(ctx context.Context, in *request) (res *dp.Result, err error) {
 	if r.cfg.Observe != nil {
 		start := time.Now()
 		defer func() {
@@ -115,15 +134,13 @@ func (r *Runner) Run(ctx context.Context, job Job) (res *dp.Result, err error) {
 			case errors.Is(err, context.Canceled):
 				outcome = "cancelled"
 			case err != nil:
-				outcome = ErrorCode(err)
+				outcome = job.Code(err)
 			}
 			r.cfg.Observe(outcome, time.Since(start))
 		}()
 	}
-	req := &request{
-		QueryID: job.QueryID, SQL: job.SQL, SQLHash: job.SQLHash, Epsilon: job.Epsilon,
-		Catalog: r.cfg.Catalog, Raw: job.raw, Probe: job.probe, TestNoise: job.testNoise,
-	}
+	req := *in
+	req.Catalog = r.cfg.Catalog
 	// The job's child reads the release snapshot, never the data file: no
 	// opted-out patient is in it (snapshot.go).
 	snap, release, err := r.acquireSnapshot(ctx)
@@ -131,20 +148,20 @@ func (r *Runner) Run(ctx context.Context, job Job) (res *dp.Result, err error) {
 		return nil, err
 	}
 	defer release()
-	resp, hostLayers, err := r.call(ctx, req, callOptions{dataPath: snap.path, timeout: r.cfg.Timeout}, nil)
+	resp, hostLayers, err := r.call(ctx, &req, callOptions{dataPath: snap.path, timeout: r.cfg.Timeout}, nil)
 	if err != nil {
 		return nil, err
 	}
 	if resp.Result == nil {
-		return nil, Errorf(CodeInternal, "the sandbox returned no result")
+		return nil, job.Errorf(job.CodeInternal, "the sandbox returned no result")
 	}
-	if !job.raw && !job.probe {
+	if !req.Raw && !req.Probe {
 		if got := resp.Result.Report.OptOut; !got.Applied || got.SnapshotHash != snap.hash {
-			return nil, Errorf(CodeInternal, "the sandbox reported another release snapshot than the one it was given")
+			return nil, job.Errorf(job.CodeInternal, "the sandbox reported another release snapshot than the one it was given")
 		}
 	}
 	if len(resp.Result.Rows) > r.cfg.MaxRows {
-		return nil, Errorf(CodeTooLarge, "the result has more than %d rows", r.cfg.MaxRows)
+		return nil, job.Errorf(job.CodeTooLarge, "the result has more than %d rows", r.cfg.MaxRows)
 	}
 	resp.Result.Report.Sandbox = r.sandboxReport(resp.Layers, hostLayers)
 	return resp.Result, nil
@@ -227,7 +244,7 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 	useNS := !r.noNamespaces
 	r.mu.Unlock()
 	if !useNS && !cfg.AllowWeak {
-		return nil, nil, Errorf(CodeUnavailable, "user and network namespaces are unavailable on this host")
+		return nil, nil, job.Errorf(job.CodeUnavailable, "user and network namespaces are unavailable on this host")
 	}
 	pc, cmd, err := r.start(ccJSON, hostTLS, jobDir, useNS)
 	if err != nil && useNS && cmd.Process == nil {
@@ -237,7 +254,7 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 		r.noNamespaces = true
 		r.mu.Unlock()
 		if !cfg.AllowWeak {
-			return nil, nil, Errorf(CodeUnavailable, "user and network namespaces are unavailable on this host")
+			return nil, nil, job.Errorf(job.CodeUnavailable, "user and network namespaces are unavailable on this host")
 		}
 		useNS = false
 		pc, cmd, err = r.start(ccJSON, hostTLS, jobDir, false)
@@ -247,7 +264,7 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 			pc.Kill()
 		}
 		cfg.Logger.Error("sandbox: start failed", "error", err)
-		return nil, nil, Errorf(CodeCrashed, "the sandbox failed to start")
+		return nil, nil, job.Errorf(job.CodeCrashed, "the sandbox failed to start")
 	}
 	started = true
 	// One process per job: never reused, never left behind. A builder
@@ -262,11 +279,11 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 
 	rpc, err := pc.Client()
 	if err != nil {
-		return nil, nil, Errorf(CodeCrashed, "the sandbox failed to start")
+		return nil, nil, job.Errorf(job.CodeCrashed, "the sandbox failed to start")
 	}
 	raw, err := rpc.Dispense(pluginName)
 	if err != nil {
-		return nil, nil, Errorf(CodeCrashed, "the sandbox failed to start")
+		return nil, nil, job.Errorf(job.CodeCrashed, "the sandbox failed to start")
 	}
 	cl := raw.(*client)
 
@@ -289,22 +306,22 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 	if err != nil {
 		switch reason := killedFor.get(); {
 		case reason == killMemory:
-			return nil, nil, Errorf(CodeMemory, "the query ran out of memory")
+			return nil, nil, job.Errorf(job.CodeMemory, "the query ran out of memory")
 		case reason == killTimeout:
-			return nil, nil, Errorf(CodeTimeout, "the query ran past its time limit")
+			return nil, nil, job.Errorf(job.CodeTimeout, "the query ran past its time limit")
 		case ctx.Err() != nil:
 			return nil, nil, ctx.Err()
 		case jobCtx.Err() != nil, status.Code(err) == codes.DeadlineExceeded:
 			// The child's gRPC server enforces the same deadline and may
 			// report it a moment before the host's own timer fires.
-			return nil, nil, Errorf(CodeTimeout, "the query ran past its time limit")
+			return nil, nil, job.Errorf(job.CodeTimeout, "the query ran past its time limit")
 		}
-		var se *Error
+		var se *job.Error
 		if errors.As(err, &se) {
 			return nil, nil, se
 		}
 		cfg.Logger.Warn("sandbox: transport failure", "error", err)
-		return nil, nil, Errorf(CodeCrashed, "the sandbox stopped unexpectedly")
+		return nil, nil, job.Errorf(job.CodeCrashed, "the sandbox stopped unexpectedly")
 	}
 	if collect != nil {
 		if err := collect(resp, jobDir); err != nil {

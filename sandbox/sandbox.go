@@ -1,16 +1,17 @@
 // Package sandbox owns everything at an NHS site that touches patient data:
 // the go-plugin contract between the site agent and its sandbox child
 // process, the OS hardening of that child (namespaces, rlimits,
-// no_new_privs, seccomp, Landlock), the DuckDB lock-down, the execution of a
-// compiled query and its DP protection, and the agent loop that leases jobs
-// from the broker.
+// no_new_privs, seccomp, Landlock), the DuckDB lock-down, the release
+// snapshot, and the execution of a compiled query and its DP protection.
+// Runner runs one job.Job at a time per child; the agent that leases jobs
+// from the broker is package site.
 //
 // sandbox must never let exact aggregates, per-patient rows or raw DuckDB
 // error text (which can quote data values) leave the child process: only a
-// dp.Result and a coded, safe error cross the process boundary. It never
-// trusts SQL rewritten elsewhere: the child compiles the researcher's SQL
-// itself against the site's own catalog. It never imports the broker or api
-// packages: the agent talks to the broker through the Broker interface.
+// dp.Result and a coded, safe *job.Error cross the process boundary. It
+// never trusts SQL rewritten elsewhere: the child compiles the researcher's
+// SQL itself against the site's own catalog. It never imports the broker,
+// the api or the site packages: it never reaches the network.
 package sandbox
 
 import (
@@ -21,60 +22,6 @@ import (
 
 	"github.com/nhs-tre/tre/queries"
 )
-
-// Error codes that cross the process boundary and reach the broker. Stored
-// values never change.
-const (
-	CodeRefused     = "refused"     // the SQL is not an accepted query
-	CodeInvalid     = "invalid"     // the job is malformed (hash mismatch, bad ε)
-	CodeTimeout     = "timeout"     // the job ran past its time limit
-	CodeMemory      = "memory"      // the job ran out of memory
-	CodeTooLarge    = "too_large"   // the result exceeded the row or byte cap
-	CodeCrashed     = "crashed"     // the child died without answering
-	CodeUnavailable = "unavailable" // a required isolation layer is missing
-	CodeInternal    = "internal"    // anything else; the detail stays in the site log
-)
-
-// Error is a failure with a code and a message that is safe to send to the
-// broker and show to a researcher. It is rebuilt on the host from the code
-// and message the child sent; nothing else of the child's error survives.
-type Error struct {
-	Code    string
-	Message string
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("sandbox: %s: %s", e.Code, e.Message) }
-
-// Errorf returns an *Error with the given code and formatted message.
-func Errorf(code, format string, args ...any) *Error {
-	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
-}
-
-// ErrorCode returns the code of the first *Error in err's chain, CodeInternal
-// for any other non-nil error and "" for nil.
-func ErrorCode(err error) string {
-	var e *Error
-	switch {
-	case err == nil:
-		return ""
-	case errors.As(err, &e):
-		return e.Code
-	}
-	return CodeInternal
-}
-
-// ErrorMessage returns the safe message of the first *Error in err's chain,
-// or "internal error".
-func ErrorMessage(err error) string {
-	var e *Error
-	switch {
-	case err == nil:
-		return ""
-	case errors.As(err, &e):
-		return e.Message
-	}
-	return "internal error"
-}
 
 // Config is how one site runs sandboxes. Zero values take DefaultConfig's.
 type Config struct {
@@ -207,25 +154,6 @@ func (c Config) Validate() error {
 		return errors.New("sandbox config: max rows must be ≥ 1 and max bytes ≥ 1024")
 	}
 	return nil
-}
-
-// Job is one query to run in a sandbox.
-type Job struct {
-	QueryID string
-	SQL     string
-	// SQLHash is the hex SHA-256 of SQL as the researcher submitted it; the
-	// child refuses a job whose SQL does not match.
-	SQLHash string
-	Epsilon float64
-
-	// test-only: set through export_test.go, honoured only by a child whose
-	// ServeOptions enable it (the test binary). Production code cannot set
-	// them and a production child refuses them.
-	raw   bool
-	probe bool
-	// testNoise, when not 0, replaces the noise of the statistics with
-	// that fixed offset (partition selection keeps the library's).
-	testNoise float64
 }
 
 // Layer names reported in dp.Report.Sandbox.Layers. Stored values never

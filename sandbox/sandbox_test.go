@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/nhs-tre/tre/job"
 )
 
 // expectedLayers are the layers this machine supports (root in a container
@@ -19,7 +21,7 @@ import (
 func TestLayersApplied(t *testing.T) {
 	data := MustFixture(t, 50)
 	r := MustRunner(t, testConfig(t, data))
-	resp, host, err := r.callJob(context.Background(), &request{QueryID: "p", SQL: "SELECT 1", SQLHash: hashSQL("SELECT 1"), Catalog: r.cfg.Catalog, Probe: true})
+	resp, host, err := r.callJob(context.Background(), &request{Job: job.Job{SQL: "SELECT 1", SQLHash: hashSQL("SELECT 1")}, Catalog: r.cfg.Catalog, Probe: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,18 +78,18 @@ func TestProductionChildRefusesHooks(t *testing.T) {
 	s := &server{cc: &childConfig{}}
 	for _, req := range []string{`{"raw":true}`, `{"probe":true}`} {
 		_, _, err := s.handle(context.Background(), []byte(req))
-		if ErrorCode(err) != CodeRefused {
-			t.Errorf("%s: code %q, want refused", req, ErrorCode(err))
+		if job.Code(err) != job.CodeRefused {
+			t.Errorf("%s: code %q, want refused", req, job.Code(err))
 		}
 	}
 }
 
 func TestHashMismatchRefused(t *testing.T) {
 	r := MustRunner(t, testConfig(t, MustFixture(t, 20)))
-	j := rawJob(job("SELECT 1"))
+	j := rawJob(newJob("SELECT 1"))
 	j.SQLHash = hashSQL("SELECT 2")
-	_, err := r.Run(context.Background(), j)
-	if ErrorCode(err) != CodeInvalid {
+	_, err := r.run(context.Background(), j)
+	if job.Code(err) != job.CodeInvalid {
 		t.Fatalf("err = %v, want invalid", err)
 	}
 }
@@ -95,7 +97,7 @@ func TestHashMismatchRefused(t *testing.T) {
 // runRawSQL sends SQL past the compiler to the locked-down child.
 func runRawSQL(t *testing.T, r *Runner, sql string) (*rawOutcome, error) {
 	t.Helper()
-	resp, _, err := r.callJob(context.Background(), &request{QueryID: "raw", SQL: sql, SQLHash: hashSQL(sql), Catalog: r.cfg.Catalog, Raw: true})
+	resp, _, err := r.callJob(context.Background(), &request{Job: job.Job{SQL: sql, SQLHash: hashSQL(sql)}, Catalog: r.cfg.Catalog, Raw: true})
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +112,7 @@ func TestTimeoutKillsAndNextJobRuns(t *testing.T) {
 	start := time.Now()
 	_, err := runRawSQL(t, r, "SELECT count(*) FROM range(1000000000000) a(i), range(1000000) b(j) WHERE i*j % 7 = 3")
 	t.Logf("timeout after %v (limit %v + grace %v)", time.Since(start), cfg.Timeout, cfg.KillGrace)
-	if ErrorCode(err) != CodeTimeout {
+	if job.Code(err) != job.CodeTimeout {
 		t.Fatalf("err = %v, want timeout", err)
 	}
 	out, err := runRawSQL(t, r, "SELECT count(*) FROM patients")
@@ -138,7 +140,7 @@ func TestMemoryLimit(t *testing.T) {
 			tt.mod(&cfg)
 			r := MustRunner(t, cfg)
 			_, err := runRawSQL(t, r, tt.sql)
-			if ErrorCode(err) != CodeMemory {
+			if job.Code(err) != job.CodeMemory {
 				t.Fatalf("err = %v, want memory", err)
 			}
 			out, err := runRawSQL(t, r, "SELECT count(*) FROM patients")
@@ -154,7 +156,7 @@ func TestTooLarge(t *testing.T) {
 	cfg.MaxRows = 100
 	r := MustRunner(t, cfg)
 	_, err := runRawSQL(t, r, "SELECT i FROM range(1000) t(i)")
-	if ErrorCode(err) != CodeTooLarge {
+	if job.Code(err) != job.CodeTooLarge {
 		t.Fatalf("err = %v, want too_large", err)
 	}
 }
@@ -169,8 +171,8 @@ func TestErrorNeverCarriesData(t *testing.T) {
 	if strings.Contains(err.Error(), "SECRET") {
 		t.Fatalf("data value leaked into error: %v", err)
 	}
-	if ErrorCode(err) != CodeRefused {
-		t.Fatalf("code = %q, want refused", ErrorCode(err))
+	if job.Code(err) != job.CodeRefused {
+		t.Fatalf("code = %q, want refused", job.Code(err))
 	}
 }
 
@@ -185,9 +187,9 @@ func TestUnopenableDataUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	sql := "SELECT count(*) AS n FROM patients"
-	_, err := r.Run(context.Background(), job(sql))
-	if ErrorCode(err) != CodeUnavailable {
-		t.Fatalf("err = %v (code %q), want unavailable", err, ErrorCode(err))
+	_, err := r.Run(context.Background(), newJob(sql))
+	if job.Code(err) != job.CodeUnavailable {
+		t.Fatalf("err = %v (code %q), want unavailable", err, job.Code(err))
 	}
 	if strings.Contains(err.Error(), "DuckDB") || strings.Contains(err.Error(), "not a DuckDB file") {
 		t.Errorf("error echoes the database's text: %v", err)

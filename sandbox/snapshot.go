@@ -18,6 +18,7 @@ import (
 	"github.com/duckdb/duckdb-go/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -111,7 +112,7 @@ func duckdbVersion() string {
 
 // acquireSnapshot returns the snapshot of the data file as it is now,
 // building it first if need be, with a shared lock on its file held until
-// release is called. Errors are *Error: the build's failures name the
+// release is called. Errors are *job.Error: the build's failures name the
 // problem for the site's operator.
 func (r *Runner) acquireSnapshot(ctx context.Context) (s *snapshot, release func(), err error) {
 	for attempt := 0; ; attempt++ {
@@ -139,7 +140,7 @@ func (r *Runner) acquireSnapshot(ctx context.Context) (s *snapshot, release func
 		r.releaseSnapshot(s)
 		if attempt > 0 {
 			r.cfg.Logger.Error("sandbox: release snapshot vanished", "error", err)
-			return nil, nil, Errorf(CodeUnavailable, "the site's release snapshot could not be opened")
+			return nil, nil, job.Errorf(job.CodeUnavailable, "the site's release snapshot could not be opened")
 		}
 	}
 }
@@ -152,9 +153,9 @@ func (r *Runner) snapshotFor(ctx context.Context) (*snapshot, error) {
 		id := statIdentity(r.cfg.DataPath)
 		if id == nil {
 			if walPresent(r.cfg.DataPath) {
-				return nil, Errorf(CodeUnavailable, "the site's data file has a write-ahead log beside it; checkpoint it or publish a new file")
+				return nil, job.Errorf(job.CodeUnavailable, "the site's data file has a write-ahead log beside it; checkpoint it or publish a new file")
 			}
-			return nil, Errorf(CodeUnavailable, "the site's data file cannot be read")
+			return nil, job.Errorf(job.CodeUnavailable, "the site's data file cannot be read")
 		}
 		if wait := racyWindow - r.now().Sub(time.Unix(0, max(id.MtimeNs, id.CtimeNs))); wait > 0 {
 			// Changed too recently to be told from a later change.
@@ -306,12 +307,12 @@ func removeUnlocked(path string) bool {
 // sidecar.
 func (r *Runner) buildSnapshot(ctx context.Context) (*snapshot, error) {
 	var s *snapshot
-	resp, _, err := r.call(ctx, &request{QueryID: "release-snapshot", SQLHash: queries.SQLHash(""), Catalog: r.cfg.Catalog},
+	resp, _, err := r.call(ctx, &request{Job: job.Job{SQLHash: queries.SQLHash("")}, Catalog: r.cfg.Catalog},
 		callOptions{dataPath: r.cfg.DataPath, build: true, timeout: r.cfg.SnapshotTimeout},
 		func(resp *response, jobDir string) error {
 			b := resp.Snapshot
 			if b == nil || b.Source == nil || !validHash(b.Hash) {
-				return Errorf(CodeInternal, "the snapshot builder returned no snapshot")
+				return job.Errorf(job.CodeInternal, "the snapshot builder returned no snapshot")
 			}
 			if err := os.MkdirAll(r.snapshotDir(), 0o700); err != nil {
 				return fmt.Errorf("snapshot dir: %w", err)
@@ -332,15 +333,15 @@ func (r *Runner) buildSnapshot(ctx context.Context) (*snapshot, error) {
 			return err
 		})
 	if err != nil {
-		var se *Error
+		var se *job.Error
 		if !errors.As(err, &se) && ctx.Err() == nil {
 			r.cfg.Logger.Error("sandbox: release snapshot not built", "error", err)
-			err = Errorf(CodeUnavailable, "the site's release snapshot could not be built")
+			err = job.Errorf(job.CodeUnavailable, "the site's release snapshot could not be built")
 		}
 		return nil, err
 	}
 	if resp.Snapshot.Hash != s.hash {
-		return nil, Errorf(CodeInternal, "the snapshot builder returned two hashes")
+		return nil, job.Errorf(job.CodeInternal, "the snapshot builder returned two hashes")
 	}
 	r.cfg.Logger.Info("sandbox: release snapshot built", "file", s.path)
 	return s, nil
@@ -358,7 +359,7 @@ type snapshotBuilt struct {
 // into the job dir. It runs no researcher SQL.
 func (s *server) build(ctx context.Context, cat *queries.Catalog) (*snapshotBuilt, error) {
 	if walPresent(s.cc.DataPath) {
-		return nil, Errorf(CodeUnavailable, "the site's data file has a write-ahead log beside it: a writer has it open or stopped without a checkpoint; checkpoint it or publish a new file")
+		return nil, job.Errorf(job.CodeUnavailable, "the site's data file has a write-ahead log beside it: a writer has it open or stopped without a checkpoint; checkpoint it or publish a new file")
 	}
 	db, err := sql.Open("duckdb", dataDSN(s.cc))
 	if err != nil {
@@ -374,21 +375,21 @@ func (s *server) build(ctx context.Context, cat *queries.Catalog) (*snapshotBuil
 	opened, err := findOpenedData(s.cc.DataPath)
 	if err != nil {
 		s.log.Warn("sandbox: data file identity unknown", "error", err)
-		return nil, Errorf(CodeUnavailable, "the site's data file could not be identified")
+		return nil, job.Errorf(job.CodeUnavailable, "the site's data file could not be identified")
 	}
 	if _, err := conn.ExecContext(ctx, "SET temp_directory = "+quoteLiteral(s.cc.tempDir())); err != nil {
 		return nil, s.unavailable(ctx, "the site's data could not be opened", err)
 	}
 	hash, err := WriteSnapshot(ctx, conn, cat, filepath.Join(s.cc.JobDir, snapshotFile))
 	if err != nil {
-		var se *Error
+		var se *job.Error
 		if errors.As(err, &se) {
 			return nil, se
 		}
 		return nil, s.unavailable(ctx, "the site's data could not be copied into a release snapshot; the agent's log says at which table", err)
 	}
 	if !opened.unchanged() {
-		return nil, Errorf(CodeUnavailable, "the site's data file changed while its release snapshot was built; run the query again")
+		return nil, job.Errorf(job.CodeUnavailable, "the site's data file changed while its release snapshot was built; run the query again")
 	}
 	return &snapshotBuilt{Source: &opened.id, Hash: hash}, nil
 }
@@ -400,14 +401,14 @@ func (s *server) unavailable(ctx context.Context, msg string, err error) error {
 		return ctx.Err()
 	}
 	s.safe(ctx, err)
-	return Errorf(CodeUnavailable, "%s", msg)
+	return job.Errorf(job.CodeUnavailable, "%s", msg)
 }
 
 // WriteSnapshot writes the release snapshot of the data open on conn (its
 // default database, with external access still on) to a new DuckDB file at
 // path, and returns its opt-out hash. The sandbox's builder child calls it
 // and so does package bench, so the benchmark runs on what jobs run on.
-// Errors a site's operator must act on are *Error naming the problem;
+// Errors a site's operator must act on are *job.Error naming the problem;
 // others name the table whose copy failed and are logged by class only.
 func WriteSnapshot(ctx context.Context, conn *sql.Conn, cat *queries.Catalog, path string) (string, error) {
 	cols, err := queries.ReadUniqueColumns(ctx, conn)
@@ -419,7 +420,7 @@ func WriteSnapshot(ctx context.Context, conn *sql.Conn, cat *queries.Catalog, pa
 		return "", fmt.Errorf("opt-out table: %w", err)
 	}
 	if nulls > 0 {
-		return "", Errorf(CodeUnavailable, "the opt-out table %s holds %d rows whose %s is NULL: tre cannot tell whom they opt out, so it runs no query until they are removed or corrected",
+		return "", job.Errorf(job.CodeUnavailable, "the opt-out table %s holds %d rows whose %s is NULL: tre cannot tell whom they opt out, so it runs no query until they are removed or corrected",
 			cat.Policy.OptOutTable, nulls, cat.PrivacyUnit)
 	}
 	const dst = "tre_release"

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -90,7 +91,7 @@ func TestSnapshotOncePerVersion(t *testing.T) {
 	ctx := context.Background()
 	data := MustFixture(t, 200)
 	r := MustRunner(t, testConfig(t, data))
-	j := job("SELECT sex, count(*) AS n FROM patients GROUP BY sex")
+	j := newJob("SELECT sex, count(*) AS n FROM patients GROUP BY sex")
 	step := func(name string, builds int) string {
 		t.Helper()
 		res, err := r.Run(ctx, j)
@@ -163,7 +164,7 @@ func TestSnapshotConcurrentJobs(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := r.Run(context.Background(), job("SELECT sex, count(*) AS n FROM patients GROUP BY sex"))
+			res, err := r.Run(context.Background(), newJob("SELECT sex, count(*) AS n FROM patients GROUP BY sex"))
 			if err == nil && res.Report.OptOut.SnapshotHash != want {
 				err = errors.New("hash " + res.Report.OptOut.SnapshotHash)
 			}
@@ -196,7 +197,7 @@ func TestSnapshotRacyFile(t *testing.T) {
 		return nil
 	}
 	for i := 1; i <= 2; i++ {
-		res, err := r.Run(context.Background(), job("SELECT sex, count(*) AS n FROM patients GROUP BY sex"))
+		res, err := r.Run(context.Background(), newJob("SELECT sex, count(*) AS n FROM patients GROUP BY sex"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -224,7 +225,7 @@ func TestSnapshotInUseKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustExecFile(t, data, "INSERT INTO optouts VALUES (424242, 'type1')")
-	if _, err := r.Run(ctx, job("SELECT count(*) AS n FROM patients")); err != nil {
+	if _, err := r.Run(ctx, newJob("SELECT count(*) AS n FROM patients")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(old.path); err != nil {
@@ -345,9 +346,9 @@ func TestSnapshotRefused(t *testing.T) {
 			data := MustFixture(t, 30)
 			r := MustRunner(t, testConfig(t, data))
 			tt.setup(t, data)
-			_, err := r.Run(context.Background(), job("SELECT count(*) AS n FROM patients"))
-			if ErrorCode(err) != CodeUnavailable || !strings.Contains(ErrorMessage(err), tt.want) {
-				t.Errorf("got %v, want %s containing %q", err, CodeUnavailable, tt.want)
+			_, err := r.Run(context.Background(), newJob("SELECT count(*) AS n FROM patients"))
+			if job.Code(err) != job.CodeUnavailable || !strings.Contains(job.Message(err), tt.want) {
+				t.Errorf("got %v, want %s containing %q", err, job.CodeUnavailable, tt.want)
 			}
 			if kept := keptSnapshots(t, r); len(kept) != 0 {
 				t.Errorf("snapshots: %v", kept)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/queries/querytest"
 )
@@ -64,7 +65,7 @@ func TestTotalFunctions(t *testing.T) {
 	}
 	ctx := context.Background()
 	run := func(q string) error {
-		_, err := r.Run(ctx, Job{QueryID: "total", SQL: q, SQLHash: queries.SQLHash(q), Epsilon: 1})
+		_, err := r.Run(ctx, job.Job{QueryID: 1, SQL: q, SQLHash: queries.SQLHash(q), Epsilon: 1})
 		return err
 	}
 	for _, q := range append(querytest.Queries(exprs, true, 60), querytest.AggregateQueries()...) {

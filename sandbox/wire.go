@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -40,18 +41,18 @@ const (
 	maxRecvMsg = 256 << 10
 )
 
-// request is the job as the child receives it.
+// request is the job as the child receives it: the job, the site's
+// catalog the child compiles it against, and test hooks (set only through
+// export_test.go; a production child refuses them). Raw runs SQL past the
+// compiler, Probe attempts forbidden operations, and TestNoise, when not 0,
+// replaces the noise of the statistics with that fixed offset (partition
+// selection keeps the library's).
 type request struct {
-	QueryID string           `json:"query_id"`
-	SQL     string           `json:"sql"`
-	SQLHash string           `json:"sql_hash"`
-	Epsilon float64          `json:"epsilon"`
-	Catalog *queries.Catalog `json:"catalog"`
-	Raw     bool             `json:"raw,omitempty"`
-	Probe   bool             `json:"probe,omitempty"`
-	// TestNoise is Job.testNoise (a test hook: a production child refuses
-	// it).
-	TestNoise float64 `json:"test_noise,omitempty"`
+	job.Job
+	Catalog   *queries.Catalog `json:"catalog"`
+	Raw       bool             `json:"raw,omitempty"`
+	Probe     bool             `json:"probe,omitempty"`
+	TestNoise float64          `json:"test_noise,omitempty"`
 }
 
 // frame is one streamed message from the child. Data frames carry a slice
@@ -145,11 +146,11 @@ func (p *grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc
 type client struct{ conn *grpc.ClientConn }
 
 // call sends req and reassembles the streamed response, refusing to buffer
-// more than maxBytes. Errors from the child come back as *Error.
+// more than maxBytes. Errors from the child come back as *job.Error.
 func (c *client) call(ctx context.Context, req *request, maxBytes int64) (*response, error) {
 	in, err := json.Marshal(req)
 	if err != nil {
-		return nil, Errorf(CodeInternal, "encode job")
+		return nil, job.Errorf(job.CodeInternal, "encode job")
 	}
 	stream, err := c.conn.NewStream(ctx, &serviceDesc().Streams[0], runMethod)
 	if err != nil {
@@ -166,19 +167,19 @@ func (c *client) call(ctx context.Context, req *request, maxBytes int64) (*respo
 		m := new(wrapperspb.BytesValue)
 		if err := stream.RecvMsg(m); err != nil {
 			if errors.Is(err, io.EOF) {
-				return nil, Errorf(CodeCrashed, "sandbox ended the stream without a result")
+				return nil, job.Errorf(job.CodeCrashed, "sandbox ended the stream without a result")
 			}
 			return nil, err
 		}
 		var f frame
 		if err := json.Unmarshal(m.GetValue(), &f); err != nil {
-			return nil, Errorf(CodeInternal, "malformed frame from sandbox")
+			return nil, job.Errorf(job.CodeInternal, "malformed frame from sandbox")
 		}
 		if f.Error != nil {
-			return nil, &Error{Code: safeCode(f.Error.Code), Message: f.Error.Message}
+			return nil, &job.Error{Code: safeCode(f.Error.Code), Message: f.Error.Message}
 		}
 		if int64(len(buf)+len(f.Data)) > maxBytes {
-			return nil, Errorf(CodeTooLarge, "result exceeds %d bytes", maxBytes)
+			return nil, job.Errorf(job.CodeTooLarge, "result exceeds %d bytes", maxBytes)
 		}
 		buf = append(buf, f.Data...)
 		if f.Last {
@@ -187,7 +188,7 @@ func (c *client) call(ctx context.Context, req *request, maxBytes int64) (*respo
 	}
 	var resp response
 	if err := json.Unmarshal(buf, &resp); err != nil {
-		return nil, Errorf(CodeInternal, "malformed result from sandbox")
+		return nil, job.Errorf(job.CodeInternal, "malformed result from sandbox")
 	}
 	return &resp, nil
 }
@@ -196,11 +197,11 @@ func (c *client) call(ctx context.Context, req *request, maxBytes int64) (*respo
 // compromised child cannot invent codes the broker would pass on.
 func safeCode(code string) string {
 	switch code {
-	case CodeRefused, CodeInvalid, CodeTimeout, CodeMemory, CodeTooLarge,
-		CodeCrashed, CodeUnavailable, CodeInternal:
+	case job.CodeRefused, job.CodeInvalid, job.CodeTimeout, job.CodeMemory, job.CodeTooLarge,
+		job.CodeCrashed, job.CodeUnavailable, job.CodeInternal:
 		return code
 	}
-	return CodeInternal
+	return job.CodeInternal
 }
 
 // sendResponse streams resp in chunks, then the last frame.

@@ -47,6 +47,11 @@ func listPackages(tb testing.TB) []goPackage {
 	return pkgs
 }
 
+// isPkg reports whether path is the package root or one beneath it.
+func isPkg(path, root string) bool {
+	return path == root || strings.HasPrefix(path, root+"/")
+}
+
 func inFolder(path, folder string) bool {
 	p := module + "/" + folder
 	return path == p || strings.HasPrefix(path, p+"/")
@@ -67,7 +72,12 @@ func TestImportBoundaries(t *testing.T) {
 		"math/big": true, "math/rand/v2": true, "encoding/binary": true,
 		"crypto/sha256": true, "encoding/hex": true,
 	}
-	for _, p := range listPackages(t) {
+	pkgs := listPackages(t)
+	imports := map[string][]string{}
+	for _, p := range pkgs {
+		imports[p.ImportPath] = p.Imports
+	}
+	for _, p := range pkgs {
 		for _, imp := range p.Imports {
 			switch {
 			case imp == gin || strings.HasPrefix(imp, gin+"/"):
@@ -99,8 +109,32 @@ func TestImportBoundaries(t *testing.T) {
 		}
 		if inFolder(p.ImportPath, "sandbox") {
 			for _, dep := range p.Deps {
-				if inFolder(dep, "broker") || inFolder(dep, "api") {
-					t.Errorf("%s depends on %s: the site talks to the broker only over HTTP, wired in cmd", p.ImportPath, dep)
+				if inFolder(dep, "broker") || inFolder(dep, "api") || inFolder(dep, "site") {
+					t.Errorf("%s depends on %s: the sandbox never reaches the network; the agent (site) talks to the broker", p.ImportPath, dep)
+				}
+			}
+		}
+		if inFolder(p.ImportPath, "site") {
+			for _, dep := range p.Deps {
+				if inFolder(dep, "sandbox") || inFolder(dep, "synth") || inFolder(dep, "bench") {
+					t.Errorf("%s depends on %s: the site agent runs jobs only through its Runner, wired in cmd", p.ImportPath, dep)
+				}
+				for _, imp := range imports[dep] {
+					if isPkg(imp, duckdb) && dep != module+"/queries" {
+						t.Errorf("%s depends on %s, which imports the DuckDB driver: the site agent links DuckDB only through the queries parser", p.ImportPath, dep)
+					}
+					// api is exempt until it is the gin-free contract
+					// package (issue 18); the server moves beneath it.
+					if isPkg(imp, gin) && dep != module+"/api" {
+						t.Errorf("%s depends on %s, which imports gin: the site agent links no HTTP server", p.ImportPath, dep)
+					}
+				}
+			}
+		}
+		if inFolder(p.ImportPath, "job") {
+			for _, imp := range p.Imports {
+				if strings.Contains(imp, ".") {
+					t.Errorf("job imports %s: the agent–sandbox contract holds types only (standard library)", imp)
 				}
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
 )
@@ -99,7 +100,7 @@ func (m *RunMain) Run(ctx context.Context) error {
 		return err
 	}
 	defer r.Close() // the child's exit and job directory removal
-	res, err := r.Run(ctx, sandbox.Job{QueryID: "local", SQL: m.sql, SQLHash: queries.SQLHash(m.sql), Epsilon: m.epsilon})
+	res, err := r.Run(ctx, job.Job{SQL: m.sql, SQLHash: queries.SQLHash(m.sql), Epsilon: m.epsilon})
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -114,8 +115,8 @@ func (m *RunMain) Run(ctx context.Context) error {
 // A refusal is what the broker tells a researcher at submission already
 // (the same compiler, the same words), so it is printed as it is.
 func (m *RunMain) failed(err error) error {
-	code, detail := sandbox.ErrorCode(err), sandbox.ErrorMessage(err)
-	if code == sandbox.CodeRefused {
+	code, detail := job.Code(err), job.Message(err)
+	if code == job.CodeRefused {
 		return exitError{code: 1, err: errors.New(codedMessage(code, detail))}
 	}
 	msg := "failed: " + broker.FailedMessage

@@ -24,6 +24,7 @@ import (
 	"github.com/nhs-tre/tre/broker/sqlite"
 	"github.com/nhs-tre/tre/broker/sqlstore"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
 )
@@ -471,7 +472,7 @@ func (d *dryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon flo
 	if dataset != d.dataset {
 		return nil, broker.Errorf(broker.EUNAVAILABLE, "dry runs are available for dataset %q only", d.dataset)
 	}
-	res, err := d.runner.Run(ctx, sandbox.Job{QueryID: "dry-run", SQL: sql, SQLHash: queries.SQLHash(sql), Epsilon: epsilon})
+	res, err := d.runner.Run(ctx, job.Job{SQL: sql, SQLHash: queries.SQLHash(sql), Epsilon: epsilon})
 	if err != nil {
 		return nil, sandboxToBrokerError(err)
 	}
@@ -488,12 +489,12 @@ func (d *dryRunner) Close() error {
 // sandboxToBrokerError maps a sandbox failure to the API's error codes: the
 // sandbox's messages are already safe to show.
 func sandboxToBrokerError(err error) error {
-	code := sandbox.ErrorCode(err)
-	msg := sandbox.ErrorMessage(err)
+	code := job.Code(err)
+	msg := job.Message(err)
 	switch code {
-	case sandbox.CodeRefused:
+	case job.CodeRefused:
 		return broker.Errorf(broker.EREFUSED, "%s", msg)
-	case sandbox.CodeTimeout, sandbox.CodeMemory, sandbox.CodeTooLarge:
+	case job.CodeTimeout, job.CodeMemory, job.CodeTooLarge:
 		return broker.Errorf(broker.EUNAVAILABLE, "dry run stopped: %s", msg)
 	}
 	return fmt.Errorf("dry run: %w", err)

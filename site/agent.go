@@ -1,4 +1,14 @@
-package sandbox
+// Package site is the site agent: the outbound process at an NHS site that
+// publishes the site's catalog to the broker, leases approved jobs, runs each
+// in a sandbox (through the Runner interface; cmd/tre wires sandbox.Runner),
+// keeps the lease alive while it runs and reports the protected result or a
+// coded failure. Client adapts the API client to the agent's Broker.
+//
+// site never opens patient data and links neither DuckDB (beyond the
+// queries parser) nor gin: every call goes out from the site, none comes in.
+// It never logs a lease token or a result's values, and it reports a failed
+// job only by its code and safe message (package job).
+package site
 
 import (
 	"context"
@@ -10,35 +20,25 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
 // Broker is the agent's view of the broker: every call goes out from the
-// site, none comes in. The command wiring adapts the HTTP client to it.
+// site, none comes in. Client implements it over HTTP.
 type Broker interface {
 	// PublishCatalog sends the site's catalog (schema and policy, never rows).
 	PublishCatalog(ctx context.Context, siteID string, cat *queries.Catalog) error
-	// Lease returns the next approved job for the site, or nil, nil.
-	Lease(ctx context.Context, siteID string) (*LeasedJob, error)
-	// Heartbeat extends the lease and returns its new expiry.
-	Heartbeat(ctx context.Context, job *LeasedJob) (time.Time, error)
+	// Lease returns the next approved job for the site and its lease token,
+	// or nil, "", nil when there is none.
+	Lease(ctx context.Context, siteID string) (j *job.Job, token string, err error)
+	// Heartbeat extends the lease on the job queryID.
+	Heartbeat(ctx context.Context, queryID int64, token string) error
 	// Complete uploads the protected result. Completing a job twice with
 	// the same token must be harmless.
-	Complete(ctx context.Context, job *LeasedJob, result *dp.Result) error
+	Complete(ctx context.Context, queryID int64, token string, result *dp.Result) error
 	// Fail reports a safe error code and message.
-	Fail(ctx context.Context, job *LeasedJob, code, message string) error
-}
-
-// LeasedJob is a job the broker leased to this site.
-type LeasedJob struct {
-	QueryID   string
-	Token     string // the lease token; never logged
-	SQL       string
-	SQLHash   string
-	Dataset   string
-	Epsilon   float64
-	Delta     float64
-	ExpiresAt time.Time
+	Fail(ctx context.Context, queryID int64, token, code, message string) error
 }
 
 // ErrLeaseLost is returned by a Broker when the job's lease is no longer
@@ -56,23 +56,25 @@ var ErrRefused = errors.New("refused by the broker")
 // the broker refused.
 const codeResultRefused = "result_refused"
 
-// JobRunner runs one job; *Runner implements it.
-type JobRunner interface {
-	Run(ctx context.Context, job Job) (*dp.Result, error)
+// Runner runs one job and returns its protected result, or an error whose
+// job.Code and job.Message are all the broker is told; *sandbox.Runner
+// implements it.
+type Runner interface {
+	Run(ctx context.Context, j job.Job) (*dp.Result, error)
 }
 
-// preparer is a JobRunner that can get ready for jobs before the first
-// (*Runner builds the release snapshot).
+// preparer is a Runner that can get ready for jobs before the first
+// (*sandbox.Runner builds the release snapshot).
 type preparer interface {
 	Prepare(ctx context.Context) error
 }
 
-// AgentConfig configures the site agent loop.
-type AgentConfig struct {
+// Config configures the site agent loop.
+type Config struct {
 	SiteID  string
 	Catalog *queries.Catalog
 	Broker  Broker
-	Runner  JobRunner
+	Runner  Runner
 	// Parallelism is how many jobs run at once (default 1).
 	Parallelism int
 	// PollInterval is the wait after an empty lease (default 2s).
@@ -94,11 +96,11 @@ type AgentConfig struct {
 
 // Agent leases jobs from the broker and runs them in sandboxes.
 type Agent struct {
-	cfg AgentConfig
+	cfg Config
 }
 
 // NewAgent checks cfg and fills defaults.
-func NewAgent(cfg AgentConfig) (*Agent, error) {
+func NewAgent(cfg Config) (*Agent, error) {
 	switch {
 	case cfg.SiteID == "":
 		return nil, errors.New("agent: site id is required")
@@ -168,7 +170,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		// The release snapshot before the first lease, not inside it. A
 		// failure is the site's to fix; every job then reports it.
 		if err := p.Prepare(ctx); err != nil && ctx.Err() == nil {
-			a.cfg.Logger.Error("agent: release snapshot", "code", ErrorCode(err), "error", ErrorMessage(err))
+			a.cfg.Logger.Error("agent: release snapshot", "code", job.Code(err), "error", job.Message(err))
 		}
 	}
 	ctx, stop := context.WithCancel(ctx)
@@ -226,10 +228,11 @@ func jitter(d time.Duration) time.Duration {
 func (a *Agent) worker(ctx context.Context, n int) error {
 	log := a.cfg.Logger.With("worker", n)
 	for ctx.Err() == nil {
-		var job *LeasedJob
+		var j *job.Job
+		var token string
 		err := a.retry(ctx, "lease", func() error {
 			var err error
-			job, err = a.cfg.Broker.Lease(ctx, a.cfg.SiteID)
+			j, token, err = a.cfg.Broker.Lease(ctx, a.cfg.SiteID)
 			return err
 		})
 		if errors.Is(err, ErrRefused) {
@@ -237,26 +240,26 @@ func (a *Agent) worker(ctx context.Context, n int) error {
 		} else if err != nil {
 			return nil
 		}
-		if job == nil {
+		if j == nil {
 			if a.cfg.Sleep(ctx, a.cfg.PollInterval) != nil {
 				return nil
 			}
 			continue
 		}
-		a.handle(ctx, log, job)
+		a.handle(ctx, log, *j, token)
 	}
 	return nil
 }
 
 // handle runs one leased job and reports its outcome.
-func (a *Agent) handle(ctx context.Context, log *slog.Logger, job *LeasedJob) {
-	log = log.With("query", job.QueryID)
-	if job.Dataset != "" && job.Dataset != a.cfg.Catalog.Dataset {
-		a.report(ctx, log, job, nil, Errorf(CodeInvalid, "this site does not hold dataset %q", job.Dataset))
+func (a *Agent) handle(ctx context.Context, log *slog.Logger, j job.Job, token string) {
+	log = log.With("query", j.QueryID)
+	if j.Dataset != "" && j.Dataset != a.cfg.Catalog.Dataset {
+		a.report(ctx, log, j.QueryID, token, nil, job.Errorf(job.CodeInvalid, "this site does not hold dataset %q", j.Dataset))
 		return
 	}
-	if queries.SQLHash(job.SQL) != job.SQLHash {
-		a.report(ctx, log, job, nil, Errorf(CodeInvalid, "the SQL does not match its hash"))
+	if queries.SQLHash(j.SQL) != j.SQLHash {
+		a.report(ctx, log, j.QueryID, token, nil, job.Errorf(job.CodeInvalid, "the SQL does not match its hash"))
 		return
 	}
 	runCtx, cancel := context.WithCancel(ctx)
@@ -266,10 +269,10 @@ func (a *Agent) handle(ctx context.Context, log *slog.Logger, job *LeasedJob) {
 	hbWG.Add(1)
 	go func() {
 		defer hbWG.Done()
-		lost = a.heartbeat(runCtx, log, job, cancel)
+		lost = a.heartbeat(runCtx, log, j.QueryID, token, cancel)
 	}()
 	log.Info("agent: running job")
-	res, err := a.cfg.Runner.Run(runCtx, Job{QueryID: job.QueryID, SQL: job.SQL, SQLHash: job.SQLHash, Epsilon: job.Epsilon})
+	res, err := a.cfg.Runner.Run(runCtx, j)
 	cancel()
 	hbWG.Wait()
 	switch {
@@ -280,17 +283,17 @@ func (a *Agent) handle(ctx context.Context, log *slog.Logger, job *LeasedJob) {
 		log.Info("agent: shutting down; job abandoned to lease expiry")
 		return
 	}
-	a.report(ctx, log, job, res, err)
+	a.report(ctx, log, j.QueryID, token, res, err)
 }
 
 // heartbeat extends the lease until ctx ends. It cancels the job and
 // returns true if the broker says the lease is gone.
-func (a *Agent) heartbeat(ctx context.Context, log *slog.Logger, job *LeasedJob, cancel func()) bool {
+func (a *Agent) heartbeat(ctx context.Context, log *slog.Logger, queryID int64, token string, cancel func()) bool {
 	for {
 		if a.cfg.Sleep(ctx, a.cfg.HeartbeatInterval) != nil {
 			return false
 		}
-		exp, err := a.cfg.Broker.Heartbeat(ctx, job)
+		err := a.cfg.Broker.Heartbeat(ctx, queryID, token)
 		switch {
 		case errors.Is(err, ErrLeaseLost), errors.Is(err, ErrRefused):
 			cancel()
@@ -298,21 +301,19 @@ func (a *Agent) heartbeat(ctx context.Context, log *slog.Logger, job *LeasedJob,
 		case err != nil:
 			// A broker outage: keep running, the lease may still be ours.
 			log.Warn("agent: heartbeat failed", "error", err)
-		default:
-			job.ExpiresAt = exp
 		}
 	}
 }
 
 // report completes or fails the job on a context detached from shutdown,
 // retrying through broker outages until ReportTimeout.
-func (a *Agent) report(ctx context.Context, log *slog.Logger, job *LeasedJob, res *dp.Result, runErr error) {
+func (a *Agent) report(ctx context.Context, log *slog.Logger, queryID int64, token string, res *dp.Result, runErr error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ReportTimeout)
 	defer cancel()
 	var err error
 	if runErr == nil {
 		err = a.retry(rctx, "complete", func() error {
-			err := a.cfg.Broker.Complete(rctx, job, res)
+			err := a.cfg.Broker.Complete(rctx, queryID, token, res)
 			if errors.Is(err, ErrLeaseLost) {
 				return nil // already completed, or re-leased: nothing to do
 			}
@@ -326,16 +327,16 @@ func (a *Agent) report(ctx context.Context, log *slog.Logger, job *LeasedJob, re
 			// was approved): report the run as failed rather than leave the
 			// lease to expire and the job to run again.
 			log.Error("agent: the broker refused the job's result; reporting the job as failed", "error", err)
-			runErr = Errorf(codeResultRefused, "the broker refused the protected result")
+			runErr = job.Errorf(codeResultRefused, "the broker refused the protected result")
 		}
 	}
 	if runErr != nil {
-		code, msg := ErrorCode(runErr), ErrorMessage(runErr)
-		if code == CodeInternal {
+		code, msg := job.Code(runErr), job.Message(runErr)
+		if code == job.CodeInternal {
 			log.Error("agent: job failed", "error", runErr)
 		}
 		err = a.retry(rctx, "fail", func() error {
-			err := a.cfg.Broker.Fail(rctx, job, code, msg)
+			err := a.cfg.Broker.Fail(rctx, queryID, token, code, msg)
 			if errors.Is(err, ErrLeaseLost) {
 				return nil
 			}

@@ -1,4 +1,4 @@
-package sandbox
+package site
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -18,7 +19,7 @@ import (
 // and a record of outcomes.
 type fakeBroker struct {
 	mu          sync.Mutex
-	queue       []*LeasedJob
+	queue       []*leasedJob
 	leaseErrs   int  // fail this many Lease calls first (outage)
 	lostOnBeat  bool // heartbeats report the lease lost
 	dupComplete bool // Complete reports the job already completed
@@ -42,30 +43,36 @@ func (b *fakeBroker) PublishCatalog(ctx context.Context, site string, cat *queri
 	return nil
 }
 
-func (b *fakeBroker) Lease(ctx context.Context, site string) (*LeasedJob, error) {
+// leasedJob is a job in the fake broker's queue with its lease token.
+type leasedJob struct {
+	job.Job
+	token string
+}
+
+func (b *fakeBroker) Lease(ctx context.Context, site string) (*job.Job, string, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.leases++
 	if b.refuse == "lease" {
-		return nil, fmt.Errorf("%w: site %q is not registered", ErrRefused, site)
+		return nil, "", fmt.Errorf("%w: site %q is not registered", ErrRefused, site)
 	}
 	if b.leaseErrs > 0 {
 		b.leaseErrs--
-		return nil, errors.New("connection refused")
+		return nil, "", errors.New("connection refused")
 	}
 	if len(b.queue) == 0 {
-		return nil, nil
+		return nil, "", nil
 	}
 	j := b.queue[0]
 	b.queue = b.queue[1:]
-	return j, nil
+	return &j.Job, j.token, nil
 }
 
-func (b *fakeBroker) Heartbeat(ctx context.Context, j *LeasedJob) (time.Time, error) {
+func (b *fakeBroker) Heartbeat(ctx context.Context, queryID int64, token string) error {
 	if b.lostOnBeat {
-		return time.Time{}, ErrLeaseLost
+		return ErrLeaseLost
 	}
-	return time.Now().Add(time.Minute), nil
+	return nil
 }
 
 func (b *fakeBroker) record(s string) {
@@ -77,8 +84,8 @@ func (b *fakeBroker) record(s string) {
 	}
 }
 
-func (b *fakeBroker) Complete(ctx context.Context, j *LeasedJob, r *dp.Result) error {
-	b.record("complete " + j.QueryID)
+func (b *fakeBroker) Complete(ctx context.Context, queryID int64, token string, r *dp.Result) error {
+	b.record(fmt.Sprint("complete q", queryID))
 	if b.refuse == "complete" {
 		return fmt.Errorf("%w: the result does not match the approved query", ErrRefused)
 	}
@@ -88,8 +95,8 @@ func (b *fakeBroker) Complete(ctx context.Context, j *LeasedJob, r *dp.Result) e
 	return nil
 }
 
-func (b *fakeBroker) Fail(ctx context.Context, j *LeasedJob, code, msg string) error {
-	b.record("fail " + j.QueryID + " " + code)
+func (b *fakeBroker) Fail(ctx context.Context, queryID int64, token, code, msg string) error {
+	b.record(fmt.Sprint("fail q", queryID, " ", code))
 	return nil
 }
 
@@ -97,10 +104,10 @@ func (b *fakeBroker) Fail(ctx context.Context, j *LeasedJob, code, msg string) e
 // anything else (a result).
 type fakeRunner struct{}
 
-func (fakeRunner) Run(ctx context.Context, j Job) (*dp.Result, error) {
+func (fakeRunner) Run(ctx context.Context, j job.Job) (*dp.Result, error) {
 	switch j.SQL {
 	case "crash":
-		return nil, Errorf(CodeCrashed, "the sandbox stopped unexpectedly")
+		return nil, job.Errorf(job.CodeCrashed, "the sandbox stopped unexpectedly")
 	case "slow":
 		<-ctx.Done()
 		return nil, ctx.Err()
@@ -108,36 +115,46 @@ func (fakeRunner) Run(ctx context.Context, j Job) (*dp.Result, error) {
 	return &dp.Result{}, nil
 }
 
-func leased(id, sql string) *LeasedJob {
-	return &LeasedJob{QueryID: id, Token: "tok-" + id, SQL: sql, SQLHash: hashSQL(sql), Dataset: "nhs_gp_synthetic"}
+func leased(id int64, sql string) *leasedJob {
+	return &leasedJob{Job: job.Job{QueryID: id, SQL: sql, SQLHash: queries.SQLHash(sql), Dataset: "nhs_gp_synthetic"}, token: fmt.Sprint("tok-", id)}
 }
 
 func fastSleep(ctx context.Context, d time.Duration) error {
 	return sleepCtx(ctx, time.Millisecond)
 }
 
+// mustCatalog is the sandbox tests' catalog (dataset nhs_gp_synthetic).
+func mustCatalog(tb testing.TB) *queries.Catalog {
+	tb.Helper()
+	cat, err := queries.LoadCatalog("../sandbox/testdata/catalog.yaml")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cat
+}
+
 func TestAgent(t *testing.T) {
-	bad := leased("q-bad", "SELECT 1")
-	bad.SQLHash = hashSQL("SELECT 2")
+	bad := leased(9, "SELECT 1")
+	bad.SQLHash = queries.SQLHash("SELECT 2")
 	tests := []struct {
 		name   string
 		broker *fakeBroker
 		want   []string
 	}{
-		{"runs jobs after a broker outage", &fakeBroker{leaseErrs: 3, queue: []*LeasedJob{leased("q1", "ok")}}, []string{"complete q1"}},
-		{"sandbox crash fails the job and the next runs", &fakeBroker{queue: []*LeasedJob{leased("q1", "crash"), leased("q2", "ok")}}, []string{"fail q1 crashed", "complete q2"}},
-		{"hash mismatch refused before running", &fakeBroker{queue: []*LeasedJob{bad, leased("q2", "ok")}}, []string{"fail q-bad invalid", "complete q2"}},
-		{"duplicate completion is harmless", &fakeBroker{dupComplete: true, queue: []*LeasedJob{leased("q1", "ok"), leased("q2", "ok")}}, []string{"complete q1", "complete q2"}},
-		{"lost lease drops the job without reporting", &fakeBroker{lostOnBeat: true, queue: []*LeasedJob{leased("q1", "slow"), leased("q2", "ok")}}, []string{"complete q2"}},
+		{"runs jobs after a broker outage", &fakeBroker{leaseErrs: 3, queue: []*leasedJob{leased(1, "ok")}}, []string{"complete q1"}},
+		{"sandbox crash fails the job and the next runs", &fakeBroker{queue: []*leasedJob{leased(1, "crash"), leased(2, "ok")}}, []string{"fail q1 crashed", "complete q2"}},
+		{"hash mismatch refused before running", &fakeBroker{queue: []*leasedJob{bad, leased(2, "ok")}}, []string{"fail q9 invalid", "complete q2"}},
+		{"duplicate completion is harmless", &fakeBroker{dupComplete: true, queue: []*leasedJob{leased(1, "ok"), leased(2, "ok")}}, []string{"complete q1", "complete q2"}},
+		{"lost lease drops the job without reporting", &fakeBroker{lostOnBeat: true, queue: []*leasedJob{leased(1, "slow"), leased(2, "ok")}}, []string{"complete q2"}},
 		// Not retried until the lease expires: reported as a failed run.
-		{"a result the broker refuses is reported as failed", &fakeBroker{refuse: "complete", queue: []*LeasedJob{leased("q1", "ok")}}, []string{"complete q1", "fail q1 " + codeResultRefused}},
+		{"a result the broker refuses is reported as failed", &fakeBroker{refuse: "complete", queue: []*leasedJob{leased(1, "ok")}}, []string{"complete q1", "fail q1 " + codeResultRefused}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := tt.broker
 			b.done, b.want = make(chan struct{}), len(tt.want)
-			a, err := NewAgent(AgentConfig{
-				SiteID: "site-1", Catalog: MustCatalog(t), Broker: b, Runner: fakeRunner{},
+			a, err := NewAgent(Config{
+				SiteID: "site-1", Catalog: mustCatalog(t), Broker: b, Runner: fakeRunner{},
 				HeartbeatInterval: time.Millisecond, Sleep: fastSleep,
 			})
 			if err != nil {
@@ -175,7 +192,7 @@ func TestAgentStopsWhenRefused(t *testing.T) {
 	for _, call := range []string{"publish", "lease"} {
 		t.Run(call, func(t *testing.T) {
 			b := &fakeBroker{refuse: call}
-			a, err := NewAgent(AgentConfig{SiteID: "site-1", Catalog: MustCatalog(t), Broker: b, Runner: fakeRunner{}, Sleep: fastSleep, Parallelism: 3})
+			a, err := NewAgent(Config{SiteID: "site-1", Catalog: mustCatalog(t), Broker: b, Runner: fakeRunner{}, Sleep: fastSleep, Parallelism: 3})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -199,8 +216,8 @@ func TestAgentStopsWhenRefused(t *testing.T) {
 }
 
 func TestAgentShutdownAbandonsRunningJob(t *testing.T) {
-	b := &fakeBroker{queue: []*LeasedJob{leased("q1", "slow")}, done: make(chan struct{}), want: 1}
-	a, err := NewAgent(AgentConfig{SiteID: "s", Catalog: MustCatalog(t), Broker: b, Runner: fakeRunner{}, Sleep: fastSleep, HeartbeatInterval: time.Hour})
+	b := &fakeBroker{queue: []*leasedJob{leased(1, "slow")}, done: make(chan struct{}), want: 1}
+	a, err := NewAgent(Config{SiteID: "s", Catalog: mustCatalog(t), Broker: b, Runner: fakeRunner{}, Sleep: fastSleep, HeartbeatInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
