@@ -39,41 +39,119 @@ import (
 // time (__tre_dup) a guarded direct branch is added and the stages see no
 // rows.
 func (c *compiler) rewrite(q *query, spec dp.Spec) string {
-	var b strings.Builder
-	seed := strconv.FormatUint(c.seed, 10) + "::UBIGINT"
-	gcols := make([]string, len(q.groups))
-	for i := range q.groups {
-		gcols[i] = fmt.Sprintf(`"__g%d"`, i)
+	r := c.newRewriter(q, spec)
+	r.input()
+	if r.base() {
+		c.fastSelect(&r.b, q, r.gcols, false)
+		return r.b.String()
 	}
-	acol := func(prefix string, j int) string { return fmt.Sprintf(`"__%s%d"`, prefix, j) }
-	key := strings.Join(append([]string{`"__pid"`}, gcols...), ", ")
+	r.dupCheck()
+	r.pairs()
+	r.kept()
+	if r.guarded {
+		c.fastSelect(&r.b, q, r.gcols, true)
+		r.b.WriteString("\nUNION ALL\n")
+	}
+	r.result()
+	return r.b.String()
+}
+
+// rewriter is one rewrite in progress: the SQL written so far and the
+// names and choices its stages share.
+type rewriter struct {
+	c    *compiler
+	q    *query
+	spec dp.Spec
+	b    strings.Builder
+	seed string // the row- and group-ranking hash's key, as SQL
+
+	gcols []string // group key columns
+	key   string   // "__pid" and every group key column
+	// pairCols is the pair key: the patient and the group keys that may
+	// differ between a patient's rows; pkey lists them and psel selects
+	// them (and the other group keys through any_value).
+	pairCols   []string
+	pkey, psel string
+	args       []string // the aggregates' argument columns
+	statCols   []string // per-pair statistics (stats)
+	pgCols     string   // key and statCols
+
+	// direct: proven one row per patient, no bounding stages; guarded: a
+	// run-time check (__tre_dup) chooses between the direct branch and the
+	// stages; counts: every aggregate is a count, so pairs need no ranking.
+	direct, guarded, counts bool
+	// slowFilter makes the stages see no rows when the guarded direct
+	// branch answers; allRows counts the rows before the bounds.
+	slowFilter, allRows string
+}
+
+// acol names aggregate j's column of a kind: a (argument), c (count), s
+// (sum), q (sum of squares).
+func acol(prefix string, j int) string { return fmt.Sprintf(`"__%s%d"`, prefix, j) }
+
+// newRewriter names the columns and takes the shortcuts' decisions.
+func (c *compiler) newRewriter(q *query, spec dp.Spec) *rewriter {
+	r := &rewriter{c: c, q: q, spec: spec}
+	r.seed = strconv.FormatUint(c.seed, 10) + "::UBIGINT"
+	r.gcols = make([]string, len(q.groups))
+	for i := range q.groups {
+		r.gcols[i] = fmt.Sprintf(`"__g%d"`, i)
+	}
+	r.key = strings.Join(append([]string{`"__pid"`}, r.gcols...), ", ")
 	// The pair key: the patient and the group keys that may differ between
 	// a patient's rows. A key proven to be a function of the patient
 	// (groupKey.ofPatient) adds no pairs, so it is carried by any_value(),
 	// which over one patient's rows can only be that patient's one value:
 	// the same pairs with a narrower hash key.
-	pairCols := []string{`"__pid"`}
+	r.pairCols = []string{`"__pid"`}
 	pairSel := []string{`"__pid"`}
 	for i, g := range q.groups {
 		if c.shortcuts && g.ofPatient {
-			pairSel = append(pairSel, "any_value("+gcols[i]+") AS "+gcols[i])
+			pairSel = append(pairSel, "any_value("+r.gcols[i]+") AS "+r.gcols[i])
 			continue
 		}
-		pairCols = append(pairCols, gcols[i])
-		pairSel = append(pairSel, gcols[i])
+		r.pairCols = append(r.pairCols, r.gcols[i])
+		pairSel = append(pairSel, r.gcols[i])
 	}
-	pkey, psel := strings.Join(pairCols, ", "), strings.Join(pairSel, ", ")
-	// Pair equality that treats NULL group keys as equal.
-	on := func(l, r string) string {
-		parts := []string{l + `."__pid" = ` + r + `."__pid"`}
-		for _, g := range pairCols[1:] {
-			parts = append(parts, l+"."+g+" IS NOT DISTINCT FROM "+r+"."+g)
+	r.pkey, r.psel = strings.Join(r.pairCols, ", "), strings.Join(pairSel, ", ")
+	// Proven one row per patient (onePerPatient): each row is a patient's whole
+	// contribution, within any k and C, so the rows are grouped directly
+	// with nothing to check, rank or drop. __tre_base is then read once and
+	// stays inlined rather than materialised.
+	r.direct = c.shortcuts && q.onePerPatient
+	r.guarded = !r.direct && c.shortcuts && q.maybeOnePerPatient
+	r.counts = c.shortcuts && countsOnly(q)
+	r.statCols = []string{`"__n"`}
+	for j, a := range q.aggs {
+		r.statCols = append(r.statCols, acol("c", j))
+		if a.kind == aggValue {
+			r.statCols = append(r.statCols, acol("s", j))
 		}
-		return strings.Join(parts, " AND ")
+		if a.kind == aggValue && a.spec.Kind.UsesSumSq() {
+			r.statCols = append(r.statCols, acol("q", j))
+		}
 	}
+	r.pgCols = r.key + ", " + strings.Join(r.statCols, ", ")
+	r.allRows = `(SELECT coalesce(sum("__n"), 0) FROM "__tre_all")`
+	return r
+}
 
+// on is pair equality of relations l and r, treating NULL group keys as
+// equal.
+func (r *rewriter) on(left, right string) string {
+	parts := []string{left + `."__pid" = ` + right + `."__pid"`}
+	for _, g := range r.pairCols[1:] {
+		parts = append(parts, left+"."+g+" IS NOT DISTINCT FROM "+right+"."+g)
+	}
+	return strings.Join(parts, " AND ")
+}
+
+// input writes the WITH clause's CTEs and __tre_input: one row per joined
+// input row of a patient.
+func (r *rewriter) input() {
+	b, q := &r.b, r.q
 	b.WriteString("WITH ")
-	for _, w := range c.with {
+	for _, w := range r.c.with {
 		b.WriteString(w)
 		b.WriteString(",\n")
 	}
@@ -82,13 +160,12 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	// upper bound.
 	b.WriteString(`"__tre_input" AS (SELECT ` + q.pid + ` AS "__pid"`)
 	for i, g := range q.groups {
-		b.WriteString(", " + g.sql + " AS " + gcols[i])
+		b.WriteString(", " + g.sql + " AS " + r.gcols[i])
 	}
-	var args []string
 	for j, a := range q.aggs {
 		if a.arg != "" {
 			b.WriteString(", " + a.arg + " AS " + acol("a", j))
-			args = append(args, acol("a", j))
+			r.args = append(r.args, acol("a", j))
 		}
 	}
 	b.WriteString(" FROM " + q.from + " WHERE ")
@@ -99,18 +176,18 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	// relation is never on the right of a LEFT JOIN, so this removes
 	// nothing; it keeps that so if either ever changed.
 	b.WriteString(q.pid + " IS NOT NULL),\n")
-	// Proven one row per patient (onePerPatient): each row is a patient's whole
-	// contribution, within any k and C, so the rows are grouped directly
-	// with nothing to check, rank or drop. __tre_base is then read once and
-	// stays inlined rather than materialised.
-	direct := c.shortcuts && q.onePerPatient
-	guarded := !direct && c.shortcuts && q.maybeOnePerPatient
-	counts := c.shortcuts && countsOnly(q)
+}
+
+// base writes __tre_base, the input rows with each argument clamped to its
+// bounds, and reports whether the query is direct: then the statement ends
+// with the shortcut branch and there are no further stages.
+func (r *rewriter) base() (direct bool) {
+	b, q := &r.b, r.q
 	// __tre_base is materialised only when more than one stage reads it.
-	if direct || (counts && !guarded) {
-		b.WriteString(`"__tre_base" AS (SELECT ` + key)
+	if r.direct || (r.counts && !r.guarded) {
+		b.WriteString(`"__tre_base" AS (SELECT ` + r.key)
 	} else {
-		b.WriteString(`"__tre_base" AS MATERIALIZED (SELECT ` + key)
+		b.WriteString(`"__tre_base" AS MATERIALIZED (SELECT ` + r.key)
 	}
 	for j, a := range q.aggs {
 		if a.arg == "" {
@@ -125,121 +202,118 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 			if a.spec.Kind.Centred() {
 				centre = " - " + sqlDouble(a.spec.Midpoint())
 			}
-			fmt.Fprintf(&b, ", CASE WHEN %s < %s THEN %s WHEN %s > %s THEN %s ELSE %s END%s AS %s", col, lo, lo, col, hi, hi, col, centre, col)
+			fmt.Fprintf(b, ", CASE WHEN %s < %s THEN %s WHEN %s > %s THEN %s ELSE %s END%s AS %s", col, lo, lo, col, hi, hi, col, centre, col)
 		} else {
 			b.WriteString(", " + col)
 		}
 	}
-	if direct {
+	if r.direct {
 		b.WriteString(` FROM "__tre_input")` + "\n")
-		c.fastSelect(&b, q, gcols, false)
-		return b.String()
+		return true
 	}
 	b.WriteString(` FROM "__tre_input"),` + "\n")
+	return false
+}
 
-	// Per (patient, group) statistics over a set of rows.
-	stats := func() string {
-		var s strings.Builder
-		s.WriteString(`count(*) AS "__n"`)
-		for j, a := range q.aggs {
-			col := acol("a", j)
-			switch {
-			case a.kind == aggCountRows && a.arg == "":
-				fmt.Fprintf(&s, ", CAST(count(*) AS DOUBLE) AS %s", acol("c", j))
-			case a.kind == aggCountRows:
-				fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s", col, acol("c", j))
-			case a.kind == aggCountPatients && a.arg == "":
-				fmt.Fprintf(&s, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
-			case a.kind == aggCountPatients:
-				// At most 1 per patient and group: the L∞ of count_patients.
-				fmt.Fprintf(&s, ", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", col, acol("c", j))
-			default:
-				fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS %s", col, acol("c", j), col, acol("s", j))
-				if a.spec.Kind.UsesSumSq() {
-					fmt.Fprintf(&s, ", CAST(coalesce(sum(%s * %s), 0) AS DOUBLE) AS %s", col, col, acol("q", j))
-				}
+// stats is the per (patient, group) statistics over a set of rows.
+func (r *rewriter) stats() string {
+	var s strings.Builder
+	s.WriteString(`count(*) AS "__n"`)
+	for j, a := range r.q.aggs {
+		col := acol("a", j)
+		switch {
+		case a.kind == aggCountRows && a.arg == "":
+			fmt.Fprintf(&s, ", CAST(count(*) AS DOUBLE) AS %s", acol("c", j))
+		case a.kind == aggCountRows:
+			fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s", col, acol("c", j))
+		case a.kind == aggCountPatients && a.arg == "":
+			fmt.Fprintf(&s, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
+		case a.kind == aggCountPatients:
+			// At most 1 per patient and group: the L∞ of count_patients.
+			fmt.Fprintf(&s, ", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", col, acol("c", j))
+		default:
+			fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS %s", col, acol("c", j), col, acol("s", j))
+			if a.spec.Kind.UsesSumSq() {
+				fmt.Fprintf(&s, ", CAST(coalesce(sum(%s * %s), 0) AS DOUBLE) AS %s", col, col, acol("q", j))
 			}
 		}
-		return s.String()
 	}
-	statCols := []string{`"__n"`}
-	for j, a := range q.aggs {
-		statCols = append(statCols, acol("c", j))
-		if a.kind == aggValue {
-			statCols = append(statCols, acol("s", j))
-		}
-		if a.kind == aggValue && a.spec.Kind.UsesSumSq() {
-			statCols = append(statCols, acol("q", j))
-		}
-	}
-	pgCols := key + ", " + strings.Join(statCols, ", ")
+	return s.String()
+}
 
-	// The shortcut: when no patient has more than one input row (a
-	// demographics table, per-patient CTEs), every patient is in one group
-	// with one row, within any k and C, so grouping the rows directly gives
-	// exactly the bounded statistics. Checking it costs one distinct count
-	// on the patient id; the per-(patient, group) pipeline below then sees
-	// no rows. Otherwise the shortcut sees none. It is only worth checking
-	// when every patient relation is meant to hold one row per patient: with
-	// an event table in FROM the check would cost and always fail.
-	slowFilter := ""
-	if guarded {
-		b.WriteString(`"__tre_dup" AS MATERIALIZED (SELECT count("__pid") <> count(DISTINCT "__pid") OR count("__pid") <> count(*) AS "__d" FROM "__tre_base"),` + "\n")
-		slowFilter = ` WHERE (SELECT "__d" FROM "__tre_dup")`
+// dupCheck writes __tre_dup when the direct branch is guarded.
+//
+// The shortcut: when no patient has more than one input row (a
+// demographics table, per-patient CTEs), every patient is in one group
+// with one row, within any k and C, so grouping the rows directly gives
+// exactly the bounded statistics. Checking it costs one distinct count
+// on the patient id; the per-(patient, group) pipeline below then sees
+// no rows. Otherwise the shortcut sees none. It is only worth checking
+// when every patient relation is meant to hold one row per patient: with
+// an event table in FROM the check would cost and always fail.
+func (r *rewriter) dupCheck() {
+	if r.guarded {
+		r.b.WriteString(`"__tre_dup" AS MATERIALIZED (SELECT count("__pid") <> count(DISTINCT "__pid") OR count("__pid") <> count(*) AS "__d" FROM "__tre_base"),` + "\n")
+		r.slowFilter = ` WHERE (SELECT "__d" FROM "__tre_dup")`
 	}
+}
 
-	// Stage 2: all rows per (patient, group); the pairs above C recomputed
-	// from their first C rows.
-	//
-	// When every aggregate is count(*) or the patient count, which C rows a
-	// pair keeps cannot change its statistics: it keeps min(n, C) rows and
-	// counts one patient. One grouping then gives the bounded pairs, with
-	// __nall keeping the rows before the bound for the dropped-row count.
-	allRows := `(SELECT coalesce(sum("__n"), 0) FROM "__tre_all")`
-	if counts {
+// pairs writes stage 2: all rows per (patient, group); the pairs above C
+// recomputed from their first C rows.
+//
+// When every aggregate is count(*) or the patient count, which C rows a
+// pair keeps cannot change its statistics: it keeps min(n, C) rows and
+// counts one patient. One grouping then gives the bounded pairs, with
+// __nall keeping the rows before the bound for the dropped-row count.
+func (r *rewriter) pairs() {
+	b, q, spec := &r.b, r.q, r.spec
+	if r.counts {
 		c := spec.MaxRowsPerGroup
-		fmt.Fprintf(&b, `"__tre_pg" AS MATERIALIZED (SELECT %s, count(*) AS "__nall", least(count(*), %d) AS "__n"`, psel, c)
+		fmt.Fprintf(b, `"__tre_pg" AS MATERIALIZED (SELECT %s, count(*) AS "__nall", least(count(*), %d) AS "__n"`, r.psel, c)
 		for j, a := range q.aggs {
 			if a.kind == aggCountRows {
-				fmt.Fprintf(&b, ", CAST(least(count(*), %d) AS DOUBLE) AS %s", c, acol("c", j))
+				fmt.Fprintf(b, ", CAST(least(count(*), %d) AS DOUBLE) AS %s", c, acol("c", j))
 			} else {
-				fmt.Fprintf(&b, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
+				fmt.Fprintf(b, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
 			}
 		}
-		fmt.Fprintf(&b, ` FROM "__tre_base"%s GROUP BY %s),`+"\n", slowFilter, pkey)
-		allRows = `(SELECT coalesce(sum("__nall"), 0) FROM "__tre_pg")`
-	} else {
-		fmt.Fprintf(&b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base"%s GROUP BY %s),`+"\n", psel, stats(), slowFilter, pkey)
-		hash := strings.Join(append(append([]string{seed, `"__pid"`}, gcols...), args...), ", ")
-		fmt.Fprintf(&b, `"__tre_over" AS (SELECT %s, %s FROM (SELECT r.*, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base" AS r SEMI JOIN (SELECT %s FROM "__tre_all" WHERE "__n" > %d) AS o ON %s) WHERE "__rn" <= %d GROUP BY %s),`+"\n",
-			psel, stats(), pkey, hash, pkey, spec.MaxRowsPerGroup, on("r", "o"), spec.MaxRowsPerGroup, pkey)
-		fmt.Fprintf(&b, `"__tre_pg" AS MATERIALIZED (SELECT %s FROM "__tre_all" WHERE "__n" <= %d UNION ALL SELECT %s FROM "__tre_over"),`+"\n",
-			pgCols, spec.MaxRowsPerGroup, pgCols)
+		fmt.Fprintf(b, ` FROM "__tre_base"%s GROUP BY %s),`+"\n", r.slowFilter, r.pkey)
+		r.allRows = `(SELECT coalesce(sum("__nall"), 0) FROM "__tre_pg")`
+		return
 	}
+	fmt.Fprintf(b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base"%s GROUP BY %s),`+"\n", r.psel, r.stats(), r.slowFilter, r.pkey)
+	hash := strings.Join(append(append([]string{r.seed, `"__pid"`}, r.gcols...), r.args...), ", ")
+	fmt.Fprintf(b, `"__tre_over" AS (SELECT %s, %s FROM (SELECT r.*, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base" AS r SEMI JOIN (SELECT %s FROM "__tre_all" WHERE "__n" > %d) AS o ON %s) WHERE "__rn" <= %d GROUP BY %s),`+"\n",
+		r.psel, r.stats(), r.pkey, hash, r.pkey, spec.MaxRowsPerGroup, r.on("r", "o"), spec.MaxRowsPerGroup, r.pkey)
+	fmt.Fprintf(b, `"__tre_pg" AS MATERIALIZED (SELECT %s FROM "__tre_all" WHERE "__n" <= %d UNION ALL SELECT %s FROM "__tre_over"),`+"\n",
+		r.pgCols, spec.MaxRowsPerGroup, r.pgCols)
+}
 
-	// Stage 3: at most k groups per patient. With every group key carried a
-	// patient has one pair, and where the query proves no patient's rows
-	// fall in more than k groups (query.groupBound, e.g. months of a year
-	// the WHERE bounds) nobody is over k either.
-	withinK := c.shortcuts && q.groupBound > 0 && q.groupBound <= spec.MaxGroupsPerPatient
-	if len(pairCols) > 1 && !withinK {
+// kept writes stage 3: at most k groups per patient. With every group key
+// carried a patient has one pair, and where the query proves no patient's
+// rows fall in more than k groups (query.groupBound, e.g. months of a year
+// the WHERE bounds) nobody is over k either.
+func (r *rewriter) kept() {
+	b, q, spec := &r.b, r.q, r.spec
+	withinK := r.c.shortcuts && q.groupBound > 0 && q.groupBound <= spec.MaxGroupsPerPatient
+	if len(r.pairCols) > 1 && !withinK {
 		k := spec.MaxGroupsPerPatient
-		ghash := strings.Join(append([]string{seed, `"__pid"`}, gcols...), ", ")
-		fmt.Fprintf(&b, `"__tre_many" AS (SELECT "__pid" FROM "__tre_pg" GROUP BY "__pid" HAVING count(*) > %d),`+"\n", k)
-		fmt.Fprintf(&b, `"__tre_kept" AS (SELECT %s FROM "__tre_pg" ANTI JOIN "__tre_many" USING ("__pid") UNION ALL SELECT %s FROM (SELECT p.*, row_number() OVER (PARTITION BY "__pid" ORDER BY hash(%s)) AS "__gr" FROM "__tre_pg" AS p SEMI JOIN "__tre_many" USING ("__pid")) WHERE "__gr" <= %d)`+"\n",
-			pgCols, pgCols, ghash, k)
+		ghash := strings.Join(append([]string{r.seed, `"__pid"`}, r.gcols...), ", ")
+		fmt.Fprintf(b, `"__tre_many" AS (SELECT "__pid" FROM "__tre_pg" GROUP BY "__pid" HAVING count(*) > %d),`+"\n", k)
+		fmt.Fprintf(b, `"__tre_kept" AS (SELECT %s FROM "__tre_pg" ANTI JOIN "__tre_many" USING ("__pid") UNION ALL SELECT %s FROM (SELECT p.*, row_number() OVER (PARTITION BY "__pid" ORDER BY hash(%s)) AS "__gr" FROM "__tre_pg" AS p SEMI JOIN "__tre_many" USING ("__pid")) WHERE "__gr" <= %d)`+"\n",
+			r.pgCols, r.pgCols, ghash, k)
 	} else {
 		b.WriteString(`"__tre_kept" AS (SELECT * FROM "__tre_pg")` + "\n")
 	}
+}
 
-	if guarded {
-		c.fastSelect(&b, q, gcols, true)
-		b.WriteString("\nUNION ALL\n")
-	}
-	// Stage 4: per-group statistics in the layout the sandbox scans.
+// result writes stage 4: per-group statistics in the layout the sandbox
+// scans.
+func (r *rewriter) result() {
+	b, q := &r.b, r.q
 	b.WriteString("SELECT ")
 	for i, g := range q.groups {
-		fmt.Fprintf(&b, "CAST(%s AS VARCHAR) AS %s, ", gcols[i], quoteIdent(g.name))
+		fmt.Fprintf(b, "CAST(%s AS VARCHAR) AS %s, ", r.gcols[i], quoteIdent(g.name))
 	}
 	b.WriteString(`CAST(count(*) AS BIGINT) AS "__patients"`)
 	for j, a := range q.aggs {
@@ -248,7 +322,7 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		if a.kind == aggValue {
 			contrib = uncentred(a, acol("s", j), acol("c", j))
 		}
-		fmt.Fprintf(&b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count"`, acol("c", j), name)
+		fmt.Fprintf(b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count"`, acol("c", j), name)
 		sum, sumsq := "0", "0"
 		if a.kind == aggValue {
 			sum = fmt.Sprintf("coalesce(sum(%s), 0)", acol("s", j))
@@ -256,23 +330,22 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 		if a.kind == aggValue && a.spec.Kind.UsesSumSq() {
 			sumsq = fmt.Sprintf("coalesce(sum(%s), 0)", acol("q", j))
 		}
-		fmt.Fprintf(&b, `, CAST(%s AS DOUBLE) AS "%s__sum", CAST(%s AS DOUBLE) AS "%s__sumsq"`, sum, name, sumsq, name)
-		writeTop(&b, a, contrib, name)
+		fmt.Fprintf(b, `, CAST(%s AS DOUBLE) AS "%s__sum", CAST(%s AS DOUBLE) AS "%s__sumsq"`, sum, name, sumsq, name)
+		writeTop(b, a, contrib, name)
 	}
 	// Rows dropped: all rows less those kept, summed over the groups by a
 	// window on this stage's own rows, so __tre_kept is read once and
 	// streams into this aggregate instead of being materialised for a second
 	// reader (~8% of a bounded query at 10M patients).
-	b.WriteString(`, CAST(` + allRows + ` - coalesce(sum(sum("__n")) OVER (), 0) AS BIGINT) AS "__dropped"`)
+	b.WriteString(`, CAST(` + r.allRows + ` - coalesce(sum(sum("__n")) OVER (), 0) AS BIGINT) AS "__dropped"`)
 	b.WriteString(` FROM "__tre_kept"`)
-	if len(gcols) > 0 {
-		b.WriteString(" GROUP BY " + strings.Join(gcols, ", "))
+	if len(r.gcols) > 0 {
+		b.WriteString(" GROUP BY " + strings.Join(r.gcols, ", "))
 	}
-	if guarded && len(gcols) == 0 {
+	if r.guarded && len(r.gcols) == 0 {
 		// Without GROUP BY each branch returns one row; keep one.
 		b.WriteString(` HAVING (SELECT "__d" FROM "__tre_dup")`)
 	}
-	return b.String()
 }
 
 // fastSelect is the shortcut branch: each input row is one patient's whole
