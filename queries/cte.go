@@ -80,32 +80,64 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 	if pid == "" {
 		return nil, "", refuse(what+" without patient data", -1, "a per-patient query must read a patient table")
 	}
-	var b strings.Builder
+	grel, gcol, err := c.perPatientKey(node, what, sc)
+	if err != nil {
+		return nil, "", err
+	}
+	gsql := qualified(grel, gcol)
+	rel := &relation{patient: true, perPatient: true, derived: true, canon: "derived" + strconv.Itoa(len(c.derived)+1)}
+	outs, err := c.perPatientSelect(node, what, sc, rel, grel, gcol)
+	if err != nil {
+		return nil, "", err
+	}
+	var having string
+	if h := sub(node, "having"); h != nil {
+		hsql, _, err := c.condition(h, sc, exprMode{clause: "HAVING of " + what, inner: true}, 1, "HAVING of "+what)
+		if err != nil {
+			return nil, "", err
+		}
+		having = hsql
+	}
+	body, err := c.perPatientBody(node, what, sc, rel, from, gsql, outs, having)
+	if err != nil {
+		return nil, "", err
+	}
+	return rel, body, nil
+}
+
+// perPatientKey checks a per-patient query is grouped by the privacy unit
+// alone, of a relation where it cannot be NULL, and returns that column.
+func (c *compiler) perPatientKey(node obj, what string, sc *scope) (*relation, *column, error) {
 	groups := list(node, "group_expressions")
 	badGroup := func(p int) error {
 		return refuse(what+" not grouped by "+c.cat.PrivacyUnit, p, "a CTE or subquery must GROUP BY "+c.cat.PrivacyUnit+" alone, giving one row per patient")
 	}
 	if len(groups) != 1 {
-		return nil, "", badGroup(pos(node))
+		return nil, nil, badGroup(pos(node))
 	}
 	g, _ := groups[0].(obj)
 	grel, gcol, isPU, err := c.privacyUnitCol(g, sc)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	if !isPU {
-		return nil, "", badGroup(pos(g))
+		return nil, nil, badGroup(pos(g))
 	}
 	if grel.nullable {
 		// NULL for every patient without a row on that side: one group
 		// would hold many patients under a NULL "patient".
-		return nil, "", refuse(what+" grouped by the "+c.cat.PrivacyUnit+" of "+grel.alias, pos(g), grel.alias+" is on the right of a LEFT JOIN, where "+c.cat.PrivacyUnit+" can be NULL; group by the "+c.cat.PrivacyUnit+" of the left side")
+		return nil, nil, refuse(what+" grouped by the "+c.cat.PrivacyUnit+" of "+grel.alias, pos(g), grel.alias+" is on the right of a LEFT JOIN, where "+c.cat.PrivacyUnit+" can be NULL; group by the "+c.cat.PrivacyUnit+" of the left side")
 	}
-	gsql := qualified(grel, gcol)
-	rel := &relation{patient: true, perPatient: true, derived: true, canon: "derived" + strconv.Itoa(len(c.derived)+1)}
+	return grel, gcol, nil
+}
+
+// perPatientSelect checks a per-patient query's select list — the privacy
+// unit it is grouped by, once and under its own name, and named
+// expressions — adds its columns to rel and returns the output SQL.
+func (c *compiler) perPatientSelect(node obj, what string, sc *scope, rel, grel *relation, gcol *column) ([]string, error) {
 	items := list(node, "select_list")
 	if len(items) == 0 {
-		return nil, "", refuse("an empty SELECT in "+what, -1, "")
+		return nil, refuse("an empty SELECT in "+what, -1, "")
 	}
 	outs := make([]string, 0, len(items))
 	sawPU := false
@@ -121,75 +153,86 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 		item, _ := it.(obj)
 		alias := strings.ToLower(str(item, "alias"))
 		if alias != "" && !identRe.MatchString(alias) {
-			return nil, "", refuse(fmt.Sprintf("column name %q", alias), pos(item), "use letters, digits and _ only")
+			return nil, refuse(fmt.Sprintf("column name %q", alias), pos(item), "use letters, digits and _ only")
 		}
 		if prel, pcol, ok, err := c.privacyUnitCol(item, sc); err != nil {
-			return nil, "", err
+			return nil, err
 		} else if ok {
 			if sawPU {
-				return nil, "", refuse(c.cat.PrivacyUnit+" selected twice in "+what, pos(item), "")
+				return nil, refuse(c.cat.PrivacyUnit+" selected twice in "+what, pos(item), "")
 			}
 			sawPU = true
 			if prel != grel || pcol != gcol {
-				return nil, "", refuse(c.cat.PrivacyUnit+" of "+prel.alias+" in the SELECT of "+what, pos(item), "select the "+c.cat.PrivacyUnit+" the query is grouped by ("+grel.alias+"."+gcol.name+")")
+				return nil, refuse(c.cat.PrivacyUnit+" of "+prel.alias+" in the SELECT of "+what, pos(item), "select the "+c.cat.PrivacyUnit+" the query is grouped by ("+grel.alias+"."+gcol.name+")")
 			}
 			name := c.cat.PrivacyUnit
 			if alias != "" && alias != strings.ToLower(name) {
-				return nil, "", refuse("renaming "+c.cat.PrivacyUnit, pos(item), "keep its name so joins stay on the privacy unit")
+				return nil, refuse("renaming "+c.cat.PrivacyUnit, pos(item), "keep its name so joins stay on the privacy unit")
 			}
 			if err := repeated(name, pos(item)); err != nil {
-				return nil, "", err
+				return nil, err
 			}
 			rel.cols = append(rel.cols, column{name: name, role: RolePrivacyUnit})
 			outs = append(outs, `"__tre_agg"."__pid" AS `+quoteIdent(name))
 			continue
 		}
-		esql, v, err := c.expr(item, sc, exprMode{clause: "SELECT of " + what, inner: true}, 1)
+		col, esql, err := c.perPatientColumn(item, alias, what, sc)
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
-		name := alias
-		if name == "" {
-			if cr := list(item, "column_names"); str(item, "class") == "COLUMN_REF" && len(cr) > 0 {
-				name, _ = cr[len(cr)-1].(string)
-				name = strings.ToLower(name)
-			}
+		if err := repeated(col.name, pos(item)); err != nil {
+			return nil, err
 		}
-		if name == "" {
-			return nil, "", refuse("an unnamed expression in "+what, pos(item), "give it a name with AS")
-		}
-		if strings.EqualFold(name, c.cat.PrivacyUnit) {
-			return nil, "", refuse("the name "+name+" for an expression in "+what, pos(item), "it names the privacy unit; give the expression another name")
-		}
-		if v.kind == kInterval {
-			return nil, "", refuse("an interval column "+name+" in "+what, pos(item), "an interval can only be added to or subtracted from a date")
-		}
-		if err := repeated(name, pos(item)); err != nil {
-			return nil, "", err
-		}
-		v.patient = true
-		v.isConst = false
-		role := RoleNumeric
-		switch v.kind {
-		case kText:
-			role = RoleCategorical
-		case kDate:
-			role = RoleDate
-		}
-		rel.cols = append(rel.cols, column{name: name, role: role, v: v})
-		outs = append(outs, esql+" AS "+quoteIdent(name))
+		rel.cols = append(rel.cols, col)
+		outs = append(outs, esql+" AS "+quoteIdent(col.name))
 	}
 	if !sawPU {
-		return nil, "", refuse(what+" without "+c.cat.PrivacyUnit+" in its SELECT", pos(node), "select "+c.cat.PrivacyUnit+" so the result can be joined")
+		return nil, refuse(what+" without "+c.cat.PrivacyUnit+" in its SELECT", pos(node), "select "+c.cat.PrivacyUnit+" so the result can be joined")
 	}
-	var having string
-	if h := sub(node, "having"); h != nil {
-		hsql, _, err := c.condition(h, sc, exprMode{clause: "HAVING of " + what, inner: true}, 1, "HAVING of "+what)
-		if err != nil {
-			return nil, "", err
+	return outs, nil
+}
+
+// perPatientColumn compiles one expression of a per-patient select list
+// into the column it offers the outer query (named by its alias, or by the
+// column it reads) and its SQL.
+func (c *compiler) perPatientColumn(item obj, alias, what string, sc *scope) (column, string, error) {
+	esql, v, err := c.expr(item, sc, exprMode{clause: "SELECT of " + what, inner: true}, 1)
+	if err != nil {
+		return column{}, "", err
+	}
+	name := alias
+	if name == "" {
+		if cr := list(item, "column_names"); str(item, "class") == "COLUMN_REF" && len(cr) > 0 {
+			name, _ = cr[len(cr)-1].(string)
+			name = strings.ToLower(name)
 		}
-		having = hsql
 	}
+	if name == "" {
+		return column{}, "", refuse("an unnamed expression in "+what, pos(item), "give it a name with AS")
+	}
+	if strings.EqualFold(name, c.cat.PrivacyUnit) {
+		return column{}, "", refuse("the name "+name+" for an expression in "+what, pos(item), "it names the privacy unit; give the expression another name")
+	}
+	if v.kind == kInterval {
+		return column{}, "", refuse("an interval column "+name+" in "+what, pos(item), "an interval can only be added to or subtracted from a date")
+	}
+	v.patient = true
+	v.isConst = false
+	role := RoleNumeric
+	switch v.kind {
+	case kText:
+		role = RoleCategorical
+	case kDate:
+		role = RoleDate
+	}
+	return column{name: name, role: role, v: v}, esql, nil
+}
+
+// perPatientBody writes a per-patient query's SQL over the views, with
+// its WHERE compiled, and records it, with its shape, among the derived
+// queries the broker compares.
+func (c *compiler) perPatientBody(node obj, what string, sc *scope, rel *relation, from, gsql string, outs []string, having string) (string, error) {
+	var b strings.Builder
 	// The aggregates, hoisted into an inner query grouped by the patient;
 	// the outputs and HAVING are expressions over its columns.
 	fmt.Fprintf(&b, `SELECT %s FROM (SELECT %s AS "__pid"`, strings.Join(outs, ", "), gsql)
@@ -202,7 +245,7 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 		for _, conj := range conjuncts(w) {
 			wsql, _, err := c.condition(conj, sc, exprMode{clause: "WHERE of " + what, inner: true, noAgg: true}, 1, "WHERE of "+what)
 			if err != nil {
-				return nil, "", err
+				return "", err
 			}
 			parts = append(parts, wsql)
 			// Filters inside a per-patient query also change what is
@@ -222,5 +265,5 @@ func (c *compiler) perPatient(node obj, what string) (*relation, string, error) 
 	// Its WHERE conjuncts are compared as predicates (innerPreds), the
 	// rest as part of the query's shape.
 	c.derived = append(c.derived, derivedQuery{canon: rel.canon, body: b.String(), shape: canonicalText(shape, sc.rels)})
-	return rel, b.String(), nil
+	return b.String(), nil
 }

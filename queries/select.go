@@ -21,90 +21,17 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	if h := sub(node, "having"); h != nil {
 		return nil, refuse("HAVING", pos(h), "it filters on exact aggregates before protection; filter the released table instead")
 	}
-	var ranges map[string]*dateRange
-	if w := sub(node, "where_clause"); w != nil {
-		var parts []string
-		ranges = c.whereRanges(conjuncts(w), sc)
-		for _, conj := range conjuncts(w) {
-			s, _, err := c.condition(conj, sc, exprMode{clause: "WHERE", noAgg: true}, 1, "WHERE")
-			if err != nil {
-				return nil, err
-			}
-			parts = append(parts, s)
-			q.predicates = append(q.predicates, canonicalText(s, sc.rels))
-		}
-		q.where = strings.Join(parts, " AND ")
+	ranges, err := c.outerWhere(node, q, sc)
+	if err != nil {
+		return nil, err
 	}
-	q.predicates = append(q.predicates, c.innerPreds...)
-	sortStrings(q.predicates)
 	items := list(node, "select_list")
-	// GROUP BY may name select aliases or positions.
-	aliases := make(map[string]obj, len(items))
-	for _, it := range items {
-		item, _ := it.(obj)
-		if a := strings.ToLower(str(item, "alias")); a != "" {
-			if _, dup := aliases[a]; dup {
-				return nil, refuse("output name "+a+" repeated", pos(item), "give every released column its own name")
-			}
-			aliases[a] = item
-		}
+	aliases, err := selectAliases(items)
+	if err != nil {
+		return nil, err
 	}
-	groupExprs := list(node, "group_expressions")
-	if len(groupExprs) > maxGroupKeys {
-		return nil, refuse(fmt.Sprintf("%d GROUP BY columns", len(groupExprs)), -1, fmt.Sprintf("at most %d are allowed", maxGroupKeys))
-	}
-	q.groupBound, q.specBound = 1, 1
-	for _, ge := range groupExprs {
-		g, _ := ge.(obj)
-		target, name := g, ""
-		if str(g, "class") == "CONSTANT" {
-			raw := fmt.Sprint(sub(g, "value")["value"])
-			idx, err := strconv.Atoi(raw)
-			if err != nil || idx < 1 || idx > len(items) {
-				return nil, refuse("GROUP BY "+raw, pos(g), fmt.Sprintf("the SELECT list has no column %s", raw))
-			}
-			target, _ = items[idx-1].(obj)
-			name = strings.ToLower(str(target, "alias"))
-		} else if str(g, "class") == "COLUMN_REF" && len(list(g, "column_names")) == 1 {
-			cn, _ := list(g, "column_names")[0].(string)
-			if a, ok := aliases[strings.ToLower(cn)]; ok {
-				if _, _, err := c.resolve(g, sc); err != nil {
-					target, name = a, strings.ToLower(cn)
-				}
-			}
-		}
-		c.refs = make(map[*relation]bool)
-		gsql, v, err := c.groupKey(target, sc)
-		refs := c.refs
-		c.refs = nil
-		if err != nil {
-			return nil, err
-		}
-		ofPatient := true
-		for r := range refs {
-			ofPatient = ofPatient && r.patient && !r.public && (r.derived || r.unique)
-		}
-		// A key proven (groupBound) or declared (specBound) per patient
-		// counts once; any other needs a bucket count, or nothing is known.
-		n := 0
-		if !ofPatient || !v.patient {
-			n = c.bucketCount(target, sc, ranges)
-		}
-		if !ofPatient {
-			q.groupBound = boundTimes(q.groupBound, n)
-		}
-		if !v.patient {
-			q.specBound = boundTimes(q.specBound, n)
-		}
-		if name == "" {
-			name = defaultName(target)
-		}
-		for _, prev := range q.groups {
-			if prev.sql == gsql {
-				return nil, refuse("GROUP BY "+name+" twice", pos(g), "")
-			}
-		}
-		q.groups = append(q.groups, groupKey{name: name, sql: gsql, v: v, ofPatient: ofPatient})
+	if err := c.outerGroups(node, q, sc, items, aliases, ranges); err != nil {
+		return nil, err
 	}
 	if len(items) == 0 {
 		return nil, refuse("an empty SELECT", -1, "")
@@ -126,8 +53,129 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 			return nil, err
 		}
 	}
+	if err := c.outerAggregates(q); err != nil {
+		return nil, err
+	}
+	c.uniqueNames(q)
+	return q, nil
+}
+
+// outerWhere compiles the released query's WHERE into q.where and its
+// predicates (with the per-patient queries' ones) into q.predicates, and
+// returns the date ranges it bounds.
+func (c *compiler) outerWhere(node obj, q *query, sc *scope) (map[string]*dateRange, error) {
+	var ranges map[string]*dateRange
+	if w := sub(node, "where_clause"); w != nil {
+		var parts []string
+		ranges = c.whereRanges(conjuncts(w), sc)
+		for _, conj := range conjuncts(w) {
+			s, _, err := c.condition(conj, sc, exprMode{clause: "WHERE", noAgg: true}, 1, "WHERE")
+			if err != nil {
+				return nil, err
+			}
+			parts = append(parts, s)
+			q.predicates = append(q.predicates, canonicalText(s, sc.rels))
+		}
+		q.where = strings.Join(parts, " AND ")
+	}
+	q.predicates = append(q.predicates, c.innerPreds...)
+	sortStrings(q.predicates)
+	return ranges, nil
+}
+
+// selectAliases maps the select list's output names to their items: GROUP
+// BY may name select aliases or positions.
+func selectAliases(items []any) (map[string]obj, error) {
+	aliases := make(map[string]obj, len(items))
+	for _, it := range items {
+		item, _ := it.(obj)
+		if a := strings.ToLower(str(item, "alias")); a != "" {
+			if _, dup := aliases[a]; dup {
+				return nil, refuse("output name "+a+" repeated", pos(item), "give every released column its own name")
+			}
+			aliases[a] = item
+		}
+	}
+	return aliases, nil
+}
+
+// outerGroups compiles the GROUP BY keys into q.groups and bounds how many
+// groups a patient can fall in (q.groupBound, q.specBound).
+func (c *compiler) outerGroups(node obj, q *query, sc *scope, items []any, aliases map[string]obj, ranges map[string]*dateRange) error {
+	groupExprs := list(node, "group_expressions")
+	if len(groupExprs) > maxGroupKeys {
+		return refuse(fmt.Sprintf("%d GROUP BY columns", len(groupExprs)), -1, fmt.Sprintf("at most %d are allowed", maxGroupKeys))
+	}
+	q.groupBound, q.specBound = 1, 1
+	for _, ge := range groupExprs {
+		g, _ := ge.(obj)
+		if err := c.outerGroup(g, q, sc, items, aliases, ranges); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// outerGroup compiles one GROUP BY key g (an expression, a select alias or
+// a position) into q.groups.
+func (c *compiler) outerGroup(g obj, q *query, sc *scope, items []any, aliases map[string]obj, ranges map[string]*dateRange) error {
+	target, name := g, ""
+	if str(g, "class") == "CONSTANT" {
+		raw := fmt.Sprint(sub(g, "value")["value"])
+		idx, err := strconv.Atoi(raw)
+		if err != nil || idx < 1 || idx > len(items) {
+			return refuse("GROUP BY "+raw, pos(g), fmt.Sprintf("the SELECT list has no column %s", raw))
+		}
+		target, _ = items[idx-1].(obj)
+		name = strings.ToLower(str(target, "alias"))
+	} else if str(g, "class") == "COLUMN_REF" && len(list(g, "column_names")) == 1 {
+		cn, _ := list(g, "column_names")[0].(string)
+		if a, ok := aliases[strings.ToLower(cn)]; ok {
+			if _, _, err := c.resolve(g, sc); err != nil {
+				target, name = a, strings.ToLower(cn)
+			}
+		}
+	}
+	c.refs = make(map[*relation]bool)
+	gsql, v, err := c.groupKey(target, sc)
+	refs := c.refs
+	c.refs = nil
+	if err != nil {
+		return err
+	}
+	ofPatient := true
+	for r := range refs {
+		ofPatient = ofPatient && r.patient && !r.public && (r.derived || r.unique)
+	}
+	// A key proven (groupBound) or declared (specBound) per patient
+	// counts once; any other needs a bucket count, or nothing is known.
+	n := 0
+	if !ofPatient || !v.patient {
+		n = c.bucketCount(target, sc, ranges)
+	}
+	if !ofPatient {
+		q.groupBound = boundTimes(q.groupBound, n)
+	}
+	if !v.patient {
+		q.specBound = boundTimes(q.specBound, n)
+	}
+	if name == "" {
+		name = defaultName(target)
+	}
+	for _, prev := range q.groups {
+		if prev.sql == gsql {
+			return refuse("GROUP BY "+name+" twice", pos(g), "")
+		}
+	}
+	q.groups = append(q.groups, groupKey{name: name, sql: gsql, v: v, ofPatient: ofPatient})
+	return nil
+}
+
+// outerAggregates checks the released aggregates' number and settles what
+// the rewrite and suppression need to know of them.
+func (c *compiler) outerAggregates(q *query) error {
 	if len(q.aggs) == 0 {
-		return nil, refuse("a SELECT without an aggregate", -1, "release counts, sums or means, e.g. count(*)")
+		return refuse("a SELECT without an aggregate", -1, "release counts, sums or means, e.g. count(*)")
 	}
 	// count(pid) and count(DISTINCT pid) of the patient every input row
 	// belongs to: __tre_input keeps no NULL q.pid, so the NOT NULL
@@ -139,7 +187,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		}
 	}
 	if len(q.aggs) > maxAggregates {
-		return nil, refuse(fmt.Sprintf("%d aggregates", len(q.aggs)), -1, fmt.Sprintf("at most %d are allowed", maxAggregates))
+		return refuse(fmt.Sprintf("%d aggregates", len(q.aggs)), -1, fmt.Sprintf("at most %d are allowed", maxAggregates))
 	}
 	// The aggregates that are exactly the group's distinct patient count:
 	// suppression decides on them (dp.AggSpec.PatientCount), or else on a
@@ -155,8 +203,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 			a.spec.PatientCount = true
 		}
 	}
-	c.uniqueNames(q)
-	return q, nil
+	return nil
 }
 
 // modifiers accepts ORDER BY on output columns (ordering is done after
