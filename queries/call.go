@@ -165,219 +165,296 @@ func (f fn) all(kinds ...kind) (string, error) {
 
 // total returns what is known of the call's values and its total SQL.
 func (f fn) total(emit string) (val, string, error) {
-	out := unbounded(kNum)
 	switch emit {
 	case "+", "-", "*", "/", "//", "%":
 		return f.arithmetic(emit)
 	case "abs":
-		if err := f.arity(1, 1); err != nil {
-			return val{}, "", err
-		}
-		a, err := f.all(kNum)
-		if err != nil {
-			return val{}, "", err
-		}
-		// abs of the smallest integer overflows.
-		if v := f.vals[0]; v.kind == kNum {
-			out.hi = math.Max(math.Abs(v.lo), math.Abs(v.hi))
-			out.lo = 0
-			if !(v.lo < 0 && v.hi > 0) {
-				out.lo = math.Min(math.Abs(v.lo), math.Abs(v.hi))
-			}
-		}
-		return out, tryExpr("abs(" + a + ")"), nil
+		return f.absolute()
 	case "round", "floor", "ceil", "trunc":
-		hi := 1
-		if emit == "round" {
-			hi = 2
-		}
-		if err := f.arity(1, hi); err != nil {
-			return val{}, "", err
-		}
-		a, err := f.all(kNum)
-		if err != nil {
-			return val{}, "", err
-		}
-		if len(f.args) == 1 {
-			if v := f.vals[0]; v.kind == kNum {
-				out.lo, out.hi = math.Floor(v.lo), math.Ceil(v.hi)
-			}
-			return out, emit + "(" + a + ")", nil
-		}
-		// round(x, n): to n ≥ 0 decimals the value stays within the
-		// integers around its bounds; to tens or more it may not.
-		if v := f.vals[0]; v.kind == kNum && f.vals[1].isConst && f.vals[1].lo >= 0 {
-			out.lo, out.hi = math.Floor(v.lo), math.Ceil(v.hi)
-		}
-		if _, err := f.as(1, kNum); err != nil {
-			return val{}, "", err
-		}
-		// The number of decimals as INTEGER, whatever its type, so the
-		// call always binds.
-		// In DOUBLE: DuckDB rounds a DECIMAL only to a constant number of
-		// decimals.
-		return out, tryExpr("round(TRY_CAST(" + f.args[0] + " AS DOUBLE), TRY_CAST(" + f.args[1] + " AS INTEGER))"), nil
+		return f.rounding(emit)
 	case "sign":
-		if err := f.arity(1, 1); err != nil {
-			return val{}, "", err
-		}
-		a, err := f.all(kNum)
-		if err != nil {
-			return val{}, "", err
-		}
-		out.lo, out.hi = -1, 1
-		return out, "sign(" + a + ")", nil
+		return f.signum()
 	case "sqrt", "ln", "log10", "log2", "log", "exp":
-		if err := f.arity(1, 2); err != nil {
-			return val{}, "", err
-		}
-		if len(f.args) == 2 && emit != "log" {
-			return val{}, "", refuse(f.name+" with 2 arguments", pos(f.n), "")
-		}
-		if _, err := f.all(kNum); err != nil {
-			return val{}, "", err
-		}
-		x := "TRY_CAST(" + f.args[len(f.args)-1] + " AS DOUBLE)"
-		switch {
-		case emit == "exp":
-			// Overflows to +Inf, never to an error.
-			return out, "exp(" + x + ")", nil
-		case emit == "sqrt":
-			return out, "CASE WHEN " + x + " >= 0 THEN sqrt(" + x + ") END", nil
-		case len(f.args) == 2:
-			// log(b, x) divides by ln(b): b = 1 fails.
-			b := "TRY_CAST(" + f.args[0] + " AS DOUBLE)"
-			return out, "CASE WHEN " + b + " > 0 AND " + b + " <> 1 AND " + x + " > 0 THEN log(" + b + ", " + x + ") END", nil
-		}
-		return out, "CASE WHEN " + x + " > 0 THEN " + emit + "(" + x + ") END", nil
+		return f.logExp(emit)
 	case "date_trunc":
-		if err := f.arity(2, 2); err != nil {
-			return val{}, "", err
-		}
-		if _, err := f.as(1, kDate); err != nil {
-			return val{}, "", err
-		}
-		// Inside the date band every date converts to a TIMESTAMP.
-		return val{kind: kDate, ts: true}, "date_trunc(" + f.args[0] + ", " + f.dateArg(1) + ")", nil
+		return f.dateTrunc()
 	case "date_part":
-		if err := f.arity(2, 2); err != nil {
-			return val{}, "", err
-		}
-		if _, err := f.as(1, kDate); err != nil {
-			return val{}, "", err
-		}
-		return out, "date_part(" + f.args[0] + ", " + f.dateArg(1) + ")", nil
+		return f.datePart()
 	case "date_diff", "date_sub":
-		if err := f.arity(3, 3); err != nil {
-			return val{}, "", err
-		}
-		for i := 1; i <= 2; i++ {
-			if _, err := f.as(i, kDate); err != nil {
-				return val{}, "", err
-			}
-		}
-		return out, emit + "(" + f.args[0] + ", " + f.dateArg(1) + ", " + f.dateArg(2) + ")", nil
+		return f.dateDiff(emit)
 	case "year", "month", "quarter", "day", "week", "dayofweek", "isodow", "dayofyear":
-		if err := f.arity(1, 1); err != nil {
-			return val{}, "", err
-		}
-		if _, err := f.as(0, kDate); err != nil {
-			return val{}, "", err
-		}
-		switch emit {
-		case "month":
-			out.lo, out.hi, out.hasDomain, out.domain = 1, 12, true, intDomain(1, 12)
-		case "quarter":
-			out.lo, out.hi, out.hasDomain, out.domain = 1, 4, true, intDomain(1, 4)
-		case "day":
-			out.lo, out.hi = 1, 31
-		case "dayofweek":
-			out.lo, out.hi = 0, 6
-		case "isodow":
-			out.lo, out.hi = 1, 7
-		case "week":
-			out.lo, out.hi = 1, 53
-		case "dayofyear":
-			out.lo, out.hi = 1, 366
-		case "year":
-			out.lo, out.hi = 1, 9999
-		}
-		return out, emit + "(" + f.dateArg(0) + ")", nil
+		return f.dateField(emit)
 	case "make_date":
-		if err := f.arity(3, 3); err != nil {
-			return val{}, "", err
-		}
-		if _, err := f.all(kNum); err != nil {
-			return val{}, "", err
-		}
-		// BIGINT arguments, whatever their type, so the call always binds.
-		return val{kind: kDate}, inBand(tryExpr("make_date("+f.castArgs(0, "BIGINT")+")"), false), nil
+		return f.makeDate()
 	case "current_date":
-		if err := f.arity(0, 0); err != nil {
-			return val{}, "", err
-		}
-		return val{kind: kDate}, "current_date", nil
+		return f.currentDate()
 	case "to_years", "to_months", "to_days", "to_weeks":
-		if err := f.arity(1, 1); err != nil {
-			return val{}, "", err
-		}
-		if _, err := f.all(kNum); err != nil {
-			return val{}, "", err
-		}
-		return val{kind: kInterval}, tryExpr(emit + "(" + f.castArgs(0, "INTEGER") + ")"), nil
+		return f.toInterval(emit)
 	case "lower", "upper", "trim", "length":
-		hi := 1
-		if emit == "trim" {
-			hi = 2
-		}
-		if err := f.arity(1, hi); err != nil {
-			return val{}, "", err
-		}
-		a, err := f.all(kText)
-		if err != nil {
-			return val{}, "", err
-		}
-		if emit == "length" {
-			out.lo = 0
-			return out, "length(" + a + ")", nil
-		}
-		return val{kind: kText}, emit + "(" + a + ")", nil
+		return f.textFunc(emit)
 	case "substr", "substring", "left", "right":
-		lo, hi := 2, 3
-		if emit == "left" || emit == "right" {
-			hi = 2
-		}
-		if err := f.arity(lo, hi); err != nil {
-			return val{}, "", err
-		}
-		if _, err := f.all(kText, kNum); err != nil {
-			return val{}, "", err
-		}
-		s0, _ := f.as(0, kText)
-		// Offsets and lengths beyond ±2^32 fail; integer literals within
-		// are taken as they are, anything else (as BIGINT, so the call
-		// always binds) may fail on some row.
-		for _, v := range f.vals[1:] {
-			if !intLiteralWithin(v, 1<<32-1) {
-				return val{kind: kText}, tryExpr(emit + "(" + s0 + ", " + f.castArgs(1, "BIGINT") + ")"), nil
-			}
-		}
-		return val{kind: kText}, emit + "(" + s0 + ", " + strings.Join(f.args[1:], ", ") + ")", nil
+		return f.substring(emit)
 	case "starts_with", "prefix", "suffix", "contains", "~~", "!~~", "~~*", "!~~*", "^@":
-		if err := f.arity(2, 2); err != nil {
-			return val{}, "", err
-		}
-		if _, err := f.all(kText); err != nil {
-			return val{}, "", err
-		}
-		a0, _ := f.as(0, kText)
-		a1, _ := f.as(1, kText)
-		if strings.HasPrefix(emit, "~") || strings.HasPrefix(emit, "!") || emit == "^@" {
-			return val{kind: kBool}, "(" + a0 + " " + emit + " " + a1 + ")", nil
-		}
-		return val{kind: kBool}, emit + "(" + a0 + ", " + a1 + ")", nil
+		return f.textMatch(emit)
 	}
 	return val{}, "", refuse("function "+f.name, pos(f.n), "")
+}
+
+// absolute is total for abs: bounded by the argument's bounds.
+func (f fn) absolute() (val, string, error) {
+	out := unbounded(kNum)
+	if err := f.arity(1, 1); err != nil {
+		return val{}, "", err
+	}
+	a, err := f.all(kNum)
+	if err != nil {
+		return val{}, "", err
+	}
+	// abs of the smallest integer overflows.
+	if v := f.vals[0]; v.kind == kNum {
+		out.hi = math.Max(math.Abs(v.lo), math.Abs(v.hi))
+		out.lo = 0
+		if !(v.lo < 0 && v.hi > 0) {
+			out.lo = math.Min(math.Abs(v.lo), math.Abs(v.hi))
+		}
+	}
+	return out, tryExpr("abs(" + a + ")"), nil
+}
+
+// rounding is total for round, floor, ceil and trunc.
+func (f fn) rounding(emit string) (val, string, error) {
+	out := unbounded(kNum)
+	hi := 1
+	if emit == "round" {
+		hi = 2
+	}
+	if err := f.arity(1, hi); err != nil {
+		return val{}, "", err
+	}
+	a, err := f.all(kNum)
+	if err != nil {
+		return val{}, "", err
+	}
+	if len(f.args) == 1 {
+		if v := f.vals[0]; v.kind == kNum {
+			out.lo, out.hi = math.Floor(v.lo), math.Ceil(v.hi)
+		}
+		return out, emit + "(" + a + ")", nil
+	}
+	// round(x, n): to n ≥ 0 decimals the value stays within the
+	// integers around its bounds; to tens or more it may not.
+	if v := f.vals[0]; v.kind == kNum && f.vals[1].isConst && f.vals[1].lo >= 0 {
+		out.lo, out.hi = math.Floor(v.lo), math.Ceil(v.hi)
+	}
+	if _, err := f.as(1, kNum); err != nil {
+		return val{}, "", err
+	}
+	// The number of decimals as INTEGER, whatever its type, so the
+	// call always binds.
+	// In DOUBLE: DuckDB rounds a DECIMAL only to a constant number of
+	// decimals.
+	return out, tryExpr("round(TRY_CAST(" + f.args[0] + " AS DOUBLE), TRY_CAST(" + f.args[1] + " AS INTEGER))"), nil
+}
+
+// signum is total for sign.
+func (f fn) signum() (val, string, error) {
+	out := unbounded(kNum)
+	if err := f.arity(1, 1); err != nil {
+		return val{}, "", err
+	}
+	a, err := f.all(kNum)
+	if err != nil {
+		return val{}, "", err
+	}
+	out.lo, out.hi = -1, 1
+	return out, "sign(" + a + ")", nil
+}
+
+// logExp is total for sqrt, the logarithms and exp: NULL where undefined, never an error.
+func (f fn) logExp(emit string) (val, string, error) {
+	out := unbounded(kNum)
+	if err := f.arity(1, 2); err != nil {
+		return val{}, "", err
+	}
+	if len(f.args) == 2 && emit != "log" {
+		return val{}, "", refuse(f.name+" with 2 arguments", pos(f.n), "")
+	}
+	if _, err := f.all(kNum); err != nil {
+		return val{}, "", err
+	}
+	x := "TRY_CAST(" + f.args[len(f.args)-1] + " AS DOUBLE)"
+	switch {
+	case emit == "exp":
+		// Overflows to +Inf, never to an error.
+		return out, "exp(" + x + ")", nil
+	case emit == "sqrt":
+		return out, "CASE WHEN " + x + " >= 0 THEN sqrt(" + x + ") END", nil
+	case len(f.args) == 2:
+		// log(b, x) divides by ln(b): b = 1 fails.
+		b := "TRY_CAST(" + f.args[0] + " AS DOUBLE)"
+		return out, "CASE WHEN " + b + " > 0 AND " + b + " <> 1 AND " + x + " > 0 THEN log(" + b + ", " + x + ") END", nil
+	}
+	return out, "CASE WHEN " + x + " > 0 THEN " + emit + "(" + x + ") END", nil
+}
+
+// dateTrunc is total for date_trunc.
+func (f fn) dateTrunc() (val, string, error) {
+	if err := f.arity(2, 2); err != nil {
+		return val{}, "", err
+	}
+	if _, err := f.as(1, kDate); err != nil {
+		return val{}, "", err
+	}
+	// Inside the date band every date converts to a TIMESTAMP.
+	return val{kind: kDate, ts: true}, "date_trunc(" + f.args[0] + ", " + f.dateArg(1) + ")", nil
+}
+
+// datePart is total for date_part.
+func (f fn) datePart() (val, string, error) {
+	out := unbounded(kNum)
+	if err := f.arity(2, 2); err != nil {
+		return val{}, "", err
+	}
+	if _, err := f.as(1, kDate); err != nil {
+		return val{}, "", err
+	}
+	return out, "date_part(" + f.args[0] + ", " + f.dateArg(1) + ")", nil
+}
+
+// dateDiff is total for date_diff and date_sub.
+func (f fn) dateDiff(emit string) (val, string, error) {
+	out := unbounded(kNum)
+	if err := f.arity(3, 3); err != nil {
+		return val{}, "", err
+	}
+	for i := 1; i <= 2; i++ {
+		if _, err := f.as(i, kDate); err != nil {
+			return val{}, "", err
+		}
+	}
+	return out, emit + "(" + f.args[0] + ", " + f.dateArg(1) + ", " + f.dateArg(2) + ")", nil
+}
+
+// dateField is total for year, month and the other fields of a date, with their ranges.
+func (f fn) dateField(emit string) (val, string, error) {
+	out := unbounded(kNum)
+	if err := f.arity(1, 1); err != nil {
+		return val{}, "", err
+	}
+	if _, err := f.as(0, kDate); err != nil {
+		return val{}, "", err
+	}
+	switch emit {
+	case "month":
+		out.lo, out.hi, out.hasDomain, out.domain = 1, 12, true, intDomain(1, 12)
+	case "quarter":
+		out.lo, out.hi, out.hasDomain, out.domain = 1, 4, true, intDomain(1, 4)
+	case "day":
+		out.lo, out.hi = 1, 31
+	case "dayofweek":
+		out.lo, out.hi = 0, 6
+	case "isodow":
+		out.lo, out.hi = 1, 7
+	case "week":
+		out.lo, out.hi = 1, 53
+	case "dayofyear":
+		out.lo, out.hi = 1, 366
+	case "year":
+		out.lo, out.hi = 1, 9999
+	}
+	return out, emit + "(" + f.dateArg(0) + ")", nil
+}
+
+// makeDate is total for make_date.
+func (f fn) makeDate() (val, string, error) {
+	if err := f.arity(3, 3); err != nil {
+		return val{}, "", err
+	}
+	if _, err := f.all(kNum); err != nil {
+		return val{}, "", err
+	}
+	// BIGINT arguments, whatever their type, so the call always binds.
+	return val{kind: kDate}, inBand(tryExpr("make_date("+f.castArgs(0, "BIGINT")+")"), false), nil
+}
+
+// currentDate is total for current_date.
+func (f fn) currentDate() (val, string, error) {
+	if err := f.arity(0, 0); err != nil {
+		return val{}, "", err
+	}
+	return val{kind: kDate}, "current_date", nil
+}
+
+// toInterval is total for to_years, to_months, to_days and to_weeks.
+func (f fn) toInterval(emit string) (val, string, error) {
+	if err := f.arity(1, 1); err != nil {
+		return val{}, "", err
+	}
+	if _, err := f.all(kNum); err != nil {
+		return val{}, "", err
+	}
+	return val{kind: kInterval}, tryExpr(emit + "(" + f.castArgs(0, "INTEGER") + ")"), nil
+}
+
+// textFunc is total for lower, upper, trim and length.
+func (f fn) textFunc(emit string) (val, string, error) {
+	out := unbounded(kNum)
+	hi := 1
+	if emit == "trim" {
+		hi = 2
+	}
+	if err := f.arity(1, hi); err != nil {
+		return val{}, "", err
+	}
+	a, err := f.all(kText)
+	if err != nil {
+		return val{}, "", err
+	}
+	if emit == "length" {
+		out.lo = 0
+		return out, "length(" + a + ")", nil
+	}
+	return val{kind: kText}, emit + "(" + a + ")", nil
+}
+
+// substring is total for substr, substring, left and right.
+func (f fn) substring(emit string) (val, string, error) {
+	lo, hi := 2, 3
+	if emit == "left" || emit == "right" {
+		hi = 2
+	}
+	if err := f.arity(lo, hi); err != nil {
+		return val{}, "", err
+	}
+	if _, err := f.all(kText, kNum); err != nil {
+		return val{}, "", err
+	}
+	s0, _ := f.as(0, kText)
+	// Offsets and lengths beyond ±2^32 fail; integer literals within
+	// are taken as they are, anything else (as BIGINT, so the call
+	// always binds) may fail on some row.
+	for _, v := range f.vals[1:] {
+		if !intLiteralWithin(v, 1<<32-1) {
+			return val{kind: kText}, tryExpr(emit + "(" + s0 + ", " + f.castArgs(1, "BIGINT") + ")"), nil
+		}
+	}
+	return val{kind: kText}, emit + "(" + s0 + ", " + strings.Join(f.args[1:], ", ") + ")", nil
+}
+
+// textMatch is total for starts_with, prefix, suffix, contains and the LIKE and ^@ operators.
+func (f fn) textMatch(emit string) (val, string, error) {
+	if err := f.arity(2, 2); err != nil {
+		return val{}, "", err
+	}
+	if _, err := f.all(kText); err != nil {
+		return val{}, "", err
+	}
+	a0, _ := f.as(0, kText)
+	a1, _ := f.as(1, kText)
+	if strings.HasPrefix(emit, "~") || strings.HasPrefix(emit, "!") || emit == "^@" {
+		return val{kind: kBool}, "(" + a0 + " " + emit + " " + a1 + ")", nil
+	}
+	return val{kind: kBool}, emit + "(" + a0 + ", " + a1 + ")", nil
 }
 
 // castArgs is the arguments from i on, each TRY_CAST to typ, joined.

@@ -163,149 +163,175 @@ func (p Policy) minEpsilon() float64 {
 // loaded from YAML and on catalogs site agents publish as JSON. Errors are
 // *CatalogError naming the key.
 func (c *Catalog) Validate() error {
-	bad := func(key, format string, args ...any) error {
-		return &CatalogError{Key: key, Message: fmt.Sprintf(format, args...)}
-	}
 	if strings.TrimSpace(c.Dataset) == "" {
-		return bad("dataset", "missing dataset name")
+		return catalogErr("dataset", "missing dataset name")
 	}
 	if !identRe.MatchString(c.PrivacyUnit) {
-		return bad("privacy_unit", "missing or invalid privacy-unit column name %q", c.PrivacyUnit)
+		return catalogErr("privacy_unit", "missing or invalid privacy-unit column name %q", c.PrivacyUnit)
 	}
 	p := c.Policy
-	switch {
-	case p.MaxGroupsPerPatient < 1 || p.MaxGroupsPerPatient > maxGroupsLimit:
-		return bad("policy.max_groups_per_patient", "must be between 1 and %d, got %d", maxGroupsLimit, p.MaxGroupsPerPatient)
-	case p.MaxRowsPerGroup < 1 || p.MaxRowsPerGroup > maxRowsLimit:
-		return bad("policy.max_rows_per_group", "must be between 1 and %d, got %d", maxRowsLimit, p.MaxRowsPerGroup)
-	case p.SmallCellThreshold < 1 || p.SmallCellThreshold > maxThresholdLimit:
-		return bad("policy.small_cell_threshold", "must be between 1 and %d, got %d", maxThresholdLimit, p.SmallCellThreshold)
-	case p.RoundingBase < 1 || p.RoundingBase > maxRoundingLimit:
-		return bad("policy.rounding_base", "must be between 1 and %d, got %d", maxRoundingLimit, p.RoundingBase)
-	case p.Rounding != "nearest" && p.Rounding != "midpoint6":
-		return bad("policy.rounding", `must be "nearest" or "midpoint6", got %q`, p.Rounding)
-	case !(p.MaxEpsilon > 0) || math.IsInf(p.MaxEpsilon, 0) || p.MaxEpsilon > maxEpsilonLimit:
-		return bad("policy.max_epsilon", "must be a number above 0 and at most %d, got %v", maxEpsilonLimit, p.MaxEpsilon)
-	case !(p.DefaultEpsilon > 0) || math.IsInf(p.DefaultEpsilon, 0) || p.DefaultEpsilon > p.MaxEpsilon:
-		return bad("policy.default_epsilon", "must be above 0 and at most max_epsilon (%v), got %v", p.MaxEpsilon, p.DefaultEpsilon)
-	case p.MinEpsilon != 0 && (!(p.MinEpsilon >= minEpsilonLimit) || p.MinEpsilon > p.DefaultEpsilon):
-		return bad("policy.min_epsilon", "must be at least %g and at most default_epsilon (%v), got %v", minEpsilonLimit, p.DefaultEpsilon, p.MinEpsilon)
-	case !(p.Delta > 0) || !(p.Delta < maxDeltaExclusive):
-		return bad("policy.delta", "must be above 0 and below 1e-5, got %v", p.Delta)
-	case p.MaxJoinRowsPerPatient < 0 || p.MaxJoinRowsPerPatient > maxJoinRowsLimit:
-		return bad("policy.max_join_rows_per_patient", "must be between 1 and %d, got %d", maxJoinRowsLimit, p.MaxJoinRowsPerPatient)
-	case p.OptOutTable == "":
-		return bad("policy.optout_table", "missing: every dataset must name its opt-out table")
+	if err := p.validate(); err != nil {
+		return err
 	}
 	if len(c.Tables) == 0 {
-		return bad("tables", "no tables declared")
+		return catalogErr("tables", "no tables declared")
 	}
 	seen := make(map[string]bool, len(c.Tables))
 	for i, t := range c.Tables {
-		tk := fmt.Sprintf("tables[%d]", i)
-		if !identRe.MatchString(t.Name) {
-			return bad(tk+".name", "missing or invalid table name %q (letters, digits and _ only)", t.Name)
-		}
-		if seen[strings.ToLower(t.Name)] {
-			return bad(tk+".name", "duplicate table %q", t.Name)
-		}
-		seen[strings.ToLower(t.Name)] = true
-		if len(t.Columns) == 0 {
-			return bad(tk+".columns", "table %q has no columns", t.Name)
-		}
-		cols := make(map[string]bool, len(t.Columns))
-		hasPU := false
-		for j, col := range t.Columns {
-			ck := fmt.Sprintf("%s.columns[%d]", tk, j)
-			if !identRe.MatchString(col.Name) {
-				return bad(ck+".name", "missing or invalid column name %q (letters, digits and _ only)", col.Name)
-			}
-			if cols[strings.ToLower(col.Name)] {
-				return bad(ck+".name", "duplicate column %q in table %q", col.Name, t.Name)
-			}
-			cols[strings.ToLower(col.Name)] = true
-			if strings.TrimSpace(col.Type) == "" {
-				return bad(ck+".type", "column %s.%s has no type", t.Name, col.Name)
-			}
-			if !typeRe.MatchString(col.Type) {
-				return bad(ck+".type", "column %s.%s has type %q, which is not a DuckDB type name such as VARCHAR, BIGINT, DOUBLE, DECIMAL(10, 2) or DATE", t.Name, col.Name, col.Type)
-			}
-			if col.Role == "" {
-				return bad(ck+".role", "column %s.%s has no role", t.Name, col.Name)
-			}
-			if !col.Role.Valid() {
-				return bad(ck+".role", "column %s.%s has unknown role %q (want privacy_unit, categorical, numeric, date, code or forbidden)", t.Name, col.Name, col.Role)
-			}
-			isPUName := strings.EqualFold(col.Name, c.PrivacyUnit)
-			switch {
-			case col.Role == RolePrivacyUnit && !isPUName:
-				return bad(ck+".role", "column %s.%s has role privacy_unit but the privacy unit is %q", t.Name, col.Name, c.PrivacyUnit)
-			case isPUName && col.Role != RolePrivacyUnit:
-				return bad(ck+".role", "column %s.%s is the privacy unit and must have role privacy_unit", t.Name, col.Name)
-			}
-			if col.Role == RolePrivacyUnit {
-				hasPU = true
-			}
-			switch k, _ := kindOfType(col.Type); {
-			case col.Role == RoleNumeric && k != kNum:
-				return bad(ck+".type", "numeric column %s.%s has type %s, which is not a number type", t.Name, col.Name, col.Type)
-			case col.Role == RoleDate && k != kDate:
-				return bad(ck+".type", "date column %s.%s has type %s; use DATE or TIMESTAMP", t.Name, col.Name, col.Type)
-			}
-			if col.Role == RoleNumeric {
-				if col.Bounds == nil {
-					return bad(ck+".bounds", "numeric column %s.%s needs bounds [lower, upper]", t.Name, col.Name)
-				}
-				lo, hi := col.Bounds[0], col.Bounds[1]
-				if math.IsNaN(lo) || math.IsNaN(hi) || math.IsInf(lo, 0) || math.IsInf(hi, 0) || !(lo < hi) {
-					return bad(ck+".bounds", "bounds of %s.%s must be finite with lower < upper, got [%v, %v]", t.Name, col.Name, lo, hi)
-				}
-				if math.Max(math.Abs(lo), math.Abs(hi)) > dp.MaxAbsBound {
-					return bad(ck+".bounds", "bounds of %s.%s must lie within ±%g, got [%v, %v]", t.Name, col.Name, dp.MaxAbsBound, lo, hi)
-				}
-			} else if col.Bounds != nil {
-				return bad(ck+".bounds", "only numeric columns have bounds (%s.%s is %s)", t.Name, col.Name, col.Role)
-			}
-			if len(col.Domain) > 0 {
-				if col.Role != RoleCategorical && col.Role != RoleCode {
-					return bad(ck+".domain", "only categorical and code columns have a domain (%s.%s is %s)", t.Name, col.Name, col.Role)
-				}
-				if len(col.Domain) > maxDomainValues {
-					return bad(ck+".domain", "domain of %s.%s has more than %d values", t.Name, col.Name, maxDomainValues)
-				}
-				vals := make(map[string]bool, len(col.Domain))
-				for _, v := range col.Domain {
-					if vals[v] {
-						return bad(ck+".domain", "domain of %s.%s lists %q twice", t.Name, col.Name, v)
-					}
-					vals[v] = true
-				}
-			}
-			if col.CodeSystem != "" && col.Role != RoleCode {
-				return bad(ck+".code_system", "only code columns have a code_system (%s.%s is %s)", t.Name, col.Name, col.Role)
-			}
-			if err := validExamples(ck, t.Name, col); err != nil {
-				return err
-			}
-		}
-		switch {
-		case t.Public && hasPU:
-			return bad(tk+".public", "public table %q must not hold the privacy unit %q", t.Name, c.PrivacyUnit)
-		case !t.Public && !hasPU:
-			return bad(tk+".columns", "table %q holds patient data but has no privacy-unit column %q (mark lookup tables public: true)", t.Name, c.PrivacyUnit)
-		}
-		if t.OnePerPatient && t.Public {
-			return bad(tk+".one_row_per_patient", "public table %q cannot have one row per patient", t.Name)
+		if err := c.validateTable(i, t, seen); err != nil {
+			return err
 		}
 	}
 	ot := c.Table(p.OptOutTable)
 	if ot == nil {
-		return bad("policy.optout_table", "opt-out table %q is not declared under tables", p.OptOutTable)
+		return catalogErr("policy.optout_table", "opt-out table %q is not declared under tables", p.OptOutTable)
 	}
 	if ot.Public {
-		return bad("policy.optout_table", "opt-out table %q cannot be public", p.OptOutTable)
+		return catalogErr("policy.optout_table", "opt-out table %q cannot be public", p.OptOutTable)
 	}
 	return nil
+}
+
+// validate checks a catalog's protection policy.
+func (p Policy) validate() error {
+	switch {
+	case p.MaxGroupsPerPatient < 1 || p.MaxGroupsPerPatient > maxGroupsLimit:
+		return catalogErr("policy.max_groups_per_patient", "must be between 1 and %d, got %d", maxGroupsLimit, p.MaxGroupsPerPatient)
+	case p.MaxRowsPerGroup < 1 || p.MaxRowsPerGroup > maxRowsLimit:
+		return catalogErr("policy.max_rows_per_group", "must be between 1 and %d, got %d", maxRowsLimit, p.MaxRowsPerGroup)
+	case p.SmallCellThreshold < 1 || p.SmallCellThreshold > maxThresholdLimit:
+		return catalogErr("policy.small_cell_threshold", "must be between 1 and %d, got %d", maxThresholdLimit, p.SmallCellThreshold)
+	case p.RoundingBase < 1 || p.RoundingBase > maxRoundingLimit:
+		return catalogErr("policy.rounding_base", "must be between 1 and %d, got %d", maxRoundingLimit, p.RoundingBase)
+	case p.Rounding != "nearest" && p.Rounding != "midpoint6":
+		return catalogErr("policy.rounding", `must be "nearest" or "midpoint6", got %q`, p.Rounding)
+	case !(p.MaxEpsilon > 0) || math.IsInf(p.MaxEpsilon, 0) || p.MaxEpsilon > maxEpsilonLimit:
+		return catalogErr("policy.max_epsilon", "must be a number above 0 and at most %d, got %v", maxEpsilonLimit, p.MaxEpsilon)
+	case !(p.DefaultEpsilon > 0) || math.IsInf(p.DefaultEpsilon, 0) || p.DefaultEpsilon > p.MaxEpsilon:
+		return catalogErr("policy.default_epsilon", "must be above 0 and at most max_epsilon (%v), got %v", p.MaxEpsilon, p.DefaultEpsilon)
+	case p.MinEpsilon != 0 && (!(p.MinEpsilon >= minEpsilonLimit) || p.MinEpsilon > p.DefaultEpsilon):
+		return catalogErr("policy.min_epsilon", "must be at least %g and at most default_epsilon (%v), got %v", minEpsilonLimit, p.DefaultEpsilon, p.MinEpsilon)
+	case !(p.Delta > 0) || !(p.Delta < maxDeltaExclusive):
+		return catalogErr("policy.delta", "must be above 0 and below 1e-5, got %v", p.Delta)
+	case p.MaxJoinRowsPerPatient < 0 || p.MaxJoinRowsPerPatient > maxJoinRowsLimit:
+		return catalogErr("policy.max_join_rows_per_patient", "must be between 1 and %d, got %d", maxJoinRowsLimit, p.MaxJoinRowsPerPatient)
+	case p.OptOutTable == "":
+		return catalogErr("policy.optout_table", "missing: every dataset must name its opt-out table")
+	}
+	return nil
+}
+
+// validateTable checks table t, the i-th, and its columns.
+func (c *Catalog) validateTable(i int, t Table, seen map[string]bool) error {
+	tk := fmt.Sprintf("tables[%d]", i)
+	if !identRe.MatchString(t.Name) {
+		return catalogErr(tk+".name", "missing or invalid table name %q (letters, digits and _ only)", t.Name)
+	}
+	if seen[strings.ToLower(t.Name)] {
+		return catalogErr(tk+".name", "duplicate table %q", t.Name)
+	}
+	seen[strings.ToLower(t.Name)] = true
+	if len(t.Columns) == 0 {
+		return catalogErr(tk+".columns", "table %q has no columns", t.Name)
+	}
+	cols := make(map[string]bool, len(t.Columns))
+	hasPU := false
+	for j, col := range t.Columns {
+		ck := fmt.Sprintf("%s.columns[%d]", tk, j)
+		if !identRe.MatchString(col.Name) {
+			return catalogErr(ck+".name", "missing or invalid column name %q (letters, digits and _ only)", col.Name)
+		}
+		if cols[strings.ToLower(col.Name)] {
+			return catalogErr(ck+".name", "duplicate column %q in table %q", col.Name, t.Name)
+		}
+		cols[strings.ToLower(col.Name)] = true
+		if err := c.validateColumn(ck, t, col); err != nil {
+			return err
+		}
+		if col.Role == RolePrivacyUnit {
+			hasPU = true
+		}
+	}
+	switch {
+	case t.Public && hasPU:
+		return catalogErr(tk+".public", "public table %q must not hold the privacy unit %q", t.Name, c.PrivacyUnit)
+	case !t.Public && !hasPU:
+		return catalogErr(tk+".columns", "table %q holds patient data but has no privacy-unit column %q (mark lookup tables public: true)", t.Name, c.PrivacyUnit)
+	}
+	if t.OnePerPatient && t.Public {
+		return catalogErr(tk+".one_row_per_patient", "public table %q cannot have one row per patient", t.Name)
+	}
+	return nil
+}
+
+// validateColumn checks column col (key ck) of table t.
+func (c *Catalog) validateColumn(ck string, t Table, col Column) error {
+	if strings.TrimSpace(col.Type) == "" {
+		return catalogErr(ck+".type", "column %s.%s has no type", t.Name, col.Name)
+	}
+	if !typeRe.MatchString(col.Type) {
+		return catalogErr(ck+".type", "column %s.%s has type %q, which is not a DuckDB type name such as VARCHAR, BIGINT, DOUBLE, DECIMAL(10, 2) or DATE", t.Name, col.Name, col.Type)
+	}
+	if col.Role == "" {
+		return catalogErr(ck+".role", "column %s.%s has no role", t.Name, col.Name)
+	}
+	if !col.Role.Valid() {
+		return catalogErr(ck+".role", "column %s.%s has unknown role %q (want privacy_unit, categorical, numeric, date, code or forbidden)", t.Name, col.Name, col.Role)
+	}
+	isPUName := strings.EqualFold(col.Name, c.PrivacyUnit)
+	switch {
+	case col.Role == RolePrivacyUnit && !isPUName:
+		return catalogErr(ck+".role", "column %s.%s has role privacy_unit but the privacy unit is %q", t.Name, col.Name, c.PrivacyUnit)
+	case isPUName && col.Role != RolePrivacyUnit:
+		return catalogErr(ck+".role", "column %s.%s is the privacy unit and must have role privacy_unit", t.Name, col.Name)
+	}
+	switch k, _ := kindOfType(col.Type); {
+	case col.Role == RoleNumeric && k != kNum:
+		return catalogErr(ck+".type", "numeric column %s.%s has type %s, which is not a number type", t.Name, col.Name, col.Type)
+	case col.Role == RoleDate && k != kDate:
+		return catalogErr(ck+".type", "date column %s.%s has type %s; use DATE or TIMESTAMP", t.Name, col.Name, col.Type)
+	}
+	if col.Role == RoleNumeric {
+		if col.Bounds == nil {
+			return catalogErr(ck+".bounds", "numeric column %s.%s needs bounds [lower, upper]", t.Name, col.Name)
+		}
+		lo, hi := col.Bounds[0], col.Bounds[1]
+		if math.IsNaN(lo) || math.IsNaN(hi) || math.IsInf(lo, 0) || math.IsInf(hi, 0) || !(lo < hi) {
+			return catalogErr(ck+".bounds", "bounds of %s.%s must be finite with lower < upper, got [%v, %v]", t.Name, col.Name, lo, hi)
+		}
+		if math.Max(math.Abs(lo), math.Abs(hi)) > dp.MaxAbsBound {
+			return catalogErr(ck+".bounds", "bounds of %s.%s must lie within ±%g, got [%v, %v]", t.Name, col.Name, dp.MaxAbsBound, lo, hi)
+		}
+	} else if col.Bounds != nil {
+		return catalogErr(ck+".bounds", "only numeric columns have bounds (%s.%s is %s)", t.Name, col.Name, col.Role)
+	}
+	if len(col.Domain) > 0 {
+		if col.Role != RoleCategorical && col.Role != RoleCode {
+			return catalogErr(ck+".domain", "only categorical and code columns have a domain (%s.%s is %s)", t.Name, col.Name, col.Role)
+		}
+		if len(col.Domain) > maxDomainValues {
+			return catalogErr(ck+".domain", "domain of %s.%s has more than %d values", t.Name, col.Name, maxDomainValues)
+		}
+		vals := make(map[string]bool, len(col.Domain))
+		for _, v := range col.Domain {
+			if vals[v] {
+				return catalogErr(ck+".domain", "domain of %s.%s lists %q twice", t.Name, col.Name, v)
+			}
+			vals[v] = true
+		}
+	}
+	if col.CodeSystem != "" && col.Role != RoleCode {
+		return catalogErr(ck+".code_system", "only code columns have a code_system (%s.%s is %s)", t.Name, col.Name, col.Role)
+	}
+	if err := validExamples(ck, t.Name, col); err != nil {
+		return err
+	}
+	return nil
+}
+
+// catalogErr is a *CatalogError naming key.
+func catalogErr(key, format string, args ...any) error {
+	return &CatalogError{Key: key, Message: fmt.Sprintf(format, args...)}
 }
 
 // checkKeys walks the YAML tree and refuses keys the catalog types do not
