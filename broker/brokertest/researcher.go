@@ -94,6 +94,11 @@ func visibleStatus(t *testing.T, f *Fixture, st broker.Status) []int64 {
 // run went. Two queries run at the same minutes, one completing at once,
 // the other crashing, retried and timing out, look the same to the
 // researcher until an output checker decides.
+//
+// It is one story on one clock, read top to bottom: each phase (approval,
+// runs, release, cancel) checks what the researcher sees at and between
+// minute boundaries of the queries the phases before it made, so it stays
+// one function.
 func testResearcherView(t *testing.T, f *Fixture) {
 	svc := f.Service
 	f.at(0, 10)
