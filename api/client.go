@@ -33,30 +33,6 @@ type Client struct {
 	HTTPClient *http.Client
 }
 
-// List is a page of a list endpoint.
-type List[T any] struct {
-	Items  []T `json:"items"`
-	Total  int `json:"total"`
-	Limit  int `json:"limit"`
-	Offset int `json:"offset"`
-}
-
-// ListOptions selects a page; zero values take the server's defaults.
-type ListOptions struct {
-	Limit, Offset int
-}
-
-func (o ListOptions) values() url.Values {
-	v := url.Values{}
-	if o.Limit > 0 {
-		v.Set("limit", strconv.Itoa(o.Limit))
-	}
-	if o.Offset > 0 {
-		v.Set("offset", strconv.Itoa(o.Offset))
-	}
-	return v
-}
-
 // do sends one request and decodes a JSON answer into out (when non-nil).
 // It returns the status so callers can tell 204 from 200.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) (int, error) {
@@ -123,9 +99,10 @@ func (c *Client) raw(ctx context.Context, method, path string, query url.Values,
 // responseError rebuilds the API error from an error body, or from the
 // status alone when the body is not ours.
 func responseError(status int, data []byte) *Error {
-	var body errorBody
+	var body ErrorResponse
 	if err := json.Unmarshal(data, &body); err == nil && body.Error.Code != "" {
-		return &Error{Status: status, Code: body.Error.Code, Message: body.Error.Message}
+		body.Error.Status = status
+		return &body.Error
 	}
 	return &Error{Status: status, Code: codeByStatus(status), Message: http.StatusText(status)}
 }
@@ -158,13 +135,6 @@ func (c *Client) Register(ctx context.Context, o ListOptions) (*RegisterList, er
 	return &out, err
 }
 
-// RegisterList is a page of the public register with the audit chain's
-// head.
-type RegisterList struct {
-	List[broker.RegisterEntry]
-	AuditChain *broker.AuditHead `json:"audit_chain"`
-}
-
 // Datasets lists the published dataset catalogs.
 func (c *Client) Datasets(ctx context.Context, o ListOptions) (*List[queries.Catalog], error) {
 	var out List[queries.Catalog]
@@ -172,7 +142,8 @@ func (c *Client) Datasets(ctx context.Context, o ListOptions) (*List[queries.Cat
 	return &out, err
 }
 
-// Sites lists the site agents.
+// Sites lists the registered sites and the sites agents have called from
+// (admin; tre site list).
 func (c *Client) Sites(ctx context.Context, o ListOptions) (*List[broker.Site], error) {
 	var out List[broker.Site]
 	_, err := c.do(ctx, http.MethodGet, "/api/v1/sites", o.values(), nil, &out)

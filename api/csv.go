@@ -145,25 +145,3 @@ func neutraliseCell(s string) string {
 	}
 	return s
 }
-
-// safeFilename keeps only characters that are harmless in a
-// Content-Disposition filename on every platform.
-func safeFilename(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
-			b.WriteRune(r)
-		default:
-			b.WriteByte('_')
-		}
-	}
-	out := strings.Trim(b.String(), ".")
-	if out == "" {
-		return "result"
-	}
-	if len(out) > 100 {
-		out = out[:100]
-	}
-	return out
-}

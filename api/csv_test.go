@@ -34,3 +34,24 @@ func TestFormatCell(t *testing.T) {
 		})
 	}
 }
+
+func TestNeutraliseCell(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"equals", "=1+1", "'=1+1"},
+		{"plus", "+1", "'+1"},
+		{"minus", "-1", "'-1"},
+		{"at", "@x", "'@x"},
+		{"tab", "\tx", "'\tx"},
+		{"cr", "\rx", "'\rx"},
+		{"plain", "London", "London"},
+		{"empty", "", ""},
+		{"inner equals", "a=b", "a=b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := neutraliseCell(tt.in); got != tt.want {
+				t.Errorf("neutraliseCell(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}

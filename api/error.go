@@ -58,31 +58,21 @@ func HTTPStatus(err error) int {
 	return http.StatusInternalServerError
 }
 
-// errorBody is the JSON shape of every error response.
-type errorBody struct {
-	Error errorDetail `json:"error"`
+// ErrorResponse is the JSON shape of every error response:
+// {"error": {"code": …, "message": …}}.
+type ErrorResponse struct {
+	Error Error `json:"error"`
 }
 
-type errorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-// httpError is an error the HTTP layer itself raises with a status outside
-// the domain table (413, 415, 405).
-type httpError struct {
-	Status  int
-	Code    string
-	Message string
-}
-
-func (e *httpError) Error() string { return e.Message }
-
-// Error is an API error as the Go client sees it.
+// Error is an error the HTTP API answers with, the one error type on both
+// sides: the server raises it for refusals of its own with a status outside
+// the domain table (413, 415, 405) and writes every error in its shape; the
+// client returns it for every non-2xx answer, rebuilding the code from the
+// status when the body is not the broker's (e.g. a proxy's error page).
 type Error struct {
-	Status  int    // HTTP status
-	Code    string // domain code, e.g. "not_found"
-	Message string // safe message from the server
+	Status  int    `json:"-"`       // HTTP status
+	Code    string `json:"code"`    // domain code, e.g. "not_found"
+	Message string `json:"message"` // safe message from the server
 }
 
 func (e *Error) Error() string {

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/brokertest"
@@ -119,13 +119,13 @@ func newEnv(tb testing.TB) *env {
 	svc := broker.NewService(store, parser, broker.Options{Now: ck.Now})
 
 	key := []byte("0123456789abcdef0123456789abcdef-web-test")
-	ver, err := api.NewVerifier(ctx, api.AuthConfig{DevKey: key}, api.WithNow(ck.Now))
+	ver, err := auth.NewVerifier(ctx, auth.AuthConfig{DevKey: key}, auth.WithNow(ck.Now))
 	if err != nil {
 		tb.Fatalf("verifier: %v", err)
 	}
 	e := &env{svc: svc, parser: parser, clock: ck, tokens: map[string]string{}}
 	for name, u := range testUsers {
-		tok, err := api.MintDevToken(key, api.DevClaims{Subject: u.Subject, Name: u.Name, Org: u.Org, Roles: u.Roles, IssuedAt: ck.Now(), TTL: time.Hour})
+		tok, err := auth.MintDevToken(key, auth.DevClaims{Subject: u.Subject, Name: u.Name, Org: u.Org, Roles: u.Roles, IssuedAt: ck.Now(), TTL: time.Hour})
 		if err != nil {
 			tb.Fatalf("mint token: %v", err)
 		}

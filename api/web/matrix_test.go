@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
@@ -87,7 +87,7 @@ func newMatrixEnv(tb testing.TB, dryRun bool) *matrixEnv {
 	tb.Helper()
 	e := newEnv(tb)
 	for name, u := range matrixExtraUsers {
-		tok, err := api.MintDevToken([]byte(matrixDevKey), api.DevClaims{Subject: u.Subject, Name: u.Name, Org: u.Org, Roles: u.Roles, IssuedAt: e.clock.Now(), TTL: time.Hour})
+		tok, err := auth.MintDevToken([]byte(matrixDevKey), auth.DevClaims{Subject: u.Subject, Name: u.Name, Org: u.Org, Roles: u.Roles, IssuedAt: e.clock.Now(), TTL: time.Hour})
 		if err != nil {
 			tb.Fatalf("mint token: %v", err)
 		}
@@ -108,7 +108,7 @@ func newMatrixEnv(tb testing.TB, dryRun bool) *matrixEnv {
 // is a fake: what is under test is who may reach it.
 func withDryRunner(tb testing.TB, e *env) *env {
 	tb.Helper()
-	ver, err := api.NewVerifier(context.Background(), api.AuthConfig{DevKey: []byte(matrixDevKey)}, api.WithNow(e.clock.Now))
+	ver, err := auth.NewVerifier(context.Background(), auth.AuthConfig{DevKey: []byte(matrixDevKey)}, auth.WithNow(e.clock.Now))
 	if err != nil {
 		tb.Fatalf("verifier: %v", err)
 	}

@@ -20,9 +20,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
-	"github.com/nhs-tre/tre/dp"
-	"github.com/nhs-tre/tre/queries"
 )
 
 //go:embed templates/*.html
@@ -31,53 +30,32 @@ var templateFS embed.FS
 //go:embed static
 var staticFS embed.FS
 
-// Service is the part of the broker domain the pages call. *broker.Service
-// satisfies it. The caller travels in ctx (broker.NewContext).
+// Service is the part of the broker domain the pages call: the operations
+// they share with the JSON API (declared once in package api) and three of
+// their own. *broker.Service satisfies it. The caller travels in ctx
+// (broker.NewContext).
 type Service interface {
-	FindDatasets(ctx context.Context) ([]*queries.Catalog, error)
-	CreateSite(ctx context.Context, site *broker.Site) error
-	FindSites(ctx context.Context) ([]*broker.Site, error)
+	api.SiteService
+	api.ProjectService
+	api.QueryService
+	api.ReviewService
+	api.OutputService
+	api.AuditService
 
-	CreateProject(ctx context.Context, p *broker.Project) error
-	FindProjectByID(ctx context.Context, id int64) (*broker.Project, error)
-	FindProjects(ctx context.Context, f broker.ProjectFilter) ([]*broker.Project, int, error)
-	UpdateProject(ctx context.Context, id int64, upd broker.ProjectUpdate) (*broker.Project, error)
-
-	SubmitQuery(ctx context.Context, sub broker.QuerySubmission) (*broker.Query, error)
-	CheckQuery(ctx context.Context, sub broker.QuerySubmission) (*queries.Plan, error)
-	FindQueryByID(ctx context.Context, id int64) (*broker.Query, error)
+	// QueryAccess says what the caller may do with a query (which buttons
+	// a page shows; the broker checks again on every action).
 	QueryAccess(ctx context.Context, id int64) (*broker.Access, error)
-	FindQueries(ctx context.Context, f broker.QueryFilter) ([]*broker.Query, int, error)
-	ReviewQueue(ctx context.Context) ([]*broker.Query, error)
-	CancelQuery(ctx context.Context, id int64) (*broker.Query, error)
-	ApproveQuery(ctx context.Context, id int64, comment string) (*broker.Query, error)
-	RejectQuery(ctx context.Context, id int64, reason string) (*broker.Query, error)
-
-	OutputQueue(ctx context.Context) ([]*broker.Query, error)
+	// FindOutput is the output as an output checker checks it.
 	FindOutput(ctx context.Context, id int64) (*broker.Output, error)
+	// ReleasedOutput is what a researcher may see of a released output.
 	ReleasedOutput(ctx context.Context, id int64) (*broker.ReleasedResult, error)
-	ReleaseQuery(ctx context.Context, id int64, comment string) (*broker.Query, error)
-	WithholdQuery(ctx context.Context, id int64, reason string) (*broker.Query, error)
-	DownloadResult(ctx context.Context, id int64) (*broker.ReleasedResult, error)
-
-	FindAuditEntries(ctx context.Context, f broker.AuditFilter) ([]*broker.AuditEntry, int, error)
-	VerifyAudit(ctx context.Context) (*broker.AuditVerification, error)
-	Register(ctx context.Context) ([]*broker.RegisterEntry, error)
-	AuditHead(ctx context.Context) (*broker.AuditHead, error)
-	RecordAuthFailure(ctx context.Context, f broker.AuthFailure)
 }
 
 // Authenticator verifies a bearer token and returns the caller it names.
-// *api.Verifier satisfies it. Errors are shown to nobody but logged by
+// *auth.Verifier satisfies it. Errors are shown to nobody but logged by
 // reason only; the token itself is never logged.
 type Authenticator interface {
 	Verify(ctx context.Context, bearerToken string) (*broker.User, error)
-}
-
-// DryRunner answers a query from synthetic data with the dataset's schema,
-// spending no budget. Optional: without one the editor has no dry run.
-type DryRunner interface {
-	DryRun(ctx context.Context, dataset, sql string, epsilon float64) (*dp.Result, error)
 }
 
 // DemoUser is a signed-in identity offered on the dev sign-in page. Token is
@@ -101,7 +79,7 @@ type Config struct {
 	// Now is the clock for session expiry and agent health; time.Now when nil.
 	Now func() time.Time
 	// DryRunner, when set, enables "Dry run" in the query editor.
-	DryRunner DryRunner
+	DryRunner api.DryRunner
 }
 
 // Handler serves /ui/… and /register. It is safe for concurrent use.

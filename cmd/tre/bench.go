@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/bench"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/sqlstore"
@@ -102,7 +102,7 @@ func startBenchBroker(ctx context.Context, dir, databaseURL string) (bench.Broke
 	if err != nil {
 		return nil, err
 	}
-	key, err := api.LoadOrCreateDevKey(cfg.DataDir)
+	key, err := auth.LoadOrCreateDevKey(cfg.DataDir)
 	if err != nil {
 		b.Close()
 		return nil, err
@@ -114,7 +114,7 @@ func (b *benchBroker) Token(subject string, role broker.Role, site string) (stri
 	if (role == broker.RoleAgent) != (site != "") {
 		return "", errors.New("an agent's token, and only an agent's, names a site")
 	}
-	return api.MintDevToken(b.key, api.DevClaims{Subject: subject, Name: subject, Org: "Benchmark", Roles: []broker.Role{role}, Site: site, TTL: 2 * time.Hour})
+	return auth.MintDevToken(b.key, auth.DevClaims{Subject: subject, Name: subject, Org: "Benchmark", Roles: []broker.Role{role}, Site: site, TTL: 2 * time.Hour})
 }
 
 // GroupCommits reads the store's group commit counters (the SQL stores

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/broker"
 )
 
@@ -176,11 +177,11 @@ func mintWithCommand(t *testing.T, dir string, args ...string) *broker.User {
 	if err := m.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	key, err := api.LoadOrCreateDevKey(dir)
+	key, err := auth.LoadOrCreateDevKey(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := api.NewVerifier(context.Background(), api.AuthConfig{DevKey: key}, api.WithNow(m.Now))
+	v, err := auth.NewVerifier(context.Background(), auth.AuthConfig{DevKey: key}, auth.WithNow(m.Now))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/synth"
@@ -119,17 +120,17 @@ func (m *DemoMain) Run(ctx context.Context) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	key, err := api.LoadOrCreateDevKey(brokerDir)
+	key, err := auth.LoadOrCreateDevKey(brokerDir)
 	if err != nil {
 		return err
 	}
 	tokens := map[broker.Role]string{}
 	for _, u := range append(demoUsers, demoUser{demoSite, "Demo site agent", "Demo NHS Trust", broker.RoleAgent}) {
-		c := api.DevClaims{Subject: u.Sub, Name: u.Name, Org: u.Org, Roles: []broker.Role{u.Role}, IssuedAt: m.now(), TTL: 24 * time.Hour}
+		c := auth.DevClaims{Subject: u.Sub, Name: u.Name, Org: u.Org, Roles: []broker.Role{u.Role}, IssuedAt: m.now(), TTL: 24 * time.Hour}
 		if u.Role == broker.RoleAgent {
 			c.Site = demoSite // the agent acts for the demo site only
 		}
-		tok, err := api.MintDevToken(key, c)
+		tok, err := auth.MintDevToken(key, c)
 		if err != nil {
 			return err
 		}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/queries"
 )
@@ -135,17 +136,17 @@ const e2eSite = "site-1"
 // agent tokens are bound to e2eSite.
 func devTokens(tb testing.TB, brokerDir string, users map[string]broker.Role) map[string]string {
 	tb.Helper()
-	key, err := api.LoadOrCreateDevKey(brokerDir)
+	key, err := auth.LoadOrCreateDevKey(brokerDir)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tokens := map[string]string{}
 	for sub, role := range users {
-		c := api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour}
+		c := auth.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, TTL: time.Hour}
 		if role == broker.RoleAgent {
 			c.Site = e2eSite
 		}
-		tok, err := api.MintDevToken(key, c)
+		tok, err := auth.MintDevToken(key, c)
 		if err != nil {
 			tb.Fatal(err)
 		}

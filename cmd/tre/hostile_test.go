@@ -36,6 +36,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/brokertest"
 	"github.com/nhs-tre/tre/broker/sqlite"
@@ -878,7 +879,7 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 	s.agent.stop()
 	s.broker.stop()
 	logs := map[string]string{"broker": s.broker.out.String(), "agent": s.agent.out.String(), "agent metrics": string(agentMetrics)}
-	devKey, err := os.ReadFile(filepath.Join(s.dir, "broker", api.DevKeyFile))
+	devKey, err := os.ReadFile(filepath.Join(s.dir, "broker", auth.DevKeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -933,14 +934,14 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 }
 
 // mint signs a dev token with the broker's key.
-func (b *lonelyBroker) mint(tb testing.TB, c api.DevClaims) string {
+func (b *lonelyBroker) mint(tb testing.TB, c auth.DevClaims) string {
 	tb.Helper()
-	key, err := api.LoadOrCreateDevKey(b.dir)
+	key, err := auth.LoadOrCreateDevKey(b.dir)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	c.TTL = time.Hour
-	tok, err := api.MintDevToken(key, c)
+	tok, err := auth.MintDevToken(key, c)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -960,9 +961,9 @@ func TestStolenAgentToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	agent := []broker.Role{broker.RoleAgent}
-	site2 := b.mint(t, api.DevClaims{Subject: "agent-2", Roles: agent, Site: "site-2"})
-	siteless := b.mint(t, api.DevClaims{Subject: "agent-0", Roles: agent})
-	unregistered := b.mint(t, api.DevClaims{Subject: "agent-9", Roles: agent, Site: "site-9"})
+	site2 := b.mint(t, auth.DevClaims{Subject: "agent-2", Roles: agent, Site: "site-2"})
+	siteless := b.mint(t, auth.DevClaims{Subject: "agent-0", Roles: agent})
+	unregistered := b.mint(t, auth.DevClaims{Subject: "agent-9", Roles: agent, Site: "site-9"})
 	cat, err := queries.LoadCatalog(testCatalogPath)
 	if err != nil {
 		t.Fatal(err)
@@ -1120,7 +1121,7 @@ func TestAgentRefusedExits(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	token := writeAgentToken(t, dir, b.mint(t, api.DevClaims{Subject: "agent-2", Roles: []broker.Role{broker.RoleAgent}, Site: "site-2"}))
+	token := writeAgentToken(t, dir, b.mint(t, auth.DevClaims{Subject: "agent-2", Roles: []broker.Role{broker.RoleAgent}, Site: "site-2"}))
 	data := filepath.Join(dir, "data.duckdb")
 	var out bytes.Buffer
 	if code := run(ctx, []string{"synth", "--out", data, "--patients", "1000", "--seed", "3"}, &out, &out); code != 0 {
@@ -1293,7 +1294,7 @@ func TestDutiesEndToEnd(t *testing.T) {
 		"adele": {broker.RoleAdmin, broker.RoleResearcher},
 	}
 	for sub, roles := range people {
-		b.tokens[sub] = b.mint(t, api.DevClaims{Subject: sub, Roles: roles})
+		b.tokens[sub] = b.mint(t, auth.DevClaims{Subject: sub, Roles: roles})
 	}
 	members := []string{"alice", "frank", "rita", "ravi", "adele"}
 	if _, err := b.as("dave").UpdateProject(ctx, b.project, broker.ProjectUpdate{Members: &members}); err != nil {
@@ -1433,7 +1434,7 @@ func TestDryRunBurst(t *testing.T) {
 	users := []string{"alice", "frank"}
 	extra := []string{"gail", "hal"} // two more members of the project
 	for _, u := range extra {
-		b.tokens[u] = b.mint(t, api.DevClaims{Subject: u, Roles: []broker.Role{broker.RoleResearcher}})
+		b.tokens[u] = b.mint(t, auth.DevClaims{Subject: u, Roles: []broker.Role{broker.RoleResearcher}})
 	}
 	members := append(append([]string{}, users...), extra...)
 	if _, err := b.as("dave").UpdateProject(context.Background(), b.project, broker.ProjectUpdate{Members: &members}); err != nil {

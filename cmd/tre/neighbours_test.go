@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/sandbox/sandboxtest"
@@ -56,12 +57,12 @@ func startNeighbourSystem(tb testing.TB, n *sandboxtest.Neighbourhood) *neighbou
 	startTre(tb, "serve", "--data-dir", brokerDir, "--addr", addr, "--dev", "--lease-ttl", "3s", "--submit-per-minute", "6000",
 		"--researcher-time-granularity", e2eGranularity.String())
 	waitReady(tb, ns.url)
-	key, err := api.LoadOrCreateDevKey(brokerDir)
+	key, err := auth.LoadOrCreateDevKey(brokerDir)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	mint := func(sub string, role broker.Role, site string) {
-		tok, err := api.MintDevToken(key, api.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, Site: site, TTL: time.Hour})
+		tok, err := auth.MintDevToken(key, auth.DevClaims{Subject: sub, Name: sub, Org: "Test", Roles: []broker.Role{role}, Site: site, TTL: time.Hour})
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -16,8 +16,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/api/metrics"
+	"github.com/nhs-tre/tre/api/server"
 	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/postgres"
@@ -164,7 +165,7 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 	})
 	b.startFailureFlush(cfg.AuthFailureWindow / 4)
 
-	auth := api.AuthConfig{
+	authCfg := auth.AuthConfig{
 		PublicKeyFiles: cfg.PublicKeyFiles,
 		JWKS:           firstNonEmpty(cfg.JWKSFile, cfg.JWKSURL),
 		Issuer:         cfg.Issuer,
@@ -173,20 +174,20 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		SiteClaim:      cfg.SiteClaim,
 	}
 	if cfg.Dev {
-		key, err := api.LoadOrCreateDevKey(cfg.DataDir)
+		key, err := auth.LoadOrCreateDevKey(cfg.DataDir)
 		if err != nil {
 			return nil, err
 		}
-		auth.DevKey = key
+		authCfg.DevKey = key
 	}
-	verifier, err := api.NewVerifier(ctx, auth)
+	verifier, err := auth.NewVerifier(ctx, authCfg)
 	if err != nil {
 		return nil, err
 	}
 
-	apiCfg := api.Config{
+	apiCfg := server.Config{
 		Verifier:    verifier,
-		SubmitLimit: api.RateLimit{PerMinute: float64(cfg.SubmitPerMinute), Burst: cfg.SubmitPerMinute},
+		SubmitLimit: server.RateLimit{PerMinute: float64(cfg.SubmitPerMinute), Burst: cfg.SubmitPerMinute},
 		Metrics:     b.metrics,
 	}
 	webCfg := web.Config{Dev: cfg.Dev, CookieSecure: cfg.TLSCert != "" || cfg.BehindProxy}
@@ -200,11 +201,11 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		}
 		b.dryRun = dr
 		// One set of caps for the API and the web editor.
-		limited := api.LimitDryRuns(dr, api.DryRunLimits{Global: cfg.DryRunMax, PerUser: cfg.DryRunPerUser})
+		limited := server.LimitDryRuns(dr, server.DryRunLimits{Global: cfg.DryRunMax, PerUser: cfg.DryRunPerUser})
 		apiCfg.DryRunner = limited
 		webCfg.DryRunner = limited
 	}
-	handler := rootHandler(api.NewServer(apiCfg, b.svc, logger).Handler(), web.New(webCfg, b.svc, verifier, logger))
+	handler := rootHandler(server.NewServer(apiCfg, b.svc, logger).Handler(), web.New(webCfg, b.svc, verifier, logger))
 
 	b.server = &http.Server{
 		Handler:           handler,

@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/broker"
 )
 
@@ -18,7 +18,7 @@ type TokenMain struct {
 	Now            func() time.Time
 
 	dataDir string
-	claims  api.DevClaims
+	claims  auth.DevClaims
 }
 
 // NewTokenMain returns the command.
@@ -75,12 +75,12 @@ func (m *TokenMain) ParseFlags(ctx context.Context, args []string) error {
 
 // Run prints the token on standard output.
 func (m *TokenMain) Run(ctx context.Context) error {
-	key, err := api.LoadOrCreateDevKey(m.dataDir)
+	key, err := auth.LoadOrCreateDevKey(m.dataDir)
 	if err != nil {
 		return err
 	}
 	m.claims.IssuedAt = m.Now()
-	tok, err := api.MintDevToken(key, m.claims)
+	tok, err := auth.MintDevToken(key, m.claims)
 	if err != nil {
 		return err
 	}

@@ -1,10 +1,12 @@
-package api
+package server
 
 import (
+	"encoding/base64"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"sort"
 	"strings"
 	"testing"
@@ -12,14 +14,16 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/api/metrics"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 )
 
-func mustErrorBody(tb testing.TB, body []byte) errorDetail {
+func mustErrorBody(tb testing.TB, body []byte) api.Error {
 	tb.Helper()
-	var e errorBody
+	var e api.ErrorResponse
 	if err := json.Unmarshal(body, &e); err != nil || e.Error.Code == "" {
 		tb.Fatalf("not an error body: %q", body)
 	}
@@ -144,7 +148,7 @@ func TestErrorMapping(t *testing.T) {
 			if rec.Code != tt.status {
 				t.Fatalf("status %d, want %d", rec.Code, tt.status)
 			}
-			if diff := cmp.Diff(errorDetail{tt.code, tt.message}, mustErrorBody(t, rec.Body.Bytes())); diff != "" {
+			if diff := cmp.Diff(api.Error{Code: tt.code, Message: tt.message}, mustErrorBody(t, rec.Body.Bytes())); diff != "" {
 				t.Errorf("error (-want +got):\n%s", diff)
 			}
 		})
@@ -165,7 +169,7 @@ func TestPagination(t *testing.T) {
 		{"limit", "?limit=2", 200, []int64{1, 2}, 2, 0},
 		{"offset", "?limit=2&offset=2", 200, []int64{3}, 2, 2},
 		{"offset past end", "?offset=10", 200, []int64{}, 50, 10},
-		{"limit clamped", "?limit=100000", 200, []int64{1, 2, 3}, MaxPageLimit, 0},
+		{"limit clamped", "?limit=100000", 200, []int64{1, 2, 3}, api.MaxPageLimit, 0},
 		{"zero limit", "?limit=0", 400, nil, 0, 0},
 		{"negative offset", "?offset=-1", 400, nil, 0, 0},
 		{"text limit", "?limit=all", 400, nil, 0, 0},
@@ -179,7 +183,7 @@ func TestPagination(t *testing.T) {
 			if tt.status != 200 {
 				return
 			}
-			var got List[broker.RegisterEntry]
+			var got api.List[broker.RegisterEntry]
 			if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 				t.Fatal(err)
 			}
@@ -263,25 +267,7 @@ func TestResultCSV(t *testing.T) {
 	}
 }
 
-func TestNeutraliseCell(t *testing.T) {
-	tests := []struct{ name, in, want string }{
-		{"equals", "=1+1", "'=1+1"},
-		{"plus", "+1", "'+1"},
-		{"minus", "-1", "'-1"},
-		{"at", "@x", "'@x"},
-		{"tab", "\tx", "'\tx"},
-		{"cr", "\rx", "'\rx"},
-		{"plain", "London", "London"},
-		{"empty", "", ""},
-		{"inner equals", "a=b", "a=b"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := neutraliseCell(tt.in); got != tt.want {
-				t.Errorf("neutraliseCell(%q) = %q, want %q", tt.in, got, tt.want)
-			}
-		})
-	}
+func TestSafeFilename(t *testing.T) {
 	for _, in := range []string{`../../etc/passwd`, `a"b;c.csv`, "", "..", "x\r\ny"} {
 		got := safeFilename(in)
 		if strings.ContainsAny(got, "/\\\"\r\n;") || got == "" || strings.HasPrefix(got, ".") {
@@ -302,7 +288,7 @@ func TestDryRun(t *testing.T) {
 	if rec.Code != 200 {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
 	}
-	var got DryRunResponse
+	var got api.DryRunResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
@@ -320,11 +306,11 @@ func TestCheckQuery(t *testing.T) {
 	if rec.Code != 200 {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
 	}
-	var got CheckResponse
+	var got api.CheckResponse
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
-	want := CheckResponse{Dataset: "gp", Cost: dp.Cost{Epsilon: 1}, Rewritten: "SELECT 1"}
+	want := api.CheckResponse{Dataset: "gp", Cost: dp.Cost{Epsilon: 1}, Rewritten: "SELECT 1"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("check (-want +got):\n%s", diff)
 	}
@@ -430,5 +416,46 @@ func TestMetricsByRouteTemplate(t *testing.T) {
 	sort.Strings(routes)
 	if diff := cmp.Diff([]string{"/api/v1/queries/:id", "/api/v1/queries/:id", "unmatched"}, routes); diff != "" {
 		t.Errorf("routes (-want +got):\n%s", diff)
+	}
+}
+
+// TestRejectedTokensAre401: every token the verifier refuses is a 401 over
+// HTTP, with WWW-Authenticate (api/auth's TestVerifierRejects checks the
+// refusals themselves, over every key type).
+func TestRejectedTokensAre401(t *testing.T) {
+	mint := func(key []byte, c auth.DevClaims) string {
+		t.Helper()
+		tok, err := auth.MintDevToken(key, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	b64 := base64.RawURLEncoding.EncodeToString
+	other := []byte("another key, another key, another key")
+	alice := auth.DevClaims{Subject: "alice", Roles: []broker.Role{broker.RoleResearcher}, IssuedAt: testNow, TTL: time.Hour}
+	expired := alice
+	expired.IssuedAt = testNow.Add(-2 * time.Hour)
+	tests := []struct{ name, token string }{
+		{"malformed", "not-a-jwt"},
+		{"alg none", b64([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + b64([]byte(`{"sub":"alice","roles":["researcher"],"exp":9999999999}`)) + "."},
+		{"signed by another key", mint(other, alice)},
+		{"expired", mint(testDevKey, expired)},
+		{"too large", strings.Repeat("a", 20<<10)},
+	}
+	srv := newTestServer(t, newFakeService())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodGet, "/api/v1/datasets", nil)
+			req.Header.Set("Authorization", "Bearer "+tt.token)
+			rec := httptest.NewRecorder()
+			srv.Handler().ServeHTTP(rec, req)
+			if rec.Code != http.StatusUnauthorized {
+				t.Fatalf("status %d, want 401: %s", rec.Code, rec.Body)
+			}
+			if !strings.HasPrefix(rec.Header().Get("WWW-Authenticate"), "Bearer") {
+				t.Errorf("WWW-Authenticate = %q", rec.Header().Get("WWW-Authenticate"))
+			}
+		})
 	}
 }

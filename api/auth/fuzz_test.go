@@ -1,4 +1,4 @@
-package api
+package auth
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 )
 
 // FuzzVerify: the token verifier never panics; every rejection is an
-// *authError whose reason never contains the token; and it accepts a token
+// *TokenError whose reason never contains the token; and it accepts a token
 // only if an independent check agrees: the header names an algorithm the
 // key set allows (never none, never HS256 without a dev key), the signature
 // verifies with that algorithm's key, and exp is in the future.
@@ -69,9 +69,9 @@ func FuzzVerify(f *testing.F) {
 		} {
 			u, err := tc.v.Verify(context.Background(), raw)
 			if err != nil {
-				var ae *authError
+				var ae *TokenError
 				if !errors.As(err, &ae) {
-					t.Fatalf("%s: rejection is not an authError: %T %v", tc.name, err, err)
+					t.Fatalf("%s: rejection is not a TokenError: %T %v", tc.name, err, err)
 				}
 				if len(raw) >= 8 && strings.Contains(ae.Reason, raw) {
 					t.Fatalf("%s: rejection reason echoes the token", tc.name)

@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"encoding/json"
@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nhs-tre/tre/api/apitest"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/brokertest"
 )
@@ -27,7 +28,7 @@ var checkerOnly = []string{
 // OpenAPI document, whose researcher shapes allow no other property.
 func TestResearcherSeesNoCheckerData(t *testing.T) {
 	e := newRealEnv(t)
-	f, svc, cf := e.f, e.f.Service, newConformance(t)
+	f, svc, cf := e.f, e.f.Service, apitest.NewConformance(t)
 	member := mustToken(t, "res1", broker.RoleResearcher)
 	checker := mustToken(t, "chk1", broker.RoleOutputChecker)
 
@@ -50,7 +51,7 @@ func TestResearcherSeesNoCheckerData(t *testing.T) {
 
 	get := func(token, path string, want int) string {
 		t.Helper()
-		status, body := cf.checkedCall(t, e.srv, "GET", path, token, nil)
+		status, body := checkedCall(t, cf, e.srv, "GET", path, token, nil)
 		if status != want {
 			t.Fatalf("GET %s: status %d, want %d: %s", path, status, want, body)
 		}

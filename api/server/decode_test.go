@@ -1,8 +1,9 @@
-package api
+package server
 
 import (
 	"testing"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 )
 
@@ -20,13 +21,13 @@ func FuzzDecode(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		targets := []any{&QueryRequest{}, &CompleteRequest{}, &CatalogRequest{}, &ProjectRequest{}, &broker.ProjectUpdate{}, &FailRequest{}}
+		targets := []any{&api.QueryRequest{}, &api.CompleteRequest{}, &api.CatalogRequest{}, &api.ProjectRequest{}, &broker.ProjectUpdate{}, &api.FailRequest{}}
 		for _, v := range targets {
 			err := decodeJSON(data, v)
 			if err == nil {
 				continue
 			}
-			if HTTPStatus(err) != 400 {
+			if api.HTTPStatus(err) != 400 {
 				t.Fatalf("decode %T: %v is not a 400", v, err)
 			}
 		}

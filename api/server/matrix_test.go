@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"context"
@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/apitest"
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/brokertest"
 	"github.com/nhs-tre/tre/broker/sqlite"
@@ -51,7 +54,7 @@ func (c matrixCaller) token(tb testing.TB) string {
 	if c.sub == "" {
 		return ""
 	}
-	return mustClaims(tb, DevClaims{Subject: c.sub, Roles: c.roles, Site: c.site})
+	return mustClaims(tb, auth.DevClaims{Subject: c.sub, Roles: c.roles, Site: c.site})
 }
 
 // realEnv is the HTTP server over the real broker service on a fresh
@@ -191,10 +194,10 @@ func memberOwn(ok int, staff ...string) func(string, bool) int {
 
 func matrixRoutes() []matrixRoute {
 	queryBody := func(e *realEnv, own bool, _ *broker.Query, _ string) any {
-		return QueryRequest{ProjectID: e.project(own).ID, SQL: brokertest.DefaultSQL, Purpose: "matrix", Epsilon: 0.5}
+		return api.QueryRequest{ProjectID: e.project(own).ID, SQL: brokertest.DefaultSQL, Purpose: "matrix", Epsilon: 0.5}
 	}
-	comment := func(*realEnv, bool, *broker.Query, string) any { return CommentRequest{Comment: "ok"} }
-	reason := func(*realEnv, bool, *broker.Query, string) any { return ReasonRequest{Reason: "out of scope"} }
+	comment := func(*realEnv, bool, *broker.Query, string) any { return api.CommentRequest{Comment: "ok"} }
+	reason := func(*realEnv, bool, *broker.Query, string) any { return api.ReasonRequest{Reason: "out of scope"} }
 	all := []string{"member", "nonmember", "reviewer", "checker", "admin", "agent", "other-site agent", "siteless agent"}
 	public := func(string, bool) int { return http.StatusOK }
 	return []matrixRoute{
@@ -207,12 +210,12 @@ func matrixRoutes() []matrixRoute {
 		{method: "POST", path: "/api/v1/sites", want: only(201, "admin"),
 			body: func(e *realEnv, _ bool, _ *broker.Query, _ string) any {
 				e.sites++
-				return SiteRequest{ID: fmt.Sprintf("matrix-site-%d", e.sites), Name: "Matrix site", Organisation: "Test NHS Trust"}
+				return api.SiteRequest{ID: fmt.Sprintf("matrix-site-%d", e.sites), Name: "Matrix site", Organisation: "Test NHS Trust"}
 			}},
 		{method: "POST", path: "/api/v1/projects", want: only(201, "admin"),
 			body: func(e *realEnv, _ bool, _ *broker.Query, _ string) any {
 				now := e.f.Clock.Now()
-				return ProjectRequest{Title: "New", Organisation: "KCL", Purpose: "p", LawfulBasis: "6(1)(e)",
+				return api.ProjectRequest{Title: "New", Organisation: "KCL", Purpose: "p", LawfulBasis: "6(1)(e)",
 					Members: []string{"res1"}, Datasets: []string{brokertest.Dataset}, EpsilonBudget: 3, DeltaBudget: 1e-4,
 					StartsAt: now, ExpiresAt: now.Add(90 * 24 * time.Hour)}
 			}},
@@ -246,20 +249,20 @@ func matrixRoutes() []matrixRoute {
 		{method: "GET", path: "/api/v1/audit/verify", want: only(200, "admin")},
 		{method: "PUT", path: "/api/v1/agent/catalog", want: only(204, "agent"),
 			body: func(e *realEnv, _ bool, _ *broker.Query, _ string) any {
-				return CatalogRequest{SiteID: brokertest.SiteID, Catalog: brokertest.Catalog(e.f.TB)}
+				return api.CatalogRequest{SiteID: brokertest.SiteID, Catalog: brokertest.Catalog(e.f.TB)}
 			}},
 		{method: "POST", path: "/api/v1/agent/lease", state: broker.StatusApproved, want: only(200, "agent"),
-			body: func(*realEnv, bool, *broker.Query, string) any { return LeaseRequest{SiteID: brokertest.SiteID} }},
+			body: func(*realEnv, bool, *broker.Query, string) any { return api.LeaseRequest{SiteID: brokertest.SiteID} }},
 		{method: "POST", path: "/api/v1/agent/jobs/%d/heartbeat", state: broker.StatusRunning, want: only(200, "agent"),
-			body: func(_ *realEnv, _ bool, _ *broker.Query, tok string) any { return HeartbeatRequest{Token: tok} }},
+			body: func(_ *realEnv, _ bool, _ *broker.Query, tok string) any { return api.HeartbeatRequest{Token: tok} }},
 		{method: "POST", path: "/api/v1/agent/jobs/%d/complete", state: broker.StatusRunning, want: only(204, "agent"),
 			body: func(e *realEnv, _ bool, _ *broker.Query, tok string) any {
 				r := e.f.Result(0.5)
-				return CompleteRequest{Token: tok, Result: &r}
+				return api.CompleteRequest{Token: tok, Result: &r}
 			}},
 		{method: "POST", path: "/api/v1/agent/jobs/%d/fail", state: broker.StatusRunning, want: only(204, "agent"),
 			body: func(_ *realEnv, _ bool, _ *broker.Query, tok string) any {
-				return FailRequest{Token: tok, Code: "sandbox_error", Message: "exit status 1"}
+				return api.FailRequest{Token: tok, Code: "sandbox_error", Message: "exit status 1"}
 			}},
 	}
 }
@@ -271,7 +274,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	if testing.Short() {
 		t.Skip("matrix runs the real broker")
 	}
-	cf := newConformance(t)
+	cf := apitest.NewConformance(t)
 	for _, rt := range matrixRoutes() {
 		t.Run(strings.TrimSpace(rt.method+" "+strings.ReplaceAll(rt.path, "%d", "{id}")+" "+string(rt.state)), func(t *testing.T) {
 			e := newRealEnv(t)
@@ -293,7 +296,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 						body = rt.body(e, own, q, token)
 					}
 					tok := c.token(t)
-					status, respBody := cf.checkedCall(t, e.srv, rt.method, path, tok, body)
+					status, respBody := checkedCall(t, cf, e.srv, rt.method, path, tok, body)
 					if want := rt.want(c.name, own); status != want {
 						t.Errorf("%s (own project %v): status %d, want %d: %s", c.name, own, status, want, respBody)
 					}
@@ -305,7 +308,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		return
 	}
 	// Every documented operation must have been called at least once.
-	for _, op := range cf.uncovered() {
+	for _, op := range cf.Uncovered() {
 		t.Errorf("documented operation never exercised: %s", op)
 	}
 }
@@ -349,26 +352,26 @@ func TestDutyMatrix(t *testing.T) {
 	}{
 		{name: "researcher+checker reads own output awaiting check", caller: dual2, submitter: &dual2, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
 		{name: "researcher+checker reads own withheld output", caller: dual2, submitter: &dual2, state: withheld, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
-		{name: "researcher+checker releases own query", caller: dual2, submitter: &dual2, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: CommentRequest{}, want: 403},
-		{name: "researcher+checker withholds own query", caller: dual2, submitter: &dual2, state: awaiting, method: "POST", path: "/api/v1/queries/%d/withhold", body: ReasonRequest{Reason: "x"}, want: 403},
+		{name: "researcher+checker releases own query", caller: dual2, submitter: &dual2, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: api.CommentRequest{}, want: 403},
+		{name: "researcher+checker withholds own query", caller: dual2, submitter: &dual2, state: awaiting, method: "POST", path: "/api/v1/queries/%d/withhold", body: api.ReasonRequest{Reason: "x"}, want: 403},
 		{name: "researcher+checker reads a fellow member's output", caller: dual2, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
 		{name: "researcher+checker downloads own released result", caller: dual2, submitter: &dual2, state: released, method: "GET", path: "/api/v1/queries/%d/result", want: 200},
-		{name: "reviewer+researcher approves own query", caller: dual1, submitter: &dual1, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: CommentRequest{}, want: 403},
-		{name: "reviewer+researcher approves a fellow member's query", caller: dual1, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: CommentRequest{}, want: 403},
-		{name: "reviewer+researcher rejects a fellow member's query", caller: dual1, state: submitted, method: "POST", path: "/api/v1/queries/%d/reject", body: ReasonRequest{Reason: "x"}, want: 403},
-		{name: "member reviewer approves", caller: rev9, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: CommentRequest{}, want: 403},
-		{name: "independent reviewer approves", caller: rev1, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: CommentRequest{}, want: 200},
+		{name: "reviewer+researcher approves own query", caller: dual1, submitter: &dual1, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: api.CommentRequest{}, want: 403},
+		{name: "reviewer+researcher approves a fellow member's query", caller: dual1, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: api.CommentRequest{}, want: 403},
+		{name: "reviewer+researcher rejects a fellow member's query", caller: dual1, state: submitted, method: "POST", path: "/api/v1/queries/%d/reject", body: api.ReasonRequest{Reason: "x"}, want: 403},
+		{name: "member reviewer approves", caller: rev9, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: api.CommentRequest{}, want: 403},
+		{name: "independent reviewer approves", caller: rev1, state: submitted, method: "POST", path: "/api/v1/queries/%d/approve", body: api.CommentRequest{}, want: 200},
 		{name: "member checker reads output awaiting check", caller: chk9, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
-		{name: "member checker releases", caller: chk9, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: CommentRequest{}, want: 403},
-		{name: "approver as checker releases", caller: dual3, approver: &dual3, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: CommentRequest{}, want: 403},
-		{name: "approver as checker withholds", caller: dual3, approver: &dual3, state: awaiting, method: "POST", path: "/api/v1/queries/%d/withhold", body: ReasonRequest{Reason: "x"}, want: 403},
+		{name: "member checker releases", caller: chk9, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: api.CommentRequest{}, want: 403},
+		{name: "approver as checker releases", caller: dual3, approver: &dual3, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: api.CommentRequest{}, want: 403},
+		{name: "approver as checker withholds", caller: dual3, approver: &dual3, state: awaiting, method: "POST", path: "/api/v1/queries/%d/withhold", body: api.ReasonRequest{Reason: "x"}, want: 403},
 		{name: "independent checker reads output awaiting check", caller: chk1, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 200},
-		{name: "independent checker releases", caller: chk1, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: CommentRequest{}, want: 200},
+		{name: "independent checker releases", caller: chk1, state: awaiting, method: "POST", path: "/api/v1/queries/%d/release", body: api.CommentRequest{}, want: 200},
 		{name: "researcher reads output awaiting check", caller: res1, state: awaiting, method: "GET", path: "/api/v1/queries/%d/output", want: 403},
 		{name: "admin+researcher raises their project's budget", caller: boss, method: "PATCH", path: "/api/v1/projects/%d", body: map[string]any{"epsilon_budget": 1000}, want: 403},
 		{name: "independent admin changes the project", caller: admin, method: "PATCH", path: "/api/v1/projects/%d", body: map[string]any{"title": "Renamed"}, want: 200},
 	}
-	cf := newConformance(t)
+	cf := apitest.NewConformance(t)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			id := f.Project.ID
@@ -382,15 +385,15 @@ func TestDutyMatrix(t *testing.T) {
 				}
 				id = f.DutyQuery(t, submitter.ctx, approver.ctx, tt.state).ID
 			}
-			tok := mustClaims(t, DevClaims{Subject: tt.caller.sub, Roles: tt.caller.roles})
-			status, body := cf.checkedCall(t, e.srv, tt.method, fmt.Sprintf(tt.path, id), tok, tt.body)
+			tok := mustClaims(t, auth.DevClaims{Subject: tt.caller.sub, Roles: tt.caller.roles})
+			status, body := checkedCall(t, cf, e.srv, tt.method, fmt.Sprintf(tt.path, id), tok, tt.body)
 			if status != tt.want {
 				t.Fatalf("status %d, want %d: %s", status, tt.want, body)
 			}
 		})
 	}
 	now := f.Clock.Now()
-	status, body := cf.checkedCall(t, e.srv, "POST", "/api/v1/projects", mustClaims(t, DevClaims{Subject: boss.sub, Roles: boss.roles}), ProjectRequest{
+	status, body := checkedCall(t, cf, e.srv, "POST", "/api/v1/projects", mustClaims(t, auth.DevClaims{Subject: boss.sub, Roles: boss.roles}), api.ProjectRequest{
 		Title: "Mine", Organisation: "o", Purpose: "p", LawfulBasis: "l", Members: []string{"boss"}, Datasets: []string{brokertest.Dataset},
 		EpsilonBudget: 50, ExpiresAt: now.Add(time.Hour)})
 	if status != http.StatusForbidden {

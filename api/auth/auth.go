@@ -1,11 +1,20 @@
-package api
+// Package auth verifies the bearer tokens every caller of the broker
+// presents: signatures checked against keys pinned each to one algorithm
+// (PEM files, a JWK Set, or a dev-mode HS256 key), issuer, audience,
+// expiry, and the claims turned into a broker.User. It also mints the dev
+// tokens `tre serve --dev` and the demo use.
+//
+// auth decides nothing about what a caller may do (the broker does), never
+// logs or returns a token, and gives reasons for refusals that are safe to
+// show (TokenError). It serves both faces of the broker, the JSON API
+// (api/server) and the web pages (api/web), and imports no HTTP router.
+package auth
 
 import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
@@ -37,9 +46,6 @@ const (
 	AlgRS256 = "RS256"
 	AlgHS256 = "HS256" // dev mode only
 )
-
-// DevKeyFile is the name of the dev-mode HS256 key in the data directory.
-const DevKeyFile = "dev-signing.key"
 
 // authLeeway is the clock skew tolerated on exp and nbf.
 const authLeeway = 30 * time.Second
@@ -238,18 +244,18 @@ func (v *Verifier) remember(sum [sha256.Size]byte, u *broker.User, claims jwt.Ma
 	v.verified[sum] = e
 }
 
-// authError is a token rejection; Reason is safe to log and to show.
-type authError struct{ Reason string }
+// TokenError is a token rejection; Reason is safe to log and to show.
+type TokenError struct{ Reason string }
 
-func (e *authError) Error() string { return e.Reason }
+func (e *TokenError) Error() string { return e.Reason }
 
 // Verify checks a raw bearer token and returns the caller it names.
 func (v *Verifier) Verify(ctx context.Context, raw string) (*broker.User, error) {
 	if raw == "" {
-		return nil, &authError{"missing bearer token"}
+		return nil, &TokenError{"missing bearer token"}
 	}
 	if len(raw) > maxTokenBytes {
-		return nil, &authError{"token too large"}
+		return nil, &TokenError{"token too large"}
 	}
 	sum := sha256.Sum256([]byte(raw))
 	if u := v.cached(ctx, sum); u != nil {
@@ -284,7 +290,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*broker.User, error)
 		return v.selectKey(ctx, t)
 	})
 	if err != nil {
-		return nil, &authError{tokenReason(err)}
+		return nil, &TokenError{tokenReason(err)}
 	}
 	u, err := v.userFromClaims(claims)
 	if err != nil {
@@ -297,7 +303,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*broker.User, error)
 // tokenReason turns a jwt error into a short reason that never includes the
 // token itself.
 func tokenReason(err error) string {
-	var ae *authError
+	var ae *TokenError
 	switch {
 	case errors.As(err, &ae):
 		return ae.Reason
@@ -328,7 +334,7 @@ func (v *Verifier) selectKey(ctx context.Context, t *jwt.Token) (any, error) {
 	alg, _ := t.Header["alg"].(string)
 	kid, hasKid := t.Header["kid"].(string)
 	if _, present := t.Header["kid"]; present && !hasKid {
-		return nil, &authError{"token kid is not a string"}
+		return nil, &TokenError{"token kid is not a string"}
 	}
 	find := func(keys []verificationKey) (*verificationKey, int) {
 		var match *verificationKey
@@ -353,14 +359,14 @@ func (v *Verifier) selectKey(ctx context.Context, t *jwt.Token) (any, error) {
 	}
 	switch {
 	case n == 0 && hasKid:
-		return nil, &authError{"unknown key id"}
+		return nil, &TokenError{"unknown key id"}
 	case n == 0:
-		return nil, &authError{"no key for the token's algorithm"}
+		return nil, &TokenError{"no key for the token's algorithm"}
 	case n > 1:
-		return nil, &authError{"token must name its key (kid)"}
+		return nil, &TokenError{"token must name its key (kid)"}
 	}
 	if k.Alg != alg || t.Method.Alg() != k.Alg {
-		return nil, &authError{"token algorithm does not match its key"}
+		return nil, &TokenError{"token algorithm does not match its key"}
 	}
 	return k.Key, nil
 }
@@ -595,7 +601,7 @@ func claimAt(c jwt.MapClaims, path string) any {
 func (v *Verifier) userFromClaims(c jwt.MapClaims) (*broker.User, error) {
 	sub, _ := c["sub"].(string)
 	if strings.TrimSpace(sub) == "" {
-		return nil, &authError{"token has no subject"}
+		return nil, &TokenError{"token has no subject"}
 	}
 	u := &broker.User{Subject: sub}
 	u.Name, _ = c["name"].(string)
@@ -616,101 +622,4 @@ func (v *Verifier) userFromClaims(c jwt.MapClaims) (*broker.User, error) {
 		}
 	}
 	return u, nil
-}
-
-// LoadOrCreateDevKey returns the dev-mode HS256 key in dir, creating it from
-// crypto/rand with mode 0600 if it does not exist.
-func LoadOrCreateDevKey(dir string) ([]byte, error) {
-	path := filepath.Join(dir, DevKeyFile)
-	data, err := os.ReadFile(path)
-	if err == nil {
-		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
-		if err != nil || len(key) < 32 {
-			return nil, fmt.Errorf("dev key %s is corrupt: remove it to create a new one", path)
-		}
-		return key, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("read dev key: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data directory: %w", err)
-	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, fmt.Errorf("generate dev key: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return LoadOrCreateDevKey(dir) // another process won the race
-	} else if err != nil {
-		return nil, fmt.Errorf("create dev key: %w", err)
-	}
-	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(key) + "\n"); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("write dev key: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("write dev key: %w", err)
-	}
-	return key, nil
-}
-
-// DevClaims are the claims of a dev-mode token.
-type DevClaims struct {
-	Subject string
-	Name    string
-	Org     string
-	Roles   []broker.Role
-	// Site binds an agent token to the site it acts for (the site claim).
-	Site     string
-	Issuer   string
-	Audience string
-	IssuedAt time.Time
-	TTL      time.Duration
-}
-
-// MintDevToken signs an HS256 token with the dev key. Only a broker started in
-// dev mode accepts it.
-func MintDevToken(key []byte, c DevClaims) (string, error) {
-	if len(key) < 32 {
-		return "", errors.New("dev key must be at least 32 bytes")
-	}
-	if c.Subject == "" {
-		return "", errors.New("token needs a subject")
-	}
-	if c.TTL <= 0 {
-		return "", errors.New("token TTL must be positive")
-	}
-	if c.IssuedAt.IsZero() {
-		c.IssuedAt = time.Now()
-	}
-	roles := make([]string, len(c.Roles))
-	for i, r := range c.Roles {
-		roles[i] = string(r)
-	}
-	claims := jwt.MapClaims{
-		"sub":   c.Subject,
-		"roles": roles,
-		"iat":   c.IssuedAt.Unix(),
-		"exp":   c.IssuedAt.Add(c.TTL).Unix(),
-	}
-	if c.Name != "" {
-		claims["name"] = c.Name
-	}
-	if c.Org != "" {
-		claims["org"] = c.Org
-	}
-	if c.Site != "" {
-		claims["site"] = c.Site
-	}
-	if c.Issuer != "" {
-		claims["iss"] = c.Issuer
-	}
-	if c.Audience != "" {
-		claims["aud"] = c.Audience
-	}
-	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, claims)
-	tok.Header["kid"] = "dev"
-	return tok.SignedString(key)
 }

@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"bytes"
@@ -13,11 +13,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
+
+// testNow is the fixed clock of the handler tests.
+var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// mustVerifier is a dev-key verifier at testNow.
+func mustVerifier(tb testing.TB, cfg auth.AuthConfig) *auth.Verifier {
+	tb.Helper()
+	v, err := auth.NewVerifier(context.Background(), cfg, auth.WithNow(func() time.Time { return testNow }))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return v
+}
 
 // testDevKey signs the tokens of handler tests.
 var testDevKey = []byte("0123456789abcdef0123456789abcdef")
@@ -25,19 +39,19 @@ var testDevKey = []byte("0123456789abcdef0123456789abcdef")
 // mustToken mints a dev token for sub with roles, valid at testNow.
 func mustToken(tb testing.TB, sub string, roles ...broker.Role) string {
 	tb.Helper()
-	return mustClaims(tb, DevClaims{Subject: sub, Roles: roles})
+	return mustClaims(tb, auth.DevClaims{Subject: sub, Roles: roles})
 }
 
 // mustAgentToken mints an agent token bound to site ("" for none).
 func mustAgentToken(tb testing.TB, sub, site string) string {
 	tb.Helper()
-	return mustClaims(tb, DevClaims{Subject: sub, Roles: []broker.Role{broker.RoleAgent}, Site: site})
+	return mustClaims(tb, auth.DevClaims{Subject: sub, Roles: []broker.Role{broker.RoleAgent}, Site: site})
 }
 
-func mustClaims(tb testing.TB, c DevClaims) string {
+func mustClaims(tb testing.TB, c auth.DevClaims) string {
 	tb.Helper()
 	c.IssuedAt, c.TTL = testNow, time.Hour
-	tok, err := MintDevToken(testDevKey, c)
+	tok, err := auth.MintDevToken(testDevKey, c)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -49,7 +63,7 @@ func mustClaims(tb testing.TB, c DevClaims) string {
 func newTestServer(tb testing.TB, svc Service, adjust ...func(*Config)) *Server {
 	tb.Helper()
 	cfg := Config{
-		Verifier:    mustVerifier(tb, AuthConfig{DevKey: testDevKey}),
+		Verifier:    mustVerifier(tb, auth.AuthConfig{DevKey: testDevKey}),
 		SubmitLimit: RateLimit{PerMinute: 6000, Burst: 1000},
 		Now:         func() time.Time { return testNow },
 	}

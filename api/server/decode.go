@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 )
 
@@ -25,17 +26,17 @@ func decodeRequest(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" {
-			return &httpError{http.StatusUnsupportedMediaType, broker.EINVALID, "request body must be application/json"}
+			return &api.Error{Status: http.StatusUnsupportedMediaType, Code: broker.EINVALID, Message: "request body must be application/json"}
 		}
 	} else {
-		return &httpError{http.StatusUnsupportedMediaType, broker.EINVALID, "request body must be application/json (set Content-Type)"}
+		return &api.Error{Status: http.StatusUnsupportedMediaType, Code: broker.EINVALID, Message: "request body must be application/json (set Content-Type)"}
 	}
 	data, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
 	if err != nil {
 		return broker.Errorf(broker.EINVALID, "could not read the request body")
 	}
 	if len(data) > maxBodyBytes {
-		return &httpError{http.StatusRequestEntityTooLarge, broker.EINVALID, fmt.Sprintf("request body larger than %d bytes", maxBodyBytes)}
+		return &api.Error{Status: http.StatusRequestEntityTooLarge, Code: broker.EINVALID, Message: fmt.Sprintf("request body larger than %d bytes", maxBodyBytes)}
 	}
 	return decodeJSON(data, v)
 }
@@ -101,4 +102,19 @@ func safeMessage(s string) string {
 		return "invalid value"
 	}
 	return s
+}
+
+// emptyOrJSON accepts a bodiless action POST, or an empty JSON object.
+func emptyOrJSON(r *http.Request) error {
+	var v struct{}
+	return decodeOptional(r, &v)
+}
+
+// decodeOptional is decodeRequest for bodies whose fields are all optional:
+// a POST without a body (curl -X POST) leaves v as it is.
+func decodeOptional(r *http.Request, v any) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	return decodeRequest(r, v)
 }

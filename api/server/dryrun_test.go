@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 )
@@ -65,7 +66,7 @@ func TestDryRunCaps(t *testing.T) {
 	}
 	for _, tt := range refused {
 		rec := dryRun(tt.sub)
-		var e errorBody
+		var e api.ErrorResponse
 		if rec.Code != http.StatusTooManyRequests || json.Unmarshal(rec.Body.Bytes(), &e) != nil || e.Error.Code != broker.ELIMIT {
 			t.Fatalf("%s: %d %s, want 429 rate_limited", tt.name, rec.Code, rec.Body)
 		}

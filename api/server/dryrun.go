@@ -1,10 +1,11 @@
-package api
+package server
 
 import (
 	"context"
 	"sync"
 	"time"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 )
@@ -29,7 +30,7 @@ type DryRunLimits struct {
 // LimitDryRuns returns a DryRunner that passes at most lim.Global
 // concurrent dry runs, and lim.PerUser of any one caller, to r. The caller
 // is the authenticated user in the context.
-func LimitDryRuns(r DryRunner, lim DryRunLimits) DryRunner {
+func LimitDryRuns(r api.DryRunner, lim DryRunLimits) api.DryRunner {
 	if lim.RetryAfter <= 0 {
 		lim.RetryAfter = time.Second
 	}
@@ -37,7 +38,7 @@ func LimitDryRuns(r DryRunner, lim DryRunLimits) DryRunner {
 }
 
 type limitedDryRuns struct {
-	next DryRunner
+	next api.DryRunner
 	lim  DryRunLimits
 
 	mu      sync.Mutex
