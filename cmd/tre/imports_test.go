@@ -57,6 +57,18 @@ func inFolder(path, folder string) bool {
 	return path == p || strings.HasPrefix(path, p+"/")
 }
 
+// ginFree reports whether the package at path must not link gin at all:
+// the contract package api (not its subpackages: api/server is gin's one
+// home), api/auth, api/metrics, api/web and api/apitest, and the site
+// agent (site, and the sandbox it starts).
+func ginFree(path string) bool {
+	switch path {
+	case module + "/api", module + "/api/auth", module + "/api/metrics", module + "/api/web", module + "/api/apitest":
+		return true
+	}
+	return inFolder(path, "site") || inFolder(path, "sandbox")
+}
+
 // TestImportBoundaries enforces the trust zones of ARCHITECTURE.md in the
 // import graph: a reviewer should not have to trust discipline alone.
 func TestImportBoundaries(t *testing.T) {
@@ -81,8 +93,8 @@ func TestImportBoundaries(t *testing.T) {
 		for _, imp := range p.Imports {
 			switch {
 			case imp == gin || strings.HasPrefix(imp, gin+"/"):
-				if !inFolder(p.ImportPath, "api") {
-					t.Errorf("%s imports gin: only api may", p.ImportPath)
+				if !inFolder(p.ImportPath, "api/server") {
+					t.Errorf("%s imports gin: only api/server may", p.ImportPath)
 				}
 			case imp == duckdb || strings.HasPrefix(imp, duckdb+"/"):
 				if !inFolder(p.ImportPath, "sandbox") && !inFolder(p.ImportPath, "synth") && !inFolder(p.ImportPath, "bench") && !inFolder(p.ImportPath, "queries") {
@@ -91,6 +103,17 @@ func TestImportBoundaries(t *testing.T) {
 			}
 			if inFolder(p.ImportPath, "dp") && !dpStd[imp] && !strings.HasPrefix(imp, dplib) && !inFolder(imp, "dp") {
 				t.Errorf("dp imports %s: dp is pure computation (stdlib math and the DP library only)", imp)
+			}
+		}
+		// gin stays beneath api/ and out of everything a client links: the
+		// contract package (the CLI, the site agent and other clients build
+		// on it), the site agent, and the api packages without a router.
+		if ginFree(p.ImportPath) {
+			for _, dep := range p.Deps {
+				if dep == gin || strings.HasPrefix(dep, gin+"/") {
+					t.Errorf("%s links gin (through its imports): only api/server may", p.ImportPath)
+					break
+				}
 			}
 		}
 		if inFolder(p.ImportPath, "broker") {
