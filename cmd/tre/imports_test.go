@@ -154,6 +154,13 @@ func TestImportBoundaries(t *testing.T) {
 				}
 			}
 		}
+		if !inFolder(p.ImportPath, "e2e") {
+			for _, imp := range p.Imports {
+				if inFolder(imp, "e2e") {
+					t.Errorf("%s imports %s: the system tests' support is for tests only", p.ImportPath, imp)
+				}
+			}
+		}
 		if inFolder(p.ImportPath, "job") {
 			for _, imp := range p.Imports {
 				if strings.Contains(imp, ".") {

@@ -1,4 +1,4 @@
-package main
+package hostile
 
 import (
 	"bufio"
@@ -41,6 +41,7 @@ import (
 	"github.com/nhs-tre/tre/broker/brokertest"
 	"github.com/nhs-tre/tre/broker/sqlite"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/e2e"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -49,120 +50,18 @@ import (
 // error for every caller's mistake, never 5xx, and a broker that keeps
 // serving everyone else.
 
-// testCatalogPath is the queries package's hand-written test catalog: the
-// hostile tests publish it as a site agent would, without synthesising data.
-const testCatalogPath = "../../queries/testdata/catalog.yaml"
-
-// hostileSQL is a query the test catalog accepts.
-const hostileSQL = "SELECT sex, count(*) AS n FROM patients GROUP BY sex"
-
-// lonelyBroker is a `tre serve --dev` process with a published catalog and a
-// project, but no site agent: the tests play the agent themselves.
-type lonelyBroker struct {
-	dir, url string
-	proc     *treProcess
-	tokens   map[string]string
-	project  int64
-	args     []string
-}
-
-// startLonelyBroker starts the broker with extra serve flags, publishes the
-// test catalog as site-1 and creates a project whose members are alice and
-// frank.
-func startLonelyBroker(tb testing.TB, extra ...string) *lonelyBroker {
-	tb.Helper()
-	if testing.Short() {
-		tb.Skip("starts a real broker process; skipped with -short")
-	}
-	b := &lonelyBroker{dir: tb.TempDir(), tokens: map[string]string{}}
-	addr := freeAddr(tb)
-	b.url = "http://" + addr
-	b.args = append([]string{"serve", "--data-dir", b.dir, "--addr", addr, "--dev", "--lease-ttl", "2s",
-		"--researcher-time-granularity", e2eGranularity.String()}, extra...)
-	b.proc = startTre(tb, b.args...)
-	waitReady(tb, b.url)
-	users := map[string]broker.Role{"frank": broker.RoleResearcher}
-	for sub, role := range e2eUsers {
-		users[sub] = role
-	}
-	b.tokens = devTokens(tb, b.dir, users)
-	cat, err := queries.LoadCatalog(testCatalogPath)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx := context.Background()
-	registerSite(tb, b.as("dave"))
-	if err := b.as("site").PublishCatalog(ctx, e2eSite, cat); err != nil {
-		tb.Fatalf("publish catalog: %v", err)
-	}
-	p, err := b.as("dave").CreateProject(ctx, api.ProjectRequest{
-		Title: "Hostile study", Organisation: "Test University", Purpose: "Testing hostile clients",
-		LawfulBasis: "Art. 6(1)(e)", Members: []string{"alice", "frank"}, Datasets: []string{cat.Dataset},
-		EpsilonBudget: 100, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
-	})
-	if err != nil {
-		tb.Fatalf("create project: %v", err)
-	}
-	b.project = p.ID
-	return b
-}
-
-func (b *lonelyBroker) as(sub string) *api.Client {
-	return &api.Client{BaseURL: b.url, Token: b.tokens[sub], HTTPClient: &http.Client{Timeout: 30 * time.Second}}
-}
-
-// waitReady polls /readyz until the broker answers.
-func waitReady(tb testing.TB, baseURL string) {
-	tb.Helper()
-	eventually(tb, 60*time.Second, "broker ready", func() error {
-		return (&api.Client{BaseURL: baseURL, HTTPClient: &http.Client{Timeout: 5 * time.Second}}).Readyz(context.Background())
-	})
-}
-
-// rawResponse is an HTTP answer read whole.
-type rawResponse struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
-// send makes one raw HTTP request with a bearer token.
-func send(tb testing.TB, method, u, token, contentType string, body io.Reader) rawResponse {
-	tb.Helper()
-	var headers map[string]string
-	if contentType != "" {
-		headers = map[string]string{"Content-Type": contentType}
-	}
-	return sendWith(tb, method, u, token, headers, body)
-}
-
-// errorCode checks r is a JSON error body and returns its code.
-func errorCode(tb testing.TB, r rawResponse) string {
-	tb.Helper()
-	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-		tb.Errorf("error response Content-Type = %q, want application/json; body %q", ct, r.body)
-	}
-	var body struct {
-		Error struct{ Code, Message string } `json:"error"`
-	}
-	if err := json.Unmarshal(r.body, &body); err != nil || body.Error.Code == "" || body.Error.Message == "" {
-		tb.Errorf("error response is not {\"error\":{\"code\",\"message\"}}: %q", r.body)
-	}
-	return body.Error.Code
-}
-
 // TestHostileBodies sends malformed, oversized and mislabelled bodies to
 // every JSON-decoding route: each gets a 4xx JSON error, and the broker
 // stays up.
 func TestHostileBodies(t *testing.T) {
-	b := startLonelyBroker(t)
-	valid := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"p"}`, b.project, hostileSQL)
+	b := e2e.StartLonelyBroker(t)
+	valid := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"p"}`, b.Project, e2e.HostileSQL)
 	deep := `{"project_id":1,"sql":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}`
 	huge := `{"project_id":1,"purpose":"p","sql":"` + strings.Repeat("a", 2<<20) + `"}`
 	routes := []struct{ method, path, who string }{
 		{"POST", "/api/v1/queries", "alice"},
 		{"POST", "/api/v1/projects", "dave"},
-		{"PATCH", fmt.Sprintf("/api/v1/projects/%d", b.project), "dave"},
+		{"PATCH", fmt.Sprintf("/api/v1/projects/%d", b.Project), "dave"},
 		{"PUT", "/api/v1/agent/catalog", "site"},
 		{"POST", "/api/v1/agent/lease", "site"},
 		{"POST", "/api/v1/agent/jobs/1/complete", "site"},
@@ -191,19 +90,19 @@ func TestHostileBodies(t *testing.T) {
 	for _, rt := range routes {
 		for _, tt := range bodies {
 			t.Run(rt.method+" "+rt.path+"/"+tt.name, func(t *testing.T) {
-				r := send(t, rt.method, b.url+rt.path, b.tokens[rt.who], tt.contentType, strings.NewReader(tt.body))
-				if r.status < 400 || r.status > 499 {
-					t.Fatalf("status %d, want 4xx; body %.200q", r.status, r.body)
+				r := e2e.Send(t, rt.method, b.URL+rt.path, b.Tokens[rt.who], tt.contentType, strings.NewReader(tt.body))
+				if r.Status < 400 || r.Status > 499 {
+					t.Fatalf("status %d, want 4xx; body %.200q", r.Status, r.Body)
 				}
-				if tt.want != 0 && r.status != tt.want && !(r.status == http.StatusNotFound || r.status == http.StatusConflict) {
-					t.Errorf("status %d, want %d; body %.200q", r.status, tt.want, r.body)
+				if tt.want != 0 && r.Status != tt.want && !(r.Status == http.StatusNotFound || r.Status == http.StatusConflict) {
+					t.Errorf("status %d, want %d; body %.200q", r.Status, tt.want, r.Body)
 				}
-				errorCode(t, r)
+				e2e.ErrorCode(t, r)
 			})
 		}
 	}
 	// The broker is still up and nothing was stored.
-	list, err := b.as("dave").Queries(context.Background(), api.QueryListOptions{})
+	list, err := b.As("dave").Queries(context.Background(), api.QueryListOptions{})
 	if err != nil {
 		t.Fatalf("broker after hostile bodies: %v", err)
 	}
@@ -216,8 +115,8 @@ func TestHostileBodies(t *testing.T) {
 // at a time, slower than the server's ReadHeaderTimeout: the server cuts it
 // off, and answers other clients meanwhile.
 func TestSlowClient(t *testing.T) {
-	b := startLonelyBroker(t, "--read-header-timeout", "1s")
-	conn, err := net.Dial("tcp", strings.TrimPrefix(b.url, "http://"))
+	b := e2e.StartLonelyBroker(t, "--read-header-timeout", "1s")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(b.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +128,7 @@ func TestSlowClient(t *testing.T) {
 		data, _ := io.ReadAll(conn)
 		closed <- string(data)
 	}()
-	request := "GET /api/v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b.tokens["alice"] + "\r\nX-Slow: " + strings.Repeat("a", 400) + "\r\n\r\n"
+	request := "GET /api/v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b.Tokens["alice"] + "\r\nX-Slow: " + strings.Repeat("a", 400) + "\r\n\r\n"
 	othersServed := 0
 	var answer string
 	cutOff := false
@@ -245,7 +144,7 @@ func TestSlowClient(t *testing.T) {
 		}
 		if i%10 == 0 {
 			// Another client is served while the slow one dribbles.
-			if _, err := b.as("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
+			if _, err := b.As("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
 				t.Fatalf("other client while a slow client is connected: %v", err)
 			}
 			othersServed++
@@ -264,7 +163,7 @@ func TestSlowClient(t *testing.T) {
 	if othersServed == 0 {
 		t.Fatal("no other request was made while the slow client was connected")
 	}
-	if _, err := b.as("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
+	if _, err := b.As("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
 		t.Fatalf("broker after the slow client: %v", err)
 	}
 }
@@ -273,15 +172,15 @@ func TestSlowClient(t *testing.T) {
 // the server's read timeout: the server gives up on it without answering it,
 // stores nothing, and serves others meanwhile.
 func TestSlowBody(t *testing.T) {
-	b := startLonelyBroker(t, "--read-timeout", "2s")
-	conn, err := net.Dial("tcp", strings.TrimPrefix(b.url, "http://"))
+	b := e2e.StartLonelyBroker(t, "--read-timeout", "2s")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(b.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	body := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"slow"}`, b.project, hostileSQL)
+	body := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"slow"}`, b.Project, e2e.HostileSQL)
 	head := "POST /api/v1/queries HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
-		"Authorization: Bearer " + b.tokens["alice"] + "\r\n" +
+		"Authorization: Bearer " + b.Tokens["alice"] + "\r\n" +
 		fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body))
 	if _, err := conn.Write([]byte(head)); err != nil {
 		t.Fatal(err)
@@ -305,7 +204,7 @@ func TestSlowBody(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 		if i%10 == 0 {
-			if _, err := b.as("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
+			if _, err := b.As("bob").Datasets(context.Background(), api.ListOptions{}); err != nil {
 				t.Fatalf("other client while a slow body is sent: %v", err)
 			}
 			othersServed++
@@ -327,7 +226,7 @@ func TestSlowBody(t *testing.T) {
 	if othersServed == 0 {
 		t.Fatal("no other request was made while the slow body was sent")
 	}
-	list, err := b.as("dave").Queries(context.Background(), api.QueryListOptions{})
+	list, err := b.As("dave").Queries(context.Background(), api.QueryListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,37 +240,37 @@ func TestSlowBody(t *testing.T) {
 // affected.
 func TestSubmissionFlood(t *testing.T) {
 	const limit = 3
-	b := startLonelyBroker(t, "--submit-per-minute", strconv.Itoa(limit))
-	body := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"flood"}`, b.project, hostileSQL)
+	b := e2e.StartLonelyBroker(t, "--submit-per-minute", strconv.Itoa(limit))
+	body := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"flood"}`, b.Project, e2e.HostileSQL)
 	var statuses []int
-	var limited rawResponse
+	var limited e2e.RawResponse
 	for i := 0; i < limit+5; i++ {
-		r := send(t, "POST", b.url+"/api/v1/queries", b.tokens["alice"], "application/json", strings.NewReader(body))
-		statuses = append(statuses, r.status)
-		if r.status == http.StatusTooManyRequests {
+		r := e2e.Send(t, "POST", b.URL+"/api/v1/queries", b.Tokens["alice"], "application/json", strings.NewReader(body))
+		statuses = append(statuses, r.Status)
+		if r.Status == http.StatusTooManyRequests {
 			limited = r
-		} else if r.status != http.StatusCreated {
-			t.Fatalf("submission %d: status %d %q", i, r.status, r.body)
+		} else if r.Status != http.StatusCreated {
+			t.Fatalf("submission %d: status %d %q", i, r.Status, r.Body)
 		}
 	}
-	if limited.status == 0 {
+	if limited.Status == 0 {
 		t.Fatalf("no 429 after %d submissions (limit %d per minute): %v", len(statuses), limit, statuses)
 	}
-	if code := errorCode(t, limited); code != "rate_limited" {
+	if code := e2e.ErrorCode(t, limited); code != "rate_limited" {
 		t.Errorf("429 code = %q, want rate_limited", code)
 	}
-	if ra, err := strconv.Atoi(limited.header.Get("Retry-After")); err != nil || ra < 1 {
-		t.Errorf("429 Retry-After = %q, want a positive number of seconds", limited.header.Get("Retry-After"))
+	if ra, err := strconv.Atoi(limited.Header.Get("Retry-After")); err != nil || ra < 1 {
+		t.Errorf("429 Retry-After = %q, want a positive number of seconds", limited.Header.Get("Retry-After"))
 	}
 	// frank shares the project but not alice's allowance.
-	if r := send(t, "POST", b.url+"/api/v1/queries", b.tokens["frank"], "application/json", strings.NewReader(body)); r.status != http.StatusCreated {
-		t.Errorf("another researcher during alice's flood: status %d %q", r.status, r.body)
+	if r := e2e.Send(t, "POST", b.URL+"/api/v1/queries", b.Tokens["frank"], "application/json", strings.NewReader(body)); r.Status != http.StatusCreated {
+		t.Errorf("another researcher during alice's flood: status %d %q", r.Status, r.Body)
 	}
 	// Reads are not rate limited with submissions.
-	if _, err := b.as("alice").Queries(context.Background(), api.QueryListOptions{}); err != nil {
+	if _, err := b.As("alice").Queries(context.Background(), api.QueryListOptions{}); err != nil {
 		t.Errorf("alice lists her queries while limited: %v", err)
 	}
-	if _, err := b.as("bob").ReviewQueue(context.Background(), api.ListOptions{}); err != nil {
+	if _, err := b.As("bob").ReviewQueue(context.Background(), api.ListOptions{}); err != nil {
 		t.Errorf("reviewer during the flood: %v", err)
 	}
 }
@@ -380,20 +279,20 @@ func TestSubmissionFlood(t *testing.T) {
 // and pagination parameter: each answer is 400 or a (possibly empty) list,
 // never 5xx, and nothing changes in the store.
 func TestInjectionInFilters(t *testing.T) {
-	adminAddr := freeAddr(t)
-	b := startLonelyBroker(t, "--admin-addr", adminAddr)
+	adminAddr := e2e.FreeAddr(t)
+	b := e2e.StartLonelyBroker(t, "--admin-addr", adminAddr)
 	ctx := context.Background()
-	q, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "baseline"})
+	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.Project, SQL: e2e.HostileSQL, Purpose: "baseline"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	snapshot := func() string {
 		t.Helper()
-		qs, err := b.as("dave").Queries(ctx, api.QueryListOptions{ListOptions: api.ListOptions{Limit: 500}})
+		qs, err := b.As("dave").Queries(ctx, api.QueryListOptions{ListOptions: api.ListOptions{Limit: 500}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		ps, err := b.as("dave").Projects(ctx, api.ListOptions{Limit: 500})
+		ps, err := b.As("dave").Projects(ctx, api.ListOptions{Limit: 500})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -407,7 +306,7 @@ func TestInjectionInFilters(t *testing.T) {
 		return s.String()
 	}
 	before := snapshot()
-	auditBefore, err := b.as("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
+	auditBefore, err := b.As("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,17 +333,17 @@ func TestInjectionInFilters(t *testing.T) {
 		for _, param := range rt.params {
 			for _, p := range payloads {
 				name := fmt.Sprintf("%s as %s/%s=%q", rt.path, rt.who, param, p)
-				r := send(t, "GET", b.url+rt.path+"?"+url.Values{param: {p}}.Encode(), b.tokens[rt.who], "", nil)
+				r := e2e.Send(t, "GET", b.URL+rt.path+"?"+url.Values{param: {p}}.Encode(), b.Tokens[rt.who], "", nil)
 				switch {
-				case r.status == http.StatusBadRequest:
-					errorCode(t, r)
-				case r.status == http.StatusOK:
+				case r.Status == http.StatusBadRequest:
+					e2e.ErrorCode(t, r)
+				case r.Status == http.StatusOK:
 					var list struct {
 						Items []json.RawMessage `json:"items"`
 						Total int               `json:"total"`
 					}
-					if err := json.Unmarshal(r.body, &list); err != nil {
-						t.Errorf("%s: 200 with a body that is not a list: %.200q", name, r.body)
+					if err := json.Unmarshal(r.Body, &list); err != nil {
+						t.Errorf("%s: 200 with a body that is not a list: %.200q", name, r.Body)
 					}
 					// A filter on a value no row holds must not match
 					// rows: an injected OR would.
@@ -455,7 +354,7 @@ func TestInjectionInFilters(t *testing.T) {
 						t.Errorf("%s: audit filter matched %d entries", name, list.Total)
 					}
 				default:
-					t.Errorf("%s: status %d, want 400 or 200; body %.200q", name, r.status, r.body)
+					t.Errorf("%s: status %d, want 400 or 200; body %.200q", name, r.Status, r.Body)
 				}
 			}
 		}
@@ -464,40 +363,40 @@ func TestInjectionInFilters(t *testing.T) {
 	for _, p := range []string{"1 OR 1=1", "1;DROP TABLE queries", "-1", "0x1", "1e3", "99999999999999999999", "1\r\nSet-Cookie: x=y"} {
 		for _, suffix := range []string{"", "/output", "/result?format=csv"} {
 			path := "/api/v1/queries/" + url.PathEscape(p) + suffix
-			r := send(t, "GET", b.url+path, b.tokens["dave"], "", nil)
-			if r.status >= 500 || r.status < 400 {
-				t.Errorf("GET %s: status %d, want 4xx; body %.200q", path, r.status, r.body)
+			r := e2e.Send(t, "GET", b.URL+path, b.Tokens["dave"], "", nil)
+			if r.Status >= 500 || r.Status < 400 {
+				t.Errorf("GET %s: status %d, want 4xx; body %.200q", path, r.Status, r.Body)
 			}
-			if r.header.Get("Set-Cookie") != "" {
+			if r.Header.Get("Set-Cookie") != "" {
 				t.Errorf("GET %s: a Set-Cookie header was injected", path)
 			}
 		}
 	}
 
 	// Nothing a caller sent becomes a metrics label.
-	var metrics rawResponse
-	eventually(t, 30*time.Second, "metrics listener", func() error {
+	var metrics e2e.RawResponse
+	e2e.Eventually(t, 30*time.Second, "metrics listener", func() error {
 		resp, err := http.Get("http://" + adminAddr + "/metrics")
 		if err != nil {
 			return err
 		}
 		defer resp.Body.Close()
 		data, err := io.ReadAll(resp.Body)
-		metrics = rawResponse{resp.StatusCode, resp.Header, data}
+		metrics = e2e.RawResponse{Status: resp.StatusCode, Header: resp.Header, Body: data}
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("status %d", resp.StatusCode)
 		}
 		return err
 	})
-	if !bytes.Contains(metrics.body, []byte("# TYPE")) {
-		t.Fatalf("metrics are not in Prometheus text format: %.300q", metrics.body)
+	if !bytes.Contains(metrics.Body, []byte("# TYPE")) {
+		t.Fatalf("metrics are not in Prometheus text format: %.300q", metrics.Body)
 	}
-	leaks := []string{hostileSQL, "DROP TABLE", "UNION SELECT", "sqlite_master", "Set-Cookie", "OR 1=1", "OR '1'='1"}
-	for _, tok := range b.tokens {
+	leaks := []string{e2e.HostileSQL, "DROP TABLE", "UNION SELECT", "sqlite_master", "Set-Cookie", "OR 1=1", "OR '1'='1"}
+	for _, tok := range b.Tokens {
 		leaks = append(leaks, tok[strings.LastIndexByte(tok, '.')+1:])
 	}
 	for _, l := range leaks {
-		if bytes.Contains(metrics.body, []byte(l)) {
+		if bytes.Contains(metrics.Body, []byte(l)) {
 			t.Errorf("metrics contain %q", l)
 		}
 	}
@@ -505,15 +404,15 @@ func TestInjectionInFilters(t *testing.T) {
 	if after := snapshot(); after != before {
 		t.Errorf("store changed under injection attempts:\nbefore %s\nafter  %s", before, after)
 	}
-	got, err := b.as("alice").Query(ctx, q.ID)
+	got, err := b.As("alice").Query(ctx, q.ID)
 	if err != nil || got.SQLHash != q.SQLHash {
 		t.Errorf("baseline query after injection attempts: %+v, %v", got, err)
 	}
-	auditAfter, err := b.as("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
+	auditAfter, err := b.As("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
 	if err != nil || auditAfter.Total < auditBefore.Total {
 		t.Errorf("audit entries went from %d to %d (%v)", auditBefore.Total, auditAfter.Total, err)
 	}
-	if v, err := b.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
+	if v, err := b.As("dave").VerifyAudit(ctx); err != nil || !v.OK {
 		t.Errorf("audit chain after injection attempts: %+v, %v", v, err)
 	}
 }
@@ -526,17 +425,17 @@ func TestInjectionInFilters(t *testing.T) {
 // data), which is where such text can legitimately arrive; a fabricated
 // key in a public-domain column is refused (TestStolenAgentToken).
 func TestReleasedFileInjection(t *testing.T) {
-	b := startLonelyBroker(t)
+	b := e2e.StartLonelyBroker(t)
 	ctx := context.Background()
 	sql := `SELECT snomed_code AS "=HYPERLINK(""http://evil.example"")", count(*) AS "@n" FROM clinical_events GROUP BY snomed_code`
-	q, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: sql, Purpose: "formula injection"})
+	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.Project, SQL: sql, Purpose: "formula injection"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+	if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
 		t.Fatal(err)
 	}
-	lease, err := b.as("site").Lease(ctx, e2eSite)
+	lease, err := b.As("site").Lease(ctx, e2e.SiteID)
 	if err != nil || lease == nil || lease.QueryID != q.ID {
 		t.Fatalf("lease = %+v, %v; want query %d", lease, err, q.ID)
 	}
@@ -548,34 +447,34 @@ func TestReleasedFileInjection(t *testing.T) {
 	res := brokertest.ShapedResult(mustSpec(t, lease), formulas, func(i int) dp.Cell {
 		return dp.Cell{Value: v(float64(10 * (i + 1))), CILow: v(-1.5), CIHigh: v(2)}
 	})
-	if err := b.as("site").Complete(ctx, q.ID, lease.Token, res); err != nil {
+	if err := b.As("site").Complete(ctx, q.ID, lease.Token, res); err != nil {
 		t.Fatalf("complete: %v", err)
 	}
-	if _, err := b.as("carol").ReleaseQuery(ctx, q.ID, "checked"); err != nil {
+	if _, err := b.As("carol").ReleaseQuery(ctx, q.ID, "checked"); err != nil {
 		t.Fatalf("release: %v", err)
 	}
-	waitStatus(t, b.as("alice"), q.ID, broker.StatusReleased)
+	e2e.WaitStatus(t, b.As("alice"), q.ID, broker.StatusReleased)
 
-	r := send(t, "GET", fmt.Sprintf("%s/api/v1/queries/%d/result?format=csv", b.url, q.ID), b.tokens["alice"], "", nil)
-	if r.status != http.StatusOK {
-		t.Fatalf("CSV download: %d %q", r.status, r.body)
+	r := e2e.Send(t, "GET", fmt.Sprintf("%s/api/v1/queries/%d/result?format=csv", b.URL, q.ID), b.Tokens["alice"], "", nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("CSV download: %d %q", r.Status, r.Body)
 	}
-	if cd, want := r.header.Get("Content-Disposition"), fmt.Sprintf(`attachment; filename="tre-query-%d.csv"`, q.ID); cd != want {
+	if cd, want := r.Header.Get("Content-Disposition"), fmt.Sprintf(`attachment; filename="tre-query-%d.csv"`, q.ID); cd != want {
 		t.Errorf("Content-Disposition = %q, want %q", cd, want)
 	}
-	for k, vs := range r.header {
+	for k, vs := range r.Header {
 		for _, v := range vs {
 			if strings.ContainsAny(v, "\r\n") {
 				t.Errorf("header %s holds a line break: %q", k, v)
 			}
 		}
 	}
-	recs, err := csv.NewReader(bytes.NewReader(r.body)).ReadAll()
+	recs, err := csv.NewReader(bytes.NewReader(r.Body)).ReadAll()
 	if err != nil {
-		t.Fatalf("released CSV does not parse: %v\n%s", err, r.body)
+		t.Fatalf("released CSV does not parse: %v\n%s", err, r.Body)
 	}
 	if len(recs) != len(formulas)+1 {
-		t.Fatalf("CSV has %d records, want %d:\n%s", len(recs), len(formulas)+1, r.body)
+		t.Fatalf("CSV has %d records, want %d:\n%s", len(recs), len(formulas)+1, r.Body)
 	}
 	for i, rec := range recs {
 		for j, cell := range rec {
@@ -601,7 +500,7 @@ func TestReleasedFileInjection(t *testing.T) {
 // would, for the shape of its result.
 func mustSpec(tb testing.TB, lease *broker.Lease) dp.Spec {
 	tb.Helper()
-	cat, err := queries.LoadCatalog(testCatalogPath)
+	cat, err := queries.LoadCatalog(e2e.TestCatalogPath)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -647,11 +546,11 @@ func TestTokenForgeryEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	const iss, aud = "https://idp.test.example", "tre-test"
-	addr := freeAddr(t)
+	addr := e2e.FreeAddr(t)
 	u := "http://" + addr
-	startTre(t, "serve", "--data-dir", filepath.Join(dir, "broker"), "--addr", addr,
+	e2e.StartTre(t, "serve", "--data-dir", filepath.Join(dir, "broker"), "--addr", addr,
 		"--jwt-public-key", keyFile, "--jwt-issuer", iss, "--jwt-audience", aud)
-	waitReady(t, u)
+	e2e.WaitReady(t, u)
 
 	now := time.Now()
 	claims := func(mod func(jwt.MapClaims)) jwt.MapClaims {
@@ -676,11 +575,11 @@ func TestTokenForgeryEndToEnd(t *testing.T) {
 	}
 	valid := signed(jwt.SigningMethodRS256, rk, "", claims(nil))
 	// The control: the genuine token works, so every 401 below is the forgery's.
-	if r := send(t, "GET", u+"/api/v1/datasets", valid, "", nil); r.status != http.StatusOK {
-		t.Fatalf("genuine RS256 token: status %d %q", r.status, r.body)
+	if r := e2e.Send(t, "GET", u+"/api/v1/datasets", valid, "", nil); r.Status != http.StatusOK {
+		t.Fatalf("genuine RS256 token: status %d %q", r.Status, r.Body)
 	}
-	if r := send(t, "GET", u+"/api/v1/datasets", signed(jwt.SigningMethodRS256, rk, "idp", claims(nil)), "", nil); r.status != http.StatusOK {
-		t.Fatalf("genuine RS256 token with its kid: status %d %q", r.status, r.body)
+	if r := e2e.Send(t, "GET", u+"/api/v1/datasets", signed(jwt.SigningMethodRS256, rk, "idp", claims(nil)), "", nil); r.Status != http.StatusOK {
+		t.Fatalf("genuine RS256 token with its kid: status %d %q", r.Status, r.Body)
 	}
 
 	b64 := base64.RawURLEncoding.EncodeToString
@@ -737,17 +636,17 @@ func TestTokenForgeryEndToEnd(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, path := range []string{"/api/v1/datasets", "/api/v1/audit", "/api/v1/projects"} {
-				r := send(t, "GET", u+path, tt.token, "", nil)
-				if r.status != http.StatusUnauthorized {
-					t.Fatalf("GET %s: status %d, want 401; body %.200q", path, r.status, r.body)
+				r := e2e.Send(t, "GET", u+path, tt.token, "", nil)
+				if r.Status != http.StatusUnauthorized {
+					t.Fatalf("GET %s: status %d, want 401; body %.200q", path, r.Status, r.Body)
 				}
-				if code := errorCode(t, r); code != "unauthorized" {
+				if code := e2e.ErrorCode(t, r); code != "unauthorized" {
 					t.Errorf("GET %s: code %q, want unauthorized", path, code)
 				}
-				if !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Bearer") {
-					t.Errorf("GET %s: WWW-Authenticate = %q", path, r.header.Get("WWW-Authenticate"))
+				if !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Bearer") {
+					t.Errorf("GET %s: WWW-Authenticate = %q", path, r.Header.Get("WWW-Authenticate"))
 				}
-				if len(tt.token) > 20 && bytes.Contains(r.body, []byte(tt.token[len(tt.token)-20:])) {
+				if len(tt.token) > 20 && bytes.Contains(r.Body, []byte(tt.token[len(tt.token)-20:])) {
 					t.Errorf("GET %s: the error echoes the token", path)
 				}
 			}
@@ -761,40 +660,40 @@ func TestTokenForgeryEndToEnd(t *testing.T) {
 // values, and neither process logs a bearer token, the dev key, SQL text, a
 // released value or a group key.
 func TestNoLeaksInLogsAndErrors(t *testing.T) {
-	s := startSite(t, 3000)
+	s := e2e.StartSite(t, 3000)
 	ctx := context.Background()
-	projectID := s.createProject(t, 20)
+	projectID := s.CreateProject(t, 20)
 	// The agent again, with its metrics listener, so its labels are checked
 	// too.
-	s.agent.stop()
-	agentAdmin := freeAddr(t)
-	s.agent = startTre(t, append(append([]string{}, s.agentArgs...), "--admin-addr", agentAdmin)...)
+	s.Agent.Stop()
+	agentAdmin := e2e.FreeAddr(t)
+	s.Agent = e2e.StartTre(t, append(append([]string{}, s.AgentArgs...), "--admin-addr", agentAdmin)...)
 
 	// A whole flow: submit, approve, run, release, download.
 	const flowSQL = "SELECT region, count(*) AS n FROM patients GROUP BY region"
-	q, err := s.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: projectID, SQL: flowSQL, Purpose: "regions"})
+	q, err := s.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: projectID, SQL: flowSQL, Purpose: "regions"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+	if _, err := s.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, s.as("bob"), q.ID, broker.StatusAwaitingOutputCheck)
-	if _, err := s.as("carol").ReleaseQuery(ctx, q.ID, "ok"); err != nil {
+	e2e.WaitStatus(t, s.As("bob"), q.ID, broker.StatusAwaitingOutputCheck)
+	if _, err := s.As("carol").ReleaseQuery(ctx, q.ID, "ok"); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, s.as("alice"), q.ID, broker.StatusReleased)
-	res, err := s.as("alice").Result(ctx, q.ID)
+	e2e.WaitStatus(t, s.As("alice"), q.ID, broker.StatusReleased)
+	res, err := s.As("alice").Result(ctx, q.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.as("alice").ResultRaw(ctx, q.ID, "csv"); err != nil {
+	if _, err := s.As("alice").ResultRaw(ctx, q.ID, "csv"); err != nil {
 		t.Fatal(err)
 	}
 	// A bad token is logged as a failure, never as the token.
-	badToken := s.tokens["alice"][:len(s.tokens["alice"])-4] + "AAAA"
-	if r := send(t, "GET", s.url+"/api/v1/datasets", badToken, "", nil); r.status != http.StatusUnauthorized {
-		t.Fatalf("tampered token: status %d", r.status)
+	badToken := s.Tokens["alice"][:len(s.Tokens["alice"])-4] + "AAAA"
+	if r := e2e.Send(t, "GET", s.URL+"/api/v1/datasets", badToken, "", nil); r.Status != http.StatusUnauthorized {
+		t.Fatalf("tampered token: status %d", r.Status)
 	}
 
 	// SQL that fails inside DuckDB: the researcher sees tre's words only.
@@ -822,16 +721,16 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 	for _, tt := range failing {
 		t.Run(tt.name, func(t *testing.T) {
 			req := api.QueryRequest{ProjectID: projectID, SQL: tt.sql, Purpose: "error text"}
-			_, err := s.as("alice").DryRun(ctx, req)
+			_, err := s.As("alice").DryRun(ctx, req)
 			if err != nil {
-				if st := apiStatus(err); st >= 500 && st != http.StatusServiceUnavailable {
+				if st := e2e.APIStatus(err); st >= 500 && st != http.StatusServiceUnavailable {
 					t.Errorf("dry run: status %d: %v", st, err)
 				}
 				checkMessage(t, "dry run", tt.sql, err.Error())
 			}
-			q, err := s.as("alice").SubmitQuery(ctx, req)
+			q, err := s.As("alice").SubmitQuery(ctx, req)
 			if err != nil {
-				if st := apiStatus(err); st >= 500 {
+				if st := e2e.APIStatus(err); st >= 500 {
 					t.Errorf("submit: status %d: %v", st, err)
 				}
 				checkMessage(t, "submit", tt.sql, err.Error())
@@ -839,12 +738,12 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 			}
 			// Accepted at submission: it must fail (or run) in the sandbox
 			// without DuckDB's words reaching the researcher.
-			if _, err := s.as("bob").ApproveQuery(ctx, q.ID, "see what happens"); err != nil {
+			if _, err := s.As("bob").ApproveQuery(ctx, q.ID, "see what happens"); err != nil {
 				t.Fatal(err)
 			}
 			var final *broker.Query
-			eventually(t, 90*time.Second, "query leaves running", func() error {
-				final, err = s.as("alice").Query(ctx, q.ID)
+			e2e.Eventually(t, 90*time.Second, "query leaves running", func() error {
+				final, err = s.As("alice").Query(ctx, q.ID)
 				if err != nil {
 					return err
 				}
@@ -860,7 +759,7 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 	}
 
 	var agentMetrics []byte
-	eventually(t, 30*time.Second, "agent metrics", func() error {
+	e2e.Eventually(t, 30*time.Second, "agent metrics", func() error {
 		resp, err := http.Get("http://" + agentAdmin + "/metrics")
 		if err != nil {
 			return err
@@ -876,16 +775,16 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 		t.Errorf("agent metrics are not in Prometheus text format: %.300q", agentMetrics)
 	}
 
-	s.agent.stop()
-	s.broker.stop()
-	logs := map[string]string{"broker": s.broker.out.String(), "agent": s.agent.out.String(), "agent metrics": string(agentMetrics)}
-	devKey, err := os.ReadFile(filepath.Join(s.dir, "broker", auth.DevKeyFile))
+	s.Agent.Stop()
+	s.Broker.Stop()
+	logs := map[string]string{"broker": s.Broker.Out.String(), "agent": s.Agent.Out.String(), "agent metrics": string(agentMetrics)}
+	devKey, err := os.ReadFile(filepath.Join(s.Dir, "broker", auth.DevKeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	secrets := map[string]string{"dev key": strings.TrimSpace(string(devKey)), "tampered token": badToken,
 		"SQL text": flowSQL, "SQL keyword": "SELECT ", "rewritten SQL marker": "__patients"}
-	for sub, tok := range s.tokens {
+	for sub, tok := range s.Tokens {
 		secrets["token of "+sub] = tok
 		secrets["signature of "+sub+"'s token"] = tok[strings.LastIndexByte(tok, '.')+1:]
 	}
@@ -933,21 +832,6 @@ func TestNoLeaksInLogsAndErrors(t *testing.T) {
 	}
 }
 
-// mint signs a dev token with the broker's key.
-func (b *lonelyBroker) mint(tb testing.TB, c auth.DevClaims) string {
-	tb.Helper()
-	key, err := auth.LoadOrCreateDevKey(b.dir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	c.TTL = time.Hour
-	tok, err := auth.MintDevToken(key, c)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tok
-}
-
 // TestStolenAgentToken plays what an attacker holding an agent token (or a
 // compromised second site) tries against a real broker process: publish
 // over another site's catalog, lease its jobs, and heartbeat, complete or
@@ -955,41 +839,41 @@ func (b *lonelyBroker) mint(tb testing.TB, c auth.DevClaims) string {
 // the catalog and the job are untouched and the legitimate site completes
 // its job afterwards.
 func TestStolenAgentToken(t *testing.T) {
-	b := startLonelyBroker(t)
+	b := e2e.StartLonelyBroker(t)
 	ctx := context.Background()
-	if _, err := b.as("dave").CreateSite(ctx, api.SiteRequest{ID: "site-2", Name: "Second site", Organisation: "Other NHS Trust"}); err != nil {
+	if _, err := b.As("dave").CreateSite(ctx, api.SiteRequest{ID: "site-2", Name: "Second site", Organisation: "Other NHS Trust"}); err != nil {
 		t.Fatal(err)
 	}
 	agent := []broker.Role{broker.RoleAgent}
-	site2 := b.mint(t, auth.DevClaims{Subject: "agent-2", Roles: agent, Site: "site-2"})
-	siteless := b.mint(t, auth.DevClaims{Subject: "agent-0", Roles: agent})
-	unregistered := b.mint(t, auth.DevClaims{Subject: "agent-9", Roles: agent, Site: "site-9"})
-	cat, err := queries.LoadCatalog(testCatalogPath)
+	site2 := b.Mint(t, auth.DevClaims{Subject: "agent-2", Roles: agent, Site: "site-2"})
+	siteless := b.Mint(t, auth.DevClaims{Subject: "agent-0", Roles: agent})
+	unregistered := b.Mint(t, auth.DevClaims{Subject: "agent-9", Roles: agent, Site: "site-9"})
+	cat, err := queries.LoadCatalog(e2e.TestCatalogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before, err := b.as("dave").Datasets(ctx, api.ListOptions{})
+	before, err := b.As("dave").Datasets(ctx, api.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "stolen agent token"})
+	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.Project, SQL: e2e.HostileSQL, Purpose: "stolen agent token"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+	if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
 		t.Fatal(err)
 	}
 	// site-2 holds none of the project's datasets: its polls find nothing.
-	if r := send(t, "POST", b.url+"/api/v1/agent/lease", site2, "application/json", strings.NewReader(`{"site_id":"site-2"}`)); r.status != http.StatusNoContent {
-		t.Fatalf("site-2 polls for its own jobs: %d %s", r.status, r.body)
+	if r := e2e.Send(t, "POST", b.URL+"/api/v1/agent/lease", site2, "application/json", strings.NewReader(`{"site_id":"site-2"}`)); r.Status != http.StatusNoContent {
+		t.Fatalf("site-2 polls for its own jobs: %d %s", r.Status, r.Body)
 	}
-	lease, err := b.as("site").Lease(ctx, e2eSite)
+	lease, err := b.As("site").Lease(ctx, e2e.SiteID)
 	if err != nil || lease == nil || lease.QueryID != q.ID {
 		t.Fatalf("site-1 lease = %+v, %v", lease, err)
 	}
 
 	// A forbidden column made categorical: what a rogue catalog would do.
-	rogue, err := queries.LoadCatalog(testCatalogPath)
+	rogue, err := queries.LoadCatalog(e2e.TestCatalogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1019,53 +903,53 @@ func TestStolenAgentToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	job := fmt.Sprintf("%s/api/v1/agent/jobs/%d", b.url, q.ID)
+	job := fmt.Sprintf("%s/api/v1/agent/jobs/%d", b.URL, q.ID)
 	tests := []struct {
 		name, token, method, url, body string
 		want                           int
 	}{
-		{"site-2 publishes as site-1", site2, "PUT", b.url + "/api/v1/agent/catalog", catJSON(e2eSite, rogue), 403},
-		{"site-2 publishes site-1's dataset as its own", site2, "PUT", b.url + "/api/v1/agent/catalog", catJSON("site-2", rogue), 409},
-		{"site-2 leases as site-1", site2, "POST", b.url + "/api/v1/agent/lease", `{"site_id":"site-1"}`, 403},
+		{"site-2 publishes as site-1", site2, "PUT", b.URL + "/api/v1/agent/catalog", catJSON(e2e.SiteID, rogue), 403},
+		{"site-2 publishes site-1's dataset as its own", site2, "PUT", b.URL + "/api/v1/agent/catalog", catJSON("site-2", rogue), 409},
+		{"site-2 leases as site-1", site2, "POST", b.URL + "/api/v1/agent/lease", `{"site_id":"site-1"}`, 403},
 		{"site-2 heartbeats site-1's job with its lease token", site2, "POST", job + "/heartbeat", `{"token":"` + lease.Token + `"}`, 403},
 		{"site-2 completes site-1's job with a fabricated table", site2, "POST", job + "/complete", string(fabricated), 403},
 		{"site-2 fails site-1's job", site2, "POST", job + "/fail", `{"token":"` + lease.Token + `","code":"sandbox_error","message":"x"}`, 403},
-		{"siteless token publishes", siteless, "PUT", b.url + "/api/v1/agent/catalog", catJSON(e2eSite, cat), 403},
-		{"siteless token leases", siteless, "POST", b.url + "/api/v1/agent/lease", `{"site_id":"site-1"}`, 403},
+		{"siteless token publishes", siteless, "PUT", b.URL + "/api/v1/agent/catalog", catJSON(e2e.SiteID, cat), 403},
+		{"siteless token leases", siteless, "POST", b.URL + "/api/v1/agent/lease", `{"site_id":"site-1"}`, 403},
 		{"siteless token fails site-1's job", siteless, "POST", job + "/fail", `{"token":"` + lease.Token + `","code":"sandbox_error","message":"x"}`, 403},
-		{"unregistered site leases", unregistered, "POST", b.url + "/api/v1/agent/lease", `{"site_id":"site-9"}`, 403},
-		{"unregistered site publishes", unregistered, "PUT", b.url + "/api/v1/agent/catalog", catJSON("site-9", cat), 403},
-		{"researcher leases", b.tokens["alice"], "POST", b.url + "/api/v1/agent/lease", `{"site_id":"site-1"}`, 403},
+		{"unregistered site leases", unregistered, "POST", b.URL + "/api/v1/agent/lease", `{"site_id":"site-9"}`, 403},
+		{"unregistered site publishes", unregistered, "PUT", b.URL + "/api/v1/agent/catalog", catJSON("site-9", cat), 403},
+		{"researcher leases", b.Tokens["alice"], "POST", b.URL + "/api/v1/agent/lease", `{"site_id":"site-1"}`, 403},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := send(t, tt.method, tt.url, tt.token, "application/json", strings.NewReader(tt.body))
-			if r.status != tt.want {
-				t.Fatalf("status %d, want %d: %s", r.status, tt.want, r.body)
+			r := e2e.Send(t, tt.method, tt.url, tt.token, "application/json", strings.NewReader(tt.body))
+			if r.Status != tt.want {
+				t.Fatalf("status %d, want %d: %s", r.Status, tt.want, r.Body)
 			}
-			if code := errorCode(t, r); code == "" {
-				t.Errorf("no JSON error code in %s", r.body)
+			if code := e2e.ErrorCode(t, r); code == "" {
+				t.Errorf("no JSON error code in %s", r.Body)
 			}
 		})
 	}
-	after, err := b.as("dave").Datasets(ctx, api.ListOptions{})
+	after, err := b.As("dave").Datasets(ctx, api.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(before, after); diff != "" {
 		t.Errorf("the catalog changed (-before +after):\n%s", diff)
 	}
-	if got, err := b.as("dave").Query(ctx, q.ID); err != nil || got.Status != broker.StatusRunning {
+	if got, err := b.As("dave").Query(ctx, q.ID); err != nil || got.Status != broker.StatusRunning {
 		t.Fatalf("query after the attempts = %+v, %v; want still running", got, err)
 	}
-	denied, err := b.as("dave").Audit(ctx, api.AuditOptions{Action: "authz.denied"})
+	denied, err := b.As("dave").Audit(ctx, api.AuditOptions{Action: "authz.denied"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if denied.Total < 10 {
 		t.Errorf("%d authz.denied entries, want one per refused agent call", denied.Total)
 	}
-	sites, err := b.as("dave").Sites(ctx, api.ListOptions{})
+	sites, err := b.As("dave").Sites(ctx, api.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1093,7 +977,7 @@ func TestStolenAgentToken(t *testing.T) {
 		}
 		return string(body)
 	}
-	site1 := b.tokens["site"]
+	site1 := b.Tokens["site"]
 	for name, body := range map[string]string{
 		"a =HYPERLINK key in a public-domain column": forged(func(r *dp.Result) { r.Rows[0][0].Key = `=HYPERLINK("http://evil.example","x")` }),
 		"ε 0":                      forged(func(r *dp.Result) { r.Report.Epsilon = 0 }),
@@ -1101,11 +985,11 @@ func TestStolenAgentToken(t *testing.T) {
 		"a row beyond the domain":  forged(func(r *dp.Result) { r.Rows = append(r.Rows, r.Rows[0]) }),
 		"weaker suppression claim": forged(func(r *dp.Result) { r.Report.Threshold = 1 }),
 	} {
-		if r := send(t, "POST", job+"/complete", site1, "application/json", strings.NewReader(body)); r.status != http.StatusBadRequest || errorCode(t, r) != "invalid" {
-			t.Errorf("site-1 completes with %s: %d %s, want 400 invalid", name, r.status, r.body)
+		if r := e2e.Send(t, "POST", job+"/complete", site1, "application/json", strings.NewReader(body)); r.Status != http.StatusBadRequest || e2e.ErrorCode(t, r) != "invalid" {
+			t.Errorf("site-1 completes with %s: %d %s, want 400 invalid", name, r.Status, r.Body)
 		}
 	}
-	if err := b.as("site").Complete(ctx, q.ID, lease.Token, genuine); err != nil {
+	if err := b.As("site").Complete(ctx, q.ID, lease.Token, genuine); err != nil {
 		t.Fatalf("site-1 completes its job with a table of the approved shape: %v", err)
 	}
 }
@@ -1115,37 +999,36 @@ func TestStolenAgentToken(t *testing.T) {
 // publishes. Each exits with the broker's reason instead of retrying the
 // 403 or 409 forever.
 func TestAgentRefusedExits(t *testing.T) {
-	b := startLonelyBroker(t)
+	b := e2e.StartLonelyBroker(t)
 	ctx := context.Background()
-	if _, err := b.as("dave").CreateSite(ctx, api.SiteRequest{ID: "site-2", Name: "Second site", Organisation: "Other NHS Trust"}); err != nil {
+	if _, err := b.As("dave").CreateSite(ctx, api.SiteRequest{ID: "site-2", Name: "Second site", Organisation: "Other NHS Trust"}); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	token := writeAgentToken(t, dir, b.mint(t, auth.DevClaims{Subject: "agent-2", Roles: []broker.Role{broker.RoleAgent}, Site: "site-2"}))
+	token := e2e.WriteAgentToken(t, dir, b.Mint(t, auth.DevClaims{Subject: "agent-2", Roles: []broker.Role{broker.RoleAgent}, Site: "site-2"}))
 	data := filepath.Join(dir, "data.duckdb")
 	var out bytes.Buffer
-	if code := run(ctx, []string{"synth", "--out", data, "--patients", "1000", "--seed", "3"}, &out, &out); code != 0 {
+	if code := e2e.RunTre(ctx, []string{"synth", "--out", data, "--patients", "1000", "--seed", "3"}, &out, &out); code != 0 {
 		t.Fatalf("tre synth exited %d:\n%s", code, out.String())
 	}
 	tests := []struct{ name, site, want string }{
-		{"token for another site", e2eSite, `acts for site "site-2", not "site-1"`},
+		{"token for another site", e2e.SiteID, `acts for site "site-2", not "site-1"`},
 		{"dataset published by another site", "site-2", `is already published by site "site-1"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := startTre(t, "agent", "--broker", b.url, "--site-id", tt.site, "--token-file", token,
-				"--data", data, "--catalog", testCatalogPath, "--scratch-dir", filepath.Join(dir, "scratch"))
+			p := e2e.StartTre(t, "agent", "--broker", b.URL, "--site-id", tt.site, "--token-file", token,
+				"--data", data, "--catalog", e2e.TestCatalogPath, "--scratch-dir", filepath.Join(dir, "scratch"))
 			select {
-			case err := <-p.done:
-				p.done <- err // for stop
+			case err := <-p.Done():
 				var ee *exec.ExitError
 				if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-					t.Fatalf("agent exited with %v, want exit status 1\n%s", err, p.out.String())
+					t.Fatalf("agent exited with %v, want exit status 1\n%s", err, p.Out.String())
 				}
 			case <-time.After(30 * time.Second):
-				t.Fatalf("the agent kept running after the broker refused it:\n%s", p.out.String())
+				t.Fatalf("the agent kept running after the broker refused it:\n%s", p.Out.String())
 			}
-			if out := p.out.String(); !strings.Contains(out, tt.want) || !strings.Contains(out, "refused by the broker") {
+			if out := p.Out.String(); !strings.Contains(out, tt.want) || !strings.Contains(out, "refused by the broker") {
 				t.Errorf("agent output does not give the broker's reason %q:\n%s", tt.want, out)
 			}
 		})
@@ -1158,9 +1041,9 @@ func TestAgentRefusedExits(t *testing.T) {
 // verify` alone passes; against the head the public register showed
 // before, it fails.
 func TestAuditTruncationDetected(t *testing.T) {
-	b := startLonelyBroker(t)
+	b := e2e.StartLonelyBroker(t)
 	ctx := context.Background()
-	reg, err := (&api.Client{BaseURL: b.url}).Register(ctx, api.ListOptions{})
+	reg, err := (&api.Client{BaseURL: b.URL}).Register(ctx, api.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1170,18 +1053,18 @@ func TestAuditTruncationDetected(t *testing.T) {
 	}
 	verify := func(args ...string) (int, string) {
 		var out bytes.Buffer
-		code := run(ctx, append([]string{"audit", "verify", "--data-dir", b.dir}, args...), &out, &out)
+		code := e2e.RunTre(ctx, append([]string{"audit", "verify", "--data-dir", b.Dir}, args...), &out, &out)
 		return code, out.String()
 	}
 	published := []string{"--expect-head", head.Hash, "--expect-count", strconv.FormatInt(head.Entries, 10)}
 	// The chain grows; the published head is still in it.
-	if _, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "after the head"}); err != nil {
+	if _, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.Project, SQL: e2e.HostileSQL, Purpose: "after the head"}); err != nil {
 		t.Fatal(err)
 	}
 	if code, out := verify(published...); code != 0 {
 		t.Fatalf("verify against the published head of a grown chain: exit %d\n%s", code, out)
 	}
-	store, err := sqlite.Open(ctx, filepath.Join(b.dir, sqlite.DefaultFilename))
+	store, err := sqlite.Open(ctx, filepath.Join(b.Dir, sqlite.DefaultFilename))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1206,9 +1089,9 @@ func TestAuditTruncationDetected(t *testing.T) {
 // auth.failure entries, one per source per window with the count, not one
 // per request.
 func TestJunkTokenFlood(t *testing.T) {
-	b := startLonelyBroker(t, "--auth-failure-window", "2s")
+	b := e2e.StartLonelyBroker(t, "--auth-failure-window", "2s")
 	ctx := context.Background()
-	before, err := b.as("dave").Audit(ctx, api.AuditOptions{Action: "auth.failure"})
+	before, err := b.As("dave").Audit(ctx, api.AuditOptions{Action: "auth.failure"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1216,18 +1099,18 @@ func TestJunkTokenFlood(t *testing.T) {
 	for i := range junk {
 		tok := fmt.Sprintf("junk.%d.token", i)
 		if i%2 == 1 {
-			tok = b.tokens["alice"][:len(b.tokens["alice"])-4] + "AAAA" // a forged signature
+			tok = b.Tokens["alice"][:len(b.Tokens["alice"])-4] + "AAAA" // a forged signature
 		}
 		// A forged X-Forwarded-For on every request must not split the
 		// flood into one entry per claimed address.
-		r := sendWith(t, "GET", b.url+"/api/v1/projects", tok, map[string]string{"X-Forwarded-For": fmt.Sprintf("198.51.100.%d", i%250)}, nil)
-		if r.status != http.StatusUnauthorized || errorCode(t, r) != "unauthorized" {
-			t.Fatalf("junk request %d: %d %s", i, r.status, r.body)
+		r := e2e.SendWith(t, "GET", b.URL+"/api/v1/projects", tok, map[string]string{"X-Forwarded-For": fmt.Sprintf("198.51.100.%d", i%250)}, nil)
+		if r.Status != http.StatusUnauthorized || e2e.ErrorCode(t, r) != "unauthorized" {
+			t.Fatalf("junk request %d: %d %s", i, r.Status, r.Body)
 		}
 	}
 	var got *api.List[broker.AuditEntry]
-	eventually(t, 30*time.Second, "the flood's aggregate written", func() error {
-		got, err = b.as("dave").Audit(ctx, api.AuditOptions{Action: "auth.failure"})
+	e2e.Eventually(t, 30*time.Second, "the flood's aggregate written", func() error {
+		got, err = b.As("dave").Audit(ctx, api.AuditOptions{Action: "auth.failure"})
 		if err != nil {
 			return err
 		}
@@ -1247,34 +1130,9 @@ func TestJunkTokenFlood(t *testing.T) {
 		t.Errorf("%d junk requests added %d audit entries, want a handful", junk, added)
 	}
 	t.Logf("%d junk requests → %d auth.failure entries", junk, got.Total-before.Total)
-	if v, err := b.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
+	if v, err := b.As("dave").VerifyAudit(ctx); err != nil || !v.OK {
 		t.Errorf("audit chain after the flood: %+v, %v", v, err)
 	}
-}
-
-// sendWith makes one raw HTTP request with a bearer token and headers.
-func sendWith(tb testing.TB, method, u, token string, headers map[string]string, body io.Reader) rawResponse {
-	tb.Helper()
-	req, err := http.NewRequest(method, u, body)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
-	if err != nil {
-		tb.Fatalf("%s %s: %v", method, u, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		tb.Fatalf("%s %s: read body: %v", method, u, err)
-	}
-	return rawResponse{resp.StatusCode, resp.Header, data}
 }
 
 // TestDutiesEndToEnd plays people holding several roles against a real
@@ -1285,7 +1143,7 @@ func sendWith(tb testing.TB, method, u, token string, headers map[string]string,
 // and changes nothing; an output checker opening a query page in the web
 // interface records no refusal.
 func TestDutiesEndToEnd(t *testing.T) {
-	b := startLonelyBroker(t)
+	b := e2e.StartLonelyBroker(t)
 	ctx := context.Background()
 	people := map[string][]broker.Role{
 		"rita":  {broker.RoleResearcher, broker.RoleOutputChecker},
@@ -1294,41 +1152,41 @@ func TestDutiesEndToEnd(t *testing.T) {
 		"adele": {broker.RoleAdmin, broker.RoleResearcher},
 	}
 	for sub, roles := range people {
-		b.tokens[sub] = b.mint(t, auth.DevClaims{Subject: sub, Roles: roles})
+		b.Tokens[sub] = b.Mint(t, auth.DevClaims{Subject: sub, Roles: roles})
 	}
 	members := []string{"alice", "frank", "rita", "ravi", "adele"}
-	if _, err := b.as("dave").UpdateProject(ctx, b.project, broker.ProjectUpdate{Members: &members}); err != nil {
+	if _, err := b.As("dave").UpdateProject(ctx, b.Project, broker.ProjectUpdate{Members: &members}); err != nil {
 		t.Fatal(err)
 	}
 	// complete runs a leased job as the site with a table of its shape.
 	complete := func(id int64) {
 		t.Helper()
-		lease, err := b.as("site").Lease(ctx, e2eSite)
+		lease, err := b.As("site").Lease(ctx, e2e.SiteID)
 		if err != nil || lease == nil || lease.QueryID != id {
 			t.Fatalf("lease = %+v, %v; want query %d", lease, err, id)
 		}
 		v := 40.0
 		res := brokertest.ShapedResult(mustSpec(t, lease), nil, func(int) dp.Cell { return dp.Cell{Value: &v, Rounded: true} })
-		if err := b.as("site").Complete(ctx, id, lease.Token, res); err != nil {
+		if err := b.As("site").Complete(ctx, id, lease.Token, res); err != nil {
 			t.Fatal(err)
 		}
 	}
 	submit := func(who string) int64 {
 		t.Helper()
-		q, err := b.as(who).SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "duties"})
+		q, err := b.As(who).SubmitQuery(ctx, api.QueryRequest{ProjectID: b.Project, SQL: e2e.HostileSQL, Purpose: "duties"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return q.ID
 	}
 	own := submit("rita")
-	if _, err := b.as("bob").ApproveQuery(ctx, own, ""); err != nil {
+	if _, err := b.As("bob").ApproveQuery(ctx, own, ""); err != nil {
 		t.Fatal(err)
 	}
 	complete(own)
 	colleague := submit("alice")
 	approvedByVera := submit("frank")
-	if _, err := b.as("vera").ApproveQuery(ctx, approvedByVera, ""); err != nil {
+	if _, err := b.As("vera").ApproveQuery(ctx, approvedByVera, ""); err != nil {
 		t.Fatal(err)
 	}
 	complete(approvedByVera)
@@ -1339,7 +1197,7 @@ func TestDutiesEndToEnd(t *testing.T) {
 		{"researcher+checker releases own query", "rita", "POST", fmt.Sprintf("/api/v1/queries/%d/release", own), "{}"},
 		{"reviewer+researcher approves a colleague's query", "ravi", "POST", fmt.Sprintf("/api/v1/queries/%d/approve", colleague), "{}"},
 		{"approver releases", "vera", "POST", fmt.Sprintf("/api/v1/queries/%d/release", approvedByVera), "{}"},
-		{"admin+researcher raises their project's budget", "adele", "PATCH", fmt.Sprintf("/api/v1/projects/%d", b.project), `{"epsilon_budget":1000}`},
+		{"admin+researcher raises their project's budget", "adele", "PATCH", fmt.Sprintf("/api/v1/projects/%d", b.Project), `{"epsilon_budget":1000}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1348,72 +1206,36 @@ func TestDutiesEndToEnd(t *testing.T) {
 			if tt.body != "" {
 				body, ct = strings.NewReader(tt.body), "application/json"
 			}
-			r := send(t, tt.method, b.url+tt.path, b.tokens[tt.who], ct, body)
-			if r.status != http.StatusForbidden || errorCode(t, r) != "forbidden" {
-				t.Fatalf("status %d %s, want 403 forbidden", r.status, r.body)
+			r := e2e.Send(t, tt.method, b.URL+tt.path, b.Tokens[tt.who], ct, body)
+			if r.Status != http.StatusForbidden || e2e.ErrorCode(t, r) != "forbidden" {
+				t.Fatalf("status %d %s, want 403 forbidden", r.Status, r.Body)
 			}
 		})
 	}
 	for id, want := range map[int64]broker.Status{own: broker.StatusAwaitingOutputCheck, colleague: broker.StatusSubmitted, approvedByVera: broker.StatusAwaitingOutputCheck} {
-		if q, err := b.as("dave").Query(ctx, id); err != nil || q.Status != want {
+		if q, err := b.As("dave").Query(ctx, id); err != nil || q.Status != want {
 			t.Errorf("query %d after the refusals: %+v, %v; want %s", id, q, err, want)
 		}
 	}
 	// The independent checker releases; opening the query page first, as
 	// an output checker, records no refusal in the audit chain.
 	denied := func() int {
-		l, err := b.as("dave").Audit(ctx, api.AuditOptions{Action: "authz.denied"})
+		l, err := b.As("dave").Audit(ctx, api.AuditOptions{Action: "authz.denied"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return l.Total
 	}
 	before := denied()
-	if r := sendWith(t, "GET", fmt.Sprintf("%s/ui/queries/%d", b.url, own), b.tokens["carol"], nil, nil); r.status != http.StatusOK {
-		t.Fatalf("the output checker's query page: %d", r.status)
+	if r := e2e.SendWith(t, "GET", fmt.Sprintf("%s/ui/queries/%d", b.URL, own), b.Tokens["carol"], nil, nil); r.Status != http.StatusOK {
+		t.Fatalf("the output checker's query page: %d", r.Status)
 	}
 	if n := denied(); n != before {
 		t.Errorf("opening a query page as an output checker recorded %d refusals", n-before)
 	}
-	if _, err := b.as("carol").ReleaseQuery(ctx, own, "checked"); err != nil {
+	if _, err := b.As("carol").ReleaseQuery(ctx, own, "checked"); err != nil {
 		t.Fatalf("the independent checker releases: %v", err)
 	}
-}
-
-// descendants counts the processes below pid (Linux /proc).
-func descendants(pid int) int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	parent := map[int]int{}
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// The command name may hold spaces and parentheses: fields start
-		// after the last ')'.
-		i := bytes.LastIndexByte(st, ')')
-		f := strings.Fields(string(st[i+1:]))
-		if len(f) > 1 {
-			parent[p], _ = strconv.Atoi(f[1])
-		}
-	}
-	n := 0
-	for p := range parent {
-		for q := parent[p]; q > 1; q = parent[q] {
-			if q == pid {
-				n++
-				break
-			}
-		}
-	}
-	return n
 }
 
 // TestDryRunBurst fires a burst of dry runs from several researchers at a
@@ -1427,21 +1249,21 @@ func TestDryRunBurst(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "dry.duckdb")
 	var out bytes.Buffer
-	if code := run(context.Background(), []string{"synth", "--out", data, "--patients", "2000", "--seed", "9"}, &out, &out); code != 0 {
+	if code := e2e.RunTre(context.Background(), []string{"synth", "--out", data, "--patients", "2000", "--seed", "9"}, &out, &out); code != 0 {
 		t.Fatalf("tre synth exited %d:\n%s", code, out.String())
 	}
-	b := startLonelyBroker(t, "--dry-run-data", data, "--dry-run-max", "2", "--dry-run-per-user", "1", "--submit-per-minute", "600")
+	b := e2e.StartLonelyBroker(t, "--dry-run-data", data, "--dry-run-max", "2", "--dry-run-per-user", "1", "--submit-per-minute", "600")
 	users := []string{"alice", "frank"}
 	extra := []string{"gail", "hal"} // two more members of the project
 	for _, u := range extra {
-		b.tokens[u] = b.mint(t, auth.DevClaims{Subject: u, Roles: []broker.Role{broker.RoleResearcher}})
+		b.Tokens[u] = b.Mint(t, auth.DevClaims{Subject: u, Roles: []broker.Role{broker.RoleResearcher}})
 	}
 	members := append(append([]string{}, users...), extra...)
-	if _, err := b.as("dave").UpdateProject(context.Background(), b.project, broker.ProjectUpdate{Members: &members}); err != nil {
+	if _, err := b.As("dave").UpdateProject(context.Background(), b.Project, broker.ProjectUpdate{Members: &members}); err != nil {
 		t.Fatal(err)
 	}
 	sql := `SELECT date_trunc('month', e.date) AS month, p.region, count(*) AS n FROM clinical_events e JOIN patients p ON p.patient_id = e.patient_id GROUP BY 1, 2`
-	body, err := json.Marshal(api.QueryRequest{ProjectID: b.project, SQL: sql, Purpose: "burst"})
+	body, err := json.Marshal(api.QueryRequest{ProjectID: b.Project, SQL: sql, Purpose: "burst"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1456,20 +1278,20 @@ func TestDryRunBurst(t *testing.T) {
 				return
 			default:
 			}
-			if n := int64(descendants(b.proc.cmd.Process.Pid)); n > peak.Load() {
+			if n := int64(e2e.Descendants(b.Proc.Cmd.Process.Pid)); n > peak.Load() {
 				peak.Store(n)
 			}
 			time.Sleep(2 * time.Millisecond)
 		}
 	}()
 	const burst = 24
-	statuses := make([]rawResponse, burst)
+	statuses := make([]e2e.RawResponse, burst)
 	var wg sync.WaitGroup
 	for i := range burst {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			statuses[i] = send(t, "POST", b.url+"/api/v1/queries/dry-run", b.tokens[members[i%len(members)]], "application/json", bytes.NewReader(body))
+			statuses[i] = e2e.Send(t, "POST", b.URL+"/api/v1/queries/dry-run", b.Tokens[members[i%len(members)]], "application/json", bytes.NewReader(body))
 		}()
 	}
 	wg.Wait()
@@ -1477,15 +1299,15 @@ func TestDryRunBurst(t *testing.T) {
 	<-sampled
 	ok := 0
 	for i, r := range statuses {
-		switch r.status {
+		switch r.Status {
 		case http.StatusOK:
 			ok++
 		case http.StatusTooManyRequests:
-			if r.header.Get("Retry-After") == "" || errorCode(t, r) != "rate_limited" {
-				t.Errorf("refused dry run %d: Retry-After %q, body %s", i, r.header.Get("Retry-After"), r.body)
+			if r.Header.Get("Retry-After") == "" || e2e.ErrorCode(t, r) != "rate_limited" {
+				t.Errorf("refused dry run %d: Retry-After %q, body %s", i, r.Header.Get("Retry-After"), r.Body)
 			}
 		default:
-			t.Errorf("dry run %d: status %d %s", i, r.status, r.body)
+			t.Errorf("dry run %d: status %d %s", i, r.Status, r.Body)
 		}
 	}
 	if ok == 0 {

@@ -1,4 +1,4 @@
-package main
+package readme
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nhs-tre/tre/e2e"
 )
 
 // The Python (clients/python) and R (clients/r) clients, tested against the
@@ -83,9 +85,9 @@ func TestClients(t *testing.T) {
 	root := repoRoot(t)
 	dir := t.TempDir()
 	demoDir := filepath.Join(dir, "demo")
-	startTreIn(t, "", "demo", "--dir", demoDir, "--patients", "3000", "--addr", "127.0.0.1:0")
+	e2e.StartTreIn(t, "", "demo", "--dir", demoDir, "--patients", "3000", "--addr", "127.0.0.1:0")
 	tokens := filepath.Join(demoDir, "tokens.env")
-	eventually(t, 5*time.Minute, "the demo writes tokens.env", func() error {
+	e2e.Eventually(t, 5*time.Minute, "the demo writes tokens.env", func() error {
 		_, err := os.Stat(tokens)
 		return err
 	})

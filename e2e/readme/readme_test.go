@@ -1,4 +1,4 @@
-package main
+package readme
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/e2e"
 )
 
 // envRequireREADME makes a missing tool (git, bash, curl, python3 with
@@ -288,7 +289,7 @@ func TestREADME(t *testing.T) {
 	}
 
 	demo := startShell(t, dir, env, commands[1])
-	eventually(t, 5*time.Minute, "the demo says it is running", func() error {
+	e2e.Eventually(t, 5*time.Minute, "the demo says it is running", func() error {
 		if !strings.Contains(demo.String(), "tre demo is running") {
 			return errors.New("not yet")
 		}
@@ -335,7 +336,7 @@ func TestREADME(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		var id int64
-		eventually(t, 2*time.Minute, "the Python query in the review queue", func() error {
+		e2e.Eventually(t, 2*time.Minute, "the Python query in the review queue", func() error {
 			queue, err := as(broker.RoleReviewer).ReviewQueue(ctx, api.ListOptions{})
 			if err != nil {
 				return err
@@ -351,7 +352,7 @@ func TestREADME(t *testing.T) {
 		if _, err := as(broker.RoleReviewer).ApproveQuery(ctx, id, "ok"); err != nil {
 			t.Fatal(err)
 		}
-		waitStatus(t, as(broker.RoleReviewer), id, broker.StatusAwaitingOutputCheck)
+		e2e.WaitStatus(t, as(broker.RoleReviewer), id, broker.StatusAwaitingOutputCheck)
 		if _, err := as(broker.RoleOutputChecker).ReleaseQuery(ctx, id, "safe"); err != nil {
 			t.Fatal(err)
 		}

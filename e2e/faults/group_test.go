@@ -1,4 +1,4 @@
-package main
+package faults
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/e2e"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -24,14 +25,14 @@ func TestBrokerKill9DuringSubmissions(t *testing.T) {
 	s := startFaultSite(t, "", false)
 	ctx := context.Background()
 	// No agent: the catalog is published as one would, and nothing runs.
-	cat, err := queries.LoadCatalog(s.catalog)
+	cat, err := queries.LoadCatalog(s.Catalog)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.as("site").PublishCatalog(ctx, e2eSite, cat); err != nil {
+	if err := s.As("site").PublishCatalog(ctx, e2e.SiteID, cat); err != nil {
 		t.Fatal(err)
 	}
-	projectID := s.createProject(t, 1000)
+	projectID := s.CreateProject(t, 1000)
 
 	const submitters = 12
 	var mu sync.Mutex
@@ -68,17 +69,17 @@ func TestBrokerKill9DuringSubmissions(t *testing.T) {
 	}
 	for kill := 0; kill < 2; kill++ {
 		n0 := count()
-		eventually(t, 60*time.Second, "acknowledged submissions before a kill", func() error {
+		e2e.Eventually(t, 60*time.Second, "acknowledged submissions before a kill", func() error {
 			if n := count(); n < n0+50 {
 				return fmt.Errorf("%d new acknowledged submissions", n-n0)
 			}
 			return nil
 		})
-		s.broker.kill()
+		s.Broker.Kill()
 		s.restartBroker(t)
 	}
 	n0 := count()
-	eventually(t, 60*time.Second, "acknowledged submissions after the last restart", func() error {
+	e2e.Eventually(t, 60*time.Second, "acknowledged submissions after the last restart", func() error {
 		if n := count(); n < n0+10 {
 			return fmt.Errorf("%d new acknowledged submissions", n-n0)
 		}
@@ -88,7 +89,7 @@ func TestBrokerKill9DuringSubmissions(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d acknowledged submissions", len(acked))
 
-	admin := s.as("dave")
+	admin := s.As("dave")
 	if v, err := admin.VerifyAudit(ctx); err != nil || !v.OK {
 		t.Fatalf("audit chain after kill -9: %+v, %v", v, err)
 	}
@@ -97,7 +98,7 @@ func TestBrokerKill9DuringSubmissions(t *testing.T) {
 	// detached context), so the counts are compared until they agree: a real
 	// loss or a stray audit entry never does.
 	var stored map[int64]bool
-	eventually(t, 15*time.Second, "stored queries, acknowledgements and query.submit entries agree", func() error {
+	e2e.Eventually(t, 15*time.Second, "stored queries, acknowledgements and query.submit entries agree", func() error {
 		var err error
 		stored, err = checkSubmissions(ctx, admin, projectID, acked)
 		return err

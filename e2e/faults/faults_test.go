@@ -1,4 +1,4 @@
-package main
+package faults
 
 import (
 	"context"
@@ -22,6 +22,7 @@ import (
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/brokertest"
+	"github.com/nhs-tre/tre/e2e"
 )
 
 // Fault tests: real broker and agent processes killed with SIGKILL,
@@ -34,10 +35,10 @@ const faultSQL = "SELECT sex, count(*) AS n FROM patients GROUP BY sex"
 // faultEpsilon is exact in binary, so budget sums compare exactly.
 const faultEpsilon = 0.5
 
-// faultSite is a testSite whose broker can be killed and restarted on the
+// faultSite is a e2e.Site whose broker can be killed and restarted on the
 // same address and store.
 type faultSite struct {
-	*testSite
+	*e2e.Site
 	brokerArgs []string
 }
 
@@ -48,31 +49,31 @@ func startFaultSite(tb testing.TB, databaseURL string, withAgent bool) *faultSit
 	if testing.Short() {
 		tb.Skip("fault tests start real processes; skipped with -short")
 	}
-	s := &faultSite{testSite: &testSite{dir: tb.TempDir(), tokens: map[string]string{}}}
-	s.data = filepath.Join(s.dir, "gp.duckdb")
-	s.catalog = filepath.Join(s.dir, "gp.catalog.yaml")
+	s := &faultSite{Site: &e2e.Site{Dir: tb.TempDir(), Tokens: map[string]string{}}}
+	s.Data = filepath.Join(s.Dir, "gp.duckdb")
+	s.Catalog = filepath.Join(s.Dir, "gp.catalog.yaml")
 	var out syncBuffer
-	if code := run(context.Background(), []string{"synth", "--out", s.data, "--patients", "2000", "--seed", "11"}, &out, &out); code != 0 {
+	if code := e2e.RunTre(context.Background(), []string{"synth", "--out", s.Data, "--patients", "2000", "--seed", "11"}, &out, &out); code != 0 {
 		tb.Fatalf("tre synth exited %d:\n%s", code, out.String())
 	}
-	brokerDir := filepath.Join(s.dir, "broker")
-	addr := freeAddr(tb)
-	s.url = "http://" + addr
+	brokerDir := filepath.Join(s.Dir, "broker")
+	addr := e2e.FreeAddr(tb)
+	s.URL = "http://" + addr
 	s.brokerArgs = []string{"serve", "--data-dir", brokerDir, "--addr", addr, "--dev",
 		"--lease-ttl", "2s", "--max-attempts", "10", "--submit-per-minute", "6000",
-		"--researcher-time-granularity", e2eGranularity.String()}
+		"--researcher-time-granularity", e2e.Granularity.String()}
 	if databaseURL != "" {
 		s.brokerArgs = append(s.brokerArgs, "--database-url", databaseURL)
 	}
 	s.restartBroker(tb)
-	s.tokens = devTokens(tb, brokerDir, e2eUsers)
-	registerSite(tb, s.as("dave"))
-	tokenFile := writeAgentToken(tb, s.dir, s.tokens["site"])
-	s.agentArgs = []string{"agent", "--broker", s.url, "--site-id", e2eSite, "--token-file", tokenFile,
-		"--data", s.data, "--catalog", s.catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
-		"--scratch-dir", filepath.Join(s.dir, "scratch")}
+	s.Tokens = e2e.DevTokens(tb, brokerDir, e2e.Users)
+	e2e.RegisterSite(tb, s.As("dave"))
+	tokenFile := e2e.WriteAgentToken(tb, s.Dir, s.Tokens["site"])
+	s.AgentArgs = []string{"agent", "--broker", s.URL, "--site-id", e2e.SiteID, "--token-file", tokenFile,
+		"--data", s.Data, "--catalog", s.Catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
+		"--scratch-dir", filepath.Join(s.Dir, "scratch")}
 	if withAgent {
-		s.agent = startTre(tb, s.agentArgs...)
+		s.Agent = e2e.StartTre(tb, s.AgentArgs...)
 		s.waitCatalog(tb)
 	}
 	return s
@@ -81,14 +82,14 @@ func startFaultSite(tb testing.TB, databaseURL string, withAgent bool) *faultSit
 // restartBroker starts the broker process (again) and waits until ready.
 func (s *faultSite) restartBroker(tb testing.TB) {
 	tb.Helper()
-	s.broker = startTre(tb, s.brokerArgs...)
-	waitReady(tb, s.url)
+	s.Broker = e2e.StartTre(tb, s.brokerArgs...)
+	e2e.WaitReady(tb, s.URL)
 }
 
 func (s *faultSite) waitCatalog(tb testing.TB) {
 	tb.Helper()
-	eventually(tb, 60*time.Second, "catalog published", func() error {
-		list, err := s.as("dave").Datasets(context.Background(), api.ListOptions{})
+	e2e.Eventually(tb, 60*time.Second, "catalog published", func() error {
+		list, err := s.As("dave").Datasets(context.Background(), api.ListOptions{})
 		if err != nil {
 			return err
 		}
@@ -101,7 +102,7 @@ func (s *faultSite) waitCatalog(tb testing.TB) {
 
 // quick is a client whose calls fail fast while the broker is down.
 func (s *faultSite) quick(sub string) *api.Client {
-	return &api.Client{BaseURL: s.url, Token: s.tokens[sub], HTTPClient: &http.Client{Timeout: 5 * time.Second}}
+	return &api.Client{BaseURL: s.URL, Token: s.Tokens[sub], HTTPClient: &http.Client{Timeout: 5 * time.Second}}
 }
 
 // syncBuffer is an io.Writer safe to read after the writers are done.
@@ -164,7 +165,7 @@ func TestBrokerKill9(t *testing.T) {
 
 func testBrokerKill9(t *testing.T, s *faultSite) {
 	ctx := context.Background()
-	projectID := s.createProject(t, 1000)
+	projectID := s.CreateProject(t, 1000)
 	acks := &ackLog{submitted: map[int64]bool{}, approved: map[int64]bool{}, release: map[int64]bool{}}
 
 	wctx, stop := context.WithCancel(ctx)
@@ -236,19 +237,19 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 		// Each kill comes after at least one acknowledged write of every
 		// kind since the last restart.
 		s0, a0, r0 := sizes()
-		eventually(t, 60*time.Second, "acknowledged writes of every kind before a kill", func() error {
+		e2e.Eventually(t, 60*time.Second, "acknowledged writes of every kind before a kill", func() error {
 			s1, a1, r1 := sizes()
 			if s1 < s0+2 || a1 < a0+1 || r1 < r0+1 {
 				return fmt.Errorf("new acknowledged writes: %d submitted, %d approved, %d released", s1-s0, a1-a0, r1-r0)
 			}
 			return nil
 		})
-		s.broker.kill()
+		s.Broker.Kill()
 		s.restartBroker(t)
 	}
 	// Let the clients run against the last broker a little, then stop them.
 	before := acks.count()
-	eventually(t, 60*time.Second, "acknowledged writes after the last restart", func() error {
+	e2e.Eventually(t, 60*time.Second, "acknowledged writes after the last restart", func() error {
 		if acks.count() < before+3 {
 			return fmt.Errorf("%d new acknowledged writes", acks.count()-before)
 		}
@@ -263,23 +264,23 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 
 	// Every acknowledged write survived.
 	for id := range acks.submitted {
-		if _, err := s.as("dave").Query(ctx, id); err != nil {
+		if _, err := s.As("dave").Query(ctx, id); err != nil {
 			t.Errorf("acknowledged submission %d lost: %v", id, err)
 		}
 	}
 	for id := range acks.approved {
-		q, err := s.as("dave").Query(ctx, id)
+		q, err := s.As("dave").Query(ctx, id)
 		if err != nil || q.Status == broker.StatusSubmitted || q.ApprovedBy != "bob" {
 			t.Errorf("acknowledged approval of %d lost: %+v, %v", id, q, err)
 		}
 	}
 	for id := range acks.release {
-		q, err := s.as("dave").Query(ctx, id)
+		q, err := s.As("dave").Query(ctx, id)
 		if err != nil || q.Status != broker.StatusReleased {
 			t.Errorf("acknowledged release of %d lost: status %v, %v", id, q.Status, err)
 		}
 	}
-	if v, err := s.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
+	if v, err := s.As("dave").VerifyAudit(ctx); err != nil || !v.OK {
 		t.Fatalf("audit chain after kill -9: %+v, %v", v, err)
 	}
 
@@ -288,7 +289,7 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 		t.Helper()
 		var out []broker.Query
 		for off := 0; ; off += 500 {
-			page, err := s.as("dave").Queries(ctx, api.QueryListOptions{ProjectID: projectID, ListOptions: api.ListOptions{Limit: 500, Offset: off}})
+			page, err := s.As("dave").Queries(ctx, api.QueryListOptions{ProjectID: projectID, ListOptions: api.ListOptions{Limit: 500, Offset: off}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -300,19 +301,19 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 	}
 	for _, q := range all() {
 		if q.Status == broker.StatusSubmitted {
-			if _, err := s.as("bob").ApproveQuery(ctx, q.ID, "after the kills"); err != nil {
+			if _, err := s.As("bob").ApproveQuery(ctx, q.ID, "after the kills"); err != nil {
 				t.Errorf("approve submitted query %d after the kills: %v", q.ID, err)
 			}
 		}
 	}
-	eventually(t, 120*time.Second, "every query leaves approved and running", func() error {
+	e2e.Eventually(t, 120*time.Second, "every query leaves approved and running", func() error {
 		n := 0
 		for _, q := range all() {
 			switch q.Status {
 			case broker.StatusApproved, broker.StatusRunning:
 				n++
 			case broker.StatusAwaitingOutputCheck:
-				if _, err := s.as("carol").ReleaseQuery(ctx, q.ID, "after the kills"); err != nil {
+				if _, err := s.As("carol").ReleaseQuery(ctx, q.ID, "after the kills"); err != nil {
 					return fmt.Errorf("release %d: %w", q.ID, err)
 				}
 			}
@@ -329,8 +330,8 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 		switch q.Status {
 		case broker.StatusReleased:
 			charged += q.Cost.Epsilon
-			waitStatus(t, s.as("alice"), q.ID, broker.StatusReleased)
-			if _, err := s.as("alice").Result(ctx, q.ID); err != nil {
+			e2e.WaitStatus(t, s.As("alice"), q.ID, broker.StatusReleased)
+			if _, err := s.As("alice").Result(ctx, q.ID); err != nil {
 				t.Errorf("released query %d has no downloadable result: %v", q.ID, err)
 			}
 		case broker.StatusFailed:
@@ -341,7 +342,7 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 		}
 	}
 	t.Logf("final statuses: %v", statuses)
-	p, err := s.as("dave").Project(ctx, projectID)
+	p, err := s.As("dave").Project(ctx, projectID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +350,7 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 		t.Errorf("budget after the kills: spent %g reserved %g, want spent %g (one charge per query) reserved 0",
 			p.Budget.EpsilonSpent, p.Budget.EpsilonReserved, charged)
 	}
-	if v, err := s.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
+	if v, err := s.As("dave").VerifyAudit(ctx); err != nil || !v.OK {
 		t.Errorf("audit chain at the end: %+v, %v", v, err)
 	}
 }
@@ -362,17 +363,17 @@ func testBrokerKill9(t *testing.T, s *faultSite) {
 func TestAgentKill9MidJob(t *testing.T) {
 	s := startFaultSite(t, "", true)
 	ctx := context.Background()
-	projectID := s.createProject(t, 100)
+	projectID := s.CreateProject(t, 100)
 
 	var caught *broker.Query
 	var submitted []int64
 	for try := 0; try < 5 && caught == nil; try++ {
-		q, err := s.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: projectID, SQL: faultSQL, Purpose: "kill the agent", Epsilon: faultEpsilon})
+		q, err := s.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: projectID, SQL: faultSQL, Purpose: "kill the agent", Epsilon: faultEpsilon})
 		if err != nil {
 			t.Fatal(err)
 		}
 		submitted = append(submitted, q.ID)
-		if _, err := s.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+		if _, err := s.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
 			t.Fatal(err)
 		}
 		// Kill the agent the moment its sandbox child for the job appears:
@@ -380,14 +381,14 @@ func TestAgentKill9MidJob(t *testing.T) {
 		// takes tens of milliseconds, far longer than this tight poll, so
 		// the job is caught mid-run even on an idle machine.
 		deadline := time.Now().Add(60 * time.Second)
-		for sandboxJobChildren(t, s.dir) == 0 {
+		for sandboxJobChildren(t, s.Dir) == 0 {
 			if time.Now().After(deadline) {
 				t.Fatal("the agent started no sandbox for the job within 60 s")
 			}
 			time.Sleep(time.Millisecond)
 		}
-		s.agent.kill()
-		cur, err := s.as("bob").Query(ctx, q.ID)
+		s.Agent.Kill()
+		cur, err := s.As("bob").Query(ctx, q.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -396,7 +397,7 @@ func TestAgentKill9MidJob(t *testing.T) {
 		} else {
 			t.Logf("query %d finished (%s) before the kill; trying again", q.ID, cur.Status)
 		}
-		s.agent = startTre(t, s.agentArgs...)
+		s.Agent = e2e.StartTre(t, s.AgentArgs...)
 	}
 	if caught == nil {
 		t.Fatal("never caught the agent mid-job in 5 tries")
@@ -406,27 +407,27 @@ func TestAgentKill9MidJob(t *testing.T) {
 	}
 	// The killed agent's sandbox children do not outlive it for long: the
 	// only sandboxes of this site left are the new agent's (none when idle).
-	eventually(t, 60*time.Second, "sandbox children of the killed agent exit", func() error {
-		if n := sandboxChildren(t, s.dir); n > 0 {
+	e2e.Eventually(t, 60*time.Second, "sandbox children of the killed agent exit", func() error {
+		if n := sandboxChildren(t, s.Dir); n > 0 {
 			return fmt.Errorf("%d sandbox processes of this site still running", n)
 		}
 		return nil
 	})
-	final := waitStatus(t, s.as("bob"), caught.ID, broker.StatusAwaitingOutputCheck)
+	final := e2e.WaitStatus(t, s.As("bob"), caught.ID, broker.StatusAwaitingOutputCheck)
 	if final.Attempts < 2 {
 		t.Errorf("query %d reached the output check after %d attempt(s): the job did not run again", final.ID, final.Attempts)
 	}
-	if _, err := s.as("carol").Output(ctx, final.ID); err != nil {
+	if _, err := s.As("carol").Output(ctx, final.ID); err != nil {
 		t.Fatalf("output of the re-run job: %v", err)
 	}
-	completes, err := s.as("dave").Audit(ctx, api.AuditOptions{Action: "job.complete", Object: fmt.Sprintf("query/%d", final.ID)})
+	completes, err := s.As("dave").Audit(ctx, api.AuditOptions{Action: "job.complete", Object: fmt.Sprintf("query/%d", final.ID)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if completes.Total != 1 {
 		t.Errorf("query %d completed %d times, want exactly 1 stored result", final.ID, completes.Total)
 	}
-	leases, err := s.as("dave").Audit(ctx, api.AuditOptions{Action: "job.lease", Object: fmt.Sprintf("query/%d", final.ID)})
+	leases, err := s.As("dave").Audit(ctx, api.AuditOptions{Action: "job.lease", Object: fmt.Sprintf("query/%d", final.ID)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,9 +436,9 @@ func TestAgentKill9MidJob(t *testing.T) {
 	}
 	// Every submitted query is charged once, whether or not it was re-run.
 	for _, id := range submitted {
-		waitOneOf(t, s.as("bob"), id, broker.StatusAwaitingOutputCheck)
+		waitOneOf(t, s.As("bob"), id, broker.StatusAwaitingOutputCheck)
 	}
-	p, err := s.as("dave").Project(ctx, projectID)
+	p, err := s.As("dave").Project(ctx, projectID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +447,7 @@ func TestAgentKill9MidJob(t *testing.T) {
 		t.Errorf("budget = spent %g reserved %g, want spent %g (one charge per query, the re-run free) reserved 0",
 			p.Budget.EpsilonSpent, p.Budget.EpsilonReserved, want)
 	}
-	if v, err := s.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
+	if v, err := s.As("dave").VerifyAudit(ctx); err != nil || !v.OK {
 		t.Errorf("audit chain: %+v, %v", v, err)
 	}
 }
@@ -490,7 +491,7 @@ func countSandboxChildren(tb testing.TB, dir string, jobsOnly bool) int {
 // waitOneOf waits for a query to reach want or any later non-failure state.
 func waitOneOf(tb testing.TB, c *api.Client, id int64, want broker.Status) {
 	tb.Helper()
-	eventually(tb, 90*time.Second, fmt.Sprintf("query %d reaching %s", id, want), func() error {
+	e2e.Eventually(tb, 90*time.Second, fmt.Sprintf("query %d reaching %s", id, want), func() error {
 		q, err := c.Query(context.Background(), id)
 		if err != nil {
 			return err
@@ -514,10 +515,10 @@ func waitOneOf(tb testing.TB, c *api.Client, id int64, want broker.Status) {
 func TestBrokerOutage(t *testing.T) {
 	s := startFaultSite(t, "", true)
 	ctx := context.Background()
-	projectID := s.createProject(t, 100)
+	projectID := s.CreateProject(t, 100)
 	req := api.QueryRequest{ProjectID: projectID, SQL: faultSQL, Purpose: "outage", Epsilon: faultEpsilon}
 
-	s.broker.kill()
+	s.Broker.Kill()
 	_, err := s.quick("alice").SubmitQuery(ctx, req)
 	var ae *api.Error
 	if err != nil && !errors.As(err, &ae) && !errors.Is(err, syscall.ECONNREFUSED) {
@@ -540,7 +541,7 @@ func TestBrokerOutage(t *testing.T) {
 		select {
 		case <-deadline:
 			polling = false
-		case err := <-s.agent.done:
+		case err := <-s.Agent.Done():
 			t.Fatalf("the agent exited while the broker was down: %v", err)
 		}
 	}
@@ -559,7 +560,7 @@ func TestBrokerOutage(t *testing.T) {
 			defer c.Close()
 		}
 	}()
-	hc := &api.Client{BaseURL: "http://" + hung.Addr().String(), Token: s.tokens["alice"], HTTPClient: &http.Client{Timeout: 2 * time.Second}}
+	hc := &api.Client{BaseURL: "http://" + hung.Addr().String(), Token: s.Tokens["alice"], HTTPClient: &http.Client{Timeout: 2 * time.Second}}
 	_, err = hc.SubmitQuery(ctx, req)
 	var ne net.Error
 	if err == nil || errors.As(err, &ae) || !errors.As(err, &ne) || !ne.Timeout() {
@@ -567,14 +568,14 @@ func TestBrokerOutage(t *testing.T) {
 	}
 
 	s.restartBroker(t)
-	q, err := s.as("alice").SubmitQuery(ctx, req)
+	q, err := s.As("alice").SubmitQuery(ctx, req)
 	if err != nil {
 		t.Fatalf("submit after the restart: %v", err)
 	}
-	if _, err := s.as("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+	if _, err := s.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, s.as("bob"), q.ID, broker.StatusAwaitingOutputCheck)
+	e2e.WaitStatus(t, s.As("bob"), q.ID, broker.StatusAwaitingOutputCheck)
 }
 
 // TestReadOnlyStore takes write access away from a running broker's store
@@ -590,10 +591,10 @@ func TestReadOnlyStore(t *testing.T) {
 		if err != nil {
 			t.Skip("chattr not installed: cannot make the database read-only for root")
 		}
-		b := startLonelyBroker(t)
+		b := e2e.StartLonelyBroker(t)
 		// The -shm file is SQLite's lock and index memory, not data, and
 		// readers need it.
-		files := []string{filepath.Join(b.dir, "broker.db"), filepath.Join(b.dir, "broker.db-wal")}
+		files := []string{filepath.Join(b.Dir, "broker.db"), filepath.Join(b.Dir, "broker.db-wal")}
 		for _, f := range files {
 			if _, err := os.Stat(f); err != nil {
 				t.Fatalf("SQLite file: %v", err)
@@ -656,7 +657,7 @@ func TestReadOnlyStore(t *testing.T) {
 			_, _ = c.Exec(context.Background(), "DROP ROLE "+role)
 		})
 		u.User = url.User(role)
-		b := startLonelyBroker(t, "--database-url", u.String())
+		b := e2e.StartLonelyBroker(t, "--database-url", u.String())
 		setReadOnly := func(on bool) error {
 			stmt := "ALTER ROLE " + role + " RESET default_transaction_read_only"
 			if on {
@@ -671,7 +672,7 @@ func TestReadOnlyStore(t *testing.T) {
 			// The pool finds its sessions gone as it uses them: let reads
 			// replace every one before the writes are tried.
 			for i := 0; i < 40; i++ {
-				_, _ = b.as("dave").Projects(ctx, api.ListOptions{})
+				_, _ = b.As("dave").Projects(ctx, api.ListOptions{})
 			}
 			return nil
 		}
@@ -679,9 +680,9 @@ func TestReadOnlyStore(t *testing.T) {
 	})
 }
 
-func testReadOnlyStore(t *testing.T, b *lonelyBroker, setReadOnly func(bool) error) {
+func testReadOnlyStore(t *testing.T, b *e2e.LonelyBroker, setReadOnly func(bool) error) {
 	ctx := context.Background()
-	q1, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "before"})
+	q1, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.Project, SQL: e2e.HostileSQL, Purpose: "before"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -689,8 +690,8 @@ func testReadOnlyStore(t *testing.T, b *lonelyBroker, setReadOnly func(bool) err
 		t.Fatalf("make the store read-only: %v", err)
 	}
 	var auditBefore *api.List[broker.AuditEntry]
-	eventually(t, 30*time.Second, "read the audit log from a read-only store", func() error {
-		auditBefore, err = b.as("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
+	e2e.Eventually(t, 30*time.Second, "read the audit log from a read-only store", func() error {
+		auditBefore, err = b.As("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
 		return err
 	})
 
@@ -699,13 +700,13 @@ func testReadOnlyStore(t *testing.T, b *lonelyBroker, setReadOnly func(bool) err
 		do   func() error
 	}{
 		{"submit", func() error {
-			_, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "read-only"})
+			_, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.Project, SQL: e2e.HostileSQL, Purpose: "read-only"})
 			return err
 		}},
-		{"approve", func() error { _, err := b.as("bob").ApproveQuery(ctx, q1.ID, "read-only"); return err }},
-		{"reject", func() error { _, err := b.as("bob").RejectQuery(ctx, q1.ID, "read-only"); return err }},
+		{"approve", func() error { _, err := b.As("bob").ApproveQuery(ctx, q1.ID, "read-only"); return err }},
+		{"reject", func() error { _, err := b.As("bob").RejectQuery(ctx, q1.ID, "read-only"); return err }},
 		{"create project", func() error {
-			_, err := b.as("dave").CreateProject(ctx, api.ProjectRequest{Title: "RO", Organisation: "T", Purpose: "p", LawfulBasis: "x",
+			_, err := b.As("dave").CreateProject(ctx, api.ProjectRequest{Title: "RO", Organisation: "T", Purpose: "p", LawfulBasis: "x",
 				Members: []string{"alice"}, Datasets: []string{"nhs_gp_synthetic"}, EpsilonBudget: 1, DeltaBudget: 1e-4, ExpiresAt: time.Now().AddDate(0, 1, 0)})
 			return err
 		}},
@@ -722,24 +723,24 @@ func testReadOnlyStore(t *testing.T, b *lonelyBroker, setReadOnly func(bool) err
 		})
 	}
 	t.Run("reads", func(t *testing.T) {
-		got, err := b.as("alice").Query(ctx, q1.ID)
+		got, err := b.As("alice").Query(ctx, q1.ID)
 		if err != nil {
 			t.Fatalf("read a query: %v", err)
 		}
 		if got.Status != broker.StatusSubmitted {
 			t.Errorf("query %d is %s after failed writes, want submitted (nothing half-written)", q1.ID, got.Status)
 		}
-		if list, err := b.as("dave").Queries(ctx, api.QueryListOptions{}); err != nil || list.Total != 1 {
+		if list, err := b.As("dave").Queries(ctx, api.QueryListOptions{}); err != nil || list.Total != 1 {
 			t.Errorf("list queries: %+v, %v; want 1 query", list, err)
 		}
-		if ps, err := b.as("dave").Projects(ctx, api.ListOptions{}); err != nil || ps.Total != 1 {
+		if ps, err := b.As("dave").Projects(ctx, api.ListOptions{}); err != nil || ps.Total != 1 {
 			t.Errorf("list projects: %+v, %v; want 1 project", ps, err)
 		}
-		if v, err := b.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
+		if v, err := b.As("dave").VerifyAudit(ctx); err != nil || !v.OK {
 			t.Errorf("audit chain on a read-only store: %+v, %v", v, err)
 		}
 	})
-	auditRO, err := b.as("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
+	auditRO, err := b.As("dave").Audit(ctx, api.AuditOptions{ListOptions: api.ListOptions{Limit: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -750,14 +751,14 @@ func testReadOnlyStore(t *testing.T, b *lonelyBroker, setReadOnly func(bool) err
 	if err := setReadOnly(false); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "writes after restoring write access", func() error {
-		_, err := b.as("bob").ApproveQuery(ctx, q1.ID, "writable again")
+	e2e.Eventually(t, 30*time.Second, "writes after restoring write access", func() error {
+		_, err := b.As("bob").ApproveQuery(ctx, q1.ID, "writable again")
 		return err
 	})
-	if _, err := b.as("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.project, SQL: hostileSQL, Purpose: "after"}); err != nil {
+	if _, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: b.Project, SQL: e2e.HostileSQL, Purpose: "after"}); err != nil {
 		t.Errorf("submit after restoring write access: %v", err)
 	}
-	if v, err := b.as("dave").VerifyAudit(ctx); err != nil || !v.OK {
+	if v, err := b.As("dave").VerifyAudit(ctx); err != nil || !v.OK {
 		t.Errorf("audit chain after restoring write access: %+v, %v", v, err)
 	}
 }

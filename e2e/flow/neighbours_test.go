@@ -1,4 +1,4 @@
-package main
+package flow
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/e2e"
 	"github.com/nhs-tre/tre/sandbox/sandboxtest"
 )
 
@@ -29,19 +30,19 @@ import (
 // project per dataset of a neighbourhood: the same questions go to every
 // dataset through the whole real system.
 type neighbourSystem struct {
-	url    string
-	dir    string
-	tokens map[string]string // by subject: alice, bob, carol, dave, and site-<name>
-	agents map[string]*treProcess
-	args   map[string][]string // each agent's command line
+	URL    string
+	Dir    string
+	Tokens map[string]string // by subject: alice, bob, carol, dave, and site-<name>
+	agents map[string]*e2e.Process
+	Args   map[string][]string // each agent's command line
 	// project holds each dataset's project (by dataset name): one project
 	// each, so that risk flags, which look at a project's earlier queries,
 	// see the same history on every dataset.
-	project map[string]int64
+	Project map[string]int64
 }
 
-func (ns *neighbourSystem) as(sub string) *api.Client {
-	return &api.Client{BaseURL: ns.url, Token: ns.tokens[sub], HTTPClient: &http.Client{Timeout: 30 * time.Second}}
+func (ns *neighbourSystem) As(sub string) *api.Client {
+	return &api.Client{BaseURL: ns.URL, Token: ns.Tokens[sub], HTTPClient: &http.Client{Timeout: 30 * time.Second}}
 }
 
 // startNeighbourSystem starts `tre serve` and one `tre agent` per dataset,
@@ -49,14 +50,14 @@ func (ns *neighbourSystem) as(sub string) *api.Client {
 func startNeighbourSystem(tb testing.TB, n *sandboxtest.Neighbourhood) *neighbourSystem {
 	tb.Helper()
 	ctx := context.Background()
-	ns := &neighbourSystem{dir: tb.TempDir(), tokens: map[string]string{}, agents: map[string]*treProcess{},
-		args: map[string][]string{}, project: map[string]int64{}}
-	brokerDir := filepath.Join(ns.dir, "broker")
-	addr := freeAddr(tb)
-	ns.url = "http://" + addr
-	startTre(tb, "serve", "--data-dir", brokerDir, "--addr", addr, "--dev", "--lease-ttl", "3s", "--submit-per-minute", "6000",
-		"--researcher-time-granularity", e2eGranularity.String())
-	waitReady(tb, ns.url)
+	ns := &neighbourSystem{Dir: tb.TempDir(), Tokens: map[string]string{}, agents: map[string]*e2e.Process{},
+		Args: map[string][]string{}, Project: map[string]int64{}}
+	brokerDir := filepath.Join(ns.Dir, "broker")
+	addr := e2e.FreeAddr(tb)
+	ns.URL = "http://" + addr
+	e2e.StartTre(tb, "serve", "--data-dir", brokerDir, "--addr", addr, "--dev", "--lease-ttl", "3s", "--submit-per-minute", "6000",
+		"--researcher-time-granularity", e2e.Granularity.String())
+	e2e.WaitReady(tb, ns.URL)
 	key, err := auth.LoadOrCreateDevKey(brokerDir)
 	if err != nil {
 		tb.Fatal(err)
@@ -66,7 +67,7 @@ func startNeighbourSystem(tb testing.TB, n *sandboxtest.Neighbourhood) *neighbou
 		if err != nil {
 			tb.Fatal(err)
 		}
-		ns.tokens[sub] = tok
+		ns.Tokens[sub] = tok
 	}
 	for sub, role := range map[string]broker.Role{"alice": broker.RoleResearcher, "bob": broker.RoleReviewer,
 		"carol": broker.RoleOutputChecker, "dave": broker.RoleAdmin} {
@@ -75,20 +76,20 @@ func startNeighbourSystem(tb testing.TB, n *sandboxtest.Neighbourhood) *neighbou
 	for _, d := range n.All() {
 		site := "site-" + strings.ReplaceAll(d.Name, "_", "-")
 		mint(site, broker.RoleAgent, site)
-		if _, err := ns.as("dave").CreateSite(ctx, api.SiteRequest{ID: site, Name: "Site holding " + d.Name, Organisation: "Test NHS Trust"}); err != nil {
+		if _, err := ns.As("dave").CreateSite(ctx, api.SiteRequest{ID: site, Name: "Site holding " + d.Name, Organisation: "Test NHS Trust"}); err != nil {
 			tb.Fatalf("register %s: %v", site, err)
 		}
-		tokenFile := filepath.Join(ns.dir, site+".token")
-		if err := os.WriteFile(tokenFile, []byte(ns.tokens[site]), 0o600); err != nil {
+		tokenFile := filepath.Join(ns.Dir, site+".token")
+		if err := os.WriteFile(tokenFile, []byte(ns.Tokens[site]), 0o600); err != nil {
 			tb.Fatal(err)
 		}
-		ns.args[d.Dataset] = []string{"agent", "--broker", ns.url, "--site-id", site, "--token-file", tokenFile,
+		ns.Args[d.Dataset] = []string{"agent", "--broker", ns.URL, "--site-id", site, "--token-file", tokenFile,
 			"--data", d.Data, "--catalog", d.Catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
-			"--scratch-dir", filepath.Join(ns.dir, site, "scratch")}
-		ns.agents[d.Dataset] = startTre(tb, ns.args[d.Dataset]...)
+			"--scratch-dir", filepath.Join(ns.Dir, site, "scratch")}
+		ns.agents[d.Dataset] = e2e.StartTre(tb, ns.Args[d.Dataset]...)
 	}
-	eventually(tb, 60*time.Second, "every catalog published", func() error {
-		list, err := ns.as("dave").Datasets(ctx, api.ListOptions{})
+	e2e.Eventually(tb, 60*time.Second, "every catalog published", func() error {
+		list, err := ns.As("dave").Datasets(ctx, api.ListOptions{})
 		if err != nil {
 			return err
 		}
@@ -98,7 +99,7 @@ func startNeighbourSystem(tb testing.TB, n *sandboxtest.Neighbourhood) *neighbou
 		return nil
 	})
 	for _, d := range n.All() {
-		p, err := ns.as("dave").CreateProject(ctx, api.ProjectRequest{
+		p, err := ns.As("dave").CreateProject(ctx, api.ProjectRequest{
 			Title: "Neighbours " + d.Name, Organisation: "Test University", Purpose: "Neighbouring datasets",
 			LawfulBasis: "Art. 6(1)(e)", Members: []string{"alice"}, Datasets: []string{d.Dataset},
 			EpsilonBudget: 100, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
@@ -106,7 +107,7 @@ func startNeighbourSystem(tb testing.TB, n *sandboxtest.Neighbourhood) *neighbou
 		if err != nil {
 			tb.Fatalf("project over %s: %v", d.Dataset, err)
 		}
-		ns.project[d.Dataset] = p.ID
+		ns.Project[d.Dataset] = p.ID
 	}
 	return ns
 }
@@ -133,34 +134,34 @@ func (ns *neighbourSystem) ask(tb testing.TB, dataset, sql string) researcherVie
 	tb.Helper()
 	ctx := context.Background()
 	var v researcherView
-	sub := send(tb, "POST", ns.url+"/api/v1/queries", ns.tokens["alice"], "application/json",
-		strings.NewReader(fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"neighbours"}`, ns.project[dataset], sql)))
-	v.Submit = fmt.Sprintf("%d %s", sub.status, maskJSON(tb, sub.body))
-	if sub.status != http.StatusCreated {
+	sub := e2e.Send(tb, "POST", ns.URL+"/api/v1/queries", ns.Tokens["alice"], "application/json",
+		strings.NewReader(fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"neighbours"}`, ns.Project[dataset], sql)))
+	v.Submit = fmt.Sprintf("%d %s", sub.Status, maskJSON(tb, sub.Body))
+	if sub.Status != http.StatusCreated {
 		return v
 	}
 	var q broker.Query
-	if err := json.Unmarshal(sub.body, &q); err != nil {
+	if err := json.Unmarshal(sub.Body, &q); err != nil {
 		tb.Fatal(err)
 	}
-	if _, err := ns.as("bob").ApproveQuery(ctx, q.ID, "fine"); err != nil {
+	if _, err := ns.As("bob").ApproveQuery(ctx, q.ID, "fine"); err != nil {
 		tb.Fatalf("approve: %v", err)
 	}
 	// The output check: whatever reaches it is released.
-	eventually(tb, 120*time.Second, fmt.Sprintf("query %d reaching the output check", q.ID), func() error {
-		got, err := ns.as("carol").Query(ctx, q.ID)
+	e2e.Eventually(tb, 120*time.Second, fmt.Sprintf("query %d reaching the output check", q.ID), func() error {
+		got, err := ns.As("carol").Query(ctx, q.ID)
 		if err != nil {
 			return err
 		}
 		if got.Status != broker.StatusAwaitingOutputCheck {
 			return fmt.Errorf("status %s", got.Status)
 		}
-		_, err = ns.as("carol").ReleaseQuery(ctx, q.ID, "checked")
+		_, err = ns.As("carol").ReleaseQuery(ctx, q.ID, "checked")
 		return err
 	})
 	// The researcher, polling, until the outcome is visible to them.
-	eventually(tb, 60*time.Second, fmt.Sprintf("query %d's outcome visible to the researcher", q.ID), func() error {
-		got, err := ns.as("alice").Query(ctx, q.ID)
+	e2e.Eventually(tb, 60*time.Second, fmt.Sprintf("query %d's outcome visible to the researcher", q.ID), func() error {
+		got, err := ns.As("alice").Query(ctx, q.ID)
 		if err != nil {
 			return err
 		}
@@ -176,26 +177,26 @@ func (ns *neighbourSystem) ask(tb testing.TB, dataset, sql string) researcherVie
 	// has no report to say so, the JSON result does.
 	var selected bool
 	get := func(path string) string {
-		r := send(tb, "GET", ns.url+path, ns.tokens["alice"], "", nil)
-		if strings.Contains(r.header.Get("Content-Type"), "csv") {
-			return fmt.Sprintf("%d %s", r.status, maskCSV(tb, r.body, selected))
+		r := e2e.Send(tb, "GET", ns.URL+path, ns.Tokens["alice"], "", nil)
+		if strings.Contains(r.Header.Get("Content-Type"), "csv") {
+			return fmt.Sprintf("%d %s", r.Status, maskCSV(tb, r.Body, selected))
 		}
 		var res struct{ Report dp.ResearcherReport }
-		if json.Unmarshal(r.body, &res) == nil && res.Report.PartitionSelection == dp.SelectionPreThreshold {
+		if json.Unmarshal(r.Body, &res) == nil && res.Report.PartitionSelection == dp.SelectionPreThreshold {
 			selected = true
 		}
-		return fmt.Sprintf("%d %s", r.status, maskJSON(tb, r.body))
+		return fmt.Sprintf("%d %s", r.Status, maskJSON(tb, r.Body))
 	}
 	v.Query = get(fmt.Sprintf("/api/v1/queries/%d", q.ID))
 	v.Listed = ns.listed(tb, dataset, q.ID)
 	v.Output = get(fmt.Sprintf("/api/v1/queries/%d/output", q.ID))
 	v.Result = get(fmt.Sprintf("/api/v1/queries/%d/result", q.ID))
 	v.CSV = get(fmt.Sprintf("/api/v1/queries/%d/result?format=csv", q.ID))
-	v.Project = get(fmt.Sprintf("/api/v1/projects/%d", ns.project[dataset]))
+	v.Project = get(fmt.Sprintf("/api/v1/projects/%d", ns.Project[dataset]))
 	// Every status the researcher saw is in the history they are shown, in
 	// that order.
 	var final broker.Query
-	if err := json.Unmarshal(send(tb, "GET", fmt.Sprintf("%s/api/v1/queries/%d", ns.url, q.ID), ns.tokens["alice"], "", nil).body, &final); err != nil {
+	if err := json.Unmarshal(e2e.Send(tb, "GET", fmt.Sprintf("%s/api/v1/queries/%d", ns.URL, q.ID), ns.Tokens["alice"], "", nil).Body, &final); err != nil {
 		tb.Fatal(err)
 	}
 	var shown []broker.Status
@@ -212,20 +213,20 @@ func (ns *neighbourSystem) ask(tb testing.TB, dataset, sql string) researcherVie
 // list holds the project's earlier queries too), masked.
 func (ns *neighbourSystem) listed(tb testing.TB, dataset string, id int64) string {
 	tb.Helper()
-	r := send(tb, "GET", fmt.Sprintf("%s/api/v1/queries?project_id=%d&limit=500", ns.url, ns.project[dataset]), ns.tokens["alice"], "", nil)
+	r := e2e.Send(tb, "GET", fmt.Sprintf("%s/api/v1/queries?project_id=%d&limit=500", ns.URL, ns.Project[dataset]), ns.Tokens["alice"], "", nil)
 	var list struct {
 		Items []json.RawMessage `json:"items"`
 	}
-	if err := json.Unmarshal(r.body, &list); err != nil {
-		return fmt.Sprintf("%d %s", r.status, maskJSON(tb, r.body))
+	if err := json.Unmarshal(r.Body, &list); err != nil {
+		return fmt.Sprintf("%d %s", r.Status, maskJSON(tb, r.Body))
 	}
 	for _, item := range list.Items {
 		var q struct{ ID int64 }
 		if json.Unmarshal(item, &q) == nil && q.ID == id {
-			return fmt.Sprintf("%d %s", r.status, maskJSON(tb, item))
+			return fmt.Sprintf("%d %s", r.Status, maskJSON(tb, item))
 		}
 	}
-	return fmt.Sprintf("%d: query not listed", r.status)
+	return fmt.Sprintf("%d: query not listed", r.Status)
 }
 
 func isSubsequence(sub, seq []broker.Status) bool {
@@ -327,8 +328,8 @@ func checkCoarse(tb testing.TB, key string, val any, obj map[string]any) {
 	}
 	own := key == "submitted_at" || (key == "at" && ownActTime[fmt.Sprint(obj["to"])]) ||
 		(key == "updated_at" && ownActTime[fmt.Sprint(obj["status"])])
-	if !own && !t.Equal(t.Truncate(e2eGranularity)) {
-		tb.Errorf("a researcher sees %s = %s: not a multiple of %s (object %v)", key, s, e2eGranularity, obj)
+	if !own && !t.Equal(t.Truncate(e2e.Granularity)) {
+		tb.Errorf("a researcher sees %s = %s: not a multiple of %s (object %v)", key, s, e2e.Granularity, obj)
 	}
 }
 
@@ -437,8 +438,8 @@ func TestNeighbouringDatasets(t *testing.T) {
 	// Should the engine ever bound each patient's rows before such a join
 	// (issue 15), this needs another query the site cannot finish.
 	for _, d := range all {
-		ns.agents[d.Dataset].stop()
-		ns.agents[d.Dataset] = startTre(t, append(slices.Clone(ns.args[d.Dataset]), "--job-timeout", "1s")...)
+		ns.agents[d.Dataset].Stop()
+		ns.agents[d.Dataset] = e2e.StartTre(t, append(slices.Clone(ns.Args[d.Dataset]), "--job-timeout", "1s")...)
 	}
 	t.Run("failure at the site", func(t *testing.T) {
 		const sql = "SELECT count(*) AS n FROM medications a JOIN medications b ON b.patient_id = a.patient_id " +
@@ -450,7 +451,7 @@ func TestNeighbouringDatasets(t *testing.T) {
 			t.Errorf("the failed run as the researcher sees it: %s", v.Query)
 		}
 		// Staff saw why.
-		list, err := ns.as("carol").Queries(ctx, api.QueryListOptions{Status: broker.StatusFailed})
+		list, err := ns.As("carol").Queries(ctx, api.QueryListOptions{Status: broker.StatusFailed})
 		if err != nil || len(list.Items) < len(all) {
 			t.Fatalf("failed queries for staff: %+v, %v", list, err)
 		}
