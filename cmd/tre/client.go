@@ -19,10 +19,10 @@ import (
 	"github.com/nhs-tre/tre/dp"
 )
 
-// Exit codes of the client commands (documented in docs/cli.md).
+// Exit codes of the client commands (documented in docs/cli.md); a bad
+// flag or argument exits 2 (run).
 const (
 	exitAPIError     = 1 // the broker refused for a domain reason (conflict, budget, invalid input, unreachable)
-	exitUsage        = 2 // bad flags or arguments
 	exitNotAuthed    = 3 // 401 or 403: no valid token, or not allowed
 	exitNotFoundOrNo = 4 // 404 not found, or 422 SQL refused
 )

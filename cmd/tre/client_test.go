@@ -169,7 +169,7 @@ func TestClientExitCodes(t *testing.T) {
 func mintWithCommand(t *testing.T, dir string, args ...string) *broker.User {
 	t.Helper()
 	var out bytes.Buffer
-	m := NewTokenMain(&out, io.Discard)
+	m := newTokenMain(&out, io.Discard).(*TokenMain)
 	m.Now = func() time.Time { return time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC) }
 	if err := m.ParseFlags(context.Background(), append([]string{"--data-dir", dir}, args...)); err != nil {
 		t.Fatal(err)
@@ -212,7 +212,7 @@ func TestTokenCommand(t *testing.T) {
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := NewTokenMain(io.Discard, io.Discard).ParseFlags(context.Background(), tt.args); err == nil {
+			if err := newTokenMain(io.Discard, io.Discard).ParseFlags(context.Background(), tt.args); err == nil {
 				t.Error("accepted")
 			}
 		})

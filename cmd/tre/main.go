@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-	"time"
 )
 
 // command is one subcommand: flags are parsed before anything runs, so a bad
@@ -36,36 +35,22 @@ type commandInfo struct {
 func commands() map[string]commandInfo {
 	return map[string]commandInfo{
 		"__sandbox": {"internal: the sandbox child process of one job", newSandboxMain},
-		"synth": {"generate synthetic NHS GP records and their catalog", func(stdout, stderr io.Writer) command {
-			return NewSynthMain(stdout, stderr)
-		}},
-		"audit": {"verify the audit hash chain (exit 0 iff intact)", newAuditMain},
-		"check": {"validate SQL against a catalog: rewrite, cost and expected accuracy", newCheckMain},
-		"run":   {"run one query through the real sandbox and print the protected table and its report", newRunMain},
-		"demo":  {"synthetic data, broker, site agent and sandbox in one process tree", newDemoMain},
-		"serve": {"run the broker (REST API, queues, budgets, audit)", newServeMain},
-		"agent": {"run a site agent next to the data (outbound to the broker only)", newAgentMain},
-		"token": {"mint a development token (brokers in --dev mode only)", func(stdout, stderr io.Writer) command {
-			return &TokenMain{Stdout: stdout, Stderr: stderr, Now: time.Now}
-		}},
-		"query": {"submit, dry-run, list, show, cancel queries; fetch results", func(stdout, stderr io.Writer) command {
-			return &QueryMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
-		}},
-		"review": {"reviewer queue: approve or reject queries", func(stdout, stderr io.Writer) command {
-			return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
-		}},
-		"output": {"output-check queue: release or withhold results", func(stdout, stderr io.Writer) command {
-			return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, output: true}
-		}},
-		"bench": {"measure queries (raw DuckDB, protected, PostgreSQL), sandbox start, broker API and synth", newBenchMain},
-		"project": {"create and list projects", func(stdout, stderr io.Writer) command {
-			return &ProjectMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
-		}},
-		"site": {"register sites and list their agents' health (admin)", func(stdout, stderr io.Writer) command {
-			return NewSiteMain(stdout, stderr)
-		}},
-		"datasets": {"what a researcher may query: tables, columns, roles, bounds, domains, example codes", newDatasetsMain},
-		"version":  {"print the version, the commit and the DuckDB version", newVersionMain},
+		"synth":     {"generate synthetic NHS GP records and their catalog", newSynthMain},
+		"audit":     {"verify the audit hash chain (exit 0 iff intact)", newAuditMain},
+		"check":     {"validate SQL against a catalog: rewrite, cost and expected accuracy", newCheckMain},
+		"run":       {"run one query through the real sandbox and print the protected table and its report", newRunMain},
+		"demo":      {"synthetic data, broker, site agent and sandbox in one process tree", newDemoMain},
+		"serve":     {"run the broker (REST API, queues, budgets, audit)", newServeMain},
+		"agent":     {"run a site agent next to the data (outbound to the broker only)", newAgentMain},
+		"token":     {"mint a development token (brokers in --dev mode only)", newTokenMain},
+		"query":     {"submit, dry-run, list, show, cancel queries; fetch results", newQueryMain},
+		"review":    {"reviewer queue: approve or reject queries", newReviewMain},
+		"output":    {"output-check queue: release or withhold results", newOutputMain},
+		"bench":     {"measure queries (raw DuckDB, protected, PostgreSQL), sandbox start, broker API and synth", newBenchMain},
+		"project":   {"create and list projects", newProjectMain},
+		"site":      {"register sites and list their agents' health (admin)", newSiteMain},
+		"datasets":  {"what a researcher may query: tables, columns, roles, bounds, domains, example codes", newDatasetsMain},
+		"version":   {"print the version, the commit and the DuckDB version", newVersionMain},
 	}
 }
 

@@ -26,8 +26,8 @@ type ProjectMain struct {
 	offset int
 }
 
-// NewProjectMain returns the command with the process environment.
-func NewProjectMain(stdout, stderr io.Writer) *ProjectMain {
+// newProjectMain returns the command with the process environment.
+func newProjectMain(stdout, stderr io.Writer) command {
 	return &ProjectMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 }
 

@@ -39,8 +39,8 @@ type QueryMain struct {
 	out    string
 }
 
-// NewQueryMain returns the command with the process environment.
-func NewQueryMain(stdout, stderr io.Writer) *QueryMain {
+// newQueryMain returns the command with the process environment.
+func newQueryMain(stdout, stderr io.Writer) command {
 	return &QueryMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 }
 

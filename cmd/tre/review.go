@@ -33,13 +33,13 @@ type ReviewMain struct {
 	offset  int
 }
 
-// NewReviewMain returns `tre review`.
-func NewReviewMain(stdout, stderr io.Writer) *ReviewMain {
+// newReviewMain returns `tre review`.
+func newReviewMain(stdout, stderr io.Writer) command {
 	return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 }
 
-// NewOutputMain returns `tre output`.
-func NewOutputMain(stdout, stderr io.Writer) *ReviewMain {
+// newOutputMain returns `tre output`.
+func newOutputMain(stdout, stderr io.Writer) command {
 	return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, output: true}
 }
 

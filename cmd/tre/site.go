@@ -26,8 +26,8 @@ type SiteMain struct {
 	offset int
 }
 
-// NewSiteMain returns the command with the process environment.
-func NewSiteMain(stdout, stderr io.Writer) *SiteMain {
+// newSiteMain returns the command with the process environment.
+func newSiteMain(stdout, stderr io.Writer) command {
 	return &SiteMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 }
 

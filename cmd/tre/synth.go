@@ -20,8 +20,8 @@ type SynthMain struct {
 	opts           synth.Options
 }
 
-// NewSynthMain returns the `tre synth` command writing to the given streams.
-func NewSynthMain(stdout, stderr io.Writer) *SynthMain {
+// newSynthMain returns the `tre synth` command writing to the given streams.
+func newSynthMain(stdout, stderr io.Writer) command {
 	return &SynthMain{stdout: stdout, stderr: stderr}
 }
 

@@ -25,7 +25,7 @@ func TestSynthParseFlags(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			m := NewSynthMain(&bytes.Buffer{}, &stderr)
+			m := newSynthMain(&bytes.Buffer{}, &stderr)
 			err := m.ParseFlags(context.Background(), tt.args)
 			switch {
 			case tt.wantErr == "" && err != nil:
@@ -43,7 +43,7 @@ func TestSynthRun(t *testing.T) {
 	run := func(args ...string) (string, string, error) {
 		t.Helper()
 		var stdout, stderr bytes.Buffer
-		m := NewSynthMain(&stdout, &stderr)
+		m := newSynthMain(&stdout, &stderr)
 		defer m.Close()
 		if err := m.ParseFlags(context.Background(), args); err != nil {
 			t.Fatal(err)

@@ -21,8 +21,8 @@ type TokenMain struct {
 	claims  auth.DevClaims
 }
 
-// NewTokenMain returns the command.
-func NewTokenMain(stdout, stderr io.Writer) *TokenMain {
+// newTokenMain returns the command.
+func newTokenMain(stdout, stderr io.Writer) command {
 	return &TokenMain{Stdout: stdout, Stderr: stderr, Now: time.Now}
 }
 
