@@ -3,7 +3,7 @@
 //
 //	healthcheck [-ca FILE] URL
 //
-// It exits 0 when a GET of URL answers 2xx within two seconds, 1 otherwise.
+// It exits 0 when a GET of URL answers 2xx within eight seconds, 1 otherwise.
 // With -ca the server's certificate must chain to FILE (the broker's own
 // CA: the probe dials the container's loopback by the certificate's name).
 package main
@@ -45,7 +45,7 @@ func probe(url, caFile string) error {
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	c := &http.Client{Transport: tr, Timeout: 2 * time.Second}
+	c := &http.Client{Transport: tr, Timeout: 8 * time.Second}
 	resp, err := c.Get(url)
 	if err != nil {
 		return err

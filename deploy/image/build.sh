@@ -32,8 +32,9 @@ for role in broker agent; do
   echo "building tre-$role:$tag from $base"
   docker build -q --build-arg BASE="$base" --target "$role" -t "tre-$role:$tag" -f deploy/Dockerfile "$ctx" >/dev/null
 done
-# The legacy builder leaves the files stage's image behind, untagged.
-docker image prune -f --filter label=org.nhs-tre.stage=files >/dev/null
+# The legacy builder leaves the files stage's image behind, untagged, and a
+# rebuild untags the previous images: remove those no container uses.
+docker image prune -f --filter label=org.nhs-tre.build=tre >/dev/null
 echo "images built in $(( $(date +%s) - start ))s:"
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^tre-(broker|agent):$tag " | sed 's/^/  /' || true
 
