@@ -10,10 +10,20 @@ import (
 
 // The broker operations both faces of the broker call — the JSON API
 // (api/server) and the web pages (api/web) — declared once, by noun.
-// *broker.Service satisfies all of them. Each face composes the ones it
-// uses with the few only it calls (the agent's job calls and ViewOutput in
+// *broker.Service satisfies all of them. Each face composes Service with
+// the few only it calls (the agent's job calls and ViewOutput in
 // the server; QueryAccess, FindOutput and ReleasedOutput in the pages).
 // The caller travels in ctx (broker.NewContext).
+
+// Service is every operation both faces call.
+type Service interface {
+	SiteService
+	ProjectService
+	QueryService
+	ReviewService
+	OutputService
+	AuditService
+}
 
 // SiteService registers sites and lists them and the datasets they publish.
 type SiteService interface {

@@ -38,12 +38,7 @@ import (
 // the site agent's, and two of its own. *broker.Service satisfies it;
 // tests of handlers alone may use a fake.
 type Service interface {
-	api.SiteService
-	api.ProjectService
-	api.QueryService
-	api.ReviewService
-	api.OutputService
-	api.AuditService
+	api.Service
 	AgentService
 
 	// ViewOutput answers GET /queries/{id}/output for a checker or a

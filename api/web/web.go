@@ -35,12 +35,7 @@ var staticFS embed.FS
 // their own. *broker.Service satisfies it. The caller travels in ctx
 // (broker.NewContext).
 type Service interface {
-	api.SiteService
-	api.ProjectService
-	api.QueryService
-	api.ReviewService
-	api.OutputService
-	api.AuditService
+	api.Service
 
 	// QueryAccess says what the caller may do with a query (which buttons
 	// a page shows; the broker checks again on every action).
