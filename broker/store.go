@@ -145,4 +145,13 @@ type Tx interface {
 
 	// Register derives the public register from projects and queries.
 	Register(ctx context.Context) ([]*RegisterEntry, error)
+
+	// Web sessions, by the hash of their id. PutSession inserts (a
+	// duplicate id is a conflict); DeleteSession of a missing id is not an
+	// error; DeleteExpiredSessions removes sessions that expired at or
+	// before the given time.
+	PutSession(ctx context.Context, s *Session) error
+	FindSession(ctx context.Context, idHash string) (*Session, error)
+	DeleteSession(ctx context.Context, idHash string) error
+	DeleteExpiredSessions(ctx context.Context, before time.Time) (int64, error)
 }

@@ -45,9 +45,12 @@ func (h *Handler) withUser(f handlerFunc) http.HandlerFunc {
 		cookieID := ""
 		if c, err := r.Cookie(h.sessionCookieName()); err == nil {
 			cookieID = c.Value
-			sess = h.sessions.get(c.Value)
+			if sess, err = h.sessions.get(r.Context(), c.Value); err != nil {
+				h.sessionFailed(w, r, err)
+				return
+			}
 		}
-		if tok := forwardedToken(r); tok != "" && (sess == nil || sess.token != tok) {
+		if tok := forwardedToken(r); tok != "" && (sess == nil || sess.tokenHash != hashID(tok)) {
 			// A new or different forwarded identity starts a new session;
 			// a POST then fails the CSRF check below, as it must.
 			u, err := h.auth.Verify(r.Context(), tok)
@@ -57,11 +60,16 @@ func (h *Handler) withUser(f handlerFunc) http.HandlerFunc {
 				h.renderMessage(w, r, nil, http.StatusUnauthorized, "Not signed in", "Your sign-in was not accepted. Sign in again through your organisation.")
 				return
 			}
-			if cookieID != "" {
-				h.sessions.delete(cookieID)
+			if err := h.sessions.delete(r.Context(), cookieID); err != nil {
+				h.sessionFailed(w, r, err)
+				return
 			}
-			var id string
-			id, sess = h.sessions.create(u, tok, tokenExpiry(tok))
+			id, created, err := h.sessions.create(r.Context(), u, tok, tokenExpiry(tok))
+			if err != nil {
+				h.sessionFailed(w, r, err)
+				return
+			}
+			sess = created
 			h.setSessionCookie(w, id, sess.expiresAt)
 		}
 		if sess == nil {
@@ -160,9 +168,16 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if old, err := r.Cookie(h.sessionCookieName()); err == nil {
-		h.sessions.delete(old.Value)
+		if err := h.sessions.delete(r.Context(), old.Value); err != nil {
+			h.sessionFailed(w, r, err)
+			return
+		}
 	}
-	id, sess := h.sessions.create(u, tok, tokenExpiry(tok))
+	id, sess, err := h.sessions.create(r.Context(), u, tok, tokenExpiry(tok))
+	if err != nil {
+		h.sessionFailed(w, r, err)
+		return
+	}
 	h.setSessionCookie(w, id, sess.expiresAt)
 	h.clearCookie(w, signinCookie, "/ui/signin")
 	h.logger.Info("web: signed in", "subject", u.Subject)
@@ -184,10 +199,22 @@ func (h *Handler) signinFailed(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) signout(w http.ResponseWriter, r *http.Request, s *session) {
 	if c, err := r.Cookie(h.sessionCookieName()); err == nil {
-		h.sessions.delete(c.Value)
+		// Deleted from the database: no replica accepts the cookie again.
+		if err := h.sessions.delete(r.Context(), c.Value); err != nil {
+			h.sessionFailed(w, r, err)
+			return
+		}
 	}
 	h.clearCookie(w, h.sessionCookieName(), "/")
 	http.Redirect(w, r, "/ui/signin", http.StatusSeeOther)
+}
+
+// sessionFailed answers a request whose session could not be read or
+// written (the database is unreachable): a 503 page, the cause logged
+// without the session id.
+func (h *Handler) sessionFailed(w http.ResponseWriter, r *http.Request, err error) {
+	h.logger.Error("web: session store", "path", r.URL.Path, "err", err)
+	h.renderMessage(w, r, nil, http.StatusServiceUnavailable, "Service unavailable", "Your session could not be checked just now. Try again in a moment.")
 }
 
 // remoteIP is the address of the connection a request came in on, never a

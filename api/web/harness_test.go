@@ -104,13 +104,22 @@ const siteID = "site-a"
 // (the broker shows them changes from the next minute boundary on).
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
-	ctx := context.Background()
-	ck := &clock{t: time.Now().UTC().Truncate(time.Minute)}
-	store, err := sqlite.Open(ctx, filepath.Join(tb.TempDir(), "broker.db"))
+	store, err := sqlite.Open(context.Background(), filepath.Join(tb.TempDir(), "broker.db"))
 	if err != nil {
 		tb.Fatalf("open sqlite: %v", err)
 	}
 	tb.Cleanup(func() { store.Close() })
+	return newEnvOn(tb, store)
+}
+
+// testKey signs the test users' tokens (dev HS256).
+var testKey = []byte("0123456789abcdef0123456789abcdef-web-test")
+
+// newEnvOn is newEnv over a store the caller opened.
+func newEnvOn(tb testing.TB, store broker.Store) *env {
+	tb.Helper()
+	ctx := context.Background()
+	ck := &clock{t: time.Now().UTC().Truncate(time.Minute)}
 	parser, err := queries.NewParser()
 	if err != nil {
 		tb.Fatalf("new parser: %v", err)
@@ -118,7 +127,7 @@ func newEnv(tb testing.TB) *env {
 	tb.Cleanup(func() { parser.Close() })
 	svc := broker.NewService(store, parser, broker.Options{Now: ck.Now})
 
-	key := []byte("0123456789abcdef0123456789abcdef-web-test")
+	key := testKey
 	ver, err := auth.NewVerifier(ctx, auth.AuthConfig{DevKey: key}, auth.WithNow(ck.Now))
 	if err != nil {
 		tb.Fatalf("verifier: %v", err)

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -8,42 +9,45 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nhs-tre/tre/broker"
 )
 
-// Session limits.
-const (
-	// maxSessionLifetime caps a session even when its token lives longer.
-	maxSessionLifetime = 12 * time.Hour
-	// maxSessions bounds memory: when full, expired sessions are purged and
-	// then the oldest one is evicted.
-	maxSessions = 10000
-)
+// maxSessionLifetime caps a session even when its token lives longer.
+const maxSessionLifetime = 12 * time.Hour
 
-// session is one signed-in browser. The token is kept only so that the
-// session can be tied to what the proxy forwards; it is never logged.
+// SessionService stores sessions where every broker replica sharing the
+// database sees them (issue 25): a browser signed in through one replica is
+// signed in on all of them, and signing out on one ends the session on all.
+// *broker.Service satisfies it.
+type SessionService interface {
+	CreateSession(ctx context.Context, s *broker.Session) error
+	FindSession(ctx context.Context, idHash string) (*broker.Session, error)
+	DeleteSession(ctx context.Context, idHash string) error
+}
+
+// session is one signed-in browser as a request sees it.
 type session struct {
-	user      *broker.User
-	token     string
+	user *broker.User
+	// tokenHash is the hash of the bearer token the session was started
+	// with, so that a different forwarded token starts a new session.
+	tokenHash string
 	csrf      string
 	expiresAt time.Time
-	createdAt time.Time
 }
 
-// sessionStore maps hashed session ids to sessions. Ids are hashed so that a
-// memory dump or a timing side channel on the map does not yield a usable
-// cookie value.
+// sessionStore keeps sessions in the broker's database by the hash of their
+// id: the cookie value itself is stored nowhere, so a copy of the database
+// yields no usable cookie. The CSRF token is derived from the id (csrfFor),
+// so it needs no storage either and is the same on every replica.
 type sessionStore struct {
 	now func() time.Time
-	mu  sync.Mutex
-	m   map[string]*session
+	svc SessionService
 }
 
-func newSessionStore(now func() time.Time) *sessionStore {
-	return &sessionStore{now: now, m: map[string]*session{}}
+func newSessionStore(now func() time.Time, svc SessionService) *sessionStore {
+	return &sessionStore{now: now, svc: svc}
 }
 
 // randomToken returns 32 random bytes, base64url encoded.
@@ -58,64 +62,55 @@ func hashID(id string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// csrfFor is the CSRF token of the session with id: a hash of the id under
+// its own label, so it cannot be computed from what the database stores
+// (hashID of the id) nor turned back into the id, which the HttpOnly cookie
+// keeps from page scripts.
+func csrfFor(id string) string {
+	sum := sha256.Sum256([]byte("tre web csrf\x00" + id))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
 // create starts a session for a verified user and returns its id.
-func (s *sessionStore) create(u *broker.User, token string, expiresAt time.Time) (string, *session) {
+func (s *sessionStore) create(ctx context.Context, u *broker.User, token string, expiresAt time.Time) (string, *session, error) {
 	now := s.now()
 	if limit := now.Add(maxSessionLifetime); expiresAt.IsZero() || expiresAt.After(limit) {
 		expiresAt = limit
 	}
 	id := randomToken()
-	sess := &session{user: u, token: token, csrf: randomToken(), expiresAt: expiresAt, createdAt: now}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.m) >= maxSessions {
-		s.purgeLocked(now)
+	rec := &broker.Session{IDHash: hashID(id), User: *u, TokenHash: hashID(token), CreatedAt: now, ExpiresAt: expiresAt}
+	if err := s.svc.CreateSession(ctx, rec); err != nil {
+		return "", nil, err
 	}
-	if len(s.m) >= maxSessions {
-		var oldestKey string
-		var oldest time.Time
-		for k, v := range s.m {
-			if oldestKey == "" || v.createdAt.Before(oldest) {
-				oldestKey, oldest = k, v.createdAt
-			}
-		}
-		delete(s.m, oldestKey)
-	}
-	s.m[hashID(id)] = sess
-	return id, sess
+	return id, &session{user: u, tokenHash: rec.TokenHash, csrf: csrfFor(id), expiresAt: expiresAt}, nil
 }
 
-// get returns the live session with id, or nil.
-func (s *sessionStore) get(id string) *session {
+// get returns the live session with id, or nil when there is none (never
+// was, signed out on any replica, or expired).
+func (s *sessionStore) get(ctx context.Context, id string) (*session, error) {
+	if id == "" {
+		return nil, nil
+	}
+	rec, err := s.svc.FindSession(ctx, hashID(id))
+	if broker.ErrorCode(err) == broker.ENOTFOUND {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !s.now().Before(rec.ExpiresAt) {
+		return nil, s.svc.DeleteSession(ctx, rec.IDHash)
+	}
+	u := rec.User
+	return &session{user: &u, tokenHash: rec.TokenHash, csrf: csrfFor(id), expiresAt: rec.ExpiresAt}, nil
+}
+
+// delete ends the session with id on every replica.
+func (s *sessionStore) delete(ctx context.Context, id string) error {
 	if id == "" {
 		return nil
 	}
-	key := hashID(id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sess := s.m[key]
-	if sess == nil {
-		return nil
-	}
-	if !s.now().Before(sess.expiresAt) {
-		delete(s.m, key)
-		return nil
-	}
-	return sess
-}
-
-func (s *sessionStore) delete(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.m, hashID(id))
-}
-
-func (s *sessionStore) purgeLocked(now time.Time) {
-	for k, v := range s.m {
-		if !now.Before(v.expiresAt) {
-			delete(s.m, k)
-		}
-	}
+	return s.svc.DeleteSession(ctx, hashID(id))
 }
 
 // validCSRF compares a submitted CSRF token with the session's in constant

@@ -1,7 +1,8 @@
 // Package web is tre's browser interface: server-rendered pages for
 // researchers, reviewers, output checkers and admins, and the public
-// transparency register. It owns browser sessions (an opaque cookie mapped
-// in memory to a verified identity), CSRF tokens, the security headers and
+// transparency register. It owns browser sessions (an opaque cookie whose
+// hash maps, in the broker's database, to a verified identity, so that every
+// replica shares them), CSRF tokens, the security headers and
 // the HTML templates and static assets embedded in the binary.
 //
 // web decides nothing about the domain: every action goes to the broker
@@ -31,11 +32,12 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 // Service is the part of the broker domain the pages call: the operations
-// they share with the JSON API (declared once in package api) and three of
-// their own. *broker.Service satisfies it. The caller travels in ctx
-// (broker.NewContext).
+// they share with the JSON API (declared once in package api), three of
+// their own and the session store. *broker.Service satisfies it. The
+// caller travels in ctx (broker.NewContext).
 type Service interface {
 	api.Service
+	SessionService
 
 	// QueryAccess says what the caller may do with a query (which buttons
 	// a page shows; the broker checks again on every action).
@@ -111,7 +113,7 @@ func New(cfg Config, svc Service, auth Authenticator, logger *slog.Logger) *Hand
 		auth:     auth,
 		logger:   logger,
 		now:      now,
-		sessions: newSessionStore(now),
+		sessions: newSessionStore(now, svc),
 		pages:    mustParsePages(),
 	}
 	h.routes()

@@ -885,3 +885,45 @@ func (t *tx) Register(ctx context.Context) ([]*broker.RegisterEntry, error) {
 		return &r, err
 	})
 }
+
+// ---- web sessions ----
+
+func (t *tx) PutSession(ctx context.Context, s *broker.Session) error {
+	u, err := toJSON(s.User)
+	if err != nil {
+		return err
+	}
+	_, err = t.exec(ctx, `INSERT INTO web_sessions (id_hash, subject, user_json, token_hash, created_at, expires_at)
+		VALUES (?, ?, ?, ?, ?, ?)`,
+		s.IDHash, s.User.Subject, u, s.TokenHash, micros(s.CreatedAt), micros(s.ExpiresAt))
+	return err
+}
+
+func (t *tx) FindSession(ctx context.Context, idHash string) (*broker.Session, error) {
+	s := broker.Session{IDHash: idHash}
+	var u string
+	var created, expires int64
+	err := t.queryRow(ctx, `SELECT user_json, token_hash, created_at, expires_at FROM web_sessions WHERE id_hash = ?`,
+		[]any{idHash}, &u, &s.TokenHash, &created, &expires)
+	if err != nil {
+		return nil, notFound(err, "session not found")
+	}
+	if err := fromJSON(u, &s.User); err != nil {
+		return nil, err
+	}
+	s.CreatedAt, s.ExpiresAt = fromMicros(created), fromMicros(expires)
+	return &s, nil
+}
+
+func (t *tx) DeleteSession(ctx context.Context, idHash string) error {
+	_, err := t.exec(ctx, `DELETE FROM web_sessions WHERE id_hash = ?`, idHash)
+	return err
+}
+
+func (t *tx) DeleteExpiredSessions(ctx context.Context, before time.Time) (int64, error) {
+	res, err := t.exec(ctx, `DELETE FROM web_sessions WHERE expires_at <= ?`, micros(before))
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
