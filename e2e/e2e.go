@@ -2,7 +2,7 @@
 // once per test package (Main), real `tre serve` and `tre agent` processes
 // over synthetic data (StartSite), a broker with no agent for the tests to
 // play one (StartLonelyBroker), and raw HTTP requests. The tests live in
-// its subpackages (flow, hostile, faults, readme) so that `go test ./...`
+// its subpackages (flow, hostile, faults, readme, replicas) so that `go test ./...`
 // runs them in parallel with each other and with the unit tests, each
 // package well inside go test's default timeout.
 //
