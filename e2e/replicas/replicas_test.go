@@ -22,6 +22,7 @@ import (
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/brokertest"
 	"github.com/nhs-tre/tre/e2e"
+	"github.com/nhs-tre/tre/queries"
 )
 
 // replicaSQL is cheap to run and passes the synthetic catalog.
@@ -52,7 +53,7 @@ func (c *cluster) as(i int, sub string) *api.Client {
 // once while the others wait (a replica that lost the race used to exit).
 // The replicas share a data directory only for the dev signing key, made
 // before they start.
-func startReplicas(t *testing.T, n int) *cluster {
+func startReplicas(t *testing.T, n int, extra ...string) *cluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts real broker processes; skipped with -short")
@@ -66,6 +67,8 @@ func startReplicas(t *testing.T, n int) *cluster {
 			"serve", "--data-dir", brokerDir, "--addr", addr, "--dev", "--database-url", c.DatabaseURL,
 			"--lease-ttl", "2s", "--max-attempts", "10", "--submit-per-minute", "600",
 			"--researcher-time-granularity", e2e.Granularity.String()}})
+		r := c.Replicas[len(c.Replicas)-1]
+		r.Args = append(r.Args, extra...) // later flags win
 	}
 	var wg sync.WaitGroup
 	start := make(chan struct{})
@@ -234,6 +237,45 @@ func TestReplicas(t *testing.T) {
 	var out bytes.Buffer
 	if code := e2e.RunTre(ctx, []string{"audit", "verify", "--database-url", c.DatabaseURL}, &out, &out); code != 0 {
 		t.Fatalf("tre audit verify exited %d:\n%s", code, out.String())
+	}
+}
+
+// TestRateLimitPerReplica pins what docs/operations.md says: the
+// submission rate limit is kept by each replica for itself, so N replicas
+// behind a balancer allow a user up to N × submit_per_minute.
+func TestRateLimitPerReplica(t *testing.T) {
+	ctx := context.Background()
+	const perMinute = 3
+	c := startReplicas(t, 2, "--submit-per-minute", strconv.Itoa(perMinute))
+	e2e.RegisterSite(t, c.as(0, "dave"))
+	cat, err := queries.LoadCatalog(e2e.TestCatalogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.as(0, "site").PublishCatalog(ctx, e2e.SiteID, cat); err != nil {
+		t.Fatalf("publish catalog: %v", err)
+	}
+	p, err := c.as(1, "dave").CreateProject(ctx, api.ProjectRequest{
+		Title: "Rate study", Organisation: "Test University", Purpose: "Testing rate limits across replicas",
+		LawfulBasis: "Art. 6(1)(e)", Members: []string{"alice"}, Datasets: []string{cat.Dataset},
+		EpsilonBudget: 100, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
+	})
+	if err != nil {
+		t.Fatalf("create project: %v", err)
+	}
+	submit := func(i int) error {
+		_, err := c.as(i, "alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: p.ID, SQL: e2e.HostileSQL, Purpose: "rate"})
+		return err
+	}
+	for i := range c.Replicas {
+		for k := range perMinute {
+			if err := submit(i); err != nil {
+				t.Fatalf("submission %d on replica %d: %v", k+1, i, err)
+			}
+		}
+		if err := submit(i); e2e.APIStatus(err) != http.StatusTooManyRequests {
+			t.Fatalf("submission %d on replica %d: %v, want 429", perMinute+1, i, err)
+		}
 	}
 }
 
