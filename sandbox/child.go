@@ -50,6 +50,11 @@ type childConfig struct {
 	AddressSpace       int64 `json:"address_space,omitempty"`
 	MaxRows            int   `json:"max_rows"`
 	AllowWeak          bool  `json:"allow_weak"`
+	// ParentPID is the host process's pid: once the parent-death signal is
+	// armed, a different parent means the host died first (the child was
+	// reparented). Comparing with 1 instead would refuse every job of a
+	// host that is itself pid 1, as tre is in a container without an init.
+	ParentPID int `json:"parent_pid"`
 	// TLS is the child's side of the job's mutual TLS (tls.go).
 	TLS *childTLS `json:"tls"`
 }

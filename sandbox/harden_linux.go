@@ -186,7 +186,7 @@ func hardenProcess(cc *childConfig) ([]string, error) {
 	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("pdeathsig: %w", err)
 	}
-	if os.Getppid() == 1 {
+	if os.Getppid() != cc.ParentPID {
 		return nil, errors.New("parent already gone")
 	}
 	// Past RLIMIT_FSIZE a write should fail with EFBIG (DuckDB reports it)

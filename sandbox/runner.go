@@ -220,6 +220,7 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 		CPUSeconds:         int64((opts.timeout+cfg.KillGrace).Seconds())*int64(cfg.Threads) + 10,
 		MaxRows:            cfg.MaxRows,
 		AllowWeak:          cfg.AllowWeak,
+		ParentPID:          os.Getpid(),
 	}
 	if opts.build {
 		// The snapshot is written into the job dir: allow a file twice

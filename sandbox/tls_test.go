@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-plugin"
 )
 
 // tlsHandshake runs a TLS handshake between client and server configs over
@@ -116,11 +118,11 @@ func TestChildTLSMaterialRequired(t *testing.T) {
 	}
 }
 
-// TestPluginSocketRequiresJobCert starts a real child and connects to its
-// plugin socket: the host of another job is refused, this job's host is
-// served.
-func TestPluginSocketRequiresJobCert(t *testing.T) {
-	r := MustRunner(t, testConfig(t, MustFixture(t, 20)))
+// startTestChild starts a real child for a job over r's data with the
+// configuration edit applies, returning its plugin client and the host's
+// TLS configuration, or the error of its start (the handshake included).
+func startTestChild(t *testing.T, r *Runner, edit func(*childConfig)) (*plugin.Client, *tls.Config, error) {
+	t.Helper()
 	jobDir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(jobDir, "tmp"), 0o700); err != nil {
 		t.Fatal(err)
@@ -132,8 +134,9 @@ func TestPluginSocketRequiresJobCert(t *testing.T) {
 	cc := childConfig{
 		DataPath: r.cfg.DataPath, JobDir: jobDir, MemoryLimit: r.cfg.MemoryLimit, Threads: r.cfg.Threads,
 		MaxExpressionDepth: r.cfg.MaxExpressionDepth, TempDirMaxSize: r.cfg.TempDirMaxSize,
-		CPUSeconds: 60, MaxRows: r.cfg.MaxRows, AllowWeak: true, TLS: child,
+		CPUSeconds: 60, MaxRows: r.cfg.MaxRows, AllowWeak: true, TLS: child, ParentPID: os.Getpid(),
 	}
+	edit(&cc)
 	ccJSON, err := json.Marshal(cc)
 	if err != nil {
 		t.Fatal(err)
@@ -142,11 +145,40 @@ func TestPluginSocketRequiresJobCert(t *testing.T) {
 	if err != nil && cmd.Process == nil {
 		pc, cmd, err = r.start(ccJSON, host, jobDir, false) // no user namespaces here
 	}
+	t.Cleanup(func() {
+		if pc != nil {
+			pc.Kill()
+		}
+		if cmd.Process != nil {
+			cmd.Process.Kill()
+		}
+	})
+	return pc, host, err
+}
+
+// TestChildRefusesAnotherParent: a child whose parent is not the host that
+// configured it (the host died and the child was reparented) stops before
+// it opens any data, whatever the parent's pid — also when the host is pid 1
+// in a container, which a comparison with 1 would refuse.
+func TestChildRefusesAnotherParent(t *testing.T) {
+	r := MustRunner(t, testConfig(t, MustFixture(t, 20)))
+	if _, _, err := startTestChild(t, r, func(cc *childConfig) { cc.ParentPID = os.Getpid() + 1 }); err == nil {
+		t.Fatal("a child configured by another parent started serving")
+	}
+	if _, _, err := startTestChild(t, r, func(*childConfig) {}); err != nil {
+		t.Fatalf("the same child configured by its parent: %v", err)
+	}
+}
+
+// TestPluginSocketRequiresJobCert starts a real child and connects to its
+// plugin socket: the host of another job is refused, this job's host is
+// served.
+func TestPluginSocketRequiresJobCert(t *testing.T) {
+	r := MustRunner(t, testConfig(t, MustFixture(t, 20)))
+	pc, host, err := startTestChild(t, r, func(*childConfig) {})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Kill()
-	defer cmd.Process.Kill()
 	addr, err := pc.Start()
 	if err != nil {
 		t.Fatal(err)
