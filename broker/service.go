@@ -108,6 +108,8 @@ type Service struct {
 	mu       sync.Mutex
 	catalogs map[string]cachedCatalog // by dataset
 	plans    map[planKey]*queries.Plan
+	// bucketSweep is when TakeToken last deleted idle buckets.
+	bucketSweep time.Time
 }
 
 // NewService returns a service over store using compiler for SQL.

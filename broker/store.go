@@ -154,4 +154,13 @@ type Tx interface {
 	FindSession(ctx context.Context, idHash string) (*Session, error)
 	DeleteSession(ctx context.Context, idHash string) error
 	DeleteExpiredSessions(ctx context.Context, before time.Time) (int64, error)
+
+	// Token buckets (TakeToken). LockBucket returns the bucket's tokens and
+	// when they were counted, locked until the transaction ends; a missing
+	// bucket is first created with full tokens at now. SetBucket stores
+	// them; DeleteIdleBuckets removes buckets last counted before the given
+	// time.
+	LockBucket(ctx context.Context, name string, full float64, now time.Time) (float64, time.Time, error)
+	SetBucket(ctx context.Context, name string, tokens float64, at time.Time) error
+	DeleteIdleBuckets(ctx context.Context, before time.Time) error
 }

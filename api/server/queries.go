@@ -20,7 +20,16 @@ func submission(r api.QueryRequest) broker.QuerySubmission {
 // rateLimit takes a submission token for the caller or answers 429.
 func (s *Server) rateLimit(c *gin.Context) error {
 	u := broker.UserFromContext(c.Request.Context())
-	ok, wait := s.limiter.allow(u.Subject)
+	var ok bool
+	var wait time.Duration
+	if lim := s.cfg.SubmitLimit; lim.Shared != nil && lim.PerMinute > 0 {
+		var err error
+		if ok, wait, err = lim.Shared.TakeToken(c.Request.Context(), "submit:"+u.Subject, lim.PerMinute, int(lim.burst())); err != nil {
+			return err
+		}
+	} else {
+		ok, wait = s.limiter.allow(u.Subject)
+	}
 	if ok {
 		return nil
 	}

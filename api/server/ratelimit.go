@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"math"
 	"sync"
 	"time"
@@ -13,6 +14,23 @@ type RateLimit struct {
 	// PerMinute 0 disables the limit.
 	PerMinute float64
 	Burst     int
+	// Shared, when set, keeps the buckets in the broker's database instead
+	// of this process's memory, so that every replica on the database draws
+	// on one bucket per subject (issue 25). *broker.Service satisfies it.
+	Shared SharedBuckets
+}
+
+// SharedBuckets takes a token from a bucket every broker process shares.
+type SharedBuckets interface {
+	TakeToken(ctx context.Context, key string, perMinute float64, burst int) (bool, time.Duration, error)
+}
+
+// burst is the bucket size cfg means.
+func (cfg RateLimit) burst() float64 {
+	if cfg.Burst <= 0 {
+		return math.Max(math.Floor(cfg.PerMinute), 1)
+	}
+	return math.Max(float64(cfg.Burst), 1)
 }
 
 // limiter is a token bucket per subject. Idle, full buckets are dropped so
@@ -36,12 +54,7 @@ func newLimiter(cfg RateLimit, now func() time.Time) *limiter {
 	if cfg.PerMinute <= 0 {
 		return nil
 	}
-	burst := float64(cfg.Burst)
-	if cfg.Burst <= 0 {
-		burst = math.Floor(cfg.PerMinute)
-	}
-	burst = math.Max(burst, 1)
-	return &limiter{rate: cfg.PerMinute / 60, burst: burst, now: now, buckets: map[string]*bucket{}}
+	return &limiter{rate: cfg.PerMinute / 60, burst: cfg.burst(), now: now, buckets: map[string]*bucket{}}
 }
 
 // allow takes a token for key. When none is left it returns how long until

@@ -1,12 +1,14 @@
 package server
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/api/metrics"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/broker/sqlite"
 	"github.com/nhs-tre/tre/dp"
 )
 
@@ -457,5 +460,39 @@ func TestRejectedTokensAre401(t *testing.T) {
 				t.Errorf("WWW-Authenticate = %q", rec.Header().Get("WWW-Authenticate"))
 			}
 		})
+	}
+}
+
+// TestRateLimitShared is two API servers (two replicas) whose buckets are
+// kept in one database: the limit holds per user across both.
+func TestRateLimitShared(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "broker.db")
+	clock := func() time.Time { return testNow }
+	replica := func() *Server {
+		store, err := sqlite.Open(context.Background(), path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() })
+		shared := broker.NewService(store, nil, broker.Options{Now: clock})
+		return newTestServer(t, newFakeService(), func(c *Config) {
+			c.SubmitLimit = RateLimit{PerMinute: 6, Burst: 2, Shared: shared}
+			c.Now = clock
+		})
+	}
+	one, two := replica(), replica()
+	alice := mustToken(t, "alice", broker.RoleResearcher)
+	body := `{"project_id":1,"sql":"SELECT 1"}`
+	submit := func(srv *Server) *httptest.ResponseRecorder {
+		return call(t, srv.Handler(), "POST", "/api/v1/queries", alice, body)
+	}
+	got := []int{submit(one).Code, submit(two).Code}
+	rec := submit(one)
+	got = append(got, rec.Code, submit(two).Code)
+	if diff := cmp.Diff([]int{201, 201, 429, 429}, got); diff != "" {
+		t.Fatalf("statuses (-want +got):\n%s", diff)
+	}
+	if ra := rec.Header().Get("Retry-After"); ra != "10" {
+		t.Errorf("Retry-After = %q, want 10", ra)
 	}
 }

@@ -927,3 +927,30 @@ func (t *tx) DeleteExpiredSessions(ctx context.Context, before time.Time) (int64
 	}
 	return res.RowsAffected()
 }
+
+// ---- token buckets ----
+
+func (t *tx) LockBucket(ctx context.Context, name string, full float64, now time.Time) (float64, time.Time, error) {
+	// Two transactions creating one bucket: the second waits for the first
+	// and inserts nothing, then locks the row the first committed.
+	if _, err := t.exec(ctx, `INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+		name, full, micros(now)); err != nil {
+		return 0, time.Time{}, err
+	}
+	var tokens float64
+	var at int64
+	if err := t.queryRow(ctx, `SELECT tokens, updated_at FROM rate_buckets WHERE name = ?`+t.db.d.ForUpdate, []any{name}, &tokens, &at); err != nil {
+		return 0, time.Time{}, err
+	}
+	return tokens, fromMicros(at), nil
+}
+
+func (t *tx) SetBucket(ctx context.Context, name string, tokens float64, at time.Time) error {
+	_, err := t.exec(ctx, `UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE name = ?`, tokens, micros(at), name)
+	return err
+}
+
+func (t *tx) DeleteIdleBuckets(ctx context.Context, before time.Time) error {
+	_, err := t.exec(ctx, `DELETE FROM rate_buckets WHERE updated_at < ?`, micros(before))
+	return err
+}

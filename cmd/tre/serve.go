@@ -190,6 +190,11 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		SubmitLimit: server.RateLimit{PerMinute: float64(cfg.SubmitPerMinute), Burst: cfg.SubmitPerMinute},
 		Metrics:     b.metrics,
 	}
+	if cfg.DatabaseURL != "" {
+		// Replicas on one PostgreSQL database share the buckets, so the
+		// limit holds per user across all of them (issue 25).
+		apiCfg.SubmitLimit.Shared = b.svc
+	}
 	webCfg := web.Config{Dev: cfg.Dev, CookieSecure: cfg.TLSCert != "" || cfg.BehindProxy}
 	if extras != nil {
 		webCfg.DevUsers = extras.devUsers
