@@ -12,6 +12,7 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/api/metrics"
+	"github.com/nhs-tre/tre/cli"
 	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
@@ -24,7 +25,7 @@ type AgentMain struct {
 	configured
 }
 
-func newAgentMain(stdout, stderr io.Writer) command {
+func newAgentMain(stdout, stderr io.Writer) cli.Command {
 	return &AgentMain{Config: DefaultAgentConfig(), configured: configured{name: "agent", stdout: stdout, stderr: stderr, getenv: os.Getenv}}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/postgres"
 	"github.com/nhs-tre/tre/broker/sqlite"
+	"github.com/nhs-tre/tre/cli"
 )
 
 // AuditMain is `tre audit verify`: recompute the audit hash chain straight
@@ -27,7 +28,7 @@ type AuditMain struct {
 	store       broker.Store
 }
 
-func newAuditMain(stdout, stderr io.Writer) command {
+func newAuditMain(stdout, stderr io.Writer) cli.Command {
 	return &AuditMain{Stdout: stdout, Stderr: stderr}
 }
 
@@ -39,7 +40,7 @@ func (m *AuditMain) ParseFlags(ctx context.Context, args []string) error {
 		}
 		return errors.New("usage: tre audit verify --data-dir DIR | --database-url URL [--expect-head HASH] [--expect-count N]")
 	}
-	fs := newFlagSet("audit verify", m.Stderr)
+	fs := cli.NewFlagSet("audit verify", m.Stderr)
 	fs.StringVar(&m.dataDir, "data-dir", os.Getenv("TRE_DATA_DIR"), "the broker's data directory (SQLite store)")
 	fs.StringVar(&m.databaseURL, "database-url", os.Getenv("TRE_DATABASE_URL"), "PostgreSQL URL of the broker's store")
 	fs.StringVar(&m.expect.Hash, "expect-head", "", "a head hash published earlier (the public register shows it): the chain must still hold that entry")
@@ -47,7 +48,7 @@ func (m *AuditMain) ParseFlags(ctx context.Context, args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	if err := noArgs(fs); err != nil {
+	if err := cli.NoArgs(fs); err != nil {
 		return err
 	}
 	if (m.dataDir == "") == (m.databaseURL == "") {
@@ -92,7 +93,7 @@ func (m *AuditMain) Run(ctx context.Context) error {
 		return err
 	}
 	if !v.OK {
-		return exitError{code: 1, err: fmt.Errorf("audit chain broken at entry %d: %s (%s verified before it)", v.FirstBadSeq, v.Reason, api.Plural(int(v.Entries), "entry", "entries"))}
+		return cli.ExitError{Code: 1, Err: fmt.Errorf("audit chain broken at entry %d: %s (%s verified before it)", v.FirstBadSeq, v.Reason, api.Plural(int(v.Entries), "entry", "entries"))}
 	}
 	fmt.Fprintf(m.Stdout, "audit chain intact: %s, head %s\n", api.Plural(int(v.Entries), "entry", "entries"), v.Head)
 	if expect != nil {

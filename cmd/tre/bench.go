@@ -13,6 +13,7 @@ import (
 	"github.com/nhs-tre/tre/bench"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/sqlstore"
+	"github.com/nhs-tre/tre/cli"
 )
 
 // BenchMain is `tre bench`: the flags of package bench's harness, and the
@@ -22,14 +23,14 @@ type BenchMain struct {
 	cfg            bench.Config
 }
 
-func newBenchMain(stdout, stderr io.Writer) command {
+func newBenchMain(stdout, stderr io.Writer) cli.Command {
 	return &BenchMain{stdout: stdout, stderr: stderr, cfg: bench.DefaultConfig()}
 }
 
 // ParseFlags reads the benchmark's size and repetition flags.
 func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	c := &m.cfg
-	fs := newFlagSet("bench", m.stderr)
+	fs := cli.NewFlagSet("bench", m.stderr)
 	fs.IntVar(&c.Patients, "patients", 0, "patients to generate (required unless --data)")
 	fs.StringVar(&c.Data, "data", "", "reuse this DuckDB file written by tre synth instead of generating one")
 	fs.StringVar(&c.Catalog, "catalog", "", "catalog of --data (default: DATA with .catalog.yaml)")
@@ -59,7 +60,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := noArgs(fs); err != nil {
+	if err := cli.NoArgs(fs); err != nil {
 		return err
 	}
 	if *projects != "shared" && *projects != "per-client" {

@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"text/tabwriter"
 
+	"github.com/nhs-tre/tre/cli"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -25,12 +25,12 @@ type CheckMain struct {
 	sql     string
 }
 
-func newCheckMain(stdout, stderr io.Writer) command {
+func newCheckMain(stdout, stderr io.Writer) cli.Command {
 	return &CheckMain{Stdout: stdout, Stderr: stderr}
 }
 
 func (m *CheckMain) ParseFlags(ctx context.Context, args []string) error {
-	fs := newFlagSet("check", m.Stderr)
+	fs := cli.NewFlagSet("check", m.Stderr)
 	fs.StringVar(&m.catalog, "catalog", "", "the dataset catalog YAML")
 	fs.Float64Var(&m.epsilon, "epsilon", 0, "privacy budget to spend (0: the catalog default)")
 	fs.Uint64Var(&m.seed, "seed", 0, "seed of the keyed hash that selects rows when a patient exceeds the bounds")
@@ -68,7 +68,7 @@ func (m *CheckMain) Run(ctx context.Context) error {
 	if err != nil {
 		var r *queries.Refusal
 		if errors.As(err, &r) {
-			return exitError{code: 1, err: r}
+			return cli.ExitError{Code: 1, Err: r}
 		}
 		return err
 	}
@@ -77,45 +77,7 @@ func (m *CheckMain) Run(ctx context.Context) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(plan)
 	}
-	return m.print(plan)
-}
-
-func (m *CheckMain) print(plan *queries.Plan) error {
-	w := m.Stdout
-	s := plan.Spec
-	fmt.Fprintf(w, "accepted: dataset %s\n\n", plan.Dataset)
-	fmt.Fprintf(w, "cost: ε = %g, δ = %g\n", plan.Cost.Epsilon, plan.Cost.Delta)
-	fmt.Fprintf(w, "bounds: at most %d group(s) and %d row(s) per group per patient; cells below %d suppressed; counts rounded to %d (%s)\n",
-		s.MaxGroupsPerPatient, s.MaxRowsPerGroup, s.Threshold, s.RoundingBase, s.Rounding)
-	if len(s.Groups) > 0 {
-		fmt.Fprintln(w, "groups:")
-		for _, g := range s.Groups {
-			if len(g.Domain) > 0 {
-				fmt.Fprintf(w, "  %s (public domain of %d values: every key released)\n", g.Name, len(g.Domain))
-			} else {
-				fmt.Fprintf(w, "  %s (no public domain: keys pass DP partition selection)\n", g.Name)
-			}
-		}
-	}
-	fmt.Fprintln(w, "\nexpected accuracy (95% half-width of the noise):")
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  column\tkind\tbounds\t± 95%\tnote")
-	for i, a := range s.Aggregates {
-		bounds := "-"
-		if a.Kind != "count" && a.Kind != "count_patients" {
-			bounds = fmt.Sprintf("[%g, %g]", a.Lower, a.Upper)
-		}
-		half, note := "", ""
-		if i < len(plan.Accuracy) {
-			half, note = fmt.Sprintf("%.4g", plan.Accuracy[i].HalfWidth95), plan.Accuracy[i].Note
-		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", a.Name, a.Kind, bounds, half, note)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "\nrewritten SQL (over the opt-out-filtered views):\n%s\n", plan.Rewritten)
-	return nil
+	return cli.PrintPlan(m.Stdout, plan)
 }
 
 // Close releases nothing: Run closes its parser.

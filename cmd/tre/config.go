@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/nhs-tre/tre/cli"
 )
 
 // Configuration for the long-running commands (serve, agent) comes from, in
@@ -252,7 +254,7 @@ func parseConfigArgs(fs *flag.FlagSet, args []string, cfg any, getenv func(strin
 	if err := fs.Parse(args); err != nil {
 		return false, err
 	}
-	if err := noArgs(fs); err != nil {
+	if err := cli.NoArgs(fs); err != nil {
 		return false, err
 	}
 	if configPath == "" {
@@ -277,7 +279,7 @@ type configured struct {
 // parse reads cfg from file, environment and args, then validates it
 // unless only printing was asked for.
 func (c *configured) parse(args []string, cfg interface{ Validate() error }) error {
-	printOnly, err := parseConfigArgs(newFlagSet(c.name, c.stderr), args, cfg, c.getenv)
+	printOnly, err := parseConfigArgs(cli.NewFlagSet(c.name, c.stderr), args, cfg, c.getenv)
 	if err != nil {
 		return err
 	}

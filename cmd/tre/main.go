@@ -15,20 +15,14 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-)
 
-// command is one subcommand: flags are parsed before anything runs, so a bad
-// flag never leaves half-started work behind.
-type command interface {
-	ParseFlags(ctx context.Context, args []string) error
-	Run(ctx context.Context) error
-	Close() error
-}
+	"github.com/nhs-tre/tre/cli"
+)
 
 // commandInfo describes a subcommand for dispatch and usage.
 type commandInfo struct {
 	summary string
-	new     func(stdout, stderr io.Writer) command
+	new     func(stdout, stderr io.Writer) cli.Command
 }
 
 // commands is the dispatch table. A subcommand is listed only once it works.
@@ -42,33 +36,17 @@ func commands() map[string]commandInfo {
 		"demo":      {"synthetic data, broker, site agent and sandbox in one process tree", newDemoMain},
 		"serve":     {"run the broker (REST API, queues, budgets, audit)", newServeMain},
 		"agent":     {"run a site agent next to the data (outbound to the broker only)", newAgentMain},
-		"token":     {"mint a development token (brokers in --dev mode only)", newTokenMain},
-		"query":     {"submit, dry-run, list, show, cancel queries; fetch results", newQueryMain},
-		"review":    {"reviewer queue: approve or reject queries", newReviewMain},
-		"output":    {"output-check queue: release or withhold results", newOutputMain},
+		"token":     {"mint a development token (brokers in --dev mode only)", cli.NewTokenMain},
+		"query":     {"submit, dry-run, list, show, cancel queries; fetch results", cli.NewQueryMain},
+		"review":    {"reviewer queue: approve or reject queries", cli.NewReviewMain},
+		"output":    {"output-check queue: release or withhold results", cli.NewOutputMain},
 		"bench":     {"measure queries (raw DuckDB, protected, PostgreSQL), sandbox start, broker API and synth", newBenchMain},
-		"project":   {"create and list projects", newProjectMain},
-		"site":      {"register sites and list their agents' health (admin)", newSiteMain},
-		"datasets":  {"what a researcher may query: tables, columns, roles, bounds, domains, example codes", newDatasetsMain},
+		"project":   {"create and list projects", cli.NewProjectMain},
+		"site":      {"register sites and list their agents' health (admin)", cli.NewSiteMain},
+		"datasets":  {"what a researcher may query: tables, columns, roles, bounds, domains, example codes", cli.NewDatasetsMain},
 		"version":   {"print the version, the commit and the DuckDB version", newVersionMain},
 	}
 }
-
-// usageError marks errors caused by the invocation (bad flags, unknown
-// subcommand): they print usage and exit 2.
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
-
-// exitError carries a specific exit code (e.g. `tre check` refusing SQL).
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e exitError) Error() string { return e.err.Error() }
-func (e exitError) Unwrap() error { return e.err }
 
 func main() {
 	ctx, stop := signalContext()
@@ -108,17 +86,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err := cmd.Run(ctx); err != nil {
-		var ue usageError
-		var ee exitError
+		var ue cli.UsageError
+		var ee cli.ExitError
 		switch {
 		case errors.As(err, &ue):
 			fmt.Fprintf(stderr, "tre %s: %v\n", args[0], err)
 			return 2
 		case errors.As(err, &ee):
-			if ee.err != nil {
-				fmt.Fprintf(stderr, "tre %s: %v\n", args[0], ee.err)
+			if ee.Err != nil {
+				fmt.Fprintf(stderr, "tre %s: %v\n", args[0], ee.Err)
 			}
-			return ee.code
+			return ee.Code
 		case errors.Is(err, context.Canceled):
 			return 130
 		}
@@ -144,34 +122,4 @@ func printUsage(w io.Writer, cmds map[string]commandInfo) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'tre <command> -h' for a command's flags.")
-}
-
-// newFlagSet returns a flag set that reports errors instead of exiting, and
-// prints its usage to stderr.
-func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("tre "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	return fs
-}
-
-// verbOf returns the verb that must lead args of a client command such as
-// "tre query": -h or --help prints usage and returns flag.ErrHelp; a missing
-// verb or a flag in its place is a usage error.
-func verbOf(args []string, usage string, stderr io.Writer) (string, error) {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(stderr, usage)
-			return "", flag.ErrHelp
-		}
-		return "", errors.New(usage)
-	}
-	return args[0], nil
-}
-
-// noArgs rejects stray positional arguments.
-func noArgs(fs *flag.FlagSet) error {
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	return nil
 }

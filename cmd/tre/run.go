@@ -12,6 +12,7 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/cli"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
@@ -37,10 +38,12 @@ type RunMain struct {
 	sql                            string
 }
 
-func newRunMain(stdout, stderr io.Writer) command { return &RunMain{stdout: stdout, stderr: stderr} }
+func newRunMain(stdout, stderr io.Writer) cli.Command {
+	return &RunMain{stdout: stdout, stderr: stderr}
+}
 
 func (m *RunMain) ParseFlags(ctx context.Context, args []string) error {
-	fs := newFlagSet("run", m.stderr)
+	fs := cli.NewFlagSet("run", m.stderr)
 	fs.StringVar(&m.data, "data", "", "the site's DuckDB file (opened read-only)")
 	fs.StringVar(&m.catalog, "catalog", "", "the dataset catalog YAML")
 	fs.Float64Var(&m.epsilon, "epsilon", 0, "privacy budget to spend (0: the catalog default)")
@@ -117,13 +120,13 @@ func (m *RunMain) Run(ctx context.Context) error {
 func (m *RunMain) failed(err error) error {
 	code, detail := job.Code(err), job.Message(err)
 	if code == job.CodeRefused {
-		return exitError{code: 1, err: errors.New(codedMessage(code, detail))}
+		return cli.ExitError{Code: 1, Err: errors.New(codedMessage(code, detail))}
 	}
 	msg := "failed: " + broker.FailedMessage
 	if m.checker {
 		msg += "\noutput checker's failure notice: " + codedMessage(code, detail)
 	}
-	return exitError{code: 1, err: errors.New(msg)}
+	return cli.ExitError{Code: 1, Err: errors.New(msg)}
 }
 
 // codedMessage prefixes msg with its code unless it already starts with it
@@ -149,7 +152,7 @@ func (m *RunMain) print(res *dp.Result) error {
 		if m.checker {
 			v = runJSON{Researcher: view, Checker: res}
 		}
-		return printJSON(m.stdout, v)
+		return cli.PrintJSON(m.stdout, v)
 	case "csv":
 		// The researcher's CSV download, byte for byte.
 		if err := api.WriteResultCSV(m.stdout, view); err != nil {
@@ -157,22 +160,22 @@ func (m *RunMain) print(res *dp.Result) error {
 		}
 		// The report goes beside the data, not into it.
 		if m.checker {
-			return printJSON(m.stderr, runJSON{Researcher: view, Checker: res})
+			return cli.PrintJSON(m.stderr, runJSON{Researcher: view, Checker: res})
 		}
-		return printJSON(m.stderr, view.Report)
+		return cli.PrintJSON(m.stderr, view.Report)
 	}
-	if err := printResultTable(m.stdout, view.Columns, view.Rows); err != nil {
+	if err := cli.PrintResultTable(m.stdout, view.Columns, view.Rows); err != nil {
 		return err
 	}
 	fmt.Fprintln(m.stdout, "\nDisclosure report (as the researcher receives it):")
-	if err := printJSON(m.stdout, view.Report); err != nil {
+	if err := cli.PrintJSON(m.stdout, view.Report); err != nil {
 		return err
 	}
 	if !m.checker {
 		return nil
 	}
 	fmt.Fprintln(m.stdout, "\nOutput checker's view (exact diagnostics: never shown to a researcher):")
-	return printOutput(m.stdout, &broker.Output{Result: res})
+	return cli.PrintOutput(m.stdout, &broker.Output{Result: res})
 }
 
 // Close releases nothing: Run owns the runner and its scratch directory.

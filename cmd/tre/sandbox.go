@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 
+	"github.com/nhs-tre/tre/cli"
 	"github.com/nhs-tre/tre/sandbox"
 )
 
@@ -12,7 +13,7 @@ import (
 // takes no flags: everything comes from the environment the agent sets.
 type SandboxMain struct{}
 
-func newSandboxMain(_, _ io.Writer) command { return &SandboxMain{} }
+func newSandboxMain(_, _ io.Writer) cli.Command { return &SandboxMain{} }
 
 func (m *SandboxMain) ParseFlags(ctx context.Context, args []string) error { return nil }
 
@@ -20,7 +21,7 @@ func (m *SandboxMain) ParseFlags(ctx context.Context, args []string) error { ret
 // handshake failure exits non-zero so the agent reports the job crashed.
 func (m *SandboxMain) Run(ctx context.Context) error {
 	if code := sandbox.Serve(sandbox.ServeOptions{}); code != 0 {
-		return exitError{code: code}
+		return cli.ExitError{Code: code}
 	}
 	return nil
 }

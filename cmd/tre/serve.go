@@ -24,6 +24,7 @@ import (
 	"github.com/nhs-tre/tre/broker/postgres"
 	"github.com/nhs-tre/tre/broker/sqlite"
 	"github.com/nhs-tre/tre/broker/sqlstore"
+	"github.com/nhs-tre/tre/cli"
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
@@ -36,7 +37,7 @@ type ServeMain struct {
 	configured
 }
 
-func newServeMain(stdout, stderr io.Writer) command {
+func newServeMain(stdout, stderr io.Writer) cli.Command {
 	return &ServeMain{Config: DefaultServeConfig(), configured: configured{name: "serve", stdout: stdout, stderr: stderr, getenv: os.Getenv}}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/nhs-tre/tre/cli"
 	"github.com/nhs-tre/tre/synth"
 )
 
@@ -21,13 +22,13 @@ type SynthMain struct {
 }
 
 // newSynthMain returns the `tre synth` command writing to the given streams.
-func newSynthMain(stdout, stderr io.Writer) command {
+func newSynthMain(stdout, stderr io.Writer) cli.Command {
 	return &SynthMain{stdout: stdout, stderr: stderr}
 }
 
 // ParseFlags reads --out, --patients, --seed, --dataset and --force.
 func (m *SynthMain) ParseFlags(ctx context.Context, args []string) error {
-	fs := newFlagSet("synth", m.stderr)
+	fs := cli.NewFlagSet("synth", m.stderr)
 	fs.StringVar(&m.opts.Out, "out", "", "DuckDB file to write (required); the catalog goes beside it as FILE.catalog.yaml")
 	fs.IntVar(&m.opts.Patients, "patients", 0, "number of patients to generate (required)")
 	fs.Int64Var(&m.opts.Seed, "seed", 1, "seed: the same seed always gives the same data")
@@ -44,7 +45,7 @@ func (m *SynthMain) ParseFlags(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := noArgs(fs); err != nil {
+	if err := cli.NoArgs(fs); err != nil {
 		return err
 	}
 	switch {

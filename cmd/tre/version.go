@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"github.com/nhs-tre/tre/cli"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -18,18 +19,18 @@ type VersionMain struct {
 	json           bool
 }
 
-func newVersionMain(stdout, stderr io.Writer) command {
+func newVersionMain(stdout, stderr io.Writer) cli.Command {
 	return &VersionMain{stdout: stdout, stderr: stderr}
 }
 
 // ParseFlags parses --json.
 func (m *VersionMain) ParseFlags(ctx context.Context, args []string) error {
-	fs := newFlagSet("version", m.stderr)
+	fs := cli.NewFlagSet("version", m.stderr)
 	fs.BoolVar(&m.json, "json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	return noArgs(fs)
+	return cli.NoArgs(fs)
 }
 
 // versionInfo is what `tre version` reports.
@@ -94,9 +95,9 @@ func (m *VersionMain) Run(ctx context.Context) error {
 	}
 	v.DuckDB = duck
 	if m.json {
-		return printJSON(m.stdout, v)
+		return cli.PrintJSON(m.stdout, v)
 	}
-	tw := newTable(m.stdout)
+	tw := cli.NewTable(m.stdout)
 	fmt.Fprintf(tw, "tre\t%s\n", v.Version)
 	switch {
 	case v.Commit == "":

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -26,8 +26,8 @@ type SiteMain struct {
 	offset int
 }
 
-// newSiteMain returns the command with the process environment.
-func newSiteMain(stdout, stderr io.Writer) command {
+// NewSiteMain returns the command with the process environment.
+func NewSiteMain(stdout, stderr io.Writer) Command {
 	return &SiteMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 }
 
@@ -43,7 +43,7 @@ func (m *SiteMain) ParseFlags(ctx context.Context, args []string) error {
 		return err
 	}
 	m.verb = verb
-	fs := newFlagSet("site "+m.verb, m.Stderr)
+	fs := NewFlagSet("site "+m.verb, m.Stderr)
 	m.flags.role = broker.RoleAdmin
 	m.flags.register(fs, m.Getenv)
 	switch m.verb {
@@ -88,7 +88,7 @@ func (m *SiteMain) run(ctx context.Context) error {
 			return err
 		}
 		if m.flags.json {
-			return printJSON(m.Stdout, s)
+			return PrintJSON(m.Stdout, s)
 		}
 		fmt.Fprintf(m.Stdout, "site %s registered: %s (%s)\n", s.ID, s.Name, s.Organisation)
 		return nil
@@ -98,9 +98,9 @@ func (m *SiteMain) run(ctx context.Context) error {
 		return err
 	}
 	if m.flags.json {
-		return printJSON(m.Stdout, l)
+		return PrintJSON(m.Stdout, l)
 	}
-	tw := newTable(m.Stdout)
+	tw := NewTable(m.Stdout)
 	fmt.Fprintln(tw, "ID\tNAME\tORGANISATION\tREGISTERED\tLAST SEEN\tAGENT VERSION\tDATASETS")
 	for _, s := range l.Items {
 		registered := "no"

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -24,13 +24,13 @@ type DatasetsMain struct {
 	dataset string
 }
 
-func newDatasetsMain(stdout, stderr io.Writer) command {
+func NewDatasetsMain(stdout, stderr io.Writer) Command {
 	return &DatasetsMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 }
 
 // ParseFlags parses --dataset and the client flags.
 func (m *DatasetsMain) ParseFlags(ctx context.Context, args []string) error {
-	fs := newFlagSet("datasets", m.Stderr)
+	fs := NewFlagSet("datasets", m.Stderr)
 	m.flags.role = broker.RoleResearcher
 	m.flags.register(fs, m.Getenv)
 	fs.StringVar(&m.dataset, "dataset", "", "show only this dataset")
@@ -64,11 +64,11 @@ func (m *DatasetsMain) run(ctx context.Context) error {
 			}
 		}
 		if len(cats) == 0 {
-			return exitError{exitNotFoundOrNo, fmt.Errorf("no dataset %q (datasets: %s)", m.dataset, strings.Join(names, ", "))}
+			return ExitError{Code: exitNotFoundOrNo, Err: fmt.Errorf("no dataset %q (datasets: %s)", m.dataset, strings.Join(names, ", "))}
 		}
 	}
 	if m.flags.json {
-		return printJSON(m.Stdout, cats)
+		return PrintJSON(m.Stdout, cats)
 	}
 	if len(cats) == 0 {
 		fmt.Fprintln(m.Stdout, "No datasets yet: no site agent has published its catalog.")
@@ -118,7 +118,7 @@ func printCatalog(w io.Writer, c *queries.Catalog) error {
 		if strings.EqualFold(t.Name, p.OptOutTable) {
 			continue
 		}
-		tw := newTable(w)
+		tw := NewTable(w)
 		fmt.Fprintln(tw, "  COLUMN\tTYPE\tROLE\tVALUES\tDESCRIPTION")
 		for _, col := range t.Columns {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", col.Name, col.Type, col.Role, columnValues(col), oneLine(col.Description, 70))
@@ -135,7 +135,7 @@ func printCatalog(w io.Writer, c *queries.Catalog) error {
 				fmt.Fprintf(w, ", %s", col.CodeSystem)
 			}
 			fmt.Fprintln(w, "):")
-			tw := newTable(w)
+			tw := NewTable(w)
 			for _, e := range col.Examples {
 				fmt.Fprintf(tw, "    %s\t%s\n", e.Code, e.Term)
 			}

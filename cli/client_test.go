@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -68,9 +68,9 @@ func cannedBroker(tb testing.TB) *httptest.Server {
 	return ts
 }
 
-// runClient runs a client command the way run() does and returns its exit
+// runClient runs a client Command the way run() does and returns its exit
 // code and output.
-func runClient(tb testing.TB, newCmd func(io.Writer, io.Writer) command, env map[string]string, args ...string) (int, string, string) {
+func runClient(tb testing.TB, newCmd func(io.Writer, io.Writer) Command, env map[string]string, args ...string) (int, string, string) {
 	tb.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd := newCmd(&stdout, &stderr)
@@ -93,13 +93,13 @@ func runClient(tb testing.TB, newCmd func(io.Writer, io.Writer) command, env map
 		return 2, stdout.String(), err.Error()
 	}
 	err := cmd.Run(ctx)
-	var ee exitError
-	var ue usageError
+	var ee ExitError
+	var ue UsageError
 	switch {
 	case err == nil:
 		return 0, stdout.String(), stderr.String()
 	case errors.As(err, &ee):
-		return ee.code, stdout.String(), ee.err.Error()
+		return ee.Code, stdout.String(), ee.Err.Error()
 	case errors.As(err, &ue):
 		return 2, stdout.String(), err.Error()
 	}
@@ -110,15 +110,15 @@ func TestClientExitCodes(t *testing.T) {
 	ts := cannedBroker(t)
 	env := map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN": "good"}
 	badEnv := map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN": "bad"}
-	query := func(o, e io.Writer) command { return &QueryMain{Stdout: o, Stderr: e} }
-	review := func(o, e io.Writer) command { return &ReviewMain{Stdout: o, Stderr: e} }
+	query := func(o, e io.Writer) Command { return &QueryMain{Stdout: o, Stderr: e} }
+	review := func(o, e io.Writer) Command { return &ReviewMain{Stdout: o, Stderr: e} }
 	tokenFile := filepath.Join(t.TempDir(), "tok")
 	if err := os.WriteFile(tokenFile, []byte("good\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
 		name    string
-		cmd     func(io.Writer, io.Writer) command
+		cmd     func(io.Writer, io.Writer) Command
 		env     map[string]string
 		args    []string
 		code    int
@@ -169,7 +169,7 @@ func TestClientExitCodes(t *testing.T) {
 func mintWithCommand(t *testing.T, dir string, args ...string) *broker.User {
 	t.Helper()
 	var out bytes.Buffer
-	m := newTokenMain(&out, io.Discard).(*TokenMain)
+	m := NewTokenMain(&out, io.Discard).(*TokenMain)
 	m.Now = func() time.Time { return time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC) }
 	if err := m.ParseFlags(context.Background(), append([]string{"--data-dir", dir}, args...)); err != nil {
 		t.Fatal(err)
@@ -212,7 +212,7 @@ func TestTokenCommand(t *testing.T) {
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := newTokenMain(io.Discard, io.Discard).ParseFlags(context.Background(), tt.args); err == nil {
+			if err := NewTokenMain(io.Discard, io.Discard).ParseFlags(context.Background(), tt.args); err == nil {
 				t.Error("accepted")
 			}
 		})
@@ -254,7 +254,7 @@ func TestSiteCommand(t *testing.T) {
 	}))
 	defer ts.Close()
 	env := map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN": "admin"}
-	site := func(o, e io.Writer) command { return &SiteMain{Stdout: o, Stderr: e} }
+	site := func(o, e io.Writer) Command { return &SiteMain{Stdout: o, Stderr: e} }
 	tests := []struct {
 		name    string
 		args    []string
@@ -341,12 +341,12 @@ func (b *statusBroker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // gives up after --wait-timeout.
 func TestClientWait(t *testing.T) {
 	fast := waitFlags{poll: time.Millisecond}
-	query := func(o, e io.Writer) command { return &QueryMain{Stdout: o, Stderr: e, wait: fast} }
-	review := func(o, e io.Writer) command { return &ReviewMain{Stdout: o, Stderr: e, wait: fast} }
-	output := func(o, e io.Writer) command { return &ReviewMain{Stdout: o, Stderr: e, output: true, wait: fast} }
+	query := func(o, e io.Writer) Command { return &QueryMain{Stdout: o, Stderr: e, wait: fast} }
+	review := func(o, e io.Writer) Command { return &ReviewMain{Stdout: o, Stderr: e, wait: fast} }
+	output := func(o, e io.Writer) Command { return &ReviewMain{Stdout: o, Stderr: e, output: true, wait: fast} }
 	tests := []struct {
 		name     string
-		cmd      func(io.Writer, io.Writer) command
+		cmd      func(io.Writer, io.Writer) Command
 		statuses map[string][]string
 		args     []string
 		code     int

@@ -1,8 +1,6 @@
-package main
+package cli
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -29,7 +27,7 @@ func TestDatasetsCommand(t *testing.T) {
 		json.NewEncoder(w).Encode(api.List[queries.Catalog]{Items: []queries.Catalog{*cat}, Total: 1})
 	}))
 	defer ts.Close()
-	datasets := func(o, e io.Writer) command { return &DatasetsMain{Stdout: o, Stderr: e} }
+	datasets := func(o, e io.Writer) Command { return &DatasetsMain{Stdout: o, Stderr: e} }
 	env := map[string]string{"TRE_BROKER": ts.URL, "TRE_TOKEN_RESEARCHER": "good"}
 
 	code, out, msg := runClient(t, datasets, env)
@@ -62,26 +60,5 @@ func TestDatasetsCommand(t *testing.T) {
 	var got []queries.Catalog
 	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || len(got) != 1 || len(got[0].Tables) != len(cat.Tables) {
 		t.Errorf("--json: exit %d, %.300s", code, out)
-	}
-}
-
-// TestVersionCommand: tre version names this binary's build and the DuckDB
-// library it runs.
-func TestVersionCommand(t *testing.T) {
-	var out bytes.Buffer
-	if code := run(context.Background(), []string{"version"}, &out, &out); code != 0 {
-		t.Fatalf("exit %d: %s", code, out.String())
-	}
-	duck, err := queries.DuckDBVersion(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(duck, "v1.") {
-		t.Errorf("DuckDB version %q", duck)
-	}
-	for _, want := range []string{"tre ", "commit ", "go ", "duckdb  " + duck} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("output lacks %q:\n%s", want, out.String())
-		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -26,8 +26,8 @@ type ProjectMain struct {
 	offset int
 }
 
-// newProjectMain returns the command with the process environment.
-func newProjectMain(stdout, stderr io.Writer) command {
+// NewProjectMain returns the command with the process environment.
+func NewProjectMain(stdout, stderr io.Writer) Command {
 	return &ProjectMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 }
 
@@ -73,7 +73,7 @@ func (m *ProjectMain) ParseFlags(ctx context.Context, args []string) error {
 		return err
 	}
 	m.verb = verb
-	fs := newFlagSet("project "+m.verb, m.Stderr)
+	fs := NewFlagSet("project "+m.verb, m.Stderr)
 	m.flags.role = broker.RoleAdmin
 	m.flags.register(fs, m.Getenv)
 	var members, datasets listFlag
@@ -128,7 +128,7 @@ func (m *ProjectMain) run(ctx context.Context) error {
 			return err
 		}
 		if m.flags.json {
-			return printJSON(m.Stdout, p)
+			return PrintJSON(m.Stdout, p)
 		}
 		fmt.Fprintf(m.Stdout, "project %d created: %s\n", p.ID, p.Title)
 		return nil
@@ -138,9 +138,9 @@ func (m *ProjectMain) run(ctx context.Context) error {
 		return err
 	}
 	if m.flags.json {
-		return printJSON(m.Stdout, l)
+		return PrintJSON(m.Stdout, l)
 	}
-	tw := newTable(m.Stdout)
+	tw := NewTable(m.Stdout)
 	fmt.Fprintln(tw, "ID\tTITLE\tORGANISATION\tSTATUS\tEXPIRES\tε SPENT\tε RESERVED\tε LEFT\tMEMBERS")
 	for _, p := range l.Items {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, oneLine(p.Title, 40), oneLine(p.Organisation, 30), p.Status,

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -33,13 +33,13 @@ type ReviewMain struct {
 	offset  int
 }
 
-// newReviewMain returns `tre review`.
-func newReviewMain(stdout, stderr io.Writer) command {
+// NewReviewMain returns `tre review`.
+func NewReviewMain(stdout, stderr io.Writer) Command {
 	return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 }
 
-// newOutputMain returns `tre output`.
-func newOutputMain(stdout, stderr io.Writer) command {
+// NewOutputMain returns `tre output`.
+func NewOutputMain(stdout, stderr io.Writer) Command {
 	return &ReviewMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, output: true}
 }
 
@@ -73,7 +73,7 @@ func (m *ReviewMain) ParseFlags(ctx context.Context, args []string) error {
 		return err
 	}
 	m.verb = verb
-	fs := newFlagSet(m.name()+" "+m.verb, m.Stderr)
+	fs := NewFlagSet(m.name()+" "+m.verb, m.Stderr)
 	m.flags.role = broker.RoleReviewer
 	if m.output {
 		m.flags.role = broker.RoleOutputChecker
@@ -134,9 +134,9 @@ func (m *ReviewMain) run(ctx context.Context) error {
 			return err
 		}
 		if m.flags.json {
-			return printJSON(m.Stdout, out)
+			return PrintJSON(m.Stdout, out)
 		}
-		return printOutput(m.Stdout, out)
+		return PrintOutput(m.Stdout, out)
 	case "approve":
 		q, err = c.ApproveQuery(ctx, m.id, m.comment)
 		if err == nil && m.wait.on {
@@ -165,7 +165,7 @@ func (m *ReviewMain) run(ctx context.Context) error {
 		return err
 	}
 	if m.flags.json {
-		return printJSON(m.Stdout, q)
+		return PrintJSON(m.Stdout, q)
 	}
 	fmt.Fprintf(m.Stdout, "query %d is now %s\n", q.ID, q.Status)
 	return nil
@@ -179,7 +179,7 @@ func (m *ReviewMain) queue(ctx context.Context) error {
 			return err
 		}
 		if m.flags.json {
-			return printJSON(m.Stdout, l)
+			return PrintJSON(m.Stdout, l)
 		}
 		return printQueryList(m.Stdout, l.Items, l.Total, l.Offset)
 	}
@@ -188,9 +188,9 @@ func (m *ReviewMain) queue(ctx context.Context) error {
 		return err
 	}
 	if m.flags.json {
-		return printJSON(m.Stdout, l)
+		return PrintJSON(m.Stdout, l)
 	}
-	tw := newTable(m.Stdout)
+	tw := NewTable(m.Stdout)
 	fmt.Fprintln(tw, "ID\tPROJECT\tSUBMITTED\tBY\tε\tε LEFT\tRISK\tSQL")
 	for _, it := range l.Items {
 		left := "-"
@@ -219,7 +219,7 @@ func (m *ReviewMain) queue(ctx context.Context) error {
 
 // printOutput prints an output as the output checker sees it: the protected
 // table and its full disclosure report, or the failure notice.
-func printOutput(w io.Writer, out *broker.Output) error {
+func PrintOutput(w io.Writer, out *broker.Output) error {
 	if out.Failure != nil || out.Result == nil {
 		code, detail := "unknown", ""
 		if out.Failure != nil {
@@ -232,12 +232,12 @@ func printOutput(w io.Writer, out *broker.Output) error {
 		fmt.Fprintf(w, "\nreleasing it tells the researcher only: %s\n", broker.FailedMessage)
 		return nil
 	}
-	if err := printResultTable(w, out.Result.Columns, out.Result.Rows); err != nil {
+	if err := PrintResultTable(w, out.Result.Columns, out.Result.Rows); err != nil {
 		return err
 	}
 	r := out.Result.Report
 	fmt.Fprintln(w)
-	tw := newTable(w)
+	tw := NewTable(w)
 	fmt.Fprintf(tw, "ε, δ spent\t%s, %s (%s)\n", fmtFloat(r.Epsilon), fmtFloat(r.Delta), r.Mechanism)
 	fmt.Fprintf(tw, "bounds\tk=%s per patient, C=%s per group\n", api.Plural(r.MaxGroupsPerPatient, "group", "groups"), api.Plural(r.MaxRowsPerGroup, "row", "rows"))
 	fmt.Fprintf(tw, "suppression\tthreshold %d; %s suppressed, %d secondary\n", r.Threshold, api.Plural(r.CellsSuppressed, "cell", "cells"), r.CellsSecondary)

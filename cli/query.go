@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -39,8 +39,8 @@ type QueryMain struct {
 	out    string
 }
 
-// newQueryMain returns the command with the process environment.
-func newQueryMain(stdout, stderr io.Writer) command {
+// NewQueryMain returns the command with the process environment.
+func NewQueryMain(stdout, stderr io.Writer) Command {
 	return &QueryMain{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 }
 
@@ -60,7 +60,7 @@ func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
 		return err
 	}
 	m.verb = verb
-	fs := newFlagSet("query "+m.verb, m.Stderr)
+	fs := NewFlagSet("query "+m.verb, m.Stderr)
 	m.flags.role = broker.RoleResearcher
 	m.flags.register(fs, m.Getenv)
 	var file string
@@ -186,11 +186,11 @@ func (m *QueryMain) run(ctx context.Context) error {
 			return err
 		}
 		if m.flags.json {
-			return printJSON(m.Stdout, r)
+			return PrintJSON(m.Stdout, r)
 		}
 		fmt.Fprintf(m.Stdout, "SYNTHETIC DATA — not patient records. Dataset %s, would cost ε=%s δ=%s\n\n",
 			r.Dataset, fmtFloat(r.Cost.Epsilon), fmtFloat(r.Cost.Delta))
-		return printResultTable(m.Stdout, r.Columns, r.Rows)
+		return PrintResultTable(m.Stdout, r.Columns, r.Rows)
 	case "list":
 		opts := api.QueryListOptions{ListOptions: api.ListOptions{Limit: m.limit, Offset: m.offset}, Status: broker.Status(m.status), ProjectID: m.project}
 		l, err := c.Queries(ctx, opts)
@@ -198,7 +198,7 @@ func (m *QueryMain) run(ctx context.Context) error {
 			return err
 		}
 		if m.flags.json {
-			return printJSON(m.Stdout, l)
+			return PrintJSON(m.Stdout, l)
 		}
 		return printQueryList(m.Stdout, l.Items, l.Total, l.Offset)
 	case "show":
@@ -242,14 +242,14 @@ func (m *QueryMain) run(ctx context.Context) error {
 
 func (m *QueryMain) printQuery(q *broker.Query) error {
 	if m.flags.json {
-		return printJSON(m.Stdout, q)
+		return PrintJSON(m.Stdout, q)
 	}
 	return printQueryDetail(m.Stdout, q)
 }
 
 // printQueryDetail prints one query for people.
 func printQueryDetail(w io.Writer, q *broker.Query) error {
-	tw := newTable(w)
+	tw := NewTable(w)
 	fmt.Fprintf(tw, "query\t%d\n", q.ID)
 	fmt.Fprintf(tw, "status\t%s\n", q.Status)
 	fmt.Fprintf(tw, "project\t%d\n", q.ProjectID)
@@ -277,7 +277,7 @@ func printQueryDetail(w io.Writer, q *broker.Query) error {
 	fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(q.SQL))
 	if len(q.History) > 0 {
 		fmt.Fprintln(w)
-		tw = newTable(w)
+		tw = NewTable(w)
 		fmt.Fprintln(tw, "WHEN\tFROM\tTO\tBY\tCOMMENT")
 		for _, e := range q.History {
 			from := string(e.From)
@@ -293,7 +293,7 @@ func printQueryDetail(w io.Writer, q *broker.Query) error {
 
 // printQueryList prints queries as a table.
 func printQueryList(w io.Writer, qs []broker.Query, total, offset int) error {
-	tw := newTable(w)
+	tw := NewTable(w)
 	fmt.Fprintln(tw, "ID\tPROJECT\tSTATUS\tSUBMITTED\tBY\tε\tFLAGS\tSQL")
 	for _, q := range qs {
 		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", q.ID, q.ProjectID, q.Status, fmtTime(q.SubmittedAt),

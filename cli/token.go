@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -21,14 +21,14 @@ type TokenMain struct {
 	claims  auth.DevClaims
 }
 
-// newTokenMain returns the command.
-func newTokenMain(stdout, stderr io.Writer) command {
+// NewTokenMain returns the command.
+func NewTokenMain(stdout, stderr io.Writer) Command {
 	return &TokenMain{Stdout: stdout, Stderr: stderr, Now: time.Now}
 }
 
 // ParseFlags parses and checks the flags.
 func (m *TokenMain) ParseFlags(ctx context.Context, args []string) error {
-	fs := newFlagSet("token", m.Stderr)
+	fs := NewFlagSet("token", m.Stderr)
 	var roles listFlag
 	fs.StringVar(&m.dataDir, "data-dir", "", "the broker's data directory (holds dev-signing.key)")
 	fs.StringVar(&m.claims.Subject, "sub", "", "subject: the user's stable id (required)")
@@ -40,7 +40,7 @@ func (m *TokenMain) ParseFlags(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := noArgs(fs); err != nil {
+	if err := NoArgs(fs); err != nil {
 		return err
 	}
 	switch {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -71,15 +71,15 @@ func (f *clientFlags) client(getenv func(string) string) (*api.Client, error) {
 	if f.tokenFile != "" {
 		data, err := os.ReadFile(f.tokenFile)
 		if err != nil {
-			return nil, usageError{fmt.Errorf("read token file: %w", err)}
+			return nil, UsageError{Err: fmt.Errorf("read token file: %w", err)}
 		}
 		token = strings.TrimSpace(string(data))
 	}
 	if token == "" {
-		return nil, usageError{fmt.Errorf("no token: set %s or TRE_TOKEN (tre demo writes them to tokens.env), or pass --token-file", f.tokenVar())}
+		return nil, UsageError{Err: fmt.Errorf("no token: set %s or TRE_TOKEN (tre demo writes them to tokens.env), or pass --token-file", f.tokenVar())}
 	}
 	if !strings.HasPrefix(f.broker, "http://") && !strings.HasPrefix(f.broker, "https://") {
-		return nil, usageError{fmt.Errorf("--broker %q must be an http:// or https:// URL", f.broker)}
+		return nil, UsageError{Err: fmt.Errorf("--broker %q must be an http:// or https:// URL", f.broker)}
 	}
 	return &api.Client{BaseURL: f.broker, Token: token, HTTPClient: &http.Client{Timeout: f.timeout}}, nil
 }
@@ -180,17 +180,17 @@ func apiExit(err error) error {
 	if errors.As(err, &ae) {
 		switch ae.Status {
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return exitError{exitNotAuthed, err}
+			return ExitError{Code: exitNotAuthed, Err: err}
 		case http.StatusNotFound, http.StatusUnprocessableEntity:
-			return exitError{exitNotFoundOrNo, err}
+			return ExitError{Code: exitNotFoundOrNo, Err: err}
 		}
 	}
-	var ue usageError
-	var ee exitError
+	var ue UsageError
+	var ee ExitError
 	if errors.As(err, &ue) || errors.As(err, &ee) {
 		return err
 	}
-	return exitError{exitAPIError, err}
+	return ExitError{Code: exitAPIError, Err: err}
 }
 
 // parseInterleaved parses flags that may come after positional arguments
@@ -227,13 +227,14 @@ func needArgs(pos []string, n int, usage string) error {
 	return nil
 }
 
-func printJSON(w io.Writer, v any) error {
+func PrintJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
 
-func newTable(w io.Writer) *tabwriter.Writer {
+// NewTable is the tab-aligned table every subcommand prints.
+func NewTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 }
 
@@ -257,8 +258,8 @@ func oneLine(s string, n int) string {
 
 // printResultTable prints a protected table for people: suppressed cells
 // show as "suppressed", intervals after the value.
-func printResultTable(w io.Writer, cols []dp.Column, rows [][]dp.Cell) error {
-	tw := newTable(w)
+func PrintResultTable(w io.Writer, cols []dp.Column, rows [][]dp.Cell) error {
+	tw := NewTable(w)
 	var head []string
 	for _, c := range cols {
 		head = append(head, c.Name)
