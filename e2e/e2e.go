@@ -60,9 +60,6 @@ func runMain(m *testing.M) int {
 	return m.Run()
 }
 
-// Tre is the path of the tre binary under test.
-func Tre() string { return tre }
-
 // RepoRoot is the repository's root directory.
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
