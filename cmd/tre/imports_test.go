@@ -59,14 +59,15 @@ func inFolder(path, folder string) bool {
 
 // ginFree reports whether the package at path must not link gin at all:
 // the contract package api (not its subpackages: api/server is gin's one
-// home), api/auth, api/metrics, api/web and api/apitest, and the site
-// agent (site, and the sandbox it starts).
+// home), api/auth, api/metrics, api/web and api/apitest, the site agent
+// (site, and the sandbox it starts, through job), and the command-line
+// client (cli).
 func ginFree(path string) bool {
 	switch path {
 	case module + "/api", module + "/api/auth", module + "/api/metrics", module + "/api/web", module + "/api/apitest":
 		return true
 	}
-	return inFolder(path, "site") || inFolder(path, "sandbox")
+	return inFolder(path, "site") || inFolder(path, "sandbox") || inFolder(path, "job") || inFolder(path, "cli")
 }
 
 // TestImportBoundaries enforces the trust zones of ARCHITECTURE.md in the
@@ -138,7 +139,8 @@ func TestImportBoundaries(t *testing.T) {
 			}
 		}
 		// The site agent and the command-line client are network clients of
-		// the broker: no patient data, no DuckDB but the parser, no server.
+		// the broker: no patient data and no DuckDB but the parser (gin:
+		// ginFree).
 		if inFolder(p.ImportPath, "site") || inFolder(p.ImportPath, "cli") {
 			for _, dep := range p.Deps {
 				if inFolder(dep, "sandbox") || inFolder(dep, "synth") || inFolder(dep, "bench") || inFolder(dep, "broker/sqlstore") {
@@ -147,11 +149,6 @@ func TestImportBoundaries(t *testing.T) {
 				for _, imp := range imports[dep] {
 					if isPkg(imp, duckdb) && dep != module+"/queries" {
 						t.Errorf("%s depends on %s, which imports the DuckDB driver: it may link DuckDB only through the queries parser", p.ImportPath, dep)
-					}
-					// api is exempt until it is the gin-free contract
-					// package (issue 18); the server moves beneath it.
-					if isPkg(imp, gin) && dep != module+"/api" {
-						t.Errorf("%s depends on %s, which imports gin: a client links no HTTP server", p.ImportPath, dep)
 					}
 				}
 			}
