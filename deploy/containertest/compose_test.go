@@ -25,6 +25,7 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/e2e"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
 )
@@ -128,27 +129,12 @@ func (d *deployment) as(user string) *api.Client {
 	return &api.Client{BaseURL: d.url, Token: d.tokens[user], HTTPClient: d.httpCli}
 }
 
-func eventually(tb testing.TB, timeout time.Duration, what string, f func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s: not within %s: %v", what, timeout, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
 // waitStatus waits for a query to reach want, read as staff (dave, admin),
 // who see status changes at once.
 func (d *deployment) waitStatus(tb testing.TB, id int64, want broker.Status, timeout time.Duration) *broker.Query {
 	tb.Helper()
 	var q *broker.Query
-	eventually(tb, timeout, fmt.Sprintf("query %d %s", id, want), func() error {
+	e2e.Eventually(tb, timeout, fmt.Sprintf("query %d %s", id, want), func() error {
 		var err error
 		q, err = d.as("admin").Query(context.Background(), id)
 		if err != nil {
@@ -300,7 +286,7 @@ func TestCompose(t *testing.T) {
 	// Every site registered and its agent's catalog published.
 	sites := []string{"site-a", "site-b", "site-c"}
 	datasets := []string{"gp_site_a", "gp_site_b", "gp_site_c"}
-	eventually(t, 2*time.Minute, "three sites' catalogs", func() error {
+	e2e.Eventually(t, 2*time.Minute, "three sites' catalogs", func() error {
 		list, err := admin.Sites(ctx, api.ListOptions{})
 		if err != nil {
 			return err
@@ -363,7 +349,7 @@ func TestCompose(t *testing.T) {
 	download := func(id int64) {
 		t.Helper()
 		var res *api.ResultResponse
-		eventually(t, time.Minute, fmt.Sprintf("query %d's result", id), func() error {
+		e2e.Eventually(t, time.Minute, fmt.Sprintf("query %d's result", id), func() error {
 			var err error
 			res, err = researcher.Result(ctx, id)
 			return err
@@ -434,7 +420,7 @@ func TestCompose(t *testing.T) {
 	}
 	start := time.Now()
 	docker(t, "restart", "-t", "10", d.c.container(t, "broker"))
-	eventually(t, 2*time.Minute, "broker ready after restart", func() error {
+	e2e.Eventually(t, 2*time.Minute, "broker ready after restart", func() error {
 		return (&api.Client{BaseURL: d.url, HTTPClient: d.httpCli}).Readyz(ctx)
 	})
 	t.Logf("broker restarted and ready in %s", time.Since(start).Round(100*time.Millisecond))

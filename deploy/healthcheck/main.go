@@ -9,14 +9,14 @@
 package main
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"time"
+
+	"github.com/nhs-tre/tre/deploy/internal/catrust"
 )
 
 func main() {
@@ -33,17 +33,9 @@ func main() {
 }
 
 func probe(url, caFile string) error {
-	tr := &http.Transport{Proxy: nil}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return err
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("%s holds no PEM certificate", caFile)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tr, err := catrust.Transport(caFile)
+	if err != nil {
+		return err
 	}
 	c := &http.Client{Transport: tr, Timeout: 8 * time.Second}
 	resp, err := c.Get(url)

@@ -10,8 +10,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -20,6 +18,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/nhs-tre/tre/deploy/internal/catrust"
 )
 
 func main() {
@@ -43,17 +43,9 @@ func run(broker, tokenFile, caFile string, sites []string) error {
 		return err
 	}
 	token := strings.TrimSpace(string(tok))
-	tr := &http.Transport{Proxy: nil}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return err
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("%s holds no PEM certificate", caFile)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tr, err := catrust.Transport(caFile)
+	if err != nil {
+		return err
 	}
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	for _, s := range sites {
