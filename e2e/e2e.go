@@ -2,9 +2,9 @@
 // once per test package (Main), real `tre serve` and `tre agent` processes
 // over synthetic data (StartSite), a broker with no agent for the tests to
 // play one (StartLonelyBroker), and raw HTTP requests. The tests live in
-// its subpackages (flow, hostile, faults, readme, replicas) so that `go test ./...`
-// runs them in parallel with each other and with the unit tests, each
-// package well inside go test's default timeout.
+// its subpackages (flow, hostile, faults, readme, clients, replicas) so
+// that `go test ./...` runs them in parallel with each other and with the
+// unit tests, each package well inside go test's default timeout.
 //
 // e2e is test support: nothing but tests may import it, and it never
 // reaches into tre's internals — it drives the binary and the HTTP API as

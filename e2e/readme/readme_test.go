@@ -68,16 +68,6 @@ func blocksUnder(blocks []readmeBlock, heading, lang string) []readmeBlock {
 	return out
 }
 
-// repoRoot is the repository this test binary was built from.
-func repoRoot(tb testing.TB) string {
-	tb.Helper()
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return root
-}
-
 // freshCopy copies the repository's files as a clone would have them (the
 // tracked files and the new ones git does not ignore: no demo directory,
 // no binaries, no databases) into a new directory.
@@ -119,18 +109,6 @@ func freshCopy(tb testing.TB, root string) string {
 		tb.Fatalf("copied only %d files from %s", n, root)
 	}
 	return dst
-}
-
-// readmeEnv is the environment of a new user's shell: this one without
-// any TRE_ variable, plus the given ones.
-func readmeEnv(extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "TRE_") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, extra...)
 }
 
 // shell runs script with bash in dir, as if pasted into a terminal (no
@@ -198,22 +176,6 @@ func startShell(tb testing.TB, dir string, env []string, script string) *lockedB
 	return out
 }
 
-// readEnvFile reads KEY=VALUE lines, as `set -a; . FILE` would.
-func readEnvFile(tb testing.TB, path string) map[string]string {
-	tb.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	vars := map[string]string{}
-	for _, line := range strings.Split(string(data), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok {
-			vars[k] = v
-		}
-	}
-	return vars
-}
-
 // releasedCSV finds the released table with the given header in out and
 // checks it has want rows, each a group key followed by a number or a
 // suppression flag.
@@ -259,10 +221,10 @@ func TestREADME(t *testing.T) {
 			t.Skip(msg + " (set " + envRequireREADME + "=1 to fail instead)")
 		}
 	}
-	root := repoRoot(t)
+	root := e2e.RepoRoot()
 	blocks := readmeBlocks(t, filepath.Join(root, "README.md"))
 	dir := freshCopy(t, root)
-	env := readmeEnv("TRE_ADDR=127.0.0.1:0")
+	env := e2e.CleanEnv("TRE_ADDR=127.0.0.1:0")
 
 	quick := blocksUnder(blocks, "Quickstart", "sh")
 	if len(quick) != 1 {
@@ -298,7 +260,7 @@ func TestREADME(t *testing.T) {
 	if !strings.Contains(demo.String(), "Reusing tre-demo/gp.duckdb") {
 		t.Errorf("the demo did not reuse the walkthrough's data:\n%s", demo.String())
 	}
-	vars := readEnvFile(t, filepath.Join(dir, "tre-demo", "tokens.env"))
+	vars := e2e.ReadEnvFile(t, filepath.Join(dir, "tre-demo", "tokens.env"))
 	as := func(role broker.Role) *api.Client {
 		return &api.Client{BaseURL: vars["TRE_BROKER"], Token: vars["TRE_TOKEN_"+strings.ToUpper(string(role))]}
 	}
@@ -327,7 +289,7 @@ func TestREADME(t *testing.T) {
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "python3", "-c", python[0].text)
 		cmd.Dir = dir
-		cmd.Env = readmeEnv("TRE_BROKER="+vars["TRE_BROKER"], "TRE_TOKEN_RESEARCHER="+vars["TRE_TOKEN_RESEARCHER"])
+		cmd.Env = e2e.CleanEnv("TRE_BROKER="+vars["TRE_BROKER"], "TRE_TOKEN_RESEARCHER="+vars["TRE_TOKEN_RESEARCHER"])
 		var pyOut bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &pyOut, &pyOut
 		if err := cmd.Start(); err != nil {
@@ -399,11 +361,11 @@ func TestREADME(t *testing.T) {
 	t.Run("python client", func(t *testing.T) {
 		install, code := clientBlocks(t, "From Python", "python")
 		if err := exec.Command("python3", "-m", "venv", "-h").Run(); err != nil {
-			needTool(t, envRequirePython, fmt.Sprintf("the README's Python client section needs python3 with venv: %v", err))
+			e2e.NeedTool(t, e2e.EnvRequirePython, fmt.Sprintf("the README's Python client section needs python3 with venv: %v", err))
 		}
 		out := shell(t, dir, env, 5*time.Minute, install)
 		t.Logf("install:\n%s", out)
-		out = runTool(t, dir, readmeEnv(tokenVars...), 5*time.Minute, filepath.Join(dir, ".venv", "bin", "python"), "-c", code)
+		out = e2e.RunTool(t, dir, e2e.CleanEnv(tokenVars...), 5*time.Minute, filepath.Join(dir, ".venv", "bin", "python"), "-c", code)
 		t.Logf("Python client block:\n%s", out)
 		releasedRegions(t, out)
 	})
@@ -411,17 +373,17 @@ func TestREADME(t *testing.T) {
 	t.Run("r client", func(t *testing.T) {
 		install, code := clientBlocks(t, "From R", "r")
 		if err := exec.Command("Rscript", "-e", "library(httr); library(jsonlite)").Run(); err != nil {
-			needTool(t, envRequireR, fmt.Sprintf("the README's R client section needs R with httr and jsonlite: %v", err))
+			e2e.NeedTool(t, e2e.EnvRequireR, fmt.Sprintf("the README's R client section needs R with httr and jsonlite: %v", err))
 		}
 		// The user's own R library, here a new one.
 		lib := "R_LIBS_USER=" + filepath.Join(t.TempDir(), "R")
-		out := shell(t, dir, append(readmeEnv("TRE_ADDR=127.0.0.1:0"), lib), 5*time.Minute, install)
+		out := shell(t, dir, append(e2e.CleanEnv("TRE_ADDR=127.0.0.1:0"), lib), 5*time.Minute, install)
 		t.Logf("install:\n%s", out)
 		script := filepath.Join(t.TempDir(), "example.R")
 		if err := os.WriteFile(script, []byte(code), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		out = runTool(t, dir, append(readmeEnv(tokenVars...), lib), 5*time.Minute, "Rscript", script)
+		out = e2e.RunTool(t, dir, append(e2e.CleanEnv(tokenVars...), lib), 5*time.Minute, "Rscript", script)
 		t.Logf("R client block:\n%s", out)
 		releasedRegions(t, out)
 	})

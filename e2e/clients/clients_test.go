@@ -1,8 +1,6 @@
-package readme
+package clients
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,42 +12,6 @@ import (
 
 	"github.com/nhs-tre/tre/e2e"
 )
-
-// The Python (clients/python) and R (clients/r) clients, tested against the
-// real system. CI sets both variables; without them a missing interpreter
-// or package skips its part.
-const (
-	envRequirePython = "TRE_REQUIRE_PYTHON"
-	envRequireR      = "TRE_REQUIRE_R"
-)
-
-// needTool skips t, or fails it when env is "1", with msg.
-func needTool(t *testing.T, env, msg string) {
-	t.Helper()
-	if os.Getenv(env) == "1" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg + " (set " + env + "=1 to fail instead)")
-}
-
-// runTool runs name args… in dir with env and returns its combined output;
-// a failure or a timeout fails t with that output.
-func runTool(t *testing.T, dir string, env []string, timeout time.Duration, name string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Dir, cmd.Env = dir, env
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	err := cmd.Run()
-	t.Logf("%s %s: %s", filepath.Base(name), strings.Join(args, " "), time.Since(start).Round(100*time.Millisecond))
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out.String())
-	}
-	return out.String()
-}
 
 // pythons returns the distinct Python 3 interpreters on this machine
 // (python3 on PATH, and Debian's, whose python3-pandas the other may lack).
@@ -82,7 +44,7 @@ func TestClients(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the demo and runs the clients' suites; skipped with -short")
 	}
-	root := repoRoot(t)
+	root := e2e.RepoRoot()
 	dir := t.TempDir()
 	demoDir := filepath.Join(dir, "demo")
 	e2e.StartTreIn(t, "", "demo", "--dir", demoDir, "--patients", "3000", "--addr", "127.0.0.1:0")
@@ -91,9 +53,9 @@ func TestClients(t *testing.T) {
 		_, err := os.Stat(tokens)
 		return err
 	})
-	vars := readEnvFile(t, tokens)
+	vars := e2e.ReadEnvFile(t, tokens)
 	doc := filepath.Join(root, "api", "openapi.json")
-	offline := readmeEnv("TRE_OPENAPI=" + doc)
+	offline := e2e.CleanEnv("TRE_OPENAPI=" + doc)
 	var demoVars []string
 	for _, k := range []string{"TRE_BROKER", "TRE_TOKEN_RESEARCHER", "TRE_TOKEN_REVIEWER", "TRE_TOKEN_OUTPUT_CHECKER"} {
 		if vars[k] == "" {
@@ -106,16 +68,16 @@ func TestClients(t *testing.T) {
 	t.Run("python", func(t *testing.T) {
 		interps := pythons()
 		if len(interps) == 0 {
-			needTool(t, envRequirePython, "the Python client's tests need python3")
+			e2e.NeedTool(t, e2e.EnvRequirePython, "the Python client's tests need python3")
 		}
 		withPandas := 0
 		for i, py := range interps {
 			venv := filepath.Join(dir, fmt.Sprintf("venv%d", i))
 			// System site packages: Debian's python3-pandas, when installed.
-			runTool(t, dir, offline, 2*time.Minute, py, "-m", "venv", "--system-site-packages", venv)
+			e2e.RunTool(t, dir, offline, 2*time.Minute, py, "-m", "venv", "--system-site-packages", venv)
 			vpy := filepath.Join(venv, "bin", "python")
-			runTool(t, dir, offline, 2*time.Minute, vpy, "-m", "pip", "install", "--no-index", filepath.Join(root, "clients", "python"))
-			where := runTool(t, dir, offline, time.Minute, vpy, "-c", "import tre_client; print(tre_client.__file__)")
+			e2e.RunTool(t, dir, offline, 2*time.Minute, vpy, "-m", "pip", "install", "--no-index", filepath.Join(root, "clients", "python"))
+			where := e2e.RunTool(t, dir, offline, time.Minute, vpy, "-c", "import tre_client; print(tre_client.__file__)")
 			if !strings.HasPrefix(strings.TrimSpace(where), venv) {
 				t.Fatalf("%s imports tre_client from %s, not from its virtual environment", py, where)
 			}
@@ -124,7 +86,7 @@ func TestClients(t *testing.T) {
 			}
 			// From the temporary directory: the tests import the installed
 			// package, not the source tree.
-			out := runTool(t, dir, live, 10*time.Minute, vpy, "-m", "unittest", "discover", "-v", "-s", filepath.Join(root, "clients", "python", "tests"))
+			out := e2e.RunTool(t, dir, live, 10*time.Minute, vpy, "-m", "unittest", "discover", "-v", "-s", filepath.Join(root, "clients", "python", "tests"))
 			t.Logf("%s:\n%s", py, out)
 			for _, want := range []string{"test_released_and_read_back (test_live.Live", "test_refused_query (test_live.Live", "test_wait_times_out (test_live.Live", "test_operations (test_wire.WireTest"} {
 				if !regexp.MustCompile(regexp.QuoteMeta(want) + `[^\n]*\.\.\. ok`).MatchString(out) {
@@ -132,17 +94,17 @@ func TestClients(t *testing.T) {
 				}
 			}
 		}
-		if withPandas == 0 && os.Getenv(envRequirePython) == "1" {
+		if withPandas == 0 && os.Getenv(e2e.EnvRequirePython) == "1" {
 			t.Errorf("no Python interpreter here has pandas: the DataFrame path ran in unit tests only (Debian: apt-get install python3-pandas)")
 		}
 	})
 
 	t.Run("r", func(t *testing.T) {
 		if _, err := exec.LookPath("R"); err != nil {
-			needTool(t, envRequireR, "the R client's tests need R (Debian: r-base-core)")
+			e2e.NeedTool(t, e2e.EnvRequireR, "the R client's tests need R (Debian: r-base-core)")
 		}
 		if err := exec.Command("Rscript", "-e", "for (p in c('httr', 'jsonlite', 'testthat')) library(p, character.only = TRUE)").Run(); err != nil {
-			needTool(t, envRequireR, "the R client's tests need httr, jsonlite and testthat (Debian: r-cran-httr r-cran-jsonlite r-cran-testthat)")
+			e2e.NeedTool(t, e2e.EnvRequireR, "the R client's tests need httr, jsonlite and testthat (Debian: r-cran-httr r-cran-jsonlite r-cran-testthat)")
 		}
 		pkg := filepath.Join(root, "clients", "r")
 		work := filepath.Join(dir, "r")
@@ -154,12 +116,12 @@ func TestClients(t *testing.T) {
 		// environment (its live tests skip), and no look-up of the time
 		// on the network.
 		checkEnv := withEnv(offline, "_R_CHECK_FUTURE_FILE_TIMESTAMPS_=false", "_R_CHECK_CRAN_INCOMING_REMOTE_=false")
-		runTool(t, work, checkEnv, 5*time.Minute, "R", "CMD", "build", "--no-build-vignettes", pkg)
+		e2e.RunTool(t, work, checkEnv, 5*time.Minute, "R", "CMD", "build", "--no-build-vignettes", pkg)
 		tarballs, _ := filepath.Glob(filepath.Join(work, "treclient_*.tar.gz"))
 		if len(tarballs) != 1 {
 			t.Fatalf("R CMD build made %q", tarballs)
 		}
-		out := runTool(t, work, checkEnv, 10*time.Minute, "R", "CMD", "check", "--no-manual", tarballs[0])
+		out := e2e.RunTool(t, work, checkEnv, 10*time.Minute, "R", "CMD", "check", "--no-manual", tarballs[0])
 		if !strings.Contains(out, "Status: OK") {
 			t.Errorf("R CMD check is not clean:\n%s", out)
 		}
@@ -168,11 +130,11 @@ func TestClients(t *testing.T) {
 		}
 
 		rEnv := withEnv(live, "R_LIBS="+lib)
-		runTool(t, work, rEnv, 5*time.Minute, "R", "CMD", "INSTALL", "-l", lib, pkg)
+		e2e.RunTool(t, work, rEnv, 5*time.Minute, "R", "CMD", "INSTALL", "-l", lib, pkg)
 		script := fmt.Sprintf(`res <- as.data.frame(testthat::test_dir(%q, package = "treclient", load_package = "installed", reporter = "summary", stop_on_failure = TRUE))
 print(res[, c("file", "test", "nb", "failed", "skipped")])
 if (any(res$skipped)) stop("skipped: ", paste(res$test[res$skipped], collapse = "; "))`, filepath.Join(pkg, "tests", "testthat"))
-		out = runTool(t, work, rEnv, 10*time.Minute, "Rscript", "-e", script)
+		out = e2e.RunTool(t, work, rEnv, 10*time.Minute, "Rscript", "-e", script)
 		t.Logf("testthat:\n%s", out)
 		if !strings.Contains(out, "test-live.R") {
 			t.Errorf("the live tests did not run:\n%s", out)
@@ -183,13 +145,13 @@ if (any(res$skipped)) stop("skipped: ", paste(res$test[res$skipped], collapse = 
 		// The Rd files and NAMESPACE are roxygen2's output from the
 		// comments in R/: regenerating them must change nothing.
 		if exec.Command("Rscript", "-e", "library(roxygen2)").Run() != nil {
-			needTool(t, envRequireR, "checking the R documentation needs roxygen2 (Debian: r-cran-roxygen2)")
+			e2e.NeedTool(t, e2e.EnvRequireR, "checking the R documentation needs roxygen2 (Debian: r-cran-roxygen2)")
 		}
 		copyDir := filepath.Join(dir, "r-docs", "treclient")
 		for _, rel := range []string{"DESCRIPTION", "NAMESPACE", "LICENSE", "R", "man"} {
 			copyTree(t, filepath.Join(root, "clients", "r", rel), filepath.Join(copyDir, rel))
 		}
-		runTool(t, copyDir, offline, 5*time.Minute, "Rscript", "-e", "roxygen2::roxygenise()")
+		e2e.RunTool(t, copyDir, offline, 5*time.Minute, "Rscript", "-e", "roxygen2::roxygenise()")
 		for _, rel := range []string{"NAMESPACE", "man"} {
 			out, err := exec.Command("diff", "-r", filepath.Join(root, "clients", "r", rel), filepath.Join(copyDir, rel)).CombinedOutput()
 			if err != nil {
