@@ -209,34 +209,7 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 	if err := os.Mkdir(jobDir+"/tmp", 0o700); err != nil {
 		return nil, nil, fmt.Errorf("job dir: %w", err)
 	}
-	cc := childConfig{
-		DataPath:           opts.dataPath,
-		Build:              opts.build,
-		JobDir:             jobDir,
-		MemoryLimit:        cfg.MemoryLimit,
-		Threads:            cfg.Threads,
-		MaxExpressionDepth: cfg.MaxExpressionDepth,
-		TempDirMaxSize:     cfg.TempDirMaxSize,
-		CPUSeconds:         int64((opts.timeout+cfg.KillGrace).Seconds())*int64(cfg.Threads) + 10,
-		MaxRows:            cfg.MaxRows,
-		AllowWeak:          cfg.AllowWeak,
-		ParentPID:          os.Getpid(),
-	}
-	if opts.build {
-		// The snapshot is written into the job dir: allow a file twice
-		// the data's size (it holds less: no forbidden column, no
-		// opted-out patient).
-		if st, err := os.Stat(opts.dataPath); err == nil {
-			cc.FileSizeLimit = max(cfg.TempDirMaxSize, 2*st.Size()+64<<20)
-		}
-	}
-	// The real clock, not r.now: crypto/tls checks validity against it.
-	hostTLS, childTLS, err := newJobTLS(time.Now())
-	if err != nil {
-		return nil, nil, fmt.Errorf("job TLS: %w", err)
-	}
-	cc.TLS = childTLS
-	ccJSON, err := json.Marshal(cc)
+	ccJSON, hostTLS, err := r.newChildConfig(opts, jobDir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -330,6 +303,44 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 		}
 	}
 	return resp, hostLayers, nil
+}
+
+// newChildConfig is the configuration a new child for one call reads, as
+// JSON, and the host's side of that call's mutual TLS.
+func (r *Runner) newChildConfig(opts callOptions, jobDir string) ([]byte, *tls.Config, error) {
+	cfg := r.cfg
+	cc := childConfig{
+		DataPath:           opts.dataPath,
+		Build:              opts.build,
+		JobDir:             jobDir,
+		MemoryLimit:        cfg.MemoryLimit,
+		Threads:            cfg.Threads,
+		MaxExpressionDepth: cfg.MaxExpressionDepth,
+		TempDirMaxSize:     cfg.TempDirMaxSize,
+		CPUSeconds:         int64((opts.timeout+cfg.KillGrace).Seconds())*int64(cfg.Threads) + 10,
+		MaxRows:            cfg.MaxRows,
+		AllowWeak:          cfg.AllowWeak,
+		ParentPID:          os.Getpid(),
+	}
+	if opts.build {
+		// The snapshot is written into the job dir: allow a file twice
+		// the data's size (it holds less: no forbidden column, no
+		// opted-out patient).
+		if st, err := os.Stat(opts.dataPath); err == nil {
+			cc.FileSizeLimit = max(cfg.TempDirMaxSize, 2*st.Size()+64<<20)
+		}
+	}
+	// The real clock, not r.now: crypto/tls checks validity against it.
+	hostTLS, childTLS, err := newJobTLS(time.Now())
+	if err != nil {
+		return nil, nil, fmt.Errorf("job TLS: %w", err)
+	}
+	cc.TLS = childTLS
+	ccJSON, err := json.Marshal(cc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ccJSON, hostTLS, nil
 }
 
 // start launches the child: /proc/self/exe (or the configured binary) with
