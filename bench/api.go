@@ -141,7 +141,8 @@ type Broker interface {
 // on loopback with the given store and drives it with a bounded load
 // generator: submissions of the typical queries (each parsed, validated,
 // compiled and flagged by the broker) from several researchers, then reads
-// of the submitted queries.
+// of the submitted queries. One function (123 lines): the broker it starts
+// and the phases it measures share their setup and teardown.
 func (m *harness) measureAPI(ctx context.Context, p *benchProgress, store, dir string, cat *queries.Catalog) ([]apiResult, error) {
 	p.stage("broker API (" + store + ")")
 	brokerDir := filepath.Join(dir, "broker-"+store)

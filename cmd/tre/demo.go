@@ -81,7 +81,9 @@ var demoUsers = []demoUser{
 const demoSite = cli.DemoSite
 
 // Run prepares the demo directory, starts everything and either waits for
-// Ctrl-C or runs the walkthrough.
+// Ctrl-C or runs the walkthrough. One function (124 lines): the demo's
+// start-up is a sequence whose order the user watches (data, broker, site,
+// agent, what to open next).
 func (m *DemoMain) Run(ctx context.Context) error {
 	if err := os.MkdirAll(m.Dir, 0o700); err != nil {
 		return err
