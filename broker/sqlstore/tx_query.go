@@ -1,0 +1,287 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
+)
+
+// ---- queries ----
+
+// queryColumns are the columns scanQuery reads: everything but the
+// normalised text and the predicates, which only the submission that
+// computes them uses (the risk lookups have their own columns and tables).
+const queryColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by, submitted_at, updated_at,
+	cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
+	normalized_hash, shape_hash, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message`
+
+func scanQuery(sc scanner) (*broker.QueryRecord, error) {
+	q := &broker.Query{}
+	rec := &broker.QueryRecord{Query: q}
+	var status, accuracy, flags, ledger string
+	var submitted, updated, expires int64
+	err := sc.Scan(&q.ID, &q.ProjectID, &q.Dataset, &q.SQL, &q.SQLHash, &q.Purpose, &q.Rewritten, &status, &q.SubmittedBy,
+		&submitted, &updated, &q.Cost.Epsilon, &q.Cost.Delta, &accuracy, &flags, &q.ApprovedBy, &q.Attempts, &q.FailureCode,
+		&rec.NormalizedHash, &rec.ShapeHash, &ledger, &rec.LeaseTokenHash, &rec.LeaseSite, &expires,
+		&q.FailureDetail)
+	if err != nil {
+		return nil, err
+	}
+	q.Status = broker.Status(status)
+	q.SubmittedAt, q.UpdatedAt, rec.LeaseExpiresAt = fromMicros(submitted), fromMicros(updated), fromMicros(expires)
+	rec.Ledger = broker.LedgerState(ledger)
+	q.Accuracy = []dp.Accuracy{}
+	q.RiskFlags = []broker.RiskFlag{}
+	if err := fromJSON(accuracy, &q.Accuracy); err != nil {
+		return nil, err
+	}
+	if err := fromJSON(flags, &q.RiskFlags); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord) error {
+	q := rec.Query
+	accuracy, err := toJSON(q.Accuracy)
+	if err != nil {
+		return err
+	}
+	flags, err := toJSON(q.RiskFlags)
+	if err != nil {
+		return err
+	}
+	preds, err := toJSON(rec.Predicates)
+	if err != nil {
+		return err
+	}
+	err = t.queryRow(ctx, `INSERT INTO queries (project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by,
+		submitted_at, updated_at, cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
+		normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		[]any{q.ProjectID, q.Dataset, q.SQL, q.SQLHash, q.Purpose, q.Rewritten, string(q.Status), q.SubmittedBy,
+			micros(q.SubmittedAt), micros(q.UpdatedAt), q.Cost.Epsilon, q.Cost.Delta, accuracy, flags, q.ApprovedBy, q.Attempts,
+			q.FailureCode, rec.Normalized, rec.NormalizedHash, rec.ShapeHash, preds, string(rec.Ledger), rec.LeaseTokenHash,
+			rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail},
+		&q.ID)
+	if err != nil {
+		return err
+	}
+	return t.putPredicateSet(ctx, q.ProjectID, q.ID, rec.PredicateSet, rec.PredicateKeys)
+}
+
+// putPredicateSet records that query id has the predicate set setKey: the
+// set's latest query becomes id (ids only grow, but concurrent PostgreSQL
+// transactions may commit out of order, hence the comparison), and a set
+// seen for the first time gets its match keys.
+func (t *tx) putPredicateSet(ctx context.Context, projectID, id int64, setKey string, keys []string) error {
+	if setKey == "" {
+		return errors.New("query record has no predicate set")
+	}
+	res, err := t.exec(ctx, `INSERT INTO predicate_sets (project_id, set_key, latest_query_id) VALUES (?, ?, ?)
+		ON CONFLICT (project_id, set_key) DO NOTHING`, projectID, setKey, id)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		_, err := t.exec(ctx, `UPDATE predicate_sets SET latest_query_id = ?
+			WHERE project_id = ? AND set_key = ? AND latest_query_id < ?`, id, projectID, setKey, id)
+		return err
+	}
+	for _, k := range keys {
+		if _, err := t.exec(ctx, `INSERT INTO predicate_set_keys (project_id, match_key, set_key) VALUES (?, ?, ?)
+			ON CONFLICT (project_id, match_key, set_key) DO NOTHING`, projectID, k, setKey); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UpdateQuery writes the fields that change after submission; the SQL and
+// its plan are immutable.
+func (t *tx) UpdateQuery(ctx context.Context, rec *broker.QueryRecord) error {
+	q := rec.Query
+	res, err := t.exec(ctx, `UPDATE queries SET status = ?, updated_at = ?, approved_by = ?, attempts = ?, failure_code = ?,
+		ledger = ?, lease_token_hash = ?, lease_site = ?, lease_expires_at = ?, failure_message = ? WHERE id = ?`,
+		string(q.Status), micros(q.UpdatedAt), q.ApprovedBy, q.Attempts, q.FailureCode, string(rec.Ledger),
+		rec.LeaseTokenHash, rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail, q.ID)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return broker.Errorf(broker.ENOTFOUND, "query %d not found", q.ID)
+	}
+	return nil
+}
+
+func (t *tx) LockQuery(ctx context.Context, id int64) error {
+	var got int64
+	err := t.queryRow(ctx, `SELECT id FROM queries WHERE id = ?`+t.db.d.ForUpdate, []any{id}, &got)
+	return notFound(err, "query %d not found", id)
+}
+
+func (t *tx) FindQuery(ctx context.Context, id int64) (*broker.QueryRecord, error) {
+	ctx = t.sctx(ctx)
+	s, err := t.prepared(ctx, findQuerySQL)
+	if err != nil {
+		return nil, err
+	}
+	var row *sql.Row
+	if s != nil {
+		row = s.QueryRowContext(ctx, id)
+	} else {
+		row = t.tx.QueryRowContext(ctx, t.db.rebind(findQuerySQL), id)
+	}
+	rec, err := scanQuery(row)
+	if err != nil {
+		return nil, notFound(err, "query %d not found", id)
+	}
+	return rec, nil
+}
+
+const findQuerySQL = `SELECT ` + queryColumns + ` FROM queries WHERE id = ?`
+
+func (t *tx) FindQueries(ctx context.Context, f broker.QueryFilter, member string) ([]*broker.Query, int, error) {
+	var w where
+	if member != "" {
+		w.add(`project_id IN (SELECT project_id FROM project_members WHERE subject = ?)`, member)
+	}
+	if f.ProjectID != nil {
+		w.add(`project_id = ?`, *f.ProjectID)
+	}
+	if f.SubmittedBy != nil {
+		w.add(`submitted_by = ?`, *f.SubmittedBy)
+	}
+	if f.UpdatedAfter != nil {
+		w.add(`updated_at > ?`, micros(*f.UpdatedAfter))
+	}
+	var sel where // what Status and UpdatedBefore select, widened by OrIDs
+	if f.Status != nil {
+		sel.add(`status = ?`, string(*f.Status))
+	}
+	if f.UpdatedBefore != nil {
+		sel.add(`updated_at <= ?`, micros(*f.UpdatedBefore))
+	}
+	switch {
+	case len(f.OrIDs) > 0 && len(sel.conds) > 0:
+		ids := strings.TrimSuffix(strings.Repeat("?, ", len(f.OrIDs)), ", ")
+		args := sel.args
+		for _, id := range f.OrIDs {
+			args = append(args, id)
+		}
+		w.add(`((`+strings.Join(sel.conds, " AND ")+`) OR id IN (`+ids+`))`, args...)
+	case len(sel.conds) > 0:
+		w.conds, w.args = append(w.conds, sel.conds...), append(w.args, sel.args...)
+	}
+	n, rows, err := t.page(ctx, `queries`, `SELECT `+queryColumns+` FROM queries`, w, `id`, f.Limit, f.Offset)
+	if err != nil {
+		return nil, 0, err
+	}
+	qs, err := collect(rows, func(sc scanner) (*broker.Query, error) {
+		rec, err := scanQuery(sc)
+		if err != nil {
+			return nil, err
+		}
+		return rec.Query, nil
+	})
+	return qs, n, err
+}
+
+func (t *tx) AddEvent(ctx context.Context, queryID int64, e broker.Event) error {
+	_, err := t.exec(ctx, `INSERT INTO query_events (query_id, from_status, to_status, actor, comment, at) VALUES (?, ?, ?, ?, ?, ?)`,
+		queryID, string(e.From), string(e.To), e.Actor, e.Comment, micros(e.At))
+	return err
+}
+
+func (t *tx) FindEvents(ctx context.Context, queryID int64) ([]broker.Event, error) {
+	rows, err := t.query(ctx, `SELECT from_status, to_status, actor, comment, at FROM query_events WHERE query_id = ? ORDER BY id`, queryID)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(sc scanner) (broker.Event, error) {
+		var e broker.Event
+		var from, to string
+		var at int64
+		err := sc.Scan(&from, &to, &e.Actor, &e.Comment, &at)
+		e.From, e.To, e.At = broker.Status(from), broker.Status(to), fromMicros(at)
+		return e, err
+	})
+}
+
+func (t *tx) FindRepeat(ctx context.Context, projectID int64, normalizedHash string) (*broker.SimilarQuery, error) {
+	var s broker.SimilarQuery
+	var status string
+	err := t.queryRow(ctx, `SELECT id, sql_text, status FROM queries WHERE project_id = ? AND normalized_hash = ?
+		ORDER BY CASE WHEN status = 'released' THEN 0 ELSE 1 END, id LIMIT 1`,
+		[]any{projectID, normalizedHash}, &s.ID, &s.SQL, &status)
+	s.Status = broker.Status(status)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// matchKeysPerStatement is the IN list's length in findDifferencingSQL: one
+// statement text, so one prepared statement, serves any number of keys
+// (short lists repeat their last key).
+const matchKeysPerStatement = 8
+
+var findDifferencingSQL = `SELECT s.latest_query_id FROM predicate_set_keys k
+	JOIN predicate_sets s ON s.project_id = k.project_id AND s.set_key = k.set_key
+	WHERE k.project_id = ? AND k.set_key <> ? AND k.match_key IN (?` + strings.Repeat(`, ?`, matchKeysPerStatement-1) + `)
+	ORDER BY s.latest_query_id DESC LIMIT 1`
+
+func (t *tx) FindDifferencing(ctx context.Context, projectID int64, setKey string, keys []string) (*broker.SimilarQuery, error) {
+	var best int64
+	args := make([]any, 2+matchKeysPerStatement)
+	args[0], args[1] = projectID, setKey
+	for len(keys) > 0 {
+		n := min(len(keys), matchKeysPerStatement)
+		for i := range matchKeysPerStatement {
+			args[2+i] = keys[min(i, n-1)]
+		}
+		keys = keys[n:]
+		var id int64
+		err := t.queryRow(ctx, findDifferencingSQL, args, &id)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		best = max(best, id)
+	}
+	if best == 0 {
+		return nil, nil
+	}
+	s := broker.SimilarQuery{ID: best}
+	var preds, status string
+	err := t.queryRow(ctx, `SELECT sql_text, predicates, status FROM queries WHERE id = ?`, []any{best}, &s.SQL, &preds, &status)
+	if err != nil {
+		return nil, notFound(err, "query %d not found", best)
+	}
+	s.Status = broker.Status(status)
+	return &s, fromJSON(preds, &s.Predicates)
+}
+
+func (t *tx) NextLeasable(ctx context.Context, siteID string, now time.Time) (int64, error) {
+	var id int64
+	err := t.queryRow(ctx, `SELECT id FROM queries
+		WHERE dataset IN (SELECT dataset FROM catalogs WHERE site_id = ?)
+		AND (status = 'approved' OR (status = 'running' AND lease_expires_at < ?))
+		ORDER BY id LIMIT 1`+t.db.d.SkipLocked, []any{siteID, micros(now)}, &id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return id, err
+}

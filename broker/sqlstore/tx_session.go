@@ -1,0 +1,77 @@
+package sqlstore
+
+import (
+	"context"
+	"time"
+
+	"github.com/nhs-tre/tre/broker"
+)
+
+// ---- web sessions ----
+
+func (t *tx) PutSession(ctx context.Context, s *broker.Session) error {
+	u, err := toJSON(s.User)
+	if err != nil {
+		return err
+	}
+	_, err = t.exec(ctx, `INSERT INTO web_sessions (id_hash, subject, user_json, token_hash, created_at, expires_at)
+		VALUES (?, ?, ?, ?, ?, ?)`,
+		s.IDHash, s.User.Subject, u, s.TokenHash, micros(s.CreatedAt), micros(s.ExpiresAt))
+	return err
+}
+
+func (t *tx) FindSession(ctx context.Context, idHash string) (*broker.Session, error) {
+	s := broker.Session{IDHash: idHash}
+	var u string
+	var created, expires int64
+	err := t.queryRow(ctx, `SELECT user_json, token_hash, created_at, expires_at FROM web_sessions WHERE id_hash = ?`,
+		[]any{idHash}, &u, &s.TokenHash, &created, &expires)
+	if err != nil {
+		return nil, notFound(err, "session not found")
+	}
+	if err := fromJSON(u, &s.User); err != nil {
+		return nil, err
+	}
+	s.CreatedAt, s.ExpiresAt = fromMicros(created), fromMicros(expires)
+	return &s, nil
+}
+
+func (t *tx) DeleteSession(ctx context.Context, idHash string) error {
+	_, err := t.exec(ctx, `DELETE FROM web_sessions WHERE id_hash = ?`, idHash)
+	return err
+}
+
+func (t *tx) DeleteExpiredSessions(ctx context.Context, before time.Time) (int64, error) {
+	res, err := t.exec(ctx, `DELETE FROM web_sessions WHERE expires_at <= ?`, micros(before))
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// ---- token buckets ----
+
+func (t *tx) LockBucket(ctx context.Context, name string, full float64, now time.Time) (float64, time.Time, error) {
+	// Two transactions creating one bucket: the second waits for the first
+	// and inserts nothing, then locks the row the first committed.
+	if _, err := t.exec(ctx, `INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+		name, full, micros(now)); err != nil {
+		return 0, time.Time{}, err
+	}
+	var tokens float64
+	var at int64
+	if err := t.queryRow(ctx, `SELECT tokens, updated_at FROM rate_buckets WHERE name = ?`+t.db.d.ForUpdate, []any{name}, &tokens, &at); err != nil {
+		return 0, time.Time{}, err
+	}
+	return tokens, fromMicros(at), nil
+}
+
+func (t *tx) SetBucket(ctx context.Context, name string, tokens float64, at time.Time) error {
+	_, err := t.exec(ctx, `UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE name = ?`, tokens, micros(at), name)
+	return err
+}
+
+func (t *tx) DeleteIdleBuckets(ctx context.Context, before time.Time) error {
+	_, err := t.exec(ctx, `DELETE FROM rate_buckets WHERE updated_at < ?`, micros(before))
+	return err
+}
