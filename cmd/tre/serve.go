@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nhs-tre/tre/api/tlsreload"
+
 	"github.com/nhs-tre/tre/api/auth"
 	"github.com/nhs-tre/tre/api/metrics"
 	"github.com/nhs-tre/tre/api/server"
@@ -230,7 +232,7 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 	}
 	scheme := "http"
 	if cfg.TLSCert != "" {
-		tlsCfg, reload, err := newTLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, logger)
+		tlsCfg, reload, err := tlsreload.New(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, logger)
 		if err != nil {
 			ln.Close()
 			return nil, err

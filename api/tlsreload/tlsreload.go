@@ -1,4 +1,8 @@
-package main
+// Package tlsreload serves TLS from certificate and key files that an
+// operator may replace while the broker runs: a changed file is picked up
+// on the next handshake after a short interval, or at once when Reload is
+// called (SIGHUP), and a broken replacement keeps the last good pair.
+package tlsreload
 
 import (
 	"crypto/tls"
@@ -17,27 +21,27 @@ import (
 // cert-manager or an NHS PKI job are picked up without a restart or SIGHUP.
 const tlsPollInterval = 10 * time.Second
 
-// newTLSConfig returns the broker's server TLS configuration: TLS 1.2 or
+// New returns the broker's server TLS configuration: TLS 1.2 or
 // later, the certificate and key read from files and reloaded when they
 // change (checked at most every tlsPollInterval during handshakes) or when
-// reload is called (the lead routes SIGHUP to it). With clientCAFile set,
+// reload is called (tre serve routes SIGHUP to it). With clientCAFile set,
 // every client must present a certificate signed by that CA (mutual TLS),
-// as tls_client_ca documents; use newTLSConfigClientAuth for the optional
+// as tls_client_ca documents; use NewClientAuth for the optional
 // form. The client CA file is reloaded along with the certificate.
-func newTLSConfig(certFile, keyFile, clientCAFile string, logger *slog.Logger) (*tls.Config, func() error, error) {
+func New(certFile, keyFile, clientCAFile string, logger *slog.Logger) (*tls.Config, func() error, error) {
 	auth := tls.NoClientCert
 	if clientCAFile != "" {
 		auth = tls.RequireAndVerifyClientCert
 	}
-	return newTLSConfigClientAuth(certFile, keyFile, clientCAFile, auth, logger)
+	return NewClientAuth(certFile, keyFile, clientCAFile, auth, logger)
 }
 
-// newTLSConfigClientAuth is newTLSConfig with the client-certificate policy
+// NewClientAuth is New with the client-certificate policy
 // spelled out. tls.VerifyClientCertIfGiven suits one listener shared by
 // browsers (no certificate) and site agents (certificate): a certificate that
 // is offered must verify, and the HTTP layer then requires
 // len(r.TLS.VerifiedChains) > 0 on agent routes.
-func newTLSConfigClientAuth(certFile, keyFile, clientCAFile string, auth tls.ClientAuthType, logger *slog.Logger) (*tls.Config, func() error, error) {
+func NewClientAuth(certFile, keyFile, clientCAFile string, auth tls.ClientAuthType, logger *slog.Logger) (*tls.Config, func() error, error) {
 	r, err := newCertReloader(certFile, keyFile, clientCAFile, auth, logger, time.Now, tlsPollInterval)
 	if err != nil {
 		return nil, nil, err

@@ -1,4 +1,4 @@
-package main
+package tlsreload
 
 import (
 	"crypto/ecdsa"
@@ -175,7 +175,7 @@ func TestTLSReloadOnCall(t *testing.T) {
 	ca := mustCA(t, "test CA")
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	certFile, keyFile := writeServerCert(t, ca, dir, "broker-1", t0)
-	cfg, reload, err := newTLSConfig(certFile, keyFile, "", slog.New(slog.DiscardHandler))
+	cfg, reload, err := New(certFile, keyFile, "", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,11 +259,11 @@ func TestMutualTLS(t *testing.T) {
 	}
 	agent, stranger := clientCert(clientCA), clientCert(otherCA)
 
-	required, _, err := newTLSConfig(certFile, keyFile, caFile, slog.New(slog.DiscardHandler))
+	required, _, err := New(certFile, keyFile, caFile, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	optional, _, err := newTLSConfigClientAuth(certFile, keyFile, caFile, tls.VerifyClientCertIfGiven, slog.New(slog.DiscardHandler))
+	optional, _, err := NewClientAuth(certFile, keyFile, caFile, tls.VerifyClientCertIfGiven, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,53 +316,9 @@ func TestTLSConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := newTLSConfig(tt.cert, tt.key, tt.clientCA, slog.New(slog.DiscardHandler))
+			_, _, err := New(tt.cert, tt.key, tt.clientCA, slog.New(slog.DiscardHandler))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error = %v, want it to contain %q", err, tt.want)
-			}
-		})
-	}
-}
-
-// TestPlainHTTPRefusal checks ServeConfig.Validate's rule: plain HTTP only
-// on loopback, unless TLS is configured or a TLS-terminating proxy is
-// declared.
-func TestPlainHTTPRefusal(t *testing.T) {
-	tests := []struct {
-		name        string
-		addr        string
-		tls         bool
-		behindProxy bool
-		refused     bool
-	}{
-		{name: "IPv4 loopback", addr: "127.0.0.1:8080"},
-		{name: "IPv6 loopback", addr: "[::1]:8080"},
-		{name: "localhost", addr: "localhost:8080"},
-		{name: "other loopback address", addr: "127.0.0.2:8080"},
-		{name: "all interfaces", addr: "0.0.0.0:8080", refused: true},
-		{name: "empty host", addr: ":8080", refused: true},
-		{name: "IPv6 all interfaces", addr: "[::]:8080", refused: true},
-		{name: "private address", addr: "10.1.2.3:443", refused: true},
-		{name: "host name", addr: "broker.nhs.internal:443", refused: true},
-		{name: "all interfaces with TLS", addr: "0.0.0.0:8443", tls: true},
-		{name: "all interfaces behind a proxy", addr: "0.0.0.0:8080", behindProxy: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := DefaultServeConfig()
-			cfg.DataDir = t.TempDir()
-			cfg.JWKSFile = "/etc/tre/jwks.json"
-			cfg.Addr = tt.addr
-			cfg.BehindProxy = tt.behindProxy
-			if tt.tls {
-				cfg.TLSCert, cfg.TLSKey = "/etc/tre/tls.crt", "/etc/tre/tls.key"
-			}
-			err := cfg.Validate()
-			if refused := err != nil; refused != tt.refused {
-				t.Fatalf("Validate() = %v, want refused %v", err, tt.refused)
-			}
-			if tt.refused && !strings.Contains(err.Error(), "refusing plain HTTP on "+tt.addr) {
-				t.Errorf("error %q does not name the address", err)
 			}
 		})
 	}
