@@ -197,7 +197,9 @@ func (s *Server) logRequests(c *gin.Context) {
 func requestLevel(route string, status int) slog.Level {
 	switch {
 	case route == "/api/v1/agent/lease" && status == http.StatusNoContent,
-		route == "/api/v1/agent/jobs/:id/heartbeat" && status == http.StatusOK:
+		route == "/api/v1/agent/jobs/:id/heartbeat" && status == http.StatusOK,
+		// Container and load-balancer probes: every few seconds, forever.
+		(route == "/healthz" || route == "/readyz") && status == http.StatusOK:
 		return slog.LevelDebug
 	}
 	return slog.LevelInfo
