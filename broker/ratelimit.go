@@ -6,6 +6,28 @@ import (
 	"time"
 )
 
+// Bucket is a token bucket: Tokens left as of Last.
+type Bucket struct {
+	Tokens float64
+	Last   time.Time
+}
+
+// Take refills b to now at rate tokens a second, up to full, and takes one
+// token. When none is left it returns false and how long until one will
+// be. The API's in-memory limiter and TakeToken both use it, so one broker
+// and N replicas on one database count alike.
+func (b *Bucket) Take(now time.Time, rate, full float64) (bool, time.Duration) {
+	if el := now.Sub(b.Last).Seconds(); el > 0 {
+		b.Tokens = math.Min(full, b.Tokens+el*rate)
+		b.Last = now
+	}
+	if b.Tokens >= 1 {
+		b.Tokens--
+		return true, 0
+	}
+	return false, time.Duration((1 - b.Tokens) / rate * float64(time.Second))
+}
+
 // TakeToken takes one token from the token bucket named key, which holds at
 // most burst tokens (at least 1) and refills at perMinute tokens a minute.
 // The bucket is kept in the database, so every broker process sharing it
@@ -23,21 +45,13 @@ func (s *Service) TakeToken(ctx context.Context, key string, perMinute float64, 
 	var ok bool
 	var wait time.Duration
 	err := s.store.Update(ctx, func(tx Tx) error {
-		tokens, last, err := tx.LockBucket(ctx, key, full, now)
-		if err != nil {
+		var b Bucket
+		var err error
+		if b.Tokens, b.Last, err = tx.LockBucket(ctx, key, full, now); err != nil {
 			return err
 		}
-		if el := now.Sub(last).Seconds(); el > 0 {
-			tokens = math.Min(full, tokens+el*rate)
-			last = now
-		}
-		if tokens >= 1 {
-			ok = true
-			tokens--
-		} else {
-			wait = time.Duration((1 - tokens) / rate * float64(time.Second))
-		}
-		if err := tx.SetBucket(ctx, key, tokens, last); err != nil {
+		ok, wait = b.Take(now, rate, full)
+		if err := tx.SetBucket(ctx, key, b.Tokens, b.Last); err != nil {
 			return err
 		}
 		// A bucket idle for longer than it takes to refill is full: the

@@ -5,6 +5,8 @@ import (
 	"math"
 	"sync"
 	"time"
+
+	"github.com/nhs-tre/tre/broker"
 )
 
 // RateLimit configures the per-subject token bucket on submissions.
@@ -41,20 +43,15 @@ type limiter struct {
 	now   func() time.Time
 
 	mu      sync.Mutex
-	buckets map[string]*bucket
+	buckets map[string]*broker.Bucket
 	sweep   time.Time
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
 }
 
 func newLimiter(cfg RateLimit, now func() time.Time) *limiter {
 	if cfg.PerMinute <= 0 {
 		return nil
 	}
-	return &limiter{rate: cfg.PerMinute / 60, burst: cfg.burst(), now: now, buckets: map[string]*bucket{}}
+	return &limiter{rate: cfg.PerMinute / 60, burst: cfg.burst(), now: now, buckets: map[string]*broker.Bucket{}}
 }
 
 // allow takes a token for key. When none is left it returns how long until
@@ -70,24 +67,15 @@ func (l *limiter) allow(key string) (bool, time.Duration) {
 		l.sweep = now
 		full := time.Duration(l.burst / l.rate * float64(time.Second))
 		for k, b := range l.buckets {
-			if now.Sub(b.last) > full {
+			if now.Sub(b.Last) > full {
 				delete(l.buckets, k)
 			}
 		}
 	}
 	b, ok := l.buckets[key]
 	if !ok {
-		b = &bucket{tokens: l.burst, last: now}
+		b = &broker.Bucket{Tokens: l.burst, Last: now}
 		l.buckets[key] = b
 	}
-	if el := now.Sub(b.last).Seconds(); el > 0 {
-		b.tokens = math.Min(l.burst, b.tokens+el*l.rate)
-		b.last = now
-	}
-	if b.tokens >= 1 {
-		b.tokens--
-		return true, 0
-	}
-	wait := time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
-	return false, wait
+	return b.Take(now, l.rate, l.burst)
 }
