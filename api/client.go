@@ -224,6 +224,14 @@ func (c *Client) Query(ctx context.Context, id int64) (*broker.Query, error) {
 	return &out, err
 }
 
+// QueryWithRewritten is Query with the query's rewritten SQL, the
+// contribution-bounded SQL the sandbox runs (?include=rewritten_sql).
+func (c *Client) QueryWithRewritten(ctx context.Context, id int64) (*broker.Query, error) {
+	var out broker.Query
+	_, err := c.do(ctx, http.MethodGet, idPath("/api/v1/queries/%d", id), url.Values{"include": {"rewritten_sql"}}, nil, &out)
+	return &out, err
+}
+
 func (c *Client) action(ctx context.Context, id int64, verb string, body any) (*broker.Query, error) {
 	var out broker.Query
 	_, err := c.do(ctx, http.MethodPost, fmt.Sprintf("/api/v1/queries/%d/%s", id, verb), nil, body, &out)

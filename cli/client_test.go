@@ -45,7 +45,11 @@ func cannedBroker(tb testing.TB) *httptest.Server {
 			w.WriteHeader(201)
 			io.WriteString(w, `{"id":42,"project_id":1,"dataset":"gp","sql":"SELECT count(*) FROM patients","sql_hash":"x","status":"submitted","submitted_by":"alice","submitted_at":"2026-03-01T12:00:00Z","cost":{"epsilon":1,"delta":0},"accuracy":[{"column":"n","ci95_half_width":3.7}],"risk_flags":[]}`)
 		case "GET /api/v1/queries/42":
-			io.WriteString(w, `{"id":42,"project_id":1,"dataset":"gp","sql":"SELECT 1","sql_hash":"x","status":"approved","submitted_by":"alice","submitted_at":"2026-03-01T12:00:00Z","cost":{"epsilon":1,"delta":0}}`)
+			rewritten := ""
+			if r.URL.Query().Get("include") == "rewritten_sql" {
+				rewritten = `"rewritten_sql":"SELECT 2 FROM __patients",`
+			}
+			io.WriteString(w, `{"id":42,"project_id":1,"dataset":"gp","sql":"SELECT 1","sql_hash":"x",`+rewritten+`"status":"approved","submitted_by":"alice","submitted_at":"2026-03-01T12:00:00Z","cost":{"epsilon":1,"delta":0}}`)
 		case "POST /api/v1/queries/42/approve":
 			w.WriteHeader(409)
 			io.WriteString(w, `{"error":{"code":"budget","message":"approving would overspend the project's ε budget"}}`)
@@ -139,6 +143,7 @@ func TestClientExitCodes(t *testing.T) {
 		{"bad token", query, badEnv, []string{"show", "42"}, 3, "", "invalid token"},
 		{"token file", query, badEnv, []string{"show", "42", "--token-file", tokenFile}, 0, "approved", ""},
 		{"show flags after id", query, env, []string{"show", "42", "--json"}, 0, `"id": 42`, ""},
+		{"show rewritten", query, env, []string{"show", "42", "--rewritten"}, 0, "rewritten SQL (over the opt-out-filtered views):\nSELECT 2 FROM __patients", ""},
 		{"show missing", query, env, []string{"show", "43"}, 4, "", "not found"},
 		{"show bad id", query, env, []string{"show", "x"}, 2, "", "positive integer"},
 		{"unknown verb", query, env, []string{"explode"}, 2, "", "unknown verb"},

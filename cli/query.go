@@ -34,9 +34,10 @@ type QueryMain struct {
 	limit  int
 	offset int
 	// show, cancel, result
-	id     int64
-	format string
-	out    string
+	id        int64
+	format    string
+	out       string
+	rewritten bool
 }
 
 // NewQueryMain returns the command with the process environment.
@@ -48,7 +49,7 @@ const queryUsage = `usage: tre query <verb> [flags]
   submit  --project ID --purpose P [--epsilon E] [--dataset D] [--wait] [--quiet] (--file F.sql | 'SQL')
   dry-run --project ID [--epsilon E] [--dataset D] (--file F.sql | 'SQL')
   list    [--status S] [--project ID] [--limit N] [--offset N]
-  show    ID
+  show    ID [--rewritten]
   cancel  ID
   result  ID [--format csv|json] [--out FILE] [--wait]
 common flags: --broker URL, --token-file F (default: $TRE_TOKEN_RESEARCHER, else $TRE_TOKEN), --json, --timeout D`
@@ -80,7 +81,9 @@ func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
 		fs.Int64Var(&m.project, "project", 0, "only this project's queries")
 		fs.IntVar(&m.limit, "limit", 0, "page size")
 		fs.IntVar(&m.offset, "offset", 0, "items to skip")
-	case "show", "cancel":
+	case "show":
+		fs.BoolVar(&m.rewritten, "rewritten", false, "also print the rewritten SQL the sandbox runs (contribution-bounded, over the opt-out-filtered views)")
+	case "cancel":
 	case "result":
 		fs.StringVar(&m.format, "format", "", "csv (default) or json")
 		fs.StringVar(&m.out, "out", "", "write to this file instead of standard output")
@@ -202,7 +205,11 @@ func (m *QueryMain) run(ctx context.Context) error {
 		}
 		return printQueryList(m.Stdout, l.Items, l.Total, l.Offset)
 	case "show":
-		q, err := c.Query(ctx, m.id)
+		get := c.Query
+		if m.rewritten {
+			get = c.QueryWithRewritten
+		}
+		q, err := get(ctx, m.id)
 		if err != nil {
 			return err
 		}
@@ -275,6 +282,9 @@ func printQueryDetail(w io.Writer, q *broker.Query) error {
 		return err
 	}
 	fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(q.SQL))
+	if q.Rewritten != "" {
+		fmt.Fprintf(w, "\nrewritten SQL (over the opt-out-filtered views):\n%s\n", strings.TrimSpace(q.Rewritten))
+	}
 	if len(q.History) > 0 {
 		fmt.Fprintln(w)
 		tw = NewTable(w)

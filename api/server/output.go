@@ -18,10 +18,15 @@ func (s *Server) outputQueue(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
+	include, err := includeRewritten(c)
+	if err != nil {
+		return err
+	}
 	qs, err := s.svc.OutputQueue(c.Request.Context())
 	if err != nil {
 		return err
 	}
+	qs = withoutRewritten(include, qs)
 	writeJSON(c, http.StatusOK, paginate(qs, p))
 	return nil
 }

@@ -71,3 +71,32 @@ func queryString(c *gin.Context, name string) *string {
 	}
 	return nil
 }
+
+// includeRewritten reads the include parameter of a read of queries:
+// "rewritten_sql" asks for each query's rewritten SQL, which a query in an
+// answer leaves out otherwise (about 10 kB each, most of a query's JSON).
+func includeRewritten(c *gin.Context) (bool, error) {
+	v, ok := c.GetQuery("include")
+	if !ok {
+		return false, nil
+	}
+	if v != "rewritten_sql" {
+		return false, broker.Errorf(broker.EINVALID, "include must be rewritten_sql, not %q", safeMessage(v))
+	}
+	return true, nil
+}
+
+// withoutRewritten returns qs without their rewritten SQL, unless include
+// asked for it: copies, so a query the service shares is never changed.
+func withoutRewritten(include bool, qs []*broker.Query) []*broker.Query {
+	if include {
+		return qs
+	}
+	out := make([]*broker.Query, len(qs))
+	for i, q := range qs {
+		v := *q
+		v.Rewritten = ""
+		out[i] = &v
+	}
+	return out
+}

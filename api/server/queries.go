@@ -56,7 +56,7 @@ func (s *Server) submitQuery(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c, http.StatusCreated, q)
+	writeJSON(c, http.StatusCreated, withoutRewritten(false, []*broker.Query{q})[0])
 	return nil
 }
 
@@ -132,15 +132,22 @@ func (s *Server) listQueries(c *gin.Context) error {
 	if f.ProjectID, err = queryInt64(c, "project_id"); err != nil {
 		return err
 	}
+	include, err := includeRewritten(c)
+	if err != nil {
+		return err
+	}
 	qs, total, err := s.svc.FindQueries(c.Request.Context(), f)
 	if err != nil {
 		return err
 	}
+	qs = withoutRewritten(include, qs)
 	writeJSON(c, http.StatusOK, newList(qs, total, p))
 	return nil
 }
 
-// queryAction runs a state transition on the query named in the path.
+// queryAction runs a state transition on the query named in the path and
+// answers with the query, without its rewritten SQL (a GET with
+// ?include=rewritten_sql has it).
 func (s *Server) queryAction(c *gin.Context, do func(ctx context.Context, id int64) (*broker.Query, error)) error {
 	id, err := pathID(c)
 	if err != nil {
@@ -150,12 +157,27 @@ func (s *Server) queryAction(c *gin.Context, do func(ctx context.Context, id int
 	if err != nil {
 		return err
 	}
-	writeJSON(c, http.StatusOK, q)
+	writeJSON(c, http.StatusOK, withoutRewritten(false, []*broker.Query{q})[0])
 	return nil
 }
 
+// getQuery answers a query with its history; its rewritten SQL only when
+// asked (?include=rewritten_sql).
 func (s *Server) getQuery(c *gin.Context) error {
-	return s.queryAction(c, s.svc.FindQueryByID)
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	include, err := includeRewritten(c)
+	if err != nil {
+		return err
+	}
+	q, err := s.svc.FindQueryByID(c.Request.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeJSON(c, http.StatusOK, withoutRewritten(include, []*broker.Query{q})[0])
+	return nil
 }
 
 func (s *Server) cancelQuery(c *gin.Context) error {

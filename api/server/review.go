@@ -15,11 +15,16 @@ func (s *Server) reviewQueue(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
+	include, err := includeRewritten(c)
+	if err != nil {
+		return err
+	}
 	ctx := c.Request.Context()
 	qs, err := s.svc.ReviewQueue(ctx)
 	if err != nil {
 		return err
 	}
+	qs = withoutRewritten(include, qs)
 	list := paginate(qs, p)
 	items := make([]api.QueueItem, len(list.Items))
 	budgets := map[int64]*broker.Budget{}

@@ -496,3 +496,54 @@ func TestRateLimitShared(t *testing.T) {
 		t.Errorf("Retry-After = %q, want 10", ra)
 	}
 }
+
+// TestRewrittenSQLOnlyWhenAsked: every answer carrying queries leaves their
+// rewritten SQL out unless a GET asks ?include=rewritten_sql; an unknown
+// include is a 400; the service's query is never changed.
+func TestRewrittenSQLOnlyWhenAsked(t *testing.T) {
+	f := newFakeService()
+	f.queries[0].Rewritten = "WITH __patients AS (SELECT 1) SELECT 2"
+	srv := newTestServer(t, f)
+	researcher := mustToken(t, "alice", broker.RoleResearcher)
+	reviewer := mustToken(t, "bob", broker.RoleReviewer)
+	checker := mustToken(t, "carol", broker.RoleOutputChecker)
+	reads := []struct{ tok, method, path, body string }{
+		{researcher, "GET", "/api/v1/queries/7", ""},
+		{researcher, "GET", "/api/v1/queries", ""},
+		{reviewer, "GET", "/api/v1/review/queue", ""},
+		{checker, "GET", "/api/v1/outputs/queue", ""},
+	}
+	for _, r := range reads {
+		for _, include := range []bool{false, true} {
+			path := r.path
+			if include {
+				path += "?include=rewritten_sql"
+			}
+			rec := call(t, srv.Handler(), r.method, path, r.tok, r.body)
+			if rec.Code != 200 {
+				t.Fatalf("%s %s: status %d: %s", r.method, path, rec.Code, rec.Body)
+			}
+			if got := strings.Contains(rec.Body.String(), `"rewritten_sql":"WITH __patients`); got != include {
+				t.Errorf("%s %s: rewritten SQL in the answer %v, want %v", r.method, path, got, include)
+			}
+		}
+		rec := call(t, srv.Handler(), r.method, r.path+"?include=everything", r.tok, r.body)
+		if e := mustErrorBody(t, rec.Body.Bytes()); rec.Code != 400 || e.Code != broker.EINVALID || !strings.Contains(e.Message, "include") {
+			t.Errorf("%s %s?include=everything: %d %+v", r.method, r.path, rec.Code, e)
+		}
+	}
+	for _, r := range []struct{ tok, path, body string }{
+		{researcher, "/api/v1/queries", `{"project_id":1,"sql":"SELECT count(*) FROM patients","purpose":"p"}`},
+		{researcher, "/api/v1/queries/7/cancel", ""},
+		{reviewer, "/api/v1/queries/7/approve", ""},
+		{checker, "/api/v1/queries/7/release", ""},
+	} {
+		rec := call(t, srv.Handler(), "POST", r.path, r.tok, r.body)
+		if rec.Code/100 != 2 || strings.Contains(rec.Body.String(), "rewritten_sql") {
+			t.Errorf("POST %s: %d %s, want 2xx without rewritten_sql", r.path, rec.Code, rec.Body)
+		}
+	}
+	if f.queries[0].Rewritten == "" {
+		t.Error("the service's query lost its rewritten SQL")
+	}
+}

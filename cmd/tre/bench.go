@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 type BenchMain struct {
 	stdout, stderr io.Writer
 	cfg            bench.Config
+	cpuProfile     string
 }
 
 func newBenchMain(stdout, stderr io.Writer) cli.Command {
@@ -47,6 +50,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.BoolVar(&c.AllowWeak, "allow-weak-sandbox", false, "run sandboxes even if an isolation layer is unavailable (reported)")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the generated data directory")
 	fs.BoolVar(&c.APIOnly, "api-only", false, "run only the broker API phases (needs --data or --catalog for the dataset's catalog; no synth, queries or sandbox)")
+	fs.StringVar(&m.cpuProfile, "cpuprofile", "", "write a Go CPU profile of this process (broker, load generator, in-process queries; not the sandbox children) to this file, for go tool pprof")
 	projects := fs.String("api-projects", "shared", "the API clients submit to one shared project (shared) or each to its own (per-client)")
 	fs.StringVar(&c.Explain, "explain", "", "instead of benchmarking, print DuckDB's EXPLAIN ANALYZE of the raw and the rewritten SQL of this typical query (\"all\": every one)")
 	fs.Usage = func() {
@@ -74,8 +78,26 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	return c.Validate()
 }
 
-// Run runs the benchmark.
-func (m *BenchMain) Run(ctx context.Context) error { return bench.Run(ctx, m.cfg) }
+// Run runs the benchmark, under the CPU profiler with --cpuprofile.
+func (m *BenchMain) Run(ctx context.Context) error {
+	if m.cpuProfile == "" {
+		return bench.Run(ctx, m.cfg)
+	}
+	f, err := os.Create(m.cpuProfile)
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	runErr := bench.Run(ctx, m.cfg)
+	pprof.StopCPUProfile()
+	if err := f.Close(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("cpu profile: %w", err)
+	}
+	return runErr
+}
 
 // Close releases nothing: bench.Run removes its temporary directory itself.
 func (m *BenchMain) Close() error { return nil }

@@ -146,18 +146,22 @@ class HTTP(unittest.TestCase):
             ("GET", "/api/v1/queries?status=released&limit=500&offset=0"): (200, {}, {"items": [q, q], "total": 3, "limit": 500, "offset": 0}),
             ("GET", "/api/v1/queries?status=released&limit=500&offset=2"): (200, {}, {"items": [q], "total": 3, "limit": 500, "offset": 2}),
             ("GET", "/api/v1/queries/9/result?format=csv"): (200, {"Content-Type": "text/csv"}, "sex,n\r\n"),
+            ("GET", "/api/v1/queries/9"): (200, {}, q),
+            ("GET", "/api/v1/queries/9?include=rewritten_sql"): (200, {}, dict(q, rewritten_sql="SELECT 2")),
         })
         c = tre_client.Client(b.url + "/", "tok")
         self.assertEqual(c.submit(1, "SELECT 1", purpose="why", epsilon=0.5)["id"], 9)
         self.assertEqual(c.cancel(q)["status"], "cancelled")  # a query dict as its id
         self.assertEqual(len(c.queries(status="released")), 3)  # every page
         self.assertEqual(c.result_csv(9), "sex,n\r\n")
+        self.assertNotIn("rewritten_sql", c.get(9))
+        self.assertEqual(c.get(9, rewritten_sql=True)["rewritten_sql"], "SELECT 2")
         method, path, headers, body = b.requests[0]
         self.assertEqual(json.loads(body), {"project_id": 1, "sql": "SELECT 1", "purpose": "why", "epsilon": 0.5})
         self.assertEqual(headers["Content-Type"], "application/json")
         self.assertEqual(headers["Authorization"], "Bearer tok")
         self.assertEqual(b.requests[1][3], b"")  # cancel sends no body
-        self.assertEqual(b.requests[-1][2]["Accept"], "text/csv")
+        self.assertEqual(b.requests[4][2]["Accept"], "text/csv")
         for bad in (0, -1, "7", True, 1.5):
             with self.subTest(id=bad), self.assertRaises(ValueError):
                 c.get(bad)

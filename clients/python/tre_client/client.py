@@ -177,11 +177,13 @@ class Client:
         defaults to the dataset's."""
         return self._call("submit", body=_query_body(project_id, sql, purpose, epsilon, dataset))
 
-    def get(self, query_id):
+    def get(self, query_id, rewritten_sql=False):
         """The query as you may see it: status, history, cost, decisions.
         A researcher sees changes made by others from the next multiple of
-        the broker's researcher_time_granularity on."""
-        return self._call("query", query_id)
+        the broker's researcher_time_granularity on. rewritten_sql=True
+        adds the "rewritten_sql" the sandbox runs (contribution-bounded,
+        over the opt-out-filtered views; about 10 kB, left out otherwise)."""
+        return self._call("query", query_id, _include(rewritten_sql))
 
     def status(self, query_id):
         """The query's status."""
@@ -254,10 +256,11 @@ class Client:
 
     # ---- reviewers ----
 
-    def review_queue(self):
+    def review_queue(self, rewritten_sql=False):
         """Submitted queries, oldest first, with their project's budget
-        (reviewers)."""
-        return self._all("review_queue")
+        (reviewers); rewritten_sql=True adds each one's rewritten SQL (as
+        get does)."""
+        return self._all("review_queue", _include(rewritten_sql))
 
     def approve(self, query_id, comment=""):
         """Approves the query, reserving its cost in the project's budget
@@ -299,6 +302,11 @@ def _id(value):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("id {!r}: a positive integer".format(value))
     return value
+
+
+def _include(rewritten_sql):
+    """The include parameter asking for the rewritten SQL, or none."""
+    return {"include": "rewritten_sql"} if rewritten_sql else None
 
 
 def _query_body(project_id, sql, purpose, epsilon, dataset):

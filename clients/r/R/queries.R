@@ -107,6 +107,9 @@ tre_submit <- function(client, project_id, sql, purpose, epsilon = NULL, dataset
 #' @param id The query's id, or the query (as \code{tre_submit} returns it).
 #' @param status Only queries in this status.
 #' @param project_id Only queries of this project.
+#' @param rewritten_sql \code{TRUE}: \code{tre_get}'s query also has
+#'   \code{rewritten_sql}, the SQL the sandbox runs (contribution-bounded,
+#'   over the opt-out-filtered views; about 10 kB, left out otherwise).
 #' @return \code{tre_get}: the query, a list; \code{tre_cancel} too,
 #'   invisibly.
 #'   \code{tre_status}: a string. \code{tre_history}: a data frame with
@@ -116,8 +119,8 @@ tre_submit <- function(client, project_id, sql, purpose, epsilon = NULL, dataset
 #'   \code{submitted_by}, \code{submitted_at}, \code{updated_at} and
 #'   \code{epsilon}.
 #' @export
-tre_get <- function(client, id) {
-  .call(client, "query", id)
+tre_get <- function(client, id, rewritten_sql = FALSE) {
+  .call(client, "query", id, params = list(include = if (isTRUE(rewritten_sql)) "rewritten_sql"))
 }
 
 #' @rdname tre_get

@@ -24,7 +24,7 @@
   dry_run = .op("POST", "/api/v1/queries/dry-run", request = "QueryRequest", response = "DryRunResponse"),
   submit = .op("POST", "/api/v1/queries", request = "QueryRequest", response = "Query"),
   queries = .op("GET", "/api/v1/queries", c(.page, "status", "project_id"), response = "QueryList"),
-  query = .op("GET", "/api/v1/queries/{id}", response = "Query"),
+  query = .op("GET", "/api/v1/queries/{id}", "include", response = "Query"),
   cancel = .op("POST", "/api/v1/queries/{id}/cancel", response = "Query"),
   result = .op("GET", "/api/v1/queries/{id}/result", "format", response = "ResultResponse"),
   result_csv = .op("GET", "/api/v1/queries/{id}/result", "format", response = "text/csv"),
