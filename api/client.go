@@ -391,3 +391,34 @@ func (c *Client) Fail(ctx context.Context, id int64, token, code, message string
 	_, err := c.do(ctx, http.MethodPost, idPath("/api/v1/agent/jobs/%d/fail", id), nil, FailRequest{Token: token, Code: code, Message: message}, nil)
 	return err
 }
+
+// UploadCodelist uploads a codelist.
+func (c *Client) UploadCodelist(ctx context.Context, req CodelistRequest) (*broker.Codelist, error) {
+	var out broker.Codelist
+	_, err := c.do(ctx, http.MethodPost, "/api/v1/codelists", nil, req, &out)
+	return &out, err
+}
+
+// Codelists lists codelists, newest first, without their codes.
+func (c *Client) Codelists(ctx context.Context, o ListOptions) (*List[broker.Codelist], error) {
+	var out List[broker.Codelist]
+	_, err := c.do(ctx, http.MethodGet, "/api/v1/codelists", o.values(), nil, &out)
+	return &out, err
+}
+
+// Codelist returns one codelist (ORG/SLUG/VERSION) with its codes and the
+// queries the caller may see that use it.
+func (c *Client) Codelist(ctx context.Context, name string) (*broker.Codelist, error) {
+	var out broker.Codelist
+	_, err := c.do(ctx, http.MethodGet, CodelistPath(name), nil, nil, &out)
+	return &out, err
+}
+
+// CodelistPath is a codelist's API path: each part of its name escaped.
+func CodelistPath(name string) string {
+	parts := strings.Split(name, "/")
+	for i, p := range parts {
+		parts[i] = url.PathEscape(p)
+	}
+	return "/api/v1/codelists/" + strings.Join(parts, "/")
+}

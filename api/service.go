@@ -5,6 +5,7 @@ import (
 
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -23,6 +24,15 @@ type Service interface {
 	ReviewService
 	OutputService
 	AuditService
+	CodelistService
+}
+
+// CodelistService uploads and reads codelists: public lists of clinical
+// codes queries join as the table codelists.
+type CodelistService interface {
+	CreateCodelist(ctx context.Context, up broker.CodelistUpload) (*broker.Codelist, error)
+	FindCodelists(ctx context.Context) ([]*broker.Codelist, error)
+	FindCodelist(ctx context.Context, name string) (*broker.Codelist, error)
 }
 
 // SiteService registers sites and lists them and the datasets they publish.
@@ -79,5 +89,19 @@ type AuditService interface {
 // dataset, spending no budget. cmd wires it to a sandbox; without one,
 // neither face offers dry runs.
 type DryRunner interface {
-	DryRun(ctx context.Context, dataset, sql string, epsilon float64) (*dp.Result, error)
+	DryRun(ctx context.Context, dataset, sql string, epsilon float64, codelists []job.Codelist) (*dp.Result, []job.AbsentCodes, error)
+}
+
+// DryRunCodelists returns, with their codes, the codelists a checked query
+// names (queries.Plan.Codelists), for a dry run.
+func DryRunCodelists(ctx context.Context, svc CodelistService, names []string) ([]job.Codelist, error) {
+	var out []job.Codelist
+	for _, name := range names {
+		c, err := svc.FindCodelist(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, job.Codelist{Name: c.Name, Hash: c.Hash, Codes: c.Codes})
+	}
+	return out, nil
 }

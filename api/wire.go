@@ -5,6 +5,7 @@ import (
 
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -60,6 +61,9 @@ type DryRunResponse struct {
 	Columns   []dp.Column         `json:"columns"`
 	Rows      [][]dp.Cell         `json:"rows"`
 	Report    dp.ResearcherReport `json:"report"`
+	// AbsentCodes lists, per codelist the query joins, the codes that
+	// occur nowhere in the synthetic data (never computed from real data).
+	AbsentCodes []job.AbsentCodes `json:"absent_codes,omitempty"`
 }
 
 // CommentRequest is the body of approve and release.
@@ -119,4 +123,13 @@ type FailRequest struct {
 	Token   string `json:"token"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
+}
+
+// CodelistRequest is the body of POST /api/v1/codelists: a codelist named
+// ORG/SLUG/VERSION and its CSV in OpenCodelists' download format (a header
+// naming code and term columns; other columns are ignored).
+type CodelistRequest struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	CSV         string `json:"csv"`
 }

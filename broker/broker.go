@@ -159,6 +159,9 @@ type Query struct {
 	Cost        dp.Cost       `json:"cost"`
 	Accuracy    []dp.Accuracy `json:"accuracy"`
 	RiskFlags   []RiskFlag    `json:"risk_flags"`
+	// Codelists are the codelists the query joins, with the content hash
+	// each had at submission (codelists never change).
+	Codelists []CodelistRef `json:"codelists,omitempty"`
 	// ApprovedBy is the reviewer whose approval reserved the budget.
 	ApprovedBy string `json:"approved_by,omitempty"`
 	// Attempts counts leases taken. Staff only: how often a run was tried
@@ -286,4 +289,6 @@ type RegisterEntry struct {
 	Status          ProjectStatus `json:"status"`
 	ReleasedQueries int           `json:"released_queries"`
 	EpsilonSpent    float64       `json:"epsilon_spent"`
+	// Codelists are the codelists the project's released queries used.
+	Codelists []CodelistRef `json:"codelists,omitempty"`
 }

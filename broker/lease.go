@@ -96,7 +96,7 @@ func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease,
 			}
 			leaseLapsed(tx, lapsed)
 			lease = &Lease{
-				Job:   job.Job{QueryID: q.ID, Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon},
+				Job:   jobOf(q),
 				Token: token, SiteID: siteID, ExpiresAt: rec.LeaseExpiresAt, Attempt: q.Attempts, Delta: q.Cost.Delta,
 			}
 			return nil
@@ -170,7 +170,7 @@ func (s *Service) HeartbeatJob(ctx context.Context, id int64, token string) (*Le
 		}
 		q := rec.Query
 		lease = &Lease{
-			Job:   job.Job{QueryID: q.ID, Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon},
+			Job:   jobOf(q),
 			Token: token, SiteID: rec.LeaseSite, ExpiresAt: rec.LeaseExpiresAt, Attempt: q.Attempts, Delta: q.Cost.Delta,
 		}
 		return nil
@@ -330,4 +330,14 @@ func (s *Service) FailJob(ctx context.Context, id int64, token, code, message st
 		}
 		return s.failureNotice(ctx, tx, rec, Failure{Code: code, Detail: message}, u.Subject, now)
 	})
+}
+
+// jobOf is the job a site runs for q: what the reviewer approved, with the
+// codelists it joins by name and hash (the agent fetches their codes).
+func jobOf(q *Query) job.Job {
+	j := job.Job{QueryID: q.ID, Dataset: q.Dataset, SQL: q.SQL, SQLHash: q.SQLHash, Epsilon: q.Cost.Epsilon}
+	for _, c := range q.Codelists {
+		j.Codelists = append(j.Codelists, job.Codelist{Name: c.Name, Hash: c.Hash})
+	}
+	return j
 }

@@ -1,6 +1,10 @@
 package broker
 
-import "context"
+import (
+	"context"
+	"slices"
+	"strings"
+)
 
 // Register returns the public transparency register. Anyone may read it.
 // Like a researcher, the public sees a run's charge only once the run's
@@ -11,6 +15,9 @@ func (s *Service) Register(ctx context.Context) ([]*RegisterEntry, error) {
 	err := s.store.View(ctx, func(tx Tx) error {
 		var err error
 		if out, err = tx.Register(ctx); err != nil {
+			return err
+		}
+		if err := registerCodelists(ctx, tx, out); err != nil {
 			return err
 		}
 		started, err := s.startedAfter(ctx, tx, nil, s.cutoff())
@@ -27,4 +34,29 @@ func (s *Service) Register(ctx context.Context) ([]*RegisterEntry, error) {
 		return nil
 	})
 	return out, err
+}
+
+// registerCodelists sets on each entry the codelists its project's
+// released queries used, by name and hash: anyone can see what a code list
+// in a released result meant.
+func registerCodelists(ctx context.Context, tx Tx, entries []*RegisterEntry) error {
+	uses, err := tx.FindCodelistUses(ctx, "")
+	if err != nil {
+		return err
+	}
+	byProject := make(map[int64]*RegisterEntry, len(entries))
+	for _, e := range entries {
+		byProject[e.ProjectID] = e
+	}
+	for _, u := range uses {
+		e := byProject[u.ProjectID]
+		ref := CodelistRef{Name: u.Codelist, Hash: u.Hash}
+		if e != nil && u.Status == StatusReleased && !slices.Contains(e.Codelists, ref) {
+			e.Codelists = append(e.Codelists, ref)
+		}
+	}
+	for _, e := range entries {
+		slices.SortFunc(e.Codelists, func(a, b CodelistRef) int { return strings.Compare(a.Name, b.Name) })
+	}
+	return nil
 }

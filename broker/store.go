@@ -84,11 +84,6 @@ type Tx interface {
 	CreateProject(ctx context.Context, p *Project) error
 	UpdateProject(ctx context.Context, p *Project) error
 	LockProject(ctx context.Context, id int64) error
-	// LockProjectRow is LockProject returning the project, in one
-	// statement, without its Budget (zero): the ledger it would be read
-	// from may change while the lock is waited for. For submissions, which
-	// reserve nothing.
-	LockProjectRow(ctx context.Context, id int64) (*Project, error)
 	FindProject(ctx context.Context, id int64) (*Project, error)
 	FindProjects(ctx context.Context, f ProjectFilter) ([]*Project, int, error)
 	IsMember(ctx context.Context, projectID int64, subject string) (bool, error)
@@ -109,9 +104,8 @@ type Tx interface {
 	FindCatalogs(ctx context.Context) ([][]byte, error)
 	FindSites(ctx context.Context) ([]*Site, error)
 
-	// Queries. CreateQuery stores a new query with its first event (its
-	// submission) and sets rec.Query.ID.
-	CreateQuery(ctx context.Context, rec *QueryRecord, submitted Event) error
+	// Queries. CreateQuery sets rec.Query.ID.
+	CreateQuery(ctx context.Context, rec *QueryRecord) error
 	UpdateQuery(ctx context.Context, rec *QueryRecord) error
 	LockQuery(ctx context.Context, id int64) error
 	FindQuery(ctx context.Context, id int64) (*QueryRecord, error)
@@ -148,6 +142,17 @@ type Tx interface {
 	FindAuditEntries(ctx context.Context, f AuditFilter) ([]*AuditEntry, int, error)
 	// ScanAudit returns up to limit entries with seq > after, in seq order.
 	ScanAudit(ctx context.Context, after int64, limit int) ([]*AuditEntry, error)
+
+	// Codelists. PutCodelist inserts one with its codes (an existing name
+	// is ECONFLICT); FindCodelist returns one, with its codes in upload
+	// order when withCodes, and FirstTerms always; FindCodelists all,
+	// newest first, without codes. FindCodelistUses returns the queries
+	// that use the named codelist, or every use when name is empty, by
+	// query id.
+	PutCodelist(ctx context.Context, c *Codelist) error
+	FindCodelist(ctx context.Context, name string, withCodes bool) (*Codelist, error)
+	FindCodelists(ctx context.Context) ([]*Codelist, error)
+	FindCodelistUses(ctx context.Context, name string) ([]CodelistUse, error)
 
 	// Register derives the public register from projects and queries.
 	Register(ctx context.Context) ([]*RegisterEntry, error)

@@ -38,10 +38,14 @@ func validSubmission(sub QuerySubmission) error {
 	return nil
 }
 
-// submitter checks in tx that the caller may submit to project p and
+// submitter checks in tx that the caller may submit to the project and
 // returns the project and the catalog of the dataset the query is over,
 // with the catalog's hash.
-func (s *Service) submitter(ctx context.Context, tx Tx, u *User, p *Project, sub QuerySubmission, now time.Time) (*prepared, string, error) {
+func (s *Service) submitter(ctx context.Context, tx Tx, u *User, sub QuerySubmission, now time.Time) (*prepared, string, error) {
+	p, err := tx.FindProject(ctx, sub.ProjectID)
+	if err != nil {
+		return nil, "", err
+	}
 	if !slices.Contains(p.Members, u.Subject) {
 		return nil, "", deny("query.submit", projectObject(p.ID), "you are not a member of project %d", p.ID)
 	}
@@ -89,11 +93,8 @@ func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*p
 	var pr *prepared
 	var catalogHash string
 	err := s.view(ctx, u, func(tx Tx) error {
-		p, err := tx.FindProject(ctx, sub.ProjectID)
-		if err != nil {
-			return err
-		}
-		pr, catalogHash, err = s.submitter(ctx, tx, u, p, sub, now)
+		var err error
+		pr, catalogHash, err = s.submitter(ctx, tx, u, sub, now)
 		return err
 	})
 	if err != nil {
@@ -102,6 +103,17 @@ func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*p
 	plan, err := s.compile(ctx, pr.cat, catalogHash, sub.SQL, sub.Epsilon)
 	if err != nil {
 		return nil, s.compileError(err, sub.ProjectID)
+	}
+	if len(plan.Codelists) > 0 {
+		// Each codelist it names must exist (the submission checks again
+		// in its own transaction).
+		err = s.view(ctx, u, func(tx Tx) error {
+			_, err := codelistRefs(ctx, tx, plan)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	pr.plan = plan
 	return pr, nil
@@ -159,13 +171,11 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 			// transactions run concurrently (PostgreSQL), so that each sees
 			// every earlier one: two identical twins committed together
 			// must still flag each other as repeats. SQLite's writers are
-			// serial already, and the lock costs it one read. A submission
-			// reserves nothing: the project's row is all it reads.
-			p, err := tx.LockProjectRow(ctx, sub.ProjectID)
-			if err != nil {
+			// serial already, and the lock costs it one read.
+			if err := tx.LockProject(ctx, sub.ProjectID); err != nil {
 				return err
 			}
-			pr, hash, err := s.submitter(ctx, tx, u, p, sub, now)
+			pr, hash, err := s.submitter(ctx, tx, u, sub, now)
 			if err != nil {
 				return err
 			}
@@ -222,6 +232,13 @@ func (s *Service) storeSubmission(ctx context.Context, tx Tx, u *User, sub Query
 	if q.Accuracy == nil {
 		q.Accuracy = []dp.Accuracy{}
 	}
+	refs, err := codelistRefs(ctx, tx, plan)
+	if err != nil {
+		return nil, err
+	}
+	if len(refs) > 0 {
+		q.Codelists = refs
+	}
 	rec := &QueryRecord{
 		Query:          q,
 		Normalized:     plan.Normalized,
@@ -239,16 +256,26 @@ func (s *Service) storeSubmission(ctx context.Context, tx Tx, u *User, sub Query
 	if reason := narrowPopulation(pr.cat, plan.Predicates); reason != "" {
 		q.RiskFlags = append(q.RiskFlags, RiskFlag{Kind: RiskNarrowPopulation, Message: reason})
 	}
-	if err := tx.CreateQuery(ctx, rec, Event{To: StatusSubmitted, Actor: u.Subject, At: now}); err != nil {
+	if err := tx.CreateQuery(ctx, rec); err != nil {
+		return nil, err
+	}
+	if err := tx.AddEvent(ctx, q.ID, Event{To: StatusSubmitted, Actor: u.Subject, At: now}); err != nil {
 		return nil, err
 	}
 	kinds := make([]string, len(q.RiskFlags))
 	for i, f := range q.RiskFlags {
 		kinds[i] = f.Kind
 	}
-	return q, appendAudit(ctx, tx, now, u.Subject, "query.submit", queryObject(q.ID),
-		auditDetail("project", strconv.FormatInt(q.ProjectID, 10), "dataset", q.Dataset, "sql_sha256", q.SQLHash,
-			"epsilon", fmtFloat(q.Cost.Epsilon), "delta", fmtFloat(q.Cost.Delta), "risk_flags", strings.Join(kinds, ",")))
+	detail := []string{"project", strconv.FormatInt(q.ProjectID, 10), "dataset", q.Dataset, "sql_sha256", q.SQLHash,
+		"epsilon", fmtFloat(q.Cost.Epsilon), "delta", fmtFloat(q.Cost.Delta), "risk_flags", strings.Join(kinds, ",")}
+	if len(refs) > 0 {
+		names := make([]string, len(refs))
+		for i, r := range refs {
+			names[i] = r.Name + "@sha256:" + r.Hash
+		}
+		detail = append(detail, "codelists", strings.Join(names, ","))
+	}
+	return q, appendAudit(ctx, tx, now, u.Subject, "query.submit", queryObject(q.ID), auditDetail(detail...))
 }
 
 // similarityFlags compares a new query with the project's earlier ones:

@@ -26,6 +26,9 @@ type Job struct {
 	// SQL does not match.
 	SQLHash string  `json:"sql_hash"`
 	Epsilon float64 `json:"epsilon"`
+	// Codelists are the codelists the query joins (table codelists): on
+	// the lease by name and hash; filled with their codes by the agent.
+	Codelists []Codelist `json:"codelists,omitempty"`
 }
 
 // Error codes that cross the process boundary and reach the broker. Stored

@@ -143,6 +143,8 @@ type val struct {
 	// isConst and constText describe a literal.
 	isConst   bool
 	constText string
+	// codelistName marks the codelist column of CodelistsTable.
+	codelistName bool
 }
 
 func unbounded(k kind) val { return val{kind: k, lo: math.Inf(-1), hi: math.Inf(1)} }

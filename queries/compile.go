@@ -47,6 +47,9 @@ func newCatalogIndex(cat *Catalog) *catalogIndex {
 		}
 		idx.tables[strings.ToLower(t.Name)] = r
 	}
+	if _, ok := idx.tables[CodelistsTable]; !ok {
+		idx.tables[CodelistsTable] = codelistsRelation()
+	}
 	return idx
 }
 
@@ -137,6 +140,10 @@ type compiler struct {
 	hoist *hoister
 	// capNames are the capped event tables already in with (joinCap).
 	capNames map[string]bool
+	// readsCodelists: the query reads CodelistsTable; codelists are the
+	// names it compares the table's codelist column with (codelist.go).
+	readsCodelists bool
+	codelists      map[string]bool
 }
 
 // query is the validated outer query.

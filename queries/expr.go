@@ -76,6 +76,9 @@ func (c *compiler) expr(n obj, sc *scope, m exprMode, depth int) (string, val, e
 		if err != nil {
 			return "", val{}, err
 		}
+		if op == "=" {
+			c.noteCodelists(vals)
+		}
 		return "(" + parts[0] + " " + op + " " + parts[1] + ")", val{kind: kBool, patient: vals[0].patient && vals[1].patient}, nil
 	case "CONJUNCTION":
 		if err := knownKeys(n, "AND/OR", keysChildren); err != nil {
@@ -376,6 +379,9 @@ func (c *compiler) operator(n obj, sc *scope, m exprMode, d int) (string, val, e
 			parts, vals, err := c.sameKind(n, kids, "IN", sc, m, d)
 			if err != nil {
 				return "", val{}, err
+			}
+			if t == "COMPARE_IN" {
+				c.noteCodelists(vals)
 			}
 			patient := true
 			for _, v := range vals {

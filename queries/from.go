@@ -194,6 +194,7 @@ func (c *compiler) baseTable(n obj, sc *scope) (string, string, error) {
 		source = quoteIdent("cte_" + lname)
 	} else if tmpl, ok := c.idx.tables[lname]; ok {
 		rel = *tmpl
+		c.readsCodelists = c.readsCodelists || tmpl.table == CodelistsTable
 		rel.unique = rel.patient && !rel.public && c.unique[lname]
 		source = quoteIdent(ViewName(tmpl.table))
 		if sc.capRows > 0 && eventTable(tmpl) {

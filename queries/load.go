@@ -230,6 +230,9 @@ func (c *Catalog) validateTable(i int, t Table, seen map[string]bool) error {
 	if seen[strings.ToLower(t.Name)] {
 		return catalogErr(tk+".name", "duplicate table %q", t.Name)
 	}
+	if strings.EqualFold(t.Name, CodelistsTable) {
+		return catalogErr(tk+".name", "table name %q is reserved for the broker's codelists (docs/codelists.md)", t.Name)
+	}
 	seen[strings.ToLower(t.Name)] = true
 	if len(t.Columns) == 0 {
 		return catalogErr(tk+".columns", "table %q has no columns", t.Name)

@@ -248,6 +248,10 @@ func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts
 	if err != nil {
 		return nil, err
 	}
+	names, err := c.codelistNames()
+	if err != nil {
+		return nil, err
+	}
 	plan := &Plan{
 		Dataset:    cat.Dataset,
 		SQL:        sqlText,
@@ -255,9 +259,11 @@ func (p *Parser) compile(ctx context.Context, cat *Catalog, sqlText string, opts
 		Rewritten:  c.rewrite(q, spec),
 		Spec:       spec,
 		Predicates: q.predicates,
+		Codelists:  names,
 	}
 	plan.Shape = c.shape(q, q.sc)
-	plan.Normalized = plan.Shape + "where " + strings.Join(q.predicates, "\nwhere ") + "\n"
+	codelistNeutral(plan)
+	plan.Normalized = plan.Shape + "where " + strings.Join(plan.Predicates, "\nwhere ") + "\n"
 	if err := finishPlan(plan); err != nil {
 		return nil, err
 	}

@@ -68,6 +68,9 @@ type Plan struct {
 	// Predicates are the canonical WHERE conjuncts of the outer query and
 	// of its per-patient CTEs and subqueries, sorted.
 	Predicates []string `json:"predicates"`
+	// Codelists are the codelists (CodelistsTable) the query names by a
+	// literal compared with their codelist column (= or IN), sorted.
+	Codelists []string `json:"codelists,omitempty"`
 }
 
 // Refusal is why a query is not accepted. Its Message is safe to show to the

@@ -17,6 +17,7 @@ import (
 	"github.com/google/differential-privacy/go/v3/noise"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
 
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/job"
@@ -106,7 +107,7 @@ func Serve(opts ServeOptions) int {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: handshake(),
 		Plugins:         plugin.PluginSet{pluginName: &grpcPlugin{server: srv}},
-		GRPCServer:      plugin.DefaultGRPCServer,
+		GRPCServer:      grpcServer,
 		TLSProvider:     func() (*tls.Config, error) { return tlsConfig, nil },
 		Logger:          hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
 	})
@@ -310,6 +311,11 @@ func (s *server) runJob(ctx context.Context, req *request, ldb *lockedDB) (*resp
 		}
 		res.Report.OptOut = dp.OptOutReport{Applied: true, Table: req.Catalog.Policy.OptOutTable, SnapshotHash: hash}
 		resp.Result = res
+		if req.DryRun {
+			if resp.Absent, err = absentCodes(ctx, ldb, req.Catalog); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return resp, nil
 }
@@ -323,4 +329,14 @@ func missingChildLayers(have []string) []string {
 		}
 	}
 	return missing
+}
+
+// maxJobBytes caps the job message the child accepts: a job carries its
+// codelists' codes (up to 100,000 codes each), well past gRPC's default
+// 4 MiB.
+const maxJobBytes = 64 << 20
+
+// grpcServer is plugin.DefaultGRPCServer accepting jobs up to maxJobBytes.
+func grpcServer(opts []grpc.ServerOption) *grpc.Server {
+	return plugin.DefaultGRPCServer(append(opts, grpc.MaxRecvMsgSize(maxJobBytes)))
 }

@@ -28,6 +28,8 @@ type lockedDB struct {
 	// read by openData: nothing of a job is needed for them, so with the
 	// early open they are read before the job arrives.
 	keys []queries.UniqueColumn
+	// codelists: attachCodelists created the job's codelists table.
+	codelists bool
 }
 
 func (l *lockedDB) Close() error {

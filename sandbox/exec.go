@@ -50,6 +50,9 @@ func execute(ctx context.Context, ldb *lockedDB, req *request, cc *childConfig, 
 	if plan.SQLHash != req.SQLHash {
 		return nil, job.Errorf(job.CodeInvalid, "the SQL does not match its hash")
 	}
+	if err := attachCodelists(ctx, ldb, plan.Codelists, req.Codelists); err != nil {
+		return nil, err
+	}
 	groups, dropped, sel, err := runPlan(ctx, ldb, plan, cc.MaxRows)
 	if err != nil {
 		return nil, err

@@ -98,7 +98,8 @@ func TestNeighbouringDatasets(t *testing.T) {
 	refused := 0
 	for _, offset := range []float64{1e6, -1e6} {
 		for i, q := range corpus {
-			j := noiseJob(job.Job{QueryID: int64(i), SQL: q.SQL, SQLHash: queries.SQLHash(q.SQL), Epsilon: 1}, offset)
+			j := noiseJob(job.Job{QueryID: int64(i), SQL: q.SQL, SQLHash: queries.SQLHash(q.SQL), Epsilon: 1,
+				Codelists: []job.Codelist{sandboxtest.CorpusCodelist}}, offset)
 			views := map[string]string{}
 			var mu sync.Mutex
 			var wg sync.WaitGroup

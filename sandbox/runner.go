@@ -123,6 +123,18 @@ func (r *Runner) Run(ctx context.Context, j job.Job) (res *dp.Result, err error)
 	return r.run(ctx, &request{Job: j})
 }
 
+// DryRun is Run for a dry run at the broker, whose data file is
+// synthetic: it also returns, for each codelist of the job, the codes that
+// occur in no code column of the data.
+func (r *Runner) DryRun(ctx context.Context, j job.Job) (*dp.Result, []job.AbsentCodes, error) {
+	req := &request{Job: j, DryRun: true}
+	res, err := r.run(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	return res, req.absent, nil
+}
+
 // run runs in, a job with the test hooks export_test.go may set, against
 // the runner's catalog.
 func (r *Runner) run(ctx context.Context, in *request) (res *dp.Result, err error) {
@@ -164,6 +176,7 @@ func (r *Runner) run(ctx context.Context, in *request) (res *dp.Result, err erro
 		return nil, job.Errorf(job.CodeTooLarge, "the result has more than %d rows", r.cfg.MaxRows)
 	}
 	resp.Result.Report.Sandbox = r.sandboxReport(resp.Layers, hostLayers)
+	in.absent = resp.Absent
 	return resp.Result, nil
 }
 

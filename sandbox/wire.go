@@ -53,6 +53,12 @@ type request struct {
 	Raw       bool             `json:"raw,omitempty"`
 	Probe     bool             `json:"probe,omitempty"`
 	TestNoise float64          `json:"test_noise,omitempty"`
+	// DryRun asks the child for the codes of the job's codelists absent
+	// from the data (Runner.DryRun, over synthetic data only; a site's
+	// agent calls Run, which never sets it).
+	DryRun bool `json:"dry_run,omitempty"`
+	// absent is where Runner.run leaves the child's Absent (host side).
+	absent []job.AbsentCodes
 }
 
 // frame is one streamed message from the child. Data frames carry a slice
@@ -77,6 +83,8 @@ type response struct {
 	Probes []probeOutcome `json:"probes,omitempty"`
 	// Snapshot is what a builder child built (snapshot.go).
 	Snapshot *snapshotBuilt `json:"snapshot,omitempty"`
+	// Absent answers a dry run's request (request.DryRun).
+	Absent []job.AbsentCodes `json:"absent,omitempty"`
 }
 
 // rawOutcome describes what raw SQL did, without its values: the test hook

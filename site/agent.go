@@ -39,6 +39,8 @@ type Broker interface {
 	Complete(ctx context.Context, queryID int64, token string, result *dp.Result) error
 	// Fail reports a safe error code and message.
 	Fail(ctx context.Context, queryID int64, token, code, message string) error
+	// Codelist returns the codes of the named codelist (public data).
+	Codelist(ctx context.Context, name string) ([]job.CodelistCode, error)
 }
 
 // ErrLeaseLost is returned by a Broker when the job's lease is no longer
@@ -97,7 +99,15 @@ type Config struct {
 // Agent leases jobs from the broker and runs them in sandboxes.
 type Agent struct {
 	cfg Config
+
+	// codelists caches the codelists fetched for jobs by name and hash
+	// (codelists never change), at most maxCachedCodelists.
+	mu        sync.Mutex
+	codelists map[[2]string]job.Codelist
 }
+
+// maxCachedCodelists bounds the agent's codelist cache.
+const maxCachedCodelists = 64
 
 // NewAgent checks cfg and fills defaults.
 func NewAgent(cfg Config) (*Agent, error) {
@@ -138,7 +148,7 @@ func NewAgent(cfg Config) (*Agent, error) {
 	if cfg.Sleep == nil {
 		cfg.Sleep = sleepCtx
 	}
-	return &Agent{cfg: cfg}, nil
+	return &Agent{cfg: cfg, codelists: map[[2]string]job.Codelist{}}, nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
@@ -262,6 +272,12 @@ func (a *Agent) handle(ctx context.Context, log *slog.Logger, j job.Job, token s
 		a.report(ctx, log, j.QueryID, token, nil, job.Errorf(job.CodeInvalid, "the SQL does not match its hash"))
 		return
 	}
+	if err := a.fetchCodelists(ctx, j.Codelists); err != nil {
+		if ctx.Err() == nil {
+			a.report(ctx, log, j.QueryID, token, nil, err)
+		}
+		return
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var lost bool
@@ -349,4 +365,44 @@ func (a *Agent) report(ctx context.Context, log *slog.Logger, queryID int64, tok
 	if err != nil {
 		log.Error("agent: could not report job; the lease will expire and the broker re-lease it", "error", fmt.Sprint(err))
 	}
+}
+
+// fetchCodelists fills in the codes of the codelists a job names (the
+// lease carries names and hashes only), each checked against its hash:
+// codes that do not match what the reviewer approved fail the job. Broker
+// outages are retried; a codelist the broker refuses fails the job.
+func (a *Agent) fetchCodelists(ctx context.Context, lists []job.Codelist) error {
+	for i := range lists {
+		name := lists[i].Name
+		key := [2]string{name, lists[i].Hash}
+		a.mu.Lock()
+		cached, ok := a.codelists[key]
+		a.mu.Unlock()
+		if ok {
+			lists[i] = cached
+			continue
+		}
+		var codes []job.CodelistCode
+		err := a.retry(ctx, "codelist", func() error {
+			var err error
+			codes, err = a.cfg.Broker.Codelist(ctx, name)
+			return err
+		})
+		if errors.Is(err, ErrRefused) {
+			return job.Errorf(job.CodeInvalid, "codelist %s could not be fetched from the broker", name)
+		} else if err != nil {
+			return err
+		}
+		lists[i].Codes = codes
+		if err := lists[i].Verify(); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		if len(a.codelists) >= maxCachedCodelists {
+			clear(a.codelists)
+		}
+		a.codelists[key] = lists[i]
+		a.mu.Unlock()
+	}
+	return nil
 }

@@ -31,6 +31,26 @@ type fakeBroker struct {
 	outcomes  []string
 	done      chan struct{}
 	want      int
+	// codelistErrs fails this many Codelist calls first (outage).
+	codelistErrs int
+}
+
+// testCodes is the one codelist the fake broker holds, testCodelist.
+var testCodes = []job.CodelistCode{{Code: "195967001", Term: "Asthma"}, {Code: "13645005", Term: "COPD"}}
+
+const testCodelist = "test/asthma/1"
+
+func (b *fakeBroker) Codelist(ctx context.Context, name string) ([]job.CodelistCode, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.codelistErrs > 0 {
+		b.codelistErrs--
+		return nil, errors.New("connection refused")
+	}
+	if name != testCodelist {
+		return nil, fmt.Errorf("%w: codelist %s not found", ErrRefused, name)
+	}
+	return testCodes, nil
 }
 
 func (b *fakeBroker) PublishCatalog(ctx context.Context, site string, cat *queries.Catalog) error {
@@ -111,12 +131,23 @@ func (fakeRunner) Run(ctx context.Context, j job.Job) (*dp.Result, error) {
 	case "slow":
 		<-ctx.Done()
 		return nil, ctx.Err()
+	case "codelist":
+		if len(j.Codelists) != 1 || len(j.Codelists[0].Codes) != len(testCodes) {
+			return nil, job.Errorf(job.CodeInternal, "the job reached the runner without its codelist's codes")
+		}
 	}
 	return &dp.Result{}, nil
 }
 
 func leased(id int64, sql string) *leasedJob {
 	return &leasedJob{Job: job.Job{QueryID: id, SQL: sql, SQLHash: queries.SQLHash(sql), Dataset: "nhs_gp_synthetic"}, token: fmt.Sprint("tok-", id)}
+}
+
+// withCodelist is a codelist job naming name with hash.
+func withCodelist(id int64, name, hash string) *leasedJob {
+	l := leased(id, "codelist")
+	l.Codelists = []job.Codelist{{Name: name, Hash: hash}}
+	return l
 }
 
 func fastSleep(ctx context.Context, d time.Duration) error {
@@ -147,6 +178,13 @@ func TestAgent(t *testing.T) {
 		{"duplicate completion is harmless", &fakeBroker{dupComplete: true, queue: []*leasedJob{leased(1, "ok"), leased(2, "ok")}}, []string{"complete q1", "complete q2"}},
 		{"lost lease drops the job without reporting", &fakeBroker{lostOnBeat: true, queue: []*leasedJob{leased(1, "slow"), leased(2, "ok")}}, []string{"complete q2"}},
 		// Not retried until the lease expires: reported as a failed run.
+		{"codelists fetched through an outage and checked", &fakeBroker{codelistErrs: 2, queue: []*leasedJob{
+			withCodelist(1, testCodelist, job.CodelistHash(testCodes)), withCodelist(2, testCodelist, job.CodelistHash(testCodes))}},
+			[]string{"complete q1", "complete q2"}},
+		{"a codelist that does not match its hash fails the job", &fakeBroker{queue: []*leasedJob{
+			withCodelist(1, testCodelist, job.CodelistHash(testCodes[:1])), leased(2, "ok")}}, []string{"fail q1 invalid", "complete q2"}},
+		{"a codelist the broker refuses fails the job", &fakeBroker{queue: []*leasedJob{
+			withCodelist(1, "test/missing/1", job.CodelistHash(testCodes)), leased(2, "ok")}}, []string{"fail q1 invalid", "complete q2"}},
 		{"a result the broker refuses is reported as failed", &fakeBroker{refuse: "complete", queue: []*leasedJob{leased(1, "ok")}}, []string{"complete q1", "fail q1 " + codeResultRefused}},
 	}
 	for _, tt := range tests {

@@ -34,6 +34,14 @@ func (c *Client) Lease(ctx context.Context, siteID string) (*job.Job, string, er
 	return &l.Job, l.Token, nil
 }
 
+func (c *Client) Codelist(ctx context.Context, name string) ([]job.CodelistCode, error) {
+	cl, err := c.API.Codelist(ctx, name)
+	if err != nil {
+		return nil, refusal(err)
+	}
+	return cl.Codes, nil
+}
+
 func (c *Client) Heartbeat(ctx context.Context, queryID int64, token string) error {
 	_, err := c.API.Heartbeat(ctx, queryID, token)
 	return leaseError(err)

@@ -23,6 +23,12 @@ const maxBodyBytes = 1 << 20
 // be JSON, the body at most maxBodyBytes of valid UTF-8 holding exactly one
 // JSON object whose fields v knows, with the right types.
 func decodeRequest(r *http.Request, v any) error {
+	return decodeRequestMax(r, v, maxBodyBytes)
+}
+
+// decodeRequestMax is decodeRequest for a route whose bodies may be up to
+// limit bytes (a codelist's CSV).
+func decodeRequestMax(r *http.Request, v any, limit int) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" {
@@ -31,12 +37,12 @@ func decodeRequest(r *http.Request, v any) error {
 	} else {
 		return &api.Error{Status: http.StatusUnsupportedMediaType, Code: broker.EINVALID, Message: "request body must be application/json (set Content-Type)"}
 	}
-	data, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
+	data, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
 	if err != nil {
 		return broker.Errorf(broker.EINVALID, "could not read the request body")
 	}
-	if len(data) > maxBodyBytes {
-		return &api.Error{Status: http.StatusRequestEntityTooLarge, Code: broker.EINVALID, Message: fmt.Sprintf("request body larger than %d bytes", maxBodyBytes)}
+	if len(data) > limit {
+		return &api.Error{Status: http.StatusRequestEntityTooLarge, Code: broker.EINVALID, Message: fmt.Sprintf("request body larger than %d bytes", limit)}
 	}
 	return decodeJSON(data, v)
 }

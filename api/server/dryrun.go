@@ -8,6 +8,7 @@ import (
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 )
 
 // Dry runs start a sandbox process on the broker host for each request:
@@ -56,7 +57,7 @@ type limitError struct {
 func (e *limitError) Error() string { return e.err.Error() }
 func (e *limitError) Unwrap() error { return e.err }
 
-func (l *limitedDryRuns) DryRun(ctx context.Context, dataset, sql string, epsilon float64) (*dp.Result, error) {
+func (l *limitedDryRuns) DryRun(ctx context.Context, dataset, sql string, epsilon float64, codelists []job.Codelist) (*dp.Result, []job.AbsentCodes, error) {
 	sub := ""
 	if u := broker.UserFromContext(ctx); u != nil {
 		sub = u.Subject
@@ -65,10 +66,10 @@ func (l *limitedDryRuns) DryRun(ctx context.Context, dataset, sql string, epsilo
 	switch {
 	case l.byUser[sub] >= l.lim.PerUser:
 		l.mu.Unlock()
-		return nil, &limitError{broker.Errorf(broker.ELIMIT, "you already have %d dry run(s) running, the most one person may: try again when it has finished", l.lim.PerUser), l.lim.RetryAfter}
+		return nil, nil, &limitError{broker.Errorf(broker.ELIMIT, "you already have %d dry run(s) running, the most one person may: try again when it has finished", l.lim.PerUser), l.lim.RetryAfter}
 	case l.running >= l.lim.Global:
 		l.mu.Unlock()
-		return nil, &limitError{broker.Errorf(broker.ELIMIT, "the broker is running %d dry runs, as many as it allows at once: try again in a moment", l.lim.Global), l.lim.RetryAfter}
+		return nil, nil, &limitError{broker.Errorf(broker.ELIMIT, "the broker is running %d dry runs, as many as it allows at once: try again in a moment", l.lim.Global), l.lim.RetryAfter}
 	}
 	l.running++
 	l.byUser[sub]++
@@ -81,5 +82,5 @@ func (l *limitedDryRuns) DryRun(ctx context.Context, dataset, sql string, epsilo
 		}
 		l.mu.Unlock()
 	}()
-	return l.next.DryRun(ctx, dataset, sql, epsilon)
+	return l.next.DryRun(ctx, dataset, sql, epsilon, codelists)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 )
 
 // gateDryRunner blocks every dry run until release is closed, and records
@@ -24,7 +25,7 @@ type gateDryRunner struct {
 	running, max int
 }
 
-func (g *gateDryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon float64) (*dp.Result, error) {
+func (g *gateDryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon float64, lists []job.Codelist) (*dp.Result, []job.AbsentCodes, error) {
 	g.mu.Lock()
 	g.running++
 	g.max = max(g.max, g.running)
@@ -34,7 +35,7 @@ func (g *gateDryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon
 	g.mu.Lock()
 	g.running--
 	g.mu.Unlock()
-	return fakeDryRunner{}.DryRun(ctx, dataset, sql, epsilon)
+	return fakeDryRunner{}.DryRun(ctx, dataset, sql, epsilon, lists)
 }
 
 // TestDryRunCaps holds dry runs open and checks the caps over HTTP: a

@@ -287,16 +287,29 @@ func (f *fakeService) RecordAuthFailure(ctx context.Context, af broker.AuthFailu
 	f.authFailure = append(f.authFailure, af.Subject+"|"+af.Action+"|"+af.Reason)
 }
 func (f *fakeService) Ping(ctx context.Context) error { return f.fail() }
+func (f *fakeService) CreateCodelist(ctx context.Context, up broker.CodelistUpload) (*broker.Codelist, error) {
+	if err := f.fail(); err != nil {
+		return nil, err
+	}
+	return &broker.Codelist{Name: up.Name, Hash: "ab", CodeCount: 1, UploadedBy: "alice", CreatedAt: testNow}, nil
+}
+func (f *fakeService) FindCodelists(ctx context.Context) ([]*broker.Codelist, error) {
+	return []*broker.Codelist{{Name: "org/slug/1", Hash: "ab", CodeCount: 1, UploadedBy: "alice", CreatedAt: testNow}}, f.fail()
+}
+func (f *fakeService) FindCodelist(ctx context.Context, name string) (*broker.Codelist, error) {
+	return &broker.Codelist{Name: name, Hash: "ab", CodeCount: 1, UploadedBy: "alice", CreatedAt: testNow,
+		Codes: []job.CodelistCode{{Code: "1", Term: "t"}}}, f.fail()
+}
 
 // fakeDryRunner returns a fixed table.
 type fakeDryRunner struct{}
 
-func (fakeDryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon float64) (*dp.Result, error) {
+func (fakeDryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon float64, _ []job.Codelist) (*dp.Result, []job.AbsentCodes, error) {
 	v := 40.0
 	return &dp.Result{
 		Columns: []dp.Column{{Name: "n", Kind: "count"}},
 		Rows:    [][]dp.Cell{{{Value: &v}}},
-	}, nil
+	}, nil, nil
 }
 
 // newRequest builds a JSON request with a bearer token.

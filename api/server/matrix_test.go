@@ -60,11 +60,15 @@ func (c matrixCaller) token(tb testing.TB) string {
 // realEnv is the HTTP server over the real broker service on a fresh
 // SQLite store, with a second project the "member" caller is not in.
 type realEnv struct {
-	f     *brokertest.Fixture
-	srv   *Server
-	other *broker.Project
-	sites int // sites registered through the matrix
+	f         *brokertest.Fixture
+	srv       *Server
+	other     *broker.Project
+	sites     int // sites registered through the matrix
+	codelists int // codelists uploaded through the matrix
 }
+
+// matrixCodelist is the codelist every realEnv holds.
+const matrixCodelist = "nhs/matrix/1"
 
 func newRealEnv(tb testing.TB) *realEnv {
 	tb.Helper()
@@ -78,6 +82,9 @@ func newRealEnv(tb testing.TB) *realEnv {
 	e := &realEnv{f: f}
 	e.other = f.MustProject(50, 1e-3, "res3")
 	f.MustSite(matrixOtherSite)
+	if _, err := f.Service.CreateCodelist(f.Researcher, broker.CodelistUpload{Name: matrixCodelist, CSV: "code,term\n1,One\n"}); err != nil {
+		tb.Fatal(err)
+	}
 	e.srv = newTestServer(tb, f.Service, func(c *Config) { c.DryRunner = fakeDryRunner{} })
 	return e
 }
@@ -245,6 +252,13 @@ func matrixRoutes() []matrixRoute {
 		// have no output to read.
 		{method: "GET", path: "/api/v1/queries/%d/output", state: broker.StatusFailed, want: only(200, "checker")},
 		{method: "GET", path: "/api/v1/queries/%d/result", state: broker.StatusFailed, want: only(200)},
+		{method: "POST", path: "/api/v1/codelists", want: only(201, "member", "nonmember", "reviewer", "admin"),
+			body: func(e *realEnv, _ bool, _ *broker.Query, _ string) any {
+				e.codelists++
+				return api.CodelistRequest{Name: fmt.Sprintf("nhs/matrix-%d/1", e.codelists), CSV: "code,term\n1,One\n"}
+			}},
+		{method: "GET", path: "/api/v1/codelists", want: only(200, all...)},
+		{method: "GET", path: "/api/v1/codelists/" + matrixCodelist, want: only(200, all...)},
 		{method: "GET", path: "/api/v1/audit", want: only(200, "admin")},
 		{method: "GET", path: "/api/v1/audit/verify", want: only(200, "admin")},
 		{method: "PUT", path: "/api/v1/agent/catalog", want: only(204, "agent"),

@@ -88,7 +88,11 @@ func (s *Server) dryRun(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.cfg.DryRunner.DryRun(ctx, plan.Dataset, req.SQL, plan.Cost.Epsilon)
+	lists, err := api.DryRunCodelists(ctx, s.svc, plan.Codelists)
+	if err != nil {
+		return err
+	}
+	res, absent, err := s.cfg.DryRunner.DryRun(ctx, plan.Dataset, req.SQL, plan.Cost.Epsilon, lists)
 	if err != nil {
 		return err
 	}
@@ -100,7 +104,7 @@ func (s *Server) dryRun(c *gin.Context) error {
 	}
 	writeJSON(c, http.StatusOK, api.DryRunResponse{
 		Synthetic: true, Dataset: plan.Dataset, Cost: plan.Cost, Accuracy: plan.Accuracy,
-		Columns: view.Columns, Rows: rows, Report: view.Report,
+		Columns: view.Columns, Rows: rows, Report: view.Report, AbsentCodes: absent,
 	})
 	return nil
 }

@@ -147,6 +147,10 @@ func (s *Server) routes() {
 	v1.POST("/queries/:id/withhold", r(broker.RoleOutputChecker), s.handle(s.withholdQuery))
 	v1.GET("/queries/:id/result", r(broker.RoleResearcher), s.handle(s.getResult))
 
+	v1.POST("/codelists", r(broker.RoleAdmin, broker.RoleReviewer, broker.RoleResearcher), s.handle(s.uploadCodelist))
+	v1.GET("/codelists", r(anyRole...), s.handle(s.listCodelists))
+	v1.GET("/codelists/:org/:slug/:version", r(anyRole...), s.handle(s.getCodelist))
+
 	v1.GET("/audit", r(broker.RoleAdmin), s.handle(s.listAudit))
 	v1.GET("/audit/verify", r(broker.RoleAdmin), s.handle(s.verifyAudit))
 

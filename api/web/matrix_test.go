@@ -18,6 +18,7 @@ import (
 	"github.com/nhs-tre/tre/api/web"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 )
 
 // The web authorisation matrix mirrors api/matrix_test.go for the browser
@@ -126,12 +127,12 @@ func withDryRunner(tb testing.TB, e *env) *env {
 
 type fakeDryRunner struct{}
 
-func (fakeDryRunner) DryRun(_ context.Context, _, _ string, epsilon float64) (*dp.Result, error) {
+func (fakeDryRunner) DryRun(_ context.Context, _, _ string, epsilon float64, _ []job.Codelist) (*dp.Result, []job.AbsentCodes, error) {
 	return &dp.Result{
 		Columns: []dp.Column{{Name: "sex", Kind: "group"}, {Name: "n", Kind: string(dp.AggCount)}},
 		Rows:    [][]dp.Cell{{{Key: "female"}, {Value: f64(120), Rounded: true}}},
 		Report:  dp.Report{Epsilon: epsilon, Mechanism: dp.MechanismLaplace, RoundingBase: 5, Threshold: 10},
-	}, nil
+	}, nil, nil
 }
 
 func (m *matrixEnv) ctx(name string) context.Context {

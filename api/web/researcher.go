@@ -7,8 +7,10 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -63,7 +65,10 @@ type editorView struct {
 	Check    *checkView
 	// DryRun is the dry run's table as a researcher would receive it.
 	DryRun *dp.ResearcherResult
-	CanDry bool
+	// AbsentCodes are the dry run's codes of the query's codelists that
+	// the synthetic data never holds.
+	AbsentCodes []job.AbsentCodes
+	CanDry      bool
 }
 
 func (h *Handler) editorData(r *http.Request, s *session, f editorForm) (*editorView, error) {
@@ -191,13 +196,19 @@ func (h *Handler) editorPost(w http.ResponseWriter, r *http.Request, s *session)
 			h.render(w, r, http.StatusUnprocessableEntity, "editor.html", v)
 			return
 		}
-		res, err := h.cfg.DryRunner.DryRun(r.Context(), ev.Check.Plan.Dataset, sub.SQL, ev.Check.Plan.Cost.Epsilon)
+		lists, err := api.DryRunCodelists(r.Context(), h.svc, ev.Check.Plan.Codelists)
+		if err != nil {
+			h.failOn(w, r, "editor.html", v, err)
+			return
+		}
+		res, absent, err := h.cfg.DryRunner.DryRun(r.Context(), ev.Check.Plan.Dataset, sub.SQL, ev.Check.Plan.Cost.Epsilon, lists)
 		if err != nil {
 			h.failOn(w, r, "editor.html", v, err)
 			return
 		}
 		res.Report.Synthetic = true
 		ev.DryRun = res.ForResearcher()
+		ev.AbsentCodes = absent
 		h.render(w, r, http.StatusOK, "editor.html", v)
 	case "submit":
 		q, err := h.svc.SubmitQuery(r.Context(), sub)

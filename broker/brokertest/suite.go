@@ -47,6 +47,7 @@ func Run(t *testing.T, cfg Config) {
 		t.Run("PredicateSetBackfill", func(t *testing.T) { testPredicateSetBackfill(t, cfg) })
 	}
 	t.Run("Register", func(t *testing.T) { testRegister(t, fresh(t, broker.Options{})) })
+	t.Run("Codelists", func(t *testing.T) { testCodelists(t, fresh(t, broker.Options{})) })
 	if cfg.OpenPair != nil {
 		t.Run("TwoReplicas", func(t *testing.T) { testTwoReplicas(t, cfg) })
 		t.Run("Sessions", func(t *testing.T) { testSessions(t, cfg) })

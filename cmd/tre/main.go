@@ -43,6 +43,7 @@ func commands() map[string]commandInfo {
 		"bench":     {"measure queries (raw DuckDB, protected, PostgreSQL), sandbox start, broker API and synth", newBenchMain},
 		"project":   {"create and list projects", cli.NewProjectMain},
 		"site":      {"register sites and list their agents' health (admin)", cli.NewSiteMain},
+		"codelist":  {"upload, list and show codelists: public code lists queries join", cli.NewCodelistMain},
 		"datasets":  {"what a researcher may query: tables, columns, roles, bounds, domains, example codes", cli.NewDatasetsMain},
 		"version":   {"print the version, the commit and the DuckDB version", newVersionMain},
 	}

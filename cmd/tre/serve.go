@@ -479,15 +479,15 @@ func newDryRunner(cfg ServeConfig, logger *slog.Logger) (*dryRunner, error) {
 
 // DryRun runs sql over the synthetic data. Sandbox errors become broker
 // errors with the sandbox's safe message.
-func (d *dryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon float64) (*dp.Result, error) {
+func (d *dryRunner) DryRun(ctx context.Context, dataset, sql string, epsilon float64, codelists []job.Codelist) (*dp.Result, []job.AbsentCodes, error) {
 	if dataset != d.dataset {
-		return nil, broker.Errorf(broker.EUNAVAILABLE, "dry runs are available for dataset %q only", d.dataset)
+		return nil, nil, broker.Errorf(broker.EUNAVAILABLE, "dry runs are available for dataset %q only", d.dataset)
 	}
-	res, err := d.runner.Run(ctx, job.Job{SQL: sql, SQLHash: queries.SQLHash(sql), Epsilon: epsilon})
+	res, absent, err := d.runner.DryRun(ctx, job.Job{SQL: sql, SQLHash: queries.SQLHash(sql), Epsilon: epsilon, Codelists: codelists})
 	if err != nil {
-		return nil, sandboxToBrokerError(err)
+		return nil, nil, sandboxToBrokerError(err)
 	}
-	return res, nil
+	return res, absent, nil
 }
 
 // Close waits for the dry runs' sandbox children to exit, then removes the

@@ -98,6 +98,10 @@ func startNeighbourSystem(tb testing.TB, n *sandboxtest.Neighbourhood) *neighbou
 		}
 		return nil
 	})
+	if _, err := ns.As("alice").UploadCodelist(ctx, api.CodelistRequest{Name: sandboxtest.CorpusCodelist.Name,
+		CSV: sandboxtest.CSV(sandboxtest.CorpusCodelist)}); err != nil {
+		tb.Fatalf("upload the corpus's codelist: %v", err)
+	}
 	for _, d := range n.All() {
 		p, err := ns.As("dave").CreateProject(ctx, api.ProjectRequest{
 			Title: "Neighbours " + d.Name, Organisation: "Test University", Purpose: "Neighbouring datasets",

@@ -22,6 +22,7 @@ import (
 	_ "github.com/duckdb/duckdb-go/v2" // the data files' driver
 	"gopkg.in/yaml.v3"
 
+	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/synth"
 )
@@ -291,6 +292,10 @@ func FullCorpus(t Target) []Query {
 		{"opt-out bypass: left-joined patients of the target", "SELECT count(DISTINCT m.patient_id) AS n FROM patients p LEFT JOIN medications m ON m.patient_id = p.patient_id WHERE " + qi},
 		{"target: mean and sd", "SELECT p.sex, count(*) AS n, avg(e.numeric_value) AS m, stddev(e.numeric_value) AS sd " + join + " WHERE " + qi + " GROUP BY p.sex"},
 		{"target: region", "SELECT p.region, count(DISTINCT p.patient_id) AS n FROM patients p WHERE " + qi + " GROUP BY p.region"},
+		{"codelist: the target's codes by term", "SELECT cl.term, count(*) AS n " + join + " JOIN codelists cl ON cl.code = e.snomed_code AND cl.codelist = '" +
+			CorpusCodelist.Name + "' WHERE " + qi + " GROUP BY cl.term"},
+		{"codelist: depression by region", "SELECT p.region, count(DISTINCT p.patient_id) AS n " + join +
+			" JOIN codelists cl ON cl.code = e.snomed_code WHERE cl.codelist IN ('" + CorpusCodelist.Name + "') GROUP BY p.region"},
 		{"target: events per patient", "WITH c AS (SELECT p.patient_id, count(e.date) AS k FROM patients p LEFT JOIN clinical_events e ON e.patient_id = p.patient_id GROUP BY p.patient_id) " +
 			"SELECT count(*) AS n, avg(least(c.k, 100)) AS mean_k FROM c JOIN patients p ON p.patient_id = c.patient_id WHERE " + qi},
 	} {
@@ -300,6 +305,29 @@ func FullCorpus(t Target) []Query {
 		out = append(out, Query{"typical: " + tq.Name, tq.SQL})
 	}
 	return out
+}
+
+// corpusCodes are the codes of CorpusCodelist: depression, which only the
+// changed neighbours give the target, and two common codes.
+var corpusCodes = []job.CodelistCode{
+	{Code: Depression, Term: "Depressive disorder"},
+	{Code: "44054006", Term: "Diabetes mellitus type 2"},
+	{Code: "60621009", Term: "Body mass index"},
+}
+
+// CorpusCodelist is the codelist the corpus's codelist queries join: a
+// neighbouring test gives it to every job (the sandbox's) or uploads it to
+// the broker first (end to end).
+var CorpusCodelist = job.Codelist{Name: "tre-test/depression/1", Hash: job.CodelistHash(corpusCodes), Codes: corpusCodes}
+
+// CSV is c in OpenCodelists' download format.
+func CSV(c job.Codelist) string {
+	var b strings.Builder
+	b.WriteString("code,term\n")
+	for _, code := range c.Codes {
+		fmt.Fprintf(&b, "%s,%q\n", code.Code, code.Term)
+	}
+	return b.String()
 }
 
 // String names the target for test logs.
