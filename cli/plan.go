@@ -14,8 +14,12 @@ func PrintPlan(w io.Writer, plan *queries.Plan) error {
 	s := plan.Spec
 	fmt.Fprintf(w, "accepted: dataset %s\n\n", plan.Dataset)
 	fmt.Fprintf(w, "cost: ε = %g, δ = %g\n", plan.Cost.Epsilon, plan.Cost.Delta)
-	fmt.Fprintf(w, "bounds: at most %d group(s) and %d row(s) per group per patient; cells below %d suppressed; counts rounded to %d (%s)\n",
-		s.MaxGroupsPerPatient, s.MaxRowsPerGroup, s.Threshold, s.RoundingBase, s.Rounding)
+	fmt.Fprintf(w, "bounds: at most %d group(s) and %d row(s) per group per patient; counts rounded to %d (%s)\n",
+		s.MaxGroupsPerPatient, s.MaxRowsPerGroup, s.RoundingBase, s.Rounding)
+	if len(plan.Accuracy) > 0 {
+		fmt.Fprintf(w, "suppression: a group is released when its noisy count of distinct patients is at least %s (policy threshold %d)\n",
+			fmtFloat(plan.Accuracy[0].ReleaseThreshold), s.Threshold)
+	}
 	if len(s.Groups) > 0 {
 		fmt.Fprintln(w, "groups:")
 		for _, g := range s.Groups {

@@ -266,6 +266,9 @@ func printQueryDetail(w io.Writer, q *broker.Query) error {
 	for _, a := range q.Accuracy {
 		fmt.Fprintf(tw, "accuracy\t%s ±%s (95%%)\n", a.Column, fmtFloat(a.HalfWidth95))
 	}
+	if len(q.Accuracy) > 0 {
+		fmt.Fprintf(tw, "released from\t%s patients (noisy count) per group\n", fmtFloat(q.Accuracy[0].ReleaseThreshold))
+	}
 	for _, f := range q.RiskFlags {
 		fmt.Fprintf(tw, "risk\t%s: %s%s\n", f.Kind, f.Message, similarNote(f))
 	}

@@ -117,7 +117,8 @@ func (s Spec) Claims() Report {
 	return Report{
 		Epsilon: cost.Epsilon, Delta: cost.Delta, Mechanism: p.mechanism,
 		MaxGroupsPerPatient: s.MaxGroupsPerPatient, MaxRowsPerGroup: s.MaxRowsPerGroup,
-		Threshold: s.Threshold, RoundingBase: s.RoundingBase, Rounding: s.rounding(),
+		Threshold: s.Threshold, ReleaseThreshold: p.release,
+		RoundingBase: s.RoundingBase, Rounding: s.rounding(),
 		PartitionSelection: mode,
 	}
 }
@@ -138,6 +139,8 @@ func (s Spec) checkReport(r *Report) error {
 	case r.Threshold != c.Threshold || r.RoundingBase != c.RoundingBase || r.Rounding != c.Rounding:
 		return fmt.Errorf("the result reports threshold %d, rounding %s to %d; the approved query uses threshold %d, rounding %s to %d",
 			r.Threshold, r.Rounding, r.RoundingBase, c.Threshold, c.Rounding, c.RoundingBase)
+	case !sameBudget(r.ReleaseThreshold, c.ReleaseThreshold):
+		return fmt.Errorf("the result reports release threshold %v; the approved query releases cells from %v patients", r.ReleaseThreshold, c.ReleaseThreshold)
 	}
 	return nil
 }

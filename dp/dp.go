@@ -160,7 +160,10 @@ type Accuracy struct {
 	Column string `json:"column"`
 	// HalfWidth95 is the half-width of the 95% interval of the noise alone.
 	HalfWidth95 float64 `json:"ci95_half_width"`
-	Note        string  `json:"note,omitempty"`
+	// ReleaseThreshold is the noisy count of distinct patients a group
+	// needs for this aggregate to be released (Report.ReleaseThreshold).
+	ReleaseThreshold float64 `json:"release_threshold"`
+	Note             string  `json:"note,omitempty"`
 }
 
 // Result is a protected table and its disclosure report: everything that
@@ -210,11 +213,16 @@ type Report struct {
 	// noise scale.
 	Noise []NoiseReport `json:"noise"`
 
-	MaxGroupsPerPatient int    `json:"max_groups_per_patient"`
-	MaxRowsPerGroup     int    `json:"max_rows_per_group"`
-	Threshold           int    `json:"threshold"`
-	RoundingBase        int    `json:"rounding_base"`
-	Rounding            string `json:"rounding"`
+	MaxGroupsPerPatient int `json:"max_groups_per_patient"`
+	MaxRowsPerGroup     int `json:"max_rows_per_group"`
+	Threshold           int `json:"threshold"`
+	// ReleaseThreshold is the noisy count of distinct patients a group must
+	// reach to be released: Threshold, or with public domains the higher
+	// point at which a cell of one patient is released with probability at
+	// most δ (docs/privacy.md §5). It depends on the Spec alone.
+	ReleaseThreshold float64 `json:"release_threshold"`
+	RoundingBase     int     `json:"rounding_base"`
+	Rounding         string  `json:"rounding"`
 	// PartitionSelection is "public_domain" or "dp_pre_threshold".
 	PartitionSelection string `json:"partition_selection"`
 

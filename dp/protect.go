@@ -80,6 +80,7 @@ func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
 	r.Epsilon, r.Delta, r.Mechanism = c.Epsilon, c.Delta, c.Mechanism
 	r.MaxGroupsPerPatient, r.MaxRowsPerGroup = c.MaxGroupsPerPatient, c.MaxRowsPerGroup
 	r.Threshold, r.RoundingBase, r.Rounding = c.Threshold, c.RoundingBase, c.Rounding
+	r.ReleaseThreshold = p.release
 	r.PartitionSelection = mode
 	// Neither number is differentially private; rounding keeps them from
 	// being usable as exact counts.
@@ -397,7 +398,7 @@ func postProcess(s Spec, p budgetPlan, groups []noisyGroup) (*Result, error) {
 	keys := make([][]*string, len(groups))
 	for i, g := range groups {
 		ranking[i] = g.stats[p.suppress]
-		primary[i] = ranking[i] < float64(s.Threshold)
+		primary[i] = ranking[i] < p.release
 		keys[i] = g.keys
 	}
 	secondary := make([]bool, len(groups))

@@ -72,10 +72,10 @@ func value(tb testing.TB, c Cell) float64 {
 
 // TestDomainFillIn: every key of the cross product is released in domain
 // order, empty groups included with noisy zeros; keys outside the domain
-// (and NULL) are ignored.
+// (and NULL) are ignored. The fake noise adds 20, above the release
+// threshold (1 + ln(1/2δ) ≈ 14.1 here), so every cell is released.
 func TestDomainFillIn(t *testing.T) {
 	s := validSpec()
-	s.Threshold = 0
 	s.RoundingBase = 1
 	groups := []GroupStats{
 		{Keys: keys("M", "North"), Patients: 40, Aggs: []AggStats{{Count: 40}}},
@@ -83,14 +83,14 @@ func TestDomainFillIn(t *testing.T) {
 		{Keys: keys("X", "London"), Patients: 99, Aggs: []AggStats{{Count: 99}}},
 		{Keys: keys("F", "\x00"), Patients: 7, Aggs: []AggStats{{Count: 7}}},
 	}
-	res := MustProtect(t, s, groups, Options{Noise: addNoiseFake{Noise: noise.Laplace(), offset: 3}})
+	res := MustProtect(t, s, groups, Options{Noise: addNoiseFake{Noise: noise.Laplace(), offset: 20}})
 	var got [][3]string
 	for _, row := range res.Rows {
 		got = append(got, [3]string{row[0].Key, row[1].Key, strconv.FormatFloat(value(t, row[2]), 'f', -1, 64)})
 	}
 	want := [][3]string{
-		{"F", "London", "15"}, {"F", "North", "3"}, {"F", "South", "3"},
-		{"M", "London", "3"}, {"M", "North", "43"}, {"M", "South", "3"},
+		{"F", "London", "32"}, {"F", "North", "20"}, {"F", "South", "20"},
+		{"M", "London", "20"}, {"M", "North", "60"}, {"M", "South", "20"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("rows (-want +got):\n%s", diff)
@@ -116,15 +116,17 @@ func TestDecisionsUseNoisyValuesOnly(t *testing.T) {
 		{Name: "cost", Kind: AggSum, Lower: 0, Upper: 100},
 		{Name: "bmi", Kind: AggMean, Lower: 10, Upper: 60},
 	}
-	// Per group: n, cost, bmi/count, bmi/sum. Noisy n: 3 (suppressed), 25,
-	// 9.4 (suppressed), 12.6, −4 (suppressed, negative), 30.
+	// Per group: n, cost, bmi/count, bmi/sum. The release threshold is
+	// 1 + 4·ln(1/2δ) ≈ 53.5 (four statistics at ε/4, public domains).
+	// Noisy n: 3 (suppressed), 75, 50.4 (suppressed), 62.6, −4
+	// (suppressed, negative), 80.
 	replay := []float64{
 		3, 100, 3, 10,
-		25, 2500, 25, 50,
-		9.4, 80, 9, 1,
-		12.6, -7, 13, -13 * 40,
+		75, 2500, 25, 50,
+		50.4, 80, 9, 1,
+		62.6, -7, 13, -13 * 40,
 		-4, 10, 1, 1,
-		30, 900, 30, 30,
+		80, 900, 30, 30,
 	}
 	mk := func(n, sum float64) []GroupStats {
 		var gs []GroupStats
@@ -155,10 +157,10 @@ func TestDecisionsUseNoisyValuesOnly(t *testing.T) {
 	for _, row := range a.Rows {
 		got = append(got, decision{row[2].Suppressed, row[2].Secondary, row[2].Value})
 	}
-	// Primary: F London (3), F South (9.4), M North (−4). Column London has
-	// one (F London) → M London (12.6) secondary; column North has one
-	// (M North) → F North (25); column South has one (F South) → M South
-	// (30). Rows F and M then have three each. Everything ends suppressed.
+	// Primary: F London (3), F South (50.4), M North (−4). Column London
+	// has one (F London) → M London (62.6) secondary; column North has one
+	// (M North) → F North (75); column South has one (F South) → M South
+	// (80). Rows F and M then have three each. Everything ends suppressed.
 	wantFinal := []decision{
 		{Suppressed: true}, {Suppressed: true, Secondary: true}, {Suppressed: true},
 		{Suppressed: true, Secondary: true}, {Suppressed: true}, {Suppressed: true, Secondary: true},
@@ -184,13 +186,16 @@ func TestSuppressionAndRounding(t *testing.T) {
 			{Name: "mean", Kind: AggMean, Lower: 10, Upper: 60},
 			{Name: "sd", Kind: AggStddev, Lower: 10, Upper: 60},
 		},
-		MaxGroupsPerPatient: 1, MaxRowsPerGroup: 1, Epsilon: 1,
+		MaxGroupsPerPatient: 1, MaxRowsPerGroup: 1, Epsilon: 1, Delta: 1e-6,
 		Threshold: 10, RoundingBase: 5, Rounding: RoundingNearest,
 	}
+	// Seven statistics at ε/7 each on public domains: a group is released
+	// when its noisy patient count reaches 1 + 7·ln(1/2δ) ≈ 92.86.
+	release := 1 + 7*math.Log(1/(2*s.Delta))
 	// Stats per group: sum, n, mean/count, mean/sum, sd/count, sd/sum, sd/sumsq.
 	replay := []float64{
-		-3, 12.4, 12, 12 * 40, 12, 0, 12 * 4, // a: sum clamped to 0, n 12.4 → 10, mean clamped to 60
-		5, 9.99, 10, 0, 10, 0, 0, // b: suppressed on n
+		-3, 102.4, 12, 12 * 40, 12, 0, 12 * 4, // a: sum clamped to 0, n 102.4 → 100, mean clamped to 60
+		5, release - 0.01, 10, 0, 10, 0, 0, // b: suppressed on n
 		50, 1e6, 1e6, -1e9, 1e6, 1e6 * 5, 1e9, // c: n 1e6, mean clamped to 10, sd clamped to 25
 	}
 	res := MustProtect(t, s, nil, Options{Noise: newReplayNoise(replay...)})
@@ -203,7 +208,7 @@ func TestSuppressionAndRounding(t *testing.T) {
 	}
 	f := func(v float64) *float64 { return &v }
 	want := [][]*float64{
-		{f(0), f(10), f(60), f(2)}, // sd: √(48/12 − 0²)
+		{f(0), f(100), f(60), f(2)}, // sd: √(48/12 − 0²)
 		{nil, nil, nil, nil},
 		{f(50), f(1e6), f(10), f(25)},
 	}
@@ -227,9 +232,6 @@ func TestSuppressionAndRounding(t *testing.T) {
 	if math.Abs(*c.CILow-(1e6-h)) > 1e-6 || math.Abs(*c.CIHigh-(1e6+h)) > 1e-6 {
 		t.Errorf("count CI [%v, %v], want 1e6 ± %v", *c.CILow, *c.CIHigh, h)
 	}
-	if lo := *res.Rows[0][2].CILow; lo != 0 {
-		t.Errorf("count CI low %v, want clamped to 0", lo)
-	}
 	for _, row := range [][]Cell{res.Rows[0], res.Rows[2]} {
 		for _, c := range row[1:] {
 			if !(*c.CILow <= *c.Value && *c.Value <= *c.CIHigh) {
@@ -243,7 +245,10 @@ func TestSuppressionAndRounding(t *testing.T) {
 		Threshold: 10, RoundingBase: 5, Rounding: RoundingNearest, PartitionSelection: SelectionPublicDomain,
 		GroupsReleased: 2, GroupsSuppressed: 1, CellsSuppressed: 4, CellsRounded: 2,
 	}
-	if diff := cmp.Diff(want2, r, cmpopts.IgnoreFields(Report{}, "Noise")); diff != "" {
+	if math.Abs(r.ReleaseThreshold-release) > 1e-9 {
+		t.Errorf("release threshold %v, want %v", r.ReleaseThreshold, release)
+	}
+	if diff := cmp.Diff(want2, r, cmpopts.IgnoreFields(Report{}, "Noise", "ReleaseThreshold")); diff != "" {
 		t.Errorf("report (-want +got):\n%s", diff)
 	}
 	if len(r.Noise) != 7 || r.Noise[1].Statistic != "n" || math.Abs(r.Noise[1].Scale-7*math.Sqrt2) > 1e-9 || r.Noise[1].Epsilon != 1.0/7 {
@@ -257,11 +262,12 @@ func TestHiddenSuppressionCount(t *testing.T) {
 	s := Spec{
 		Groups:              []GroupSpec{{Name: "band", Domain: []string{"a", "b"}}},
 		Aggregates:          []AggSpec{{Name: "total", Kind: AggSum, Lower: 0, Upper: 5}},
-		MaxGroupsPerPatient: 1, MaxRowsPerGroup: 2, Epsilon: 2,
+		MaxGroupsPerPatient: 1, MaxRowsPerGroup: 2, Epsilon: 2, Delta: 1e-6,
 		Threshold: 10, RoundingBase: 5,
 	}
-	// total, suppression_count per group.
-	res := MustProtect(t, s, nil, Options{Noise: newReplayNoise(40, 11, 40, 9)})
+	// total, suppression_count per group; the release threshold is
+	// 1 + ln(1/2δ) ≈ 14.1 (the hidden count at ε = 1).
+	res := MustProtect(t, s, nil, Options{Noise: newReplayNoise(40, 14.2, 40, 14)})
 	if len(res.Columns) != 2 || res.Rows[0][1].Value == nil || !res.Rows[1][1].Suppressed {
 		t.Fatalf("rows %+v", res.Rows)
 	}
@@ -336,7 +342,7 @@ func TestDominanceFlagsInResult(t *testing.T) {
 	s := Spec{
 		Groups:              []GroupSpec{{Name: "g", Domain: []string{"a", "b", "c"}}},
 		Aggregates:          []AggSpec{{Name: "n", Kind: AggCount}, {Name: "cost", Kind: AggSum, Lower: 0, Upper: 1000}},
-		MaxGroupsPerPatient: 1, MaxRowsPerGroup: 1, Epsilon: 1, Threshold: 10, RoundingBase: 5,
+		MaxGroupsPerPatient: 1, MaxRowsPerGroup: 1, Epsilon: 1, Delta: 1e-6, Threshold: 10, RoundingBase: 5,
 	}
 	groups := []GroupStats{
 		{Keys: keys("a"), Patients: 50, Aggs: []AggStats{{Count: 50}, {Sum: 1000, Top1: 800, Top2: 150}}}, // nk and p%

@@ -18,7 +18,7 @@ type ResearcherResult struct {
 
 // ResearcherReport is the researcher's part of Report. Each field is either
 // fixed before the query runs (budget, mechanism, noise scales, bounds,
-// threshold, rounding, how groups are selected) or can be counted from the
+// threshold and release threshold, rounding, how groups are selected) or can be counted from the
 // released table's own marks.
 type ResearcherReport struct {
 	Epsilon             float64       `json:"epsilon"`
@@ -28,6 +28,7 @@ type ResearcherReport struct {
 	MaxGroupsPerPatient int           `json:"max_groups_per_patient"`
 	MaxRowsPerGroup     int           `json:"max_rows_per_group"`
 	Threshold           int           `json:"threshold"`
+	ReleaseThreshold    float64       `json:"release_threshold"`
 	RoundingBase        int           `json:"rounding_base"`
 	Rounding            string        `json:"rounding"`
 	PartitionSelection  string        `json:"partition_selection"`
@@ -64,6 +65,7 @@ func (r *Result) ForResearcher() *ResearcherResult {
 		MaxGroupsPerPatient: rep.MaxGroupsPerPatient,
 		MaxRowsPerGroup:     rep.MaxRowsPerGroup,
 		Threshold:           rep.Threshold,
+		ReleaseThreshold:    rep.ReleaseThreshold,
 		RoundingBase:        rep.RoundingBase,
 		Rounding:            rep.Rounding,
 		PartitionSelection:  rep.PartitionSelection,

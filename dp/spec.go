@@ -81,6 +81,10 @@ type budgetPlan struct {
 	aggStats [][]int
 	// suppress is the index in stats of the noisy count suppression uses.
 	suppress int
+	// release is the least noisy patient count a group needs to be released
+	// (releaseThreshold); NaN when the library refused the parameters,
+	// which checkNoise reports.
+	release float64
 	// selection is true when keys must pass DP partition selection.
 	selection bool
 	selEps    float64
@@ -147,6 +151,8 @@ func (s Spec) Validate() error {
 		if s.Delta <= 0 {
 			return errors.New("delta must be above 0: a group column has no public domain, so keys need DP partition selection")
 		}
+	} else if s.Delta <= 0 {
+		return errors.New("delta must be above 0: it is the most probability with which a public-domain cell of one patient may be released")
 	} else if domainGroups > MaxDomainGroups {
 		return fmt.Errorf("the group columns' public domains give %.0f groups, more than the %d allowed", domainGroups, MaxDomainGroups)
 	}
@@ -200,6 +206,9 @@ func (s Spec) checkNoise() error {
 		if sc := p.scale(st); !(sc > 0) || math.IsInf(sc, 0) {
 			return fmt.Errorf("the noise on %s would not have a finite scale (epsilon %v, delta %v)", st.name, s.Epsilon, s.Delta)
 		}
+	}
+	if math.IsNaN(p.release) || math.IsInf(p.release, 0) {
+		return fmt.Errorf("no release threshold for a cell of one patient at delta %v with epsilon %v over %d noisy statistics", s.Delta, s.Epsilon, len(p.stats))
 	}
 	return nil
 }
@@ -306,7 +315,36 @@ func (s Spec) plan() budgetPlan {
 		p.stats[i].eps = statEps / n
 		p.stats[i].delta = statDelta / n
 	}
+	p.release = s.releaseThreshold(p)
 	return p
+}
+
+// releaseThreshold is the least noisy distinct-patient count a group needs
+// for its statistics to be released.
+//
+// With DP partition selection it is T: the library's selection has already
+// kept a key one patient creates with probability at most δ. A public-domain
+// cell passes through no selection, so the noisy count alone decides, and
+// with threshold T a cell of one or two patients would be released with
+// probability ½·e^{−(T−n)/b}, a few percent at ε = 1. The threshold is
+// therefore raised to the library's Laplace (or Gaussian) thresholding
+// point for the suppression count (Noise.Threshold with L0 = k, L∞ = 1 and
+// the count's ε, δ share): a cell of one patient is then released with
+// probability at most δ, exactly as a key created by one patient under
+// partition selection. It depends on the Spec alone (not on data), and it
+// is post-processing of the noisy count, so it costs no budget: δ here is
+// a release probability, not a privacy loss.
+func (s Spec) releaseThreshold(p budgetPlan) float64 {
+	t := float64(s.Threshold)
+	if p.selection {
+		return t
+	}
+	st := p.stats[p.suppress]
+	lib, err := p.declaredNoise().Threshold(st.l0, st.lInf, st.eps, st.delta, s.Delta)
+	if err != nil {
+		return math.NaN()
+	}
+	return math.Max(t, lib)
 }
 
 // declaredNoise is the library noise for the plan's mechanism.
@@ -372,6 +410,7 @@ func (s Spec) Accuracy() ([]Accuracy, error) {
 	for i, a := range s.Aggregates {
 		idx := p.aggStats[i]
 		out[i].Column = a.Name
+		out[i].ReleaseThreshold = p.release
 		if a.Kind == AggCount || a.Kind == AggCountPatients || a.Kind == AggSum {
 			h, err := p.halfWidth(p.stats[idx[0]], CIAlpha)
 			if err != nil {

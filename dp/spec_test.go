@@ -49,7 +49,7 @@ func TestSpecValidate(t *testing.T) {
 		{name: "midpoint6 base 10", modify: func(s *Spec) { s.Rounding = RoundingMidpoint6; s.RoundingBase = 10 }, want: "needs rounding_base 5"},
 		{name: "unknown mechanism", modify: func(s *Spec) { s.Mechanism = "uniform" }, want: "mechanism must be"},
 		{name: "gaussian without delta", modify: func(s *Spec) { s.Mechanism = MechanismGaussian; s.Delta = 0 }, want: "gaussian noise needs delta above 0"},
-		{name: "laplace without delta on public domain", modify: func(s *Spec) { s.Delta = 0 }},
+		{name: "laplace without delta on public domain", modify: func(s *Spec) { s.Delta = 0 }, want: "public-domain cell of one patient"},
 		{name: "selection without delta", modify: func(s *Spec) { s.Groups[1].Domain = nil; s.Delta = 0 }, want: "keys need DP partition selection"},
 		{name: "unnamed group", modify: func(s *Spec) { s.Groups[0].Name = "" }, want: "group column 1 has no name"},
 		{name: "duplicate domain value", modify: func(s *Spec) { s.Groups[0].Domain = []string{"F", "F"} }, want: `group column "sex": domain lists a value twice`},
@@ -87,7 +87,8 @@ func TestSpecValidate(t *testing.T) {
 		{name: "count ignores bounds", modify: func(s *Spec) {
 			s.Aggregates = []AggSpec{{Name: "n", Kind: AggCount, Lower: 3, Upper: 1}}
 		}},
-		{name: "no group by", modify: func(s *Spec) { s.Groups = nil; s.Delta = 0 }},
+		{name: "no group by", modify: func(s *Spec) { s.Groups = nil }},
+		{name: "no group by without delta", modify: func(s *Spec) { s.Groups = nil; s.Delta = 0 }, want: "public-domain cell of one patient"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -52,10 +52,12 @@ func TestSuppressOnDistinctPatients(t *testing.T) {
 // on the bounds' midpoint, as the rewrite computes them.
 func TestCentredStatistics(t *testing.T) {
 	s := validSpec()
-	s.Threshold, s.RoundingBase = 0, 1
+	s.RoundingBase = 1
 	s.Aggregates = []AggSpec{{Name: "m", Kind: AggMean, Lower: 10, Upper: 30}, {Name: "v", Kind: AggVariance, Lower: 10, Upper: 30}}
-	// Values 12, 18, 24: m = 20, Σ(x−m) = −6, Σ(x−m)² = 64+4+16 = 84.
-	g := []GroupStats{{Keys: keys("F", "London"), Patients: 3, Aggs: []AggStats{{Count: 3, Sum: -6}, {Count: 3, Sum: -6, SumSq: 84}}}}
+	// Values 12, 18, 24: m = 20, Σ(x−m) = −6, Σ(x−m)² = 64+4+16 = 84. The
+	// hidden patient count is set high so that the group is released (the
+	// fake noise is zero); the statistics are those of three values.
+	g := []GroupStats{{Keys: keys("F", "London"), Patients: 1000, Aggs: []AggStats{{Count: 3, Sum: -6}, {Count: 3, Sum: -6, SumSq: 84}}}}
 	res := MustProtect(t, s, g, Options{Noise: addNoiseFake{Noise: noise.Laplace()}})
 	for _, r := range res.Rows {
 		if r[0].Key != "F" || r[1].Key != "London" {

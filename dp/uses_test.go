@@ -15,10 +15,11 @@ func TestUnusedStatisticsIgnored(t *testing.T) {
 	for _, kind := range []AggKind{AggCount, AggCountPatients, AggSum, AggMean, AggVariance, AggStddev} {
 		t.Run(string(kind), func(t *testing.T) {
 			s := validSpec()
-			s.Threshold, s.RoundingBase = 0, 1
+			s.RoundingBase = 1
 			s.Aggregates = []AggSpec{{Name: "x", Kind: kind, Lower: 0, Upper: 100}}
 			run := func(sumsq, top1, top2 float64) *Result {
-				g := []GroupStats{{Keys: keys("F", "London"), Patients: 50, Aggs: []AggStats{
+				// 500 patients: above every kind's release threshold.
+				g := []GroupStats{{Keys: keys("F", "London"), Patients: 500, Aggs: []AggStats{
 					{Count: 50, Sum: 1000, SumSq: sumsq, Top1: top1, Top2: top2},
 				}}}
 				return MustProtect(t, s, g, Options{Noise: addNoiseFake{Noise: noise.Laplace(), offset: 1}})

@@ -117,7 +117,7 @@ func TestPlanSpec(t *testing.T) {
 	plan := mustCompile(t, p, cat, TypicalQueries[5].SQL) // HbA1c share by region
 	want := `{"groups":[{"name":"region","domain":["North East","North West","Yorkshire and The Humber","East Midlands","West Midlands","East of England","London","South East","South West"]}],` +
 		`"aggregates":[{"name":"diabetics_with_hba1c","kind":"count","patient_count":true},{"name":"share_below_58","kind":"mean","upper":1}],` +
-		`"max_groups_per_patient":1,"max_rows_per_group":1,"epsilon":1,"delta":0,"threshold":10,"rounding_base":5,"rounding":"nearest"}`
+		`"max_groups_per_patient":1,"max_rows_per_group":1,"epsilon":1,"delta":0.000001,"threshold":10,"rounding_base":5,"rounding":"nearest"}`
 	got, _ := json.Marshal(plan.Spec)
 	if diff := cmp.Diff(want, string(got)); diff != "" {
 		t.Errorf("spec (-want +got):\n%s", diff)

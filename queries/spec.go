@@ -26,9 +26,14 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 		MaxGroupsPerPatient: p.MaxGroupsPerPatient,
 		MaxRowsPerGroup:     p.MaxRowsPerGroup,
 		Epsilon:             eps,
-		Threshold:           p.SmallCellThreshold,
-		RoundingBase:        p.RoundingBase,
-		Rounding:            p.Rounding,
+		// δ: what partition selection spends when keys are not public,
+		// and with public domains the most probability with which a cell
+		// of one patient is released (dp: the release threshold; not a
+		// privacy cost there, so Cost charges no δ for it).
+		Delta:        p.Delta,
+		Threshold:    p.SmallCellThreshold,
+		RoundingBase: p.RoundingBase,
+		Rounding:     p.Rounding,
 	}
 	// Fewer groups per patient than the catalog's k proven by the query
 	// itself (no GROUP BY: one; keys of the patient: one; a month bucket
@@ -64,7 +69,6 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 		// Keys are not public: the release depends on DP partition
 		// selection, which costs δ. Group specs drop their domains so dp
 		// does not treat a partly public grouping as public.
-		s.Delta = p.Delta
 		for i := range s.Groups {
 			s.Groups[i].Domain = nil
 		}
