@@ -84,6 +84,11 @@ type Tx interface {
 	CreateProject(ctx context.Context, p *Project) error
 	UpdateProject(ctx context.Context, p *Project) error
 	LockProject(ctx context.Context, id int64) error
+	// LockProjectRow is LockProject returning the project, in one
+	// statement, without its Budget (zero): the ledger it would be read
+	// from may change while the lock is waited for. For submissions, which
+	// reserve nothing.
+	LockProjectRow(ctx context.Context, id int64) (*Project, error)
 	FindProject(ctx context.Context, id int64) (*Project, error)
 	FindProjects(ctx context.Context, f ProjectFilter) ([]*Project, int, error)
 	IsMember(ctx context.Context, projectID int64, subject string) (bool, error)
@@ -104,8 +109,9 @@ type Tx interface {
 	FindCatalogs(ctx context.Context) ([][]byte, error)
 	FindSites(ctx context.Context) ([]*Site, error)
 
-	// Queries. CreateQuery sets rec.Query.ID.
-	CreateQuery(ctx context.Context, rec *QueryRecord) error
+	// Queries. CreateQuery stores a new query with its first event (its
+	// submission) and sets rec.Query.ID.
+	CreateQuery(ctx context.Context, rec *QueryRecord, submitted Event) error
 	UpdateQuery(ctx context.Context, rec *QueryRecord) error
 	LockQuery(ctx context.Context, id int64) error
 	FindQuery(ctx context.Context, id int64) (*QueryRecord, error)

@@ -38,14 +38,10 @@ func validSubmission(sub QuerySubmission) error {
 	return nil
 }
 
-// submitter checks in tx that the caller may submit to the project and
+// submitter checks in tx that the caller may submit to project p and
 // returns the project and the catalog of the dataset the query is over,
 // with the catalog's hash.
-func (s *Service) submitter(ctx context.Context, tx Tx, u *User, sub QuerySubmission, now time.Time) (*prepared, string, error) {
-	p, err := tx.FindProject(ctx, sub.ProjectID)
-	if err != nil {
-		return nil, "", err
-	}
+func (s *Service) submitter(ctx context.Context, tx Tx, u *User, p *Project, sub QuerySubmission, now time.Time) (*prepared, string, error) {
 	if !slices.Contains(p.Members, u.Subject) {
 		return nil, "", deny("query.submit", projectObject(p.ID), "you are not a member of project %d", p.ID)
 	}
@@ -93,8 +89,11 @@ func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*p
 	var pr *prepared
 	var catalogHash string
 	err := s.view(ctx, u, func(tx Tx) error {
-		var err error
-		pr, catalogHash, err = s.submitter(ctx, tx, u, sub, now)
+		p, err := tx.FindProject(ctx, sub.ProjectID)
+		if err != nil {
+			return err
+		}
+		pr, catalogHash, err = s.submitter(ctx, tx, u, p, sub, now)
 		return err
 	})
 	if err != nil {
@@ -171,11 +170,13 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 			// transactions run concurrently (PostgreSQL), so that each sees
 			// every earlier one: two identical twins committed together
 			// must still flag each other as repeats. SQLite's writers are
-			// serial already, and the lock costs it one read.
-			if err := tx.LockProject(ctx, sub.ProjectID); err != nil {
+			// serial already, and the lock costs it one read. A submission
+			// reserves nothing: the project's row is all it reads.
+			p, err := tx.LockProjectRow(ctx, sub.ProjectID)
+			if err != nil {
 				return err
 			}
-			pr, hash, err := s.submitter(ctx, tx, u, sub, now)
+			pr, hash, err := s.submitter(ctx, tx, u, p, sub, now)
 			if err != nil {
 				return err
 			}
@@ -256,10 +257,7 @@ func (s *Service) storeSubmission(ctx context.Context, tx Tx, u *User, sub Query
 	if reason := narrowPopulation(pr.cat, plan.Predicates); reason != "" {
 		q.RiskFlags = append(q.RiskFlags, RiskFlag{Kind: RiskNarrowPopulation, Message: reason})
 	}
-	if err := tx.CreateQuery(ctx, rec); err != nil {
-		return nil, err
-	}
-	if err := tx.AddEvent(ctx, q.ID, Event{To: StatusSubmitted, Actor: u.Subject, At: now}); err != nil {
+	if err := tx.CreateQuery(ctx, rec, Event{To: StatusSubmitted, Actor: u.Subject, At: now}); err != nil {
 		return nil, err
 	}
 	kinds := make([]string, len(q.RiskFlags))

@@ -39,11 +39,18 @@ const maxConns = 16
 // Open connects to the database at url (a postgres:// URL or key=value
 // string; search_path may be set in it) and applies pending migrations.
 func Open(ctx context.Context, url string) (*Store, error) {
+	return open(ctx, url, nil)
+}
+
+// open is Open with a tracer of every statement the connections send (the
+// tests count them; nil in production).
+func open(ctx context.Context, url string, tracer pgx.QueryTracer) (*Store, error) {
 	cc, err := pgx.ParseConfig(url)
 	if err != nil {
 		// pgx's message can echo the password; keep it out.
 		return nil, broker.Errorf(broker.EINVALID, "postgres: the database URL is not valid")
 	}
+	cc.Tracer = tracer
 	db := stdlib.OpenDB(*cc)
 	db.SetMaxOpenConns(maxConns)
 	db.SetMaxIdleConns(maxConns)
@@ -77,6 +84,7 @@ func dialect(migrations fs.FS) sqlstore.Dialect {
 		MigrateLock:   `SELECT pg_advisory_lock(hashtextextended('tre.migrate.' || current_schema(), 0))`,
 		MigrateUnlock: `SELECT pg_advisory_unlock(hashtextextended('tre.migrate.' || current_schema(), 0))`,
 		Migrations:    migrations,
+		WritableCTE:   true,
 		Translate:     translate,
 		Retryable: func(err error) bool {
 			var pe *pgconn.PgError

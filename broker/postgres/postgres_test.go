@@ -2,8 +2,12 @@ package postgres_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/brokertest"
 	"github.com/nhs-tre/tre/broker/postgres"
 )
@@ -81,4 +85,55 @@ func TestOpenTogether(t *testing.T) {
 func TestRefuseNewerSchema(t *testing.T) {
 	brokertest.PostgresBaseURL(t)
 	brokertest.TestRefuseNewerSchema(t, opener(brokertest.PostgresURL(t)))
+}
+
+// statementCounter counts the statements (round trips) the connections
+// send, BEGIN and COMMIT included.
+type statementCounter struct{ n atomic.Int64 }
+
+func (c *statementCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	c.n.Add(1)
+	return ctx
+}
+
+func (c *statementCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// BenchmarkSubmitStatements is what the API does per submission on
+// PostgreSQL, the shared rate-limit token and the submission, reporting
+// the statements each costs (issue 24: round trips are most of its CPU, in
+// the broker and in PostgreSQL), cycling through BenchSubmitQuery's
+// queries in the fixture's project.
+func BenchmarkSubmitStatements(b *testing.B) {
+	brokertest.PostgresBaseURL(b)
+	ctx := context.Background()
+	var count statementCounter
+	s, err := postgres.OpenTraced(ctx, brokertest.PostgresURL(b), &count)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	f := brokertest.NewFixture(b, config(), s, broker.Options{})
+	sqls := []string{
+		brokertest.DefaultSQL,
+		"SELECT region, count(*) FROM patients GROUP BY region",
+		"SELECT sex, count(*) FROM patients WHERE region = 'London' GROUP BY sex",
+		"SELECT imd_quintile, count(*) FROM patients GROUP BY imd_quintile",
+	}
+	var n atomic.Int64
+	b.ResetTimer()
+	before := count.n.Load()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			sql := sqls[int(n.Add(1))%len(sqls)]
+			if _, _, err := f.Service.TakeToken(ctx, "submit:res1", 1<<30, 1<<30); err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: sql, Purpose: "benchmark", Epsilon: 0.1}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(count.n.Load()-before)/float64(b.N), "statements/op")
 }

@@ -57,6 +57,9 @@ type Dialect struct {
 	// Prepare caches prepared statements per connection; drivers that cache
 	// statements themselves (pgx) do not need it.
 	Prepare bool
+	// WritableCTE: statements in WITH may insert and update (PostgreSQL),
+	// so a submission's rows go in one statement (CreateQuery).
+	WritableCTE bool
 	// GroupCommit lets concurrent UpdateGrouped calls share one
 	// transaction and one commit (group.go); without it UpdateGrouped is
 	// Update.

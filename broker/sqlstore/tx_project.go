@@ -73,6 +73,34 @@ func (t *tx) LockProject(ctx context.Context, id int64) error {
 	return notFound(err, "project %d not found", id)
 }
 
+// LockProjectRow locks and reads the project's row in one statement; its
+// Budget stays zero (the ledger is not read: a sum taken before the lock
+// was granted could be stale).
+func (t *tx) LockProjectRow(ctx context.Context, id int64) (*broker.Project, error) {
+	ctx = t.sctx(ctx)
+	var row *sql.Row
+	if s, err := t.prepared(ctx, lockProjectRowSQL(t.db.d)); err != nil {
+		return nil, err
+	} else if s != nil {
+		row = s.QueryRowContext(ctx, id)
+	} else {
+		row = t.tx.QueryRowContext(ctx, t.db.rebind(lockProjectRowSQL(t.db.d)), id)
+	}
+	p, err := scanProject(row)
+	if err != nil {
+		return nil, notFound(err, "project %d not found", id)
+	}
+	p.Budget = broker.Budget{}
+	return p, nil
+}
+
+// lockProjectRowSQL selects projectColumns without the ledger's sums.
+func lockProjectRowSQL(d Dialect) string {
+	return `SELECT p.id, p.title, p.organisation, p.purpose, p.lawful_basis, p.data_sharing_agreement, p.members, p.datasets,
+	p.epsilon_budget, p.delta_budget, p.starts_at, p.expires_at, p.status, p.created_by, p.created_at, 0, 0, 0, 0
+	FROM projects p WHERE p.id = ?` + d.ForUpdate
+}
+
 // projectColumns selects a project and its ledger totals from the
 // alias-b subquery.
 const projectColumns = `p.id, p.title, p.organisation, p.purpose, p.lawful_basis, p.data_sharing_agreement, p.members, p.datasets,

@@ -49,36 +49,79 @@ func scanQuery(sc scanner) (*broker.QueryRecord, error) {
 	return rec, nil
 }
 
-func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord) error {
+// insertQuerySQL inserts a query row; its 27 values are insertQueryArgs.
+const insertQuerySQL = `INSERT INTO queries (project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by,
+		submitted_at, updated_at, cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
+		normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+// createQueryCTESQL is CreateQuery in one statement where WITH may write
+// (PostgreSQL): the query row, its first event and its predicate set,
+// whose latest query becomes the new one (ids only grow, but concurrent
+// transactions may commit out of order, hence GREATEST). created is
+// whether the set is new: a row ON CONFLICT DO UPDATE inserted has no
+// xmax yet, one it updated has this transaction's.
+const createQueryCTESQL = `WITH q AS (` + insertQuerySQL + ` RETURNING id),
+	e AS (INSERT INTO query_events (query_id, from_status, to_status, actor, comment, at) SELECT id, ?, ?, ?, ?, ? FROM q),
+	s AS (INSERT INTO predicate_sets (project_id, set_key, latest_query_id) SELECT ?, ?, id FROM q
+		ON CONFLICT (project_id, set_key) DO UPDATE SET latest_query_id = GREATEST(predicate_sets.latest_query_id, excluded.latest_query_id)
+		RETURNING xmax = 0 AS created)
+	SELECT q.id, s.created FROM q, s`
+
+func insertQueryArgs(rec *broker.QueryRecord) ([]any, error) {
 	q := rec.Query
 	accuracy, err := toJSON(q.Accuracy)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	flags, err := toJSON(q.RiskFlags)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	preds, err := toJSON(rec.Predicates)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	codelists := "[]"
 	if len(q.Codelists) > 0 {
 		if codelists, err = toJSON(q.Codelists); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	err = t.queryRow(ctx, `INSERT INTO queries (project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by,
-		submitted_at, updated_at, cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
-		normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-		[]any{q.ProjectID, q.Dataset, q.SQL, q.SQLHash, q.Purpose, q.Rewritten, string(q.Status), q.SubmittedBy,
-			micros(q.SubmittedAt), micros(q.UpdatedAt), q.Cost.Epsilon, q.Cost.Delta, accuracy, flags, q.ApprovedBy, q.Attempts,
-			q.FailureCode, rec.Normalized, rec.NormalizedHash, rec.ShapeHash, preds, string(rec.Ledger), rec.LeaseTokenHash,
-			rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail, codelists},
-		&q.ID)
+	return []any{q.ProjectID, q.Dataset, q.SQL, q.SQLHash, q.Purpose, q.Rewritten, string(q.Status), q.SubmittedBy,
+		micros(q.SubmittedAt), micros(q.UpdatedAt), q.Cost.Epsilon, q.Cost.Delta, accuracy, flags, q.ApprovedBy, q.Attempts,
+		q.FailureCode, rec.Normalized, rec.NormalizedHash, rec.ShapeHash, preds, string(rec.Ledger), rec.LeaseTokenHash,
+		rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail, codelists}, nil
+}
+
+func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord, submitted broker.Event) error {
+	q := rec.Query
+	if rec.PredicateSet == "" {
+		return errors.New("query record has no predicate set")
+	}
+	args, err := insertQueryArgs(rec)
 	if err != nil {
+		return err
+	}
+	if t.db.d.WritableCTE {
+		e := submitted
+		args = append(args, string(e.From), string(e.To), e.Actor, e.Comment, micros(e.At), q.ProjectID, rec.PredicateSet)
+		var created bool
+		if err := t.queryRow(ctx, createQueryCTESQL, args, &q.ID, &created); err != nil {
+			return err
+		}
+		if err := t.putQueryCodelists(ctx, q); err != nil {
+			return err
+		}
+		if !created {
+			return nil
+		}
+		return t.putPredicateKeys(ctx, q.ProjectID, rec.PredicateSet, rec.PredicateKeys)
+	}
+	if err := t.queryRow(ctx, insertQuerySQL+` RETURNING id`, args, &q.ID); err != nil {
+		return err
+	}
+	if err := t.AddEvent(ctx, q.ID, submitted); err != nil {
 		return err
 	}
 	if err := t.putQueryCodelists(ctx, q); err != nil {
@@ -92,9 +135,6 @@ func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord) error {
 // transactions may commit out of order, hence the comparison), and a set
 // seen for the first time gets its match keys.
 func (t *tx) putPredicateSet(ctx context.Context, projectID, id int64, setKey string, keys []string) error {
-	if setKey == "" {
-		return errors.New("query record has no predicate set")
-	}
 	res, err := t.exec(ctx, `INSERT INTO predicate_sets (project_id, set_key, latest_query_id) VALUES (?, ?, ?)
 		ON CONFLICT (project_id, set_key) DO NOTHING`, projectID, setKey, id)
 	if err != nil {
@@ -107,13 +147,22 @@ func (t *tx) putPredicateSet(ctx context.Context, projectID, id int64, setKey st
 			WHERE project_id = ? AND set_key = ? AND latest_query_id < ?`, id, projectID, setKey, id)
 		return err
 	}
-	for _, k := range keys {
-		if _, err := t.exec(ctx, `INSERT INTO predicate_set_keys (project_id, match_key, set_key) VALUES (?, ?, ?)
-			ON CONFLICT (project_id, match_key, set_key) DO NOTHING`, projectID, k, setKey); err != nil {
-			return err
-		}
+	return t.putPredicateKeys(ctx, projectID, setKey, keys)
+}
+
+// putPredicateKeys stores a new predicate set's match keys, in one
+// statement.
+func (t *tx) putPredicateKeys(ctx context.Context, projectID int64, setKey string, keys []string) error {
+	if len(keys) == 0 {
+		return nil
 	}
-	return nil
+	args := make([]any, 0, 3*len(keys))
+	for _, k := range keys {
+		args = append(args, projectID, k, setKey)
+	}
+	_, err := t.exec(ctx, `INSERT INTO predicate_set_keys (project_id, match_key, set_key) VALUES (?, ?, ?)`+
+		strings.Repeat(`, (?, ?, ?)`, len(keys)-1)+` ON CONFLICT (project_id, match_key, set_key) DO NOTHING`, args...)
+	return err
 }
 
 // UpdateQuery writes the fields that change after submission; the SQL and

@@ -52,15 +52,15 @@ func (t *tx) DeleteExpiredSessions(ctx context.Context, before time.Time) (int64
 // ---- token buckets ----
 
 func (t *tx) LockBucket(ctx context.Context, name string, full float64, now time.Time) (float64, time.Time, error) {
-	// Two transactions creating one bucket: the second waits for the first
-	// and inserts nothing, then locks the row the first committed.
-	if _, err := t.exec(ctx, `INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`,
-		name, full, micros(now)); err != nil {
-		return 0, time.Time{}, err
-	}
+	// One statement creates the bucket if need be and locks and reads it:
+	// DO UPDATE locks the row (a second transaction creating the same
+	// bucket waits for the first, then updates the row it committed) and
+	// RETURNING reads it as locked. The update writes what is there.
 	var tokens float64
 	var at int64
-	if err := t.queryRow(ctx, `SELECT tokens, updated_at FROM rate_buckets WHERE name = ?`+t.db.d.ForUpdate, []any{name}, &tokens, &at); err != nil {
+	if err := t.queryRow(ctx, `INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET tokens = rate_buckets.tokens RETURNING tokens, updated_at`,
+		[]any{name, full, micros(now)}, &tokens, &at); err != nil {
 		return 0, time.Time{}, err
 	}
 	return tokens, fromMicros(at), nil
