@@ -96,6 +96,11 @@ func (c Config) Validate() error {
 type harness struct {
 	Config
 	startCPU time.Duration // CPU time of all measured sandbox starts
+	// jobStart and pooledStart are the job starts (Run until the child has
+	// the request) of the cold runs without and with the pool;
+	// pooledMissed counts pooled runs that found no child ready.
+	jobStart, pooledStart sample
+	pooledMissed          int
 }
 
 // Run generates or opens the data, runs every measurement in turn and
@@ -135,9 +140,12 @@ type benchReport struct {
 	Postgres  *pgLoad
 	Start     sample
 	StartNote string
-	API       []apiResult
-	Degraded  []string
-	Clients   int
+	// JobStart and PooledStart: see harness; PooledMissed likewise.
+	JobStart, PooledStart sample
+	PooledMissed          int
+	API                   []apiResult
+	Degraded              []string
+	Clients               int
 	// PerClient: each API client submitted to its own project.
 	PerClient bool
 	StartCPU  time.Duration
@@ -194,11 +202,28 @@ func (m *harness) run(ctx context.Context) error {
 	scfg.AllowWeak = m.AllowWeak
 	scfg.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	rep.Threads, rep.MemLimit = scfg.Threads, scfg.MemoryLimit
+	scfg.ObserveJobStart = func(d time.Duration, _ bool) { m.jobStart.add(d) }
 	runner, err := sandbox.NewRunner(scfg)
 	if err != nil {
 		return err
 	}
 	defer runner.Close()
+	// The same sandbox with a pool of one child started ahead of each job
+	// (sandbox/pool.go): cold and pooled are measured side by side, and
+	// so is each job's start (Run until its child has the request).
+	pcfg := scfg
+	pcfg.PoolSize = 1
+	pcfg.ObserveJobStart = func(d time.Duration, pooled bool) {
+		m.pooledStart.add(d)
+		if !pooled {
+			m.pooledMissed++
+		}
+	}
+	pooled, err := sandbox.NewRunner(pcfg)
+	if err != nil {
+		return err
+	}
+	defer pooled.Close()
 	opts := Options{Threads: scfg.Threads, MemoryLimit: scfg.MemoryLimit}
 
 	raw, err := Open(ctx, data, opts)
@@ -226,6 +251,10 @@ func (m *harness) run(ctx context.Context) error {
 		return fmt.Errorf("release snapshot: %w", err)
 	}
 	rep.Snapshot = time.Since(start)
+	if err := pooled.Prepare(ctx); err != nil { // the kept snapshot, and the pool's first child
+		raw.Close()
+		return fmt.Errorf("release snapshot: %w", err)
+	}
 	pipe, err := OpenPipeline(ctx, data, cat, opts, dir)
 	if err != nil {
 		raw.Close()
@@ -238,7 +267,8 @@ func (m *harness) run(ctx context.Context) error {
 		raw.Close()
 		return err
 	}
-	rep.Queries, err = m.measureQueries(ctx, p, raw, pipe, runner, rep)
+	rep.Queries, err = m.measureQueries(ctx, p, raw, pipe, runner, pooled, rep)
+	rep.JobStart, rep.PooledStart, rep.PooledMissed = m.jobStart, m.pooledStart, m.pooledMissed
 	pipe.Close()
 	raw.Close()
 	if err != nil {
@@ -289,7 +319,7 @@ func (m *harness) run(ctx context.Context) error {
 
 // totalSteps is the progress bar's length: one step per timed run.
 func (m *harness) totalSteps() int {
-	per := (m.Warmup + m.Reps) * 3
+	per := (m.Warmup + m.Reps) * 4
 	if m.Postgres != "" {
 		per += m.Warmup + m.Reps
 	}
@@ -311,7 +341,11 @@ type queryResult struct {
 	Raw     sample
 	Warm    sample
 	Cold    sample
-	Parts   [3]sample // warm: compile, execute, protect
+	// Pooled is cold with a pool of one child started ahead of the job
+	// (waited for before each run, as a job arriving after a pause finds
+	// it).
+	Pooled sample
+	Parts  [3]sample // warm: compile, execute, protect
 	// CPU time (user+system) of each run: raw and warm in this process,
 	// cold including the sandbox child. Less sensitive than wall time to
 	// other work on the machine.
@@ -322,7 +356,7 @@ type queryResult struct {
 	Degraded                 bool
 }
 
-func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB, pipe *Pipeline, runner *sandbox.Runner, rep *benchReport) ([]queryResult, error) {
+func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB, pipe *Pipeline, runner, pooled *sandbox.Runner, rep *benchReport) ([]queryResult, error) {
 	var out []queryResult
 	for _, tq := range queries.TypicalQueries {
 		r := queryResult{Name: tq.Name}
@@ -379,6 +413,25 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 			if i >= m.Warmup {
 				r.Cold.add(d)
 				r.ColdCPU.add(c)
+			}
+			p.step()
+		}
+		p.stage(tq.Name + ": pooled")
+		for i := range m.Warmup + m.Reps {
+			if err := pooled.PoolReady(ctx); err != nil {
+				return nil, err
+			}
+			start := time.Now()
+			_, err := pooled.Run(ctx, j)
+			d := time.Since(start)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return nil, fmt.Errorf("%s: pooled sandbox: %s: %s", tq.Name, job.Code(err), job.Message(err))
+			}
+			if i >= m.Warmup {
+				r.Pooled.add(d)
 			}
 			p.step()
 		}

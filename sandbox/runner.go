@@ -56,14 +56,20 @@ type Runner struct {
 	snapBuilds int
 
 	// exiting counts finished jobs whose killed child is still being
-	// waited for, or whose job directory is still being removed (finish).
+	// waited for, or whose job directory is still being removed (finish),
+	// and children being started for the pool.
 	exiting sync.WaitGroup
+
+	poolMu sync.Mutex
+	pool   poolState // pool.go
 }
 
-// Close waits until the child of every finished job has exited and its job
+// Close kills the pool's idle children (no child joins it afterwards) and
+// waits until the child of every finished job has exited and its job
 // directory has been removed. Call it once no Run is in progress or will
 // start; until it returns, a job's scratch files may still exist.
 func (r *Runner) Close() error {
+	r.closePool()
 	r.exiting.Wait()
 	// Kept snapshots stay for the next Runner; an empty directory goes.
 	os.Remove(r.snapshotDir())
@@ -101,19 +107,24 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if err := os.MkdirAll(cfg.ScratchDir, 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox config: scratch dir: %w", err)
 	}
-	return &Runner{cfg: cfg, now: time.Now, sleep: sleepCtx, snaps: make(map[fileIdentity]*snapshot)}, nil
+	return &Runner{cfg: cfg, now: time.Now, sleep: sleepCtx, snaps: make(map[fileIdentity]*snapshot),
+		pool: poolState{filling: map[string]int{}, changed: make(chan struct{})}}, nil
 }
 
 // Prepare builds the release snapshot of the data file as it is now (or
-// finds the one kept for it), so that the next job need not wait for it.
+// finds the one kept for it), so that the next job need not wait for it,
+// and fills the pool of children (Config.PoolSize).
 // The agent calls it before its first lease; a job on a newer version of
 // the data builds that version's itself.
 func (r *Runner) Prepare(ctx context.Context) error {
-	_, release, err := r.acquireSnapshot(ctx)
-	if err == nil {
-		release()
+	snap, release, err := r.acquireSnapshot(ctx)
+	if err != nil {
+		return err
 	}
-	return err
+	// With a pool, its children start now, ready for the first job.
+	r.refill(callOptions{dataPath: snap.path, timeout: r.cfg.Timeout})
+	release()
+	return nil
 }
 
 // Run compiles and runs j in a fresh sandbox child and returns the
@@ -203,15 +214,63 @@ type callOptions struct {
 	timeout  time.Duration
 }
 
-// call runs one request in a new child and returns its response and the
-// layers the host applied around it. collect, when set, runs on a
-// successful response while the job's directory still exists (the builder
-// child leaves its snapshot there).
+// child is a started sandbox child that has completed the plugin handshake
+// and is waiting for its one request: hardened (it hardens itself before it
+// serves), its data opening or open. It is used for one call, then killed.
+type child struct {
+	pc     *plugin.Client
+	cmd    *exec.Cmd
+	cl     *client
+	jobDir string
+	// namespaces: started in new user and network namespaces.
+	namespaces bool
+	// opts is what the child was started for (its data file and limits).
+	opts    callOptions
+	started time.Time
+	// release drops the pool's hold on the child's release snapshot (a
+	// pooled child only; nil once handed out).
+	release func()
+}
+
+// call runs one request in a child, a pooled one started earlier for the
+// same file and limits when there is one (pool.go), else a new one, and
+// returns its response and the layers the host applied around it. collect,
+// when set, runs on a successful response while the job's directory still
+// exists (the builder child leaves its snapshot there).
 func (r *Runner) call(ctx context.Context, req *request, opts callOptions, collect func(resp *response, jobDir string) error) (*response, []string, error) {
+	begun := time.Now()
+	ch, err := r.takePooled(ctx, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	pooled := ch != nil
+	if !pooled {
+		if ch, err = r.startChild(opts); err != nil {
+			return nil, nil, err
+		}
+	}
+	// One process per job: never reused, never left behind. A builder
+	// child has exited before the build returns, so the jobs waiting for
+	// its snapshot never run beside it (a site's cap on children holds).
+	// The pool is refilled once the job's own child is gone.
+	defer func() {
+		r.finish(ch.pc, ch.cmd, ch.jobDir, opts.build)
+		r.refill(opts)
+	}()
+	return r.runOn(ctx, ch, req, opts, collect, func() {
+		if r.cfg.ObserveJobStart != nil && !opts.build {
+			r.cfg.ObserveJobStart(time.Since(begun), pooled)
+		}
+	})
+}
+
+// startChild starts a child for opts in a new job directory and completes
+// the plugin handshake with it. On error nothing is left behind.
+func (r *Runner) startChild(opts callOptions) (*child, error) {
 	cfg := r.cfg
 	jobDir, err := os.MkdirTemp(cfg.ScratchDir, "job-")
 	if err != nil {
-		return nil, nil, fmt.Errorf("job dir: %w", err)
+		return nil, fmt.Errorf("job dir: %w", err)
 	}
 	started := false
 	defer func() {
@@ -220,18 +279,18 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 		}
 	}()
 	if err := os.Mkdir(jobDir+"/tmp", 0o700); err != nil {
-		return nil, nil, fmt.Errorf("job dir: %w", err)
+		return nil, fmt.Errorf("job dir: %w", err)
 	}
 	ccJSON, hostTLS, err := r.newChildConfig(opts, jobDir)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 
 	r.mu.Lock()
 	useNS := !r.noNamespaces
 	r.mu.Unlock()
 	if !useNS && !cfg.AllowWeak {
-		return nil, nil, job.Errorf(job.CodeUnavailable, "user and network namespaces are unavailable on this host")
+		return nil, job.Errorf(job.CodeUnavailable, "user and network namespaces are unavailable on this host")
 	}
 	pc, cmd, err := r.start(ccJSON, hostTLS, jobDir, useNS)
 	if err != nil && useNS && cmd.Process == nil {
@@ -241,7 +300,7 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 		r.noNamespaces = true
 		r.mu.Unlock()
 		if !cfg.AllowWeak {
-			return nil, nil, job.Errorf(job.CodeUnavailable, "user and network namespaces are unavailable on this host")
+			return nil, job.Errorf(job.CodeUnavailable, "user and network namespaces are unavailable on this host")
 		}
 		useNS = false
 		pc, cmd, err = r.start(ccJSON, hostTLS, jobDir, false)
@@ -251,29 +310,33 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 			pc.Kill()
 		}
 		cfg.Logger.Error("sandbox: start failed", "error", err)
-		return nil, nil, job.Errorf(job.CodeCrashed, "the sandbox failed to start")
+		return nil, job.Errorf(job.CodeCrashed, "the sandbox failed to start")
 	}
 	started = true
-	// One process per job: never reused, never left behind. A builder
-	// child has exited before the build returns, so the jobs waiting for
-	// its snapshot never run beside it (a site's cap on children holds).
-	defer r.finish(pc, cmd, jobDir, opts.build)
+	ch := &child{pc: pc, cmd: cmd, jobDir: jobDir, namespaces: useNS, opts: opts, started: time.Now()}
+	rpc, err := pc.Client()
+	if err == nil {
+		var raw any
+		if raw, err = rpc.Dispense(pluginName); err == nil {
+			ch.cl = raw.(*client)
+		}
+	}
+	if err != nil {
+		r.finish(pc, cmd, jobDir, false)
+		return nil, job.Errorf(job.CodeCrashed, "the sandbox failed to start")
+	}
+	return ch, nil
+}
 
+// runOn sends req to ch, watching its memory and time, and returns its
+// response and the host's layers; sent is called as the request goes.
+func (r *Runner) runOn(ctx context.Context, ch *child, req *request, opts callOptions, collect func(resp *response, jobDir string) error, sent func()) (*response, []string, error) {
+	cfg := r.cfg
 	hostLayers := []string{LayerCleanEnv, LayerPdeathsig}
-	if useNS {
+	if ch.namespaces {
 		hostLayers = append(hostLayers, LayerUserNamespace, LayerNetNamespace)
 	}
-
-	rpc, err := pc.Client()
-	if err != nil {
-		return nil, nil, job.Errorf(job.CodeCrashed, "the sandbox failed to start")
-	}
-	raw, err := rpc.Dispense(pluginName)
-	if err != nil {
-		return nil, nil, job.Errorf(job.CodeCrashed, "the sandbox failed to start")
-	}
-	cl := raw.(*client)
-
+	cmd := ch.cmd
 	jobCtx, cancel := context.WithTimeout(ctx, opts.timeout)
 	defer cancel()
 	var killedFor killReasonBox
@@ -287,7 +350,8 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 	if _, err := rssBytes(cmd.Process.Pid); err == nil {
 		hostLayers = append(hostLayers, LayerRSSWatchdog)
 	}
-	resp, err := cl.call(jobCtx, req, cfg.MaxBytes)
+	sent()
+	resp, err := ch.cl.call(jobCtx, req, cfg.MaxBytes)
 	close(stopWatch)
 	wg.Wait()
 	if err != nil {
@@ -311,7 +375,7 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 		return nil, nil, job.Errorf(job.CodeCrashed, "the sandbox stopped unexpectedly")
 	}
 	if collect != nil {
-		if err := collect(resp, jobDir); err != nil {
+		if err := collect(resp, ch.jobDir); err != nil {
 			return nil, nil, err
 		}
 	}

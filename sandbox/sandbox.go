@@ -63,12 +63,27 @@ type Config struct {
 	Executable string
 	Args       []string
 
+	// PoolSize children are kept started ahead of the jobs, each used for
+	// one job only (pool.go); 0 starts every job's child when the job
+	// comes. PoolMaxIdleBytes caps the idle children's resident memory
+	// (0: DefaultPoolMaxIdleBytes).
+	PoolSize         int
+	PoolMaxIdleBytes int64
+
 	Logger *slog.Logger
 
 	// Observe, when set, is told how each job ended ("ok" or the error
 	// code) and how long its sandbox lived, for the site's metrics.
 	Observe func(outcome string, d time.Duration)
+	// ObserveJobStart, when set, is told how long a job waited from Run
+	// until its request went to its child, and whether that child came
+	// from the pool.
+	ObserveJobStart func(d time.Duration, pooled bool)
 }
+
+// DefaultPoolMaxIdleBytes caps the resident memory of the idle pooled
+// children unless PoolMaxIdleBytes says otherwise.
+const DefaultPoolMaxIdleBytes = 1 << 30
 
 // DefaultConfig returns the limits a site gets unless it says otherwise.
 func DefaultConfig() Config {
@@ -116,6 +131,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxBytes == 0 {
 		c.MaxBytes = d.MaxBytes
 	}
+	if c.PoolMaxIdleBytes == 0 {
+		c.PoolMaxIdleBytes = DefaultPoolMaxIdleBytes
+	}
 	if c.RSSLimit == 0 {
 		c.RSSLimit = c.MemoryLimit + 512<<20
 	}
@@ -152,6 +170,8 @@ func (c Config) Validate() error {
 		return errors.New("sandbox config: timeout, snapshot timeout and kill grace must be positive")
 	case c.MaxRows < 1 || c.MaxBytes < 1024:
 		return errors.New("sandbox config: max rows must be ≥ 1 and max bytes ≥ 1024")
+	case c.PoolSize < 0 || c.PoolSize > 64 || c.PoolMaxIdleBytes < 0:
+		return fmt.Errorf("sandbox config: pool size %d out of range 0..64, or a negative pool memory cap", c.PoolSize)
 	}
 	return nil
 }

@@ -19,11 +19,31 @@ import (
 // with user namespaces, seccomp and Landlock ABI ≥ 1). The tests assert they
 // are all applied; a machine without one of them fails here, on purpose.
 func TestLayersApplied(t *testing.T) {
+	t.Run("new child", func(t *testing.T) { testLayersApplied(t, 0) })
+	// A pooled child, started before the job came, is hardened before it
+	// joins the pool: the job's probes find every layer in place.
+	t.Run("pooled child", func(t *testing.T) { testLayersApplied(t, 1) })
+}
+
+func testLayersApplied(t *testing.T, poolSize int) {
 	data := MustFixture(t, 50)
-	r := MustRunner(t, testConfig(t, data))
+	cfg := testConfig(t, data)
+	cfg.PoolSize = poolSize
+	r := MustRunner(t, cfg)
+	if poolSize > 0 {
+		if err := r.Prepare(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if n := r.waitPoolSettled(t); n != poolSize {
+			t.Fatalf("%d idle children, want %d", n, poolSize)
+		}
+	}
 	resp, host, err := r.callJob(context.Background(), &request{Job: job.Job{SQL: "SELECT 1", SQLHash: hashSQL("SELECT 1")}, Catalog: r.cfg.Catalog, Probe: true})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := len(r.takenFromPool()); got != poolSize {
+		t.Fatalf("%d children taken from the pool, want %d", got, poolSize)
 	}
 	rep := r.sandboxReport(resp.Layers, host)
 	if rep.Degraded || len(rep.Missing) > 0 {

@@ -138,6 +138,7 @@ type AgentConfig struct {
 	MemoryLimit string        `yaml:"memory_limit" flag:"memory-limit" usage:"DuckDB memory limit per job, e.g. 2GB"`
 	Threads     int           `yaml:"threads" flag:"threads" usage:"DuckDB threads per job"`
 	Timeout     time.Duration `yaml:"job_timeout" flag:"job-timeout" usage:"per-job time limit"`
+	SandboxPool int           `yaml:"sandbox_pool" flag:"sandbox-pool" usage:"sandbox children started ahead of the jobs, each used for one job only (0: none; their idle memory is capped at 1 GiB in all)"`
 	Poll        time.Duration `yaml:"poll_interval" flag:"poll-interval" usage:"how often to ask for work when idle"`
 	CAFile      string        `yaml:"ca_file" flag:"ca-file" usage:"CA bundle for the broker's certificate"`
 	ClientCert  string        `yaml:"client_cert" flag:"client-cert" usage:"client certificate for mutual TLS"`
@@ -154,6 +155,7 @@ func DefaultAgentConfig() AgentConfig {
 		MemoryLimit: "2GB",
 		Threads:     2,
 		Timeout:     5 * time.Minute,
+		SandboxPool: 1,
 		Poll:        2 * time.Second,
 		LogLevel:    "info",
 	}
@@ -176,6 +178,8 @@ func (c *AgentConfig) Validate() error {
 		return errors.New("parallelism must be at least 1")
 	case c.Threads < 1:
 		return errors.New("threads must be at least 1")
+	case c.SandboxPool < 0 || c.SandboxPool > 64:
+		return fmt.Errorf("sandbox_pool %d: want 0 to 64", c.SandboxPool)
 	case c.Timeout < time.Second:
 		return fmt.Errorf("job_timeout %s is too short", c.Timeout)
 	case c.Poll <= 0:

@@ -71,7 +71,10 @@ func startFaultSite(tb testing.TB, databaseURL string, withAgent bool) *faultSit
 	tokenFile := e2e.WriteAgentToken(tb, s.Dir, s.Tokens["site"])
 	s.AgentArgs = []string{"agent", "--broker", s.URL, "--site-id", e2e.SiteID, "--token-file", tokenFile,
 		"--data", s.Data, "--catalog", s.Catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
-		"--scratch-dir", filepath.Join(s.Dir, "scratch")}
+		"--scratch-dir", filepath.Join(s.Dir, "scratch"),
+		// No pool: these tests catch a job's own child mid-run and expect
+		// none once the agent is idle.
+		"--sandbox-pool", "0"}
 	if withAgent {
 		s.Agent = e2e.StartTre(tb, s.AgentArgs...)
 		s.waitCatalog(tb)

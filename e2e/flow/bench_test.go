@@ -48,6 +48,9 @@ func TestBench(t *testing.T) {
 		"| sqlite | read | 32 | 0 |",
 		"| protected / raw DuckDB, 10M patients |",
 		"| sandbox start |",
+		"| cold ≈ warm: pooled cold / warm (issue 24) |",
+		"| job start with the pool (issue 24) |",
+		"Job start (`Runner.Run` until the child has the request",
 		"| submissions/s (SQLite) |",
 		"| reads/s (SQLite) |",
 		"| synth 10M patients |",
@@ -57,10 +60,10 @@ func TestBench(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
-	// Each typical query has a row with a raw time, warm and cold times and
-	// both ratios.
+	// Each typical query has a row with a raw time, warm, cold and pooled
+	// times and the four ratios.
 	for _, tq := range queries.TypicalQueries {
-		row := regexp.MustCompile(`(?m)^\| ` + regexp.QuoteMeta(tq.Name) + ` \| [^|]*\d[^|]* \| [^|]*\d[^|]* \| [^|]*\d[^|]* \| \d+\.\d\d× \| \d+\.\d\d× \| \d+→\d+ \|$`)
+		row := regexp.MustCompile(`(?m)^\| ` + regexp.QuoteMeta(tq.Name) + ` \| [^|]*\d[^|]* \| [^|]*\d[^|]* \| [^|]*\d[^|]* \| [^|]*\d[^|]* \| \d+\.\d\d× \| \d+\.\d\d× \| \d+\.\d\d× \| \d+\.\d\d× \| \d+→\d+ \|$`)
 		if !row.MatchString(report) {
 			t.Errorf("report has no complete row for %s", tq.Name)
 		}
