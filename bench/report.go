@@ -81,6 +81,10 @@ func (r *benchReport) markdown() string {
 
 	r.apiMarkdown(&b)
 
+	if r.Codelist != nil {
+		r.Codelist.markdown(w)
+	}
+
 	w("### 5. Synth\n\n")
 	if r.Synth == nil {
 		w("Not run (`--data` reused an existing file).\n\n")

@@ -153,6 +153,8 @@ type benchReport struct {
 	// release snapshot, once per data file version (every job then reads
 	// it; sandbox/snapshot.go).
 	Snapshot time.Duration
+	// Codelist compares a codelist join with IN (…).
+	Codelist *codelistResult
 }
 
 // run is the phases in the report's order, each a call; it stays one
@@ -274,6 +276,9 @@ func (m *harness) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if rep.Codelist, err = m.measureCodelist(ctx, p, runner, cat); err != nil {
+		return err
+	}
 
 	if m.Postgres != "" {
 		p.stage("postgres: load")
@@ -323,7 +328,7 @@ func (m *harness) totalSteps() int {
 	if m.Postgres != "" {
 		per += m.Warmup + m.Reps
 	}
-	n := len(queries.TypicalQueries)*per + m.Starts + 1
+	n := len(queries.TypicalQueries)*per + m.Starts + 1 + m.Warmup + m.Reps
 	if m.Postgres != "" {
 		n++ // the PostgreSQL load
 	}

@@ -250,15 +250,14 @@ func firstTerms(codes []job.CodelistCode) []string {
 	return out
 }
 
-// FindCodelists lists every codelist, newest first, without codes. Any
-// signed-in user may read codelists: they are public.
+// FindCodelists lists every codelist, newest first, without codes.
+// Codelists are public: anyone may read them, signed in or not (the web's
+// pages, /ui/codelists).
 func (s *Service) FindCodelists(ctx context.Context) ([]*Codelist, error) {
-	u, err := caller(ctx)
-	if err != nil {
-		return nil, err
-	}
+	u := UserFromContext(ctx)
 	var out []*Codelist
-	err = s.view(ctx, u, func(tx Tx) error {
+	err := s.view(ctx, u, func(tx Tx) error {
+		var err error
 		out, err = tx.FindCodelists(ctx)
 		return err
 	})
@@ -266,18 +265,17 @@ func (s *Service) FindCodelists(ctx context.Context) ([]*Codelist, error) {
 }
 
 // FindCodelist returns one codelist with its codes and the queries that
-// use it: staff see every such query, others those of their projects and
-// the released ones (which the public register shows anyway).
+// use it: staff see every such query, researchers those of their projects
+// and the released ones, anyone else (not signed in) the released ones,
+// which the public register shows anyway.
 func (s *Service) FindCodelist(ctx context.Context, name string) (*Codelist, error) {
-	u, err := caller(ctx)
-	if err != nil {
-		return nil, err
-	}
+	u := UserFromContext(ctx)
 	if err := ValidCodelistName(name); err != nil {
 		return nil, err
 	}
 	var cl *Codelist
-	err = s.view(ctx, u, func(tx Tx) error {
+	err := s.view(ctx, u, func(tx Tx) error {
+		var err error
 		if cl, err = tx.FindCodelist(ctx, name, true); err != nil {
 			return err
 		}
@@ -296,14 +294,14 @@ func (s *Service) FindCodelist(ctx context.Context, name string) (*Codelist, err
 
 // visibleUses keeps the uses u may see.
 func (s *Service) visibleUses(ctx context.Context, tx Tx, u *User, uses []CodelistUse) ([]CodelistUse, error) {
-	if isStaff(u) || u.HasRole(RoleAgent) {
+	if u != nil && (isStaff(u) || u.HasRole(RoleAgent)) {
 		return uses, nil
 	}
 	member := map[int64]bool{}
 	out := []CodelistUse{}
 	for _, use := range uses {
 		m, seen := member[use.ProjectID]
-		if !seen {
+		if !seen && u != nil && u.Subject != "" {
 			var err error
 			if m, err = tx.IsMember(ctx, use.ProjectID, u.Subject); err != nil {
 				return nil, err

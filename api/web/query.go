@@ -14,6 +14,8 @@ import (
 type queryView struct {
 	Q       *broker.Query
 	Project *broker.Project
+	// Codelists are the codelists the query joins, as the list has them.
+	Codelists []*broker.Codelist
 	// Output is the output as an output checker checks it (the full
 	// disclosure report or the failure notice); Released is what a
 	// researcher may see of a released one. At most one is set.
@@ -80,6 +82,10 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 		return
 	}
 	qv := &queryView{Q: q, IsSubmitter: q.SubmittedBy == u.Subject}
+	if qv.Codelists, err = h.queryCodelists(r, q); err != nil {
+		h.fail(w, r, s, err)
+		return
+	}
 	if typed != nil {
 		qv.Comment, qv.Reason = typed.Comment, typed.Reason
 	}

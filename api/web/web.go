@@ -129,6 +129,8 @@ func (h *Handler) routes() {
 	m.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", http.FileServerFS(static)))
 
 	m.HandleFunc("GET /register", h.register)
+	m.HandleFunc("GET /ui/codelists", h.public(h.codelists))
+	m.HandleFunc("GET /ui/codelists/{org}/{slug}/{version}", h.public(h.codelist))
 	m.HandleFunc("GET /ui/signin", h.signinPage)
 	m.HandleFunc("POST /ui/signin", h.signin)
 
