@@ -3,7 +3,7 @@
 // bearer-token authentication through api/auth, strict JSON decoding, rate
 // limits on submissions and dry runs, and every error written in the one
 // shape with the one status table. The handlers live in one file per noun
-// (projects, queries, review, output, audit, catalog, leases, register,
+// (projects, queries, review, output, audit, catalog, leases, register, codelists,
 // health).
 //
 // server decides nothing about the domain: who may do what to which query
