@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -17,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -333,5 +335,44 @@ func TestDevTokens(t *testing.T) {
 	prod := mustVerifier(t, AuthConfig{PublicKeyFiles: []string{k.rsaFile}})
 	if _, err := prod.Verify(context.Background(), tok); err == nil {
 		t.Error("HS256 dev token accepted without dev mode")
+	}
+}
+
+// TestDevKeyCreatedOnce: brokers started together on an empty data
+// directory (replicas, issue 25) must all end up with one key, and none may
+// read the file half written. Many rounds of eight creators at once.
+func TestDevKeyCreatedOnce(t *testing.T) {
+	for round := range 50 {
+		dir := filepath.Join(t.TempDir(), "data")
+		const n = 8
+		keys := make([][]byte, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				keys[i], errs[i] = LoadOrCreateDevKey(dir)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil {
+				t.Fatalf("round %d, creator %d: %v", round, i, errs[i])
+			}
+			if !bytes.Equal(keys[i], keys[0]) {
+				t.Fatalf("round %d: creators %d and 0 got different keys", round, i)
+			}
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(entries) != 1 || entries[0].Name() != DevKeyFile {
+			t.Fatalf("round %d: data directory holds %v, want only %s", round, entries, DevKeyFile)
+		}
 	}
 }

@@ -19,39 +19,56 @@ import (
 const DevKeyFile = "dev-signing.key"
 
 // LoadOrCreateDevKey returns the dev-mode HS256 key in dir, creating it from
-// crypto/rand with mode 0600 if it does not exist.
+// crypto/rand with mode 0600 if it does not exist. Processes starting
+// together on an empty directory (broker replicas) all get the one key: each
+// writes a whole key to a file of its own and links it into place, which
+// fails if another was first, and then reads the winner's. The key file
+// never exists half written.
 func LoadOrCreateDevKey(dir string) ([]byte, error) {
 	path := filepath.Join(dir, DevKeyFile)
-	data, err := os.ReadFile(path)
-	if err == nil {
-		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
-		if err != nil || len(key) < 32 {
-			return nil, fmt.Errorf("dev key %s is corrupt: remove it to create a new one", path)
-		}
-		return key, nil
-	}
+	key, err := readDevKey(path)
 	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("read dev key: %w", err)
+		return key, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	key := make([]byte, 32)
+	key = make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("generate dev key: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return LoadOrCreateDevKey(dir) // another process won the race
+	tmp, err := os.CreateTemp(dir, DevKeyFile+".new-*") // mode 0600
+	if err != nil {
+		return nil, fmt.Errorf("create dev key: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(base64.StdEncoding.EncodeToString(key) + "\n"); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("write dev key: %w", err)
+	}
+	if err := errors.Join(tmp.Sync(), tmp.Close()); err != nil {
+		return nil, fmt.Errorf("write dev key: %w", err)
+	}
+	if err := os.Link(tmp.Name(), path); errors.Is(err, os.ErrExist) {
+		return readDevKey(path) // another process won the race
 	} else if err != nil {
 		return nil, fmt.Errorf("create dev key: %w", err)
 	}
-	if _, err := f.WriteString(base64.StdEncoding.EncodeToString(key) + "\n"); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("write dev key: %w", err)
+	return key, nil
+}
+
+// readDevKey reads the key file at path; a missing file is an
+// os.ErrNotExist error.
+func readDevKey(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	} else if err != nil {
+		return nil, fmt.Errorf("read dev key: %w", err)
 	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("write dev key: %w", err)
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
+	if err != nil || len(key) < 32 {
+		return nil, fmt.Errorf("dev key %s is corrupt: remove it to create a new one", path)
 	}
 	return key, nil
 }
