@@ -20,18 +20,35 @@ type Session struct {
 	ExpiresAt time.Time
 }
 
-// CreateSession stores a new session and deletes every session that expired
-// before it was created. It is called before anyone is signed in: the
-// caller must have verified sess.User's token.
+// MaxSessionsPerUser is how many web sessions one user may have at once:
+// signing in once more ends the oldest. It bounds the table however a
+// client behaves, e.g. one that sends a forwarded token on every request
+// and never keeps the cookie, which starts a session each time.
+const MaxSessionsPerUser = 20
+
+// sessionSweepBatch is how many expired sessions a sign-in deletes at most.
+// Each sign-in adds one row and removes up to this many expired ones, so
+// expired rows cannot pile up, and no transaction deletes an unbounded
+// number of them (issue 25).
+const sessionSweepBatch = 100
+
+// CreateSession stores a new session, deletes up to sessionSweepBatch
+// sessions that had expired when it was created, and the user's oldest
+// sessions beyond MaxSessionsPerUser. It is called before anyone is signed
+// in: the caller must have verified sess.User's token.
 func (s *Service) CreateSession(ctx context.Context, sess *Session) error {
 	if sess.IDHash == "" || sess.User.Subject == "" || sess.ExpiresAt.IsZero() {
 		return Errorf(EINVALID, "a session needs an id, a user and an expiry")
 	}
 	return s.store.Update(ctx, func(tx Tx) error {
-		if _, err := tx.DeleteExpiredSessions(ctx, sess.CreatedAt); err != nil {
+		if _, err := tx.DeleteExpiredSessions(ctx, sess.CreatedAt, sessionSweepBatch); err != nil {
 			return err
 		}
-		return tx.PutSession(ctx, sess)
+		if err := tx.PutSession(ctx, sess); err != nil {
+			return err
+		}
+		_, err := tx.TrimSessions(ctx, sess.User.Subject, MaxSessionsPerUser)
+		return err
 	})
 }
 

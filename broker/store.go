@@ -165,12 +165,15 @@ type Tx interface {
 
 	// Web sessions, by the hash of their id. PutSession inserts (a
 	// duplicate id is a conflict); DeleteSession of a missing id is not an
-	// error; DeleteExpiredSessions removes sessions that expired at or
-	// before the given time.
+	// error; DeleteExpiredSessions removes up to limit sessions that
+	// expired at or before the given time, the longest expired first;
+	// TrimSessions removes all but the keep most recently created sessions
+	// of subject. Both return how many they removed.
 	PutSession(ctx context.Context, s *Session) error
 	FindSession(ctx context.Context, idHash string) (*Session, error)
 	DeleteSession(ctx context.Context, idHash string) error
-	DeleteExpiredSessions(ctx context.Context, before time.Time) (int64, error)
+	DeleteExpiredSessions(ctx context.Context, before time.Time, limit int) (int64, error)
+	TrimSessions(ctx context.Context, subject string, keep int) (int64, error)
 
 	// Token buckets (TakeToken). LockBucket returns the bucket's tokens and
 	// when they were counted, locked until the transaction ends; a missing

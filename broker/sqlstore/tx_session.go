@@ -41,8 +41,20 @@ func (t *tx) DeleteSession(ctx context.Context, idHash string) error {
 	return err
 }
 
-func (t *tx) DeleteExpiredSessions(ctx context.Context, before time.Time) (int64, error) {
-	res, err := t.exec(ctx, `DELETE FROM web_sessions WHERE expires_at <= ?`, micros(before))
+func (t *tx) DeleteExpiredSessions(ctx context.Context, before time.Time, limit int) (int64, error) {
+	// A bounded batch through the expires_at index: one statement never
+	// deletes (and locks) more than limit rows.
+	res, err := t.exec(ctx, `DELETE FROM web_sessions WHERE id_hash IN
+		(SELECT id_hash FROM web_sessions WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)`, micros(before), limit)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (t *tx) TrimSessions(ctx context.Context, subject string, keep int) (int64, error) {
+	res, err := t.exec(ctx, `DELETE FROM web_sessions WHERE subject = ? AND id_hash NOT IN
+		(SELECT id_hash FROM web_sessions WHERE subject = ? ORDER BY created_at DESC, id_hash LIMIT ?)`, subject, subject, keep)
 	if err != nil {
 		return 0, err
 	}
