@@ -17,6 +17,9 @@ func (s *Server) healthz(c *gin.Context) error {
 }
 
 func (s *Server) readyz(c *gin.Context) error {
+	if s.cfg.Draining != nil && s.cfg.Draining.Load() {
+		return broker.Errorf(broker.EUNAVAILABLE, "shutting down")
+	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), 3*time.Second)
 	defer cancel()
 	if err := s.svc.Ping(ctx); err != nil {

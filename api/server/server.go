@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -70,6 +71,11 @@ type Config struct {
 	Now func() time.Time
 	// Metrics, when set, records every request's route, status and latency.
 	Metrics *metrics.Registry
+	// Draining, when set and true, makes /readyz answer 503 while every
+	// other route is still served: the broker is shutting down and a load
+	// balancer's health check should take it out of rotation before its
+	// listener closes.
+	Draining *atomic.Bool
 }
 
 // Server serves the broker's HTTP API.

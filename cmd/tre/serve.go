@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,6 +38,8 @@ import (
 type ServeMain struct {
 	Config ServeConfig
 	configured
+	// cutDrain, when closed, ends the shutdown delay early (tests).
+	cutDrain chan struct{}
 }
 
 func newServeMain(stdout, stderr io.Writer) cli.Command {
@@ -75,6 +78,7 @@ func (m *ServeMain) Run(ctx context.Context) error {
 			b.Close()
 			return err
 		case <-ctx.Done():
+			b.drain(m.Config.ShutdownDelay, m.cutDrain)
 			return b.Close()
 		}
 	}
@@ -105,6 +109,8 @@ type brokerRuntime struct {
 	url       string
 	done      chan error
 	logger    *slog.Logger
+	// draining makes /readyz answer 503 (drain).
+	draining atomic.Bool
 }
 
 // brokerExtras lets `tre demo` add to the broker without another code path.
@@ -194,6 +200,7 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		Verifier:    verifier,
 		SubmitLimit: server.RateLimit{PerMinute: float64(cfg.SubmitPerMinute), Burst: cfg.SubmitPerMinute},
 		Metrics:     b.metrics,
+		Draining:    &b.draining,
 	}
 	if cfg.DatabaseURL != "" {
 		// Replicas on one PostgreSQL database share the buckets, so the
@@ -372,6 +379,22 @@ func (b *brokerRuntime) startFailureFlush(every time.Duration) {
 		cancel()
 		<-done
 		b.svc.FlushAuthFailures(context.Background(), true)
+	}
+}
+
+// drain makes /readyz answer 503 and goes on serving for delay, so that a
+// load balancer checking it stops sending requests here before Close
+// closes the listener: a rolling restart of replicas fails no request.
+func (b *brokerRuntime) drain(delay time.Duration, cut <-chan struct{}) {
+	if delay <= 0 {
+		return
+	}
+	b.draining.Store(true)
+	b.logger.Info("shutting down: not ready, still serving", "for", delay.String())
+	select {
+	case <-time.After(delay):
+	case <-b.done: // the server stopped by itself
+	case <-cut:
 	}
 }
 

@@ -52,6 +52,10 @@ type ServeConfig struct {
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout" flag:"read-header-timeout" usage:"time a client has to send its request headers"`
 	ReadTimeout       time.Duration `yaml:"read_timeout" flag:"read-timeout" usage:"time a client has to send a whole request"`
 	WriteTimeout      time.Duration `yaml:"write_timeout" flag:"write-timeout" usage:"time to write a response (result downloads included)"`
+	// ShutdownDelay keeps a stopping broker serving, with /readyz
+	// answering 503, so that a load balancer takes it out of rotation
+	// before its listener closes (a rolling restart of replicas).
+	ShutdownDelay time.Duration `yaml:"shutdown_delay" flag:"shutdown-delay" usage:"on SIGTERM, keep serving this long with /readyz answering 503 before closing, so a load balancer stops sending requests first (0: close at once)"`
 
 	AllowWeakSBX bool `yaml:"allow_weak_sandbox" flag:"allow-weak-sandbox" usage:"run dry runs in a sandbox missing isolation layers (reported)"`
 }
@@ -112,6 +116,8 @@ func (c *ServeConfig) Validate() error {
 		return fmt.Errorf("dry_run_per_user %d is above dry_run_max %d", c.DryRunPerUser, c.DryRunMax)
 	case c.AuthFailureWindow < time.Second:
 		return fmt.Errorf("auth_failure_window %s is too short", c.AuthFailureWindow)
+	case c.ShutdownDelay < 0 || c.ShutdownDelay > 5*time.Minute:
+		return fmt.Errorf("shutdown_delay %s must be between 0 and 5m", c.ShutdownDelay)
 	case c.ReadHeaderTimeout <= 0 || c.ReadTimeout <= 0 || c.WriteTimeout <= 0:
 		return errors.New("read_header_timeout, read_timeout and write_timeout must be positive: a client must not hold a connection forever")
 	}
