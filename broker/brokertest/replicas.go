@@ -2,10 +2,12 @@ package brokertest
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/queries"
 )
 
 // testPredicateSetBackfill checks migration 2 on a database written before
@@ -104,4 +106,45 @@ func testTwoReplicas(t *testing.T, cfg Config) {
 		t.Errorf("budget = %+v, want all spent", b)
 	}
 	f.MustVerify()
+}
+
+// testCatalogAcrossReplicas checks that a catalog published through one
+// broker process is the one every other process uses from its next
+// submission on, though each keeps a parsed catalog and compiled plans in
+// memory (keyed by the catalog's hash, read in each submission's
+// transaction): no replica goes on with a stale one (issue 25).
+func testCatalogAcrossReplicas(t *testing.T, cfg Config) {
+	s1, s2 := cfg.OpenPair(t)
+	f := NewFixture(t, cfg, s1, broker.Options{})
+	compiler := cfg.Compiler
+	if compiler == nil {
+		compiler = MustParser(t)
+	}
+	other := broker.NewService(s2, compiler, broker.Options{Now: f.Clock.Now})
+	const byRegion = "SELECT region, count(*) FROM patients GROUP BY region"
+	submit := func(svc *broker.Service) error {
+		_, err := svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: byRegion, Purpose: "test", Epsilon: 0.1})
+		return err
+	}
+	// The other process caches the catalog and the plan.
+	for range 2 {
+		if err := submit(other); err != nil {
+			t.Fatalf("submit on the other process: %v", err)
+		}
+	}
+	// The site drops the region column, publishing through the first.
+	without := Catalog(t)
+	cols := without.Tables[0].Columns
+	without.Tables[0].Columns = slices.DeleteFunc(slices.Clone(cols), func(c queries.Column) bool { return c.Name == "region" })
+	if err := f.Service.PublishCatalog(f.Agent, SiteID, "", without); err != nil {
+		t.Fatalf("publish without region: %v", err)
+	}
+	MustCode(t, submit(other), broker.EREFUSED) // unknown column region
+	// And puts it back: accepted again on the other process at once.
+	if err := f.Service.PublishCatalog(f.Agent, SiteID, "", Catalog(t)); err != nil {
+		t.Fatalf("publish with region: %v", err)
+	}
+	if err := submit(other); err != nil {
+		t.Fatalf("submit on the other process after region came back: %v", err)
+	}
 }

@@ -52,6 +52,7 @@ func Run(t *testing.T, cfg Config) {
 		t.Run("TwoReplicas", func(t *testing.T) { testTwoReplicas(t, cfg) })
 		t.Run("Sessions", func(t *testing.T) { testSessions(t, cfg) })
 		t.Run("SessionBounds", func(t *testing.T) { testSessionBounds(t, cfg) })
+		t.Run("CatalogAcrossReplicas", func(t *testing.T) { testCatalogAcrossReplicas(t, cfg) })
 		t.Run("SharedRateLimit", func(t *testing.T) { testSharedRateLimit(t, cfg) })
 	}
 }
