@@ -48,11 +48,11 @@ func (c *cluster) as(i int, sub string) *api.Client {
 	return &api.Client{BaseURL: c.Replicas[i].URL, Token: c.Tokens[sub], HTTPClient: &http.Client{Timeout: 30 * time.Second}}
 }
 
-// startReplicas starts n brokers over one fresh PostgreSQL schema at the
-// same moment and waits until every one is ready: the migrations must run
-// once while the others wait (a replica that lost the race used to exit).
-// The replicas share a data directory only for the dev signing key, made
-// before they start.
+// startReplicas starts n brokers over one fresh PostgreSQL schema and one
+// empty data directory at the same moment and waits until every one is
+// ready: the migrations must run once while the others wait, and the dev
+// signing key must be made once and read by all (a replica that lost
+// either race used to exit). The tokens are minted with that key.
 func startReplicas(t *testing.T, n int, extra ...string) *cluster {
 	t.Helper()
 	if testing.Short() {
@@ -60,7 +60,6 @@ func startReplicas(t *testing.T, n int, extra ...string) *cluster {
 	}
 	c := &cluster{Dir: t.TempDir(), DatabaseURL: brokertest.PostgresURL(t)}
 	brokerDir := filepath.Join(c.Dir, "broker")
-	c.Tokens = e2e.DevTokens(t, brokerDir, e2e.Users) // creates the shared dev key
 	for range n {
 		addr := e2e.FreeAddr(t)
 		c.Replicas = append(c.Replicas, &replica{URL: "http://" + addr, Args: []string{
@@ -87,6 +86,7 @@ func startReplicas(t *testing.T, n int, extra ...string) *cluster {
 		r.Proc = procs[i]
 		waitReady(t, r)
 	}
+	c.Tokens = e2e.DevTokens(t, brokerDir, e2e.Users) // the key the replicas made
 	return c
 }
 
