@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,9 @@ type apiResult struct {
 	// CPU is the CPU time the whole process (broker and load generator)
 	// used during the phase.
 	CPU time.Duration
+	// DBCPU is the CPU time this machine's PostgreSQL server processes
+	// used during the phase (0 when none runs here).
+	DBCPU time.Duration
 	// Groups and Grouped count the shared commits of the phase and the
 	// writes they held (stores with group commit only).
 	Groups, Grouped int64
@@ -100,6 +104,9 @@ func (r *benchReport) apiMarkdown(b *strings.Builder) {
 	}
 	w("A real broker (`tre serve --dev` wiring) on loopback in this process, driven by an in-process load generator with %d concurrent clients (one researcher each, %s), a fixed number of requests and a time cap. ", r.Clients, projects)
 	w("Submissions cycle through the typical queries (parsed, validated, compiled, risk-flagged and stored, with the audit append); reads fetch a submitted query with its history.\n\n")
+	if slices.ContainsFunc(r.API, func(a apiResult) bool { return strings.Contains(a.Store, "×") }) {
+		w("`postgres ×N` is N such brokers on one PostgreSQL database (their own store pools, caches and HTTP servers; one Go runtime), client i on broker i mod N, as behind a balancer.\n\n")
+	}
 	w("CPU/request is the whole process's CPU time (broker and load generator) per request; req/s at %d idle CPUs = %d ÷ CPU/request, the throughput the machine's cores could sustain if nothing else ran.\n\n", r.Machine.CPUs, r.Machine.CPUs)
 	w("| store | operation | requests ok | errors | req/s | p50 | p99 | max | CPU/request | req/s at %d idle CPUs |\n|---|---|---|---|---|---|---|---|---|---|\n", r.Machine.CPUs)
 	for _, a := range r.API {
@@ -113,6 +120,12 @@ func (r *benchReport) apiMarkdown(b *strings.Builder) {
 	for _, a := range r.API {
 		if a.Groups > 0 {
 			w("\n%s %s: %d writes in %d shared commits (%.2f per commit; group commit).\n", a.Store, a.Op, a.Grouped, a.Groups, float64(a.Grouped)/float64(a.Groups))
+		}
+	}
+	for _, a := range r.API {
+		if strings.HasPrefix(a.Store, "postgres") && a.DBCPU > 0 && a.Lat.n() > 0 {
+			w("\n%s %s: the PostgreSQL server's processes on this machine used %s of CPU (%s a request) while this process (brokers and load generator) used %s.\n",
+				a.Store, a.Op, fmtDur(a.DBCPU), fmtDur(a.DBCPU/time.Duration(a.Lat.n())), fmtDur(a.CPU))
 		}
 	}
 	for _, a := range r.API {
@@ -143,33 +156,14 @@ type Broker interface {
 // compiled and flagged by the broker) from several researchers, then reads
 // of the submitted queries. One function (123 lines): the broker it starts
 // and the phases it measures share their setup and teardown.
-func (m *harness) measureAPI(ctx context.Context, p *benchProgress, store, dir string, cat *queries.Catalog) ([]apiResult, error) {
-	p.stage("broker API (" + store + ")")
-	brokerDir := filepath.Join(dir, "broker-"+store)
-	var databaseURL string
-	if store == "postgres" {
-		schema := "tre_bench_broker_" + randomSuffix()
-		conn, err := pgx.Connect(ctx, m.Postgres)
-		if err != nil {
-			return nil, fmt.Errorf("connect: %w", err)
-		}
-		if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-			conn.Close(ctx)
-			return nil, err
-		}
-		defer func() {
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-			defer cancel()
-			_, _ = conn.Exec(dctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
-			conn.Close(dctx)
-		}()
-		databaseURL = withSearchPath(m.Postgres, schema)
-	}
-	b, err := m.StartBroker(ctx, brokerDir, databaseURL)
+func (m *harness) measureAPI(ctx context.Context, p *benchProgress, store apiStore, dir string, cat *queries.Catalog) ([]apiResult, error) {
+	p.stage("broker API (" + store.String() + ")")
+	brokers, stop, err := m.startBrokers(ctx, store, dir)
 	if err != nil {
 		return nil, err
 	}
-	defer b.Close()
+	defer stop()
+	b := brokers[0]
 
 	const site = "bench-site"
 	mint := func(sub string, role broker.Role) (string, error) {
@@ -207,7 +201,8 @@ func (m *harness) measureAPI(ctx context.Context, p *benchProgress, store, dir s
 		if err != nil {
 			return nil, err
 		}
-		researchers[i] = client(tok)
+		// Client i talks to replica i mod N, as behind a balancer.
+		researchers[i] = &api.Client{BaseURL: brokers[i%len(brokers)].URL(), Token: tok, HTTPClient: httpClient}
 	}
 	// One project all clients share, or one per client (separate teams).
 	newProject := func(members []string) (int64, error) {
@@ -243,7 +238,7 @@ func (m *harness) measureAPI(ctx context.Context, p *benchProgress, store, dir s
 	// client, another client's are not its to see.
 	var idsMu sync.Mutex
 	ids := map[*api.Client][]int64{}
-	submit := m.load(ctx, store, "submit", m.Submissions, researchers, func(ctx context.Context, c *api.Client, i int) error {
+	submit := m.load(ctx, store.String(), "submit", m.Submissions, researchers, func(ctx context.Context, c *api.Client, i int) error {
 		tq := queries.TypicalQueries[i%len(queries.TypicalQueries)]
 		q, err := c.SubmitQuery(ctx, api.QueryRequest{ProjectID: project[c], SQL: tq.SQL, Purpose: "benchmark: " + tq.Name})
 		if err != nil {
@@ -264,7 +259,7 @@ func (m *harness) measureAPI(ctx context.Context, p *benchProgress, store, dir s
 			return nil, fmt.Errorf("a client had no submission succeed: %s", submit.FirstErr)
 		}
 	}
-	read := m.load(ctx, store, "read", m.Reads, researchers, func(ctx context.Context, c *api.Client, i int) error {
+	read := m.load(ctx, store.String(), "read", m.Reads, researchers, func(ctx context.Context, c *api.Client, i int) error {
 		own := ids[c]
 		return readQuery(ctx, c, own[i%len(own)])
 	})
@@ -272,13 +267,77 @@ func (m *harness) measureAPI(ctx context.Context, p *benchProgress, store, dir s
 	return []apiResult{submit, read}, nil
 }
 
-// apiStores are the broker stores the API phases measure: SQLite, and
-// PostgreSQL with --postgres.
-func (m *harness) apiStores() []string {
-	if m.Postgres != "" {
-		return []string{"sqlite", "postgres"}
+// apiStore is a broker store the API phases measure, and how many broker
+// replicas share it.
+type apiStore struct {
+	name     string // "sqlite" or "postgres"
+	replicas int
+}
+
+func (s apiStore) String() string {
+	if s.replicas > 1 {
+		return fmt.Sprintf("%s ×%d", s.name, s.replicas)
 	}
-	return []string{"sqlite"}
+	return s.name
+}
+
+// apiStores are the broker stores the API phases measure: SQLite, and
+// PostgreSQL with --postgres (and again with --replicas brokers on it).
+func (m *harness) apiStores() []apiStore {
+	stores := []apiStore{{"sqlite", 1}}
+	if m.Postgres != "" {
+		stores = append(stores, apiStore{"postgres", 1})
+		if m.Replicas > 1 {
+			stores = append(stores, apiStore{"postgres", m.Replicas})
+		}
+	}
+	return stores
+}
+
+// startBrokers starts store.replicas brokers (Config.StartBroker, as `tre
+// serve --dev` does) on loopback over one fresh store: SQLite in dir, or a
+// new PostgreSQL schema. Replicas share the dev signing key's directory, as
+// docs/operations.md says. stop closes them and drops the schema.
+func (m *harness) startBrokers(ctx context.Context, store apiStore, dir string) (brokers []Broker, stop func(), err error) {
+	brokerDir := filepath.Join(dir, "broker-"+store.name+fmt.Sprint(store.replicas))
+	var undo []func()
+	stop = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	var databaseURL string
+	if store.name == "postgres" {
+		schema := "tre_bench_broker_" + randomSuffix()
+		conn, err := pgx.Connect(ctx, m.Postgres)
+		if err != nil {
+			return nil, nil, fmt.Errorf("connect: %w", err)
+		}
+		undo = append(undo, func() {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			_, _ = conn.Exec(dctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
+			conn.Close(dctx)
+		})
+		if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+			return nil, nil, err
+		}
+		databaseURL = withSearchPath(m.Postgres, schema)
+	}
+	for range store.replicas {
+		b, err := m.StartBroker(ctx, brokerDir, databaseURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		brokers = append(brokers, b)
+		undo = append(undo, func() { b.Close() })
+	}
+	return brokers, stop, nil
 }
 
 // measureAPIs runs the API phases on every store into rep.API.
@@ -320,7 +379,7 @@ func (m *harness) load(ctx context.Context, store, op string, n int, clients []*
 	var next atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	start, cpu := time.Now(), cpuTime()
+	start, cpu, dbCPU := time.Now(), cpuTime(), postgresCPU()
 	for _, c := range clients {
 		wg.Add(1)
 		go func() {
@@ -358,7 +417,7 @@ func (m *harness) load(ctx context.Context, store, op string, n int, clients []*
 		}()
 	}
 	wg.Wait()
-	res.Elapsed, res.CPU = time.Since(start), cpuTime()-cpu
+	res.Elapsed, res.CPU, res.DBCPU = time.Since(start), cpuTime()-cpu, postgresCPU()-dbCPU
 	res.Sent = min(int(next.Load()), n)
 	res.Capped = ctx.Err() != nil && res.Lat.n()+res.Errors < n
 	return res

@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -98,3 +100,38 @@ func randomSuffix() string {
 	_, _ = rand.Read(b[:]) // crypto/rand does not fail on Linux
 	return hex.EncodeToString(b[:])
 }
+
+// postgresCPU is the user+system CPU time so far of this machine's
+// processes named postgres (a PostgreSQL server's), from /proc, with the
+// CPU of the children they reaped (a postmaster's backends and autovacuum
+// workers that exited), so that it only grows: 0 when there are none or
+// /proc cannot be read.
+func postgresCPU() time.Duration {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var ticks int64
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid … utime stime cutime cstime: fields 14–17.
+		open, close := strings.IndexByte(string(b), '('), strings.LastIndexByte(string(b), ')')
+		if open < 0 || close < open || string(b[open+1:close]) != "postgres" {
+			continue
+		}
+		fields := strings.Fields(string(b[close+1:]))
+		if len(fields) < 15 {
+			continue
+		}
+		for _, v := range fields[11:15] {
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+				ticks += n
+			}
+		}
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on every Linux
+// architecture Go runs on.
+const clockTicks = 100

@@ -48,6 +48,9 @@ type Config struct {
 	APIOnly bool
 	// PerClient gives each API client its own project.
 	PerClient bool
+	// Replicas, above 1, also measures that many brokers on one
+	// PostgreSQL database (needs Postgres), the clients spread over them.
+	Replicas int
 
 	// Command is the command line the report names (passwords redacted).
 	Command string
@@ -62,7 +65,7 @@ type Config struct {
 
 // DefaultConfig returns the sizes `tre bench` uses unless told otherwise.
 func DefaultConfig() Config {
-	return Config{Reps: 5, Warmup: 1, Starts: 20, Submissions: 2000, Reads: 20000, Clients: 4, LoadCap: 30 * time.Second, Seed: 1}
+	return Config{Reps: 5, Warmup: 1, Starts: 20, Submissions: 2000, Reads: 20000, Clients: 4, LoadCap: 30 * time.Second, Seed: 1, Replicas: 1}
 }
 
 // Validate reports the first problem with c, naming its flag.
@@ -84,6 +87,10 @@ func (c Config) Validate() error {
 		return errors.New("--submissions and --reads must be at least 1")
 	case c.Clients < 1 || c.Clients > 256:
 		return errors.New("--clients must be between 1 and 256")
+	case c.Replicas < 1 || c.Replicas > 16:
+		return errors.New("--replicas must be between 1 and 16")
+	case c.Replicas > 1 && c.Postgres == "":
+		return errors.New("--replicas needs --postgres: replicas share a PostgreSQL database")
 	case c.LoadCap <= 0:
 		return errors.New("--load-time-cap must be positive")
 	case c.Explain != "" && c.Explain != "all" && typicalSQL(c.Explain) == "":

@@ -66,3 +66,29 @@ func TestBenchTargetsBySize(t *testing.T) {
 		t.Errorf("1.51× judged %q", row[3])
 	}
 }
+
+// TestReplicasNeedPostgres: --replicas above 1 measures brokers sharing a
+// PostgreSQL database, so it needs one; the stores follow the flag.
+func TestReplicasNeedPostgres(t *testing.T) {
+	c := DefaultConfig()
+	c.APIOnly, c.Catalog = true, "gp.catalog.yaml"
+	c.Replicas = 3
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--replicas needs --postgres") {
+		t.Fatalf("--replicas 3 without --postgres: %v", err)
+	}
+	c.Postgres = "postgres://localhost/test"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range (&harness{Config: c}).apiStores() {
+		names = append(names, s.String())
+	}
+	if got := strings.Join(names, ", "); got != "sqlite, postgres, postgres ×3" {
+		t.Errorf("stores %s", got)
+	}
+	c.Replicas = 0
+	if err := c.Validate(); err == nil {
+		t.Error("--replicas 0 accepted")
+	}
+}

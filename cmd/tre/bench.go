@@ -45,6 +45,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.IntVar(&c.Submissions, "submissions", c.Submissions, "query submissions to send to each broker store")
 	fs.IntVar(&c.Reads, "reads", c.Reads, "query reads to send to each broker store")
 	fs.IntVar(&c.Clients, "clients", c.Clients, "concurrent API clients of the load generator")
+	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "with --postgres, also measure this many brokers on one PostgreSQL database, the clients spread over them")
 	fs.DurationVar(&c.LoadCap, "load-time-cap", c.LoadCap, "time cap of each API load phase")
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "synth seed")
 	fs.BoolVar(&c.AllowWeak, "allow-weak-sandbox", false, "run sandboxes even if an isolation layer is unavailable (reported)")
