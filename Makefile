@@ -2,9 +2,9 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: help build test check fmt vet fuzz demo images
+.PHONY: help build test check fmt vet fuzz demo images images-replicas
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 build: ## build the tre binary into ./bin/tre
 	$(GO) build -o bin/tre ./cmd/tre
@@ -31,3 +31,6 @@ demo: ## build tre, showing each package as it compiles, then run the demo
 
 images: ## build the tre-broker and tre-agent images, no registry needed (deploy/image/build.sh)
 	GO=$(GO) deploy/image/build.sh
+
+images-replicas: ## also build tre-proxy and tre-postgres for deploy/compose.replicas.yaml
+	GO=$(GO) deploy/image/build.sh replicas

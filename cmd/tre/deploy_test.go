@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"flag"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,18 +104,18 @@ func (s composeService) networks() []string {
 	return names
 }
 
-func loadCompose(tb testing.TB) composeFile {
+func loadCompose(tb testing.TB, file string) composeFile {
 	tb.Helper()
-	data, err := os.ReadFile(filepath.Join(deployDir, "compose.yaml"))
+	data, err := os.ReadFile(filepath.Join(deployDir, file))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	var c composeFile
 	if err := yaml.Unmarshal(data, &c); err != nil {
-		tb.Fatalf("compose.yaml: %v", err)
+		tb.Fatalf("%s: %v", file, err)
 	}
 	if len(c.Services) == 0 {
-		tb.Fatal("compose.yaml: no services")
+		tb.Fatalf("%s: no services", file)
 	}
 	return c
 }
@@ -199,7 +200,7 @@ func secretPaths(cfg any) []string {
 }
 
 func TestComposeFile(t *testing.T) {
-	c := loadCompose(t)
+	c := loadCompose(t, "compose.yaml")
 	subcommands := map[string]bool{}
 	for name, svc := range c.Services {
 		if !svc.isTre() {
@@ -210,61 +211,7 @@ func TestComposeFile(t *testing.T) {
 			// The registration step (deploy/register): not tre's flags.
 			continue
 		}
-		t.Run(name, func(t *testing.T) {
-			if len(svc.Command) == 0 {
-				t.Fatal("no command")
-			}
-			sub, args := svc.Command[0], withDefaults(svc.Command[1:])
-			subcommands[sub] = true
-			var mounted []string
-			for _, s := range svc.Secrets {
-				if _, ok := c.Secrets[s.Source]; !ok {
-					t.Errorf("secret %q is not defined at the top level", s.Source)
-				}
-				mounted = append(mounted, s.Target)
-			}
-			switch sub {
-			case "synth":
-				checkSynthArgs(t, args)
-				if svc.NetworkMode != "none" {
-					t.Errorf("synth network_mode = %q, want none", svc.NetworkMode)
-				}
-				return
-			case "version":
-				return
-			case "serve", "agent":
-			default:
-				t.Fatalf("subcommand %q: want serve, agent, synth or version", sub)
-			}
-			mounts := map[string]string{}
-			for _, v := range svc.Volumes {
-				parts := strings.Split(v, ":")
-				if len(parts) >= 2 && strings.HasPrefix(parts[0], "./") {
-					mounts[parts[1]] = filepath.Join(deployDir, parts[0])
-				}
-			}
-			cfg, err := effectiveConfig(t, sub, args, svc.Environment, func(p string) string {
-				host, ok := mounts[p]
-				if !ok {
-					t.Fatalf("--config %s is not a file mounted from deploy/", p)
-				}
-				return host
-			})
-			if err != nil {
-				t.Fatalf("tre %s %s: %v", sub, strings.Join(args, " "), err)
-			}
-			if err := cfg.Validate(); err != nil {
-				t.Errorf("effective configuration does not validate: %v", err)
-			}
-			if slices.Contains(args, "--allow-weak-sandbox") {
-				t.Error("--allow-weak-sandbox: the containers keep every sandbox layer (deploy/seccomp)")
-			}
-			for _, s := range secretPaths(cfg) {
-				if !slices.Contains(mounted, s) {
-					t.Errorf("configuration reads /run/secrets/%s but the service does not mount that secret", s)
-				}
-			}
-		})
+		t.Run(name, func(t *testing.T) { subcommands[checkTreService(t, c, svc)] = true })
 	}
 	for _, want := range []string{"serve", "agent", "synth"} {
 		if !subcommands[want] {
@@ -305,6 +252,150 @@ func TestComposeFile(t *testing.T) {
 	if agents < 2 || brokers != 1 {
 		t.Errorf("%d agents and %d brokers, want several sites and one broker", agents, brokers)
 	}
+}
+
+// TestComposeReplicasFile checks deploy/compose.replicas.yaml: its tre
+// services as TestComposeFile does; three brokers run the very same
+// command and environment (one database, one configuration); the proxy
+// sends to exactly those brokers on the port they listen on; the database
+// and the brokers' network hold nothing else; the agent's only peer is the
+// proxy.
+func TestComposeReplicasFile(t *testing.T) {
+	c := loadCompose(t, "compose.replicas.yaml")
+	var brokers []string
+	for name, svc := range c.Services {
+		switch {
+		case strings.HasPrefix(svc.Image, "tre-proxy:"), strings.HasPrefix(svc.Image, "tre-postgres:"):
+			continue
+		case !svc.isTre():
+			t.Errorf("service %s: image %q is not one of make images-replicas' images", name, svc.Image)
+			continue
+		case len(svc.Entrypoint) > 0:
+			continue // deploy/register
+		}
+		t.Run(name, func(t *testing.T) {
+			if checkTreService(t, c, svc) == "serve" {
+				brokers = append(brokers, name)
+			}
+		})
+	}
+	slices.Sort(brokers)
+	if len(brokers) != 3 {
+		t.Fatalf("brokers %v, want three", brokers)
+	}
+	first := c.Services[brokers[0]]
+	for _, b := range brokers[1:] {
+		svc := c.Services[b]
+		if !slices.Equal(svc.Command, first.Command) || !maps.Equal(svc.Environment, first.Environment) {
+			t.Errorf("%s runs %v with %v; %s runs %v with %v: replicas must be the same", b, svc.Command, svc.Environment, brokers[0], first.Command, first.Environment)
+		}
+	}
+	if !strings.HasPrefix(first.Environment["TRE_DATABASE_URL"], "postgres://") {
+		t.Errorf("brokers' TRE_DATABASE_URL %q: replicas need PostgreSQL", first.Environment["TRE_DATABASE_URL"])
+	}
+	addr := first.Command[slices.Index(first.Command, "--addr")+1]
+	_, port, _ := strings.Cut(addr, ":")
+
+	caddy, err := os.ReadFile(filepath.Join(deployDir, "replicas", "Caddyfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstreams := regexp.MustCompile(`(?m)^\s*reverse_proxy (.+) \{$`).FindSubmatch(caddy)
+	var want []string
+	for _, b := range brokers {
+		want = append(want, b+":"+port)
+	}
+	if upstreams == nil || !slices.Equal(strings.Fields(string(upstreams[1])), want) {
+		t.Errorf("Caddyfile's reverse_proxy upstreams %q, want %v", upstreams, want)
+	}
+
+	members := map[string][]string{}
+	for name, svc := range c.Services {
+		for _, n := range svc.networks() {
+			members[n] = append(members[n], name)
+		}
+	}
+	for _, n := range first.networks() {
+		if !c.Networks[n].Internal {
+			t.Errorf("brokers' network %q is not internal", n)
+		}
+		for _, m := range members[n] {
+			if !slices.Contains(brokers, m) && m != "db" && m != "proxy" {
+				t.Errorf("brokers' network %q also holds %s", n, m)
+			}
+		}
+	}
+	for _, n := range c.Services["site-a"].networks() {
+		if !c.Networks[n].Internal {
+			t.Errorf("agent network %q is not internal", n)
+		}
+		for _, m := range members[n] {
+			if m != "site-a" && m != "proxy" {
+				t.Errorf("agent network %q also holds %s: an agent must reach only the proxy", n, m)
+			}
+		}
+	}
+}
+
+// checkTreService runs a tre service's command through tre's own
+// configuration handling: flags, file and environment must be ones tre
+// accepts, the result must validate, every secret it reads must be
+// mounted. It returns the subcommand.
+func checkTreService(t *testing.T, c composeFile, svc composeService) string {
+	t.Helper()
+	if len(svc.Command) == 0 {
+		t.Fatal("no command")
+	}
+	sub, args := svc.Command[0], withDefaults(svc.Command[1:])
+	var mounted []string
+	for _, s := range svc.Secrets {
+		if _, ok := c.Secrets[s.Source]; !ok {
+			t.Errorf("secret %q is not defined at the top level", s.Source)
+		}
+		mounted = append(mounted, s.Target)
+	}
+	switch sub {
+	case "synth":
+		checkSynthArgs(t, args)
+		if svc.NetworkMode != "none" {
+			t.Errorf("synth network_mode = %q, want none", svc.NetworkMode)
+		}
+		return sub
+	case "version":
+		return sub
+	case "serve", "agent":
+	default:
+		t.Fatalf("subcommand %q: want serve, agent, synth or version", sub)
+	}
+	mounts := map[string]string{}
+	for _, v := range svc.Volumes {
+		parts := strings.Split(v, ":")
+		if len(parts) >= 2 && strings.HasPrefix(parts[0], "./") {
+			mounts[parts[1]] = filepath.Join(deployDir, parts[0])
+		}
+	}
+	cfg, err := effectiveConfig(t, sub, args, svc.Environment, func(p string) string {
+		host, ok := mounts[p]
+		if !ok {
+			t.Fatalf("--config %s is not a file mounted from deploy/", p)
+		}
+		return host
+	})
+	if err != nil {
+		t.Fatalf("tre %s %s: %v", sub, strings.Join(args, " "), err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("effective configuration does not validate: %v", err)
+	}
+	if slices.Contains(args, "--allow-weak-sandbox") {
+		t.Error("--allow-weak-sandbox: the containers keep every sandbox layer (deploy/seccomp)")
+	}
+	for _, s := range secretPaths(cfg) {
+		if !slices.Contains(mounted, s) {
+			t.Errorf("configuration reads /run/secrets/%s but the service does not mount that secret", s)
+		}
+	}
+	return sub
 }
 
 // systemdUnit is a unit file as a list of key=value settings per section,

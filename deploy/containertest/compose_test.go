@@ -32,18 +32,21 @@ import (
 
 const (
 	repoRoot = "../.."
-	// project is the Compose project name: its containers, networks and
-	// volumes are tre-citest-*, apart from a deployment made by hand.
+	// project is TestCompose's Compose project name: its containers,
+	// networks and volumes are tre-citest-*, apart from a deployment made
+	// by hand.
 	project = "tre-citest"
 	tag     = "citest"
 )
 
 // compose runs Compose v2 (`docker compose`) where it is installed, else
 // Compose 1.x (`docker-compose`), which resolves the seccomp profile's path
-// from its working directory: it runs in deploy/.
+// from its working directory: it runs in deploy/. project names the
+// deployment and file is the compose file in deploy/.
 type compose struct {
-	v2  bool
-	env []string
+	v2            bool
+	env           []string
+	project, file string
 }
 
 func findCompose() (*compose, error) {
@@ -65,10 +68,10 @@ func findCompose() (*compose, error) {
 func (c *compose) cmd(ctx context.Context, args ...string) *exec.Cmd {
 	var cmd *exec.Cmd
 	if c.v2 {
-		cmd = exec.CommandContext(ctx, "docker", append([]string{"compose", "-p", project, "-f", "deploy/compose.yaml"}, args...)...)
+		cmd = exec.CommandContext(ctx, "docker", append([]string{"compose", "-p", c.project, "-f", "deploy/" + c.file}, args...)...)
 		cmd.Dir = repoRoot
 	} else {
-		cmd = exec.CommandContext(ctx, "docker-compose", append([]string{"-p", project}, args...)...)
+		cmd = exec.CommandContext(ctx, "docker-compose", append([]string{"-p", c.project, "-f", c.file}, args...)...)
 		cmd.Dir = filepath.Join(repoRoot, "deploy")
 	}
 	cmd.Env = append(os.Environ(), c.env...)
@@ -148,8 +151,10 @@ func (d *deployment) waitStatus(tb testing.TB, id int64, want broker.Status, tim
 	return q
 }
 
-// up builds the images, writes secrets and brings the deployment up.
-func up(t *testing.T) *deployment {
+// up builds the images (build.sh with buildArgs), writes secrets and
+// brings up the deployment of file in deploy/ as project, with env added
+// to the compose variables.
+func up(t *testing.T, project, file string, env []string, buildArgs ...string) *deployment {
 	t.Helper()
 	c, err := findCompose()
 	if err != nil {
@@ -161,9 +166,10 @@ func up(t *testing.T) *deployment {
 	if testing.Short() {
 		t.Skip("container test builds images and starts containers; skipped with -short")
 	}
+	c.project, c.file = project, file
 	secrets := t.TempDir()
 	port := freePort(t)
-	c.env = []string{
+	c.env = append([]string{
 		"TRE_IMAGE_TAG=" + tag,
 		"TRE_SECRETS_DIR=" + secrets,
 		"TRE_PUBLISH=127.0.0.1:" + strconv.Itoa(port),
@@ -172,10 +178,10 @@ func up(t *testing.T) *deployment {
 		// within the test; researchers see status changes each second.
 		"TRE_LEASE_TTL=10s",
 		"TRE_TIME_GRANULARITY=1s",
-	}
+	}, env...) // env last: the last of a duplicated variable wins
 
 	start := time.Now()
-	build := exec.Command("deploy/image/build.sh")
+	build := exec.Command("deploy/image/build.sh", buildArgs...)
 	build.Dir = repoRoot
 	build.Env = append(os.Environ(), c.env...)
 	if out, err := build.CombinedOutput(); err != nil {
@@ -210,7 +216,7 @@ func up(t *testing.T) *deployment {
 		// service has started, which waits for every service's health.
 		c.run(t, 10*time.Minute, "up", "-d")
 	}
-	t.Logf("compose up (broker and three sites healthy) in %s", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("compose up (%s, every service healthy) in %s", file, time.Since(start).Round(100*time.Millisecond))
 
 	pem, err := os.ReadFile(filepath.Join(secrets, "ca.pem"))
 	if err != nil {
@@ -279,7 +285,7 @@ func checkFullSandbox(tb testing.TB, out *broker.Output) {
 // one site's network in the middle of a job, restarts the broker, and
 // tears it all down.
 func TestCompose(t *testing.T) {
-	d := up(t)
+	d := up(t, project, "compose.yaml", nil)
 	ctx := context.Background()
 	admin, researcher, reviewer, checker := d.as("admin"), d.as("researcher"), d.as("reviewer"), d.as("output_checker")
 

@@ -17,7 +17,9 @@
 // 10001: the broker's TLS key, the agent tokens and the admin token (for
 // compose's site registration step), which tre reads inside the containers
 // (the agent refuses a token others can read), are therefore owned by uid
-// 10001 (-owner), which needs root. None of these files is
+// 10001 (-owner), which needs root. For deploy/compose.replicas.yaml it
+// also writes the PostgreSQL password (db.password, and db.pgpass for the
+// brokers). None of these files is
 // ever committed (deploy/secrets/.gitignore).
 package main
 
@@ -28,6 +30,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -63,7 +66,11 @@ func main() {
 	renew := flag.Bool("renew-tokens", false, "mint the tokens again even where they exist")
 	owner := flag.Int("owner", 10001, "uid and gid that own the files tre reads inside the containers (-1: leave them to the caller)")
 	flag.Parse()
-	if err := Generate(*dir, strings.Split(*sites, ","), *ttl, *renew, *owner, time.Now()); err != nil {
+	err := Generate(*dir, strings.Split(*sites, ","), *ttl, *renew, *owner, time.Now())
+	if err == nil {
+		err = GenerateDBPassword(*dir, *owner)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "gensecrets:", err)
 		os.Exit(1)
 	}
@@ -198,6 +205,32 @@ func Generate(dir string, sites []string, ttl time.Duration, renew bool, owner i
 		return err
 	}
 	return chown(p("broker.key"), owner)
+}
+
+// GenerateDBPassword writes, if missing, the PostgreSQL password of
+// deploy/compose.replicas.yaml: db.password for the database's first start
+// and db.pgpass, the same password as a libpq/pgx password file the brokers'
+// database URL names (passfile=), so that it is in no URL or environment.
+// Both are 0600 and owned by owner (the database and the brokers run as
+// uid 10001).
+func GenerateDBPassword(dir string, owner int) error {
+	pw, pgpass := filepath.Join(dir, "db.password"), filepath.Join(dir, "db.pgpass")
+	if !exists(pw) || !exists(pgpass) {
+		b := make([]byte, 24)
+		rand.Read(b) // crypto/rand.Read never returns an error (Go ≥ 1.24)
+		secret := hex.EncodeToString(b)
+		if err := writeFile(pw, []byte(secret+"\n"), 0o600); err != nil {
+			return err
+		}
+		// host:port:database:user:password
+		if err := writeFile(pgpass, []byte("*:*:tre:tre:"+secret+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	if err := chown(pw, owner); err != nil {
+		return err
+	}
+	return chown(pgpass, owner)
 }
 
 // chown gives path to the containers' user.

@@ -2,6 +2,12 @@
 # `make images`: builds tre-broker and tre-agent with no container registry,
 # and makes the secrets deploy/compose.yaml mounts if they are missing.
 #
+#   deploy/image/build.sh [replicas]
+#
+# With `replicas` (`make images-replicas`) it also builds tre-proxy (Caddy)
+# and tre-postgres (PostgreSQL 15), Debian's packages on the same base, for
+# deploy/compose.replicas.yaml (deploy/replicas/Dockerfile).
+#
 #   TRE_IMAGE_BASE   image the runtime libraries come from (default
 #                    tre-base:bookworm, made here by base.sh when missing;
 #                    debian:bookworm-slim where a registry can be reached)
@@ -32,11 +38,18 @@ for role in broker agent; do
   echo "building tre-$role:$tag from $base"
   docker build -q --build-arg BASE="$base" --target "$role" -t "tre-$role:$tag" -f deploy/Dockerfile "$ctx" >/dev/null
 done
+if [ "${1:-}" = replicas ]; then
+  cp deploy/replicas/postgres.sh "$ctx/"
+  for role in proxy postgres; do
+    echo "building tre-$role:$tag from $base (Debian's packages)"
+    docker build -q --build-arg BASE="$base" --target "$role" -t "tre-$role:$tag" -f deploy/replicas/Dockerfile "$ctx" >/dev/null
+  done
+fi
 # The legacy builder leaves the files stage's image behind, untagged, and a
 # rebuild untags the previous images: remove those no container uses.
 docker image prune -f --filter label=org.nhs-tre.build=tre >/dev/null
 echo "images built in $(( $(date +%s) - start ))s:"
-docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^tre-(broker|agent):$tag " | sed 's/^/  /' || true
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^tre-(broker|agent|proxy|postgres):$tag " | sed 's/^/  /' || true
 
 "$go" run ./deploy/gensecrets -dir "$secrets"
 echo "secrets in $secrets (kept if they existed)"
