@@ -367,6 +367,7 @@ func startLoad(t *testing.T, d *deployment, project, query int64) *load {
 			return err
 		}},
 	}
+	t.Cleanup(func() { l.stop() }) // also when the test stops early
 	for _, w := range workers {
 		l.wg.Add(1)
 		go func() {
