@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/chromedp/chromedp"
 
@@ -18,7 +17,7 @@ import (
 // codelist's page are public (signed out); the register names the
 // codelist beside the project once the query is released.
 func TestBrowserCodelists(t *testing.T) {
-	ctx, problems := newBrowser(t, 90*time.Second)
+	ctx, problems := newBrowser(t, browserLimit)
 	e := newEnv(t)
 	const name = "opensafely/asthma-diagnosis/2020-04-15"
 	cl, err := e.svc.CreateCodelist(e.as("alice"), broker.CodelistUpload{Name: name, Description: "Asthma diagnosis",

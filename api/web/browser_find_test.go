@@ -19,7 +19,7 @@ import (
 // one timeline row with times to the second for staff, and the audit log a
 // page at a time with its filters.
 func TestBrowserFindYourWay(t *testing.T) {
-	ctx, problems := newBrowser(t, 90*time.Second)
+	ctx, problems := newBrowser(t, browserLimit)
 	e := newEnv(t)
 
 	// A researcher with nothing submitted is pointed at the editor.
