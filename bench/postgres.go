@@ -118,6 +118,27 @@ JOIN dmd_codes d ON m.dmd_code = d.dmd_code
 JOIN patients p ON p.patient_id = m.patient_id
 WHERE d.drug_class = 'antibiotic' AND m.date >= DATE '2023-01-01'
 GROUP BY month, p.region`,
+	"bmi_median_iqr_by_sex": `WITH bmi AS (
+  SELECT DISTINCT ON (patient_id) patient_id, numeric_value AS bmi
+  FROM clinical_events
+  WHERE snomed_code = '60621009' AND date IS NOT NULL
+  ORDER BY patient_id, date DESC
+)
+SELECT p.sex,
+  count(*) AS patients,
+  percentile_cont(0.25) WITHIN GROUP (ORDER BY greatest(12, least(70, b.bmi))) AS bmi_q1,
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(12, least(70, b.bmi))) AS bmi_median,
+  percentile_cont(0.75) WITHIN GROUP (ORDER BY greatest(12, least(70, b.bmi))) AS bmi_q3
+FROM bmi b
+JOIN patients p ON p.patient_id = b.patient_id
+GROUP BY p.sex`,
+	"hba1c_median_by_region": `SELECT p.region,
+  count(*) AS readings,
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(20, least(150, e.numeric_value))) AS median_hba1c
+FROM clinical_events e
+JOIN patients p ON p.patient_id = e.patient_id
+WHERE e.snomed_code = '999791000000106' AND e.date >= DATE '2023-01-01'
+GROUP BY p.region`,
 }
 
 // pgLoad is the data loaded into a throwaway PostgreSQL schema.

@@ -56,6 +56,10 @@ func (r *benchReport) markdown() string {
 	}
 	w("\nThe release snapshot (the data without opted-out patients, forbidden columns or dates outside 0001–9999, which every job reads), built by the sandbox's builder child once per data file version: %s.\n\n", fmtDur(r.Snapshot))
 
+	if len(r.Pairs) > 0 {
+		b.WriteString(pairsMarkdown(r.Pairs))
+	}
+
 	w("### 2. PostgreSQL\n\n")
 	if r.Postgres == nil {
 		w("Not run (no `--postgres`).\n\n")

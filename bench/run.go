@@ -144,6 +144,7 @@ type benchReport struct {
 	Warmup    int
 	Synth     *synthResult
 	Queries   []queryResult
+	Pairs     []pairResult
 	Postgres  *pgLoad
 	Start     sample
 	StartNote string
@@ -278,6 +279,9 @@ func (m *harness) run(ctx context.Context) error {
 	}
 	rep.Queries, err = m.measureQueries(ctx, p, raw, pipe, runner, pooled, rep)
 	rep.JobStart, rep.PooledStart, rep.PooledMissed = m.jobStart, m.pooledStart, m.pooledMissed
+	if err == nil {
+		rep.Pairs, err = m.measurePairs(ctx, p, pipe)
+	}
 	pipe.Close()
 	raw.Close()
 	if err != nil {
@@ -335,7 +339,7 @@ func (m *harness) totalSteps() int {
 	if m.Postgres != "" {
 		per += m.Warmup + m.Reps
 	}
-	n := len(queries.TypicalQueries)*per + m.Starts + 1 + m.Warmup + m.Reps
+	n := len(queries.TypicalQueries)*per + len(statPairs)*(m.Warmup+m.Reps) + m.Starts + 1 + m.Warmup + m.Reps
 	if m.Postgres != "" {
 		n++ // the PostgreSQL load
 	}

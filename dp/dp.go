@@ -19,6 +19,9 @@ const (
 	AggMean          AggKind = "mean"
 	AggVariance      AggKind = "variance"
 	AggStddev        AggKind = "stddev"
+	// AggQuantile is a DP quantile (median, quantile_cont) from the DP
+	// library's quantile tree (quantile.go).
+	AggQuantile AggKind = "quantile"
 )
 
 // Spec says how to protect one query's result. The query compiler
@@ -96,6 +99,13 @@ type AggSpec struct {
 	// count(*) where each patient adds one row). Suppression then decides
 	// on its noisy value; otherwise on a hidden noisy patient count.
 	PatientCount bool `json:"patient_count,omitempty"`
+	// Rank is a quantile's rank q in (0, 1): 0.5 for a median.
+	Rank float64 `json:"rank,omitempty"`
+	// Tree numbers a quantile's tree, from 1: quantiles with the same Tree
+	// read one tree over the same values and bounds (the histogram of the
+	// first of them, AggStats.Hist), and so cost one statistic whatever
+	// number of ranks they release.
+	Tree int `json:"tree,omitempty"`
 }
 
 // Midpoint is m = L + (U−L)/2, the value the statistics of a mean,
@@ -140,12 +150,18 @@ func (k AggKind) UsesTop() bool { return k == AggSum || k == AggMean }
 // count_patients aggregate Count is the number of distinct patients
 // counted; for a count aggregate it is the number of bounded rows. A
 // statistic the kind does not use (UsesSumSq, UsesTop) may be left 0.
+//
+// For a quantile Count is the number of bounded values and Hist the
+// number of them in each leaf of the quantile tree (QuantileLeaf), leaf
+// index to count; only the first aggregate of a tree (AggSpec.Tree) needs
+// it.
 type AggStats struct {
 	Count float64
 	Sum   float64
 	SumSq float64
 	Top1  float64
 	Top2  float64
+	Hist  map[int]int64
 }
 
 // Cost is the privacy budget a query spends.

@@ -41,6 +41,9 @@ type noisyGroup struct {
 	// dominance holds, per aggregate, the dominance rules the exact
 	// contributions broke. Only these flags are derived from exact values.
 	dominance [][]string
+	// quantiles holds, per quantile aggregate, its released value and
+	// interval, read from the noisy tree (quantileRelease).
+	quantiles [][3]float64
 }
 
 // Protect turns the exact, contribution-bounded statistics of a query's
@@ -149,6 +152,11 @@ func checkGroups(s Spec, groups []GroupStats) error {
 			}
 			if a.Count < 0 || a.SumSq < 0 {
 				return fmt.Errorf("group %d, aggregate %q: negative count or sum of squares", i+1, s.Aggregates[j].Name)
+			}
+			for leaf, n := range a.Hist {
+				if leaf < 0 || leaf >= QuantileLeaves || n < 0 {
+					return fmt.Errorf("group %d, aggregate %q: histogram entry outside the quantile tree", i+1, s.Aggregates[j].Name)
+				}
 			}
 		}
 	}
@@ -351,6 +359,9 @@ func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, e
 	}
 	for i, st := range p.stats {
 		var x float64
+		if st.role == roleTree {
+			continue // noised node by node by the library (addQuantiles)
+		}
 		if st.role == roleSuppress {
 			x = float64(g.Patients)
 		} else {
@@ -375,6 +386,9 @@ func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, e
 		}
 		out.stats[i] = v
 	}
+	if err := addQuantiles(s, p, g, nz, &out); err != nil {
+		return noisyGroup{}, err
+	}
 	for i, a := range s.Aggregates {
 		if a.Kind.UsesTop() {
 			sum := g.Aggs[i].Sum
@@ -385,6 +399,39 @@ func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, e
 		}
 	}
 	return out, nil
+}
+
+// addQuantiles builds each quantile tree of g from its exact histogram
+// with the library's noise and reads every quantile of it (with its
+// interval, from the tree's already noisy counts and the noisy count of
+// its values in out.stats) into out.quantiles. The tree, which holds exact
+// counts, does not outlive this function.
+func addQuantiles(s Spec, p budgetPlan, g GroupStats, nz noise.Noise, out *noisyGroup) error {
+	trees := map[int]*dpagg.BoundedQuantiles{}
+	for i, a := range s.Aggregates {
+		if a.Kind != AggQuantile {
+			continue
+		}
+		if out.quantiles == nil {
+			out.quantiles = make([][3]float64, len(s.Aggregates))
+		}
+		idx := p.aggStats[i]
+		count, tree := idx[0], p.stats[idx[1]]
+		bq, ok := trees[a.Tree]
+		if !ok {
+			var err error
+			if bq, err = newTree(s, tree, a, g.Aggs[tree.agg].Hist, nz); err != nil {
+				return err
+			}
+			trees[a.Tree] = bq
+		}
+		v, lo, hi, err := quantileRelease(bq, a, p.scale(tree), out.stats[count])
+		if err != nil {
+			return err
+		}
+		out.quantiles[i] = [3]float64{v, lo, hi}
+	}
+	return nil
 }
 
 // postProcess builds the released table from noisy groups. It costs no
@@ -440,7 +487,15 @@ func postProcess(s Spec, p budgetPlan, groups []noisyGroup) (*Result, error) {
 				}
 				continue
 			}
-			cell, err := releaseCell(s, p, a, p.aggStats[ai], g.stats, rule, roundErr)
+			var cell Cell
+			var err error
+			if a.Kind == AggQuantile {
+				q := g.quantiles[ai]
+				cell.setValue(q[0], q[1], q[2])
+				err = checkFinite(a, q[:]...)
+			} else {
+				cell, err = releaseCell(s, p, a, p.aggStats[ai], g.stats, rule, roundErr)
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -503,14 +558,19 @@ func releaseCell(s Spec, p budgetPlan, a AggSpec, idx []int, stats []float64, ru
 	default:
 		return Cell{}, errors.New("unknown aggregate kind")
 	}
-	// A non-finite value cannot be released (nor encoded as JSON); it can
-	// only come from statistics far outside what the bounds allow.
-	for _, v := range []*float64{cell.Value, cell.CILow, cell.CIHigh} {
-		if math.IsNaN(*v) || math.IsInf(*v, 0) {
-			return Cell{}, fmt.Errorf("aggregate %q: released value is not finite", a.Name)
+	return cell, checkFinite(a, *cell.Value, *cell.CILow, *cell.CIHigh)
+}
+
+// checkFinite refuses to release a non-finite value (nor can JSON encode
+// one); it can only come from statistics far outside what the bounds
+// allow.
+func checkFinite(a AggSpec, vs ...float64) error {
+	for _, v := range vs {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return fmt.Errorf("aggregate %q: released value is not finite", a.Name)
 		}
 	}
-	return cell, nil
+	return nil
 }
 
 func (c *Cell) setValue(v, lo, hi float64) {

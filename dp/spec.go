@@ -55,10 +55,11 @@ type statRole int
 
 const (
 	roleValue     statRole = iota // count, count_patients or sum: released as is
-	roleCount                     // rows under a mean or variance
+	roleCount                     // rows under a mean or variance, values of a quantile tree
 	roleNormSum                   // Σ(x−m), m the midpoint of the bounds
 	roleNormSumSq                 // Σ(x−m)²
 	roleSuppress                  // hidden patient count used only to suppress
+	roleTree                      // a quantile tree (quantile.go): its nodes' noise
 )
 
 // stat is one noisy statistic and its share of the budget.
@@ -167,7 +168,7 @@ func (s Spec) Validate() error {
 		switch a.Kind {
 		case AggCount, AggCountPatients:
 			continue
-		case AggSum, AggMean, AggVariance, AggStddev:
+		case AggSum, AggMean, AggVariance, AggStddev, AggQuantile:
 		default:
 			return fmt.Errorf("aggregate %q: unknown kind %q", a.Name, a.Kind)
 		}
@@ -183,6 +184,9 @@ func (s Spec) Validate() error {
 		if math.Max(math.Abs(a.Lower), math.Abs(a.Upper)) > MaxAbsBound {
 			return fmt.Errorf("aggregate %q: bounds must lie within ±%g", a.Name, MaxAbsBound)
 		}
+	}
+	if err := s.checkTrees(); err != nil {
+		return err
 	}
 	return s.checkNoise()
 }
@@ -248,13 +252,18 @@ func (s Spec) rounding() string {
 //     squares) for a variance or standard deviation; plus one hidden noisy
 //     count of the group's distinct patients, which small-cell suppression
 //     decides on, unless an aggregate is exactly that count
-//     (AggSpec.PatientCount).
+//     (AggSpec.PatientCount); two for each quantile tree (the noisy count of
+//     its values, which its intervals are computed from, and the tree
+//     itself, whatever number of ranks read it).
 //
 // Sensitivities, with k = MaxGroupsPerPatient (L0) and C = MaxRowsPerGroup:
 // count L∞ = C; count_patients L∞ = 1; sum L∞ = C·max(|lower|, |upper|);
 // for means and variances the values are shifted by the midpoint m of the
 // bounds, as the library's BoundedMean and BoundedVariance do, so the sum
 // has L∞ = C·(upper−lower)/2 and the sum of squares C·((upper−lower)/2)².
+// A quantile tree's nodes have L0 = h·k (a value counts in one node of
+// each of the h = QuantileTreeHeight levels) and L∞ = C, as the library's
+// BoundedQuantiles sets them.
 func (s Spec) plan() budgetPlan {
 	p := budgetPlan{
 		mechanism: s.mechanism(),
@@ -264,6 +273,7 @@ func (s Spec) plan() budgetPlan {
 	}
 	k := int64(s.MaxGroupsPerPatient)
 	c := float64(s.MaxRowsPerGroup)
+	trees := map[int]int{} // quantile tree → its first aggregate
 	add := func(agg int, name string, role statRole, lInf float64) int {
 		p.stats = append(p.stats, stat{name: name, agg: agg, role: role, l0: k, lInf: lInf})
 		if agg >= 0 {
@@ -291,6 +301,15 @@ func (s Spec) plan() budgetPlan {
 			if a.Kind.UsesSumSq() {
 				add(i, a.Name+"/sumsq", roleNormSumSq, c*half*half)
 			}
+		case AggQuantile:
+			if j, ok := trees[a.Tree]; ok {
+				p.aggStats[i] = p.aggStats[j]
+				continue
+			}
+			trees[a.Tree] = i
+			add(i, a.Name+"/count", roleCount, c)
+			j := add(i, a.Name+"/tree", roleTree, c)
+			p.stats[j].l0 = QuantileTreeHeight * k
 		}
 	}
 	if p.suppress < 0 {
@@ -400,7 +419,7 @@ func (p budgetPlan) halfWidth(st stat, alpha float64) (float64, error) {
 //	stddev:   √(variance half-width)   (since |√a − √b| ≤ √|a − b|)
 //
 // with D = (upper − lower)/2 and h the half-widths of the midpoint-shifted
-// statistics.
+// statistics. A quantile is quoted the same way (quantileAccuracy).
 func (s Spec) Accuracy() ([]Accuracy, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
@@ -411,6 +430,11 @@ func (s Spec) Accuracy() ([]Accuracy, error) {
 		idx := p.aggStats[i]
 		out[i].Column = a.Name
 		out[i].ReleaseThreshold = p.release
+		if a.Kind == AggQuantile {
+			out[i].HalfWidth95 = quantileAccuracy(p, a, p.stats[idx[1]])
+			out[i].Note = fmt.Sprintf("approximate, for %d values spread evenly over the bounds; the rank error shrinks about as 1/N for N values", accuracyReferenceRows)
+			continue
+		}
 		if a.Kind == AggCount || a.Kind == AggCountPatients || a.Kind == AggSum {
 			h, err := p.halfWidth(p.stats[idx[0]], CIAlpha)
 			if err != nil {

@@ -38,15 +38,17 @@ func containsAggregate(n obj) bool {
 
 // Outer (released) aggregates and their dp kinds.
 var outerAggs = map[string]dp.AggKind{
-	"count_star":  dp.AggCount,
-	"count":       dp.AggCount,
-	"sum":         dp.AggSum,
-	"avg":         dp.AggMean,
-	"mean":        dp.AggMean,
-	"stddev":      dp.AggStddev,
-	"stddev_samp": dp.AggStddev,
-	"var_samp":    dp.AggVariance,
-	"variance":    dp.AggVariance,
+	"count_star":    dp.AggCount,
+	"count":         dp.AggCount,
+	"sum":           dp.AggSum,
+	"avg":           dp.AggMean,
+	"mean":          dp.AggMean,
+	"stddev":        dp.AggStddev,
+	"stddev_samp":   dp.AggStddev,
+	"var_samp":      dp.AggVariance,
+	"variance":      dp.AggVariance,
+	"median":        dp.AggQuantile,
+	"quantile_cont": dp.AggQuantile,
 }
 
 // refusedAggregates explain why an aggregate may not be released.
@@ -67,10 +69,8 @@ var refusedAggregates = map[string]string{
 	"last":                  "it releases an individual value",
 	"mode":                  "it releases an individual value",
 	"histogram":             "it releases individual values",
-	"median":                "quantiles are not released yet; use avg",
-	"quantile":              "quantiles are not released yet; use avg",
-	"quantile_cont":         "quantiles are not released yet; use avg",
-	"quantile_disc":         "quantiles are not released yet; use avg",
+	"quantile":              "a discrete quantile is one patient's value; use quantile_cont(x, q) or median(x)",
+	"quantile_disc":         "a discrete quantile is one patient's value; use quantile_cont(x, q) or median(x)",
 	"approx_count_distinct": "only count(DISTINCT patient_id) is supported",
 	"stddev_pop":            "use stddev (sample)",
 	"var_pop":               "use variance (sample)",
@@ -167,6 +167,15 @@ func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
 	if distinct {
 		return aggregate{}, refuse(name+"(DISTINCT …)", pos(n), "DISTINCT is only supported in count(DISTINCT "+c.cat.PrivacyUnit+")")
 	}
+	if name == "quantile_cont" {
+		rank, err := quantileRank(n, args)
+		if err != nil {
+			return aggregate{}, err
+		}
+		a.spec.Rank, args = rank, args[:1]
+	} else if name == "median" {
+		a.spec.Rank = 0.5
+	}
 	if len(args) != 1 {
 		return aggregate{}, refuse(name+" with several arguments", pos(n), "")
 	}
@@ -197,9 +206,31 @@ func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
 		return aggregate{}, refuse(fmt.Sprintf("%s of values bounded by [%s, %s]", name, fmtNum(v.lo), fmtNum(v.hi)), pos(arg), fmt.Sprintf("bounds must lie within ±%g; narrow them with greatest(lower, least(upper, …))", dp.MaxAbsBound))
 	}
 	a.kind = aggValue
+	if a.spec.Kind == dp.AggQuantile {
+		a.kind = aggQuantile
+	}
 	a.spec.Lower, a.spec.Upper = v.lo, v.hi
 	a.arg = withFilter("CAST(" + s + " AS DOUBLE)")
 	return a, nil
+}
+
+// quantileRank reads the rank of quantile_cont(x, q): a literal number
+// strictly between 0 and 1. A list of ranks is refused: write one
+// quantile_cont per rank (they share one tree and one cost).
+func quantileRank(n obj, args []any) (float64, error) {
+	const why = "the rank must be a literal number strictly between 0 and 1, e.g. quantile_cont(x, 0.25); write one quantile_cont per rank"
+	if len(args) != 2 {
+		return 0, refuse(fmt.Sprintf("quantile_cont with %d arguments", len(args)), pos(n), why)
+	}
+	q, _ := args[1].(obj)
+	if str(q, "class") != "CONSTANT" {
+		return 0, refuse("quantile_cont with a computed rank", pos(q), why)
+	}
+	_, v, err := constant(q)
+	if err != nil || v.kind != kNum || !(v.lo > 0 && v.lo < 1) {
+		return 0, refuse("quantile_cont rank", pos(q), why)
+	}
+	return v.lo, nil
 }
 
 // hoister collects the aggregates of one per-patient query. They are

@@ -199,6 +199,9 @@ const (
 	aggCountRows aggKind = iota
 	aggCountPatients
 	aggValue
+	// aggQuantile is a value released as a quantile: its rows are binned
+	// into the leaves of a quantile tree (rewrite.go, dp.QuantileLeaf).
+	aggQuantile
 )
 
 type aggregate struct {

@@ -109,8 +109,20 @@ func runPlan(tb testing.TB, db *sql.DB, plan *Plan) ([]dp.GroupStats, int64) {
 			dest = append(dest, &a.Count, &a.Sum, &a.SumSq, &a.Top1, &a.Top2)
 		}
 		dest = append(dest, &dropped)
+		owners := plan.Spec.TreeOwners()
+		hists := make([]any, len(owners))
+		for i := range hists {
+			dest = append(dest, &hists[i])
+		}
 		if err := rows.Scan(dest...); err != nil {
 			tb.Fatalf("scan: %v", err)
+		}
+		for t, j := range owners {
+			h, err := DecodeHistogram(hists[t])
+			if err != nil {
+				tb.Fatal(err)
+			}
+			g.Aggs[j].Hist = h
 		}
 		for i, k := range keys {
 			if k.Valid {

@@ -193,8 +193,10 @@ func (p *Parser) index(cat *Catalog) *catalogIndex {
 // Plan.Rewritten returns one row per group: the group key columns in
 // Spec.Groups order, each CAST to VARCHAR; then __patients BIGINT; then per
 // aggregate five DOUBLE columns (count, sum, sumsq, top1, top2); then
-// __dropped BIGINT, the rows removed by the k/C bounds. Without GROUP BY it
-// returns exactly one row.
+// __dropped BIGINT, the rows removed by the k/C bounds; then one BIGINT[]
+// per quantile tree (dp.Spec.TreeOwners order): the bounded values' leaf
+// histogram (dp.QuantileLeaf), each entry leaf·2^40 + count, NULL for no
+// values. Without GROUP BY it returns exactly one row.
 func (p *Parser) Compile(ctx context.Context, cat *Catalog, sqlText string, opts Options) (*Plan, error) {
 	return p.compile(ctx, cat, sqlText, opts, true)
 }

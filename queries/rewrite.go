@@ -42,17 +42,19 @@ func (c *compiler) rewrite(q *query, spec dp.Spec) string {
 	r := c.newRewriter(q, spec)
 	r.input()
 	if r.base() {
-		c.fastSelect(&r.b, q, r.gcols, false)
+		r.withHistograms(`"__tre_base"`, func() { c.fastSelect(&r.b, q, r.gcols, false) })
 		return r.b.String()
 	}
 	r.dupCheck()
 	r.pairs()
 	r.kept()
-	if r.guarded {
-		c.fastSelect(&r.b, q, r.gcols, true)
-		r.b.WriteString("\nUNION ALL\n")
-	}
-	r.result()
+	r.withHistograms(`"__tre_kept"`, func() {
+		if r.guarded {
+			c.fastSelect(&r.b, q, r.gcols, true)
+			r.b.WriteString("\nUNION ALL\n")
+		}
+		r.result()
+	})
 	return r.b.String()
 }
 
@@ -76,6 +78,8 @@ type rewriter struct {
 	statCols   []string // per-pair statistics (stats)
 	pgCols     string   // key and statCols
 
+	// trees lists, per quantile tree, its first aggregate (treeOwners).
+	trees []int
 	// direct: proven one row per patient, no bounding stages; guarded: a
 	// run-time check (__tre_dup) chooses between the direct branch and the
 	// stages; counts: every aggregate is a count, so pairs need no ranking.
@@ -86,7 +90,7 @@ type rewriter struct {
 }
 
 // acol names aggregate j's column of a kind: a (argument), c (count), s
-// (sum), q (sum of squares).
+// (sum), q (sum of squares), l (a quantile's list of leaves).
 func acol(prefix string, j int) string { return fmt.Sprintf(`"__%s%d"`, prefix, j) }
 
 // newRewriter names the columns and takes the shortcuts' decisions.
@@ -119,7 +123,10 @@ func (c *compiler) newRewriter(q *query, spec dp.Spec) *rewriter {
 	// with nothing to check, rank or drop. __tre_base is then read once and
 	// stays inlined rather than materialised.
 	r.direct = c.shortcuts && q.onePerPatient
-	r.guarded = !r.direct && c.shortcuts && q.maybeOnePerPatient
+	r.trees = treeOwners(q)
+	// The guarded branch would need histograms of its own; a query with
+	// quantiles takes the stages (a per-patient CTE is direct anyway).
+	r.guarded = !r.direct && c.shortcuts && q.maybeOnePerPatient && len(r.trees) == 0
 	r.counts = c.shortcuts && countsOnly(q)
 	r.statCols = []string{`"__n"`}
 	for j, a := range q.aggs {
@@ -129,6 +136,9 @@ func (c *compiler) newRewriter(q *query, spec dp.Spec) *rewriter {
 		}
 		if a.kind == aggValue && a.spec.Kind.UsesSumSq() {
 			r.statCols = append(r.statCols, acol("q", j))
+		}
+		if a.kind == aggQuantile {
+			r.statCols = append(r.statCols, acol("l", j))
 		}
 	}
 	r.pgCols = r.key + ", " + strings.Join(r.statCols, ", ")
@@ -194,6 +204,10 @@ func (r *rewriter) base() (direct bool) {
 			continue
 		}
 		col := acol("a", j)
+		if a.kind == aggQuantile {
+			b.WriteString(", " + quantileLeafSQL(col, a.spec.Lower, a.spec.Upper) + " AS " + col)
+			continue
+		}
 		if a.kind == aggValue {
 			lo, hi := sqlDouble(a.spec.Lower), sqlDouble(a.spec.Upper)
 			// A mean, variance or standard deviation is computed from
@@ -231,6 +245,8 @@ func (r *rewriter) stats() string {
 		case a.kind == aggCountPatients:
 			// At most 1 per patient and group: the L∞ of count_patients.
 			fmt.Fprintf(&s, ", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", col, acol("c", j))
+		case a.kind == aggQuantile:
+			fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s, list(%s) FILTER (WHERE %s IS NOT NULL) AS %s", col, acol("c", j), col, col, acol("l", j))
 		default:
 			fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS %s", col, acol("c", j), col, acol("s", j))
 			if a.spec.Kind.UsesSumSq() {
@@ -365,6 +381,9 @@ func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guar
 		if a.arg != "" {
 			contrib = "coalesce(" + uncentred(a, col, "1") + ", 0)"
 		}
+		if a.kind == aggQuantile {
+			contrib = fmt.Sprintf("CASE WHEN %s IS NOT NULL THEN 1 ELSE 0 END", col)
+		}
 		if a.kind == aggValue {
 			sumsq := "0"
 			if a.spec.Kind.UsesSumSq() {
@@ -387,6 +406,125 @@ func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guar
 	} else if guarded {
 		b.WriteString(` HAVING NOT (SELECT "__d" FROM "__tre_dup")`)
 	}
+}
+
+// treeOwners lists, per quantile tree (dp.AggSpec.Tree, numbered in order
+// of first use), the index of its first aggregate.
+func treeOwners(q *query) []int {
+	var out []int
+	for j, a := range q.aggs {
+		if a.kind == aggQuantile && a.spec.Tree == len(out)+1 {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// quantileLeaf is the SQL of dp.QuantileLeaf: the leaf of the quantile
+// tree over [lo, hi] that col, clamped, falls in, with the same double
+// arithmetic ((x − lo) / (hi − lo) · leaves, truncated, at most the last
+// leaf); NULL stays NULL. DuckDB orders NaN above every number, so NaN
+// clamps to the upper bound.
+//
+// The bounds are written in exponent form, which DuckDB parses straight to
+// the nearest double (a long decimal literal would go through DECIMAL and
+// could land one ulp away), so SQL and dp divide by the same range.
+func quantileLeafSQL(col string, lo, hi float64) string {
+	exact := func(f float64) string { return "CAST(" + strconv.FormatFloat(f, 'e', -1, 64) + " AS DOUBLE)" }
+	l, h := exact(lo), exact(hi)
+	clamped := fmt.Sprintf("CASE WHEN %s < %s THEN %s WHEN %s > %s THEN %s ELSE %s END", col, l, l, col, h, h, col)
+	return fmt.Sprintf("CASE WHEN %s IS NULL THEN NULL ELSE least(CAST(floor((%s - %s) / (%s - %s) * CAST(%d AS DOUBLE)) AS INTEGER), %d) END",
+		col, clamped, l, h, l, dp.QuantileLeaves, dp.QuantileLeaves-1)
+}
+
+// histShift packs a leaf and its count into one BIGINT of a histogram
+// list: leaf·2^40 + count (a leaf is below 2^16, a count below 2^40).
+const histShift = 40
+
+// DecodeHistogram decodes a quantile tree's histogram column of
+// Plan.Rewritten (layout on Parser.Compile: a list of leaf·2^40 + count,
+// or NULL for no values) into leaf → count (dp.AggStats.Hist).
+func DecodeHistogram(v any) (map[int]int64, error) {
+	if v == nil {
+		return nil, nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("quantile histogram is a %T, not a list", v)
+	}
+	h := make(map[int]int64, len(list))
+	for _, e := range list {
+		x, ok := e.(int64)
+		if !ok || x < 0 {
+			return nil, errors.New("quantile histogram entry is not a non-negative BIGINT")
+		}
+		h[int(x>>histShift)] += x & (1<<histShift - 1)
+	}
+	return h, nil
+}
+
+// withHistograms writes the statement's final SELECT, body, and for a
+// query with quantiles appends to each of its rows one histogram column
+// per tree: __tre_res holds body's rows, and per tree a CTE counts the
+// bounded values of each leaf in each group of src (__tre_base, whose
+// rows are values, or __tre_kept, whose pairs hold lists of them) and
+// packs them into a list (histShift), joined to its group's row.
+func (r *rewriter) withHistograms(src string, body func()) {
+	if len(r.trees) == 0 {
+		body()
+		return
+	}
+	b := &r.b
+	b.WriteString(`, "__tre_res" AS (`)
+	body()
+	b.WriteString(")")
+	keys := make([]string, len(r.gcols))
+	for i, g := range r.gcols {
+		keys[i] = fmt.Sprintf(`CAST(%s AS VARCHAR) AS "__hk%d"`, g, i)
+	}
+	join := ""
+	for t, j := range r.trees {
+		leaves := fmt.Sprintf(`SELECT %s AS "__l"%s FROM %s WHERE %s IS NOT NULL`, acol("a", j), prefixComma(keys), src, acol("a", j))
+		if src == `"__tre_kept"` {
+			leaves = fmt.Sprintf(`SELECT unnest(%s) AS "__l"%s FROM %s`, acol("l", j), prefixComma(keys), src)
+		}
+		hk := make([]string, len(keys))
+		on := []string{"TRUE"}
+		for i := range keys {
+			hk[i] = fmt.Sprintf(`"__hk%d"`, i)
+			if i == 0 {
+				on = nil
+			}
+			on = append(on, fmt.Sprintf(`r.%s IS NOT DISTINCT FROM h%d."__hk%d"`, quoteIdent(r.q.groups[i].name), t, i))
+		}
+		group := strings.Join(append([]string{`"__l"`}, hk...), ", ")
+		outer := ""
+		if len(hk) > 0 {
+			outer = " GROUP BY " + strings.Join(hk, ", ")
+		}
+		fmt.Fprintf(b, `, "__tre_qh%d" AS (SELECT %slist(CAST("__l" AS BIGINT) * %d + "__n") AS "__h" FROM (SELECT %s, count(*) AS "__n" FROM (%s) GROUP BY %s)%s)`,
+			t, suffixComma(hk), int64(1)<<histShift, group, leaves, group, outer)
+		join += fmt.Sprintf(` LEFT JOIN "__tre_qh%d" AS h%d ON %s`, t, t, strings.Join(on, " AND "))
+	}
+	b.WriteString("\nSELECT r.*")
+	for t := range r.trees {
+		fmt.Fprintf(b, `, h%d."__h" AS "__hist%d"`, t, t+1)
+	}
+	b.WriteString(` FROM "__tre_res" AS r` + join)
+}
+
+func prefixComma(xs []string) string {
+	if len(xs) == 0 {
+		return ""
+	}
+	return ", " + strings.Join(xs, ", ")
+}
+
+func suffixComma(xs []string) string {
+	if len(xs) == 0 {
+		return ""
+	}
+	return strings.Join(xs, ", ") + ", "
 }
 
 // countsOnly reports whether every aggregate is count(*) or the patient

@@ -189,6 +189,20 @@ func (c *compiler) outerAggregates(q *query) error {
 	if len(q.aggs) > maxAggregates {
 		return refuse(fmt.Sprintf("%d aggregates", len(q.aggs)), -1, fmt.Sprintf("at most %d are allowed", maxAggregates))
 	}
+	// Quantiles of the same argument (FILTER included) and bounds read one
+	// tree, and cost one statistic (dp.AggSpec.Tree).
+	trees := map[string]int{}
+	for i := range q.aggs {
+		a := &q.aggs[i]
+		if a.kind != aggQuantile {
+			continue
+		}
+		key := fmt.Sprintf("%s\x00%v\x00%v", a.arg, a.spec.Lower, a.spec.Upper)
+		if trees[key] == 0 {
+			trees[key] = len(trees) + 1
+		}
+		a.spec.Tree = trees[key]
+	}
 	// The aggregates that are exactly the group's distinct patient count:
 	// suppression decides on them (dp.AggSpec.PatientCount), or else on a
 	// hidden noisy patient count. Only facts of the query and the catalog

@@ -129,4 +129,31 @@ JOIN patients p ON p.patient_id = m.patient_id
 WHERE d.drug_class = 'antibiotic' AND m.date >= DATE '2023-01-01'
 GROUP BY month, p.region`,
 	},
+	{
+		Name: "bmi_median_iqr_by_sex",
+		SQL: `WITH bmi AS (
+  SELECT patient_id, arg_max(numeric_value, date) AS bmi
+  FROM clinical_events
+  WHERE snomed_code = '60621009'
+  GROUP BY patient_id
+)
+SELECT p.sex,
+  count(*) AS patients,
+  quantile_cont(greatest(12, least(70, b.bmi)), 0.25) AS bmi_q1,
+  median(greatest(12, least(70, b.bmi))) AS bmi_median,
+  quantile_cont(greatest(12, least(70, b.bmi)), 0.75) AS bmi_q3
+FROM bmi b
+JOIN patients p ON p.patient_id = b.patient_id
+GROUP BY p.sex`,
+	},
+	{
+		Name: "hba1c_median_by_region",
+		SQL: `SELECT p.region,
+  count(*) AS readings,
+  median(greatest(20, least(150, e.numeric_value))) AS median_hba1c
+FROM clinical_events e
+JOIN patients p ON p.patient_id = e.patient_id
+WHERE e.snomed_code = '999791000000106' AND e.date >= DATE '2023-01-01'
+GROUP BY p.region`,
+	},
 }

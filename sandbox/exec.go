@@ -80,7 +80,7 @@ func runPlan(ctx context.Context, ldb *lockedDB, plan *queries.Plan, maxRows int
 
 // ScanGroups reads the rows of plan.Rewritten (layout documented on
 // queries.Plan.Rewritten: group keys, __patients, five statistics per
-// aggregate, __dropped) into group statistics, keeping only the groups
+// aggregate, __dropped, a histogram per quantile tree) into group statistics, keeping only the groups
 // whose keys may be released (dp.Selector: in the public domains, or past
 // DP partition selection, decided row by row), and returns the Selector to
 // pass to dp.Protect. It refuses more than maxRows kept groups: how many
@@ -93,7 +93,8 @@ func ScanGroups(rows *sql.Rows, plan *queries.Plan, maxRows int) ([]dp.GroupStat
 	if err != nil {
 		return nil, 0, nil, err
 	}
-	if want := nk + 1 + 5*na + 1; len(cols) != want {
+	owners := plan.Spec.TreeOwners()
+	if want := nk + 1 + 5*na + 1 + len(owners); len(cols) != want {
 		return nil, 0, nil, fmt.Errorf("rewritten query returned %d columns, want %d", len(cols), want)
 	}
 	sel, err := plan.Spec.NewSelector()
@@ -125,6 +126,10 @@ func ScanGroups(rows *sql.Rows, plan *queries.Plan, maxRows int) ([]dp.GroupStat
 		dest = append(dest, &aggs[i])
 	}
 	dest = append(dest, &dropped)
+	hists := make([]any, len(owners))
+	for i := range hists {
+		dest = append(dest, &hists[i])
+	}
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
 			return nil, 0, nil, err
@@ -139,6 +144,11 @@ func ScanGroups(rows *sql.Rows, plan *queries.Plan, maxRows int) ([]dp.GroupStat
 		for i := range na {
 			a := aggs[5*i : 5*i+5]
 			g.Aggs[i] = dp.AggStats{Count: a[0], Sum: a[1], SumSq: a[2], Top1: a[3], Top2: a[4]}
+		}
+		for t, j := range owners {
+			if g.Aggs[j].Hist, err = queries.DecodeHistogram(hists[t]); err != nil {
+				return nil, 0, nil, err
+			}
 		}
 		keep, err := sel.Keep(g)
 		if err != nil {

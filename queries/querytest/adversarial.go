@@ -275,6 +275,8 @@ var OuterAggregates = []Template{
 	{Name: "avg", Expr: "avg({c1})"}, {Name: "mean", Expr: "mean({b1})"},
 	{Name: "stddev", Expr: "stddev({h1})"}, {Name: "stddev_samp", Expr: "stddev_samp(greatest(-1e15, least(1e15, {f1})))"},
 	{Name: "variance", Expr: "variance({i1})"}, {Name: "var_samp", Expr: "var_samp({o1})"},
+	{Name: "median", Expr: "median({c1})"}, {Name: "median", Expr: "median(greatest(-1e15, least(1e15, {f1})))"},
+	{Name: "quantile_cont", Expr: "quantile_cont({i1}, 0.25)"}, {Name: "quantile_cont", Expr: "quantile_cont({o1}, 0.9)"},
 }
 
 var placeholderRe = regexp.MustCompile(`\{([ibfchsdto])([123])\}`)

@@ -1,0 +1,161 @@
+package dp
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/google/differential-privacy/go/v3/dpagg"
+	"github.com/google/differential-privacy/go/v3/noise"
+)
+
+// Quantile trees. A quantile (AggQuantile) is released from the DP
+// library's quantile tree, dpagg.BoundedQuantiles, with its default shape:
+// QuantileBranching children per node, QuantileTreeHeight levels below the
+// root, QuantileLeaves equal-width leaves between the bounds. Adding a
+// value increments the count of every node on the path from its leaf up;
+// the noise is the library's, on every node it reads; a rank is found by
+// walking down the noisy counts. Any number of ranks read one tree, so
+// they cost one statistic.
+//
+// The sandbox does not send values: DuckDB counts the bounded values per
+// leaf (QuantileLeaf, computed in SQL with the same arithmetic), and
+// newTree adds to the library's tree one value inside each leaf as many
+// times as the leaf's count. The tree's state is a function of the leaf
+// of each value alone (BoundedQuantiles.Add clamps, takes the leaf and
+// increments its path), so the tree, its noise and every result are those
+// of adding the values themselves (TestTreeFromHistogramIsTreeFromValues).
+const (
+	QuantileTreeHeight = dpagg.DefaultTreeHeight
+	QuantileBranching  = dpagg.DefaultBranchingFactor
+	// QuantileLeaves is QuantileBranching^QuantileTreeHeight.
+	QuantileLeaves = QuantileBranching * QuantileBranching * QuantileBranching * QuantileBranching
+)
+
+// QuantileLeaf is the leaf of a quantile tree over [lower, upper] a value
+// x falls in, after clamping, as the library computes it, except that a
+// value just below upper whose quotient rounds up to QuantileLeaves goes
+// to the last leaf (the library would file it past the last leaf, outside
+// its tree). The rewritten SQL of package queries computes exactly this.
+func QuantileLeaf(x, lower, upper float64) int {
+	x = clamp(x, lower, upper)
+	return min(int((x-lower)/(upper-lower)*float64(QuantileLeaves)), QuantileLeaves-1)
+}
+
+// leafValue is a value inside leaf: its midpoint, which the library's
+// leaf arithmetic maps back to the leaf for any bounds Validate accepts
+// (a leaf is at least 2^-16 of the range wide).
+func leafValue(leaf int, lower, upper float64) float64 {
+	return lower + (upper-lower)*(float64(leaf)+0.5)/float64(QuantileLeaves)
+}
+
+// newTree builds the library's quantile tree for one group from the
+// leaf histogram of its bounded values.
+func newTree(s Spec, st stat, a AggSpec, hist map[int]int64, nz noise.Noise) (*dpagg.BoundedQuantiles, error) {
+	bq, err := dpagg.NewBoundedQuantiles(&dpagg.BoundedQuantilesOptions{
+		Epsilon:                      st.eps,
+		Delta:                        st.delta,
+		MaxPartitionsContributed:     int64(s.MaxGroupsPerPatient),
+		MaxContributionsPerPartition: int64(s.MaxRowsPerGroup),
+		Lower:                        a.Lower,
+		Upper:                        a.Upper,
+		Noise:                        nz,
+		TreeHeight:                   QuantileTreeHeight,
+		BranchingFactor:              QuantileBranching,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("quantile tree of %s: %w", a.Name, err)
+	}
+	for leaf, n := range hist {
+		x := leafValue(leaf, a.Lower, a.Upper)
+		for range n {
+			if err := bq.Add(x); err != nil {
+				return nil, fmt.Errorf("quantile tree of %s: %w", a.Name, err)
+			}
+		}
+	}
+	return bq, nil
+}
+
+// zScore is the two-sided standard normal quantile for alpha.
+func zScore(alpha float64) float64 { return math.Sqrt2 * math.Erfinv(1-alpha) }
+
+// rankHalfWidth is the half-width, in rank, of the (1−alpha) interval of
+// a quantile read from a tree whose nodes have noise of standard deviation
+// sigma, over n values. At each level the walk picks the child where the
+// noisy share of the values to its left reaches the rank: with A values
+// on the left, B on the right and the noise of their b nodes, that share
+// is off by (B·e_A − A·e_B)/(A+B)², of variance q(1−q)·b·σ²/N_node² for a
+// rank q within the node. Scaled back to the whole tree (the node holds
+// N_node of the n values) each level adds q(1−q)·b·σ²/n², at most
+// b·σ²/(4n²), whatever the data; over the h levels the rank error has
+// standard deviation at most √(h·b)·σ/(2n), and a normal approximation
+// gives the width (first order: the noise on n itself is left out).
+func rankHalfWidth(sigma, n, alpha float64) float64 {
+	return zScore(alpha) * math.Sqrt(QuantileTreeHeight*QuantileBranching) * sigma / (2 * math.Max(n, 1))
+}
+
+// quantileRelease is the released value of rank q from the noisy tree bq
+// and its (1−CIAlpha) interval: the tree read at q ± r, r the rank
+// half-width for the noisy count nHat of values, widened by one leaf (the
+// tree interpolates inside a leaf) and kept within the bounds. It reads
+// only noisy counts: post-processing of the tree.
+func quantileRelease(bq *dpagg.BoundedQuantiles, a AggSpec, sigma, nHat float64) (v, lo, hi float64, err error) {
+	r := rankHalfWidth(sigma, nHat, CIAlpha)
+	if v, err = bq.Result(a.Rank); err != nil {
+		return 0, 0, 0, fmt.Errorf("quantile %s: %w", a.Name, err)
+	}
+	if lo, err = bq.Result(clamp(a.Rank-r, 0, 1)); err != nil {
+		return 0, 0, 0, fmt.Errorf("quantile %s: %w", a.Name, err)
+	}
+	if hi, err = bq.Result(clamp(a.Rank+r, 0, 1)); err != nil {
+		return 0, 0, 0, fmt.Errorf("quantile %s: %w", a.Name, err)
+	}
+	w := (a.Upper - a.Lower) / QuantileLeaves
+	return v, clamp(math.Min(lo, v)-w, a.Lower, a.Upper), clamp(math.Max(hi, v)+w, a.Lower, a.Upper), nil
+}
+
+// quantileAccuracy is a quantile's expected 95% half-width before the query
+// runs: the rank half-width for accuracyReferenceRows values, read as a
+// width of values spread evenly over the bounds, plus one leaf.
+func quantileAccuracy(p budgetPlan, a AggSpec, tree stat) float64 {
+	r := math.Min(rankHalfWidth(p.scale(tree), accuracyReferenceRows, CIAlpha), 0.5)
+	return r*(a.Upper-a.Lower) + (a.Upper-a.Lower)/QuantileLeaves
+}
+
+// TreeOwners returns, for each quantile tree in Tree order (1, 2, …),
+// the index of its first aggregate: the one whose AggStats.Hist is read.
+// Meaningful for a Spec that passes Validate.
+func (s Spec) TreeOwners() []int {
+	var out []int
+	for i, a := range s.Aggregates {
+		if a.Kind == AggQuantile && a.Tree == len(out)+1 {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// checkTrees refuses ranks outside (0, 1), trees not numbered 1, 2, … in
+// order of first use, and quantiles of one tree that disagree on their
+// bounds.
+func (s Spec) checkTrees() error {
+	first := map[int]AggSpec{}
+	for _, a := range s.Aggregates {
+		if a.Kind != AggQuantile {
+			continue
+		}
+		if !(a.Rank > 0 && a.Rank < 1) {
+			return fmt.Errorf("quantile %q: rank must lie strictly between 0 and 1, got %v", a.Name, a.Rank)
+		}
+		f, ok := first[a.Tree]
+		switch {
+		case !ok && a.Tree != len(first)+1:
+			return fmt.Errorf("quantile %q: tree %d, want %d (trees are numbered 1, 2, … in order of first use)", a.Name, a.Tree, len(first)+1)
+		case !ok:
+			first[a.Tree] = a
+		case f.Lower != a.Lower || f.Upper != a.Upper:
+			return fmt.Errorf("quantiles %q and %q share tree %d but not its bounds", f.Name, a.Name, a.Tree)
+		}
+	}
+	return nil
+}
