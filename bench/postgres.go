@@ -139,6 +139,25 @@ FROM clinical_events e
 JOIN patients p ON p.patient_id = e.patient_id
 WHERE e.snomed_code = '999791000000106' AND e.date >= DATE '2023-01-01'
 GROUP BY p.region`,
+	"t2d_survival_table": `WITH dx AS (
+  SELECT patient_id, min(date) AS diagnosed
+  FROM clinical_events
+  WHERE snomed_code = '44054006'
+  GROUP BY patient_id
+)
+SELECT
+  CASE
+    WHEN extract(year FROM coalesce(p.date_of_death, DATE '2024-01-01')) - extract(year FROM d.diagnosed) < 1 THEN '0-1'
+    WHEN extract(year FROM coalesce(p.date_of_death, DATE '2024-01-01')) - extract(year FROM d.diagnosed) < 2 THEN '1-2'
+    WHEN extract(year FROM coalesce(p.date_of_death, DATE '2024-01-01')) - extract(year FROM d.diagnosed) < 5 THEN '2-5'
+    WHEN extract(year FROM coalesce(p.date_of_death, DATE '2024-01-01')) - extract(year FROM d.diagnosed) < 10 THEN '5-10'
+    ELSE '10+'
+  END AS years_band,
+  count(*) FILTER (WHERE p.date_of_death IS NOT NULL) AS deaths,
+  count(*) FILTER (WHERE p.date_of_death IS NULL) AS censored
+FROM dx d
+JOIN patients p ON p.patient_id = d.patient_id
+GROUP BY years_band`,
 }
 
 // pgLoad is the data loaded into a throwaway PostgreSQL schema.

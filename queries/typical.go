@@ -156,4 +156,26 @@ JOIN patients p ON p.patient_id = e.patient_id
 WHERE e.snomed_code = '999791000000106' AND e.date >= DATE '2023-01-01'
 GROUP BY p.region`,
 	},
+	{
+		Name: "t2d_survival_table",
+		SQL: `WITH dx AS (
+  SELECT patient_id, min(date) AS diagnosed
+  FROM clinical_events
+  WHERE snomed_code = '44054006'
+  GROUP BY patient_id
+)
+SELECT
+  CASE
+    WHEN date_diff('year', d.diagnosed, coalesce(p.date_of_death, DATE '2024-01-01')) < 1 THEN '0-1'
+    WHEN date_diff('year', d.diagnosed, coalesce(p.date_of_death, DATE '2024-01-01')) < 2 THEN '1-2'
+    WHEN date_diff('year', d.diagnosed, coalesce(p.date_of_death, DATE '2024-01-01')) < 5 THEN '2-5'
+    WHEN date_diff('year', d.diagnosed, coalesce(p.date_of_death, DATE '2024-01-01')) < 10 THEN '5-10'
+    ELSE '10+'
+  END AS years_band,
+  count(*) FILTER (WHERE p.date_of_death IS NOT NULL) AS deaths,
+  count(*) FILTER (WHERE p.date_of_death IS NULL) AS censored
+FROM dx d
+JOIN patients p ON p.patient_id = d.patient_id
+GROUP BY years_band`,
+	},
 }
