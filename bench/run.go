@@ -166,7 +166,7 @@ type benchReport struct {
 }
 
 // run is the phases in the report's order, each a call; it stays one
-// function (137 lines) so the order the report promises is read in one place.
+// function so the order the report promises is read in one place.
 func (m *harness) run(ctx context.Context) error {
 	dir, err := os.MkdirTemp("", "tre-bench-")
 	if err != nil {
@@ -205,35 +205,13 @@ func (m *harness) run(ctx context.Context) error {
 		return err
 	}
 
-	scfg := sandbox.DefaultConfig()
-	scfg.DataPath = data
-	scfg.Catalog = cat
-	scfg.ScratchDir = filepath.Join(dir, "scratch")
-	scfg.AllowWeak = m.AllowWeak
-	scfg.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	rep.Threads, rep.MemLimit = scfg.Threads, scfg.MemoryLimit
-	scfg.ObserveJobStart = func(d time.Duration, _ bool) { m.jobStart.add(d) }
-	runner, err := sandbox.NewRunner(scfg)
+	scfg, runner, pooled, err := m.newRunners(data, cat, dir)
 	if err != nil {
 		return err
 	}
 	defer runner.Close()
-	// The same sandbox with a pool of one child started ahead of each job
-	// (sandbox/pool.go): cold and pooled are measured side by side, and
-	// so is each job's start (Run until its child has the request).
-	pcfg := scfg
-	pcfg.PoolSize = 1
-	pcfg.ObserveJobStart = func(d time.Duration, pooled bool) {
-		m.pooledStart.add(d)
-		if !pooled {
-			m.pooledMissed++
-		}
-	}
-	pooled, err := sandbox.NewRunner(pcfg)
-	if err != nil {
-		return err
-	}
 	defer pooled.Close()
+	rep.Threads, rep.MemLimit = scfg.Threads, scfg.MemoryLimit
 	opts := Options{Threads: scfg.Threads, MemoryLimit: scfg.MemoryLimit}
 
 	raw, err := Open(ctx, data, opts)
@@ -245,15 +223,7 @@ func (m *harness) run(ctx context.Context) error {
 		raw.Close()
 		return fmt.Errorf("list tables: %w", err)
 	}
-	if rep.Synth != nil {
-		rep.Patients = rep.Synth.Stats.Patients
-	} else {
-		for _, t := range rep.DataRows {
-			if t.Name == "patients" {
-				rep.Patients = int(t.Rows)
-			}
-		}
-	}
+	rep.Patients = patientsOf(rep)
 	p.stage("release snapshot")
 	start := time.Now()
 	if err := runner.Prepare(ctx); err != nil {
@@ -331,6 +301,53 @@ func (m *harness) run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// newRunners starts the two sandboxes the report compares over the same
+// data: one that starts a child per job (cold), and the same with a pool
+// of one child started ahead of each job (sandbox/pool.go), so cold and
+// pooled are measured side by side, and so is each job's start (Run until
+// its child has the request). The caller closes both.
+func (m *harness) newRunners(data string, cat *queries.Catalog, dir string) (sandbox.Config, *sandbox.Runner, *sandbox.Runner, error) {
+	scfg := sandbox.DefaultConfig()
+	scfg.DataPath = data
+	scfg.Catalog = cat
+	scfg.ScratchDir = filepath.Join(dir, "scratch")
+	scfg.AllowWeak = m.AllowWeak
+	scfg.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	scfg.ObserveJobStart = func(d time.Duration, _ bool) { m.jobStart.add(d) }
+	runner, err := sandbox.NewRunner(scfg)
+	if err != nil {
+		return scfg, nil, nil, err
+	}
+	pcfg := scfg
+	pcfg.PoolSize = 1
+	pcfg.ObserveJobStart = func(d time.Duration, pooled bool) {
+		m.pooledStart.add(d)
+		if !pooled {
+			m.pooledMissed++
+		}
+	}
+	pooled, err := sandbox.NewRunner(pcfg)
+	if err != nil {
+		runner.Close()
+		return scfg, nil, nil, err
+	}
+	return scfg, runner, pooled, nil
+}
+
+// patientsOf is the number of patients the report is over: synthesised,
+// or the rows of the data's patients table.
+func patientsOf(rep *benchReport) int {
+	if rep.Synth != nil {
+		return rep.Synth.Stats.Patients
+	}
+	for _, t := range rep.DataRows {
+		if t.Name == "patients" {
+			return int(t.Rows)
+		}
+	}
+	return 0
 }
 
 // totalSteps is the progress bar's length: one step per timed run.
