@@ -80,8 +80,14 @@ func Dominance(sum, top1, top2 float64) []string {
 // give that cell away by subtraction. For every such line the unsuppressed
 // cell with the smallest noisy value (the first on ties) is suppressed too,
 // and this repeats until no line has exactly one suppressed cell, since a
-// new suppression can leave a crossing line with a single one. It returns
-// which cells were suppressed only for this reason.
+// new suppression can leave a crossing line with a single one. That is not
+// enough in two or more dimensions: two blocks of suppressed cells joined
+// by one suppressed cell (a bridge) leave every line with two suppressed
+// cells while the margins still determine the bridge. So the lines'
+// relations are then solved (completeSuppression, margins.go) and cells
+// suppressed until no suppressed cell is determined by the released cells
+// and margins. It returns which cells were suppressed only for these
+// reasons.
 //
 // Only noisy values are used. A line with a single cell cannot be protected
 // by suppressing other cells: its margin equals the cell.
@@ -134,6 +140,23 @@ func SecondarySuppress(keys [][]*string, noisy []float64, suppressed []bool) ([]
 				changed = true
 			}
 		}
+	}
+	var rels []relation
+	for _, line := range lines {
+		if len(line) > 1 {
+			r := relation{cells: line, coef: make([]float64, len(line))}
+			for i := range r.coef {
+				r.coef[i] = 1
+			}
+			rels = append(rels, r)
+		}
+	}
+	already := make([]bool, n)
+	for i := range already {
+		already[i] = isSuppressed(i)
+	}
+	for i, more := range completeSuppression(n, rels, nil, noisy, already) {
+		secondary[i] = secondary[i] || more
 	}
 	return secondary, nil
 }

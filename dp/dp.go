@@ -51,10 +51,16 @@ type Spec struct {
 	// Margins says the output's totals are released too (a total row, or
 	// the margins of a cross table), so a suppressed cell could be recovered
 	// by subtraction; Protect then applies secondary (complementary)
-	// suppression. No query releases totals yet (GROUPING SETS and ROLLUP
-	// are refused), so the compiler never sets it; it will where totals
-	// are released.
+	// suppression. The compiler sets it with Sets.
 	Margins bool `json:"margins,omitempty"`
+	// Sets, when not empty, are the grouping sets of GROUP BY ROLLUP, CUBE
+	// or GROUPING SETS: each lists the indexes of the Groups it groups by,
+	// and a released cell of a set shows TotalKey in every other column.
+	// Every group column needs a public domain, the full grouping must be
+	// one of the sets, and Margins must be set (margins.go). A patient's
+	// bounded rows count once in each set, so the noise is calibrated to
+	// L0 = k × len(Sets).
+	Sets [][]int `json:"grouping_sets,omitempty"`
 }
 
 // Noise mechanisms and rounding rules. Stored values never change.
@@ -241,6 +247,10 @@ type Report struct {
 	Rounding         string  `json:"rounding"`
 	// PartitionSelection is "public_domain" or "dp_pre_threshold".
 	PartitionSelection string `json:"partition_selection"`
+	// GroupingSets is the number of groupings released (ROLLUP, CUBE,
+	// GROUPING SETS; absent for one): each patient counts in up to
+	// MaxGroupsPerPatient cells of each, so the noise's L0 is their product.
+	GroupingSets int `json:"grouping_sets,omitempty"`
 
 	// GroupsReleased counts rows with values; GroupsSuppressed rows whose
 	// statistics were all withheld (by the threshold or by secondary

@@ -85,6 +85,9 @@ func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
 	r.Threshold, r.RoundingBase, r.Rounding = c.Threshold, c.RoundingBase, c.Rounding
 	r.ReleaseThreshold = p.release
 	r.PartitionSelection = mode
+	if len(s.Sets) > 0 {
+		r.GroupingSets = len(s.Sets)
+	}
 	// Neither number is differentially private; rounding keeps them from
 	// being usable as exact counts.
 	r.PartitionsNotRelease = int(roundNearest(float64(notReleased), s.RoundingBase))
@@ -193,31 +196,15 @@ func domainGroups(s Spec, groups []GroupStats) ([]GroupStats, error) {
 		}
 		byKey[k] = i
 	}
-	total := 1
-	for _, g := range s.Groups {
-		total *= len(g.Domain)
-	}
-	out := make([]GroupStats, 0, total)
-	idx := make([]int, len(s.Groups))
-	for range total {
-		keys := make([]*string, len(s.Groups))
-		for j, g := range s.Groups {
-			keys[j] = &g.Domain[idx[j]]
-		}
+	released := s.releasedKeys()
+	out := make([]GroupStats, 0, len(released))
+	for _, keys := range released {
 		if i, ok := byKey[keyString(keys)]; ok {
 			g := groups[i]
 			g.Keys = keys
 			out = append(out, g)
 		} else {
 			out = append(out, GroupStats{Keys: keys, Aggs: make([]AggStats, len(s.Aggregates))})
-		}
-		// Odometer over the domains, last column fastest.
-		for j := len(idx) - 1; j >= 0; j-- {
-			idx[j]++
-			if idx[j] < len(s.Groups[j].Domain) {
-				break
-			}
-			idx[j] = 0
 		}
 	}
 	return out, nil
@@ -274,11 +261,13 @@ func (s Spec) NewSelector() (*Selector, error) {
 	}
 	sel := &Selector{s: s, p: s.plan(), seen: make(map[string]bool)}
 	if !sel.p.selection {
-		for _, g := range s.Groups {
-			d := make(map[string]bool, len(g.Domain))
+		tot := s.totalled()
+		for i, g := range s.Groups {
+			d := make(map[string]bool, len(g.Domain)+1)
 			for _, v := range g.Domain {
 				d[v] = true
 			}
+			d[TotalKey] = tot[i]
 			sel.domains = append(sel.domains, d)
 		}
 	}
@@ -306,7 +295,7 @@ func (sel *Selector) Keep(g GroupStats) (bool, error) {
 				return false, nil
 			}
 		}
-		return true, nil
+		return sel.s.setOf(g.Keys) >= 0, nil
 	}
 	ps, err := dpagg.NewPreAggSelectPartition(&dpagg.PreAggSelectPartitionOptions{
 		Epsilon:                  sel.p.selEps,
@@ -451,7 +440,9 @@ func postProcess(s Spec, p budgetPlan, groups []noisyGroup) (*Result, error) {
 	secondary := make([]bool, len(groups))
 	if s.Margins {
 		var err error
-		if secondary, err = SecondarySuppress(keys, ranking, primary); err != nil {
+		if len(s.Sets) > 0 {
+			secondary = s.suppressTotals(keys, ranking, primary)
+		} else if secondary, err = SecondarySuppress(keys, ranking, primary); err != nil {
 			return nil, err
 		}
 	}

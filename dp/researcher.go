@@ -32,6 +32,7 @@ type ResearcherReport struct {
 	RoundingBase        int           `json:"rounding_base"`
 	Rounding            string        `json:"rounding"`
 	PartitionSelection  string        `json:"partition_selection"`
+	GroupingSets        int           `json:"grouping_sets,omitempty"`
 	GroupsReleased      int           `json:"groups_released"`
 	GroupsSuppressed    int           `json:"groups_suppressed"`
 	CellsSuppressed     int           `json:"cells_suppressed"`
@@ -69,6 +70,7 @@ func (r *Result) ForResearcher() *ResearcherResult {
 		RoundingBase:        rep.RoundingBase,
 		Rounding:            rep.Rounding,
 		PartitionSelection:  rep.PartitionSelection,
+		GroupingSets:        rep.GroupingSets,
 		GroupsReleased:      rep.GroupsReleased,
 		GroupsSuppressed:    rep.GroupsSuppressed,
 		CellsSuppressed:     rep.CellsSuppressed,

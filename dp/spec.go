@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	"github.com/google/differential-privacy/go/v3/noise"
 )
@@ -188,6 +189,9 @@ func (s Spec) Validate() error {
 	if err := s.checkTrees(); err != nil {
 		return err
 	}
+	if err := s.checkSets(); err != nil {
+		return err
+	}
 	return s.checkNoise()
 }
 
@@ -271,7 +275,9 @@ func (s Spec) plan() budgetPlan {
 		suppress:  -1,
 		selection: s.needsSelection(),
 	}
-	k := int64(s.MaxGroupsPerPatient)
+	// Each grouping set is a grouping of the same bounded rows: a patient
+	// is in at most k cells of each (margins.go).
+	k := int64(s.MaxGroupsPerPatient) * int64(s.setCount())
 	c := float64(s.MaxRowsPerGroup)
 	trees := map[int]int{} // quantile tree → its first aggregate
 	add := func(agg int, name string, role statRole, lInf float64) int {
@@ -468,6 +474,11 @@ func (s Spec) Accuracy() ([]Accuracy, error) {
 		out[i].Note = fmt.Sprintf("approximate, for a group of %d values; shrinks about as 1/N for N values", accuracyReferenceRows)
 		if a.Kind == AggStddev {
 			out[i].Note = fmt.Sprintf("approximate upper bound, for a group of %d values; shrinks about as 1/√N", accuracyReferenceRows)
+		}
+	}
+	if note := s.setsNote(); note != "" {
+		for i := range out {
+			out[i].Note = strings.TrimPrefix(out[i].Note+"; "+note, "; ")
 		}
 	}
 	return out, nil
