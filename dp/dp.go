@@ -270,6 +270,10 @@ type Report struct {
 	// rounded to the rounding base so it cannot be used as an exact count.
 	RowsDroppedByBounding int64 `json:"rows_dropped_by_bounding"`
 
+	// Sites is the number of sites whose partial results Combine summed
+	// (a federated query); 0 for one site's Protect.
+	Sites int `json:"sites,omitempty"`
+
 	// Filled in by the sandbox, not by Protect.
 	OptOut  OptOutReport  `json:"optout"`
 	Sandbox SandboxReport `json:"sandbox"`

@@ -78,8 +78,20 @@ func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("protect: %w", err)
 	}
-	c := s.Claims()
 	r := &res.Report
+	s.fillReport(p, r, mode)
+	// Neither number is differentially private; rounding keeps them from
+	// being usable as exact counts.
+	r.PartitionsNotRelease = int(roundNearest(float64(notReleased), s.RoundingBase))
+	r.RowsDroppedByBounding = int64(roundNearest(float64(max(opts.DroppedRows, 0)), s.RoundingBase))
+	return res, nil
+}
+
+// fillReport fills the report fields that follow from the Spec and its
+// budget plan p (Claims, the release threshold and the noise of every
+// statistic): Protect's, and Combine's with the plan of the combined noise.
+func (s Spec) fillReport(p budgetPlan, r *Report, mode string) {
+	c := s.Claims()
 	r.Epsilon, r.Delta, r.Mechanism = c.Epsilon, c.Delta, c.Mechanism
 	r.MaxGroupsPerPatient, r.MaxRowsPerGroup = c.MaxGroupsPerPatient, c.MaxRowsPerGroup
 	r.Threshold, r.RoundingBase, r.Rounding = c.Threshold, c.RoundingBase, c.Rounding
@@ -88,10 +100,6 @@ func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
 	if len(s.Sets) > 0 {
 		r.GroupingSets = len(s.Sets)
 	}
-	// Neither number is differentially private; rounding keeps them from
-	// being usable as exact counts.
-	r.PartitionsNotRelease = int(roundNearest(float64(notReleased), s.RoundingBase))
-	r.RowsDroppedByBounding = int64(roundNearest(float64(max(opts.DroppedRows, 0)), s.RoundingBase))
 	for _, st := range p.stats {
 		r.Noise = append(r.Noise, NoiseReport{
 			Statistic: st.name, Mechanism: p.mechanism,
@@ -104,7 +112,6 @@ func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
 			Epsilon: p.selEps, Delta: p.selDelta,
 		})
 	}
-	return res, nil
 }
 
 // noisyGroups chooses the released keys and adds noise to every statistic

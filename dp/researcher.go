@@ -38,7 +38,10 @@ type ResearcherReport struct {
 	CellsSuppressed     int           `json:"cells_suppressed"`
 	CellsSecondary      int           `json:"cells_secondary_suppressed"`
 	CellsRounded        int           `json:"cells_rounded"`
-	Synthetic           bool          `json:"synthetic,omitempty"`
+	// Sites is the number of sites a federated result combines: fixed by
+	// the query before it runs.
+	Sites     int  `json:"sites,omitempty"`
+	Synthetic bool `json:"synthetic,omitempty"`
 }
 
 // ForResearcher returns the researcher's view of r: a copy of the table
@@ -76,6 +79,7 @@ func (r *Result) ForResearcher() *ResearcherResult {
 		CellsSuppressed:     rep.CellsSuppressed,
 		CellsSecondary:      rep.CellsSecondary,
 		CellsRounded:        rep.CellsRounded,
+		Sites:               rep.Sites,
 		Synthetic:           rep.Synthetic,
 	}
 	return out

@@ -22,7 +22,7 @@ func researcherFixture() *Result {
 			Noise:               []NoiseReport{{Statistic: "total", Mechanism: MechanismLaplace, Epsilon: 0.5, Scale: 2}},
 			MaxGroupsPerPatient: 3, MaxRowsPerGroup: 2, Threshold: 10, ReleaseThreshold: 53.5, RoundingBase: 5, Rounding: RoundingNearest,
 			PartitionSelection: SelectionPreThreshold, GroupingSets: 3, GroupsReleased: 1, CellsRounded: 1,
-			CellsDominanceFlags: 1, PartitionsNotRelease: 10, RowsDroppedByBounding: 25,
+			CellsDominanceFlags: 1, PartitionsNotRelease: 10, RowsDroppedByBounding: 25, Sites: 3,
 			OptOut:  OptOutReport{Applied: true, Table: "optouts", SnapshotHash: strings.Repeat("a", 64)},
 			Sandbox: SandboxReport{Layers: []string{"seccomp"}, Version: "v1"},
 		},

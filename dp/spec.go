@@ -430,7 +430,12 @@ func (s Spec) Accuracy() ([]Accuracy, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	p := s.plan()
+	return s.accuracy(s.plan())
+}
+
+// accuracy is Accuracy for the budget plan p (FederatedAccuracy passes
+// the plan of the sites' combined noise).
+func (s Spec) accuracy(p budgetPlan) ([]Accuracy, error) {
 	out := make([]Accuracy, len(s.Aggregates))
 	for i, a := range s.Aggregates {
 		idx := p.aggStats[i]

@@ -42,6 +42,13 @@ type Options struct {
 	// to a direct aggregate. Empty (the broker, tre check) keeps the run-time
 	// check. Names are matched case-insensitively.
 	UniqueTables []string
+	// Federated compiles a federated query (issue 21): one site's part of
+	// a query over several sites, whose noisy statistics the broker sums
+	// (dp.ProtectPartial, dp.Combine). Its Spec uses Gaussian noise, whose
+	// sum over sites the DP library describes; the broker and every site
+	// compile with it, so they agree on the Spec (dp.Spec.Hash). Check the
+	// Spec with dp.Spec.ValidateFederated.
+	Federated bool
 }
 
 // Plan is a compiled query: everything the broker shows before approval and

@@ -35,6 +35,9 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 		RoundingBase: p.RoundingBase,
 		Rounding:     p.Rounding,
 	}
+	if opts.Federated {
+		s.Mechanism = dp.MechanismGaussian
+	}
 	// Fewer groups per patient than the catalog's k proven by the query
 	// itself (no GROUP BY: one; keys of the patient: one; a month bucket
 	// of a one-year range: twelve): noise for that k. The rewrite enforces
