@@ -60,6 +60,12 @@ func (s Spec) checkSets() error {
 	if !s.Margins {
 		return errors.New("grouping sets release totals: margins must be set")
 	}
+	if s.mechanism() != MechanismLaplace {
+		// A total sums a patient's up to k cells: the L1 norm of their
+		// contributions to a grouping stays k·C·bound, their L2 norm does
+		// not stay √k·C·bound.
+		return errors.New("grouping sets need Laplace noise: totals keep the L1 sensitivity it is calibrated to, not the L2 sensitivity of Gaussian noise")
+	}
 	for _, g := range s.Groups {
 		if len(g.Domain) == 0 {
 			return fmt.Errorf("grouping sets need every group column to have a public domain; %q has none", g.Name)

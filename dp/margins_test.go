@@ -29,6 +29,7 @@ func TestSetsValidate(t *testing.T) {
 		{name: "rollup", modify: func(*Spec) {}},
 		{name: "cube", modify: func(s *Spec) { s.Sets = [][]int{{}, {0}, {1}, {0, 1}} }},
 		{name: "no margins", modify: func(s *Spec) { s.Margins = false }, want: "margins must be set"},
+		{name: "gaussian", modify: func(s *Spec) { s.Mechanism = MechanismGaussian }, want: "need Laplace noise"},
 		{name: "no full grouping", modify: func(s *Spec) { s.Sets = [][]int{{0}, {1}, {}} }, want: "grouping by every group column"},
 		{name: "repeated set", modify: func(s *Spec) { s.Sets = [][]int{{0, 1}, {0}, {0}} }, want: "repeats"},
 		{name: "unordered set", modify: func(s *Spec) { s.Sets = [][]int{{1, 0}} }, want: "increasing order"},

@@ -319,6 +319,7 @@ func (c *compiler) shape(q *query, sc *scope) string {
 	for _, s := range append(groups, aggs...) {
 		b.WriteString(s + "\n")
 	}
+	b.WriteString(c.setsShape(q, sc))
 	return b.String()
 }
 

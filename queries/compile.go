@@ -1,9 +1,7 @@
 package queries
 
 import (
-	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/nhs-tre/tre/dp"
@@ -171,6 +169,9 @@ type query struct {
 	// patient's input rows fall in: keys proven per patient count once,
 	// date buckets the WHERE bounds count their buckets (bucketCount).
 	groupBound int
+	// sets are the grouping sets of ROLLUP, CUBE or GROUPING SETS as
+	// indexes of groups (dp.Spec.Sets); nil for a plain GROUP BY.
+	sets [][]int
 	// onePerPatient: every FROM relation is a per-patient CTE or subquery
 	// or a table proven unique per patient, all joined on the privacy unit,
 	// so the input has at most one row per patient.
@@ -271,24 +272,10 @@ func (c *compiler) checkSelectNode(node obj, where string) error {
 	if h := str(node, "aggregate_handling"); h != "" && h != "STANDARD_HANDLING" {
 		return refuse("GROUP BY ALL", -1, "list the group columns explicitly")
 	}
-	sets := list(node, "group_sets")
-	groups := list(node, "group_expressions")
-	if len(groups) > 0 {
-		ok := len(sets) == 1
-		if ok {
-			s, _ := sets[0].([]any)
-			ok = len(s) == len(groups)
-			for i, e := range s {
-				if n, _ := e.(json.Number); ok && string(n) != strconv.Itoa(i) {
-					ok = false
-				}
-			}
-		}
-		if !ok {
-			return refuse("GROUPING SETS, ROLLUP or CUBE", pos(obj(nil)), "margins and totals from several groupings are not supported; release one grouping and sum it")
-		}
-	} else if len(sets) > 0 {
-		return refuse("GROUPING SETS, ROLLUP or CUBE", -1, "margins and totals from several groupings are not supported")
+	// Grouping sets (ROLLUP, CUBE) are for the released query only
+	// (rollup.go).
+	if err := checkGroupSetsNode(node, where == "the query"); err != nil {
+		return err
 	}
 	return nil
 }

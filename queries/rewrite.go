@@ -182,6 +182,9 @@ func (r *rewriter) input() {
 	if q.where != "" {
 		b.WriteString("(" + q.where + ") AND ")
 	}
+	if len(q.sets) > 0 {
+		b.WriteString(inDomain(q) + " AND ")
+	}
 	// The release snapshot holds no row without a patient id and the root
 	// relation is never on the right of a LEFT JOIN, so this removes
 	// nothing; it keeps that so if either ever changed.
@@ -329,16 +332,26 @@ func (r *rewriter) result() {
 	b, q := &r.b, r.q
 	b.WriteString("SELECT ")
 	for i, g := range q.groups {
-		fmt.Fprintf(b, "CAST(%s AS VARCHAR) AS %s, ", r.gcols[i], quoteIdent(g.name))
+		fmt.Fprintf(b, "%s AS %s, ", keyOut(q, r.gcols[i]), quoteIdent(g.name))
 	}
-	b.WriteString(`CAST(count(*) AS BIGINT) AS "__patients"`)
+	// A patient has one pair per cell of the full grouping: a total counts
+	// them once (rollup.go).
+	if len(q.sets) > 0 {
+		b.WriteString(`CAST(count(DISTINCT "__pid") AS BIGINT) AS "__patients"`)
+	} else {
+		b.WriteString(`CAST(count(*) AS BIGINT) AS "__patients"`)
+	}
 	for j, a := range q.aggs {
 		name := escapeName(a.spec.Name)
 		contrib := acol("c", j)
 		if a.kind == aggValue {
 			contrib = uncentred(a, acol("s", j), acol("c", j))
 		}
-		fmt.Fprintf(b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count"`, acol("c", j), name)
+		if a.kind == aggCountPatients && len(q.sets) > 0 {
+			fmt.Fprintf(b, `, CAST(count(DISTINCT CASE WHEN %s > 0 THEN "__pid" END) AS DOUBLE) AS "%s__count"`, acol("c", j), name)
+		} else {
+			fmt.Fprintf(b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count"`, acol("c", j), name)
+		}
 		sum, sumsq := "0", "0"
 		if a.kind == aggValue {
 			sum = fmt.Sprintf("coalesce(sum(%s), 0)", acol("s", j))
@@ -353,13 +366,14 @@ func (r *rewriter) result() {
 	// window on this stage's own rows, so __tre_kept is read once and
 	// streams into this aggregate instead of being materialised for a second
 	// reader (~8% of a bounded query at 10M patients).
-	b.WriteString(`, CAST(` + r.allRows + ` - coalesce(sum(sum("__n")) OVER (), 0) AS BIGINT) AS "__dropped"`)
+	b.WriteString(`, CAST(` + r.allRows + ` - coalesce(sum(` + finestOnly(q, r.gcols, `sum("__n")`) + `) OVER (), 0) AS BIGINT) AS "__dropped"`)
 	b.WriteString(` FROM "__tre_kept"`)
 	if len(r.gcols) > 0 {
-		b.WriteString(" GROUP BY " + strings.Join(r.gcols, ", "))
+		b.WriteString(groupByClause(q, r.gcols))
 	}
-	if r.guarded && len(r.gcols) == 0 {
-		// Without GROUP BY each branch returns one row; keep one.
+	if r.guarded && (len(r.gcols) == 0 || grandTotal(q)) {
+		// Without GROUP BY, or with a grand total (GROUPING SETS with ()),
+		// each branch returns that row even from no rows; keep one.
 		b.WriteString(` HAVING (SELECT "__d" FROM "__tre_dup")`)
 	}
 }
@@ -371,7 +385,7 @@ func (r *rewriter) result() {
 func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guarded bool) {
 	b.WriteString("SELECT ")
 	for i, g := range q.groups {
-		fmt.Fprintf(b, "CAST(%s AS VARCHAR) AS %s, ", gcols[i], quoteIdent(g.name))
+		fmt.Fprintf(b, "%s AS %s, ", keyOut(q, gcols[i]), quoteIdent(g.name))
 	}
 	b.WriteString(`CAST(count(*) AS BIGINT) AS "__patients"`)
 	for j, a := range q.aggs {
@@ -402,8 +416,9 @@ func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guar
 		b.WriteString(` WHERE NOT (SELECT "__d" FROM "__tre_dup")`)
 	}
 	if len(gcols) > 0 {
-		b.WriteString(" GROUP BY " + strings.Join(gcols, ", "))
-	} else if guarded {
+		b.WriteString(groupByClause(q, gcols))
+	}
+	if guarded && (len(gcols) == 0 || grandTotal(q)) {
 		b.WriteString(` HAVING NOT (SELECT "__d" FROM "__tre_dup")`)
 	}
 }
@@ -498,12 +513,27 @@ func (r *rewriter) withHistograms(src string, body func()) {
 			on = append(on, fmt.Sprintf(`r.%s IS NOT DISTINCT FROM h%d."__hk%d"`, quoteIdent(r.q.groups[i].name), t, i))
 		}
 		group := strings.Join(append([]string{`"__l"`}, hk...), ", ")
+		sel, by := group, group
+		if len(r.q.sets) > 0 {
+			// Each grouping set's leaf counts, keyed as the result's rows
+			// (rollup.go).
+			out := []string{`"__l"`}
+			for i := range hk {
+				out = append(out, keyOut(r.q, hk[i])+fmt.Sprintf(` AS "__hm%d"`, i))
+			}
+			sel = strings.Join(out, ", ")
+			by = `"__l", ` + strings.TrimPrefix(groupByClause(r.q, hk), " GROUP BY ")
+			for i := range hk {
+				hk[i] = fmt.Sprintf(`"__hm%d"`, i)
+				on[i] = fmt.Sprintf(`r.%s IS NOT DISTINCT FROM h%d."__hm%d"`, quoteIdent(r.q.groups[i].name), t, i)
+			}
+		}
 		outer := ""
 		if len(hk) > 0 {
 			outer = " GROUP BY " + strings.Join(hk, ", ")
 		}
 		fmt.Fprintf(b, `, "__tre_qh%d" AS (SELECT %slist(CAST("__l" AS BIGINT) * %d + "__n") AS "__h" FROM (SELECT %s, count(*) AS "__n" FROM (%s) GROUP BY %s)%s)`,
-			t, suffixComma(hk), int64(1)<<histShift, group, leaves, group, outer)
+			t, suffixComma(hk), int64(1)<<histShift, sel, leaves, by, outer)
 		join += fmt.Sprintf(` LEFT JOIN "__tre_qh%d" AS h%d ON %s`, t, t, strings.Join(on, " AND "))
 	}
 	b.WriteString("\nSELECT r.*")

@@ -113,7 +113,9 @@ func (c *compiler) outerGroups(node obj, q *query, sc *scope, items []any, alias
 			return err
 		}
 	}
-	return nil
+	var err error
+	q.sets, err = c.groupSets(node, q)
+	return err
 }
 
 // outerGroup compiles one GROUP BY key g (an expression, a select alias or

@@ -79,5 +79,7 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 	for _, a := range q.aggs {
 		s.Aggregates = append(s.Aggregates, a.spec)
 	}
+	// Totals (rollup.go): released with secondary suppression.
+	s.Sets, s.Margins = q.sets, len(q.sets) > 0
 	return s, nil
 }

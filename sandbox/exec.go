@@ -104,11 +104,7 @@ func ScanGroups(rows *sql.Rows, plan *queries.Plan, maxRows int) ([]dp.GroupStat
 	if sel.PublicDomain() {
 		// The public domains' cross product is released whatever the data:
 		// too many groups is a fact of the query.
-		total := 1
-		for _, g := range plan.Spec.Groups {
-			total *= len(g.Domain)
-		}
-		if total > maxRows {
+		if total := plan.Spec.DomainCells(); total > maxRows {
 			return nil, 0, nil, job.Errorf(job.CodeTooLarge, "the query releases more than %d groups", maxRows)
 		}
 	}
