@@ -244,6 +244,9 @@ func PrintOutput(w io.Writer, out *broker.Output) error {
 	fmt.Fprintf(tw, "rounding\tbase %d (%s), %s rounded\n", r.RoundingBase, r.Rounding, api.Plural(r.CellsRounded, "cell", "cells"))
 	fmt.Fprintf(tw, "groups\t%d released, %d suppressed, partition selection %s\n", r.GroupsReleased, r.GroupsSuppressed, r.PartitionSelection)
 	fmt.Fprintf(tw, "dominance flags\t%s\n", api.Plural(r.CellsDominanceFlags, "cell", "cells"))
+	for _, x := range r.Ratios {
+		fmt.Fprintf(tw, "ratio\t%s = noisy %s / max(1, noisy %s)%s, no budget of its own\n", x.Column, x.Numerator, x.Denominator, map[bool]string{true: " in [0, 1]"}[x.Proportion])
+	}
 	fmt.Fprintf(tw, "rows dropped by bounding\t%d\n", r.RowsDroppedByBounding)
 	fmt.Fprintf(tw, "opt-out applied\t%v (%s)\n", r.OptOut.Applied, r.OptOut.Table)
 	fmt.Fprintf(tw, "sandbox\t%s degraded=%v\n", strings.Join(r.Sandbox.Layers, ","), r.Sandbox.Degraded)

@@ -3,6 +3,7 @@ package dp
 import (
 	"fmt"
 	"math"
+	"slices"
 )
 
 // KindGroup is Column.Kind of a group key column.
@@ -16,7 +17,9 @@ func (s Spec) Columns() []Column {
 		cols = append(cols, Column{Name: g.Name, Kind: KindGroup})
 	}
 	for _, a := range s.Aggregates {
-		cols = append(cols, Column{Name: a.Name, Kind: string(a.Kind)})
+		if !a.Hidden {
+			cols = append(cols, Column{Name: a.Name, Kind: string(a.Kind)})
+		}
 	}
 	return cols
 }
@@ -120,6 +123,7 @@ func (s Spec) Claims() Report {
 		Threshold: s.Threshold, ReleaseThreshold: p.release,
 		RoundingBase: s.RoundingBase, Rounding: s.rounding(),
 		PartitionSelection: mode,
+		Ratios:             s.ratioReports(),
 	}
 }
 
@@ -141,6 +145,8 @@ func (s Spec) checkReport(r *Report) error {
 			r.Threshold, r.Rounding, r.RoundingBase, c.Threshold, c.Rounding, c.RoundingBase)
 	case !sameBudget(r.ReleaseThreshold, c.ReleaseThreshold):
 		return fmt.Errorf("the result reports release threshold %v; the approved query releases cells from %v patients", r.ReleaseThreshold, c.ReleaseThreshold)
+	case !slices.Equal(r.Ratios, c.Ratios):
+		return fmt.Errorf("the result reports ratios derived as %v; the approved query derives them as %v", r.Ratios, c.Ratios)
 	}
 	return nil
 }

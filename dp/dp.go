@@ -22,6 +22,10 @@ const (
 	// AggQuantile is a DP quantile (median, quantile_cont) from the DP
 	// library's quantile tree (quantile.go).
 	AggQuantile AggKind = "quantile"
+	// AggRatio is a ratio of two other aggregates of the same query (its
+	// AggSpec.Num over AggSpec.Den), computed from their noisy values
+	// (ratio.go): post-processing, no budget of its own.
+	AggRatio AggKind = "ratio"
 )
 
 // Spec says how to protect one query's result. The query compiler
@@ -112,6 +116,19 @@ type AggSpec struct {
 	// first of them, AggStats.Hist), and so cost one statistic whatever
 	// number of ranks they release.
 	Tree int `json:"tree,omitempty"`
+	// Num and Den are, for a ratio (AggRatio), the 1-based indexes in
+	// Spec.Aggregates of its numerator (a count, count_patients or sum)
+	// and denominator (a count or count_patients).
+	Num int `json:"num,omitempty"`
+	Den int `json:"den,omitempty"`
+	// Proportion says a ratio's numerator counts a subset of what its
+	// denominator counts (the compiler proves it: the same count with a
+	// FILTER on the numerator only), so the ratio lies in [0, 1].
+	Proportion bool `json:"proportion,omitempty"`
+	// Hidden marks a ratio's part that the query does not release as a
+	// column of its own: planned, noised and budgeted like any aggregate,
+	// but not a column of the result, nor in Accuracy.
+	Hidden bool `json:"hidden,omitempty"`
 }
 
 // Midpoint is m = L + (U−L)/2, the value the statistics of a mean,
@@ -273,6 +290,9 @@ type Report struct {
 	// Sites is the number of sites whose partial results Combine summed
 	// (a federated query); 0 for one site's Protect.
 	Sites int `json:"sites,omitempty"`
+	// Ratios says how each ratio column was derived: from which noisy
+	// statistics (Noise), as post-processing. It depends on the Spec alone.
+	Ratios []RatioReport `json:"ratios,omitempty"`
 
 	// Filled in by the sandbox, not by Protect.
 	OptOut  OptOutReport  `json:"optout"`

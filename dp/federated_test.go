@@ -65,7 +65,7 @@ func TestValidateFederated(t *testing.T) {
 			s.Aggregates[1] = AggSpec{Name: "med", Kind: AggQuantile, Lower: 0, Upper: 1, Rank: 0.5, Tree: 1}
 		}, "quantile tree"},
 		"invalid":      {func(s *Spec) { s.Epsilon = -1 }, "epsilon"},
-		"unknown kind": {func(s *Spec) { s.Aggregates[0].Kind = "ratio" }, "kind"},
+		"unknown kind": {func(s *Spec) { s.Aggregates[0].Kind = "mode" }, "kind"},
 	} {
 		s := fedSpec()
 		tc.edit(&s)

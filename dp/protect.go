@@ -100,6 +100,7 @@ func (s Spec) fillReport(p budgetPlan, r *Report, mode string) {
 	if len(s.Sets) > 0 {
 		r.GroupingSets = len(s.Sets)
 	}
+	r.Ratios = c.Ratios
 	for _, st := range p.stats {
 		r.Noise = append(r.Noise, NoiseReport{
 			Statistic: st.name, Mechanism: p.mechanism,
@@ -476,6 +477,9 @@ func postProcess(s Spec, p budgetPlan, groups []noisyGroup) (*Result, error) {
 			r.GroupsReleased++
 		}
 		for ai, a := range s.Aggregates {
+			if a.Hidden {
+				continue // a ratio's part, not a column
+			}
 			if suppressed {
 				row = append(row, Cell{Suppressed: true, Secondary: secondary[gi] && !primary[gi]})
 				if primary[gi] {
@@ -491,6 +495,10 @@ func postProcess(s Spec, p budgetPlan, groups []noisyGroup) (*Result, error) {
 				q := g.quantiles[ai]
 				cell.setValue(q[0], q[1], q[2])
 				err = checkFinite(a, q[:]...)
+			} else if a.Kind == AggRatio {
+				if cell, err = ratioCell(s, p, ai, g.stats); cell.Suppressed {
+					r.CellsSuppressed++
+				}
 			} else {
 				cell, err = releaseCell(s, p, a, p.aggStats[ai], g.stats, rule, roundErr)
 			}

@@ -18,8 +18,8 @@ type ResearcherResult struct {
 
 // ResearcherReport is the researcher's part of Report. Each field is either
 // fixed before the query runs (budget, mechanism, noise scales, bounds,
-// threshold and release threshold, rounding, how groups are selected) or can be counted from the
-// released table's own marks.
+// threshold and release threshold, rounding, how groups are selected, how
+// ratios are derived) or can be counted from the released table's own marks.
 type ResearcherReport struct {
 	Epsilon             float64       `json:"epsilon"`
 	Delta               float64       `json:"delta"`
@@ -40,8 +40,9 @@ type ResearcherReport struct {
 	CellsRounded        int           `json:"cells_rounded"`
 	// Sites is the number of sites a federated result combines: fixed by
 	// the query before it runs.
-	Sites     int  `json:"sites,omitempty"`
-	Synthetic bool `json:"synthetic,omitempty"`
+	Sites     int           `json:"sites,omitempty"`
+	Ratios    []RatioReport `json:"ratios,omitempty"`
+	Synthetic bool          `json:"synthetic,omitempty"`
 }
 
 // ForResearcher returns the researcher's view of r: a copy of the table
@@ -80,6 +81,7 @@ func (r *Result) ForResearcher() *ResearcherResult {
 		CellsSecondary:      rep.CellsSecondary,
 		CellsRounded:        rep.CellsRounded,
 		Sites:               rep.Sites,
+		Ratios:              append([]RatioReport(nil), rep.Ratios...),
 		Synthetic:           rep.Synthetic,
 	}
 	return out

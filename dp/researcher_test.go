@@ -23,6 +23,7 @@ func researcherFixture() *Result {
 			MaxGroupsPerPatient: 3, MaxRowsPerGroup: 2, Threshold: 10, ReleaseThreshold: 53.5, RoundingBase: 5, Rounding: RoundingNearest,
 			PartitionSelection: SelectionPreThreshold, GroupingSets: 3, GroupsReleased: 1, CellsRounded: 1,
 			CellsDominanceFlags: 1, PartitionsNotRelease: 10, RowsDroppedByBounding: 25, Sites: 3,
+			Ratios:  []RatioReport{{Column: "share", Numerator: "share/numerator", Denominator: "total", Proportion: true}},
 			OptOut:  OptOutReport{Applied: true, Table: "optouts", SnapshotHash: strings.Repeat("a", 64)},
 			Sandbox: SandboxReport{Layers: []string{"seccomp"}, Version: "v1"},
 		},

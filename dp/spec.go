@@ -167,7 +167,7 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("aggregate %d has no name", i+1)
 		}
 		switch a.Kind {
-		case AggCount, AggCountPatients:
+		case AggCount, AggCountPatients, AggRatio:
 			continue
 		case AggSum, AggMean, AggVariance, AggStddev, AggQuantile:
 		default:
@@ -190,6 +190,9 @@ func (s Spec) Validate() error {
 		return err
 	}
 	if err := s.checkSets(); err != nil {
+		return err
+	}
+	if err := s.checkRatios(); err != nil {
 		return err
 	}
 	return s.checkNoise()
@@ -318,6 +321,7 @@ func (s Spec) plan() budgetPlan {
 			p.stats[j].l0 = QuantileTreeHeight * k
 		}
 	}
+	planRatios(s, &p)
 	if p.suppress < 0 {
 		p.suppress = add(-1, "suppression_count", roleSuppress, 1)
 	}
@@ -435,12 +439,18 @@ func (s Spec) Accuracy() ([]Accuracy, error) {
 
 // accuracy is Accuracy for the budget plan p (FederatedAccuracy passes
 // the plan of the sites' combined noise).
-func (s Spec) accuracy(p budgetPlan) ([]Accuracy, error) {
+func (s Spec) accuracy(p budgetPlan) (_ []Accuracy, err error) {
 	out := make([]Accuracy, len(s.Aggregates))
 	for i, a := range s.Aggregates {
 		idx := p.aggStats[i]
 		out[i].Column = a.Name
 		out[i].ReleaseThreshold = p.release
+		if a.Kind == AggRatio {
+			if out[i], err = s.ratioAccuracy(p, i); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if a.Kind == AggQuantile {
 			out[i].HalfWidth95 = quantileAccuracy(p, a, p.stats[idx[1]])
 			out[i].Note = fmt.Sprintf("approximate, for %d values spread evenly over the bounds; the rank error shrinks about as 1/N for N values", accuracyReferenceRows)
@@ -486,5 +496,5 @@ func (s Spec) accuracy(p budgetPlan) ([]Accuracy, error) {
 			out[i].Note = strings.TrimPrefix(out[i].Note+"; "+note, "; ")
 		}
 	}
-	return out, nil
+	return s.released(out), nil
 }

@@ -309,11 +309,18 @@ func (c *compiler) shape(q *query, sc *scope) string {
 	}
 	slices.Sort(groups)
 	aggs := make([]string, len(q.aggs))
-	for i, a := range q.aggs {
+	text := func(a aggregate) string {
 		spec := a.spec
 		spec.Name = "" // the output name
 		js, _ := json.Marshal(spec)
-		aggs[i] = fmt.Sprintf("aggregate %s of (%s) patient (%s)", js, canonicalText(a.arg, sc.rels), canonicalText(a.pu, sc.rels))
+		return fmt.Sprintf("aggregate %s of (%s) patient (%s)", js, canonicalText(a.arg, sc.rels), canonicalText(a.pu, sc.rels))
+	}
+	for i, a := range q.aggs {
+		aggs[i] = text(a)
+		if a.kind == aggRatio {
+			// By what it divides, not by where its parts are listed.
+			aggs[i] = "ratio (" + text(q.aggs[a.spec.Num-1]) + ") / (" + text(q.aggs[a.spec.Den-1]) + ")"
+		}
 	}
 	slices.Sort(aggs)
 	for _, s := range append(groups, aggs...) {

@@ -203,6 +203,9 @@ const (
 	// aggQuantile is a value released as a quantile: its rows are binned
 	// into the leaves of a quantile tree (rewrite.go, dp.QuantileLeaf).
 	aggQuantile
+	// aggRatio is a ratio of two other aggregates of the query (ratio.go):
+	// no statistics of its own in the rewrite (zeros in the layout).
+	aggRatio
 )
 
 type aggregate struct {
@@ -214,6 +217,9 @@ type aggregate struct {
 	// pu is the privacy-unit column a count(pu) or count(DISTINCT pu)
 	// without FILTER reads; arg is then only its NOT NULL indicator.
 	pu string
+	// parts are a ratio's numerator and denominator until resolveRatios
+	// makes them aggregates of the query (spec.Num, spec.Den).
+	parts []aggregate
 }
 
 func (c *compiler) tick(n obj, depth int) error {

@@ -130,6 +130,9 @@ func (c *compiler) newRewriter(q *query, spec dp.Spec) *rewriter {
 	r.counts = c.shortcuts && countsOnly(q)
 	r.statCols = []string{`"__n"`}
 	for j, a := range q.aggs {
+		if a.kind == aggRatio {
+			continue // read from its parts' columns by dp
+		}
 		r.statCols = append(r.statCols, acol("c", j))
 		if a.kind == aggValue {
 			r.statCols = append(r.statCols, acol("s", j))
@@ -239,6 +242,7 @@ func (r *rewriter) stats() string {
 	for j, a := range r.q.aggs {
 		col := acol("a", j)
 		switch {
+		case a.kind == aggRatio:
 		case a.kind == aggCountRows && a.arg == "":
 			fmt.Fprintf(&s, ", CAST(count(*) AS DOUBLE) AS %s", acol("c", j))
 		case a.kind == aggCountRows:
@@ -292,7 +296,7 @@ func (r *rewriter) pairs() {
 		for j, a := range q.aggs {
 			if a.kind == aggCountRows {
 				fmt.Fprintf(b, ", CAST(least(count(*), %d) AS DOUBLE) AS %s", c, acol("c", j))
-			} else {
+			} else if a.kind != aggRatio {
 				fmt.Fprintf(b, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
 			}
 		}
@@ -343,6 +347,10 @@ func (r *rewriter) result() {
 	}
 	for j, a := range q.aggs {
 		name := escapeName(a.spec.Name)
+		if a.kind == aggRatio {
+			writeZeros(b, name)
+			continue
+		}
 		contrib := acol("c", j)
 		if a.kind == aggValue {
 			contrib = uncentred(a, acol("s", j), acol("c", j))
@@ -391,6 +399,10 @@ func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guar
 	for j, a := range q.aggs {
 		col := fmt.Sprintf(`"__a%d"`, j)
 		name := escapeName(a.spec.Name)
+		if a.kind == aggRatio {
+			writeZeros(b, name)
+			continue
+		}
 		contrib := "1"
 		if a.arg != "" {
 			contrib = "coalesce(" + uncentred(a, col, "1") + ", 0)"

@@ -179,6 +179,7 @@ func (c *compiler) outerAggregates(q *query) error {
 	if len(q.aggs) == 0 {
 		return refuse("a SELECT without an aggregate", -1, "release counts, sums or means, e.g. count(*)")
 	}
+	c.resolveRatios(q)
 	// count(pid) and count(DISTINCT pid) of the patient every input row
 	// belongs to: __tre_input keeps no NULL q.pid, so the NOT NULL
 	// indicator is always 1 and they are count(*) and the patient count.
@@ -219,6 +220,7 @@ func (c *compiler) outerAggregates(q *query) error {
 			a.spec.PatientCount = true
 		}
 	}
+	proportions(q)
 	return nil
 }
 
@@ -412,6 +414,9 @@ func (c *compiler) selectItem(item obj, sc *scope, q *query, aliases map[string]
 	case "STAR":
 		return refuse("SELECT *", pos(item), "name the groups and aggregates to release")
 	case "FUNCTION":
+		if str(item, "function_name") == "/" && containsAggregate(item) {
+			return c.ratioItem(item, sc, q, alias)
+		}
 		if outerAggs[strings.ToLower(str(item, "function_name"))] != "" {
 			a, err := c.aggregate(item, sc)
 			if err != nil {
@@ -436,7 +441,7 @@ func (c *compiler) selectItem(item obj, sc *scope, q *query, aliases map[string]
 		return refuse("a literal in SELECT", pos(item), "release groups and aggregates only")
 	}
 	if containsAggregate(item) {
-		return refuse("arithmetic on aggregates", pos(item), "release each aggregate as its own column and combine them after release")
+		return refuse("arithmetic on aggregates", pos(item), ratioHint)
 	}
 	var s string
 	var err error
