@@ -121,3 +121,21 @@ func TestRatioRows(t *testing.T) {
 		}
 	}
 }
+
+// TestRatioWithRollup: ratios of a ROLLUP are computed per cell and per
+// total from the same parts (Table 1's percentages).
+func TestRatioWithRollup(t *testing.T) {
+	p := MustParser(t)
+	cat := MustLoadTestCatalog(t)
+	db := MustTestDB(t, cat, smallData)
+	q := `SELECT sex, region, count(*) FILTER (WHERE region = 'London') / count(*) AS share FROM patients GROUP BY ROLLUP (sex, region)`
+	plan := mustCompile(t, p, cat, q)
+	if got := plan.Spec.Aggregates[0]; got.Kind != dp.AggRatio || !got.Proportion {
+		t.Fatalf("ratio under ROLLUP compiled as %+v", got)
+	}
+	full, err := p.compile(context.Background(), cat, q, Options{Seed: 42}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameRowsAsFull(t, map[string]*sql.DB{"small": db}, full, plan)
+}
