@@ -22,6 +22,24 @@ const MaxSetCells = 10_000
 // one cell of each, so the L0 sensitivity is k times this.
 func (s Spec) setCount() int { return max(1, len(s.Sets)) }
 
+// setsLInf is the L∞ a statistic of aggregate agg (-1: the hidden patient
+// count) is calibrated to with grouping sets. A total sums a patient's
+// cells of the full grouping (up to k of them), so one total can take all
+// of a patient's k·C rows. Laplace noise is calibrated to L1 = L0·L∞, and
+// the L1 norm of a patient's contributions to a grouping's cells is still
+// at most k·C·bound: nothing changes. Gaussian noise is calibrated to
+// L2 = √L0·L∞, and a grouping's L2 norm can reach k·C·bound (all in one
+// total), √k times more than √k·C·bound: L∞ is raised by √k, so that
+// √(k·sets)·√k·C·bound covers √sets·k·C·bound over all sets. Distinct
+// patient counts (count_patients, the hidden count) count a patient once
+// per cell whatever the grouping: L∞ stays 1.
+func (s Spec) setsLInf(agg int, lInf float64) float64 {
+	if len(s.Sets) == 0 || s.mechanism() != MechanismGaussian || agg < 0 || s.Aggregates[agg].Kind == AggCountPatients {
+		return lInf
+	}
+	return lInf * math.Sqrt(float64(s.MaxGroupsPerPatient))
+}
+
 // DomainCells is the number of cells a public-domain Spec releases: the
 // cross product of the domains, or with grouping sets the cells of every
 // set.
@@ -59,12 +77,6 @@ func (s Spec) checkSets() error {
 	}
 	if !s.Margins {
 		return errors.New("grouping sets release totals: margins must be set")
-	}
-	if s.mechanism() != MechanismLaplace {
-		// A total sums a patient's up to k cells: the L1 norm of their
-		// contributions to a grouping stays k·C·bound, their L2 norm does
-		// not stay √k·C·bound.
-		return errors.New("grouping sets need Laplace noise: totals keep the L1 sensitivity it is calibrated to, not the L2 sensitivity of Gaussian noise")
 	}
 	for _, g := range s.Groups {
 		if len(g.Domain) == 0 {

@@ -29,7 +29,7 @@ func TestSetsValidate(t *testing.T) {
 		{name: "rollup", modify: func(*Spec) {}},
 		{name: "cube", modify: func(s *Spec) { s.Sets = [][]int{{}, {0}, {1}, {0, 1}} }},
 		{name: "no margins", modify: func(s *Spec) { s.Margins = false }, want: "margins must be set"},
-		{name: "gaussian", modify: func(s *Spec) { s.Mechanism = MechanismGaussian }, want: "need Laplace noise"},
+		{name: "gaussian", modify: func(s *Spec) { s.Mechanism = MechanismGaussian }},
 		{name: "no full grouping", modify: func(s *Spec) { s.Sets = [][]int{{0}, {1}, {}} }, want: "grouping by every group column"},
 		{name: "repeated set", modify: func(s *Spec) { s.Sets = [][]int{{0, 1}, {0}, {0}} }, want: "repeats"},
 		{name: "unordered set", modify: func(s *Spec) { s.Sets = [][]int{{1, 0}} }, want: "increasing order"},
@@ -412,5 +412,28 @@ func TestSecondarySuppressRandomDetermination(t *testing.T) {
 			all[i] = primary[i] || sec[i]
 		}
 		checkUndetermined(t, vecs, margins, all)
+	}
+}
+
+// TestGaussianSetsSensitivity: with Gaussian noise a total can take all of
+// a patient's k·C rows, so the L∞ of every statistic but a distinct
+// patient count is raised by √k; Laplace noise is unchanged.
+func TestGaussianSetsSensitivity(t *testing.T) {
+	s := rollupSpec()
+	s.MaxGroupsPerPatient, s.MaxRowsPerGroup = 4, 3
+	s.Aggregates = []AggSpec{{Name: "n", Kind: AggCountPatients, PatientCount: true}, {Name: "rows", Kind: AggCount}, {Name: "m", Kind: AggMean, Lower: 0, Upper: 10}}
+	lap := s.plan()
+	s.Mechanism = MechanismGaussian
+	gau := s.plan()
+	// n, rows, m/count, m/sum (C·(U−L)/2 = 15); √k = 2.
+	wantLap := []float64{1, 3, 3, 15}
+	wantGau := []float64{1, 6, 6, 30}
+	for i, st := range gau.stats {
+		if math.Abs(st.lInf-wantGau[i]) > 1e-12 || st.l0 != 12 {
+			t.Errorf("gaussian %s: L0 %d, L∞ %v, want 12, %v", st.name, st.l0, st.lInf, wantGau[i])
+		}
+		if lap.stats[i].lInf != wantLap[i] {
+			t.Errorf("laplace %s: L∞ %v, want %v", lap.stats[i].name, lap.stats[i].lInf, wantLap[i])
+		}
 	}
 }

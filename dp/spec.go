@@ -284,7 +284,7 @@ func (s Spec) plan() budgetPlan {
 	c := float64(s.MaxRowsPerGroup)
 	trees := map[int]int{} // quantile tree → its first aggregate
 	add := func(agg int, name string, role statRole, lInf float64) int {
-		p.stats = append(p.stats, stat{name: name, agg: agg, role: role, l0: k, lInf: lInf})
+		p.stats = append(p.stats, stat{name: name, agg: agg, role: role, l0: k, lInf: s.setsLInf(agg, lInf)})
 		if agg >= 0 {
 			p.aggStats[agg] = append(p.aggStats[agg], len(p.stats)-1)
 		}
