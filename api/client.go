@@ -385,6 +385,14 @@ func (c *Client) Complete(ctx context.Context, id int64, token string, res dp.Re
 	return err
 }
 
+// CompletePartial uploads a site's part of a federated query (a job
+// leased with Partial set): its noisy statistics, which the broker
+// combines with the other sites' (dp.Combine).
+func (c *Client) CompletePartial(ctx context.Context, id int64, token string, part *dp.Partial) error {
+	_, err := c.do(ctx, http.MethodPost, idPath("/api/v1/agent/jobs/%d/complete", id), nil, CompleteRequest{Token: token, Partial: part}, nil)
+	return err
+}
+
 // Fail reports that a job could not run. code is a broker error code; the
 // message must not contain data values or DuckDB error text.
 func (c *Client) Fail(ctx context.Context, id int64, token, code, message string) error {

@@ -112,10 +112,13 @@ type HeartbeatRequest struct {
 	Token string `json:"token"`
 }
 
-// CompleteRequest is the body of a job completion.
+// CompleteRequest is the body of a job completion: a site's protected
+// result, or, for its part of a federated query (a lease with partial
+// set), its protected partial result.
 type CompleteRequest struct {
-	Token  string     `json:"token"`
-	Result *dp.Result `json:"result"`
+	Token   string      `json:"token"`
+	Result  *dp.Result  `json:"result"`
+	Partial *dp.Partial `json:"partial,omitempty"`
 }
 
 // FailRequest is the body of a job failure.

@@ -29,6 +29,12 @@ type Job struct {
 	// Codelists are the codelists the query joins (table codelists): on
 	// the lease by name and hash; filled with their codes by the agent.
 	Codelists []Codelist `json:"codelists,omitempty"`
+	// Partial marks one site's part of a federated query (issue 21): the
+	// sandbox compiles the SQL as federated (queries.Options.Federated)
+	// and returns a dp.Partial (noisy statistics only, no suppression or
+	// rounding) instead of a dp.Result; the broker combines the sites'
+	// parts (dp.Combine). Everything else about the run is the same.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // Error codes that cross the process boundary and reach the broker. Stored

@@ -305,12 +305,18 @@ func (s *server) runJob(ctx context.Context, req *request, ldb *lockedDB) (*resp
 		if req.TestNoise != 0 {
 			nz = s.opts.testNoise(req.TestNoise)
 		}
-		res, err := execute(ctx, ldb, req, s.cc, nz)
+		res, part, err := execute(ctx, ldb, req, s.cc, nz)
 		if err != nil {
 			return nil, err
 		}
-		res.Report.OptOut = dp.OptOutReport{Applied: true, Table: req.Catalog.Policy.OptOutTable, SnapshotHash: hash}
-		resp.Result = res
+		optOut := dp.OptOutReport{Applied: true, Table: req.Catalog.Policy.OptOutTable, SnapshotHash: hash}
+		if part != nil {
+			part.OptOut = optOut
+			resp.Partial = part
+		} else {
+			res.Report.OptOut = optOut
+			resp.Result = res
+		}
 		if req.DryRun {
 			if resp.Absent, err = absentCodes(ctx, ldb, req.Catalog); err != nil {
 				return nil, err

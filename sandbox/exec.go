@@ -25,43 +25,61 @@ func viewStatements(cat *queries.Catalog) ([]string, error) {
 }
 
 // execute compiles the researcher's SQL with the site's catalog, runs the
-// rewrite on the release snapshot, and protects the result; the caller
-// adds the snapshot's opt-out hash. Exact statistics live only in this
-// function's locals.
+// rewrite on the release snapshot, and protects the result: a dp.Result,
+// or for a federated part (job.Job.Partial) a dp.Partial, compiled as
+// federated and only noised (dp.ProtectPartial); the caller adds the
+// snapshot's opt-out hash. Exact statistics live only in this function's
+// locals.
 //
 // nz, when not nil, replaces the library's noise (a test hook only a test
 // child passes).
-func execute(ctx context.Context, ldb *lockedDB, req *request, cc *childConfig, nz noise.Noise) (*dp.Result, error) {
+func execute(ctx context.Context, ldb *lockedDB, req *request, cc *childConfig, nz noise.Noise) (*dp.Result, *dp.Partial, error) {
 	var seed [8]byte
 	if _, err := rand.Read(seed[:]); err != nil {
-		return nil, fmt.Errorf("seed: %w", err)
+		return nil, nil, fmt.Errorf("seed: %w", err)
 	}
 	plan, err := compile(ctx, ldb, req.Catalog, req.SQL, queries.Options{
-		Epsilon: req.Epsilon,
-		Seed:    binary.LittleEndian.Uint64(seed[:]),
+		Epsilon:   req.Epsilon,
+		Seed:      binary.LittleEndian.Uint64(seed[:]),
+		Federated: req.Partial,
 	})
 	if err != nil {
 		var ref *queries.Refusal
 		if errors.As(err, &ref) {
-			return nil, job.Errorf(job.CodeRefused, "%s", ref.Message)
+			return nil, nil, job.Errorf(job.CodeRefused, "%s", ref.Message)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	if plan.SQLHash != req.SQLHash {
-		return nil, job.Errorf(job.CodeInvalid, "the SQL does not match its hash")
+		return nil, nil, job.Errorf(job.CodeInvalid, "the SQL does not match its hash")
+	}
+	if req.Partial {
+		// Refused before any of the query runs: a grouping without public
+		// domain, a quantile or Laplace noise cannot be combined.
+		if err := plan.Spec.ValidateFederated(); err != nil {
+			return nil, nil, job.Errorf(job.CodeRefused, "%s", err.Error())
+		}
 	}
 	if err := attachCodelists(ctx, ldb, plan.Codelists, req.Codelists); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	groups, dropped, sel, err := runPlan(ctx, ldb, plan, cc.MaxRows)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	res, err := dp.Protect(plan.Spec, groups, dp.Options{DroppedRows: dropped, Selected: sel, Noise: nz})
+	opts := dp.Options{DroppedRows: dropped, Selected: sel, Noise: nz}
+	if req.Partial {
+		part, err := dp.ProtectPartial(plan.Spec, groups, opts)
+		if err != nil {
+			return nil, nil, fmt.Errorf("protect partial: %w", err)
+		}
+		return nil, part, nil
+	}
+	res, err := dp.Protect(plan.Spec, groups, opts)
 	if err != nil {
-		return nil, fmt.Errorf("protect: %w", err)
+		return nil, nil, fmt.Errorf("protect: %w", err)
 	}
-	return res, nil
+	return res, nil, nil
 }
 
 // runPlan runs the rewritten SQL and scans its rows (layout documented on

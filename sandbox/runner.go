@@ -134,6 +134,28 @@ func (r *Runner) Run(ctx context.Context, j job.Job) (res *dp.Result, err error)
 	return r.run(ctx, &request{Job: j})
 }
 
+// RunPartial runs j, one site's part of a federated query (j.Partial set),
+// as Run does, and returns its partial result: the noisy statistics of
+// every group (dp.ProtectPartial), which the broker combines with the
+// other sites'. The hardening, the release snapshot and the limits are
+// Run's; a failure is an ordinary failure.
+func (r *Runner) RunPartial(ctx context.Context, j job.Job) (*dp.Partial, error) {
+	return r.runPartial(ctx, &request{Job: j})
+}
+
+// runPartial is run for a federated part: in, with the test hooks
+// export_test.go may set, must have Partial set.
+func (r *Runner) runPartial(ctx context.Context, in *request) (*dp.Partial, error) {
+	if !in.Partial {
+		return nil, job.Errorf(job.CodeInvalid, "the job is not a federated part")
+	}
+	resp, err := r.runResponse(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Partial, nil
+}
+
 // DryRun is Run for a dry run at the broker, whose data file is
 // synthetic: it also returns, for each codelist of the job, the codes that
 // occur in no code column of the data.
@@ -147,8 +169,22 @@ func (r *Runner) DryRun(ctx context.Context, j job.Job) (*dp.Result, []job.Absen
 }
 
 // run runs in, a job with the test hooks export_test.go may set, against
-// the runner's catalog.
-func (r *Runner) run(ctx context.Context, in *request) (res *dp.Result, err error) {
+// the runner's catalog, and returns its protected result.
+func (r *Runner) run(ctx context.Context, in *request) (*dp.Result, error) {
+	if in.Partial {
+		return nil, job.Errorf(job.CodeInvalid, "a federated part runs with RunPartial")
+	}
+	resp, err := r.runResponse(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Result, nil
+}
+
+// runResponse runs in against the runner's catalog and returns the
+// child's checked response: a Result, or for a federated part a Partial,
+// with the sandbox report filled in.
+func (r *Runner) runResponse(ctx context.Context, in *request) (_ *response, err error) {
 	if r.cfg.Observe != nil {
 		start := time.Now()
 		defer func() {
@@ -175,7 +211,10 @@ func (r *Runner) run(ctx context.Context, in *request) (res *dp.Result, err erro
 	if err != nil {
 		return nil, err
 	}
-	if resp.Result == nil {
+	if req.Partial {
+		return r.checkPartial(resp, snap.hash, hostLayers)
+	}
+	if resp.Result == nil || resp.Partial != nil {
 		return nil, job.Errorf(job.CodeInternal, "the sandbox returned no result")
 	}
 	if !req.Raw && !req.Probe {
@@ -188,7 +227,26 @@ func (r *Runner) run(ctx context.Context, in *request) (res *dp.Result, err erro
 	}
 	resp.Result.Report.Sandbox = r.sandboxReport(resp.Layers, hostLayers)
 	in.absent = resp.Absent
-	return resp.Result, nil
+	return resp, nil
+}
+
+// checkPartial checks a federated part's response as run checks a
+// result's: a partial result and nothing else, read from the release
+// snapshot it was given, within the row cap; and fills in its sandbox
+// report.
+func (r *Runner) checkPartial(resp *response, snapHash string, hostLayers []string) (*response, error) {
+	part := resp.Partial
+	if part == nil || resp.Result != nil {
+		return nil, job.Errorf(job.CodeInternal, "the sandbox returned no partial result")
+	}
+	if got := part.OptOut; !got.Applied || got.SnapshotHash != snapHash {
+		return nil, job.Errorf(job.CodeInternal, "the sandbox reported another release snapshot than the one it was given")
+	}
+	if len(part.Groups) > r.cfg.MaxRows {
+		return nil, job.Errorf(job.CodeTooLarge, "the result has more than %d rows", r.cfg.MaxRows)
+	}
+	part.Sandbox = r.sandboxReport(resp.Layers, hostLayers)
+	return resp, nil
 }
 
 // sandboxReport merges the layers the host and the child applied.

@@ -74,13 +74,16 @@ type wireError struct {
 	Message string `json:"message"`
 }
 
-// response is what the child returns: a protected result, or (test hooks
-// only) raw-SQL containment and syscall probe outcomes.
+// response is what the child returns: a protected result (or a federated
+// part's partial result), or (test hooks only) raw-SQL containment and syscall probe outcomes.
 type response struct {
-	Result *dp.Result     `json:"result,omitempty"`
-	Layers []string       `json:"layers"`
-	Raw    *rawOutcome    `json:"raw,omitempty"`
-	Probes []probeOutcome `json:"probes,omitempty"`
+	Result *dp.Result `json:"result,omitempty"`
+	// Partial is a federated part's answer (job.Job.Partial), in place of
+	// Result.
+	Partial *dp.Partial    `json:"partial,omitempty"`
+	Layers  []string       `json:"layers"`
+	Raw     *rawOutcome    `json:"raw,omitempty"`
+	Probes  []probeOutcome `json:"probes,omitempty"`
 	// Snapshot is what a builder child built (snapshot.go).
 	Snapshot *snapshotBuilt `json:"snapshot,omitempty"`
 	// Absent answers a dry run's request (request.DryRun).

@@ -37,6 +37,9 @@ type Broker interface {
 	// Complete uploads the protected result. Completing a job twice with
 	// the same token must be harmless.
 	Complete(ctx context.Context, queryID int64, token string, result *dp.Result) error
+	// CompletePartial uploads the partial result of a federated part
+	// (job.Job.Partial), as Complete does a result.
+	CompletePartial(ctx context.Context, queryID int64, token string, part *dp.Partial) error
 	// Fail reports a safe error code and message.
 	Fail(ctx context.Context, queryID int64, token, code, message string) error
 	// Codelist returns the codes of the named codelist (public data).
@@ -59,10 +62,12 @@ var ErrRefused = errors.New("refused by the broker")
 const codeResultRefused = "result_refused"
 
 // Runner runs one job and returns its protected result, or an error whose
-// job.Code and job.Message are all the broker is told; *sandbox.Runner
-// implements it.
+// job.Code and job.Message are all the broker is told; RunPartial runs one
+// site's part of a federated query (job.Job.Partial) and returns its
+// partial result. *sandbox.Runner implements it.
 type Runner interface {
 	Run(ctx context.Context, j job.Job) (*dp.Result, error)
+	RunPartial(ctx context.Context, j job.Job) (*dp.Partial, error)
 }
 
 // preparer is a Runner that can get ready for jobs before the first
@@ -265,16 +270,16 @@ func (a *Agent) worker(ctx context.Context, n int) error {
 func (a *Agent) handle(ctx context.Context, log *slog.Logger, j job.Job, token string) {
 	log = log.With("query", j.QueryID)
 	if j.Dataset != "" && j.Dataset != a.cfg.Catalog.Dataset {
-		a.report(ctx, log, j.QueryID, token, nil, job.Errorf(job.CodeInvalid, "this site does not hold dataset %q", j.Dataset))
+		a.report(ctx, log, j.QueryID, token, outcome{}, job.Errorf(job.CodeInvalid, "this site does not hold dataset %q", j.Dataset))
 		return
 	}
 	if queries.SQLHash(j.SQL) != j.SQLHash {
-		a.report(ctx, log, j.QueryID, token, nil, job.Errorf(job.CodeInvalid, "the SQL does not match its hash"))
+		a.report(ctx, log, j.QueryID, token, outcome{}, job.Errorf(job.CodeInvalid, "the SQL does not match its hash"))
 		return
 	}
 	if err := a.fetchCodelists(ctx, j.Codelists); err != nil {
 		if ctx.Err() == nil {
-			a.report(ctx, log, j.QueryID, token, nil, err)
+			a.report(ctx, log, j.QueryID, token, outcome{}, err)
 		}
 		return
 	}
@@ -288,7 +293,13 @@ func (a *Agent) handle(ctx context.Context, log *slog.Logger, j job.Job, token s
 		lost = a.heartbeat(runCtx, log, j.QueryID, token, cancel)
 	}()
 	log.Info("agent: running job")
-	res, err := a.cfg.Runner.Run(runCtx, j)
+	var out outcome
+	var err error
+	if j.Partial {
+		out.part, err = a.cfg.Runner.RunPartial(runCtx, j)
+	} else {
+		out.res, err = a.cfg.Runner.Run(runCtx, j)
+	}
 	cancel()
 	hbWG.Wait()
 	switch {
@@ -299,7 +310,30 @@ func (a *Agent) handle(ctx context.Context, log *slog.Logger, j job.Job, token s
 		log.Info("agent: shutting down; job abandoned to lease expiry")
 		return
 	}
-	a.report(ctx, log, j.QueryID, token, res, err)
+	a.report(ctx, log, j.QueryID, token, out, err)
+}
+
+// outcome is a successful run's answer: a result, or a federated part's
+// partial result.
+type outcome struct {
+	res  *dp.Result
+	part *dp.Partial
+}
+
+// complete uploads out.
+func (a *Agent) complete(ctx context.Context, queryID int64, token string, out outcome) error {
+	if out.part != nil {
+		return a.cfg.Broker.CompletePartial(ctx, queryID, token, out.part)
+	}
+	return a.cfg.Broker.Complete(ctx, queryID, token, out.res)
+}
+
+// groups is the number of groups out holds, for the log.
+func (o outcome) groups() int {
+	if o.part != nil {
+		return len(o.part.Groups)
+	}
+	return len(o.res.Rows)
 }
 
 // heartbeat extends the lease until ctx ends. It cancels the job and
@@ -323,20 +357,20 @@ func (a *Agent) heartbeat(ctx context.Context, log *slog.Logger, queryID int64, 
 
 // report completes or fails the job on a context detached from shutdown,
 // retrying through broker outages until ReportTimeout.
-func (a *Agent) report(ctx context.Context, log *slog.Logger, queryID int64, token string, res *dp.Result, runErr error) {
+func (a *Agent) report(ctx context.Context, log *slog.Logger, queryID int64, token string, out outcome, runErr error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ReportTimeout)
 	defer cancel()
 	var err error
 	if runErr == nil {
 		err = a.retry(rctx, "complete", func() error {
-			err := a.cfg.Broker.Complete(rctx, queryID, token, res)
+			err := a.complete(rctx, queryID, token, out)
 			if errors.Is(err, ErrLeaseLost) {
 				return nil // already completed, or re-leased: nothing to do
 			}
 			return err
 		})
 		if err == nil {
-			log.Info("agent: job completed", "groups", len(res.Rows))
+			log.Info("agent: job completed", "groups", out.groups(), "partial", out.part != nil)
 		}
 		if errors.Is(err, ErrRefused) {
 			// The broker will not take this result (it does not match what

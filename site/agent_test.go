@@ -115,6 +115,14 @@ func (b *fakeBroker) Complete(ctx context.Context, queryID int64, token string, 
 	return nil
 }
 
+func (b *fakeBroker) CompletePartial(ctx context.Context, queryID int64, token string, p *dp.Partial) error {
+	b.record(fmt.Sprint("complete partial q", queryID, " ", p.SpecHash))
+	if b.refuse == "complete" {
+		return fmt.Errorf("%w: the partial result does not match the approved query", ErrRefused)
+	}
+	return nil
+}
+
 func (b *fakeBroker) Fail(ctx context.Context, queryID int64, token, code, msg string) error {
 	b.record(fmt.Sprint("fail q", queryID, " ", code))
 	return nil
@@ -125,6 +133,9 @@ func (b *fakeBroker) Fail(ctx context.Context, queryID int64, token, code, msg s
 type fakeRunner struct{}
 
 func (fakeRunner) Run(ctx context.Context, j job.Job) (*dp.Result, error) {
+	if j.Partial {
+		return nil, job.Errorf(job.CodeInternal, "Run called for a federated part")
+	}
 	switch j.SQL {
 	case "crash":
 		return nil, job.Errorf(job.CodeCrashed, "the sandbox stopped unexpectedly")
@@ -137,6 +148,25 @@ func (fakeRunner) Run(ctx context.Context, j job.Job) (*dp.Result, error) {
 		}
 	}
 	return &dp.Result{}, nil
+}
+
+// RunPartial answers a federated part: "crash", or a partial result whose
+// spec hash says it came from RunPartial.
+func (fakeRunner) RunPartial(ctx context.Context, j job.Job) (*dp.Partial, error) {
+	if !j.Partial {
+		return nil, job.Errorf(job.CodeInternal, "RunPartial called for a job that is not a federated part")
+	}
+	if j.SQL == "crash" {
+		return nil, job.Errorf(job.CodeCrashed, "the sandbox stopped unexpectedly")
+	}
+	return &dp.Partial{SpecHash: "partial-of-" + j.SQL}, nil
+}
+
+// partialJob is a federated part.
+func partialJob(id int64, sql string) *leasedJob {
+	l := leased(id, sql)
+	l.Partial = true
+	return l
 }
 
 func leased(id int64, sql string) *leasedJob {
@@ -185,6 +215,11 @@ func TestAgent(t *testing.T) {
 			withCodelist(1, testCodelist, job.CodelistHash(testCodes[:1])), leased(2, "ok")}}, []string{"fail q1 invalid", "complete q2"}},
 		{"a codelist the broker refuses fails the job", &fakeBroker{queue: []*leasedJob{
 			withCodelist(1, "test/missing/1", job.CodelistHash(testCodes)), leased(2, "ok")}}, []string{"fail q1 invalid", "complete q2"}},
+		{"a federated part runs as one and uploads its partial result", &fakeBroker{queue: []*leasedJob{partialJob(1, "ok"), leased(2, "ok")}},
+			[]string{"complete partial q1 partial-of-ok", "complete q2"}},
+		{"a federated part that fails is an ordinary failure", &fakeBroker{queue: []*leasedJob{partialJob(1, "crash")}}, []string{"fail q1 crashed"}},
+		{"a partial result the broker refuses is reported as failed", &fakeBroker{refuse: "complete", queue: []*leasedJob{partialJob(1, "ok")}},
+			[]string{"complete partial q1 partial-of-ok", "fail q1 " + codeResultRefused}},
 		{"a result the broker refuses is reported as failed", &fakeBroker{refuse: "complete", queue: []*leasedJob{leased(1, "ok")}}, []string{"complete q1", "fail q1 " + codeResultRefused}},
 	}
 	for _, tt := range tests {

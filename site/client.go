@@ -51,6 +51,10 @@ func (c *Client) Complete(ctx context.Context, queryID int64, token string, res 
 	return leaseError(c.API.Complete(ctx, queryID, token, *res))
 }
 
+func (c *Client) CompletePartial(ctx context.Context, queryID int64, token string, part *dp.Partial) error {
+	return leaseError(c.API.CompletePartial(ctx, queryID, token, part))
+}
+
 func (c *Client) Fail(ctx context.Context, queryID int64, token, code, message string) error {
 	return leaseError(c.API.Fail(ctx, queryID, token, code, message))
 }
