@@ -383,3 +383,28 @@ func TestCombineRollup(t *testing.T) {
 		t.Errorf("report grouping sets %d, sites %d", res.Report.GroupingSets, res.Report.Sites)
 	}
 }
+
+// TestCombineRatio: a ratio of a federated query is the ratio of the
+// combined noisy parts, withheld on the combined denominator.
+func TestCombineRatio(t *testing.T) {
+	s := rateSpec(2)
+	s.Mechanism = MechanismGaussian
+	zero := Options{Noise: addNoiseFake{Noise: noise.Gaussian()}}
+	site := func(num, den [2]float64) *Partial {
+		var groups []GroupStats
+		for i, k := range s.releasedKeys() {
+			groups = append(groups, GroupStats{Keys: k, Patients: int64(den[i]), Aggs: []AggStats{{}, {Count: num[i]}, {Count: den[i]}}})
+		}
+		return mustPartial(t, s, groups, zero)
+	}
+	res, err := Combine(s, []*Partial{site([2]float64{10, 1}, [2]float64{400, 5}), site([2]float64{50, 2}, [2]float64{200, 5})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := value(t, res.Rows[0][1]); math.Abs(got-60.0/600) > 1e-12 {
+		t.Errorf("combined rate %v, want 60/600", got)
+	}
+	if !res.Rows[1][1].Suppressed {
+		t.Errorf("rate over 10 patients released: %+v", res.Rows[1][1])
+	}
+}

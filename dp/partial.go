@@ -69,8 +69,9 @@ func (s Spec) Hash() string {
 }
 
 // federatedKinds are the aggregate kinds whose noisy statistics add up
-// across sites: each is a count or a (midpoint-shifted) sum.
-var federatedKinds = []AggKind{AggCount, AggCountPatients, AggSum, AggMean, AggVariance, AggStddev}
+// across sites: each is a count or a (midpoint-shifted) sum, or a ratio,
+// which is post-processing of two of them.
+var federatedKinds = []AggKind{AggCount, AggCountPatients, AggSum, AggMean, AggVariance, AggStddev, AggRatio}
 
 // ValidateFederated reports whether s can be run as a federated query
 // (ProtectPartial at each site, Combine at the broker); the error names the
