@@ -158,6 +158,15 @@ SELECT
 FROM dx d
 JOIN patients p ON p.patient_id = d.patient_id
 GROUP BY years_band`,
+	"hba1c_monthly_measure": `SELECT extract(month FROM e.date)::int AS month,
+  p.region,
+  count(DISTINCT e.patient_id) FILTER (WHERE e.snomed_code = '999791000000106')::double precision
+    / nullif(count(DISTINCT e.patient_id), 0) AS tested_share,
+  count(DISTINCT e.patient_id) AS patients
+FROM clinical_events e
+JOIN patients p ON p.patient_id = e.patient_id
+WHERE e.date >= DATE '2023-01-01' AND e.date < DATE '2024-01-01'
+GROUP BY month, p.region`,
 }
 
 // pgLoad is the data loaded into a throwaway PostgreSQL schema.

@@ -308,8 +308,38 @@ func (r *rewriter) pairs() {
 	hash := strings.Join(append(append([]string{r.seed, `"__pid"`}, r.gcols...), r.args...), ", ")
 	fmt.Fprintf(b, `"__tre_over" AS (SELECT %s, %s FROM (SELECT r.*, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base" AS r SEMI JOIN (SELECT %s FROM "__tre_all" WHERE "__n" > %d) AS o ON %s) WHERE "__rn" <= %d GROUP BY %s),`+"\n",
 		r.psel, r.stats(), r.pkey, hash, r.pkey, spec.MaxRowsPerGroup, r.on("r", "o"), spec.MaxRowsPerGroup, r.pkey)
-	fmt.Fprintf(b, `"__tre_pg" AS MATERIALIZED (SELECT %s FROM "__tre_all" WHERE "__n" <= %d UNION ALL SELECT %s FROM "__tre_over"),`+"\n",
-		r.pgCols, spec.MaxRowsPerGroup, r.pgCols)
+	fmt.Fprintf(b, `"__tre_pg" AS MATERIALIZED (SELECT %s FROM "__tre_all" WHERE "__n" <= %d UNION ALL %s),`+"\n",
+		r.pgCols, spec.MaxRowsPerGroup, r.overPairs())
+}
+
+// overPairs selects the pairs above C from __tre_over, each patient count
+// with an argument (a FILTER, or a LEFT-joined id) taken from all the
+// pair's rows in __tre_all: it is 0 or 1 whatever rows are kept, so its
+// L∞ is 1 without the C bound, and reading only the C kept rows (chosen by
+// a hash, not by the FILTER) would miss a patient whose matching row was
+// not kept.
+func (r *rewriter) overPairs() string {
+	all := map[string]bool{}
+	for j, a := range r.q.aggs {
+		if a.kind == aggCountPatients && a.arg != "" {
+			all[acol("c", j)] = true
+		}
+	}
+	if len(all) == 0 {
+		return `SELECT ` + r.pgCols + ` FROM "__tre_over"`
+	}
+	var sel []string
+	for _, k := range append([]string{`"__pid"`}, r.gcols...) {
+		sel = append(sel, "o."+k)
+	}
+	for _, c := range r.statCols {
+		if all[c] {
+			sel = append(sel, "a."+c)
+		} else {
+			sel = append(sel, "o."+c)
+		}
+	}
+	return `SELECT ` + strings.Join(sel, ", ") + ` FROM "__tre_over" AS o JOIN "__tre_all" AS a ON ` + r.on("o", "a")
 }
 
 // kept writes stage 3: at most k groups per patient. With every group key

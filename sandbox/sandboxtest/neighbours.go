@@ -249,6 +249,10 @@ func Corpus(t Target) []Query {
 		{"typical: depression by IMD quintile", "SELECT p.imd_quintile, count(DISTINCT p.patient_id) AS n " + join +
 			" WHERE e.snomed_code = '" + Depression + "' GROUP BY p.imd_quintile"},
 		{"hostile: count of the target", "SELECT count(*) AS n FROM patients p WHERE " + qi},
+		// Ratios: released from their parts' noisy values.
+		{"ratio: depression share by region", "SELECT p.region, count(DISTINCT p.patient_id) FILTER (WHERE e.snomed_code = '" + Depression +
+			"') / count(DISTINCT p.patient_id) AS share " + join + " GROUP BY p.region"},
+		{"ratio: the target's rows per patient", "SELECT count(*) / count(DISTINCT p.patient_id) AS rows_per_patient " + join + " WHERE " + qi},
 	}
 }
 
@@ -291,6 +295,9 @@ func FullCorpus(t Target) []Query {
 		{"opt-out bypass: CTE grouped by a left-joined id", "WITH c AS (SELECT m.patient_id, count(*) AS k FROM patients p LEFT JOIN medications m ON m.patient_id = p.patient_id GROUP BY m.patient_id) SELECT count(*) AS n FROM c"},
 		{"opt-out bypass: left-joined patients of the target", "SELECT count(DISTINCT m.patient_id) AS n FROM patients p LEFT JOIN medications m ON m.patient_id = p.patient_id WHERE " + qi},
 		{"target: mean and sd", "SELECT p.sex, count(*) AS n, avg(e.numeric_value) AS m, stddev(e.numeric_value) AS sd " + join + " WHERE " + qi + " GROUP BY p.sex"},
+		{"ratio: the target's readings over rows, by sex", "SELECT p.sex, sum(greatest(0, least(100, e.numeric_value))) / count(*) AS per_row, count(*) AS n " +
+			join + " WHERE " + qi + " GROUP BY p.sex"},
+		{"ratio: the target's depression share", "SELECT count(*) FILTER (WHERE e.snomed_code = '" + Depression + "') / count(*) AS share " + join + " WHERE " + qi},
 		{"target: region", "SELECT p.region, count(DISTINCT p.patient_id) AS n FROM patients p WHERE " + qi + " GROUP BY p.region"},
 		{"codelist: the target's codes by term", "SELECT cl.term, count(*) AS n " + join + " JOIN codelists cl ON cl.code = e.snomed_code AND cl.codelist = '" +
 			CorpusCodelist.Name + "' WHERE " + qi + " GROUP BY cl.term"},
