@@ -97,6 +97,10 @@ type Project struct {
 	CreatedBy            string        `json:"created_by"`
 	CreatedAt            time.Time     `json:"created_at"`
 	Budget               Budget        `json:"budget"`
+	// SiteLedgers are the project's per-site ledgers of federated
+	// queries (staff only: FindProjectByID). Each is limited by the
+	// project's budget.
+	SiteLedgers []SiteLedger `json:"site_ledgers,omitempty"`
 }
 
 // Budget is a project's ledger position. Spent is final (runs started);
@@ -173,6 +177,12 @@ type Query struct {
 	FailureCode   string  `json:"failure_code,omitempty"`
 	FailureDetail string  `json:"failure_detail,omitempty"`
 	History       []Event `json:"history,omitempty"`
+	// Federation is set on a query over a dataset several sites hold: it
+	// runs at each of them and the broker combines their protected parts.
+	Federation *Federation `json:"federation,omitempty"`
+	// Sites are a federated query's sites and how each one's part stands
+	// (after approval; staff see the attempts).
+	Sites []QuerySite `json:"sites,omitempty"`
 }
 
 // Event is one entry in a query's status history: a transition and who made
@@ -200,6 +210,9 @@ type Output struct {
 	SiteID     string     `json:"site_id"`
 	CreatedAt  time.Time  `json:"created_at"`
 	ReleasedAt *time.Time `json:"released_at,omitempty"`
+	// Sites are a federated query's sites, each with its state and
+	// disclosure report (output checkers only).
+	Sites []SiteOutput `json:"sites,omitempty"`
 }
 
 // ReleasedResult is what a researcher receives of a released output: the
@@ -291,4 +304,7 @@ type RegisterEntry struct {
 	EpsilonSpent    float64       `json:"epsilon_spent"`
 	// Codelists are the codelists the project's released queries used.
 	Codelists []CodelistRef `json:"codelists,omitempty"`
+	// Sites are the sites whose data the project's released queries used
+	// (federated queries name each site that took part).
+	Sites []string `json:"sites,omitempty"`
 }

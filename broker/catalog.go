@@ -11,11 +11,12 @@ import (
 
 // planKey identifies a compilation: Compile is a function of the catalog's
 // content, the SQL text and the options, of which the broker sets only
-// epsilon (no seed, no unique tables).
+// epsilon and federated (no seed, no unique tables).
 type planKey struct {
 	catalogHash string
 	sql         string
 	epsilon     float64
+	federated   bool
 }
 
 // Plan cache bounds: texts longer than maxCachedPlanSQL are compiled every
@@ -62,14 +63,16 @@ func (s *Service) catalog(ctx context.Context, tx Tx, dataset string) (*queries.
 }
 
 // compile compiles sql against cat, reusing the plan of an identical
-// earlier compilation (same catalog content, text and epsilon). Refusals and
-// errors are not cached. Callers get their own copy of the plan's slices.
-func (s *Service) compile(ctx context.Context, cat *queries.Catalog, catalogHash, sql string, epsilon float64) (*queries.Plan, error) {
-	if plan := s.cachedPlan(catalogHash, sql, epsilon); plan != nil {
+// earlier compilation (same catalog content, text, epsilon and federation).
+// Refusals and errors are not cached. Callers get their own copy of the
+// plan's slices. A federated query (over a dataset several sites hold) is
+// compiled as each site compiles its part (queries.Options.Federated).
+func (s *Service) compile(ctx context.Context, cat *queries.Catalog, catalogHash, sql string, epsilon float64, federated bool) (*queries.Plan, error) {
+	if plan := s.cachedPlan(catalogHash, sql, epsilon, federated); plan != nil {
 		return plan, nil
 	}
-	key := planKey{catalogHash: catalogHash, sql: sql, epsilon: epsilon}
-	plan, err := s.compiler.Compile(ctx, cat, sql, queries.Options{Epsilon: epsilon})
+	key := planKey{catalogHash: catalogHash, sql: sql, epsilon: epsilon, federated: federated}
+	plan, err := s.compiler.Compile(ctx, cat, sql, queries.Options{Epsilon: epsilon, Federated: federated})
 	if err != nil {
 		return nil, err
 	}
@@ -88,10 +91,10 @@ func (s *Service) compile(ctx context.Context, cat *queries.Catalog, catalogHash
 }
 
 // cachedPlan returns a copy of the cached plan of sql over the catalog with
-// the given hash at epsilon, or nil.
-func (s *Service) cachedPlan(catalogHash, sql string, epsilon float64) *queries.Plan {
+// the given hash at epsilon, federated or not, or nil.
+func (s *Service) cachedPlan(catalogHash, sql string, epsilon float64, federated bool) *queries.Plan {
 	s.mu.Lock()
-	plan, ok := s.plans[planKey{catalogHash: catalogHash, sql: sql, epsilon: epsilon}]
+	plan, ok := s.plans[planKey{catalogHash: catalogHash, sql: sql, epsilon: epsilon, federated: federated}]
 	s.mu.Unlock()
 	if !ok {
 		return nil

@@ -53,9 +53,16 @@ func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease,
 		if err := registeredSite(ctx, tx, u, "job.lease", siteObject(siteID), version, now); err != nil {
 			return err
 		}
+		if err := s.failOverdue(ctx, tx, now); err != nil {
+			return err
+		}
 		for {
 			id, err := tx.NextLeasable(ctx, siteID, now)
-			if err != nil || id == 0 {
+			if err != nil {
+				return err
+			}
+			if id == 0 {
+				lease, err = s.leaseFederated(ctx, tx, u, siteID, token, tokenHash, now)
 				return err
 			}
 			rec, err := tx.FindQuery(ctx, id)
@@ -161,6 +168,10 @@ func (s *Service) HeartbeatJob(ctx context.Context, id int64, token string) (*Le
 		if err != nil {
 			return err
 		}
+		if rec.Sites > 0 {
+			lease, err = s.heartbeatFederated(ctx, tx, u, rec, token, now)
+			return err
+		}
 		if err := holdsLease(rec, token); err != nil {
 			return err
 		}
@@ -201,6 +212,9 @@ func (s *Service) CompleteJob(ctx context.Context, id int64, token string, res d
 		if err != nil {
 			return err
 		}
+		if rec.Sites > 0 {
+			return Errorf(EINVALID, "query %d runs at %d sites: each reports its partial result (partial), not a result", id, rec.Sites)
+		}
 		q := rec.Query
 		switch q.Status {
 		case StatusAwaitingOutputCheck, StatusReleased, StatusWithheld:
@@ -237,19 +251,20 @@ func (s *Service) approvedSpec(ctx context.Context, u *User, id int64) (dp.Spec,
 	var q *Query
 	var cat *queries.Catalog
 	var hash string
+	federated := false
 	err := s.view(ctx, u, func(tx Tx) error {
 		rec, err := tx.FindQuery(ctx, id)
 		if err != nil {
 			return err
 		}
-		q = rec.Query
+		q, federated = rec.Query, rec.Sites > 0
 		cat, hash, err = s.catalog(ctx, tx, q.Dataset)
 		return err
 	})
 	if err != nil {
 		return dp.Spec{}, err
 	}
-	plan, err := s.compile(ctx, cat, hash, q.SQL, q.Cost.Epsilon)
+	plan, err := s.compile(ctx, cat, hash, q.SQL, q.Cost.Epsilon, federated)
 	var ref *queries.Refusal
 	switch {
 	case errors.As(err, &ref):
@@ -315,6 +330,9 @@ func (s *Service) FailJob(ctx context.Context, id int64, token, code, message st
 			if err := checkTransition(id, rec.Query.Status, StatusAwaitingOutputCheck); err != nil {
 				return err
 			}
+		}
+		if rec.Sites > 0 {
+			return s.failFederated(ctx, tx, u, rec, token, code, message, now)
 		}
 		if err := holdsLease(rec, token); err != nil {
 			return err

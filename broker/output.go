@@ -202,6 +202,12 @@ func (s *Service) readOutput(ctx context.Context, u *User, id int64, action stri
 		}
 		if !checker {
 			o.ReleasedAt = &releasedAt
+		} else if rec.Sites > 0 {
+			jobs, err := tx.FindJobs(ctx, id)
+			if err != nil {
+				return err
+			}
+			o.Sites = siteOutputs(jobs)
 		}
 		return appendAudit(ctx, tx, now, u.Subject, action, queryObject(id), auditDetail("status", string(q.Status)))
 	})

@@ -126,12 +126,27 @@ func (s *Service) FindProjectByID(ctx context.Context, id int64) (*Project, erro
 		if researcherOf(u, p) {
 			return s.researcherBudget(ctx, tx, p, s.cutoff())
 		}
-		return nil
+		return siteLedgers(ctx, tx, p)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// siteLedgers sets p's per-site ledgers, with what remains of each.
+func siteLedgers(ctx context.Context, tx Tx, p *Project) error {
+	ls, err := tx.FindSiteLedgers(ctx, p.ID)
+	if err != nil {
+		return err
+	}
+	for i := range ls {
+		l := &ls[i]
+		l.EpsilonRemaining = max(p.EpsilonBudget-l.EpsilonSpent-l.EpsilonReserved, 0)
+		l.DeltaRemaining = max(p.DeltaBudget-l.DeltaSpent-l.DeltaReserved, 0)
+	}
+	p.SiteLedgers = ls
+	return nil
 }
 
 // FindProjects lists projects; researchers see only those they belong to.

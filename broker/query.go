@@ -47,6 +47,13 @@ func (s *Service) FindQueryByID(ctx context.Context, id int64) (*Query, error) {
 		if err != nil {
 			return err
 		}
+		if q.Federation != nil {
+			jobs, err := tx.FindJobs(ctx, id)
+			if err != nil {
+				return err
+			}
+			q.Sites = querySites(jobs, !researcher)
+		}
 		if researcher {
 			q = s.researcherQuery(q, q.History, s.cutoff(), true)
 			return nil

@@ -27,7 +27,7 @@ func (s *Service) Register(ctx context.Context) ([]*RegisterEntry, error) {
 		for _, q := range started {
 			for _, e := range out {
 				if e.ProjectID == q.ProjectID {
-					e.EpsilonSpent, _ = shift(e.EpsilonSpent, 0, q.Cost.Epsilon)
+					e.EpsilonSpent, _ = shift(e.EpsilonSpent, 0, ledgerCost(q).Epsilon)
 				}
 			}
 		}

@@ -175,6 +175,7 @@ func later(a, b time.Time) time.Time {
 func (s *Service) researcherQuery(q *Query, events []Event, cutoff time.Time, withHistory bool) *Query {
 	v := *q
 	v.Attempts, v.FailureCode, v.FailureDetail = 0, "", ""
+	v.Federation = researcherFederation(q.Federation)
 	v.RiskFlags = researcherFlags(q.RiskFlags)
 	h := researcherHistory(events, cutoff, s.granularity, s.runHold)
 	if len(h) == 0 { // every query has its submission event; be safe anyway
@@ -223,6 +224,7 @@ func (s *Service) researcherQueries(ctx context.Context, tx Tx, qs []*Query, cut
 		}
 		v := *q
 		v.Attempts, v.FailureCode, v.FailureDetail, v.History = 0, "", "", nil
+		v.Federation = researcherFederation(q.Federation)
 		if !ownStatus(q.Status) {
 			v.UpdatedAt = ceilTo(q.UpdatedAt, s.granularity)
 		}
@@ -278,8 +280,8 @@ func (s *Service) researcherBudget(ctx context.Context, tx Tx, p *Project, cutof
 	}
 	for _, q := range started {
 		b := &p.Budget
-		b.EpsilonSpent, b.EpsilonReserved = shift(b.EpsilonSpent, b.EpsilonReserved, q.Cost.Epsilon)
-		b.DeltaSpent, b.DeltaReserved = shift(b.DeltaSpent, b.DeltaReserved, q.Cost.Delta)
+		b.EpsilonSpent, b.EpsilonReserved = shift(b.EpsilonSpent, b.EpsilonReserved, ledgerCost(q).Epsilon)
+		b.DeltaSpent, b.DeltaReserved = shift(b.DeltaSpent, b.DeltaReserved, ledgerCost(q).Delta)
 	}
 	return nil
 }
@@ -317,4 +319,16 @@ func (s *Service) startedAfter(ctx context.Context, tx Tx, project *int64, cutof
 		}
 	}
 	return out, nil
+}
+
+// researcherFederation is a federated query's federation as a researcher
+// sees it: without the deadline, which dates the approval to the instant
+// (researchers see it only at the granularity).
+func researcherFederation(f *Federation) *Federation {
+	if f == nil {
+		return nil
+	}
+	v := *f
+	v.Deadline = time.Time{}
+	return &v
 }

@@ -68,18 +68,28 @@ func (s *Service) ApproveQuery(ctx context.Context, id int64, comment string) (*
 		if err := usable(p, now); err != nil {
 			return err
 		}
-		if used, limit := p.used(), p.limit(); !q.Cost.Fits(used, limit) {
-			if !dp.Within(used.Epsilon, q.Cost.Epsilon, limit.Epsilon) {
+		// A federated query costs the project its ledger factor times its
+		// cost (federation.go); a single-site query its cost.
+		cost := projectCost(rec)
+		if used, limit := p.used(), p.limit(); !cost.Fits(used, limit) {
+			if !dp.Within(used.Epsilon, cost.Epsilon, limit.Epsilon) {
 				return wrapf(ErrBudgetExhausted, "approving query %d would overspend project %d: it costs ε %s and ε %s remains",
-					id, p.ID, fmtFloat(q.Cost.Epsilon), fmtFloat(p.Budget.EpsilonRemaining))
+					id, p.ID, fmtFloat(cost.Epsilon), fmtFloat(p.Budget.EpsilonRemaining))
 			}
 			return wrapf(ErrBudgetExhausted, "approving query %d would overspend project %d: it costs δ %s and δ %s remains",
-				id, p.ID, fmtFloat(q.Cost.Delta), fmtFloat(p.Budget.DeltaRemaining))
+				id, p.ID, fmtFloat(cost.Delta), fmtFloat(p.Budget.DeltaRemaining))
+		}
+		detail := auditDetail("reserved_epsilon", fmtFloat(cost.Epsilon), "reserved_delta", fmtFloat(cost.Delta))
+		if rec.Sites > 0 {
+			fed, err := s.approveFederated(ctx, tx, rec, p, now)
+			if err != nil {
+				return err
+			}
+			detail += " " + fed
 		}
 		rec.Ledger = LedgerReserved
 		q.ApprovedBy = u.Subject
-		return move(ctx, tx, rec, StatusApproved, u.Subject, comment, "query.approve",
-			auditDetail("reserved_epsilon", fmtFloat(q.Cost.Epsilon), "reserved_delta", fmtFloat(q.Cost.Delta)), now)
+		return move(ctx, tx, rec, StatusApproved, u.Subject, comment, "query.approve", detail, now)
 	})
 }
 

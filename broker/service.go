@@ -28,6 +28,9 @@ type Options struct {
 	LeaseTTL time.Duration
 	// MaxAttempts is how many leases a job gets before it fails (default 3).
 	MaxAttempts int
+	// FederationDeadline is how long after its approval a federated query
+	// may take before it fails as a whole (default 30m).
+	FederationDeadline time.Duration
 	// Logger receives internal errors; nil discards them.
 	Logger *slog.Logger
 	// Rand is the source of lease tokens (default crypto/rand).
@@ -72,9 +75,11 @@ type Transition struct {
 
 // Defaults.
 const (
-	DefaultLeaseTTL     = 2 * time.Minute
-	DefaultMaxAttempts  = 3
-	DefaultWriteTimeout = 10 * time.Second
+	DefaultLeaseTTL    = 2 * time.Minute
+	DefaultMaxAttempts = 3
+	// DefaultFederationDeadline is Options.FederationDeadline's default.
+	DefaultFederationDeadline = 30 * time.Minute
+	DefaultWriteTimeout       = 10 * time.Second
 	// MaxSQLBytes is the longest SQL text accepted.
 	MaxSQLBytes = 64 << 10
 )
@@ -97,6 +102,7 @@ type Service struct {
 	now          func() time.Time
 	leaseTTL     time.Duration
 	maxAttempts  int
+	fedDeadline  time.Duration
 	log          *slog.Logger
 	rand         io.Reader
 	writeTimeout time.Duration
@@ -120,6 +126,7 @@ func NewService(store Store, compiler Compiler, opts Options) *Service {
 		now:          opts.Now,
 		leaseTTL:     opts.LeaseTTL,
 		maxAttempts:  opts.MaxAttempts,
+		fedDeadline:  opts.FederationDeadline,
 		log:          opts.Logger,
 		rand:         opts.Rand,
 		writeTimeout: opts.WriteTimeout,
@@ -141,6 +148,9 @@ func NewService(store Store, compiler Compiler, opts Options) *Service {
 	}
 	if s.maxAttempts <= 0 {
 		s.maxAttempts = DefaultMaxAttempts
+	}
+	if s.fedDeadline <= 0 {
+		s.fedDeadline = DefaultFederationDeadline
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

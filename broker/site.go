@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -102,7 +103,10 @@ func (s *Service) CreateSite(ctx context.Context, site *Site) error {
 }
 
 // PublishCatalog stores the catalog a site agent publishes for its own
-// registered site. A dataset belongs to the site that first published it.
+// registered site. Several sites may hold one dataset when their catalogs
+// agree (agreeWithHolders): a query over it then runs at each of them
+// (federation.go). A catalog that disagrees is refused naming the first
+// difference.
 func (s *Service) PublishCatalog(ctx context.Context, siteID, version string, cat *queries.Catalog) error {
 	u, err := s.agentCaller(ctx, "catalog.publish", siteObject(siteID), siteID)
 	if err != nil {
@@ -133,19 +137,23 @@ func (s *Service) PublishCatalog(ctx context.Context, siteID, version string, ca
 		if err := registeredSite(ctx, tx, u, "catalog.publish", siteObject(siteID), version, now); err != nil {
 			return err
 		}
-		owner, _, _, err := tx.FindCatalog(ctx, cat.Dataset, false)
-		switch {
-		case ErrorCode(err) == ENOTFOUND:
-		case err != nil:
+		holders, err := tx.FindCatalogHolders(ctx, cat.Dataset, true)
+		if err != nil {
 			return err
-		case owner != siteID:
-			return Errorf(ECONFLICT, "dataset %q is already published by site %q", cat.Dataset, owner)
+		}
+		if err := agreeWithHolders(cat, siteID, holders); err != nil {
+			return err
 		}
 		if err := tx.PutCatalog(ctx, siteID, cat.Dataset, hash, body, now); err != nil {
 			return err
 		}
+		sites := holderIDs(holders)
+		if !slices.Contains(sites, siteID) {
+			sites = append(sites, siteID)
+			slices.Sort(sites)
+		}
 		return appendAudit(ctx, tx, now, u.Subject, "catalog.publish", "dataset/"+cat.Dataset,
-			auditDetail("site", siteID, "catalog_sha256", hash))
+			auditDetail("site", siteID, "catalog_sha256", hash, "sites", strings.Join(sites, ",")))
 	})
 }
 

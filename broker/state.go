@@ -89,6 +89,7 @@ func move(ctx context.Context, tx Tx, rec *QueryRecord, to Status, actor, commen
 	}
 	q.Status = to
 	q.UpdatedAt = at
+	q.Federation = FederationOf(rec)
 	if err := tx.UpdateQuery(ctx, rec); err != nil {
 		return err
 	}

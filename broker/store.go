@@ -67,6 +67,55 @@ type QueryRecord struct {
 	LeaseTokenHash string
 	LeaseSite      string
 	LeaseExpiresAt time.Time
+
+	// Federation (issue 21): Sites is how many sites the query runs at (0
+	// for a single-site dataset), Disjoint whether the catalog declared
+	// disjoint populations, LedgerFactor how many times its cost counts in
+	// the project's ledger, DeadlineAt when it fails as a whole unless
+	// every site has reported (zero before approval).
+	Sites        int
+	Disjoint     bool
+	LedgerFactor int
+	DeadlineAt   time.Time
+}
+
+// JobStatus is where one site's part of a federated query stands.
+type JobStatus string
+
+// Job statuses. Stored values never change.
+const (
+	JobPending JobStatus = "pending" // not leased yet
+	JobRunning JobStatus = "running" // leased (or leasable again after a lapse or retryable failure)
+	JobDone    JobStatus = "done"    // its partial result is stored
+	JobFailed  JobStatus = "failed"  // the site's run failed for good
+)
+
+// QueryJob is one site's part of a federated query, with that site's
+// budget ledger state for it.
+type QueryJob struct {
+	QueryID        int64
+	SiteID         string
+	ProjectID      int64
+	Status         JobStatus
+	Attempts       int
+	LeaseTokenHash string
+	LeaseExpiresAt time.Time
+	Ledger         LedgerState
+	// Partial is the site's protected partial result (dp.Partial as JSON),
+	// nil until it reports.
+	Partial       []byte
+	FailureCode   string
+	FailureDetail string
+	UpdatedAt     time.Time
+}
+
+// CatalogHolder is one site's published catalog of a dataset.
+type CatalogHolder struct {
+	SiteID string
+	Hash   string
+	Body   []byte
+	// Since is when the site first published the dataset.
+	Since time.Time
 }
 
 // SimilarQuery is an earlier query of a project used for risk flags.
@@ -105,7 +154,12 @@ type Tx interface {
 	PutCatalog(ctx context.Context, siteID, dataset, hash string, body []byte, at time.Time) error
 	// FindCatalog returns the site holding dataset, the catalog's hash and
 	// its JSON (nil body when wantBody is false).
+	// With several holders it is the earliest (by Since, then site id).
 	FindCatalog(ctx context.Context, dataset string, wantBody bool) (siteID, hash string, body []byte, err error)
+	// FindCatalogHolders returns every site's catalog of dataset, the
+	// earliest holder first (none: an empty slice), without Body unless
+	// wantBody.
+	FindCatalogHolders(ctx context.Context, dataset string, wantBody bool) ([]CatalogHolder, error)
 	FindCatalogs(ctx context.Context) ([][]byte, error)
 	FindSites(ctx context.Context) ([]*Site, error)
 
@@ -131,7 +185,25 @@ type Tx interface {
 	// site's datasets that is approved, or running with a lease that expired
 	// before now; 0 when there is none. Rows other transactions hold are
 	// skipped.
+	// Only single-site queries (Sites 0) are considered, and only when
+	// site is the dataset's earliest holder.
 	NextLeasable(ctx context.Context, siteID string, now time.Time) (int64, error)
+
+	// Federated queries' jobs (issue 21); they change only under their
+	// query's lock. FindJobs returns a query's jobs by site id;
+	// NextLeasableJob locks and returns the oldest approved or running
+	// query with a job of site that is pending or whose lease expired
+	// before now (0 when none; rows other transactions hold are skipped);
+	// FindOverdue returns up to limit federated queries approved or
+	// running whose deadline passed before now.
+	PutJob(ctx context.Context, j *QueryJob) error
+	UpdateJob(ctx context.Context, j *QueryJob) error
+	FindJobs(ctx context.Context, queryID int64) ([]*QueryJob, error)
+	NextLeasableJob(ctx context.Context, siteID string, now time.Time) (int64, error)
+	FindOverdue(ctx context.Context, now time.Time, limit int) ([]int64, error)
+	// FindSiteLedgers returns the project's per-site ledgers (sites with
+	// a federated job of the project), by site id.
+	FindSiteLedgers(ctx context.Context, projectID int64) ([]SiteLedger, error)
 
 	// Outputs.
 	PutOutput(ctx context.Context, o *Output) error

@@ -19,6 +19,9 @@ type prepared struct {
 	project *Project
 	cat     *queries.Catalog
 	plan    *queries.Plan
+	// sites is how many sites hold the dataset: more than one makes the
+	// query federated (federate).
+	sites int
 }
 
 // validSubmission checks a submission's fields before any lookup.
@@ -61,7 +64,11 @@ func (s *Service) submitter(ctx context.Context, tx Tx, u *User, p *Project, sub
 	if err != nil {
 		return nil, "", err
 	}
-	return &prepared{project: p, cat: cat}, hash, nil
+	holders, err := tx.FindCatalogHolders(ctx, dataset, false)
+	if err != nil {
+		return nil, "", err
+	}
+	return &prepared{project: p, cat: cat, sites: len(holders)}, hash, nil
 }
 
 // compileError turns a compilation failure into what the caller sees.
@@ -99,9 +106,14 @@ func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*p
 	if err != nil {
 		return nil, err
 	}
-	plan, err := s.compile(ctx, pr.cat, catalogHash, sub.SQL, sub.Epsilon)
+	plan, err := s.compile(ctx, pr.cat, catalogHash, sub.SQL, sub.Epsilon, pr.sites > 1)
 	if err != nil {
 		return nil, s.compileError(err, sub.ProjectID)
+	}
+	if pr.sites > 1 {
+		if err := federatedPlan(pr.cat.Dataset, pr.sites, plan); err != nil {
+			return nil, err
+		}
 	}
 	if len(plan.Codelists) > 0 {
 		// Each codelist it names must exist (the submission checks again
@@ -122,8 +134,9 @@ func (s *Service) prepare(ctx context.Context, u *User, sub QuerySubmission) (*p
 // compiling (up to milliseconds) waits outside the transaction, which on
 // SQLite holds the only writer.
 type needPlan struct {
-	cat  *queries.Catalog
-	hash string
+	cat       *queries.Catalog
+	hash      string
+	federated bool
 }
 
 func (*needPlan) Error() string { return "the query must be compiled first" }
@@ -159,8 +172,9 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 		return nil, Errorf(EINVALID, "purpose is required: say why the project needs this query (the reviewer judges it by this)")
 	}
 	now := s.clock()
-	var compiled *queries.Plan // compiled outside the transaction, for compiledHash
+	var compiled *queries.Plan // compiled outside the transaction, for compiledHash and compiledFed
 	var compiledHash string
+	var compiledFed bool
 	var q *Query
 	for attempt := 1; ; attempt++ {
 		// Submissions are the broker's most frequent write: concurrent
@@ -180,10 +194,10 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 			if err != nil {
 				return err
 			}
-			plan := compiled
-			if compiledHash != hash {
-				if plan = s.cachedPlan(hash, sub.SQL, sub.Epsilon); plan == nil {
-					return &needPlan{cat: pr.cat, hash: hash}
+			plan, federated := compiled, pr.sites > 1
+			if compiledHash != hash || compiledFed != federated {
+				if plan = s.cachedPlan(hash, sub.SQL, sub.Epsilon, federated); plan == nil {
+					return &needPlan{cat: pr.cat, hash: hash, federated: federated}
 				}
 			}
 			q, err = s.storeSubmission(ctx, tx, u, sub, pr, plan, now)
@@ -196,10 +210,10 @@ func (s *Service) SubmitQuery(ctx context.Context, sub QuerySubmission) (*Query,
 		if attempt == 3 {
 			return nil, Errorf(EUNAVAILABLE, "the dataset's catalog changed while the query was compiled: try again")
 		}
-		if compiled, err = s.compile(ctx, np.cat, np.hash, sub.SQL, sub.Epsilon); err != nil {
+		if compiled, err = s.compile(ctx, np.cat, np.hash, sub.SQL, sub.Epsilon, np.federated); err != nil {
 			return nil, s.compileError(err, sub.ProjectID)
 		}
-		compiledHash = np.hash
+		compiledHash, compiledFed = np.hash, np.federated
 	}
 	if err != nil {
 		return nil, err
@@ -249,6 +263,9 @@ func (s *Service) storeSubmission(ctx context.Context, tx Tx, u *User, sub Query
 		Ledger:         LedgerNone,
 	}
 	rec.PredicateSet, rec.PredicateKeys = PredicateKeys(rec.ShapeHash, rec.Predicates)
+	if err := federate(rec, pr, plan); err != nil {
+		return nil, err
+	}
 	flags, err := s.similarityFlags(ctx, tx, rec)
 	if err != nil {
 		return nil, err
@@ -266,6 +283,9 @@ func (s *Service) storeSubmission(ctx context.Context, tx Tx, u *User, sub Query
 	}
 	detail := []string{"project", strconv.FormatInt(q.ProjectID, 10), "dataset", q.Dataset, "sql_sha256", q.SQLHash,
 		"epsilon", fmtFloat(q.Cost.Epsilon), "delta", fmtFloat(q.Cost.Delta), "risk_flags", strings.Join(kinds, ",")}
+	if rec.Sites > 0 {
+		detail = append(detail, "sites", strconv.Itoa(rec.Sites), "project_epsilon", fmtFloat(projectCost(rec).Epsilon))
+	}
 	if len(refs) > 0 {
 		names := make([]string, len(refs))
 		for i, r := range refs {

@@ -19,6 +19,19 @@ type Catalog struct {
 	PrivacyUnit string  `yaml:"privacy_unit" json:"privacy_unit"`
 	Policy      Policy  `yaml:"policy" json:"policy"`
 	Tables      []Table `yaml:"tables" json:"tables"`
+	// Federation describes a dataset several sites hold (issue 21): every
+	// site publishing it must declare the same.
+	Federation *Federation `yaml:"federation,omitempty" json:"federation,omitempty"`
+}
+
+// Federation is what a catalog declares about a dataset held by several
+// sites.
+type Federation struct {
+	// DisjointPopulations declares that no patient is in more than one
+	// site's data (each site serves its own registered population): a
+	// federated query then costs the project ε once (parallel composition)
+	// instead of once per site.
+	DisjointPopulations bool `yaml:"disjoint_populations" json:"disjoint_populations"`
 }
 
 // Policy is the per-dataset disclosure-control policy.

@@ -266,6 +266,9 @@ func (f *fakeService) HeartbeatJob(ctx context.Context, id int64, token string) 
 func (f *fakeService) CompleteJob(ctx context.Context, id int64, token string, res dp.Result) error {
 	return f.fail()
 }
+func (f *fakeService) CompletePartial(ctx context.Context, id int64, token string, part *dp.Partial) error {
+	return f.fail()
+}
 func (f *fakeService) FailJob(ctx context.Context, id int64, token, code, message string) error {
 	return f.fail()
 }

@@ -54,13 +54,18 @@ func (s *Server) completeJob(c *gin.Context) error {
 	if err := decodeRequest(c.Request, &req); err != nil {
 		return err
 	}
-	if req.Result == nil {
-		return broker.Errorf(broker.EINVALID, "result is required")
+	if (req.Result == nil) == (req.Partial == nil) {
+		return broker.Errorf(broker.EINVALID, "exactly one of result and partial is required")
 	}
 	// Storing a result must finish even if the agent's connection drops.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 30*time.Second)
 	defer cancel()
-	if err := s.svc.CompleteJob(ctx, id, req.Token, *req.Result); err != nil {
+	if req.Partial != nil {
+		err = s.svc.CompletePartial(ctx, id, req.Token, req.Partial)
+	} else {
+		err = s.svc.CompleteJob(ctx, id, req.Token, *req.Result)
+	}
+	if err != nil {
 		return err
 	}
 	c.Status(http.StatusNoContent)

@@ -56,6 +56,8 @@ type AgentService interface {
 	LeaseJob(ctx context.Context, siteID, agentVersion string) (*broker.Lease, error)
 	HeartbeatJob(ctx context.Context, id int64, token string) (*broker.Lease, error)
 	CompleteJob(ctx context.Context, id int64, token string, res dp.Result) error
+	// CompletePartial takes a site's part of a federated query.
+	CompletePartial(ctx context.Context, id int64, token string, part *dp.Partial) error
 	FailJob(ctx context.Context, id int64, token, code, message string) error
 }
 

@@ -168,7 +168,15 @@ type siteView struct {
 // form as typed.
 type sitesView struct {
 	Sites []siteView
-	Form  siteForm
+	// Datasets lists every published dataset with the sites holding it
+	// (several for a federated dataset), by name.
+	Datasets []datasetSites
+	Form     siteForm
+}
+
+type datasetSites struct {
+	Name  string
+	Sites []string
 }
 
 type siteForm struct{ ID, Name, Organisation string }
@@ -200,6 +208,7 @@ func (h *Handler) sitesData(r *http.Request, f siteForm) (*sitesView, error) {
 		}
 		sv.Sites = append(sv.Sites, v)
 	}
+	sv.Datasets = holders(ss)
 	return sv, nil
 }
 
@@ -351,4 +360,20 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.render(w, r, http.StatusOK, "register.html", &view{Title: "Public register of projects", Active: "register", Data: registerView{Projects: es, AuditChain: head}})
+}
+
+// holders groups the sites' datasets by dataset, by name.
+func holders(ss []*broker.Site) []datasetSites {
+	by := map[string][]string{}
+	for _, site := range ss {
+		for _, d := range site.Datasets {
+			by[d] = append(by[d], site.ID)
+		}
+	}
+	out := make([]datasetSites, 0, len(by))
+	for d, sites := range by {
+		out = append(out, datasetSites{Name: d, Sites: sites})
+	}
+	slices.SortFunc(out, func(a, b datasetSites) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }

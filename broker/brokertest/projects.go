@@ -68,7 +68,11 @@ func testProjects(t *testing.T, f *Fixture) {
 func testCatalogs(t *testing.T, f *Fixture) {
 	svc := f.Service
 	siteB := f.MustSite("site-b")
-	MustCode(t, svc.PublishCatalog(AgentOf("agent2", "site-b"), "site-b", "", Catalog(t)), broker.ECONFLICT)
+	// Another site may hold the dataset only with an agreeing catalog
+	// (FederatedCatalogs); this one disagrees.
+	other := Catalog(t)
+	other.Policy.RoundingBase = 10
+	MustCode(t, svc.PublishCatalog(AgentOf("agent2", "site-b"), "site-b", "", other), broker.ECONFLICT)
 	if err := svc.PublishCatalog(f.Agent, SiteID, "tre 1.2.3", Catalog(t)); err != nil {
 		t.Fatalf("republish: %v", err)
 	}
@@ -206,7 +210,7 @@ func testRegister(t *testing.T, f *Fixture) {
 	want := []*broker.RegisterEntry{{
 		ProjectID: f.Project.ID, Title: f.Project.Title, Organisation: f.Project.Organisation, Purpose: f.Project.Purpose,
 		LawfulBasis: f.Project.LawfulBasis, StartsAt: f.Project.StartsAt, ExpiresAt: f.Project.ExpiresAt,
-		Status: broker.ProjectActive, ReleasedQueries: 1, EpsilonSpent: 1,
+		Status: broker.ProjectActive, ReleasedQueries: 1, EpsilonSpent: 1, Sites: []string{SiteID},
 	}}
 	if diff := cmp.Diff(want, reg); diff != "" {
 		t.Errorf("register (-want +got):\n%s", diff)

@@ -47,6 +47,15 @@ func Run(t *testing.T, cfg Config) {
 		t.Run("PredicateSetBackfill", func(t *testing.T) { testPredicateSetBackfill(t, cfg) })
 	}
 	t.Run("Register", func(t *testing.T) { testRegister(t, fresh(t, broker.Options{})) })
+	t.Run("FederatedCatalogs", func(t *testing.T) { testFederatedCatalogs(t, fresh(t, broker.Options{})) })
+	t.Run("Federation", func(t *testing.T) { testFederation(t, fresh(t, broker.Options{})) })
+	t.Run("FederationDisjoint", func(t *testing.T) { testFederationDisjoint(t, fresh(t, broker.Options{})) })
+	t.Run("FederationConcurrentApprovals", func(t *testing.T) { testFederationConcurrentApprovals(t, fresh(t, broker.Options{})) })
+	t.Run("FederationFailure", func(t *testing.T) { testFederationFailure(t, fresh(t, broker.Options{})) })
+	t.Run("FederationDeadline", func(t *testing.T) {
+		testFederationDeadline(t, fresh(t, broker.Options{FederationDeadline: 10 * time.Minute}))
+	})
+	t.Run("SingleSiteBeforeFederation", func(t *testing.T) { testSingleSiteBeforeFederation(t, fresh(t, broker.Options{})) })
 	t.Run("Codelists", func(t *testing.T) { testCodelists(t, fresh(t, broker.Options{})) })
 	if cfg.OpenPair != nil {
 		t.Run("TwoReplicas", func(t *testing.T) { testTwoReplicas(t, cfg) })

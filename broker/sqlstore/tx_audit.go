@@ -82,12 +82,12 @@ func (t *tx) ScanAudit(ctx context.Context, after int64, limit int) ([]*broker.A
 func (t *tx) Register(ctx context.Context) ([]*broker.RegisterEntry, error) {
 	rows, err := t.query(ctx, `SELECT p.id, p.title, p.organisation, p.purpose, p.lawful_basis, p.starts_at, p.expires_at, p.status,
 		(SELECT COUNT(*) FROM queries q WHERE q.project_id = p.id AND q.status = 'released'),
-		(SELECT COALESCE(SUM(q.cost_epsilon), 0) FROM queries q WHERE q.project_id = p.id AND q.ledger = 'charged')
+		(SELECT COALESCE(SUM(q.cost_epsilon * q.ledger_factor), 0) FROM queries q WHERE q.project_id = p.id AND q.ledger = 'charged')
 		FROM projects p ORDER BY p.id`)
 	if err != nil {
 		return nil, err
 	}
-	return collect(rows, func(sc scanner) (*broker.RegisterEntry, error) {
+	entries, err := collect(rows, func(sc scanner) (*broker.RegisterEntry, error) {
 		var r broker.RegisterEntry
 		var starts, expires int64
 		var status string
@@ -96,4 +96,43 @@ func (t *tx) Register(ctx context.Context) ([]*broker.RegisterEntry, error) {
 		r.StartsAt, r.ExpiresAt, r.Status = fromMicros(starts), fromMicros(expires), broker.ProjectStatus(status)
 		return &r, err
 	})
+	if err != nil {
+		return nil, err
+	}
+	return entries, t.registerSites(ctx, entries)
+}
+
+// registerSites sets each entry's sites: those whose data a released query
+// of the project used (a single-site query's site, or each site whose part
+// of a federated query was combined).
+func (t *tx) registerSites(ctx context.Context, entries []*broker.RegisterEntry) error {
+	rows, err := t.query(ctx, `SELECT q.project_id, o.site_id FROM queries q JOIN outputs o ON o.query_id = q.id
+		WHERE q.status = 'released' AND q.sites = 0
+		UNION SELECT q.project_id, j.site_id FROM queries q JOIN query_jobs j ON j.query_id = q.id
+		WHERE q.status = 'released' AND j.status = 'done' ORDER BY 1, 2`)
+	if err != nil {
+		return err
+	}
+	type use struct {
+		project int64
+		site    string
+	}
+	uses, err := collect(rows, func(sc scanner) (use, error) {
+		var u use
+		err := sc.Scan(&u.project, &u.site)
+		return u, err
+	})
+	if err != nil {
+		return err
+	}
+	byID := make(map[int64]*broker.RegisterEntry, len(entries))
+	for _, e := range entries {
+		byID[e.ProjectID] = e
+	}
+	for _, u := range uses {
+		if e := byID[u.project]; e != nil && u.site != "" {
+			e.Sites = append(e.Sites, u.site)
+		}
+	}
+	return nil
 }

@@ -109,10 +109,10 @@ const projectColumns = `p.id, p.title, p.organisation, p.purpose, p.lawful_basis
 
 // ledgerTotals sums the budget ledger per project from query states.
 const ledgerTotals = `SELECT project_id,
-	SUM(CASE WHEN ledger = 'charged' THEN cost_epsilon ELSE 0 END) AS eps_spent,
-	SUM(CASE WHEN ledger = 'reserved' THEN cost_epsilon ELSE 0 END) AS eps_reserved,
-	SUM(CASE WHEN ledger = 'charged' THEN cost_delta ELSE 0 END) AS delta_spent,
-	SUM(CASE WHEN ledger = 'reserved' THEN cost_delta ELSE 0 END) AS delta_reserved
+	SUM(CASE WHEN ledger = 'charged' THEN cost_epsilon * ledger_factor ELSE 0 END) AS eps_spent,
+	SUM(CASE WHEN ledger = 'reserved' THEN cost_epsilon * ledger_factor ELSE 0 END) AS eps_reserved,
+	SUM(CASE WHEN ledger = 'charged' THEN cost_delta * ledger_factor ELSE 0 END) AS delta_spent,
+	SUM(CASE WHEN ledger = 'reserved' THEN cost_delta * ledger_factor ELSE 0 END) AS delta_reserved
 	FROM queries WHERE ledger IN ('reserved', 'charged')`
 
 func scanProject(sc scanner) (*broker.Project, error) {

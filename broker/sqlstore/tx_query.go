@@ -18,22 +18,26 @@ import (
 // computes them uses (the risk lookups have their own columns and tables).
 const queryColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by, submitted_at, updated_at,
 	cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
-	normalized_hash, shape_hash, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists`
+	normalized_hash, shape_hash, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists,
+	sites, disjoint, ledger_factor, deadline_at`
 
 func scanQuery(sc scanner) (*broker.QueryRecord, error) {
 	q := &broker.Query{}
 	rec := &broker.QueryRecord{Query: q}
 	var status, accuracy, flags, ledger, codelists string
-	var submitted, updated, expires int64
+	var submitted, updated, expires, deadline int64
+	var disjoint int
 	err := sc.Scan(&q.ID, &q.ProjectID, &q.Dataset, &q.SQL, &q.SQLHash, &q.Purpose, &q.Rewritten, &status, &q.SubmittedBy,
 		&submitted, &updated, &q.Cost.Epsilon, &q.Cost.Delta, &accuracy, &flags, &q.ApprovedBy, &q.Attempts, &q.FailureCode,
 		&rec.NormalizedHash, &rec.ShapeHash, &ledger, &rec.LeaseTokenHash, &rec.LeaseSite, &expires,
-		&q.FailureDetail, &codelists)
+		&q.FailureDetail, &codelists, &rec.Sites, &disjoint, &rec.LedgerFactor, &deadline)
 	if err != nil {
 		return nil, err
 	}
 	q.Status = broker.Status(status)
 	q.SubmittedAt, q.UpdatedAt, rec.LeaseExpiresAt = fromMicros(submitted), fromMicros(updated), fromMicros(expires)
+	rec.Disjoint, rec.DeadlineAt = disjoint != 0, fromMicros(deadline)
+	q.Federation = broker.FederationOf(rec)
 	rec.Ledger = broker.LedgerState(ledger)
 	q.Accuracy = []dp.Accuracy{}
 	q.RiskFlags = []broker.RiskFlag{}
@@ -49,11 +53,12 @@ func scanQuery(sc scanner) (*broker.QueryRecord, error) {
 	return rec, nil
 }
 
-// insertQuerySQL inserts a query row; its 27 values are insertQueryArgs.
+// insertQuerySQL inserts a query row; its 30 values are insertQueryArgs.
 const insertQuerySQL = `INSERT INTO queries (project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by,
 		submitted_at, updated_at, cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
-		normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+		normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists,
+		sites, disjoint, ledger_factor)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // createQueryCTESQL is CreateQuery in one statement where WITH may write
 // (PostgreSQL): the query row, its first event and its predicate set,
@@ -91,7 +96,8 @@ func insertQueryArgs(rec *broker.QueryRecord) ([]any, error) {
 	return []any{q.ProjectID, q.Dataset, q.SQL, q.SQLHash, q.Purpose, q.Rewritten, string(q.Status), q.SubmittedBy,
 		micros(q.SubmittedAt), micros(q.UpdatedAt), q.Cost.Epsilon, q.Cost.Delta, accuracy, flags, q.ApprovedBy, q.Attempts,
 		q.FailureCode, rec.Normalized, rec.NormalizedHash, rec.ShapeHash, preds, string(rec.Ledger), rec.LeaseTokenHash,
-		rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail, codelists}, nil
+		rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail, codelists,
+		rec.Sites, boolInt(rec.Disjoint), max(rec.LedgerFactor, 1)}, nil
 }
 
 func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord, submitted broker.Event) error {
@@ -170,9 +176,11 @@ func (t *tx) putPredicateKeys(ctx context.Context, projectID int64, setKey strin
 func (t *tx) UpdateQuery(ctx context.Context, rec *broker.QueryRecord) error {
 	q := rec.Query
 	res, err := t.exec(ctx, `UPDATE queries SET status = ?, updated_at = ?, approved_by = ?, attempts = ?, failure_code = ?,
-		ledger = ?, lease_token_hash = ?, lease_site = ?, lease_expires_at = ?, failure_message = ? WHERE id = ?`,
+		ledger = ?, lease_token_hash = ?, lease_site = ?, lease_expires_at = ?, failure_message = ?,
+		ledger_factor = ?, deadline_at = ? WHERE id = ?`,
 		string(q.Status), micros(q.UpdatedAt), q.ApprovedBy, q.Attempts, q.FailureCode, string(rec.Ledger),
-		rec.LeaseTokenHash, rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail, q.ID)
+		rec.LeaseTokenHash, rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail,
+		max(rec.LedgerFactor, 1), micros(rec.DeadlineAt), q.ID)
 	if err != nil {
 		return err
 	}
@@ -338,7 +346,9 @@ func (t *tx) FindDifferencing(ctx context.Context, projectID int64, setKey strin
 func (t *tx) NextLeasable(ctx context.Context, siteID string, now time.Time) (int64, error) {
 	var id int64
 	err := t.queryRow(ctx, `SELECT id FROM queries
-		WHERE dataset IN (SELECT dataset FROM catalogs WHERE site_id = ?)
+		WHERE dataset IN (SELECT c.dataset FROM catalogs c WHERE c.site_id = ? AND NOT EXISTS (SELECT 1 FROM catalogs e
+			WHERE e.dataset = c.dataset AND (e.since < c.since OR e.since = c.since AND e.site_id < c.site_id)))
+		AND sites = 0
 		AND (status = 'approved' OR (status = 'running' AND lease_expires_at < ?))
 		ORDER BY id LIMIT 1`+t.db.d.SkipLocked, []any{siteID, micros(now)}, &id)
 	if errors.Is(err, sql.ErrNoRows) {

@@ -55,10 +55,10 @@ func (t *tx) TouchSite(ctx context.Context, id string, at time.Time, version str
 }
 
 func (t *tx) PutCatalog(ctx context.Context, siteID, dataset, hash string, body []byte, at time.Time) error {
-	_, err := t.exec(ctx, `INSERT INTO catalogs (dataset, site_id, hash, body, published_at) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (dataset) DO UPDATE SET site_id = excluded.site_id, hash = excluded.hash, body = excluded.body,
+	_, err := t.exec(ctx, `INSERT INTO catalogs (dataset, site_id, hash, body, published_at, since) VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (dataset, site_id) DO UPDATE SET hash = excluded.hash, body = excluded.body,
 		published_at = excluded.published_at`,
-		dataset, siteID, hash, string(body), micros(at))
+		dataset, siteID, hash, string(body), micros(at), micros(at))
 	return err
 }
 
@@ -66,9 +66,11 @@ func (t *tx) FindCatalog(ctx context.Context, dataset string, wantBody bool) (st
 	var site, hash, body string
 	var err error
 	if wantBody {
-		err = t.queryRow(ctx, `SELECT site_id, hash, body FROM catalogs WHERE dataset = ?`, []any{dataset}, &site, &hash, &body)
+		err = t.queryRow(ctx, `SELECT site_id, hash, body FROM catalogs WHERE dataset = ? ORDER BY since, site_id LIMIT 1`,
+			[]any{dataset}, &site, &hash, &body)
 	} else {
-		err = t.queryRow(ctx, `SELECT site_id, hash FROM catalogs WHERE dataset = ?`, []any{dataset}, &site, &hash)
+		err = t.queryRow(ctx, `SELECT site_id, hash FROM catalogs WHERE dataset = ? ORDER BY since, site_id LIMIT 1`,
+			[]any{dataset}, &site, &hash)
 	}
 	if err != nil {
 		return "", "", nil, notFound(err, "dataset %q not found", dataset)
@@ -79,8 +81,33 @@ func (t *tx) FindCatalog(ctx context.Context, dataset string, wantBody bool) (st
 	return site, hash, []byte(body), nil
 }
 
+func (t *tx) FindCatalogHolders(ctx context.Context, dataset string, wantBody bool) ([]broker.CatalogHolder, error) {
+	body := `''`
+	if wantBody {
+		body = `body`
+	}
+	rows, err := t.query(ctx, `SELECT site_id, hash, `+body+`, since FROM catalogs WHERE dataset = ? ORDER BY since, site_id`, dataset)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(sc scanner) (broker.CatalogHolder, error) {
+		var h broker.CatalogHolder
+		var body string
+		var since int64
+		err := sc.Scan(&h.SiteID, &h.Hash, &body, &since)
+		if body != "" {
+			h.Body = []byte(body)
+		}
+		h.Since = fromMicros(since)
+		return h, err
+	})
+}
+
+// FindCatalogs returns each dataset's catalog once: its earliest holder's
+// (the holders' catalogs agree but for site-local parts).
 func (t *tx) FindCatalogs(ctx context.Context) ([][]byte, error) {
-	rows, err := t.query(ctx, `SELECT body FROM catalogs ORDER BY dataset`)
+	rows, err := t.query(ctx, `SELECT c.body FROM catalogs c WHERE NOT EXISTS (SELECT 1 FROM catalogs e
+		WHERE e.dataset = c.dataset AND (e.since < c.since OR e.since = c.since AND e.site_id < c.site_id)) ORDER BY c.dataset`)
 	if err != nil {
 		return nil, err
 	}

@@ -166,13 +166,14 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 	}
 	b.metrics = metrics.New(mopts)
 	b.svc = broker.NewService(store, parser, broker.Options{
-		LeaseTTL:          cfg.LeaseTTL,
-		MaxAttempts:       cfg.MaxAttempts,
-		Granularity:       cfg.TimeGranularity,
-		RunHold:           cfg.RunHold,
-		Logger:            logger,
-		OnTransition:      b.observeTransition,
-		AuthFailureWindow: cfg.AuthFailureWindow,
+		LeaseTTL:           cfg.LeaseTTL,
+		FederationDeadline: cfg.FederationDeadline,
+		MaxAttempts:        cfg.MaxAttempts,
+		Granularity:        cfg.TimeGranularity,
+		RunHold:            cfg.RunHold,
+		Logger:             logger,
+		OnTransition:       b.observeTransition,
+		AuthFailureWindow:  cfg.AuthFailureWindow,
 	})
 	b.startFailureFlush(cfg.AuthFailureWindow / 4)
 

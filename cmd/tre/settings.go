@@ -28,6 +28,9 @@ type ServeConfig struct {
 
 	LeaseTTL    time.Duration `yaml:"lease_ttl" flag:"lease-ttl" usage:"how long a site agent's job lease lasts without a heartbeat"`
 	MaxAttempts int           `yaml:"max_attempts" flag:"max-attempts" usage:"leases a run gets (after lost leases or crashes) before its failure goes to the output check"`
+	// FederationDeadline is how long a federated query may take, from its
+	// approval, before it fails as a whole (issue 21).
+	FederationDeadline time.Duration `yaml:"federation_deadline" flag:"federation-deadline" usage:"how long after approval a query over a dataset several sites hold may run before it fails as a whole"`
 	// TimeGranularity is how coarse researchers' view of time is: the
 	// statuses of their queries change, and are dated, only at multiples
 	// of it, so that they cannot time a run.
@@ -63,14 +66,15 @@ type ServeConfig struct {
 // DefaultServeConfig returns the broker defaults.
 func DefaultServeConfig() ServeConfig {
 	return ServeConfig{
-		Addr:            "127.0.0.1:8080",
-		RolesClaim:      "roles",
-		SiteClaim:       "site",
-		SubmitPerMinute: 60,
-		LeaseTTL:        2 * time.Minute,
-		MaxAttempts:     3,
-		TimeGranularity: time.Minute,
-		LogLevel:        "info",
+		Addr:               "127.0.0.1:8080",
+		RolesClaim:         "roles",
+		SiteClaim:          "site",
+		SubmitPerMinute:    60,
+		LeaseTTL:           2 * time.Minute,
+		MaxAttempts:        3,
+		FederationDeadline: 30 * time.Minute,
+		TimeGranularity:    time.Minute,
+		LogLevel:           "info",
 
 		AuthFailureWindow: time.Minute,
 
@@ -104,6 +108,8 @@ func (c *ServeConfig) Validate() error {
 		return fmt.Errorf("lease_ttl %s is too short", c.LeaseTTL)
 	case c.MaxAttempts < 1:
 		return errors.New("max_attempts must be at least 1")
+	case c.FederationDeadline < time.Second || c.FederationDeadline > 7*24*time.Hour:
+		return fmt.Errorf("federation_deadline %s must be between 1s and 168h", c.FederationDeadline)
 	case c.TimeGranularity < time.Millisecond || c.TimeGranularity > 24*time.Hour:
 		return fmt.Errorf("researcher_time_granularity %s must be between 1ms and 24h", c.TimeGranularity)
 	case c.RunHold < 0 || c.RunHold > 24*time.Hour:

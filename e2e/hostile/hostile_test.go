@@ -1011,14 +1011,24 @@ func TestAgentRefusedExits(t *testing.T) {
 	if code := e2e.RunTre(ctx, []string{"synth", "--out", data, "--patients", "1000", "--seed", "3"}, &out, &out); code != 0 {
 		t.Fatalf("tre synth exited %d:\n%s", code, out.String())
 	}
-	tests := []struct{ name, site, want string }{
-		{"token for another site", e2e.SiteID, `acts for site "site-2", not "site-1"`},
-		{"dataset published by another site", "site-2", `is already published by site "site-1"`},
+	// Another site may hold site-1's dataset only with an agreeing catalog
+	// (federation): this one rounds to 10, not 5.
+	text, err := os.ReadFile(e2e.TestCatalogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conflicting := filepath.Join(dir, "conflicting.catalog.yaml")
+	if err := os.WriteFile(conflicting, []byte(strings.Replace(string(text), "rounding_base: 5", "rounding_base: 10", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, site, catalog, want string }{
+		{"token for another site", e2e.SiteID, e2e.TestCatalogPath, `acts for site "site-2", not "site-1"`},
+		{"dataset held by another site with another catalog", "site-2", conflicting, `whose catalog differs at policy.rounding_base`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := e2e.StartTre(t, "agent", "--broker", b.URL, "--site-id", tt.site, "--token-file", token,
-				"--data", data, "--catalog", e2e.TestCatalogPath, "--scratch-dir", filepath.Join(dir, "scratch"))
+				"--data", data, "--catalog", tt.catalog, "--scratch-dir", filepath.Join(dir, "scratch"))
 			select {
 			case err := <-p.Done():
 				var ee *exec.ExitError
