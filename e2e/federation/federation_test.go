@@ -1,0 +1,341 @@
+package federation
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/duckdb/duckdb-go/v2"
+
+	"github.com/nhs-tre/tre/api"
+	"github.com/nhs-tre/tre/api/auth"
+	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/e2e"
+	"github.com/nhs-tre/tre/queries"
+)
+
+// TestMain builds the tre binary the tests run.
+func TestMain(m *testing.M) { e2e.Main(m) }
+
+// dataset is the federated dataset's name: every site's synthetic data is
+// published under it.
+const dataset = "fed_gp"
+
+// regionSQL is the federated query: every group column has a public domain.
+const regionSQL = "SELECT region, count(*) AS n FROM patients GROUP BY region"
+
+// fedSite is one NHS site: its own directory, synthetic data and agent
+// process.
+type fedSite struct {
+	id, dir, data, catalog string
+	agent                  *e2e.Process
+}
+
+// newFedSite registers site id, generates its data (its own seed and size)
+// and returns it, its agent not started yet.
+func newFedSite(t *testing.T, b *e2e.LonelyBroker, id string, seed, patients int) *fedSite {
+	t.Helper()
+	s := &fedSite{id: id, dir: t.TempDir()}
+	s.data = filepath.Join(s.dir, "gp.duckdb")
+	s.catalog = filepath.Join(s.dir, "gp.catalog.yaml")
+	if out, code := e2e.RunTreIn(t, s.dir, "synth", "--out", s.data, "--patients", fmt.Sprint(patients),
+		"--seed", fmt.Sprint(seed), "--dataset", dataset); code != 0 {
+		t.Fatalf("tre synth for %s exited %d:\n%s", id, code, out)
+	}
+	if _, err := b.As("dave").CreateSite(context.Background(), api.SiteRequest{ID: id, Name: "Site " + id, Organisation: "NHS Trust " + id}); err != nil {
+		t.Fatalf("register %s: %v", id, err)
+	}
+	return s
+}
+
+// start starts the site's agent, with a token bound to the site.
+func (s *fedSite) start(t *testing.T, b *e2e.LonelyBroker) {
+	t.Helper()
+	token := b.Mint(t, auth.DevClaims{Subject: "agent-" + s.id, Roles: []broker.Role{broker.RoleAgent}, Site: s.id})
+	tokenFile := e2e.WriteAgentToken(t, s.dir, token)
+	s.agent = e2e.StartTre(t, "agent", "--broker", b.URL, "--site-id", s.id, "--token-file", tokenFile,
+		"--data", s.data, "--catalog", s.catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
+		"--scratch-dir", filepath.Join(s.dir, "scratch"))
+}
+
+// exactByRegion is regionSQL's exact answer on the site's data, without
+// opted-out patients, computed with DuckDB as the test's own reference.
+func (s *fedSite) exactByRegion(t *testing.T) map[string]float64 {
+	t.Helper()
+	db, err := sql.Open("duckdb", s.data+"?access_mode=read_only")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query(`SELECT region, count(*) FROM patients
+		WHERE patient_id NOT IN (SELECT patient_id FROM optouts WHERE patient_id IS NOT NULL) GROUP BY region`)
+	if err != nil {
+		t.Fatalf("exact answer at %s: %v", s.id, err)
+	}
+	defer rows.Close()
+	out := map[string]float64{}
+	for rows.Next() {
+		var region sql.NullString
+		var n float64
+		if err := rows.Scan(&region, &n); err != nil {
+			t.Fatal(err)
+		}
+		out[region.String] += n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestFederation runs one broker and three site agents, each in its own
+// process and directory over its own synthetic data: a conflicting catalog
+// is refused naming the difference; a federated query's released answer
+// agrees with the sum of the sites' exact answers; each site's ledger is
+// charged; a site killed mid-job fails the query as a whole after the
+// deadline, as a failure notice the researcher sees as failed.
+func TestFederation(t *testing.T) {
+	b := e2e.StartLonelyBroker(t, "--federation-deadline", "20s")
+	ctx := context.Background()
+	var sites []*fedSite
+	exact := map[string]float64{}
+	for i, n := range []int{3000, 2000, 2500} {
+		s := newFedSite(t, b, fmt.Sprintf("fed-%d", i+1), 101+i, n)
+		for k, v := range s.exactByRegion(t) {
+			exact[k] += v
+		}
+		s.start(t, b)
+		sites = append(sites, s)
+	}
+	e2e.Eventually(t, 2*time.Minute, "every site publishing "+dataset, func() error {
+		list, err := b.As("dave").Sites(ctx, api.ListOptions{})
+		if err != nil {
+			return err
+		}
+		held := 0
+		for _, s := range list.Items {
+			if strings.HasPrefix(s.ID, "fed-") && len(s.Datasets) == 1 && s.Datasets[0] == dataset {
+				held++
+			}
+		}
+		if held != 3 {
+			return fmt.Errorf("%d sites hold %s", held, dataset)
+		}
+		return nil
+	})
+
+	t.Run("conflicting catalog refused", func(t *testing.T) { conflictingCatalog(t, b, sites[0]) })
+
+	p, err := b.As("dave").CreateProject(ctx, api.ProjectRequest{
+		Title: "Federated study", Organisation: "Test University", Purpose: "Patients by region across three sites",
+		LawfulBasis: "Art. 6(1)(e)", Members: []string{"alice"}, Datasets: []string{dataset},
+		EpsilonBudget: 20, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := releasedAnswer(t, b, p.ID, exact)
+	ledgers(t, b, p.ID, map[string]float64{"fed-1": q.Cost.Epsilon, "fed-2": q.Cost.Epsilon, "fed-3": q.Cost.Epsilon}, 3*q.Cost.Epsilon)
+	reg, err := (&api.Client{BaseURL: b.URL}).Register(ctx, api.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range reg.Items {
+		if e.ProjectID == p.ID && strings.Join(e.Sites, ",") != "fed-1,fed-2,fed-3" {
+			t.Errorf("register names sites %v, want fed-1..3", e.Sites)
+		}
+	}
+	killedMidJob(t, b, p.ID, sites[2], q.Cost.Epsilon)
+}
+
+// conflictingCatalog: a fourth site publishing the dataset with other
+// bounds is refused with 409 naming the path.
+func conflictingCatalog(t *testing.T, b *e2e.LonelyBroker, s *fedSite) {
+	ctx := context.Background()
+	cat, err := queries.LoadCatalog(s.catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ce := cat.Table("clinical_events")
+	ce.Column("numeric_value").Bounds = &[2]float64{0, 100}
+	if _, err := b.As("dave").CreateSite(ctx, api.SiteRequest{ID: "fed-4", Name: "Site fed-4", Organisation: "NHS Trust fed-4"}); err != nil {
+		t.Fatal(err)
+	}
+	agent := &api.Client{BaseURL: b.URL, Token: b.Mint(t, auth.DevClaims{Subject: "agent-fed-4", Roles: []broker.Role{broker.RoleAgent}, Site: "fed-4"})}
+	err = agent.PublishCatalog(ctx, "fed-4", cat)
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != 409 || !strings.Contains(ae.Message, "differs at tables.clinical_events.columns.numeric_value.bounds") {
+		t.Fatalf("conflicting catalog: %v, want 409 naming tables.clinical_events.columns.numeric_value.bounds", err)
+	}
+}
+
+// releasedAnswer submits regionSQL, has it approved, checked and released,
+// and compares the released table with the sum of the sites' exact
+// answers.
+func releasedAnswer(t *testing.T, b *e2e.LonelyBroker, project int64, exact map[string]float64) *broker.Query {
+	t.Helper()
+	ctx := context.Background()
+	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region", Epsilon: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Federation == nil || q.Federation.Sites != 3 || q.Federation.ProjectCost.Epsilon != 3*q.Cost.Epsilon {
+		t.Fatalf("federation %+v, want 3 sites costing the project 3 × ε %g", q.Federation, q.Cost.Epsilon)
+	}
+	if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck)
+	o, err := b.As("carol").Output(ctx, q.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Result == nil || len(o.Sites) != 3 {
+		t.Fatalf("output: result %v, %d sites; want the combined table and 3 sites", o.Result != nil, len(o.Sites))
+	}
+	for _, s := range o.Sites {
+		if s.Status != broker.JobDone || s.Report == nil || !s.Report.OptOut.Applied {
+			t.Errorf("site %s: %s, report %+v; want done with the opt-out applied", s.SiteID, s.Status, s.Report)
+		}
+	}
+	if _, err := b.As("carol").ReleaseQuery(ctx, q.ID, "safe"); err != nil {
+		t.Fatal(err)
+	}
+	e2e.WaitStatus(t, b.As("alice"), q.ID, broker.StatusReleased)
+	res, err := b.As("alice").Result(ctx, q.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Report.Sites != 3 {
+		t.Errorf("report says %d sites, want 3", res.Report.Sites)
+	}
+	checked, inside := 0, 0
+	for _, row := range res.Rows {
+		region, c := row[0].Key, row[1]
+		want := exact[region]
+		if c.Value == nil || c.CILow == nil || c.CIHigh == nil {
+			continue // suppressed: nothing to compare
+		}
+		checked++
+		// The stated 95% interval holds the exact sum in 95% of cells;
+		// twice its half-width (3.9σ) and the rounding base bound a
+		// failure by chance to about 1 in 10,000 per cell.
+		half := (*c.CIHigh - *c.CILow) / 2
+		if math.Abs(*c.Value-want) > 2*half+5 {
+			t.Errorf("region %q: released %g [%g, %g], exact sum over the sites %g", region, *c.Value, *c.CILow, *c.CIHigh, want)
+		}
+		if want >= *c.CILow-5 && want <= *c.CIHigh+5 {
+			inside++
+		}
+	}
+	if checked == 0 {
+		t.Fatalf("no released cell to compare: %+v", res.Rows)
+	}
+	t.Logf("%d of %d released cells hold the exact sum in their stated interval (± the rounding base)", inside, checked)
+	return q
+}
+
+// ledgers checks each site's ledger and the project's ε spent.
+func ledgers(t *testing.T, b *e2e.LonelyBroker, project int64, want map[string]float64, projectSpent float64) {
+	t.Helper()
+	p, err := b.As("dave").Project(context.Background(), project)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, l := range p.SiteLedgers {
+		got[l.SiteID] = l.EpsilonSpent
+		if l.EpsilonReserved != 0 {
+			t.Errorf("site %s still has ε %g reserved", l.SiteID, l.EpsilonReserved)
+		}
+	}
+	for s, eps := range want {
+		if math.Abs(got[s]-eps) > 1e-9 {
+			t.Errorf("site %s ledger: ε %g spent, want %g", s, got[s], eps)
+		}
+	}
+	if math.Abs(p.Budget.EpsilonSpent-projectSpent) > 1e-9 {
+		t.Errorf("project ε spent %g, want %g", p.Budget.EpsilonSpent, projectSpent)
+	}
+}
+
+// killedMidJob kills the last site's agent once its part is running: the
+// query fails as a whole after the deadline, its notice lists each site,
+// and the researcher sees it failed once the notice is released. A site
+// whose part finished before the kill would not test this: the query is
+// then submitted again (the site is killed at most once).
+func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedSite, eps float64) {
+	t.Helper()
+	ctx := context.Background()
+	for attempt := 1; ; attempt++ {
+		q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, again", Epsilon: eps})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+			t.Fatal(err)
+		}
+		var state broker.JobStatus
+		e2e.Eventually(t, time.Minute, victim.id+"'s part starting", func() error {
+			v, err := b.As("dave").Query(ctx, q.ID)
+			if err != nil {
+				return err
+			}
+			for _, s := range v.Sites {
+				if s.SiteID == victim.id && s.Status != broker.JobPending {
+					state = s.Status
+					return nil
+				}
+			}
+			return errors.New("not leased yet")
+		})
+		if state != broker.JobRunning {
+			// Its part was done before we looked: try again.
+			if attempt == 3 {
+				t.Fatalf("%s's part finished before the agent could be killed, three times", victim.id)
+			}
+			e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck)
+			continue
+		}
+		victim.agent.Kill()
+		got := e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck)
+		if got.FailureCode != broker.FailureFederationDeadline {
+			t.Fatalf("failure %q, want %q (the part may have reported in the instant before the kill)", got.FailureCode, broker.FailureFederationDeadline)
+		}
+		o, err := b.As("carol").Output(ctx, q.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.Result != nil || o.Failure == nil || len(o.Sites) != 3 {
+			t.Fatalf("output: %+v, want a failure notice with 3 sites", o)
+		}
+		for _, s := range []string{"fed-1", "fed-2", "fed-3"} {
+			if !strings.Contains(o.Failure.Detail, s) {
+				t.Errorf("notice %q does not list %s", o.Failure.Detail, s)
+			}
+		}
+		if _, err := b.As("carol").ReleaseQuery(ctx, q.ID, "tell the researcher"); err != nil {
+			t.Fatal(err)
+		}
+		e2e.Eventually(t, time.Minute, "researcher seeing the failure", func() error {
+			v, err := b.As("alice").Query(ctx, q.ID)
+			if err != nil {
+				return err
+			}
+			if v.Status != broker.StatusFailed || v.FailureCode != "" {
+				return fmt.Errorf("status %s, failure %q", v.Status, v.FailureCode)
+			}
+			return nil
+		})
+		// Every site started its part: each is charged, none refunded.
+		n := float64(attempt + 1)
+		ledgers(t, b, project, map[string]float64{"fed-1": n * eps, "fed-2": n * eps, "fed-3": n * eps}, 3*n*eps)
+		return
+	}
+}
