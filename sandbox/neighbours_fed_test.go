@@ -23,7 +23,7 @@ import (
 // suppressed (−1e6).
 func TestNeighbouringDatasetsFederated(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs ~200 sandbox jobs")
+		t.Skip("runs ~350 sandbox jobs")
 	}
 	ctx := context.Background()
 	n, err := sandboxtest.Build(ctx, t.TempDir(), 1500, 15)
