@@ -263,6 +263,7 @@ func printQueryDetail(w io.Writer, q *broker.Query) error {
 	fmt.Fprintf(tw, "dataset\t%s\n", q.Dataset)
 	fmt.Fprintf(tw, "submitted\t%s by %s\n", fmtTime(q.SubmittedAt), q.SubmittedBy)
 	fmt.Fprintf(tw, "cost\tε=%s δ=%s\n", fmtFloat(q.Cost.Epsilon), fmtFloat(q.Cost.Delta))
+	printFederation(tw, q)
 	for _, a := range q.Accuracy {
 		fmt.Fprintf(tw, "accuracy\t%s ±%s (95%%)\n", a.Column, fmtFloat(a.HalfWidth95))
 	}
@@ -334,4 +335,26 @@ func similarNote(f broker.RiskFlag) string {
 		return " (it is " + string(f.SimilarStatus) + ")"
 	}
 	return ""
+}
+
+// printFederation prints how a query over a dataset several sites hold
+// runs and what it costs each site and the project.
+func printFederation(tw io.Writer, q *broker.Query) {
+	f := q.Federation
+	if f == nil {
+		return
+	}
+	how := "ε and δ once per site: a patient may be at several sites"
+	if f.DisjointPopulations {
+		how = "once: disjoint populations, parallel composition"
+	}
+	fmt.Fprintf(tw, "sites\t%d (each site's ledger ε=%s δ=%s; the project's ε=%s δ=%s, %s; accuracy of the combined answer)\n",
+		f.Sites, fmtFloat(f.SiteCost.Epsilon), fmtFloat(f.SiteCost.Delta), fmtFloat(f.ProjectCost.Epsilon), fmtFloat(f.ProjectCost.Delta), how)
+	for _, s := range q.Sites {
+		st := s.SiteID
+		if s.Status != "" {
+			st += fmt.Sprintf(": %s, %d attempt(s)", s.Status, s.Attempts)
+		}
+		fmt.Fprintf(tw, "site\t%s\n", st)
+	}
 }

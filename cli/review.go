@@ -230,7 +230,7 @@ func PrintOutput(w io.Writer, out *broker.Output) error {
 			fmt.Fprintf(w, ": %s", detail)
 		}
 		fmt.Fprintf(w, "\nreleasing it tells the researcher only: %s\n", broker.FailedMessage)
-		return nil
+		return printSiteOutputs(w, out.Sites)
 	}
 	if err := PrintResultTable(w, out.Result.Columns, out.Result.Rows); err != nil {
 		return err
@@ -250,6 +250,31 @@ func PrintOutput(w io.Writer, out *broker.Output) error {
 	fmt.Fprintf(tw, "rows dropped by bounding\t%d\n", r.RowsDroppedByBounding)
 	fmt.Fprintf(tw, "opt-out applied\t%v (%s)\n", r.OptOut.Applied, r.OptOut.Table)
 	fmt.Fprintf(tw, "sandbox\t%s degraded=%v\n", strings.Join(r.Sandbox.Layers, ","), r.Sandbox.Degraded)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printSiteOutputs(w, out.Sites)
+}
+
+// printSiteOutputs prints each site's part of a federated query's output:
+// its state and its own disclosure report.
+func printSiteOutputs(w io.Writer, sites []broker.SiteOutput) error {
+	if len(sites) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "\n%d sites:\n", len(sites))
+	tw := NewTable(w)
+	fmt.Fprintf(tw, "site\tstate\tattempts\tfailure\trows dropped by bounding\topt-out applied\tsandbox\n")
+	for _, s := range sites {
+		failure, dropped, optout, layers := "-", "-", "-", "-"
+		if s.Failure != nil {
+			failure = s.Failure.Code
+		}
+		if r := s.Report; r != nil {
+			dropped, optout, layers = fmt.Sprint(r.RowsDroppedByBounding), fmt.Sprint(r.OptOut.Applied), strings.Join(r.Sandbox.Layers, ",")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", s.SiteID, s.Status, s.Attempts, failure, dropped, optout, layers)
+	}
 	return tw.Flush()
 }
 
