@@ -15,7 +15,7 @@ import (
 func TestQueryDetailFederation(t *testing.T) {
 	q := &broker.Query{ID: 7, Status: broker.StatusRunning, Dataset: "gp", SQL: "SELECT 1", Cost: dp.Cost{Epsilon: 0.5, Delta: 1e-6},
 		Federation: &broker.Federation{Sites: 3, SiteCost: dp.Cost{Epsilon: 0.5, Delta: 1e-6}, ProjectCost: dp.Cost{Epsilon: 1.5, Delta: 3e-6}},
-		Sites: []broker.QuerySite{{SiteID: "leeds", Status: broker.JobDone, Attempts: 1}, {SiteID: "york"}}}
+		Sites:      []broker.QuerySite{{SiteID: "leeds", Status: broker.JobDone, Attempts: 1}, {SiteID: "york"}}}
 	var out bytes.Buffer
 	if err := printQueryDetail(&out, q); err != nil {
 		t.Fatal(err)
