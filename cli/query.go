@@ -12,7 +12,7 @@ import (
 	"github.com/nhs-tre/tre/broker"
 )
 
-// QueryMain is `tre query submit|dry-run|list|show|cancel|result`.
+// QueryMain is `tre query submit|dry-run|list|show|cancel|result|km`.
 type QueryMain struct {
 	Stdout, Stderr io.Writer
 	Getenv         func(string) string
@@ -38,6 +38,8 @@ type QueryMain struct {
 	format    string
 	out       string
 	rewritten bool
+	// km
+	deaths, censored string
 }
 
 // NewQueryMain returns the command with the process environment.
@@ -52,6 +54,7 @@ const queryUsage = `usage: tre query <verb> [flags]
   show    ID [--rewritten]
   cancel  ID
   result  ID [--format csv|json] [--out FILE] [--wait]
+  km      ID [--deaths COL] [--censored COL] [--wait]   Kaplan–Meier curve of a released survival table
 common flags: --broker URL, --token-file F (default: $TRE_TOKEN_RESEARCHER, else $TRE_TOKEN), --json, --timeout D`
 
 // ParseFlags parses the verb and its flags.
@@ -87,6 +90,10 @@ func (m *QueryMain) ParseFlags(ctx context.Context, args []string) error {
 	case "result":
 		fs.StringVar(&m.format, "format", "", "csv (default) or json")
 		fs.StringVar(&m.out, "out", "", "write to this file instead of standard output")
+		m.wait.register(fs, "first wait until the query is released to you")
+	case "km":
+		fs.StringVar(&m.deaths, "deaths", "deaths", "the released column of deaths per band")
+		fs.StringVar(&m.censored, "censored", "censored", "the released column of censorings per band")
 		m.wait.register(fs, "first wait until the query is released to you")
 	default:
 		return fmt.Errorf("unknown verb %q\n%s", m.verb, queryUsage)
@@ -220,6 +227,8 @@ func (m *QueryMain) run(ctx context.Context) error {
 			return err
 		}
 		return m.printQuery(q)
+	case "km":
+		return m.km(ctx)
 	case "result":
 		if m.wait.on {
 			q, err := m.wait.until(ctx, c, m.id, m.Stderr, ended)
@@ -245,6 +254,42 @@ func (m *QueryMain) run(ctx context.Context) error {
 		return nil
 	}
 	return fmt.Errorf("unknown verb %q", m.verb)
+}
+
+// km prints the Kaplan–Meier curve of a released survival table
+// (api.KaplanMeier): post-processing of the released counts.
+func (m *QueryMain) km(ctx context.Context) error {
+	c := m.client
+	if m.wait.on {
+		q, err := m.wait.until(ctx, c, m.id, m.Stderr, ended)
+		if err != nil {
+			return err
+		}
+		if q.Status != broker.StatusReleased {
+			return fmt.Errorf("query %d ended %s: there is no result", q.ID, q.Status)
+		}
+	}
+	r, err := c.Result(ctx, m.id)
+	if err != nil {
+		return err
+	}
+	curve, err := api.KaplanMeier(r.Columns, r.Rows, m.deaths, m.censored)
+	if err != nil {
+		return fmt.Errorf("query %d: %w", m.id, err)
+	}
+	if m.flags.json {
+		return PrintJSON(m.Stdout, curve)
+	}
+	tw := NewTable(m.Stdout)
+	fmt.Fprintln(tw, "band\tat risk\tdeaths\tcensored\tsurvival\t95% interval")
+	for _, b := range curve {
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.3f\t[%.3f, %.3f]\n", b.Band, b.AtRisk, b.Deaths, b.Censored, b.Survival, b.Low, b.High)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(m.Stdout, "actuarial Kaplan–Meier from the released (noisy, rounded) counts; the interval adds Greenwood's variance and the counts' noise; no privacy budget spent")
+	return nil
 }
 
 func (m *QueryMain) printQuery(q *broker.Query) error {

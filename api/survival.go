@@ -1,0 +1,134 @@
+package api
+
+import (
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/nhs-tre/tre/dp"
+)
+
+// KMBand is one band of a Kaplan–Meier curve computed from a released
+// survival table (KaplanMeier).
+type KMBand struct {
+	Band     string  `json:"band"`
+	AtRisk   float64 `json:"at_risk"`
+	Deaths   float64 `json:"deaths"`
+	Censored float64 `json:"censored"`
+	// Survival is S at the end of the band, Low and High its 95% interval.
+	Survival float64 `json:"survival"`
+	Low      float64 `json:"ci_low"`
+	High     float64 `json:"ci_high"`
+}
+
+// kmZ is the normal quantile of a two-sided 95% interval.
+const kmZ = 1.959963984540054
+
+// KaplanMeier turns a released survival table — one group column of time
+// bands in their order, and count columns of deaths and of censorings per
+// band (docs/sql.md, "Survival") — into an actuarial Kaplan–Meier curve:
+// with n₀ the sum of every band's deaths and censorings, nⱼ = n₀ −
+// Σ_{i<j}(dᵢ + cᵢ) at risk entering band j, n′ⱼ = nⱼ − cⱼ/2, and S(tⱼ) =
+// Π_{i≤j}(1 − dᵢ/n′ᵢ). Its 95% interval adds two variances: Greenwood's,
+// S² Σ dᵢ/(n′ᵢ(n′ᵢ − dᵢ)), for sampling, and the noise's, each released
+// count's own interval read as ±1.96 standard deviations and carried
+// through S by its numerical derivative. It reads only released values:
+// post-processing, no budget. A table of another shape is an error that
+// says what is expected; a suppressed band is an error naming it.
+func KaplanMeier(cols []dp.Column, rows [][]dp.Cell, deaths, censored string) ([]KMBand, error) {
+	gi, di, ci := -1, -1, -1
+	var groups []string
+	for i, c := range cols {
+		switch {
+		case c.Kind == dp.KindGroup:
+			gi = i
+			groups = append(groups, c.Name)
+		case c.Name == deaths:
+			di = i
+		case c.Name == censored:
+			ci = i
+		}
+	}
+	var names []string
+	for _, c := range cols {
+		names = append(names, c.Name+" ("+c.Kind+")")
+	}
+	shape := fmt.Sprintf("a survival table has one group column of time bands, in order, and count columns %q and %q (docs/sql.md, Survival); this one has %s",
+		deaths, censored, strings.Join(names, ", "))
+	if len(groups) != 1 || di < 0 || ci < 0 || !isCount(cols[di]) || !isCount(cols[ci]) {
+		return nil, fmt.Errorf("not a survival table: %s", shape)
+	}
+	var bands []string
+	var x []float64 // deaths and censorings, band by band
+	var sd []float64
+	for _, row := range rows {
+		if len(row) != len(cols) || row[gi].Key == "(total)" {
+			continue // a ROLLUP's total is not a band
+		}
+		band := row[gi].Key
+		for _, j := range []int{di, ci} {
+			c := row[j]
+			if c.Value == nil {
+				return nil, fmt.Errorf("band %q: %s is suppressed, so the curve cannot be computed through it", band, cols[j].Name)
+			}
+			x = append(x, math.Max(0, *c.Value))
+			s := 0.0
+			if c.CILow != nil && c.CIHigh != nil {
+				s = (*c.CIHigh - *c.CILow) / 2 / kmZ
+			}
+			sd = append(sd, s)
+		}
+		bands = append(bands, band)
+	}
+	if len(bands) == 0 {
+		return nil, fmt.Errorf("the survival table has no bands: %s", shape)
+	}
+	out := kmCurve(bands, x)
+	// The noise's variance, by central differences on each released count.
+	noiseVar := make([]float64, len(out))
+	for k := range x {
+		h := 0.5
+		up, down := append([]float64(nil), x...), append([]float64(nil), x...)
+		up[k] += h
+		down[k] = math.Max(0, down[k]-h)
+		su, sdn := kmCurve(bands, up), kmCurve(bands, down)
+		for j := range out {
+			d := (su[j].Survival - sdn[j].Survival) / (up[k] - down[k])
+			noiseVar[j] += d * d * sd[k] * sd[k]
+		}
+	}
+	green := 0.0
+	for j := range out {
+		b := &out[j]
+		if eff := b.AtRisk - b.Censored/2; eff-b.Deaths > 0 {
+			green += b.Deaths / (eff * (eff - b.Deaths))
+		}
+		half := kmZ * math.Sqrt(b.Survival*b.Survival*green+noiseVar[j])
+		b.Low, b.High = math.Max(0, b.Survival-half), math.Min(1, b.Survival+half)
+	}
+	return out, nil
+}
+
+// kmCurve is the actuarial curve of bands with deaths x[2j] and
+// censorings x[2j+1].
+func kmCurve(bands []string, x []float64) []KMBand {
+	n0 := 0.0
+	for _, v := range x {
+		n0 += v
+	}
+	out := make([]KMBand, len(bands))
+	s, atRisk := 1.0, n0
+	for j, band := range bands {
+		d, c := x[2*j], x[2*j+1]
+		if eff := atRisk - c/2; eff > 0 {
+			s *= 1 - math.Min(1, d/eff)
+		}
+		out[j] = KMBand{Band: band, AtRisk: atRisk, Deaths: d, Censored: c, Survival: s}
+		atRisk -= d + c
+	}
+	return out
+}
+
+func isCount(c dp.Column) bool {
+	return c.Kind == string(dp.AggCount) || c.Kind == string(dp.AggCountPatients)
+}
