@@ -6,6 +6,7 @@
     q = alice.submit(1, sql, purpose="Type 2 diabetes by region", epsilon=0.5)
     q = alice.wait(q["id"], final=True)            # through review, the run and the output check
     df = alice.result(q["id"])                     # a DataFrame with pandas, else Rows
+    km = alice.km(q["id"])                         # Kaplan-Meier curve of a released survival table
 
 Reviewers and output checkers use Client(role="reviewer") and
 Client(role="output_checker"): approve/reject, release/withhold. The
@@ -32,10 +33,11 @@ from .errors import (
     UnavailableError,
     WaitTimeout,
 )
+from .survival import kaplan_meier
 from .table import Rows, to_table
 
 __all__ = [
-    "Client", "describe_status", "Rows", "to_table",
+    "Client", "describe_status", "Rows", "to_table", "kaplan_meier",
     "TreError", "APIError", "BrokerUnreachable", "WaitTimeout",
     "InvalidError", "RefusedError", "UnauthorizedError", "ForbiddenError", "NotFoundError",
     "ConflictError", "BudgetError", "RateLimitedError", "UnavailableError", "InternalError",

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from . import config, table, wire
+from . import config, survival, table, wire
 from .errors import APIError, BrokerUnreachable, WaitTimeout, api_error
 
 __all__ = ["Client"]
@@ -248,6 +248,15 @@ class Client:
         disclosure report. Until the query is released to you, raises
         ForbiddenError."""
         return table.to_table(self._call("result", query_id, {"format": "json"}), frame)
+
+    def km(self, query_id, deaths="deaths", censored="censored", frame=None):
+        """The Kaplan-Meier curve of a released survival table (one group
+        column of time bands; count columns deaths and censored), with a 95%
+        interval from Greenwood's variance and the counts' noise:
+        tre_client.kaplan_meier, as `tre query km`. Post-processing of the
+        released table: no privacy budget. Raises ValueError for a table of
+        another shape, saying what it should be."""
+        return survival.kaplan_meier(self._call("result", query_id, {"format": "json"}), deaths, censored, frame)
 
     def result_csv(self, query_id):
         """The released table as the CSV file researchers download (values

@@ -1,0 +1,50 @@
+"""tre_client.kaplan_meier against the numbers of the Go implementation
+(api.KaplanMeier, `tre query km`): the same table gives the same curve."""
+
+import unittest
+
+import tre_client
+
+
+def table(cells, half):
+    rows = []
+    for band, d, c in cells:
+        row = [{"key": band}]
+        for v in (d, c):
+            cell = {"value": v}
+            if half:
+                cell["ci_low"], cell["ci_high"] = v - half, v + half
+            row.append(cell)
+        rows.append(row)
+    return {"columns": [{"name": "years_band", "kind": "group"}, {"name": "deaths", "kind": "count"},
+                        {"name": "censored", "kind": "count"}], "rows": rows}
+
+
+class KaplanMeier(unittest.TestCase):
+    def test_curve(self):
+        km = tre_client.kaplan_meier(table([("0-1", 10, 20), ("1-2", 30, 40)], 6), frame=False)
+        self.assertEqual([r["band"] for r in km], ["0-1", "1-2"])
+        self.assertEqual([r["at_risk"] for r in km], [100, 70])
+        # tre query km prints 0.889 [0.800, 0.977] and 0.356 [0.219, 0.492]
+        # for this table (cli TestClientExitCodes).
+        got = [(round(r["survival"], 3), round(r["ci_low"], 3), round(r["ci_high"], 3)) for r in km]
+        self.assertEqual(got, [(0.889, 0.8, 0.977), (0.356, 0.219, 0.492)])
+
+    def test_exact_counts_greenwood(self):
+        km = tre_client.kaplan_meier(table([("0-1", 10, 20), ("1-2", 30, 40), ("2-5", 5, 0)], 0), frame=False)
+        s1 = 1 - 10 / 95
+        self.assertAlmostEqual(km[0]["survival"], s1)
+        self.assertAlmostEqual((km[0]["ci_high"] - km[0]["ci_low"]) / 2, 1.959963984540054 * s1 * (10 / (95 * 85)) ** 0.5)
+        self.assertEqual(km[2]["survival"], 0)
+
+    def test_refusals(self):
+        with self.assertRaisesRegex(ValueError, "count columns 'died' and 'censored'.*deaths \\(count\\)"):
+            tre_client.kaplan_meier(table([("0-1", 1, 2)], 0), deaths="died", frame=False)
+        t = table([("0-1", 1, 2)], 0)
+        t["rows"][0][1] = {"suppressed": True}
+        with self.assertRaisesRegex(ValueError, "band '0-1': deaths is suppressed"):
+            tre_client.kaplan_meier(t, frame=False)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,98 @@
+"""Kaplan–Meier curves from released survival tables.
+
+A survival table (docs/sql.md, "Survival") is released as one group column
+of time bands, in order, and count columns of deaths and of censorings per
+band. kaplan_meier computes the actuarial curve from it as `tre query km`
+does (api.KaplanMeier in the Go code): with n0 the sum of every band's
+deaths and censorings, n_j = n0 - sum_{i<j}(d_i + c_i) at risk entering
+band j, n'_j = n_j - c_j/2 and S(t_j) = prod_{i<=j}(1 - d_i/n'_i). Its 95%
+interval adds Greenwood's variance, S^2 sum d_i/(n'_i (n'_i - d_i)), and the
+noise's: each released count's own interval read as +-1.96 standard
+deviations, carried through S by its numerical derivative. It reads only
+released values: post-processing, no privacy budget.
+"""
+
+import math
+
+from .table import Rows, _pandas
+
+_Z = 1.959963984540054
+
+# The curve's columns, in order.
+KM_COLUMNS = ("band", "at_risk", "deaths", "censored", "survival", "ci_low", "ci_high")
+
+
+def _curve(bands, x):
+    n0 = sum(x)
+    out, s, at_risk = [], 1.0, n0
+    for j, band in enumerate(bands):
+        d, c = x[2 * j], x[2 * j + 1]
+        eff = at_risk - c / 2
+        if eff > 0:
+            s *= 1 - min(1.0, d / eff)
+        out.append([band, at_risk, d, c, s, None, None])
+        at_risk -= d + c
+    return out
+
+
+def kaplan_meier(result, deaths="deaths", censored="censored", frame=None):
+    """The Kaplan-Meier curve of a released survival table. result is the
+    JSON result (columns and rows, as Client.result's request returns it,
+    or a to_table input). Returns a DataFrame with pandas (frame=None or
+    True), else Rows, with the columns KM_COLUMNS. Raises ValueError when
+    the table is not a survival table (saying what is expected and what it
+    has) or a band is suppressed."""
+    columns = result["columns"] or []
+    gi = di = ci = -1
+    groups = 0
+    for i, c in enumerate(columns):
+        if c["kind"] == "group":
+            gi, groups = i, groups + 1
+        elif c["name"] == deaths:
+            di = i
+        elif c["name"] == censored:
+            ci = i
+    have = ", ".join("{} ({})".format(c["name"], c["kind"]) for c in columns)
+    shape = ("a survival table has one group column of time bands, in order, and count columns "
+             "{!r} and {!r} (docs/sql.md, Survival); this one has {}".format(deaths, censored, have))
+    counts = ("count", "count_patients")
+    if groups != 1 or di < 0 or ci < 0 or columns[di]["kind"] not in counts or columns[ci]["kind"] not in counts:
+        raise ValueError("not a survival table: " + shape)
+    bands, x, sd = [], [], []
+    for row in result["rows"] or []:
+        if len(row) != len(columns) or row[gi].get("key") == "(total)":
+            continue
+        band = row[gi].get("key")
+        for j in (di, ci):
+            cell = row[j]
+            if cell.get("value") is None:
+                raise ValueError("band {!r}: {} is suppressed, so the curve cannot be computed through it".format(band, columns[j]["name"]))
+            x.append(max(0.0, float(cell.get("value"))))
+            lo, hi = cell.get("ci_low"), cell.get("ci_high")
+            sd.append((hi - lo) / 2 / _Z if lo is not None and hi is not None else 0.0)
+        bands.append(band)
+    if not bands:
+        raise ValueError("the survival table has no bands: " + shape)
+    out = _curve(bands, x)
+    noise = [0.0] * len(out)
+    for k in range(len(x)):
+        up, down = list(x), list(x)
+        up[k] += 0.5
+        down[k] = max(0.0, down[k] - 0.5)
+        su, sdn = _curve(bands, up), _curve(bands, down)
+        for j in range(len(out)):
+            d = (su[j][4] - sdn[j][4]) / (up[k] - down[k])
+            noise[j] += d * d * sd[k] * sd[k]
+    green = 0.0
+    for j, b in enumerate(out):
+        _, at_risk, d, c, s = b[:5]
+        eff = at_risk - c / 2
+        if eff - d > 0:
+            green += d / (eff * (eff - d))
+        half = _Z * math.sqrt(s * s * green + noise[j])
+        b[5], b[6] = max(0.0, s - half), min(1.0, s + half)
+    records = [dict(zip(KM_COLUMNS, b)) for b in out]
+    pd = _pandas(frame)
+    if pd is None:
+        return Rows(records, KM_COLUMNS, {})
+    return pd.DataFrame.from_records(records, columns=list(KM_COLUMNS))
