@@ -17,6 +17,33 @@ import (
 // DESC. Queries already valid in both dialects are repeated unchanged so the
 // table is the whole comparison.
 var postgresQueries = map[string]string{
+	"t2d_table1_by_sex_age": `WITH t2d AS (
+  SELECT patient_id, min(date) AS diagnosed
+  FROM clinical_events
+  WHERE snomed_code = '44054006'
+  GROUP BY patient_id
+), bmi AS (
+  SELECT DISTINCT ON (patient_id) patient_id, numeric_value AS bmi
+  FROM clinical_events
+  WHERE snomed_code = '60621009' AND date IS NOT NULL
+  ORDER BY patient_id, date DESC
+)
+SELECT p.sex,
+  CASE
+    WHEN 2024 - extract(year FROM p.date_of_birth) < 40 THEN '0-39'
+    WHEN 2024 - extract(year FROM p.date_of_birth) < 60 THEN '40-59'
+    WHEN 2024 - extract(year FROM p.date_of_birth) < 80 THEN '60-79'
+    ELSE '80+'
+  END AS age_band,
+  count(*) AS patients,
+  percentile_cont(0.25) WITHIN GROUP (ORDER BY greatest(12, least(70, b.bmi))) FILTER (WHERE b.bmi IS NOT NULL) AS bmi_q1,
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(12, least(70, b.bmi))) FILTER (WHERE b.bmi IS NOT NULL) AS bmi_median,
+  percentile_cont(0.75) WITHIN GROUP (ORDER BY greatest(12, least(70, b.bmi))) FILTER (WHERE b.bmi IS NOT NULL) AS bmi_q3,
+  count(*) FILTER (WHERE b.bmi >= 30)::float8 / count(*) AS share_bmi_30_plus
+FROM t2d t
+JOIN patients p ON p.patient_id = t.patient_id
+LEFT JOIN bmi b ON b.patient_id = t.patient_id
+GROUP BY ROLLUP (p.sex, age_band)`,
 	"t2d_prevalence_by_age_sex_region": `WITH t2d AS (
   SELECT patient_id, 1 AS has_t2d
   FROM clinical_events

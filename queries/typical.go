@@ -190,4 +190,40 @@ JOIN patients p ON p.patient_id = e.patient_id
 WHERE e.date >= DATE '2023-01-01' AND e.date < DATE '2024-01-01'
 GROUP BY month, p.region`,
 	},
+	{
+		// Table 1 of a type 2 diabetes cohort: patients, BMI median and
+		// IQR (of those with a BMI: least(70, NULL) is 70 in DuckDB, hence
+		// the FILTER), and the share with a BMI of 30 or more, by sex and age band
+		// with subtotals by sex and the cohort total (docs/sql.md,
+		// "Totals"): every cell and total noisy, k = 1 (each patient one
+		// cell), L0 = 3 for the three grouping sets.
+		Name: "t2d_table1_by_sex_age",
+		SQL: `WITH t2d AS (
+  SELECT patient_id, min(date) AS diagnosed
+  FROM clinical_events
+  WHERE snomed_code = '44054006'
+  GROUP BY patient_id
+), bmi AS (
+  SELECT patient_id, arg_max(numeric_value, date) AS bmi
+  FROM clinical_events
+  WHERE snomed_code = '60621009'
+  GROUP BY patient_id
+)
+SELECT p.sex,
+  CASE
+    WHEN date_diff('year', p.date_of_birth, DATE '2024-01-01') < 40 THEN '0-39'
+    WHEN date_diff('year', p.date_of_birth, DATE '2024-01-01') < 60 THEN '40-59'
+    WHEN date_diff('year', p.date_of_birth, DATE '2024-01-01') < 80 THEN '60-79'
+    ELSE '80+'
+  END AS age_band,
+  count(*) AS patients,
+  quantile_cont(greatest(12, least(70, b.bmi)), 0.25) FILTER (WHERE b.bmi IS NOT NULL) AS bmi_q1,
+  median(greatest(12, least(70, b.bmi))) FILTER (WHERE b.bmi IS NOT NULL) AS bmi_median,
+  quantile_cont(greatest(12, least(70, b.bmi)), 0.75) FILTER (WHERE b.bmi IS NOT NULL) AS bmi_q3,
+  count(*) FILTER (WHERE b.bmi >= 30) / count(*) AS share_bmi_30_plus
+FROM t2d t
+JOIN patients p ON p.patient_id = t.patient_id
+LEFT JOIN bmi b ON b.patient_id = t.patient_id
+GROUP BY ROLLUP (p.sex, age_band)`,
+	},
 }

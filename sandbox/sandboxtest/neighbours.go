@@ -303,6 +303,9 @@ func FullCorpus(t Target) []Query {
 			CorpusCodelist.Name + "' WHERE " + qi + " GROUP BY cl.term"},
 		{"codelist: depression by region", "SELECT p.region, count(DISTINCT p.patient_id) AS n " + join +
 			" JOIN codelists cl ON cl.code = e.snomed_code WHERE cl.codelist IN ('" + CorpusCodelist.Name + "') GROUP BY p.region"},
+		{"totals: ROLLUP of the target's sex and region", "SELECT p.sex, p.region, count(DISTINCT p.patient_id) AS n FROM patients p WHERE " + qi + " GROUP BY ROLLUP (p.sex, p.region)"},
+		{"totals: CUBE of depression readings", "SELECT p.sex, p.imd_quintile, count(*) AS n, avg(greatest(0, least(50, e.numeric_value))) AS m " + join +
+			" WHERE e.snomed_code = '" + Depression + "' GROUP BY CUBE (p.sex, p.imd_quintile)"},
 		{"target: events per patient", "WITH c AS (SELECT p.patient_id, count(e.date) AS k FROM patients p LEFT JOIN clinical_events e ON e.patient_id = p.patient_id GROUP BY p.patient_id) " +
 			"SELECT count(*) AS n, avg(least(c.k, 100)) AS mean_k FROM c JOIN patients p ON p.patient_id = c.patient_id WHERE " + qi},
 	} {
