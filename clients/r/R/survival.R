@@ -1,0 +1,98 @@
+#' Kaplan-Meier curve of a released survival table
+#'
+#' A survival table (the tre repository's docs/sql.md, "Survival") is
+#' released as one group column of time bands, in order, and count columns
+#' of deaths and of censorings per band. \code{tre_km} downloads a released
+#' one and computes the actuarial Kaplan-Meier curve from it as
+#' \code{tre query km} does: with \eqn{n_0} the sum of every band's deaths
+#' and censorings, \eqn{n_j = n_0 - \sum_{i<j}(d_i + c_i)} at risk entering
+#' band \eqn{j}, \eqn{n'_j = n_j - c_j/2} and
+#' \eqn{S(t_j) = \prod_{i \le j}(1 - d_i/n'_i)}. The 95\% interval adds
+#' Greenwood's variance and the noise's (each released count's own interval
+#' read as \eqn{\pm 1.96} standard deviations, carried through \eqn{S} by
+#' its numerical derivative). It reads only released values:
+#' post-processing, no privacy budget. \code{tre_kaplan_meier} does the same
+#' for a table already decoded from the broker's JSON.
+#'
+#' @param client A \code{\link{tre_client}}.
+#' @param id The query's id, or the query.
+#' @param deaths,censored The names of the count columns.
+#' @param result The table as decoded from the broker's JSON.
+#' @return A data frame with columns \code{band}, \code{at_risk},
+#'   \code{deaths}, \code{censored}, \code{survival}, \code{ci_low},
+#'   \code{ci_high}. A table of another shape is an error saying what is
+#'   expected; so is a suppressed band.
+#' @examples
+#' \dontrun{
+#' km <- tre_km(alice, q)
+#' plot(km$survival, type = "s", ylim = c(0, 1))
+#' }
+#' @export
+tre_km <- function(client, id, deaths = "deaths", censored = "censored") {
+  tre_kaplan_meier(.call(client, "result", id, list(format = "json")), deaths, censored)
+}
+
+#' @rdname tre_km
+#' @export
+tre_kaplan_meier <- function(result, deaths = "deaths", censored = "censored") {
+  z <- 1.959963984540054
+  columns <- result[["columns"]]
+  kinds <- vapply(columns, function(c) c[["kind"]], character(1))
+  names <- vapply(columns, function(c) c[["name"]], character(1))
+  gi <- which(kinds == "group")
+  di <- which(names == deaths & kinds != "group")
+  ci <- which(names == censored & kinds != "group")
+  shape <- sprintf("a survival table has one group column of time bands, in order, and count columns \"%s\" and \"%s\" (docs/sql.md, Survival); this one has %s",
+                   deaths, censored, paste0(names, " (", kinds, ")", collapse = ", "))
+  counts <- c("count", "count_patients")
+  if (length(gi) != 1 || length(di) != 1 || length(ci) != 1 || !(kinds[di] %in% counts) || !(kinds[ci] %in% counts)) {
+    stop("not a survival table: ", shape, call. = FALSE)
+  }
+  bands <- character(0)
+  x <- numeric(0)
+  sd <- numeric(0)
+  for (row in result[["rows"]]) {
+    if (length(row) != length(columns) || identical(row[[gi]][["key"]], "(total)")) next
+    band <- row[[gi]][["key"]]
+    for (j in c(di, ci)) {
+      cell <- row[[j]]
+      if (is.null(cell[["value"]])) {
+        stop(sprintf("band \"%s\": %s is suppressed, so the curve cannot be computed through it", band, names[j]), call. = FALSE)
+      }
+      x <- c(x, max(0, as.numeric(cell[["value"]])))
+      s <- 0
+      if (!is.null(cell[["ci_low"]]) && !is.null(cell[["ci_high"]])) s <- (cell[["ci_high"]] - cell[["ci_low"]]) / 2 / z
+      sd <- c(sd, s)
+    }
+    bands <- c(bands, band)
+  }
+  if (!length(bands)) stop("the survival table has no bands: ", shape, call. = FALSE)
+  d <- x[seq(1, length(x), 2)]
+  c <- x[seq(2, length(x), 2)]
+  at_risk <- sum(x) - c(0, cumsum(d + c))[seq_along(bands)]
+  surv <- .km_survival(x)
+  noise <- numeric(length(bands))
+  for (k in seq_along(x)) {
+    up <- x
+    down <- x
+    up[k] <- up[k] + 0.5
+    down[k] <- max(0, down[k] - 0.5)
+    slope <- (.km_survival(up) - .km_survival(down)) / (up[k] - down[k])
+    noise <- noise + slope * slope * sd[k] * sd[k]
+  }
+  eff <- at_risk - c / 2
+  term <- ifelse(eff - d > 0, d / (eff * (eff - d)), 0)
+  half <- z * sqrt(surv^2 * cumsum(term) + noise)
+  data.frame(band = bands, at_risk = at_risk, deaths = d, censored = c, survival = surv,
+             ci_low = pmax(0, surv - half), ci_high = pmin(1, surv + half), stringsAsFactors = FALSE)
+}
+
+# The actuarial survival at the end of each band, deaths x[2j-1] and
+# censorings x[2j].
+.km_survival <- function(x) {
+  d <- x[seq(1, length(x), 2)]
+  c <- x[seq(2, length(x), 2)]
+  at_risk <- sum(x) - c(0, cumsum(d + c))[seq_along(d)]
+  eff <- at_risk - c / 2
+  cumprod(1 - ifelse(eff > 0, pmin(1, d / eff), 0))
+}
