@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/nhs-tre/tre/dp"
 )
 
 // What a researcher sees of the lifecycle.
@@ -323,12 +325,19 @@ func (s *Service) startedAfter(ctx context.Context, tx Tx, project *int64, cutof
 
 // researcherFederation is a federated query's federation as a researcher
 // sees it: without the deadline, which dates the approval to the instant
-// (researchers see it only at the granularity).
+// (researchers see it only at the granularity), and with the project's
+// cost as quoted at submission: a failure's refund of sites that never
+// ran would otherwise show here the instant it happened.
 func researcherFederation(f *Federation) *Federation {
 	if f == nil {
 		return nil
 	}
 	v := *f
 	v.Deadline = time.Time{}
+	n := float64(v.Sites)
+	if v.DisjointPopulations {
+		n = 1
+	}
+	v.ProjectCost = dp.Cost{Epsilon: v.SiteCost.Epsilon * n, Delta: v.SiteCost.Delta * n}
 	return &v
 }

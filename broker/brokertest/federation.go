@@ -349,6 +349,17 @@ func testFederationFailure(t *testing.T, f *Fixture) {
 	if err != nil || o.Failure == nil || o.Result != nil || len(o.Sites) != 3 {
 		t.Fatalf("output %+v, %v: want a failure notice with 3 sites", o, err)
 	}
+	// Researchers see the project cost quoted, not the refund's instant.
+	rq, err := svc.FindQueryByID(f.Researcher, q.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := rq.Federation.ProjectCost; !near(c.Epsilon, 3*q.Cost.Epsilon) {
+		t.Errorf("researcher sees project cost %+v, want the quoted 3 × %+v", c, q.Cost)
+	}
+	if c := f.MustQuery(q.ID).Federation.ProjectCost; !near(c.Epsilon, q.Cost.Epsilon) {
+		t.Errorf("staff see project cost %+v, want ε %g (one site ran)", c, q.Cost.Epsilon)
+	}
 	if _, err := svc.ReleaseQuery(f.Checker, q.ID, "tell them"); err != nil {
 		t.Fatal(err)
 	}
