@@ -369,8 +369,11 @@ func (r *rewriter) result() {
 		fmt.Fprintf(b, "%s AS %s, ", keyOut(q, r.gcols[i]), quoteIdent(g.name))
 	}
 	// A patient has one pair per cell of the full grouping: a total counts
-	// them once (rollup.go).
-	if len(q.sets) > 0 {
+	// them once (rollup.go). With every group key carried by the pair
+	// (pairCols is the patient alone) a patient has one pair, and a count
+	// of pairs is the count of patients.
+	distinct := len(q.sets) > 0 && len(r.pairCols) > 1
+	if distinct {
 		b.WriteString(`CAST(count(DISTINCT "__pid") AS BIGINT) AS "__patients"`)
 	} else {
 		b.WriteString(`CAST(count(*) AS BIGINT) AS "__patients"`)
@@ -385,7 +388,7 @@ func (r *rewriter) result() {
 		if a.kind == aggValue {
 			contrib = uncentred(a, acol("s", j), acol("c", j))
 		}
-		if a.kind == aggCountPatients && len(q.sets) > 0 {
+		if a.kind == aggCountPatients && distinct {
 			fmt.Fprintf(b, `, CAST(count(DISTINCT CASE WHEN %s > 0 THEN "__pid" END) AS DOUBLE) AS "%s__count"`, acol("c", j), name)
 		} else {
 			fmt.Fprintf(b, `, CAST(coalesce(sum(%s), 0) AS DOUBLE) AS "%s__count"`, acol("c", j), name)

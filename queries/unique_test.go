@@ -85,6 +85,7 @@ func TestUniquePathSameRows(t *testing.T) {
 		{name: "hba1c", sql: TypicalQueries[5].SQL, direct: true},
 		{name: "grouped, counted twice", sql: `SELECT region, count(*) AS n, count(DISTINCT patient_id) AS pts FROM patients GROUP BY region`, direct: true},
 		{name: "event table joined", sql: TypicalQueries[3].SQL, direct: false},
+		{name: "event table joined, ROLLUP of patient keys", sql: `SELECT p.sex, p.region, count(*) AS n, count(DISTINCT p.patient_id) AS pts FROM clinical_events e JOIN patients p ON p.patient_id = e.patient_id GROUP BY ROLLUP (p.sex, p.region)`, direct: false},
 		{name: "lookup joined", sql: TypicalQueries[7].SQL, direct: false},
 		{name: "event table alone", sql: `SELECT count(*) AS n FROM clinical_events`, direct: false},
 	} {
@@ -95,6 +96,11 @@ func TestUniquePathSameRows(t *testing.T) {
 			}
 			if direct := !strings.Contains(plan.Rewritten, `"__tre_dup"`) && !strings.Contains(plan.Rewritten, `"__tre_kept"`); direct != tt.direct {
 				t.Fatalf("direct path %v, want %v:\n%s", direct, tt.direct, plan.Rewritten)
+			}
+			// Keys of a unique table: one pair per patient, so a total
+			// counts pairs, not distinct patients.
+			if strings.Contains(tt.sql, "ROLLUP") && strings.Contains(plan.Rewritten, `count(DISTINCT "__pid")`) {
+				t.Errorf("a distinct count of pairs where each patient has one:\n%s", plan.Rewritten)
 			}
 			full, err := p.compile(context.Background(), cat, tt.sql, Options{Seed: 42}, false)
 			if err != nil {
