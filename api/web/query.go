@@ -22,6 +22,8 @@ type queryView struct {
 	Output   *broker.Output
 	Released *broker.ReleasedResult
 	Chart    *chart
+	// KM is the Kaplan–Meier curve when the table is a survival table.
+	KM *chart
 	// FailedMessage explains a failed query without saying anything that
 	// depends on the data (broker.FailedMessage).
 	FailedMessage string
@@ -129,11 +131,13 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 			qv.Output, outErr = h.svc.FindOutput(ctx, id)
 			if qv.Output != nil && qv.Output.Result != nil {
 				qv.Chart = newChart(qv.Output.Result.Columns, qv.Output.Result.Rows)
+				qv.KM = newKMChart(qv.Output.Result.Columns, qv.Output.Result.Rows)
 			}
 		case q.Status == broker.StatusReleased && access.Member && u.HasRole(broker.RoleResearcher):
 			qv.Released, outErr = h.svc.ReleasedOutput(ctx, id)
 			if qv.Released != nil {
 				qv.Chart = newChart(qv.Released.Result.Columns, qv.Released.Result.Rows)
+				qv.KM = newKMChart(qv.Released.Result.Columns, qv.Released.Result.Rows)
 			}
 		}
 	}

@@ -76,6 +76,8 @@ type chart struct {
 	Top, AxisY, TickY float64
 	HasIntervals      bool
 	Description       string
+	// Note, when set, is the figure's caption instead of the bar chart's.
+	Note string
 }
 
 type chartBar struct {
@@ -191,6 +193,35 @@ func newChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 	ch.Description = fmt.Sprintf("Bar chart of %s by %s", ch.Column, ch.Group)
 	if ch.HasIntervals {
 		ch.Description += " with the 95% interval of each value"
+	}
+	return ch
+}
+
+// newKMChart is the Kaplan–Meier curve of a released survival table
+// (api.KaplanMeier, as tre query km computes it) drawn as bars of the
+// survival at the end of each band with their 95% intervals; nil for any
+// other table. It reads only the released values: post-processing.
+func newKMChart(cols []dp.Column, rows [][]dp.Cell) *chart {
+	curve, err := api.KaplanMeier(cols, rows, "deaths", "censored")
+	if err != nil {
+		return nil
+	}
+	band := ""
+	for _, c := range cols {
+		if c.Kind == dp.KindGroup {
+			band = c.Name
+		}
+	}
+	kmCols := []dp.Column{{Name: band, Kind: dp.KindGroup}, {Name: "Kaplan–Meier survival", Kind: string(dp.AggRatio)}}
+	kmRows := make([][]dp.Cell, len(curve))
+	for i, b := range curve {
+		v, lo, hi := b.Survival, b.Low, b.High
+		kmRows[i] = []dp.Cell{{Key: b.Band}, {Value: &v, CILow: &lo, CIHigh: &hi}}
+	}
+	ch := newChart(kmCols, kmRows)
+	if ch != nil {
+		ch.Description = "Bar chart of the Kaplan–Meier survival at the end of each " + band + " with its 95% interval"
+		ch.Note = "Kaplan–Meier (actuarial) survival at the end of each band, computed from the released deaths and censorings (as tre query km does; no privacy budget); whiskers are 95% intervals from Greenwood's variance and the counts' noise."
 	}
 	return ch
 }

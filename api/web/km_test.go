@@ -1,0 +1,30 @@
+package web
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/nhs-tre/tre/dp"
+)
+
+// TestKMChart: a released survival table gets a Kaplan–Meier chart of the
+// survival at the end of each band, with intervals; any other table none.
+func TestKMChart(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	cols := []dp.Column{{Name: "years_band", Kind: dp.KindGroup}, {Name: "deaths", Kind: string(dp.AggCount)}, {Name: "censored", Kind: string(dp.AggCount)}}
+	rows := [][]dp.Cell{
+		{{Key: "0-1"}, {Value: f(10), CILow: f(4), CIHigh: f(16)}, {Value: f(20), CILow: f(14), CIHigh: f(26)}},
+		{{Key: "1-2"}, {Value: f(30), CILow: f(24), CIHigh: f(36)}, {Value: f(40), CILow: f(34), CIHigh: f(46)}},
+	}
+	ch := newKMChart(cols, rows)
+	if ch == nil || len(ch.Bars) != 2 || !ch.HasIntervals || !strings.Contains(ch.Note, "Kaplan–Meier") {
+		t.Fatalf("survival table: chart %+v", ch)
+	}
+	// tre query km: 0.889 [0.800, 0.977] and 0.356 [0.219, 0.492].
+	if ch.Bars[0].Label != "0-1" || ch.Bars[0].Value != "0.889" || ch.Bars[1].Value != "0.36" {
+		t.Errorf("bars %+v", ch.Bars)
+	}
+	if newKMChart(cols[:2], nil) != nil {
+		t.Error("a table without censorings got a Kaplan–Meier chart")
+	}
+}
