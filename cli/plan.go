@@ -5,6 +5,7 @@ import (
 	"io"
 	"text/tabwriter"
 
+	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -16,6 +17,10 @@ func PrintPlan(w io.Writer, plan *queries.Plan) error {
 	fmt.Fprintf(w, "cost: ε = %g, δ = %g\n", plan.Cost.Epsilon, plan.Cost.Delta)
 	fmt.Fprintf(w, "bounds: at most %d group(s) and %d row(s) per group per patient; counts rounded to %d (%s)\n",
 		s.MaxGroupsPerPatient, s.MaxRowsPerGroup, s.RoundingBase, s.Rounding)
+	if len(s.Sets) > 0 {
+		fmt.Fprintf(w, "totals: %d grouping sets, shown as %q; a patient counts in up to %d cells (L0 = k × %d), and the noise is calibrated to it\n",
+			len(s.Sets), dp.TotalKey, s.MaxGroupsPerPatient*len(s.Sets), len(s.Sets))
+	}
 	if len(plan.Accuracy) > 0 {
 		fmt.Fprintf(w, "suppression: a group is released when its noisy count of distinct patients is at least %s (policy threshold %d)\n",
 			fmtFloat(plan.Accuracy[0].ReleaseThreshold), s.Threshold)

@@ -240,6 +240,9 @@ func PrintOutput(w io.Writer, out *broker.Output) error {
 	tw := NewTable(w)
 	fmt.Fprintf(tw, "ε, δ spent\t%s, %s (%s)\n", fmtFloat(r.Epsilon), fmtFloat(r.Delta), r.Mechanism)
 	fmt.Fprintf(tw, "bounds\tk=%s per patient, C=%s per group\n", api.Plural(r.MaxGroupsPerPatient, "group", "groups"), api.Plural(r.MaxRowsPerGroup, "row", "rows"))
+	if r.GroupingSets > 0 {
+		fmt.Fprintf(tw, "totals\t%d grouping sets: a patient counts in up to k × %d cells\n", r.GroupingSets, r.GroupingSets)
+	}
 	fmt.Fprintf(tw, "suppression\tthreshold %d; %s suppressed, %d secondary\n", r.Threshold, api.Plural(r.CellsSuppressed, "cell", "cells"), r.CellsSecondary)
 	fmt.Fprintf(tw, "rounding\tbase %d (%s), %s rounded\n", r.RoundingBase, r.Rounding, api.Plural(r.CellsRounded, "cell", "cells"))
 	fmt.Fprintf(tw, "groups\t%d released, %d suppressed, partition selection %s\n", r.GroupsReleased, r.GroupsSuppressed, r.PartitionSelection)
