@@ -20,7 +20,7 @@ func TestPrintPlanTotals(t *testing.T) {
 	defer p.Close()
 	for sql, want := range map[string]string{
 		`SELECT sex, region, count(*) AS n FROM patients GROUP BY ROLLUP (sex, region)`: `totals: 3 grouping sets, shown as "(total)"; a patient counts in up to 3 cells (L0 = k × 3)`,
-		`SELECT sex, region, count(*) AS n FROM patients GROUP BY sex, region`:            "",
+		`SELECT sex, region, count(*) AS n FROM patients GROUP BY sex, region`:          "",
 	} {
 		plan, err := p.Compile(context.Background(), synth.Catalog(), sql, queries.Options{})
 		if err != nil {
