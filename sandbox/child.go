@@ -58,6 +58,9 @@ type childConfig struct {
 	ParentPID int `json:"parent_pid"`
 	// TLS is the child's side of the job's mutual TLS (tls.go).
 	TLS *childTLS `json:"tls"`
+	// WarmBytes, for a pooled child, is the DuckDB memory it may fill
+	// reading the data while it waits for its job (warm.go); 0: no warming.
+	WarmBytes int64 `json:"warm_bytes,omitempty"`
 }
 
 func (c *childConfig) tempDir() string { return filepath.Join(c.JobDir, "tmp") }
@@ -126,8 +129,10 @@ type server struct {
 
 	mu sync.Mutex
 	// early delivers the data opened while the handshake completed
-	// (openEarly), to the first job only.
-	early chan openResult
+	// (openEarly), to the first job only; stopWarm interrupts a pooled
+	// child's warming when the job arrives.
+	early    chan openResult
+	stopWarm context.CancelFunc
 }
 
 type openResult struct {
@@ -142,9 +147,25 @@ type openResult struct {
 // job's views before any SQL of it.
 func (s *server) openEarly() {
 	ch := make(chan openResult, 1)
-	s.early = ch
+	ctx, cancel := context.WithCancel(context.Background())
+	s.early, s.stopWarm = ch, cancel
 	go func() {
 		ldb, err := openData(context.Background(), s.cc)
+		if err == nil && s.cc.WarmBytes > 0 {
+			outcome := "ok\n"
+			if werr := ldb.warm(ctx, s.cc.WarmBytes); werr != nil {
+				// A cold buffer pool is slower, never wrong. DuckDB's
+				// errors by class only, as everywhere in the child.
+				var de *duckdb.Error
+				if errors.As(werr, &de) {
+					s.log.Warn("sandbox: warming stopped", "duckdb_error", safeTypeName(de.Type))
+				} else {
+					s.log.Warn("sandbox: warming stopped", "error", werr)
+				}
+				outcome = "stopped\n"
+			}
+			_ = os.WriteFile(filepath.Join(s.cc.JobDir, warmMarker), []byte(outcome), 0o600)
+		}
 		ch <- openResult{ldb, err}
 	}()
 }
@@ -156,6 +177,9 @@ func (s *server) open(ctx context.Context, views []string) (*lockedDB, error) {
 	early := s.early
 	s.early = nil
 	s.mu.Unlock()
+	if s.stopWarm != nil {
+		s.stopWarm()
+	}
 	if early == nil {
 		return openLocked(ctx, s.cc, views)
 	}

@@ -129,7 +129,7 @@ func (r *Runner) refill(opts callOptions) {
 // fillOne starts one child for the pool.
 func (r *Runner) fillOne(opts callOptions, release func()) {
 	defer r.exiting.Done()
-	ch, err := r.startChild(opts)
+	ch, err := r.startChild(opts, warmBudget(r.cfg))
 	r.poolMu.Lock()
 	r.pool.filling[opts.dataPath]--
 	close(r.pool.changed)
@@ -208,9 +208,10 @@ func (r *Runner) closePool() {
 	r.discard(idle)
 }
 
-// PoolReady waits until no child is being started for the pool, so that
-// the next job finds it as full as its memory cap allows (a benchmark
-// times jobs that arrive after a pause, as a site's do).
+// PoolReady waits until no child is being started for the pool and every
+// idle one has warmed (warm.go), so that the next job finds the pool as
+// full and warm as its memory cap allows (a benchmark times jobs that
+// arrive after a pause, as a site's do).
 func (r *Runner) PoolReady(ctx context.Context) error {
 	for {
 		r.poolMu.Lock()
@@ -221,7 +222,7 @@ func (r *Runner) PoolReady(ctx context.Context) error {
 		changed := r.pool.changed
 		r.poolMu.Unlock()
 		if filling == 0 {
-			return nil
+			return r.waitWarm(ctx)
 		}
 		select {
 		case <-changed:

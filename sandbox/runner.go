@@ -285,6 +285,8 @@ type child struct {
 	// opts is what the child was started for (its data file and limits).
 	opts    callOptions
 	started time.Time
+	// warmBytes is the budget the child was given to warm (warm.go).
+	warmBytes int64
 	// release drops the pool's hold on the child's release snapshot (a
 	// pooled child only; nil once handed out).
 	release func()
@@ -303,7 +305,7 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 	}
 	pooled := ch != nil
 	if !pooled {
-		if ch, err = r.startChild(opts); err != nil {
+		if ch, err = r.startChild(opts, 0); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -323,8 +325,9 @@ func (r *Runner) call(ctx context.Context, req *request, opts callOptions, colle
 }
 
 // startChild starts a child for opts in a new job directory and completes
-// the plugin handshake with it. On error nothing is left behind.
-func (r *Runner) startChild(opts callOptions) (*child, error) {
+// the plugin handshake with it; a pooled child warms up to warmBytes of
+// the data while it waits (warm.go). On error nothing is left behind.
+func (r *Runner) startChild(opts callOptions, warmBytes int64) (*child, error) {
 	cfg := r.cfg
 	jobDir, err := os.MkdirTemp(cfg.ScratchDir, "job-")
 	if err != nil {
@@ -339,7 +342,7 @@ func (r *Runner) startChild(opts callOptions) (*child, error) {
 	if err := os.Mkdir(jobDir+"/tmp", 0o700); err != nil {
 		return nil, fmt.Errorf("job dir: %w", err)
 	}
-	ccJSON, hostTLS, err := r.newChildConfig(opts, jobDir)
+	ccJSON, hostTLS, err := r.newChildConfig(opts, jobDir, warmBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -371,7 +374,7 @@ func (r *Runner) startChild(opts callOptions) (*child, error) {
 		return nil, job.Errorf(job.CodeCrashed, "the sandbox failed to start")
 	}
 	started = true
-	ch := &child{pc: pc, cmd: cmd, jobDir: jobDir, namespaces: useNS, opts: opts, started: time.Now()}
+	ch := &child{pc: pc, cmd: cmd, jobDir: jobDir, namespaces: useNS, opts: opts, started: time.Now(), warmBytes: warmBytes}
 	rpc, err := pc.Client()
 	if err == nil {
 		var raw any
@@ -442,7 +445,7 @@ func (r *Runner) runOn(ctx context.Context, ch *child, req *request, opts callOp
 
 // newChildConfig is the configuration a new child for one call reads, as
 // JSON, and the host's side of that call's mutual TLS.
-func (r *Runner) newChildConfig(opts callOptions, jobDir string) ([]byte, *tls.Config, error) {
+func (r *Runner) newChildConfig(opts callOptions, jobDir string, warmBytes int64) ([]byte, *tls.Config, error) {
 	cfg := r.cfg
 	cc := childConfig{
 		DataPath:           opts.dataPath,
@@ -456,6 +459,7 @@ func (r *Runner) newChildConfig(opts callOptions, jobDir string) ([]byte, *tls.C
 		MaxRows:            cfg.MaxRows,
 		AllowWeak:          cfg.AllowWeak,
 		ParentPID:          os.Getpid(),
+		WarmBytes:          warmBytes,
 	}
 	if opts.build {
 		// The snapshot is written into the job dir: allow a file twice
