@@ -34,8 +34,9 @@ const resultTolerance = 1e-9
 // spec alone: the budget spent equals the spec's cost; the columns are the
 // spec's, in order, with their kinds; the report's bounds, threshold,
 // rounding and partition selection are the spec's; a public-domain grouping
-// releases exactly the cross product of its domains, in domain order (a
-// query without GROUP BY exactly one row); keys are never repeated; every
+// releases exactly the cross product of its domains, in domain order (with
+// grouping sets each set's cells, totals as Protect orders them; a query
+// without GROUP BY exactly one row); keys are never repeated; every
 // aggregate cell is a finite number, or marked suppressed without one. It
 // cannot check the numbers themselves: that is what noise hides. Messages
 // never quote a key or a value.
@@ -53,17 +54,14 @@ func (s Spec) CheckResult(r *Result) error {
 		return err
 	}
 	p := s.plan()
+	var released [][]*string // a public-domain grouping's keys, in order
 	if !p.selection {
-		total := 1
-		for _, g := range s.Groups {
-			total *= len(g.Domain)
-		}
-		if len(r.Rows) != total {
-			return fmt.Errorf("the result has %d rows; the approved query's public domains release exactly %d", len(r.Rows), total)
+		released = s.releasedKeys()
+		if len(r.Rows) != len(released) {
+			return fmt.Errorf("the result has %d rows; the approved query's public domains release exactly %d", len(r.Rows), len(released))
 		}
 	}
 	seen := make(map[string]bool, len(r.Rows))
-	idx := make([]int, len(s.Groups)) // odometer over the domains, as domainGroups
 	keys := make([]*string, len(s.Groups))
 	for i, row := range r.Rows {
 		if len(row) != len(want) {
@@ -81,7 +79,7 @@ func (s Spec) CheckResult(r *Result) error {
 			if !c.Null {
 				keys[j] = &row[j].Key
 			}
-			if !p.selection && (c.Null || c.Key != s.Groups[j].Domain[idx[j]]) {
+			if !p.selection && (c.Null || c.Key != *released[i][j]) {
 				return fmt.Errorf("result row %d: the key of group column %q is not the public domain's next value", i+1, s.Groups[j].Name)
 			}
 		}
@@ -90,13 +88,6 @@ func (s Spec) CheckResult(r *Result) error {
 			return fmt.Errorf("result row %d repeats the keys of an earlier row", i+1)
 		}
 		seen[k] = true
-		for j := len(idx) - 1; !p.selection && j >= 0; j-- {
-			idx[j]++
-			if idx[j] < len(s.Groups[j].Domain) {
-				break
-			}
-			idx[j] = 0
-		}
 		for j := len(s.Groups); j < len(row); j++ {
 			if err := checkAggCell(row[j]); err != nil {
 				return fmt.Errorf("result row %d, column %q: %w", i+1, want[j].Name, err)
@@ -145,6 +136,8 @@ func (s Spec) checkReport(r *Report) error {
 			r.Threshold, r.Rounding, r.RoundingBase, c.Threshold, c.Rounding, c.RoundingBase)
 	case !sameBudget(r.ReleaseThreshold, c.ReleaseThreshold):
 		return fmt.Errorf("the result reports release threshold %v; the approved query releases cells from %v patients", r.ReleaseThreshold, c.ReleaseThreshold)
+	case r.GroupingSets != len(s.Sets):
+		return fmt.Errorf("the result reports %d grouping sets; the approved query releases %d", r.GroupingSets, len(s.Sets))
 	case !slices.Equal(r.Ratios, c.Ratios):
 		return fmt.Errorf("the result reports ratios derived as %v; the approved query derives them as %v", r.Ratios, c.Ratios)
 	}

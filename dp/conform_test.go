@@ -46,7 +46,9 @@ func TestCheckResult(t *testing.T) {
 		}
 		return gs
 	}
-	specs := map[string]Spec{"public domain": public, "partition selection": selection, "no groups": noGroups}
+	rollup := validSpec()
+	rollup.Margins, rollup.Sets = true, [][]int{{0, 1}, {0}, {}}
+	specs := map[string]Spec{"public domain": public, "partition selection": selection, "no groups": noGroups, "grouping sets": rollup}
 	for name, s := range specs {
 		t.Run(name+" genuine", func(t *testing.T) {
 			if err := s.CheckResult(MustProtect(t, s, stats(s), Options{})); err != nil {
@@ -82,6 +84,11 @@ func TestCheckResult(t *testing.T) {
 		{"weaker bounds", "public domain", func(r *Result) { r.Report.MaxRowsPerGroup = 100 }, "contribution bounds"},
 		{"partition selection claimed public", "partition selection", func(r *Result) { r.Report.PartitionSelection = SelectionPublicDomain }, "partition selection"},
 		{"other mechanism", "public domain", func(r *Result) { r.Report.Mechanism = MechanismGaussian }, "mechanism"},
+		{"a total dropped", "grouping sets", func(r *Result) { r.Rows = r.Rows[:len(r.Rows)-1] }, "exactly 9"},
+		{"a subtotal out of order", "grouping sets", func(r *Result) { r.Rows[2], r.Rows[3] = r.Rows[3], r.Rows[2] }, "public domain"},
+		{"a cell relabelled a total", "grouping sets", func(r *Result) { r.Rows[0][1].Key = TotalKey }, "public domain"},
+		{"grouping sets not reported", "grouping sets", func(r *Result) { r.Report.GroupingSets = 0 }, "grouping sets"},
+		{"grouping sets claimed", "public domain", func(r *Result) { r.Report.GroupingSets = 2 }, "grouping sets"},
 		{"reversed interval", "public domain", func(r *Result) { r.Rows[0][3].CILow, r.Rows[0][3].CIHigh = f(10), f(1) }, "reversed"},
 	}
 	for _, tt := range tests {
