@@ -299,7 +299,7 @@ WHERE table_schema = 'main' AND table_catalog = current_database() ORDER BY tabl
 		return nil, err
 	}
 	for i := range tables {
-		if err := d.conn.QueryRowContext(ctx, "SELECT count(*) FROM "+quoteIdent(tables[i].Name)).Scan(&tables[i].Rows); err != nil {
+		if err := d.conn.QueryRowContext(ctx, "SELECT count(*) FROM "+queries.QuoteIdent(tables[i].Name)).Scan(&tables[i].Rows); err != nil {
 			return nil, err
 		}
 	}
@@ -319,7 +319,7 @@ func ExportCSV(ctx context.Context, path string, tables []string, dir string, op
 	out := map[string]string{}
 	for _, t := range tables {
 		f := filepath.Join(dir, t+".csv")
-		q := fmt.Sprintf("COPY %s TO %s (FORMAT csv, HEADER true, DATEFORMAT '%%Y-%%m-%%d')", quoteIdent(t), quoteLiteral(f))
+		q := fmt.Sprintf("COPY %s TO %s (FORMAT csv, HEADER true, DATEFORMAT '%%Y-%%m-%%d')", queries.QuoteIdent(t), quoteLiteral(f))
 		if _, err := d.conn.ExecContext(ctx, q); err != nil {
 			return nil, fmt.Errorf("bench: export %s: %w", t, err)
 		}
@@ -328,5 +328,4 @@ func ExportCSV(ctx context.Context, path string, tables []string, dir string, op
 	return out, nil
 }
 
-func quoteIdent(s string) string   { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

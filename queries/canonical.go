@@ -281,7 +281,7 @@ func plainIdent(v string) string {
 	if identRe.MatchString(v) {
 		return strings.ToLower(v)
 	}
-	return quoteIdent(v)
+	return QuoteIdent(v)
 }
 
 // shape is the canonical text of what a query releases and from what,
@@ -293,7 +293,7 @@ func (c *compiler) shape(q *query, sc *scope) string {
 	for _, d := range c.derived {
 		// A FROM subquery is compared by its shape below, and its WHERE
 		// conjuncts as predicates.
-		from = strings.ReplaceAll(from, "("+d.body+")", quoteIdent(d.canon))
+		from = strings.ReplaceAll(from, "("+d.body+")", QuoteIdent(d.canon))
 	}
 	// Relations join only on the privacy unit: ON (a.pu = b.pu), in
 	// either order, is USING (pu).

@@ -50,7 +50,7 @@ func (c *compiler) compileCTEs(node obj) error {
 		}
 		rel.table = name
 		c.ctes[name] = rel
-		c.with = append(c.with, fmt.Sprintf("%s AS (%s)", quoteIdent("cte_"+name), body))
+		c.with = append(c.with, fmt.Sprintf("%s AS (%s)", QuoteIdent("cte_"+name), body))
 	}
 	return nil
 }
@@ -173,7 +173,7 @@ func (c *compiler) perPatientSelect(node obj, what string, sc *scope, rel, grel 
 				return nil, err
 			}
 			rel.cols = append(rel.cols, column{name: name, role: RolePrivacyUnit})
-			outs = append(outs, `"__tre_agg"."__pid" AS `+quoteIdent(name))
+			outs = append(outs, `"__tre_agg"."__pid" AS `+QuoteIdent(name))
 			continue
 		}
 		col, esql, err := c.perPatientColumn(item, alias, what, sc)
@@ -184,7 +184,7 @@ func (c *compiler) perPatientSelect(node obj, what string, sc *scope, rel, grel 
 			return nil, err
 		}
 		rel.cols = append(rel.cols, col)
-		outs = append(outs, esql+" AS "+quoteIdent(col.name))
+		outs = append(outs, esql+" AS "+QuoteIdent(col.name))
 	}
 	if !sawPU {
 		return nil, refuse(what+" without "+c.cat.PrivacyUnit+" in its SELECT", pos(node), "select "+c.cat.PrivacyUnit+" so the result can be joined")

@@ -71,9 +71,9 @@ func openSourceDB(cat *Catalog, setup ...string) (*sql.DB, error) {
 	for _, t := range cat.Tables {
 		cols := make([]string, 0, len(t.Columns))
 		for _, c := range t.Columns {
-			cols = append(cols, quoteIdent(c.Name)+" "+c.Type)
+			cols = append(cols, QuoteIdent(c.Name)+" "+c.Type)
 		}
-		stmts = append(stmts, fmt.Sprintf("CREATE TABLE %s (%s)", quoteIdent(t.Name), strings.Join(cols, ", ")))
+		stmts = append(stmts, fmt.Sprintf("CREATE TABLE %s (%s)", QuoteIdent(t.Name), strings.Join(cols, ", ")))
 	}
 	stmts = append(stmts, setup...)
 	for _, s := range stmts {

@@ -33,7 +33,7 @@ func (c *compiler) privacyUnitCol(n obj, sc *scope) (*relation, *column, bool, e
 }
 
 func qualified(rel *relation, col *column) string {
-	return quoteIdent(rel.alias) + "." + quoteIdent(col.name)
+	return QuoteIdent(rel.alias) + "." + QuoteIdent(col.name)
 }
 
 // resolve finds the relation and column a COLUMN_REF names.
@@ -135,7 +135,7 @@ func (c *compiler) fromItem(n obj, sc *scope, depth int) (string, string, error)
 		if err := c.addRel(sc, rel, pos(n)); err != nil {
 			return "", "", err
 		}
-		return "(" + body + ") AS " + quoteIdent(alias), qualified(rel, rel.col(c.cat.PrivacyUnit)), nil
+		return "(" + body + ") AS " + QuoteIdent(alias), qualified(rel, rel.col(c.cat.PrivacyUnit)), nil
 	case "JOIN":
 		return c.join(n, sc, depth)
 	case "TABLE_FUNCTION":
@@ -191,12 +191,12 @@ func (c *compiler) baseTable(n obj, sc *scope) (string, string, error) {
 	var source string
 	if cte, ok := c.ctes[lname]; ok {
 		rel = *cte
-		source = quoteIdent("cte_" + lname)
+		source = QuoteIdent("cte_" + lname)
 	} else if tmpl, ok := c.idx.tables[lname]; ok {
 		rel = *tmpl
 		c.readsCodelists = c.readsCodelists || tmpl.table == CodelistsTable
 		rel.unique = rel.patient && !rel.public && c.unique[lname]
-		source = quoteIdent(ViewName(tmpl.table))
+		source = QuoteIdent(ViewName(tmpl.table))
 		if sc.capRows > 0 && eventTable(tmpl) {
 			source = c.capped(tmpl, sc.capRows)
 		}
@@ -213,7 +213,7 @@ func (c *compiler) baseTable(n obj, sc *scope) (string, string, error) {
 	if rel.patient {
 		pid = qualified(&rel, rel.col(c.cat.PrivacyUnit))
 	}
-	return source + " AS " + quoteIdent(alias), pid, nil
+	return source + " AS " + QuoteIdent(alias), pid, nil
 }
 
 // joinCap is how many rows of each patient each event table of a FROM may
@@ -269,7 +269,7 @@ func eventTable(t *relation) bool { return t.patient && !t.public && !t.perPatie
 // (seed, the row's values), every other patient keeps all.
 func (c *compiler) capped(t *relation, r int) string {
 	name := fmt.Sprintf("__tre_cap_%s_%d", strings.ToLower(t.table), r)
-	q := quoteIdent(name)
+	q := QuoteIdent(name)
 	if c.capNames[name] {
 		return q
 	}
@@ -277,12 +277,12 @@ func (c *compiler) capped(t *relation, r int) string {
 		c.capNames = make(map[string]bool)
 	}
 	c.capNames[name] = true
-	view := quoteIdent(ViewName(t.table))
-	pu := quoteIdent(c.cat.PrivacyUnit)
+	view := QuoteIdent(ViewName(t.table))
+	pu := QuoteIdent(c.cat.PrivacyUnit)
 	var cols []string
 	for _, col := range t.cols {
 		if col.role != RoleForbidden {
-			cols = append(cols, quoteIdent(col.name))
+			cols = append(cols, QuoteIdent(col.name))
 		}
 	}
 	list := strings.Join(cols, ", ")
@@ -345,7 +345,7 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 				return "", "", err
 			}
 			sc.using[strings.ToLower(name)] = true
-			quoted = append(quoted, quoteIdent(name))
+			quoted = append(quoted, QuoteIdent(name))
 		}
 		cond = " USING (" + strings.Join(quoted, ", ") + ")"
 	} else {

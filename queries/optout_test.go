@@ -34,7 +34,7 @@ func TestOptOutNeverCounted(t *testing.T) {
 	for _, tb := range cat.Tables {
 		if !tb.Public && tb.Name != cat.Policy.OptOutTable {
 			deleteOptedOut = append(deleteOptedOut, fmt.Sprintf("DELETE FROM %s WHERE %s IN (SELECT %s FROM %s)",
-				quoteIdent(tb.Name), quoteIdent(cat.PrivacyUnit), quoteIdent(cat.PrivacyUnit), quoteIdent(cat.Policy.OptOutTable)))
+				QuoteIdent(tb.Name), QuoteIdent(cat.PrivacyUnit), QuoteIdent(cat.PrivacyUnit), QuoteIdent(cat.Policy.OptOutTable)))
 		}
 	}
 	nullRows := `INSERT INTO clinical_events VALUES (NULL, DATE '2023-01-01', '44054006', 5);
@@ -49,14 +49,14 @@ INSERT INTO medications VALUES (NULL, DATE '2023-01-01', 's1');`
 				continue
 			}
 			var n int
-			if err := db.QueryRow(fmt.Sprintf("SELECT count(*) FROM %s WHERE %s = 999 OR %s IS NULL", quoteIdent(tb.Name), quoteIdent(cat.PrivacyUnit), quoteIdent(cat.PrivacyUnit))).Scan(&n); err != nil {
+			if err := db.QueryRow(fmt.Sprintf("SELECT count(*) FROM %s WHERE %s = 999 OR %s IS NULL", QuoteIdent(tb.Name), QuoteIdent(cat.PrivacyUnit), QuoteIdent(cat.PrivacyUnit))).Scan(&n); err != nil {
 				t.Fatal(err)
 			}
 			if n != 0 {
 				t.Errorf("the release snapshot's %s holds %d rows of the opted-out patient or without a patient id", tb.Name, n)
 			}
 		}
-		if _, err := db.Exec("SELECT count(*) FROM " + quoteIdent(cat.Policy.OptOutTable)); err == nil {
+		if _, err := db.Exec("SELECT count(*) FROM " + QuoteIdent(cat.Policy.OptOutTable)); err == nil {
 			t.Error("the release snapshot holds the opt-out table")
 		}
 	}

@@ -132,13 +132,13 @@ func ViewStatements(cat *Catalog) []string {
 			if col.Role == RoleForbidden {
 				continue
 			}
-			cols = append(cols, quoteIdent(col.Name))
+			cols = append(cols, QuoteIdent(col.Name))
 		}
 		if len(cols) == 0 {
 			continue
 		}
 		out = append(out, fmt.Sprintf("CREATE OR REPLACE TEMP VIEW %s AS SELECT %s FROM %s",
-			quoteIdent(ViewName(t.Name)), strings.Join(cols, ", "), quoteIdent(t.Name)))
+			QuoteIdent(ViewName(t.Name)), strings.Join(cols, ", "), QuoteIdent(t.Name)))
 	}
 	return out
 }
@@ -204,10 +204,10 @@ func UniqueTablesFrom(cols []UniqueColumn, cat *Catalog) []string {
 	return slices.Compact(out)
 }
 
-// quoteIdent double-quotes an identifier. Catalog names are restricted to
-// [A-Za-z0-9_] by Validate, so this never needs escaping in practice, but it
-// escapes anyway.
-func quoteIdent(s string) string {
+// QuoteIdent double-quotes an SQL identifier for DuckDB and PostgreSQL.
+// Catalog names are restricted to [A-Za-z0-9_] by Validate, so this never
+// needs escaping in practice, but it escapes anyway.
+func QuoteIdent(s string) string {
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }
 

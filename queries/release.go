@@ -53,9 +53,9 @@ type ReleaseStep struct {
 // join would opt nobody out by that row, and an opt-out must never fail
 // open.
 func ReleaseStatements(cat *Catalog, dst string, unique []string) []ReleaseStep {
-	pu := quoteIdent(cat.PrivacyUnit)
-	optout := quoteIdent(cat.Policy.OptOutTable)
-	d := quoteIdent(dst) + "."
+	pu := QuoteIdent(cat.PrivacyUnit)
+	optout := QuoteIdent(cat.Policy.OptOutTable)
+	d := QuoteIdent(dst) + "."
 	isUnique := make(map[string]bool, len(unique))
 	for _, t := range unique {
 		isUnique[strings.ToLower(t)] = true
@@ -70,7 +70,7 @@ func ReleaseStatements(cat *Catalog, dst string, unique []string) []ReleaseStep 
 			if col.Role == RoleForbidden {
 				continue
 			}
-			name := quoteIdent(col.Name)
+			name := QuoteIdent(col.Name)
 			def := name + " " + col.Type
 			if col.Role == RolePrivacyUnit {
 				def += " NOT NULL"
@@ -88,7 +88,7 @@ func ReleaseStatements(cat *Catalog, dst string, unique []string) []ReleaseStep 
 		if !t.Public && isUnique[strings.ToLower(t.Name)] {
 			defs = append(defs, "PRIMARY KEY ("+pu+")")
 		}
-		tbl := quoteIdent(t.Name)
+		tbl := QuoteIdent(t.Name)
 		out = append(out, ReleaseStep{t.Name, fmt.Sprintf("CREATE TABLE %s%s (%s)", d, tbl, strings.Join(defs, ", "))})
 		ins := fmt.Sprintf("INSERT INTO %s%s SELECT %s FROM %s AS s", d, tbl, strings.Join(sel, ", "), tbl)
 		if !t.Public {
@@ -105,8 +105,8 @@ func ReleaseStatements(cat *Catalog, dst string, unique []string) []ReleaseStep 
 // OptOutNullsSQL counts the rows of the opt-out table without a patient id:
 // a release snapshot is not built while there are any.
 func OptOutNullsSQL(cat *Catalog) string {
-	pu := quoteIdent(cat.PrivacyUnit)
-	return fmt.Sprintf("SELECT count(*) FROM %s WHERE %s IS NULL", quoteIdent(cat.Policy.OptOutTable), pu)
+	pu := QuoteIdent(cat.PrivacyUnit)
+	return fmt.Sprintf("SELECT count(*) FROM %s WHERE %s IS NULL", QuoteIdent(cat.Policy.OptOutTable), pu)
 }
 
 // OptOutHashSQL is a scalar query computing the opt-out snapshot hash of
@@ -120,7 +120,7 @@ func OptOutNullsSQL(cat *Catalog) string {
 // ordered string_agg; array_to_string casts each element as CAST(id AS
 // VARCHAR) does.
 func OptOutHashSQL(cat *Catalog) string {
-	pu := quoteIdent(cat.PrivacyUnit)
+	pu := QuoteIdent(cat.PrivacyUnit)
 	return fmt.Sprintf("SELECT sha256(coalesce(array_to_string(list_sort(list(id)), chr(10)) || chr(10), '')) "+
-		"FROM (SELECT DISTINCT %s AS id FROM %s WHERE %s IS NOT NULL)", pu, quoteIdent(cat.Policy.OptOutTable), pu)
+		"FROM (SELECT DISTINCT %s AS id FROM %s WHERE %s IS NOT NULL)", pu, QuoteIdent(cat.Policy.OptOutTable), pu)
 }

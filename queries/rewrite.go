@@ -366,7 +366,7 @@ func (r *rewriter) result() {
 	b, q := &r.b, r.q
 	b.WriteString("SELECT ")
 	for i, g := range q.groups {
-		fmt.Fprintf(b, "%s AS %s, ", keyOut(q, r.gcols[i]), quoteIdent(g.name))
+		fmt.Fprintf(b, "%s AS %s, ", keyOut(q, r.gcols[i]), QuoteIdent(g.name))
 	}
 	// A patient has one pair per cell of the full grouping: a total counts
 	// them once (rollup.go). With every group key carried by the pair
@@ -426,7 +426,7 @@ func (r *rewriter) result() {
 func (c *compiler) fastSelect(b *strings.Builder, q *query, gcols []string, guarded bool) {
 	b.WriteString("SELECT ")
 	for i, g := range q.groups {
-		fmt.Fprintf(b, "%s AS %s, ", keyOut(q, gcols[i]), quoteIdent(g.name))
+		fmt.Fprintf(b, "%s AS %s, ", keyOut(q, gcols[i]), QuoteIdent(g.name))
 	}
 	b.WriteString(`CAST(count(*) AS BIGINT) AS "__patients"`)
 	for j, a := range q.aggs {
@@ -555,7 +555,7 @@ func (r *rewriter) withHistograms(src string, body func()) {
 			if i == 0 {
 				on = nil
 			}
-			on = append(on, fmt.Sprintf(`r.%s IS NOT DISTINCT FROM h%d."__hk%d"`, quoteIdent(r.q.groups[i].name), t, i))
+			on = append(on, fmt.Sprintf(`r.%s IS NOT DISTINCT FROM h%d."__hk%d"`, QuoteIdent(r.q.groups[i].name), t, i))
 		}
 		group := strings.Join(append([]string{`"__l"`}, hk...), ", ")
 		sel, by := group, group
@@ -570,7 +570,7 @@ func (r *rewriter) withHistograms(src string, body func()) {
 			by = `"__l", ` + strings.TrimPrefix(groupByClause(r.q, hk), " GROUP BY ")
 			for i := range hk {
 				hk[i] = fmt.Sprintf(`"__hm%d"`, i)
-				on[i] = fmt.Sprintf(`r.%s IS NOT DISTINCT FROM h%d."__hm%d"`, quoteIdent(r.q.groups[i].name), t, i)
+				on[i] = fmt.Sprintf(`r.%s IS NOT DISTINCT FROM h%d."__hm%d"`, QuoteIdent(r.q.groups[i].name), t, i)
 			}
 		}
 		outer := ""

@@ -2,10 +2,8 @@ package sandbox
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"math"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -54,20 +52,15 @@ func TestFederatedThroughSandbox(t *testing.T) {
 	exact := map[string][3]float64{} // n, Σbmi, over the three sites
 	var runners []*Runner
 	for i, seed := range []int64{31, 32, 33} {
-		path := filepath.Join(t.TempDir(), fmt.Sprintf("site%d.duckdb", i+1))
-		if _, err := synth.Generate(ctx, synth.Options{Out: path, Patients: 4000 + 1000*i, Seed: seed, Threads: 2}); err != nil {
-			t.Fatal(err)
-		}
-		for sex, v := range exactBMI(t, path, fmt.Sprintf(fedBMI, "AND patient_id NOT IN (SELECT patient_id FROM optouts)")) {
+		path, r := synthRunner(t, 4000+1000*i, seed)
+		for sex, v := range exactRows(t, path, fmt.Sprintf(fedBMI, "AND patient_id NOT IN (SELECT patient_id FROM optouts)"), 1) {
 			e := exact[sex]
-			exact[sex] = [3]float64{e[0] + v[0], e[1] + v[1]}
+			exact[sex] = [3]float64{e[0] + v[0], e[1] + v[2]} // n, Σbmi
 		}
-		cfg := testConfig(t, path)
-		cfg.Catalog = cat
-		runners = append(runners, MustRunner(t, cfg))
+		runners = append(runners, r)
 	}
 	j := job.Job{QueryID: 1, SQL: q, SQLHash: queries.SQLHash(q), Epsilon: 1, Partial: true}
-	cells, covered := 0, 0
+	var cov coverage
 	for range 5 {
 		var parts []*dp.Partial
 		for _, r := range runners {
@@ -94,20 +87,13 @@ func TestFederatedThroughSandbox(t *testing.T) {
 				if c.Suppressed {
 					continue
 				}
-				cells++
-				if *c.CILow <= want[k] && want[k] <= *c.CIHigh {
-					covered++
-				} else {
+				if !cov.add(*c.CILow, *c.CIHigh, want[k]) {
 					t.Logf("%s %s: exact %v outside [%v, %v]", row[0].Key, res.Columns[k+1].Name, want[k], *c.CILow, *c.CIHigh)
 				}
 			}
 		}
 	}
-	rate := float64(covered) / float64(cells)
-	t.Logf("%d cells, exact combined value inside the 95%% interval in %.1f%%", cells, 100*rate)
-	if cells < 20 || rate < 0.95-6*math.Sqrt(0.05*0.95/float64(cells)) {
-		t.Errorf("%d of %d exact combined values inside the released 95%% intervals", covered, cells)
-	}
+	cov.check(t, 20, "combined value")
 
 	if _, err := runners[0].Run(ctx, j); job.Code(err) != job.CodeInvalid {
 		t.Errorf("Run of a federated part: %v, want %s", err, job.CodeInvalid)
@@ -124,33 +110,4 @@ SELECT p.sex, median(greatest(12, least(70, b.bmi))) AS m FROM bmi b JOIN patien
 	if job.Code(err) != job.CodeRefused || !strings.Contains(job.Message(err), "quantile tree") {
 		t.Errorf("a federated median: %v, want %s naming the quantile tree", err, job.CodeRefused)
 	}
-}
-
-// exactBMI runs q (sex, n, mean, total) on the data file itself and
-// returns n and the total by sex.
-func exactBMI(t *testing.T, path, q string) map[string][2]float64 {
-	t.Helper()
-	db, err := sql.Open("duckdb", path+"?access_mode=read_only")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	rows, err := db.Query(q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	out := map[string][2]float64{}
-	for rows.Next() {
-		var sex string
-		var n, mean, total float64
-		if err := rows.Scan(&sex, &n, &mean, &total); err != nil {
-			t.Fatal(err)
-		}
-		out[sex] = [2]float64{n, total}
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }

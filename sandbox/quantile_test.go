@@ -2,16 +2,12 @@ package sandbox
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
-	"math"
-	"path/filepath"
 	"testing"
 
 	"github.com/nhs-tre/tre/dp"
 	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
-	"github.com/nhs-tre/tre/synth"
 )
 
 // TestQuantileAccuracy: quartiles of BMI by region released through the
@@ -26,21 +22,15 @@ func TestQuantileAccuracy(t *testing.T) {
 		t.Skip("generates synthetic data and runs sandbox jobs")
 	}
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "synth.duckdb")
-	if _, err := synth.Generate(ctx, synth.Options{Out: path, Patients: 20000, Seed: 19, Threads: 2}); err != nil {
-		t.Fatal(err)
-	}
+	path, r := synthRunner(t, 20000, 19)
 	const bmi = `WITH bmi AS (
   SELECT patient_id, max(numeric_value) AS bmi FROM clinical_events WHERE snomed_code = '60621009' %s GROUP BY patient_id)
 SELECT p.region, quantile_cont(greatest(12, least(70, b.bmi)), 0.25) AS q1, median(greatest(12, least(70, b.bmi))) AS md,
   quantile_cont(greatest(12, least(70, b.bmi)), 0.75) AS q3
 FROM bmi b JOIN patients p ON p.patient_id = b.patient_id GROUP BY p.region`
-	exact := exactQuantiles(t, path, fmt.Sprintf(bmi, "AND patient_id NOT IN (SELECT patient_id FROM optouts)"))
-	cfg := testConfig(t, path)
-	cfg.Catalog = synth.Catalog()
-	r := MustRunner(t, cfg)
+	exact := exactRows(t, path, fmt.Sprintf(bmi, "AND patient_id NOT IN (SELECT patient_id FROM optouts)"), 1)
 	q := fmt.Sprintf(bmi, "")
-	cells, covered := 0, 0
+	var cov coverage
 	for range 6 {
 		res, err := r.Run(ctx, job.Job{QueryID: 1, SQL: q, SQLHash: queries.SQLHash(q), Epsilon: 1})
 		if err != nil {
@@ -63,45 +53,9 @@ FROM bmi b JOIN patients p ON p.patient_id = b.patient_id GROUP BY p.region`
 				if *c.Value < 12 || *c.Value > 70 {
 					t.Errorf("%s: %v outside the bounds", row[0].Key, *c.Value)
 				}
-				cells++
-				if *c.CILow <= want[j] && want[j] <= *c.CIHigh {
-					covered++
-				}
+				cov.add(*c.CILow, *c.CIHigh, want[j])
 			}
 		}
 	}
-	rate := float64(covered) / float64(cells)
-	t.Logf("%d cells, exact quartile inside the 95%% interval in %.1f%%", cells, 100*rate)
-	if cells < 100 || rate < 0.95-6*math.Sqrt(0.05*0.95/float64(cells)) {
-		t.Errorf("%d of %d exact quartiles inside the released 95%% intervals", covered, cells)
-	}
-}
-
-// exactQuantiles runs q (region, then three quantiles) on the data file
-// itself.
-func exactQuantiles(t *testing.T, path, q string) map[string][3]float64 {
-	t.Helper()
-	db, err := sql.Open("duckdb", path+"?access_mode=read_only")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	rows, err := db.Query(q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	out := map[string][3]float64{}
-	for rows.Next() {
-		var region string
-		var v [3]float64
-		if err := rows.Scan(&region, &v[0], &v[1], &v[2]); err != nil {
-			t.Fatal(err)
-		}
-		out[region] = v
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	cov.check(t, 100, "quartile")
 }

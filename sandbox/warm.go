@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
+
+	"github.com/nhs-tre/tre/queries"
 )
 
 // Warming (issue 24): a job's child starts with DuckDB's buffer pool empty,
@@ -84,9 +85,9 @@ func (l *lockedDB) warmJoin(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("warm: join: %w", err)
 		}
-		key := quoteIdent(k.Column)
+		key := queries.QuoteIdent(k.Column)
 		q := fmt.Sprintf("SELECT count(*) FROM (SELECT e.%s, count(*) FROM %s e JOIN %s.%s p ON p.%s = e.%s GROUP BY e.%s)",
-			key, big.ref(), quoteIdent(big.schema), quoteIdent(k.Table), key, key, key)
+			key, big.ref(), queries.QuoteIdent(big.schema), queries.QuoteIdent(k.Table), key, key, key)
 		if _, err := l.conn.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("warm: join: %w", err)
 		}
@@ -100,7 +101,9 @@ type warmTable struct {
 	rows         int64
 }
 
-func (t warmTable) ref() string { return quoteIdent(t.schema) + "." + quoteIdent(t.name) }
+func (t warmTable) ref() string {
+	return queries.QuoteIdent(t.schema) + "." + queries.QuoteIdent(t.name)
+}
 
 func warmTables(ctx context.Context, conn *sql.Conn) ([]warmTable, error) {
 	rows, err := conn.QueryContext(ctx, "SELECT schema_name, table_name, estimated_size FROM duckdb_tables() WHERE NOT temporary AND database_name = current_database() ORDER BY estimated_size, schema_name, table_name")
@@ -128,8 +131,6 @@ func duckdbMemory(ctx context.Context, conn *sql.Conn) (int64, error) {
 	}
 	return n, nil
 }
-
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
 // warmBudget is the DuckDB memory a pooled child may fill while it waits:
 // an equal share of the pool's idle-memory cap, less what a child holds
