@@ -181,6 +181,11 @@ func (r *benchReport) targets() [][4]string {
 	out = append(out, [4]string{"job start with the pool (issue 24)", "≤ 5 ms median",
 		fmt.Sprintf("%s (without: %s)", fmtDur(r.PooledStart.median()), fmtDur(r.JobStart.median())),
 		judge(r.PooledStart.n() > 0 && r.PooledStart.median() <= 5*time.Millisecond)})
+	if r.ChildPeak > 0 {
+		out = append(out, [4]string{"sandbox child peak memory (issue 24)", "≤ memory limit + 200 MB",
+			fmt.Sprintf("%s, the largest child's peak RSS over the typical queries (limit %s, %s)", fmtBytes(r.ChildPeak), fmtBytes(r.MemLimit), at),
+			judge(r.ChildPeak <= r.MemLimit+200<<20)})
+	}
 	out = append(out, [4]string{"sandbox start", "≤ 100 ms median", fmtDur(r.Start.median()), judge(r.Start.n() > 0 && r.Start.median() <= 100*time.Millisecond)})
 	for _, a := range r.API {
 		switch {

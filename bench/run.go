@@ -163,6 +163,9 @@ type benchReport struct {
 	Snapshot time.Duration
 	// Codelist compares a codelist join with IN (…).
 	Codelist *codelistResult
+	// ChildPeak is the largest peak resident memory of any sandbox child
+	// this run started, by the time the queries were measured.
+	ChildPeak int64
 }
 
 // run is the phases in the report's order, each a call; it stays one
@@ -249,6 +252,7 @@ func (m *harness) run(ctx context.Context) error {
 	}
 	rep.Queries, err = m.measureQueries(ctx, p, raw, pipe, runner, pooled, rep)
 	rep.JobStart, rep.PooledStart, rep.PooledMissed = m.jobStart, m.pooledStart, m.pooledMissed
+	rep.ChildPeak = childPeakRSS()
 	if err == nil {
 		rep.Pairs, err = m.measurePairs(ctx, p, pipe)
 	}

@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -90,5 +92,53 @@ func TestReplicasNeedPostgres(t *testing.T) {
 	c.Replicas = 0
 	if err := c.Validate(); err == nil {
 		t.Error("--replicas 0 accepted")
+	}
+}
+
+// TestChildPeakTarget: the sandbox child's peak memory is judged against
+// its memory limit + 200 MB, and is left out when the kernel did not say.
+func TestChildPeakTarget(t *testing.T) {
+	const name = "sandbox child peak memory (issue 24)"
+	row := func(peak int64) ([4]string, bool) {
+		r := &benchReport{Patients: 1_000_000, MemLimit: 1 << 30, ChildPeak: peak}
+		for _, row := range r.targets() {
+			if row[0] == name {
+				return row, true
+			}
+		}
+		return [4]string{}, false
+	}
+	for _, tt := range []struct {
+		peak int64
+		want string
+	}{{1<<30 + 200<<20, "yes"}, {1<<30 + 201<<20, "**no**"}} {
+		got, ok := row(tt.peak)
+		if !ok || got[3] != tt.want {
+			t.Errorf("peak %d: row %q, want verdict %q", tt.peak, got, tt.want)
+		}
+	}
+	if got, ok := row(0); ok {
+		t.Errorf("no peak known, yet a row %q", got)
+	}
+}
+
+// TestChildPeakRSS: after a child that touched 64 MiB has been waited
+// for, the children's peak RSS is at least that. The child is this test
+// binary, re-run to allocate and exit.
+func TestChildPeakRSS(t *testing.T) {
+	if os.Getenv("TRE_BENCH_TOUCH_64M") == "1" {
+		b := make([]byte, 64<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		os.Exit(int(b[len(b)-4096]) - 1)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestChildPeakRSS$")
+	cmd.Env = append(os.Environ(), "TRE_BENCH_TOUCH_64M=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if got := childPeakRSS(); got < 64<<20 {
+		t.Errorf("children's peak RSS %d bytes after a 64 MiB child", got)
 	}
 }
