@@ -123,35 +123,70 @@ func holdsJobLease(rec *QueryRecord, j *QueryJob, token string) error {
 }
 
 // maxOverduePerPoll bounds how many overdue federated queries one lease
-// poll fails.
+// poll, or one transaction of a sweep, fails.
 const maxOverduePerPoll = 10
 
 // failOverdue fails the federated queries whose deadline passed (each
-// in its own lock, in id order): every lease poll of every site runs it,
-// so a query whose site went silent still ends while another site polls.
-func (s *Service) failOverdue(ctx context.Context, tx Tx, now time.Time) error {
+// in its own lock, in id order) and returns how many it found: every
+// lease poll of every site runs it, so a query whose site went silent
+// still ends while another site polls, and SweepOverdue runs it when no
+// site polls at all.
+func (s *Service) failOverdue(ctx context.Context, tx Tx, now time.Time) (int, error) {
 	ids, err := tx.FindOverdue(ctx, now, maxOverduePerPoll)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, id := range ids {
 		rec, err := lockQuery(ctx, tx, id)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if rec.Query.Status != StatusApproved && rec.Query.Status != StatusRunning {
-			continue
+			continue // another replica's sweep or poll failed it first
 		}
 		jobs, err := tx.FindJobs(ctx, id)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		f := Failure{Code: FailureFederationDeadline, Detail: "not every site reported before the federation deadline"}
 		if err := s.federatedFailure(ctx, tx, rec, jobs, f, "broker", now); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return len(ids), nil
+}
+
+// SweepOverdue fails every federated query whose deadline has passed, as
+// a lease poll would, maxOverduePerPoll queries per transaction: with
+// every site's agent down no poll comes, so `tre serve` runs it
+// periodically (FederationSweepEvery). Each query fails once whichever
+// replica's sweep or poll gets to it first. It returns how many overdue
+// queries it found.
+func (s *Service) SweepOverdue(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		now := s.clock()
+		n := 0
+		err := s.update(ctx, nil, func(tx Tx) error {
+			var err error
+			n, err = s.failOverdue(ctx, tx, now)
+			return err
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+		if n < maxOverduePerPoll {
+			return total, nil
+		}
+	}
+}
+
+// FederationSweepEvery is how often `tre serve` runs SweepOverdue for a
+// federation deadline: a tenth of it, between 1s and 1m, so a query
+// whose sites are all down fails at most that long after its deadline.
+func FederationSweepEvery(deadline time.Duration) time.Duration {
+	return min(max(deadline/10, time.Second), time.Minute)
 }
 
 // leaseFederated leases site the oldest federated job it may run, or
@@ -372,9 +407,21 @@ func (s *Service) failFederated(ctx context.Context, tx Tx, u *User, rec *QueryR
 // federatedFailure fails a federated query as a whole: its failure notice,
 // listing each site's state, goes to the output check like any failed
 // run's (the researcher sees only FailedMessage once it is released); no
-// site's part is ever released. Sites that never ran are refunded (their
-// reservation freed) in this transaction; sites that ran stay charged,
-// and the project's ledger counts only them.
+// site's part is ever released.
+//
+// Sites that never ran are refunded in their own ledgers (their
+// reservation freed) in this transaction; sites that ran stay charged.
+// The project's ledger is not refunded at all: its charge, the project
+// cost approved (LedgerFactor unchanged), becomes final here if no site
+// had started. Which sites started or failed before the query failed can
+// depend on the data (a site's run crashing on its rows, a slow part
+// holding the next job back), and the project's ledger is what the
+// researcher sees (their project's budget, the register) and what
+// decides whether their next query can be approved; a refund there would
+// tell them. The site ledgers are staff-only, and never refuse an
+// approval the project's ledger allows: each is at most the project's
+// (every federated query charges the project at least its site cost)
+// and both have the project's limit.
 func (s *Service) federatedFailure(ctx context.Context, tx Tx, rec *QueryRecord, jobs []*QueryJob, f Failure, actor string, now time.Time) error {
 	var states, refunded, charged []string
 	for _, j := range jobs {
@@ -396,13 +443,11 @@ func (s *Service) federatedFailure(ctx context.Context, tx Tx, rec *QueryRecord,
 		}
 		states = append(states, siteState(j))
 	}
-	switch {
-	case len(charged) == 0:
-		rec.Ledger = LedgerFreed
-	case rec.Disjoint:
-		rec.LedgerFactor = 1
-	default:
-		rec.LedgerFactor = len(charged)
+	projectCharge := ""
+	if rec.Ledger == LedgerReserved {
+		rec.Ledger = LedgerCharged
+		pc := projectCost(rec)
+		projectCharge = " " + auditDetail("charged_epsilon", fmtFloat(pc.Epsilon), "charged_delta", fmtFloat(pc.Delta))
 	}
 	f.Detail += "; sites: " + strings.Join(states, "; ")
 	q := rec.Query
@@ -418,7 +463,7 @@ func (s *Service) federatedFailure(ctx context.Context, tx Tx, rec *QueryRecord,
 		return err
 	}
 	return move(ctx, tx, rec, StatusAwaitingOutputCheck, actor, "run failed: "+f.Code, "job.fail",
-		auditDetail("code", f.Code, "charged_sites", strings.Join(charged, ","), "refunded_sites", strings.Join(refunded, ",")), now)
+		auditDetail("code", f.Code, "charged_sites", strings.Join(charged, ","), "refunded_sites", strings.Join(refunded, ","))+projectCharge, now)
 }
 
 // siteState is a site's part as a failure notice lists it.

@@ -53,7 +53,7 @@ func (s *Service) LeaseJob(ctx context.Context, siteID, version string) (*Lease,
 		if err := registeredSite(ctx, tx, u, "job.lease", siteObject(siteID), version, now); err != nil {
 			return err
 		}
-		if err := s.failOverdue(ctx, tx, now); err != nil {
+		if _, err := s.failOverdue(ctx, tx, now); err != nil {
 			return err
 		}
 		for {

@@ -326,8 +326,8 @@ func (s *Service) startedAfter(ctx context.Context, tx Tx, project *int64, cutof
 // researcherFederation is a federated query's federation as a researcher
 // sees it: without the deadline, which dates the approval to the instant
 // (researchers see it only at the granularity), and with the project's
-// cost as quoted at submission: a failure's refund of sites that never
-// ran would otherwise show here the instant it happened.
+// cost as quoted at submission (which a failure never refunds:
+// federatedFailure).
 func researcherFederation(f *Federation) *Federation {
 	if f == nil {
 		return nil

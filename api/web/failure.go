@@ -25,9 +25,9 @@ func failureHelp(code string) string {
 	case "lease_expired":
 		return "the site agent took the job but stopped reporting before it finished (it was restarted, or lost its connection to the broker)"
 	case "federation_deadline":
-		return "the query runs at several sites, and not every site reported before the broker's federation_deadline; sites that never started were refunded, the notice lists each site's state"
+		return "the query runs at several sites, and not every site reported before the broker's federation_deadline; sites that never started were refunded in their own ledgers (the project's charge stands), the notice lists each site's state"
 	case "federation_site_failed":
-		return "the query runs at several sites, and one site's part failed for good, which fails the query as a whole; sites that never started were refunded, the notice lists each site's state"
+		return "the query runs at several sites, and one site's part failed for good, which fails the query as a whole; sites that never started were refunded in their own ledgers (the project's charge stands), the notice lists each site's state"
 	case "federation_combine":
 		return "the query runs at several sites, and the broker could not combine the sites' parts (they did not match the approved query); the broker's log has the detail"
 	}

@@ -303,7 +303,8 @@ func testFederationConcurrentApprovals(t *testing.T, f *Fixture) {
 }
 
 // testFederationFailure: a site's part failing for good fails the query as
-// a whole; sites that never ran are refunded.
+// a whole; sites that never ran are refunded in their own ledgers, the
+// project's charge stands.
 func testFederationFailure(t *testing.T, f *Fixture) {
 	svc := f.Service
 	f.federate(nil)
@@ -342,14 +343,14 @@ func testFederationFailure(t *testing.T, f *Fixture) {
 			t.Errorf("site %s never ran: ledger %+v, want refunded", s, l)
 		}
 	}
-	if b := f.MustBudget(); !near(b.EpsilonSpent, q.Cost.Epsilon) || b.EpsilonReserved != 0 {
-		t.Errorf("project budget %+v, want ε %g spent (one site ran)", b, q.Cost.Epsilon)
+	if b := f.MustBudget(); !near(b.EpsilonSpent, 3*q.Cost.Epsilon) || b.EpsilonReserved != 0 {
+		t.Errorf("project budget %+v, want ε %g spent (the project's charge is never refunded)", b, 3*q.Cost.Epsilon)
 	}
 	o, err := svc.FindOutput(f.Checker, q.ID)
 	if err != nil || o.Failure == nil || o.Result != nil || len(o.Sites) != 3 {
 		t.Fatalf("output %+v, %v: want a failure notice with 3 sites", o, err)
 	}
-	// Researchers see the project cost quoted, not the refund's instant.
+	// Researchers and staff see the project cost quoted.
 	rq, err := svc.FindQueryByID(f.Researcher, q.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -357,8 +358,8 @@ func testFederationFailure(t *testing.T, f *Fixture) {
 	if c := rq.Federation.ProjectCost; !near(c.Epsilon, 3*q.Cost.Epsilon) {
 		t.Errorf("researcher sees project cost %+v, want the quoted 3 × %+v", c, q.Cost)
 	}
-	if c := f.MustQuery(q.ID).Federation.ProjectCost; !near(c.Epsilon, q.Cost.Epsilon) {
-		t.Errorf("staff see project cost %+v, want ε %g (one site ran)", c, q.Cost.Epsilon)
+	if c := f.MustQuery(q.ID).Federation.ProjectCost; !near(c.Epsilon, 3*q.Cost.Epsilon) {
+		t.Errorf("staff see project cost %+v, want ε %g (not refunded)", c, 3*q.Cost.Epsilon)
 	}
 	if _, err := svc.ReleaseQuery(f.Checker, q.ID, "tell them"); err != nil {
 		t.Fatal(err)
@@ -396,10 +397,11 @@ func testFederationDeadline(t *testing.T, f *Fixture) {
 			t.Errorf("site %s ledger %+v, want ε %g spent", s, l, want)
 		}
 	}
-	if b := f.MustBudget(); !near(b.EpsilonSpent, 1) || b.EpsilonReserved != 0 {
-		t.Errorf("project budget %+v, want ε 1 spent (two sites ran)", b)
+	if b := f.MustBudget(); !near(b.EpsilonSpent, 1.5) || b.EpsilonReserved != 0 {
+		t.Errorf("project budget %+v, want ε 1.5 spent (two sites ran; the project's charge stands)", b)
 	}
-	// Nobody started: the whole reservation is freed.
+	// Nobody started: every site's reservation is freed, the project's
+	// becomes a charge.
 	q2 := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
 	f.MustApprove(q2.ID)
 	f.Clock.Advance(11 * time.Minute)
@@ -409,10 +411,206 @@ func testFederationDeadline(t *testing.T, f *Fixture) {
 	if got := f.MustQuery(q2.ID); got.Status != broker.StatusAwaitingOutputCheck {
 		t.Fatalf("query nobody started: %s past the deadline", got.Status)
 	}
-	if b := f.MustBudget(); !near(b.EpsilonSpent, 1) || b.EpsilonReserved != 0 {
-		t.Errorf("project budget %+v, want still ε 1 spent", b)
+	if b := f.MustBudget(); !near(b.EpsilonSpent, 3) || b.EpsilonReserved != 0 {
+		t.Errorf("project budget %+v, want ε 3 spent", b)
+	}
+	for s, l := range f.siteLedgers(f.Project.ID) {
+		if want := map[string]float64{SiteID: 0.5, "site-b": 0.5, "site-c": 0}[s]; !near(l.EpsilonSpent, want) || l.EpsilonReserved != 0 {
+			t.Errorf("site %s ledger %+v, want ε %g spent", s, l, want)
+		}
 	}
 	f.MustVerify()
+}
+
+// testFederationSweep: with no site's agent ever polling, SweepOverdue
+// (what `tre serve` runs periodically) fails a federated query once its
+// deadline has passed, with the outcome a poll gives; the notice released,
+// the query is failed for the researcher. More overdue queries than one
+// transaction takes are all failed by one sweep.
+func testFederationSweep(t *testing.T, f *Fixture) {
+	svc := f.Service
+	f.federate(nil)
+	q := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	f.MustApprove(q.ID)
+	f.Clock.Advance(9 * time.Minute)
+	if n, err := svc.SweepOverdue(context.Background()); err != nil || n != 0 {
+		t.Fatalf("sweep before the deadline: %d, %v; want nothing", n, err)
+	}
+	if st := f.MustQuery(q.ID).Status; st != broker.StatusApproved {
+		t.Fatalf("before the deadline: %s, want approved", st)
+	}
+	f.Clock.Advance(2 * time.Minute)
+	if n, err := svc.SweepOverdue(context.Background()); err != nil || n != 1 {
+		t.Fatalf("sweep past the deadline: %d, %v; want 1", n, err)
+	}
+	got := f.MustQuery(q.ID)
+	if got.Status != broker.StatusAwaitingOutputCheck || got.FailureCode != broker.FailureFederationDeadline {
+		t.Fatalf("query %s, failure %q; want awaiting_output_check, %q", got.Status, got.FailureCode, broker.FailureFederationDeadline)
+	}
+	for _, s := range allSites() {
+		if !strings.Contains(got.FailureDetail, s+" failed after 0 attempt(s), refunded") {
+			t.Errorf("failure detail %q does not list %s as never started", got.FailureDetail, s)
+		}
+		if l := f.siteLedgers(f.Project.ID)[s]; l.EpsilonSpent != 0 || l.EpsilonReserved != 0 {
+			t.Errorf("site %s ledger %+v, want refunded", s, l)
+		}
+	}
+	if b := f.MustBudget(); !near(b.EpsilonSpent, 1.5) || b.EpsilonReserved != 0 {
+		t.Errorf("project budget %+v, want ε 1.5 spent", b)
+	}
+	if n, err := svc.SweepOverdue(context.Background()); err != nil || n != 0 {
+		t.Errorf("second sweep: %d, %v; want nothing", n, err)
+	}
+	if l, err := svc.LeaseJob(f.Agent, SiteID, ""); err != nil || l != nil {
+		t.Errorf("a poll after the sweep leases %+v, %v; want nothing", l, err)
+	}
+	if _, err := svc.ReleaseQuery(f.Checker, q.ID, "tell them"); err != nil {
+		t.Fatal(err)
+	}
+	f.Clock.Advance(2 * time.Minute) // past the researcher's granularity
+	rq, err := svc.FindQueryByID(f.Researcher, q.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rq.Status != broker.StatusFailed || rq.FailureCode != "" {
+		t.Errorf("researcher sees %s with failure %q, want failed and no code", rq.Status, rq.FailureCode)
+	}
+
+	// More than one transaction's worth: one sweep fails them all.
+	p := f.MustProject(100, ProjectDelta, "res1")
+	var ids []int64
+	for range 12 {
+		id := f.MustSubmitTo(f.Researcher, p.ID, DefaultSQL, 0.5).ID
+		f.MustApprove(id)
+		ids = append(ids, id)
+	}
+	f.Clock.Advance(11 * time.Minute)
+	if n, err := svc.SweepOverdue(context.Background()); err != nil || n != len(ids) {
+		t.Fatalf("sweep of %d overdue: %d, %v", len(ids), n, err)
+	}
+	for _, id := range ids {
+		if got := f.MustQuery(id); got.Status != broker.StatusAwaitingOutputCheck || got.FailureCode != broker.FailureFederationDeadline {
+			t.Errorf("query %d: %s, %q after the sweep", id, got.Status, got.FailureCode)
+		}
+	}
+	f.MustVerify()
+}
+
+// refundScenario creates a project of ε 8 and ends a federated query of
+// ε 1 there (3 at the project) in a federated failure after ran of its
+// three sites took their part (0: the deadline passes before any lease;
+// 1: one site leased it; 3: every site leased it, two reported and the
+// third's part failed for good). It returns the project.
+func refundScenario(t *testing.T, f *Fixture, ran int) int64 {
+	svc := f.Service
+	f.federate(nil)
+	pid := f.MustProject(8, ProjectDelta, "res1").ID
+	q := f.MustSubmitTo(f.Researcher, pid, DefaultSQL, 1)
+	f.MustApprove(q.ID)
+	switch ran {
+	case 0:
+		f.Clock.Advance(11 * time.Minute)
+		if _, err := svc.SweepOverdue(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	case 1:
+		f.leaseAt(SiteID, q.ID)
+		f.Clock.Advance(11 * time.Minute)
+		if _, err := svc.SweepOverdue(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	case 3:
+		for i, s := range allSites() {
+			l := f.leaseAt(s, q.ID)
+			ctx := AgentOf("agent-"+s, s)
+			if s == SiteID {
+				ctx = f.Agent
+			}
+			if i < 2 {
+				if err := svc.CompletePartial(ctx, q.ID, l.Token, f.PartialOf(t, DefaultSQL, 1)); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			if err := svc.FailJob(ctx, q.ID, l.Token, "refused", "the site's compiler refused it"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	got := f.MustQuery(q.ID)
+	if got.Status != broker.StatusAwaitingOutputCheck || got.FailureCode == "" {
+		t.Fatalf("%d sites ran: query %s, failure %q; want a failure notice", ran, got.Status, got.FailureCode)
+	}
+	if _, err := svc.ReleaseQuery(f.Checker, q.ID, "tell them"); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// researcherSees is what a researcher can observe of their project's
+// budget after a federated failure: the budget they read, the register's
+// ε spent, and whether their next federated query can be approved.
+type researcherSees struct {
+	Budget     broker.Budget
+	Register   float64
+	NextStatus broker.Status
+	NextCode   string
+}
+
+// testFederationRefundInvisible: whether 0, 1 or all 3 sites ran before
+// a federated query failed (which can depend on the data), the researcher
+// sees the same project budget, the register the same ε spent, and their
+// next query is approved or refused alike; the sites' own ledgers (staff
+// only) are refunded where the site never ran.
+func testFederationRefundInvisible(t *testing.T, fresh func(*testing.T) *Fixture) {
+	var first *researcherSees
+	for _, ran := range []int{0, 1, 3} {
+		f := fresh(t)
+		pid := refundScenario(t, f, ran)
+		f.Clock.Advance(2 * time.Minute) // past the researcher's granularity
+		p, err := f.Service.FindProjectByID(f.Researcher, pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg, err := f.Service.Register(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The sites' ledgers are right: charged where the site ran.
+		ls := f.siteLedgers(pid)
+		for i, s := range allSites() {
+			want := 0.0
+			if i < ran {
+				want = 1
+			}
+			if l := ls[s]; !near(l.EpsilonSpent, want) || l.EpsilonReserved != 0 {
+				t.Errorf("%d ran: site %s ledger %+v, want ε %g spent", ran, s, l, want)
+			}
+		}
+		// The failed query cost the project (ε 8) 3. A next query of ε 2
+		// (6 at the project) is approved only if the failed query was
+		// refunded there, in part or in full.
+		next := f.MustSubmitTo(f.Researcher, pid, DefaultSQL, 2)
+		_, aerr := f.Service.ApproveQuery(f.Reviewer, next.ID, "ok")
+		seen := &researcherSees{Budget: p.Budget, NextStatus: f.MustQuery(next.ID).Status, NextCode: broker.ErrorCode(aerr)}
+		for _, r := range reg {
+			if r.ProjectID == pid {
+				seen.Register = r.EpsilonSpent
+			}
+		}
+		if len(p.SiteLedgers) != 0 {
+			t.Errorf("%d ran: the researcher sees site ledgers %+v", ran, p.SiteLedgers)
+		}
+		if !near(seen.Budget.EpsilonSpent, 3) || seen.NextCode != broker.EBUDGET {
+			t.Errorf("%d ran: researcher sees %+v; want ε 3 spent and the next query refused for budget", ran, seen)
+		}
+		if first == nil {
+			first = seen
+		} else if *seen != *first {
+			t.Errorf("%d ran: researcher sees %+v, but %+v when no site ran", ran, seen, first)
+		}
+		f.MustVerify()
+	}
 }
 
 // testSingleSiteBeforeFederation: a query submitted while one site held

@@ -55,6 +55,14 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("FederationDeadline", func(t *testing.T) {
 		testFederationDeadline(t, fresh(t, broker.Options{FederationDeadline: 10 * time.Minute}))
 	})
+	t.Run("FederationSweep", func(t *testing.T) {
+		testFederationSweep(t, fresh(t, broker.Options{FederationDeadline: 10 * time.Minute}))
+	})
+	t.Run("FederationRefundInvisible", func(t *testing.T) {
+		testFederationRefundInvisible(t, func(t *testing.T) *Fixture {
+			return fresh(t, broker.Options{FederationDeadline: 10 * time.Minute})
+		})
+	})
 	t.Run("SingleSiteBeforeFederation", func(t *testing.T) { testSingleSiteBeforeFederation(t, fresh(t, broker.Options{})) })
 	t.Run("Codelists", func(t *testing.T) { testCodelists(t, fresh(t, broker.Options{})) })
 	if cfg.OpenPair != nil {

@@ -106,6 +106,7 @@ type brokerRuntime struct {
 	dryRun    *dryRunner
 	reloadTLS func() error
 	stopFlush func()
+	stopSweep func()
 	url       string
 	done      chan error
 	logger    *slog.Logger
@@ -176,6 +177,7 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		AuthFailureWindow:  cfg.AuthFailureWindow,
 	})
 	b.startFailureFlush(cfg.AuthFailureWindow / 4)
+	b.startDeadlineSweep(ctx, broker.FederationSweepEvery(cfg.FederationDeadline))
 
 	authCfg := auth.AuthConfig{
 		PublicKeyFiles: cfg.PublicKeyFiles,
@@ -358,10 +360,10 @@ func (b *brokerRuntime) agentsLastSeen(ctx context.Context) (map[string]time.Tim
 	return b.svc.SitesLastSeen(ctx)
 }
 
-// startFailureFlush writes the aggregated authentication failures whose
-// window ended, every interval, until stopFlush, which also writes the rest.
-func (b *brokerRuntime) startFailureFlush(every time.Duration) {
-	ctx, cancel := context.WithCancel(context.Background())
+// periodically runs fn every interval until ctx ends or the returned stop
+// is called; stop returns once fn has returned.
+func periodically(ctx context.Context, every time.Duration, fn func(context.Context)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -372,15 +374,37 @@ func (b *brokerRuntime) startFailureFlush(every time.Duration) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				b.svc.FlushAuthFailures(ctx, false)
+				fn(ctx)
 			}
 		}
 	}()
-	b.stopFlush = func() {
+	return func() {
 		cancel()
 		<-done
+	}
+}
+
+// startFailureFlush writes the aggregated authentication failures whose
+// window ended, every interval, until stopFlush, which also writes the rest.
+func (b *brokerRuntime) startFailureFlush(every time.Duration) {
+	stop := periodically(context.Background(), every, func(ctx context.Context) { b.svc.FlushAuthFailures(ctx, false) })
+	b.stopFlush = func() {
+		stop()
 		b.svc.FlushAuthFailures(context.Background(), true)
 	}
+}
+
+// startDeadlineSweep fails the federated queries whose deadline passed,
+// every interval, until ctx (the server's) ends or stopSweep: lease polls
+// fail them too, but with every site's agent down none comes.
+func (b *brokerRuntime) startDeadlineSweep(ctx context.Context, every time.Duration) {
+	b.stopSweep = periodically(ctx, every, func(ctx context.Context) {
+		if n, err := b.svc.SweepOverdue(ctx); err != nil && ctx.Err() == nil {
+			b.logger.Error("fail overdue federated queries", "error", err)
+		} else if n > 0 {
+			b.logger.Info("failed overdue federated queries", "count", n)
+		}
+	})
 }
 
 // drain makes /readyz answer 503 and goes on serving for delay, so that a
@@ -415,6 +439,10 @@ func (b *brokerRuntime) Close() error {
 	if b.stopAdmin != nil {
 		b.stopAdmin()
 		b.stopAdmin = nil
+	}
+	if b.stopSweep != nil {
+		b.stopSweep()
+		b.stopSweep = nil
 	}
 	if b.stopFlush != nil {
 		b.stopFlush() // no request is left to count: record what was

@@ -151,7 +151,44 @@ func TestFederation(t *testing.T) {
 			t.Errorf("register names sites %v, want fed-1..3", e.Sites)
 		}
 	}
-	killedMidJob(t, b, p.ID, sites[2], q.Cost.Epsilon)
+	ran := killedMidJob(t, b, p.ID, sites[2], q.Cost.Epsilon)
+	allSitesDown(t, b, p.ID, sites, q.Cost.Epsilon, ran)
+}
+
+// allSitesDown stops every site's agent and has a query approved: no lease
+// poll comes, so the broker's own deadline sweep fails it as a whole; the
+// sites' ledgers are refunded, the project's charge stands (a refund there
+// would tell the researcher whether the sites ran).
+// ran is how many queries every site had run before.
+func allSitesDown(t *testing.T, b *e2e.LonelyBroker, project int64, sites []*fedSite, eps, ran float64) {
+	t.Helper()
+	ctx := context.Background()
+	for _, s := range sites {
+		s.agent.Stop()
+	}
+	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, sites down", Epsilon: eps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	got := e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck)
+	if got.FailureCode != broker.FailureFederationDeadline {
+		t.Fatalf("failure %q, want %q", got.FailureCode, broker.FailureFederationDeadline)
+	}
+	for _, s := range sites {
+		if !strings.Contains(got.FailureDetail, s.id+" failed after 0 attempt(s), refunded") {
+			t.Errorf("notice %q does not list %s as never started", got.FailureDetail, s.id)
+		}
+	}
+	if _, err := b.As("carol").ReleaseQuery(ctx, q.ID, "tell the researcher"); err != nil {
+		t.Fatal(err)
+	}
+	e2e.WaitStatus(t, b.As("alice"), q.ID, broker.StatusFailed)
+	// This one ran nowhere: the sites' ledgers are as before, the project
+	// is charged its 3 × ε all the same.
+	ledgers(t, b, project, map[string]float64{"fed-1": ran * eps, "fed-2": ran * eps, "fed-3": ran * eps}, 3*(ran+1)*eps)
 }
 
 // conflictingCatalog: a fourth site publishing the dataset with other
@@ -269,8 +306,9 @@ func ledgers(t *testing.T, b *e2e.LonelyBroker, project int64, want map[string]f
 // query fails as a whole after the deadline, its notice lists each site,
 // and the researcher sees it failed once the notice is released. A site
 // whose part finished before the kill would not test this: the query is
-// then submitted again (the site is killed at most once).
-func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedSite, eps float64) {
+// then submitted again (the site is killed at most once). It returns how
+// many queries every site has run.
+func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedSite, eps float64) float64 {
 	t.Helper()
 	ctx := context.Background()
 	for attempt := 1; ; attempt++ {
@@ -336,6 +374,6 @@ func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedS
 		// Every site started its part: each is charged, none refunded.
 		n := float64(attempt + 1)
 		ledgers(t, b, project, map[string]float64{"fed-1": n * eps, "fed-2": n * eps, "fed-3": n * eps}, 3*n*eps)
-		return
+		return n
 	}
 }
