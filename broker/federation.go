@@ -34,7 +34,9 @@ type Federation struct {
 	// SiteCost is what each site's ledger is charged: the query's cost.
 	SiteCost dp.Cost `json:"site_cost"`
 	// ProjectCost is what the project's ledger is charged: SiteCost under
-	// parallel composition (disjoint populations), else Sites × SiteCost.
+	// parallel composition (disjoint populations), else Sites × SiteCost;
+	// never refunded once approved, however many sites ran
+	// (federatedFailure).
 	ProjectCost dp.Cost `json:"project_cost"`
 	// Deadline is when the query fails as a whole unless every site has
 	// reported (set at approval; staff only).
