@@ -26,13 +26,18 @@ const kmZ = 1.959963984540054
 
 // KaplanMeier turns a released survival table — one group column of time
 // bands in their order, and count columns of deaths and of censorings per
-// band (docs/sql.md, "Survival") — into an actuarial Kaplan–Meier curve:
+// band (docs/sql.md, "Survival") — into a life-table Kaplan–Meier curve:
 // with n₀ the sum of every band's deaths and censorings, nⱼ = n₀ −
-// Σ_{i<j}(dᵢ + cᵢ) at risk entering band j, n′ⱼ = nⱼ − cⱼ/2, and S(tⱼ) =
-// Π_{i≤j}(1 − dᵢ/n′ᵢ). Its 95% interval adds two variances: Greenwood's,
-// S² Σ dᵢ/(n′ᵢ(n′ᵢ − dᵢ)), for sampling, and the noise's, each released
+// Σ_{i<j}(dᵢ + cᵢ) at risk entering band j, and S(tⱼ) = Π_{i≤j}(1 − qᵢ),
+// where qⱼ, the probability of dying within band j, solves the life table
+// with a constant hazard within the band and censorings spread evenly over
+// it (bandDeathProb; the actuarial dⱼ/(nⱼ − cⱼ/2) is its first-order
+// approximation, which overstates survival where many die within a band).
+// Its 95% interval adds two variances: Greenwood's, S² Σ dᵢ/(n′ᵢ(n′ᵢ −
+// dᵢ)) with n′ᵢ = dᵢ/qᵢ, for sampling, and the noise's, each released
 // count's own interval read as ±1.96 standard deviations and carried
-// through S by its numerical derivative. It reads only released values:
+// through S by its numerical derivative (TestKaplanMeierCoverage measures
+// the interval's coverage). It reads only released values:
 // post-processing, no budget. A table of another shape is an error that
 // says what is expected; a suppressed band is an error naming it.
 func KaplanMeier(cols []dp.Column, rows [][]dp.Cell, deaths, censored string) ([]KMBand, error) {
@@ -100,7 +105,10 @@ func KaplanMeier(cols []dp.Column, rows [][]dp.Cell, deaths, censored string) ([
 	green := 0.0
 	for j := range out {
 		b := &out[j]
-		if eff := b.AtRisk - b.Censored/2; eff-b.Deaths > 0 {
+		// Greenwood's term d/(n′(n′ − d)) with n′ = d/q, the effective
+		// number at risk of the band's estimate q = d/n′.
+		if q := bandDeathProb(b.AtRisk, b.Deaths, b.Censored); q > 0 && q < 1 {
+			eff := b.Deaths / q
 			green += b.Deaths / (eff * (eff - b.Deaths))
 		}
 		half := kmZ * math.Sqrt(b.Survival*b.Survival*green+noiseVar[j])
@@ -109,7 +117,7 @@ func KaplanMeier(cols []dp.Column, rows [][]dp.Cell, deaths, censored string) ([
 	return out, nil
 }
 
-// kmCurve is the actuarial curve of bands with deaths x[2j] and
+// kmCurve is the life-table curve of bands with deaths x[2j] and
 // censorings x[2j+1].
 func kmCurve(bands []string, x []float64) []KMBand {
 	n0 := 0.0
@@ -120,9 +128,7 @@ func kmCurve(bands []string, x []float64) []KMBand {
 	s, atRisk := 1.0, n0
 	for j, band := range bands {
 		d, c := x[2*j], x[2*j+1]
-		if eff := atRisk - c/2; eff > 0 {
-			s *= 1 - math.Min(1, d/eff)
-		}
+		s *= 1 - bandDeathProb(atRisk, d, c)
 		out[j] = KMBand{Band: band, AtRisk: atRisk, Deaths: d, Censored: c, Survival: s}
 		atRisk -= d + c
 	}
@@ -131,4 +137,35 @@ func kmCurve(bands []string, x []float64) []KMBand {
 
 func isCount(c dp.Column) bool {
 	return c.Kind == string(dp.AggCount) || c.Kind == string(dp.AggCountPatients)
+}
+
+// bandDeathProb is the probability q of dying within a band, given alive
+// at its start, from n at risk, d deaths and c censorings in it, under the
+// life table's assumptions made exact: a constant hazard within the band
+// and censorings spread evenly over it. Then, in band time u ∈ [0, 1] and
+// with Λ = −ln(1 − q), d/n = q − (c/n)·(1 − e^{−Λ}(1 + Λ))/q, solved for q
+// by bisection. The actuarial q = d/(n − c/2) is its first-order
+// approximation, which overstates survival in a band where many die.
+func bandDeathProb(n, d, c float64) float64 {
+	if n <= 0 || d <= 0 {
+		return 0
+	}
+	a, b := math.Min(1, d/n), math.Min(1, c/n)
+	f := func(q float64) float64 {
+		l := -math.Log1p(-q)
+		return q - b*(1-(1-q)*(1+l))/q - a
+	}
+	lo, hi := 0.0, 1.0
+	for range 100 {
+		mid := (lo + hi) / 2
+		if mid == lo || mid == hi {
+			break
+		}
+		if f(mid) < 0 {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return (lo + hi) / 2
 }

@@ -26,23 +26,57 @@ func survivalTable(cells [][3]float64, halfWidth float64) ([]dp.Column, [][]dp.C
 	return cols, rows
 }
 
-// TestKaplanMeier: the actuarial curve by hand, and its interval: Greenwood
-// alone for exact counts, wider with the counts' noise.
+// lifeTableQ is the probability of dying within a band, given alive at its
+// start, under a constant hazard Λ over the band and censorings spread
+// evenly over it (a fraction ρ of those alive leave per band): the
+// expected deaths and censorings per patient at risk, band time u ∈ [0, 1].
+func lifeTableQ(lambda, rho float64) (q, d, c float64) {
+	q = 1 - math.Exp(-lambda)
+	d = q - rho*(1-math.Exp(-lambda)*(1+lambda))/lambda
+	c = rho * q / lambda
+	return q, d, c
+}
+
+// TestKaplanMeier: the curve by hand, and its interval: Greenwood alone for
+// exact counts, wider with the counts' noise.
 func TestKaplanMeier(t *testing.T) {
+	// bandDeathProb inverts the life table: from expected deaths and
+	// censorings it recovers q, and it is the actuarial d/(n − c/2) when
+	// few die within the band.
+	for _, tc := range [][2]float64{{0.05, 0.3}, {0.45, 0.2}, {1.5, 0.6}, {3, 0.9}} {
+		q, d, c := lifeTableQ(tc[0], tc[1])
+		if got := bandDeathProb(1000, 1000*d, 1000*c); math.Abs(got-q) > 1e-9 {
+			t.Errorf("Λ = %v, ρ = %v: q = %v, want %v", tc[0], tc[1], got, q)
+		}
+	}
+	if got, act := bandDeathProb(10000, 10, 2000), 10/(10000-1000.0); math.Abs(got-act) > 1e-3*act {
+		t.Errorf("few deaths: q = %v, want about the actuarial %v", got, act)
+	}
+	if bandDeathProb(10, 0, 5) != 0 || bandDeathProb(0, 0, 0) != 0 {
+		t.Error("a band without deaths has q > 0")
+	}
+
 	cells := [][3]float64{{0, 10, 20}, {0, 30, 40}, {0, 5, 0}}
 	cols, rows := survivalTable(cells, 0)
 	got, err := KaplanMeier(cols, rows, "deaths", "censored")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// n0 = 105; band 1: 105 at risk, 95 effective, S = 1 − 10/95;
-	// band 2: 75 at risk, 55 effective; band 3: 5 at risk, all die.
-	s1 := 1 - 10.0/95
-	s2 := s1 * (1 - 30.0/55)
+	// n0 = 105; band 1: 105 at risk; band 2: 75; band 3: 5 at risk, all
+	// die.
+	q1, q2 := bandDeathProb(105, 10, 20), bandDeathProb(75, 30, 40)
+	s1 := 1 - q1
+	s2 := s1 * (1 - q2)
 	want := []KMBand{
 		{Band: "0-1", AtRisk: 105, Deaths: 10, Censored: 20, Survival: s1},
 		{Band: "1-2", AtRisk: 75, Deaths: 30, Censored: 40, Survival: s2},
 		{Band: "2-5", AtRisk: 5, Deaths: 5, Censored: 0, Survival: 0},
+	}
+	// The first band is nearly actuarial (1 − 10/95); in the second, where
+	// 30 of 75 die and 40 leave, the actuarial 1 − 30/55 overstates
+	// survival.
+	if math.Abs(s1-(1-10.0/95)) > 0.002 || !(1-q2 < 1-30.0/55) {
+		t.Errorf("q = %v, %v against the actuarial %v, %v", q1, q2, 10.0/95, 30.0/55)
 	}
 	for i, w := range want {
 		g := got[i]
@@ -53,7 +87,9 @@ func TestKaplanMeier(t *testing.T) {
 			t.Errorf("band %d: interval [%v, %v] around %v", i, g.Low, g.High, g.Survival)
 		}
 	}
-	green := kmZ * s1 * math.Sqrt(10/(95*85.0))
+	// Greenwood's term with the band's effective number at risk n′ = d/q.
+	eff := 10 / q1
+	green := kmZ * s1 * math.Sqrt(10/(eff*(eff-10)))
 	if math.Abs((got[0].High-got[0].Low)/2-green) > 1e-9 {
 		t.Errorf("exact counts: half-width %v, want Greenwood's %v", (got[0].High-got[0].Low)/2, green)
 	}

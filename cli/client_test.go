@@ -151,7 +151,7 @@ func TestClientExitCodes(t *testing.T) {
 		{"show bad id", query, env, []string{"show", "x"}, 2, "", "positive integer"},
 		{"unknown verb", query, env, []string{"explode"}, 2, "", "unknown verb"},
 		{"result csv", query, env, []string{"result", "42"}, 0, "London,40", ""},
-		{"km", query, env, []string{"km", "44"}, 0, "0-1   100      10      20        0.889     [0.800, 0.977]", ""},
+		{"km", query, env, []string{"km", "44"}, 0, "0-1   100      10      20        0.888     [0.799, 0.978]", ""},
 		{"km json", query, env, []string{"km", "44", "--json"}, 0, `"at_risk": 70`, ""},
 		{"km not a survival table", query, env, []string{"km", "42"}, 1, "", "not a survival table: a survival table has one group column"},
 		{"km other column names", query, env, []string{"km", "44", "--deaths", "died"}, 1, "", `count columns "died" and "censored"`},

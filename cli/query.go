@@ -288,7 +288,7 @@ func (m *QueryMain) km(ctx context.Context) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(m.Stdout, "actuarial Kaplan–Meier from the released (noisy, rounded) counts; the interval adds Greenwood's variance and the counts' noise; no privacy budget spent")
+	fmt.Fprintln(m.Stdout, "life-table Kaplan–Meier from the released (noisy, rounded) counts; the interval adds Greenwood's variance and the counts' noise; no privacy budget spent")
 	return nil
 }
 

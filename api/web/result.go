@@ -221,7 +221,7 @@ func newKMChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 	ch := newChart(kmCols, kmRows)
 	if ch != nil {
 		ch.Description = "Bar chart of the Kaplan–Meier survival at the end of each " + band + " with its 95% interval"
-		ch.Note = "Kaplan–Meier (actuarial) survival at the end of each band, computed from the released deaths and censorings (as tre query km does; no privacy budget); whiskers are 95% intervals from Greenwood's variance and the counts' noise."
+		ch.Note = "Kaplan–Meier (life-table) survival at the end of each band, computed from the released deaths and censorings (as tre query km does; no privacy budget); whiskers are 95% intervals from Greenwood's variance and the counts' noise."
 	}
 	return ch
 }

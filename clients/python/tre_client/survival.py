@@ -2,11 +2,16 @@
 
 A survival table (docs/sql.md, "Survival") is released as one group column
 of time bands, in order, and count columns of deaths and of censorings per
-band. kaplan_meier computes the actuarial curve from it as `tre query km`
+band. kaplan_meier computes the life-table curve from it as `tre query km`
 does (api.KaplanMeier in the Go code): with n0 the sum of every band's
 deaths and censorings, n_j = n0 - sum_{i<j}(d_i + c_i) at risk entering
-band j, n'_j = n_j - c_j/2 and S(t_j) = prod_{i<=j}(1 - d_i/n'_i). Its 95%
-interval adds Greenwood's variance, S^2 sum d_i/(n'_i (n'_i - d_i)), and the
+band j and S(t_j) = prod_{i<=j}(1 - q_i), where q_j, the probability of
+dying within band j, solves the life table with a constant hazard within
+the band and censorings spread evenly over it:
+d_j/n_j = q - (c_j/n_j)(1 - (1 - q)(1 - ln(1 - q)))/q (the actuarial
+d_j/(n_j - c_j/2) is its first-order approximation, which overstates
+survival where many die within a band). Its 95% interval adds Greenwood's
+variance, S^2 sum d_i/(n'_i (n'_i - d_i)) with n'_i = d_i/q_i, and the
 noise's: each released count's own interval read as +-1.96 standard
 deviations, carried through S by its numerical derivative. It reads only
 released values: post-processing, no privacy budget.
@@ -22,14 +27,35 @@ _Z = 1.959963984540054
 KM_COLUMNS = ("band", "at_risk", "deaths", "censored", "survival", "ci_low", "ci_high")
 
 
+def _band_q(n, d, c):
+    """The probability of dying within a band from n at risk, d deaths and c
+    censorings in it (api.bandDeathProb), by bisection."""
+    if n <= 0 or d <= 0:
+        return 0.0
+    a, b = min(1.0, d / n), min(1.0, c / n)
+
+    def f(q):
+        lam = -math.log1p(-q)
+        return q - b * (1 - (1 - q) * (1 + lam)) / q - a
+
+    lo, hi = 0.0, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if mid == lo or mid == hi:
+            break
+        if f(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 def _curve(bands, x):
     n0 = sum(x)
     out, s, at_risk = [], 1.0, n0
     for j, band in enumerate(bands):
         d, c = x[2 * j], x[2 * j + 1]
-        eff = at_risk - c / 2
-        if eff > 0:
-            s *= 1 - min(1.0, d / eff)
+        s *= 1 - _band_q(at_risk, d, c)
         out.append([band, at_risk, d, c, s, None, None])
         at_risk -= d + c
     return out
@@ -86,8 +112,9 @@ def kaplan_meier(result, deaths="deaths", censored="censored", frame=None):
     green = 0.0
     for j, b in enumerate(out):
         _, at_risk, d, c, s = b[:5]
-        eff = at_risk - c / 2
-        if eff - d > 0:
+        q = _band_q(at_risk, d, c)
+        if 0 < q < 1:
+            eff = d / q
             green += d / (eff * (eff - d))
         half = _Z * math.sqrt(s * s * green + noise[j])
         b[5], b[6] = max(0.0, s - half), min(1.0, s + half)

@@ -3,12 +3,16 @@
 #' A survival table (the tre repository's docs/sql.md, "Survival") is
 #' released as one group column of time bands, in order, and count columns
 #' of deaths and of censorings per band. \code{tre_km} downloads a released
-#' one and computes the actuarial Kaplan-Meier curve from it as
+#' one and computes the life-table Kaplan-Meier curve from it as
 #' \code{tre query km} does: with \eqn{n_0} the sum of every band's deaths
 #' and censorings, \eqn{n_j = n_0 - \sum_{i<j}(d_i + c_i)} at risk entering
-#' band \eqn{j}, \eqn{n'_j = n_j - c_j/2} and
-#' \eqn{S(t_j) = \prod_{i \le j}(1 - d_i/n'_i)}. The 95\% interval adds
-#' Greenwood's variance and the noise's (each released count's own interval
+#' band \eqn{j} and \eqn{S(t_j) = \prod_{i \le j}(1 - q_i)}, where
+#' \eqn{q_j}, the probability of dying within band \eqn{j}, solves the life
+#' table with a constant hazard within the band and censorings spread evenly
+#' over it (the actuarial \eqn{d_j/(n_j - c_j/2)} is its first-order
+#' approximation, which overstates survival where many die within a band).
+#' The 95\% interval adds Greenwood's variance (with
+#' \eqn{n'_j = d_j/q_j}) and the noise's (each released count's own interval
 #' read as \eqn{\pm 1.96} standard deviations, carried through \eqn{S} by
 #' its numerical derivative). It reads only released values:
 #' post-processing, no privacy budget. \code{tre_kaplan_meier} does the same
@@ -80,19 +84,40 @@ tre_kaplan_meier <- function(result, deaths = "deaths", censored = "censored") {
     slope <- (.km_survival(up) - .km_survival(down)) / (up[k] - down[k])
     noise <- noise + slope * slope * sd[k] * sd[k]
   }
-  eff <- at_risk - c / 2
-  term <- ifelse(eff - d > 0, d / (eff * (eff - d)), 0)
+  q <- mapply(.km_band_q, at_risk, d, c)
+  eff <- ifelse(q > 0 & q < 1, d / q, 0)
+  term <- ifelse(q > 0 & q < 1, d / (eff * (eff - d)), 0)
   half <- z * sqrt(surv^2 * cumsum(term) + noise)
   data.frame(band = bands, at_risk = at_risk, deaths = d, censored = c, survival = surv,
              ci_low = pmax(0, surv - half), ci_high = pmin(1, surv + half), stringsAsFactors = FALSE)
 }
 
-# The actuarial survival at the end of each band, deaths x[2j-1] and
+# The life-table survival at the end of each band, deaths x[2j-1] and
 # censorings x[2j].
 .km_survival <- function(x) {
   d <- x[seq(1, length(x), 2)]
   c <- x[seq(2, length(x), 2)]
   at_risk <- sum(x) - c(0, cumsum(d + c))[seq_along(d)]
-  eff <- at_risk - c / 2
-  cumprod(1 - ifelse(eff > 0, pmin(1, d / eff), 0))
+  cumprod(1 - mapply(.km_band_q, at_risk, d, c))
+}
+
+# The probability of dying within a band from n at risk, d deaths and c
+# censorings in it, with a constant hazard within the band and censorings
+# spread evenly over it (api.bandDeathProb in the Go code), by bisection.
+.km_band_q <- function(n, d, c) {
+  if (n <= 0 || d <= 0) return(0)
+  a <- min(1, d / n)
+  b <- min(1, c / n)
+  f <- function(q) {
+    lam <- -log1p(-q)
+    q - b * (1 - (1 - q) * (1 + lam)) / q - a
+  }
+  lo <- 0
+  hi <- 1
+  for (i in 1:100) {
+    mid <- (lo + hi) / 2
+    if (mid == lo || mid == hi) break
+    if (f(mid) < 0) lo <- mid else hi <- mid
+  }
+  (lo + hi) / 2
 }
