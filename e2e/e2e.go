@@ -60,6 +60,10 @@ func runMain(m *testing.M) int {
 	return m.Run()
 }
 
+// Tre is the path of the tre binary Main built, for the tools a test runs
+// that call tre themselves.
+func Tre() string { return tre }
+
 // RepoRoot is the repository's root directory.
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)

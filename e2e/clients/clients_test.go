@@ -38,8 +38,10 @@ func pythons() []string {
 // checks the R package (R CMD check, offline), installs it and runs its
 // testthat suite against the demo. Each suite submits queries, has them
 // approved and released or withheld, reads them back as data frames,
-// asserts a refused query's error and a wait that times out, and checks
-// the client's declared wire types against api/openapi.json.
+// asserts a refused query's error and a wait that times out, releases a
+// survival table and checks the client's Kaplan–Meier curve against `tre
+// query km --json` on it, and checks the client's declared wire types
+// against api/openapi.json.
 func TestClients(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the demo and runs the clients' suites; skipped with -short")
@@ -63,7 +65,9 @@ func TestClients(t *testing.T) {
 		}
 		demoVars = append(demoVars, k+"="+vars[k])
 	}
-	live := withEnv(offline, demoVars...)
+	// TRE_CLI: the live tests compare the clients' Kaplan–Meier curve with
+	// `tre query km --json` on the same released table.
+	live := withEnv(offline, append(demoVars, "TRE_CLI="+e2e.Tre())...)
 
 	t.Run("python", func(t *testing.T) {
 		interps := pythons()
@@ -88,7 +92,7 @@ func TestClients(t *testing.T) {
 			// package, not the source tree.
 			out := e2e.RunTool(t, dir, live, 10*time.Minute, vpy, "-m", "unittest", "discover", "-v", "-s", filepath.Join(root, "clients", "python", "tests"))
 			t.Logf("%s:\n%s", py, out)
-			for _, want := range []string{"test_released_and_read_back (test_live.Live", "test_refused_query (test_live.Live", "test_wait_times_out (test_live.Live", "test_operations (test_wire.WireTest"} {
+			for _, want := range []string{"test_released_and_read_back (test_live.Live", "test_refused_query (test_live.Live", "test_wait_times_out (test_live.Live", "test_survival_km (test_live.Live", "test_operations (test_wire.WireTest"} {
 				if !regexp.MustCompile(regexp.QuoteMeta(want) + `[^\n]*\.\.\. ok`).MatchString(out) {
 					t.Errorf("%s: %s… did not run and pass", py, want)
 				}

@@ -7,7 +7,9 @@ starts `tre demo` and runs this suite against it. The researcher must be a
 member of a project over the demo's synthetic data.
 """
 
+import json
 import os
+import subprocess
 import sys
 import unittest
 
@@ -17,6 +19,21 @@ ROLES = ("researcher", "reviewer", "output_checker")
 NEEDED = ["TRE_BROKER"] + ["TRE_TOKEN_" + r.upper() for r in ROLES]
 SQL = "SELECT p.sex, count(*) AS n FROM patients p GROUP BY p.sex"
 EPSILON = 0.1
+# A survival table over every patient (docs/sql.md, Survival): years from
+# registration to death, or censored at leaving the practice or the end of
+# the extract, in public bands, so k = 1; large enough bands that none is
+# suppressed on the demo's synthetic patients.
+SURVIVAL_SQL = """SELECT
+  CASE
+    WHEN date_diff('year', p.registration_start, coalesce(p.date_of_death, p.registration_end, DATE '2024-01-01')) < 5 THEN '0-5'
+    WHEN date_diff('year', p.registration_start, coalesce(p.date_of_death, p.registration_end, DATE '2024-01-01')) < 10 THEN '5-10'
+    WHEN date_diff('year', p.registration_start, coalesce(p.date_of_death, p.registration_end, DATE '2024-01-01')) < 20 THEN '10-20'
+    ELSE '20+'
+  END AS years_band,
+  count(*) FILTER (WHERE p.date_of_death IS NOT NULL) AS deaths,
+  count(*) FILTER (WHERE p.date_of_death IS NULL) AS censored
+FROM patients p
+GROUP BY years_band"""
 
 
 def have_pandas():
@@ -118,6 +135,40 @@ class Live(unittest.TestCase):
         self.assertIsInstance(plain, tre_client.Rows)
         self.assertEqual(len(plain), 3)
         self.assertTrue(self.alice.result_csv(q).startswith("sex,n,n_ci_low,n_ci_high,n_flag"))
+
+    # A survival table released end to end, and its Kaplan-Meier curve from
+    # Client.km: a survival curve, and the one `tre query km --json` computes
+    # from the same released table (TRE_CLI is the tre binary; e2e/clients
+    # TestClients sets it). No docstring: unittest -v would print it in
+    # place of the "... ok" TestClients looks for.
+    def test_survival_km(self):
+        q = self.alice.submit(self.project, SURVIVAL_SQL, purpose="client test: survival", epsilon=0.5)
+        self.run_at_site(q)
+        self.carol.release(q, comment="safe")
+        q = self.alice.wait(q, timeout=180, final=True, progress=False)
+        self.assertEqual(q["status"], "released")
+        km = list(self.alice.km(q, frame=False))
+        self.assertEqual([r["band"] for r in km], ["0-5", "5-10", "10-20", "20+"])
+        prev = 1.0
+        for r in km:
+            self.assertLessEqual(r["survival"], prev, r)
+            self.assertTrue(0 <= r["ci_low"] <= r["survival"] <= r["ci_high"] <= 1, r)
+            prev = r["survival"]
+        self.assertLess(km[0]["survival"], 1)
+        if have_pandas():
+            df = self.alice.km(q)
+            self.assertEqual(list(df.columns), list(tre_client.survival.KM_COLUMNS))
+            self.assertEqual(list(df["survival"]), [r["survival"] for r in km])
+        cli = os.environ.get("TRE_CLI")
+        if not cli:
+            self.skipTest("set TRE_CLI to the tre binary to compare with tre query km")
+        out = subprocess.run([cli, "query", "km", str(q["id"]), "--json"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        want = json.loads(out.stdout)
+        self.assertEqual([w["band"] for w in want], [r["band"] for r in km])
+        for r, w in zip(km, want):
+            for k in ("at_risk", "deaths", "censored", "survival", "ci_low", "ci_high"):
+                self.assertAlmostEqual(r[k], w[k], places=9, msg="band {} {}".format(r["band"], k))
 
     def test_rejected_and_withheld(self):
         q = self.submit("client test: rejected")

@@ -89,3 +89,45 @@ test_that("a wait times out; rejections and errors reach the caller", {
   expect_error(tre_get(p$alice, 1e9), class = "tre_not_found")
   expect_error(tre_datasets(tre_client(token = "not-a-token")), class = "tre_unauthorized")
 })
+
+# A survival table over every patient (docs/sql.md, Survival): years from
+# registration to death, or censored at leaving the practice or the end of
+# the extract, in public bands (k = 1), large enough that none is
+# suppressed on the demo's synthetic patients.
+survival_sql <- "SELECT
+  CASE
+    WHEN date_diff('year', p.registration_start, coalesce(p.date_of_death, p.registration_end, DATE '2024-01-01')) < 5 THEN '0-5'
+    WHEN date_diff('year', p.registration_start, coalesce(p.date_of_death, p.registration_end, DATE '2024-01-01')) < 10 THEN '5-10'
+    WHEN date_diff('year', p.registration_start, coalesce(p.date_of_death, p.registration_end, DATE '2024-01-01')) < 20 THEN '10-20'
+    ELSE '20+'
+  END AS years_band,
+  count(*) FILTER (WHERE p.date_of_death IS NOT NULL) AS deaths,
+  count(*) FILTER (WHERE p.date_of_death IS NULL) AS censored
+FROM patients p
+GROUP BY years_band"
+
+test_that("a released survival table's Kaplan-Meier curve is a survival curve and tre query km's", {
+  skip_if_offline_tre()
+  p <- people()
+  q <- tre_submit(p$alice, p$project, survival_sql, purpose = "R client test: survival", epsilon = 0.5)
+  tre_approve(p$bob, q, comment = "ok")
+  expect_equal(tre_wait(p$bob, q, timeout = 180, progress = FALSE)$status, "awaiting_output_check")
+  tre_release(p$carol, q, comment = "safe")
+  expect_equal(tre_wait(p$alice, q, timeout = 180, final = TRUE, progress = FALSE)$status, "released")
+  km <- tre_km(p$alice, q)
+  expect_equal(km$band, c("0-5", "5-10", "10-20", "20+"))
+  expect_true(all(diff(c(1, km$survival)) <= 0))
+  expect_lt(km$survival[1], 1)
+  expect_true(all(0 <= km$ci_low & km$ci_low <= km$survival & km$survival <= km$ci_high & km$ci_high <= 1))
+  # The same released table through `tre query km --json` (TRE_CLI is the
+  # tre binary; e2e/clients TestClients sets it).
+  cli <- Sys.getenv("TRE_CLI")
+  skip_if(!nzchar(cli), "set TRE_CLI to the tre binary to compare with tre query km")
+  out <- system2(cli, c("query", "km", q$id, "--json"), stdout = TRUE)
+  expect_null(attr(out, "status"))
+  want <- jsonlite::fromJSON(paste(out, collapse = "\n"))
+  expect_equal(km$band, want$band)
+  for (k in c("at_risk", "deaths", "censored", "survival", "ci_low", "ci_high")) {
+    expect_equal(km[[k]], want[[k]], tolerance = 1e-9, info = k)
+  }
+})
