@@ -114,6 +114,7 @@ func (s Spec) Claims() Report {
 		Threshold: s.Threshold, ReleaseThreshold: p.release,
 		RoundingBase: s.RoundingBase, Rounding: s.rounding(),
 		PartitionSelection: mode,
+		GroupingSets:       len(s.Sets),
 		Ratios:             s.ratioReports(),
 	}
 }
@@ -136,8 +137,8 @@ func (s Spec) checkReport(r *Report) error {
 			r.Threshold, r.Rounding, r.RoundingBase, c.Threshold, c.Rounding, c.RoundingBase)
 	case !sameBudget(r.ReleaseThreshold, c.ReleaseThreshold):
 		return fmt.Errorf("the result reports release threshold %v; the approved query releases cells from %v patients", r.ReleaseThreshold, c.ReleaseThreshold)
-	case r.GroupingSets != len(s.Sets):
-		return fmt.Errorf("the result reports %d grouping sets; the approved query releases %d", r.GroupingSets, len(s.Sets))
+	case r.GroupingSets != c.GroupingSets:
+		return fmt.Errorf("the result reports %d grouping sets; the approved query releases %d", r.GroupingSets, c.GroupingSets)
 	case !slices.Equal(r.Ratios, c.Ratios):
 		return fmt.Errorf("the result reports ratios derived as %v; the approved query derives them as %v", r.Ratios, c.Ratios)
 	}

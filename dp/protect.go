@@ -97,9 +97,7 @@ func (s Spec) fillReport(p budgetPlan, r *Report, mode string) {
 	r.Threshold, r.RoundingBase, r.Rounding = c.Threshold, c.RoundingBase, c.Rounding
 	r.ReleaseThreshold = p.release
 	r.PartitionSelection = mode
-	if len(s.Sets) > 0 {
-		r.GroupingSets = len(s.Sets)
-	}
+	r.GroupingSets = c.GroupingSets
 	r.Ratios = c.Ratios
 	for _, st := range p.stats {
 		r.Noise = append(r.Noise, NoiseReport{

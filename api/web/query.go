@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
 )
 
 // queryView is one query as any role sees it; sections appear by role and
@@ -22,8 +23,13 @@ type queryView struct {
 	Output   *broker.Output
 	Released *broker.ReleasedResult
 	Chart    *chart
+	// Charts link to the chart of each released aggregate (?chart=NAME).
+	Charts []chartLink
 	// KM is the Kaplan–Meier curve when the table is a survival table.
 	KM *chart
+	// Totals is what staff read of a query with totals (its grouping
+	// sets), nil for any other.
+	Totals *totalsView
 	// FailedMessage explains a failed query without saying anything that
 	// depends on the data (broker.FailedMessage).
 	FailedMessage string
@@ -120,6 +126,12 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 	if q.Status == broker.StatusFailed {
 		qv.FailedMessage = broker.FailedMessage
 	}
+	if staff {
+		qv.Totals = h.totals(r, id)
+	}
+	// ?chart= names the released aggregate the chart draws (the first
+	// when it names none).
+	pick := r.URL.Query().Get("chart")
 	// Before release only an output checker separation of duties allows
 	// sees the output, as the checker checks it; once released, the
 	// project's researchers see what a researcher receives of it.
@@ -130,14 +142,18 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 		case access.CheckerView:
 			qv.Output, outErr = h.svc.FindOutput(ctx, id)
 			if qv.Output != nil && qv.Output.Result != nil {
-				qv.Chart = newChart(qv.Output.Result.Columns, qv.Output.Result.Rows)
-				qv.KM = newKMChart(qv.Output.Result.Columns, qv.Output.Result.Rows)
+				res := qv.Output.Result
+				qv.Chart = newChart(res.Columns, res.Rows, pick)
+				qv.Charts = chartLinks(id, res.Columns, qv.Chart)
+				qv.KM = newKMChart(res.Columns, res.Rows)
 			}
 		case q.Status == broker.StatusReleased && access.Member && u.HasRole(broker.RoleResearcher):
 			qv.Released, outErr = h.svc.ReleasedOutput(ctx, id)
 			if qv.Released != nil {
-				qv.Chart = newChart(qv.Released.Result.Columns, qv.Released.Result.Rows)
-				qv.KM = newKMChart(qv.Released.Result.Columns, qv.Released.Result.Rows)
+				res := qv.Released.Result
+				qv.Chart = newChart(res.Columns, res.Rows, pick)
+				qv.Charts = chartLinks(id, res.Columns, qv.Chart)
+				qv.KM = newKMChart(res.Columns, res.Rows)
 			}
 		}
 	}
@@ -159,6 +175,47 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 		v.Active = "queries"
 	}
 	h.render(w, r, status, "query.html", v)
+}
+
+// totalsView is a query with totals (GROUP BY ROLLUP, CUBE or GROUPING
+// SETS) as a reviewer or output checker reads it: its grouping sets, the
+// key its total rows show and the L0 its noise is calibrated to.
+type totalsView struct {
+	// Sets name each grouping set by its group columns.
+	Sets  []string
+	Key   string
+	K, L0 int
+}
+
+// totals is the totals of query id when it has grouping sets, from the
+// spec it compiles to (broker.Service.QuerySpec); nil for any other, or
+// when the spec cannot be had (the page shows the rest: the report still
+// says how many sets a result has).
+func (h *Handler) totals(r *http.Request, id int64) *totalsView {
+	spec, err := h.svc.QuerySpec(r.Context(), id)
+	if err != nil {
+		h.logger.Info("web: query spec", "query", id, "code", broker.ErrorCode(err))
+		return nil
+	}
+	if len(spec.Sets) == 0 {
+		return nil
+	}
+	tv := &totalsView{Key: dp.TotalKey, K: spec.MaxGroupsPerPatient, L0: spec.MaxGroupsPerPatient * len(spec.Sets)}
+	for _, set := range spec.Sets {
+		var names []string
+		for _, c := range set {
+			names = append(names, spec.Groups[c].Name)
+		}
+		switch {
+		case len(set) == 0:
+			tv.Sets = append(tv.Sets, "the grand total (every group column totalled)")
+		case len(set) == len(spec.Groups):
+			tv.Sets = append(tv.Sets, strings.Join(names, " × ")+" (the cells)")
+		default:
+			tv.Sets = append(tv.Sets, strings.Join(names, " × ")+" (subtotals)")
+		}
+	}
+	return tv
 }
 
 // dutyNotice explains a button separation of duties hides: the broker's

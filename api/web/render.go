@@ -47,7 +47,6 @@ var funcs = template.FuncMap{
 	"statusKind": statusKind,
 	"cell":       cellText,
 	"budgetBar":  newBudgetBar,
-	"chart":      newChart,
 	"join":       strings.Join,
 	"roles": func(u *broker.User) string {
 		var s []string
@@ -58,6 +57,8 @@ var funcs = template.FuncMap{
 	},
 	"roleLabel":   func(r broker.Role) string { return roleLabel(r) },
 	"add":         func(a, b int) int { return a + b },
+	"mul":         func(a, b int) int { return a * b },
+	"totalRow":    totalRow,
 	"plural":      api.Plural,
 	"sqlString":   sqlString,
 	"failureHelp": failureHelp,
@@ -241,10 +242,24 @@ type cellView struct {
 	Suppressed bool
 }
 
+// totalRow reports whether a result row is a total or subtotal: a key
+// column shows dp.TotalKey (no domain holds it).
+func totalRow(cols []dp.Column, row []dp.Cell) bool {
+	for i, c := range row {
+		if i < len(cols) && cols[i].Kind == dp.KindGroup && !c.Null && c.Key == dp.TotalKey {
+			return true
+		}
+	}
+	return false
+}
+
 func cellText(col dp.Column, c dp.Cell) cellView {
 	if col.Kind == "group" {
 		if c.Null {
 			return cellView{Text: "(missing)", Class: "key null"}
+		}
+		if c.Key == dp.TotalKey {
+			return cellView{Text: c.Key, Class: "key total"}
 		}
 		return cellView{Text: c.Key, Class: "key"}
 	}

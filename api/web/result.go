@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/nhs-tre/tre/api"
@@ -59,14 +61,18 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request, s *session) (
 	return out, true
 }
 
-// chart is a horizontal bar chart of a result's first aggregate over its
-// first group column, with a value axis and the 95% interval of each bar,
-// drawn as SVG attributes (no script, no inline style). Every position is
+// chart is a horizontal bar chart of one released aggregate (the first, or
+// the one ?chart= names) over the group columns, with a value axis and the
+// 95% interval of each bar, drawn as SVG attributes (no script, no inline
+// style). Rows of totals and subtotals (a key of dp.TotalKey) are not bars
+// among the groups: they are listed below the chart. Every position is
 // computed here: templates only place what they are given.
 type chart struct {
-	Column, Group string
-	Bars          []chartBar
-	Ticks         []chartTick
+	Column, Kind, Group string
+	Bars                []chartBar
+	Ticks               []chartTick
+	// Totals are the rows of totals and subtotals, with their values.
+	Totals []chartTotal
 	// Width and Height are the viewBox; the label column ends at LabelX,
 	// the plot spans PlotX to PlotEnd, zero is at ZeroX and the axis runs
 	// along AxisY with its tick labels at TickY.
@@ -78,6 +84,12 @@ type chart struct {
 	Description       string
 	// Note, when set, is the figure's caption instead of the bar chart's.
 	Note string
+}
+
+// chartTotal is one row of totals as the chart lists it.
+type chartTotal struct {
+	Label, Value, CI string
+	Suppressed       bool
 }
 
 type chartBar struct {
@@ -117,32 +129,72 @@ const (
 	chartGap     = 10.0
 )
 
+// chartKinds are the column kinds whose bars are captioned by what they
+// are; others get the plain caption.
+var chartKinds = map[string]string{
+	string(dp.AggRatio):    "bars are the released ratios, computed from their noisy parts (post-processing); whiskers are their 95% intervals",
+	string(dp.AggQuantile): "bars are the released quantiles, read from the library's noisy quantile tree; whiskers are their 95% intervals",
+}
+
 // newChart returns nil when the table has no group column or no aggregate
-// to draw.
-func newChart(cols []dp.Column, rows [][]dp.Cell) *chart {
-	gi, ai := -1, -1
+// to draw. It draws the aggregate column named pick, or the first one when
+// none is so named.
+func newChart(cols []dp.Column, rows [][]dp.Cell, pick string) *chart {
+	ai := -1
+	var gis []int
+	var groups []string
 	for i, c := range cols {
-		if c.Kind == "group" && gi < 0 {
-			gi = i
+		if c.Kind == dp.KindGroup {
+			gis = append(gis, i)
+			groups = append(groups, c.Name)
+			continue
 		}
-		if c.Kind != "group" && ai < 0 {
+		if ai < 0 || (c.Name == pick && cols[ai].Name != pick) {
 			ai = i
 		}
 	}
-	if gi < 0 || ai < 0 || len(rows) == 0 || len(rows) > chartMaxBars {
+	if len(gis) == 0 || ai < 0 || len(rows) == 0 || len(rows) > chartMaxBars {
 		return nil
 	}
 	col := cols[ai]
-	ch := &chart{Column: col.Name, Group: cols[gi].Name, Top: chartTop}
-	// The value axis covers every value and interval, and zero.
+	ch := &chart{Column: col.Name, Kind: col.Kind, Group: strings.Join(groups, " × "), Top: chartTop}
+	// label is a row's keys; total whether it is a row of totals.
+	label := func(row []dp.Cell) (text string, total bool) {
+		var keys []string
+		for _, g := range gis {
+			if g < len(row) {
+				keys = append(keys, groupLabel(row[g]))
+				total = total || (!row[g].Null && row[g].Key == dp.TotalKey)
+			}
+		}
+		return strings.Join(keys, " · "), total
+	}
+	// The value axis covers every bar's value and interval, and zero.
 	lo, hi := 0.0, 0.0
 	longest := 0
+	var bars [][]dp.Cell
 	for _, row := range rows {
-		if gi >= len(row) || ai >= len(row) {
+		if ai >= len(row) {
 			continue
 		}
-		longest = max(longest, utf8.RuneCountInString(groupLabel(row[gi])))
+		text, total := label(row)
 		c := row[ai]
+		if total {
+			t := chartTotal{Label: text}
+			if c.Suppressed || c.Secondary || c.Value == nil {
+				t.Suppressed, t.Value = true, "suppressed"
+			} else {
+				var l, h string
+				t.Value, l, h = api.FormatCell(col, c)
+				if l != "" && h != "" {
+					t.CI = l + " to " + h
+				}
+			}
+			ch.Totals = append(ch.Totals, t)
+			continue
+		}
+		bars = append(bars, row)
+		longest = max(longest, utf8.RuneCountInString(text))
 		if c.Suppressed || c.Secondary || c.Value == nil {
 			continue
 		}
@@ -151,6 +203,9 @@ func newChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 			lo, hi = math.Min(lo, *c.CILow), math.Max(hi, *c.CIHigh)
 		}
 	}
+	if len(bars) == 0 {
+		return nil
+	}
 	ticks, lo, hi, decimals := niceTicks(lo, hi)
 	ch.LabelX = math.Ceil(float64(longest)*chartCharW) + chartGap
 	ch.PlotX = ch.LabelX + chartGap
@@ -158,12 +213,10 @@ func newChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 	ch.Width = ch.PlotEnd + chartValueW
 	scale := func(v float64) float64 { return round1(ch.PlotX + chartPlotW*(v-lo)/(hi-lo)) }
 	ch.ZeroX = scale(0)
-	for i, row := range rows {
-		if gi >= len(row) || ai >= len(row) {
-			continue
-		}
+	for i, row := range bars {
 		y := chartTop + float64(i)*chartBarH
-		b := chartBar{Label: groupLabel(row[gi]), Y: y + (chartBarH-chartBarFill)/2, MidY: y + chartBarH/2, SuppressedX: ch.ZeroX + 6}
+		text, _ := label(row)
+		b := chartBar{Label: text, Y: y + (chartBarH-chartBarFill)/2, MidY: y + chartBarH/2, SuppressedX: ch.ZeroX + 6}
 		c := row[ai]
 		if c.Suppressed || c.Secondary || c.Value == nil {
 			b.Suppressed, b.Value = true, "suppressed"
@@ -194,7 +247,40 @@ func newChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 	if ch.HasIntervals {
 		ch.Description += " with the 95% interval of each value"
 	}
+	if what, ok := chartKinds[col.Kind]; ok {
+		ch.Note = fmt.Sprintf("%s by %s: %s; suppressed groups have no bar.", ch.Column, ch.Group, what)
+	}
 	return ch
+}
+
+// chartLink is one released aggregate the chart can draw: the page's
+// ?chart= parameter names it.
+type chartLink struct {
+	Name, Href string
+	Current    bool
+}
+
+// chartLinks lists the aggregate columns of a table with a chart, each a
+// link to the query page drawing it; none when there is only one.
+func chartLinks(id int64, cols []dp.Column, ch *chart) []chartLink {
+	if ch == nil {
+		return nil
+	}
+	var out []chartLink
+	for _, c := range cols {
+		if c.Kind == dp.KindGroup {
+			continue
+		}
+		out = append(out, chartLink{
+			Name:    c.Name,
+			Href:    "/ui/queries/" + strconv.FormatInt(id, 10) + "?" + url.Values{"chart": {c.Name}}.Encode() + "#chart-pick",
+			Current: c.Name == ch.Column,
+		})
+	}
+	if len(out) < 2 {
+		return nil
+	}
+	return out
 }
 
 // newKMChart is the Kaplan–Meier curve of a released survival table
@@ -218,7 +304,7 @@ func newKMChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 		v, lo, hi := b.Survival, b.Low, b.High
 		kmRows[i] = []dp.Cell{{Key: b.Band}, {Value: &v, CILow: &lo, CIHigh: &hi}}
 	}
-	ch := newChart(kmCols, kmRows)
+	ch := newChart(kmCols, kmRows, "")
 	if ch != nil {
 		ch.Description = "Bar chart of the Kaplan–Meier survival at the end of each " + band + " with its 95% interval"
 		ch.Note = "Kaplan–Meier (life-table) survival at the end of each band, computed from the released deaths and censorings (as tre query km does; no privacy budget); whiskers are 95% intervals from Greenwood's variance and the counts' noise."

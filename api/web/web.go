@@ -23,6 +23,7 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
 )
 
 //go:embed templates/*.html
@@ -32,7 +33,7 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 // Service is the part of the broker domain the pages call: the operations
-// they share with the JSON API (declared once in package api), three of
+// they share with the JSON API (declared once in package api), four of
 // their own and the session store. *broker.Service satisfies it. The
 // caller travels in ctx (broker.NewContext).
 type Service interface {
@@ -46,6 +47,9 @@ type Service interface {
 	FindOutput(ctx context.Context, id int64) (*broker.Output, error)
 	// ReleasedOutput is what a researcher may see of a released output.
 	ReleasedOutput(ctx context.Context, id int64) (*broker.ReleasedResult, error)
+	// QuerySpec is the protection spec a query compiles to, for staff: the
+	// pages show its grouping sets.
+	QuerySpec(ctx context.Context, id int64) (*dp.Spec, error)
 }
 
 // Authenticator verifies a bearer token and returns the caller it names.

@@ -297,21 +297,48 @@ func (f *Fixture) MustVerify() *broker.AuditVerification {
 // ShapedResult returns a result of spec's shape that passes the broker's
 // checks, for tests that need chosen cells: the spec's columns and report
 // claims; for a public-domain grouping every key of the domains' cross
-// product in order (keys is ignored), otherwise one row per key of keys
-// (a single group column). cell gives each row's aggregate cells.
+// product in order (keys is ignored), or with grouping sets every cell of
+// each set, a total's column showing dp.TotalKey after its domain's keys
+// (as Protect orders them); otherwise one row per key of keys (a single
+// group column). cell gives each row's aggregate cells.
 func ShapedResult(spec dp.Spec, keys []string, cell func(row int) dp.Cell) dp.Result {
 	res := dp.Result{Columns: spec.Columns(), Report: spec.Claims()}
 	var tuples [][]string
 	if res.Report.PartitionSelection == dp.SelectionPublicDomain {
+		// A column some set totals has TotalKey after its domain.
+		totalled := make([]bool, len(spec.Groups))
+		for _, set := range spec.Sets {
+			for c := range spec.Groups {
+				totalled[c] = totalled[c] || !slices.Contains(set, c)
+			}
+		}
 		tuples = [][]string{{}}
-		for _, g := range spec.Groups {
+		for c, g := range spec.Groups {
+			domain := g.Domain
+			if totalled[c] {
+				domain = append(slices.Clone(domain), dp.TotalKey)
+			}
 			var next [][]string
 			for _, t := range tuples {
-				for _, k := range g.Domain {
+				for _, k := range domain {
 					next = append(next, append(slices.Clone(t), k))
 				}
 			}
 			tuples = next
+		}
+		if len(spec.Sets) > 0 {
+			// Keep the tuples of some set: its columns keys, the others
+			// totals.
+			tuples = slices.DeleteFunc(tuples, func(t []string) bool {
+				return !slices.ContainsFunc(spec.Sets, func(set []int) bool {
+					for c, k := range t {
+						if (k == dp.TotalKey) == slices.Contains(set, c) {
+							return false
+						}
+					}
+					return true
+				})
+			})
 		}
 	} else {
 		for _, k := range keys {
@@ -323,7 +350,10 @@ func ShapedResult(spec dp.Spec, keys []string, cell func(row int) dp.Cell) dp.Re
 		for _, k := range t {
 			row = append(row, dp.Cell{Key: k})
 		}
-		for range spec.Aggregates {
+		for _, a := range spec.Aggregates {
+			if a.Hidden {
+				continue // a ratio's part: not a column
+			}
 			c := cell(i)
 			if c.Suppressed {
 				res.Report.CellsSuppressed++
