@@ -1,6 +1,9 @@
 package broker
 
-import "context"
+import (
+	"context"
+	"slices"
+)
 
 // canSeeQuery applies visibility: staff see every query, researchers only
 // their projects'.
@@ -35,7 +38,28 @@ func (s *Service) FindQueryByID(ctx context.Context, id int64) (*Query, error) {
 	if err != nil {
 		return nil, err
 	}
-	var q *Query
+	// The frequent read (a researcher polling for a result) in one
+	// statement: the query, its events and the caller's membership.
+	rec, events, member, err := s.store.ReadQuery(ctx, id, u.Subject, WantsRewritten(ctx))
+	if err != nil {
+		return nil, err
+	}
+	q := rec.Query
+	if !isStaff(u) && !(u.HasRole(RoleResearcher) && member) {
+		return nil, s.settle(ctx, u, deny("query.read", queryObject(id), "you may not see query %d", id))
+	}
+	if q.Federation == nil {
+		switch {
+		case researcherSees(u) || member:
+			return s.researcherQuery(q, events, s.cutoff(), true), nil
+		case !slices.ContainsFunc(q.RiskFlags, func(f RiskFlag) bool { return f.SimilarQueryID != 0 }):
+			q.History = events
+			return q, nil
+		}
+	}
+	// Staff outside the project see its risk flags' queries as they are
+	// now (refreshFlags), and a federated query's sites: a transaction
+	// over several rows.
 	err = s.view(ctx, u, func(tx Tx) error {
 		if q, err = visibleQuery(ctx, tx, u, id); err != nil {
 			return err
@@ -53,6 +77,9 @@ func (s *Service) FindQueryByID(ctx context.Context, id int64) (*Query, error) {
 				return err
 			}
 			q.Sites = querySites(jobs, !researcher)
+		}
+		if err := withRewritten(ctx, tx, []*Query{q}); err != nil {
+			return err
 		}
 		if researcher {
 			q = s.researcherQuery(q, q.History, s.cutoff(), true)
@@ -85,14 +112,18 @@ func (s *Service) FindQueries(ctx context.Context, f QueryFilter) ([]*Query, int
 	var n int
 	err = s.store.View(ctx, func(tx Tx) error {
 		if researcherSees(u) {
-			qs, n, err = s.findResearcherQueries(ctx, tx, f, member, s.cutoff())
-			return err
+			if qs, n, err = s.findResearcherQueries(ctx, tx, f, member, s.cutoff()); err != nil {
+				return err
+			}
+			return withRewritten(ctx, tx, qs)
 		}
 		if qs, n, err = tx.FindQueries(ctx, f, member); err != nil {
 			return err
 		}
-		qs, n, err = s.memberViews(ctx, tx, u, qs, n, f.Status, s.cutoff())
-		return err
+		if qs, n, err = s.memberViews(ctx, tx, u, qs, n, f.Status, s.cutoff()); err != nil {
+			return err
+		}
+		return withRewritten(ctx, tx, qs)
 	})
 	return qs, n, err
 }
@@ -132,8 +163,31 @@ func (s *Service) queue(ctx context.Context, u *User, st Status) ([]*Query, erro
 				return err
 			}
 		}
-		qs, _, err = s.memberViews(ctx, tx, u, qs, n, &st, s.cutoff())
-		return err
+		if qs, _, err = s.memberViews(ctx, tx, u, qs, n, &st, s.cutoff()); err != nil {
+			return err
+		}
+		return withRewritten(ctx, tx, qs)
 	})
 	return qs, err
+}
+
+// withRewritten sets the rewritten SQL of qs (in place: the service's own
+// copies) when ctx asks for it (WithRewritten); the store reads queries
+// without it.
+func withRewritten(ctx context.Context, tx Tx, qs []*Query) error {
+	if !WantsRewritten(ctx) || len(qs) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(qs))
+	for i, q := range qs {
+		ids[i] = q.ID
+	}
+	texts, err := tx.FindRewritten(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for _, q := range qs {
+		q.Rewritten = texts[q.ID]
+	}
+	return nil
 }

@@ -24,6 +24,11 @@ type Store interface {
 	UpdateGrouped(ctx context.Context, fn func(Tx) error) error
 	// View runs fn in a read-only transaction.
 	View(ctx context.Context, fn func(Tx) error) error
+	// ReadQuery returns query id (with its rewritten SQL only when
+	// rewritten is set), its events oldest first and whether subject is a
+	// member of its project, all as of one moment, for the frequent read
+	// of one query (FindQueryByID); ENOTFOUND when it is missing.
+	ReadQuery(ctx context.Context, id int64, subject string, rewritten bool) (*QueryRecord, []Event, bool, error)
 	Ping(ctx context.Context) error
 	Close() error
 }
@@ -168,9 +173,15 @@ type Tx interface {
 	CreateQuery(ctx context.Context, rec *QueryRecord, submitted Event) error
 	UpdateQuery(ctx context.Context, rec *QueryRecord) error
 	LockQuery(ctx context.Context, id int64) error
+	// FindQuery returns the query without its rewritten SQL (Rewritten
+	// empty): FindRewritten has it.
 	FindQuery(ctx context.Context, id int64) (*QueryRecord, error)
+	// FindRewritten returns the rewritten SQL of the queries with the
+	// given ids, by id (ids without a query are left out).
+	FindRewritten(ctx context.Context, ids []int64) (map[int64]string, error)
 	// FindQueries applies f; when member is not empty only queries of
-	// projects member belongs to are returned. Oldest first.
+	// projects member belongs to are returned. Oldest first, without their
+	// rewritten SQL.
 	FindQueries(ctx context.Context, f QueryFilter, member string) ([]*Query, int, error)
 	AddEvent(ctx context.Context, queryID int64, e Event) error
 	FindEvents(ctx context.Context, queryID int64) ([]Event, error)

@@ -202,13 +202,29 @@ func (f *fakeService) SubmitQuery(ctx context.Context, sub broker.QuerySubmissio
 func (f *fakeService) CheckQuery(ctx context.Context, sub broker.QuerySubmission) (*queries.Plan, error) {
 	return f.plan, f.fail()
 }
+
+// read returns qs as the service would under ctx: without their rewritten
+// SQL unless ctx asks for it (broker.WithRewritten).
+func read(ctx context.Context, qs []*broker.Query) []*broker.Query {
+	if broker.WantsRewritten(ctx) {
+		return qs
+	}
+	out := make([]*broker.Query, len(qs))
+	for i, q := range qs {
+		v := *q
+		v.Rewritten = ""
+		out[i] = &v
+	}
+	return out
+}
+
 func (f *fakeService) FindQueryByID(ctx context.Context, id int64) (*broker.Query, error) {
 	if err := f.fail(); err != nil {
 		return nil, err
 	}
 	for _, q := range f.queries {
 		if q.ID == id {
-			return q, nil
+			return read(ctx, []*broker.Query{q})[0], nil
 		}
 	}
 	return nil, broker.Errorf(broker.ENOTFOUND, "query %d not found", id)
@@ -217,10 +233,10 @@ func (f *fakeService) FindQueries(ctx context.Context, qf broker.QueryFilter) ([
 	f.mu.Lock()
 	f.lastQF = qf
 	f.mu.Unlock()
-	return f.queries, len(f.queries), f.fail()
+	return read(ctx, f.queries), len(f.queries), f.fail()
 }
 func (f *fakeService) ReviewQueue(ctx context.Context) ([]*broker.Query, error) {
-	return f.queries, f.fail()
+	return read(ctx, f.queries), f.fail()
 }
 func (f *fakeService) CancelQuery(ctx context.Context, id int64) (*broker.Query, error) {
 	return f.FindQueryByID(ctx, id)
@@ -232,7 +248,7 @@ func (f *fakeService) RejectQuery(ctx context.Context, id int64, reason string) 
 	return f.FindQueryByID(ctx, id)
 }
 func (f *fakeService) OutputQueue(ctx context.Context) ([]*broker.Query, error) {
-	return f.queries, f.fail()
+	return read(ctx, f.queries), f.fail()
 }
 func (f *fakeService) FindOutput(ctx context.Context, id int64) (*broker.Output, error) {
 	return f.output, f.fail()

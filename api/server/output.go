@@ -18,11 +18,11 @@ func (s *Server) outputQueue(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	include, err := includeRewritten(c)
+	ctx, include, err := includeRewritten(c)
 	if err != nil {
 		return err
 	}
-	qs, err := s.svc.OutputQueue(c.Request.Context())
+	qs, err := s.svc.OutputQueue(ctx)
 	if err != nil {
 		return err
 	}

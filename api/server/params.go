@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"strconv"
 
 	"github.com/gin-gonic/gin"
@@ -74,16 +75,20 @@ func queryString(c *gin.Context, name string) *string {
 
 // includeRewritten reads the include parameter of a read of queries:
 // "rewritten_sql" asks for each query's rewritten SQL, which a query in an
-// answer leaves out otherwise (about 10 kB each, most of a query's JSON).
-func includeRewritten(c *gin.Context) (bool, error) {
+// answer leaves out otherwise (about 10 kB each, most of a query's JSON,
+// stored apart from the query's row). It returns the request's context,
+// asking the service for the rewritten SQL (broker.WithRewritten) when
+// include does.
+func includeRewritten(c *gin.Context) (context.Context, bool, error) {
+	ctx := c.Request.Context()
 	v, ok := c.GetQuery("include")
 	if !ok {
-		return false, nil
+		return ctx, false, nil
 	}
 	if v != "rewritten_sql" {
-		return false, broker.Errorf(broker.EINVALID, "include must be rewritten_sql, not %q", safeMessage(v))
+		return nil, false, broker.Errorf(broker.EINVALID, "include must be rewritten_sql, not %q", safeMessage(v))
 	}
-	return true, nil
+	return broker.WithRewritten(ctx), true, nil
 }
 
 // withoutRewritten returns qs without their rewritten SQL, unless include

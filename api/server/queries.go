@@ -136,11 +136,11 @@ func (s *Server) listQueries(c *gin.Context) error {
 	if f.ProjectID, err = queryInt64(c, "project_id"); err != nil {
 		return err
 	}
-	include, err := includeRewritten(c)
+	ctx, include, err := includeRewritten(c)
 	if err != nil {
 		return err
 	}
-	qs, total, err := s.svc.FindQueries(c.Request.Context(), f)
+	qs, total, err := s.svc.FindQueries(ctx, f)
 	if err != nil {
 		return err
 	}
@@ -172,11 +172,11 @@ func (s *Server) getQuery(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	include, err := includeRewritten(c)
+	ctx, include, err := includeRewritten(c)
 	if err != nil {
 		return err
 	}
-	q, err := s.svc.FindQueryByID(c.Request.Context(), id)
+	q, err := s.svc.FindQueryByID(ctx, id)
 	if err != nil {
 		return err
 	}

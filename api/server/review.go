@@ -15,11 +15,10 @@ func (s *Server) reviewQueue(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	include, err := includeRewritten(c)
+	ctx, include, err := includeRewritten(c)
 	if err != nil {
 		return err
 	}
-	ctx := c.Request.Context()
 	qs, err := s.svc.ReviewQueue(ctx)
 	if err != nil {
 		return err

@@ -78,12 +78,17 @@ func (h *Handler) query(w http.ResponseWriter, r *http.Request, s *session) {
 // action.
 func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, id int64, status int, notice, errMsg string, typed *queryView) {
 	ctx := r.Context()
-	q, err := h.svc.FindQueryByID(ctx, id)
+	u := s.user
+	staff := u.HasRole(broker.RoleReviewer) || u.HasRole(broker.RoleOutputChecker) || u.HasRole(broker.RoleAdmin)
+	read := ctx
+	if staff { // the page shows staff the rewritten SQL
+		read = broker.WithRewritten(ctx)
+	}
+	q, err := h.svc.FindQueryByID(read, id)
 	if err != nil {
 		h.fail(w, r, s, err)
 		return
 	}
-	u := s.user
 	access, err := h.svc.QueryAccess(ctx, id)
 	if err != nil {
 		h.fail(w, r, s, err)
@@ -106,7 +111,6 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 		}
 	}
 	qv.CanCancel = qv.IsSubmitter && q.Status == broker.StatusSubmitted
-	staff := u.HasRole(broker.RoleReviewer) || u.HasRole(broker.RoleOutputChecker) || u.HasRole(broker.RoleAdmin)
 	qv.ShowRewritten = staff && q.Rewritten != ""
 	qv.Staff, qv.Timeline = staff, timeline(q, staff)
 	// Separation of duties decides the buttons, in the broker's words.

@@ -43,8 +43,10 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("DifferencingFlags", func(t *testing.T) { testDifferencingFlags(t, fresh(t, broker.Options{})) })
 	t.Run("RiskFlagsNotDodged", func(t *testing.T) { testRiskFlagsNotDodged(t, fresh(t, broker.Options{})) })
 	t.Run("PlanCache", func(t *testing.T) { testPlanCache(t, cfg) })
+	t.Run("RewrittenApart", func(t *testing.T) { testRewrittenApart(t, fresh(t, broker.Options{})) })
 	if cfg.Reopen != nil {
 		t.Run("PredicateSetBackfill", func(t *testing.T) { testPredicateSetBackfill(t, cfg) })
+		t.Run("RewrittenUpgrade", func(t *testing.T) { testRewrittenUpgrade(t, cfg) })
 	}
 	t.Run("Register", func(t *testing.T) { testRegister(t, fresh(t, broker.Options{})) })
 	t.Run("FederatedCatalogs", func(t *testing.T) { testFederatedCatalogs(t, fresh(t, broker.Options{})) })

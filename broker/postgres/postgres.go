@@ -77,7 +77,9 @@ func dialect(migrations fs.FS) sqlstore.Dialect {
 		Numbered:   true,
 		ForUpdate:  " FOR UPDATE",
 		SkipLocked: " FOR UPDATE SKIP LOCKED",
-		AuditLock:  `SELECT pg_advisory_xact_lock(hashtextextended('tre.audit.' || current_schema(), 0))`,
+		// Migration 9's function: the advisory lock, then the head read
+		// with a snapshot taken after it was granted, in one round trip.
+		LockAuditHead: `SELECT COALESCE(seq, 0), COALESCE(hash, '') FROM tre_lock_audit_head()`,
 		// A session lock, not a transaction's: it covers creating
 		// schema_migrations and every migration's own transaction, so
 		// replicas started together on a fresh database migrate once.
@@ -85,7 +87,9 @@ func dialect(migrations fs.FS) sqlstore.Dialect {
 		MigrateUnlock: `SELECT pg_advisory_unlock(hashtextextended('tre.migrate.' || current_schema(), 0))`,
 		Migrations:    migrations,
 		WritableCTE:   true,
-		Translate:     translate,
+		EventsJSON: `(SELECT COALESCE(json_agg(json_build_array(e.from_status, e.to_status, e.actor, e.comment, e.at) ORDER BY e.id), '[]')::text
+			FROM query_events e WHERE e.query_id = q.id)`,
+		Translate: translate,
 		Retryable: func(err error) bool {
 			var pe *pgconn.PgError
 			return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")

@@ -113,6 +113,8 @@ func dialect(migrations fs.FS) sqlstore.Dialect {
 		Translate:  translate,
 		Retryable:  func(err error) bool { return code(err)&0xff == sqliteBusy },
 		Prepare:    true,
+		EventsJSON: `(SELECT json_group_array(json_array(e.from_status, e.to_status, e.actor, e.comment, e.at) ORDER BY e.id)
+			FROM query_events e WHERE e.query_id = q.id)`,
 		// One writer that holds the file lock through each commit's WAL
 		// sync: concurrent submissions share one commit and one sync.
 		GroupCommit: true,

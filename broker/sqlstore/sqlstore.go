@@ -37,9 +37,11 @@ type Dialect struct {
 	ForUpdate string
 	// SkipLocked is appended to the lease pick (" FOR UPDATE SKIP LOCKED").
 	SkipLocked string
-	// AuditLock is run before reading the audit head so appenders in
-	// several processes serialise; empty where writers are serial anyway.
-	AuditLock string
+	// LockAuditHead takes the audit chain's lock, so appenders in several
+	// processes serialise, and then returns the head's seq and hash (0, ''
+	// when the log is empty), in one statement; empty where writers are
+	// serial anyway (SQLite), which read the head with AuditHead.
+	LockAuditHead string
 	// MigrateLock takes a session-level lock that serialises migrations
 	// across processes (held on one connection from before the
 	// schema_migrations table is created until every migration committed),
@@ -60,6 +62,10 @@ type Dialect struct {
 	// WritableCTE: statements in WITH may insert and update (PostgreSQL),
 	// so a submission's rows go in one statement (CreateQuery).
 	WritableCTE bool
+	// EventsJSON is an expression, in a statement over queries q, of q's
+	// events as a JSON array of [from_status, to_status, actor, comment,
+	// at] arrays in id order ('[]' when none), as text (ReadQuery).
+	EventsJSON string
 	// GroupCommit lets concurrent UpdateGrouped calls share one
 	// transaction and one commit (group.go); without it UpdateGrouped is
 	// Update.
@@ -74,6 +80,9 @@ type DB struct {
 	mu    sync.Mutex
 	stmts map[stmtKey]*sql.Stmt
 	sqls  sync.Map // query with ? → dialect SQL
+
+	// ReadQuery's statements, with the dialect's EventsJSON.
+	readQuery, readQueryText string
 
 	// Group commit (GroupCommit only): units wait in queue for the writer
 	// goroutine, which Close stops by closing quit and waits for on
@@ -98,7 +107,8 @@ func New(ctx context.Context, write, read *sql.DB, d Dialect) (*DB, error) {
 	if read == nil {
 		read = write
 	}
-	db := &DB{write: write, read: read, d: d, stmts: map[stmtKey]*sql.Stmt{}}
+	db := &DB{write: write, read: read, d: d, stmts: map[stmtKey]*sql.Stmt{},
+		readQuery: fmt.Sprintf(readQuerySQL, d.EventsJSON), readQueryText: fmt.Sprintf(readQueryTextSQL, d.EventsJSON)}
 	if err := db.migrate(ctx); err != nil {
 		return nil, err
 	}

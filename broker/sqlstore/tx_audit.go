@@ -11,12 +11,13 @@ import (
 // ---- audit ----
 
 func (t *tx) LockAuditHead(ctx context.Context) (int64, string, error) {
-	if t.db.d.AuditLock != "" {
-		if _, err := t.exec(ctx, t.db.d.AuditLock); err != nil {
-			return 0, "", err
-		}
+	if t.db.d.LockAuditHead == "" {
+		return t.AuditHead(ctx)
 	}
-	return t.AuditHead(ctx)
+	var seq int64
+	var hash string
+	err := t.queryRow(ctx, t.db.d.LockAuditHead, nil, &seq, &hash)
+	return seq, hash, err
 }
 
 func (t *tx) AuditHead(ctx context.Context) (int64, string, error) {

@@ -3,7 +3,10 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -14,9 +17,10 @@ import (
 // ---- queries ----
 
 // queryColumns are the columns scanQuery reads: everything but the
-// normalised text and the predicates, which only the submission that
-// computes them uses (the risk lookups have their own columns and tables).
-const queryColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by, submitted_at, updated_at,
+// predicates, which only the submission that computes them uses (the risk
+// lookups have their own columns and tables). The rewritten SQL and the
+// normalised text are in query_texts (FindRewritten).
+const queryColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, status, submitted_by, submitted_at, updated_at,
 	cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
 	normalized_hash, shape_hash, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists,
 	sites, disjoint, ledger_factor, deadline_at`
@@ -27,7 +31,7 @@ func scanQuery(sc scanner) (*broker.QueryRecord, error) {
 	var status, accuracy, flags, ledger, codelists string
 	var submitted, updated, expires, deadline int64
 	var disjoint int
-	err := sc.Scan(&q.ID, &q.ProjectID, &q.Dataset, &q.SQL, &q.SQLHash, &q.Purpose, &q.Rewritten, &status, &q.SubmittedBy,
+	err := sc.Scan(&q.ID, &q.ProjectID, &q.Dataset, &q.SQL, &q.SQLHash, &q.Purpose, &status, &q.SubmittedBy,
 		&submitted, &updated, &q.Cost.Epsilon, &q.Cost.Delta, &accuracy, &flags, &q.ApprovedBy, &q.Attempts, &q.FailureCode,
 		&rec.NormalizedHash, &rec.ShapeHash, &ledger, &rec.LeaseTokenHash, &rec.LeaseSite, &expires,
 		&q.FailureDetail, &codelists, &rec.Sites, &disjoint, &rec.LedgerFactor, &deadline)
@@ -53,20 +57,24 @@ func scanQuery(sc scanner) (*broker.QueryRecord, error) {
 	return rec, nil
 }
 
-// insertQuerySQL inserts a query row; its 30 values are insertQueryArgs.
-const insertQuerySQL = `INSERT INTO queries (project_id, dataset, sql_text, sql_hash, purpose, rewritten, status, submitted_by,
+// insertQuerySQL inserts a query row; its 28 values are insertQueryArgs.
+const insertQuerySQL = `INSERT INTO queries (project_id, dataset, sql_text, sql_hash, purpose, status, submitted_by,
 		submitted_at, updated_at, cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
-		normalized, normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists,
+		normalized_hash, shape_hash, predicates, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists,
 		sites, disjoint, ledger_factor)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+// insertTextsSQL stores a query's rewritten SQL and normalised text.
+const insertTextsSQL = `INSERT INTO query_texts (query_id, rewritten, normalized) VALUES (?, ?, ?)`
 
 // createQueryCTESQL is CreateQuery in one statement where WITH may write
-// (PostgreSQL): the query row, its first event and its predicate set,
-// whose latest query becomes the new one (ids only grow, but concurrent
-// transactions may commit out of order, hence GREATEST). created is
-// whether the set is new: a row ON CONFLICT DO UPDATE inserted has no
-// xmax yet, one it updated has this transaction's.
+// (PostgreSQL): the query row, its texts, its first event and its
+// predicate set, whose latest query becomes the new one (ids only grow,
+// but concurrent transactions may commit out of order, hence GREATEST).
+// created is whether the set is new: a row ON CONFLICT DO UPDATE inserted
+// has no xmax yet, one it updated has this transaction's.
 const createQueryCTESQL = `WITH q AS (` + insertQuerySQL + ` RETURNING id),
+	t AS (INSERT INTO query_texts (query_id, rewritten, normalized) SELECT id, ?, ? FROM q),
 	e AS (INSERT INTO query_events (query_id, from_status, to_status, actor, comment, at) SELECT id, ?, ?, ?, ?, ? FROM q),
 	s AS (INSERT INTO predicate_sets (project_id, set_key, latest_query_id) SELECT ?, ?, id FROM q
 		ON CONFLICT (project_id, set_key) DO UPDATE SET latest_query_id = GREATEST(predicate_sets.latest_query_id, excluded.latest_query_id)
@@ -93,9 +101,9 @@ func insertQueryArgs(rec *broker.QueryRecord) ([]any, error) {
 			return nil, err
 		}
 	}
-	return []any{q.ProjectID, q.Dataset, q.SQL, q.SQLHash, q.Purpose, q.Rewritten, string(q.Status), q.SubmittedBy,
+	return []any{q.ProjectID, q.Dataset, q.SQL, q.SQLHash, q.Purpose, string(q.Status), q.SubmittedBy,
 		micros(q.SubmittedAt), micros(q.UpdatedAt), q.Cost.Epsilon, q.Cost.Delta, accuracy, flags, q.ApprovedBy, q.Attempts,
-		q.FailureCode, rec.Normalized, rec.NormalizedHash, rec.ShapeHash, preds, string(rec.Ledger), rec.LeaseTokenHash,
+		q.FailureCode, rec.NormalizedHash, rec.ShapeHash, preds, string(rec.Ledger), rec.LeaseTokenHash,
 		rec.LeaseSite, micros(rec.LeaseExpiresAt), q.FailureDetail, codelists,
 		rec.Sites, boolInt(rec.Disjoint), max(rec.LedgerFactor, 1)}, nil
 }
@@ -111,7 +119,8 @@ func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord, submitted
 	}
 	if t.db.d.WritableCTE {
 		e := submitted
-		args = append(args, string(e.From), string(e.To), e.Actor, e.Comment, micros(e.At), q.ProjectID, rec.PredicateSet)
+		args = append(args, q.Rewritten, rec.Normalized,
+			string(e.From), string(e.To), e.Actor, e.Comment, micros(e.At), q.ProjectID, rec.PredicateSet)
 		var created bool
 		if err := t.queryRow(ctx, createQueryCTESQL, args, &q.ID, &created); err != nil {
 			return err
@@ -125,6 +134,9 @@ func (t *tx) CreateQuery(ctx context.Context, rec *broker.QueryRecord, submitted
 		return t.putPredicateKeys(ctx, q.ProjectID, rec.PredicateSet, rec.PredicateKeys)
 	}
 	if err := t.queryRow(ctx, insertQuerySQL+` RETURNING id`, args, &q.ID); err != nil {
+		return err
+	}
+	if _, err := t.exec(ctx, insertTextsSQL, q.ID, q.Rewritten, rec.Normalized); err != nil {
 		return err
 	}
 	if err := t.AddEvent(ctx, q.ID, submitted); err != nil {
@@ -218,6 +230,38 @@ func (t *tx) FindQuery(ctx context.Context, id int64) (*broker.QueryRecord, erro
 }
 
 const findQuerySQL = `SELECT ` + queryColumns + ` FROM queries WHERE id = ?`
+
+// FindRewritten returns the rewritten SQL of the queries with the given
+// ids, by id; ids without a query are left out.
+func (t *tx) FindRewritten(ctx context.Context, ids []int64) (map[int64]string, error) {
+	out := make(map[int64]string, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	q := `SELECT query_id, rewritten FROM query_texts WHERE query_id IN (?` + strings.Repeat(`, ?`, len(ids)-1) + `)`
+	run := t.dynamic
+	if len(ids) == 1 {
+		run = t.query // the single query's read: one statement text, prepared
+	}
+	rows, err := run(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var text string
+		if err := rows.Scan(&id, &text); err != nil {
+			return nil, err
+		}
+		out[id] = text
+	}
+	return out, rows.Err()
+}
 
 func (t *tx) FindQueries(ctx context.Context, f broker.QueryFilter, member string) ([]*broker.Query, int, error) {
 	var w where
@@ -355,4 +399,76 @@ func (t *tx) NextLeasable(ctx context.Context, siteID string, now time.Time) (in
 		return 0, nil
 	}
 	return id, err
+}
+
+// readQuerySQL is ReadQuery's statement: the query's row, whether the
+// subject is a member of its project, its events as JSON (Dialect.EventsJSON)
+// and, in readQueryTextSQL, its rewritten SQL.
+const readQuerySQL = `SELECT ` + queryColumns + `,
+	EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = q.project_id AND m.subject = ?), %s
+	FROM queries q WHERE q.id = ?`
+
+const readQueryTextSQL = `SELECT ` + queryColumns + `,
+	EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = q.project_id AND m.subject = ?), %s,
+	COALESCE((SELECT t.rewritten FROM query_texts t WHERE t.query_id = q.id), '')
+	FROM queries q WHERE q.id = ?`
+
+// ReadQuery reads query id, its events and whether subject is a member of
+// its project in one statement outside any transaction, on the read pool:
+// one statement sees one consistent state, so it needs no BEGIN and
+// COMMIT. With rewritten the query carries its rewritten SQL.
+func (db *DB) ReadQuery(ctx context.Context, id int64, subject string, rewritten bool) (*broker.QueryRecord, []broker.Event, bool, error) {
+	q := db.readQuery
+	if rewritten {
+		q = db.readQueryText
+	}
+	var row *sql.Row
+	if s := db.cachedStmt(true, q); s != nil {
+		row = s.QueryRowContext(ctx, subject, id)
+	} else {
+		row = db.read.QueryRowContext(ctx, db.rebind(q), subject, id)
+		if db.d.Prepare {
+			defer db.prepareLater(true, []string{q})
+		}
+	}
+	var member bool
+	var events, text string
+	rec, err := scanQuery(scannerFunc(func(dest ...any) error {
+		dest = append(dest, &member, &events)
+		if rewritten {
+			dest = append(dest, &text)
+		}
+		return row.Scan(dest...)
+	}))
+	if err != nil {
+		return nil, nil, false, db.translate(notFound(err, "query %d not found", id))
+	}
+	rec.Query.Rewritten = text
+	evs, err := eventsFromJSON(events)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return rec, evs, member, nil
+}
+
+// eventsFromJSON decodes Dialect.EventsJSON's array of [from_status,
+// to_status, actor, comment, at] arrays.
+func eventsFromJSON(s string) ([]broker.Event, error) {
+	var raw [][5]any
+	if err := json.Unmarshal([]byte(s), &raw); err != nil {
+		return nil, fmt.Errorf("decode events: %w", err)
+	}
+	evs := make([]broker.Event, len(raw))
+	for i, r := range raw {
+		from, ok1 := r[0].(string)
+		to, ok2 := r[1].(string)
+		actor, ok3 := r[2].(string)
+		comment, ok4 := r[3].(string)
+		at, ok5 := r[4].(float64) // Unix microseconds: exact below 2^53
+		if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || at != math.Trunc(at) || at < 0 || at >= 1<<53 {
+			return nil, fmt.Errorf("decode events: event %d is not [from, to, actor, comment, at]", i)
+		}
+		evs[i] = broker.Event{From: broker.Status(from), To: broker.Status(to), Actor: actor, Comment: comment, At: fromMicros(int64(at))}
+	}
+	return evs, nil
 }
