@@ -57,3 +57,10 @@ func (p *benchProgress) finish() {
 		p.done = true
 	}
 }
+
+// steps advances the bar by n steps.
+func (p *benchProgress) steps(n int) {
+	if p.bar != nil {
+		_ = p.bar.Add(n)
+	}
+}

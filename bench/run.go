@@ -51,6 +51,9 @@ type Config struct {
 	// Replicas, above 1, also measures that many brokers on one
 	// PostgreSQL database (needs Postgres), the clients spread over them.
 	Replicas int
+	// Federated, from 2, runs only the federated measurement (issue 21)
+	// over that many sites holding the data (federated.go).
+	Federated int
 
 	// Command is the command line the report names (passwords redacted).
 	Command string
@@ -93,6 +96,10 @@ func (c Config) Validate() error {
 		return errors.New("--replicas needs --postgres: replicas share a PostgreSQL database")
 	case c.LoadCap <= 0:
 		return errors.New("--load-time-cap must be positive")
+	case c.Federated != 0 && (c.Federated < 2 || c.Federated > 8):
+		return errors.New("--federated must be between 2 and 8 sites")
+	case c.Federated != 0 && (c.APIOnly || c.Explain != ""):
+		return errors.New("--federated excludes --api-only and --explain")
 	case c.Explain != "" && c.Explain != "all" && typicalSQL(c.Explain) == "":
 		return fmt.Errorf("--explain: no typical query is named %q", c.Explain)
 	}
@@ -166,6 +173,8 @@ type benchReport struct {
 	// ChildPeak is the largest peak resident memory of any sandbox child
 	// this run started, by the time the queries were measured.
 	ChildPeak int64
+	// Federated is `tre bench --federated N`'s measurement.
+	Federated []fedResult
 }
 
 // run is the phases in the report's order, each a call; it stays one
@@ -183,6 +192,9 @@ func (m *harness) run(ctx context.Context) error {
 	rep := &benchReport{When: m.Now().UTC(), Command: redactURL(m.Command, m.Postgres), Machine: readMachine(), Reps: m.Reps, Warmup: m.Warmup, Clients: m.Clients, PerClient: m.PerClient}
 	if m.APIOnly {
 		return m.runAPIOnly(ctx, dir, rep)
+	}
+	if m.Federated > 0 {
+		return m.runFederated(ctx, dir, rep)
 	}
 
 	p := newBenchProgress(m.Stderr, m.Terminal, m.totalSteps())

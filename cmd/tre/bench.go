@@ -53,6 +53,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.BoolVar(&c.APIOnly, "api-only", false, "run only the broker API phases (needs --data or --catalog for the dataset's catalog; no synth, queries or sandbox)")
 	fs.StringVar(&m.cpuProfile, "cpuprofile", "", "write a Go CPU profile of this process (broker, load generator, in-process queries; not the sandbox children) to this file, for go tool pprof")
 	projects := fs.String("api-projects", "shared", "the API clients submit to one shared project (shared) or each to its own (per-client)")
+	fs.IntVar(&c.Federated, "federated", 0, "instead of the other phases, measure the typical queries federated over this many sites (2-8; issue 21): each site's own protected run, then the query through a real broker and one sandbox per site over the same data, with the broker's combine and store timed")
 	fs.StringVar(&c.Explain, "explain", "", "instead of benchmarking, print DuckDB's EXPLAIN ANALYZE of the raw and the rewritten SQL of this typical query (\"all\": every one)")
 	fs.Usage = func() {
 		fmt.Fprintln(m.stderr, "Usage: tre bench --patients N [--data FILE] [--postgres URL] [--out report.md] [--reps R] [--warmup W]")

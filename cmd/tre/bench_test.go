@@ -20,6 +20,8 @@ func TestBenchFlags(t *testing.T) {
 		{"stray argument", []string{"--patients", "10", "extra"}, "extra"},
 		{"api-only without a catalog", []string{"--api-only", "--patients", "10"}, "--catalog"},
 		{"api-only with explain", []string{"--api-only", "--catalog", "c.yaml", "--explain", "all"}, "--explain"},
+		{"one federated site", []string{"--patients", "10", "--federated", "1"}, "--federated"},
+		{"federated api-only", []string{"--api-only", "--catalog", "c.yaml", "--federated", "3"}, "--federated"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -99,3 +99,45 @@ func TestBenchAPIOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchFederated runs `tre bench --federated 3` small: three sites'
+// sandboxes over one file and a real broker. The report has a complete
+// row for every typical query the broker federates and lists the others
+// with the broker's reason; it never looks at a timing's value.
+func TestBenchFederated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real sandbox processes and a broker; skipped with -short")
+	}
+	var stdout, stderr bytes.Buffer
+	args := []string{"--federated", "3", "--patients", "1000", "--reps", "1", "--warmup", "0"}
+	if code := e2e.RunTre(context.Background(), append([]string{"bench"}, args...), &stdout, &stderr); code != 0 {
+		t.Fatalf("tre bench exited %d\nstderr:\n%s", code, stderr.String())
+	}
+	report := stdout.String()
+	for _, want := range []string{
+		"## tre bench --federated 3: 1,000 patients at each site",
+		"### Federated queries over 3 sites (issue 21)",
+		"| query | slowest own | federated | federated / own | broker work | last upload | dp.Combine | concurrent | concurrent / own | ≤ 1.2× + 100 ms |",
+		"Not federated (the broker refuses them over several sites): ",
+		"tre bench " + strings.Join(args, " "),
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	rows, refused := 0, 0
+	for _, tq := range queries.TypicalQueries {
+		row := regexp.MustCompile(`(?m)^\| ` + regexp.QuoteMeta(tq.Name) + ` \|( [^|]*\d[^|]* \|){2} \d+\.\d\d× \|( [^|]*\d[^|]* \|){4} \d+\.\d\d× \| (yes|\*\*no\*\*) \|$`)
+		switch {
+		case row.MatchString(report):
+			rows++
+		case strings.Contains(report, " "+tq.Name+" ("):
+			refused++
+		default:
+			t.Errorf("report neither measures nor lists %s", tq.Name)
+		}
+	}
+	if rows == 0 || refused == 0 {
+		t.Errorf("%d queries measured, %d refused; want some of each (quantiles do not federate)", rows, refused)
+	}
+}
