@@ -38,10 +38,20 @@ type cachedCatalog struct {
 func (s *Service) catalog(ctx context.Context, tx Tx, dataset string) (*queries.Catalog, string, error) {
 	_, hash, _, err := tx.FindCatalog(ctx, dataset, false)
 	if ErrorCode(err) == ENOTFOUND {
-		return nil, "", Errorf(EINVALID, "dataset %q has not been published by any site", dataset)
+		return nil, "", unpublished(dataset)
 	} else if err != nil {
 		return nil, "", err
 	}
+	return s.catalogOf(ctx, tx, dataset, hash)
+}
+
+func unpublished(dataset string) error {
+	return Errorf(EINVALID, "dataset %q has not been published by any site", dataset)
+}
+
+// catalogOf is catalog when the earliest holder's catalog hash is known
+// (FindCatalogHolders' first): the cached catalog, or the stored one.
+func (s *Service) catalogOf(ctx context.Context, tx Tx, dataset, hash string) (*queries.Catalog, string, error) {
 	s.mu.Lock()
 	c, ok := s.catalogs[dataset]
 	s.mu.Unlock()

@@ -128,7 +128,7 @@ type SimilarQuery struct {
 	ID         int64
 	SQL        string
 	Status     Status
-	Predicates []string // set by FindDifferencing only
+	Predicates []string // set for FindSimilar's differencing candidate only
 }
 
 // Tx is one transaction's operations. Methods that find a single row return
@@ -185,13 +185,12 @@ type Tx interface {
 	FindQueries(ctx context.Context, f QueryFilter, member string) ([]*Query, int, error)
 	AddEvent(ctx context.Context, queryID int64, e Event) error
 	FindEvents(ctx context.Context, queryID int64) ([]Event, error)
-	// FindRepeat returns the earliest released query of the project with
-	// the given normalised hash, else the earliest one, or nil.
-	FindRepeat(ctx context.Context, projectID int64, normalizedHash string) (*SimilarQuery, error)
-	// FindDifferencing returns the project's most recent query whose
-	// PredicateKeys share one of keys and whose PredicateSet is not set, with
-	// its predicates, or nil.
-	FindDifferencing(ctx context.Context, projectID int64, set string, keys []string) (*SimilarQuery, error)
+	// FindSimilar returns, for risk flags, the repeat: the earliest
+	// released query of the project with the given normalised hash, else
+	// the earliest one, or nil; and the differencing candidate: the
+	// project's most recent query whose PredicateKeys share one of keys and
+	// whose PredicateSet is not set, with its predicates, or nil.
+	FindSimilar(ctx context.Context, projectID int64, normalizedHash, set string, keys []string) (repeat, differencing *SimilarQuery, err error)
 	// NextLeasable locks and returns the id of the oldest query over one of
 	// site's datasets that is approved, or running with a lease that expired
 	// before now; 0 when there is none. Rows other transactions hold are

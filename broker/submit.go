@@ -60,11 +60,15 @@ func (s *Service) submitter(ctx context.Context, tx Tx, u *User, p *Project, sub
 	case !slices.Contains(p.Datasets, dataset):
 		return nil, "", Errorf(EFORBIDDEN, "project %d is not approved for dataset %q", p.ID, dataset)
 	}
-	cat, hash, err := s.catalog(ctx, tx, dataset)
+	// The holders, earliest first, name the catalog too: one statement.
+	holders, err := tx.FindCatalogHolders(ctx, dataset, false)
 	if err != nil {
 		return nil, "", err
 	}
-	holders, err := tx.FindCatalogHolders(ctx, dataset, false)
+	if len(holders) == 0 {
+		return nil, "", unpublished(dataset)
+	}
+	cat, hash, err := s.catalogOf(ctx, tx, dataset, holders[0].Hash)
 	if err != nil {
 		return nil, "", err
 	}
@@ -303,7 +307,7 @@ func (s *Service) storeSubmission(ctx context.Context, tx Tx, u *User, sub Query
 func (s *Service) similarityFlags(ctx context.Context, tx Tx, rec *QueryRecord) ([]RiskFlag, error) {
 	q := rec.Query
 	var flags []RiskFlag
-	rep, err := tx.FindRepeat(ctx, q.ProjectID, rec.NormalizedHash)
+	rep, o, err := tx.FindSimilar(ctx, q.ProjectID, rec.NormalizedHash, rec.PredicateSet, rec.PredicateKeys)
 	if err != nil {
 		return nil, err
 	}
@@ -316,10 +320,6 @@ func (s *Service) similarityFlags(ctx context.Context, tx Tx, rec *QueryRecord) 
 		}
 		f.setSimilar(rep.Status)
 		flags = append(flags, f)
-	}
-	o, err := tx.FindDifferencing(ctx, q.ProjectID, rec.PredicateSet, rec.PredicateKeys)
-	if err != nil {
-		return nil, err
 	}
 	if o == nil {
 		return flags, nil

@@ -330,61 +330,107 @@ func (t *tx) FindEvents(ctx context.Context, queryID int64) ([]broker.Event, err
 	})
 }
 
-func (t *tx) FindRepeat(ctx context.Context, projectID int64, normalizedHash string) (*broker.SimilarQuery, error) {
-	var s broker.SimilarQuery
-	var status string
-	err := t.queryRow(ctx, `SELECT id, sql_text, status FROM queries WHERE project_id = ? AND normalized_hash = ?
-		ORDER BY CASE WHEN status = 'released' THEN 0 ELSE 1 END, id LIMIT 1`,
-		[]any{projectID, normalizedHash}, &s.ID, &s.SQL, &status)
-	s.Status = broker.Status(status)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	} else if err != nil {
-		return nil, err
-	}
-	return &s, nil
-}
+// findRepeatFrom selects the project's earliest released query with a
+// normalised hash, else its earliest one.
+const findRepeatFrom = ` FROM queries WHERE project_id = ? AND normalized_hash = ?
+		ORDER BY CASE WHEN status = 'released' THEN 0 ELSE 1 END, id LIMIT 1`
 
 // matchKeysPerStatement is the IN list's length in findDifferencingSQL: one
 // statement text, so one prepared statement, serves any number of keys
 // (short lists repeat their last key).
 const matchKeysPerStatement = 8
 
+// findDifferencingSQL is the most recent query of a project whose predicate
+// set shares a match key with the (up to matchKeysPerStatement) keys given
+// and is not the set given.
 var findDifferencingSQL = `SELECT s.latest_query_id FROM predicate_set_keys k
 	JOIN predicate_sets s ON s.project_id = k.project_id AND s.set_key = k.set_key
 	WHERE k.project_id = ? AND k.set_key <> ? AND k.match_key IN (?` + strings.Repeat(`, ?`, matchKeysPerStatement-1) + `)
 	ORDER BY s.latest_query_id DESC LIMIT 1`
 
-func (t *tx) FindDifferencing(ctx context.Context, projectID int64, setKey string, keys []string) (*broker.SimilarQuery, error) {
-	var best int64
-	args := make([]any, 2+matchKeysPerStatement)
-	args[0], args[1] = projectID, setKey
-	for len(keys) > 0 {
+// findSimilarSQL is the repeat (kind 'r') and the differencing candidate
+// of the first keys (kind 'd', with its predicates) in one statement.
+var findSimilarSQL = `SELECT 'r', id, sql_text, status, predicates FROM (SELECT id, sql_text, status, predicates` + findRepeatFrom + `) r
+	UNION ALL
+	SELECT 'd', q.id, q.sql_text, q.status, q.predicates FROM queries q WHERE q.id = (` + findDifferencingSQL + `)`
+
+// FindSimilar returns the project's repeat of normalizedHash and its
+// differencing candidate for the predicate set's keys (nil when none), in
+// one statement for up to matchKeysPerStatement keys (one more per further
+// matchKeysPerStatement, and one to read a candidate found by those).
+func (t *tx) FindSimilar(ctx context.Context, projectID int64, normalizedHash, setKey string, keys []string) (repeat, differencing *broker.SimilarQuery, err error) {
+	if len(keys) == 0 {
+		var s broker.SimilarQuery
+		var status string
+		err := t.queryRow(ctx, `SELECT id, sql_text, status`+findRepeatFrom, []any{projectID, normalizedHash}, &s.ID, &s.SQL, &status)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, nil, nil
+		} else if err != nil {
+			return nil, nil, err
+		}
+		s.Status = broker.Status(status)
+		return &s, nil, nil
+	}
+	args := make([]any, 4+matchKeysPerStatement)
+	args[0], args[1], args[2], args[3] = projectID, normalizedHash, projectID, setKey
+	n := min(len(keys), matchKeysPerStatement)
+	for i := range matchKeysPerStatement {
+		args[4+i] = keys[min(i, n-1)]
+	}
+	rows, err := t.query(ctx, findSimilarSQL, args...)
+	if err != nil {
+		return nil, nil, err
+	}
+	_, err = collect(rows, func(sc scanner) (struct{}, error) {
+		var kind, status, preds string
+		s := &broker.SimilarQuery{}
+		if err := sc.Scan(&kind, &s.ID, &s.SQL, &status, &preds); err != nil {
+			return struct{}{}, err
+		}
+		s.Status = broker.Status(status)
+		if kind == "d" {
+			differencing = s
+			return struct{}{}, fromJSON(preds, &s.Predicates)
+		}
+		repeat = s
+		return struct{}{}, nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	// Keys beyond the first statement's, matchKeysPerStatement at a time.
+	best := int64(0)
+	if differencing != nil {
+		best = differencing.ID
+	}
+	first := best
+	for keys = keys[n:]; len(keys) > 0; {
 		n := min(len(keys), matchKeysPerStatement)
+		dargs := args[2:]
 		for i := range matchKeysPerStatement {
-			args[2+i] = keys[min(i, n-1)]
+			dargs[2+i] = keys[min(i, n-1)]
 		}
 		keys = keys[n:]
 		var id int64
-		err := t.queryRow(ctx, findDifferencingSQL, args, &id)
+		err := t.queryRow(ctx, findDifferencingSQL, dargs, &id)
 		if errors.Is(err, sql.ErrNoRows) {
 			continue
 		} else if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		best = max(best, id)
 	}
-	if best == 0 {
-		return nil, nil
+	if best == first {
+		return repeat, differencing, nil
 	}
 	s := broker.SimilarQuery{ID: best}
 	var preds, status string
-	err := t.queryRow(ctx, `SELECT sql_text, predicates, status FROM queries WHERE id = ?`, []any{best}, &s.SQL, &preds, &status)
+	err = t.queryRow(ctx, `SELECT sql_text, predicates, status FROM queries WHERE id = ?`, []any{best}, &s.SQL, &preds, &status)
 	if err != nil {
-		return nil, notFound(err, "query %d not found", best)
+		return nil, nil, notFound(err, "query %d not found", best)
 	}
 	s.Status = broker.Status(status)
-	return &s, fromJSON(preds, &s.Predicates)
+	return repeat, &s, fromJSON(preds, &s.Predicates)
 }
 
 func (t *tx) NextLeasable(ctx context.Context, siteID string, now time.Time) (int64, error) {
