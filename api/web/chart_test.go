@@ -1,9 +1,12 @@
 package web
 
 import (
+	"bytes"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 )
 
@@ -21,7 +24,7 @@ func TestChartPick(t *testing.T) {
 	}
 	rows := [][]dp.Cell{row("female", 100, 0.2, 51), row("male", 120, 0.3, 49), row(dp.TotalKey, 900, 0.25, 50)}
 
-	def := newChart(cols, rows, "")
+	def := newChart(cols, rows, "", "")
 	if def == nil || def.Column != "n" || len(def.Bars) != 2 || len(def.Totals) != 1 {
 		t.Fatalf("default chart %+v, want n with 2 bars and 1 total", def)
 	}
@@ -33,7 +36,7 @@ func TestChartPick(t *testing.T) {
 		t.Errorf("total %+v", tot)
 	}
 
-	ratio := newChart(cols, rows, "share_old")
+	ratio := newChart(cols, rows, "share_old", "")
 	if ratio == nil || ratio.Column != "share_old" || !ratio.HasIntervals || !strings.Contains(ratio.Note, "ratios") {
 		t.Fatalf("ratio chart %+v", ratio)
 	}
@@ -42,7 +45,7 @@ func TestChartPick(t *testing.T) {
 			t.Errorf("ratio bar %+v: the whisker does not span its end", b)
 		}
 	}
-	q := newChart(cols, rows, "median_age")
+	q := newChart(cols, rows, "median_age", "")
 	if q == nil || q.Column != "median_age" || !strings.Contains(q.Note, "quantile") || q.Bars[0].CI != "49.0 to 54.0" {
 		t.Fatalf("quantile chart %+v", q)
 	}
@@ -50,18 +53,18 @@ func TestChartPick(t *testing.T) {
 	if b := q.Bars[0]; !(b.HighX-(b.X+b.Width) > (b.X+b.Width)-b.LowX) {
 		t.Errorf("quantile bar %+v: interval drawn symmetric", b)
 	}
-	if other := newChart(cols, rows, "nonesuch"); other == nil || other.Column != "n" {
+	if other := newChart(cols, rows, "nonesuch", ""); other == nil || other.Column != "n" {
 		t.Errorf("an unknown ?chart= draws %+v, want the first aggregate", other)
 	}
 
-	links := chartLinks(7, cols, ratio)
-	if len(links) != 3 || links[1].Href != "/ui/queries/7?chart=share_old#chart-pick" || !links[1].Current || links[0].Current {
-		t.Errorf("links %+v", links)
+	links, keys := chartLinks(7, cols, ratio)
+	if len(links) != 3 || links[1].Href != "/ui/queries/7?chart=share_old#chart-pick" || !links[1].Current || links[0].Current || keys != nil {
+		t.Errorf("links %+v, keys %+v", links, keys)
 	}
-	if chartLinks(7, cols[:2], newChart(cols[:2], nil, "")) != nil {
+	if links, keys := chartLinks(7, cols[:2], newChart(cols[:2], nil, "", "")); links != nil || keys != nil {
 		t.Error("links for a table without a chart")
 	}
-	if got := chartLinks(7, cols[:2], def); got != nil {
+	if got, _ := chartLinks(7, cols[:2], def); got != nil {
 		t.Errorf("links for a table with one aggregate: %+v", got)
 	}
 
@@ -72,8 +75,64 @@ func TestChartPick(t *testing.T) {
 		append([]dp.Cell{{Key: "North"}}, row(dp.TotalKey, 2, 0.1, 40)...),
 		append([]dp.Cell{{Key: dp.TotalKey}}, row(dp.TotalKey, 3, 0.1, 40)...),
 	}
-	two := newChart(cols2, rows2, "")
+	two := newChart(cols2, rows2, "", "")
 	if two == nil || len(two.Bars) != 1 || two.Bars[0].Label != "North · female" || len(two.Totals) != 2 || two.Group != "region × sex" {
 		t.Errorf("two-column chart %+v", two)
+	}
+}
+
+// TestChartFacet: a measure by month and region, too long for one chart,
+// is drawn one region at a time (?at=), with a link per region that keeps
+// the drawn column; a one-column table that long gets no chart.
+func TestChartFacet(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	cols := []dp.Column{{Name: "month", Kind: dp.KindGroup}, {Name: "region", Kind: dp.KindGroup},
+		{Name: "tested_share", Kind: string(dp.AggRatio)}, {Name: "patients", Kind: string(dp.AggCount)}}
+	regions := []string{"North", "South", "East", "West"}
+	var rows [][]dp.Cell
+	for m := 1; m <= 12; m++ {
+		for i, r := range regions {
+			v := float64(m)/100 + float64(i)/10
+			rows = append(rows, []dp.Cell{{Key: strconv.Itoa(m)}, {Key: r}, {Value: f(v), CILow: f(v - 0.01), CIHigh: f(v + 0.01)}, {Value: f(100)}})
+		}
+	}
+	ch := newChart(cols, rows, "", "South")
+	if ch == nil || ch.Facet.Column != "region" || ch.Facet.Key != "South" || len(ch.Bars) != 12 || ch.Group != "month" || ch.Bars[0].Value != "0.110" || ch.Bars[0].Label != "1" {
+		t.Fatalf("faceted chart %+v", ch)
+	}
+	if !strings.Contains(ch.Note, "for region South") || !strings.Contains(ch.Description, "for region South") {
+		t.Errorf("the caption does not say which region: %q / %q", ch.Note, ch.Description)
+	}
+	if first := newChart(cols, rows, "", "nowhere"); first == nil || first.Facet.Key != "North" {
+		t.Errorf("an unknown ?at= draws %+v, want the first region", first)
+	}
+	links, keys := chartLinks(3, cols, ch)
+	if len(links) != 2 || links[1].Href != "/ui/queries/3?at=South&chart=patients#chart-pick" {
+		t.Errorf("column links %+v", links)
+	}
+	if len(keys) != 4 || keys[0].Href != "/ui/queries/3?at=North&chart=tested_share#chart-pick" || !keys[1].Current || keys[0].Current {
+		t.Errorf("region links %+v", keys)
+	}
+	// The researcher's page draws it, with both rows of links.
+	res := &dp.ResearcherResult{Columns: cols, Rows: rows}
+	qv := &queryView{Q: &broker.Query{ID: 3, Status: broker.StatusReleased}, Released: &broker.ReleasedResult{QueryID: 3, Result: res}, Chart: ch}
+	qv.Charts, qv.ChartKeys = links, keys
+	var buf bytes.Buffer
+	if err := mustParsePages().set["query.html"].ExecuteTemplate(&buf, "base.html", &view{Title: "Query 3", User: &broker.User{Subject: "alice", Roles: []broker.Role{broker.RoleResearcher}}, Data: qv}); err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	page := buf.String()
+	for _, want := range []string{`<nav class="chartpick" id="chart-keys" aria-label="Chart for one region">`, `<a href="/ui/queries/3?at=South&amp;chart=tested_share#chart-pick" aria-current="true">South</a>`, "for region South", `id="chart-pick"`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page lacks %s", want)
+		}
+	}
+
+	long := [][]dp.Cell{}
+	for i := range chartMaxBars + 1 {
+		long = append(long, []dp.Cell{{Key: strconv.Itoa(i)}, {Value: f(1)}})
+	}
+	if c := newChart([]dp.Column{cols[0], cols[3]}, long, "", ""); c != nil {
+		t.Errorf("a one-column table of %d rows got a chart", len(long))
 	}
 }

@@ -23,8 +23,11 @@ type queryView struct {
 	Output   *broker.Output
 	Released *broker.ReleasedResult
 	Chart    *chart
-	// Charts link to the chart of each released aggregate (?chart=NAME).
-	Charts []chartLink
+	// Charts link to the chart of each released aggregate (?chart=NAME);
+	// ChartKeys, for a table too long for one chart, to the chart of each
+	// key of its last group column (?at=KEY).
+	Charts    []chartLink
+	ChartKeys []chartLink
 	// KM is the Kaplan–Meier curve when the table is a survival table.
 	KM *chart
 	// Totals is what staff read of a query with totals (its grouping
@@ -134,8 +137,9 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 		qv.Totals = h.totals(r, id)
 	}
 	// ?chart= names the released aggregate the chart draws (the first
-	// when it names none).
-	pick := r.URL.Query().Get("chart")
+	// when it names none); ?at= the key of a long table's last group
+	// column it draws.
+	pick, at := r.URL.Query().Get("chart"), r.URL.Query().Get("at")
 	// Before release only an output checker separation of duties allows
 	// sees the output, as the checker checks it; once released, the
 	// project's researchers see what a researcher receives of it.
@@ -147,16 +151,16 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 			qv.Output, outErr = h.svc.FindOutput(ctx, id)
 			if qv.Output != nil && qv.Output.Result != nil {
 				res := qv.Output.Result
-				qv.Chart = newChart(res.Columns, res.Rows, pick)
-				qv.Charts = chartLinks(id, res.Columns, qv.Chart)
+				qv.Chart = newChart(res.Columns, res.Rows, pick, at)
+				qv.Charts, qv.ChartKeys = chartLinks(id, res.Columns, qv.Chart)
 				qv.KM = newKMChart(res.Columns, res.Rows)
 			}
 		case q.Status == broker.StatusReleased && access.Member && u.HasRole(broker.RoleResearcher):
 			qv.Released, outErr = h.svc.ReleasedOutput(ctx, id)
 			if qv.Released != nil {
 				res := qv.Released.Result
-				qv.Chart = newChart(res.Columns, res.Rows, pick)
-				qv.Charts = chartLinks(id, res.Columns, qv.Chart)
+				qv.Chart = newChart(res.Columns, res.Rows, pick, at)
+				qv.Charts, qv.ChartKeys = chartLinks(id, res.Columns, qv.Chart)
 				qv.KM = newKMChart(res.Columns, res.Rows)
 			}
 		}

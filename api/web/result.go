@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -73,6 +74,9 @@ type chart struct {
 	Ticks               []chartTick
 	// Totals are the rows of totals and subtotals, with their values.
 	Totals []chartTotal
+	// Facet, for a table too long for one chart, is the key of its last
+	// group column the chart draws.
+	Facet chartFacet
 	// Width and Height are the viewBox; the label column ends at LabelX,
 	// the plot spans PlotX to PlotEnd, zero is at ZeroX and the axis runs
 	// along AxisY with its tick labels at TickY.
@@ -138,8 +142,10 @@ var chartKinds = map[string]string{
 
 // newChart returns nil when the table has no group column or no aggregate
 // to draw. It draws the aggregate column named pick, or the first one when
-// none is so named.
-func newChart(cols []dp.Column, rows [][]dp.Cell, pick string) *chart {
+// none is so named. A table of more rows than a chart holds, with two or
+// more group columns (a measure by month and region), is drawn one key of
+// its last group column at a time: the key named at, or the first.
+func newChart(cols []dp.Column, rows [][]dp.Cell, pick, at string) *chart {
 	ai := -1
 	var gis []int
 	var groups []string
@@ -153,11 +159,41 @@ func newChart(cols []dp.Column, rows [][]dp.Cell, pick string) *chart {
 			ai = i
 		}
 	}
-	if len(gis) == 0 || ai < 0 || len(rows) == 0 || len(rows) > chartMaxBars {
+	if len(gis) == 0 || ai < 0 || len(rows) == 0 {
+		return nil
+	}
+	var facet chartFacet
+	if len(rows) > chartMaxBars && len(gis) > 1 {
+		fi := gis[len(gis)-1]
+		facet.Column = cols[fi].Name
+		var keep [][]dp.Cell
+		for _, row := range rows {
+			if fi >= len(row) {
+				continue
+			}
+			k := groupLabel(row[fi])
+			if !slices.Contains(facet.Keys, k) {
+				facet.Keys = append(facet.Keys, k)
+			}
+			if k == at {
+				facet.Key = at
+			}
+		}
+		if facet.Key == "" {
+			facet.Key = facet.Keys[0]
+		}
+		for _, row := range rows {
+			if fi < len(row) && groupLabel(row[fi]) == facet.Key {
+				keep = append(keep, row)
+			}
+		}
+		rows, gis, groups = keep, gis[:len(gis)-1], groups[:len(groups)-1]
+	}
+	if len(rows) > chartMaxBars {
 		return nil
 	}
 	col := cols[ai]
-	ch := &chart{Column: col.Name, Kind: col.Kind, Group: strings.Join(groups, " × "), Top: chartTop}
+	ch := &chart{Column: col.Name, Kind: col.Kind, Group: strings.Join(groups, " × "), Top: chartTop, Facet: facet}
 	// label is a row's keys; total whether it is a row of totals.
 	label := func(row []dp.Cell) (text string, total bool) {
 		var keys []string
@@ -247,10 +283,23 @@ func newChart(cols []dp.Column, rows [][]dp.Cell, pick string) *chart {
 	if ch.HasIntervals {
 		ch.Description += " with the 95% interval of each value"
 	}
+	if facet.Column != "" {
+		ch.Description += fmt.Sprintf(", for %s %s", facet.Column, facet.Key)
+	}
 	if what, ok := chartKinds[col.Kind]; ok {
 		ch.Note = fmt.Sprintf("%s by %s: %s; suppressed groups have no bar.", ch.Column, ch.Group, what)
+		if facet.Column != "" {
+			ch.Note = fmt.Sprintf("%s by %s, for %s %s: %s; suppressed groups have no bar.", ch.Column, ch.Group, facet.Column, facet.Key, what)
+		}
 	}
 	return ch
+}
+
+// chartFacet is the key of the last group column a chart of a table too
+// long for one chart draws, and the keys it could draw.
+type chartFacet struct {
+	Column, Key string
+	Keys        []string
 }
 
 // chartLink is one released aggregate the chart can draw: the page's
@@ -261,26 +310,32 @@ type chartLink struct {
 }
 
 // chartLinks lists the aggregate columns of a table with a chart, each a
-// link to the query page drawing it; none when there is only one.
-func chartLinks(id int64, cols []dp.Column, ch *chart) []chartLink {
+// link to the query page drawing it (none when there is only one), and for
+// a faceted chart the keys it can draw.
+func chartLinks(id int64, cols []dp.Column, ch *chart) (columns, keys []chartLink) {
 	if ch == nil {
-		return nil
+		return nil, nil
 	}
-	var out []chartLink
+	href := func(column, at string) string {
+		v := url.Values{"chart": {column}}
+		if at != "" {
+			v.Set("at", at)
+		}
+		return "/ui/queries/" + strconv.FormatInt(id, 10) + "?" + v.Encode() + "#chart-pick"
+	}
 	for _, c := range cols {
 		if c.Kind == dp.KindGroup {
 			continue
 		}
-		out = append(out, chartLink{
-			Name:    c.Name,
-			Href:    "/ui/queries/" + strconv.FormatInt(id, 10) + "?" + url.Values{"chart": {c.Name}}.Encode() + "#chart-pick",
-			Current: c.Name == ch.Column,
-		})
+		columns = append(columns, chartLink{Name: c.Name, Href: href(c.Name, ch.Facet.Key), Current: c.Name == ch.Column})
 	}
-	if len(out) < 2 {
-		return nil
+	if len(columns) < 2 {
+		columns = nil
 	}
-	return out
+	for _, k := range ch.Facet.Keys {
+		keys = append(keys, chartLink{Name: k, Href: href(ch.Column, k), Current: k == ch.Facet.Key})
+	}
+	return columns, keys
 }
 
 // newKMChart is the Kaplan–Meier curve of a released survival table
@@ -304,7 +359,7 @@ func newKMChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 		v, lo, hi := b.Survival, b.Low, b.High
 		kmRows[i] = []dp.Cell{{Key: b.Band}, {Value: &v, CILow: &lo, CIHigh: &hi}}
 	}
-	ch := newChart(kmCols, kmRows, "")
+	ch := newChart(kmCols, kmRows, "", "")
 	if ch != nil {
 		ch.Description = "Bar chart of the Kaplan–Meier survival at the end of each " + band + " with its 95% interval"
 		ch.Note = "Kaplan–Meier (life-table) survival at the end of each band, computed from the released deaths and censorings (as tre query km does; no privacy budget); whiskers are 95% intervals from Greenwood's variance and the counts' noise."
