@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
 )
 
 // Dialect is what differs between SQL databases.
@@ -83,6 +84,10 @@ type DB struct {
 
 	// ReadQuery's statements, with the dialect's EventsJSON.
 	readQuery, readQueryText string
+	// Decoded JSON columns of queries (scanQuery).
+	accuracy  jsonCache[dp.Accuracy]
+	flags     jsonCache[broker.RiskFlag]
+	codelists jsonCache[broker.CodelistRef]
 
 	// Group commit (GroupCommit only): units wait in queue for the writer
 	// goroutine, which Close stops by closing quit and waits for on

@@ -25,7 +25,7 @@ const queryColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, stat
 	normalized_hash, shape_hash, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists,
 	sites, disjoint, ledger_factor, deadline_at`
 
-func scanQuery(sc scanner) (*broker.QueryRecord, error) {
+func (db *DB) scanQuery(sc scanner) (*broker.QueryRecord, error) {
 	q := &broker.Query{}
 	rec := &broker.QueryRecord{Query: q}
 	var status, accuracy, flags, ledger, codelists string
@@ -45,13 +45,13 @@ func scanQuery(sc scanner) (*broker.QueryRecord, error) {
 	rec.Ledger = broker.LedgerState(ledger)
 	q.Accuracy = []dp.Accuracy{}
 	q.RiskFlags = []broker.RiskFlag{}
-	if err := fromJSON(accuracy, &q.Accuracy); err != nil {
+	if err := db.accuracy.decode(accuracy, &q.Accuracy); err != nil {
 		return nil, err
 	}
-	if err := fromJSON(flags, &q.RiskFlags); err != nil {
+	if err := db.flags.decode(flags, &q.RiskFlags); err != nil {
 		return nil, err
 	}
-	if err := fromJSON(codelists, &q.Codelists); err != nil {
+	if err := db.codelists.decode(codelists, &q.Codelists); err != nil {
 		return nil, err
 	}
 	return rec, nil
@@ -222,7 +222,7 @@ func (t *tx) FindQuery(ctx context.Context, id int64) (*broker.QueryRecord, erro
 	} else {
 		row = t.tx.QueryRowContext(ctx, t.db.rebind(findQuerySQL), id)
 	}
-	rec, err := scanQuery(row)
+	rec, err := t.db.scanQuery(row)
 	if err != nil {
 		return nil, notFound(err, "query %d not found", id)
 	}
@@ -300,7 +300,7 @@ func (t *tx) FindQueries(ctx context.Context, f broker.QueryFilter, member strin
 		return nil, 0, err
 	}
 	qs, err := collect(rows, func(sc scanner) (*broker.Query, error) {
-		rec, err := scanQuery(sc)
+		rec, err := t.db.scanQuery(sc)
 		if err != nil {
 			return nil, err
 		}
@@ -479,7 +479,7 @@ func (db *DB) ReadQuery(ctx context.Context, id int64, subject string, rewritten
 	}
 	var member bool
 	var events, text string
-	rec, err := scanQuery(scannerFunc(func(dest ...any) error {
+	rec, err := db.scanQuery(scannerFunc(func(dest ...any) error {
 		dest = append(dest, &member, &events)
 		if rewritten {
 			dest = append(dest, &text)
