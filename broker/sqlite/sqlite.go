@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/sqlstore"
@@ -94,13 +95,36 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		read.Close()
 		return nil, fmt.Errorf("sqlite: migrations: %w", err)
 	}
-	db, err := sqlstore.New(ctx, write, read, dialect(sub))
+	db, err := openStore(ctx, write, read, dialect(sub))
 	if err != nil {
 		write.Close()
 		read.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
 	return &Store{DB: db, path: path}, nil
+}
+
+// openStore migrates and opens the store, trying again while the file is
+// busy, for up to busyTimeout. SQLite answers some lock conflicts at once
+// without calling the busy handler — two processes opening a new file
+// together both switch it to WAL (journal_mode needs an exclusive lock),
+// or one reads the WAL while another recovers it — so busy_timeout alone
+// lets a broker fail to start beside another (TestOpenTogether). Each
+// migration runs in its own transaction and is skipped once recorded, so
+// trying again is safe.
+func openStore(ctx context.Context, write, read *sql.DB, d sqlstore.Dialect) (*sqlstore.DB, error) {
+	deadline := time.Now().Add(busyTimeout * time.Millisecond)
+	for wait := 2 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		db, err := sqlstore.New(ctx, write, read, d)
+		if err == nil || broker.ErrorCode(err) != broker.EUNAVAILABLE || time.Now().After(deadline) {
+			return db, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+	}
 }
 
 // Path returns the database file's path.
