@@ -20,7 +20,6 @@ import (
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
 	"github.com/nhs-tre/tre/site"
-	"github.com/nhs-tre/tre/synth"
 )
 
 // `tre bench --federated N` (issue 21): the typical queries over one
@@ -123,20 +122,7 @@ type fedBench struct {
 
 // runFederated is `tre bench --federated N`.
 func (m *harness) runFederated(ctx context.Context, dir string, rep *benchReport) error {
-	data, catPath := m.Data, m.Catalog
-	if data == "" {
-		data = filepath.Join(dir, "gp.duckdb")
-		catPath = synth.CatalogPath(data)
-		sr, err := runSynth(ctx, synth.Options{Out: data, Patients: m.Patients, Seed: m.Seed})
-		if err != nil {
-			return fmt.Errorf("synth: %w", err)
-		}
-		rep.Synth = sr
-	} else if catPath == "" {
-		catPath = synth.CatalogPath(data)
-	}
-	rep.Data = data
-	cat, err := queries.LoadCatalog(catPath)
+	data, cat, err := m.dataset(ctx, dir, rep, func() {})
 	if err != nil {
 		return err
 	}

@@ -177,6 +177,28 @@ type benchReport struct {
 	Federated []fedResult
 }
 
+// dataset is the run's data file and catalog: --data (its catalog
+// --catalog, else beside it), or a fresh `tre synth` of --patients in dir,
+// whose generation rep.Synth records; synthStarts is called before it.
+func (m *harness) dataset(ctx context.Context, dir string, rep *benchReport, synthStarts func()) (string, *queries.Catalog, error) {
+	data, catPath := m.Data, m.Catalog
+	if data == "" {
+		data = filepath.Join(dir, "gp.duckdb")
+		catPath = synth.CatalogPath(data)
+		synthStarts()
+		sr, err := runSynth(ctx, synth.Options{Out: data, Patients: m.Patients, Seed: m.Seed})
+		if err != nil {
+			return "", nil, fmt.Errorf("synth: %w", err)
+		}
+		rep.Synth = sr
+	} else if catPath == "" {
+		catPath = synth.CatalogPath(data)
+	}
+	rep.Data = data
+	cat, err := queries.LoadCatalog(catPath)
+	return data, cat, err
+}
+
 // run is the phases in the report's order, each a call; it stays one
 // function so the order the report promises is read in one place.
 func (m *harness) run(ctx context.Context) error {
@@ -200,24 +222,12 @@ func (m *harness) run(ctx context.Context) error {
 	p := newBenchProgress(m.Stderr, m.Terminal, m.totalSteps())
 	defer p.finish()
 
-	data, catPath := m.Data, m.Catalog
-	if data == "" {
-		data = filepath.Join(dir, "gp.duckdb")
-		catPath = synth.CatalogPath(data)
-		p.stage("synth")
-		sr, err := runSynth(ctx, synth.Options{Out: data, Patients: m.Patients, Seed: m.Seed})
-		if err != nil {
-			return fmt.Errorf("synth: %w", err)
-		}
-		rep.Synth = sr
-		p.step()
-	} else if catPath == "" {
-		catPath = synth.CatalogPath(data)
-	}
-	rep.Data = data
-	cat, err := queries.LoadCatalog(catPath)
+	data, cat, err := m.dataset(ctx, dir, rep, func() { p.stage("synth") })
 	if err != nil {
 		return err
+	}
+	if rep.Synth != nil {
+		p.step()
 	}
 
 	scfg, runner, pooled, err := m.newRunners(data, cat, dir)

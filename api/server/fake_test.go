@@ -206,16 +206,7 @@ func (f *fakeService) CheckQuery(ctx context.Context, sub broker.QuerySubmission
 // read returns qs as the service would under ctx: without their rewritten
 // SQL unless ctx asks for it (broker.WithRewritten).
 func read(ctx context.Context, qs []*broker.Query) []*broker.Query {
-	if broker.WantsRewritten(ctx) {
-		return qs
-	}
-	out := make([]*broker.Query, len(qs))
-	for i, q := range qs {
-		v := *q
-		v.Rewritten = ""
-		out[i] = &v
-	}
-	return out
+	return withoutRewritten(broker.WantsRewritten(ctx), qs)
 }
 
 func (f *fakeService) FindQueryByID(ctx context.Context, id int64) (*broker.Query, error) {
