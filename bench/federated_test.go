@@ -3,7 +3,6 @@ package bench
 import (
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestFederatedVerdict: issue 21's target is judged on the slowest site's
@@ -11,13 +10,6 @@ import (
 // (≤ 100 ms); a query the broker refuses to federate is listed with its
 // reason, not judged.
 func TestFederatedVerdict(t *testing.T) {
-	ms := func(d ...int) sample {
-		var s sample
-		for _, x := range d {
-			s.add(time.Duration(x) * time.Millisecond)
-		}
-		return s
-	}
 	q := func(fed, last int) fedResult {
 		return fedResult{Name: "q", Own: []sample{ms(800), ms(1000), ms(900)}, Lease: []sample{ms(5), ms(10), ms(5)},
 			Run: []sample{ms(900), ms(1100), ms(950)}, Upload: ms(20), Last: ms(last), Federated: ms(fed), Combine: ms(1), Concurrent: ms(2000)}

@@ -23,17 +23,19 @@ func TestRedactPassword(t *testing.T) {
 	}
 }
 
+// ms is a sample of the given times in milliseconds.
+func ms(d ...int) sample {
+	var s sample
+	for _, x := range d {
+		s.add(time.Duration(x) * time.Millisecond)
+	}
+	return s
+}
+
 // TestBenchTargetsBySize: the protected/raw ratio is judged against the
 // engine issue's 1M target only on a run of 1M–10M patients and against
 // the 10M target only at 10M or more; the other row says the run's size.
 func TestBenchTargetsBySize(t *testing.T) {
-	ms := func(d ...int) sample {
-		var s sample
-		for _, x := range d {
-			s.add(time.Duration(x) * time.Millisecond)
-		}
-		return s
-	}
 	q := queryResult{Name: "q", Raw: ms(100), Warm: ms(140), Cold: ms(400), RawCPU: ms(180), WarmCPU: ms(250), ColdCPU: ms(500)}
 	for _, tt := range []struct {
 		patients      int
