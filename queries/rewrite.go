@@ -27,7 +27,7 @@ import (
 //	result       per group: distinct patients, Σ contributions, Σ squares and
 //	             the two largest contributions, plus the rows dropped.
 //
-// When every aggregate is count(*) or the patient count, __tre_all and
+// When every aggregate is count(*) or a patient count, __tre_all and
 // __tre_over collapse into __tre_pg: a pair keeps min(n, C) rows whichever
 // rows they are. Group keys proven to be functions of the patient stay out
 // of the pair key, and __tre_many is left out where no patient can be in
@@ -284,19 +284,25 @@ func (r *rewriter) dupCheck() {
 // pairs writes stage 2: all rows per (patient, group); the pairs above C
 // recomputed from their first C rows.
 //
-// When every aggregate is count(*) or the patient count, which C rows a
+// When every aggregate is count(*) or a patient count, which C rows a
 // pair keeps cannot change its statistics: it keeps min(n, C) rows and
-// counts one patient. One grouping then gives the bounded pairs, with
-// __nall keeping the rows before the bound for the dropped-row count.
+// counts one patient, or, for a patient count with an argument (a FILTER,
+// a joined id), 0 or 1 from all its rows, as the full pipeline reads it
+// (overPairs). One grouping then gives the bounded pairs, with __nall
+// keeping the rows before the bound for the dropped-row count.
 func (r *rewriter) pairs() {
 	b, q, spec := &r.b, r.q, r.spec
 	if r.counts {
 		c := spec.MaxRowsPerGroup
 		fmt.Fprintf(b, `"__tre_pg" AS MATERIALIZED (SELECT %s, count(*) AS "__nall", least(count(*), %d) AS "__n"`, r.psel, c)
 		for j, a := range q.aggs {
-			if a.kind == aggCountRows {
+			switch {
+			case a.kind == aggCountRows:
 				fmt.Fprintf(b, ", CAST(least(count(*), %d) AS DOUBLE) AS %s", c, acol("c", j))
-			} else if a.kind != aggRatio {
+			case a.kind == aggCountPatients && a.arg != "":
+				// As overPairs: 0 or 1 from all the pair's rows.
+				fmt.Fprintf(b, ", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", acol("a", j), acol("c", j))
+			case a.kind != aggRatio:
 				fmt.Fprintf(b, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
 			}
 		}
@@ -602,11 +608,15 @@ func suffixComma(xs []string) string {
 	return strings.Join(xs, ", ") + ", "
 }
 
-// countsOnly reports whether every aggregate is count(*) or the patient
-// count, whose bounded statistics do not depend on which rows are kept.
+// countsOnly reports whether every aggregate is count(*) or a patient
+// count (with or without an argument), whose bounded statistics do not
+// depend on which rows are kept.
 func countsOnly(q *query) bool {
 	for _, a := range q.aggs {
-		if a.arg != "" || a.kind == aggValue {
+		switch {
+		case a.kind == aggCountPatients, a.kind == aggRatio:
+		case a.kind == aggCountRows && a.arg == "":
+		default:
 			return false
 		}
 	}
