@@ -23,6 +23,9 @@ func (r *benchReport) markdown() string {
 		rows = append(rows, fmt.Sprintf("%s %s", t.Name, fmtInt(t.Rows)))
 	}
 	w("- rows: %s\n", strings.Join(rows, ", "))
+	for _, f := range r.Failed {
+		w("- **FAILED: %s** (%s): its section and the ones after it that depend on it are missing or partial\n", f.Phase, f.Err)
+	}
 	if len(r.Degraded) > 0 {
 		w("- sandbox DEGRADED (missing layers: %s): timings lack those layers' cost\n", strings.Join(r.Degraded, "; "))
 	}
@@ -81,7 +84,11 @@ func (r *benchReport) markdown() string {
 	}
 
 	w("### 3. Sandbox start\n\n")
-	w("%s: median %s, p90 %s, min %s, max %s; CPU time (host and child) %s per start.\n\n", r.StartNote, fmtDur(r.Start.median()), fmtDur(r.Start.quantile(0.9)), fmtDur(r.Start.min()), fmtDur(r.Start.max()), fmtDur(cpuPer(r.StartCPU, r.Start.n())))
+	if r.Start.n() == 0 {
+		w("Not measured.\n\n")
+	} else {
+		w("%s: median %s, p90 %s, min %s, max %s; CPU time (host and child) %s per start.\n\n", r.StartNote, fmtDur(r.Start.median()), fmtDur(r.Start.quantile(0.9)), fmtDur(r.Start.min()), fmtDur(r.Start.max()), fmtDur(cpuPer(r.StartCPU, r.Start.n())))
+	}
 
 	r.apiMarkdown(&b)
 

@@ -175,6 +175,9 @@ type benchReport struct {
 	ChildPeak int64
 	// Federated is `tre bench --federated N`'s measurement.
 	Federated []fedResult
+	// Failed lists the phases that failed, in order; the report keeps
+	// what the others measured.
+	Failed []phaseFailure
 }
 
 // dataset is the run's data file and catalog: --data (its catalog
@@ -272,47 +275,34 @@ func (m *harness) run(ctx context.Context) error {
 		raw.Close()
 		return err
 	}
+	// From here a phase that fails is named in the report, which keeps
+	// every phase that finished (a 10M run is most of an hour); the run
+	// still exits with an error.
 	rep.Queries, err = m.measureQueries(ctx, p, raw, pipe, runner, pooled, rep)
 	rep.JobStart, rep.PooledStart, rep.PooledMissed = m.jobStart, m.pooledStart, m.pooledMissed
 	rep.ChildPeak = childPeakRSS()
+	rep.phase(ctx, "typical queries", err)
 	if err == nil {
 		rep.Pairs, err = m.measurePairs(ctx, p, pipe)
+		rep.phase(ctx, "statistics pairs", err)
 	}
 	pipe.Close()
 	raw.Close()
-	if err != nil {
-		return err
+	if ctx.Err() == nil {
+		rep.Codelist, err = m.measureCodelist(ctx, p, runner, cat)
+		rep.phase(ctx, "codelist join vs IN", err)
 	}
-	if rep.Codelist, err = m.measureCodelist(ctx, p, runner, cat); err != nil {
-		return err
+	if m.Postgres != "" && ctx.Err() == nil {
+		rep.phase(ctx, "postgres", m.runPostgres(ctx, p, data, dir, opts, rep))
 	}
-
-	if m.Postgres != "" {
-		p.stage("postgres: load")
-		pg, err := loadPostgres(ctx, m.Postgres, data, rep.DataRows, dir, opts)
-		if err != nil {
-			return fmt.Errorf("postgres: %w", err)
-		}
-		p.step()
-		err = m.measurePostgres(ctx, p, pg, rep.Queries)
-		rep.Postgres = pg
-		if derr := pg.drop(context.WithoutCancel(ctx)); derr != nil && err == nil {
-			err = derr
-		}
-		if err != nil {
-			return fmt.Errorf("postgres: %w", err)
-		}
+	if ctx.Err() == nil {
+		p.stage("sandbox start")
+		rep.Start, rep.StartNote, err = m.measureStart(ctx, p, dir, scfg)
+		rep.StartCPU = m.startCPU
+		rep.phase(ctx, "sandbox start", err)
 	}
-
-	p.stage("sandbox start")
-	rep.Start, rep.StartNote, err = m.measureStart(ctx, p, dir, scfg)
-	rep.StartCPU = m.startCPU
-	if err != nil {
-		return fmt.Errorf("sandbox start: %w", err)
-	}
-
-	if err := m.measureAPIs(ctx, p, dir, cat, rep); err != nil {
-		return err
+	if ctx.Err() == nil {
+		rep.phase(ctx, "broker API", m.measureAPIs(ctx, p, dir, cat, rep))
 	}
 	p.finish()
 	rep.Machine.LoadEnd = loadAverage()
@@ -326,7 +316,40 @@ func (m *harness) run(ctx context.Context) error {
 			return err
 		}
 	}
+	if len(rep.Failed) > 0 {
+		f := rep.Failed[0]
+		return fmt.Errorf("%d phase(s) failed (the report above names each), first %s: %s", len(rep.Failed), f.Phase, f.Err)
+	}
 	return nil
+}
+
+// phaseFailure is a measurement phase that failed; the report names it.
+type phaseFailure struct{ Phase, Err string }
+
+// phase records err, if any, as phase's failure; once ctx is done, only
+// the first phase it stopped is recorded.
+func (rep *benchReport) phase(ctx context.Context, name string, err error) {
+	if err == nil || (ctx.Err() != nil && len(rep.Failed) > 0) {
+		return
+	}
+	rep.Failed = append(rep.Failed, phaseFailure{Phase: name, Err: err.Error()})
+}
+
+// runPostgres loads the data into PostgreSQL and runs the typical queries
+// there, dropping the schema afterwards.
+func (m *harness) runPostgres(ctx context.Context, p *benchProgress, data, dir string, opts Options, rep *benchReport) error {
+	p.stage("postgres: load")
+	pg, err := loadPostgres(ctx, m.Postgres, data, rep.DataRows, dir, opts)
+	if err != nil {
+		return err
+	}
+	p.step()
+	err = m.measurePostgres(ctx, p, pg, rep.Queries)
+	rep.Postgres = pg
+	if derr := pg.drop(context.WithoutCancel(ctx)); derr != nil && err == nil {
+		err = derr
+	}
+	return err
 }
 
 // newRunners starts the two sandboxes the report compares over the same
@@ -425,7 +448,7 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 			n, err := raw.Raw(ctx, tq.SQL)
 			d, c := time.Since(start), cpuTime()-cpu
 			if err != nil {
-				return nil, fmt.Errorf("%s: raw DuckDB: %w", tq.Name, err)
+				return out, fmt.Errorf("%s: raw DuckDB: %w", tq.Name, err)
 			}
 			r.RawRows = n
 			if i >= m.Warmup {
@@ -440,7 +463,7 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 			t, err := pipe.Run(ctx, tq.SQL, 0)
 			c := cpuTime() - cpu
 			if err != nil {
-				return nil, fmt.Errorf("%s: warm pipeline: %w", tq.Name, err)
+				return out, fmt.Errorf("%s: warm pipeline: %w", tq.Name, err)
 			}
 			if i >= m.Warmup {
 				r.Warm.add(t.Total())
@@ -461,9 +484,9 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 			c := cpuTime() - cpu
 			if err != nil {
 				if ctx.Err() != nil {
-					return nil, ctx.Err()
+					return out, ctx.Err()
 				}
-				return nil, fmt.Errorf("%s: sandbox: %s: %s", tq.Name, job.Code(err), job.Message(err))
+				return out, fmt.Errorf("%s: sandbox: %s: %s", tq.Name, job.Code(err), job.Message(err))
 			}
 			r.Rows = len(res.Rows)
 			if res.Report.Sandbox.Degraded && !contains(rep.Degraded, strings.Join(res.Report.Sandbox.Missing, ", ")) {
@@ -478,16 +501,16 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 		p.stage(tq.Name + ": pooled")
 		for i := range m.Warmup + m.Reps {
 			if err := pooled.PoolReady(ctx); err != nil {
-				return nil, err
+				return out, err
 			}
 			start := time.Now()
 			_, err := pooled.Run(ctx, j)
 			d := time.Since(start)
 			if err != nil {
 				if ctx.Err() != nil {
-					return nil, ctx.Err()
+					return out, ctx.Err()
 				}
-				return nil, fmt.Errorf("%s: pooled sandbox: %s: %s", tq.Name, job.Code(err), job.Message(err))
+				return out, fmt.Errorf("%s: pooled sandbox: %s: %s", tq.Name, job.Code(err), job.Message(err))
 			}
 			if i >= m.Warmup {
 				r.Pooled.add(d)

@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
@@ -142,5 +144,36 @@ func TestChildPeakRSS(t *testing.T) {
 	}
 	if got := childPeakRSS(); got < 64<<20 {
 		t.Errorf("children's peak RSS %d bytes after a 64 MiB child", got)
+	}
+}
+
+// TestFailedPhaseReported: a phase that fails is recorded once (after
+// cancellation only the first), and the report names it while keeping
+// what the other phases measured.
+func TestFailedPhaseReported(t *testing.T) {
+	q := queryResult{Name: "measured query", Raw: ms(100), Warm: ms(140), Cold: ms(400)}
+	r := &benchReport{Patients: 10_000_000, Queries: []queryResult{q}}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.phase(ctx, "statistics pairs", nil)
+	r.phase(ctx, "codelist join vs IN", errors.New("sandbox: resources: the query ran out of memory"))
+	cancel()
+	r.phase(ctx, "sandbox start", context.Canceled)
+	r.phase(ctx, "broker API", context.Canceled)
+	if len(r.Failed) != 1 || r.Failed[0].Phase != "codelist join vs IN" {
+		t.Fatalf("failed phases %+v, want only the codelist phase", r.Failed)
+	}
+	text := r.markdown()
+	for _, want := range []string{"**FAILED: codelist join vs IN** (sandbox: resources: the query ran out of memory)", "| measured query |", "### 3. Sandbox start\n\nNot measured."} {
+		if !strings.Contains(text, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+
+	ctx = context.Background()
+	r = &benchReport{}
+	r.phase(ctx, "postgres", errors.New("connection refused"))
+	r.phase(ctx, "broker API", errors.New("broker did not start"))
+	if len(r.Failed) != 2 {
+		t.Errorf("two independent failures recorded as %+v", r.Failed)
 	}
 }
