@@ -330,3 +330,45 @@ func testPlanCache(t *testing.T, cfg Config) {
 	_, err = f.Service.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, Purpose: "test", SQL: DefaultSQL, Epsilon: 0.4})
 	MustCode(t, err, broker.EUNAVAILABLE)
 }
+
+// testRepeatPrefersReleased: a repeat points at the project's earliest
+// released query of its normalised form, ahead of an earlier one not
+// released, and never at another project's, however early or released.
+func testRepeatPrefersReleased(t *testing.T, f *Fixture) {
+	const (
+		base = "SELECT sex, count(*) AS n FROM patients WHERE region = 'Leeds' GROUP BY sex"
+		twin = "select SEX, COUNT(*) as m from PATIENTS where REGION = 'Leeds' group by 1"
+	)
+	repeatOf := func(q *broker.Query) int64 {
+		t.Helper()
+		q, err := f.Service.FindQueryByID(f.Reviewer, q.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fl := range q.RiskFlags {
+			if fl.Kind == broker.RiskRepeat {
+				return fl.SimilarQueryID
+			}
+		}
+		return 0
+	}
+	other := f.MustProject(ProjectEpsilon, ProjectDelta, "res1")
+	elsewhere := f.MustSubmitTo(f.Researcher, other.ID, base, 0.5)
+	f.Drive(t, elsewhere.ID, f.Reviewer, broker.StatusReleased)
+
+	pending := f.MustSubmit(f.Researcher, base, 0.5)
+	if id := repeatOf(pending); id != 0 {
+		t.Fatalf("the project's first query flagged as a repeat of %d (another project's)", id)
+	}
+	if id := repeatOf(f.MustSubmit(f.Researcher2, twin, 0.5)); id != pending.ID {
+		t.Fatalf("with none released: a repeat of %d, want the earliest, %d", id, pending.ID)
+	}
+	released := f.SubmitAs(t, f.Researcher, twin, broker.StatusReleased)
+	later := f.SubmitAs(t, f.Researcher2, base, broker.StatusReleased)
+	for _, q := range []*broker.Query{f.MustSubmit(f.Researcher2, base, 0.5), f.MustSubmit(f.Researcher, twin, 0.5)} {
+		if id := repeatOf(q); id != released.ID {
+			t.Errorf("query %d: a repeat of %d, want the earliest released, %d (earlier pending %d, later released %d)",
+				q.ID, id, released.ID, pending.ID, later.ID)
+		}
+	}
+}

@@ -42,6 +42,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("RiskFlags", func(t *testing.T) { testRiskFlags(t, fresh(t, broker.Options{})) })
 	t.Run("DifferencingFlags", func(t *testing.T) { testDifferencingFlags(t, fresh(t, broker.Options{})) })
 	t.Run("RiskFlagsNotDodged", func(t *testing.T) { testRiskFlagsNotDodged(t, fresh(t, broker.Options{})) })
+	t.Run("RepeatPrefersReleased", func(t *testing.T) { testRepeatPrefersReleased(t, fresh(t, broker.Options{})) })
 	t.Run("PlanCache", func(t *testing.T) { testPlanCache(t, cfg) })
 	t.Run("RewrittenApart", func(t *testing.T) { testRewrittenApart(t, fresh(t, broker.Options{})) })
 	if cfg.Reopen != nil {

@@ -330,10 +330,15 @@ func (t *tx) FindEvents(ctx context.Context, queryID int64) ([]broker.Event, err
 	})
 }
 
-// findRepeatFrom selects the project's earliest released query with a
-// normalised hash, else its earliest one.
-const findRepeatFrom = ` FROM queries WHERE project_id = ? AND normalized_hash = ?
-		ORDER BY CASE WHEN status = 'released' THEN 0 ELSE 1 END, id LIMIT 1`
+// findRepeatWhere selects the project's earliest released query with a
+// normalised hash, else its earliest one (arguments: project, hash,
+// project, hash), in two index probes: queries_released (migration 10)
+// holds only released queries, so the first needs no row of an earlier
+// unreleased repeat, and queries_normalized's first entry is the earliest.
+// The single ORDER BY it replaces read every repeat's row.
+const findRepeatWhere = ` FROM queries q WHERE q.id = COALESCE(
+		(SELECT r.id FROM queries r WHERE r.project_id = ? AND r.normalized_hash = ? AND r.status = 'released' ORDER BY r.id LIMIT 1),
+		(SELECT a.id FROM queries a WHERE a.project_id = ? AND a.normalized_hash = ? ORDER BY a.id LIMIT 1))`
 
 // matchKeysPerStatement is the IN list's length in findDifferencingSQL: one
 // statement text, so one prepared statement, serves any number of keys
@@ -350,7 +355,7 @@ var findDifferencingSQL = `SELECT s.latest_query_id FROM predicate_set_keys k
 
 // findSimilarSQL is the repeat (kind 'r') and the differencing candidate
 // of the first keys (kind 'd', with its predicates) in one statement.
-var findSimilarSQL = `SELECT 'r', id, sql_text, status, predicates FROM (SELECT id, sql_text, status, predicates` + findRepeatFrom + `) r
+var findSimilarSQL = `SELECT 'r', q.id, q.sql_text, q.status, q.predicates` + findRepeatWhere + `
 	UNION ALL
 	SELECT 'd', q.id, q.sql_text, q.status, q.predicates FROM queries q WHERE q.id = (` + findDifferencingSQL + `)`
 
@@ -362,7 +367,7 @@ func (t *tx) FindSimilar(ctx context.Context, projectID int64, normalizedHash, s
 	if len(keys) == 0 {
 		var s broker.SimilarQuery
 		var status string
-		err := t.queryRow(ctx, `SELECT id, sql_text, status`+findRepeatFrom, []any{projectID, normalizedHash}, &s.ID, &s.SQL, &status)
+		err := t.queryRow(ctx, `SELECT q.id, q.sql_text, q.status`+findRepeatWhere, []any{projectID, normalizedHash, projectID, normalizedHash}, &s.ID, &s.SQL, &status)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, nil, nil
 		} else if err != nil {
@@ -371,11 +376,12 @@ func (t *tx) FindSimilar(ctx context.Context, projectID int64, normalizedHash, s
 		s.Status = broker.Status(status)
 		return &s, nil, nil
 	}
-	args := make([]any, 4+matchKeysPerStatement)
-	args[0], args[1], args[2], args[3] = projectID, normalizedHash, projectID, setKey
+	args := make([]any, 6+matchKeysPerStatement)
+	args[0], args[1], args[2], args[3] = projectID, normalizedHash, projectID, normalizedHash
+	args[4], args[5] = projectID, setKey
 	n := min(len(keys), matchKeysPerStatement)
 	for i := range matchKeysPerStatement {
-		args[4+i] = keys[min(i, n-1)]
+		args[6+i] = keys[min(i, n-1)]
 	}
 	rows, err := t.query(ctx, findSimilarSQL, args...)
 	if err != nil {
@@ -406,7 +412,7 @@ func (t *tx) FindSimilar(ctx context.Context, projectID int64, normalizedHash, s
 	first := best
 	for keys = keys[n:]; len(keys) > 0; {
 		n := min(len(keys), matchKeysPerStatement)
-		dargs := args[2:]
+		dargs := args[4:]
 		for i := range matchKeysPerStatement {
 			dargs[2+i] = keys[min(i, n-1)]
 		}
