@@ -186,3 +186,81 @@ func checkIntervals(t *testing.T, what string, bars []svgBar, values []float64, 
 		}
 	}
 }
+
+// monthlySQL counts events by month over a year: one group column of dates.
+const monthlySQL = "SELECT date_trunc('month', date) AS month, count(*) AS events\nFROM events\nWHERE date >= DATE '2023-01-01' AND date < DATE '2024-01-01'\nGROUP BY month"
+
+// TestBrowserMonthlyLine: a released measure by month is drawn as a line
+// in a real browser: one point per released month in date order, higher
+// values higher, the suppressed month marked on the axis with the line
+// broken there, each run of the line inside its interval band.
+func TestBrowserMonthlyLine(t *testing.T) {
+	ctx, problems := newBrowser(t, browserLimit)
+	e := newEnv(t)
+	q := e.mustSubmit(t, "alice", monthlySQL, "events by month")
+	if _, err := e.svc.ApproveQuery(e.as("bob"), q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	var months []string
+	for m := 1; m <= 12; m++ {
+		months = append(months, fmt.Sprintf("2023-%02d-01", m))
+	}
+	e.mustComplete(t, q.ID, months...) // month 2 suppressed, the others 100 + 35 × row
+	if _, err := e.svc.ReleaseQuery(e.as("carol"), q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Add(time.Minute)
+	e.browserSignIn(t, ctx, "alice")
+	run(t, ctx, "read the result", chromedp.Navigate(fmt.Sprintf("%s/ui/queries/%d", e.srv.URL, q.ID)), chromedp.WaitVisible(chromedp.CSS(`figure.chart polyline.line`)))
+	type point struct {
+		X, Y  float64
+		Title string
+	}
+	type drawn struct {
+		Points          []point
+		Marks           []point
+		Lines, Bands    int
+		AxisY           float64
+		BandTop, BandLo []float64
+	}
+	got := value(t, ctx, "read the line", chromedp.Evaluate[drawn](`(() => {
+		const svg = document.querySelector("figure.chart svg");
+		const pt = el => ({X: +(el.getAttribute("cx") ?? el.getAttribute("x")), Y: +(el.getAttribute("cy") ?? el.getAttribute("y")), Title: el.querySelector("title").textContent});
+		const axis = Array.from(svg.querySelectorAll("line.axis")).find(l => l.getAttribute("y1") === l.getAttribute("y2"));
+		const band = svg.querySelector("polygon.band").getAttribute("points").split(" ").map(p => +p.split(",")[1]);
+		return {Points: Array.from(svg.querySelectorAll("circle.point")).map(pt), Marks: Array.from(svg.querySelectorAll("text.mark")).map(pt),
+			Lines: svg.querySelectorAll("polyline.line").length, Bands: svg.querySelectorAll("polygon.band").length,
+			AxisY: +axis.getAttribute("y1"), BandTop: band.slice(0, band.length / 2), BandLo: band.slice(band.length / 2).reverse()};
+	})()`))
+	if len(got.Points) != 11 || len(got.Marks) != 1 {
+		t.Fatalf("%d points and %d marks, want 11 released months and 1 suppressed: %+v", len(got.Points), len(got.Marks), got)
+	}
+	if m := got.Marks[0]; m.Title != "2023-02-01: suppressed" || m.Y != got.AxisY || !(got.Points[0].X < m.X && m.X < got.Points[1].X) {
+		t.Errorf("the suppressed month is drawn as %+v (axis at %.1f), want February between January and March", m, got.AxisY)
+	}
+	for i := 1; i < len(got.Points); i++ {
+		a, b := got.Points[i-1], got.Points[i]
+		if !(b.X > a.X) || (i > 1 && !(b.Y < a.Y)) {
+			t.Errorf("point %d %+v after %+v: want later months to the right and (rising values) higher", i, b, a)
+		}
+	}
+	if !strings.HasPrefix(got.Points[0].Title, "2023-01-01: 100") || !strings.Contains(got.Points[1].Title, "95% interval") {
+		t.Errorf("point titles %q, %q", got.Points[0].Title, got.Points[1].Title)
+	}
+	// January stands alone (February is suppressed): one line, one band,
+	// from March to December, each point inside the band.
+	if got.Lines != 1 || got.Bands != 1 || len(got.BandTop) != 10 {
+		t.Fatalf("%d lines, %d bands of %d points: want the line broken at February", got.Lines, got.Bands, len(got.BandTop))
+	}
+	for i, p := range got.Points[1:] {
+		if !(got.BandTop[i] < p.Y && p.Y < got.BandLo[i]) {
+			t.Errorf("%s at y %.1f outside its band [%.1f, %.1f]", p.Title, p.Y, got.BandTop[i], got.BandLo[i])
+		}
+	}
+	if caption := value(t, ctx, "caption", chromedp.Text(chromedp.CSS(`figure.chart figcaption`))); !strings.Contains(caption, "events over month") || !strings.Contains(caption, "breaks the line") {
+		t.Errorf("caption %q", caption)
+	}
+	if msgs := problems.all(); len(msgs) > 0 {
+		t.Errorf("the browser reported errors (CSP violations or script exceptions):\n%s", strings.Join(msgs, "\n"))
+	}
+}

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -130,9 +131,96 @@ func TestChartFacet(t *testing.T) {
 
 	long := [][]dp.Cell{}
 	for i := range chartMaxBars + 1 {
-		long = append(long, []dp.Cell{{Key: strconv.Itoa(i)}, {Value: f(1)}})
+		long = append(long, []dp.Cell{{Key: "practice " + strconv.Itoa(i)}, {Value: f(1)}})
 	}
 	if c := newChart([]dp.Column{cols[0], cols[3]}, long, "", ""); c != nil {
-		t.Errorf("a one-column table of %d rows got a chart", len(long))
+		t.Errorf("a one-column table of %d named rows got a chart (numbers get a line: TestLineChart)", len(long))
+	}
+}
+
+// TestLineChart: one group column of dates is drawn as a line in date
+// order, positioned by date (a missing month leaves a wider gap), broken
+// at a suppressed value, which is marked on the axis; totals are listed
+// apart. Numbers are drawn as a line only when there are more than bars
+// fit; other keys beyond that get no chart.
+func TestLineChart(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	cols := []dp.Column{{Name: "month", Kind: dp.KindGroup}, {Name: "share", Kind: string(dp.AggRatio)}}
+	cell := func(v float64) dp.Cell { return dp.Cell{Value: f(v), CILow: f(v - 0.05), CIHigh: f(v + 0.05)} }
+	rows := [][]dp.Cell{
+		{{Key: "2023-03-01"}, cell(0.30)},
+		{{Key: "2023-01-01"}, cell(0.10)},
+		{{Key: "2023-02-01"}, cell(0.20)},
+		{{Key: "2023-04-01"}, {Suppressed: true}},
+		{{Key: "2023-05-01"}, cell(0.25)},
+		{{Key: "2023-07-01"}, cell(0.35)}, // June is missing
+		{{Key: dp.TotalKey}, cell(0.26)},
+	}
+	ch := newChart(cols, rows, "", "")
+	if ch == nil || ch.Line == nil {
+		t.Fatalf("chart %+v, want a line", ch)
+	}
+	l := ch.Line
+	var labels []string
+	for _, p := range l.Points {
+		labels = append(labels, p.Label)
+	}
+	if got := strings.Join(labels, " "); got != "2023-01-01 2023-02-01 2023-03-01 2023-04-01 2023-05-01 2023-07-01" {
+		t.Errorf("points in order %s", got)
+	}
+	p := l.Points
+	if !(p[0].Y > p[1].Y && p[1].Y > p[2].Y) {
+		t.Errorf("rising values do not rise: %+v", p[:3])
+	}
+	if gapMay, gapJul := p[4].X-p[3].X, p[5].X-p[4].X; !(gapJul > 1.5*gapMay) {
+		t.Errorf("a missing month does not widen the gap: %.1f then %.1f", gapMay, gapJul)
+	}
+	if !p[3].Suppressed || p[3].Y != ch.AxisY || p[3].Value != "suppressed" {
+		t.Errorf("suppressed point %+v, want marked on the axis at %.1f", p[3], ch.AxisY)
+	}
+	if len(l.Lines) != 2 || len(l.Bands) != 2 || strings.Count(l.Lines[0], ",") != 3 || strings.Count(l.Lines[1], ",") != 2 {
+		t.Errorf("lines %q, bands %q: want the line broken at April into 3 and 2 points, each with its band", l.Lines, l.Bands)
+	}
+	if len(ch.Totals) != 1 || ch.Totals[0].Value != "0.260" {
+		t.Errorf("totals %+v", ch.Totals)
+	}
+	if !ch.HasIntervals || !strings.Contains(ch.Description, "Line chart of share over month") || !strings.Contains(ch.Note, "breaks the line") {
+		t.Errorf("description %q, note %q", ch.Description, ch.Note)
+	}
+	// The band holds each point: its upper edge above, its lower below.
+	if !strings.Contains(l.Bands[0], fmt.Sprintf("%g,", p[0].X)) {
+		t.Errorf("band %q does not pass the first point's x %g", l.Bands[0], p[0].X)
+	}
+
+	num := func(n int) [][]dp.Cell {
+		var out [][]dp.Cell
+		for i := range n {
+			out = append(out, []dp.Cell{{Key: strconv.Itoa(i)}, cell(float64(i) / 100)})
+		}
+		return out
+	}
+	if ch := newChart(cols, num(12), "", ""); ch == nil || ch.Line != nil || len(ch.Bars) != 12 {
+		t.Errorf("12 numbered groups: %+v, want bars", ch)
+	}
+	if ch := newChart(cols, num(60), "", ""); ch == nil || ch.Line == nil || len(ch.Line.Points) != 60 || len(ch.Line.XTicks) > lineXTicks+1 {
+		t.Errorf("60 numbered groups: %+v, want a line with at most %d key labels", ch, lineXTicks+1)
+	}
+	words := num(60)
+	for i := range words {
+		words[i][0].Key = "practice " + words[i][0].Key
+	}
+	if ch := newChart(cols, words, "", ""); ch != nil {
+		t.Errorf("60 named groups drawn: %+v", ch)
+	}
+	// Months by region, too long for one chart: one region's months as a line.
+	cols2 := []dp.Column{{Name: "month", Kind: dp.KindGroup}, {Name: "region", Kind: dp.KindGroup}, {Name: "share", Kind: string(dp.AggRatio)}}
+	var rows2 [][]dp.Cell
+	for m := 1; m <= 12; m++ {
+		for _, r := range []string{"North", "South", "East", "West"} {
+			rows2 = append(rows2, []dp.Cell{{Key: fmt.Sprintf("2023-%02d-01", m)}, {Key: r}, cell(0.1)})
+		}
+	}
+	if ch := newChart(cols2, rows2, "", "South"); ch == nil || ch.Line == nil || ch.Facet.Key != "South" || len(ch.Line.Points) != 12 || !strings.Contains(ch.Note, "for region South") {
+		t.Errorf("months by region: %+v", ch)
 	}
 }

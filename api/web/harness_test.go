@@ -54,6 +54,7 @@ tables:
         role: code
         code_system: snomed
         examples: [{code: "44054006", term: Diabetes mellitus type 2}, {code: "38341003", term: Hypertension}]
+      - {name: date, type: DATE, role: date}
   - name: optouts
     columns:
       - {name: patient_id, type: BIGINT, role: privacy_unit}

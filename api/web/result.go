@@ -88,6 +88,9 @@ type chart struct {
 	Description       string
 	// Note, when set, is the figure's caption instead of the bar chart's.
 	Note string
+	// Line, when set, draws the chart as a line over an ordered key
+	// (linechart.go) instead of bars.
+	Line *lineChart
 }
 
 // chartTotal is one row of totals as the chart lists it.
@@ -144,7 +147,9 @@ var chartKinds = map[string]string{
 // to draw. It draws the aggregate column named pick, or the first one when
 // none is so named. A table of more rows than a chart holds, with two or
 // more group columns (a measure by month and region), is drawn one key of
-// its last group column at a time: the key named at, or the first.
+// its last group column at a time: the key named at, or the first. One
+// group column of dates (or of more numbers than bars fit) is drawn as a
+// line (newLineChart).
 func newChart(cols []dp.Column, rows [][]dp.Cell, pick, at string) *chart {
 	ai := -1
 	var gis []int
@@ -189,11 +194,16 @@ func newChart(cols []dp.Column, rows [][]dp.Cell, pick, at string) *chart {
 		}
 		rows, gis, groups = keep, gis[:len(gis)-1], groups[:len(groups)-1]
 	}
+	col := cols[ai]
+	ch := &chart{Column: col.Name, Kind: col.Kind, Group: strings.Join(groups, " × "), Top: chartTop, Facet: facet}
+	if len(gis) == 1 {
+		if pos, ok := orderedKeys(rows, gis[0]); ok {
+			return newLineChart(ch, col, rows, gis[0], ai, pos)
+		}
+	}
 	if len(rows) > chartMaxBars {
 		return nil
 	}
-	col := cols[ai]
-	ch := &chart{Column: col.Name, Kind: col.Kind, Group: strings.Join(groups, " × "), Top: chartTop, Facet: facet}
 	// label is a row's keys; total whether it is a row of totals.
 	label := func(row []dp.Cell) (text string, total bool) {
 		var keys []string
@@ -216,22 +226,12 @@ func newChart(cols []dp.Column, rows [][]dp.Cell, pick, at string) *chart {
 		text, total := label(row)
 		c := row[ai]
 		if total {
-			t := chartTotal{Label: text}
-			if c.Suppressed || c.Secondary || c.Value == nil {
-				t.Suppressed, t.Value = true, "suppressed"
-			} else {
-				var l, h string
-				t.Value, l, h = api.FormatCell(col, c)
-				if l != "" && h != "" {
-					t.CI = l + " to " + h
-				}
-			}
-			ch.Totals = append(ch.Totals, t)
+			ch.Totals = append(ch.Totals, totalOf(col, text, c))
 			continue
 		}
 		bars = append(bars, row)
 		longest = max(longest, utf8.RuneCountInString(text))
-		if c.Suppressed || c.Secondary || c.Value == nil {
+		if !released(c) {
 			continue
 		}
 		lo, hi = math.Min(lo, *c.Value), math.Max(hi, *c.Value)
@@ -254,7 +254,7 @@ func newChart(cols []dp.Column, rows [][]dp.Cell, pick, at string) *chart {
 		text, _ := label(row)
 		b := chartBar{Label: text, Y: y + (chartBarH-chartBarFill)/2, MidY: y + chartBarH/2, SuppressedX: ch.ZeroX + 6}
 		c := row[ai]
-		if c.Suppressed || c.Secondary || c.Value == nil {
+		if !released(c) {
 			b.Suppressed, b.Value = true, "suppressed"
 			ch.Bars = append(ch.Bars, b)
 			continue
