@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -127,6 +128,7 @@ type brokerExtras struct {
 // order would be spread over helpers that each assume the one before.
 func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extras *brokerExtras) (*brokerRuntime, error) {
 	b := &brokerRuntime{done: make(chan error, 1), logger: logger}
+	tuneGC(cfg.GCPercent, os.LookupEnv)
 	ok := false
 	defer func() {
 		if !ok {
@@ -561,4 +563,16 @@ func sandboxToBrokerError(err error) error {
 		return broker.Errorf(broker.EUNAVAILABLE, "dry run stopped: %s", msg)
 	}
 	return fmt.Errorf("dry run: %w", err)
+}
+
+// tuneGC sets the Go garbage collector's target for the process the broker
+// runs in to percent (ServeConfig.GCPercent), unless GOGC is set in the
+// environment: the operator's own choice wins. It returns the target set,
+// or -1 when it left Go's alone.
+func tuneGC(percent int, lookupEnv func(string) (string, bool)) int {
+	if _, set := lookupEnv("GOGC"); set {
+		return -1
+	}
+	debug.SetGCPercent(percent)
+	return percent
 }

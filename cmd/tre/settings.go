@@ -61,6 +61,14 @@ type ServeConfig struct {
 	ShutdownDelay time.Duration `yaml:"shutdown_delay" flag:"shutdown-delay" usage:"on SIGTERM, keep serving this long with /readyz answering 503 before closing, so a load balancer stops sending requests first (0: close at once)"`
 
 	AllowWeakSBX bool `yaml:"allow_weak_sandbox" flag:"allow-weak-sandbox" usage:"run dry runs in a sandbox missing isolation layers (reported)"`
+
+	// GCPercent is the Go garbage collector's target, as GOGC: the heap
+	// may grow by this percentage of the live heap before a collection.
+	// The broker's live heap is a few MB and every request allocates, so
+	// at Go's default of 100 it collects every few hundred requests; 400
+	// spends tens of MB to save about a fifth of a read's CPU
+	// (BENCHMARKS.md, issue 24). A GOGC in the environment wins.
+	GCPercent int `yaml:"gc_percent" flag:"gc-percent" usage:"Go garbage collector target, as GOGC (ignored when GOGC is set)"`
 }
 
 // DefaultServeConfig returns the broker defaults.
@@ -86,6 +94,8 @@ func DefaultServeConfig() ServeConfig {
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      5 * time.Minute,
+
+		GCPercent: 400,
 	}
 }
 
@@ -124,6 +134,8 @@ func (c *ServeConfig) Validate() error {
 		return fmt.Errorf("auth_failure_window %s is too short", c.AuthFailureWindow)
 	case c.ShutdownDelay < 0 || c.ShutdownDelay > 5*time.Minute:
 		return fmt.Errorf("shutdown_delay %s must be between 0 and 5m", c.ShutdownDelay)
+	case c.GCPercent < 50 || c.GCPercent > 2000:
+		return fmt.Errorf("gc_percent %d must be between 50 and 2000", c.GCPercent)
 	case c.ReadHeaderTimeout <= 0 || c.ReadTimeout <= 0 || c.WriteTimeout <= 0:
 		return errors.New("read_header_timeout, read_timeout and write_timeout must be positive: a client must not hold a connection forever")
 	}
