@@ -133,9 +133,7 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 	if q.Status == broker.StatusFailed {
 		qv.FailedMessage = broker.FailedMessage
 	}
-	if staff {
-		qv.Totals = h.totals(r, id)
-	}
+	qv.Totals = h.totals(r, id)
 	// ?chart= names the released aggregate the chart draws (the first
 	// when it names none); ?at= the key of a long table's last group
 	// column it draws.
@@ -186,8 +184,9 @@ func (h *Handler) queryPage(w http.ResponseWriter, r *http.Request, s *session, 
 }
 
 // totalsView is a query with totals (GROUP BY ROLLUP, CUBE or GROUPING
-// SETS) as a reviewer or output checker reads it: its grouping sets, the
-// key its total rows show and the L0 its noise is calibrated to.
+// SETS) as its researchers, reviewer and output checker read it: its
+// grouping sets, the key its total rows show and the L0 its noise is
+// calibrated to.
 type totalsView struct {
 	// Sets name each grouping set by its group columns.
 	Sets  []string

@@ -47,8 +47,8 @@ type Service interface {
 	FindOutput(ctx context.Context, id int64) (*broker.Output, error)
 	// ReleasedOutput is what a researcher may see of a released output.
 	ReleasedOutput(ctx context.Context, id int64) (*broker.ReleasedResult, error)
-	// QuerySpec is the protection spec a query compiles to, for staff: the
-	// pages show its grouping sets.
+	// QuerySpec is the protection spec a query compiles to, for staff and
+	// the query's researchers: the pages show its grouping sets.
 	QuerySpec(ctx context.Context, id int64) (*dp.Spec, error)
 }
 
