@@ -11,6 +11,9 @@ import (
 // KMBand is one band of a Kaplan–Meier curve computed from a released
 // survival table (KaplanMeier).
 type KMBand struct {
+	// Stratum names the curve's keys of the group columns before the band
+	// ("sex=female"); empty for a table with the band alone.
+	Stratum  string  `json:"stratum,omitempty"`
 	Band     string  `json:"band"`
 	AtRisk   float64 `json:"at_risk"`
 	Deaths   float64 `json:"deaths"`
@@ -24,9 +27,12 @@ type KMBand struct {
 // kmZ is the normal quantile of a two-sided 95% interval.
 const kmZ = 1.959963984540054
 
-// KaplanMeier turns a released survival table — one group column of time
+// KaplanMeier turns a released survival table — a group column of time
 // bands in their order, and count columns of deaths and of censorings per
-// band (docs/sql.md, "Survival") — into a life-table Kaplan–Meier curve:
+// band (docs/sql.md, "Survival") — into a life-table Kaplan–Meier curve,
+// one per stratum when group columns come before the band's (GROUP BY
+// sex, years_band: a curve for each sex, each band's Stratum naming it;
+// a ROLLUP's total over the strata is a stratum of its own):
 // with n₀ the sum of every band's deaths and censorings, nⱼ = n₀ −
 // Σ_{i<j}(dᵢ + cᵢ) at risk entering band j, and S(tⱼ) = Π_{i≤j}(1 − qᵢ),
 // where qⱼ, the probability of dying within band j, solves the life table
@@ -41,13 +47,12 @@ const kmZ = 1.959963984540054
 // post-processing, no budget. A table of another shape is an error that
 // says what is expected; a suppressed band is an error naming it.
 func KaplanMeier(cols []dp.Column, rows [][]dp.Cell, deaths, censored string) ([]KMBand, error) {
-	gi, di, ci := -1, -1, -1
-	var groups []string
+	var gis []int
+	di, ci := -1, -1
 	for i, c := range cols {
 		switch {
 		case c.Kind == dp.KindGroup:
-			gi = i
-			groups = append(groups, c.Name)
+			gis = append(gis, i)
 		case c.Name == deaths:
 			di = i
 		case c.Name == censored:
@@ -58,18 +63,60 @@ func KaplanMeier(cols []dp.Column, rows [][]dp.Cell, deaths, censored string) ([
 	for _, c := range cols {
 		names = append(names, c.Name+" ("+c.Kind+")")
 	}
-	shape := fmt.Sprintf("a survival table has one group column of time bands, in order, and count columns %q and %q (docs/sql.md, Survival); this one has %s",
+	shape := fmt.Sprintf("a survival table has a group column of time bands, in order, as its last group column (any before it are strata, one curve each), and count columns %q and %q (docs/sql.md, Survival); this one has %s",
 		deaths, censored, strings.Join(names, ", "))
-	if len(groups) != 1 || di < 0 || ci < 0 || !isCount(cols[di]) || !isCount(cols[ci]) {
+	if len(gis) == 0 || di < 0 || ci < 0 || !isCount(cols[di]) || !isCount(cols[ci]) {
 		return nil, fmt.Errorf("not a survival table: %s", shape)
 	}
+	gi, strata := gis[len(gis)-1], gis[:len(gis)-1]
+	// Each stratum's rows, strata in the table's order.
+	var order []string
+	byStratum := map[string][][]dp.Cell{}
+	for _, row := range rows {
+		if len(row) != len(cols) || row[gi].Key == dp.TotalKey {
+			continue // a ROLLUP's total is not a band
+		}
+		var keys []string
+		for _, g := range strata {
+			k := row[g].Key
+			if row[g].Null {
+				k = "(missing)"
+			}
+			keys = append(keys, cols[g].Name+"="+k)
+		}
+		st := strings.Join(keys, ", ")
+		if _, ok := byStratum[st]; !ok {
+			order = append(order, st)
+		}
+		byStratum[st] = append(byStratum[st], row)
+	}
+	if len(order) == 0 {
+		return nil, fmt.Errorf("the survival table has no bands: %s", shape)
+	}
+	var out []KMBand
+	for _, st := range order {
+		curve, err := kmStratum(byStratum[st], gi, di, ci, cols)
+		if err != nil {
+			if st != "" {
+				err = fmt.Errorf("stratum %s: %w", st, err)
+			}
+			return nil, err
+		}
+		for j := range curve {
+			curve[j].Stratum = st
+		}
+		out = append(out, curve...)
+	}
+	return out, nil
+}
+
+// kmStratum is the curve of one stratum's rows: band column gi, deaths di
+// and censorings ci.
+func kmStratum(rows [][]dp.Cell, gi, di, ci int, cols []dp.Column) ([]KMBand, error) {
 	var bands []string
 	var x []float64 // deaths and censorings, band by band
 	var sd []float64
 	for _, row := range rows {
-		if len(row) != len(cols) || row[gi].Key == "(total)" {
-			continue // a ROLLUP's total is not a band
-		}
 		band := row[gi].Key
 		for _, j := range []int{di, ci} {
 			c := row[j]
@@ -84,9 +131,6 @@ func KaplanMeier(cols []dp.Column, rows [][]dp.Cell, deaths, censored string) ([
 			sd = append(sd, s)
 		}
 		bands = append(bands, band)
-	}
-	if len(bands) == 0 {
-		return nil, fmt.Errorf("the survival table has no bands: %s", shape)
 	}
 	out := kmCurve(bands, x)
 	// The noise's variance, by central differences on each released count.

@@ -119,3 +119,60 @@ func TestKaplanMeierRefuses(t *testing.T) {
 		t.Errorf("suppressed band: %v", err)
 	}
 }
+
+// TestKaplanMeierStrata: group columns before the band's give one curve
+// per stratum, each the curve of its rows alone, named by its keys, in the
+// table's order; a ROLLUP's total over the strata is a stratum too; a
+// suppressed band names its stratum.
+func TestKaplanMeierStrata(t *testing.T) {
+	female := [][3]float64{{0, 10, 20}, {0, 30, 40}, {0, 5, 0}}
+	male := [][3]float64{{0, 20, 10}, {0, 25, 5}, {0, 9, 3}}
+	bandCols, fRows := survivalTable(female, 4)
+	_, mRows := survivalTable(male, 6)
+	cols := append([]dp.Column{{Name: "sex", Kind: dp.KindGroup}}, bandCols...)
+	var rows [][]dp.Cell
+	for i := range fRows { // interleaved, as ORDER BY years_band, sex leaves them
+		rows = append(rows, append([]dp.Cell{{Key: "female"}}, fRows[i]...), append([]dp.Cell{{Key: "male"}}, mRows[i]...))
+	}
+	// GROUPING SETS ((sex, years_band), (years_band), ()): the bands over
+	// both sexes, and the grand total, which is no band.
+	var both [][3]float64
+	for i := range female {
+		both = append(both, [3]float64{0, female[i][1] + male[i][1], female[i][2] + male[i][2]})
+	}
+	_, tRows := survivalTable(both, 8)
+	for _, r := range tRows {
+		rows = append(rows, append([]dp.Cell{{Key: dp.TotalKey}}, r...))
+	}
+	total := 1.0
+	rows = append(rows, []dp.Cell{{Key: dp.TotalKey}, {Key: dp.TotalKey}, {Value: &total}, {Value: &total}})
+	got, err := KaplanMeier(cols, rows, "deaths", "censored")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantF, _ := KaplanMeier(bandCols, fRows, "deaths", "censored")
+	wantM, _ := KaplanMeier(bandCols, mRows, "deaths", "censored")
+	wantT, _ := KaplanMeier(bandCols, tRows, "deaths", "censored")
+	if len(got) != 9 {
+		t.Fatalf("%d bands, want 3 for each sex and for both: %+v", len(got), got)
+	}
+	for i, w := range append(append(wantF, wantM...), wantT...) {
+		g := got[i]
+		w.Stratum = []string{"sex=female", "sex=male", "sex=" + dp.TotalKey}[i/3]
+		if g != w {
+			t.Errorf("band %d: %+v, want %+v", i, g, w)
+		}
+	}
+	if wantF[0].Stratum != "" {
+		t.Errorf("a table with the band alone has stratum %q", wantF[0].Stratum)
+	}
+
+	rows[3][2] = dp.Cell{Suppressed: true} // male, 1-2, deaths
+	if _, err := KaplanMeier(cols, rows, "deaths", "censored"); err == nil || !strings.Contains(err.Error(), `stratum sex=male: band "1-2": deaths is suppressed`) {
+		t.Errorf("suppressed band in a stratum: %v", err)
+	}
+	noCounts := []dp.Column{{Name: "sex", Kind: dp.KindGroup}, {Name: "years_band", Kind: dp.KindGroup}}
+	if _, err := KaplanMeier(noCounts, nil, "deaths", "censored"); err == nil || !strings.Contains(err.Error(), "its last group column (any before it are strata") {
+		t.Errorf("no count columns: %v", err)
+	}
+}

@@ -63,6 +63,10 @@ func cannedBroker(tb testing.TB) *httptest.Server {
 		case "GET /api/v1/queries/44/result":
 			io.WriteString(w, `{"query_id":44,"columns":[{"name":"years_band","kind":"group"},{"name":"deaths","kind":"count"},{"name":"censored","kind":"count"}],`+
 				`"rows":[[{"key":"0-1"},{"value":10,"ci_low":4,"ci_high":16},{"value":20,"ci_low":14,"ci_high":26}],[{"key":"1-2"},{"value":30,"ci_low":24,"ci_high":36},{"value":40,"ci_low":34,"ci_high":46}]],"report":{}}`)
+		case "GET /api/v1/queries/45/result":
+			io.WriteString(w, `{"query_id":45,"columns":[{"name":"sex","kind":"group"},{"name":"years_band","kind":"group"},{"name":"deaths","kind":"count"},{"name":"censored","kind":"count"}],`+
+				`"rows":[[{"key":"female"},{"key":"0-1"},{"value":10,"ci_low":4,"ci_high":16},{"value":20,"ci_low":14,"ci_high":26}],[{"key":"male"},{"key":"0-1"},{"value":10,"ci_low":4,"ci_high":16},{"value":20,"ci_low":14,"ci_high":26}],`+
+				`[{"key":"female"},{"key":"1-2"},{"value":30,"ci_low":24,"ci_high":36},{"value":40,"ci_low":34,"ci_high":46}],[{"key":"male"},{"key":"1-2"},{"value":5,"ci_low":0,"ci_high":11},{"value":5,"ci_low":0,"ci_high":11}]],"report":{}}`)
 		case "GET /api/v1/audit":
 			w.WriteHeader(403)
 			io.WriteString(w, `{"error":{"code":"forbidden","message":"needs admin"}}`)
@@ -153,7 +157,9 @@ func TestClientExitCodes(t *testing.T) {
 		{"result csv", query, env, []string{"result", "42"}, 0, "London,40", ""},
 		{"km", query, env, []string{"km", "44"}, 0, "0-1   100      10      20        0.888     [0.799, 0.978]", ""},
 		{"km json", query, env, []string{"km", "44", "--json"}, 0, `"at_risk": 70`, ""},
-		{"km not a survival table", query, env, []string{"km", "42"}, 1, "", "not a survival table: a survival table has one group column"},
+		{"km by sex", query, env, []string{"km", "45"}, 0, "sex=female  0-1   100      10      20        0.888     [0.799, 0.978]", ""},
+		{"km by sex, second stratum", query, env, []string{"km", "45"}, 0, "sex=male    1-2   10", ""},
+		{"km not a survival table", query, env, []string{"km", "42"}, 1, "", "not a survival table: a survival table has a group column of time bands"},
 		{"km other column names", query, env, []string{"km", "44", "--deaths", "died"}, 1, "", `count columns "died" and "censored"`},
 		{"result bad format", query, env, []string{"result", "42", "--format", "xlsx"}, 2, "", "csv or json"},
 		{"approve over budget", review, env, []string{"approve", "42"}, 1, "", "overspend"},

@@ -281,8 +281,15 @@ func (m *QueryMain) km(ctx context.Context) error {
 		return PrintJSON(m.Stdout, curve)
 	}
 	tw := NewTable(m.Stdout)
+	strata := curve[0].Stratum != ""
+	if strata {
+		fmt.Fprint(tw, "stratum\t")
+	}
 	fmt.Fprintln(tw, "band\tat risk\tdeaths\tcensored\tsurvival\t95% interval")
 	for _, b := range curve {
+		if strata {
+			fmt.Fprintf(tw, "%s\t", b.Stratum)
+		}
 		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.3f\t[%.3f, %.3f]\n", b.Band, b.AtRisk, b.Deaths, b.Censored, b.Survival, b.Low, b.High)
 	}
 	if err := tw.Flush(); err != nil {

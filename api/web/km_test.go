@@ -27,4 +27,16 @@ func TestKMChart(t *testing.T) {
 	if newKMChart(cols[:2], nil) != nil {
 		t.Error("a table without censorings got a Kaplan–Meier chart")
 	}
+	// By sex: each bar names its stratum and band.
+	strata := append([]dp.Column{{Name: "sex", Kind: dp.KindGroup}}, cols...)
+	var rows2 [][]dp.Cell
+	for _, sex := range []string{"female", "male"} {
+		for _, r := range rows {
+			rows2 = append(rows2, append([]dp.Cell{{Key: sex}}, r...))
+		}
+	}
+	ch = newKMChart(strata, rows2)
+	if ch == nil || len(ch.Bars) != 4 || ch.Bars[2].Label != "sex=male · 0-1" || ch.Bars[2].Value != "0.888" || !strings.Contains(ch.Description, "one curve per stratum") {
+		t.Errorf("stratified survival table: chart %+v", ch)
+	}
 }

@@ -357,11 +357,18 @@ func newKMChart(cols []dp.Column, rows [][]dp.Cell) *chart {
 	kmRows := make([][]dp.Cell, len(curve))
 	for i, b := range curve {
 		v, lo, hi := b.Survival, b.Low, b.High
-		kmRows[i] = []dp.Cell{{Key: b.Band}, {Value: &v, CILow: &lo, CIHigh: &hi}}
+		key := b.Band
+		if b.Stratum != "" {
+			key = b.Stratum + " · " + b.Band
+		}
+		kmRows[i] = []dp.Cell{{Key: key}, {Value: &v, CILow: &lo, CIHigh: &hi}}
 	}
 	ch := newChart(kmCols, kmRows, "", "")
 	if ch != nil {
 		ch.Description = "Bar chart of the Kaplan–Meier survival at the end of each " + band + " with its 95% interval"
+		if curve[0].Stratum != "" {
+			ch.Description += ", one curve per stratum"
+		}
 		ch.Note = "Kaplan–Meier (life-table) survival at the end of each band, computed from the released deaths and censorings (as tre query km does; no privacy budget); whiskers are 95% intervals from Greenwood's variance and the counts' noise."
 	}
 	return ch

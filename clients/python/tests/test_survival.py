@@ -49,6 +49,27 @@ class KaplanMeier(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "band '0-1': deaths is suppressed"):
             tre_client.kaplan_meier(t, frame=False)
 
+    def test_strata(self):
+        # The bands are the last group column; sex before it gives one
+        # curve per sex, each the curve of its rows alone (cli
+        # TestClientExitCodes "km by sex": the female curve starts 0.888).
+        female = table([("0-1", 10, 20), ("1-2", 30, 40)], 6)
+        male = table([("0-1", 10, 20), ("1-2", 5, 5)], 6)
+        both = {"columns": [{"name": "sex", "kind": "group"}] + female["columns"], "rows": []}
+        for f, m in zip(female["rows"], male["rows"]):
+            both["rows"] += [[{"key": "female"}] + f, [{"key": "male"}] + m]
+        km = tre_client.kaplan_meier(both, frame=False)
+        self.assertEqual(km.columns, ["stratum"] + list(tre_client.survival.KM_COLUMNS))
+        self.assertEqual([(r["stratum"], r["band"]) for r in km],
+                         [("sex=female", "0-1"), ("sex=female", "1-2"), ("sex=male", "0-1"), ("sex=male", "1-2")])
+        alone = tre_client.kaplan_meier(male, frame=False)
+        for got, want in zip(km[2:], alone):
+            self.assertEqual({k: v for k, v in got.items() if k != "stratum"}, dict(want))
+        self.assertEqual(round(km[0]["survival"], 3), 0.888)
+        both["rows"][3][2] = {"suppressed": True}
+        with self.assertRaisesRegex(ValueError, "stratum sex=male: band '1-2': deaths is suppressed"):
+            tre_client.kaplan_meier(both, frame=False)
+
 
 if __name__ == "__main__":
     unittest.main()

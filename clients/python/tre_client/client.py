@@ -250,8 +250,9 @@ class Client:
         return table.to_table(self._call("result", query_id, {"format": "json"}), frame)
 
     def km(self, query_id, deaths="deaths", censored="censored", frame=None):
-        """The Kaplan-Meier curve of a released survival table (one group
-        column of time bands; count columns deaths and censored), with a 95%
+        """The Kaplan-Meier curve of a released survival table (a group
+        column of time bands, the last; group columns before it are strata,
+        one curve each; count columns deaths and censored), with a 95%
         interval from Greenwood's variance and the counts' noise:
         tre_client.kaplan_meier, as `tre query km`. Post-processing of the
         released table: no privacy budget. Raises ValueError for a table of

@@ -1,8 +1,8 @@
 """Kaplan–Meier curves from released survival tables.
 
-A survival table (docs/sql.md, "Survival") is released as one group column
-of time bands, in order, and count columns of deaths and of censorings per
-band. kaplan_meier computes the life-table curve from it as `tre query km`
+A survival table (docs/sql.md, "Survival") is released as a group column
+of time bands, in order (the last group column; any before it are strata,
+one curve each), and count columns of deaths and of censorings per band. kaplan_meier computes the life-table curve from it as `tre query km`
 does (api.KaplanMeier in the Go code): with n0 the sum of every band's
 deaths and censorings, n_j = n0 - sum_{i<j}(d_i + c_i) at risk entering
 band j and S(t_j) = prod_{i<=j}(1 - q_i), where q_j, the probability of
@@ -64,30 +64,68 @@ def _curve(bands, x):
 def kaplan_meier(result, deaths="deaths", censored="censored", frame=None):
     """The Kaplan-Meier curve of a released survival table. result is the
     JSON result (columns and rows, as Client.result's request returns it,
-    or a to_table input). Returns a DataFrame with pandas (frame=None or
-    True), else Rows, with the columns KM_COLUMNS. Raises ValueError when
-    the table is not a survival table (saying what is expected and what it
-    has) or a band is suppressed."""
+    or a to_table input). The time bands are the last group column; group
+    columns before it are strata, one curve each (GROUP BY sex, years_band),
+    and the result then starts with a column "stratum" naming each curve's
+    keys ("sex=female"). Returns a DataFrame with pandas (frame=None or
+    True), else Rows, with the columns KM_COLUMNS (after "stratum"). Raises
+    ValueError when the table is not a survival table (saying what is
+    expected and what it has) or a band is suppressed."""
     columns = result["columns"] or []
-    gi = di = ci = -1
-    groups = 0
+    groups = []
+    di = ci = -1
     for i, c in enumerate(columns):
         if c["kind"] == "group":
-            gi, groups = i, groups + 1
+            groups.append(i)
         elif c["name"] == deaths:
             di = i
         elif c["name"] == censored:
             ci = i
     have = ", ".join("{} ({})".format(c["name"], c["kind"]) for c in columns)
-    shape = ("a survival table has one group column of time bands, in order, and count columns "
+    shape = ("a survival table has a group column of time bands, in order, as its last group column "
+             "(any before it are strata, one curve each), and count columns "
              "{!r} and {!r} (docs/sql.md, Survival); this one has {}".format(deaths, censored, have))
     counts = ("count", "count_patients")
-    if groups != 1 or di < 0 or ci < 0 or columns[di]["kind"] not in counts or columns[ci]["kind"] not in counts:
+    if not groups or di < 0 or ci < 0 or columns[di]["kind"] not in counts or columns[ci]["kind"] not in counts:
         raise ValueError("not a survival table: " + shape)
-    bands, x, sd = [], [], []
+    gi, strata = groups[-1], groups[:-1]
+    order, by = [], {}
     for row in result["rows"] or []:
         if len(row) != len(columns) or row[gi].get("key") == "(total)":
             continue
+        st = ", ".join("{}={}".format(columns[g]["name"], "(missing)" if row[g].get("null") else row[g].get("key"))
+                       for g in strata)
+        if st not in by:
+            order.append(st)
+            by[st] = []
+        by[st].append(row)
+    if not order:
+        raise ValueError("the survival table has no bands: " + shape)
+    records = []
+    for st in order:
+        try:
+            curve = _stratum(by[st], gi, di, ci, columns)
+        except ValueError as e:
+            if st:
+                raise ValueError("stratum {}: {}".format(st, e)) from None
+            raise
+        for b in curve:
+            rec = dict(zip(KM_COLUMNS, b))
+            if strata:
+                rec = dict(stratum=st, **rec)
+            records.append(rec)
+    names = (("stratum",) if strata else ()) + KM_COLUMNS
+    pd = _pandas(frame)
+    if pd is None:
+        return Rows(records, names, {})
+    return pd.DataFrame.from_records(records, columns=list(names))
+
+
+def _stratum(rows, gi, di, ci, columns):
+    """The curve of one stratum's rows (band column gi, deaths di,
+    censorings ci), as lists in KM_COLUMNS order."""
+    bands, x, sd = [], [], []
+    for row in rows:
         band = row[gi].get("key")
         for j in (di, ci):
             cell = row[j]
@@ -97,8 +135,6 @@ def kaplan_meier(result, deaths="deaths", censored="censored", frame=None):
             lo, hi = cell.get("ci_low"), cell.get("ci_high")
             sd.append((hi - lo) / 2 / _Z if lo is not None and hi is not None else 0.0)
         bands.append(band)
-    if not bands:
-        raise ValueError("the survival table has no bands: " + shape)
     out = _curve(bands, x)
     noise = [0.0] * len(out)
     for k in range(len(x)):
@@ -118,8 +154,4 @@ def kaplan_meier(result, deaths="deaths", censored="censored", frame=None):
             green += d / (eff * (eff - d))
         half = _Z * math.sqrt(s * s * green + noise[j])
         b[5], b[6] = max(0.0, s - half), min(1.0, s + half)
-    records = [dict(zip(KM_COLUMNS, b)) for b in out]
-    pd = _pandas(frame)
-    if pd is None:
-        return Rows(records, KM_COLUMNS, {})
-    return pd.DataFrame.from_records(records, columns=list(KM_COLUMNS))
+    return out

@@ -1,8 +1,11 @@
 #' Kaplan-Meier curve of a released survival table
 #'
 #' A survival table (the tre repository's docs/sql.md, "Survival") is
-#' released as one group column of time bands, in order, and count columns
-#' of deaths and of censorings per band. \code{tre_km} downloads a released
+#' released as a group column of time bands, in order, and count columns
+#' of deaths and of censorings per band. The bands are the last group
+#' column; group columns before it are strata, one curve each
+#' (\code{GROUP BY sex, years_band}), named in a first column
+#' \code{stratum} (\code{"sex=female"}). \code{tre_km} downloads a released
 #' one and computes the life-table Kaplan-Meier curve from it as
 #' \code{tre query km} does: with \eqn{n_0} the sum of every band's deaths
 #' and censorings, \eqn{n_j = n_0 - \sum_{i<j}(d_i + c_i)} at risk entering
@@ -22,7 +25,8 @@
 #' @param id The query's id, or the query.
 #' @param deaths,censored The names of the count columns.
 #' @param result The table as decoded from the broker's JSON.
-#' @return A data frame with columns \code{band}, \code{at_risk},
+#' @return A data frame with columns (\code{stratum} first when the table
+#'   has strata) \code{band}, \code{at_risk},
 #'   \code{deaths}, \code{censored}, \code{survival}, \code{ci_low},
 #'   \code{ci_high}. A table of another shape is an error saying what is
 #'   expected; so is a suppressed band.
@@ -39,24 +43,59 @@ tre_km <- function(client, id, deaths = "deaths", censored = "censored") {
 #' @rdname tre_km
 #' @export
 tre_kaplan_meier <- function(result, deaths = "deaths", censored = "censored") {
-  z <- 1.959963984540054
   columns <- result[["columns"]]
   kinds <- vapply(columns, function(c) c[["kind"]], character(1))
   names <- vapply(columns, function(c) c[["name"]], character(1))
-  gi <- which(kinds == "group")
+  groups <- which(kinds == "group")
   di <- which(names == deaths & kinds != "group")
   ci <- which(names == censored & kinds != "group")
-  shape <- sprintf("a survival table has one group column of time bands, in order, and count columns \"%s\" and \"%s\" (docs/sql.md, Survival); this one has %s",
+  shape <- sprintf("a survival table has a group column of time bands, in order, as its last group column (any before it are strata, one curve each), and count columns \"%s\" and \"%s\" (docs/sql.md, Survival); this one has %s",
                    deaths, censored, paste0(names, " (", kinds, ")", collapse = ", "))
   counts <- c("count", "count_patients")
-  if (length(gi) != 1 || length(di) != 1 || length(ci) != 1 || !(kinds[di] %in% counts) || !(kinds[ci] %in% counts)) {
+  if (!length(groups) || length(di) != 1 || length(ci) != 1 || !(kinds[di] %in% counts) || !(kinds[ci] %in% counts)) {
     stop("not a survival table: ", shape, call. = FALSE)
   }
+  gi <- groups[length(groups)]
+  strata <- groups[-length(groups)]
+  # Each stratum's label and rows, strata in the table's order (an empty
+  # label, no strata, cannot be a list name).
+  labels <- character(0)
+  by <- list()
+  for (row in result[["rows"]]) {
+    if (length(row) != length(columns) || identical(row[[gi]][["key"]], "(total)")) next
+    keys <- vapply(strata, function(g) {
+      k <- if (isTRUE(row[[g]][["null"]])) "(missing)" else row[[g]][["key"]]
+      paste0(names[g], "=", k)
+    }, character(1))
+    st <- paste(keys, collapse = ", ")
+    i <- match(st, labels)
+    if (is.na(i)) {
+      labels <- c(labels, st)
+      i <- length(labels)
+      by[[i]] <- list()
+    }
+    by[[i]] <- c(by[[i]], list(row))
+  }
+  if (!length(by)) stop("the survival table has no bands: ", shape, call. = FALSE)
+  curves <- lapply(seq_along(labels), function(i) {
+    st <- labels[i]
+    km <- tryCatch(.km_stratum(by[[i]], gi, di, ci, names),
+                   error = function(e) stop(if (nzchar(st)) paste0("stratum ", st, ": ") else "", conditionMessage(e), call. = FALSE))
+    if (length(strata)) km <- cbind(data.frame(stratum = st, stringsAsFactors = FALSE), km)
+    km
+  })
+  out <- do.call(rbind, curves)
+  rownames(out) <- NULL
+  out
+}
+
+# The curve of one stratum's rows: band column gi, deaths di, censorings ci.
+.km_stratum <- function(rows, gi, di, ci, names) {
+  z <- 1.959963984540054
   bands <- character(0)
   x <- numeric(0)
   sd <- numeric(0)
-  for (row in result[["rows"]]) {
-    if (length(row) != length(columns) || identical(row[[gi]][["key"]], "(total)")) next
+  for (row in rows) {
     band <- row[[gi]][["key"]]
     for (j in c(di, ci)) {
       cell <- row[[j]]
@@ -70,7 +109,6 @@ tre_kaplan_meier <- function(result, deaths = "deaths", censored = "censored") {
     }
     bands <- c(bands, band)
   }
-  if (!length(bands)) stop("the survival table has no bands: ", shape, call. = FALSE)
   d <- x[seq(1, length(x), 2)]
   c <- x[seq(2, length(x), 2)]
   at_risk <- sum(x) - c(0, cumsum(d + c))[seq_along(bands)]

@@ -31,3 +31,25 @@ test_that("another table or a suppressed band is an error saying what is expecte
   t$rows[[1]][[2]] <- list(suppressed = TRUE)
   expect_error(tre_kaplan_meier(t), "band \"0-1\": deaths is suppressed")
 })
+
+test_that("group columns before the bands are strata, one curve each", {
+  female <- survival_table(6)
+  male <- survival_table(6)
+  male$rows[[2]][[2]] <- list(value = 5, ci_low = 0, ci_high = 11)
+  male$rows[[2]][[3]] <- list(value = 5, ci_low = 0, ci_high = 11)
+  both <- list(columns = c(list(list(name = "sex", kind = "group")), female$columns), rows = list())
+  for (i in 1:2) {
+    both$rows <- c(both$rows, list(c(list(list(key = "female")), female$rows[[i]]), c(list(list(key = "male")), male$rows[[i]])))
+  }
+  km <- tre_kaplan_meier(both)
+  expect_equal(names(km)[1], "stratum")
+  expect_equal(km$stratum, c("sex=female", "sex=female", "sex=male", "sex=male"))
+  expect_equal(km$band, c("0-1", "1-2", "0-1", "1-2"))
+  # The female curve is the one-stratum table's (tre query km: 0.888 first).
+  expect_equal(round(km$survival[1:2], 3), c(0.888, 0.255))
+  alone <- tre_kaplan_meier(male)
+  expect_equal(km$survival[3:4], alone$survival)
+  expect_equal(km$ci_low[3:4], alone$ci_low)
+  both$rows[[4]][[3]] <- list(suppressed = TRUE)
+  expect_error(tre_kaplan_meier(both), "stratum sex=male: band \"1-2\": deaths is suppressed")
+})
