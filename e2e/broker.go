@@ -41,11 +41,18 @@ type LonelyBroker struct {
 // frank.
 func StartLonelyBroker(tb testing.TB, extra ...string) *LonelyBroker {
 	tb.Helper()
+	return StartLonelyBrokerOn(tb, "127.0.0.1", extra...)
+}
+
+// StartLonelyBrokerOn is StartLonelyBroker listening on host's address
+// (a Net's Addr).
+func StartLonelyBrokerOn(tb testing.TB, host string, extra ...string) *LonelyBroker {
+	tb.Helper()
 	if testing.Short() {
 		tb.Skip("starts a real broker process; skipped with -short")
 	}
 	b := &LonelyBroker{Dir: tb.TempDir(), Tokens: map[string]string{}}
-	addr := FreeAddr(tb)
+	addr := FreeAddrOn(tb, host)
 	b.URL = "http://" + addr
 	b.Args = append([]string{"serve", "--data-dir", b.Dir, "--addr", addr, "--dev", "--lease-ttl", "2s",
 		"--researcher-time-granularity", Granularity.String()}, extra...)

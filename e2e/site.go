@@ -37,19 +37,26 @@ func StartTre(tb testing.TB, args ...string) *Process {
 // StartTreIn is startTre in the working directory dir ("": the test's).
 func StartTreIn(tb testing.TB, dir string, args ...string) *Process {
 	tb.Helper()
+	return startProcess(tb, dir, args, tre, args[0])
+}
+
+// startProcess starts name argv… in dir as tre's subcommand sub (for the
+// messages), stopped when the test ends.
+func startProcess(tb testing.TB, dir string, argv []string, name, sub string) *Process {
+	tb.Helper()
 	p := &Process{Out: &bytes.Buffer{}, done: make(chan error, 1)}
-	p.Cmd = exec.Command(tre, args...)
+	p.Cmd = exec.Command(name, argv...)
 	p.Cmd.Dir = dir
 	p.Cmd.Stdout = p.Out
 	p.Cmd.Stderr = p.Out
 	if err := p.Cmd.Start(); err != nil {
-		tb.Fatalf("start tre %s: %v", args[0], err)
+		tb.Fatalf("start tre %s: %v", sub, err)
 	}
 	go func() { p.done <- p.Cmd.Wait() }()
 	tb.Cleanup(func() {
 		p.Stop()
 		if tb.Failed() {
-			tb.Logf("tre %s output:\n%s", args[0], p.Out.String())
+			tb.Logf("tre %s output:\n%s", sub, p.Out.String())
 		}
 	})
 	return p
@@ -85,7 +92,13 @@ func (p *Process) Kill() {
 // FreeAddr returns a loopback address with a free port.
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return FreeAddrOn(tb, "127.0.0.1")
+}
+
+// FreeAddrOn returns host's address host:port with a free port.
+func FreeAddrOn(tb testing.TB, host string) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -362,14 +362,21 @@ func (a *Agent) report(ctx context.Context, log *slog.Logger, queryID int64, tok
 	defer cancel()
 	var err error
 	if runErr == nil {
+		var lost error
 		err = a.retry(rctx, "complete", func() error {
 			err := a.complete(rctx, queryID, token, out)
 			if errors.Is(err, ErrLeaseLost) {
-				return nil // already completed, or re-leased: nothing to do
+				lost = err // re-leased, or the query ended without it: nothing to do
+				return nil
 			}
 			return err
 		})
-		if err == nil {
+		switch {
+		case err == nil && lost != nil:
+			// A late upload (the site was cut off past its lease, or a
+			// federated query's deadline): the broker keeps what it had.
+			log.Warn("agent: the broker no longer holds this job's lease; result dropped", "error", lost)
+		case err == nil:
 			log.Info("agent: job completed", "groups", out.groups(), "partial", out.part != nil)
 		}
 		if errors.Is(err, ErrRefused) {

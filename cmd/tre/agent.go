@@ -115,13 +115,14 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (
 	}
 	cleanup := func() { runner.Close() }
 	a, err := site.NewAgent(site.Config{
-		SiteID:       cfg.SiteID,
-		Catalog:      cat,
-		Broker:       &site.Client{API: &api.Client{BaseURL: cfg.Broker, Token: token, HTTPClient: hc, AgentVersion: buildVersion()}},
-		Runner:       runner,
-		Parallelism:  cfg.Parallelism,
-		PollInterval: cfg.Poll,
-		Logger:       logger,
+		SiteID:        cfg.SiteID,
+		Catalog:       cat,
+		Broker:        &site.Client{API: &api.Client{BaseURL: cfg.Broker, Token: token, HTTPClient: hc, AgentVersion: buildVersion()}},
+		Runner:        runner,
+		Parallelism:   cfg.Parallelism,
+		PollInterval:  cfg.Poll,
+		ReportTimeout: cfg.Report,
+		Logger:        logger,
 	})
 	if err != nil {
 		cleanup()

@@ -164,6 +164,7 @@ type AgentConfig struct {
 	Timeout     time.Duration `yaml:"job_timeout" flag:"job-timeout" usage:"per-job time limit"`
 	SandboxPool int           `yaml:"sandbox_pool" flag:"sandbox-pool" usage:"sandbox children started ahead of the jobs, each used for one job only (0: none; their idle memory is capped at 1 GiB in all)"`
 	Poll        time.Duration `yaml:"poll_interval" flag:"poll-interval" usage:"how often to ask for work when idle"`
+	Report      time.Duration `yaml:"report_timeout" flag:"report-timeout" usage:"how long a finished job's result is retried through a broker outage before it is dropped (the job's lease then runs out and the broker leases it again, or fails a federated query at its deadline)"`
 	CAFile      string        `yaml:"ca_file" flag:"ca-file" usage:"CA bundle for the broker's certificate"`
 	ClientCert  string        `yaml:"client_cert" flag:"client-cert" usage:"client certificate for mutual TLS"`
 	ClientKey   string        `yaml:"client_key" flag:"client-key" usage:"client key for mutual TLS" secret:"true"`
@@ -181,6 +182,7 @@ func DefaultAgentConfig() AgentConfig {
 		Timeout:     5 * time.Minute,
 		SandboxPool: 1,
 		Poll:        2 * time.Second,
+		Report:      30 * time.Second,
 		LogLevel:    "info",
 	}
 }
@@ -208,6 +210,8 @@ func (c *AgentConfig) Validate() error {
 		return fmt.Errorf("job_timeout %s is too short", c.Timeout)
 	case c.Poll <= 0:
 		return errors.New("poll_interval must be positive")
+	case c.Report < time.Second:
+		return fmt.Errorf("report_timeout %s is too short", c.Report)
 	case (c.ClientCert == "") != (c.ClientKey == ""):
 		return errors.New("client_cert and client_key go together")
 	case c.AdminAddr != "" && !isLoopback(c.AdminAddr):

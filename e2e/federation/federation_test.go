@@ -5,8 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,10 +34,11 @@ const dataset = "fed_gp"
 const regionSQL = "SELECT region, count(*) AS n FROM patients GROUP BY region"
 
 // fedSite is one NHS site: its own directory, synthetic data and agent
-// process.
+// process, in a network namespace of its own where the machine allows.
 type fedSite struct {
 	id, dir, data, catalog string
 	agent                  *e2e.Process
+	ns                     *e2e.NetSite // nil: on loopback
 }
 
 // newFedSite registers site id, generates its data (its own seed and size)
@@ -59,9 +63,17 @@ func (s *fedSite) start(t *testing.T, b *e2e.LonelyBroker) {
 	t.Helper()
 	token := b.Mint(t, auth.DevClaims{Subject: "agent-" + s.id, Roles: []broker.Role{broker.RoleAgent}, Site: s.id})
 	tokenFile := e2e.WriteAgentToken(t, s.dir, token)
-	s.agent = e2e.StartTre(t, "agent", "--broker", b.URL, "--site-id", s.id, "--token-file", tokenFile,
+	// --report-timeout: a part finished while its site is cut off is still
+	// being uploaded when the site is reconnected past the deadline (the
+	// default 30s could give up first).
+	args := []string{"agent", "--broker", b.URL, "--site-id", s.id, "--token-file", tokenFile,
 		"--data", s.data, "--catalog", s.catalog, "--poll-interval", "100ms", "--memory-limit", "512MB",
-		"--scratch-dir", filepath.Join(s.dir, "scratch"))
+		"--scratch-dir", filepath.Join(s.dir, "scratch"), "--report-timeout", "3m"}
+	if s.ns != nil {
+		s.agent = s.ns.StartTre(t, args...)
+	} else {
+		s.agent = e2e.StartTre(t, args...)
+	}
 }
 
 // exactByRegion is regionSQL's exact answer on the site's data, without
@@ -95,13 +107,27 @@ func (s *fedSite) exactByRegion(t *testing.T) map[string]float64 {
 }
 
 // TestFederation runs one broker and three site agents, each in its own
-// process and directory over its own synthetic data: a conflicting catalog
-// is refused naming the difference; a federated query's released answer
-// agrees with the sum of the sites' exact answers; each site's ledger is
-// charged; a site killed mid-job fails the query as a whole after the
-// deadline, as a failure notice the researcher sees as failed.
+// process, directory and (where the machine allows) network namespace over
+// its own synthetic data: a conflicting catalog is refused naming the
+// difference; a federated query's released answer agrees with the sum of
+// the sites' exact answers; each site's ledger is charged; sites cut off
+// before and during their part, and a site killed mid-job, fail the query
+// as a whole after the deadline, as a failure notice the researcher sees
+// as failed, each site charged only if it ran; a reconnected site's late
+// upload is refused and changes nothing.
 func TestFederation(t *testing.T) {
-	b := e2e.StartLonelyBroker(t, "--federation-deadline", "20s")
+	nw, noNet := e2e.NewNet(t)
+	host, serve := "127.0.0.1", []string{"--federation-deadline", "20s"}
+	if nw != nil {
+		// Plain HTTP on the test's own private network: the broker refuses
+		// it on a non-loopback address unless told TLS is done in front.
+		host, serve = nw.Addr, append(serve, "--behind-tls-proxy")
+	} else {
+		t.Logf("sites on loopback, not cut off: %s", noNet)
+	}
+	admin := e2e.FreeAddr(t)
+	b := e2e.StartLonelyBrokerOn(t, host, append(serve, "--admin-addr", admin)...)
+	metrics := "http://" + admin + "/metrics"
 	ctx := context.Background()
 	var sites []*fedSite
 	exact := map[string]float64{}
@@ -109,6 +135,9 @@ func TestFederation(t *testing.T) {
 		s := newFedSite(t, b, fmt.Sprintf("fed-%d", i+1), 101+i, n)
 		for k, v := range s.exactByRegion(t) {
 			exact[k] += v
+		}
+		if nw != nil {
+			s.ns = nw.AddSite()
 		}
 		s.start(t, b)
 		sites = append(sites, s)
@@ -141,7 +170,10 @@ func TestFederation(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := releasedAnswer(t, b, p.ID, exact)
-	ledgers(t, b, p.ID, map[string]float64{"fed-1": q.Cost.Epsilon, "fed-2": q.Cost.Epsilon, "fed-3": q.Cost.Epsilon}, 3*q.Cost.Epsilon)
+	eps := q.Cost.Epsilon
+	k := &books{site: map[string]float64{}}
+	k.approved(eps, "fed-1", "fed-2", "fed-3")
+	k.check(t, b, p.ID)
 	reg, err := (&api.Client{BaseURL: b.URL}).Register(ctx, api.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -151,16 +183,44 @@ func TestFederation(t *testing.T) {
 			t.Errorf("register names sites %v, want fed-1..3", e.Sites)
 		}
 	}
-	ran := killedMidJob(t, b, p.ID, sites[2], q.Cost.Epsilon)
-	allSitesDown(t, b, p.ID, sites, q.Cost.Epsilon, ran)
+	t.Run("cut off", func(t *testing.T) {
+		if nw == nil {
+			t.Skip(noNet)
+		}
+		cutOff(t, b, metrics, p.ID, sites, eps, k)
+	})
+	killedMidJob(t, b, p.ID, sites[2], eps, k)
+	allSitesDown(t, b, p.ID, sites, eps, k)
+}
+
+// books is what the test expects the ledgers to hold: ε spent at each
+// site, and by the project, which every approved query over the three
+// sites charges 3 × ε, never refunded.
+type books struct {
+	site    map[string]float64
+	project float64
+}
+
+// approved books a query of ε that ran at the sites ran (charged there)
+// and nowhere else (refunded there).
+func (k *books) approved(eps float64, ran ...string) {
+	k.project += 3 * eps
+	for _, s := range ran {
+		k.site[s] += eps
+	}
+}
+
+// check compares the ledgers with the books.
+func (k *books) check(t *testing.T, b *e2e.LonelyBroker, project int64) {
+	t.Helper()
+	ledgers(t, b, project, k.site, k.project)
 }
 
 // allSitesDown stops every site's agent and has a query approved: no lease
 // poll comes, so the broker's own deadline sweep fails it as a whole; the
 // sites' ledgers are refunded, the project's charge stands (a refund there
 // would tell the researcher whether the sites ran).
-// ran is how many queries every site had run before.
-func allSitesDown(t *testing.T, b *e2e.LonelyBroker, project int64, sites []*fedSite, eps, ran float64) {
+func allSitesDown(t *testing.T, b *e2e.LonelyBroker, project int64, sites []*fedSite, eps float64, k *books) {
 	t.Helper()
 	ctx := context.Background()
 	for _, s := range sites {
@@ -188,7 +248,8 @@ func allSitesDown(t *testing.T, b *e2e.LonelyBroker, project int64, sites []*fed
 	e2e.WaitStatus(t, b.As("alice"), q.ID, broker.StatusFailed)
 	// This one ran nowhere: the sites' ledgers are as before, the project
 	// is charged its 3 × ε all the same.
-	ledgers(t, b, project, map[string]float64{"fed-1": ran * eps, "fed-2": ran * eps, "fed-3": ran * eps}, 3*(ran+1)*eps)
+	k.approved(eps)
+	k.check(t, b, project)
 }
 
 // conflictingCatalog: a fourth site publishing the dataset with other
@@ -307,8 +368,8 @@ func ledgers(t *testing.T, b *e2e.LonelyBroker, project int64, want map[string]f
 // and the researcher sees it failed once the notice is released. A site
 // whose part finished before the kill, or reported in the instant before
 // it, would not test this: the query is then submitted again (up to three
-// times). It returns how many queries every site has run.
-func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedSite, eps float64) float64 {
+// times).
+func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedSite, eps float64, k *books) {
 	t.Helper()
 	ctx := context.Background()
 	for attempt := 1; ; attempt++ {
@@ -319,21 +380,8 @@ func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedS
 		if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
 			t.Fatal(err)
 		}
-		var state broker.JobStatus
-		e2e.Eventually(t, time.Minute, victim.id+"'s part starting", func() error {
-			v, err := b.As("dave").Query(ctx, q.ID)
-			if err != nil {
-				return err
-			}
-			for _, s := range v.Sites {
-				if s.SiteID == victim.id && s.Status != broker.JobPending {
-					state = s.Status
-					return nil
-				}
-			}
-			return errors.New("not leased yet")
-		})
-		if state != broker.JobRunning {
+		k.approved(eps, "fed-1", "fed-2", "fed-3")
+		if partStarted(t, b, q.ID, victim.id) != broker.JobRunning {
 			// Its part was done before we looked: try again.
 			if attempt == 3 {
 				t.Fatalf("%s's part finished before the agent could be killed, three times", victim.id)
@@ -369,19 +417,242 @@ func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedS
 		if _, err := b.As("carol").ReleaseQuery(ctx, q.ID, "tell the researcher"); err != nil {
 			t.Fatal(err)
 		}
-		e2e.Eventually(t, time.Minute, "researcher seeing the failure", func() error {
-			v, err := b.As("alice").Query(ctx, q.ID)
-			if err != nil {
-				return err
+		researcherSeesFailure(t, b, q.ID)
+		// Every site started its part: each is charged, none refunded.
+		k.check(t, b, project)
+		return
+	}
+}
+
+// partStarted waits for site's part of query id to be leased and returns
+// its status then: running, or done already.
+func partStarted(t *testing.T, b *e2e.LonelyBroker, id int64, site string) broker.JobStatus {
+	t.Helper()
+	var state broker.JobStatus
+	e2e.Eventually(t, time.Minute, site+"'s part starting", func() error {
+		v, err := b.As("dave").Query(context.Background(), id)
+		if err != nil {
+			return err
+		}
+		for _, s := range v.Sites {
+			if s.SiteID == site && s.Status != broker.JobPending {
+				state = s.Status
+				return nil
 			}
-			if v.Status != broker.StatusFailed || v.FailureCode != "" {
-				return fmt.Errorf("status %s, failure %q", v.Status, v.FailureCode)
+		}
+		return errors.New("not leased yet")
+	})
+	return state
+}
+
+// researcherSeesFailure waits for the researcher to see query id failed,
+// generically: the same words whatever happened, no failure code, no
+// site's state, and no table.
+func researcherSeesFailure(t *testing.T, b *e2e.LonelyBroker, id int64) {
+	t.Helper()
+	ctx := context.Background()
+	e2e.Eventually(t, time.Minute, "researcher seeing the failure", func() error {
+		v, err := b.As("alice").Query(ctx, id)
+		if err != nil {
+			return err
+		}
+		if v.Status != broker.StatusFailed || v.FailureCode != "" || v.FailureDetail != "" {
+			return fmt.Errorf("status %s, failure %q: %q", v.Status, v.FailureCode, v.FailureDetail)
+		}
+		for _, s := range v.Sites {
+			if s.Status != "" || s.Attempts != 0 {
+				return fmt.Errorf("the researcher sees site %s %s after %d attempt(s)", s.SiteID, s.Status, s.Attempts)
+			}
+		}
+		if len(v.History) == 0 {
+			return errors.New("no history")
+		}
+		if last := v.History[len(v.History)-1]; last.Comment != broker.FailedMessage {
+			return fmt.Errorf("the researcher is told %q", last.Comment)
+		}
+		return nil
+	})
+	if _, err := b.As("alice").Result(ctx, id); e2e.APIStatus(err) < 400 || e2e.APIStatus(err) > 499 {
+		t.Errorf("result of a failed federated query: %v, want a 4xx refusal", err)
+	}
+}
+
+// cutOff cuts one site off before its part starts and another once its
+// part is running, their agents running on: the query waits for its
+// deadline and fails as a whole, generically for the researcher, with no
+// table; the site that never started is refunded, the others stay charged.
+// Reconnected, the second site's late upload is refused (a 409 the broker
+// counts) and changes nothing, and both sites take part in the next query.
+// A part done before the cut would not test this: the query is then
+// submitted again.
+func cutOff(t *testing.T, b *e2e.LonelyBroker, metrics string, project int64, sites []*fedSite, eps float64, k *books) {
+	ctx := context.Background()
+	ran, late, early := sites[0], sites[1], sites[2]
+	early.ns.Cut(t)
+	var q *broker.Query
+	for attempt := 1; q == nil; attempt++ {
+		sub, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, sites cut off", Epsilon: eps})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.As("bob").ApproveQuery(ctx, sub.ID, "ok"); err != nil {
+			t.Fatal(err)
+		}
+		cut := partStarted(t, b, sub.ID, late.id) == broker.JobRunning
+		if cut {
+			late.ns.Cut(t)
+		}
+		got := e2e.WaitStatus(t, b.As("bob"), sub.ID, broker.StatusAwaitingOutputCheck)
+		if got.FailureCode != broker.FailureFederationDeadline {
+			t.Fatalf("failure %q, want %q", got.FailureCode, broker.FailureFederationDeadline)
+		}
+		// The late site's part was running when we looked; it may still
+		// have reported in the instant before the cut.
+		abandoned := late.id + " failed after 1 attempt(s) (abandoned)"
+		lateState := abandoned
+		if !cut || !strings.Contains(got.FailureDetail, abandoned) {
+			cut, lateState = false, late.id+" reported after 1 attempt(s)"
+		}
+		for _, want := range []string{ran.id + " reported after 1 attempt(s)", lateState, early.id + " failed after 0 attempt(s), refunded"} {
+			if !strings.Contains(got.FailureDetail, want) {
+				t.Errorf("notice %q does not say %q", got.FailureDetail, want)
+			}
+		}
+		noTable(t, b, sub.ID)
+		// Charged where the part started, refunded where it never did.
+		k.approved(eps, ran.id, late.id)
+		k.check(t, b, project)
+		switch {
+		case cut:
+			t.Logf("%s cut off before its part started, %s once its part was running (query %d, attempt %d)", early.id, late.id, sub.ID, attempt)
+			q = got
+		case attempt == 3:
+			t.Fatalf("%s's part finished before the site could be cut off, three times", late.id)
+		default:
+			reconnect(t, b, late)() // in case it was cut too late
+		}
+	}
+
+	before := refusedUploads(t, metrics)
+	waitPolling := reconnect(t, b, late, early)
+	// The late site's upload, retried since its part finished, gets
+	// through now and is refused: its lease ended with the query.
+	e2e.Eventually(t, 2*time.Minute, late.id+"'s late upload refused", func() error {
+		if n := refusedUploads(t, metrics); n <= before {
+			return fmt.Errorf("%g uploads refused, as before the reconnection", n)
+		}
+		return nil
+	})
+	t.Logf("%s reconnected: its late upload was refused", late.id)
+	after, err := b.As("bob").Query(ctx, q.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Status != broker.StatusAwaitingOutputCheck || after.FailureDetail != q.FailureDetail {
+		t.Errorf("after the late upload: %s, %q; want it as it was: %s, %q", after.Status, after.FailureDetail, q.Status, q.FailureDetail)
+	}
+	noTable(t, b, q.ID)
+	k.check(t, b, project)
+	if _, err := b.As("carol").ReleaseQuery(ctx, q.ID, "tell the researcher"); err != nil {
+		t.Fatal(err)
+	}
+	researcherSeesFailure(t, b, q.ID)
+
+	// Both agents ran on through it, and poll again.
+	for _, s := range []*fedSite{late, early} {
+		select {
+		case err := <-s.agent.Done():
+			t.Fatalf("%s's agent exited: %v", s.id, err)
+		default:
+		}
+	}
+	waitPolling()
+	sub, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, sites back", Epsilon: eps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.As("bob").ApproveQuery(ctx, sub.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e2e.WaitStatus(t, b.As("bob"), sub.ID, broker.StatusAwaitingOutputCheck); got.FailureCode != "" {
+		t.Fatalf("with every site back: failure %q: %s", got.FailureCode, got.FailureDetail)
+	}
+	k.approved(eps, "fed-1", "fed-2", "fed-3")
+	k.check(t, b, project)
+}
+
+// reconnect reconnects sites; the function it returns waits until each
+// has polled the broker since (a poll sent before the cut may be lost,
+// and the agent waits for it up to its HTTP client's timeout).
+func reconnect(t *testing.T, b *e2e.LonelyBroker, sites ...*fedSite) (waitPolling func()) {
+	t.Helper()
+	seen := lastSeen(t, b)
+	for _, s := range sites {
+		s.ns.Reconnect(t)
+	}
+	return func() {
+		t.Helper()
+		e2e.Eventually(t, 2*time.Minute, "the reconnected sites polling", func() error {
+			now := lastSeen(t, b)
+			for _, s := range sites {
+				if !now[s.id].After(seen[s.id]) {
+					return fmt.Errorf("%s last seen %s", s.id, now[s.id])
+				}
 			}
 			return nil
 		})
-		// Every site started its part: each is charged, none refunded.
-		n := float64(attempt + 1)
-		ledgers(t, b, project, map[string]float64{"fed-1": n * eps, "fed-2": n * eps, "fed-3": n * eps}, 3*n*eps)
-		return n
 	}
+}
+
+// noTable checks the output of query id is a failure notice for the three
+// sites, with no table.
+func noTable(t *testing.T, b *e2e.LonelyBroker, id int64) {
+	t.Helper()
+	o, err := b.As("carol").Output(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Result != nil || o.Failure == nil || len(o.Sites) != 3 {
+		t.Fatalf("output: result %v, failure %v, %d sites; want a failure notice with 3 sites and no table", o.Result != nil, o.Failure, len(o.Sites))
+	}
+}
+
+// lastSeen is when each site's agent last polled, by the broker's clock.
+func lastSeen(t *testing.T, b *e2e.LonelyBroker) map[string]time.Time {
+	t.Helper()
+	list, err := b.As("dave").Sites(context.Background(), api.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]time.Time{}
+	for _, s := range list.Items {
+		seen[s.ID] = s.LastSeen
+	}
+	return seen
+}
+
+// refusedUploads is how many job uploads (complete) the broker has refused
+// with 409, from its metrics.
+func refusedUploads(t *testing.T, metrics string) float64 {
+	t.Helper()
+	resp, err := http.Get(metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const series = `tre_http_requests_total{method="POST",route="/api/v1/agent/jobs/:id/complete",status="409"} `
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %q: %v", line, err)
+			}
+			return n
+		}
+	}
+	return 0
 }
