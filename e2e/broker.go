@@ -169,10 +169,13 @@ func SendWith(tb testing.TB, method, u, token string, headers map[string]string,
 }
 
 // Descendants counts the processes below pid (Linux /proc).
-func Descendants(pid int) int {
+func Descendants(pid int) int { return len(DescendantPIDs(pid)) }
+
+// DescendantPIDs lists the processes below pid (Linux /proc).
+func DescendantPIDs(pid int) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0
+		return nil
 	}
 	parent := map[int]int{}
 	for _, e := range entries {
@@ -192,14 +195,14 @@ func Descendants(pid int) int {
 			parent[p], _ = strconv.Atoi(f[1])
 		}
 	}
-	n := 0
+	var below []int
 	for p := range parent {
 		for q := parent[p]; q > 1; q = parent[q] {
 			if q == pid {
-				n++
+				below = append(below, p)
 				break
 			}
 		}
 	}
-	return n
+	return below
 }

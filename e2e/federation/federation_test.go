@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -74,6 +75,33 @@ func (s *fedSite) start(t *testing.T, b *e2e.LonelyBroker) {
 	} else {
 		s.agent = e2e.StartTre(t, args...)
 	}
+}
+
+// stall stops (SIGSTOP) every process below the site's agent, its pooled
+// sandbox child among them, so that the next part the site leases stays
+// running, whatever the machine's load, until resume is called (the lease
+// is the broker's "running"; the part's run and upload wait for the
+// child). It waits for the agent to have a child; the test's end resumes
+// them, whatever happened.
+func (s *fedSite) stall(t *testing.T) (resume func()) {
+	t.Helper()
+	var pids []int
+	e2e.Eventually(t, time.Minute, s.id+"'s sandbox child", func() error {
+		if pids = e2e.DescendantPIDs(s.agent.Cmd.Process.Pid); len(pids) == 0 {
+			return errors.New("none yet")
+		}
+		return nil
+	})
+	for _, p := range pids {
+		_ = syscall.Kill(p, syscall.SIGSTOP)
+	}
+	resume = func() {
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	return resume
 }
 
 // exactByRegion is regionSQL's exact answer on the site's data, without
@@ -164,7 +192,7 @@ func TestFederation(t *testing.T) {
 	p, err := b.As("dave").CreateProject(ctx, api.ProjectRequest{
 		Title: "Federated study", Organisation: "Test University", Purpose: "Patients by region across three sites",
 		LawfulBasis: "Art. 6(1)(e)", Members: []string{"alice"}, Datasets: []string{dataset},
-		EpsilonBudget: 20, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
+		EpsilonBudget: 100, DeltaBudget: 1e-3, ExpiresAt: time.Now().AddDate(0, 1, 0),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -363,16 +391,18 @@ func ledgers(t *testing.T, b *e2e.LonelyBroker, project int64, want map[string]f
 	}
 }
 
-// killedMidJob kills the last site's agent once its part is running: the
-// query fails as a whole after the deadline, its notice lists each site,
-// and the researcher sees it failed once the notice is released. A site
-// whose part finished before the kill, or reported in the instant before
-// it, would not test this: the query is then submitted again (up to three
-// times).
+// killedMidJob kills the last site's agent once its part is running (its
+// sandbox stalled until then): the query fails as a whole after the
+// deadline, its notice lists each site, and the researcher sees it failed
+// once the notice is released. A site whose part finished before the kill
+// anyway (another sandbox child than the stalled one), or reported in the
+// instant before it, would not test this: the query is then submitted
+// again (up to three times).
 func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedSite, eps float64, k *books) {
 	t.Helper()
 	ctx := context.Background()
 	for attempt := 1; ; attempt++ {
+		resume := victim.stall(t)
 		q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, again", Epsilon: eps})
 		if err != nil {
 			t.Fatal(err)
@@ -382,6 +412,7 @@ func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedS
 		}
 		k.approved(eps, "fed-1", "fed-2", "fed-3")
 		if partStarted(t, b, q.ID, victim.id) != broker.JobRunning {
+			resume()
 			// Its part was done before we looked: try again.
 			if attempt == 3 {
 				t.Fatalf("%s's part finished before the agent could be killed, three times", victim.id)
@@ -390,6 +421,7 @@ func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedS
 			continue
 		}
 		victim.agent.Kill()
+		resume() // its sandbox children die with it (pdeathsig)
 		got := e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck)
 		if got.FailureCode == "" && attempt < 3 {
 			// Its part reported between our look and the kill (the
@@ -402,6 +434,7 @@ func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedS
 		if got.FailureCode != broker.FailureFederationDeadline {
 			t.Fatalf("failure %q, want %q (the part reported before the kill, three times)", got.FailureCode, broker.FailureFederationDeadline)
 		}
+		t.Logf("%s killed with its part running (query %d, attempt %d)", victim.id, q.ID, attempt)
 		o, err := b.As("carol").Output(ctx, q.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -483,14 +516,16 @@ func researcherSeesFailure(t *testing.T, b *e2e.LonelyBroker, id int64) {
 // table; the site that never started is refunded, the others stay charged.
 // Reconnected, the second site's late upload is refused (a 409 the broker
 // counts) and changes nothing, and both sites take part in the next query.
-// A part done before the cut would not test this: the query is then
-// submitted again.
+// The second site's sandbox is stalled until the cut so that its part is
+// surely running then; should a part still be done before the cut (a
+// sandbox child other than the stalled one), the query is submitted again.
 func cutOff(t *testing.T, b *e2e.LonelyBroker, metrics string, project int64, sites []*fedSite, eps float64, k *books) {
 	ctx := context.Background()
 	ran, late, early := sites[0], sites[1], sites[2]
 	early.ns.Cut(t)
 	var q *broker.Query
 	for attempt := 1; q == nil; attempt++ {
+		resume := late.stall(t)
 		sub, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, sites cut off", Epsilon: eps})
 		if err != nil {
 			t.Fatal(err)
@@ -502,6 +537,8 @@ func cutOff(t *testing.T, b *e2e.LonelyBroker, metrics string, project int64, si
 		if cut {
 			late.ns.Cut(t)
 		}
+		// The part runs and is done now, its upload lost on the cut line.
+		resume()
 		got := e2e.WaitStatus(t, b.As("bob"), sub.ID, broker.StatusAwaitingOutputCheck)
 		if got.FailureCode != broker.FailureFederationDeadline {
 			t.Fatalf("failure %q, want %q", got.FailureCode, broker.FailureFederationDeadline)
