@@ -116,6 +116,8 @@ type Service struct {
 	plans    map[planKey]*queries.Plan
 	// bucketSweep is when TakeToken last deleted idle buckets.
 	bucketSweep time.Time
+	// buckets are the token buckets' states as TakeToken last stored them.
+	buckets map[string]Bucket
 }
 
 // NewService returns a service over store using compiler for SQL.
@@ -135,6 +137,7 @@ func NewService(store Store, compiler Compiler, opts Options) *Service {
 		runHold:      max(opts.RunHold, 0),
 		catalogs:     map[string]cachedCatalog{},
 		plans:        map[planKey]*queries.Plan{},
+		buckets:      map[string]Bucket{},
 		failures:     &authFailures{window: opts.AuthFailureWindow, bySource: map[string]*failureWindow{}},
 	}
 	if s.failures.window <= 0 {

@@ -29,6 +29,11 @@ type Store interface {
 	// member of its project, all as of one moment, for the frequent read
 	// of one query (FindQueryByID); ENOTFOUND when it is missing.
 	ReadQuery(ctx context.Context, id int64, subject string, rewritten bool) (*QueryRecord, []Event, bool, error)
+	// SwapBucket stores token bucket name's next state if the stored one is
+	// still old, in one statement outside any transaction, and reports
+	// whether it did (TakeToken's fast path; false when the bucket changed
+	// or is missing).
+	SwapBucket(ctx context.Context, name string, old, next Bucket) (bool, error)
 	Ping(ctx context.Context) error
 	Close() error
 }

@@ -90,3 +90,55 @@ func testSharedRateLimit(t *testing.T, cfg Config) {
 		t.Fatal("a zero rate limits")
 	}
 }
+
+// testSwapBucket checks Store.SwapBucket, TakeToken's one-statement path:
+// it stores the next state only over the exact state given, never over a
+// bucket changed since (tokens or time) and never into a missing one.
+func testSwapBucket(t *testing.T, store Store) {
+	ctx := context.Background()
+	at := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+	swap := func(old, next broker.Bucket) bool {
+		t.Helper()
+		ok, err := store.SwapBucket(ctx, "submit:erin", old, next)
+		if err != nil {
+			t.Fatalf("swap: %v", err)
+		}
+		return ok
+	}
+	stored := func() broker.Bucket {
+		t.Helper()
+		var b broker.Bucket
+		err := store.Update(ctx, func(tx broker.Tx) error {
+			var err error
+			b.Tokens, b.Last, err = tx.LockBucket(ctx, "submit:erin", 2, at)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if swap(broker.Bucket{Tokens: 2, Last: at}, broker.Bucket{Tokens: 1, Last: at}) {
+		t.Fatal("swapped into a bucket that does not exist")
+	}
+	first := stored() // created full
+	if first.Tokens != 2 || !first.Last.Equal(at) {
+		t.Fatalf("new bucket = %+v, want 2 tokens at %s", first, at)
+	}
+	// A third of a token, a time with microseconds: stored and compared exactly.
+	next := broker.Bucket{Tokens: 1.0 / 3, Last: at.Add(1234567 * time.Microsecond)}
+	if !swap(first, next) {
+		t.Fatal("swap over the stored state refused")
+	}
+	for _, stale := range []broker.Bucket{first, {Tokens: next.Tokens, Last: first.Last}, {Tokens: 1, Last: next.Last}} {
+		if swap(stale, broker.Bucket{Tokens: 2, Last: next.Last.Add(time.Second)}) {
+			t.Fatalf("swapped over %+v, but the bucket holds %+v", stale, next)
+		}
+	}
+	if got := stored(); got.Tokens != next.Tokens || !got.Last.Equal(next.Last) {
+		t.Fatalf("bucket = %+v, want %+v", got, next)
+	}
+	if !swap(next, broker.Bucket{Tokens: 0, Last: next.Last}) {
+		t.Fatal("a second swap over the state the first stored refused")
+	}
+}

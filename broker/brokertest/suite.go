@@ -68,6 +68,7 @@ func Run(t *testing.T, cfg Config) {
 	})
 	t.Run("SingleSiteBeforeFederation", func(t *testing.T) { testSingleSiteBeforeFederation(t, fresh(t, broker.Options{})) })
 	t.Run("Codelists", func(t *testing.T) { testCodelists(t, fresh(t, broker.Options{})) })
+	t.Run("SwapBucket", func(t *testing.T) { testSwapBucket(t, cfg.Open(t)) })
 	if cfg.OpenPair != nil {
 		t.Run("TwoReplicas", func(t *testing.T) { testTwoReplicas(t, cfg) })
 		t.Run("Sessions", func(t *testing.T) { testSessions(t, cfg) })

@@ -2,8 +2,10 @@ package postgres_test
 
 import (
 	"context"
+	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -97,6 +99,45 @@ func (c *statementCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ p
 }
 
 func (c *statementCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// TestTakeTokenOneStatement: a rate-limit token from a bucket this broker
+// stored last costs one statement (Store.SwapBucket), not a transaction
+// of four, and grants what the bucket holds.
+func TestTakeTokenOneStatement(t *testing.T) {
+	brokertest.PostgresBaseURL(t)
+	ctx := context.Background()
+	var count statementCounter
+	s, err := postgres.OpenTraced(ctx, brokertest.PostgresURL(t), &count)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	clock := brokertest.NewClock(time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC))
+	svc := broker.NewService(s, nil, broker.Options{Now: clock.Now})
+	take := func() bool {
+		t.Helper()
+		ok, _, err := svc.TakeToken(ctx, "submit:res1", 6, 3) // 3 tokens, one more every 10 s
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !take() { // creates the bucket: 2 left
+		t.Fatal("first token refused")
+	}
+	before := count.n.Load()
+	var granted []bool
+	for range 5 {
+		clock.Advance(time.Second) // 2.1 → 1.1, 1.2 → 0.2, then 0.3, 0.4, 0.5: refused
+		granted = append(granted, take())
+	}
+	if want := []bool{true, true, false, false, false}; !slices.Equal(granted, want) {
+		t.Errorf("granted %v, want %v", granted, want)
+	}
+	if n := count.n.Load() - before; n != 5 {
+		t.Errorf("5 takes cost %d statements, want 5", n)
+	}
+}
 
 // BenchmarkSubmitStatements is what the API does per submission on
 // PostgreSQL, the shared rate-limit token and the submission, reporting

@@ -2,6 +2,8 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
+	"fmt"
 	"time"
 
 	"github.com/nhs-tre/tre/broker"
@@ -81,6 +83,35 @@ func (t *tx) LockBucket(ctx context.Context, name string, full float64, now time
 func (t *tx) SetBucket(ctx context.Context, name string, tokens float64, at time.Time) error {
 	_, err := t.exec(ctx, `UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE name = ?`, tokens, micros(at), name)
 	return err
+}
+
+// swapBucketSQL stores a bucket's new state only if it still holds the
+// old one (SwapBucket).
+const swapBucketSQL = `UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE name = ? AND tokens = ? AND updated_at = ?`
+
+// SwapBucket stores bucket name's next state if it still holds old, in one
+// statement outside any transaction: a compare-and-swap on the whole state
+// (tokens and time), which no other taker can have left unchanged.
+func (db *DB) SwapBucket(ctx context.Context, name string, old, next broker.Bucket) (bool, error) {
+	args := []any{next.Tokens, micros(next.Last), name, old.Tokens, micros(old.Last)}
+	var res sql.Result
+	var err error
+	if s := db.cachedStmt(false, swapBucketSQL); s != nil {
+		res, err = s.ExecContext(ctx, args...)
+	} else {
+		res, err = db.write.ExecContext(ctx, db.rebind(swapBucketSQL), args...)
+		if db.d.Prepare {
+			defer db.prepareLater(false, []string{swapBucketSQL})
+		}
+	}
+	if err != nil {
+		return false, db.translate(fmt.Errorf("swap bucket: %w", err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, db.translate(err)
+	}
+	return n == 1, nil
 }
 
 func (t *tx) DeleteIdleBuckets(ctx context.Context, before time.Time) error {
