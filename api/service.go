@@ -54,7 +54,7 @@ type ProjectService interface {
 // cancel.
 type QueryService interface {
 	SubmitQuery(ctx context.Context, sub broker.QuerySubmission) (*broker.Query, error)
-	CheckQuery(ctx context.Context, sub broker.QuerySubmission) (*queries.Plan, error)
+	CheckQuery(ctx context.Context, sub broker.QuerySubmission) (*broker.Checked, error)
 	FindQueryByID(ctx context.Context, id int64) (*broker.Query, error)
 	FindQueries(ctx context.Context, f broker.QueryFilter) ([]*broker.Query, int, error)
 	CancelQuery(ctx context.Context, id int64) (*broker.Query, error)

@@ -48,19 +48,43 @@ type CheckResponse struct {
 	Cost      dp.Cost       `json:"cost"`
 	Accuracy  []dp.Accuracy `json:"accuracy"`
 	Rewritten string        `json:"rewritten_sql"`
+	// Federation is set over a dataset several sites hold: how many sites
+	// the query would run at and what each site's ledger and the project's
+	// would be charged; Accuracy is then the combined answer's.
+	Federation *broker.Federation `json:"federation,omitempty"`
 }
+
+// Kinds of dry-run table (DryRunResponse.Run).
+const (
+	// DryRunSynthetic: the query run once on the broker's synthetic data,
+	// as the dataset's one site would run it.
+	DryRunSynthetic = "synthetic"
+	// DryRunSyntheticSingleSite: over a dataset several sites hold, the
+	// query still run once on the broker's synthetic data, as one site
+	// alone would run it: the table's values, noise and intervals are one
+	// site's, not the sites' combined answer that Federation and Accuracy
+	// describe.
+	DryRunSyntheticSingleSite = "synthetic_single_site"
+)
 
 // DryRunResponse is the answer to a dry run: a protected table computed from
 // synthetic data, never from patient records, shown as a researcher would
 // receive it from a real run (the researcher's part of the report).
 type DryRunResponse struct {
-	Synthetic bool                `json:"synthetic"`
-	Dataset   string              `json:"dataset"`
-	Cost      dp.Cost             `json:"cost"`
-	Accuracy  []dp.Accuracy       `json:"accuracy"`
-	Columns   []dp.Column         `json:"columns"`
-	Rows      [][]dp.Cell         `json:"rows"`
-	Report    dp.ResearcherReport `json:"report"`
+	Synthetic bool `json:"synthetic"`
+	// Run says what the table is: DryRunSynthetic, or
+	// DryRunSyntheticSingleSite over a dataset several sites hold.
+	Run     string  `json:"run"`
+	Dataset string  `json:"dataset"`
+	Cost    dp.Cost `json:"cost"`
+	// Accuracy is the submitted query's: over a dataset several sites
+	// hold, the combined answer's (not the table's).
+	Accuracy []dp.Accuracy `json:"accuracy"`
+	// Federation is set over a dataset several sites hold, as on a check.
+	Federation *broker.Federation  `json:"federation,omitempty"`
+	Columns    []dp.Column         `json:"columns"`
+	Rows       [][]dp.Cell         `json:"rows"`
+	Report     dp.ResearcherReport `json:"report"`
 	// AbsentCodes lists, per codelist the query joins, the codes that
 	// occur nowhere in the synthetic data (never computed from real data).
 	AbsentCodes []job.AbsentCodes `json:"absent_codes,omitempty"`

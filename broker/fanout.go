@@ -52,10 +52,7 @@ func federate(rec *QueryRecord, pr *prepared, plan *queries.Plan) error {
 	}
 	rec.Sites = pr.sites
 	rec.Disjoint = pr.cat.Federation != nil && pr.cat.Federation.DisjointPopulations
-	rec.LedgerFactor = pr.sites
-	if rec.Disjoint {
-		rec.LedgerFactor = 1
-	}
+	rec.LedgerFactor = ledgerFactor(pr.sites, rec.Disjoint)
 	rec.Query.Federation = FederationOf(rec)
 	return nil
 }

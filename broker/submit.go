@@ -145,8 +145,17 @@ type needPlan struct {
 
 func (*needPlan) Error() string { return "the query must be compiled first" }
 
+// Checked is a submission checked and planned, nothing stored: its plan
+// and, over a dataset several sites hold, how it would run at them and
+// what it would cost (Federation, without a deadline; nil otherwise). The
+// plan's Accuracy is then the combined answer's.
+type Checked struct {
+	*queries.Plan
+	Federation *Federation
+}
+
 // CheckQuery validates and plans a submission without storing anything.
-func (s *Service) CheckQuery(ctx context.Context, sub QuerySubmission) (*queries.Plan, error) {
+func (s *Service) CheckQuery(ctx context.Context, sub QuerySubmission) (*Checked, error) {
 	u, err := s.authorize(ctx, "query.check", projectObject(sub.ProjectID), RoleResearcher)
 	if err != nil {
 		return nil, err
@@ -155,7 +164,11 @@ func (s *Service) CheckQuery(ctx context.Context, sub QuerySubmission) (*queries
 	if err != nil {
 		return nil, err
 	}
-	return pr.plan, nil
+	c := &Checked{Plan: pr.plan}
+	if pr.sites > 1 {
+		c.Federation = federation(pr.sites, pr.cat.Federation != nil && pr.cat.Federation.DisjointPopulations, pr.plan.Cost)
+	}
+	return c, nil
 }
 
 // SubmitQuery validates, plans and stores a researcher's query with its

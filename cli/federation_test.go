@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/dp"
 )
@@ -54,5 +55,30 @@ func TestOutputSites(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestDryRunFederation: a dry run over a dataset several sites hold is
+// labelled one site's answer, with the federated query's cost; one over a
+// single site's is not.
+func TestDryRunFederation(t *testing.T) {
+	r := &api.DryRunResponse{Synthetic: true, Run: api.DryRunSynthetic, Dataset: "gp", Cost: dp.Cost{Epsilon: 0.5, Delta: 1e-6},
+		Columns: []dp.Column{{Name: "n", Kind: "count"}}, Rows: [][]dp.Cell{{{}}}}
+	var out bytes.Buffer
+	if err := printDryRun(&out, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "SYNTHETIC DATA") || strings.Contains(out.String(), "ONE SITE") {
+		t.Errorf("single-site dry run:\n%s", out.String())
+	}
+	r.Run = api.DryRunSyntheticSingleSite
+	r.Federation = &broker.Federation{Sites: 3, SiteCost: r.Cost, ProjectCost: dp.Cost{Epsilon: 1.5, Delta: 3e-6}}
+	out.Reset()
+	if err := printDryRun(&out, r); err != nil {
+		t.Fatal(err)
+	}
+	if want := "ONE SITE'S ANSWER: 3 sites hold the dataset"; !strings.Contains(out.String(), want) ||
+		!strings.Contains(out.String(), "(ε=0.5 δ=1e-06 each) and costs the project ε=1.5 δ=3e-06") {
+		t.Errorf("federated dry run lacks %q and the costs:\n%s", want, out.String())
 	}
 }

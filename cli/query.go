@@ -198,9 +198,7 @@ func (m *QueryMain) run(ctx context.Context) error {
 		if m.flags.json {
 			return PrintJSON(m.Stdout, r)
 		}
-		fmt.Fprintf(m.Stdout, "SYNTHETIC DATA — not patient records. Dataset %s, would cost ε=%s δ=%s\n\n",
-			r.Dataset, fmtFloat(r.Cost.Epsilon), fmtFloat(r.Cost.Delta))
-		return PrintResultTable(m.Stdout, r.Columns, r.Rows)
+		return printDryRun(m.Stdout, r)
 	case "list":
 		opts := api.QueryListOptions{ListOptions: api.ListOptions{Limit: m.limit, Offset: m.offset}, Status: broker.Status(m.status), ProjectID: m.project}
 		l, err := c.Queries(ctx, opts)
@@ -409,4 +407,19 @@ func printFederation(tw io.Writer, q *broker.Query) {
 		}
 		fmt.Fprintf(tw, "site\t%s\n", st)
 	}
+}
+
+// printDryRun prints a dry run's table under what it is: synthetic data
+// and, over a dataset several sites hold, one site's answer with the
+// federated query's cost.
+func printDryRun(w io.Writer, r *api.DryRunResponse) error {
+	fmt.Fprintf(w, "SYNTHETIC DATA — not patient records. Dataset %s, would cost ε=%s δ=%s\n",
+		r.Dataset, fmtFloat(r.Cost.Epsilon), fmtFloat(r.Cost.Delta))
+	if f := r.Federation; f != nil {
+		fmt.Fprintf(w, "ONE SITE'S ANSWER: %d sites hold the dataset; this table is the query run once on synthetic data, as one site alone would.\n"+
+			"The submitted query runs at each site (ε=%s δ=%s each) and costs the project ε=%s δ=%s; its accuracy (--json) is the combined answer's.\n",
+			f.Sites, fmtFloat(f.SiteCost.Epsilon), fmtFloat(f.SiteCost.Delta), fmtFloat(f.ProjectCost.Epsilon), fmtFloat(f.ProjectCost.Delta))
+	}
+	fmt.Fprintln(w)
+	return PrintResultTable(w, r.Columns, r.Rows)
 }

@@ -112,6 +112,7 @@ type fakeService struct {
 	output      *broker.Output
 	lease       *broker.Lease
 	plan        *queries.Plan
+	federation  *broker.Federation // of CheckQuery
 	register    []*broker.RegisterEntry
 	authFailure []string
 	lastQF      broker.QueryFilter
@@ -199,8 +200,11 @@ func (f *fakeService) SubmitQuery(ctx context.Context, sub broker.QuerySubmissio
 	f.mu.Unlock()
 	return f.queries[0], nil
 }
-func (f *fakeService) CheckQuery(ctx context.Context, sub broker.QuerySubmission) (*queries.Plan, error) {
-	return f.plan, f.fail()
+func (f *fakeService) CheckQuery(ctx context.Context, sub broker.QuerySubmission) (*broker.Checked, error) {
+	if err := f.fail(); err != nil {
+		return nil, err
+	}
+	return &broker.Checked{Plan: f.plan, Federation: f.federation}, nil
 }
 
 // read returns qs as the service would under ctx: without their rewritten

@@ -71,7 +71,7 @@ func (s *Server) checkQuery(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c, http.StatusOK, api.CheckResponse{Dataset: plan.Dataset, Cost: plan.Cost, Accuracy: plan.Accuracy, Rewritten: plan.Rewritten})
+	writeJSON(c, http.StatusOK, api.CheckResponse{Dataset: plan.Dataset, Cost: plan.Cost, Accuracy: plan.Accuracy, Rewritten: plan.Rewritten, Federation: plan.Federation})
 	return nil
 }
 
@@ -102,8 +102,12 @@ func (s *Server) dryRun(c *gin.Context) error {
 	if rows == nil {
 		rows = [][]dp.Cell{}
 	}
+	run := api.DryRunSynthetic
+	if plan.Federation != nil {
+		run = api.DryRunSyntheticSingleSite
+	}
 	writeJSON(c, http.StatusOK, api.DryRunResponse{
-		Synthetic: true, Dataset: plan.Dataset, Cost: plan.Cost, Accuracy: plan.Accuracy,
+		Synthetic: true, Run: run, Dataset: plan.Dataset, Cost: plan.Cost, Accuracy: plan.Accuracy, Federation: plan.Federation,
 		Columns: view.Columns, Rows: rows, Report: view.Report, AbsentCodes: absent,
 	})
 	return nil

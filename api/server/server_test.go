@@ -295,8 +295,28 @@ func TestDryRun(t *testing.T) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
-	if !got.Synthetic || !got.Report.Synthetic || got.Dataset != "gp" || len(got.Rows) != 1 {
+	if !got.Synthetic || !got.Report.Synthetic || got.Dataset != "gp" || len(got.Rows) != 1 || got.Run != api.DryRunSynthetic || got.Federation != nil {
 		t.Errorf("dry run = %+v", got)
+	}
+	// Over a dataset three sites hold: labelled one site's answer, with
+	// the federated query's cost and the combined answer's accuracy.
+	f := newFakeService()
+	f.plan.Accuracy = []dp.Accuracy{{Column: "n", HalfWidth95: 9}}
+	f.federation = &broker.Federation{Sites: 3, SiteCost: dp.Cost{Epsilon: 1}, ProjectCost: dp.Cost{Epsilon: 3}}
+	srv = newTestServer(t, f, func(c *Config) { c.DryRunner = fakeDryRunner{} })
+	rec = call(t, srv.Handler(), "POST", "/api/v1/queries/dry-run", tok, body)
+	got = api.DryRunResponse{}
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); rec.Code != 200 || err != nil {
+		t.Fatalf("federated dry run: %d %s", rec.Code, rec.Body)
+	}
+	if got.Run != api.DryRunSyntheticSingleSite || got.Federation == nil || *got.Federation != *f.federation ||
+		len(got.Accuracy) != 1 || got.Accuracy[0].HalfWidth95 != 9 || !got.Synthetic {
+		t.Errorf("federated dry run = %+v", got)
+	}
+	rec = call(t, srv.Handler(), "POST", "/api/v1/queries/check", tok, body)
+	var check api.CheckResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &check); rec.Code != 200 || err != nil || check.Federation == nil || *check.Federation != *f.federation {
+		t.Errorf("federated check: %d %s", rec.Code, rec.Body)
 	}
 }
 

@@ -3,6 +3,7 @@ package web_test
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -40,10 +41,33 @@ func TestFederationPages(t *testing.T) {
 	for _, want := range []string{
 		"held by <strong>2 sites</strong>",
 		"(2 × the site cost: a patient may be at several sites)",
-		fmt.Sprintf("Approve and reserve ε %s", strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.6f", q.Federation.ProjectCost.Epsilon), "0"), ".")),
+		fmt.Sprintf("Approve and reserve ε %s", epsText(q.Federation.ProjectCost.Epsilon)),
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the review page lacks %q", want)
+		}
+	}
+	// The editor: the check quotes the project's cost for both sites; a
+	// dry run is labelled one site's answer.
+	alice := withDryRunner(t, e).signIn(t, "alice")
+	form := url.Values{"csrf": {alice.csrf()}, "project_id": {fmt.Sprint(e.project.ID)}, "sql": {q.SQL}, "purpose": {"federated"}}
+	for action, wants := range map[string][]string{
+		"check": {"2 sites hold this dataset", fmt.Sprintf("<strong>ε %s</strong>", epsText(q.Federation.ProjectCost.Epsilon)),
+			fmt.Sprintf("ε %s for each site", epsText(q.Cost.Epsilon)), "The accuracy below is the combined answer's."},
+		"dryrun": {"2 sites hold this dataset", "One site's answer, not the combined one.", "The submitted query runs at all 2 sites"},
+	} {
+		form.Set("action", action)
+		resp, body := alice.post("/ui/editor", form)
+		if resp.StatusCode != 200 {
+			t.Fatalf("editor %s: status %d", action, resp.StatusCode)
+		}
+		for _, want := range wants {
+			if !strings.Contains(body, want) {
+				t.Errorf("the editor's %s lacks %q", action, want)
+			}
+		}
+		if action == "check" && strings.Contains(body, "One site's answer") {
+			t.Errorf("a check is labelled as a dry run")
 		}
 	}
 	if _, err := e.svc.ApproveQuery(e.as("bob"), q.ID, ""); err != nil {
@@ -77,4 +101,9 @@ func TestFederationPages(t *testing.T) {
 			t.Errorf("the output check page lacks %q", want)
 		}
 	}
+}
+
+// epsText is ε as the pages print it.
+func epsText(eps float64) string {
+	return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.6f", eps), "0"), ".")
 }

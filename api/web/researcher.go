@@ -52,7 +52,7 @@ type editorForm struct {
 type checkView struct {
 	OK      bool
 	Message string
-	Plan    *queries.Plan
+	Plan    *broker.Checked
 }
 
 type editorView struct {

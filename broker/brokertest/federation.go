@@ -157,6 +157,15 @@ func testFederation(t *testing.T, f *Fixture) {
 	if fmt.Sprint(q.Accuracy) != fmt.Sprint(acc) {
 		t.Errorf("accuracy quoted %v, want the combined answer's %v", q.Accuracy, acc)
 	}
+	// A check (and a dry run, which quotes it) says the same as the
+	// submission.
+	c, err := svc.CheckQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Epsilon: eps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Federation == nil || *c.Federation != *q.Federation || fmt.Sprint(c.Accuracy) != fmt.Sprint(acc) {
+		t.Errorf("check: federation %+v, accuracy %v; want the submission's %+v, %v", c.Federation, c.Accuracy, q.Federation, acc)
+	}
 	if c := q.Federation.ProjectCost; !near(c.Epsilon, 3*q.Cost.Epsilon) || !near(c.Delta, 3*q.Cost.Delta) {
 		t.Errorf("project cost %+v, want 3 × %+v", c, q.Cost)
 	}
@@ -262,6 +271,9 @@ func testFederationDisjoint(t *testing.T, f *Fixture) {
 	q := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
 	if fed := q.Federation; fed == nil || !fed.DisjointPopulations || fed.ProjectCost != q.Cost {
 		t.Fatalf("federation %+v, want disjoint populations costing the project %+v once", fed, q.Cost)
+	}
+	if c, err := f.Service.CheckQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Epsilon: 0.5}); err != nil || c.Federation == nil || *c.Federation != *q.Federation {
+		t.Errorf("check: %+v, %v; want the submission's federation %+v", c, err, q.Federation)
 	}
 	f.MustApprove(q.ID)
 	if b := f.MustBudget(); !near(b.EpsilonReserved, q.Cost.Epsilon) {
@@ -621,6 +633,9 @@ func testSingleSiteBeforeFederation(t *testing.T, f *Fixture) {
 	q := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
 	f.MustApprove(q.ID)
 	waiting := f.MustSubmit(f.Researcher, DefaultSQL, 0.5)
+	if c, err := svc.CheckQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: DefaultSQL, Epsilon: 0.5}); err != nil || c.Federation != nil {
+		t.Fatalf("check over one site: %+v, %v; want no federation", c, err)
+	}
 	f.federate(nil)
 	f.MustApprove(waiting.ID)
 	for _, s := range fedSites {

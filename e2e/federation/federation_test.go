@@ -153,8 +153,13 @@ func TestFederation(t *testing.T) {
 	} else {
 		t.Logf("sites on loopback, not cut off: %s", noNet)
 	}
+	// The broker's synthetic data for dry runs, of the federated dataset.
+	dry := filepath.Join(t.TempDir(), "dry.duckdb")
+	if out, code := e2e.RunTreIn(t, t.TempDir(), "synth", "--out", dry, "--patients", "1000", "--seed", "99", "--dataset", dataset); code != 0 {
+		t.Fatalf("tre synth for dry runs exited %d:\n%s", code, out)
+	}
 	admin := e2e.FreeAddr(t)
-	b := e2e.StartLonelyBrokerOn(t, host, append(serve, "--admin-addr", admin)...)
+	b := e2e.StartLonelyBrokerOn(t, host, append(serve, "--admin-addr", admin, "--dry-run-data", dry)...)
 	metrics := "http://" + admin + "/metrics"
 	ctx := context.Background()
 	var sites []*fedSite
@@ -202,6 +207,7 @@ func TestFederation(t *testing.T) {
 	k := &books{site: map[string]float64{}}
 	k.approved(eps, "fed-1", "fed-2", "fed-3")
 	k.check(t, b, p.ID)
+	t.Run("dry run", func(t *testing.T) { dryRun(t, b, q, k) })
 	reg, err := (&api.Client{BaseURL: b.URL}).Register(ctx, api.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -219,6 +225,26 @@ func TestFederation(t *testing.T) {
 	})
 	killedMidJob(t, b, p.ID, sites[2], eps, k)
 	allSitesDown(t, b, p.ID, sites, eps, k)
+}
+
+// dryRun: a dry run of q's SQL over the federated dataset runs once on
+// the broker's synthetic data and says so (one site's answer), with q's
+// sites, costs and combined accuracy; it charges no ledger.
+func dryRun(t *testing.T, b *e2e.LonelyBroker, q *broker.Query, k *books) {
+	r, err := b.As("alice").DryRun(context.Background(), api.QueryRequest{ProjectID: q.ProjectID, SQL: q.SQL, Epsilon: q.Cost.Epsilon})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Synthetic || !r.Report.Synthetic || r.Run != api.DryRunSyntheticSingleSite || len(r.Rows) == 0 {
+		t.Errorf("dry run: synthetic %v, run %q, %d rows; want one site's synthetic table", r.Synthetic, r.Run, len(r.Rows))
+	}
+	if r.Federation == nil || r.Federation.Sites != 3 || r.Federation.SiteCost != q.Cost || r.Federation.ProjectCost != q.Federation.ProjectCost {
+		t.Errorf("dry run's federation %+v, want the query's %+v", r.Federation, q.Federation)
+	}
+	if r.Cost != q.Cost || fmt.Sprint(r.Accuracy) != fmt.Sprint(q.Accuracy) {
+		t.Errorf("dry run costs %+v with accuracy %v; want the query's %+v, %v (the combined answer's)", r.Cost, r.Accuracy, q.Cost, q.Accuracy)
+	}
+	k.check(t, b, q.ProjectID)
 }
 
 // books is what the test expects the ledgers to hold: ε spent at each

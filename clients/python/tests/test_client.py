@@ -251,6 +251,15 @@ class Table(unittest.TestCase):
         self.assertEqual(text[0].split(), COLUMNS)
         self.assertEqual(text[1].split(), ["London", "120", "100.5", "139.5", "27.52", "16.45", "38.59"])
 
+    def test_federated_dry_run(self):
+        # A dry run over a dataset several sites hold says it is one site's
+        # answer, with the federated query's sites and costs.
+        fed = {"sites": 3, "disjoint_populations": False, "site_cost": {"epsilon": 1}, "project_cost": {"epsilon": 3}}
+        dry = dict(RESULT, synthetic=True, run="synthetic_single_site", federation=fed, dataset="gp")
+        del dry["query_id"], dry["released_at"]
+        rows = tre_client.to_table(dry, frame=False)
+        self.assertEqual((rows.attrs["synthetic"], rows.attrs["run"], rows.attrs["federation"]), (True, "synthetic_single_site", fed))
+
     def test_empty(self):
         rows = tre_client.to_table({"columns": None, "rows": None, "report": {}}, frame=False)
         self.assertEqual((list(rows), rows.columns), ([], []))

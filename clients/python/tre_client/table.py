@@ -16,8 +16,10 @@ import importlib
 # What a table carries besides its cells, when the answer has it: the
 # query, when it was released (as researchers see it), the researcher's
 # part of the disclosure report, and for a dry run that it is synthetic,
-# its dataset, cost and accuracy.
-_ATTRS = ("query_id", "released_at", "report", "synthetic", "dataset", "cost", "accuracy")
+# what it is (run: "synthetic", or "synthetic_single_site" — one site's
+# answer — over a dataset several sites hold, with federation), its
+# dataset, cost and accuracy.
+_ATTRS = ("query_id", "released_at", "report", "synthetic", "run", "federation", "dataset", "cost", "accuracy")
 
 
 def _pandas(frame):

@@ -1,8 +1,10 @@
 # The attributes a table carries besides its cells, when the answer has
 # them: the query, when it was released (as researchers see it), the
 # researcher's part of the disclosure report, and for a dry run that it is
-# synthetic, its dataset, cost and accuracy.
-.table_attrs <- c("query_id", "released_at", "report", "synthetic", "dataset", "cost", "accuracy")
+# synthetic, what it is (run: "synthetic", or "synthetic_single_site" — one
+# site's answer — over a dataset several sites hold, with federation), its
+# dataset, cost and accuracy.
+.table_attrs <- c("query_id", "released_at", "report", "synthetic", "run", "federation", "dataset", "cost", "accuracy")
 
 #' A protected table as a data frame
 #'
@@ -13,8 +15,11 @@
 #'
 #' @param result The table as decoded from the broker's JSON.
 #' @return A data frame, with the answer's \code{query_id},
-#'   \code{released_at}, \code{report}, \code{synthetic}, \code{dataset},
-#'   \code{cost} and \code{accuracy} as attributes where it has them.
+#'   \code{released_at}, \code{report}, \code{synthetic}, \code{run},
+#'   \code{federation}, \code{dataset}, \code{cost} and \code{accuracy} as
+#'   attributes where it has them (a dry run's \code{run} is
+#'   \code{"synthetic_single_site"} over a dataset several sites hold: one
+#'   site's answer; \code{federation} then gives the sites and costs).
 #' @export
 tre_table <- function(result) {
   columns <- result[["columns"]]

@@ -28,6 +28,20 @@ test_that("a released table is a data frame with intervals and suppression marks
   expect_null(attr(df, "synthetic"))
 })
 
+test_that("a dry run over a dataset several sites hold says it is one site's answer", {
+  dry <- result
+  dry$query_id <- NULL
+  dry$released_at <- NULL
+  dry$synthetic <- TRUE
+  dry$run <- "synthetic_single_site"
+  dry$federation <- list(sites = 3L, site_cost = list(epsilon = 1), project_cost = list(epsilon = 3))
+  df <- tre_table(dry)
+  expect_true(attr(df, "synthetic"))
+  expect_equal(attr(df, "run"), "synthetic_single_site")
+  expect_equal(attr(df, "federation")$sites, 3L)
+  expect_null(attr(df, "query_id"))
+})
+
 test_that("an all-suppressed column is still numeric and an empty table is a data frame", {
   one <- result
   one$rows <- result$rows[3]
