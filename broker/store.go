@@ -27,7 +27,9 @@ type Store interface {
 	// ReadQuery returns query id (with its rewritten SQL only when
 	// rewritten is set), its events oldest first and whether subject is a
 	// member of its project, all as of one moment, for the frequent read
-	// of one query (FindQueryByID); ENOTFOUND when it is missing.
+	// of one query (FindQueryByID); ENOTFOUND when it is missing. The
+	// record leaves out what only transitions read: NormalizedHash,
+	// ShapeHash, Ledger and the lease fields are empty.
 	ReadQuery(ctx context.Context, id int64, subject string, rewritten bool) (*QueryRecord, []Event, bool, error)
 	// SwapBucket stores token bucket name's next state if the stored one is
 	// still old, in one statement outside any transaction, and reports

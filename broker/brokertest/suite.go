@@ -45,6 +45,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("RepeatPrefersReleased", func(t *testing.T) { testRepeatPrefersReleased(t, fresh(t, broker.Options{})) })
 	t.Run("PlanCache", func(t *testing.T) { testPlanCache(t, cfg) })
 	t.Run("RewrittenApart", func(t *testing.T) { testRewrittenApart(t, fresh(t, broker.Options{})) })
+	t.Run("ReadQueryView", func(t *testing.T) { testReadQueryView(t, fresh(t, broker.Options{})) })
 	if cfg.Reopen != nil {
 		t.Run("PredicateSetBackfill", func(t *testing.T) { testPredicateSetBackfill(t, cfg) })
 		t.Run("RewrittenUpgrade", func(t *testing.T) { testRewrittenUpgrade(t, cfg) })

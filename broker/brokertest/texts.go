@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/nhs-tre/tre/broker"
 )
 
@@ -129,5 +131,53 @@ func testRewrittenUpgrade(t *testing.T, cfg Config) {
 	}
 	if v := f2.MustVerify(); !v.OK {
 		t.Errorf("audit chain after the migration: %+v", v)
+	}
+}
+
+// testReadQueryView checks Store.ReadQuery, the one-statement read, against
+// a transaction's FindQuery and FindEvents for queries in several states:
+// the same query and events, the fields it leaves out empty, and the
+// membership of a member and of an outsider.
+func testReadQueryView(t *testing.T, f *Fixture) {
+	ctx := context.Background()
+	for _, st := range []broker.Status{broker.StatusSubmitted, broker.StatusRunning, broker.StatusReleased, broker.StatusRejected} {
+		q, _ := f.QueryIn(st)
+		var want *broker.QueryRecord
+		var wantEvents []broker.Event
+		err := f.Store.View(ctx, func(tx broker.Tx) error {
+			var err error
+			if want, err = tx.FindQuery(ctx, q.ID); err != nil {
+				return err
+			}
+			wantEvents, err = tx.FindEvents(ctx, q.ID)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tt := range []struct {
+			subject string
+			member  bool
+		}{{"res1", true}, {"res3", false}} {
+			got, events, member, err := f.Store.ReadQuery(ctx, q.ID, tt.subject, false)
+			if err != nil {
+				t.Fatalf("%s: ReadQuery: %v", st, err)
+			}
+			if diff := cmp.Diff(want.Query, got.Query); diff != "" {
+				t.Errorf("%s: ReadQuery's query differs from FindQuery's (-find +read):\n%s", st, diff)
+			}
+			if diff := cmp.Diff(wantEvents, events); diff != "" {
+				t.Errorf("%s: ReadQuery's events differ from FindEvents' (-find +read):\n%s", st, diff)
+			}
+			if member != tt.member {
+				t.Errorf("%s: %s is a member: %v, want %v", st, tt.subject, member, tt.member)
+			}
+			kept := broker.QueryRecord{Sites: want.Sites, Disjoint: want.Disjoint, LedgerFactor: want.LedgerFactor, DeadlineAt: want.DeadlineAt}
+			read := *got
+			read.Query = nil
+			if diff := cmp.Diff(kept, read); diff != "" {
+				t.Errorf("%s: ReadQuery's record (-want +got):\n%s", st, diff)
+			}
+		}
 	}
 }

@@ -25,24 +25,50 @@ const queryColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, stat
 	normalized_hash, shape_hash, ledger, lease_token_hash, lease_site, lease_expires_at, failure_message, codelists,
 	sites, disjoint, ledger_factor, deadline_at`
 
+// queryViewColumns are queryColumns without the six only the service's
+// transitions read (the hashes, the ledger state and the lease): what
+// ReadQuery, the frequent read of one query, scans (scanQueryView). Each
+// column costs every read its name and type (modernc builds both per
+// statement) and a scan.
+const queryViewColumns = `id, project_id, dataset, sql_text, sql_hash, purpose, status, submitted_by, submitted_at, updated_at,
+	cost_epsilon, cost_delta, accuracy, risk_flags, approved_by, attempts, failure_code,
+	failure_message, codelists, sites, disjoint, ledger_factor, deadline_at`
+
 func (db *DB) scanQuery(sc scanner) (*broker.QueryRecord, error) {
+	return db.scanQueryColumns(sc, true)
+}
+
+// scanQueryView scans queryViewColumns: the record's NormalizedHash,
+// ShapeHash, Ledger and lease fields stay empty.
+func (db *DB) scanQueryView(sc scanner) (*broker.QueryRecord, error) {
+	return db.scanQueryColumns(sc, false)
+}
+
+// scanQueryColumns scans queryColumns, or queryViewColumns unless full.
+func (db *DB) scanQueryColumns(sc scanner, full bool) (*broker.QueryRecord, error) {
 	q := &broker.Query{}
 	rec := &broker.QueryRecord{Query: q}
 	var status, accuracy, flags, ledger, codelists string
 	var submitted, updated, expires, deadline int64
 	var disjoint int
-	err := sc.Scan(&q.ID, &q.ProjectID, &q.Dataset, &q.SQL, &q.SQLHash, &q.Purpose, &status, &q.SubmittedBy,
-		&submitted, &updated, &q.Cost.Epsilon, &q.Cost.Delta, &accuracy, &flags, &q.ApprovedBy, &q.Attempts, &q.FailureCode,
-		&rec.NormalizedHash, &rec.ShapeHash, &ledger, &rec.LeaseTokenHash, &rec.LeaseSite, &expires,
-		&q.FailureDetail, &codelists, &rec.Sites, &disjoint, &rec.LedgerFactor, &deadline)
+	dest := make([]any, 0, 29)
+	dest = append(dest, &q.ID, &q.ProjectID, &q.Dataset, &q.SQL, &q.SQLHash, &q.Purpose, &status, &q.SubmittedBy,
+		&submitted, &updated, &q.Cost.Epsilon, &q.Cost.Delta, &accuracy, &flags, &q.ApprovedBy, &q.Attempts, &q.FailureCode)
+	if full {
+		dest = append(dest, &rec.NormalizedHash, &rec.ShapeHash, &ledger, &rec.LeaseTokenHash, &rec.LeaseSite, &expires)
+	}
+	dest = append(dest, &q.FailureDetail, &codelists, &rec.Sites, &disjoint, &rec.LedgerFactor, &deadline)
+	err := sc.Scan(dest...)
 	if err != nil {
 		return nil, err
 	}
 	q.Status = broker.Status(status)
-	q.SubmittedAt, q.UpdatedAt, rec.LeaseExpiresAt = fromMicros(submitted), fromMicros(updated), fromMicros(expires)
+	q.SubmittedAt, q.UpdatedAt = fromMicros(submitted), fromMicros(updated)
 	rec.Disjoint, rec.DeadlineAt = disjoint != 0, fromMicros(deadline)
 	q.Federation = broker.FederationOf(rec)
-	rec.Ledger = broker.LedgerState(ledger)
+	if full {
+		rec.LeaseExpiresAt, rec.Ledger = fromMicros(expires), broker.LedgerState(ledger)
+	}
 	q.Accuracy = []dp.Accuracy{}
 	q.RiskFlags = []broker.RiskFlag{}
 	if err := db.accuracy.decode(accuracy, &q.Accuracy); err != nil {
@@ -456,11 +482,11 @@ func (t *tx) NextLeasable(ctx context.Context, siteID string, now time.Time) (in
 // readQuerySQL is ReadQuery's statement: the query's row, whether the
 // subject is a member of its project, its events as JSON (Dialect.EventsJSON)
 // and, in readQueryTextSQL, its rewritten SQL.
-const readQuerySQL = `SELECT ` + queryColumns + `,
+const readQuerySQL = `SELECT ` + queryViewColumns + `,
 	EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = q.project_id AND m.subject = ?), %s
 	FROM queries q WHERE q.id = ?`
 
-const readQueryTextSQL = `SELECT ` + queryColumns + `,
+const readQueryTextSQL = `SELECT ` + queryViewColumns + `,
 	EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = q.project_id AND m.subject = ?), %s,
 	COALESCE((SELECT t.rewritten FROM query_texts t WHERE t.query_id = q.id), '')
 	FROM queries q WHERE q.id = ?`
@@ -485,7 +511,7 @@ func (db *DB) ReadQuery(ctx context.Context, id int64, subject string, rewritten
 	}
 	var member bool
 	var events, text string
-	rec, err := db.scanQuery(scannerFunc(func(dest ...any) error {
+	rec, err := db.scanQueryView(scannerFunc(func(dest ...any) error {
 		dest = append(dest, &member, &events)
 		if rewritten {
 			dest = append(dest, &text)
