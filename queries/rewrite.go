@@ -250,8 +250,7 @@ func (r *rewriter) stats() string {
 		case a.kind == aggCountPatients && a.arg == "":
 			fmt.Fprintf(&s, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
 		case a.kind == aggCountPatients:
-			// At most 1 per patient and group: the L∞ of count_patients.
-			fmt.Fprintf(&s, ", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", col, acol("c", j))
+			s.WriteString(patientCount(j))
 		case a.kind == aggQuantile:
 			fmt.Fprintf(&s, ", CAST(count(%s) AS DOUBLE) AS %s, list(%s) FILTER (WHERE %s IS NOT NULL) AS %s", col, acol("c", j), col, col, acol("l", j))
 		default:
@@ -262,6 +261,14 @@ func (r *rewriter) stats() string {
 		}
 	}
 	return s.String()
+}
+
+// patientCount is the per-pair statistic of aggregate j, a patient count
+// with an argument (a FILTER, a joined id): 0 or 1 from all the pair's
+// rows, at most 1 per patient and group (its L∞). __tre_all and the counts
+// stage both select it, so the two plans count alike.
+func patientCount(j int) string {
+	return fmt.Sprintf(", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", acol("a", j), acol("c", j))
 }
 
 // dupCheck writes __tre_dup when the direct branch is guarded.
@@ -301,7 +308,7 @@ func (r *rewriter) pairs() {
 				fmt.Fprintf(b, ", CAST(least(count(*), %d) AS DOUBLE) AS %s", c, acol("c", j))
 			case a.kind == aggCountPatients && a.arg != "":
 				// As overPairs: 0 or 1 from all the pair's rows.
-				fmt.Fprintf(b, ", CAST(coalesce(max(%s), 0) AS DOUBLE) AS %s", acol("a", j), acol("c", j))
+				b.WriteString(patientCount(j))
 			case a.kind != aggRatio:
 				fmt.Fprintf(b, ", CAST(1 AS DOUBLE) AS %s", acol("c", j))
 			}
