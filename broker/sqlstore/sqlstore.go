@@ -277,6 +277,45 @@ func (db *DB) cachedStmt(read bool, q string) *sql.Stmt {
 	return db.stmts[stmtKey{read, q}]
 }
 
+// statement is one statement run outside any transaction (outside).
+type statement interface {
+	ExecContext(ctx context.Context, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, args ...any) *sql.Row
+}
+
+// textStatement is a statement not prepared yet: its text on a pool.
+type textStatement struct {
+	pool *sql.DB
+	q    string
+}
+
+func (t textStatement) ExecContext(ctx context.Context, args ...any) (sql.Result, error) {
+	return t.pool.ExecContext(ctx, t.q, args...)
+}
+
+func (t textStatement) QueryRowContext(ctx context.Context, args ...any) *sql.Row {
+	return t.pool.QueryRowContext(ctx, t.q, args...)
+}
+
+// outside returns q to run as one statement outside any transaction on the
+// read or the write pool: its prepared statement when the dialect caches
+// statements and q has been prepared, else its text. Call done once the
+// statement's rows are read: it prepares q for next time (prepareLater).
+func (db *DB) outside(read bool, q string) (s statement, done func()) {
+	if st := db.cachedStmt(read, q); st != nil {
+		return st, func() {}
+	}
+	pool := db.write
+	if read {
+		pool = db.read
+	}
+	text := textStatement{pool, db.rebind(q)}
+	if !db.d.Prepare {
+		return text, func() {}
+	}
+	return text, func() { db.prepareLater(read, []string{q}) }
+}
+
 // prepareLater prepares statements a transaction ran unprepared. It runs
 // after the transaction has ended: preparing on a pool needs a free
 // connection, and a transaction holding the only writer connection (or every

@@ -500,15 +500,9 @@ func (db *DB) ReadQuery(ctx context.Context, id int64, subject string, rewritten
 	if rewritten {
 		q = db.readQueryText
 	}
-	var row *sql.Row
-	if s := db.cachedStmt(true, q); s != nil {
-		row = s.QueryRowContext(ctx, subject, id)
-	} else {
-		row = db.read.QueryRowContext(ctx, db.rebind(q), subject, id)
-		if db.d.Prepare {
-			defer db.prepareLater(true, []string{q})
-		}
-	}
+	s, done := db.outside(true, q)
+	defer done()
+	row := s.QueryRowContext(ctx, subject, id)
 	var member bool
 	var events, text string
 	rec, err := db.scanQueryView(scannerFunc(func(dest ...any) error {

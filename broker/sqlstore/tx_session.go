@@ -2,7 +2,6 @@ package sqlstore
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"time"
 
@@ -93,17 +92,9 @@ const swapBucketSQL = `UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE 
 // statement outside any transaction: a compare-and-swap on the whole state
 // (tokens and time), which no other taker can have left unchanged.
 func (db *DB) SwapBucket(ctx context.Context, name string, old, next broker.Bucket) (bool, error) {
-	args := []any{next.Tokens, micros(next.Last), name, old.Tokens, micros(old.Last)}
-	var res sql.Result
-	var err error
-	if s := db.cachedStmt(false, swapBucketSQL); s != nil {
-		res, err = s.ExecContext(ctx, args...)
-	} else {
-		res, err = db.write.ExecContext(ctx, db.rebind(swapBucketSQL), args...)
-		if db.d.Prepare {
-			defer db.prepareLater(false, []string{swapBucketSQL})
-		}
-	}
+	s, done := db.outside(false, swapBucketSQL)
+	defer done()
+	res, err := s.ExecContext(ctx, next.Tokens, micros(next.Last), name, old.Tokens, micros(old.Last))
 	if err != nil {
 		return false, db.translate(fmt.Errorf("swap bucket: %w", err))
 	}
