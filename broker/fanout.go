@@ -50,11 +50,19 @@ func federate(rec *QueryRecord, pr *prepared, plan *queries.Plan) error {
 	if rec.Query.Accuracy == nil {
 		rec.Query.Accuracy = []dp.Accuracy{}
 	}
+	markFederated(rec, pr)
+	return nil
+}
+
+// markFederated records on rec how its query runs over the dataset pr's
+// sites hold: the sites, whether the catalog declares their populations
+// disjoint, the project's ledger factor and the Federation the query
+// shows. A check (CheckQuery) describes its plan the same way.
+func markFederated(rec *QueryRecord, pr *prepared) {
 	rec.Sites = pr.sites
 	rec.Disjoint = pr.cat.Federation != nil && pr.cat.Federation.DisjointPopulations
 	rec.LedgerFactor = ledgerFactor(pr.sites, rec.Disjoint)
 	rec.Query.Federation = FederationOf(rec)
-	return nil
 }
 
 // approveFederated creates a federated query's jobs in the approving

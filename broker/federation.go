@@ -113,12 +113,6 @@ func FederationOf(rec *QueryRecord) *Federation {
 	}
 }
 
-// federation describes a query of cost over a dataset sites hold, as
-// federate would record it (a check's, with no deadline).
-func federation(sites int, disjoint bool, cost dp.Cost) *Federation {
-	return FederationOf(&QueryRecord{Query: &Query{Cost: cost}, Sites: sites, Disjoint: disjoint, LedgerFactor: ledgerFactor(sites, disjoint)})
-}
-
 // ledgerFactor is how many times a federated query's cost is charged to
 // the project: once under parallel composition (disjoint populations),
 // else once per site.

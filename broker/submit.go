@@ -166,7 +166,9 @@ func (s *Service) CheckQuery(ctx context.Context, sub QuerySubmission) (*Checked
 	}
 	c := &Checked{Plan: pr.plan}
 	if pr.sites > 1 {
-		c.Federation = federation(pr.sites, pr.cat.Federation != nil && pr.cat.Federation.DisjointPopulations, pr.plan.Cost)
+		rec := &QueryRecord{Query: &Query{Cost: pr.plan.Cost}}
+		markFederated(rec, pr) // as federate records a submission, with no deadline
+		c.Federation = rec.Query.Federation
 	}
 	return c, nil
 }
