@@ -124,10 +124,7 @@ func newLineChart(ch *chart, col dp.Column, rows [][]dp.Cell, gi, ai int, pos []
 		}
 		pts = append(pts, pt{x: pos[i], row: row, text: text})
 		if released(c) {
-			lo, hi = math.Min(lo, *c.Value), math.Max(hi, *c.Value)
-			if c.CILow != nil && c.CIHigh != nil {
-				lo, hi = math.Min(lo, *c.CILow), math.Max(hi, *c.CIHigh)
-			}
+			lo, hi = extent(lo, hi, c)
 		}
 	}
 	slices.SortFunc(pts, func(a, b pt) int { return cmp.Compare(a.x, b.x) })
@@ -201,23 +198,15 @@ func newLineChart(ch *chart, col dp.Column, rows [][]dp.Cell, gi, ai int, pos []
 	if ch.HasIntervals {
 		ch.Description += " with the 95% interval of each value as a band"
 	}
-	if ch.Facet.Column != "" {
-		ch.Description += fmt.Sprintf(", for %s %s", ch.Facet.Column, ch.Facet.Key)
-	}
-	what := "points are the released (noisy, rounded) values"
-	if col.Kind == string(dp.AggRatio) {
-		what = "points are the released ratios, computed from their noisy parts (post-processing)"
-	} else if col.Kind == string(dp.AggQuantile) {
-		what = "points are the released quantiles, read from the library's noisy quantile tree"
+	ch.Description += ch.facetSuffix()
+	what, ok := chartKinds[col.Kind]
+	if !ok {
+		what = "the released (noisy, rounded) values"
 	}
 	if ch.HasIntervals {
 		what += ", the band their 95% intervals"
 	}
-	at := ""
-	if ch.Facet.Column != "" {
-		at = fmt.Sprintf(", for %s %s", ch.Facet.Column, ch.Facet.Key)
-	}
-	ch.Note = fmt.Sprintf("%s over %s%s: %s; a suppressed value is marked × on the axis and breaks the line.", ch.Column, ch.Group, at, what)
+	ch.Note = fmt.Sprintf("%s over %s%s: points are %s; a suppressed value is marked × on the axis and breaks the line.", ch.Column, ch.Group, ch.facetSuffix(), what)
 	return ch
 }
 

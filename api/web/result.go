@@ -136,11 +136,30 @@ const (
 	chartGap     = 10.0
 )
 
-// chartKinds are the column kinds whose bars are captioned by what they
-// are; others get the plain caption.
+// chartKinds are the column kinds whose charts are captioned by what
+// their values are (bars or points of them); others get the plain caption.
 var chartKinds = map[string]string{
-	string(dp.AggRatio):    "bars are the released ratios, computed from their noisy parts (post-processing); whiskers are their 95% intervals",
-	string(dp.AggQuantile): "bars are the released quantiles, read from the library's noisy quantile tree; whiskers are their 95% intervals",
+	string(dp.AggRatio):    "the released ratios, computed from their noisy parts (post-processing)",
+	string(dp.AggQuantile): "the released quantiles, read from the library's noisy quantile tree",
+}
+
+// extent widens the value axis [lo, hi] to hold a released cell's value
+// and interval.
+func extent(lo, hi float64, c dp.Cell) (float64, float64) {
+	lo, hi = math.Min(lo, *c.Value), math.Max(hi, *c.Value)
+	if c.CILow != nil && c.CIHigh != nil {
+		lo, hi = math.Min(lo, *c.CILow), math.Max(hi, *c.CIHigh)
+	}
+	return lo, hi
+}
+
+// facetSuffix is ", for COLUMN KEY" for a chart of one key of a long
+// table's last group column, else "".
+func (ch *chart) facetSuffix() string {
+	if ch.Facet.Column == "" {
+		return ""
+	}
+	return fmt.Sprintf(", for %s %s", ch.Facet.Column, ch.Facet.Key)
 }
 
 // newChart returns nil when the table has no group column or no aggregate
@@ -231,12 +250,8 @@ func newChart(cols []dp.Column, rows [][]dp.Cell, pick, at string) *chart {
 		}
 		bars = append(bars, row)
 		longest = max(longest, utf8.RuneCountInString(text))
-		if !released(c) {
-			continue
-		}
-		lo, hi = math.Min(lo, *c.Value), math.Max(hi, *c.Value)
-		if c.CILow != nil && c.CIHigh != nil {
-			lo, hi = math.Min(lo, *c.CILow), math.Max(hi, *c.CIHigh)
+		if released(c) {
+			lo, hi = extent(lo, hi, c)
 		}
 	}
 	if len(bars) == 0 {
@@ -283,14 +298,9 @@ func newChart(cols []dp.Column, rows [][]dp.Cell, pick, at string) *chart {
 	if ch.HasIntervals {
 		ch.Description += " with the 95% interval of each value"
 	}
-	if facet.Column != "" {
-		ch.Description += fmt.Sprintf(", for %s %s", facet.Column, facet.Key)
-	}
+	ch.Description += ch.facetSuffix()
 	if what, ok := chartKinds[col.Kind]; ok {
-		ch.Note = fmt.Sprintf("%s by %s: %s; suppressed groups have no bar.", ch.Column, ch.Group, what)
-		if facet.Column != "" {
-			ch.Note = fmt.Sprintf("%s by %s, for %s %s: %s; suppressed groups have no bar.", ch.Column, ch.Group, facet.Column, facet.Key, what)
-		}
+		ch.Note = fmt.Sprintf("%s by %s%s: bars are %s; whiskers are their 95%% intervals; suppressed groups have no bar.", ch.Column, ch.Group, ch.facetSuffix(), what)
 	}
 	return ch
 }
