@@ -280,13 +280,7 @@ func allSitesDown(t *testing.T, b *e2e.LonelyBroker, project int64, sites []*fed
 	for _, s := range sites {
 		s.agent.Stop()
 	}
-	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, sites down", Epsilon: eps})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
-		t.Fatal(err)
-	}
+	q := approvedRegionQuery(t, b, project, "patients by region, sites down", eps)
 	got := e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck)
 	if got.FailureCode != broker.FailureFederationDeadline {
 		t.Fatalf("failure %q, want %q", got.FailureCode, broker.FailureFederationDeadline)
@@ -429,13 +423,7 @@ func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedS
 	ctx := context.Background()
 	for attempt := 1; ; attempt++ {
 		resume := victim.stall(t)
-		q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, again", Epsilon: eps})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
-			t.Fatal(err)
-		}
+		q := approvedRegionQuery(t, b, project, "patients by region, again", eps)
 		k.approved(eps, "fed-1", "fed-2", "fed-3")
 		if partStarted(t, b, q.ID, victim.id) != broker.JobRunning {
 			resume()
@@ -481,6 +469,21 @@ func killedMidJob(t *testing.T, b *e2e.LonelyBroker, project int64, victim *fedS
 		k.check(t, b, project)
 		return
 	}
+}
+
+// approvedRegionQuery submits regionSQL to project as alice for purpose at
+// ε eps and approves it as bob.
+func approvedRegionQuery(t *testing.T, b *e2e.LonelyBroker, project int64, purpose string, eps float64) *broker.Query {
+	t.Helper()
+	ctx := context.Background()
+	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: purpose, Epsilon: eps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	return q
 }
 
 // partStarted waits for site's part of query id to be leased and returns
@@ -552,13 +555,7 @@ func cutOff(t *testing.T, b *e2e.LonelyBroker, metrics string, project int64, si
 	var q *broker.Query
 	for attempt := 1; q == nil; attempt++ {
 		resume := late.stall(t)
-		sub, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, sites cut off", Epsilon: eps})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := b.As("bob").ApproveQuery(ctx, sub.ID, "ok"); err != nil {
-			t.Fatal(err)
-		}
+		sub := approvedRegionQuery(t, b, project, "patients by region, sites cut off", eps)
 		cut := partStarted(t, b, sub.ID, late.id) == broker.JobRunning
 		if cut {
 			late.ns.Cut(t)
@@ -630,13 +627,7 @@ func cutOff(t *testing.T, b *e2e.LonelyBroker, metrics string, project int64, si
 		}
 	}
 	waitPolling()
-	sub, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region, sites back", Epsilon: eps})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.As("bob").ApproveQuery(ctx, sub.ID, "ok"); err != nil {
-		t.Fatal(err)
-	}
+	sub := approvedRegionQuery(t, b, project, "patients by region, sites back", eps)
 	if got := e2e.WaitStatus(t, b.As("bob"), sub.ID, broker.StatusAwaitingOutputCheck); got.FailureCode != "" {
 		t.Fatalf("with every site back: failure %q: %s", got.FailureCode, got.FailureDetail)
 	}
