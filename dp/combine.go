@@ -18,6 +18,10 @@ const MaxSites = 1000
 // the release threshold for the combined noise, clamping, rounding, 95%
 // intervals and the disclosure report, which says how many sites took part
 // (Report.Sites). Every decision is a function of the parts' noisy values.
+// A quantile is read from the node-by-node sum of the sites' noisy trees
+// (combineTrees), as the library reads one tree, and its cell is released
+// or suppressed with its group, on the combined noisy patient count, as
+// Protect does.
 //
 // The noise on a combined statistic is the sum of the N sites' independent
 // Gaussian noises of standard deviation σ: Gaussian with σ√N. Thresholds,
@@ -40,12 +44,16 @@ func Combine(s Spec, parts []*Partial) (*Result, error) {
 		return nil, fmt.Errorf("combine: %d partial results, at most %d sites", len(parts), MaxSites)
 	}
 	for i, part := range parts {
-		if err := s.CheckPartial(part); err != nil {
+		if err := s.checkPartialShape(part); err != nil {
 			return nil, fmt.Errorf("combine: site %d: %w", i+1, err)
 		}
 	}
 	p := s.federatedPlan(len(parts))
 	groups := make([]noisyGroup, len(parts[0].Groups))
+	var nodes []int64 // one tree's summed node counts, reused
+	if len(s.TreeOwners()) > 0 {
+		nodes = make([]int64, quantileNodes+1)
+	}
 	for gi, g := range parts[0].Groups {
 		keys := make([]*string, len(g.Keys))
 		for j := range g.Keys {
@@ -58,6 +66,9 @@ func Combine(s Spec, parts []*Partial) (*Result, error) {
 			}
 		}
 		groups[gi] = noisyGroup{keys: keys, stats: sum, dominance: make([][]string, len(s.Aggregates))}
+		if err := combineTrees(s, p, parts, gi, &groups[gi], nodes); err != nil {
+			return nil, fmt.Errorf("combine: %w", err)
+		}
 	}
 	res, err := postProcess(s, p, groups)
 	if err != nil {
@@ -73,6 +84,39 @@ func Combine(s Spec, parts []*Partial) (*Result, error) {
 	r.RowsDroppedByBounding = int64(roundNearest(float64(dropped), s.RoundingBase))
 	r.OptOut, r.Sandbox, r.Synthetic = mergeSiteReports(parts)
 	return res, nil
+}
+
+// combineTrees sums, for group gi, each quantile tree's noisy node counts
+// over the parts (into nodes, scratch of quantileNodes+1) and reads every
+// quantile of the tree from the sum (mergedTree.result), with its interval
+// for the combined node noise of the federated plan p (σ√N) and the
+// combined noisy count of the tree's values, as addQuantiles does for one
+// site's tree.
+func combineTrees(s Spec, p budgetPlan, parts []*Partial, gi int, g *noisyGroup, nodes []int64) error {
+	for t, owner := range s.TreeOwners() {
+		clear(nodes)
+		for i, part := range parts {
+			if err := addTree(nodes, part.Groups[gi].Trees[t]); err != nil {
+				return fmt.Errorf("site %d: partial group %d: %w", i+1, gi+1, err)
+			}
+		}
+		for ai, a := range s.Aggregates {
+			if a.Kind != AggQuantile || a.Tree != t+1 {
+				continue
+			}
+			if g.quantiles == nil {
+				g.quantiles = make([][3]float64, len(s.Aggregates))
+			}
+			idx := p.aggStats[owner]
+			tree := mergedTree{nodes: nodes, lower: a.Lower, upper: a.Upper}
+			v, lo, hi, err := quantileRelease(tree.result, a, p.scale(p.stats[idx[1]]), g.stats[idx[0]])
+			if err != nil {
+				return err
+			}
+			g.quantiles[ai] = [3]float64{v, lo, hi}
+		}
+	}
+	return nil
 }
 
 // federatedPlan is the budget plan of s with every statistic's L∞ scaled

@@ -3,6 +3,7 @@ package dp
 import (
 	"encoding/json"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -54,6 +55,9 @@ func TestValidateFederated(t *testing.T) {
 	if err := fedSpec().ValidateFederated(); err != nil {
 		t.Fatalf("valid federated spec refused: %v", err)
 	}
+	if err := fedQuantileSpec(12, 70).ValidateFederated(); err != nil {
+		t.Fatalf("federated quantiles refused: %v", err)
+	}
 	for name, tc := range map[string]struct {
 		edit func(*Spec)
 		want string
@@ -61,9 +65,17 @@ func TestValidateFederated(t *testing.T) {
 		"laplace":   {func(s *Spec) { s.Mechanism = MechanismLaplace }, "gaussian"},
 		"default":   {func(s *Spec) { s.Mechanism = "" }, "gaussian"},
 		"no domain": {func(s *Spec) { s.Groups[0].Domain = nil }, `"region" has no public domain`},
-		"quantile": {func(s *Spec) {
+		"quantile with sets": {func(s *Spec) {
 			s.Aggregates[1] = AggSpec{Name: "med", Kind: AggQuantile, Lower: 0, Upper: 1, Rank: 0.5, Tree: 1}
-		}, "quantile tree"},
+			s.Sets, s.Margins = [][]int{{0}, {}}, true
+		}, "grouping sets"},
+		"too many trees": {func(s *Spec) {
+			s.Groups[0].Domain = make([]string, 101)
+			for i := range s.Groups[0].Domain {
+				s.Groups[0].Domain[i] = strconv.Itoa(i)
+			}
+			s.Aggregates[1] = AggSpec{Name: "med", Kind: AggQuantile, Lower: 0, Upper: 1, Rank: 0.5, Tree: 1}
+		}, "at most 100"},
 		"invalid":      {func(s *Spec) { s.Epsilon = -1 }, "epsilon"},
 		"unknown kind": {func(s *Spec) { s.Aggregates[0].Kind = "mode" }, "kind"},
 	} {

@@ -23,6 +23,17 @@ import (
 // Threshold and ConfidenceInterval, called with L∞ scaled by √N, are those
 // of the combined value (Spec.federatedPlan). The library has no such call
 // for a sum of Laplace variables, so federated queries use Gaussian noise.
+//
+// A quantile is read from a quantile tree (quantile.go). Each site sends
+// its whole tree: the library's integer noise on the count of every node
+// below the root, empty ones too (fedtree.go: 69,904 nodes a tree, about
+// 60 KB compressed at typical noise scales). The broker sums the sites'
+// trees node by node and walks the sum exactly as the library's
+// BoundedQuantiles.Result walks one tree; every node of the sum has noise
+// σ√N, so the rank half-width (rankHalfWidth), read from the federated
+// plan, grows as √N for the same number of values, and the interval in
+// values with it (less in practice: N sites usually bring N times the
+// values, and the rank error shrinks as 1/n).
 
 // Partial is one site's part of a federated query: the noisy, unrounded,
 // unsuppressed value of every statistic of the budget plan, for every group
@@ -55,6 +66,11 @@ type Partial struct {
 type PartialGroup struct {
 	Keys  []string  `json:"keys"`
 	Stats []float64 `json:"stats"`
+	// Trees holds each quantile tree's noisy node counts, in
+	// Spec.TreeOwners order: every node below the root, in the library's
+	// breadth-first order, as zig-zag varints compressed with DEFLATE
+	// (base64 in JSON).
+	Trees [][]byte `json:"trees,omitempty"`
 }
 
 // Hash is the hex SHA-256 of s's JSON encoding: two sites that compiled the
@@ -69,9 +85,21 @@ func (s Spec) Hash() string {
 }
 
 // federatedKinds are the aggregate kinds whose noisy statistics add up
-// across sites: each is a count or a (midpoint-shifted) sum, or a ratio,
-// which is post-processing of two of them.
-var federatedKinds = []AggKind{AggCount, AggCountPatients, AggSum, AggMean, AggVariance, AggStddev, AggRatio}
+// across sites: each is a count or a (midpoint-shifted) sum, a ratio,
+// which is post-processing of two of them, or a quantile, read from the
+// sum of the sites' noisy trees.
+var federatedKinds = []AggKind{AggCount, AggCountPatients, AggSum, AggMean, AggVariance, AggStddev, AggRatio, AggQuantile}
+
+// MaxPartialBytes is the largest partial result a site may upload (the
+// broker's limit on a job completion's body): room for MaxFederatedTrees
+// trees at 4 bytes a node (3 bytes of varint, a count or a noise of up to
+// 2^20, in base64).
+const MaxPartialBytes = 32 << 20
+
+// MaxFederatedTrees caps the quantile trees of a federated query: groups
+// times distinct quantile trees. Each site sends every node of each tree
+// (quantileNodes noisy counts, and the library's noise drawn for each).
+const MaxFederatedTrees = 100
 
 // ValidateFederated reports whether s can be run as a federated query
 // (ProtectPartial at each site, Combine at the broker); the error names the
@@ -84,8 +112,11 @@ var federatedKinds = []AggKind{AggCount, AggCountPatients, AggSum, AggMean, AggV
 //   - Gaussian noise: a sum of N Gaussian noises is Gaussian (σ√N), which
 //     the library's thresholds and intervals describe; there is no library
 //     call for a sum of N Laplace noises;
-//   - no quantile: the library's quantile tree adds noise inside the tree
-//     and does not expose its noisy node counts to be summed across sites.
+//   - quantiles in at most MaxFederatedTrees trees (groups × trees), each
+//     of which every site sends whole, and not with grouping sets (the
+//     library tree's L0 is k·h, not the k·h·sets a patient's rows reach
+//     through the totals; and with Gaussian noise L∞ would not be an
+//     integer for the library's integer noise).
 func (s Spec) ValidateFederated() error {
 	if err := s.Validate(); err != nil {
 		return err
@@ -99,12 +130,15 @@ func (s Spec) ValidateFederated() error {
 		return fmt.Errorf("a federated query needs gaussian noise, not %q: the sum of the sites' noises must have a known distribution", s.mechanism())
 	}
 	for _, a := range s.Aggregates {
-		if a.Kind == AggQuantile {
-			return fmt.Errorf("quantile %q cannot be federated: the DP library's quantile tree does not expose its noisy node counts to be summed across sites", a.Name)
-		}
 		if !slices.Contains(federatedKinds, a.Kind) {
 			return fmt.Errorf("aggregate %q: kind %q cannot be federated yet", a.Name, a.Kind)
 		}
+		if a.Kind == AggQuantile && len(s.Sets) > 0 {
+			return fmt.Errorf("quantile %q cannot be federated with grouping sets (ROLLUP, CUBE, GROUPING SETS)", a.Name)
+		}
+	}
+	if trees := len(s.TreeOwners()) * s.DomainCells(); trees > MaxFederatedTrees {
+		return fmt.Errorf("the quantiles read %d trees (groups × distinct quantile columns); a federated query may read at most %d, since every site sends every node of each", trees, MaxFederatedTrees)
 	}
 	return nil
 }
@@ -127,7 +161,7 @@ func ProtectPartial(s Spec, groups []GroupStats, opts Options) (*Partial, error)
 	if nz == nil {
 		nz = p.declaredNoise()
 	}
-	noisy, _, _, err := noisyGroups(s, p, groups, nz, opts.Selected)
+	noisy, _, _, err := noisyGroups(s, p, groups, nz, opts.Selected, true)
 	if err != nil {
 		return nil, fmt.Errorf("protect partial: %w", err)
 	}
@@ -144,7 +178,7 @@ func ProtectPartial(s Spec, groups []GroupStats, opts Options) (*Partial, error)
 		}
 		// Only the noisy statistics: the dominance flags noisyGroups also
 		// computed come from exact values and stay at the site.
-		out.Groups[i] = PartialGroup{Keys: keys, Stats: g.stats}
+		out.Groups[i] = PartialGroup{Keys: keys, Stats: g.stats, Trees: g.trees}
 	}
 	return out, nil
 }
@@ -161,9 +195,27 @@ func (p budgetPlan) statNames() []string {
 // for s: the same Spec (hash), the same statistics, exactly the keys
 // Protect releases in its order (the cross product of the public domains,
 // with grouping sets their totals too), a finite noisy value for every
-// statistic. The broker can call it on an upload; Combine calls it on
-// every part. Messages never quote a key or a value.
+// statistic, and for each quantile tree every node's noisy count. The
+// broker calls it on an upload. Messages never quote a key or a value.
 func (s Spec) CheckPartial(part *Partial) error {
+	if err := s.checkPartialShape(part); err != nil {
+		return err
+	}
+	sum := make([]int64, quantileNodes+1)
+	for i, g := range part.Groups {
+		for _, t := range g.Trees {
+			clear(sum)
+			if err := addTree(sum, t); err != nil {
+				return fmt.Errorf("partial group %d: %w", i+1, err)
+			}
+		}
+	}
+	return nil
+}
+
+// checkPartialShape is CheckPartial but for the contents of the quantile
+// trees, which Combine decodes as it sums them.
+func (s Spec) checkPartialShape(part *Partial) error {
 	if err := s.ValidateFederated(); err != nil {
 		return err
 	}
@@ -178,6 +230,7 @@ func (s Spec) CheckPartial(part *Partial) error {
 		return fmt.Errorf("the partial result has statistics %d, the approved query %d, or in another order", len(part.Statistics), len(names))
 	}
 	want := s.releasedKeys()
+	trees := len(s.TreeOwners())
 	if len(part.Groups) != len(want) {
 		return fmt.Errorf("the partial result has %d groups; the approved query's public domains have %d", len(part.Groups), len(want))
 	}
@@ -197,6 +250,9 @@ func (s Spec) CheckPartial(part *Partial) error {
 			if math.IsNaN(v) || math.IsInf(v, 0) {
 				return fmt.Errorf("partial group %d: a statistic is not a finite number", i+1)
 			}
+		}
+		if len(g.Trees) != trees {
+			return fmt.Errorf("partial group %d has %d quantile trees, want %d", i+1, len(g.Trees), trees)
 		}
 	}
 	return nil

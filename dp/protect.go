@@ -44,6 +44,10 @@ type noisyGroup struct {
 	// quantiles holds, per quantile aggregate, its released value and
 	// interval, read from the noisy tree (quantileRelease).
 	quantiles [][3]float64
+	// trees holds, for a federated part, each quantile tree's noisy node
+	// counts (Spec.TreeOwners order, encoded: noisyTreeNodes) in place of
+	// quantiles, which the broker reads from the sum of the sites' trees.
+	trees [][]byte
 }
 
 // Protect turns the exact, contribution-bounded statistics of a query's
@@ -68,7 +72,7 @@ func Protect(s Spec, groups []GroupStats, opts Options) (*Result, error) {
 		nz = p.declaredNoise()
 	}
 
-	noisy, notReleased, mode, err := noisyGroups(s, p, groups, nz, opts.Selected)
+	noisy, notReleased, mode, err := noisyGroups(s, p, groups, nz, opts.Selected, false)
 	if err != nil {
 		return nil, fmt.Errorf("protect: %w", err)
 	}
@@ -114,9 +118,10 @@ func (s Spec) fillReport(p budgetPlan, r *Report, mode string) {
 }
 
 // noisyGroups chooses the released keys and adds noise to every statistic
-// of every released group. It and the functions it calls are the only place
-// exact statistics are read.
-func noisyGroups(s Spec, p budgetPlan, groups []GroupStats, nz noise.Noise, selected *Selector) (noisy []noisyGroup, notReleased int, mode string, err error) {
+// of every released group; with partial set (a federated part), to every
+// node of every quantile tree instead of reading the quantiles. It and the
+// functions it calls are the only place exact statistics are read.
+func noisyGroups(s Spec, p budgetPlan, groups []GroupStats, nz noise.Noise, selected *Selector, partial bool) (noisy []noisyGroup, notReleased int, mode string, err error) {
 	var candidates []GroupStats
 	mode = SelectionPublicDomain
 	if p.selection {
@@ -130,7 +135,7 @@ func noisyGroups(s Spec, p budgetPlan, groups []GroupStats, nz noise.Noise, sele
 	}
 	noisy = make([]noisyGroup, len(candidates))
 	for i, g := range candidates {
-		if noisy[i], err = addNoise(s, p, g, nz); err != nil {
+		if noisy[i], err = addNoise(s, p, g, nz, partial); err != nil {
 			return nil, 0, "", err
 		}
 	}
@@ -344,9 +349,11 @@ func compareKeys(a, b []*string) int {
 }
 
 // addNoise computes the exact value of every planned statistic of g and
-// adds noise to it. Dominance flags, the only other use of exact values,
-// are computed here too so that nothing exact survives this function.
-func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, error) {
+// adds noise to it; a quantile tree's noise is on its nodes, which it
+// reads (addQuantiles) or, for a federated part, keeps (addTreeNodes).
+// Dominance flags, the only other use of exact values, are computed here
+// too so that nothing exact survives this function.
+func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise, partial bool) (noisyGroup, error) {
 	out := noisyGroup{
 		keys:      g.Keys,
 		stats:     make([]float64, len(p.stats)),
@@ -381,7 +388,11 @@ func addNoise(s Spec, p budgetPlan, g GroupStats, nz noise.Noise) (noisyGroup, e
 		}
 		out.stats[i] = v
 	}
-	if err := addQuantiles(s, p, g, nz, &out); err != nil {
+	addTrees := addQuantiles
+	if partial {
+		addTrees = addTreeNodes
+	}
+	if err := addTrees(s, p, g, nz, &out); err != nil {
 		return noisyGroup{}, err
 	}
 	for i, a := range s.Aggregates {
@@ -420,11 +431,25 @@ func addQuantiles(s Spec, p budgetPlan, g GroupStats, nz noise.Noise, out *noisy
 			}
 			trees[a.Tree] = bq
 		}
-		v, lo, hi, err := quantileRelease(bq, a, p.scale(tree), out.stats[count])
+		v, lo, hi, err := quantileRelease(bq.Result, a, p.scale(tree), out.stats[count])
 		if err != nil {
 			return err
 		}
 		out.quantiles[i] = [3]float64{v, lo, hi}
+	}
+	return nil
+}
+
+// addTreeNodes is addQuantiles for a federated part: the noisy count of
+// every node of each quantile tree of g (noisyTreeNodes) into out.trees,
+// in Spec.TreeOwners order.
+func addTreeNodes(s Spec, p budgetPlan, g GroupStats, nz noise.Noise, out *noisyGroup) error {
+	for _, i := range s.TreeOwners() {
+		b, err := noisyTreeNodes(p.stats[p.aggStats[i][1]], g.Aggs[i].Hist, nz)
+		if err != nil {
+			return fmt.Errorf("quantile tree of %s: %w", s.Aggregates[i].Name, err)
+		}
+		out.trees = append(out.trees, b)
 	}
 	return nil
 }

@@ -94,20 +94,22 @@ func rankHalfWidth(sigma, n, alpha float64) float64 {
 	return zScore(alpha) * math.Sqrt(QuantileTreeHeight*QuantileBranching) * sigma / (2 * math.Max(n, 1))
 }
 
-// quantileRelease is the released value of rank q from the noisy tree bq
-// and its (1−CIAlpha) interval: the tree read at q ± r, r the rank
-// half-width for the noisy count nHat of values, widened by one leaf (the
-// tree interpolates inside a leaf) and kept within the bounds. It reads
-// only noisy counts: post-processing of the tree.
-func quantileRelease(bq *dpagg.BoundedQuantiles, a AggSpec, sigma, nHat float64) (v, lo, hi float64, err error) {
+// quantileRelease is the released value of rank q from a noisy tree,
+// read by result (the library's BoundedQuantiles.Result for one site's
+// tree, mergedTree.result for the sum of the sites' trees), and its
+// (1−CIAlpha) interval: the tree read at q ± r, r the rank half-width for
+// nodes of noise sigma and the noisy count nHat of values, widened by one
+// leaf (the tree interpolates inside a leaf) and kept within the bounds.
+// It reads only noisy counts: post-processing of the tree.
+func quantileRelease(result func(rank float64) (float64, error), a AggSpec, sigma, nHat float64) (v, lo, hi float64, err error) {
 	r := rankHalfWidth(sigma, nHat, CIAlpha)
-	if v, err = bq.Result(a.Rank); err != nil {
+	if v, err = result(a.Rank); err != nil {
 		return 0, 0, 0, fmt.Errorf("quantile %s: %w", a.Name, err)
 	}
-	if lo, err = bq.Result(clamp(a.Rank-r, 0, 1)); err != nil {
+	if lo, err = result(clamp(a.Rank-r, 0, 1)); err != nil {
 		return 0, 0, 0, fmt.Errorf("quantile %s: %w", a.Name, err)
 	}
-	if hi, err = bq.Result(clamp(a.Rank+r, 0, 1)); err != nil {
+	if hi, err = result(clamp(a.Rank+r, 0, 1)); err != nil {
 		return 0, 0, 0, fmt.Errorf("quantile %s: %w", a.Name, err)
 	}
 	w := (a.Upper - a.Lower) / QuantileLeaves

@@ -1,0 +1,197 @@
+package dp
+
+import (
+	"bytes"
+	"compress/flate"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+
+	"github.com/google/differential-privacy/go/v3/noise"
+)
+
+// Federated quantiles (issue 21). The library's quantile tree
+// (dpagg.BoundedQuantiles) noises a node only when Result reads it, and
+// keeps its noisy counts to itself, so one site's tree cannot be summed
+// with another's. A site's part of a federated quantile is therefore the
+// tree itself: the exact count of every node below the root (all
+// QuantileTreeHeight levels, empty nodes too, so which nodes are empty
+// does not show), each with the library's integer noise
+// (noise.Noise.AddNoiseInt64) for the L0, L∞, ε and δ the library's tree
+// gives its nodes (the plan's tree statistic: L0 = h·k, L∞ = C). That is
+// the library's quantile-tree mechanism releasing every node instead of
+// the nodes one walk reads: the same sensitivities, so the same (ε, δ).
+//
+// The broker sums the sites' noisy counts node by node (post-processing)
+// and reads a rank from the sum by walking it exactly as
+// BoundedQuantiles.Result walks its own noisy counts (mergedTree.result;
+// TestMergedTreeWalkIsLibraryWalk). Each summed node carries the sum of N
+// independent noises of standard deviation σ: σ√N, which the interval
+// (rankHalfWidth) and FederatedAccuracy take from the federated plan.
+
+const (
+	// quantileNodes is the number of nodes of a quantile tree below its
+	// root: QuantileBranching + … + QuantileLeaves (16+256+4096+65536).
+	quantileNodes = QuantileBranching * (1 + QuantileBranching*(1+QuantileBranching*(1+QuantileBranching)))
+	// firstLeaf is the library's index of the leftmost leaf, nodes being
+	// numbered breadth first from the root (0), the children of node i
+	// being i·B+1 … (i+1)·B.
+	firstLeaf = quantileNodes + 1 - QuantileLeaves
+	// treeAlpha and treeTolerance are the library's alpha (a child
+	// holding less than this share of its siblings' clamped total counts
+	// as empty) and numericalTolerance, constants of dpagg's walk.
+	treeAlpha     = 0.0075
+	treeTolerance = 1e-6
+	// maxNodeCount bounds a site's noisy node count: float64 holds it
+	// exactly, and MaxSites of them sum within int64.
+	maxNodeCount = 1 << 53
+	// maxTreeBytes bounds a tree's decoded varints (each at most
+	// binary.MaxVarintLen64 bytes), so a compressed tree cannot inflate
+	// beyond what a tree can be.
+	maxTreeBytes = quantileNodes * binary.MaxVarintLen64
+)
+
+// noisyTreeNodes is a site's part of one quantile tree of one group: the
+// count of every node below the root, from the leaf histogram hist, with
+// the library's noise for the tree statistic st, encoded (encodeTree).
+// The exact counts do not outlive it.
+func noisyTreeNodes(st stat, hist map[int]int64, nz noise.Noise) ([]byte, error) {
+	lInf := int64(st.lInf)
+	if float64(lInf) != st.lInf {
+		return nil, fmt.Errorf("the nodes of %s have a fractional L∞ %v", st.name, st.lInf)
+	}
+	nodes := make([]int64, quantileNodes+1) // [0] is the root, not part of the tree's counts
+	for leaf, n := range hist {
+		for i := firstLeaf + leaf; i != 0; i = (i - 1) / QuantileBranching {
+			nodes[i] += n
+		}
+	}
+	for i := 1; i < len(nodes); i++ {
+		v, err := nz.AddNoiseInt64(nodes[i], st.l0, lInf, st.eps, st.delta)
+		if err != nil {
+			return nil, fmt.Errorf("noise on %s: %w", st.name, err)
+		}
+		nodes[i] = v
+	}
+	return encodeTree(nodes[1:])
+}
+
+// encodeTree encodes a tree's noisy node counts, in node order, as
+// zig-zag varints compressed with DEFLATE: about 1–2 bytes a node for the
+// noise scales of typical queries, where most counts are small.
+func encodeTree(counts []int64) ([]byte, error) {
+	raw := make([]byte, 0, 2*len(counts))
+	for _, c := range counts {
+		raw = binary.AppendVarint(raw, c)
+	}
+	var b bytes.Buffer
+	w, err := flate.NewWriter(&b, flate.BestSpeed)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(raw); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// addTree decodes one site's encoded tree and adds its node counts to
+// sum (quantileNodes+1 long, root first). It refuses anything but exactly
+// quantileNodes counts of at most maxNodeCount in size. Messages never
+// quote a value.
+func addTree(sum []int64, enc []byte) error {
+	raw, err := io.ReadAll(io.LimitReader(flate.NewReader(bytes.NewReader(enc)), maxTreeBytes+1))
+	if err != nil {
+		return errors.New("a quantile tree is not valid compressed data")
+	}
+	if len(raw) > maxTreeBytes {
+		return fmt.Errorf("a quantile tree holds more than %d node counts", quantileNodes)
+	}
+	i := 1
+	for ; len(raw) > 0 && i < len(sum); i++ {
+		v, n := binary.Varint(raw)
+		if n <= 0 {
+			return errors.New("a quantile tree's node count is not a valid varint")
+		}
+		if v > maxNodeCount || v < -maxNodeCount {
+			return fmt.Errorf("a quantile tree's node count is beyond ±2^53")
+		}
+		sum[i] += v
+		raw = raw[n:]
+	}
+	if i != len(sum) || len(raw) > 0 {
+		return fmt.Errorf("a quantile tree must hold %d node counts (every node of its %d levels)", quantileNodes, QuantileTreeHeight)
+	}
+	return nil
+}
+
+// mergedTree is the node-by-node sum of the sites' noisy counts of one
+// quantile tree (library numbering, nodes[0] the root, unused), over the
+// bounds [lower, upper].
+type mergedTree struct {
+	nodes        []int64
+	lower, upper float64
+}
+
+// result is the value of rank read from t exactly as the library's
+// BoundedQuantiles.Result reads its own noisy counts: the rank clamped to
+// [0.005, 0.995]; from the root down, at each node, negative children
+// clamped to 0 for their total, children below treeAlpha of it skipped,
+// the first child whose running share reaches the rank taken, the rank
+// rescaled within it; a node whose children are all empty ends the walk;
+// and linear interpolation between the ends of the node reached.
+func (t mergedTree) result(rank float64) (float64, error) {
+	rank = math.Max(math.Min(rank, 0.995), 0.005)
+	index := 0
+	for index < firstLeaf {
+		first, last := index*QuantileBranching+1, (index+1)*QuantileBranching
+		total := 0.0
+		for i := first; i <= last; i++ {
+			total += math.Max(0.0, float64(t.nodes[i]))
+		}
+		corrected := 0.0
+		for i := first; i <= last; i++ {
+			if c := float64(t.nodes[i]); c >= total*treeAlpha {
+				corrected += c
+			}
+		}
+		if corrected == 0.0 {
+			break
+		}
+		next := index
+		partial := 0.0
+		for i := first; i <= last; i++ {
+			c := float64(t.nodes[i])
+			if c < total*treeAlpha {
+				continue
+			}
+			partial += c
+			if partial/corrected >= rank-treeTolerance {
+				rank = math.Min(math.Max(0.0, (rank-(partial-c)/corrected)/(c/corrected)), 1.0)
+				next = i
+				break
+			}
+		}
+		if next == index {
+			// Not reached: the last counted child's running share is
+			// corrected/corrected = 1. Interpolate within this node.
+			break
+		}
+		index = next
+	}
+	left, right := index, index
+	for left < firstLeaf {
+		left = left*QuantileBranching + 1
+	}
+	for right < firstLeaf {
+		right = (right + 1) * QuantileBranching
+	}
+	lv := (t.upper-t.lower)*(float64(left-firstLeaf)/float64(QuantileLeaves)) + t.lower
+	rv := (t.upper-t.lower)*(float64(right-firstLeaf+1)/float64(QuantileLeaves)) + t.lower
+	return (1-rank)*lv + rank*rv, nil
+}
