@@ -1,6 +1,8 @@
 package sandbox
 
 import (
+	"math"
+
 	"github.com/google/differential-privacy/go/v3/noise"
 
 	"github.com/nhs-tre/tre/job"
@@ -33,4 +35,10 @@ func offsetNoise(offset float64) noise.Noise {
 
 func (n offsetNoiseT) AddNoiseFloat64(x float64, _ int64, _, _, _ float64) (float64, error) {
 	return x + n.offset, nil
+}
+
+// AddNoiseInt64 is the same offset, rounded, on a federated part's
+// quantile-tree nodes (the library's integer noise).
+func (n offsetNoiseT) AddNoiseInt64(x, _, _ int64, _, _ float64) (int64, error) {
+	return x + int64(math.Round(n.offset)), nil
 }

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"math"
 	"strings"
@@ -29,7 +30,11 @@ FROM bmi b JOIN patients p ON p.patient_id = b.patient_id GROUP BY p.sex`
 // DuckDB's answers on each site's data, must lie inside the released 95%
 // interval in at least 95% of the released cells less six standard errors,
 // the report must say three sites, and an ordinary Run of a partial job,
-// or a partial run of a query that cannot be federated, must fail.
+// or a partial run of a query that cannot be federated, must fail. Then
+// the same for quartiles of BMI by sex (fedQuartiles), whose trees the
+// sites send whole: the exact quartiles of the union of the three sites'
+// values (DuckDB's quantile_cont over the three files attached together)
+// must lie inside the released 95% intervals as often.
 func TestFederatedThroughSandbox(t *testing.T) {
 	if testing.Short() {
 		t.Skip("generates three synthetic datasets and runs sandbox jobs")
@@ -51,8 +56,10 @@ func TestFederatedThroughSandbox(t *testing.T) {
 	}
 	exact := map[string][3]float64{} // n, Σbmi, over the three sites
 	var runners []*Runner
+	var paths []string
 	for i, seed := range []int64{31, 32, 33} {
 		path, r := synthRunner(t, 4000+1000*i, seed)
+		paths = append(paths, path)
 		for sex, v := range exactRows(t, path, fmt.Sprintf(fedBMI, "AND patient_id NOT IN (SELECT patient_id FROM optouts)"), 1) {
 			e := exact[sex]
 			exact[sex] = [3]float64{e[0] + v[0], e[1] + v[2]} // n, Σbmi
@@ -103,11 +110,114 @@ func TestFederatedThroughSandbox(t *testing.T) {
 	if _, err := runners[0].RunPartial(ctx, plain); job.Code(err) != job.CodeInvalid {
 		t.Errorf("RunPartial of an ordinary job: %v, want %s", err, job.CodeInvalid)
 	}
-	const quantile = `WITH bmi AS (
-  SELECT patient_id, max(numeric_value) AS bmi FROM clinical_events WHERE snomed_code = '60621009' GROUP BY patient_id)
-SELECT p.sex, median(greatest(12, least(70, b.bmi))) AS m FROM bmi b JOIN patients p ON p.patient_id = b.patient_id GROUP BY p.sex`
-	_, err = runners[0].RunPartial(ctx, job.Job{QueryID: 2, SQL: quantile, SQLHash: queries.SQLHash(quantile), Epsilon: 1, Partial: true})
-	if job.Code(err) != job.CodeRefused || !strings.Contains(job.Message(err), "quantile tree") {
-		t.Errorf("a federated median: %v, want %s naming the quantile tree", err, job.CodeRefused)
+	const rollup = `SELECT p.sex, median(greatest(12, least(70, e.numeric_value))) AS m FROM clinical_events e JOIN patients p ON p.patient_id = e.patient_id GROUP BY ROLLUP (p.sex)`
+	_, err = runners[0].RunPartial(ctx, job.Job{QueryID: 2, SQL: rollup, SQLHash: queries.SQLHash(rollup), Epsilon: 1, Partial: true})
+	if job.Code(err) != job.CodeRefused || !strings.Contains(job.Message(err), "grouping sets") {
+		t.Errorf("a federated median with ROLLUP: %v, want %s naming the grouping sets", err, job.CodeRefused)
 	}
+
+	fedQuartilesThroughSandbox(t, p, runners, paths)
+}
+
+// fedQuartiles is a federated query: patients and BMI quartiles by sex.
+const fedQuartiles = `WITH bmi AS (
+  SELECT patient_id, max(numeric_value) AS bmi FROM clinical_events WHERE snomed_code = '60621009' GROUP BY patient_id)
+SELECT p.sex, count(*) AS n, quantile_cont(greatest(12, least(70, b.bmi)), 0.25) AS q1, median(greatest(12, least(70, b.bmi))) AS md,
+  quantile_cont(greatest(12, least(70, b.bmi)), 0.75) AS q3
+FROM bmi b JOIN patients p ON p.patient_id = b.patient_id GROUP BY p.sex`
+
+// fedQuartilesThroughSandbox runs fedQuartiles as a federated part at the
+// three sites with the library's noise, combines the parts and checks the
+// released quartiles against the exact quartiles of the union of the
+// sites' values, four times (36 cells): inside the 95% intervals in at
+// least 95% of them less six standard errors (78%), which a sound interval
+// misses with probability below 1e-6 for independent cells.
+func fedQuartilesThroughSandbox(t *testing.T, p *queries.Parser, runners []*Runner, paths []string) {
+	t.Helper()
+	ctx := context.Background()
+	q := fedQuartiles
+	plan, err := p.Compile(ctx, synth.Catalog(), q, queries.Options{Federated: true, Epsilon: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plan.Spec.ValidateFederated(); err != nil {
+		t.Fatalf("federated quartiles refused: %v", err)
+	}
+	exact := exactUnionQuartiles(t, paths)
+	j := job.Job{QueryID: 3, SQL: q, SQLHash: queries.SQLHash(q), Epsilon: 1, Partial: true}
+	var cov coverage
+	for range 4 {
+		var parts []*dp.Partial
+		for _, r := range runners {
+			part, err := r.RunPartial(ctx, j)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts = append(parts, part)
+		}
+		res, err := dp.Combine(plan.Spec, parts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, row := range res.Rows {
+			want, ok := exact[row[0].Key]
+			for k, c := range row[2:] {
+				if c.Suppressed {
+					continue
+				}
+				if !ok {
+					t.Fatalf("sex %q released with no value at any site", row[0].Key)
+				}
+				if *c.Value < 12 || *c.Value > 70 || *c.CILow > *c.Value || *c.Value > *c.CIHigh {
+					t.Errorf("%s %s: %v [%v, %v] outside the bounds or its interval", row[0].Key, res.Columns[k+2].Name, *c.Value, *c.CILow, *c.CIHigh)
+				}
+				if !cov.add(*c.CILow, *c.CIHigh, want[k]) {
+					t.Logf("%s %s: exact %v outside [%v, %v]", row[0].Key, res.Columns[k+2].Name, want[k], *c.CILow, *c.CIHigh)
+				}
+			}
+		}
+	}
+	cov.check(t, 20, "quartile of the union")
+}
+
+// exactUnionQuartiles is DuckDB's exact answer of fedQuartiles over the
+// union of the sites' bounded per-patient values (opted-out patients left
+// out, as each release snapshot leaves them out): the files attached
+// read-only to one in-memory database.
+func exactUnionQuartiles(t *testing.T, paths []string) map[string][]float64 {
+	t.Helper()
+	db, err := sql.Open("duckdb", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var union []string
+	for i, path := range paths {
+		if _, err := db.Exec(fmt.Sprintf("ATTACH '%s' AS site%d (READ_ONLY)", path, i)); err != nil {
+			t.Fatal(err)
+		}
+		union = append(union, fmt.Sprintf(`SELECT p.sex, greatest(12, least(70, b.bmi)) AS v FROM (
+  SELECT patient_id, max(numeric_value) AS bmi FROM site%[1]d.clinical_events WHERE snomed_code = '60621009'
+  AND patient_id NOT IN (SELECT patient_id FROM site%[1]d.optouts) GROUP BY patient_id) b
+JOIN site%[1]d.patients p ON p.patient_id = b.patient_id`, i))
+	}
+	rows, err := db.Query(`SELECT sex, quantile_cont(v, 0.25), median(v), quantile_cont(v, 0.75) FROM (` +
+		strings.Join(union, " UNION ALL ") + `) WHERE sex IS NOT NULL GROUP BY sex`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string][]float64{}
+	for rows.Next() {
+		var sex string
+		v := make([]float64, 3)
+		if err := rows.Scan(&sex, &v[0], &v[1], &v[2]); err != nil {
+			t.Fatal(err)
+		}
+		out[sex] = v
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -14,7 +14,8 @@ import (
 
 // TestNeighbouringDatasetsFederated is the neighbouring-datasets test
 // (TestNeighbouringDatasets) for federated queries (issue 21): every query
-// of the corpus that can be federated (public domains, no quantile) runs
+// of the corpus that can be federated (public domains; quantiles too, their
+// trees sent whole) runs
 // as a partial job through the real child at two sites, the one whose data
 // is D or a neighbour D′ (one patient removed, changed or opted out) and a
 // second site holding D, and the broker's dp.Combine of the two parts must
@@ -47,13 +48,19 @@ func TestNeighbouringDatasetsFederated(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	federated := 0
+	federated, quantiles := 0, 0
 	for i, q := range sandboxtest.FullCorpus(n.Target) {
 		plan, err := p.Compile(ctx, cat, q.SQL, queries.Options{Federated: true, Epsilon: 1})
 		if err != nil || plan.Spec.ValidateFederated() != nil {
 			continue // refused, or not a federated query: the broker refuses it at submission
 		}
 		federated++
+		for _, a := range plan.Spec.Aggregates {
+			if a.Kind == dp.AggQuantile {
+				quantiles++
+				break
+			}
+		}
 		for _, offset := range []float64{1e6, -1e6} {
 			j := noiseJob(job.Job{QueryID: int64(i), SQL: q.SQL, SQLHash: queries.SQLHash(q.SQL), Epsilon: 1, Partial: true,
 				Codelists: []job.Codelist{sandboxtest.CorpusCodelist}}, offset)
@@ -94,8 +101,8 @@ func TestNeighbouringDatasetsFederated(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d corpus queries federated", federated)
-	if federated < 5 {
-		t.Errorf("only %d corpus queries could be federated; the test covers too little", federated)
+	t.Logf("%d corpus queries federated, %d with quantiles", federated, quantiles)
+	if federated < 5 || quantiles < 1 {
+		t.Errorf("only %d corpus queries could be federated, %d with quantiles; the test covers too little", federated, quantiles)
 	}
 }

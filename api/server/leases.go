@@ -9,6 +9,7 @@ import (
 
 	"github.com/nhs-tre/tre/api"
 	"github.com/nhs-tre/tre/broker"
+	"github.com/nhs-tre/tre/dp"
 )
 
 func (s *Server) leaseJob(c *gin.Context) error {
@@ -51,7 +52,9 @@ func (s *Server) completeJob(c *gin.Context) error {
 		return err
 	}
 	var req api.CompleteRequest
-	if err := decodeRequest(c.Request, &req); err != nil {
+	// A federated part with quantiles carries every node of its trees
+	// (dp.MaxPartialBytes); everything else is far smaller.
+	if err := decodeRequestMax(c.Request, &req, dp.MaxPartialBytes); err != nil {
 		return err
 	}
 	if (req.Result == nil) == (req.Partial == nil) {

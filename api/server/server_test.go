@@ -567,3 +567,29 @@ func TestRewrittenSQLOnlyWhenAsked(t *testing.T) {
 		t.Error("the service's query lost its rewritten SQL")
 	}
 }
+
+// TestCompleteBodyLimit: a job completion may be larger than other bodies
+// (a federated part carries every node of its quantile trees), up to
+// dp.MaxPartialBytes, and no larger.
+func TestCompleteBodyLimit(t *testing.T) {
+	srv := newTestServer(t, newFakeService())
+	tok := mustAgentToken(t, "agent", "site-a")
+	for _, tc := range []struct {
+		name   string
+		size   int
+		status int
+		msg    string
+	}{
+		{"above other bodies' limit", 2 * maxBodyBytes, 400, "exactly one of result and partial"},
+		{"above a part's limit", dp.MaxPartialBytes, 413, "larger than"},
+	} {
+		body := `{"token":"` + strings.Repeat("x", tc.size) + `"}`
+		rec := serve(srv, newRequest(t, http.MethodPost, "/api/v1/agent/jobs/7/complete", tok, body))
+		if rec.Code != tc.status {
+			t.Fatalf("%s: status %d, want %d: %.200s", tc.name, rec.Code, tc.status, rec.Body)
+		}
+		if e := mustErrorBody(t, rec.Body.Bytes()); !strings.Contains(e.Message, tc.msg) {
+			t.Errorf("%s: message %q does not contain %q", tc.name, e.Message, tc.msg)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -164,11 +165,13 @@ func TestFederation(t *testing.T) {
 	ctx := context.Background()
 	var sites []*fedSite
 	exact := map[string]float64{}
+	var bmis []float64 // the sites' bounded BMI values, one per patient
 	for i, n := range []int{3000, 2000, 2500} {
 		s := newFedSite(t, b, fmt.Sprintf("fed-%d", i+1), 101+i, n)
 		for k, v := range s.exactByRegion(t) {
 			exact[k] += v
 		}
+		bmis = append(bmis, s.exactBMIs(t)...)
 		if nw != nil {
 			s.ns = nw.AddSite()
 		}
@@ -207,6 +210,10 @@ func TestFederation(t *testing.T) {
 	k := &books{site: map[string]float64{}}
 	k.approved(eps, "fed-1", "fed-2", "fed-3")
 	k.check(t, b, p.ID)
+	t.Run("released median", func(t *testing.T) {
+		k.approved(releasedMedian(t, b, p.ID, bmis), "fed-1", "fed-2", "fed-3")
+		k.check(t, b, p.ID)
+	})
 	t.Run("dry run", func(t *testing.T) { dryRun(t, b, q, k) })
 	reg, err := (&api.Client{BaseURL: b.URL}).Register(ctx, api.ListOptions{})
 	if err != nil {
@@ -385,6 +392,96 @@ func releasedAnswer(t *testing.T, b *e2e.LonelyBroker, project int64, exact map[
 	}
 	t.Logf("%d of %d released cells hold the exact sum in their stated interval (± the rounding base)", inside, checked)
 	return q
+}
+
+// medianSQL is a federated quantile: the median of each patient's highest
+// BMI reading, bounded, over the three sites (one group, one tree).
+const medianSQL = `WITH bmi AS (
+  SELECT patient_id, max(numeric_value) AS bmi FROM clinical_events WHERE snomed_code = '60621009' GROUP BY patient_id)
+SELECT count(*) AS patients, median(greatest(12, least(70, bmi))) AS median_bmi FROM bmi`
+
+// exactBMIs is the site's values of medianSQL, without opted-out patients,
+// computed with DuckDB as the test's own reference.
+func (s *fedSite) exactBMIs(t *testing.T) []float64 {
+	t.Helper()
+	db, err := sql.Open("duckdb", s.data+"?access_mode=read_only")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query(`SELECT greatest(12, least(70, max(numeric_value))) FROM clinical_events
+		WHERE snomed_code = '60621009' AND patient_id NOT IN (SELECT patient_id FROM optouts WHERE patient_id IS NOT NULL)
+		GROUP BY patient_id HAVING max(numeric_value) IS NOT NULL`)
+	if err != nil {
+		t.Fatalf("exact values at %s: %v", s.id, err)
+	}
+	defer rows.Close()
+	var out []float64
+	for rows.Next() {
+		var v float64
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// releasedMedian submits medianSQL at ε = 1, has it approved, checked and
+// released: each site sends its whole noisy quantile tree, the broker
+// merges them, and the released median must lie near the exact median of
+// the union of the three sites' values (DuckDB's quantile_cont, in Go).
+// The stated 95% interval holds it 95% of the time; the test fails only
+// outside the interval widened on each side by its own half-width and a
+// leaf of the tree (65,536 leaves over [12, 70]): about the rank interval
+// for z = 3.9 where the values are dense, as at a BMI median, a failure by
+// chance of about 1 in 10,000. It returns the query's ε.
+func releasedMedian(t *testing.T, b *e2e.LonelyBroker, project int64, values []float64) float64 {
+	t.Helper()
+	ctx := context.Background()
+	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: medianSQL, Purpose: "median BMI across three sites", Epsilon: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Federation == nil || q.Federation.Sites != 3 {
+		t.Fatalf("federation %+v, want 3 sites", q.Federation)
+	}
+	if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck); got.FailureCode != "" {
+		t.Fatalf("the federated median failed: %s %s", got.FailureCode, got.FailureDetail)
+	}
+	if _, err := b.As("carol").ReleaseQuery(ctx, q.ID, "safe"); err != nil {
+		t.Fatal(err)
+	}
+	e2e.WaitStatus(t, b.As("alice"), q.ID, broker.StatusReleased)
+	res, err := b.As("alice").Result(ctx, q.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Report.Sites != 3 || len(res.Rows) != 1 || res.Columns[1].Kind != "quantile" {
+		t.Fatalf("result: %d sites, %d rows, columns %+v; want one row with a quantile over 3 sites", res.Report.Sites, len(res.Rows), res.Columns)
+	}
+	c := res.Rows[0][1]
+	if c.Value == nil || c.CILow == nil || c.CIHigh == nil {
+		t.Fatalf("median of %d patients not released: %+v", len(values), c)
+	}
+	slices.Sort(values)
+	pos := float64(len(values)-1) / 2
+	lo := int(pos)
+	want := values[lo] + (pos-float64(lo))*(values[min(lo+1, len(values)-1)]-values[lo])
+	v, low, high := *c.Value, *c.CILow, *c.CIHigh
+	leaf := (70.0 - 12.0) / 65536
+	if want < low-(v-low)-leaf || want > high+(high-v)+leaf {
+		t.Errorf("released median %g [%g, %g], exact median of the union %g", v, low, high, want)
+	}
+	t.Logf("released median %g [%g, %g]; exact median of the %d values at the three sites %g (inside the stated interval: %v)",
+		v, low, high, len(values), want, low <= want && want <= high)
+	return q.Cost.Epsilon
 }
 
 // ledgers checks each site's ledger and the project's ε spent.
