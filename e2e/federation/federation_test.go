@@ -328,13 +328,14 @@ func conflictingCatalog(t *testing.T, b *e2e.LonelyBroker, s *fedSite) {
 	}
 }
 
-// releasedAnswer submits regionSQL, has it approved, checked and released,
-// and compares the released table with the sum of the sites' exact
-// answers.
-func releasedAnswer(t *testing.T, b *e2e.LonelyBroker, project int64, exact map[string]float64) *broker.Query {
+// released submits sql to project as alice at ε = 1, has bob approve it
+// and carol release it once every site's part is in, and returns the query
+// and the researcher's result: combined over the three sites, each site's
+// report (opt-out applied) in the checker's output.
+func released(t *testing.T, b *e2e.LonelyBroker, project int64, sql, purpose string) (*broker.Query, *api.ResultResponse) {
 	t.Helper()
 	ctx := context.Background()
-	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: regionSQL, Purpose: "patients by region", Epsilon: 1})
+	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: sql, Purpose: purpose, Epsilon: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +345,9 @@ func releasedAnswer(t *testing.T, b *e2e.LonelyBroker, project int64, exact map[
 	if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
 		t.Fatal(err)
 	}
-	e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck)
+	if got := e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck); got.FailureCode != "" {
+		t.Fatalf("%s: failed: %s %s", purpose, got.FailureCode, got.FailureDetail)
+	}
 	o, err := b.As("carol").Output(ctx, q.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -368,6 +371,14 @@ func releasedAnswer(t *testing.T, b *e2e.LonelyBroker, project int64, exact map[
 	if res.Report.Sites != 3 {
 		t.Errorf("report says %d sites, want 3", res.Report.Sites)
 	}
+	return q, res
+}
+
+// releasedAnswer releases regionSQL (released) and compares the released
+// table with the sum of the sites' exact answers.
+func releasedAnswer(t *testing.T, b *e2e.LonelyBroker, project int64, exact map[string]float64) *broker.Query {
+	t.Helper()
+	q, res := released(t, b, project, regionSQL, "patients by region")
 	checked, inside := 0, 0
 	for _, row := range res.Rows {
 		region, c := row[0].Key, row[1]
@@ -430,8 +441,7 @@ func (s *fedSite) exactBMIs(t *testing.T) []float64 {
 	return out
 }
 
-// releasedMedian submits medianSQL at ε = 1, has it approved, checked and
-// released: each site sends its whole noisy quantile tree, the broker
+// releasedMedian releases medianSQL (released): each site sends its whole noisy quantile tree, the broker
 // merges them, and the released median must lie near the exact median of
 // the union of the three sites' values (DuckDB's quantile_cont, in Go).
 // The stated 95% interval holds it 95% of the time; the test fails only
@@ -441,30 +451,9 @@ func (s *fedSite) exactBMIs(t *testing.T) []float64 {
 // chance of about 1 in 10,000. It returns the query's ε.
 func releasedMedian(t *testing.T, b *e2e.LonelyBroker, project int64, values []float64) float64 {
 	t.Helper()
-	ctx := context.Background()
-	q, err := b.As("alice").SubmitQuery(ctx, api.QueryRequest{ProjectID: project, SQL: medianSQL, Purpose: "median BMI across three sites", Epsilon: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if q.Federation == nil || q.Federation.Sites != 3 {
-		t.Fatalf("federation %+v, want 3 sites", q.Federation)
-	}
-	if _, err := b.As("bob").ApproveQuery(ctx, q.ID, "ok"); err != nil {
-		t.Fatal(err)
-	}
-	if got := e2e.WaitStatus(t, b.As("bob"), q.ID, broker.StatusAwaitingOutputCheck); got.FailureCode != "" {
-		t.Fatalf("the federated median failed: %s %s", got.FailureCode, got.FailureDetail)
-	}
-	if _, err := b.As("carol").ReleaseQuery(ctx, q.ID, "safe"); err != nil {
-		t.Fatal(err)
-	}
-	e2e.WaitStatus(t, b.As("alice"), q.ID, broker.StatusReleased)
-	res, err := b.As("alice").Result(ctx, q.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Report.Sites != 3 || len(res.Rows) != 1 || res.Columns[1].Kind != "quantile" {
-		t.Fatalf("result: %d sites, %d rows, columns %+v; want one row with a quantile over 3 sites", res.Report.Sites, len(res.Rows), res.Columns)
+	q, res := released(t, b, project, medianSQL, "median BMI across three sites")
+	if len(res.Rows) != 1 || res.Columns[1].Kind != "quantile" {
+		t.Fatalf("result: %d rows, columns %+v; want one row with a quantile", len(res.Rows), res.Columns)
 	}
 	c := res.Rows[0][1]
 	if c.Value == nil || c.CILow == nil || c.CIHigh == nil {
