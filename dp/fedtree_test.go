@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -186,11 +187,16 @@ func TestPartialTreeNoisesEveryNode(t *testing.T) {
 		}
 	}
 	var seen struct {
+		sync.Mutex
 		l0   int64
 		lInf int64
 		eps  float64
 	}
-	rec := recordNoise{Noise: noise.Gaussian(), f: func(l0, lInf int64, eps, delta float64) { seen.l0, seen.lInf, seen.eps = l0, lInf, eps }}
+	rec := recordNoise{Noise: noise.Gaussian(), f: func(l0, lInf int64, eps, delta float64) {
+		seen.Lock()
+		defer seen.Unlock()
+		seen.l0, seen.lInf, seen.eps = l0, lInf, eps
+	}}
 	mustPartial(t, s, quantileGroups(12, 70, [3][]float64{{20}, nil, nil}), Options{Noise: rec})
 	st := s.plan().stats[2]
 	if seen.l0 != QuantileTreeHeight*int64(s.MaxGroupsPerPatient) || seen.lInf != int64(s.MaxRowsPerGroup) || seen.eps != st.eps || st.role != roleTree {

@@ -19,7 +19,9 @@ type Options struct {
 	// production: the library's Laplace or Gaussian noise is used. Tests set
 	// it to a deterministic fake, as the library's own tests do. Partition
 	// selection always uses the library's own randomness (it offers no
-	// seed), so there is no seed here either.
+	// seed), so there is no seed here either. It must be safe for
+	// concurrent use: a federated part noises a quantile tree's nodes on
+	// several goroutines (noisyTreeNodes), as the library's own noise is.
 	Noise noise.Noise
 	// DroppedRows is the number of rows the k/C contribution bounds removed
 	// (the rewritten query's __dropped column). It is reported rounded to
