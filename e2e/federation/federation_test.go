@@ -441,8 +441,9 @@ func (s *fedSite) exactBMIs(t *testing.T) []float64 {
 	return out
 }
 
-// releasedMedian releases medianSQL (released): each site sends its whole noisy quantile tree, the broker
-// merges them, and the released median must lie near the exact median of
+// releasedMedian releases medianSQL (released): each site sends its whole
+// noisy quantile tree, the broker merges them, and the released median
+// must lie near the exact median of
 // the union of the three sites' values (DuckDB's quantile_cont, in Go).
 // The stated 95% interval holds it 95% of the time; the test fails only
 // outside the interval widened on each side by its own half-width and a
