@@ -93,6 +93,13 @@ type GroupSpec struct {
 	// Domain, when every group column has one, lists all keys to release
 	// (empty ones too) and partition selection is skipped.
 	Domain []string `json:"domain,omitempty"`
+	// Closed says the Domain holds every key the query's rows can have,
+	// not just the ones to release: a date bucket's keys derived from the
+	// query's WHERE bounds (queries, federated). A key outside it (NULL
+	// too) means the derivation and the data disagree, say on how a key is
+	// written, and would silently leave every cell empty: Protect and the
+	// Selector fail instead.
+	Closed bool `json:"closed,omitempty"`
 }
 
 // AggSpec is one output aggregate column.

@@ -123,7 +123,7 @@ func (s Spec) ValidateFederated() error {
 	}
 	for _, g := range s.Groups {
 		if len(g.Domain) == 0 {
-			return fmt.Errorf("group column %q has no public domain: a federated query may group only on columns with a public domain (partition selection at each site cannot be combined soundly)", g.Name)
+			return fmt.Errorf("group column %q has no public domain: a federated query may group only on columns with a public domain, or on a month, quarter or year of a date the WHERE clause bounds on both sides (partition selection at each site cannot be combined soundly)", g.Name)
 		}
 	}
 	if s.mechanism() != MechanismGaussian {

@@ -202,7 +202,11 @@ func keyString(keys []*string) string {
 // ignored: releasing them would reveal that they occur.
 func domainGroups(s Spec, groups []GroupStats) ([]GroupStats, error) {
 	byKey := make(map[string]int, len(groups))
+	domains := s.domainSets()
 	for i, g := range groups {
+		if err := s.checkClosed(g.Keys, domains); err != nil {
+			return nil, err
+		}
 		k := keyString(g.Keys)
 		if _, dup := byKey[k]; dup {
 			return nil, fmt.Errorf("group %d repeats the keys of an earlier group", i+1)
@@ -274,17 +278,36 @@ func (s Spec) NewSelector() (*Selector, error) {
 	}
 	sel := &Selector{s: s, p: s.plan(), seen: make(map[string]bool)}
 	if !sel.p.selection {
-		tot := s.totalled()
-		for i, g := range s.Groups {
-			d := make(map[string]bool, len(g.Domain)+1)
-			for _, v := range g.Domain {
-				d[v] = true
-			}
-			d[TotalKey] = tot[i]
-			sel.domains = append(sel.domains, d)
-		}
+		sel.domains = s.domainSets()
 	}
 	return sel, nil
+}
+
+// domainSets is, per group column, the set of its domain's keys, with
+// TotalKey where a grouping set totals over the column.
+func (s Spec) domainSets() []map[string]bool {
+	tot := s.totalled()
+	out := make([]map[string]bool, len(s.Groups))
+	for i, g := range s.Groups {
+		d := make(map[string]bool, len(g.Domain)+1)
+		for _, v := range g.Domain {
+			d[v] = true
+		}
+		d[TotalKey] = tot[i]
+		out[i] = d
+	}
+	return out
+}
+
+// checkClosed fails when a key of a column with a closed domain
+// (GroupSpec.Closed) lies outside it. The message names the column only.
+func (s Spec) checkClosed(keys []*string, domains []map[string]bool) error {
+	for i, g := range s.Groups {
+		if g.Closed && i < len(keys) && (keys[i] == nil || !domains[i][*keys[i]]) {
+			return fmt.Errorf("group column %q has a key outside its closed domain: the keys derived from the query and the data's disagree", g.Name)
+		}
+	}
+	return nil
 }
 
 // PublicDomain reports whether keys come from public domains: then at
@@ -303,6 +326,9 @@ func (sel *Selector) Keep(g GroupStats) (bool, error) {
 	}
 	sel.seen[k] = true
 	if !sel.p.selection {
+		if err := sel.s.checkClosed(g.Keys, sel.domains); err != nil {
+			return false, err
+		}
 		for i, key := range g.Keys {
 			if key == nil || !sel.domains[i][*key] {
 				return false, nil

@@ -3,6 +3,7 @@ package dp
 import (
 	"math"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/google/differential-privacy/go/v3/noise"
@@ -410,5 +411,57 @@ func TestProtectRefusesNonFiniteRelease(t *testing.T) {
 	_, err := Protect(s, nil, Options{Noise: newReplayNoise(50, math.Inf(1))})
 	if err == nil || err.Error() != `protect: aggregate "total": released value is not finite` {
 		t.Fatalf("Protect() error = %v, want a non-finite refusal", err)
+	}
+}
+
+// TestClosedDomain: a group column whose domain is closed (its keys derived
+// from the query, GroupSpec.Closed) fails Protect, ProtectPartial and the
+// Selector on a key outside it or NULL, where an ordinary public domain
+// drops such a key silently; keys inside pass.
+func TestClosedDomain(t *testing.T) {
+	inside := siteGroups([3]int64{20, 30, 40}, 30, 50)
+	outside := append(siteGroups([3]int64{20, 30, 40}, 30, 50), GroupStats{Keys: keys("east"), Patients: 5, Aggs: make([]AggStats, 3)})
+	null := append(siteGroups([3]int64{20, 30, 40}, 30, 50), GroupStats{Keys: []*string{nil}, Patients: 5, Aggs: make([]AggStats, 3)})
+	for _, tt := range []struct {
+		name    string
+		closed  bool
+		groups  []GroupStats
+		wantErr bool
+	}{
+		{name: "closed, keys inside", closed: true, groups: inside},
+		{name: "closed, a key outside", closed: true, groups: outside, wantErr: true},
+		{name: "closed, a NULL key", closed: true, groups: null, wantErr: true},
+		{name: "open, a key outside is dropped", groups: outside},
+		{name: "open, a NULL key is dropped", groups: null},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := fedSpec()
+			s.Groups[0].Closed = tt.closed
+			_, errPart := ProtectPartial(s, tt.groups, Options{})
+			_, errProt := Protect(s, tt.groups, Options{})
+			sel, err := s.NewSelector()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var errSel error
+			for _, g := range tt.groups {
+				if _, errSel = sel.Keep(g); errSel != nil {
+					break
+				}
+			}
+			for what, err := range map[string]error{"ProtectPartial": errPart, "Protect": errProt, "Selector": errSel} {
+				if (err != nil) != tt.wantErr {
+					t.Errorf("%s: error %v, want one: %v", what, err, tt.wantErr)
+				}
+				if err != nil && strings.Contains(err.Error(), "east") {
+					t.Errorf("%s: the error quotes the key: %v", what, err)
+				}
+			}
+		})
+	}
+	bad := fedSpec()
+	bad.Groups = []GroupSpec{{Name: "month", Closed: true}}
+	if err := bad.Validate(); err == nil {
+		t.Error("a closed group column without a domain passed Validate")
 	}
 }

@@ -140,6 +140,9 @@ func (s Spec) Validate() error {
 		if g.Name == "" {
 			return fmt.Errorf("group column %d has no name", i+1)
 		}
+		if g.Closed && len(g.Domain) == 0 {
+			return fmt.Errorf("group column %q: a closed domain needs values", g.Name)
+		}
 		seen := make(map[string]bool, len(g.Domain))
 		for _, v := range g.Domain {
 			if seen[v] {

@@ -192,6 +192,13 @@ type groupKey struct {
 	// on the privacy unit, so every input row of a patient has the same
 	// value. A catalog's one_row_per_patient claim alone does not count.
 	ofPatient bool
+	// bucket, for a date bucket without a domain of its own (date_trunc,
+	// year), is the bucket and what the WHERE bounds of its column (rng,
+	// nil if none), from which a federated query's Spec derives its public
+	// keys (bucketKeys); pos is the key's position in the SQL.
+	bucket *dateBucket
+	rng    *dateRange
+	pos    int
 }
 
 type aggKind int

@@ -169,7 +169,11 @@ func (c *compiler) outerGroup(g obj, q *query, sc *scope, items []any, aliases m
 			return refuse("GROUP BY "+name+" twice", pos(g), "")
 		}
 	}
-	q.groups = append(q.groups, groupKey{name: name, sql: gsql, v: v, ofPatient: ofPatient})
+	gk := groupKey{name: name, sql: gsql, v: v, ofPatient: ofPatient, pos: pos(target)}
+	if b, ok := c.bucketOf(target, sc); ok && !v.hasDomain {
+		gk.bucket, gk.rng = &b, ranges[b.col.sql]
+	}
+	q.groups = append(q.groups, gk)
 	return nil
 }
 

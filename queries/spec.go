@@ -54,11 +54,24 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 	keys := 1
 	for _, g := range q.groups {
 		gs := dp.GroupSpec{Name: g.name}
-		if g.v.hasDomain {
+		domain, has := g.v.domain, g.v.hasDomain
+		if !has && opts.Federated && g.bucket != nil {
+			// Every site must release the same keys, and partition
+			// selection at each site cannot be combined: a date bucket's
+			// keys come from the query's WHERE bounds (bucketKeys), the
+			// same at the broker and every site. Single-site queries keep
+			// partition selection, which releases no empty month.
+			var why string
+			if domain, why = bucketKeys(*g.bucket, g.rng); why != "" {
+				return dp.Spec{}, refuse("GROUP BY "+g.name+" over several sites", g.pos, why)
+			}
+			has, gs.Closed = true, true
+		}
+		if has {
 			// A copy: the domain may be the catalog's own slice.
-			gs.Domain = append([]string(nil), g.v.domain...)
+			gs.Domain = append([]string(nil), domain...)
 			if keys <= maxCrossDomain {
-				keys *= len(g.v.domain)
+				keys *= len(domain)
 			}
 		} else {
 			public = false
@@ -73,7 +86,7 @@ func (c *compiler) spec(q *query, opts Options) (dp.Spec, error) {
 		// selection, which costs δ. Group specs drop their domains so dp
 		// does not treat a partly public grouping as public.
 		for i := range s.Groups {
-			s.Groups[i].Domain = nil
+			s.Groups[i].Domain, s.Groups[i].Closed = nil, false
 		}
 	}
 	for _, a := range q.aggs {

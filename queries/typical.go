@@ -119,6 +119,10 @@ LEFT JOIN statin s ON s.patient_id = b.patient_id
 GROUP BY exposure`,
 	},
 	{
+		// Bounded on both sides, as a researcher states a study period:
+		// the synthetic extract ends on 2024-12-31, so the rows are those
+		// of the open-ended 2023-on query, and a federated run's months
+		// (issue 21) come from these bounds.
 		Name: "antibiotic_prescriptions_by_month_region",
 		SQL: `SELECT date_trunc('month', m.date) AS month,
   p.region,
@@ -126,7 +130,8 @@ GROUP BY exposure`,
 FROM medications m
 JOIN dmd_codes d ON m.dmd_code = d.dmd_code
 JOIN patients p ON p.patient_id = m.patient_id
-WHERE d.drug_class = 'antibiotic' AND m.date >= DATE '2023-01-01'
+WHERE d.drug_class = 'antibiotic'
+  AND m.date >= DATE '2023-01-01' AND m.date < DATE '2025-01-01'
 GROUP BY month, p.region`,
 	},
 	{
