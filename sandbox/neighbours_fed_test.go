@@ -21,7 +21,8 @@ import (
 // second site holding D, and the broker's dp.Combine of the two parts must
 // show a researcher the same thing on D as on every D′, with every
 // combined cell released (noise +1e6 at each site) and with every cell
-// suppressed (−1e6).
+// suppressed (−1e6). Among them are queries grouping by month, quarter or
+// year, whose keys come from their WHERE bounds.
 func TestNeighbouringDatasetsFederated(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs ~350 sandbox jobs")
@@ -49,8 +50,14 @@ func TestNeighbouringDatasetsFederated(t *testing.T) {
 	}
 	defer p.Close()
 	federated, quantiles := 0, 0
+	// Queries grouping by a month or year whose keys come from the WHERE
+	// bounds must be among those federated.
+	monthly := map[string]bool{}
 	for i, q := range sandboxtest.FullCorpus(n.Target) {
 		plan, err := p.Compile(ctx, cat, q.SQL, queries.Options{Federated: true, Epsilon: 1})
+		if strings.HasPrefix(q.Name, "months: ") || q.Name == "typical: monthly_statin_prescribing" || q.Name == "typical: antibiotic_prescriptions_by_month_region" {
+			monthly[q.Name] = err == nil && plan.Spec.ValidateFederated() == nil
+		}
 		if err != nil || plan.Spec.ValidateFederated() != nil {
 			continue // refused, or not a federated query: the broker refuses it at submission
 		}
@@ -102,6 +109,14 @@ func TestNeighbouringDatasetsFederated(t *testing.T) {
 		}
 	}
 	t.Logf("%d corpus queries federated, %d with quantiles", federated, quantiles)
+	if len(monthly) != 5 {
+		t.Errorf("the corpus has %d monthly queries, want 5", len(monthly))
+	}
+	for name, ok := range monthly {
+		if !ok {
+			t.Errorf("%s: not federated", name)
+		}
+	}
 	if federated < 5 || quantiles < 1 {
 		t.Errorf("only %d corpus queries could be federated, %d with quantiles; the test covers too little", federated, quantiles)
 	}

@@ -308,6 +308,14 @@ func FullCorpus(t Target) []Query {
 			" WHERE e.snomed_code = '" + Depression + "' GROUP BY CUBE (p.sex, p.imd_quintile)"},
 		{"target: events per patient", "WITH c AS (SELECT p.patient_id, count(e.date) AS k FROM patients p LEFT JOIN clinical_events e ON e.patient_id = p.patient_id GROUP BY p.patient_id) " +
 			"SELECT count(*) AS n, avg(least(c.k, 100)) AS mean_k FROM c JOIN patients p ON p.patient_id = c.patient_id WHERE " + qi},
+		// Months and years: a federated query releases every one its WHERE
+		// bounds allow (issue 21), the target's and the empty ones alike.
+		{"months: the target's BMI readings by month", "SELECT date_trunc('month', e.date) AS month, count(*) AS n, avg(greatest(0, least(50, e.numeric_value))) AS m " +
+			join + " WHERE " + qi + " AND e.snomed_code = '60621009' AND e.date >= DATE '2020-12-01' AND e.date < DATE '2021-07-01' GROUP BY month"},
+		{"months: quarters of the target's readings after a day", "SELECT date_trunc('quarter', e.date) AS q, p.sex, count(DISTINCT p.patient_id) AS n " +
+			join + " WHERE " + qi + " AND e.date > DATE '2020-12-31' AND e.date <= DATE '2021-12-31' GROUP BY q, p.sex"},
+		{"months: years of the target's depression code", "SELECT year(e.date) AS y, count(DISTINCT p.patient_id) AS n " +
+			join + " WHERE " + has + " AND e.date BETWEEN DATE '2019-01-01' AND DATE '2022-12-31' GROUP BY y"},
 	} {
 		out = append(out, q)
 	}
