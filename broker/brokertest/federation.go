@@ -656,3 +656,52 @@ func testSingleSiteBeforeFederation(t *testing.T, f *Fixture) {
 		t.Errorf("project budget %+v, want ε 1 spent", b)
 	}
 }
+
+// testFederationMonths: a query grouping by month over a dataset three
+// sites hold federates when its WHERE bounds the date on both sides: the
+// check and the submission say so, every site's part (compiled at the
+// site) has the broker's spec, and the combined table has every month of
+// the range. Bounded on one side only, the check and the submission are
+// refused saying which bound to add, where over one site it was accepted
+// (partition selection).
+func testFederationMonths(t *testing.T, f *Fixture) {
+	svc := f.Service
+	const eps = 0.5
+	const monthly = "SELECT date_trunc('month', date) AS month, count(*) AS n FROM clinical_events WHERE date >= DATE '2023-01-01' AND date < DATE '2024-01-01' GROUP BY month"
+	const open = "SELECT date_trunc('month', date) AS month, count(*) AS n FROM clinical_events WHERE date >= DATE '2023-01-01' GROUP BY month"
+	if c, err := svc.CheckQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: open, Epsilon: eps}); err != nil || c.Federation != nil {
+		t.Fatalf("open-ended monthly query over one site: %+v, %v; want it accepted", c, err)
+	}
+	f.federate(nil)
+	c, err := svc.CheckQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: monthly, Epsilon: eps})
+	if err != nil || c.Federation == nil || c.Federation.Sites != 3 {
+		t.Fatalf("check of the monthly query: %+v, %v; want it federated over 3 sites", c, err)
+	}
+	_, err = svc.CheckQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: open, Epsilon: eps})
+	MustCode(t, err, broker.EREFUSED)
+	if !strings.Contains(err.Error(), "add an upper bound on clinical_events.date to WHERE") {
+		t.Errorf("refusal %q does not say which bound to add", err)
+	}
+	_, err = svc.SubmitQuery(f.Researcher, broker.QuerySubmission{ProjectID: f.Project.ID, SQL: open, Epsilon: eps, Purpose: "monthly"})
+	MustCode(t, err, broker.EREFUSED)
+	q := f.MustSubmit(f.Researcher, monthly, eps)
+	f.MustApprove(q.ID)
+	for _, s := range allSites() {
+		l := f.leaseAt(s, q.ID)
+		if err := svc.CompletePartial(AgentOf("agent-"+s, s), q.ID, l.Token, f.PartialOf(t, monthly, eps)); err != nil {
+			t.Fatalf("%s's part: %v", s, err)
+		}
+	}
+	o, err := svc.FindOutput(f.Checker, q.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Result == nil || len(o.Result.Rows) != 12 {
+		t.Fatalf("output: %+v; want the combined table of the 12 months", o.Result)
+	}
+	for i, row := range o.Result.Rows {
+		if want := fmt.Sprintf("2023-%02d-01", i+1); row[0].Key != want {
+			t.Errorf("row %d: month %q, want %q", i, row[0].Key, want)
+		}
+	}
+}

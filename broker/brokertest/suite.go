@@ -53,6 +53,7 @@ func Run(t *testing.T, cfg Config) {
 	t.Run("Register", func(t *testing.T) { testRegister(t, fresh(t, broker.Options{})) })
 	t.Run("FederatedCatalogs", func(t *testing.T) { testFederatedCatalogs(t, fresh(t, broker.Options{})) })
 	t.Run("Federation", func(t *testing.T) { testFederation(t, fresh(t, broker.Options{})) })
+	t.Run("FederationMonths", func(t *testing.T) { testFederationMonths(t, fresh(t, broker.Options{})) })
 	t.Run("FederationDisjoint", func(t *testing.T) { testFederationDisjoint(t, fresh(t, broker.Options{})) })
 	t.Run("FederationConcurrentApprovals", func(t *testing.T) { testFederationConcurrentApprovals(t, fresh(t, broker.Options{})) })
 	t.Run("FederationFailure", func(t *testing.T) { testFederationFailure(t, fresh(t, broker.Options{})) })
