@@ -109,25 +109,32 @@ func (s *fedSite) stall(t *testing.T) (resume func()) {
 // opted-out patients, computed with DuckDB as the test's own reference.
 func (s *fedSite) exactByRegion(t *testing.T) map[string]float64 {
 	t.Helper()
+	return s.exactCounts(t, `SELECT region, count(*) FROM patients
+		WHERE patient_id NOT IN (SELECT patient_id FROM optouts WHERE patient_id IS NOT NULL) GROUP BY region`)
+}
+
+// exactCounts runs query, a key and a count per row, on the site's data,
+// read-only: the test's own reference.
+func (s *fedSite) exactCounts(t *testing.T, query string) map[string]float64 {
+	t.Helper()
 	db, err := sql.Open("duckdb", s.data+"?access_mode=read_only")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rows, err := db.Query(`SELECT region, count(*) FROM patients
-		WHERE patient_id NOT IN (SELECT patient_id FROM optouts WHERE patient_id IS NOT NULL) GROUP BY region`)
+	rows, err := db.Query(query)
 	if err != nil {
 		t.Fatalf("exact answer at %s: %v", s.id, err)
 	}
 	defer rows.Close()
 	out := map[string]float64{}
 	for rows.Next() {
-		var region sql.NullString
+		var key sql.NullString
 		var n float64
-		if err := rows.Scan(&region, &n); err != nil {
+		if err := rows.Scan(&key, &n); err != nil {
 			t.Fatal(err)
 		}
-		out[region.String] += n
+		out[key.String] += n
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
@@ -138,8 +145,9 @@ func (s *fedSite) exactByRegion(t *testing.T) map[string]float64 {
 // TestFederation runs one broker and three site agents, each in its own
 // process, directory and (where the machine allows) network namespace over
 // its own synthetic data: a conflicting catalog is refused naming the
-// difference; a federated query's released answer agrees with the sum of
-// the sites' exact answers; each site's ledger is charged; sites cut off
+// difference; a federated query's released answer (patients by region, a
+// median, patients by month of a year bounded in WHERE) agrees with the
+// sites' exact answers; each site's ledger is charged; sites cut off
 // before and during their part, and a site killed mid-job, fail the query
 // as a whole after the deadline, as a failure notice the researcher sees
 // as failed, each site charged only if it ran; a reconnected site's late
@@ -212,6 +220,10 @@ func TestFederation(t *testing.T) {
 	k.check(t, b, p.ID)
 	t.Run("released median", func(t *testing.T) {
 		k.approved(releasedMedian(t, b, p.ID, bmis), "fed-1", "fed-2", "fed-3")
+		k.check(t, b, p.ID)
+	})
+	t.Run("released months", func(t *testing.T) {
+		k.approved(releasedMonths(t, b, p.ID, sites), "fed-1", "fed-2", "fed-3")
 		k.check(t, b, p.ID)
 	})
 	t.Run("dry run", func(t *testing.T) { dryRun(t, b, q, k) })
@@ -379,10 +391,18 @@ func released(t *testing.T, b *e2e.LonelyBroker, project int64, sql, purpose str
 func releasedAnswer(t *testing.T, b *e2e.LonelyBroker, project int64, exact map[string]float64) *broker.Query {
 	t.Helper()
 	q, res := released(t, b, project, regionSQL, "patients by region")
+	compareCounts(t, res, exact)
+	return q
+}
+
+// compareCounts compares the released counts of res (a key, a count) with
+// the sum over the sites of their exact answers.
+func compareCounts(t *testing.T, res *api.ResultResponse, exact map[string]float64) {
+	t.Helper()
 	checked, inside := 0, 0
 	for _, row := range res.Rows {
-		region, c := row[0].Key, row[1]
-		want := exact[region]
+		key, c := row[0].Key, row[1]
+		want := exact[key]
 		if c.Value == nil || c.CILow == nil || c.CIHigh == nil {
 			continue // suppressed: nothing to compare
 		}
@@ -392,7 +412,7 @@ func releasedAnswer(t *testing.T, b *e2e.LonelyBroker, project int64, exact map[
 		// failure by chance to about 1 in 10,000 per cell.
 		half := (*c.CIHigh - *c.CILow) / 2
 		if math.Abs(*c.Value-want) > 2*half+5 {
-			t.Errorf("region %q: released %g [%g, %g], exact sum over the sites %g", region, *c.Value, *c.CILow, *c.CIHigh, want)
+			t.Errorf("%q: released %g [%g, %g], exact sum over the sites %g", key, *c.Value, *c.CILow, *c.CIHigh, want)
 		}
 		if want >= *c.CILow-5 && want <= *c.CIHigh+5 {
 			inside++
@@ -402,7 +422,37 @@ func releasedAnswer(t *testing.T, b *e2e.LonelyBroker, project int64, exact map[
 		t.Fatalf("no released cell to compare: %+v", res.Rows)
 	}
 	t.Logf("%d of %d released cells hold the exact sum in their stated interval (± the rounding base)", inside, checked)
-	return q
+}
+
+// monthSQL is a federated query grouping by month: the months come from
+// its WHERE bounds (the year 2024), the same at the broker and every site.
+const monthSQL = `SELECT date_trunc('month', date) AS month, count(DISTINCT patient_id) AS patients FROM clinical_events
+WHERE date >= DATE '2024-01-01' AND date < DATE '2025-01-01' GROUP BY month`
+
+// releasedMonths releases monthSQL (released): every month of 2024 in
+// order, each count near the sum of the sites' exact counts, keyed by
+// DuckDB's own text of the month. It returns the query's ε.
+func releasedMonths(t *testing.T, b *e2e.LonelyBroker, project int64, sites []*fedSite) float64 {
+	t.Helper()
+	exact := map[string]float64{}
+	for _, s := range sites {
+		for k, v := range s.exactCounts(t, `SELECT CAST(CAST(date_trunc('month', date) AS DATE) AS VARCHAR), count(DISTINCT patient_id)
+			FROM clinical_events WHERE date >= DATE '2024-01-01' AND date < DATE '2025-01-01'
+			AND patient_id NOT IN (SELECT patient_id FROM optouts WHERE patient_id IS NOT NULL) GROUP BY 1`) {
+			exact[k] += v
+		}
+	}
+	q, res := released(t, b, project, monthSQL, "patients seen by month across three sites")
+	if len(res.Rows) != 12 {
+		t.Fatalf("%d months released, want the 12 of 2024", len(res.Rows))
+	}
+	for i, row := range res.Rows {
+		if want := fmt.Sprintf("2024-%02d-01", i+1); row[0].Key != want {
+			t.Errorf("row %d: month %q, want %q", i+1, row[0].Key, want)
+		}
+	}
+	compareCounts(t, res, exact)
+	return q.Cost.Epsilon
 }
 
 // medianSQL is a federated quantile: the median of each patient's highest
