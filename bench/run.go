@@ -37,8 +37,11 @@ type Config struct {
 	// by Clients concurrent clients, each phase capped at LoadCap.
 	Submissions, Reads, Clients int
 	LoadCap                     time.Duration
-	Seed                        int64
-	AllowWeak                   bool
+	// SnapshotTimeout bounds building the release snapshot (0: the
+	// sandbox's default, sandbox.DefaultConfig).
+	SnapshotTimeout time.Duration
+	Seed            int64
+	AllowWeak       bool
 	// Keep keeps the generated data directory.
 	Keep bool
 	// Explain names a typical query ("all": every one) whose EXPLAIN
@@ -96,6 +99,8 @@ func (c Config) Validate() error {
 		return errors.New("--replicas needs --postgres: replicas share a PostgreSQL database")
 	case c.LoadCap <= 0:
 		return errors.New("--load-time-cap must be positive")
+	case c.SnapshotTimeout < 0:
+		return errors.New("--snapshot-timeout must not be negative")
 	case c.Federated != 0 && (c.Federated < 2 || c.Federated > 8):
 		return errors.New("--federated must be between 2 and 8 sites")
 	case c.Federated != 0 && (c.APIOnly || c.Explain != ""):
@@ -363,7 +368,10 @@ func (m *harness) newRunners(data string, cat *queries.Catalog, dir string) (san
 	scfg.Catalog = cat
 	scfg.ScratchDir = filepath.Join(dir, "scratch")
 	scfg.AllowWeak = m.AllowWeak
-	scfg.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	if m.SnapshotTimeout > 0 {
+		scfg.SnapshotTimeout = m.SnapshotTimeout
+	}
+	scfg.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	scfg.ObserveJobStart = func(d time.Duration, _ bool) { m.jobStart.add(d) }
 	runner, err := sandbox.NewRunner(scfg)
 	if err != nil {

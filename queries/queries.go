@@ -16,6 +16,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -168,20 +169,46 @@ type Querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-// ReadUniqueColumns runs UniqueColumnsSQL on q.
+// hasSnapshotKeysSQL lists SnapshotKeysTable if the current database has
+// it: a release snapshot does, a site's own data file does not.
+const hasSnapshotKeysSQL = "SELECT 1 FROM duckdb_tables() " +
+	"WHERE database_name = current_database() AND schema_name = 'tre_snapshot' AND table_name = 'keys'"
+
+// ReadUniqueColumns runs UniqueColumnsSQL on q and, on a release
+// snapshot, adds the keys its builder checked (SnapshotKeysTable).
 func ReadUniqueColumns(ctx context.Context, q Querier) ([]UniqueColumn, error) {
-	rows, err := q.QueryContext(ctx, UniqueColumnsSQL)
+	out, err := readUniqueColumns(ctx, q, UniqueColumnsSQL, nil)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := q.QueryContext(ctx, hasSnapshotKeysSQL)
+	if err != nil {
+		return nil, fmt.Errorf("read table constraints: %w", err)
+	}
+	has := rows.Next()
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, fmt.Errorf("read table constraints: %w", err)
+	}
+	if !has {
+		return out, nil
+	}
+	return readUniqueColumns(ctx, q, "SELECT table_name, lower(column_name) FROM "+SnapshotKeysTable, out)
+}
+
+func readUniqueColumns(ctx context.Context, q Querier, query string, out []UniqueColumn) ([]UniqueColumn, error) {
+	rows, err := q.QueryContext(ctx, query)
 	if err != nil {
 		return nil, fmt.Errorf("read table constraints: %w", err)
 	}
 	defer rows.Close()
-	var out []UniqueColumn
 	for rows.Next() {
 		var c UniqueColumn
 		if err := rows.Scan(&c.Table, &c.Column); err != nil {
 			return nil, fmt.Errorf("read table constraints: %w", err)
 		}
-		out = append(out, c)
+		if !slices.Contains(out, c) {
+			out = append(out, c)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read table constraints: %w", err)

@@ -21,18 +21,28 @@ import (
 //   - dates and timestamps outside the date band (0001-01-01 to
 //     9999-12-31, and ±infinity) as NULL: inside it every date function is
 //     total (total.go);
-//   - the privacy unit as PRIMARY KEY where the data declares it a key
-//     (queries.UniqueColumnsSQL), so queries over the snapshot keep the
-//     one-row-per-patient proofs (Options.UniqueTables).
+//   - where the data declares the privacy unit a key (UniqueColumnsSQL),
+//     a row of SnapshotKeysTable saying so, written only after the copy is
+//     checked to hold each patient at most once (the CAST to the catalog's
+//     type could merge two ids), so queries over the snapshot keep the
+//     one-row-per-patient proofs (Options.UniqueTables). Not a PRIMARY
+//     KEY: DuckDB builds a key's index in memory, outside what it can
+//     spill, and at 30M patients that alone is more than a job's 2 GB.
 //
 // Lookup tables are copied as they are (non-forbidden columns). The opt-out
-// table is not copied at all. The schema tre_snapshot holds one table, meta,
-// with the opt-out snapshot hash (OptOutHashSQL) of the data it was built
-// from: the hash the output checker sees.
+// table is not copied at all. The schema tre_snapshot holds two tables:
+// meta, with the opt-out snapshot hash (OptOutHashSQL) of the data it was
+// built from (the hash the output checker sees), and keys.
 
 // SnapshotMetaTable is the table of the release snapshot holding its
 // metadata; queries cannot name it (schema-qualified names are refused).
 const SnapshotMetaTable = `"tre_snapshot"."meta"`
+
+// SnapshotKeysTable is the table of the release snapshot listing the
+// tables whose privacy-unit column holds each patient at most once
+// (table_name, column_name in lower case): ReadUniqueColumns reads it
+// beside the constraints. Only the snapshot builder writes it.
+const SnapshotKeysTable = `"tre_snapshot"."keys"`
 
 // typeRe is what a column's declared type must look like: it is written
 // into the snapshot's CREATE TABLE and CASTs.
@@ -60,7 +70,7 @@ func ReleaseStatements(cat *Catalog, dst string, unique []string) []ReleaseStep 
 	for _, t := range unique {
 		isUnique[strings.ToLower(t)] = true
 	}
-	var out []ReleaseStep
+	var out, keys []ReleaseStep
 	for _, t := range cat.Tables {
 		if strings.EqualFold(t.Name, cat.Policy.OptOutTable) {
 			continue
@@ -85,10 +95,12 @@ func ReleaseStatements(cat *Catalog, dst string, unique []string) []ReleaseStep 
 		if len(defs) == 0 {
 			continue
 		}
-		if !t.Public && isUnique[strings.ToLower(t.Name)] {
-			defs = append(defs, "PRIMARY KEY ("+pu+")")
-		}
 		tbl := QuoteIdent(t.Name)
+		if !t.Public && isUnique[strings.ToLower(t.Name)] {
+			keys = append(keys, ReleaseStep{t.Name, fmt.Sprintf(
+				"INSERT INTO %s%s SELECT %s, %s WHERE NOT EXISTS (SELECT 1 FROM %s%s GROUP BY %s HAVING count(*) > 1)",
+				d, SnapshotKeysTable, quoteString(t.Name), quoteString(strings.ToLower(cat.PrivacyUnit)), d, tbl, pu)})
+		}
 		out = append(out, ReleaseStep{t.Name, fmt.Sprintf("CREATE TABLE %s%s (%s)", d, tbl, strings.Join(defs, ", "))})
 		ins := fmt.Sprintf("INSERT INTO %s%s SELECT %s FROM %s AS s", d, tbl, strings.Join(sel, ", "), tbl)
 		if !t.Public {
@@ -96,10 +108,12 @@ func ReleaseStatements(cat *Catalog, dst string, unique []string) []ReleaseStep 
 		}
 		out = append(out, ReleaseStep{t.Name, ins})
 	}
-	return append(out,
+	out = append(out,
 		ReleaseStep{"", "CREATE SCHEMA " + d + `"tre_snapshot"`},
 		ReleaseStep{"", fmt.Sprintf("CREATE TABLE %s%s AS SELECT (%s) AS optout_hash", d, SnapshotMetaTable, OptOutHashSQL(cat))},
+		ReleaseStep{"", fmt.Sprintf("CREATE TABLE %s%s (table_name VARCHAR NOT NULL, column_name VARCHAR NOT NULL)", d, SnapshotKeysTable)},
 	)
+	return append(out, keys...)
 }
 
 // OptOutNullsSQL counts the rows of the opt-out table without a patient id:

@@ -59,6 +59,47 @@ func TestUniqueColumnsSQL(t *testing.T) {
 	}
 }
 
+// TestSnapshotKeysChecked: a release snapshot records a table's privacy
+// unit as a key (SnapshotKeysTable) only when its copy holds each patient
+// at most once, whatever the data's constraints said: the CAST to the
+// catalog's type could merge two ids. Here the builder is told patients is
+// unique while two of its rows share an id.
+func TestSnapshotKeysChecked(t *testing.T) {
+	cat := MustLoadTestCatalog(t)
+	for _, tt := range []struct {
+		name  string
+		setup []string
+		want  []string
+	}{
+		{name: "one row per patient", setup: []string{smallData}, want: []string{"patients"}},
+		{name: "an id twice", setup: []string{smallData, "INSERT INTO patients SELECT * FROM patients LIMIT 1"}, want: nil},
+		{name: "empty", want: []string{"patients"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			db, err := openSourceDB(cat, tt.setup...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if got := uniqueTables(t, db, cat); got != nil {
+				t.Fatalf("the source declares keys %v; this test needs none", got)
+			}
+			stmts := []string{"ATTACH ':memory:' AS tre_release"}
+			for _, st := range ReleaseStatements(cat, "tre_release", []string{"patients"}) {
+				stmts = append(stmts, st.SQL)
+			}
+			for _, s := range append(stmts, "USE tre_release") {
+				if _, err := db.Exec(s); err != nil {
+					t.Fatalf("%s: %v", s, err)
+				}
+			}
+			if diff := cmp.Diff(tt.want, uniqueTables(t, db, cat)); diff != "" {
+				t.Errorf("keys of the snapshot (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 // TestUniquePathSameRows: with the patients table proven unique, queries
 // over it and per-patient CTEs compile to the direct aggregate and return
 // exactly the rows of the full bounding pipeline; queries that also read a

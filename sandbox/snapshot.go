@@ -386,6 +386,10 @@ func (s *server) build(ctx context.Context, cat *queries.Catalog) (*snapshotBuil
 		if errors.As(err, &se) {
 			return nil, se
 		}
+		var te *tableCopyError
+		if errors.As(err, &te) {
+			s.log.Warn("sandbox: release snapshot: copying a table failed", "table", te.Table, "memory_limit", s.cc.MemoryLimit, "max_temp_directory_size", s.cc.TempDirMaxSize)
+		}
 		return nil, s.unavailable(ctx, "the site's data could not be copied into a release snapshot; the agent's log says at which table", err)
 	}
 	if !opened.unchanged() {
@@ -429,7 +433,7 @@ func WriteSnapshot(ctx context.Context, conn *sql.Conn, cat *queries.Catalog, pa
 	}
 	for _, st := range queries.ReleaseStatements(cat, dst, queries.UniqueTablesFrom(cols, cat)) {
 		if _, err := conn.ExecContext(ctx, st.SQL); err != nil {
-			return "", fmt.Errorf("snapshot of table %s: %w", st.Table, err)
+			return "", &tableCopyError{Table: st.Table, Err: err}
 		}
 	}
 	var hash string
@@ -446,6 +450,17 @@ func WriteSnapshot(ctx context.Context, conn *sql.Conn, cat *queries.Catalog, pa
 	}
 	return hash, nil
 }
+
+// tableCopyError is a release statement of one table that failed; the
+// table's name (catalog metadata, never data) goes to the site's log, the
+// DuckDB error only by class (its text can quote data).
+type tableCopyError struct {
+	Table string
+	Err   error
+}
+
+func (e *tableCopyError) Error() string { return "snapshot of table " + e.Table + ": " + e.Err.Error() }
+func (e *tableCopyError) Unwrap() error { return e.Err }
 
 // readSnapshotHash reads the opt-out hash a release snapshot was built
 // with: the job reports the snapshot it read.

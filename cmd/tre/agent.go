@@ -96,6 +96,7 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (
 	sc.MemoryLimit = mem
 	sc.Threads = cfg.Threads
 	sc.Timeout = cfg.Timeout
+	sc.SnapshotTimeout = cfg.Snapshot
 	sc.PoolSize = cfg.SandboxPool
 	sc.AllowWeak = cfg.AllowWeak
 	sc.Logger = logger

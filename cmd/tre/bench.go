@@ -16,6 +16,7 @@ import (
 	"github.com/nhs-tre/tre/broker"
 	"github.com/nhs-tre/tre/broker/sqlstore"
 	"github.com/nhs-tre/tre/cli"
+	"github.com/nhs-tre/tre/sandbox"
 )
 
 // BenchMain is `tre bench`: the flags of package bench's harness, and the
@@ -48,6 +49,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "with --postgres, also measure this many brokers on one PostgreSQL database, the clients spread over them")
 	fs.DurationVar(&c.LoadCap, "load-time-cap", c.LoadCap, "time cap of each API load phase")
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "synth seed")
+	fs.DurationVar(&c.SnapshotTimeout, "snapshot-timeout", sandbox.DefaultConfig().SnapshotTimeout, "time limit for building the release snapshot of the data (about a minute per million patients on 2 cores; raise it above ~20M)")
 	fs.BoolVar(&c.AllowWeak, "allow-weak-sandbox", false, "run sandboxes even if an isolation layer is unavailable (reported)")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the generated data directory")
 	fs.BoolVar(&c.APIOnly, "api-only", false, "run only the broker API phases (needs --data or --catalog for the dataset's catalog; no synth, queries or sandbox)")

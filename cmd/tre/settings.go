@@ -162,6 +162,7 @@ type AgentConfig struct {
 	MemoryLimit string        `yaml:"memory_limit" flag:"memory-limit" usage:"DuckDB memory limit per job, e.g. 2GB"`
 	Threads     int           `yaml:"threads" flag:"threads" usage:"DuckDB threads per job"`
 	Timeout     time.Duration `yaml:"job_timeout" flag:"job-timeout" usage:"per-job time limit"`
+	Snapshot    time.Duration `yaml:"snapshot_timeout" flag:"snapshot-timeout" usage:"time limit for building the release snapshot of a data version (once per version, before its first job; about a minute per million patients on 2 cores)"`
 	SandboxPool int           `yaml:"sandbox_pool" flag:"sandbox-pool" usage:"sandbox children started ahead of the jobs, each used for one job only (0: none; their idle memory is capped at 1 GiB in all)"`
 	Poll        time.Duration `yaml:"poll_interval" flag:"poll-interval" usage:"how often to ask for work when idle"`
 	Report      time.Duration `yaml:"report_timeout" flag:"report-timeout" usage:"how long a finished job's result is retried through a broker outage before it is dropped (the job's lease then runs out and the broker leases it again, or fails a federated query at its deadline)"`
@@ -180,6 +181,7 @@ func DefaultAgentConfig() AgentConfig {
 		MemoryLimit: "2GB",
 		Threads:     2,
 		Timeout:     5 * time.Minute,
+		Snapshot:    30 * time.Minute,
 		SandboxPool: 1,
 		Poll:        2 * time.Second,
 		Report:      30 * time.Second,
@@ -208,6 +210,8 @@ func (c *AgentConfig) Validate() error {
 		return fmt.Errorf("sandbox_pool %d: want 0 to 64", c.SandboxPool)
 	case c.Timeout < time.Second:
 		return fmt.Errorf("job_timeout %s is too short", c.Timeout)
+	case c.Snapshot < time.Minute:
+		return fmt.Errorf("snapshot_timeout %s is too short (building a snapshot reads the whole data file)", c.Snapshot)
 	case c.Poll <= 0:
 		return errors.New("poll_interval must be positive")
 	case c.Report < time.Second:
