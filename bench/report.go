@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/nhs-tre/tre/sandbox"
 )
 
 // markdown renders the report: the sections of the issue in order, then
@@ -16,7 +18,8 @@ func (r *benchReport) markdown() string {
 	w("- command: `%s`\n", r.Command)
 	w("- machine: %d CPUs (%s), %s RAM, Linux %s, %s\n", r.Machine.CPUs, r.Machine.CPU, r.Machine.Memory, r.Machine.Kernel, r.Machine.Go)
 	w("- load average (1/5/15 min) at start %s, at end %s: other processes on the machine inflate every timing\n", r.Machine.LoadStart, r.Machine.LoadEnd)
-	w("- DuckDB threads %d, memory limit %s (the sandbox's), for raw and protected runs alike\n", r.Threads, fmtBytes(r.MemLimit))
+	w("- DuckDB threads %d, memory limit %s (the sandbox's for a job limit of %s), for raw and protected runs alike\n",
+		r.Threads, fmtBytes(sandbox.DuckDBMemoryLimit(r.MemLimit)), fmtBytes(r.MemLimit))
 	w("- repetitions: %d measured after %d warm-up; times are median (min–max)\n", r.Reps, r.Warmup)
 	var rows []string
 	for _, t := range r.DataRows {

@@ -245,7 +245,8 @@ func (m *harness) run(ctx context.Context) error {
 	defer runner.Close()
 	defer pooled.Close()
 	rep.Threads, rep.MemLimit = scfg.Threads, scfg.MemoryLimit
-	opts := Options{Threads: scfg.Threads, MemoryLimit: scfg.MemoryLimit}
+	// Raw and warm runs get the memory_limit the child's DuckDB gets.
+	opts := Options{Threads: scfg.Threads, MemoryLimit: sandbox.DuckDBMemoryLimit(scfg.MemoryLimit)}
 
 	raw, err := Open(ctx, data, opts)
 	if err != nil {

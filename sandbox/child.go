@@ -42,7 +42,9 @@ type childConfig struct {
 	JobDir   string `json:"job_dir"`
 	// FileSizeLimit, when above the temp dir cap, is RLIMIT_FSIZE (a
 	// builder child writes a copy of the data).
-	FileSizeLimit      int64 `json:"file_size_limit,omitempty"`
+	FileSizeLimit int64 `json:"file_size_limit,omitempty"`
+	// MemoryLimit is DuckDB's memory_limit: DuckDBMemoryLimit of the
+	// job's.
 	MemoryLimit        int64 `json:"memory_limit"`
 	Threads            int   `json:"threads"`
 	MaxExpressionDepth int   `json:"max_expression_depth"`

@@ -92,7 +92,7 @@ func dataDSN(cc *childConfig) string {
 	return fmt.Sprintf("%s?access_mode=READ_ONLY"+
 		"&autoload_known_extensions=false&autoinstall_known_extensions=false"+
 		"&allow_community_extensions=false&allow_unsigned_extensions=false"+
-		"&allow_persistent_secrets=false"+
+		"&allow_persistent_secrets=false&allocator_background_threads=true"+
 		"&memory_limit=%dB&max_temp_directory_size=%dB&threads=%d&max_expression_depth=%d",
 		cc.DataPath, cc.MemoryLimit, cc.TempDirMaxSize, cc.Threads, cc.MaxExpressionDepth)
 }
@@ -138,6 +138,7 @@ func verifySettings(ctx context.Context, conn *sql.Conn, cc *childConfig) error 
 		"allow_community_extensions":   "false",
 		"allow_unsigned_extensions":    "false",
 		"allow_persistent_secrets":     "false",
+		"allocator_background_threads": "true",
 		"enable_external_access":       "false",
 		"lock_configuration":           "true",
 		"threads":                      strconv.Itoa(cc.Threads),

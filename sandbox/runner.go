@@ -451,7 +451,7 @@ func (r *Runner) newChildConfig(opts callOptions, jobDir string, warmBytes int64
 		DataPath:           opts.dataPath,
 		Build:              opts.build,
 		JobDir:             jobDir,
-		MemoryLimit:        cfg.MemoryLimit,
+		MemoryLimit:        DuckDBMemoryLimit(cfg.MemoryLimit),
 		Threads:            cfg.Threads,
 		MaxExpressionDepth: cfg.MaxExpressionDepth,
 		TempDirMaxSize:     cfg.TempDirMaxSize,

@@ -33,7 +33,10 @@ type Config struct {
 	// subdirectory (DuckDB temp files, the plugin socket) removed afterwards.
 	ScratchDir string
 
-	MemoryLimit        int64 // DuckDB memory_limit, bytes
+	// MemoryLimit is the memory one job's child may hold, bytes. DuckDB's
+	// memory_limit is less (DuckDBMemoryLimit): it bounds DuckDB's buffer
+	// manager only, and the child holds more than that.
+	MemoryLimit        int64
 	Threads            int   // DuckDB threads
 	MaxExpressionDepth int   // DuckDB max_expression_depth
 	TempDirMaxSize     int64 // DuckDB max_temp_directory_size, bytes
@@ -147,6 +150,22 @@ func (c Config) withDefaults() Config {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
+}
+
+// duckdbReserve caps the part of a job's memory limit kept outside
+// DuckDB's memory_limit (DuckDBMemoryLimit).
+const duckdbReserve = 384 << 20
+
+// DuckDBMemoryLimit is the memory_limit a child's DuckDB gets out of a job
+// memory limit. DuckDB's limit bounds the blocks of its buffer manager;
+// the child also holds memory it does not count: the binary's pages and
+// the Go runtime (~60-100 MB), and what DuckDB's allocator (jemalloc) keeps
+// of freed blocks until it returns them to the kernel, up to a few hundred
+// MB while a query spills at 10M patients (BENCHMARKS.md, "10M run P").
+// A quarter of the limit, at most duckdbReserve, is kept for them, so the
+// child's resident size stays near the job's limit.
+func DuckDBMemoryLimit(limit int64) int64 {
+	return limit - min(limit/4, duckdbReserve)
 }
 
 // Validate reports the first problem with c, naming the field.

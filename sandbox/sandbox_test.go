@@ -171,6 +171,38 @@ func TestMemoryLimit(t *testing.T) {
 	}
 }
 
+// TestDuckDBMemoryLimitLeavesReserve: the child's DuckDB gets the job's
+// memory limit less a reserve for what its buffer manager does not count
+// (issue 24: at 10M patients a child whose DuckDB had the whole 2 GiB held
+// up to 3.06 GiB, and the watchdog at 2.5 GiB killed queries DuckDB could
+// have finished by spilling). The child reads the setting back itself
+// (verifySettings); here the query sees it.
+func TestDuckDBMemoryLimitLeavesReserve(t *testing.T) {
+	for _, tt := range []struct{ limit, want int64 }{
+		{16 << 20, 12 << 20},
+		{256 << 20, 192 << 20},
+		{1 << 30, 1<<30 - 256<<20},
+		{2 << 30, 2<<30 - 384<<20},
+		{8 << 30, 8<<30 - 384<<20},
+	} {
+		if got := DuckDBMemoryLimit(tt.limit); got != tt.want {
+			t.Errorf("DuckDBMemoryLimit(%d) = %d, want %d", tt.limit, got, tt.want)
+		}
+	}
+	cfg := testConfig(t, MustFixture(t, 20))
+	cfg.MemoryLimit = 256 << 20
+	r := MustRunner(t, cfg)
+	for _, q := range []string{
+		"SELECT 1 FROM duckdb_settings() WHERE name = 'memory_limit' AND value = '192.0 MiB'",
+		"SELECT 1 FROM duckdb_settings() WHERE name = 'allocator_background_threads' AND value = 'true'",
+	} {
+		out, err := runRawSQL(t, r, q)
+		if err != nil || out.Rows != 1 {
+			t.Errorf("%s: %+v, %v", q, out, err)
+		}
+	}
+}
+
 func TestTooLarge(t *testing.T) {
 	cfg := testConfig(t, MustFixture(t, 20))
 	cfg.MaxRows = 100

@@ -43,7 +43,7 @@ type ServeConfig struct {
 	DryRunCatalog string `yaml:"dry_run_catalog" flag:"dry-run-catalog" usage:"catalog of the dry-run data (default: DATA with .catalog.yaml)"`
 	DryRunMax     int    `yaml:"dry_run_max" flag:"dry-run-max" usage:"dry runs (sandbox processes) at once on this broker; more are refused with 429"`
 	DryRunPerUser int    `yaml:"dry_run_per_user" flag:"dry-run-per-user" usage:"dry runs one user may have running at once; more are refused with 429"`
-	DryRunMemory  string `yaml:"dry_run_memory_limit" flag:"dry-run-memory-limit" usage:"DuckDB memory limit of a dry run's sandbox, e.g. 256MB"`
+	DryRunMemory  string `yaml:"dry_run_memory_limit" flag:"dry-run-memory-limit" usage:"memory limit of a dry run's sandbox (DuckDB gets a quarter less), e.g. 256MB"`
 	DryRunTemp    string `yaml:"dry_run_temp_limit" flag:"dry-run-temp-limit" usage:"temporary disk a dry run's sandbox may spill to, e.g. 256MB"`
 
 	TLSCert     string `yaml:"tls_cert" flag:"tls-cert" usage:"TLS certificate file (PEM)"`
@@ -159,7 +159,7 @@ type AgentConfig struct {
 	Catalog     string        `yaml:"catalog" flag:"catalog" usage:"the dataset catalog (YAML)"`
 	ScratchDir  string        `yaml:"scratch_dir" flag:"scratch-dir" usage:"directory for per-job scratch space and the release snapshot of the data (default: one per data file under $XDG_CACHE_HOME/tre/agent)"`
 	Parallelism int           `yaml:"parallelism" flag:"parallelism" usage:"jobs run at once"`
-	MemoryLimit string        `yaml:"memory_limit" flag:"memory-limit" usage:"DuckDB memory limit per job, e.g. 2GB"`
+	MemoryLimit string        `yaml:"memory_limit" flag:"memory-limit" usage:"memory limit of a job's sandbox child (DuckDB gets it less a quarter, at most 384 MiB), e.g. 2GB"`
 	Threads     int           `yaml:"threads" flag:"threads" usage:"DuckDB threads per job"`
 	Timeout     time.Duration `yaml:"job_timeout" flag:"job-timeout" usage:"per-job time limit"`
 	Snapshot    time.Duration `yaml:"snapshot_timeout" flag:"snapshot-timeout" usage:"time limit for building the release snapshot of a data version (once per version, before its first job; about a minute per million patients on 2 cores)"`
