@@ -58,6 +58,13 @@ func TestValidateFederated(t *testing.T) {
 	if err := fedQuantileSpec(12, 70).ValidateFederated(); err != nil {
 		t.Fatalf("federated quantiles refused: %v", err)
 	}
+	for _, k := range []int{1, 4} { // L∞ = C·√k: 1, 2
+		s := fedQuantileSpec(12, 70)
+		s.Sets, s.Margins, s.MaxGroupsPerPatient = [][]int{{0}, {}}, true, k
+		if err := s.ValidateFederated(); err != nil {
+			t.Errorf("federated quantiles with a ROLLUP, k = %d, refused: %v", k, err)
+		}
+	}
 	for name, tc := range map[string]struct {
 		edit func(*Spec)
 		want string
@@ -65,10 +72,10 @@ func TestValidateFederated(t *testing.T) {
 		"laplace":   {func(s *Spec) { s.Mechanism = MechanismLaplace }, "gaussian"},
 		"default":   {func(s *Spec) { s.Mechanism = "" }, "gaussian"},
 		"no domain": {func(s *Spec) { s.Groups[0].Domain = nil }, `"region" has no public domain`},
-		"quantile with sets": {func(s *Spec) {
+		"quantile with sets, k = 2": {func(s *Spec) {
 			s.Aggregates[1] = AggSpec{Name: "med", Kind: AggQuantile, Lower: 0, Upper: 1, Rank: 0.5, Tree: 1}
-			s.Sets, s.Margins = [][]int{{0}, {}}, true
-		}, "grouping sets"},
+			s.Sets, s.Margins, s.MaxGroupsPerPatient = [][]int{{0}, {}}, true, 2
+		}, "not the whole number"},
 		"too many trees": {func(s *Spec) {
 			s.Groups[0].Domain = make([]string, 101)
 			for i := range s.Groups[0].Domain {

@@ -332,20 +332,13 @@ func TestCombineRefusesBadTrees(t *testing.T) {
 	good := func() *Partial {
 		return mustPartial(t, s, quantileGroups(12, 70, [3][]float64{{20, 21}, {30}, nil}), nz)
 	}
-	short, err := encodeTree(make([]int64, quantileNodes-1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	long, err := encodeTree(make([]int64, quantileNodes+16))
-	if err != nil {
-		t.Fatal(err)
-	}
+	short := encodeTree(make([]int64, quantileNodes-1))
+	long := encodeTree(make([]int64, quantileNodes+16))
 	huge := make([]int64, quantileNodes)
 	huge[7] = maxNodeCount + 1
-	tooBig, err := encodeTree(huge)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tooBig := encodeTree(huge)
+	cut := encodeTree(make([]int64, quantileNodes))
+	cut[len(cut)-1] = 0x80 // a varint's continuation bit on its last byte
 	other := fedQuantileSpec(12, 80)
 	for name, tc := range map[string]struct {
 		edit func(p *Partial) *Partial
@@ -355,7 +348,8 @@ func TestCombineRefusesBadTrees(t *testing.T) {
 		"extra tree":     {func(p *Partial) *Partial { p.Groups[0].Trees = append(p.Groups[0].Trees, short); return p }, "has 2 quantile trees, want 1"},
 		"one node short": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = short; return p }, "must hold 69904 node counts"},
 		"nodes too many": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = long; return p }, "must hold 69904 node counts"},
-		"corrupt":        {func(p *Partial) *Partial { p.Groups[0].Trees[0] = []byte("not a tree"); return p }, "not valid compressed data"},
+		"corrupt":        {func(p *Partial) *Partial { p.Groups[0].Trees[0] = cut; return p }, "not a valid varint"},
+		"too long":       {func(p *Partial) *Partial { p.Groups[0].Trees[0] = make([]byte, maxTreeBytes+1); return p }, "more than 69904 node counts"},
 		"count too big":  {func(p *Partial) *Partial { p.Groups[0].Trees[0] = tooBig; return p }, "beyond ±2^53"},
 		"other spec": {func(*Partial) *Partial {
 			return mustPartial(t, other, quantileGroups(12, 80, [3][]float64{{20, 21}, {30}, nil}), nz)
@@ -402,5 +396,54 @@ func TestFederatedQuantileAccuracy(t *testing.T) {
 			}
 		}
 		t.Logf("%d sites: median half-width %.3f", n, acc[2].HalfWidth95)
+	}
+}
+
+// TestCombineQuantilesRollup: with a ROLLUP (two grouping sets, k = 1) a
+// site noises its trees for L0 = h·k·2 (a patient's value is in a cell's
+// tree and in the total's), not the library tree's h·k; and without
+// noise the total's combined median is the library's over every value of
+// every site.
+func TestCombineQuantilesRollup(t *testing.T) {
+	s := fedQuantileSpec(12, 70)
+	s.Sets, s.Margins = [][]int{{0}, {}}, true
+	rng := rand.New(rand.NewPCG(8, 9))
+	bmi := func(r *rand.Rand) float64 { return 27 + 5*r.NormFloat64() }
+	var all []float64
+	var parts []*Partial
+	for range 3 {
+		values := [3][]float64{draws(rng, 400, bmi), draws(rng, 300, bmi), draws(rng, 200, bmi)}
+		groups := quantileGroups(12, 70, values)
+		var site []float64
+		for _, v := range values {
+			site = append(site, v...)
+		}
+		all = append(all, site...)
+		n := int64(len(site))
+		groups = append(groups, GroupStats{Keys: keys(TotalKey), Patients: n, Aggs: []AggStats{
+			{Count: float64(n)}, {Count: float64(n), Hist: histogram(site, 12, 70)}, {}, {}}})
+		var l0 atomic.Int64
+		rec := recordNoise{Noise: noise.Gaussian(), f: func(l, _ int64, _, _ float64) { l0.Store(l) }}
+		mustPartial(t, s, groups, Options{Noise: rec})
+		if got := l0.Load(); got != 2*QuantileTreeHeight {
+			t.Fatalf("tree nodes noised for L0 %d, want h·k·sets = %d", got, 2*QuantileTreeHeight)
+		}
+		parts = append(parts, mustPartial(t, s, groups, Options{Noise: countingNoise{Noise: noise.Gaussian(), ints: new(atomic.Int64)}}))
+	}
+	res, err := Combine(s, parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := res.Rows[len(res.Rows)-1]
+	if total[0].Key != TotalKey || total[3].Value == nil {
+		t.Fatalf("last row %+v, want the released total", total)
+	}
+	s1 := quantileSpec(12, 70, 0.5)
+	bq, err := newTree(s1, s1.plan().stats[2], s1.Aggregates[1], histogram(all, 12, 70), addNoiseFake{Noise: noise.Gaussian()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := bq.Result(0.5); *total[3].Value != want {
+		t.Errorf("total median without noise %v, the library's over all values %v", *total[3].Value, want)
 	}
 }

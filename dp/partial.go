@@ -27,8 +27,8 @@ import (
 // A quantile is read from a quantile tree (quantile.go). Each site sends
 // its whole tree: the library's integer noise on the count of every node
 // below the root, empty ones too (fedtree.go: 69,904 nodes a tree, about
-// 60 KB compressed at typical noise scales). The broker sums the sites'
-// trees node by node and walks the sum exactly as the library's
+// 70 KB at typical noise scales). The broker sums the sites' trees node
+// by node and walks the sum exactly as the library's
 // BoundedQuantiles.Result walks one tree; every node of the sum has noise
 // σ√N, so the rank half-width (rankHalfWidth), read from the federated
 // plan, grows as √N for the same number of values, and the interval in
@@ -68,8 +68,7 @@ type PartialGroup struct {
 	Stats []float64 `json:"stats"`
 	// Trees holds each quantile tree's noisy node counts, in
 	// Spec.TreeOwners order: every node below the root, in the library's
-	// breadth-first order, as zig-zag varints compressed with DEFLATE
-	// (base64 in JSON).
+	// breadth-first order, as zig-zag varints (base64 in JSON).
 	Trees [][]byte `json:"trees,omitempty"`
 }
 
@@ -113,10 +112,12 @@ const MaxFederatedTrees = 100
 //     the library's thresholds and intervals describe; there is no library
 //     call for a sum of N Laplace noises;
 //   - quantiles in at most MaxFederatedTrees trees (groups × trees), each
-//     of which every site sends whole, and not with grouping sets (the
-//     library tree's L0 is k·h, not the k·h·sets a patient's rows reach
-//     through the totals; and with Gaussian noise L∞ would not be an
-//     integer for the library's integer noise).
+//     of which every site sends whole, with a tree L∞ the library's
+//     integer noise takes: with grouping sets and Gaussian noise it is
+//     C·√k (setsLInf), a whole number only for some k. A site noises the
+//     nodes with the plan's tree sensitivities, L0 = h·k·sets and that
+//     L∞, which cover a patient's values in a cell's tree and in the
+//     totals' trees.
 func (s Spec) ValidateFederated() error {
 	if err := s.Validate(); err != nil {
 		return err
@@ -129,12 +130,15 @@ func (s Spec) ValidateFederated() error {
 	if s.mechanism() != MechanismGaussian {
 		return fmt.Errorf("a federated query needs gaussian noise, not %q: the sum of the sites' noises must have a known distribution", s.mechanism())
 	}
-	for _, a := range s.Aggregates {
+	p := s.plan()
+	for i, a := range s.Aggregates {
 		if !slices.Contains(federatedKinds, a.Kind) {
 			return fmt.Errorf("aggregate %q: kind %q cannot be federated yet", a.Name, a.Kind)
 		}
-		if a.Kind == AggQuantile && len(s.Sets) > 0 {
-			return fmt.Errorf("quantile %q cannot be federated with grouping sets (ROLLUP, CUBE, GROUPING SETS)", a.Name)
+		if a.Kind == AggQuantile {
+			if tree := p.stats[p.aggStats[i][1]]; tree.lInf != math.Trunc(tree.lInf) {
+				return fmt.Errorf("quantile %q cannot be federated with grouping sets and %d groups per patient: its tree's L∞ C·√k = %.4g is not the whole number the library's integer noise takes", a.Name, s.MaxGroupsPerPatient, tree.lInf)
+			}
 		}
 	}
 	if trees := len(s.TreeOwners()) * s.DomainCells(); trees > MaxFederatedTrees {
