@@ -143,7 +143,7 @@ GROUP BY exposure`,
 FROM medications m
 JOIN dmd_codes d ON m.dmd_code = d.dmd_code
 JOIN patients p ON p.patient_id = m.patient_id
-WHERE d.drug_class = 'antibiotic' AND m.date >= DATE '2023-01-01'
+WHERE d.drug_class = 'antibiotic' AND m.date >= DATE '2023-01-01' AND m.date < DATE '2025-01-01'
 GROUP BY month, p.region`,
 	"bmi_median_iqr_by_sex": `WITH bmi AS (
   SELECT DISTINCT ON (patient_id) patient_id, numeric_value AS bmi

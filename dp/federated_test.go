@@ -58,7 +58,7 @@ func TestValidateFederated(t *testing.T) {
 	if err := fedQuantileSpec(12, 70).ValidateFederated(); err != nil {
 		t.Fatalf("federated quantiles refused: %v", err)
 	}
-	for _, k := range []int{1, 4} { // L∞ = C·√k: 1, 2
+	for _, k := range []int{1, 2, 3, 4} { // the plan's L∞ = C·√k, whole or not
 		s := fedQuantileSpec(12, 70)
 		s.Sets, s.Margins, s.MaxGroupsPerPatient = [][]int{{0}, {}}, true, k
 		if err := s.ValidateFederated(); err != nil {
@@ -72,10 +72,6 @@ func TestValidateFederated(t *testing.T) {
 		"laplace":   {func(s *Spec) { s.Mechanism = MechanismLaplace }, "gaussian"},
 		"default":   {func(s *Spec) { s.Mechanism = "" }, "gaussian"},
 		"no domain": {func(s *Spec) { s.Groups[0].Domain = nil }, `"region" has no public domain`},
-		"quantile with sets, k = 2": {func(s *Spec) {
-			s.Aggregates[1] = AggSpec{Name: "med", Kind: AggQuantile, Lower: 0, Upper: 1, Rank: 0.5, Tree: 1}
-			s.Sets, s.Margins, s.MaxGroupsPerPatient = [][]int{{0}, {}}, true, 2
-		}, "not the whole number"},
 		"too many trees": {func(s *Spec) {
 			s.Groups[0].Domain = make([]string, 101)
 			for i := range s.Groups[0].Domain {

@@ -19,7 +19,9 @@ import (
 // QuantileTreeHeight levels, empty nodes too, so which nodes are empty
 // does not show), each with the library's integer noise
 // (noise.Noise.AddNoiseInt64) for the L0, L∞, ε and δ the library's tree
-// gives its nodes (the plan's tree statistic: L0 = h·k, L∞ = C). That is
+// gives its nodes (treeNodeSensitivity: the norm of the plan's tree
+// statistic, L0 = h·k·sets and L∞ = C, or L∞ = C·√k as L0 = h·k²·sets and
+// L∞ = C with grouping sets, whole numbers for integer noise). That is
 // the library's quantile-tree mechanism releasing every node instead of
 // the nodes one walk reads: the same sensitivities, so the same (ε, δ).
 //
@@ -53,13 +55,11 @@ const (
 
 // noisyTreeNodes is a site's part of one quantile tree of one group: the
 // count of every node below the root, from the leaf histogram hist, with
-// the library's noise for the tree statistic st, encoded (encodeTree).
-// The exact counts do not outlive it.
-func noisyTreeNodes(st stat, hist map[int]int64, nz noise.Noise) ([]byte, error) {
-	lInf := int64(st.lInf)
-	if float64(lInf) != st.lInf {
-		return nil, fmt.Errorf("the nodes of %s have a fractional L∞ %v", st.name, st.lInf)
-	}
+// the library's noise for the tree statistic st (treeNodeSensitivity: the
+// sensitivities the library's own tree gives its nodes), encoded
+// (encodeTree). The exact counts do not outlive it.
+func noisyTreeNodes(s Spec, st stat, hist map[int]int64, nz noise.Noise) ([]byte, error) {
+	l0, lInf := treeNodeSensitivity(s, st)
 	nodes := make([]int64, quantileNodes+1) // [0] is the root, not part of the tree's counts
 	for leaf, n := range hist {
 		for i := firstLeaf + leaf; i != 0; i = (i - 1) / QuantileBranching {
@@ -77,7 +77,7 @@ func noisyTreeNodes(st stat, hist map[int]int64, nz noise.Noise) ([]byte, error)
 		go func() {
 			defer wg.Done()
 			for i := 1 + w*chunk; i < min(1+(w+1)*chunk, len(nodes)); i++ {
-				v, err := nz.AddNoiseInt64(nodes[i], st.l0, lInf, st.eps, st.delta)
+				v, err := nz.AddNoiseInt64(nodes[i], l0, lInf, st.eps, st.delta)
 				if err != nil {
 					errs[w] = err
 					return

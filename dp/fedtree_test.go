@@ -133,7 +133,7 @@ func TestMergedTreeWalkIsLibraryWalk(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				enc, err := noisyTreeNodes(st, hist, nz)
+				enc, err := noisyTreeNodes(s, st, hist, nz)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -112,12 +112,9 @@ const MaxFederatedTrees = 100
 //     the library's thresholds and intervals describe; there is no library
 //     call for a sum of N Laplace noises;
 //   - quantiles in at most MaxFederatedTrees trees (groups × trees), each
-//     of which every site sends whole, with a tree L∞ the library's
-//     integer noise takes: with grouping sets and Gaussian noise it is
-//     C·√k (setsLInf), a whole number only for some k. A site noises the
-//     nodes with the plan's tree sensitivities, L0 = h·k·sets and that
-//     L∞, which cover a patient's values in a cell's tree and in the
-//     totals' trees.
+//     of which every site sends whole. A site noises the nodes with the
+//     plan's tree norm (treeNodeSensitivity), which covers a patient's
+//     values in a cell's tree and in the totals' trees.
 func (s Spec) ValidateFederated() error {
 	if err := s.Validate(); err != nil {
 		return err
@@ -130,15 +127,9 @@ func (s Spec) ValidateFederated() error {
 	if s.mechanism() != MechanismGaussian {
 		return fmt.Errorf("a federated query needs gaussian noise, not %q: the sum of the sites' noises must have a known distribution", s.mechanism())
 	}
-	p := s.plan()
-	for i, a := range s.Aggregates {
+	for _, a := range s.Aggregates {
 		if !slices.Contains(federatedKinds, a.Kind) {
 			return fmt.Errorf("aggregate %q: kind %q cannot be federated yet", a.Name, a.Kind)
-		}
-		if a.Kind == AggQuantile {
-			if tree := p.stats[p.aggStats[i][1]]; tree.lInf != math.Trunc(tree.lInf) {
-				return fmt.Errorf("quantile %q cannot be federated with grouping sets and %d groups per patient: its tree's L∞ C·√k = %.4g is not the whole number the library's integer noise takes", a.Name, s.MaxGroupsPerPatient, tree.lInf)
-			}
 		}
 	}
 	if trees := len(s.TreeOwners()) * s.DomainCells(); trees > MaxFederatedTrees {

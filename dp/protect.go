@@ -473,7 +473,7 @@ func addQuantiles(s Spec, p budgetPlan, g GroupStats, nz noise.Noise, out *noisy
 // in Spec.TreeOwners order.
 func addTreeNodes(s Spec, p budgetPlan, g GroupStats, nz noise.Noise, out *noisyGroup) error {
 	for _, i := range s.TreeOwners() {
-		b, err := noisyTreeNodes(p.stats[p.aggStats[i][1]], g.Aggs[i].Hist, nz)
+		b, err := noisyTreeNodes(s, p.stats[p.aggStats[i][1]], g.Aggs[i].Hist, nz)
 		if err != nil {
 			return fmt.Errorf("quantile tree of %s: %w", s.Aggregates[i].Name, err)
 		}

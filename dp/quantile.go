@@ -48,13 +48,45 @@ func leafValue(leaf int, lower, upper float64) float64 {
 	return lower + (upper-lower)*(float64(leaf)+0.5)/float64(QuantileLeaves)
 }
 
+// treePartitions is the MaxPartitionsContributed P a quantile tree of the
+// tree statistic st is built with. The library noises each node it reads
+// for L0 = h·P and L∞ = C (MaxContributionsPerPartition), so P must give
+// the node noise the norm the plan's statistic has (L0 = h·k·sets and
+// L∞ = setsLInf):
+//
+//   - without grouping sets, or with Laplace noise (L1 = L0·L∞), P = k·sets:
+//     L1 = h·k·sets·C, the plan's;
+//   - with grouping sets and Gaussian noise (L2 = √L0·L∞) the plan's L∞ is
+//     C·√k, a total holding up to k of a patient's cells, and P = k²·sets:
+//     L2 = √(h·k²·sets)·C = √(h·k·sets)·C·√k, the plan's.
+//
+// Before this, trees were built with P = k, whatever the sets: a query with
+// grouping sets (ROLLUP, CUBE) had quantile trees noised for one grouping
+// while a patient's values are in the trees of every set.
+func treePartitions(s Spec, st stat) int64 {
+	p := st.l0 / QuantileTreeHeight
+	if len(s.Sets) > 0 && s.mechanism() == MechanismGaussian {
+		p *= int64(s.MaxGroupsPerPatient)
+	}
+	return p
+}
+
+// treeNodeSensitivity is the L0 and L∞ the library's noise gets for a
+// node of a quantile tree of st: those BoundedQuantiles gives its nodes
+// when built with treePartitions. Unlike the plan's L∞, C·√k with grouping
+// sets and Gaussian noise, they are whole numbers, as integer noise needs.
+func treeNodeSensitivity(s Spec, st stat) (l0, lInf int64) {
+	return QuantileTreeHeight * treePartitions(s, st), int64(s.MaxRowsPerGroup)
+}
+
 // newTree builds the library's quantile tree for one group from the
-// leaf histogram of its bounded values.
+// leaf histogram of its bounded values, its node noise that of the plan's
+// tree statistic st (treePartitions).
 func newTree(s Spec, st stat, a AggSpec, hist map[int]int64, nz noise.Noise) (*dpagg.BoundedQuantiles, error) {
 	bq, err := dpagg.NewBoundedQuantiles(&dpagg.BoundedQuantilesOptions{
 		Epsilon:                      st.eps,
 		Delta:                        st.delta,
-		MaxPartitionsContributed:     int64(s.MaxGroupsPerPatient),
+		MaxPartitionsContributed:     treePartitions(s, st),
 		MaxContributionsPerPartition: int64(s.MaxRowsPerGroup),
 		Lower:                        a.Lower,
 		Upper:                        a.Upper,

@@ -6,9 +6,11 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 
 	"github.com/google/differential-privacy/go/v3/dpagg"
+	"github.com/google/differential-privacy/go/v3/noise"
 )
 
 // exactQuantile is DuckDB's quantile_cont: linear interpolation between
@@ -95,6 +97,113 @@ func TestTreeFromHistogramIsTreeFromValues(t *testing.T) {
 
 // TestQuantilePlan: several ranks of one tree cost one tree and one count;
 // a second tree costs its own; the accuracy is quoted for each.
+// paramNoise records the parameters of every noise drawn, float or
+// integer, and adds none. It is safe for concurrent use (noisyTreeNodes
+// draws on several goroutines).
+type paramNoise struct {
+	noise.Noise
+	mu   *sync.Mutex
+	seen map[noiseParams]int
+}
+
+type noiseParams struct {
+	l0         int64
+	lInf       float64
+	eps, delta float64
+}
+
+func newParamNoise(nz noise.Noise) paramNoise {
+	return paramNoise{Noise: nz, mu: new(sync.Mutex), seen: map[noiseParams]int{}}
+}
+
+func (p paramNoise) record(l0 int64, lInf, eps, delta float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seen[noiseParams{l0, lInf, eps, delta}]++
+}
+
+func (p paramNoise) AddNoiseFloat64(x float64, l0 int64, lInf, eps, delta float64) (float64, error) {
+	p.record(l0, lInf, eps, delta)
+	return x, nil
+}
+
+func (p paramNoise) AddNoiseInt64(x, l0, lInf int64, eps, delta float64) (int64, error) {
+	p.record(l0, float64(lInf), eps, delta)
+	return x, nil
+}
+
+// TestTreeNoiseIsPlanNoise: the noise the library's tree puts on the
+// nodes it reads (newTree) and the noise a site puts on every node of a
+// federated tree (noisyTreeNodes) have the plan's tree statistic's norm
+// (L1 = L0·L∞ under Laplace noise, L2 = √L0·L∞ under Gaussian), ε and δ,
+// with and without grouping sets, for several groups per patient. Trees
+// built with MaxPartitionsContributed = k whatever the sets fail it.
+func TestTreeNoiseIsPlanNoise(t *testing.T) {
+	sets := map[string][][]int{"none": nil, "rollup": {{0, 1}, {0}, {}}, "cube": {{0, 1}, {0}, {1}, {}}}
+	for _, mech := range []string{MechanismLaplace, MechanismGaussian} {
+		for _, k := range []int{1, 2, 3, 5} {
+			for name, ss := range sets {
+				s := quantileSpec(12, 70, 0.5)
+				s.Groups = []GroupSpec{{Name: "region", Domain: []string{"north", "south"}}, {Name: "sex", Domain: []string{"F", "M"}}}
+				s.Sets, s.Margins = ss, len(ss) > 0
+				s.Mechanism, s.MaxGroupsPerPatient, s.MaxRowsPerGroup = mech, k, 3
+				if err := s.Validate(); err != nil {
+					t.Fatalf("%s, k = %d, %s: %v", mech, k, name, err)
+				}
+				st := s.plan().stats[2]
+				if st.role != roleTree {
+					t.Fatalf("stat 2 is %s, not the tree", st.name)
+				}
+				hist := histogram([]float64{20, 30, 30, 41, 69}, 12, 70)
+				single := newParamNoise(noiseFor(mech))
+				bq, err := newTree(s, st, s.Aggregates[1], hist, single)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := bq.Result(0.5); err != nil {
+					t.Fatal(err)
+				}
+				fed := newParamNoise(noiseFor(mech))
+				if _, err := noisyTreeNodes(s, st, hist, fed); err != nil {
+					t.Fatal(err)
+				}
+				for which, nz := range map[string]paramNoise{"single-site tree": single, "federated nodes": fed} {
+					checkPlanNoise(t, fmt.Sprintf("%s, %s, k = %d, sets %s", which, mech, k, name), st, nz.seen)
+				}
+			}
+		}
+	}
+}
+
+func noiseFor(mech string) noise.Noise {
+	if mech == MechanismGaussian {
+		return noise.Gaussian()
+	}
+	return noise.Laplace()
+}
+
+// checkPlanNoise requires every noise seen to have st's norm, ε and δ.
+func checkPlanNoise(t *testing.T, what string, st stat, seen map[noiseParams]int) {
+	t.Helper()
+	if len(seen) == 0 {
+		t.Errorf("%s: no noise drawn", what)
+	}
+	gaussian := st.delta > 0
+	norm := func(l0 int64, lInf float64) float64 {
+		if gaussian {
+			return math.Sqrt(float64(l0)) * lInf
+		}
+		return float64(l0) * lInf
+	}
+	want := norm(st.l0, st.lInf)
+	for p := range seen {
+		if got := norm(p.l0, p.lInf); math.Abs(got-want) > 1e-9*want || p.eps != st.eps || p.delta != st.delta {
+			t.Errorf("%s: noise for L0 %d, L∞ %v (norm %v), ε %v, δ %v; the plan's tree has L0 %d, L∞ %v (norm %v), ε %v, δ %v",
+				what, p.l0, p.lInf, got, p.eps, p.delta, st.l0, st.lInf, want, st.eps, st.delta)
+		}
+	}
+}
+
 func TestQuantilePlan(t *testing.T) {
 	s := quantileSpec(0, 100, 0.25, 0.5, 0.75)
 	p := s.plan()
