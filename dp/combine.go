@@ -52,7 +52,7 @@ func Combine(s Spec, parts []*Partial) (*Result, error) {
 	groups := make([]noisyGroup, len(parts[0].Groups))
 	var nodes []int64 // one tree's summed node counts, reused
 	if len(s.TreeOwners()) > 0 {
-		nodes = make([]int64, quantileNodes+1)
+		nodes = make([]int64, fedTree.nodes()+1)
 	}
 	for gi, g := range parts[0].Groups {
 		keys := make([]*string, len(g.Keys))
@@ -87,7 +87,7 @@ func Combine(s Spec, parts []*Partial) (*Result, error) {
 }
 
 // combineTrees sums, for group gi, each quantile tree's noisy node counts
-// over the parts (into nodes, scratch of quantileNodes+1) and reads every
+// over the parts (into nodes, scratch of fedTree.nodes()+1) and reads every
 // quantile of the tree from the sum (mergedTree.result), with its interval
 // for the combined node noise of the federated plan p (σ√N) and the
 // combined noisy count of the tree's values, as addQuantiles does for one
@@ -109,7 +109,7 @@ func combineTrees(s Spec, p budgetPlan, parts []*Partial, gi int, g *noisyGroup,
 			}
 			idx := p.aggStats[owner]
 			tree := mergedTree{nodes: nodes, lower: a.Lower, upper: a.Upper}
-			v, lo, hi, err := quantileRelease(tree.result, a, p.scale(p.stats[idx[1]]), g.stats[idx[0]])
+			v, lo, hi, err := quantileRelease(tree.result, a, p.tree, p.scale(p.stats[idx[1]]), g.stats[idx[0]])
 			if err != nil {
 				return err
 			}
@@ -119,8 +119,8 @@ func combineTrees(s Spec, p budgetPlan, parts []*Partial, gi int, g *noisyGroup,
 	return nil
 }
 
-// federatedPlan is the budget plan of s with every statistic's L∞ scaled
-// by √sites: for the library's analytic Gaussian mechanism σ is linear in
+// federatedPlan is the budget plan of a site's part (partialPlan) with
+// every statistic's L∞ scaled by √sites: for the library's analytic Gaussian mechanism σ is linear in
 // the L2 sensitivity L∞·√L0, so its noise scale, thresholds and confidence
 // intervals are those of the sum of sites independent noises, each of the
 // unscaled plan's σ (within the library's σ accuracy, 1e-3 relative). The
@@ -129,7 +129,7 @@ func combineTrees(s Spec, p budgetPlan, parts []*Partial, gi int, g *noisyGroup,
 // √N − 1 above what a cell of one patient (a combined count of 1, since the
 // sites' patients are disjoint) strictly needs: conservative.
 func (s Spec) federatedPlan(sites int) budgetPlan {
-	p := s.plan()
+	p := s.partialPlan()
 	p.stats = slices.Clone(p.stats)
 	f := math.Sqrt(float64(sites))
 	for i := range p.stats {

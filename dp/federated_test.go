@@ -73,12 +73,12 @@ func TestValidateFederated(t *testing.T) {
 		"default":   {func(s *Spec) { s.Mechanism = "" }, "gaussian"},
 		"no domain": {func(s *Spec) { s.Groups[0].Domain = nil }, `"region" has no public domain`},
 		"too many trees": {func(s *Spec) {
-			s.Groups[0].Domain = make([]string, 101)
+			s.Groups[0].Domain = make([]string, MaxFederatedTrees+1)
 			for i := range s.Groups[0].Domain {
 				s.Groups[0].Domain[i] = strconv.Itoa(i)
 			}
 			s.Aggregates[1] = AggSpec{Name: "med", Kind: AggQuantile, Lower: 0, Upper: 1, Rank: 0.5, Tree: 1}
-		}, "at most 100"},
+		}, "at most 1000"},
 		"invalid":      {func(s *Spec) { s.Epsilon = -1 }, "epsilon"},
 		"unknown kind": {func(s *Spec) { s.Aggregates[0].Kind = "mode" }, "kind"},
 	} {

@@ -15,15 +15,17 @@ import (
 // (dpagg.BoundedQuantiles) noises a node only when Result reads it, and
 // keeps its noisy counts to itself, so one site's tree cannot be summed
 // with another's. A site's part of a federated quantile is therefore the
-// tree itself: the exact count of every node below the root (all
-// QuantileTreeHeight levels, empty nodes too, so which nodes are empty
-// does not show), each with the library's integer noise
-// (noise.Noise.AddNoiseInt64) for the L0, L∞, ε and δ the library's tree
-// gives its nodes (treeNodeSensitivity: the norm of the plan's tree
-// statistic, L0 = h·k·sets and L∞ = C, or L∞ = C·√k as L0 = h·k²·sets and
-// L∞ = C with grouping sets, whole numbers for integer noise). That is
-// the library's quantile-tree mechanism releasing every node instead of
-// the nodes one walk reads: the same sensitivities, so the same (ε, δ).
+// tree itself, of FederatedTreeHeight levels (fedTree: 4,368 nodes, a
+// sixteenth of the default tree's, each a draw of the library's secure
+// sampler): the exact count of every node below the root, empty nodes
+// too, so which nodes are empty does not show, each with the library's
+// integer noise (noise.Noise.AddNoiseInt64) for the L0, L∞, ε and δ the
+// library's tree of that height gives its nodes (treeNodeSensitivity: the
+// norm of the partial plan's tree statistic, L0 = h·k·sets and L∞ = C,
+// or L∞ = C·√k as L0 = h·k²·sets and L∞ = C with grouping sets, whole
+// numbers for integer noise). That is the library's quantile-tree
+// mechanism releasing every node instead of the nodes one walk reads: the
+// same sensitivities, so the same (ε, δ).
 //
 // The broker sums the sites' noisy counts node by node (post-processing)
 // and reads a rank from the sum by walking it exactly as
@@ -33,13 +35,6 @@ import (
 // (rankHalfWidth) and FederatedAccuracy take from the federated plan.
 
 const (
-	// quantileNodes is the number of nodes of a quantile tree below its
-	// root: QuantileBranching + … + QuantileLeaves (16+256+4096+65536).
-	quantileNodes = QuantileBranching * (1 + QuantileBranching*(1+QuantileBranching*(1+QuantileBranching)))
-	// firstLeaf is the library's index of the leftmost leaf, nodes being
-	// numbered breadth first from the root (0), the children of node i
-	// being i·B+1 … (i+1)·B.
-	firstLeaf = quantileNodes + 1 - QuantileLeaves
 	// treeAlpha and treeTolerance are the library's alpha (a child
 	// holding less than this share of its siblings' clamped total counts
 	// as empty) and numericalTolerance, constants of dpagg's walk.
@@ -48,9 +43,6 @@ const (
 	// maxNodeCount bounds a site's noisy node count: float64 holds it
 	// exactly, and MaxSites of them sum within int64.
 	maxNodeCount = 1 << 53
-	// maxTreeBytes bounds an encoded tree: quantileNodes varints of at
-	// most binary.MaxVarintLen64 bytes.
-	maxTreeBytes = quantileNodes * binary.MaxVarintLen64
 )
 
 // noisyTreeNodes is a site's part of one quantile tree of one group: the
@@ -59,17 +51,17 @@ const (
 // sensitivities the library's own tree gives its nodes), encoded
 // (encodeTree). The exact counts do not outlive it.
 func noisyTreeNodes(s Spec, st stat, hist map[int]int64, nz noise.Noise) ([]byte, error) {
-	l0, lInf := treeNodeSensitivity(s, st)
-	nodes := make([]int64, quantileNodes+1) // [0] is the root, not part of the tree's counts
+	l0, lInf := treeNodeSensitivity(s, fedTree)
+	nodes := make([]int64, fedTree.nodes()+1) // [0] is the root, not part of the tree's counts
 	for leaf, n := range hist {
-		for i := firstLeaf + leaf; i != 0; i = (i - 1) / QuantileBranching {
+		for i := fedTree.firstLeaf() + fedTree.leafOf(leaf); i != 0; i = (i - 1) / QuantileBranching {
 			nodes[i] += n
 		}
 	}
 	// One draw of the library's secure Gaussian sampler per node, about
 	// 9 µs of CPU each: the nodes are noised on every CPU the process has.
 	workers := runtime.GOMAXPROCS(0)
-	chunk := (quantileNodes + workers - 1) / workers
+	chunk := (fedTree.nodes() + workers - 1) / workers
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -106,12 +98,12 @@ func encodeTree(counts []int64) []byte {
 }
 
 // addTree decodes one site's encoded tree and adds its node counts to
-// sum (quantileNodes+1 long, root first). It refuses anything but exactly
-// quantileNodes counts of at most maxNodeCount in size. Messages never
-// quote a value.
+// sum (fedTree.nodes()+1 long, root first). It refuses anything but
+// exactly fedTree.nodes() counts of at most maxNodeCount in size. Messages
+// never quote a value.
 func addTree(sum []int64, enc []byte) error {
-	if len(enc) > maxTreeBytes {
-		return fmt.Errorf("a quantile tree holds more than %d node counts", quantileNodes)
+	if len(enc) > fedTree.nodes()*binary.MaxVarintLen64 {
+		return fmt.Errorf("a quantile tree holds more than %d node counts", fedTree.nodes())
 	}
 	i := 1
 	for ; len(enc) > 0 && i < len(sum); i++ {
@@ -126,7 +118,7 @@ func addTree(sum []int64, enc []byte) error {
 		enc = enc[n:]
 	}
 	if i != len(sum) || len(enc) > 0 {
-		return fmt.Errorf("a quantile tree must hold %d node counts (every node of its %d levels)", quantileNodes, QuantileTreeHeight)
+		return fmt.Errorf("a quantile tree must hold %d node counts (every node of its %d levels)", fedTree.nodes(), fedTree.height)
 	}
 	return nil
 }
@@ -148,6 +140,7 @@ type mergedTree struct {
 // and linear interpolation between the ends of the node reached.
 func (t mergedTree) result(rank float64) (float64, error) {
 	rank = math.Max(math.Min(rank, 0.995), 0.005)
+	firstLeaf, leaves := fedTree.firstLeaf(), float64(fedTree.leaves())
 	index := 0
 	for index < firstLeaf {
 		first, last := index*QuantileBranching+1, (index+1)*QuantileBranching
@@ -192,7 +185,7 @@ func (t mergedTree) result(rank float64) (float64, error) {
 	for right < firstLeaf {
 		right = (right + 1) * QuantileBranching
 	}
-	lv := (t.upper-t.lower)*(float64(left-firstLeaf)/float64(QuantileLeaves)) + t.lower
-	rv := (t.upper-t.lower)*(float64(right-firstLeaf+1)/float64(QuantileLeaves)) + t.lower
+	lv := (t.upper-t.lower)*(float64(left-firstLeaf)/leaves) + t.lower
+	rv := (t.upper-t.lower)*(float64(right-firstLeaf+1)/leaves) + t.lower
 	return (1-rank)*lv + rank*rv, nil
 }

@@ -45,7 +45,7 @@ func (h hashNoise) AddNoiseInt64(x, _, _ int64, _, _ float64) (int64, error) {
 // mustMerged sums encoded trees as Combine does.
 func mustMerged(tb testing.TB, lower, upper float64, trees ...[]byte) mergedTree {
 	tb.Helper()
-	nodes := make([]int64, quantileNodes+1)
+	nodes := make([]int64, fedTree.nodes()+1)
 	for _, b := range trees {
 		if err := addTree(nodes, b); err != nil {
 			tb.Fatal(err)
@@ -126,10 +126,10 @@ func TestMergedTreeWalkIsLibraryWalk(t *testing.T) {
 			xs := gen(b[0], b[1])
 			s := quantileSpec(b[0], b[1], 0.5)
 			s.Mechanism, s.Delta = MechanismGaussian, 1e-6
-			st := s.plan().stats[2]
+			st := s.partialPlan().stats[2]
 			for _, nz := range []hashNoise{{seed: 1, spread: 3}, {seed: 2, spread: 40}, {seed: 3, spread: 1000}} {
 				hist := histogram(xs, b[0], b[1])
-				bq, err := newTree(s, st, s.Aggregates[1], hist, nz)
+				bq, err := newTree(s, fedTree, st, s.Aggregates[1], hist, nz)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -178,8 +178,8 @@ func TestPartialTreeNoisesEveryNode(t *testing.T) {
 	s := fedQuantileSpec(12, 70)
 	var n atomic.Int64
 	part := mustPartial(t, s, quantileGroups(12, 70, [3][]float64{{20}, nil, {30, 31, 32}}), Options{Noise: countingNoise{Noise: noise.Gaussian(), ints: &n}})
-	if got := n.Load(); got != 3*quantileNodes {
-		t.Errorf("%d integer noises for three trees, want %d", got, 3*quantileNodes)
+	if got := n.Load(); got != 3*int64(fedTree.nodes()) || fedTree.nodes() != 4368 {
+		t.Errorf("%d integer noises for three trees, want 3 × %d", got, fedTree.nodes())
 	}
 	for i, g := range part.Groups {
 		if len(g.Trees) != 1 {
@@ -198,8 +198,8 @@ func TestPartialTreeNoisesEveryNode(t *testing.T) {
 		seen.l0, seen.lInf, seen.eps = l0, lInf, eps
 	}}
 	mustPartial(t, s, quantileGroups(12, 70, [3][]float64{{20}, nil, nil}), Options{Noise: rec})
-	st := s.plan().stats[2]
-	if seen.l0 != QuantileTreeHeight*int64(s.MaxGroupsPerPatient) || seen.lInf != int64(s.MaxRowsPerGroup) || seen.eps != st.eps || st.role != roleTree {
+	st := s.partialPlan().stats[2]
+	if seen.l0 != FederatedTreeHeight*int64(s.MaxGroupsPerPatient) || seen.lInf != int64(s.MaxRowsPerGroup) || seen.eps != st.eps || st.role != roleTree {
 		t.Errorf("node noise with L0 %d, L∞ %d, ε %v; want the tree statistic's %d, %v, %v", seen.l0, seen.lInf, seen.eps, st.l0, st.lInf, st.eps)
 	}
 	constant := constNoise{Noise: noise.Gaussian(), v: 7}
@@ -279,19 +279,19 @@ func TestCombineQuantiles(t *testing.T) {
 			}
 			tree := mustMerged(t, lower, upper, parts[0].Groups[g].Trees[0], parts[1].Groups[g].Trees[0], parts[2].Groups[g].Trees[0])
 			nHat := parts[0].Groups[g].Stats[1] + parts[1].Groups[g].Stats[1] + parts[2].Groups[g].Stats[1]
-			r := rankHalfWidth(fed.scale(fed.stats[2]), nHat, CIAlpha)
+			r := rankHalfWidth(fedTree, fed.scale(fed.stats[2]), nHat, CIAlpha)
 			for j, q := range []float64{0.25, 0.5, 0.75} {
 				c := row[2+j]
 				v, _ := tree.result(q)
 				lo, _ := tree.result(clamp(q-r, 0, 1))
 				hi, _ := tree.result(clamp(q+r, 0, 1))
-				w := (upper - lower) / QuantileLeaves
+				w := fedTree.leafWidth(lower, upper)
 				if value(t, c) != v || *c.CILow != clamp(lo-w, lower, upper) || *c.CIHigh != clamp(hi+w, lower, upper) {
 					t.Errorf("%s rank %v: released %v [%v, %v], merged walk %v [%v, %v]", row[0].Key, q, *c.Value, *c.CILow, *c.CIHigh, v, lo-w, hi+w)
 				}
 				if _, zero := nz.(countingNoise); zero {
 					s1 := quantileSpec(lower, upper, q)
-					bq, err := newTree(s1, s1.plan().stats[2], s1.Aggregates[1], histogram(union, lower, upper), addNoiseFake{Noise: noise.Gaussian()})
+					bq, err := newTree(s1, fedTree, s1.partialPlan().stats[2], s1.Aggregates[1], histogram(union, lower, upper), addNoiseFake{Noise: noise.Gaussian()})
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -314,7 +314,7 @@ func TestCombineQuantiles(t *testing.T) {
 		}
 		for _, n := range res.Report.Noise {
 			if n.Statistic == "q1/tree" {
-				if want := math.Sqrt(3) * s.plan().scale(s.plan().stats[2]); math.Abs(n.Scale-want) > 2e-3*want {
+				if want := math.Sqrt(3) * s.partialPlan().scale(s.partialPlan().stats[2]); math.Abs(n.Scale-want) > 2e-3*want {
 					t.Errorf("tree noise %v, want σ√3 = %v", n.Scale, want)
 				}
 			}
@@ -332,12 +332,12 @@ func TestCombineRefusesBadTrees(t *testing.T) {
 	good := func() *Partial {
 		return mustPartial(t, s, quantileGroups(12, 70, [3][]float64{{20, 21}, {30}, nil}), nz)
 	}
-	short := encodeTree(make([]int64, quantileNodes-1))
-	long := encodeTree(make([]int64, quantileNodes+16))
-	huge := make([]int64, quantileNodes)
+	short := encodeTree(make([]int64, fedTree.nodes()-1))
+	long := encodeTree(make([]int64, fedTree.nodes()+16))
+	huge := make([]int64, fedTree.nodes())
 	huge[7] = maxNodeCount + 1
 	tooBig := encodeTree(huge)
-	cut := encodeTree(make([]int64, quantileNodes))
+	cut := encodeTree(make([]int64, fedTree.nodes()))
 	cut[len(cut)-1] = 0x80 // a varint's continuation bit on its last byte
 	other := fedQuantileSpec(12, 80)
 	for name, tc := range map[string]struct {
@@ -346,11 +346,14 @@ func TestCombineRefusesBadTrees(t *testing.T) {
 	}{
 		"tree gone":      {func(p *Partial) *Partial { p.Groups[1].Trees = nil; return p }, "has 0 quantile trees, want 1"},
 		"extra tree":     {func(p *Partial) *Partial { p.Groups[0].Trees = append(p.Groups[0].Trees, short); return p }, "has 2 quantile trees, want 1"},
-		"one node short": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = short; return p }, "must hold 69904 node counts"},
-		"nodes too many": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = long; return p }, "must hold 69904 node counts"},
+		"one node short": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = short; return p }, "must hold 4368 node counts"},
+		"nodes too many": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = long; return p }, "must hold 4368 node counts"},
 		"corrupt":        {func(p *Partial) *Partial { p.Groups[0].Trees[0] = cut; return p }, "not a valid varint"},
-		"too long":       {func(p *Partial) *Partial { p.Groups[0].Trees[0] = make([]byte, maxTreeBytes+1); return p }, "more than 69904 node counts"},
-		"count too big":  {func(p *Partial) *Partial { p.Groups[0].Trees[0] = tooBig; return p }, "beyond ±2^53"},
+		"too long": {func(p *Partial) *Partial {
+			p.Groups[0].Trees[0] = make([]byte, fedTree.nodes()*binary.MaxVarintLen64+1)
+			return p
+		}, "more than 4368 node counts"},
+		"count too big": {func(p *Partial) *Partial { p.Groups[0].Trees[0] = tooBig; return p }, "beyond ±2^53"},
 		"other spec": {func(*Partial) *Partial {
 			return mustPartial(t, other, quantileGroups(12, 80, [3][]float64{{20, 21}, {30}, nil}), nz)
 		}, "spec hash"},
@@ -370,29 +373,22 @@ func TestCombineRefusesBadTrees(t *testing.T) {
 }
 
 // TestFederatedQuantileAccuracy: a quantile's expected half-width over N
-// sites is the single-site formula for tree noise σ√N, and one site's is
-// Accuracy's.
+// sites is the single-site formula for the federated tree (its height,
+// its leaves) with node noise σ√N, σ the partial plan's.
 func TestFederatedQuantileAccuracy(t *testing.T) {
 	s := fedQuantileSpec(12, 70)
-	one, err := s.Accuracy()
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, n := range []int{1, 3, 10} {
 		acc, err := s.FederatedAccuracy(n)
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := s.plan()
+		p := s.partialPlan()
 		st := p.stats[2]
 		sigma := p.scale(st) * math.Sqrt(float64(n))
-		want := math.Min(rankHalfWidth(sigma, accuracyReferenceRows, CIAlpha), 0.5)*58 + 58.0/QuantileLeaves
+		want := math.Min(rankHalfWidth(fedTree, sigma, accuracyReferenceRows, CIAlpha), 0.5)*58 + 58.0/4096
 		for _, i := range []int{1, 2, 3} {
 			if math.Abs(acc[i].HalfWidth95-want) > 2e-3*want {
 				t.Errorf("%d sites, %s: half-width %v, want %v (tree σ√N = %v)", n, acc[i].Column, acc[i].HalfWidth95, want, sigma)
-			}
-			if n == 1 && acc[i] != one[i] {
-				t.Errorf("one site: %+v, Accuracy %+v", acc[i], one[i])
 			}
 		}
 		t.Logf("%d sites: median half-width %.3f", n, acc[2].HalfWidth95)
@@ -425,8 +421,8 @@ func TestCombineQuantilesRollup(t *testing.T) {
 		var l0 atomic.Int64
 		rec := recordNoise{Noise: noise.Gaussian(), f: func(l, _ int64, _, _ float64) { l0.Store(l) }}
 		mustPartial(t, s, groups, Options{Noise: rec})
-		if got := l0.Load(); got != 2*QuantileTreeHeight {
-			t.Fatalf("tree nodes noised for L0 %d, want h·k·sets = %d", got, 2*QuantileTreeHeight)
+		if got := l0.Load(); got != 2*FederatedTreeHeight {
+			t.Fatalf("tree nodes noised for L0 %d, want h·k·sets = %d", got, 2*FederatedTreeHeight)
 		}
 		parts = append(parts, mustPartial(t, s, groups, Options{Noise: countingNoise{Noise: noise.Gaussian(), ints: new(atomic.Int64)}}))
 	}
@@ -439,7 +435,7 @@ func TestCombineQuantilesRollup(t *testing.T) {
 		t.Fatalf("last row %+v, want the released total", total)
 	}
 	s1 := quantileSpec(12, 70, 0.5)
-	bq, err := newTree(s1, s1.plan().stats[2], s1.Aggregates[1], histogram(all, 12, 70), addNoiseFake{Noise: noise.Gaussian()})
+	bq, err := newTree(s1, fedTree, s1.partialPlan().stats[2], s1.Aggregates[1], histogram(all, 12, 70), addNoiseFake{Noise: noise.Gaussian()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,14 +26,15 @@ import (
 //
 // A quantile is read from a quantile tree (quantile.go). Each site sends
 // its whole tree: the library's integer noise on the count of every node
-// below the root, empty ones too (fedtree.go: 69,904 nodes a tree, about
-// 70 KB at typical noise scales). The broker sums the sites' trees node
-// by node and walks the sum exactly as the library's
-// BoundedQuantiles.Result walks one tree; every node of the sum has noise
-// σ√N, so the rank half-width (rankHalfWidth), read from the federated
-// plan, grows as √N for the same number of values, and the interval in
-// values with it (less in practice: N sites usually bring N times the
-// values, and the rank error shrinks as 1/n).
+// below the root, empty ones too (fedtree.go: a tree of
+// FederatedTreeHeight levels, 4,368 nodes, about 4.4 KB at typical noise
+// scales). The broker sums the sites' trees node by node and walks the
+// sum exactly as the library's BoundedQuantiles.Result walks one tree;
+// every node of the sum has noise σ√N, so the rank half-width
+// (rankHalfWidth), read from the federated plan, grows as √N for the same
+// number of values, and the interval in values with it (less in practice:
+// N sites usually bring N times the values, and the rank error shrinks as
+// 1/n).
 
 // Partial is one site's part of a federated query: the noisy, unrounded,
 // unsuppressed value of every statistic of the budget plan, for every group
@@ -92,13 +93,15 @@ var federatedKinds = []AggKind{AggCount, AggCountPatients, AggSum, AggMean, AggV
 // MaxPartialBytes is the largest partial result a site may upload (the
 // broker's limit on a job completion's body): room for MaxFederatedTrees
 // trees at 4 bytes a node (3 bytes of varint, a count or a noise of up to
-// 2^20, in base64).
+// 2^20, in base64), 17.5 MB, and the other statistics of up to 600 months
+// of keys.
 const MaxPartialBytes = 32 << 20
 
 // MaxFederatedTrees caps the quantile trees of a federated query: groups
 // times distinct quantile trees. Each site sends every node of each tree
-// (quantileNodes noisy counts, and the library's noise drawn for each).
-const MaxFederatedTrees = 100
+// (fedTree.nodes() = 4,368 noisy counts, and the library's noise drawn
+// for each: about 40 ms of a site's CPU a tree).
+const MaxFederatedTrees = 1000
 
 // ValidateFederated reports whether s can be run as a federated query
 // (ProtectPartial at each site, Combine at the broker); the error names the
@@ -151,7 +154,7 @@ func ProtectPartial(s Spec, groups []GroupStats, opts Options) (*Partial, error)
 	if err := checkGroups(s, groups); err != nil {
 		return nil, fmt.Errorf("protect partial: %w", err)
 	}
-	p := s.plan()
+	p := s.partialPlan()
 	nz := opts.Noise
 	if nz == nil {
 		nz = p.declaredNoise()
@@ -196,7 +199,7 @@ func (s Spec) CheckPartial(part *Partial) error {
 	if err := s.checkPartialShape(part); err != nil {
 		return err
 	}
-	sum := make([]int64, quantileNodes+1)
+	sum := make([]int64, fedTree.nodes()+1)
 	for i, g := range part.Groups {
 		for _, t := range g.Trees {
 			clear(sum)

@@ -454,12 +454,12 @@ func addQuantiles(s Spec, p budgetPlan, g GroupStats, nz noise.Noise, out *noisy
 		bq, ok := trees[a.Tree]
 		if !ok {
 			var err error
-			if bq, err = newTree(s, tree, a, g.Aggs[tree.agg].Hist, nz); err != nil {
+			if bq, err = newTree(s, p.tree, tree, a, g.Aggs[tree.agg].Hist, nz); err != nil {
 				return err
 			}
 			trees[a.Tree] = bq
 		}
-		v, lo, hi, err := quantileRelease(bq.Result, a, p.scale(tree), out.stats[count])
+		v, lo, hi, err := quantileRelease(bq.Result, a, p.tree, p.scale(tree), out.stats[count])
 		if err != nil {
 			return err
 		}

@@ -29,7 +29,62 @@ const (
 	QuantileBranching  = dpagg.DefaultBranchingFactor
 	// QuantileLeaves is QuantileBranching^QuantileTreeHeight.
 	QuantileLeaves = QuantileBranching * QuantileBranching * QuantileBranching * QuantileBranching
+	// FederatedTreeHeight is the height of the trees a site sends whole
+	// for a federated quantile (fedtree.go): three levels, 4,368 nodes and
+	// 4,096 leaves each 16 of QuantileLeaves wide, where the library's
+	// default four levels have 69,904 nodes, each a draw of the library's
+	// secure sampler at the site. A value counts in one node per level,
+	// so the nodes' noise is that of L0 = 3·k·sets, not 4·k·sets.
+	FederatedTreeHeight = QuantileTreeHeight - 1
 )
+
+// treeShape is the shape of a quantile tree: height levels below the
+// root, QuantileBranching children a node, nodes numbered breadth first
+// from the root (0) as the library numbers them, the children of node i
+// being i·B+1 … (i+1)·B.
+type treeShape struct{ height int }
+
+var (
+	// siteTree is the library's default tree, which one site's quantiles
+	// are read from (newTree).
+	siteTree = treeShape{QuantileTreeHeight}
+	// fedTree is the tree a site sends whole for a federated quantile.
+	fedTree = treeShape{FederatedTreeHeight}
+)
+
+// leaves is QuantileBranching^height.
+func (t treeShape) leaves() int {
+	n := 1
+	for range t.height {
+		n *= QuantileBranching
+	}
+	return n
+}
+
+// nodes is the number of nodes below the root: B + B² + … + B^height.
+func (t treeShape) nodes() int {
+	n, level := 0, 1
+	for range t.height {
+		level *= QuantileBranching
+		n += level
+	}
+	return n
+}
+
+// firstLeaf is the index of the leftmost leaf.
+func (t treeShape) firstLeaf() int { return t.nodes() + 1 - t.leaves() }
+
+// leafOf is the leaf of t a leaf of the finest tree (QuantileLeaf)
+// falls in: its ancestor at t's depth. The library computes a leaf as
+// ⌊(x−lower)/(upper−lower)·leaves⌋, and scaling by a power of two is
+// exact, so this is the leaf the library's tree of t's height gives the
+// value itself (TestMergedTreeWalkIsLibraryWalk).
+func (t treeShape) leafOf(leaf int) int { return leaf / (QuantileLeaves / t.leaves()) }
+
+// leafWidth is the width of a leaf of t over [lower, upper].
+func (t treeShape) leafWidth(lower, upper float64) float64 {
+	return (upper - lower) / float64(t.leaves())
+}
 
 // QuantileLeaf is the leaf of a quantile tree over [lower, upper] a value
 // x falls in, after clamping, as the library computes it, except that a
@@ -48,11 +103,11 @@ func leafValue(leaf int, lower, upper float64) float64 {
 	return lower + (upper-lower)*(float64(leaf)+0.5)/float64(QuantileLeaves)
 }
 
-// treePartitions is the MaxPartitionsContributed P a quantile tree of the
-// tree statistic st is built with. The library noises each node it reads
-// for L0 = h·P and L∞ = C (MaxContributionsPerPartition), so P must give
-// the node noise the norm the plan's statistic has (L0 = h·k·sets and
-// L∞ = setsLInf):
+// treePartitions is the MaxPartitionsContributed P a quantile tree of s
+// is built with. The library noises each node it reads for L0 = h·P and
+// L∞ = C (MaxContributionsPerPartition), so P must give the node noise
+// the norm the plan's tree statistic has (L0 = h·k·sets and L∞ =
+// setsLInf):
 //
 //   - without grouping sets, or with Laplace noise (L1 = L0·L∞), P = k·sets:
 //     L1 = h·k·sets·C, the plan's;
@@ -63,8 +118,8 @@ func leafValue(leaf int, lower, upper float64) float64 {
 // Before this, trees were built with P = k, whatever the sets: a query with
 // grouping sets (ROLLUP, CUBE) had quantile trees noised for one grouping
 // while a patient's values are in the trees of every set.
-func treePartitions(s Spec, st stat) int64 {
-	p := st.l0 / QuantileTreeHeight
+func treePartitions(s Spec) int64 {
+	p := int64(s.MaxGroupsPerPatient) * int64(s.setCount())
 	if len(s.Sets) > 0 && s.mechanism() == MechanismGaussian {
 		p *= int64(s.MaxGroupsPerPatient)
 	}
@@ -72,26 +127,28 @@ func treePartitions(s Spec, st stat) int64 {
 }
 
 // treeNodeSensitivity is the L0 and L∞ the library's noise gets for a
-// node of a quantile tree of st: those BoundedQuantiles gives its nodes
-// when built with treePartitions. Unlike the plan's L∞, C·√k with grouping
-// sets and Gaussian noise, they are whole numbers, as integer noise needs.
-func treeNodeSensitivity(s Spec, st stat) (l0, lInf int64) {
-	return QuantileTreeHeight * treePartitions(s, st), int64(s.MaxRowsPerGroup)
+// node of a quantile tree of shape t: those BoundedQuantiles gives its
+// nodes when built with treePartitions. Unlike the plan's L∞, C·√k with
+// grouping sets and Gaussian noise, they are whole numbers, as integer
+// noise needs.
+func treeNodeSensitivity(s Spec, t treeShape) (l0, lInf int64) {
+	return int64(t.height) * treePartitions(s), int64(s.MaxRowsPerGroup)
 }
 
-// newTree builds the library's quantile tree for one group from the
-// leaf histogram of its bounded values, its node noise that of the plan's
-// tree statistic st (treePartitions).
-func newTree(s Spec, st stat, a AggSpec, hist map[int]int64, nz noise.Noise) (*dpagg.BoundedQuantiles, error) {
+// newTree builds the library's quantile tree of shape t for one group
+// from the leaf histogram of its bounded values, its node noise that of
+// the tree statistic st (treePartitions). Protect builds siteTree's
+// shape; tests build fedTree's to check the federated walk against it.
+func newTree(s Spec, t treeShape, st stat, a AggSpec, hist map[int]int64, nz noise.Noise) (*dpagg.BoundedQuantiles, error) {
 	bq, err := dpagg.NewBoundedQuantiles(&dpagg.BoundedQuantilesOptions{
 		Epsilon:                      st.eps,
 		Delta:                        st.delta,
-		MaxPartitionsContributed:     treePartitions(s, st),
+		MaxPartitionsContributed:     treePartitions(s),
 		MaxContributionsPerPartition: int64(s.MaxRowsPerGroup),
 		Lower:                        a.Lower,
 		Upper:                        a.Upper,
 		Noise:                        nz,
-		TreeHeight:                   QuantileTreeHeight,
+		TreeHeight:                   t.height,
 		BranchingFactor:              QuantileBranching,
 	})
 	if err != nil {
@@ -122,19 +179,20 @@ func zScore(alpha float64) float64 { return math.Sqrt2 * math.Erfinv(1-alpha) }
 // b·σ²/(4n²), whatever the data; over the h levels the rank error has
 // standard deviation at most √(h·b)·σ/(2n), and a normal approximation
 // gives the width (first order: the noise on n itself is left out).
-func rankHalfWidth(sigma, n, alpha float64) float64 {
-	return zScore(alpha) * math.Sqrt(QuantileTreeHeight*QuantileBranching) * sigma / (2 * math.Max(n, 1))
+func rankHalfWidth(t treeShape, sigma, n, alpha float64) float64 {
+	return zScore(alpha) * math.Sqrt(float64(t.height*QuantileBranching)) * sigma / (2 * math.Max(n, 1))
 }
 
 // quantileRelease is the released value of rank q from a noisy tree,
 // read by result (the library's BoundedQuantiles.Result for one site's
 // tree, mergedTree.result for the sum of the sites' trees), and its
-// (1−CIAlpha) interval: the tree read at q ± r, r the rank half-width for
-// nodes of noise sigma and the noisy count nHat of values, widened by one
-// leaf (the tree interpolates inside a leaf) and kept within the bounds.
-// It reads only noisy counts: post-processing of the tree.
-func quantileRelease(result func(rank float64) (float64, error), a AggSpec, sigma, nHat float64) (v, lo, hi float64, err error) {
-	r := rankHalfWidth(sigma, nHat, CIAlpha)
+// (1−CIAlpha) interval: the tree (of shape t) read at q ± r, r the rank
+// half-width for nodes of noise sigma and the noisy count nHat of values,
+// widened by one leaf (the tree interpolates inside a leaf) and kept
+// within the bounds. It reads only noisy counts: post-processing of the
+// tree.
+func quantileRelease(result func(rank float64) (float64, error), a AggSpec, t treeShape, sigma, nHat float64) (v, lo, hi float64, err error) {
+	r := rankHalfWidth(t, sigma, nHat, CIAlpha)
 	if v, err = result(a.Rank); err != nil {
 		return 0, 0, 0, fmt.Errorf("quantile %s: %w", a.Name, err)
 	}
@@ -144,16 +202,17 @@ func quantileRelease(result func(rank float64) (float64, error), a AggSpec, sigm
 	if hi, err = result(clamp(a.Rank+r, 0, 1)); err != nil {
 		return 0, 0, 0, fmt.Errorf("quantile %s: %w", a.Name, err)
 	}
-	w := (a.Upper - a.Lower) / QuantileLeaves
+	w := t.leafWidth(a.Lower, a.Upper)
 	return v, clamp(math.Min(lo, v)-w, a.Lower, a.Upper), clamp(math.Max(hi, v)+w, a.Lower, a.Upper), nil
 }
 
 // quantileAccuracy is a quantile's expected 95% half-width before the query
 // runs: the rank half-width for accuracyReferenceRows values, read as a
-// width of values spread evenly over the bounds, plus one leaf.
+// width of values spread evenly over the bounds, plus one leaf of the
+// plan's tree.
 func quantileAccuracy(p budgetPlan, a AggSpec, tree stat) float64 {
-	r := math.Min(rankHalfWidth(p.scale(tree), accuracyReferenceRows, CIAlpha), 0.5)
-	return r*(a.Upper-a.Lower) + (a.Upper-a.Lower)/QuantileLeaves
+	r := math.Min(rankHalfWidth(p.tree, p.scale(tree), accuracyReferenceRows, CIAlpha), 0.5)
+	return r*(a.Upper-a.Lower) + p.tree.leafWidth(a.Lower, a.Upper)
 }
 
 // TreeOwners returns, for each quantile tree in Tree order (1, 2, …),

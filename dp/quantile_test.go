@@ -69,7 +69,7 @@ func TestTreeFromHistogramIsTreeFromValues(t *testing.T) {
 		s := quantileSpec(lower, upper, 0.5)
 		st := s.plan().stats[2]
 		nz := addNoiseFake{offset: 0.25}
-		fromHist, err := newTree(s, st, s.Aggregates[1], histogram(xs, lower, upper), nz)
+		fromHist, err := newTree(s, siteTree, st, s.Aggregates[1], histogram(xs, lower, upper), nz)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,10 +134,12 @@ func (p paramNoise) AddNoiseInt64(x, l0, lInf int64, eps, delta float64) (int64,
 
 // TestTreeNoiseIsPlanNoise: the noise the library's tree puts on the
 // nodes it reads (newTree) and the noise a site puts on every node of a
-// federated tree (noisyTreeNodes) have the plan's tree statistic's norm
-// (L1 = L0·L∞ under Laplace noise, L2 = √L0·L∞ under Gaussian), ε and δ,
-// with and without grouping sets, for several groups per patient. Trees
-// built with MaxPartitionsContributed = k whatever the sets fail it.
+// federated tree (noisyTreeNodes) have the norm (L1 = L0·L∞ under Laplace
+// noise, L2 = √L0·L∞ under Gaussian), ε and δ of the plan's tree
+// statistic (for the federated nodes, the partial plan's, whose tree has
+// FederatedTreeHeight levels), with and without grouping sets, for
+// several groups per patient. Trees built with MaxPartitionsContributed =
+// k whatever the sets fail it.
 func TestTreeNoiseIsPlanNoise(t *testing.T) {
 	sets := map[string][][]int{"none": nil, "rollup": {{0, 1}, {0}, {}}, "cube": {{0, 1}, {0}, {1}, {}}}
 	for _, mech := range []string{MechanismLaplace, MechanismGaussian} {
@@ -150,13 +152,13 @@ func TestTreeNoiseIsPlanNoise(t *testing.T) {
 				if err := s.Validate(); err != nil {
 					t.Fatalf("%s, k = %d, %s: %v", mech, k, name, err)
 				}
-				st := s.plan().stats[2]
-				if st.role != roleTree {
+				st, fst := s.plan().stats[2], s.partialPlan().stats[2]
+				if st.role != roleTree || fst.role != roleTree {
 					t.Fatalf("stat 2 is %s, not the tree", st.name)
 				}
 				hist := histogram([]float64{20, 30, 30, 41, 69}, 12, 70)
 				single := newParamNoise(noiseFor(mech))
-				bq, err := newTree(s, st, s.Aggregates[1], hist, single)
+				bq, err := newTree(s, siteTree, st, s.Aggregates[1], hist, single)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -164,12 +166,12 @@ func TestTreeNoiseIsPlanNoise(t *testing.T) {
 					t.Fatal(err)
 				}
 				fed := newParamNoise(noiseFor(mech))
-				if _, err := noisyTreeNodes(s, st, hist, fed); err != nil {
+				if _, err := noisyTreeNodes(s, fst, hist, fed); err != nil {
 					t.Fatal(err)
 				}
-				for which, nz := range map[string]paramNoise{"single-site tree": single, "federated nodes": fed} {
-					checkPlanNoise(t, fmt.Sprintf("%s, %s, k = %d, sets %s", which, mech, k, name), st, nz.seen)
-				}
+				what := fmt.Sprintf("%s, k = %d, sets %s", mech, k, name)
+				checkPlanNoise(t, "single-site tree, "+what, st, single.seen)
+				checkPlanNoise(t, "federated nodes, "+what, fst, fed.seen)
 			}
 		}
 	}

@@ -78,7 +78,10 @@ type stat struct {
 // statistic, plus partition selection when needed.
 type budgetPlan struct {
 	mechanism string
-	stats     []stat
+	// tree is the shape of the quantile trees the plan's tree statistics
+	// describe: siteTree (plan), fedTree (partialPlan, federatedPlan).
+	tree  treeShape
+	stats []stat
 	// aggStats[i] lists the indexes in stats belonging to aggregate i.
 	aggStats [][]int
 	// suppress is the index in stats of the noisy count suppression uses.
@@ -272,11 +275,20 @@ func (s Spec) rounding() string {
 // bounds, as the library's BoundedMean and BoundedVariance do, so the sum
 // has L∞ = C·(upper−lower)/2 and the sum of squares C·((upper−lower)/2)².
 // A quantile tree's nodes have L0 = h·k (a value counts in one node of
-// each of the h = QuantileTreeHeight levels) and L∞ = C, as the library's
-// BoundedQuantiles sets them.
-func (s Spec) plan() budgetPlan {
+// each of the tree's h levels: QuantileTreeHeight, or FederatedTreeHeight
+// in a partialPlan) and L∞ = C, as the library's BoundedQuantiles sets
+// them (treePartitions).
+func (s Spec) plan() budgetPlan { return s.planFor(siteTree) }
+
+// partialPlan is the plan of a site's part of a federated query: plan,
+// but for the federated tree shape, which every node of goes to the broker.
+// Its statistics are plan's, in the same order, with the same ε and δ.
+func (s Spec) partialPlan() budgetPlan { return s.planFor(fedTree) }
+
+func (s Spec) planFor(tree treeShape) budgetPlan {
 	p := budgetPlan{
 		mechanism: s.mechanism(),
+		tree:      tree,
 		aggStats:  make([][]int, len(s.Aggregates)),
 		suppress:  -1,
 		selection: s.needsSelection(),
@@ -321,7 +333,7 @@ func (s Spec) plan() budgetPlan {
 			trees[a.Tree] = i
 			add(i, a.Name+"/count", roleCount, c)
 			j := add(i, a.Name+"/tree", roleTree, c)
-			p.stats[j].l0 = QuantileTreeHeight * k
+			p.stats[j].l0 = int64(tree.height) * k
 		}
 	}
 	planRatios(s, &p)

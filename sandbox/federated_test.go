@@ -62,7 +62,7 @@ func TestFederatedThroughSandbox(t *testing.T) {
 	for i, seed := range []int64{31, 32, 33} {
 		path, r := synthRunner(t, 4000+1000*i, seed)
 		// A quantile part draws the library's noise for every node of its
-		// trees (69,904 a tree): seconds of CPU, a minute on a loaded
+		// trees (4,368 a tree): a second of CPU, far more on a loaded
 		// test machine, past the tests' usual 20 s.
 		r.cfg.Timeout = 3 * time.Minute
 		paths = append(paths, path)
