@@ -57,21 +57,28 @@ func TestHostileBodies(t *testing.T) {
 	b := e2e.StartLonelyBroker(t)
 	valid := fmt.Sprintf(`{"project_id":%d,"sql":%q,"purpose":"p"}`, b.Project, e2e.HostileSQL)
 	deep := `{"project_id":1,"sql":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}`
-	huge := `{"project_id":1,"purpose":"p","sql":"` + strings.Repeat("a", 2<<20) + `"}`
-	routes := []struct{ method, path, who string }{
-		{"POST", "/api/v1/queries", "alice"},
-		{"POST", "/api/v1/projects", "dave"},
-		{"PATCH", fmt.Sprintf("/api/v1/projects/%d", b.Project), "dave"},
-		{"PUT", "/api/v1/agent/catalog", "site"},
-		{"POST", "/api/v1/agent/lease", "site"},
-		{"POST", "/api/v1/agent/jobs/1/complete", "site"},
-		{"POST", "/api/v1/queries/1/approve", "bob"},
+	// huge is a body past a route's limit: 1 MiB, or for a job's
+	// completion, which carries a federated part, dp.MaxPartialBytes.
+	huge := func(limit int) string {
+		return `{"project_id":1,"purpose":"p","sql":"` + strings.Repeat("a", limit+1<<20) + `"}`
+	}
+	routes := []struct {
+		method, path, who string
+		limit             int // the route's body limit
+	}{
+		{"POST", "/api/v1/queries", "alice", 1 << 20},
+		{"POST", "/api/v1/projects", "dave", 1 << 20},
+		{"PATCH", fmt.Sprintf("/api/v1/projects/%d", b.Project), "dave", 1 << 20},
+		{"PUT", "/api/v1/agent/catalog", "site", 1 << 20},
+		{"POST", "/api/v1/agent/lease", "site", 1 << 20},
+		{"POST", "/api/v1/agent/jobs/1/complete", "site", dp.MaxPartialBytes},
+		{"POST", "/api/v1/queries/1/approve", "bob", 1 << 20},
 	}
 	bodies := []struct {
 		name, contentType, body string
 		want                    int // 0: any 4xx
 	}{
-		{"oversized", "application/json", huge, http.StatusRequestEntityTooLarge},
+		{"oversized", "application/json", "", http.StatusRequestEntityTooLarge},
 		{"malformed", "application/json", `{"project_id": 1,`, http.StatusBadRequest},
 		{"invalid UTF-8", "application/json", "{\"sql\":\"\xff\xfe\",\"purpose\":\"p\"}", http.StatusBadRequest},
 		{"deeply nested", "application/json", deep, http.StatusBadRequest},
@@ -89,8 +96,12 @@ func TestHostileBodies(t *testing.T) {
 	}
 	for _, rt := range routes {
 		for _, tt := range bodies {
+			body := tt.body
+			if tt.name == "oversized" {
+				body = huge(rt.limit)
+			}
 			t.Run(rt.method+" "+rt.path+"/"+tt.name, func(t *testing.T) {
-				r := e2e.Send(t, rt.method, b.URL+rt.path, b.Tokens[rt.who], tt.contentType, strings.NewReader(tt.body))
+				r := e2e.Send(t, rt.method, b.URL+rt.path, b.Tokens[rt.who], tt.contentType, strings.NewReader(body))
 				if r.Status < 400 || r.Status > 499 {
 					t.Fatalf("status %d, want 4xx; body %.200q", r.Status, r.Body)
 				}
