@@ -38,7 +38,11 @@ func (r *benchReport) markdown() string {
 	w("raw = the researcher's SQL as-is on the same file (one open read-only connection); ")
 	w("warm = the protected pipeline in-process on an open connection with the views, as the child runs it, on the release snapshot (table constraints, parser on the connection, compile, rewritten SQL, dp.Protect; the snapshot is built once per data file version, as the agent's Runner keeps it); ")
 	w("cold = a fresh sandbox process per run (`Runner.Run`: start, hardening, handshake, DuckDB open and lock-down, then the warm steps); ")
-	w("pooled = cold with a pool of one child started, hardened and handshaken ahead of the job, which has read the snapshot and run one join while it waited (warm.go in sandbox; used once, then killed; the run waits for the pool's refill and warming before it starts, as a job arriving after a pause finds it).\n\n")
+	w("pooled = cold with a pool of one child started, hardened and handshaken ahead of the job, which has read the snapshot and run one join while it waited (warm.go in sandbox; used once, then killed; the run waits for the pool's refill and warming before it starts, as a job arriving after a pause finds it")
+	if r.PoolIdle > 0 {
+		w(", then %s more (--pool-idle)", r.PoolIdle)
+	}
+	w("); each query's raw and warm runs also wait for the pool's warming.\n\n")
 	w("| query | raw | warm | cold | pooled | warm/raw | cold/raw | pooled/raw | pooled/warm | rows raw→protected |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, q := range r.Queries {
 		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d→%d |\n", q.Name, q.Raw.spread(), q.Warm.spread(), q.Cold.spread(), q.Pooled.spread(),

@@ -40,8 +40,11 @@ type Config struct {
 	// SnapshotTimeout bounds building the release snapshot (0: the
 	// sandbox's default, sandbox.DefaultConfig).
 	SnapshotTimeout time.Duration
-	Seed            int64
-	AllowWeak       bool
+	// PoolIdle is how long a pooled run waits, once the pool's child has
+	// warmed, before its job: a job arriving after a pause.
+	PoolIdle  time.Duration
+	Seed      int64
+	AllowWeak bool
 	// Keep keeps the generated data directory.
 	Keep bool
 	// Explain names a typical query ("all": every one) whose EXPLAIN
@@ -101,6 +104,8 @@ func (c Config) Validate() error {
 		return errors.New("--load-time-cap must be positive")
 	case c.SnapshotTimeout < 0:
 		return errors.New("--snapshot-timeout must not be negative")
+	case c.PoolIdle < 0 || c.PoolIdle > 10*time.Minute:
+		return errors.New("--pool-idle must be between 0 and 10m")
 	case c.Federated != 0 && (c.Federated < 2 || c.Federated > 8):
 		return errors.New("--federated must be between 2 and 8 sites")
 	case c.Federated != 0 && (c.APIOnly || c.Explain != ""):
@@ -154,6 +159,7 @@ type benchReport struct {
 	MemLimit  int64
 	Reps      int
 	Warmup    int
+	PoolIdle  time.Duration
 	Synth     *synthResult
 	Queries   []queryResult
 	Pairs     []pairResult
@@ -219,7 +225,7 @@ func (m *harness) run(ctx context.Context) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	rep := &benchReport{When: m.Now().UTC(), Command: redactURL(m.Command, m.Postgres), Machine: readMachine(), Reps: m.Reps, Warmup: m.Warmup, Clients: m.Clients, PerClient: m.PerClient}
+	rep := &benchReport{When: m.Now().UTC(), Command: redactURL(m.Command, m.Postgres), Machine: readMachine(), Reps: m.Reps, Warmup: m.Warmup, PoolIdle: m.PoolIdle, Clients: m.Clients, PerClient: m.PerClient}
 	if m.APIOnly {
 		return m.runAPIOnly(ctx, dir, rep)
 	}
@@ -451,6 +457,12 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 	var out []queryResult
 	for _, tq := range queries.TypicalQueries {
 		r := queryResult{Name: tq.Name}
+		// The pool refills after the previous query's last pooled run: its
+		// new child's warming must not run beside this query's raw and warm
+		// runs (it did, and inflated them).
+		if err := pooled.PoolReady(ctx); err != nil {
+			return out, err
+		}
 		p.stage(tq.Name + ": raw")
 		for i := range m.Warmup + m.Reps {
 			start, cpu := time.Now(), cpuTime()
@@ -510,6 +522,9 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 		p.stage(tq.Name + ": pooled")
 		for i := range m.Warmup + m.Reps {
 			if err := pooled.PoolReady(ctx); err != nil {
+				return out, err
+			}
+			if err := sleepCtx(ctx, m.PoolIdle); err != nil {
 				return out, err
 			}
 			start := time.Now()
@@ -610,4 +625,19 @@ func (m *harness) measureStart(ctx context.Context, p *benchProgress, dir string
 		p.step()
 	}
 	return s, fmt.Sprintf("`%s` on a 200-patient file, %d starts after one unmeasured", q, m.Starts), nil
+}
+
+// sleepCtx waits d, or less if ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -177,3 +177,27 @@ func TestFailedPhaseReported(t *testing.T) {
 		t.Errorf("two independent failures recorded as %+v", r.Failed)
 	}
 }
+
+// TestPoolIdle: --pool-idle is bounded, and a report says when pooled runs
+// waited after warming.
+func TestPoolIdle(t *testing.T) {
+	c := DefaultConfig()
+	c.Patients = 1000
+	for _, d := range []time.Duration{-time.Second, 11 * time.Minute} {
+		c.PoolIdle = d
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--pool-idle") {
+			t.Errorf("--pool-idle %v: %v", d, err)
+		}
+	}
+	c.PoolIdle = 5 * time.Second
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	q := queryResult{Name: "q", Raw: ms(100), Warm: ms(140), Cold: ms(400), Pooled: ms(150)}
+	for idle, want := range map[time.Duration]bool{0: false, 5 * time.Second: true} {
+		r := &benchReport{Patients: 1000, PoolIdle: idle, Queries: []queryResult{q}}
+		if got := strings.Contains(r.markdown(), "then 5s more (--pool-idle)"); got != want {
+			t.Errorf("pool idle %v: report names the wait: %v, want %v", idle, got, want)
+		}
+	}
+}

@@ -49,6 +49,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "with --postgres, also measure this many brokers on one PostgreSQL database, the clients spread over them")
 	fs.DurationVar(&c.LoadCap, "load-time-cap", c.LoadCap, "time cap of each API load phase")
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "synth seed")
+	fs.DurationVar(&c.PoolIdle, "pool-idle", 0, "wait this long after the pool's child has warmed before each pooled run, as a job arriving after a pause (0: run at once)")
 	fs.DurationVar(&c.SnapshotTimeout, "snapshot-timeout", sandbox.DefaultConfig().SnapshotTimeout, "time limit for building the release snapshot of the data (about a minute per million patients on 2 cores; raise it above ~20M)")
 	fs.BoolVar(&c.AllowWeak, "allow-weak-sandbox", false, "run sandboxes even if an isolation layer is unavailable (reported)")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the generated data directory")
