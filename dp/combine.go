@@ -120,14 +120,15 @@ func combineTrees(s Spec, p budgetPlan, parts []*Partial, gi int, g *noisyGroup,
 }
 
 // federatedPlan is the budget plan of a site's part (partialPlan) with
-// every statistic's L∞ scaled by √sites: for the library's analytic Gaussian mechanism σ is linear in
-// the L2 sensitivity L∞·√L0, so its noise scale, thresholds and confidence
-// intervals are those of the sum of sites independent noises, each of the
-// unscaled plan's σ (within the library's σ accuracy, 1e-3 relative). The
-// release threshold is recomputed from the scaled suppression count: the
-// library's Gaussian threshold is L∞ + σ·z, so with L∞ = √N it is
-// √N − 1 above what a cell of one patient (a combined count of 1, since the
-// sites' patients are disjoint) strictly needs: conservative.
+// every statistic's L∞ scaled by √sites: for the library's analytic
+// Gaussian mechanism σ is linear in the L2 sensitivity L∞·√L0, so its
+// noise scale, thresholds and confidence intervals are those of the sum of
+// sites independent noises, each of the unscaled plan's σ (within the
+// library's σ accuracy, 1e-3 relative). The release threshold is
+// recomputed from the scaled suppression count: the library's Gaussian
+// threshold is L∞ + σ·z, so with L∞ = √N it is √N − 1 above what a cell of
+// one patient (a combined count of 1, since the sites' patients are
+// disjoint) strictly needs: conservative.
 func (s Spec) federatedPlan(sites int) budgetPlan {
 	p := s.partialPlan()
 	p.stats = slices.Clone(p.stats)

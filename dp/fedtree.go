@@ -53,8 +53,9 @@ const (
 func noisyTreeNodes(s Spec, st stat, hist map[int]int64, nz noise.Noise) ([]byte, error) {
 	l0, lInf := treeNodeSensitivity(s, fedTree)
 	nodes := make([]int64, fedTree.nodes()+1) // [0] is the root, not part of the tree's counts
+	firstLeaf := fedTree.firstLeaf()
 	for leaf, n := range hist {
-		for i := fedTree.firstLeaf() + fedTree.leafOf(leaf); i != 0; i = (i - 1) / QuantileBranching {
+		for i := firstLeaf + fedTree.leafOf(leaf); i != 0; i = (i - 1) / QuantileBranching {
 			nodes[i] += n
 		}
 	}
