@@ -197,7 +197,7 @@ func (r *benchReport) targets() [][4]string {
 		judge(r.PooledStart.n() > 0 && r.PooledStart.median() <= 5*time.Millisecond)})
 	if r.ChildPeak > 0 {
 		out = append(out, [4]string{"sandbox child peak memory (issue 24)", "≤ memory limit + 200 MB",
-			fmt.Sprintf("%s, the largest child's peak RSS over the typical queries (limit %s, %s)", fmtBytes(r.ChildPeak), fmtBytes(r.MemLimit), at),
+			fmt.Sprintf("%s, the largest peak RSS of any sandbox child, %s (limit %s, %s)", fmtBytes(r.ChildPeak), r.peakWhose(), fmtBytes(r.MemLimit), at),
 			judge(r.ChildPeak <= r.MemLimit+200<<20)})
 	}
 	out = append(out, [4]string{"sandbox start", "≤ 100 ms median", fmtDur(r.Start.median()), judge(r.Start.n() > 0 && r.Start.median() <= 100*time.Millisecond)})
@@ -300,4 +300,18 @@ func fmtBytes(n int64) string {
 		return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20))
 	}
 	return fmt.Sprintf("%d KiB", n>>10)
+}
+
+// peakWhose says which child ChildPeak was: the kernel reports one maximum
+// over every child waited for, so the jobs' children are told apart from
+// the release snapshot's builder only when one of them went higher.
+func (r *benchReport) peakWhose() string {
+	switch {
+	case r.BuilderPeak <= 0:
+		return "the release snapshot's builder included"
+	case r.ChildPeak > r.BuilderPeak:
+		return fmt.Sprintf("a job's (the release snapshot's builder: %s)", fmtBytes(r.BuilderPeak))
+	default:
+		return "the release snapshot's builder (the jobs' children peaked no higher)"
+	}
 }

@@ -182,8 +182,11 @@ type benchReport struct {
 	// Codelist compares a codelist join with IN (…).
 	Codelist *codelistResult
 	// ChildPeak is the largest peak resident memory of any sandbox child
-	// this run started, by the time the queries were measured.
-	ChildPeak int64
+	// this run started, by the time the queries were measured: the
+	// snapshot's builder child (BuilderPeak) and the jobs' children alike;
+	// the kernel keeps one maximum, so a job's child is known to have been
+	// the largest only when ChildPeak > BuilderPeak.
+	ChildPeak, BuilderPeak int64
 	// Federated is `tre bench --federated N`'s measurement.
 	Federated []fedResult
 	// Failed lists the phases that failed, in order; the report keeps
@@ -271,6 +274,8 @@ func (m *harness) run(ctx context.Context) error {
 		return fmt.Errorf("release snapshot: %w", err)
 	}
 	rep.Snapshot = time.Since(start)
+	// The builder is the only child waited for yet.
+	rep.BuilderPeak = childPeakRSS()
 	if err := pooled.Prepare(ctx); err != nil { // the kept snapshot, and the pool's first child
 		raw.Close()
 		return fmt.Errorf("release snapshot: %w", err)

@@ -124,6 +124,19 @@ func TestChildPeakTarget(t *testing.T) {
 	if got, ok := row(0); ok {
 		t.Errorf("no peak known, yet a row %q", got)
 	}
+	for _, tt := range []struct {
+		builder, peak int64
+		want          string
+	}{
+		{1 << 30, 1 << 30, "the release snapshot's builder (the jobs' children peaked no higher)"},
+		{1 << 30, 2 << 30, "a job's (the release snapshot's builder: 1.00 GiB)"},
+		{0, 1 << 30, "the release snapshot's builder included"},
+	} {
+		r := &benchReport{ChildPeak: tt.peak, BuilderPeak: tt.builder}
+		if got := r.peakWhose(); got != tt.want {
+			t.Errorf("builder %d, peak %d: %q, want %q", tt.builder, tt.peak, got, tt.want)
+		}
+	}
 }
 
 // TestChildPeakRSS: after a child that touched 64 MiB has been waited
