@@ -308,7 +308,8 @@ func fmtBytes(n int64) string {
 func (r *benchReport) peakWhose() string {
 	switch {
 	case r.BuilderPeak <= 0:
-		return "the release snapshot's builder included"
+		// No child had been waited for when the snapshot was ready.
+		return "a job's (no release snapshot builder ran)"
 	case r.ChildPeak > r.BuilderPeak:
 		return fmt.Sprintf("a job's (the release snapshot's builder: %s)", fmtBytes(r.BuilderPeak))
 	default:

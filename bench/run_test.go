@@ -130,7 +130,7 @@ func TestChildPeakTarget(t *testing.T) {
 	}{
 		{1 << 30, 1 << 30, "the release snapshot's builder (the jobs' children peaked no higher)"},
 		{1 << 30, 2 << 30, "a job's (the release snapshot's builder: 1.00 GiB)"},
-		{0, 1 << 30, "the release snapshot's builder included"},
+		{0, 1 << 30, "a job's (no release snapshot builder ran)"},
 	} {
 		r := &benchReport{ChildPeak: tt.peak, BuilderPeak: tt.builder}
 		if got := r.peakWhose(); got != tt.want {
