@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nhs-tre/tre/internal/ctxtime"
 	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 	"github.com/nhs-tre/tre/sandbox"
@@ -529,8 +530,10 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 			if err := pooled.PoolReady(ctx); err != nil {
 				return out, err
 			}
-			if err := sleepCtx(ctx, m.PoolIdle); err != nil {
-				return out, err
+			if m.PoolIdle > 0 {
+				if err := ctxtime.Sleep(ctx, m.PoolIdle); err != nil {
+					return out, err
+				}
 			}
 			start := time.Now()
 			_, err := pooled.Run(ctx, j)
@@ -630,19 +633,4 @@ func (m *harness) measureStart(ctx context.Context, p *benchProgress, dir string
 		p.step()
 	}
 	return s, fmt.Sprintf("`%s` on a 200-patient file, %d starts after one unmeasured", q, m.Starts), nil
-}
-
-// sleepCtx waits d, or less if ctx ends first.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

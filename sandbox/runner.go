@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/internal/ctxtime"
 	"github.com/nhs-tre/tre/job"
 )
 
@@ -76,18 +77,6 @@ func (r *Runner) Close() error {
 	return nil
 }
 
-// sleepCtx waits for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // NewRunner checks cfg and returns a Runner.
 func NewRunner(cfg Config) (*Runner, error) {
 	cfg = cfg.withDefaults()
@@ -107,7 +96,7 @@ func NewRunner(cfg Config) (*Runner, error) {
 	if err := os.MkdirAll(cfg.ScratchDir, 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox config: scratch dir: %w", err)
 	}
-	return &Runner{cfg: cfg, now: time.Now, sleep: sleepCtx, snaps: make(map[fileIdentity]*snapshot),
+	return &Runner{cfg: cfg, now: time.Now, sleep: ctxtime.Sleep, snaps: make(map[fileIdentity]*snapshot),
 		pool: poolState{filling: map[string]int{}, changed: make(chan struct{})}}, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nhs-tre/tre/internal/ctxtime"
 	"github.com/nhs-tre/tre/queries"
 )
 
@@ -166,7 +167,7 @@ func (r *Runner) waitWarm(ctx context.Context) error {
 		if all {
 			return nil
 		}
-		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 10*time.Millisecond); err != nil {
 			return err
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/internal/ctxtime"
 	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
@@ -151,20 +152,9 @@ func NewAgent(cfg Config) (*Agent, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.Sleep == nil {
-		cfg.Sleep = sleepCtx
+		cfg.Sleep = ctxtime.Sleep
 	}
 	return &Agent{cfg: cfg, codelists: map[[2]string]job.Codelist{}}, nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // Run publishes the catalog, then leases and runs jobs until ctx ends.

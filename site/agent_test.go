@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/nhs-tre/tre/dp"
+	"github.com/nhs-tre/tre/internal/ctxtime"
 	"github.com/nhs-tre/tre/job"
 	"github.com/nhs-tre/tre/queries"
 )
@@ -181,7 +182,7 @@ func withCodelist(id int64, name, hash string) *leasedJob {
 }
 
 func fastSleep(ctx context.Context, d time.Duration) error {
-	return sleepCtx(ctx, time.Millisecond)
+	return ctxtime.Sleep(ctx, time.Millisecond)
 }
 
 // mustCatalog is the sandbox tests' catalog (dataset nhs_gp_synthetic).
