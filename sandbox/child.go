@@ -199,6 +199,13 @@ func (s *server) open(ctx context.Context, views []string) (*lockedDB, error) {
 	if o.err != nil {
 		return nil, o.err
 	}
+	if s.cc.WarmBytes > 0 {
+		// The job frees memory as in a fresh child (warm.go): a pooled
+		// one was started with decay off to keep its warm pages.
+		if err := setAllocatorDecay(duckdbDecayMS); err != nil {
+			s.log.Warn("sandbox: allocator decay", "error", err)
+		}
+	}
 	if err := o.ldb.lockDown(ctx, s.cc, views); err != nil {
 		o.ldb.Close()
 		return nil, err

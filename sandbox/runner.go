@@ -342,7 +342,7 @@ func (r *Runner) startChild(opts callOptions, warmBytes int64) (*child, error) {
 	if !useNS && !cfg.AllowWeak {
 		return nil, job.Errorf(job.CodeUnavailable, "user and network namespaces are unavailable on this host")
 	}
-	pc, cmd, err := r.start(ccJSON, hostTLS, jobDir, useNS)
+	pc, cmd, err := r.start(ccJSON, hostTLS, jobDir, warmBytes > 0, useNS)
 	if err != nil && useNS && cmd.Process == nil {
 		// The kernel (or container runtime) refused the namespaces.
 		cfg.Logger.Warn("sandbox: user+network namespaces unavailable", "error", err)
@@ -353,7 +353,7 @@ func (r *Runner) startChild(opts callOptions, warmBytes int64) (*child, error) {
 			return nil, job.Errorf(job.CodeUnavailable, "user and network namespaces are unavailable on this host")
 		}
 		useNS = false
-		pc, cmd, err = r.start(ccJSON, hostTLS, jobDir, false)
+		pc, cmd, err = r.start(ccJSON, hostTLS, jobDir, warmBytes > 0, false)
 	}
 	if err != nil {
 		if pc != nil {
@@ -472,17 +472,21 @@ func (r *Runner) newChildConfig(opts callOptions, jobDir string, warmBytes int64
 }
 
 // start launches the child: /proc/self/exe (or the configured binary) with
-// an environment holding only what go-plugin and the child need, killed if
-// the agent dies, in new user and network namespaces when asked. The
-// connection is mutually authenticated with the job's TLS (tls.go), not
-// go-plugin's AutoMTLS.
-func (r *Runner) start(ccJSON []byte, hostTLS *tls.Config, jobDir string, namespaces bool) (*plugin.Client, *exec.Cmd, error) {
+// an environment holding only what go-plugin and the child need (and, for
+// a pooled child, its allocator's options), killed if the agent dies, in
+// new user and network namespaces when asked. The connection is mutually
+// authenticated with the job's TLS (tls.go), not go-plugin's AutoMTLS.
+func (r *Runner) start(ccJSON []byte, hostTLS *tls.Config, jobDir string, pooled, namespaces bool) (*plugin.Client, *exec.Cmd, error) {
 	cfg := r.cfg
 	cmd := exec.Command(cfg.Executable, cfg.Args...)
 	// The whole environment: the child's config, where go-plugin's server
 	// puts its socket and HOME (DuckDB looks there), all inside the job
 	// directory Landlock allows.
 	cmd.Env = []string{envConfig + "=" + string(ccJSON), plugin.EnvUnixSocketDir + "=" + jobDir, "HOME=" + jobDir}
+	if pooled && haveAllocatorControl {
+		// Keep the warm join's memory for the job (warm.go).
+		cmd.Env = append(cmd.Env, keepFreedEnv)
+	}
 	cmd.Dir = jobDir
 	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if namespaces {

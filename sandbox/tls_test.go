@@ -141,9 +141,9 @@ func startTestChild(t *testing.T, r *Runner, edit func(*childConfig)) (*plugin.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, cmd, err := r.start(ccJSON, host, jobDir, true)
+	pc, cmd, err := r.start(ccJSON, host, jobDir, false, true)
 	if err != nil && cmd.Process == nil {
-		pc, cmd, err = r.start(ccJSON, host, jobDir, false) // no user namespaces here
+		pc, cmd, err = r.start(ccJSON, host, jobDir, false, false) // no user namespaces here
 	}
 	t.Cleanup(func() {
 		if pc != nil {

@@ -23,14 +23,28 @@ import (
 // file that tells the host the child is ready; the reads are the child's
 // own fixed statements, run before the job's lock-down, and a job that
 // arrives mid-warm interrupts them (server.open) rather than wait.
+//
+// Blocks are half of what a first query pays; the other half is memory for
+// its hash tables, which a fresh process obtains from the kernel a page
+// (a fault and a zeroed page) at a time and a long-lived one reuses from
+// its allocator. So warming ends with a join (warmJoin) whose aggregate
+// fills the rest of the budget, and the pooled child keeps the pages it
+// frees: DuckDB's allocator, jemalloc, would return them to the kernel
+// within about a second (its decay, duckdbDecayMS), so the host starts a
+// pooled child with decay off (jeConfEnv, read before DuckDB's first
+// allocation), and the child sets DuckDB's own decay back when its job
+// comes (server.open), before any of the job's SQL: the job frees and
+// returns memory exactly as in a fresh child, having started with the
+// warm pages in hand.
 
 // warmMarker is the file, in the job directory, a pooled child creates when
 // it has finished warming (or stopped within its budget).
 const warmMarker = "warm"
 
 // warm reads every base table of the opened data once, smallest first,
-// stopping before a table whose estimated size would take DuckDB's memory
-// past budget. It stops without error when ctx is cancelled.
+// skipping a table whose estimated size would take DuckDB's memory past
+// budget, then runs warmJoin within what is left of it. It stops without
+// error when ctx is cancelled.
 func (l *lockedDB) warm(ctx context.Context, budget int64) error {
 	tables, err := warmTables(ctx, l.conn)
 	if err != nil {
@@ -58,7 +72,10 @@ func (l *lockedDB) warm(ctx context.Context, budget int64) error {
 		readRows += t.rows
 	}
 	if err == nil {
-		err = l.warmJoin(ctx)
+		// The join's hash table gets what the tables left of the budget.
+		if used, err = duckdbMemory(ctx, l.conn); err == nil {
+			_, err = l.warmJoin(ctx, (budget-used)/warmJoinRowBytes)
+		}
 	}
 	if ctx.Err() != nil {
 		return nil
@@ -68,11 +85,15 @@ func (l *lockedDB) warm(ctx context.Context, budget int64) error {
 
 // warmJoin runs once the shape most jobs have, on the data's largest
 // table: joined to the table keyed by one of its columns (the patients
-// table, keyed by the privacy unit: lockedDB.keys) and aggregated by that
-// key. Reading blocks is not all a first query pays: a fresh process also
-// has its hash tables' memory to obtain from the kernel, page by page,
-// which DuckDB's allocator keeps for the next query once one has run.
-func (l *lockedDB) warmJoin(ctx context.Context) error {
+// table, keyed by the privacy unit: lockedDB.keys) and aggregated, at most
+// rows of it, by key and pair of rows (one group per two rows where a
+// patient's rows are stored together, as tre synth writes them; at most
+// one per row), so that its hash table takes at most about
+// rows × warmJoinRowBytes. It returns the number of groups.
+func (l *lockedDB) warmJoin(ctx context.Context, rows int64) (int64, error) {
+	if rows <= 0 {
+		return 0, nil
+	}
 	for _, k := range l.keys {
 		var big warmTable
 		err := l.conn.QueryRowContext(ctx, `SELECT t.schema_name, t.table_name FROM duckdb_columns() c JOIN duckdb_tables() t
@@ -84,18 +105,25 @@ func (l *lockedDB) warmJoin(ctx context.Context) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("warm: join: %w", err)
+			return 0, fmt.Errorf("warm: join: %w", err)
 		}
 		key := queries.QuoteIdent(k.Column)
-		q := fmt.Sprintf("SELECT count(*) FROM (SELECT e.%s, count(*) FROM %s e JOIN %s.%s p ON p.%s = e.%s GROUP BY e.%s)",
-			key, big.ref(), queries.QuoteIdent(big.schema), queries.QuoteIdent(k.Table), key, key, key)
-		if _, err := l.conn.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("warm: join: %w", err)
+		q := fmt.Sprintf("SELECT count(*) FROM (SELECT e.%s, e.rowid // 2, count(*) FROM %s e JOIN %s.%s p ON p.%s = e.%s WHERE e.rowid < %d GROUP BY e.%s, e.rowid // 2)",
+			key, big.ref(), queries.QuoteIdent(big.schema), queries.QuoteIdent(k.Table), key, key, rows, key)
+		var groups int64
+		if err := l.conn.QueryRowContext(ctx, q).Scan(&groups); err != nil {
+			return 0, fmt.Errorf("warm: join: %w", err)
 		}
-		return nil
+		return groups, nil
 	}
-	return nil
+	return 0, nil
 }
+
+// warmJoinRowBytes bounds what one input row of the warm join takes in its
+// aggregate's hash table, on the high side: at 1M patients all 17.4M event
+// rows took the largest pooled child's peak from 467 to 626 MiB, ~10 bytes
+// a row, over a join grouped by patient alone.
+const warmJoinRowBytes = 48
 
 type warmTable struct {
 	schema, name string

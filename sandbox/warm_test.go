@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"testing"
@@ -115,5 +116,45 @@ func TestPooledChildWarms(t *testing.T) {
 	ignore := cmpopts.IgnoreFields(dp.Report{}, "Sandbox")
 	if d := cmp.Diff(results[0], results[1], ignore); d != "" {
 		t.Errorf("pooled (warmed) answer differs from a fresh child's (-fresh +pooled):\n%s", d)
+	}
+}
+
+// TestWarmJoinBounded: the warm join aggregates at most the rows it is
+// given (at most a group each), all of the largest table's when they fit,
+// and runs nothing when nothing is left of the budget.
+func TestWarmJoinBounded(t *testing.T) {
+	data := MustFixture(t, 2000)
+	// With the key declared, the release snapshot names it (lockedDB.keys).
+	db, err := sql.Open("duckdb", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("ALTER TABLE patients ADD PRIMARY KEY (patient_id)"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	cfg := testConfig(t, data)
+	ctx := context.Background()
+	cc := &childConfig{DataPath: mustSnapshotFile(t, cfg.DataPath, cfg.Catalog), JobDir: t.TempDir(), MemoryLimit: cfg.MemoryLimit, Threads: cfg.Threads, MaxExpressionDepth: 250, TempDirMaxSize: 1 << 30}
+	ldb, err := openData(ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ldb.Close()
+	all, err := ldb.warmJoin(ctx, 1<<40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all < 100 {
+		t.Fatalf("unbounded warm join made %d groups; the fixture should give hundreds", all)
+	}
+	for _, rows := range []int64{0, -5, 1, 10, 101} {
+		got, err := ldb.warmJoin(ctx, rows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := max(0, rows); got > want || (rows > 0 && got == 0) {
+			t.Errorf("warmJoin(%d rows) made %d groups, want 1..%d", rows, got, want)
+		}
 	}
 }
