@@ -63,6 +63,10 @@ type childConfig struct {
 	// WarmBytes, for a pooled child, is the DuckDB memory it may fill
 	// reading the data while it waits for its job (warm.go); 0: no warming.
 	WarmBytes int64 `json:"warm_bytes,omitempty"`
+	// Views are the runner's catalog's views (queries.ViewStatements): a
+	// job child locks its data down with them before its job arrives, and
+	// uses that lock-down for a job whose catalog gives the same views.
+	Views []string `json:"views,omitempty"`
 }
 
 func (c *childConfig) tempDir() string { return filepath.Join(c.JobDir, "tmp") }
@@ -112,7 +116,7 @@ func Serve(opts ServeOptions) int {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: handshake(),
 		Plugins:         plugin.PluginSet{pluginName: &grpcPlugin{server: srv}},
-		GRPCServer:      grpcServer,
+		GRPCServer:      srv.grpcServer,
 		TLSProvider:     func() (*tls.Config, error) { return tlsConfig, nil },
 		Logger:          hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
 	})
@@ -126,8 +130,10 @@ type server struct {
 	log    *slog.Logger
 	opts   ServeOptions
 
-	once    sync.Once
-	onceErr error
+	// policyOnce stacks the job's seccomp policy (loadJobPolicy) once the
+	// plugin's listener exists; policyErr refuses every job if it failed.
+	policyOnce sync.Once
+	policyErr  error
 
 	mu sync.Mutex
 	// early delivers the data opened while the handshake completed
@@ -139,20 +145,32 @@ type server struct {
 
 type openResult struct {
 	ldb *lockedDB
-	err error
+	// locked: ldb is locked down with the child's configured views.
+	locked bool
+	err    error
 }
 
 // openEarly starts opening the data file (openData: read-only, external
-// access off) in the background, so that DuckDB's start overlaps the plugin
-// handshake and the host's dial instead of following them. The process is
-// already hardened; no job is known yet, and lockDown still runs with the
-// job's views before any SQL of it.
+// access off) in the background and locks it down with the runner's views
+// (childConfig.Views), so that DuckDB's start overlaps the plugin handshake
+// and the host's dial, or for a pooled child the wait for its job, instead
+// of following them. The process is already hardened; no job is known yet.
+// The lock-down serves a job whose catalog gives the same views (open);
+// warming (a pooled child) runs after it, on the locked-down connection.
 func (s *server) openEarly() {
 	ch := make(chan openResult, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.early, s.stopWarm = ch, cancel
 	go func() {
 		ldb, err := openData(context.Background(), s.cc)
+		locked := false
+		if err == nil && len(s.cc.Views) > 0 {
+			if err = ldb.lockDown(context.Background(), s.cc, s.cc.Views); err != nil {
+				ldb.Close()
+				ldb = nil
+			}
+			locked = err == nil
+		}
 		if err == nil && s.cc.WarmBytes > 0 {
 			outcome := "ok\n"
 			if werr := ldb.warm(ctx, s.cc.WarmBytes); werr != nil {
@@ -168,7 +186,7 @@ func (s *server) openEarly() {
 			}
 			_ = os.WriteFile(filepath.Join(s.cc.JobDir, warmMarker), []byte(outcome), 0o600)
 		}
-		ch <- openResult{ldb, err}
+		ch <- openResult{ldb: ldb, locked: locked, err: err}
 	}()
 }
 
@@ -206,9 +224,19 @@ func (s *server) open(ctx context.Context, views []string) (*lockedDB, error) {
 			s.log.Warn("sandbox: allocator decay", "error", err)
 		}
 	}
-	if err := o.ldb.lockDown(ctx, s.cc, views); err != nil {
+	switch {
+	case o.locked && slices.Equal(views, s.cc.Views):
+		// Locked down with these views while the child waited.
+	case o.locked:
+		// Another catalog than the runner's: never views of two catalogs
+		// on one connection; a fresh database for this one.
 		o.ldb.Close()
-		return nil, err
+		return openLocked(ctx, s.cc, views)
+	default:
+		if err := o.ldb.lockDown(ctx, s.cc, views); err != nil {
+			o.ldb.Close()
+			return nil, err
+		}
 	}
 	return o.ldb, nil
 }
@@ -264,9 +292,9 @@ func (s *server) handle(ctx context.Context, in []byte) (*response, *lockedDB, e
 	if req.Catalog == nil {
 		return nil, nil, job.Errorf(job.CodeInvalid, "the job has no catalog")
 	}
-	s.once.Do(func() { s.onceErr = loadJobPolicy() })
-	if s.onceErr != nil {
-		return nil, nil, fmt.Errorf("job seccomp policy: %w", s.onceErr)
+	s.loadJobPolicy()
+	if s.policyErr != nil {
+		return nil, nil, fmt.Errorf("job seccomp policy: %w", s.policyErr)
 	}
 	if s.cc.Build {
 		return s.handleBuild(ctx, &req)
@@ -375,7 +403,16 @@ func missingChildLayers(have []string) []string {
 // 4 MiB.
 const maxJobBytes = 64 << 20
 
+// loadJobPolicy stacks the job's seccomp policy, once.
+func (s *server) loadJobPolicy() {
+	s.policyOnce.Do(func() { s.policyErr = loadJobPolicy() })
+}
+
 // grpcServer is plugin.DefaultGRPCServer accepting jobs up to maxJobBytes.
-func grpcServer(opts []grpc.ServerOption) *grpc.Server {
+// go-plugin calls it once its listener exists and before it serves, the
+// first moment the job's seccomp policy (no new sockets) can go on: from
+// then on, not on the job's critical path. handle checks it took.
+func (s *server) grpcServer(opts []grpc.ServerOption) *grpc.Server {
+	s.loadJobPolicy()
 	return plugin.DefaultGRPCServer(append(opts, grpc.MaxRecvMsgSize(maxJobBytes)))
 }

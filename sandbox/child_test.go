@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/nhs-tre/tre/job"
+	"github.com/nhs-tre/tre/queries"
 )
 
 // inProcessServer is the child's job server in the test process, over the
@@ -25,7 +26,7 @@ func inProcessServer(t *testing.T) (*server, Config) {
 		MaxExpressionDepth: 250, TempDirMaxSize: 1 << 30, MaxRows: cfg.MaxRows, AllowWeak: true,
 	}
 	s := &server{cc: cc, log: slog.New(slog.DiscardHandler), opts: testServeOptions()}
-	s.once.Do(func() {})
+	s.policyOnce.Do(func() {})
 	return s, cfg
 }
 
@@ -114,6 +115,55 @@ func TestEarlyOpenServesFirstJobOnly(t *testing.T) {
 	}
 	if !slices.Contains(resp.Layers, LayerDuckDBLockdown) {
 		t.Errorf("second job layers %v lack %s", resp.Layers, LayerDuckDBLockdown)
+	}
+}
+
+// A child given the runner's views locks its data down before the job
+// arrives, and a job of that catalog runs on that lock-down: the settings
+// it locked cannot be undone, its views are there.
+func TestEarlyLockDownServesSameCatalog(t *testing.T) {
+	s, cfg := inProcessServer(t)
+	views, err := viewStatements(cfg.Catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cc.Views = views
+	s.openEarly()
+	o := <-s.early
+	if o.err != nil || !o.locked {
+		t.Fatalf("early open: locked %v, error %v; want locked down before any job", o.locked, o.err)
+	}
+	s.early <- o
+	set := "SET enable_external_access = true"
+	if _, code := runInProcess(t, s, &request{Job: job.Job{SQL: set, SQLHash: hashSQL(set)}, Catalog: cfg.Catalog, Raw: true}); code != job.CodeRefused {
+		t.Errorf("%s on the data locked down early: code %q, want refused", set, code)
+	}
+	s.openEarly()
+	q := "SELECT count(*) FROM " + queries.ViewName("patients")
+	if resp, code := runInProcess(t, s, &request{Job: job.Job{SQL: q, SQLHash: hashSQL(q)}, Catalog: cfg.Catalog, Raw: true}); code != "" || resp.Raw == nil || resp.Raw.Rows != 1 {
+		t.Errorf("%s: %+v, code %q; want one row", q, resp, code)
+	}
+}
+
+// A job whose catalog gives other views than the child locked down with
+// never runs beside them: the child opens its data afresh for that job's
+// catalog alone.
+func TestEarlyLockDownOtherCatalogOpensAfresh(t *testing.T) {
+	s, cfg := inProcessServer(t)
+	views, err := viewStatements(cfg.Catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cc.Views = append(slices.Clone(views), "CREATE OR REPLACE TEMP VIEW tre_view_other AS SELECT 1 AS x")
+	s.openEarly()
+	q := "SELECT x FROM tre_view_other"
+	if _, code := runInProcess(t, s, &request{Job: job.Job{SQL: q, SQLHash: hashSQL(q)}, Catalog: cfg.Catalog, Raw: true}); code == "" {
+		t.Errorf("%s ran: a view the job's catalog does not give reached its SQL", q)
+	}
+	q = "SELECT count(*) FROM " + queries.ViewName("patients")
+	s.openEarly()
+	if resp, code := runInProcess(t, s, &request{Job: job.Job{SQL: q, SQLHash: hashSQL(q)}, Catalog: cfg.Catalog, Raw: true}); code != "" || resp.Raw == nil || resp.Raw.Rows != 1 {
+		t.Errorf("%s: %+v, code %q; want one row", q, resp, code)
 	}
 }
 
