@@ -231,3 +231,31 @@ func runnerChildren(t *testing.T, dir string) int {
 	}
 	return n
 }
+
+// A job child is started with its runner's views, so that it can lock
+// its data down before the job comes; a snapshot builder, which runs no
+// query, without.
+func TestChildConfigCarriesViews(t *testing.T) {
+	cfg := testConfig(t, "unused.duckdb")
+	r := &Runner{cfg: cfg}
+	want, err := viewStatements(cfg.Catalog)
+	if err != nil || len(want) == 0 {
+		t.Fatalf("views %v, %v", want, err)
+	}
+	for _, build := range []bool{false, true} {
+		ccJSON, _, err := r.newChildConfig(callOptions{dataPath: cfg.DataPath, build: build}, t.TempDir(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cc childConfig
+		if err := json.Unmarshal(ccJSON, &cc); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case !build && !slices.Equal(cc.Views, want):
+			t.Errorf("job child views %q, want %q", cc.Views, want)
+		case build && len(cc.Views) > 0:
+			t.Errorf("builder child views %q, want none", cc.Views)
+		}
+	}
+}

@@ -450,15 +450,6 @@ func (r *Runner) newChildConfig(opts callOptions, jobDir string, warmBytes int64
 		ParentPID:          os.Getpid(),
 		WarmBytes:          warmBytes,
 	}
-	if !opts.build {
-		// The child locks its data down with these while it waits (a
-		// fresh child while the handshake completes, a pooled one before
-		// it warms): every job of this runner has its catalog. A catalog
-		// without views fails the job in the child, as before.
-		if views, err := viewStatements(cfg.Catalog); err == nil {
-			cc.Views = views
-		}
-	}
 	if opts.build {
 		// The snapshot is written into the job dir: allow a file twice
 		// the data's size (it holds less: no forbidden column, no
@@ -466,6 +457,12 @@ func (r *Runner) newChildConfig(opts callOptions, jobDir string, warmBytes int64
 		if st, err := os.Stat(opts.dataPath); err == nil {
 			cc.FileSizeLimit = max(cfg.TempDirMaxSize, 2*st.Size()+64<<20)
 		}
+	} else if views, err := viewStatements(cfg.Catalog); err == nil {
+		// A job child locks its data down with these while it waits (a
+		// fresh child while the handshake completes, a pooled one before
+		// it warms): every job of this runner has its catalog. A catalog
+		// without views fails the job in the child, as before.
+		cc.Views = views
 	}
 	// The real clock, not r.now: crypto/tls checks validity against it.
 	hostTLS, childTLS, err := newJobTLS(time.Now())
