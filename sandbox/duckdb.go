@@ -270,10 +270,12 @@ func safeTypeName(t duckdb.ErrorType) string {
 	return "execution"
 }
 
-// parseVmRSS extracts VmRSS (kB) from /proc/<pid>/status.
-func parseVmRSS(status []byte) (int64, error) {
+// statusBytes extracts a size field given in kB (VmRSS, VmHWM) from
+// /proc/<pid>/status, in bytes.
+func statusBytes(status []byte, field string) (int64, error) {
+	prefix := []byte(field + ":")
 	for _, line := range bytes.Split(status, []byte("\n")) {
-		if rest, ok := bytes.CutPrefix(line, []byte("VmRSS:")); ok {
+		if rest, ok := bytes.CutPrefix(line, prefix); ok {
 			f := strings.Fields(string(rest))
 			if len(f) < 1 {
 				break
@@ -285,5 +287,5 @@ func parseVmRSS(status []byte) (int64, error) {
 			return kb << 10, nil
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	return 0, fmt.Errorf("no %s", field)
 }

@@ -294,10 +294,16 @@ func loadJobPolicy() error {
 }
 
 // rssBytes reads a process's resident set size from /proc.
-func rssBytes(pid int) (int64, error) {
+func rssBytes(pid int) (int64, error) { return procStatusBytes(pid, "VmRSS") }
+
+// peakRSSBytes reads a process's peak resident set size (VmHWM) from
+// /proc.
+func peakRSSBytes(pid int) (int64, error) { return procStatusBytes(pid, "VmHWM") }
+
+func procStatusBytes(pid int, field string) (int64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err
 	}
-	return parseVmRSS(b)
+	return statusBytes(b, field)
 }

@@ -404,6 +404,13 @@ func (r *Runner) runOn(ctx context.Context, ch *child, req *request, opts callOp
 	resp, err := ch.cl.call(jobCtx, req, cfg.MaxBytes)
 	close(stopWatch)
 	wg.Wait()
+	if cfg.ObserveChildPeak != nil && !opts.build {
+		// Still alive (finish kills it): its high-water mark is the
+		// whole job's, DuckDB's close included only in part.
+		if peak, perr := peakRSSBytes(cmd.Process.Pid); perr == nil {
+			cfg.ObserveChildPeak(peak)
+		}
+	}
 	if err != nil {
 		switch reason := killedFor.get(); {
 		case reason == killMemory:

@@ -247,3 +247,40 @@ func TestUnopenableDataUnavailable(t *testing.T) {
 		t.Errorf("error echoes the database's text: %v", err)
 	}
 }
+
+// Each job's child reports its peak resident size once, read before it is
+// killed; the release snapshot's builder, which the first job waits for,
+// does not.
+func TestObserveChildPeak(t *testing.T) {
+	cfg := testConfig(t, MustFixture(t, 50))
+	var peaks []int64
+	cfg.ObserveChildPeak = func(peak int64) { peaks = append(peaks, peak) }
+	r := MustRunner(t, cfg)
+	for range 2 {
+		if _, err := r.Run(context.Background(), newJob("SELECT sex, count(*) AS n FROM patients GROUP BY sex")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(peaks) != 2 {
+		t.Fatalf("peaks reported %v, want one for each of the 2 jobs and none for the builder", peaks)
+	}
+	for _, p := range peaks {
+		// A Go process with DuckDB open holds tens of MiB; the watchdog
+		// would have killed it past the RSS limit.
+		if p < 16<<20 || p > r.cfg.RSSLimit {
+			t.Errorf("peak %d bytes, want between 16 MiB and the RSS limit %d", p, r.cfg.RSSLimit)
+		}
+	}
+}
+
+func TestStatusBytes(t *testing.T) {
+	status := []byte("Name:\ttre\nVmPeak:\t 2000000 kB\nVmHWM:\t  1048576 kB\nVmRSS:\t   524288 kB\n")
+	for field, want := range map[string]int64{"VmHWM": 1 << 30, "VmRSS": 512 << 20} {
+		if got, err := statusBytes(status, field); err != nil || got != want {
+			t.Errorf("%s: %d, %v; want %d", field, got, err, want)
+		}
+	}
+	if _, err := statusBytes(status, "VmSwap"); err == nil {
+		t.Error("a missing field gave no error")
+	}
+}

@@ -64,6 +64,7 @@ type Registry struct {
 	sandboxStarts   prometheus.Counter
 	sandboxKills    *prometheus.CounterVec
 	sandboxDuration *prometheus.HistogramVec
+	sandboxPeak     prometheus.Histogram
 }
 
 // New returns a Registry with every tre metric and the Go runtime and
@@ -103,6 +104,12 @@ func New(opts Options) *Registry {
 			Help:    "Sandbox run time from start to exit, by outcome.",
 			Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
 		}, []string{"outcome"}),
+		sandboxPeak: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "tre", Subsystem: "sandbox", Name: "peak_resident_bytes",
+			Help: "Peak resident memory of each job's sandbox process, read as its answer arrives; compare with the sandbox memory limit.",
+			// 64 MiB to 8 GiB, doubling: a job's limit is 2 GiB by default.
+			Buckets: prometheus.ExponentialBuckets(64<<20, 2, 8),
+		}),
 	}
 	timeout := opts.ScrapeTimeout
 	if timeout <= 0 {
@@ -114,7 +121,7 @@ func New(opts Options) *Registry {
 	}
 	r.reg.MustRegister(
 		r.httpDuration, r.httpRequests, r.stateDuration, r.jobs,
-		r.sandboxStarts, r.sandboxKills, r.sandboxDuration,
+		r.sandboxStarts, r.sandboxKills, r.sandboxDuration, r.sandboxPeak,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newStoreCollector(opts, timeout, logger),
@@ -192,6 +199,9 @@ func (r *Registry) SandboxStarted() { r.sandboxStarts.Inc() }
 func (r *Registry) SandboxKilled(reason string) {
 	r.sandboxKills.WithLabelValues(labelValue(reason)).Inc()
 }
+
+// ObserveSandboxPeak records a job sandbox's peak resident memory.
+func (r *Registry) ObserveSandboxPeak(bytes int64) { r.sandboxPeak.Observe(float64(bytes)) }
 
 // ObserveSandbox records a sandbox run's duration; outcome is "ok",
 // "failed" or "killed".

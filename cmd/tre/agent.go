@@ -109,6 +109,7 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (
 				reg.SandboxKilled(outcome)
 			}
 		}
+		sc.ObserveChildPeak = reg.ObserveSandboxPeak
 	}
 	runner, err := sandbox.NewRunner(sc)
 	if err != nil {
