@@ -126,6 +126,19 @@ type harness struct {
 	// pooledMissed counts pooled runs that found no child ready.
 	jobStart, pooledStart sample
 	pooledMissed          int
+	// jobPeak is the largest peak resident size a job's child reported
+	// (sandbox.Config.ObserveChildPeak), and jobPeakAt the job it was
+	// (peakAt when it reported: the phase in progress).
+	jobPeak           int64
+	jobPeakAt, peakAt string
+}
+
+// notePeak keeps the largest job child's peak and where it was. The
+// runners call it from Run, on the bench's one goroutine.
+func (m *harness) notePeak(peak int64) {
+	if peak > m.jobPeak {
+		m.jobPeak, m.jobPeakAt = peak, m.peakAt
+	}
 }
 
 // Run generates or opens the data, runs every measurement in turn and
@@ -188,6 +201,11 @@ type benchReport struct {
 	// the kernel keeps one maximum, so a job's child is known to have been
 	// the largest only when ChildPeak > BuilderPeak.
 	ChildPeak, BuilderPeak int64
+	// JobPeak is the largest peak resident size a typical query's job
+	// child reported as its answer came (cold or pooled), JobPeakAt
+	// which query and how: unlike ChildPeak, one job's own.
+	JobPeak   int64
+	JobPeakAt string
 	// Federated is `tre bench --federated N`'s measurement.
 	Federated []fedResult
 	// Failed lists the phases that failed, in order; the report keeps
@@ -299,6 +317,7 @@ func (m *harness) run(ctx context.Context) error {
 	rep.Queries, err = m.measureQueries(ctx, p, raw, pipe, runner, pooled, rep)
 	rep.JobStart, rep.PooledStart, rep.PooledMissed = m.jobStart, m.pooledStart, m.pooledMissed
 	rep.ChildPeak = childPeakRSS()
+	rep.JobPeak, rep.JobPeakAt = m.jobPeak, m.jobPeakAt
 	rep.phase(ctx, "typical queries", err)
 	if err == nil {
 		rep.Pairs, err = m.measurePairs(ctx, p, pipe)
@@ -386,6 +405,7 @@ func (m *harness) newRunners(data string, cat *queries.Catalog, dir string) (san
 	}
 	scfg.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	scfg.ObserveJobStart = func(d time.Duration, _ bool) { m.jobStart.add(d) }
+	scfg.ObserveChildPeak = m.notePeak
 	runner, err := sandbox.NewRunner(scfg)
 	if err != nil {
 		return scfg, nil, nil, err
@@ -502,6 +522,7 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 			p.step()
 		}
 		p.stage(tq.Name + ": cold")
+		m.peakAt = tq.Name + ", cold"
 		j := job.Job{SQL: tq.SQL, SQLHash: queries.SQLHash(tq.SQL)}
 		for i := range m.Warmup + m.Reps {
 			start, cpu := time.Now(), cpuTime()
@@ -526,6 +547,7 @@ func (m *harness) measureQueries(ctx context.Context, p *benchProgress, raw *DB,
 			p.step()
 		}
 		p.stage(tq.Name + ": pooled")
+		m.peakAt = tq.Name + ", pooled"
 		for i := range m.Warmup + m.Reps {
 			if err := pooled.PoolReady(ctx); err != nil {
 				return out, err
@@ -605,6 +627,7 @@ func (m *harness) measureStart(ctx context.Context, p *benchProgress, dir string
 	if err != nil {
 		return s, "", err
 	}
+	m.peakAt = "sandbox start"
 	cfg := base
 	cfg.DataPath = data
 	cfg.Catalog = cat

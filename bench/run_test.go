@@ -139,6 +139,38 @@ func TestChildPeakTarget(t *testing.T) {
 	}
 }
 
+// The job child that peaked highest is named in the row, with its query
+// and phase, once the runners reported one; the harness keeps the largest.
+func TestJobPeakNamed(t *testing.T) {
+	m := &harness{}
+	for _, o := range []struct {
+		at   string
+		peak int64
+	}{{"flu, cold", 900 << 20}, {"hba1c, pooled", 1 << 30}, {"flu, pooled", 950 << 20}} {
+		m.peakAt = o.at
+		m.notePeak(o.peak)
+	}
+	if m.jobPeak != 1<<30 || m.jobPeakAt != "hba1c, pooled" {
+		t.Fatalf("kept %d at %q, want 1 GiB at hba1c, pooled", m.jobPeak, m.jobPeakAt)
+	}
+	r := &benchReport{Patients: 1_000_000, MemLimit: 2 << 30, ChildPeak: 3 << 30, JobPeak: m.jobPeak, JobPeakAt: m.jobPeakAt}
+	found := false
+	for _, row := range r.targets() {
+		if row[0] == "sandbox child peak memory (issue 24)" {
+			found = true
+			if want := "the largest job child, as it answered: 1.00 GiB (hba1c, pooled)"; !strings.Contains(row[2], want) {
+				t.Errorf("row %q lacks %q", row[2], want)
+			}
+		}
+	}
+	if !found {
+		t.Error("no child peak row")
+	}
+	if note := (&benchReport{}).jobPeakNote(); note != "" {
+		t.Errorf("no job peak reported, yet %q", note)
+	}
+}
+
 // TestChildPeakRSS: after a child that touched 64 MiB has been waited
 // for, the children's peak RSS is at least that. The child is this test
 // binary, re-run to allocate and exit.
