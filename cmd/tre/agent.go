@@ -101,15 +101,7 @@ func newSiteAgent(cfg AgentConfig, logger *slog.Logger, reg *metrics.Registry) (
 	sc.AllowWeak = cfg.AllowWeak
 	sc.Logger = logger
 	if reg != nil {
-		sc.Observe = func(outcome string, d time.Duration) {
-			reg.SandboxStarted()
-			reg.ObserveSandbox(outcome, d)
-			switch outcome {
-			case job.CodeTimeout, job.CodeMemory:
-				reg.SandboxKilled(outcome)
-			}
-		}
-		sc.ObserveChildPeak = reg.ObserveSandboxPeak
+		observeSandboxes(&sc, reg)
 	}
 	runner, err := sandbox.NewRunner(sc)
 	if err != nil {
@@ -152,4 +144,19 @@ func parseByteSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size like 512MB or 2GB", s)
 	}
 	return int64(n * float64(mult)), nil
+}
+
+// observeSandboxes records sc's sandbox processes in reg: starts, run
+// times by outcome, kills for time or memory, and each job child's peak
+// memory. The site agent's runner and the broker's dry-run runner both.
+func observeSandboxes(sc *sandbox.Config, reg *metrics.Registry) {
+	sc.Observe = func(outcome string, d time.Duration) {
+		reg.SandboxStarted()
+		reg.ObserveSandbox(outcome, d)
+		switch outcome {
+		case job.CodeTimeout, job.CodeMemory:
+			reg.SandboxKilled(outcome)
+		}
+	}
+	sc.ObserveChildPeak = reg.ObserveSandboxPeak
 }

@@ -217,7 +217,7 @@ func startBroker(ctx context.Context, cfg ServeConfig, logger *slog.Logger, extr
 		webCfg.DevUsers = extras.devUsers
 	}
 	if cfg.DryRunData != "" {
-		dr, err := newDryRunner(cfg, logger)
+		dr, err := newDryRunner(cfg, logger, b.metrics)
 		if err != nil {
 			return nil, err
 		}
@@ -489,7 +489,7 @@ type dryRunner struct {
 	scratch string
 }
 
-func newDryRunner(cfg ServeConfig, logger *slog.Logger) (*dryRunner, error) {
+func newDryRunner(cfg ServeConfig, logger *slog.Logger, reg *metrics.Registry) (*dryRunner, error) {
 	catPath := cfg.DryRunCatalog
 	if catPath == "" {
 		catPath = strings.TrimSuffix(cfg.DryRunData, filepath.Ext(cfg.DryRunData)) + ".catalog.yaml"
@@ -523,6 +523,7 @@ func newDryRunner(cfg ServeConfig, logger *slog.Logger) (*dryRunner, error) {
 	sc.Timeout = 30 * time.Second
 	sc.AllowWeak = cfg.AllowWeakSBX
 	sc.Logger = logger
+	observeSandboxes(&sc, reg)
 	r, err := sandbox.NewRunner(sc)
 	if err != nil {
 		os.RemoveAll(scratch)
