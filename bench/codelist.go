@@ -60,7 +60,6 @@ func (m *harness) measureCodelist(ctx context.Context, p *benchProgress, runner 
 	}
 	r := &codelistResult{}
 	p.stage("codelist join vs IN")
-	m.peakAt = "codelist pair"
 	for i := range m.Warmup + m.Reps {
 		for k, j := range jobs {
 			start := time.Now()

@@ -128,7 +128,9 @@ type harness struct {
 	pooledMissed          int
 	// jobPeak is the largest peak resident size a job's child reported
 	// (sandbox.Config.ObserveChildPeak), and jobPeakAt the job it was
-	// (peakAt when it reported: the phase in progress).
+	// (peakAt when it reported: the typical query and phase in progress).
+	// The report takes them once the typical queries are done, as it
+	// takes ChildPeak; later phases' reports reach neither.
 	jobPeak           int64
 	jobPeakAt, peakAt string
 }
@@ -627,7 +629,6 @@ func (m *harness) measureStart(ctx context.Context, p *benchProgress, dir string
 	if err != nil {
 		return s, "", err
 	}
-	m.peakAt = "sandbox start"
 	cfg := base
 	cfg.DataPath = data
 	cfg.Catalog = cat
