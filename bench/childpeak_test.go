@@ -14,9 +14,8 @@ import (
 
 // BenchmarkChildPeak runs one query per sub-benchmark in a fresh sandbox
 // child with the sandbox's default limits, as the bench's cold and codelist
-// phases do, and reports the peak resident size of the children
-// (childPeakRSS: the largest so far in this process, so run one
-// sub-benchmark per `go test` to read one query's). It needs a `tre synth`
+// phases do, and reports the largest peak resident size (VmHWM) its job
+// children reported (sandbox.Config.ObserveChildPeak). It needs a `tre synth`
 // file (TRE_BENCH_DATA, its catalog beside it), the tre binary the children
 // run (TRE_BENCH_TRE) and a scratch directory kept between runs
 // (TRE_BENCH_SCRATCH), where the release snapshot is built once and then
@@ -35,6 +34,12 @@ func BenchmarkChildPeak(b *testing.B) {
 	}
 	cfg := sandbox.DefaultConfig()
 	cfg.DataPath, cfg.Catalog, cfg.ScratchDir, cfg.Executable = data, cat, filepath.Clean(scratch), exe
+	var peak int64 // the current sub-benchmark's largest job child
+	cfg.ObserveChildPeak = func(p int64, builder bool) {
+		if !builder {
+			peak = max(peak, p)
+		}
+	}
 	pooled := os.Getenv("TRE_BENCH_POOL") == "1"
 	if pooled {
 		cfg.PoolSize = 1
@@ -63,6 +68,7 @@ func BenchmarkChildPeak(b *testing.B) {
 	}
 	for _, j := range jobs {
 		b.Run(j.name, func(b *testing.B) {
+			peak = 0
 			for b.Loop() {
 				if pooled {
 					b.StopTimer()
@@ -75,8 +81,7 @@ func BenchmarkChildPeak(b *testing.B) {
 					b.Fatalf("%s: %s", job.Code(err), job.Message(err))
 				}
 			}
-			r.Close() // reaps the children, so that their peak is counted
-			b.ReportMetric(float64(childPeakRSS())/(1<<20), "peak-MiB")
+			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
 		})
 	}
 }

@@ -24,18 +24,6 @@ func cpuTime() time.Duration {
 	return tv(self.Utime) + tv(self.Stime) + tv(children.Utime) + tv(children.Stime)
 }
 
-// childPeakRSS is the largest peak resident set size, in bytes, of any
-// waited-for child of this process so far (the sandbox processes: the
-// bench starts no other programs before the API phases), or 0 if the
-// kernel will not say.
-func childPeakRSS() int64 {
-	var children syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children) != nil {
-		return 0
-	}
-	return children.Maxrss << 10 // kilobytes on Linux
-}
-
 // machineInfo is what the report says about the machine.
 type machineInfo struct {
 	CPUs   int

@@ -128,17 +128,21 @@ type harness struct {
 	pooledMissed          int
 	// jobPeak is the largest peak resident size a job's child reported
 	// (sandbox.Config.ObserveChildPeak), and jobPeakAt the job it was
-	// (peakAt when it reported: the typical query and phase in progress).
-	// The report takes them once the typical queries are done, as it
-	// takes ChildPeak; later phases' reports reach neither.
-	jobPeak           int64
-	jobPeakAt, peakAt string
+	// (peakAt when it reported: the typical query and phase in progress);
+	// builderPeak the release snapshot builder's. The report takes them
+	// once the typical queries are done; later phases' reports reach
+	// neither.
+	jobPeak, builderPeak int64
+	jobPeakAt, peakAt    string
 }
 
-// notePeak keeps the largest job child's peak and where it was. The
-// runners call it from Run, on the bench's one goroutine.
-func (m *harness) notePeak(peak int64) {
-	if peak > m.jobPeak {
+// notePeak keeps the largest job child's peak and where it was, and the
+// builder's. The runners call it from Run, on the bench's one goroutine.
+func (m *harness) notePeak(peak int64, builder bool) {
+	switch {
+	case builder:
+		m.builderPeak = max(m.builderPeak, peak)
+	case peak > m.jobPeak:
 		m.jobPeak, m.jobPeakAt = peak, m.peakAt
 	}
 }
@@ -197,17 +201,14 @@ type benchReport struct {
 	Snapshot time.Duration
 	// Codelist compares a codelist join with IN (…).
 	Codelist *codelistResult
-	// ChildPeak is the largest peak resident memory of any sandbox child
-	// this run started, by the time the queries were measured: the
-	// snapshot's builder child (BuilderPeak) and the jobs' children alike;
-	// the kernel keeps one maximum, so a job's child is known to have been
-	// the largest only when ChildPeak > BuilderPeak.
-	ChildPeak, BuilderPeak int64
 	// JobPeak is the largest peak resident size a typical query's job
-	// child reported as its answer came (cold or pooled), JobPeakAt
-	// which query and how: unlike ChildPeak, one job's own.
-	JobPeak   int64
-	JobPeakAt string
+	// child reported as its answer came (cold or pooled), JobPeakAt which
+	// query and how; BuilderPeak the release snapshot builder's. Each is
+	// the child's own high-water mark (VmHWM), not the kernel's maximum
+	// over the children, which counts this process's own peak too
+	// (sandbox/harden_linux.go, peakRSSBytes).
+	JobPeak, BuilderPeak int64
+	JobPeakAt            string
 	// Federated is `tre bench --federated N`'s measurement.
 	Federated []fedResult
 	// Failed lists the phases that failed, in order; the report keeps
@@ -295,8 +296,6 @@ func (m *harness) run(ctx context.Context) error {
 		return fmt.Errorf("release snapshot: %w", err)
 	}
 	rep.Snapshot = time.Since(start)
-	// The builder is the only child waited for yet.
-	rep.BuilderPeak = childPeakRSS()
 	if err := pooled.Prepare(ctx); err != nil { // the kept snapshot, and the pool's first child
 		raw.Close()
 		return fmt.Errorf("release snapshot: %w", err)
@@ -318,8 +317,7 @@ func (m *harness) run(ctx context.Context) error {
 	// still exits with an error.
 	rep.Queries, err = m.measureQueries(ctx, p, raw, pipe, runner, pooled, rep)
 	rep.JobStart, rep.PooledStart, rep.PooledMissed = m.jobStart, m.pooledStart, m.pooledMissed
-	rep.ChildPeak = childPeakRSS()
-	rep.JobPeak, rep.JobPeakAt = m.jobPeak, m.jobPeakAt
+	rep.JobPeak, rep.JobPeakAt, rep.BuilderPeak = m.jobPeak, m.jobPeakAt, m.builderPeak
 	rep.phase(ctx, "typical queries", err)
 	if err == nil {
 		rep.Pairs, err = m.measurePairs(ctx, p, pipe)

@@ -297,7 +297,10 @@ func loadJobPolicy() error {
 func rssBytes(pid int) (int64, error) { return procStatusBytes(pid, "VmRSS") }
 
 // peakRSSBytes reads a process's peak resident set size (VmHWM) from
-// /proc.
+// /proc: the high-water mark of the memory it has had since its exec.
+// Not wait4's ru_maxrss: a child started by vfork (as os/exec does)
+// carries its parent's high-water mark into exec, so every child of a host
+// that once held 2.5 GiB reports at least 2.5 GiB there.
 func peakRSSBytes(pid int) (int64, error) { return procStatusBytes(pid, "VmHWM") }
 
 func procStatusBytes(pid int, field string) (int64, error) {

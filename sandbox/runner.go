@@ -404,11 +404,11 @@ func (r *Runner) runOn(ctx context.Context, ch *child, req *request, opts callOp
 	resp, err := ch.cl.call(jobCtx, req, cfg.MaxBytes)
 	close(stopWatch)
 	wg.Wait()
-	if cfg.ObserveChildPeak != nil && !opts.build {
+	if cfg.ObserveChildPeak != nil {
 		// Still alive (finish kills it): its high-water mark is the
-		// whole job's, DuckDB's close included only in part.
+		// whole job's.
 		if peak, perr := peakRSSBytes(cmd.Process.Pid); perr == nil {
-			cfg.ObserveChildPeak(peak)
+			cfg.ObserveChildPeak(peak, opts.build)
 		}
 	}
 	if err != nil {

@@ -82,13 +82,13 @@ type Config struct {
 	// until its request went to its child, and whether that child came
 	// from the pool.
 	ObserveJobStart func(d time.Duration, pooled bool)
-	// ObserveChildPeak, when set, is told the peak resident size (the
-	// kernel's VmHWM) of each job's child, read as its answer or error
-	// arrives and before it is killed: how close the site's jobs come to
-	// the memory limit and the RSS watchdog. Not called for a child that
-	// had already exited (a killed one) or for the release snapshot's
-	// builder.
-	ObserveChildPeak func(peak int64)
+	// ObserveChildPeak, when set, is told the peak resident size of each
+	// child (the kernel's VmHWM: its own since its exec), read as its answer
+	// or error arrives and before it is killed, and whether it was the
+	// release snapshot's builder rather than a job's: how close the site's
+	// children come to the memory limit and the RSS watchdog. Not called
+	// for a child that had already exited (a killed one).
+	ObserveChildPeak func(peak int64, builder bool)
 }
 
 // DefaultPoolMaxIdleBytes caps the resident memory of the idle pooled

@@ -64,7 +64,7 @@ type Registry struct {
 	sandboxStarts   prometheus.Counter
 	sandboxKills    *prometheus.CounterVec
 	sandboxDuration *prometheus.HistogramVec
-	sandboxPeak     prometheus.Histogram
+	sandboxPeak     *prometheus.HistogramVec
 }
 
 // New returns a Registry with every tre metric and the Go runtime and
@@ -104,12 +104,12 @@ func New(opts Options) *Registry {
 			Help:    "Sandbox run time from start to exit, by outcome.",
 			Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
 		}, []string{"outcome"}),
-		sandboxPeak: prometheus.NewHistogram(prometheus.HistogramOpts{
+		sandboxPeak: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "tre", Subsystem: "sandbox", Name: "peak_resident_bytes",
-			Help: "Peak resident memory of each job's sandbox process, read as its answer arrives; compare with the sandbox memory limit.",
+			Help: "Peak resident memory of each sandbox process, read as its answer arrives, by child (job or builder); compare with the sandbox memory limit.",
 			// 64 MiB to 8 GiB, doubling: a job's limit is 2 GiB by default.
 			Buckets: prometheus.ExponentialBuckets(64<<20, 2, 8),
-		}),
+		}, []string{"child"}),
 	}
 	timeout := opts.ScrapeTimeout
 	if timeout <= 0 {
@@ -200,8 +200,15 @@ func (r *Registry) SandboxKilled(reason string) {
 	r.sandboxKills.WithLabelValues(labelValue(reason)).Inc()
 }
 
-// ObserveSandboxPeak records a job sandbox's peak resident memory.
-func (r *Registry) ObserveSandboxPeak(bytes int64) { r.sandboxPeak.Observe(float64(bytes)) }
+// ObserveSandboxPeak records a sandbox process's peak resident memory: a
+// job's, or the release snapshot builder's when builder is set.
+func (r *Registry) ObserveSandboxPeak(bytes int64, builder bool) {
+	child := "job"
+	if builder {
+		child = "builder"
+	}
+	r.sandboxPeak.WithLabelValues(child).Observe(float64(bytes))
+}
 
 // ObserveSandbox records a sandbox run's duration; outcome is "ok",
 // "failed" or "killed".

@@ -94,7 +94,8 @@ func TestMetricsAfterRequests(t *testing.T) {
 	r.SandboxStarted()
 	r.SandboxKilled("timeout")
 	r.ObserveSandbox("ok", 2*time.Second)
-	r.ObserveSandboxPeak(900 << 20)
+	r.ObserveSandboxPeak(900<<20, false)
+	r.ObserveSandboxPeak(1<<30, true)
 
 	fams := scrape(t, r)
 
@@ -133,7 +134,7 @@ func TestMetricsAfterRequests(t *testing.T) {
 		{name: "sandbox starts", family: "tre_sandbox_starts_total", want: []string{""}},
 		{name: "sandbox kills", family: "tre_sandbox_kills_total", want: []string{"reason=timeout"}},
 		{name: "sandbox durations", family: "tre_sandbox_duration_seconds", want: []string{"outcome=ok"}},
-		{name: "sandbox peak memory", family: "tre_sandbox_peak_resident_bytes", want: []string{""}},
+		{name: "sandbox peak memory", family: "tre_sandbox_peak_resident_bytes", want: []string{"child=builder", "child=job"}},
 		{
 			name:   "budget spent",
 			family: "tre_project_budget_spent",

@@ -147,8 +147,9 @@ func parseByteSize(s string) (int64, error) {
 }
 
 // observeSandboxes records sc's sandbox processes in reg: starts, run
-// times by outcome, kills for time or memory, and each job child's peak
-// memory. The site agent's runner and the broker's dry-run runner both.
+// times by outcome, kills for time or memory, and each child's peak
+// memory (a job's or the release snapshot builder's). The site agent's
+// runner and the broker's dry-run runner both.
 func observeSandboxes(sc *sandbox.Config, reg *metrics.Registry) {
 	sc.Observe = func(outcome string, d time.Duration) {
 		reg.SandboxStarted()

@@ -16,7 +16,7 @@ func TestObserveSandboxes(t *testing.T) {
 	var sc sandbox.Config
 	observeSandboxes(&sc, reg)
 	sc.Observe(job.CodeMemory, time.Second)
-	sc.ObserveChildPeak(900 << 20)
+	sc.ObserveChildPeak(900<<20, false)
 	fams, err := reg.Gatherer().Gather()
 	if err != nil {
 		t.Fatal(err)
