@@ -307,14 +307,14 @@ func fmtBytes(n int64) string {
 func (r *benchReport) peakWhose() string {
 	job := "no job child reported"
 	if r.JobPeak > 0 {
-		job = fmt.Sprintf("%s as it answered (%s)", fmtBytes(r.JobPeak), r.JobPeakAt)
+		job = fmt.Sprintf("the largest job child %s as it answered (%s)", fmtBytes(r.JobPeak), r.JobPeakAt)
 	}
 	switch {
 	case r.BuilderPeak <= 0:
-		return "a job's child, " + job + "; no release snapshot builder ran"
+		return "a job's child: " + job + "; no release snapshot builder ran"
 	case r.JobPeak >= r.BuilderPeak:
-		return fmt.Sprintf("a job's child, %s; the release snapshot's builder %s", job, fmtBytes(r.BuilderPeak))
+		return fmt.Sprintf("a job's child: %s; the release snapshot's builder %s", job, fmtBytes(r.BuilderPeak))
 	default:
-		return "the release snapshot's builder; the largest job child " + job
+		return "the release snapshot's builder; " + job
 	}
 }

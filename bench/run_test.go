@@ -132,10 +132,10 @@ func TestChildPeakTarget(t *testing.T) {
 		builder, job int64
 		want         string
 	}{
-		{1 << 30, 1 << 30, "a job's child, 1.00 GiB as it answered (flu, cold); the release snapshot's builder 1.00 GiB"},
+		{1 << 30, 1 << 30, "a job's child: the largest job child 1.00 GiB as it answered (flu, cold); the release snapshot's builder 1.00 GiB"},
 		{2 << 30, 1 << 30, "the release snapshot's builder; the largest job child 1.00 GiB as it answered (flu, cold)"},
-		{0, 1 << 30, "a job's child, 1.00 GiB as it answered (flu, cold); no release snapshot builder ran"},
-		{1 << 30, 0, "the release snapshot's builder; the largest job child no job child reported"},
+		{0, 1 << 30, "a job's child: the largest job child 1.00 GiB as it answered (flu, cold); no release snapshot builder ran"},
+		{1 << 30, 0, "the release snapshot's builder; no job child reported"},
 	} {
 		r := &benchReport{JobPeak: tt.job, JobPeakAt: "flu, cold", BuilderPeak: tt.builder}
 		if got := r.peakWhose(); got != tt.want {
