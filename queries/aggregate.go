@@ -95,8 +95,23 @@ var innerAggs = map[string]bool{
 	"median": true,
 }
 
-// aggregate validates one released aggregate.
+// aggregate validates one released aggregate and records the relations
+// it reads.
 func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
+	outer := c.refs
+	c.refs = make(map[*relation]bool)
+	a, err := c.releasedAggregate(n, sc)
+	a.reads = c.refs
+	for r := range c.refs {
+		if outer != nil {
+			outer[r] = true
+		}
+	}
+	c.refs = outer
+	return a, err
+}
+
+func (c *compiler) releasedAggregate(n obj, sc *scope) (aggregate, error) {
 	name := strings.ToLower(str(n, "function_name"))
 	if err := c.checkFunctionNode(n, name); err != nil {
 		return aggregate{}, err

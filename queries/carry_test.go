@@ -32,16 +32,17 @@ func TestPatientKeysCarried(t *testing.T) {
 	opts := Options{Seed: 42, UniqueTables: uniqueTables(t, db, cat)}
 	for _, tt := range []struct {
 		name, sql string
-		carried   []string // group columns carried by any_value()
+		carried   []string // group columns carried by any_value() or the late join
+		late      bool     // the per-patient relation joined after the pairs (late.go)
 	}{
-		{name: "typical antibiotics", sql: TypicalQueries[7].SQL, carried: []string{`"__g1"`}},
-		{name: "typical heart failure", sql: TypicalQueries[3].SQL, carried: []string{`"__g0"`}},
+		{name: "typical antibiotics", sql: TypicalQueries[7].SQL, carried: []string{`"__g1"`}, late: true},
+		{name: "typical heart failure", sql: TypicalQueries[3].SQL, carried: []string{`"__g0"`}, late: true},
 		{name: "values by region and month", sql: `SELECT p.region, date_trunc('month', c.date) AS month, count(*) AS n, sum(c.numeric_value) AS s, avg(c.numeric_value) AS m
-FROM clinical_events c JOIN patients p ON p.patient_id = c.patient_id GROUP BY p.region, month`, carried: []string{`"__g0"`}},
+FROM clinical_events c JOIN patients p ON p.patient_id = c.patient_id GROUP BY p.region, month`, carried: []string{`"__g0"`}, late: true},
 		{name: "a per-patient CTE output", sql: `WITH first_event AS (SELECT patient_id, min(date) AS first FROM clinical_events GROUP BY patient_id)
 SELECT CASE WHEN f.first < DATE '2020-01-20' THEN 'early' ELSE 'late' END AS onset, m.dmd_code, count(*) AS n
 FROM medications m LEFT JOIN first_event f ON f.patient_id = m.patient_id GROUP BY onset, m.dmd_code`, carried: []string{`"__g0"`}},
-		{name: "a lookup table column", sql: `SELECT d.drug_class, p.sex, count(*) AS n FROM medications m JOIN dmd_codes d ON d.dmd_code = m.dmd_code JOIN patients p ON p.patient_id = m.patient_id GROUP BY d.drug_class, p.sex`, carried: []string{`"__g1"`}},
+		{name: "a lookup table column", sql: `SELECT d.drug_class, p.sex, count(*) AS n FROM medications m JOIN dmd_codes d ON d.dmd_code = m.dmd_code JOIN patients p ON p.patient_id = m.patient_id GROUP BY d.drug_class, p.sex`, carried: []string{`"__g1"`}, late: true},
 		{name: "mixing a patient and an event column", sql: `SELECT CASE WHEN p.sex = 'male' AND c.numeric_value > 100 THEN 'a' ELSE 'b' END AS band, count(*) AS n
 FROM clinical_events c JOIN patients p ON p.patient_id = c.patient_id GROUP BY band`},
 	} {
@@ -56,9 +57,13 @@ FROM clinical_events c JOIN patients p ON p.patient_id = c.patient_id GROUP BY b
 				for _, c := range tt.carried {
 					want = want || c == g
 				}
-				if got := strings.Contains(plan.Rewritten, "any_value("+g+") AS "+g); got != want {
+				got := strings.Contains(plan.Rewritten, "any_value("+g+") AS "+g) || strings.Contains(lateStage(plan.Rewritten), " AS "+g+" FROM")
+				if got != want {
 					t.Errorf("group %s carried %v, want %v:\n%s", g, got, want, plan.Rewritten)
 				}
+			}
+			if got := lateStage(plan.Rewritten) != ""; got != tt.late {
+				t.Errorf("late join %v, want %v:\n%s", got, tt.late, plan.Rewritten)
 			}
 			// Every key carried: one pair per patient, so no k stage.
 			if many := strings.Contains(plan.Rewritten, `"__tre_many"`); many != (len(tt.carried) < len(plan.Spec.Groups)) {
@@ -74,4 +79,14 @@ FROM clinical_events c JOIN patients p ON p.patient_id = c.patient_id GROUP BY b
 	if strings.Contains(plan.Rewritten, "any_value(") {
 		t.Errorf("a declared-only table's column carried:\n%s", plan.Rewritten)
 	}
+}
+
+// lateStage is the rewrite's late-join stage (late.go), "" if it has none.
+func lateStage(rewritten string) string {
+	for _, line := range strings.Split(rewritten, "\n") {
+		if strings.Contains(line, `FROM "__tre_pe" AS "__tre_e" JOIN`) {
+			return line
+		}
+	}
+	return ""
 }

@@ -99,6 +99,9 @@ type scope struct {
 	// capRows, when above 0, is how many rows of each patient every event
 	// table of this FROM contributes (joinCap).
 	capRows int
+	// drops are the relations the join compiled last could do without
+	// (late.go): the outermost join's, once FROM is compiled.
+	drops []lateDrop
 }
 
 // compiler holds the state of one Compile call. Its stages live in files
@@ -176,6 +179,11 @@ type query struct {
 	// or a table proven unique per patient, all joined on the privacy unit,
 	// so the input has at most one row per patient.
 	onePerPatient bool
+	// conds are the WHERE conjuncts (where joins them) and what each reads.
+	conds []cond
+	// late, when not nil, is the rewrite's plan to join the patient-level
+	// relation after the per-patient stages (late.go).
+	late *lateJoin
 	// maybeOnePerPatient: every patient relation is a per-patient CTE or
 	// subquery or a table declared or proven to have one row per patient,
 	// so a run-time check that no patient has two input rows is worth
@@ -192,6 +200,8 @@ type groupKey struct {
 	// on the privacy unit, so every input row of a patient has the same
 	// value. A catalog's one_row_per_patient claim alone does not count.
 	ofPatient bool
+	// reads are the relations the key reads.
+	reads map[*relation]bool
 	// bucket, for a date bucket without a domain of its own (date_trunc,
 	// year), is the bucket and what the WHERE bounds of its column (rng,
 	// nil if none), from which a federated query's Spec derives its public
@@ -224,6 +234,8 @@ type aggregate struct {
 	// pu is the privacy-unit column a count(pu) or count(DISTINCT pu)
 	// without FILTER reads; arg is then only its NOT NULL indicator.
 	pu string
+	// reads are the relations the argument and FILTER read.
+	reads map[*relation]bool
 	// parts are a ratio's numerator and denominator until resolveRatios
 	// makes them aggregates of the query (spec.Num, spec.Den).
 	parts []aggregate

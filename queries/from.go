@@ -310,15 +310,19 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 		return "", "", refuse(jt+" JOIN", pos(n), "only INNER and LEFT joins are supported")
 	}
 	first := len(sc.rels)
+	sc.drops = nil
 	lsql, lpid, err := c.fromItem(sub(n, "left"), sc, depth+1)
 	if err != nil {
 		return "", "", err
 	}
+	ldrops := sc.drops
 	mid := len(sc.rels)
+	sc.drops = nil
 	rsql, rpid, err := c.fromItem(sub(n, "right"), sc, depth+1)
 	if err != nil {
 		return "", "", err
 	}
+	rdrops := sc.drops
 	left, right := sc.rels[first:mid], sc.rels[mid:]
 	if jt == "LEFT" && lpid == "" && rpid != "" {
 		return "", "", refuse("LEFT JOIN from a lookup table to patient data", pos(n), "put the patient table on the left")
@@ -329,7 +333,9 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 		}
 	}
 	var cond string
-	var puEq, keyEq bool
+	var jf joinFacts
+	outer := c.refs
+	c.refs = make(map[*relation]bool)
 	if using := list(n, "using_columns"); len(using) > 0 {
 		quoted := make([]string, 0, len(using))
 		if sc.using == nil {
@@ -337,16 +343,19 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 		}
 		for _, u := range using {
 			name, _ := u.(string)
-			lc, rc := findCol(left, name), findCol(right, name)
+			lr, lc := findCol(left, name)
+			rr, rc := findCol(right, name)
 			if lc == nil || rc == nil {
 				return "", "", refuse("USING ("+name+")", pos(n), "the column must exist on both sides")
 			}
-			if err := c.joinPair(lc, rc, &puEq, &keyEq, pos(n)); err != nil {
+			if err := c.joinPair(lr, lc, rr, rc, &jf, pos(n)); err != nil {
 				return "", "", err
 			}
+			c.refs[lr], c.refs[rr] = true, true
 			sc.using[strings.ToLower(name)] = true
 			quoted = append(quoted, QuoteIdent(name))
 		}
+		jf.conds = len(using)
 		cond = " USING (" + strings.Join(quoted, ", ") + ")"
 	} else {
 		on := sub(n, "condition")
@@ -355,7 +364,7 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 		}
 		var parts []string
 		for _, conj := range conjuncts(on) {
-			if s, ok, err := c.joinEquality(conj, sc, left, right, &puEq, &keyEq); err != nil {
+			if s, ok, err := c.joinEquality(conj, sc, left, right, &jf); err != nil {
 				return "", "", err
 			} else if ok {
 				parts = append(parts, s)
@@ -367,18 +376,27 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 			}
 			parts = append(parts, s)
 		}
+		jf.conds = len(parts)
 		cond = " ON " + strings.Join(parts, " AND ")
 	}
 	switch {
-	case lpid != "" && rpid != "" && !puEq:
+	case lpid != "" && rpid != "" && !jf.puEq:
 		return "", "", refuse("a join of patient tables not on "+c.cat.PrivacyUnit, pos(n), "patient tables may only be joined on "+c.cat.PrivacyUnit)
-	case (lpid == "" || rpid == "") && !keyEq && !puEq:
+	case (lpid == "" || rpid == "") && !jf.keyEq && !jf.puEq:
 		return "", "", refuse("a lookup join without an equality on a code column", pos(n), "join a lookup table with e.g. ON m.dmd_code = d.dmd_code")
 	}
+	reads := c.refs
+	for r := range reads {
+		if outer != nil {
+			outer[r] = true
+		}
+	}
+	c.refs = outer
 	pid := lpid
 	if pid == "" {
 		pid = rpid
 	}
+	sc.drops = joinDrops(jt, jf, reads, joinSide{lsql, lpid, left, ldrops}, joinSide{rsql, rpid, right, rdrops}, cond)
 	return lsql + " " + jt + " JOIN " + rsql + cond, pid, nil
 }
 
@@ -434,33 +452,47 @@ func maybeOnePerPatient(rels []*relation) bool {
 	return len(rels) > 0
 }
 
-func findCol(rels []*relation, name string) *column {
+func findCol(rels []*relation, name string) (*relation, *column) {
 	for _, r := range rels {
 		if col := r.col(name); col != nil {
-			return col
+			return r, col
 		}
 	}
-	return nil
+	return nil, nil
 }
 
-// joinPair classifies an equality between a left and a right column.
-func (c *compiler) joinPair(lc, rc *column, puEq, keyEq *bool, p int) error {
+// joinFacts is what a join's condition equates.
+type joinFacts struct {
+	puEq  bool // the privacy unit of a left and of a right relation
+	keyEq bool // code or categorical columns
+	// pidRels are the relations of the first privacy-unit equality, left
+	// and right; conds counts the condition's conjuncts (USING columns).
+	pidRels [2]*relation
+	conds   int
+}
+
+// joinPair classifies an equality between a column of lr, on the left,
+// and one of rr, on the right.
+func (c *compiler) joinPair(lr *relation, lc *column, rr *relation, rc *column, jf *joinFacts, p int) error {
 	lpu, rpu := lc.role == RolePrivacyUnit, rc.role == RolePrivacyUnit
 	switch {
 	case lpu && rpu:
-		*puEq = true
+		if !jf.puEq {
+			jf.pidRels = [2]*relation{lr, rr}
+		}
+		jf.puEq = true
 	case lpu || rpu:
 		return refuse("a join of "+c.cat.PrivacyUnit+" to another column", p, "the privacy unit may only equal the privacy unit")
 	case lc.role == RoleForbidden || rc.role == RoleForbidden:
 		return refuse("a join on a forbidden column", p, "")
 	case (lc.role == RoleCode || lc.role == RoleCategorical) && (rc.role == RoleCode || rc.role == RoleCategorical):
-		*keyEq = true
+		jf.keyEq = true
 	}
 	return nil
 }
 
 // joinEquality handles "a.x = b.y" between the two sides of a join.
-func (c *compiler) joinEquality(n obj, sc *scope, left, right []*relation, puEq, keyEq *bool) (string, bool, error) {
+func (c *compiler) joinEquality(n obj, sc *scope, left, right []*relation, jf *joinFacts) (string, bool, error) {
 	if str(n, "class") != "COMPARISON" || str(n, "type") != "COMPARE_EQUAL" {
 		return "", false, nil
 	}
@@ -494,7 +526,7 @@ func (c *compiler) joinEquality(n obj, sc *scope, left, right []*relation, puEq,
 		}
 		return "", false, nil
 	}
-	if err := c.joinPair(lcol, rcol, puEq, keyEq, pos(n)); err != nil {
+	if err := c.joinPair(lrel, lcol, rrel, rcol, jf, pos(n)); err != nil {
 		return "", false, err
 	}
 	return "(" + qualified(lrel, lcol) + " = " + qualified(rrel, rcol) + ")", true, nil

@@ -69,14 +69,26 @@ type rewriter struct {
 
 	gcols []string // group key columns
 	key   string   // "__pid" and every group key column
+	// late is the late join's plan (late.go), nil without one; baseKey is
+	// "__pid" and the group key columns the stages before it carry (all of
+	// them without a late join).
+	late    *lateJoin
+	baseKey string
+	// hashCols are the row-ranking hash's key columns: the patient and the
+	// group keys that are not functions of the patient.
+	hashCols []string
 	// pairCols is the pair key: the patient and the group keys that may
 	// differ between a patient's rows; pkey lists them and psel selects
 	// them (and the other group keys through any_value).
 	pairCols   []string
 	pkey, psel string
 	args       []string // the aggregates' argument columns
-	statCols   []string // per-pair statistics (stats)
-	pgCols     string   // key and statCols
+	// hashArgs are the argument columns the row-ranking hash reads: all
+	// but the NOT NULL indicators of a privacy unit equal to the patient's
+	// (sameAsRoot), 1 on every row, which the shortcuts leave out.
+	hashArgs []string
+	statCols []string // per-pair statistics (stats)
+	pgCols   string   // key and statCols
 
 	// trees lists, per quantile tree, its first aggregate (treeOwners).
 	trees []int
@@ -102,6 +114,18 @@ func (c *compiler) newRewriter(q *query, spec dp.Spec) *rewriter {
 		r.gcols[i] = fmt.Sprintf(`"__g%d"`, i)
 	}
 	r.key = strings.Join(append([]string{`"__pid"`}, r.gcols...), ", ")
+	r.late = q.late
+	base := []string{`"__pid"`}
+	r.hashCols = []string{`"__pid"`}
+	for i, g := range q.groups {
+		if !r.lateKey(i) {
+			base = append(base, r.gcols[i])
+		}
+		if !g.ofPatient {
+			r.hashCols = append(r.hashCols, r.gcols[i])
+		}
+	}
+	r.baseKey = strings.Join(base, ", ")
 	// The pair key: the patient and the group keys that may differ between
 	// a patient's rows. A key proven to be a function of the patient
 	// (groupKey.ofPatient) adds no pairs, so it is carried by any_value(),
@@ -110,6 +134,9 @@ func (c *compiler) newRewriter(q *query, spec dp.Spec) *rewriter {
 	r.pairCols = []string{`"__pid"`}
 	pairSel := []string{`"__pid"`}
 	for i, g := range q.groups {
+		if r.lateKey(i) {
+			continue // joined after the pairs
+		}
 		if c.shortcuts && g.ofPatient {
 			pairSel = append(pairSel, "any_value("+r.gcols[i]+") AS "+r.gcols[i])
 			continue
@@ -149,6 +176,9 @@ func (c *compiler) newRewriter(q *query, spec dp.Spec) *rewriter {
 	return r
 }
 
+// lateKey reports whether group key i comes from the late join.
+func (r *rewriter) lateKey(i int) bool { return r.late != nil && r.late.keys[i] }
+
 // on is pair equality of relations l and r, treating NULL group keys as
 // equal.
 func (r *rewriter) on(left, right string) string {
@@ -171,27 +201,36 @@ func (r *rewriter) input() {
 	// Stage 1: base rows, arguments clamped. NULL falls through to ELSE and
 	// stays NULL; DuckDB orders NaN above every number, so NaN clamps to the
 	// upper bound.
-	b.WriteString(`"__tre_input" AS (SELECT ` + q.pid + ` AS "__pid"`)
+	pid, from, where := q.pid, q.from, q.where
+	if r.late != nil {
+		pid, from, where = r.late.restPid, r.late.rest, strings.Join(r.late.early, " AND ")
+	}
+	b.WriteString(`"__tre_input" AS (SELECT ` + pid + ` AS "__pid"`)
 	for i, g := range q.groups {
-		b.WriteString(", " + g.sql + " AS " + r.gcols[i])
+		if !r.lateKey(i) {
+			b.WriteString(", " + g.sql + " AS " + r.gcols[i])
+		}
 	}
 	for j, a := range q.aggs {
 		if a.arg != "" {
 			b.WriteString(", " + a.arg + " AS " + acol("a", j))
 			r.args = append(r.args, acol("a", j))
+			if a.pu == "" || !sameAsRoot(q, a.pu) {
+				r.hashArgs = append(r.hashArgs, acol("a", j))
+			}
 		}
 	}
-	b.WriteString(" FROM " + q.from + " WHERE ")
-	if q.where != "" {
-		b.WriteString("(" + q.where + ") AND ")
+	b.WriteString(" FROM " + from + " WHERE ")
+	if where != "" {
+		b.WriteString("(" + where + ") AND ")
 	}
-	if len(q.sets) > 0 {
-		b.WriteString(inDomain(q) + " AND ")
+	if d := inDomain(q, func(i int) bool { return !r.lateKey(i) }); d != "" {
+		b.WriteString(d + " AND ")
 	}
 	// The release snapshot holds no row without a patient id and the root
 	// relation is never on the right of a LEFT JOIN, so this removes
 	// nothing; it keeps that so if either ever changed.
-	b.WriteString(q.pid + " IS NOT NULL),\n")
+	b.WriteString(pid + " IS NOT NULL),\n")
 }
 
 // base writes __tre_base, the input rows with each argument clamped to its
@@ -201,9 +240,9 @@ func (r *rewriter) base() (direct bool) {
 	b, q := &r.b, r.q
 	// __tre_base is materialised only when more than one stage reads it.
 	if r.direct || (r.counts && !r.guarded) {
-		b.WriteString(`"__tre_base" AS (SELECT ` + r.key)
+		b.WriteString(`"__tre_base" AS (SELECT ` + r.baseKey)
 	} else {
-		b.WriteString(`"__tre_base" AS MATERIALIZED (SELECT ` + r.key)
+		b.WriteString(`"__tre_base" AS MATERIALIZED (SELECT ` + r.baseKey)
 	}
 	for j, a := range q.aggs {
 		if a.arg == "" {
@@ -301,7 +340,7 @@ func (r *rewriter) pairs() {
 	b, q, spec := &r.b, r.q, r.spec
 	if r.counts {
 		c := spec.MaxRowsPerGroup
-		fmt.Fprintf(b, `"__tre_pg" AS MATERIALIZED (SELECT %s, count(*) AS "__nall", least(count(*), %d) AS "__n"`, r.psel, c)
+		fmt.Fprintf(b, `%s (SELECT %s, count(*) AS "__nall", least(count(*), %d) AS "__n"`, r.grouped(`"__tre_pg"`), r.psel, c)
 		for j, a := range q.aggs {
 			switch {
 			case a.kind == aggCountRows:
@@ -314,11 +353,16 @@ func (r *rewriter) pairs() {
 			}
 		}
 		fmt.Fprintf(b, ` FROM "__tre_base"%s GROUP BY %s),`+"\n", r.slowFilter, r.pkey)
+		r.lateJoin(`"__tre_pg"`)
 		r.allRows = `(SELECT coalesce(sum("__nall"), 0) FROM "__tre_pg")`
 		return
 	}
-	fmt.Fprintf(b, `"__tre_all" AS MATERIALIZED (SELECT %s, %s FROM "__tre_base"%s GROUP BY %s),`+"\n", r.psel, r.stats(), r.slowFilter, r.pkey)
-	hash := strings.Join(append(append([]string{r.seed, `"__pid"`}, r.gcols...), r.args...), ", ")
+	fmt.Fprintf(b, `%s (SELECT %s, %s FROM "__tre_base"%s GROUP BY %s),`+"\n", r.grouped(`"__tre_all"`), r.psel, r.stats(), r.slowFilter, r.pkey)
+	r.lateJoin(`"__tre_all"`)
+	// A key that is a function of the patient is the same on all of a
+	// patient's rows, so it orders none of them: the hash leaves it out,
+	// and the late join (late.go) can add it after this stage.
+	hash := strings.Join(append(append([]string{r.seed}, r.hashCols...), r.hashArgs...), ", ")
 	fmt.Fprintf(b, `"__tre_over" AS (SELECT %s, %s FROM (SELECT r.*, row_number() OVER (PARTITION BY %s ORDER BY hash(%s)) AS "__rn" FROM "__tre_base" AS r SEMI JOIN (SELECT %s FROM "__tre_all" WHERE "__n" > %d) AS o ON %s) WHERE "__rn" <= %d GROUP BY %s),`+"\n",
 		r.psel, r.stats(), r.pkey, hash, r.pkey, spec.MaxRowsPerGroup, r.on("r", "o"), spec.MaxRowsPerGroup, r.pkey)
 	fmt.Fprintf(b, `"__tre_pg" AS MATERIALIZED (SELECT %s FROM "__tre_all" WHERE "__n" <= %d UNION ALL %s),`+"\n",
@@ -331,6 +375,9 @@ func (r *rewriter) pairs() {
 // L∞ is 1 without the C bound, and reading only the C kept rows (chosen by
 // a hash, not by the FILTER) would miss a patient whose matching row was
 // not kept.
+//
+// With a late join __tre_over has only the event side's keys, and the
+// others come from __tre_all too.
 func (r *rewriter) overPairs() string {
 	all := map[string]bool{}
 	for j, a := range r.q.aggs {
@@ -338,12 +385,16 @@ func (r *rewriter) overPairs() string {
 			all[acol("c", j)] = true
 		}
 	}
-	if len(all) == 0 {
+	if len(all) == 0 && r.late == nil {
 		return `SELECT ` + r.pgCols + ` FROM "__tre_over"`
 	}
-	var sel []string
-	for _, k := range append([]string{`"__pid"`}, r.gcols...) {
-		sel = append(sel, "o."+k)
+	sel := []string{`o."__pid"`}
+	for i, k := range r.gcols {
+		if r.lateKey(i) {
+			sel = append(sel, "a."+k)
+		} else {
+			sel = append(sel, "o."+k)
+		}
 	}
 	for _, c := range r.statCols {
 		if all[c] {
@@ -353,6 +404,42 @@ func (r *rewriter) overPairs() string {
 		}
 	}
 	return `SELECT ` + strings.Join(sel, ", ") + ` FROM "__tre_over" AS o JOIN "__tre_all" AS a ON ` + r.on("o", "a")
+}
+
+// grouped names the stage that groups the base rows by pair: stage itself,
+// materialised, or with a late join __tre_pe, which the late join reads
+// once to make stage.
+func (r *rewriter) grouped(stage string) string {
+	if r.late != nil {
+		return `"__tre_pe" AS`
+	}
+	return stage + " AS MATERIALIZED"
+}
+
+// lateJoin writes stage, materialised, as the late join (late.go) of the
+// per-patient relation to the pairs of __tre_pe: their columns and the
+// relation's group keys, for the patients its conditions keep.
+func (r *rewriter) lateJoin(stage string) {
+	lj := r.late
+	if lj == nil {
+		return
+	}
+	b := &r.b
+	b.WriteString(stage + ` AS MATERIALIZED (SELECT "__tre_e".*`)
+	for i, g := range r.q.groups {
+		if lj.keys[i] {
+			b.WriteString(", " + g.sql + " AS " + r.gcols[i])
+		}
+	}
+	b.WriteString(` FROM "__tre_pe" AS "__tre_e" JOIN ` + lj.src + ` ON ` + lj.pid + ` = "__tre_e"."__pid"`)
+	conds := append([]string(nil), lj.after...)
+	if d := inDomain(r.q, r.lateKey); d != "" {
+		conds = append(conds, d)
+	}
+	if len(conds) > 0 {
+		b.WriteString(" WHERE (" + strings.Join(conds, ") AND (") + ")")
+	}
+	b.WriteString("),\n")
 }
 
 // kept writes stage 3: at most k groups per patient. With every group key

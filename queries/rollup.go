@@ -131,11 +131,15 @@ func checkGroupSetsNode(node obj, outer bool) error {
 }
 
 // inDomain is the WHERE condition that keeps the input rows whose every
-// group key lies in its public domain: with totals the rows outside (which
-// no cell releases) must not be counted in a total either.
-func inDomain(q *query) string {
+// group key (of those keep selects) lies in its public domain: with totals
+// the rows outside (which no cell releases) must not be counted in a total
+// either. It is "" without grouping sets.
+func inDomain(q *query, keep func(i int) bool) string {
 	var parts []string
-	for _, g := range q.groups {
+	for i, g := range q.groups {
+		if !keep(i) || len(q.sets) == 0 {
+			continue
+		}
 		vals := make([]string, len(g.v.domain))
 		for i, v := range g.v.domain {
 			vals[i] = quoteString(v)

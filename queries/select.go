@@ -57,6 +57,7 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 		return nil, err
 	}
 	c.uniqueNames(q)
+	q.late = c.late(q)
 	return q, nil
 }
 
@@ -69,11 +70,15 @@ func (c *compiler) outerWhere(node obj, q *query, sc *scope) (map[string]*dateRa
 		var parts []string
 		ranges = c.whereRanges(conjuncts(w), sc)
 		for _, conj := range conjuncts(w) {
+			c.refs = make(map[*relation]bool)
 			s, _, err := c.condition(conj, sc, exprMode{clause: "WHERE", noAgg: true}, 1, "WHERE")
+			reads := c.refs
+			c.refs = nil
 			if err != nil {
 				return nil, err
 			}
 			parts = append(parts, s)
+			q.conds = append(q.conds, cond{sql: s, reads: reads})
 			q.predicates = append(q.predicates, canonicalText(s, sc.rels))
 		}
 		q.where = strings.Join(parts, " AND ")
@@ -169,7 +174,7 @@ func (c *compiler) outerGroup(g obj, q *query, sc *scope, items []any, aliases m
 			return refuse("GROUP BY "+name+" twice", pos(g), "")
 		}
 	}
-	gk := groupKey{name: name, sql: gsql, v: v, ofPatient: ofPatient, pos: pos(target)}
+	gk := groupKey{name: name, sql: gsql, v: v, ofPatient: ofPatient, reads: refs, pos: pos(target)}
 	if b, ok := c.bucketOf(target, sc); ok && !v.hasDomain {
 		gk.bucket, gk.rng = &b, ranges[b.col.sql]
 	}
@@ -185,11 +190,12 @@ func (c *compiler) outerAggregates(q *query) error {
 	}
 	c.resolveRatios(q)
 	// count(pid) and count(DISTINCT pid) of the patient every input row
-	// belongs to: __tre_input keeps no NULL q.pid, so the NOT NULL
-	// indicator is always 1 and they are count(*) and the patient count.
-	// Without an argument the rewrite knows each contribution.
+	// belongs to (q.pid, or a privacy unit equal to it on every row):
+	// __tre_input keeps no NULL q.pid, so the NOT NULL indicator is always
+	// 1 and they are count(*) and the patient count. Without an argument
+	// the rewrite knows each contribution.
 	for i := range q.aggs {
-		if c.shortcuts && q.aggs[i].pu != "" && q.aggs[i].pu == q.pid {
+		if c.shortcuts && q.aggs[i].pu != "" && sameAsRoot(q, q.aggs[i].pu) {
 			q.aggs[i].arg = ""
 		}
 	}
