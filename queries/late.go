@@ -1,12 +1,12 @@
 package queries
 
-// The late join: where a released query joins an event side to one
-// relation proven to hold one row per patient (a patients table the data
-// proves unique, a per-patient CTE) and reads that relation only in group
-// keys and WHERE conditions, the per-patient stages need not carry it.
-// They run on the event side alone, and the relation is joined to their
-// per-(patient, group) rows, one per patient at most, adding its group keys
-// and dropping the patients its conditions or its absence exclude.
+// The late join: where a released query joins one relation proven to hold
+// one row per patient (a patients table the data proves unique, a
+// per-patient CTE) by an inner join on the privacy unit alone and reads it
+// only in group keys and WHERE conditions, the per-patient stages need not
+// carry it. They run on the rest of the FROM, and the relation is joined
+// to their per-(patient, group) rows, adding its group keys and dropping
+// the patients its conditions or its absence exclude.
 //
 // The rows are the same. Every key it gives is a function of the patient,
 // so it never splits a patient's pairs and is left out of the pair key
@@ -15,11 +15,10 @@ package queries
 // bounding stage treats each patient on its own, so dropping a patient
 // after the stages leaves the others' rows as dropping it before would.
 //
-// What it saves is memory: joined first, the relation's hash table (10M
-// patients' keys at 10M) is held while the per-patient grouping and the
-// C-row window fill; joined late, the grouping and the window run on the
-// event rows alone and the join meets one row per patient (BENCHMARKS.md,
-// "10M run R").
+// What it saves is memory: joined first, the relation's hash table (every
+// patient's keys) is held while the per-patient grouping and the C-row
+// window fill; joined late, those run on the other rows alone and the join
+// meets one row per pair (BENCHMARKS.md, "The late join").
 
 // lateJoin is the rewrite's plan for a late join.
 type lateJoin struct {
