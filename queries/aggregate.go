@@ -102,8 +102,8 @@ func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
 	c.refs = make(map[*relation]bool)
 	a, err := c.releasedAggregate(n, sc)
 	a.reads = c.refs
-	for r := range c.refs {
-		if outer != nil {
+	if outer != nil {
+		for r := range c.refs {
 			outer[r] = true
 		}
 	}

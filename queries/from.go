@@ -386,8 +386,8 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 		return "", "", refuse("a lookup join without an equality on a code column", pos(n), "join a lookup table with e.g. ON m.dmd_code = d.dmd_code")
 	}
 	reads := c.refs
-	for r := range reads {
-		if outer != nil {
+	if outer != nil {
+		for r := range reads {
 			outer[r] = true
 		}
 	}

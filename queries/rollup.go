@@ -135,14 +135,17 @@ func checkGroupSetsNode(node obj, outer bool) error {
 // the rows outside (which no cell releases) must not be counted in a total
 // either. It is "" without grouping sets.
 func inDomain(q *query, keep func(i int) bool) string {
+	if len(q.sets) == 0 {
+		return ""
+	}
 	var parts []string
 	for i, g := range q.groups {
-		if !keep(i) || len(q.sets) == 0 {
+		if !keep(i) {
 			continue
 		}
 		vals := make([]string, len(g.v.domain))
-		for i, v := range g.v.domain {
-			vals[i] = quoteString(v)
+		for k, v := range g.v.domain {
+			vals[k] = quoteString(v)
 		}
 		parts = append(parts, fmt.Sprintf("CAST(%s AS VARCHAR) IN (%s)", g.sql, strings.Join(vals, ", ")))
 	}
