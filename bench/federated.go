@@ -205,6 +205,7 @@ func (m *harness) federation(ctx context.Context, b Broker, data string, cat *qu
 		scfg.Catalog = cat
 		scfg.ScratchDir = filepath.Join(dir, id, "scratch")
 		scfg.AllowWeak = m.AllowWeak
+		m.applyLimits(&scfg)
 		scfg.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 		r, err := sandbox.NewRunner(scfg)
 		if err != nil {

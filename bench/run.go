@@ -41,6 +41,10 @@ type Config struct {
 	// SnapshotTimeout bounds building the release snapshot (0: the
 	// sandbox's default, sandbox.DefaultConfig).
 	SnapshotTimeout time.Duration
+	// MemoryLimit is each sandbox child's memory limit in bytes, a site's
+	// memory_limit (0: the sandbox's default); raw and warm runs get the
+	// DuckDB share of it the child's DuckDB gets.
+	MemoryLimit int64
 	// PoolIdle is how long a pooled run waits, once the pool's child has
 	// warmed, before its job: a job arriving after a pause.
 	PoolIdle  time.Duration
@@ -389,6 +393,18 @@ func (m *harness) runPostgres(ctx context.Context, p *benchProgress, data, dir s
 	return err
 }
 
+// applyLimits sets the memory limit and the snapshot's time limit the
+// run asks for on scfg, leaving the sandbox's defaults where it asks for
+// none.
+func (m *harness) applyLimits(scfg *sandbox.Config) {
+	if m.SnapshotTimeout > 0 {
+		scfg.SnapshotTimeout = m.SnapshotTimeout
+	}
+	if m.MemoryLimit > 0 {
+		scfg.MemoryLimit = m.MemoryLimit
+	}
+}
+
 // newRunners starts the two sandboxes the report compares over the same
 // data: one that starts a child per job (cold), and the same with a pool
 // of one child started ahead of each job (sandbox/pool.go), so cold and
@@ -400,9 +416,7 @@ func (m *harness) newRunners(data string, cat *queries.Catalog, dir string) (san
 	scfg.Catalog = cat
 	scfg.ScratchDir = filepath.Join(dir, "scratch")
 	scfg.AllowWeak = m.AllowWeak
-	if m.SnapshotTimeout > 0 {
-		scfg.SnapshotTimeout = m.SnapshotTimeout
-	}
+	m.applyLimits(&scfg)
 	scfg.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	scfg.ObserveJobStart = func(d time.Duration, _ bool) { m.jobStart.add(d) }
 	scfg.ObserveChildPeak = m.notePeak

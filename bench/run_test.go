@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nhs-tre/tre/sandbox"
 )
 
 func TestRedactPassword(t *testing.T) {
@@ -225,6 +227,26 @@ func TestPoolIdle(t *testing.T) {
 		r := &benchReport{Patients: 1000, PoolIdle: idle, Queries: []queryResult{q}}
 		if got := strings.Contains(r.markdown(), "then 5s more (--pool-idle)"); got != want {
 			t.Errorf("pool idle %v: report names the wait: %v, want %v", idle, got, want)
+		}
+	}
+}
+
+// TestApplyLimits: the run's memory and snapshot limits reach the
+// sandboxes' config, and the sandbox's defaults stand where it sets none.
+func TestApplyLimits(t *testing.T) {
+	def := sandbox.DefaultConfig()
+	for _, tt := range []struct {
+		cfg  Config
+		mem  int64
+		snap time.Duration
+	}{
+		{Config{}, def.MemoryLimit, def.SnapshotTimeout},
+		{Config{MemoryLimit: 800 << 20, SnapshotTimeout: time.Hour}, 800 << 20, time.Hour},
+	} {
+		scfg := sandbox.DefaultConfig()
+		(&harness{Config: tt.cfg}).applyLimits(&scfg)
+		if scfg.MemoryLimit != tt.mem || scfg.SnapshotTimeout != tt.snap {
+			t.Errorf("%+v: memory limit %d, snapshot timeout %v; want %d, %v", tt.cfg, scfg.MemoryLimit, scfg.SnapshotTimeout, tt.mem, tt.snap)
 		}
 	}
 }
