@@ -51,7 +51,7 @@ func (m *BenchMain) ParseFlags(ctx context.Context, args []string) error {
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "synth seed")
 	fs.DurationVar(&c.PoolIdle, "pool-idle", 0, "wait this long after the pool's child has warmed before each pooled run, as a job arriving after a pause (0: run at once)")
 	fs.DurationVar(&c.SnapshotTimeout, "snapshot-timeout", sandbox.DefaultConfig().SnapshotTimeout, "time limit for building the release snapshot of the data (about a minute per million patients on 2 cores; raise it above ~20M)")
-	memLimit := fs.String("memory-limit", "", "each sandbox child's memory limit, as a site's memory_limit (e.g. 1GB; DuckDB gets it less a quarter, at most 384 MiB, and so do the raw and warm runs); default the agent's 2GB")
+	memLimit := fs.String("memory-limit", "", "each sandbox child's memory limit, as a site's memory_limit (e.g. 1GB; DuckDB gets it less a quarter, at most 384 MiB, and so do the raw and warm runs); default 2 GiB, the sandbox's")
 	fs.BoolVar(&c.AllowWeak, "allow-weak-sandbox", false, "run sandboxes even if an isolation layer is unavailable (reported)")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the generated data directory")
 	fs.BoolVar(&c.APIOnly, "api-only", false, "run only the broker API phases (needs --data or --catalog for the dataset's catalog; no synth, queries or sandbox)")
