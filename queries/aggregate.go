@@ -98,16 +98,10 @@ var innerAggs = map[string]bool{
 // aggregate validates one released aggregate and records the relations
 // it reads.
 func (c *compiler) aggregate(n obj, sc *scope) (aggregate, error) {
-	outer := c.refs
-	c.refs = make(map[*relation]bool)
-	a, err := c.releasedAggregate(n, sc)
-	a.reads = c.refs
-	if outer != nil {
-		for r := range c.refs {
-			outer[r] = true
-		}
-	}
-	c.refs = outer
+	var a aggregate
+	var err error
+	reads := c.reading(func() { a, err = c.releasedAggregate(n, sc) })
+	a.reads = reads
 	return a, err
 }
 

@@ -45,6 +45,22 @@ func (c *compiler) resolve(n obj, sc *scope) (*relation, *column, error) {
 	return rel, col, err
 }
 
+// reading runs f and returns the relations its column references resolve
+// to, adding them to the collection of any reading around it.
+func (c *compiler) reading(f func()) map[*relation]bool {
+	outer := c.refs
+	c.refs = make(map[*relation]bool)
+	f()
+	got := c.refs
+	if outer != nil {
+		for r := range got {
+			outer[r] = true
+		}
+	}
+	c.refs = outer
+	return got
+}
+
 func (c *compiler) resolveRef(n obj, sc *scope) (*relation, *column, error) {
 	if err := knownKeys(n, "column reference", keysColumnRef); err != nil {
 		return nil, nil, err
@@ -334,8 +350,28 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 	}
 	var cond string
 	var jf joinFacts
-	outer := c.refs
-	c.refs = make(map[*relation]bool)
+	reads := c.reading(func() { cond, jf, err = c.joinCondition(n, sc, left, right, depth) })
+	if err != nil {
+		return "", "", err
+	}
+	switch {
+	case lpid != "" && rpid != "" && !jf.puEq:
+		return "", "", refuse("a join of patient tables not on "+c.cat.PrivacyUnit, pos(n), "patient tables may only be joined on "+c.cat.PrivacyUnit)
+	case (lpid == "" || rpid == "") && !jf.keyEq && !jf.puEq:
+		return "", "", refuse("a lookup join without an equality on a code column", pos(n), "join a lookup table with e.g. ON m.dmd_code = d.dmd_code")
+	}
+	pid := lpid
+	if pid == "" {
+		pid = rpid
+	}
+	sc.drops = joinDrops(jt, jf, reads, joinSide{lsql, lpid, left, ldrops}, joinSide{rsql, rpid, right, rdrops}, cond)
+	return lsql + " " + jt + " JOIN " + rsql + cond, pid, nil
+}
+
+// joinCondition validates join n's USING or ON condition between the
+// relations left and right: its SQL and what it equates.
+func (c *compiler) joinCondition(n obj, sc *scope, left, right []*relation, depth int) (string, joinFacts, error) {
+	var jf joinFacts
 	if using := list(n, "using_columns"); len(using) > 0 {
 		quoted := make([]string, 0, len(using))
 		if sc.using == nil {
@@ -346,58 +382,40 @@ func (c *compiler) join(n obj, sc *scope, depth int) (string, string, error) {
 			lr, lc := findCol(left, name)
 			rr, rc := findCol(right, name)
 			if lc == nil || rc == nil {
-				return "", "", refuse("USING ("+name+")", pos(n), "the column must exist on both sides")
+				return "", jf, refuse("USING ("+name+")", pos(n), "the column must exist on both sides")
 			}
 			if err := c.joinPair(lr, lc, rr, rc, &jf, pos(n)); err != nil {
-				return "", "", err
+				return "", jf, err
 			}
-			c.refs[lr], c.refs[rr] = true, true
+			if c.refs != nil {
+				c.refs[lr], c.refs[rr] = true, true
+			}
 			sc.using[strings.ToLower(name)] = true
 			quoted = append(quoted, QuoteIdent(name))
 		}
 		jf.conds = len(using)
-		cond = " USING (" + strings.Join(quoted, ", ") + ")"
-	} else {
-		on := sub(n, "condition")
-		if on == nil {
-			return "", "", refuse("a join without a condition", pos(n), "join on "+c.cat.PrivacyUnit)
-		}
-		var parts []string
-		for _, conj := range conjuncts(on) {
-			if s, ok, err := c.joinEquality(conj, sc, left, right, &jf); err != nil {
-				return "", "", err
-			} else if ok {
-				parts = append(parts, s)
-				continue
-			}
-			s, _, err := c.condition(conj, sc, exprMode{clause: "JOIN condition", inner: sc.inner, noAgg: true}, depth+1, "a JOIN condition")
-			if err != nil {
-				return "", "", err
-			}
+		return " USING (" + strings.Join(quoted, ", ") + ")", jf, nil
+	}
+	on := sub(n, "condition")
+	if on == nil {
+		return "", jf, refuse("a join without a condition", pos(n), "join on "+c.cat.PrivacyUnit)
+	}
+	var parts []string
+	for _, conj := range conjuncts(on) {
+		if s, ok, err := c.joinEquality(conj, sc, left, right, &jf); err != nil {
+			return "", jf, err
+		} else if ok {
 			parts = append(parts, s)
+			continue
 		}
-		jf.conds = len(parts)
-		cond = " ON " + strings.Join(parts, " AND ")
-	}
-	switch {
-	case lpid != "" && rpid != "" && !jf.puEq:
-		return "", "", refuse("a join of patient tables not on "+c.cat.PrivacyUnit, pos(n), "patient tables may only be joined on "+c.cat.PrivacyUnit)
-	case (lpid == "" || rpid == "") && !jf.keyEq && !jf.puEq:
-		return "", "", refuse("a lookup join without an equality on a code column", pos(n), "join a lookup table with e.g. ON m.dmd_code = d.dmd_code")
-	}
-	reads := c.refs
-	if outer != nil {
-		for r := range reads {
-			outer[r] = true
+		s, _, err := c.condition(conj, sc, exprMode{clause: "JOIN condition", inner: sc.inner, noAgg: true}, depth+1, "a JOIN condition")
+		if err != nil {
+			return "", jf, err
 		}
+		parts = append(parts, s)
 	}
-	c.refs = outer
-	pid := lpid
-	if pid == "" {
-		pid = rpid
-	}
-	sc.drops = joinDrops(jt, jf, reads, joinSide{lsql, lpid, left, ldrops}, joinSide{rsql, rpid, right, rdrops}, cond)
-	return lsql + " " + jt + " JOIN " + rsql + cond, pid, nil
+	jf.conds = len(parts)
+	return " ON " + strings.Join(parts, " AND "), jf, nil
 }
 
 // onePerPatient reports whether every relation of a FROM clause is a CTE or

@@ -70,10 +70,9 @@ func (c *compiler) outerWhere(node obj, q *query, sc *scope) (map[string]*dateRa
 		var parts []string
 		ranges = c.whereRanges(conjuncts(w), sc)
 		for _, conj := range conjuncts(w) {
-			c.refs = make(map[*relation]bool)
-			s, _, err := c.condition(conj, sc, exprMode{clause: "WHERE", noAgg: true}, 1, "WHERE")
-			reads := c.refs
-			c.refs = nil
+			var s string
+			var err error
+			reads := c.reading(func() { s, _, err = c.condition(conj, sc, exprMode{clause: "WHERE", noAgg: true}, 1, "WHERE") })
 			if err != nil {
 				return nil, err
 			}
@@ -143,10 +142,10 @@ func (c *compiler) outerGroup(g obj, q *query, sc *scope, items []any, aliases m
 			}
 		}
 	}
-	c.refs = make(map[*relation]bool)
-	gsql, v, err := c.groupKey(target, sc)
-	refs := c.refs
-	c.refs = nil
+	var gsql string
+	var v val
+	var err error
+	refs := c.reading(func() { gsql, v, err = c.groupKey(target, sc) })
 	if err != nil {
 		return err
 	}
