@@ -234,6 +234,10 @@ type aggregate struct {
 	// pu is the privacy-unit column a count(pu) or count(DISTINCT pu)
 	// without FILTER reads; arg is then only its NOT NULL indicator.
 	pu string
+	// rootPU: pu holds the patient's own id on every input row
+	// (compiler.sameAsRoot), so arg is 1 on every row; the shortcuts drop
+	// it and the row-ranking hash never reads it.
+	rootPU bool
 	// reads are the relations the argument and FILTER read.
 	reads map[*relation]bool
 	// parts are a ratio's numerator and denominator until resolveRatios

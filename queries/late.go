@@ -170,13 +170,13 @@ type cond struct {
 // relations join only by equating their privacy units, so on every joined
 // row each non-NULL one equals the root's; the kinds must match for the
 // equality to be identity.
-func sameAsRoot(q *query, pu string) bool {
+func (c *compiler) sameAsRoot(q *query, pu string) bool {
 	if pu == q.pid {
 		return true
 	}
 	var root, rel *column
 	for _, r := range q.sc.rels {
-		col := pidCol(r)
+		col := r.col(c.cat.PrivacyUnit)
 		if col == nil || !r.patient || r.public {
 			continue
 		}
@@ -190,14 +190,4 @@ func sameAsRoot(q *query, pu string) bool {
 		}
 	}
 	return root != nil && rel != nil && root.v.kind == rel.v.kind
-}
-
-// pidCol is r's privacy-unit column, nil if it has none.
-func pidCol(r *relation) *column {
-	for i := range r.cols {
-		if r.cols[i].role == RolePrivacyUnit {
-			return &r.cols[i]
-		}
-	}
-	return nil
 }

@@ -82,10 +82,9 @@ type rewriter struct {
 	// them (and the other group keys through any_value).
 	pairCols   []string
 	pkey, psel string
-	args       []string // the aggregates' argument columns
 	// hashArgs are the argument columns the row-ranking hash reads: all
-	// but the NOT NULL indicators of a privacy unit equal to the patient's
-	// (sameAsRoot), 1 on every row, which the shortcuts leave out.
+	// but the NOT NULL indicators of the patient's own id (aggregate.rootPU),
+	// 1 on every row, which the shortcuts leave out.
 	hashArgs []string
 	statCols []string // per-pair statistics (stats)
 	pgCols   string   // key and statCols
@@ -214,8 +213,7 @@ func (r *rewriter) input() {
 	for j, a := range q.aggs {
 		if a.arg != "" {
 			b.WriteString(", " + a.arg + " AS " + acol("a", j))
-			r.args = append(r.args, acol("a", j))
-			if a.pu == "" || !sameAsRoot(q, a.pu) {
+			if !a.rootPU {
 				r.hashArgs = append(r.hashArgs, acol("a", j))
 			}
 		}

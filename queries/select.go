@@ -194,8 +194,10 @@ func (c *compiler) outerAggregates(q *query) error {
 	// 1 and they are count(*) and the patient count. Without an argument
 	// the rewrite knows each contribution.
 	for i := range q.aggs {
-		if c.shortcuts && q.aggs[i].pu != "" && sameAsRoot(q, q.aggs[i].pu) {
-			q.aggs[i].arg = ""
+		a := &q.aggs[i]
+		a.rootPU = a.pu != "" && c.sameAsRoot(q, a.pu)
+		if c.shortcuts && a.rootPU {
+			a.arg = ""
 		}
 	}
 	if len(q.aggs) > maxAggregates {
