@@ -150,7 +150,6 @@ type compiler struct {
 // query is the validated outer query.
 type query struct {
 	from       string
-	where      string
 	sc         *scope // the outer query's relations (canonical text)
 	pid        string // the privacy unit of the root patient relation
 	groups     []groupKey
@@ -179,7 +178,7 @@ type query struct {
 	// or a table proven unique per patient, all joined on the privacy unit,
 	// so the input has at most one row per patient.
 	onePerPatient bool
-	// conds are the WHERE conjuncts (where joins them) and what each reads.
+	// conds are the WHERE conjuncts and what each reads.
 	conds []cond
 	// late, when not nil, is the rewrite's plan to join the patient-level
 	// relation after the per-patient stages (late.go).

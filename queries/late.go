@@ -164,6 +164,15 @@ type cond struct {
 	reads map[*relation]bool
 }
 
+// whereSQL is q's WHERE conjuncts' SQL.
+func (q *query) whereSQL() []string {
+	out := make([]string, len(q.conds))
+	for i, cd := range q.conds {
+		out[i] = cd.sql
+	}
+	return out
+}
+
 // sameAsRoot reports whether pu, a privacy-unit column of q's FROM, holds
 // the root relation's privacy unit (q.pid) on every input row: it is the
 // root's, or a relation's that no LEFT JOIN makes nullable. Patient

@@ -200,9 +200,9 @@ func (r *rewriter) input() {
 	// Stage 1: base rows, arguments clamped. NULL falls through to ELSE and
 	// stays NULL; DuckDB orders NaN above every number, so NaN clamps to the
 	// upper bound.
-	pid, from, where := q.pid, q.from, q.where
+	pid, from, where := q.pid, q.from, q.whereSQL()
 	if r.late != nil {
-		pid, from, where = r.late.restPid, r.late.rest, strings.Join(r.late.early, " AND ")
+		pid, from, where = r.late.restPid, r.late.rest, r.late.early
 	}
 	b.WriteString(`"__tre_input" AS (SELECT ` + pid + ` AS "__pid"`)
 	for i, g := range q.groups {
@@ -219,8 +219,8 @@ func (r *rewriter) input() {
 		}
 	}
 	b.WriteString(" FROM " + from + " WHERE ")
-	if where != "" {
-		b.WriteString("(" + where + ") AND ")
+	if len(where) > 0 {
+		b.WriteString("(" + strings.Join(where, " AND ") + ") AND ")
 	}
 	if d := inDomain(q, func(i int) bool { return !r.lateKey(i) }); d != "" {
 		b.WriteString(d + " AND ")

@@ -61,13 +61,12 @@ func (c *compiler) compileOuter(node obj) (*query, error) {
 	return q, nil
 }
 
-// outerWhere compiles the released query's WHERE into q.where and its
+// outerWhere compiles the released query's WHERE into q.conds and its
 // predicates (with the per-patient queries' ones) into q.predicates, and
 // returns the date ranges it bounds.
 func (c *compiler) outerWhere(node obj, q *query, sc *scope) (map[string]*dateRange, error) {
 	var ranges map[string]*dateRange
 	if w := sub(node, "where_clause"); w != nil {
-		var parts []string
 		ranges = c.whereRanges(conjuncts(w), sc)
 		for _, conj := range conjuncts(w) {
 			var s string
@@ -76,11 +75,9 @@ func (c *compiler) outerWhere(node obj, q *query, sc *scope) (map[string]*dateRa
 			if err != nil {
 				return nil, err
 			}
-			parts = append(parts, s)
 			q.conds = append(q.conds, cond{sql: s, reads: reads})
 			q.predicates = append(q.predicates, canonicalText(s, sc.rels))
 		}
-		q.where = strings.Join(parts, " AND ")
 	}
 	q.predicates = append(q.predicates, c.innerPreds...)
 	sortStrings(q.predicates)
