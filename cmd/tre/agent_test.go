@@ -38,3 +38,15 @@ func TestObserveSandboxes(t *testing.T) {
 		}
 	}
 }
+
+// A site that sets no memory_limit gets the sandbox's own default, the
+// limit the benchmarks measure (it was "2GB", 1.86 GiB, once).
+func TestAgentMemoryLimitDefault(t *testing.T) {
+	got, err := parseByteSize(DefaultAgentConfig().MemoryLimit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := sandbox.DefaultConfig().MemoryLimit; got != want {
+		t.Errorf("agent memory_limit default %d bytes, sandbox default %d", got, want)
+	}
+}

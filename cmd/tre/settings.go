@@ -159,7 +159,7 @@ type AgentConfig struct {
 	Catalog     string        `yaml:"catalog" flag:"catalog" usage:"the dataset catalog (YAML)"`
 	ScratchDir  string        `yaml:"scratch_dir" flag:"scratch-dir" usage:"directory for per-job scratch space and the release snapshot of the data (default: one per data file under $XDG_CACHE_HOME/tre/agent)"`
 	Parallelism int           `yaml:"parallelism" flag:"parallelism" usage:"jobs run at once"`
-	MemoryLimit string        `yaml:"memory_limit" flag:"memory-limit" usage:"memory limit of a job's sandbox child (DuckDB gets it less a quarter, at most 384 MiB), e.g. 2GB"`
+	MemoryLimit string        `yaml:"memory_limit" flag:"memory-limit" usage:"memory limit of a job's sandbox child (DuckDB gets it less a quarter, at most 384 MiB), e.g. 2GiB or 1500MB"`
 	Threads     int           `yaml:"threads" flag:"threads" usage:"DuckDB threads per job"`
 	Timeout     time.Duration `yaml:"job_timeout" flag:"job-timeout" usage:"per-job time limit"`
 	Snapshot    time.Duration `yaml:"snapshot_timeout" flag:"snapshot-timeout" usage:"time limit for building the release snapshot of a data version (once per version, before its first job; about a minute per million patients on 2 cores)"`
@@ -178,7 +178,7 @@ type AgentConfig struct {
 func DefaultAgentConfig() AgentConfig {
 	return AgentConfig{
 		Parallelism: 1,
-		MemoryLimit: "2GB",
+		MemoryLimit: "2GiB",
 		Threads:     2,
 		Timeout:     5 * time.Minute,
 		Snapshot:    30 * time.Minute,
