@@ -39,10 +39,21 @@ func qualified(rel *relation, col *column) string {
 // resolve finds the relation and column a COLUMN_REF names.
 func (c *compiler) resolve(n obj, sc *scope) (*relation, *column, error) {
 	rel, col, err := c.resolveRef(n, sc)
-	if err == nil && c.refs != nil {
-		c.refs[rel] = true
+	if err == nil {
+		c.noteRead(rel)
 	}
 	return rel, col, err
+}
+
+// noteRead records that the expression being compiled reads rel, for the
+// reading around it (if any).
+func (c *compiler) noteRead(rels ...*relation) {
+	if c.refs == nil {
+		return
+	}
+	for _, r := range rels {
+		c.refs[r] = true
+	}
 }
 
 // reading runs f and returns the relations its column references resolve
@@ -387,9 +398,7 @@ func (c *compiler) joinCondition(n obj, sc *scope, left, right []*relation, dept
 			if err := c.joinPair(lr, lc, rr, rc, &jf, pos(n)); err != nil {
 				return "", jf, err
 			}
-			if c.refs != nil {
-				c.refs[lr], c.refs[rr] = true, true
-			}
+			c.noteRead(lr, rr)
 			sc.using[strings.ToLower(name)] = true
 			quoted = append(quoted, QuoteIdent(name))
 		}
