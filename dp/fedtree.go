@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
 
 	"github.com/google/differential-privacy/go/v3/noise"
 )
@@ -15,12 +13,13 @@ import (
 // (dpagg.BoundedQuantiles) noises a node only when Result reads it, and
 // keeps its noisy counts to itself, so one site's tree cannot be summed
 // with another's. A site's part of a federated quantile is therefore the
-// tree itself, of FederatedTreeHeight levels (fedTree: 4,368 nodes, a
-// sixteenth of the default tree's, each a draw of the library's secure
-// sampler): the exact count of every node below the root, empty nodes
+// tree itself, of FederatedTreeHeight levels of FederatedBranching
+// children (fedTree: 584 nodes, where the default tree has 69,904, each a
+// draw of the library's secure sampler): the exact count of every node
+// below the root, empty nodes
 // too, so which nodes are empty does not show, each with the library's
 // integer noise (noise.Noise.AddNoiseInt64) for the L0, L∞, ε and δ the
-// library's tree of that height gives its nodes (treeNodeSensitivity: the
+// library's tree of that shape gives its nodes (treeNodeSensitivity: the
 // norm of the partial plan's tree statistic, L0 = h·k·sets and L∞ = C,
 // or L∞ = C·√k as L0 = h·k²·sets and L∞ = C with grouping sets, whole
 // numbers for integer noise). That is the library's quantile-tree
@@ -50,38 +49,25 @@ const (
 // the library's noise for the tree statistic st (treeNodeSensitivity: the
 // sensitivities the library's own tree gives its nodes), encoded
 // (encodeTree). The exact counts do not outlive it.
-func noisyTreeNodes(s Spec, st stat, hist map[int]int64, nz noise.Noise) ([]byte, error) {
-	l0, lInf := treeNodeSensitivity(s, fedTree)
-	nodes := make([]int64, fedTree.nodes()+1) // [0] is the root, not part of the tree's counts
-	firstLeaf := fedTree.firstLeaf()
+func noisyTreeNodes(s Spec, t treeShape, st stat, hist map[int]int64, nz noise.Noise) ([]byte, error) {
+	l0, lInf := treeNodeSensitivity(s, t)
+	nodes := make([]int64, t.nodes()+1) // [0] is the root, not part of the tree's counts
+	firstLeaf := t.firstLeaf()
 	for leaf, n := range hist {
-		for i := firstLeaf + fedTree.leafOf(leaf); i != 0; i = (i - 1) / QuantileBranching {
+		for i := firstLeaf + t.leafOf(leaf); i != 0; i = (i - 1) / t.branching {
 			nodes[i] += n
 		}
 	}
-	// One draw of the library's secure Gaussian sampler per node, about
-	// 9 µs of CPU each: the nodes are noised on every CPU the process has.
-	workers := runtime.GOMAXPROCS(0)
-	chunk := (fedTree.nodes() + workers - 1) / workers
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 1 + w*chunk; i < min(1+(w+1)*chunk, len(nodes)); i++ {
-				v, err := nz.AddNoiseInt64(nodes[i], l0, lInf, st.eps, st.delta)
-				if err != nil {
-					errs[w] = err
-					return
-				}
-				nodes[i] = v
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("noise on %s: %w", st.name, err)
+	// One draw of the library's secure Gaussian sampler per node, 7–9 µs
+	// of CPU each. On one goroutine: the library's randomness is one
+	// buffer behind one lock, and two goroutines noised a tree in the same
+	// wall time as one, with twice the CPU.
+	for i := 1; i < len(nodes); i++ {
+		v, err := nz.AddNoiseInt64(nodes[i], l0, lInf, st.eps, st.delta)
+		if err != nil {
+			return nil, fmt.Errorf("noise on %s: %w", st.name, err)
+		}
+		nodes[i] = v
 	}
 	return encodeTree(nodes[1:]), nil
 }
@@ -99,12 +85,13 @@ func encodeTree(counts []int64) []byte {
 }
 
 // addTree decodes one site's encoded tree and adds its node counts to
-// sum (fedTree.nodes()+1 long, root first). It refuses anything but
-// exactly fedTree.nodes() counts of at most maxNodeCount in size. Messages
+// sum (a tree's nodes()+1 counts, root first). It refuses anything but
+// exactly len(sum)−1 counts of at most maxNodeCount in size. Messages
 // never quote a value.
 func addTree(sum []int64, enc []byte) error {
-	if len(enc) > fedTree.nodes()*binary.MaxVarintLen64 {
-		return fmt.Errorf("a quantile tree holds more than %d node counts", fedTree.nodes())
+	nodes := len(sum) - 1
+	if len(enc) > nodes*binary.MaxVarintLen64 {
+		return fmt.Errorf("a quantile tree holds more than %d node counts", nodes)
 	}
 	i := 1
 	for ; len(enc) > 0 && i < len(sum); i++ {
@@ -119,7 +106,7 @@ func addTree(sum []int64, enc []byte) error {
 		enc = enc[n:]
 	}
 	if i != len(sum) || len(enc) > 0 {
-		return fmt.Errorf("a quantile tree must hold %d node counts (every node of its %d levels)", fedTree.nodes(), fedTree.height)
+		return fmt.Errorf("a quantile tree must hold %d node counts, every node of the federated tree (an agent of an older tre sends trees of 4,368)", nodes)
 	}
 	return nil
 }
@@ -128,6 +115,7 @@ func addTree(sum []int64, enc []byte) error {
 // quantile tree (library numbering, nodes[0] the root, unused), over the
 // bounds [lower, upper].
 type mergedTree struct {
+	shape        treeShape
 	nodes        []int64
 	lower, upper float64
 }
@@ -141,10 +129,10 @@ type mergedTree struct {
 // and linear interpolation between the ends of the node reached.
 func (t mergedTree) result(rank float64) (float64, error) {
 	rank = math.Max(math.Min(rank, 0.995), 0.005)
-	firstLeaf, leaves := fedTree.firstLeaf(), float64(fedTree.leaves())
+	b, firstLeaf, leaves := t.shape.branching, t.shape.firstLeaf(), float64(t.shape.leaves())
 	index := 0
 	for index < firstLeaf {
-		first, last := index*QuantileBranching+1, (index+1)*QuantileBranching
+		first, last := index*b+1, (index+1)*b
 		total := 0.0
 		for i := first; i <= last; i++ {
 			total += math.Max(0.0, float64(t.nodes[i]))
@@ -181,10 +169,10 @@ func (t mergedTree) result(rank float64) (float64, error) {
 	}
 	left, right := index, index
 	for left < firstLeaf {
-		left = left*QuantileBranching + 1
+		left = left*b + 1
 	}
 	for right < firstLeaf {
-		right = (right + 1) * QuantileBranching
+		right = (right + 1) * b
 	}
 	lv := (t.upper-t.lower)*(float64(left-firstLeaf)/leaves) + t.lower
 	rv := (t.upper-t.lower)*(float64(right-firstLeaf+1)/leaves) + t.lower

@@ -51,7 +51,7 @@ func mustMerged(tb testing.TB, lower, upper float64, trees ...[]byte) mergedTree
 			tb.Fatal(err)
 		}
 	}
-	return mergedTree{nodes: nodes, lower: lower, upper: upper}
+	return mergedTree{shape: fedTree, nodes: nodes, lower: lower, upper: upper}
 }
 
 // fedQuantileSpec is a federated median and quartiles of a value in
@@ -133,7 +133,7 @@ func TestMergedTreeWalkIsLibraryWalk(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				enc, err := noisyTreeNodes(s, st, hist, nz)
+				enc, err := noisyTreeNodes(s, fedTree, st, hist, nz)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -178,7 +178,7 @@ func TestPartialTreeNoisesEveryNode(t *testing.T) {
 	s := fedQuantileSpec(12, 70)
 	var n atomic.Int64
 	part := mustPartial(t, s, quantileGroups(12, 70, [3][]float64{{20}, nil, {30, 31, 32}}), Options{Noise: countingNoise{Noise: noise.Gaussian(), ints: &n}})
-	if got := n.Load(); got != 3*int64(fedTree.nodes()) || fedTree.nodes() != 4368 {
+	if got := n.Load(); got != 3*int64(fedTree.nodes()) || fedTree.nodes() != 584 {
 		t.Errorf("%d integer noises for three trees, want 3 × %d", got, fedTree.nodes())
 	}
 	for i, g := range part.Groups {
@@ -346,13 +346,13 @@ func TestCombineRefusesBadTrees(t *testing.T) {
 	}{
 		"tree gone":      {func(p *Partial) *Partial { p.Groups[1].Trees = nil; return p }, "has 0 quantile trees, want 1"},
 		"extra tree":     {func(p *Partial) *Partial { p.Groups[0].Trees = append(p.Groups[0].Trees, short); return p }, "has 2 quantile trees, want 1"},
-		"one node short": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = short; return p }, "must hold 4368 node counts"},
-		"nodes too many": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = long; return p }, "must hold 4368 node counts"},
+		"one node short": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = short; return p }, "must hold 584 node counts"},
+		"nodes too many": {func(p *Partial) *Partial { p.Groups[2].Trees[0] = long; return p }, "must hold 584 node counts"},
 		"corrupt":        {func(p *Partial) *Partial { p.Groups[0].Trees[0] = cut; return p }, "not a valid varint"},
 		"too long": {func(p *Partial) *Partial {
 			p.Groups[0].Trees[0] = make([]byte, fedTree.nodes()*binary.MaxVarintLen64+1)
 			return p
-		}, "more than 4368 node counts"},
+		}, "more than 584 node counts"},
 		"count too big": {func(p *Partial) *Partial { p.Groups[0].Trees[0] = tooBig; return p }, "beyond ±2^53"},
 		"other spec": {func(*Partial) *Partial {
 			return mustPartial(t, other, quantileGroups(12, 80, [3][]float64{{20, 21}, {30}, nil}), nz)
@@ -385,7 +385,7 @@ func TestFederatedQuantileAccuracy(t *testing.T) {
 		p := s.partialPlan()
 		st := p.stats[2]
 		sigma := p.scale(st) * math.Sqrt(float64(n))
-		want := math.Min(rankHalfWidth(fedTree, sigma, accuracyReferenceRows, CIAlpha), 0.5)*58 + 58.0/4096
+		want := math.Min(rankHalfWidth(fedTree, sigma, accuracyReferenceRows, CIAlpha), 0.5)*58 + 58.0/512
 		for _, i := range []int{1, 2, 3} {
 			if math.Abs(acc[i].HalfWidth95-want) > 2e-3*want {
 				t.Errorf("%d sites, %s: half-width %v, want %v (tree σ√N = %v)", n, acc[i].Column, acc[i].HalfWidth95, want, sigma)
@@ -441,5 +441,33 @@ func TestCombineQuantilesRollup(t *testing.T) {
 	}
 	if want, _ := bq.Result(0.5); *total[3].Value != want {
 		t.Errorf("total median without noise %v, the library's over all values %v", *total[3].Value, want)
+	}
+}
+
+// TestTreeShapesNest: the leaves of each tree shape are whole groups of
+// the sandbox's QuantileLeaves leaves (so a site can file each of the
+// latter in one leaf of the former, leafOf), and that leaf is the one the
+// library's own arithmetic gives a value inside it, at both ends of each
+// leaf, over bounds whose width is not a power of two.
+func TestTreeShapesNest(t *testing.T) {
+	for _, sh := range []treeShape{siteTree, fedTree} {
+		if sh.branching < 2 || sh.branching&(sh.branching-1) != 0 || QuantileLeaves%sh.leaves() != 0 {
+			t.Fatalf("shape %+v: branching must be a power of two and its %d leaves must divide %d", sh, sh.leaves(), QuantileLeaves)
+		}
+		if sh.nodes() != sh.firstLeaf()-1+sh.leaves() {
+			t.Fatalf("shape %+v: %d nodes, first leaf %d, %d leaves", sh, sh.nodes(), sh.firstLeaf(), sh.leaves())
+		}
+		lower, upper := 12.0, 70.0
+		for leaf := range QuantileLeaves {
+			for _, x := range []float64{
+				lower + (upper-lower)*float64(leaf)/QuantileLeaves,
+				leafValue(leaf, lower, upper),
+			} {
+				lib := min(int((x-lower)/(upper-lower)*float64(sh.leaves())), sh.leaves()-1)
+				if QuantileLeaf(x, lower, upper) == leaf && lib != sh.leafOf(leaf) {
+					t.Fatalf("shape %+v: value %v in finest leaf %d is in leaf %d of the shape by the library's arithmetic, leafOf says %d", sh, x, leaf, lib, sh.leafOf(leaf))
+				}
+			}
+		}
 	}
 }

@@ -27,8 +27,8 @@ import (
 // A quantile is read from a quantile tree (quantile.go). Each site sends
 // its whole tree: the library's integer noise on the count of every node
 // below the root, empty ones too (fedtree.go: a tree of
-// FederatedTreeHeight levels, 4,368 nodes, about 4.4 KB at typical noise
-// scales). The broker sums the sites' trees node by node and walks the
+// FederatedTreeHeight levels of FederatedBranching children, 584 nodes,
+// about 600 bytes at typical noise scales). The broker sums the sites' trees node by node and walks the
 // sum exactly as the library's BoundedQuantiles.Result walks one tree;
 // every node of the sum has noise σ√N, so the rank half-width
 // (rankHalfWidth), read from the federated plan, grows as √N for the same
@@ -93,14 +93,14 @@ var federatedKinds = []AggKind{AggCount, AggCountPatients, AggSum, AggMean, AggV
 // MaxPartialBytes is the largest partial result a site may upload (the
 // broker's limit on a job completion's body): room for MaxFederatedTrees
 // trees at 4 bytes a node (3 bytes of varint, a count or a noise of up to
-// 2^20, in base64), 17.5 MB, and the other statistics of up to 600 months
-// of keys.
+// 2^20, in base64), 2.3 MB, and the other statistics of up to 600 months
+// of keys, with room to spare (it was set for trees of 4,368 nodes).
 const MaxPartialBytes = 32 << 20
 
 // MaxFederatedTrees caps the quantile trees of a federated query: groups
 // times distinct quantile trees. Each site sends every node of each tree
-// (fedTree.nodes() = 4,368 noisy counts, and the library's noise drawn
-// for each: about 40 ms of a site's CPU a tree).
+// (fedTree.nodes() = 584 noisy counts, and the library's noise drawn for
+// each: 4–6 ms of a site's CPU a tree).
 const MaxFederatedTrees = 1000
 
 // ValidateFederated reports whether s can be run as a federated query

@@ -19,9 +19,8 @@ type Options struct {
 	// production: the library's Laplace or Gaussian noise is used. Tests set
 	// it to a deterministic fake, as the library's own tests do. Partition
 	// selection always uses the library's own randomness (it offers no
-	// seed), so there is no seed here either. It must be safe for
-	// concurrent use: a federated part noises a quantile tree's nodes on
-	// several goroutines (noisyTreeNodes), as the library's own noise is.
+	// seed), so there is no seed here either. Protect and ProtectPartial
+	// call it from one goroutine.
 	Noise noise.Noise
 	// DroppedRows is the number of rows the k/C contribution bounds removed
 	// (the rewritten query's __dropped column). It is reported rounded to
@@ -473,7 +472,7 @@ func addQuantiles(s Spec, p budgetPlan, g GroupStats, nz noise.Noise, out *noisy
 // in Spec.TreeOwners order.
 func addTreeNodes(s Spec, p budgetPlan, g GroupStats, nz noise.Noise, out *noisyGroup) error {
 	for _, i := range s.TreeOwners() {
-		b, err := noisyTreeNodes(s, p.stats[p.aggStats[i][1]], g.Aggs[i].Hist, nz)
+		b, err := noisyTreeNodes(s, p.tree, p.stats[p.aggStats[i][1]], g.Aggs[i].Hist, nz)
 		if err != nil {
 			return fmt.Errorf("quantile tree of %s: %w", s.Aggregates[i].Name, err)
 		}

@@ -29,34 +29,42 @@ const (
 	QuantileBranching  = dpagg.DefaultBranchingFactor
 	// QuantileLeaves is QuantileBranching^QuantileTreeHeight.
 	QuantileLeaves = QuantileBranching * QuantileBranching * QuantileBranching * QuantileBranching
-	// FederatedTreeHeight is the height of the trees a site sends whole
-	// for a federated quantile (fedtree.go): three levels, 4,368 nodes and
-	// 4,096 leaves each 16 of QuantileLeaves wide, where the library's
-	// default four levels have 69,904 nodes, each a draw of the library's
-	// secure sampler at the site. A value counts in one node per level,
-	// so the nodes' noise is that of L0 = 3·k·sets, not 4·k·sets.
-	FederatedTreeHeight = QuantileTreeHeight - 1
+	// FederatedTreeHeight and FederatedBranching are the shape of the
+	// trees a site sends whole for a federated quantile (fedtree.go):
+	// three levels of eight children, 584 nodes and 512 leaves, each 128
+	// of QuantileLeaves wide. Each node is a draw of the library's secure
+	// sampler at the site, where the library's default tree (four levels
+	// of 16) has 69,904 nodes. A value counts in one node per level, so
+	// the nodes' noise is that of L0 = 3·k·sets, not 4·k·sets, and the
+	// walk reads 8 noisy children a level, not 16: against three levels
+	// of 16 (4,368 nodes) the median is closer below about 10,000 values
+	// a site and further above, by at most a leaf
+	// (BenchmarkFederatedTreeShapes; docs/privacy.md).
+	FederatedTreeHeight = 3
+	FederatedBranching  = 8
 )
 
 // treeShape is the shape of a quantile tree: height levels below the
-// root, QuantileBranching children a node, nodes numbered breadth first
-// from the root (0) as the library numbers them, the children of node i
-// being i·B+1 … (i+1)·B.
-type treeShape struct{ height int }
+// root, branching (B) children a node, nodes numbered breadth first from
+// the root (0) as the library numbers them, the children of node i being
+// i·B+1 … (i+1)·B. B is a power of two and B^height divides
+// QuantileLeaves, so that each leaf of the finest tree (QuantileLeaf)
+// lies in exactly one leaf of t (leafOf).
+type treeShape struct{ height, branching int }
 
 var (
 	// siteTree is the library's default tree, which one site's quantiles
 	// are read from (newTree).
-	siteTree = treeShape{QuantileTreeHeight}
+	siteTree = treeShape{QuantileTreeHeight, QuantileBranching}
 	// fedTree is the tree a site sends whole for a federated quantile.
-	fedTree = treeShape{FederatedTreeHeight}
+	fedTree = treeShape{FederatedTreeHeight, FederatedBranching}
 )
 
-// leaves is QuantileBranching^height.
+// leaves is B^height.
 func (t treeShape) leaves() int {
 	n := 1
 	for range t.height {
-		n *= QuantileBranching
+		n *= t.branching
 	}
 	return n
 }
@@ -65,7 +73,7 @@ func (t treeShape) leaves() int {
 func (t treeShape) nodes() int {
 	n, level := 0, 1
 	for range t.height {
-		level *= QuantileBranching
+		level *= t.branching
 		n += level
 	}
 	return n
@@ -149,7 +157,7 @@ func newTree(s Spec, t treeShape, st stat, a AggSpec, hist map[int]int64, nz noi
 		Upper:                        a.Upper,
 		Noise:                        nz,
 		TreeHeight:                   t.height,
-		BranchingFactor:              QuantileBranching,
+		BranchingFactor:              t.branching,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("quantile tree of %s: %w", a.Name, err)
@@ -180,7 +188,7 @@ func zScore(alpha float64) float64 { return math.Sqrt2 * math.Erfinv(1-alpha) }
 // standard deviation at most √(h·b)·σ/(2n), and a normal approximation
 // gives the width (first order: the noise on n itself is left out).
 func rankHalfWidth(t treeShape, sigma, n, alpha float64) float64 {
-	return zScore(alpha) * math.Sqrt(float64(t.height*QuantileBranching)) * sigma / (2 * math.Max(n, 1))
+	return zScore(alpha) * math.Sqrt(float64(t.height*t.branching)) * sigma / (2 * math.Max(n, 1))
 }
 
 // quantileRelease is the released value of rank q from a noisy tree,

@@ -98,8 +98,7 @@ func TestTreeFromHistogramIsTreeFromValues(t *testing.T) {
 // TestQuantilePlan: several ranks of one tree cost one tree and one count;
 // a second tree costs its own; the accuracy is quoted for each.
 // paramNoise records the parameters of every noise drawn, float or
-// integer, and adds none. It is safe for concurrent use (noisyTreeNodes
-// draws on several goroutines).
+// integer, and adds none.
 type paramNoise struct {
 	noise.Noise
 	mu   *sync.Mutex
@@ -166,7 +165,7 @@ func TestTreeNoiseIsPlanNoise(t *testing.T) {
 					t.Fatal(err)
 				}
 				fed := newParamNoise(noiseFor(mech))
-				if _, err := noisyTreeNodes(s, fst, hist, fed); err != nil {
+				if _, err := noisyTreeNodes(s, fedTree, fst, hist, fed); err != nil {
 					t.Fatal(err)
 				}
 				what := fmt.Sprintf("%s, k = %d, sets %s", mech, k, name)

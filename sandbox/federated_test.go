@@ -62,8 +62,8 @@ func TestFederatedThroughSandbox(t *testing.T) {
 	for i, seed := range []int64{31, 32, 33} {
 		path, r := synthRunner(t, 4000+1000*i, seed)
 		// A quantile part draws the library's noise for every node of its
-		// trees (4,368 a tree): a second of CPU, far more on a loaded
-		// test machine, past the tests' usual 20 s.
+		// trees (584 a tree): a fraction of a second of CPU, far more on
+		// a loaded test machine, past the tests' usual 20 s.
 		r.cfg.Timeout = 3 * time.Minute
 		paths = append(paths, path)
 		for sex, v := range exactRows(t, path, fmt.Sprintf(fedBMI, "AND patient_id NOT IN (SELECT patient_id FROM optouts)"), 1) {

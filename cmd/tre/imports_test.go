@@ -87,9 +87,6 @@ func TestImportBoundaries(t *testing.T) {
 		// Spec.Hash: the SHA-256 of a Spec's JSON encoding, which federated
 		// parts carry (encoding only, no I/O).
 		"encoding/json": true,
-		// noisyTreeNodes draws the noise of a federated quantile tree's
-		// nodes on every CPU (goroutines and a WaitGroup; no I/O).
-		"runtime": true, "sync": true,
 	}
 	pkgs := listPackages(t)
 	imports := map[string][]string{}

@@ -516,7 +516,7 @@ func releasedMedian(t *testing.T, b *e2e.LonelyBroker, project int64, values []f
 	lo := int(pos)
 	want := values[lo] + (pos-float64(lo))*(values[min(lo+1, len(values)-1)]-values[lo])
 	v, low, high := *c.Value, *c.CILow, *c.CIHigh
-	leaf := (70.0 - 12.0) / math.Pow(dp.QuantileBranching, dp.FederatedTreeHeight) // a federated tree's leaf
+	leaf := (70.0 - 12.0) / math.Pow(dp.FederatedBranching, dp.FederatedTreeHeight) // a federated tree's leaf
 	if want < low-(v-low)-leaf || want > high+(high-v)+leaf {
 		t.Errorf("released median %g [%g, %g], exact median of the union %g", v, low, high, want)
 	}
