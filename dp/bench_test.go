@@ -114,9 +114,10 @@ func cpuTime() time.Duration {
 // summed and walked (mergedTree.result, quantileRelease). It reports the
 // mean absolute error against the exact median of the three sites'
 // values, the mean half-width and the coverage of the released 95%
-// interval, the draws per site tree and one site tree's CPU time.
+// interval, the draws per site tree and one site tree's CPU time. The
+// record in docs/privacy.md took about a quarter of an hour:
 //
-//	go test ./dp -run XXX -bench FederatedTreeShapes -benchtime 40x
+//	go test ./dp -run XXX -bench FederatedTreeShapes -benchtime 400x
 func BenchmarkFederatedTreeShapes(b *testing.B) {
 	data := []struct {
 		name         string

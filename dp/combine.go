@@ -108,7 +108,7 @@ func combineTrees(s Spec, p budgetPlan, parts []*Partial, gi int, g *noisyGroup,
 				g.quantiles = make([][3]float64, len(s.Aggregates))
 			}
 			idx := p.aggStats[owner]
-			tree := mergedTree{shape: fedTree, nodes: nodes, lower: a.Lower, upper: a.Upper}
+			tree := mergedTree{shape: p.tree, nodes: nodes, lower: a.Lower, upper: a.Upper}
 			v, lo, hi, err := quantileRelease(tree.result, a, p.tree, p.scale(p.stats[idx[1]]), g.stats[idx[0]])
 			if err != nil {
 				return err

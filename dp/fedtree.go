@@ -16,13 +16,12 @@ import (
 // tree itself, of FederatedTreeHeight levels of FederatedBranching
 // children (fedTree: 584 nodes, where the default tree has 69,904, each a
 // draw of the library's secure sampler): the exact count of every node
-// below the root, empty nodes
-// too, so which nodes are empty does not show, each with the library's
-// integer noise (noise.Noise.AddNoiseInt64) for the L0, L∞, ε and δ the
-// library's tree of that shape gives its nodes (treeNodeSensitivity: the
-// norm of the partial plan's tree statistic, L0 = h·k·sets and L∞ = C,
-// or L∞ = C·√k as L0 = h·k²·sets and L∞ = C with grouping sets, whole
-// numbers for integer noise). That is the library's quantile-tree
+// below the root, empty nodes too, so which nodes are empty does not
+// show, each with the library's integer noise (noise.Noise.AddNoiseInt64)
+// for the L0, L∞, ε and δ the library's tree of that shape gives its
+// nodes (treeNodeSensitivity: the norm of the partial plan's tree
+// statistic, L0 = h·k·sets and L∞ = C, or L∞ = C·√k as L0 = h·k²·sets
+// and L∞ = C with grouping sets, whole numbers for integer noise). That is the library's quantile-tree
 // mechanism releasing every node instead of the nodes one walk reads: the
 // same sensitivities, so the same (ε, δ).
 //

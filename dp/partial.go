@@ -28,13 +28,13 @@ import (
 // its whole tree: the library's integer noise on the count of every node
 // below the root, empty ones too (fedtree.go: a tree of
 // FederatedTreeHeight levels of FederatedBranching children, 584 nodes,
-// about 600 bytes at typical noise scales). The broker sums the sites' trees node by node and walks the
-// sum exactly as the library's BoundedQuantiles.Result walks one tree;
-// every node of the sum has noise σ√N, so the rank half-width
-// (rankHalfWidth), read from the federated plan, grows as √N for the same
-// number of values, and the interval in values with it (less in practice:
-// N sites usually bring N times the values, and the rank error shrinks as
-// 1/n).
+// about 600 bytes at typical noise scales). The broker sums the sites'
+// trees node by node and walks the sum exactly as the library's
+// BoundedQuantiles.Result walks one tree; every node of the sum has noise
+// σ√N, so the rank half-width (rankHalfWidth), read from the federated
+// plan, grows as √N for the same number of values, and the interval in
+// values with it (less in practice: N sites usually bring N times the
+// values, and the rank error shrinks as 1/n).
 
 // Partial is one site's part of a federated query: the noisy, unrounded,
 // unsuppressed value of every statistic of the budget plan, for every group
