@@ -95,8 +95,6 @@ func TestTreeFromHistogramIsTreeFromValues(t *testing.T) {
 	}
 }
 
-// TestQuantilePlan: several ranks of one tree cost one tree and one count;
-// a second tree costs its own; the accuracy is quoted for each.
 // paramNoise records the parameters of every noise drawn, float or
 // integer, and adds none.
 type paramNoise struct {
@@ -205,6 +203,8 @@ func checkPlanNoise(t *testing.T, what string, st stat, seen map[noiseParams]int
 	}
 }
 
+// TestQuantilePlan: several ranks of one tree cost one tree and one count;
+// a second tree costs its own; the accuracy is quoted for each.
 func TestQuantilePlan(t *testing.T) {
 	s := quantileSpec(0, 100, 0.25, 0.5, 0.75)
 	p := s.plan()
