@@ -52,7 +52,7 @@ func Combine(s Spec, parts []*Partial) (*Result, error) {
 	groups := make([]noisyGroup, len(parts[0].Groups))
 	var nodes []int64 // one tree's summed node counts, reused
 	if len(s.TreeOwners()) > 0 {
-		nodes = make([]int64, fedTree.nodes()+1)
+		nodes = make([]int64, p.tree.nodes()+1)
 	}
 	for gi, g := range parts[0].Groups {
 		keys := make([]*string, len(g.Keys))
@@ -87,7 +87,7 @@ func Combine(s Spec, parts []*Partial) (*Result, error) {
 }
 
 // combineTrees sums, for group gi, each quantile tree's noisy node counts
-// over the parts (into nodes, scratch of fedTree.nodes()+1) and reads every
+// over the parts (into nodes, scratch of p.tree.nodes()+1) and reads every
 // quantile of the tree from the sum (mergedTree.result), with its interval
 // for the combined node noise of the federated plan p (σ√N) and the
 // combined noisy count of the tree's values, as addQuantiles does for one

@@ -21,9 +21,9 @@ import (
 // for the L0, L∞, ε and δ the library's tree of that shape gives its
 // nodes (treeNodeSensitivity: the norm of the partial plan's tree
 // statistic, L0 = h·k·sets and L∞ = C, or L∞ = C·√k as L0 = h·k²·sets
-// and L∞ = C with grouping sets, whole numbers for integer noise). That is the library's quantile-tree
-// mechanism releasing every node instead of the nodes one walk reads: the
-// same sensitivities, so the same (ε, δ).
+// and L∞ = C with grouping sets, whole numbers for integer noise). That
+// is the library's quantile-tree mechanism releasing every node instead
+// of the nodes one walk reads: the same sensitivities, so the same (ε, δ).
 //
 // The broker sums the sites' noisy counts node by node (post-processing)
 // and reads a rank from the sum by walking it exactly as

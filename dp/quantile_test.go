@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 
 	"github.com/google/differential-privacy/go/v3/dpagg"
@@ -99,7 +98,6 @@ func TestTreeFromHistogramIsTreeFromValues(t *testing.T) {
 // integer, and adds none.
 type paramNoise struct {
 	noise.Noise
-	mu   *sync.Mutex
 	seen map[noiseParams]int
 }
 
@@ -110,12 +108,10 @@ type noiseParams struct {
 }
 
 func newParamNoise(nz noise.Noise) paramNoise {
-	return paramNoise{Noise: nz, mu: new(sync.Mutex), seen: map[noiseParams]int{}}
+	return paramNoise{Noise: nz, seen: map[noiseParams]int{}}
 }
 
 func (p paramNoise) record(l0 int64, lInf, eps, delta float64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.seen[noiseParams{l0, lInf, eps, delta}]++
 }
 
